@@ -1,0 +1,10 @@
+export type { Db, DbKind, Queryable, QueryResult } from './db.ts';
+export { openPglite } from './pglite.ts';
+export type { PgliteOptions } from './pglite.ts';
+export { openPostgres, quoteIdent } from './postgres.ts';
+export type { PostgresOptions } from './postgres.ts';
+export { openDb, claimSiteIdentity } from './open-db.ts';
+export type { OpenDbOptions, SiteIdentityError } from './open-db.ts';
+export { migrate, loadMigrations } from './migrate.ts';
+export type { Migration, MigrateError } from './migrate.ts';
+export { pgBoundStore } from './hlc-bound-store.ts';

@@ -1,0 +1,63 @@
+import pg from 'pg';
+import type { Db, QueryResult, Queryable } from './db.ts';
+import { INT8_OID } from './db.ts';
+
+export interface PostgresOptions {
+  connectionString: string;
+  /** Schema to use (search_path); created if missing. */
+  schema?: string;
+  maxConnections?: number;
+}
+
+export async function openPostgres(opts: PostgresOptions): Promise<Db> {
+  const typeParsers = {
+    getTypeParser: ((oid: number, format?: string) =>
+      oid === INT8_OID ? (v: string) => BigInt(v) : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+  };
+  if (opts.schema) {
+    const admin = new pg.Client({ connectionString: opts.connectionString });
+    await admin.connect();
+    try {
+      await admin.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(opts.schema)}`);
+    } finally {
+      await admin.end();
+    }
+  }
+  const pool = new pg.Pool({
+    connectionString: opts.connectionString,
+    max: opts.maxConnections ?? 10,
+    types: typeParsers,
+    ...(opts.schema ? { options: `-c search_path=${opts.schema}` } : {}),
+  });
+  // An idle client losing its connection must not crash the process; the pool replaces it.
+  pool.on('error', () => undefined);
+  const run = async <R>(q: pg.Pool | pg.PoolClient, sql: string, params?: readonly unknown[]): Promise<QueryResult<R>> => {
+    const r = await q.query(sql, params ? [...params] : undefined);
+    return { rows: r.rows as R[], rowCount: r.rowCount ?? r.rows.length };
+  };
+  return {
+    kind: 'postgres',
+    query: (sql, params) => run(pool, sql, params),
+    exec: async (sql) => void (await pool.query(sql)),
+    async transaction(fn) {
+      const client = await pool.connect();
+      const tx: Queryable = { query: (sql, params) => run(client, sql, params), exec: async (sql) => void (await client.query(sql)) };
+      try {
+        await client.query('BEGIN');
+        const out = await fn(tx);
+        await client.query('COMMIT');
+        return out;
+      } catch (e) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw e;
+      } finally {
+        client.release();
+      }
+    },
+    close: () => pool.end(),
+  };
+}
+
+export function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}

@@ -1,0 +1,50 @@
+// The site's HTTP server. Plugins are encapsulated (Fastify style): FHIR under /fhir/R4,
+// health at the root.
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import type { Db } from '../db/index.ts';
+import type { RecordStore, SearchParamTable } from '../records/index.ts';
+import { fhirRoutes, registerFhirErrorHandling } from './fhir-routes.ts';
+import { anonymousResolver, registerIdentity, type IdentityResolver } from './identity.ts';
+
+export const DEFAULT_BODY_LIMIT = 16 * 1024 * 1024;
+
+export interface AppOptions {
+  store: RecordStore;
+  db: Db;
+  searchParams: SearchParamTable;
+  siteId: string;
+  regionId: string;
+  version: string;
+  bodyLimit?: number;
+  logger?: FastifyServerOptions['logger'];
+  resolveIdentity?: IdentityResolver;
+}
+
+export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: opts.logger ?? false,
+    bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    requestIdHeader: 'x-request-id',
+    // FHIR ids and search values are case-sensitive.
+    routerOptions: { caseSensitive: true, ignoreTrailingSlash: true },
+  });
+  // Only JSON is spoken; anything else (text/plain included) is answered with 415.
+  app.removeContentTypeParser('text/plain');
+  const json = app.getDefaultJsonParser('error', 'error');
+  app.addContentTypeParser(['application/fhir+json'], { parseAs: 'string' }, json);
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => done(null, body));
+  registerIdentity(app, opts.resolveIdentity ?? anonymousResolver);
+  registerFhirErrorHandling(app);
+
+  app.get('/healthz', () => ({ status: 'ok', site: opts.siteId, region: opts.regionId }));
+  app.get('/readyz', async (_req, reply) => {
+    try {
+      await opts.db.query('SELECT 1');
+      return { status: 'ready', site: opts.siteId };
+    } catch (e) {
+      return reply.code(503).send({ status: 'not-ready', site: opts.siteId, reason: e instanceof Error ? e.message : String(e) });
+    }
+  });
+  await app.register(fhirRoutes, { prefix: '/fhir/R4', store: opts.store, searchParams: opts.searchParams, siteId: opts.siteId, regionId: opts.regionId, version: opts.version });
+  return app;
+}

@@ -1,0 +1,155 @@
+// FHIR R4 REST API as a Fastify plugin (mounted at /fhir/R4). Routes stay thin: parse
+// HTTP, call the record store, map its result to HTTP.
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import type { Resource } from '@medplum/fhirtypes';
+import { processBundle, stripEtag, type RecordError, type RecordStore, type Result, type SearchParamTable, type WriteOutcome } from '../records/index.ts';
+import { buildCapabilityStatement } from './capability.ts';
+import { outcomeOf, simpleOutcome, statusOf } from './outcome.ts';
+
+export const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+
+export interface FhirRoutesOptions {
+  store: RecordStore;
+  searchParams: SearchParamTable;
+  siteId: string;
+  regionId: string;
+  version: string;
+}
+
+type TypeParams = { type: string };
+type IdParams = { type: string; id: string };
+type VersionParams = { type: string; id: string; vid: string };
+
+export const fhirRoutes: FastifyPluginAsync<FhirRoutesOptions> = async (app, opts) => {
+  const { store } = opts;
+  const baseUrl = (req: FastifyRequest) => `${req.protocol}://${req.host}/fhir/R4`;
+
+  app.get('/metadata', async (req, reply) =>
+    send(reply, 200, buildCapabilityStatement({ searchParams: opts.searchParams, siteId: opts.siteId, regionId: opts.regionId, baseUrl: baseUrl(req), version: opts.version })),
+  );
+
+  app.post('/', async (req, reply) => {
+    const r = await processBundle(store, req.body, { baseUrl: baseUrl(req), statusOf });
+    return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
+  });
+
+  app.get<{ Params: TypeParams }>('/:type', async (req, reply) => {
+    const r = await store.search(req.params.type, queryPairs(req), { baseUrl: baseUrl(req) });
+    return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
+  });
+
+  app.post<{ Params: TypeParams }>('/:type/_search', async (req, reply) => {
+    const form = typeof req.body === 'string' ? [...new URLSearchParams(req.body)] : [];
+    const r = await store.search(req.params.type, [...queryPairs(req), ...form], { baseUrl: baseUrl(req) });
+    return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
+  });
+
+  app.post<{ Params: TypeParams }>('/:type', async (req, reply) => {
+    const ifNoneExist = header(req, 'if-none-exist');
+    const r = await store.create(req.params.type, req.body, ifNoneExist !== undefined ? { ifNoneExist } : {});
+    return sendWrite(req, reply, r);
+  });
+
+  app.get<{ Params: TypeParams }>('/:type/_history', async (req, reply) => {
+    const h = historyOptions(req);
+    if (!h.ok) return sendError(reply, h.error);
+    const r = await store.history(req.params.type, undefined, { ...h.value, baseUrl: baseUrl(req) });
+    return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
+  });
+
+  app.get<{ Params: IdParams }>('/:type/:id', async (req, reply) => {
+    const r = await store.read(req.params.type, req.params.id);
+    return r.ok ? sendResource(reply, 200, r.value) : sendError(reply, r.error);
+  });
+
+  app.put<{ Params: IdParams }>('/:type/:id', async (req, reply) => {
+    const ifMatch = header(req, 'if-match');
+    const r = await store.update(req.params.type, req.params.id, req.body, ifMatch !== undefined ? { ifMatch: stripEtag(ifMatch) } : {});
+    return sendWrite(req, reply, r);
+  });
+
+  app.delete<{ Params: IdParams }>('/:type/:id', async (req, reply) => {
+    const r = await store.delete(req.params.type, req.params.id);
+    return r.ok ? reply.code(204).send() : sendError(reply, r.error);
+  });
+
+  app.get<{ Params: IdParams }>('/:type/:id/_history', async (req, reply) => {
+    const h = historyOptions(req);
+    if (!h.ok) return sendError(reply, h.error);
+    const r = await store.history(req.params.type, req.params.id, { ...h.value, baseUrl: baseUrl(req) });
+    return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
+  });
+
+  app.get<{ Params: VersionParams }>('/:type/:id/_history/:vid', async (req, reply) => {
+    const r = await store.vread(req.params.type, req.params.id, req.params.vid);
+    return r.ok ? sendResource(reply, 200, r.value) : sendError(reply, r.error);
+  });
+
+  await Promise.resolve();
+};
+
+function sendWrite(req: FastifyRequest, reply: FastifyReply, r: Result<WriteOutcome>): FastifyReply {
+  if (!r.ok) return sendError(reply, r.error);
+  const { resource, status } = r.value;
+  const code = status === 'created' ? 201 : 200;
+  reply.header('location', `${req.protocol}://${req.host}/fhir/R4/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`);
+  if (header(req, 'prefer') === 'return=minimal') {
+    setVersionHeaders(reply, resource);
+    return reply.code(code).send();
+  }
+  return sendResource(reply, code, resource);
+}
+
+function sendResource(reply: FastifyReply, code: number, resource: Resource): FastifyReply {
+  setVersionHeaders(reply, resource);
+  return send(reply, code, resource);
+}
+
+function setVersionHeaders(reply: FastifyReply, resource: Resource): void {
+  if (resource.meta?.versionId) reply.header('etag', `W/"${resource.meta.versionId}"`);
+  if (resource.meta?.lastUpdated) reply.header('last-modified', new Date(resource.meta.lastUpdated).toUTCString());
+}
+
+export function send(reply: FastifyReply, code: number, body: unknown): FastifyReply {
+  return reply.code(code).type(FHIR_JSON).send(body);
+}
+
+export function sendError(reply: FastifyReply, error: RecordError): FastifyReply {
+  if (error.activeSite) reply.header('x-medmesh-active-site', error.activeSite.id).header('x-medmesh-active-site-url', error.activeSite.url);
+  return send(reply, statusOf(error), outcomeOf(error));
+}
+
+function header(req: FastifyRequest, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function queryPairs(req: FastifyRequest): Array<[string, string]> {
+  const q = req.url.indexOf('?');
+  return q < 0 ? [] : [...new URLSearchParams(req.url.slice(q + 1))];
+}
+
+function historyOptions(req: FastifyRequest): Result<{ count: number; offset: number; since?: Date }> {
+  const out: { count: number; offset: number; since?: Date } = { count: 20, offset: 0 };
+  for (const [k, v] of queryPairs(req)) {
+    if (k === '_count' && /^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 1000) out.count = Number(v);
+    else if (k === '_offset' && /^\d+$/.test(v) && Number(v) <= 10_000) out.offset = Number(v);
+    else if (k === '_since' && !Number.isNaN(Date.parse(v))) out.since = new Date(v);
+    else if (k !== '_format' && k !== '_pretty') return { ok: false, error: { kind: 'bad-request', issues: [{ message: `history parameter ${k}=${v} is not supported or malformed (_count 1-1000, _offset, _since instant)`, code: 'invalid' }] } };
+  }
+  return { ok: true, value: out };
+}
+
+export function registerFhirErrorHandling(app: FastifyInstance): void {
+  app.setNotFoundHandler((req, reply) => send(reply, 404, simpleOutcome('not-found', `no route for ${req.method} ${req.url.split('?')[0]}`)));
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
+    const code = err.code;
+    if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return send(reply, 415, simpleOutcome('not-supported', `content type ${String(req.headers['content-type'])} is not supported; send application/fhir+json`));
+    if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') return send(reply, 413, simpleOutcome('too-costly', `request body exceeds the limit of ${app.initialConfig.bodyLimit ?? 0} bytes`));
+    if (code === 'FST_ERR_CTP_EMPTY_JSON_BODY') return send(reply, 400, simpleOutcome('structure', 'request body is empty; send a FHIR resource'));
+    if (err instanceof SyntaxError || code === 'FST_ERR_CTP_INVALID_JSON_BODY') return send(reply, 400, simpleOutcome('structure', `malformed JSON: ${err.message}`));
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status === 500) req.log.error({ err }, 'unhandled error');
+    return send(reply, status, simpleOutcome(status === 500 ? 'exception' : 'invalid', status === 500 ? 'internal error; the request id is in the log' : err.message));
+  });
+}

@@ -1,0 +1,53 @@
+// Composition of one site node: database (migrated, bound to this site), clock, record
+// store and HTTP server. Nothing here keeps state that matters; it all lives in the db.
+import type { FastifyInstance, FastifyServerOptions } from 'fastify';
+import { HybridClock } from '../clock/index.ts';
+import { claimSiteIdentity, migrate, pgBoundStore, type Db } from '../db/index.ts';
+import { buildSearchParamTable, loadFhirDefinitions, RecordStore, type RecordsContext } from '../records/index.ts';
+import type { Region } from '../region/index.ts';
+import { buildApp } from './app.ts';
+import type { IdentityResolver } from './identity.ts';
+
+export const VERSION = '0.1.0';
+
+export interface SiteOptions {
+  region: Region;
+  siteId: string;
+  db: Db;
+  logger?: FastifyServerOptions['logger'];
+  bodyLimit?: number;
+  resolveIdentity?: IdentityResolver;
+}
+
+export interface Site {
+  siteId: string;
+  ctx: RecordsContext;
+  store: RecordStore;
+  app: FastifyInstance;
+  close(): Promise<void>;
+}
+
+export type SiteStartError = { kind: 'unknown-site' | 'migration' | 'site-mismatch'; message: string };
+
+export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Site } | { ok: false; error: SiteStartError }> {
+  const { region, siteId, db } = opts;
+  if (!region.site(siteId)) {
+    return { ok: false, error: { kind: 'unknown-site', message: `site ${siteId} is not in region ${region.id} (sites: ${region.sites.map((s) => s.id).join(', ')})` } };
+  }
+  const migrated = await migrate(db);
+  if (!migrated.ok) return { ok: false, error: { kind: 'migration', message: migrated.error.message } };
+  const claimed = await claimSiteIdentity(db, region.id, siteId);
+  if (!claimed.ok) return { ok: false, error: { kind: 'site-mismatch', message: claimed.error.message } };
+  loadFhirDefinitions();
+  const searchParams = buildSearchParamTable();
+  const clock = await HybridClock.start({ store: pgBoundStore(db, siteId), maxOffsetMs: region.config.policies.maxClockOffsetMs });
+  const ctx: RecordsContext = { db, region, siteId, clock, searchParams };
+  const store = new RecordStore(ctx);
+  const app = await buildApp({
+    store, db, searchParams, siteId, regionId: region.id, version: VERSION,
+    ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
+    ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
+    ...(opts.resolveIdentity ? { resolveIdentity: opts.resolveIdentity } : {}),
+  });
+  return { ok: true, site: { siteId, ctx, store, app, close: () => app.close() } };
+}

@@ -1,0 +1,15 @@
+import type { HybridClock } from '../clock/index.ts';
+import type { Db } from '../db/index.ts';
+import type { Region } from '../region/index.ts';
+import type { SearchParamTable } from './search-params.ts';
+
+/** Everything the record store needs, passed explicitly (no module globals). */
+export interface RecordsContext {
+  db: Db;
+  region: Region;
+  siteId: string;
+  clock: HybridClock;
+  searchParams: SearchParamTable;
+  /** Ownership epoch of a shard for this site (write leases come later; 0 until then). */
+  epochFor?: (shard: string) => bigint;
+}

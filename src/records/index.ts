@@ -1,0 +1,10 @@
+export { RecordStore } from './record-store.ts';
+export type { WriteOutcome, HistoryOptions } from './record-store.ts';
+export type { RecordsContext } from './context.ts';
+export type { RecordError, RecordErrorKind, RecordIssue, Result } from './errors.ts';
+export { processBundle, stripEtag, MAX_BUNDLE_ENTRIES } from './bundle.ts';
+export { loadFhirDefinitions } from './fhir-definitions.ts';
+export { buildSearchParamTable } from './search-params.ts';
+export type { SearchParamTable, IndexedParam } from './search-params.ts';
+export { SUPPORTED_TYPES, isSupportedType } from './resource-types.ts';
+export { HOME_SHARD_TAG } from './prepare-write.ts';

@@ -1,0 +1,278 @@
+// The record store: FHIR create/read/vread/update/delete/history/search over PostgreSQL.
+// Writes run in a transaction; within a Bundle transaction the caller passes its own.
+import { randomUUID } from 'node:crypto';
+import type { Bundle, BundleEntry, Resource } from '@medplum/fhirtypes';
+import { hlcToHex, unpackHlc } from '../clock/index.ts';
+import type { Queryable } from '../db/index.ts';
+import type { RecordsContext } from './context.ts';
+import { fail, ok, RollbackWith, type RecordError, type Result } from './errors.ts';
+import { checkBody, checkResidency, FHIR_ID, prepareWrite, type PreparedWrite } from './prepare-write.ts';
+import { isSupportedType } from './resource-types.ts';
+import { extractIndex, type IndexRows } from './search-index.ts';
+import { parseSearch, type SearchRequest } from './search-query.ts';
+import { buildSearchSql } from './search-sql.ts';
+import { writeVersion } from './write-version.ts';
+
+export interface WriteOutcome {
+  resource: Resource;
+  /** created: new resource; updated: new version; existing: conditional create matched. */
+  status: 'created' | 'updated' | 'existing';
+}
+
+export interface CurrentRow {
+  version_id: string;
+  hlc: bigint;
+  deleted: boolean;
+  shard: string | null;
+  patient_id: string | null;
+  data_class: string;
+}
+
+export interface HistoryOptions {
+  count?: number;
+  offset?: number;
+  since?: Date;
+  baseUrl: string;
+}
+
+const EMPTY_INDEX: IndexRows = { tokens: [], strings: [], dates: [], references: [] };
+
+export class RecordStore {
+  readonly #ctx: RecordsContext;
+
+  constructor(ctx: RecordsContext) {
+    this.#ctx = ctx;
+  }
+
+  get context(): RecordsContext {
+    return this.#ctx;
+  }
+
+  /** Runs `fn` in one transaction; a RollbackWith thrown inside becomes the error result. */
+  async inTransaction<T>(fn: (tx: Queryable) => Promise<Result<T>>): Promise<Result<T>> {
+    try {
+      return await this.#ctx.db.transaction(async (tx) => {
+        const r = await fn(tx);
+        if (!r.ok) throw new RollbackWith(r.error);
+        return r;
+      });
+    } catch (e) {
+      if (e instanceof RollbackWith) return { ok: false, error: e.error };
+      throw e;
+    }
+  }
+
+  create(type: string, body: unknown, opts: { ifNoneExist?: string } = {}): Promise<Result<WriteOutcome>> {
+    return this.inTransaction((tx) => this.createIn(tx, type, body, { ...opts, id: undefined }));
+  }
+
+  /** Create inside the caller's transaction. `id` pre-assigns the id (Bundle urn:uuid resolution). */
+  async createIn(tx: Queryable, type: string, body: unknown, opts: { ifNoneExist?: string; id: string | undefined }): Promise<Result<WriteOutcome>> {
+    const checked = checkBody(body, type);
+    if (!checked.ok) return checked;
+    if (!isSupportedType(type)) return unknownType(type);
+    if (opts.ifNoneExist !== undefined) {
+      const match = await this.conditionalMatch(tx, type, opts.ifNoneExist);
+      if (!match.ok) return match;
+      if (match.value) return ok({ resource: match.value, status: 'existing' });
+    }
+    const id = opts.id ?? randomUUID();
+    const prepared = await prepareWrite(this.#ctx, tx, { ...checked.value, id }, undefined);
+    if (!prepared.ok) return prepared;
+    const resource = await this.#write(tx, prepared.value, { parentHlc: null, replacesCurrent: false });
+    return ok({ resource, status: 'created' });
+  }
+
+  /** Resolves If-None-Exist: undefined when nothing matches, the match when one does. */
+  async conditionalMatch(tx: Queryable, type: string, criteria: string): Promise<Result<Resource | undefined>> {
+    const query = criteria.replace(new RegExp(`^${type}\\?`), '').replace(/^\?/, '');
+    const pairs = [...new URLSearchParams(query)];
+    if (pairs.length === 0) return fail('bad-request', 'If-None-Exist has no search criteria', { code: 'invalid' });
+    const parsed = parseSearch(type, pairs, this.#params(type));
+    if (!parsed.ok) return parsed;
+    // Serialize identical conditional creates so two racing requests cannot both create.
+    await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`${type}?${query}`]);
+    const { text, params } = buildSearchSql({ ...parsed.value, count: 2, offset: 0, sort: [] }, 'page');
+    const { rows } = await tx.query<{ content: Resource }>(text, params);
+    if (rows.length > 1) return fail('precondition-failed', `If-None-Exist criteria ${query} match more than one ${type}`, { code: 'conflict' });
+    return ok(rows[0]?.content);
+  }
+
+  update(type: string, id: string, body: unknown, opts: { ifMatch?: string } = {}): Promise<Result<WriteOutcome>> {
+    return this.inTransaction((tx) => this.updateIn(tx, type, id, body, opts));
+  }
+
+  async updateIn(tx: Queryable, type: string, id: string, body: unknown, opts: { ifMatch?: string }): Promise<Result<WriteOutcome>> {
+    if (!isSupportedType(type)) return unknownType(type);
+    if (!FHIR_ID.test(id)) return fail('bad-request', `${id} is not a valid FHIR id`, { code: 'value' });
+    const checked = checkBody(body, type, id);
+    if (!checked.ok) return checked;
+    const current = await this.#lockCurrent(tx, type, id);
+    if (opts.ifMatch !== undefined && current?.version_id !== opts.ifMatch) {
+      return fail('version-conflict', current ? `version ${opts.ifMatch} is not current (current is ${current.version_id})` : `${type}/${id} does not exist`, { code: 'conflict' });
+    }
+    const prepared = await prepareWrite(this.#ctx, tx, checked.value, current ? { shard: current.shard, patientId: current.patient_id } : undefined);
+    if (!prepared.ok) return prepared;
+    const resource = await this.#write(tx, prepared.value, { parentHlc: current?.hlc ?? null, replacesCurrent: current !== undefined });
+    return ok({ resource, status: current && !current.deleted ? 'updated' : 'created' });
+  }
+
+  delete(type: string, id: string): Promise<Result<{ deleted: boolean }>> {
+    return this.inTransaction((tx) => this.deleteIn(tx, type, id));
+  }
+
+  async deleteIn(tx: Queryable, type: string, id: string): Promise<Result<{ deleted: boolean }>> {
+    if (!isSupportedType(type)) return unknownType(type);
+    const current = await this.#lockCurrent(tx, type, id);
+    if (!current) return fail('not-found', `${type}/${id} does not exist`, { code: 'not-found' });
+    if (current.deleted) return ok({ deleted: false });
+    const dataClass = this.#ctx.region.classOf(type);
+    const residency = checkResidency(this.#ctx, dataClass, current.shard);
+    if (!residency.ok) return residency;
+    const tombstone: PreparedWrite = { resource: { resourceType: type, id } as Resource, dataClass, shard: current.shard, patientId: current.patient_id };
+    await this.#write(tx, tombstone, { parentHlc: current.hlc, replacesCurrent: true, deleted: true });
+    return ok({ deleted: true });
+  }
+
+  async read(type: string, id: string, q: Queryable = this.#ctx.db): Promise<Result<Resource>> {
+    if (!isSupportedType(type)) return unknownType(type);
+    const { rows } = await q.query<{ deleted: boolean; content: Resource | null; version_id: string }>(
+      'SELECT deleted, content, version_id FROM resource_current WHERE resource_type = $1 AND id = $2',
+      [type, id],
+    );
+    const row = rows[0];
+    if (!row) return fail('not-found', `${type}/${id} not found`, { code: 'not-found' });
+    if (row.deleted || !row.content) return fail('gone', `${type}/${id} was deleted (version ${row.version_id})`, { code: 'deleted' });
+    return ok(row.content);
+  }
+
+  async vread(type: string, id: string, versionId: string): Promise<Result<Resource>> {
+    if (!isSupportedType(type)) return unknownType(type);
+    const { rows } = await this.#ctx.db.query<{ deleted: boolean; content: Resource | null }>(
+      'SELECT deleted, content FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3',
+      [type, id, versionId],
+    );
+    const row = rows[0];
+    if (!row) return fail('not-found', `${type}/${id} has no version ${versionId}`, { code: 'not-found' });
+    if (row.deleted || !row.content) return fail('gone', `version ${versionId} of ${type}/${id} is a deletion`, { code: 'deleted' });
+    return ok(row.content);
+  }
+
+  async history(type: string, id: string | undefined, opts: HistoryOptions): Promise<Result<Bundle>> {
+    if (!isSupportedType(type)) return unknownType(type);
+    if (id !== undefined) {
+      const exists = await this.#ctx.db.query('SELECT 1 FROM resource_current WHERE resource_type = $1 AND id = $2', [type, id]);
+      if (exists.rows.length === 0) return fail('not-found', `${type}/${id} not found`, { code: 'not-found' });
+    }
+    const count = opts.count ?? 20;
+    const offset = opts.offset ?? 0;
+    const params: unknown[] = [type];
+    let where = 'resource_type = $1';
+    if (id !== undefined) where += ` AND id = $${params.push(id)}`;
+    if (opts.since) where += ` AND last_updated >= $${params.push(opts.since.toISOString())}::timestamptz`;
+    const { rows } = await this.#ctx.db.query<{ id: string; version_id: string; deleted: boolean; parent_hlc: bigint | null; last_updated: Date; content: Resource | null }>(
+      `SELECT id, version_id, deleted, parent_hlc, last_updated, content FROM resource_history WHERE ${where}
+       ORDER BY hlc DESC, origin_site DESC LIMIT $${params.push(count + 1)} OFFSET $${params.push(offset)}`,
+      params,
+    );
+    const page = rows.slice(0, count);
+    const self = `${opts.baseUrl}/${type}${id ? `/${id}` : ''}/_history`;
+    const q = (o: number) => `${self}?_count=${count}&_offset=${o}${opts.since ? `&_since=${encodeURIComponent(opts.since.toISOString())}` : ''}`;
+    const link = [{ relation: 'self', url: q(offset) }];
+    if (rows.length > count) link.push({ relation: 'next', url: q(offset + count) });
+    if (offset > 0) link.push({ relation: 'previous', url: q(Math.max(0, offset - count)) });
+    const entry: BundleEntry[] = page.map((r) => ({
+      fullUrl: `${opts.baseUrl}/${type}/${r.id}`,
+      ...(r.content && !r.deleted ? { resource: r.content } : {}),
+      request: { method: r.deleted ? 'DELETE' : r.parent_hlc === null ? 'POST' : 'PUT', url: r.parent_hlc === null && !r.deleted ? type : `${type}/${r.id}` },
+      response: { status: r.deleted ? '204' : r.parent_hlc === null ? '201' : '200', etag: `W/"${r.version_id}"`, lastModified: new Date(r.last_updated).toISOString() },
+    }));
+    return ok({ resourceType: 'Bundle', type: 'history', link, entry, ...(offset === 0 && rows.length <= count ? { total: page.length } : {}) });
+  }
+
+  parseSearch(type: string, query: ReadonlyArray<readonly [string, string]>): Result<SearchRequest> {
+    if (!isSupportedType(type)) return unknownType(type);
+    return parseSearch(type, query, this.#params(type));
+  }
+
+  async search(type: string, query: ReadonlyArray<readonly [string, string]>, opts: { baseUrl: string }, q: Queryable = this.#ctx.db): Promise<Result<Bundle>> {
+    const parsed = this.parseSearch(type, query);
+    if (!parsed.ok) return parsed;
+    const req = parsed.value;
+    const countOnly = req.summaryCount || req.count === 0;
+    let total: number | undefined;
+    if (countOnly || req.total === 'accurate') {
+      const c = buildSearchSql(req, 'count');
+      total = (await q.query<{ n: number }>(c.text, c.params)).rows[0]?.n ?? 0;
+    }
+    if (countOnly) return ok({ resourceType: 'Bundle', type: 'searchset', total });
+    const s = buildSearchSql(req, 'page');
+    const { rows } = await q.query<{ id: string; content: Resource }>(s.text, s.params);
+    const page = rows.slice(0, req.count);
+    if (total === undefined && req.offset === 0 && rows.length <= req.count) total = page.length;
+    const base = query.filter(([k]) => k !== '_offset' && k !== '_count');
+    const pageUrl = (offset: number) => {
+      const usp = new URLSearchParams([...base.map(([k, v]) => [k, v] as [string, string]), ['_count', String(req.count)], ['_offset', String(offset)]]);
+      return `${opts.baseUrl}/${type}?${usp.toString()}`;
+    };
+    const link = [{ relation: 'self', url: pageUrl(req.offset) }];
+    if (rows.length > req.count) link.push({ relation: 'next', url: pageUrl(req.offset + req.count) });
+    if (req.offset > 0) link.push({ relation: 'previous', url: pageUrl(Math.max(0, req.offset - req.count)) });
+    return ok({
+      resourceType: 'Bundle',
+      type: 'searchset',
+      ...(total !== undefined ? { total } : {}),
+      link,
+      entry: page.map((r) => ({ fullUrl: `${opts.baseUrl}/${type}/${r.id}`, resource: r.content, search: { mode: 'match' as const } })),
+    });
+  }
+
+  #params(type: string) {
+    return this.#ctx.searchParams.get(type) ?? new Map();
+  }
+
+  async #lockCurrent(tx: Queryable, type: string, id: string): Promise<CurrentRow | undefined> {
+    const { rows } = await tx.query<CurrentRow>(
+      'SELECT version_id, hlc, deleted, shard, patient_id, data_class FROM resource_current WHERE resource_type = $1 AND id = $2 FOR UPDATE',
+      [type, id],
+    );
+    return rows[0];
+  }
+
+  async #write(tx: Queryable, w: PreparedWrite, opts: { parentHlc: bigint | null; replacesCurrent: boolean; deleted?: boolean }): Promise<Resource> {
+    const { clock, siteId } = this.#ctx;
+    let hlc: bigint;
+    if (opts.parentHlc === null) hlc = await clock.now();
+    else {
+      // The new version must order after its parent, whichever site wrote the parent.
+      const r = await clock.receive(opts.parentHlc);
+      if (!r.ok) throw new RollbackWith({ kind: 'conflict', issues: [{ message: `the current version carries a clock ${r.error.message}; refusing to write after it`, code: 'conflict' }] });
+      hlc = r.hlc;
+    }
+    const versionId = `${hlcToHex(hlc)}-${siteId}`;
+    const lastUpdated = new Date(unpackHlc(hlc).physicalMs).toISOString();
+    const deleted = opts.deleted ?? false;
+    const resource: Resource = { ...w.resource, meta: { ...w.resource.meta, versionId, lastUpdated } };
+    if (w.placement && w.patientId) {
+      await tx.query('INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site) VALUES ($1, $2, $3, $4, $5)', [
+        w.patientId, w.placement.shard, w.placement.method, w.placement.reason, siteId,
+      ]);
+    }
+    const index = deleted ? EMPTY_INDEX : extractIndex(resource, this.#params(resource.resourceType));
+    await writeVersion(
+      tx,
+      {
+        resourceType: resource.resourceType, id: resource.id!, versionId, hlc, parentHlc: opts.parentHlc, originSite: siteId,
+        epoch: w.shard ? (this.#ctx.epochFor?.(w.shard) ?? 0n) : 0n, shard: w.shard, dataClass: w.dataClass, patientId: w.patientId,
+        deleted, lastUpdated, content: deleted ? null : resource,
+      },
+      index,
+      { replacesCurrent: opts.replacesCurrent },
+    );
+    return resource;
+  }
+}
+
+function unknownType(type: string): { ok: false; error: RecordError } {
+  return fail('not-found', `resource type ${type} is not served here`, { code: 'not-supported' });
+}

@@ -1,0 +1,52 @@
+// Which search parameters are indexed, per type. Definitions (type, FHIRPath) come from
+// the R4 SearchParameter bundle; the CapabilityStatement is built from this same table,
+// so it never claims a parameter we do not index.
+import { getSearchParameter } from '@medplum/core';
+import { SUPPORTED_TYPES, type SupportedType } from './resource-types.ts';
+
+export type IndexedParamType = 'token' | 'string' | 'date' | 'reference';
+
+export interface IndexedParam {
+  code: string;
+  type: IndexedParamType;
+  /** The definition's FHIRPath, narrowed to this resource type. */
+  expression: string;
+  documentation?: string;
+}
+
+const WANTED = [
+  'identifier', 'name', 'family', 'given', 'birthdate', 'gender', 'phone', 'address-city', 'organization',
+  'patient', 'subject', 'encounter', 'date', 'code', 'status', 'category', 'class', 'type',
+  'clinical-status', 'onset-date', 'recorded-date', 'intent', 'authored', 'started', 'modality', 'performer', 'requester',
+] as const;
+
+export type SearchParamTable = ReadonlyMap<string, ReadonlyMap<string, IndexedParam>>;
+
+/** Call after loadFhirDefinitions(). */
+export function buildSearchParamTable(): SearchParamTable {
+  const table = new Map<string, Map<string, IndexedParam>>();
+  for (const type of SUPPORTED_TYPES) {
+    const params = new Map<string, IndexedParam>();
+    for (const code of WANTED) {
+      const def = getSearchParameter(type, code);
+      if (!def?.expression || !isIndexedType(def.type)) continue;
+      const expression = narrow(def.expression, type);
+      if (expression) params.set(code, { code, type: def.type, expression, ...(def.description ? { documentation: def.description } : {}) });
+    }
+    table.set(type, params);
+  }
+  return table;
+}
+
+function isIndexedType(t: string | undefined): t is IndexedParamType {
+  return t === 'token' || t === 'string' || t === 'date' || t === 'reference';
+}
+
+/** Keeps only the union branches of a shared expression that apply to `type`. */
+function narrow(expression: string, type: SupportedType): string {
+  return expression
+    .split(' | ')
+    .map((p) => p.trim())
+    .filter((p) => p.startsWith(`${type}.`) || p.startsWith(`(${type}.`))
+    .join(' | ');
+}

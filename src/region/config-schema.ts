@@ -1,0 +1,70 @@
+// The region file's schema. Structural rules live here; rules that relate one part of
+// the file to another (references, distances, uniqueness) live in validate-region.ts.
+import { z } from 'zod';
+
+export const SITE_KINDS = ['private', 'public', 'edge'] as const;
+export const DATA_CLASSES = ['core', 'noncore', 'public'] as const;
+export type SiteKind = (typeof SITE_KINDS)[number];
+export type DataClass = (typeof DATA_CLASSES)[number];
+
+const id = z.string().regex(/^[A-Za-z][A-Za-z0-9-]{0,31}$/, 'must start with a letter and use only letters, digits and - (at most 32)');
+const httpUrl = z.string().regex(/^https?:\/\/[^\s/]+(\/[^\s]*)?$/, 'must be an http(s) URL');
+const resourceType = z.string().regex(/^[A-Z][A-Za-z]+$/, 'must be a FHIR resource type name');
+
+export const siteSchema = z.strictObject({
+  id,
+  kind: z.enum(SITE_KINDS),
+  name: z.string().min(1).optional(),
+  url: httpUrl,
+  location: z.strictObject({
+    lat: z.number().min(-90).max(90),
+    lon: z.number().min(-180).max(180),
+  }),
+  /** Shard for patients nothing else places, or `refuse` (answer 422). Default: the first shard homed here, else refuse. */
+  defaultShard: z.string().min(1).optional(),
+});
+
+export const shardSchema = z.strictObject({
+  id,
+  name: z.string().min(1).optional(),
+  /** 6-digit administrative division codes (county 440305, prefecture 440300, province 440000). */
+  divisions: z.array(z.string().regex(/^\d{6}$/, 'must be a 6-digit administrative division code')).default([]),
+  geohashes: z.array(z.string().regex(/^[0-9bcdefghjkmnpqrstuvwxyz]{1,12}$/, 'must be a GeoHash prefix (base32, 1-12 characters)')).default([]),
+  /** Ordered: the home (active) site first, then its disaster-recovery twin(s). */
+  residency: z.array(id).min(1, 'must list at least one site'),
+});
+
+export const regionSchema = z.strictObject({
+  region: id,
+  name: z.string().min(1).optional(),
+  witness: z.strictObject({ url: httpUrl }),
+  sites: z.array(siteSchema).min(1, 'must list at least one site'),
+  shards: z.array(shardSchema).min(1, 'must list at least one shard'),
+  dataClasses: z
+    .strictObject({
+      core: z.array(resourceType).default([]),
+      noncore: z.array(resourceType).default([]),
+      public: z.array(resourceType).default([]),
+      /** Class of resource types not listed. Core is the safe default: it never leaves residency sites. */
+      default: z.enum(DATA_CLASSES).default('core'),
+    })
+    .prefault({}),
+  identifierSystems: z
+    .strictObject({
+      residentId: z.string().min(1).default('urn:oid:2.16.156.10011.1.3'),
+      insuranceCard: z.string().min(1).default('urn:oid:2.16.156.10011.1.15'),
+    })
+    .prefault({}),
+  policies: z
+    .strictObject({
+      /** Primary and DR twin of a shard must be at least this far apart (regional standard §4.2d). */
+      minDrDistanceKm: z.number().positive().default(50),
+      /** Remote HLC timestamps further ahead than this are rejected. */
+      maxClockOffsetMs: z.number().int().positive().default(500),
+    })
+    .prefault({}),
+});
+
+export type RegionConfig = z.infer<typeof regionSchema>;
+export type SiteConfig = z.infer<typeof siteSchema>;
+export type ShardConfig = z.infer<typeof shardSchema>;

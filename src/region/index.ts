@@ -1,0 +1,11 @@
+export { regionSchema, SITE_KINDS, DATA_CLASSES } from './config-schema.ts';
+export type { RegionConfig, SiteConfig, ShardConfig, SiteKind, DataClass } from './config-schema.ts';
+export type { ConfigIssue } from './validate-region.ts';
+export { parseRegion, validateRegion, loadRegionFile, formatIssues } from './load-region.ts';
+export type { LoadResult } from './load-region.ts';
+export { Region } from './region.ts';
+export { placePatient, homeGeolocation, GEOLOCATION_URL } from './placement.ts';
+export type { Placement, PlacementError, PlacementMethod, PlacementContext } from './placement.ts';
+export { parseResidentId, makeResidentId, residentIdCheckChar } from './resident-id.ts';
+export type { ResidentId, ResidentIdError } from './resident-id.ts';
+export { encodeGeohash, isGeohash, distanceKm } from './geohash.ts';
