@@ -8,3 +8,5 @@ export { buildSearchParamTable } from './search-params.ts';
 export type { SearchParamTable, IndexedParam } from './search-params.ts';
 export { SUPPORTED_TYPES, isSupportedType } from './resource-types.ts';
 export { HOME_SHARD_TAG } from './prepare-write.ts';
+export { syntheticPatient, seededRandom } from './synthetic.ts';
+export type { SyntheticPatient } from './synthetic.ts';

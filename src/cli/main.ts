@@ -1,0 +1,42 @@
+// medmesh command line: one binary, several roles (DESIGN.md §3).
+import { UsageError } from './args.ts';
+import { demoVerb } from './verb-demo.ts';
+import { migrateVerb } from './verb-migrate.ts';
+import { regionVerb } from './verb-region.ts';
+import { seedVerb } from './verb-seed.ts';
+import { siteVerb } from './verb-site.ts';
+
+const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary: string }> = {
+  demo: { run: demoVerb, summary: 'run a whole demo region on this machine (embedded defaults)' },
+  site: { run: siteVerb, summary: 'run one site API node' },
+  migrate: { run: migrateVerb, summary: "apply a site's database migrations" },
+  seed: { run: seedVerb, summary: 'write synthetic patients at a site' },
+  region: { run: regionVerb, summary: 'check a region file (medmesh region check --region FILE)' },
+};
+
+export function usage(): string {
+  return ['medmesh — regional medical data platform', '', 'Usage: medmesh <command> [options]', '', 'Commands:', ...Object.entries(VERBS).map(([k, v]) => `  ${k.padEnd(10)} ${v.summary}`), '', "Run 'medmesh <command> --help' for a command's options."].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [verb, ...rest] = argv;
+  if (verb === undefined || verb === '--help' || verb === '-h' || verb === 'help') {
+    console.log(usage());
+    return verb === undefined ? 2 : 0;
+  }
+  const v = VERBS[verb];
+  if (!v) {
+    console.error(`medmesh: unknown command '${verb}'\n\n${usage()}`);
+    return 2;
+  }
+  try {
+    return await v.run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`medmesh ${verb}: ${e.message}`);
+      return 2;
+    }
+    console.error(`medmesh ${verb} failed:`, e instanceof Error ? (e.stack ?? e.message) : e);
+    return 1;
+  }
+}

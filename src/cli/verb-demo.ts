@@ -1,0 +1,93 @@
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Db } from '../db/index.ts';
+import { openPglite } from '../db/index.ts';
+import { openSite, type Site } from '../http/index.ts';
+import type { RecordStore } from '../records/index.ts';
+import { helpText, intFlag, parseFlags, type FlagSpec, type VerbSpec } from './args.ts';
+import { EXAMPLE_REGION, loadRegionOrThrow, portOf } from './common.ts';
+import { seedRegion } from './seeding.ts';
+import { waitForShutdown } from './shutdown.ts';
+
+const spec = {
+  name: 'demo',
+  summary: 'run a whole region on this machine (embedded PGlite), seeded with synthetic patients',
+  usage: 'medmesh demo [--reset] [--patients <n>] [--data <dir>] [--region <file>] [--port-offset <n>]',
+  flags: {
+    region: { type: 'string', help: 'region file', default: 'region.example.yaml (shipped)', placeholder: 'file' },
+    data: { type: 'string', help: 'data root; each site keeps its database in <dir>/<site>', default: 'data/demo', placeholder: 'dir' },
+    reset: { type: 'boolean', help: 'delete the demo data first and seed afresh', default: false },
+    patients: { type: 'string', help: 'synthetic patients to seed into an empty region', default: '30', placeholder: 'n' },
+    'port-offset': { type: 'string', help: "added to every site's configured port", default: '0', placeholder: 'n' },
+  },
+  examples: ['npm run demo', 'medmesh demo --reset --patients 100'],
+} satisfies VerbSpec<Record<string, FlagSpec>>;
+
+export async function demoVerb(argv: string[]): Promise<number> {
+  const flags = parseFlags(spec, argv);
+  if (flags === 'help') return (console.log(helpText(spec)), 0);
+  const regionFile = flags.region.endsWith('(shipped)') ? EXAMPLE_REGION : flags.region;
+  const patients = intFlag('patients', flags.patients, 0, 100_000);
+  const offset = intFlag('port-offset', flags['port-offset'], 0, 50_000);
+  const region = await loadRegionOrThrow(regionFile);
+  if (flags.reset) await rm(flags.data, { recursive: true, force: true });
+
+  console.log(`medmesh demo: region ${region.id} (${region.sites.length} sites), data in ${flags.data}/`);
+  const running: Array<{ site: Site; db: Db; url: string }> = [];
+  const stopAll = async () => {
+    for (const r of running.reverse()) {
+      await r.site.close();
+      await r.db.close();
+    }
+  };
+  try {
+    for (const s of region.sites) {
+      const db = await openPglite({ dataDir: join(flags.data, s.id) });
+      const opened = await openSite({ region, siteId: s.id, db });
+      if (!opened.ok) {
+        await db.close();
+        throw new Error(opened.error.message);
+      }
+      const port = portOf(s.url) + offset;
+      await opened.site.app.listen({ port, host: '127.0.0.1' });
+      const url = `http://127.0.0.1:${port}`;
+      running.push({ site: opened.site, db, url });
+      console.log(`  site ${s.id.padEnd(3)} ${s.kind.padEnd(8)} ${url}/fhir/R4   ${s.name ?? ''}`);
+    }
+    const stores = new Map<string, RecordStore>(running.map((r) => [r.site.siteId, r.site.store]));
+    const existing = await Promise.all(running.map((r) => r.db.query<{ n: number }>("SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient'")));
+    if (existing.every((e) => (e.rows[0]?.n ?? 0) === 0) && patients > 0) {
+      let last = 0;
+      const report = await seedRegion({
+        region,
+        stores,
+        patients,
+        onProgress: (done, total) => {
+          if (done === total || done - last >= Math.max(1, Math.floor(total / 5))) (process.stdout.write(`  seeding ${done}/${total}\r`), (last = done));
+        },
+      });
+      console.log(`\n  seeded ${report.patients} patients, ${report.resources} resources (${Object.entries(report.bySite).map(([k, v]) => `${k}: ${v}`).join(', ')})`);
+    } else console.log('  existing data kept (use --reset to start over)');
+    printExamples(running[0]?.url ?? 'http://127.0.0.1:7101', region.config.identifierSystems.residentId);
+    console.log('Ready. Press Ctrl-C to stop.');
+  } catch (e) {
+    await stopAll();
+    throw e;
+  }
+  await waitForShutdown(stopAll);
+  console.log('stopped cleanly');
+  return 0;
+}
+
+function printExamples(base: string, residentIdSystem: string): void {
+  const fhir = `${base}/fhir/R4`;
+  console.log(`
+Try it:
+  curl -s '${fhir}/metadata' | head -c 300
+  curl -s '${fhir}/Patient?name=%E7%8E%8B&_count=3'          # patients named 王
+  curl -s -X POST '${fhir}/Patient' -H 'content-type: application/fhir+json' \\
+    -d '{"resourceType":"Patient","name":[{"family":"陈","given":["小明"]}],"gender":"male","birthDate":"1990-01-01",
+         "identifier":[{"system":"${residentIdSystem}","value":"440106199001011235"}]}'
+  curl -s '${fhir}/Observation?code=http://loinc.org|8867-4&_summary=count'
+`);
+}
