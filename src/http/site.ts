@@ -3,7 +3,7 @@
 import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { HybridClock } from '../clock/index.ts';
 import { claimSiteIdentity, migrate, pgBoundStore, type Db } from '../db/index.ts';
-import { buildSearchParamTable, loadFhirDefinitions, RecordStore, type RecordsContext } from '../records/index.ts';
+import { buildBindingTable, buildSearchParamTable, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
 import type { Region } from '../region/index.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
@@ -41,7 +41,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   loadFhirDefinitions();
   const searchParams = buildSearchParamTable();
   const clock = await HybridClock.start({ store: pgBoundStore(db, siteId), maxOffsetMs: region.config.policies.maxClockOffsetMs });
-  const ctx: RecordsContext = { db, region, siteId, clock, searchParams };
+  const ctx: RecordsContext = { db, region, siteId, clock, searchParams, bindings: buildBindingTable(SUPPORTED_TYPES) };
   const store = new RecordStore(ctx);
   const app = await buildApp({
     store, db, searchParams, siteId, regionId: region.id, version: VERSION,

@@ -1,6 +1,7 @@
 import type { HybridClock } from '../clock/index.ts';
 import type { Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
+import type { BindingTable } from './required-bindings.ts';
 import type { SearchParamTable } from './search-params.ts';
 
 /** Everything the record store needs, passed explicitly (no module globals). */
@@ -10,6 +11,8 @@ export interface RecordsContext {
   siteId: string;
   clock: HybridClock;
   searchParams: SearchParamTable;
+  /** Required terminology bindings of code elements (see required-bindings.ts). */
+  bindings: BindingTable;
   /** Ownership epoch of a shard for this site (write leases come later; 0 until then). */
   epochFor?: (shard: string) => bigint;
 }

@@ -10,3 +10,5 @@ export { SUPPORTED_TYPES, isSupportedType } from './resource-types.ts';
 export { HOME_SHARD_TAG } from './prepare-write.ts';
 export { syntheticPatient, seededRandom } from './synthetic.ts';
 export type { SyntheticPatient } from './synthetic.ts';
+export { buildBindingTable } from './required-bindings.ts';
+export type { BindingTable } from './required-bindings.ts';

@@ -8,6 +8,7 @@ import type { Queryable } from '../db/index.ts';
 import { encodeGeohash, homeGeolocation, placePatient, type DataClass, type Placement } from '../region/index.ts';
 import type { RecordsContext } from './context.ts';
 import { fail, ok, type RecordError, type RecordIssue, type Result } from './errors.ts';
+import { checkRequiredBindings, type BindingTable } from './required-bindings.ts';
 import { isSupportedType, patientOf } from './resource-types.ts';
 
 export const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
@@ -41,9 +42,11 @@ export function checkBody(body: unknown, urlType: string, urlId?: string): Resul
   return ok(body as Resource);
 }
 
-export function validateR4(resource: Resource): Result<Resource> {
+export function validateR4(resource: Resource, bindings: BindingTable): Result<Resource> {
   try {
     validateResource(resource);
+    const issues = checkRequiredBindings(resource, bindings);
+    if (issues.length) return { ok: false, error: { kind: 'invalid', issues } };
     return ok(resource);
   } catch (e) {
     if (e instanceof OperationOutcomeError) {
@@ -64,7 +67,7 @@ export async function prepareWrite(
 ): Promise<Result<PreparedWrite>> {
   let resource = input;
   if (!isSupportedType(resource.resourceType)) return fail('not-found', `resource type ${resource.resourceType} is not served here`, { code: 'not-supported' });
-  const valid = validateR4(resource);
+  const valid = validateR4(resource, ctx.bindings);
   if (!valid.ok) return valid;
   const dataClass = ctx.region.classOf(resource.resourceType);
 
