@@ -29,6 +29,9 @@ export async function processBundle(store: RecordStore, body: unknown, opts: { b
   if (typeof body !== 'object' || body === null || (body as Resource).resourceType !== 'Bundle') return fail('bad-request', 'POST to the base URL takes a Bundle', { code: 'structure' });
   const bundle = body as Bundle;
   if (bundle.type !== 'batch' && bundle.type !== 'transaction') return fail('bad-request', `Bundle.type must be batch or transaction, not ${String(bundle.type)}`, { code: 'value', expression: 'Bundle.type' });
+  if (bundle.entry !== undefined && (!Array.isArray(bundle.entry) || bundle.entry.some((e) => typeof e !== 'object' || e === null || Array.isArray(e)))) {
+    return fail('bad-request', 'Bundle.entry must be an array of objects', { code: 'structure', expression: 'Bundle.entry' });
+  }
   const entries = bundle.entry ?? [];
   if (entries.length > MAX_BUNDLE_ENTRIES) return fail('bad-request', `a Bundle may have at most ${MAX_BUNDLE_ENTRIES} entries`, { code: 'too-costly', expression: 'Bundle.entry' });
   const parsed: ParsedEntry[] = [];
@@ -44,9 +47,9 @@ export async function processBundle(store: RecordStore, body: unknown, opts: { b
 
 function parseEntry(e: BundleEntry, i: number): Result<ParsedEntry> {
   const where = `Bundle.entry[${i}]`;
-  const method = e.request?.method;
-  const url = e.request?.url;
-  if (!method || !url) return fail('bad-request', `${where}.request needs method and url`, { code: 'required', expression: `${where}.request` });
+  const method: unknown = e.request?.method;
+  const url: unknown = e.request?.url;
+  if (typeof method !== 'string' || typeof url !== 'string' || !method || !url) return fail('bad-request', `${where}.request needs method and url`, { code: 'required', expression: `${where}.request` });
   if (method !== 'GET' && method !== 'POST' && method !== 'PUT' && method !== 'DELETE') return fail('not-supported', `${where}: method ${method} is not supported in Bundles`, { code: 'not-supported', expression: `${where}.request.method` });
   const [path = '', query] = url.replace(/^\/+/, '').split('?', 2) as [string, string | undefined];
   const parts = path.split('/');
@@ -64,8 +67,8 @@ function parseEntry(e: BundleEntry, i: number): Result<ParsedEntry> {
     if (!e.resource) return fail('bad-request', `${where}: ${method} needs a resource`, { code: 'required', expression: `${where}.resource` });
     entry.resource = e.resource;
   }
-  if (e.request?.ifNoneExist) entry.ifNoneExist = e.request.ifNoneExist;
-  if (e.request?.ifMatch) entry.ifMatch = stripEtag(e.request.ifMatch);
+  if (typeof e.request?.ifNoneExist === 'string') entry.ifNoneExist = e.request.ifNoneExist;
+  if (typeof e.request?.ifMatch === 'string') entry.ifMatch = stripEtag(e.request.ifMatch);
   return ok(entry);
 }
 

@@ -1,0 +1,45 @@
+// The test command: the whole suite on embedded PGlite, then again on the PostgreSQL
+// server (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/test). Locally an
+// unreachable server is skipped with a warning; under CI (CI=true) it is a failure.
+import { spawnSync } from 'node:child_process';
+import pg from 'pg';
+
+const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const ci = process.env.CI === 'true' || process.env.CI === '1';
+const files = process.argv.slice(2).length ? process.argv.slice(2) : ['src/**/*.test.ts'];
+
+function run(backend: 'pglite' | 'postgres'): number {
+  console.log(`\n=== test suite on ${backend}${backend === 'postgres' ? ` (${url.replace(/:[^:@/]*@/, ':***@')})` : ''} ===`);
+  const r = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=300000', ...files], {
+    stdio: 'inherit',
+    env: { ...process.env, MEDMESH_TEST_DB: backend, DATABASE_URL: url },
+  });
+  return r.status ?? 1;
+}
+
+async function postgresReachable(): Promise<string | undefined> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+    return undefined;
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+const pgliteStatus = run('pglite');
+const unreachable = await postgresReachable();
+let postgresStatus = 0;
+if (unreachable) {
+  const msg = `PostgreSQL at ${url} is unreachable (${unreachable})`;
+  if (ci) {
+    console.error(`\nFAIL: ${msg}; under CI the PostgreSQL run is required. Start PostgreSQL or set DATABASE_URL.`);
+    postgresStatus = 1;
+  } else console.warn(`\nSKIPPED the PostgreSQL run: ${msg}. Start PostgreSQL or set DATABASE_URL to run it.`);
+} else postgresStatus = run('postgres');
+
+console.log(`\nsuite results: pglite ${pgliteStatus === 0 ? 'passed' : 'FAILED'}, postgres ${unreachable ? (ci ? 'FAILED (unreachable)' : 'skipped') : postgresStatus === 0 ? 'passed' : 'FAILED'}`);
+process.exit(pgliteStatus || postgresStatus);
