@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global process, console */
 // medmesh runs its TypeScript sources directly (Node.js 24 strips types natively).
 const [major] = process.versions.node.split('.').map(Number);
 if (major < 24) {

@@ -63,7 +63,10 @@ export async function demoVerb(argv: string[]): Promise<number> {
         stores,
         patients,
         onProgress: (done, total) => {
-          if (done === total || done - last >= Math.max(1, Math.floor(total / 5))) (process.stdout.write(`  seeding ${done}/${total}\r`), (last = done));
+          if (done === total || done - last >= Math.max(1, Math.floor(total / 5))) {
+            process.stdout.write(`  seeding ${done}/${total}\r`);
+            last = done;
+          }
         },
       });
       console.log(`\n  seeded ${report.patients} patients, ${report.resources} resources (${Object.entries(report.bySite).map(([k, v]) => `${k}: ${v}`).join(', ')})`);

@@ -27,8 +27,8 @@ export async function openPglite(opts: PgliteOptions = {}): Promise<Db> {
   const base = wrap(pg);
   return {
     kind: 'pglite',
-    query: base.query,
-    exec: base.exec,
+    query: (sql, params) => base.query(sql, params),
+    exec: (sql) => base.exec(sql),
     transaction: (fn) => pg.transaction((tx) => fn(wrap(tx))),
     close: () => pg.close(),
   };

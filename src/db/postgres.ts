@@ -12,7 +12,7 @@ export interface PostgresOptions {
 export async function openPostgres(opts: PostgresOptions): Promise<Db> {
   const typeParsers = {
     getTypeParser: ((oid: number, format?: string) =>
-      oid === INT8_OID ? (v: string) => BigInt(v) : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+      oid === INT8_OID ? (v: string) => BigInt(v) : (pg.types.getTypeParser(oid, format as 'text') as (v: string) => unknown)) as typeof pg.types.getTypeParser,
   };
   if (opts.schema) {
     const admin = new pg.Client({ connectionString: opts.connectionString });

@@ -139,7 +139,7 @@ describe(`FHIR REST API (${testBackend()})`, () => {
   it('works with a real FHIR client (MedplumClient)', async () => {
     const client = new MedplumClient({ baseUrl: `${s.base}/`, fhirUrlPath: 'fhir/R4', fetch: (url: string | URL | Request, init?: RequestInit) => fetch(url, init) });
     const created = await client.createResource<Patient>(gz(20));
-    const read = await client.readResource('Patient', created.id!);
+    const read = await client.readResource('Patient', created.id);
     assert.equal(read.meta!.versionId, created.meta!.versionId);
     const updated = await client.updateResource<Patient>({ ...read, birthDate: '1960-05-06' });
     assert.notEqual(updated.meta!.versionId, read.meta!.versionId);

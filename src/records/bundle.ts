@@ -91,7 +91,10 @@ async function transaction(store: RecordStore, entries: ParsedEntry[], opts: { b
       if (e.ifNoneExist) {
         const m = await store.conditionalMatch(tx, e.type, e.ifNoneExist);
         if (!m.ok) return entryError(m.error, e.index);
-        if (m.value) ((existing = m.value), (id = m.value.id!));
+        if (m.value) {
+          existing = m.value;
+          id = m.value.id!;
+        }
       }
       assigned.set(e.index, { id, ...(existing ? { existing } : {}) });
       if (e.fullUrl) idFor.set(e.fullUrl, `${e.type}/${id}`);

@@ -37,7 +37,7 @@ export function checkBody(body: unknown, urlType: string, urlId?: string): Resul
   const id = (body as { id?: unknown }).id;
   if (urlId !== undefined) {
     if (id === undefined) return fail('bad-request', `resource id is missing; it must equal the URL's ${urlId}`, { code: 'required', expression: `${rt}.id` });
-    if (id !== urlId) return fail('bad-request', `resource id ${String(id)} does not match the URL's ${urlId}`, { code: 'invalid', expression: `${rt}.id` });
+    if (id !== urlId) return fail('bad-request', `resource id ${JSON.stringify(id)} does not match the URL's ${urlId}`, { code: 'invalid', expression: `${rt}.id` });
   }
   return ok(body as Resource);
 }

@@ -31,11 +31,14 @@ export function buildBindingTable(resourceTypes: readonly string[]): BindingTabl
     const codes = new Set<string>();
     for (const inc of vs.compose.include) {
       if (inc.filter?.length || inc.valueSet?.length) return undefined;
-      if (inc.concept?.length) inc.concept.forEach((c) => codes.add(c.code!));
+      if (inc.concept?.length) inc.concept.forEach((c) => codes.add(c.code));
       else {
         const cs = inc.system ? codeSystems.get(inc.system) : undefined;
         if (!cs?.concept?.length) return undefined;
-        const walk = (cs: CodeSystemConcept[]) => cs.forEach((c) => (codes.add(c.code!), c.concept && walk(c.concept)));
+        const walk = (cs: CodeSystemConcept[]) => cs.forEach((c) => {
+          codes.add(c.code);
+          if (c.concept) walk(c.concept);
+        });
         walk(cs.concept);
       }
     }

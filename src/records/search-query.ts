@@ -184,7 +184,10 @@ function splitValues(raw: string): string[] {
   let cur = '';
   for (let i = 0; i < raw.length; i++) {
     if (raw[i] === '\\' && i + 1 < raw.length) cur += raw[i]! + raw[++i]!;
-    else if (raw[i] === ',') (out.push(cur), (cur = ''));
+    else if (raw[i] === ',') {
+      out.push(cur);
+      cur = '';
+    }
     else cur += raw[i];
   }
   out.push(cur);

@@ -95,7 +95,7 @@ describe(`search (${testBackend()})`, () => {
     const page1 = await search('Patient', '_count=2&_sort=birthdate');
     assert.equal(page1.entry!.length, 2);
     assert.deepEqual(page1.entry!.map((e) => e.resource!.id), [ids.muller, ids.zhang]);
-    const next = page1.link!.find((l) => l.relation === 'next')!.url!;
+    const next = page1.link!.find((l) => l.relation === 'next')!.url;
     assert.match(next, /_count=2&_offset=2/);
     const page2 = await search('Patient', new URL(next).search.slice(1));
     assert.deepEqual(page2.entry!.map((e) => e.resource!.id), [ids.zhangwei, ids.li]);

@@ -73,7 +73,7 @@ export class Region {
   }
 
   /** The receiving site's fallback shard, or 'refuse'. */
-  defaultShardFor(siteId: string): string | 'refuse' {
+  defaultShardFor(siteId: string): string {
     const site = this.#sites.get(siteId);
     if (site?.defaultShard) return site.defaultShard;
     return this.config.shards.find((s) => s.residency[0] === siteId)?.id ?? 'refuse';
