@@ -1,4 +1,4 @@
-export type { Db, DbKind, Queryable, QueryResult } from './db.ts';
+export type { Db, DbKind, Queryable, QueryOptions, QueryResult } from './db.ts';
 export { openPglite } from './pglite.ts';
 export type { PgliteOptions } from './pglite.ts';
 export { openPostgres, quoteIdent } from './postgres.ts';

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { Db, QueryResult, Queryable } from './db.ts';
+import type { Db, QueryOptions, QueryResult, Queryable } from './db.ts';
 import { INT8_OID } from './db.ts';
 
 export interface PostgresOptions {
@@ -31,17 +31,18 @@ export async function openPostgres(opts: PostgresOptions): Promise<Db> {
   });
   // An idle client losing its connection must not crash the process; the pool replaces it.
   pool.on('error', () => undefined);
-  const run = async <R>(q: pg.Pool | pg.PoolClient, sql: string, params?: readonly unknown[]): Promise<QueryResult<R>> => {
-    const r = await q.query(sql, params ? [...params] : undefined);
+  const run = async <R>(q: pg.Pool | pg.PoolClient, sql: string, params?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> => {
+    const values = params ? [...params] : undefined;
+    const r = opts?.name ? await q.query({ name: opts.name, text: sql, ...(values ? { values } : {}) }) : await q.query(sql, values);
     return { rows: r.rows as R[], rowCount: r.rowCount ?? r.rows.length };
   };
   return {
     kind: 'postgres',
-    query: (sql, params) => run(pool, sql, params),
+    query: (sql, params, opts) => run(pool, sql, params, opts),
     exec: async (sql) => void (await pool.query(sql)),
     async transaction(fn) {
       const client = await pool.connect();
-      const tx: Queryable = { query: (sql, params) => run(client, sql, params), exec: async (sql) => void (await client.query(sql)) };
+      const tx: Queryable = { query: (sql, params, opts) => run(client, sql, params, opts), exec: async (sql) => void (await client.query(sql)) };
       try {
         await client.query('BEGIN');
         const out = await fn(tx);

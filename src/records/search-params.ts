@@ -1,7 +1,7 @@
 // Which search parameters are indexed, per type. Definitions (type, FHIRPath) come from
 // the R4 SearchParameter bundle; the CapabilityStatement is built from this same table,
 // so it never claims a parameter we do not index.
-import { getSearchParameter } from '@medplum/core';
+import { getSearchParameter, parseFhirPath, type FhirPathAtom } from '@medplum/core';
 import { SUPPORTED_TYPES, type SupportedType } from './resource-types.ts';
 
 export type IndexedParamType = 'token' | 'string' | 'date' | 'reference';
@@ -11,6 +11,8 @@ export interface IndexedParam {
   type: IndexedParamType;
   /** The definition's FHIRPath, narrowed to this resource type. */
   expression: string;
+  /** The expression parsed once, at start-up. */
+  atom: FhirPathAtom;
   documentation?: string;
 }
 
@@ -31,7 +33,7 @@ export function buildSearchParamTable(): SearchParamTable {
       const def = getSearchParameter(type, code);
       if (!def?.expression || !isIndexedType(def.type)) continue;
       const expression = narrow(def.expression, type);
-      if (expression) params.set(code, { code, type: def.type, expression, ...(def.description ? { documentation: def.description } : {}) });
+      if (expression) params.set(code, { code, type: def.type, expression, atom: parseFhirPath(expression), ...(def.description ? { documentation: def.description } : {}) });
     }
     table.set(type, params);
   }

@@ -24,7 +24,15 @@ export interface VersionRow {
   content: Resource | null;
 }
 
-export async function writeVersion(q: Queryable, v: VersionRow, index: IndexRows, opts: { replacesCurrent: boolean }): Promise<void> {
+/** A newly placed patient's EMPI entry, written by the same statement. */
+export interface EmpiEntry {
+  patientId: string;
+  shard: string;
+  method: string;
+  reason: string;
+}
+
+export async function writeVersion(q: Queryable, v: VersionRow, index: IndexRows, opts: { replacesCurrent: boolean; empi?: EmpiEntry }): Promise<void> {
   const content = v.content === null ? null : JSON.stringify(v.content);
   const params: unknown[] = [
     v.resourceType, v.id, v.versionId, v.hlc, v.parentHlc, v.originSite, v.epoch, v.shard, v.dataClass, v.patientId, v.deleted, v.lastUpdated, content,
@@ -33,6 +41,7 @@ export async function writeVersion(q: Queryable, v: VersionRow, index: IndexRows
     index.dates.map((d) => d.code), index.dates.map((d) => d.lo), index.dates.map((d) => d.hi),
     index.references.map((r) => r.code), index.references.map((r) => r.target),
     randomUUID(),
+    opts.empi?.patientId ?? null, opts.empi?.shard ?? null, opts.empi?.method ?? null, opts.empi?.reason ?? null,
   ];
   const clearIndex = opts.replacesCurrent
     ? `, dt AS (DELETE FROM search_token WHERE resource_type = $1 AND resource_id = $2)
@@ -55,8 +64,11 @@ export async function writeVersion(q: Queryable, v: VersionRow, index: IndexRows
      , iss AS (INSERT INTO search_string (resource_type, resource_id, code, value) SELECT $1, $2, * FROM unnest($17::text[], $18::text[]))
      , idt AS (INSERT INTO search_date (resource_type, resource_id, code, lo, hi) SELECT $1, $2, * FROM unnest($19::text[], $20::timestamptz[], $21::timestamptz[]))
      , ir AS (INSERT INTO search_reference (resource_type, resource_id, code, target) SELECT $1, $2, * FROM unnest($22::text[], $23::text[]))
+     , em AS (INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site) SELECT $25, $26, $27, $28, $6 WHERE $25::text IS NOT NULL)
      INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
      VALUES ($24, $6, $4, $5, $7, $8, $9, $1, $2, $3, $11, $13::jsonb)`,
     params,
+    // Two statement shapes; naming them lets PostgreSQL reuse the plan on each connection.
+    { name: opts.replacesCurrent ? 'medmesh_write_version_replace' : 'medmesh_write_version_new' },
   );
 }
