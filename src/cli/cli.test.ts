@@ -1,0 +1,139 @@
+// End-to-end tests of the medmesh command: real processes, real ports, real signals.
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const BIN = fileURLToPath(new URL('../../bin/medmesh.js', import.meta.url));
+const EXAMPLE = fileURLToPath(new URL('../../region.example.yaml', import.meta.url));
+// The CLI must use embedded PGlite here even when the suite runs against a server.
+const { DATABASE_URL: _ignored, ...ENV } = process.env;
+const medmesh = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 60_000, env: ENV });
+
+/** Starts a long-running verb and resolves once `ready` appears on stdout. */
+function startVerb(args: string[], ready: RegExp) {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: ENV });
+  let out = '';
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const started = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`not ready after 60 s:\n${out}\n${err}`)), 60_000);
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (ready.test(out)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    void exited.then((code) => (clearTimeout(timer), reject(new Error(`exited with ${code} before ready:\n${out}\n${err}`))));
+  });
+  return { child, started, exited, output: () => out, errors: () => err };
+}
+
+describe('medmesh CLI', () => {
+  const dirs: string[] = [];
+  const tmp = async () => {
+    const d = await mkdtemp(join(tmpdir(), 'medmesh-cli-'));
+    dirs.push(d);
+    return d;
+  };
+  after(async () => {
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
+  });
+
+  it('prints usage, and names a wrong command or flag with a non-zero exit', () => {
+    const none = medmesh();
+    assert.equal(none.status, 2);
+    assert.match(none.stdout, /Usage: medmesh <command>/);
+    const help = medmesh('--help');
+    assert.equal(help.status, 0);
+    const unknown = medmesh('frobnicate');
+    assert.equal(unknown.status, 2);
+    assert.match(unknown.stderr, /unknown command 'frobnicate'/);
+    const flag = medmesh('demo', '--bogus');
+    assert.equal(flag.status, 2);
+    assert.match(flag.stderr, /Unknown option '--bogus'/);
+    for (const verb of ['demo', 'site', 'migrate', 'seed']) {
+      const h = medmesh(verb, '--help');
+      assert.equal(h.status, 0, verb);
+      assert.match(h.stdout, new RegExp(`medmesh ${verb} — `), verb);
+    }
+    const count = medmesh('seed', '--region', EXAMPLE, '--site', 'B', '--patients', 'many');
+    assert.equal(count.status, 2);
+    assert.match(count.stderr, /--patients must be an integer/);
+  });
+
+  it('checks a region file and reports every problem with its path', async () => {
+    const ok = medmesh('region', 'check', '--region', EXAMPLE);
+    assert.equal(ok.status, 0);
+    assert.match(ok.stdout, /shard shenzhen: residency C -> B/);
+    const bad = join(await tmp(), 'bad.yaml');
+    await writeFile(bad, 'region: r\nwitness: { url: http://w }\nsites:\n  - { id: B, kind: cloud, url: http://b, location: { lat: 0, lon: 0 } }\nshards: []\n');
+    const r = medmesh('region', 'check', '--region', bad);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /sites\[0\]\.kind: must be one of private, public, edge/);
+    assert.match(r.stderr, /shards: must list at least one shard/);
+    const site = medmesh('site', '--region', bad, '--site', 'B');
+    assert.equal(site.status, 2);
+    assert.match(site.stderr, /region file .* is not valid/);
+    const unknownSite = medmesh('migrate', '--region', EXAMPLE, '--site', 'Z', '--data', await tmp());
+    assert.equal(unknownSite.status, 2);
+    assert.match(unknownSite.stderr, /--site Z is not in region guangdong \(sites: B, C, A\)/);
+  });
+
+  it('migrates, seeds and serves one site, and stops on SIGTERM', async () => {
+    const data = await tmp();
+    const m = medmesh('migrate', '--region', EXAMPLE, '--site', 'C', '--data', data);
+    assert.equal(m.status, 0, m.stderr);
+    assert.match(m.stdout, /applying 0001 records/);
+    assert.match(medmesh('migrate', '--region', EXAMPLE, '--site', 'C', '--data', data).stdout, /up to date/);
+    const s = medmesh('seed', '--region', EXAMPLE, '--site', 'C', '--data', data, '--patients', '10');
+    assert.equal(s.status, 0, s.stderr);
+    const seeded = Number(/seeded (\d+) patients/.exec(s.stdout)?.[1]);
+    assert.ok(seeded > 0 && seeded < 10, `only patients homed at C are seeded: ${s.stdout}`);
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const site = startVerb(['site', '--region', EXAMPLE, '--site', 'C', '--data', data, '--port', String(port)], /serving FHIR R4/);
+    await site.started;
+    const count = (await (await fetch(`http://127.0.0.1:${port}/fhir/R4/Patient?_summary=count`)).json()) as { total: number };
+    assert.equal(count.total, seeded);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
+    site.child.kill('SIGTERM');
+    assert.equal(await site.exited, 0);
+  });
+
+  it('runs the demo region: the README calls work, Ctrl-C stops cleanly, data survives a restart', async () => {
+    const data = await tmp();
+    const offset = 20000 + Math.floor(Math.random() * 20000);
+    const demo = startVerb(['demo', '--data', data, '--patients', '8', '--port-offset', String(offset)], /Ready\. Press Ctrl-C to stop\./);
+    await demo.started;
+    const fhirB = `http://127.0.0.1:${7101 + offset}/fhir/R4`;
+    assert.match(demo.output(), new RegExp(`site B +private +${fhirB.replace(/[.]/g, '\\.')}`));
+    assert.match(demo.output(), /seeded 8 patients/);
+    const created = await fetch(`${fhirB}/Patient`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/fhir+json' },
+      body: JSON.stringify({ resourceType: 'Patient', name: [{ family: '陈', given: ['小明'] }], gender: 'male', birthDate: '1990-01-01', identifier: [{ system: 'urn:oid:2.16.156.10011.1.3', value: '440106199001011235' }] }),
+    });
+    assert.equal(created.status, 201);
+    const id = ((await created.json()) as { id: string }).id;
+    assert.equal((await fetch(`${fhirB}/Patient/${id}`)).status, 200);
+    const found = (await (await fetch(`${fhirB}/Patient?name=${encodeURIComponent('陈小明')}`)).json()) as { entry?: unknown[] };
+    assert.equal(found.entry?.length, 1);
+    const obs = (await (await fetch(`${fhirB}/Observation?code=http://loinc.org|8867-4&_summary=count`)).json()) as { total: number };
+    assert.ok(obs.total > 0);
+    demo.child.kill('SIGINT');
+    assert.equal(await demo.exited, 0);
+    assert.match(demo.output(), /stopped cleanly/);
+
+    const again = startVerb(['demo', '--data', data, '--port-offset', String(offset)], /Ready\./);
+    await again.started;
+    assert.match(again.output(), /existing data kept/);
+    assert.equal((await fetch(`${fhirB}/Patient/${id}`)).status, 200, 'a patient written before the restart is still there');
+    again.child.kill('SIGINT');
+    assert.equal(await again.exited, 0);
+  });
+});
