@@ -28,7 +28,6 @@ CREATE TABLE resource_current (
   PRIMARY KEY (resource_type, id)
 );
 CREATE INDEX resource_current_updated ON resource_current (resource_type, last_updated, id);
-CREATE INDEX resource_current_patient ON resource_current (patient_id) WHERE patient_id IS NOT NULL;
 
 -- Every version ever written: a grow-only set (DESIGN.md §4).
 CREATE TABLE resource_history (
@@ -102,7 +101,7 @@ CREATE TABLE empi_patient (
 CREATE TABLE outbox (
   txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
   pos bigint GENERATED ALWAYS AS IDENTITY,
-  change_id uuid NOT NULL UNIQUE,
+  change_id uuid NOT NULL, -- random per change; receivers dedupe on it
   origin_site text NOT NULL,
   hlc bigint NOT NULL,
   parent_hlc bigint,
