@@ -1,14 +1,17 @@
-// The test command: the whole suite on embedded PGlite, then again on the PostgreSQL
-// server (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/test). Locally an
-// unreachable server is skipped with a warning; under CI (CI=true) it is a failure.
+// The test command: the whole suite on embedded PGlite, then the database-backed suites
+// again on the PostgreSQL server (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/test).
+// Locally an unreachable server is skipped with a warning; under CI (CI=true) it is a failure.
 import { spawnSync } from 'node:child_process';
 import pg from 'pg';
 
 const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const ci = process.env.CI === 'true' || process.env.CI === '1';
-const files = process.argv.slice(2).length ? process.argv.slice(2) : ['src/**/*.test.ts'];
+const explicit = process.argv.slice(2);
+/** Suites whose code runs against the Db interface: these run on both engines. */
+const DB_SUITES = ['src/db/**/*.test.ts', 'src/records/**/*.test.ts', 'src/http/**/*.test.ts', 'src/security/kms/**/*.test.ts'];
 
 function run(backend: 'pglite' | 'postgres'): number {
+  const files = explicit.length ? explicit : backend === 'pglite' ? ['src/**/*.test.ts'] : DB_SUITES;
   console.log(`\n=== test suite on ${backend}${backend === 'postgres' ? ` (${url.replace(/:[^:@/]*@/, ':***@')})` : ''} ===`);
   const r = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=300000', ...files], {
     stdio: 'inherit',

@@ -12,3 +12,4 @@ export { sealEnvelope, openEnvelope, readEnvelopeHeader, algorithmFor, keyBytesF
 export type { EnvelopeAlgorithm, EnvelopeHeader, CryptoPolicy } from './envelope.ts';
 export { createEncryptStream, createDecryptStream } from './file-stream.ts';
 export type { FileKey, FileHeader } from './file-stream.ts';
+export { GcmWorker } from './sm4-gcm-parallel.ts';

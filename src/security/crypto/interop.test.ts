@@ -6,7 +6,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CryptoError } from './errors.ts';
+import type { CryptoError } from './errors.ts';
 import { Sm2PrivateKey, Sm2PublicKey } from './sm2-keys.ts';
 import { sm2Sign, sm2Verify } from './sm2.ts';
 import { sm4CbcDecrypt, sm4CbcEncrypt } from './sm4.ts';

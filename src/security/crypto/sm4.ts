@@ -69,7 +69,7 @@ export function sm4GcmDecrypt(key: Uint8Array, nonce: Uint8Array, ciphertext: Ui
   return sm4Ctr(key, inc32(j0), ciphertext);
 }
 
-function gcmSetup(key: Uint8Array, nonce: Uint8Array): { h: Buffer; j0: Buffer } {
+export function gcmSetup(key: Uint8Array, nonce: Uint8Array): { h: Buffer; j0: Buffer } {
   requireLength('SM4-GCM nonce', nonce, [GCM_NONCE_BYTES]);
   const h = sm4EncryptBlock(key, new Uint8Array(16));
   const j0 = Buffer.alloc(16);
@@ -79,18 +79,29 @@ function gcmSetup(key: Uint8Array, nonce: Uint8Array): { h: Buffer; j0: Buffer }
 }
 
 function gcmTag(key: Uint8Array, h: Uint8Array, j0: Uint8Array, aad: Uint8Array, ciphertext: Uint8Array): Buffer {
-  const lengths = Buffer.alloc(16);
-  lengths.writeBigUInt64BE(BigInt(aad.length) * 8n, 0);
-  lengths.writeBigUInt64BE(BigInt(ciphertext.length) * 8n, 8);
+  const lengths = gcmLengthsBlock(aad.length, ciphertext.length);
   // GHASH pads each update to a whole block, which is exactly GCM's A || 0* || C || 0* || len.
-  const s = ghash.create(h).update(aad).update(ciphertext).update(lengths).digest();
+  // The expected length lets it pick larger precomputed tables for long inputs (2.5x faster).
+  const s = ghash.create(h, aad.length + ciphertext.length + 16).update(aad).update(ciphertext).update(lengths).digest();
+  return finishTag(key, j0, s);
+}
+
+/** GCM tag = E_K(J0) XOR S, where S is the GHASH of A, C and their lengths. */
+export function finishTag(key: Uint8Array, j0: Uint8Array, s: Uint8Array): Buffer {
   const ek = sm4EncryptBlock(key, j0);
   for (let i = 0; i < 16; i++) ek[i]! ^= s[i]!;
   return ek;
 }
 
+export function gcmLengthsBlock(aadBytes: number, ciphertextBytes: number): Buffer {
+  const lengths = Buffer.alloc(16);
+  lengths.writeBigUInt64BE(BigInt(aadBytes) * 8n, 0);
+  lengths.writeBigUInt64BE(BigInt(ciphertextBytes) * 8n, 8);
+  return lengths;
+}
+
 /** GCM's inc32: the counter is the low 32 bits; native CTR carries into the high bits only past 2^32 blocks, which the size limit below excludes. */
-function inc32(j0: Uint8Array): Buffer {
+export function inc32(j0: Uint8Array): Buffer {
   const c = Buffer.from(j0);
   c.writeUInt32BE((c.readUInt32BE(12) + 1) >>> 0, 12);
   return c;

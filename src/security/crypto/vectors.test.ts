@@ -96,3 +96,28 @@ describe('SM2 (GM/T 0003.5-2012 Annex A, recommended curve)', () => {
     assert.throws(() => sm2Decrypt(priv, hex(`${x1}${y1}${c3}${c2}`).subarray(1)), CryptoError);
   });
 });
+
+describe('SM4-GCM on two threads (GcmWorker)', () => {
+  it('matches the single-thread result and the RFC 8998 vector, and refuses a wrong tag', async () => {
+    const { GcmWorker } = await import('./sm4-gcm-parallel.ts');
+    const w = new GcmWorker();
+    try {
+      const key = hex('0123456789ABCDEFFEDCBA9876543210');
+      const iv = hex('00001234567800000000ABCD');
+      const aad = hex('FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2');
+      const pt = hex('AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDDEEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA');
+      const r = await w.encrypt(key, iv, pt, aad);
+      assert.equal(r.tag.toString('hex').toUpperCase(), '83DE3541E4C2B58177E065A9BF7B62EC');
+      const big = Buffer.alloc(300_001, 7);
+      const a = await w.encrypt(key, iv, big, aad);
+      const b = sm4GcmEncrypt(key, iv, big, aad);
+      assert.deepEqual([a.ciphertext, a.tag], [b.ciphertext, b.tag]);
+      assert.deepEqual(await w.decrypt(key, iv, a.ciphertext, a.tag, aad), big);
+      const bad = Buffer.from(a.tag);
+      bad[0]! ^= 1;
+      await assert.rejects(w.decrypt(key, iv, a.ciphertext, bad, aad), (e: CryptoError) => e.code === 'auth-failed');
+    } finally {
+      await w.close();
+    }
+  });
+});
