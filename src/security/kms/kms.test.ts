@@ -1,0 +1,158 @@
+// KMS lifecycle end to end: init -> seal -> unseal -> rotate -> rewrap -> destroy with
+// certificate. Runs on PGlite and PostgreSQL.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { Db } from '../../db/index.ts';
+import { openTestDb, testBackend } from '../../db/test-db.ts';
+import { CryptoError, Sm2PrivateKey } from '../crypto/index.ts';
+import { verifyCertificate } from './certificate.ts';
+import { KmsError } from './errors.ts';
+import { Kms } from './kms.ts';
+import { decodeShareToken, encodeShareToken, unwrapShare, type WrappedShare } from './shares.ts';
+
+const KMS_TABLES = ['kms_root', 'kms_share', 'kms_deposited_share', 'kms_key', 'kms_key_version', 'kms_destruction_certificate'];
+const custodianKeys = ['alice', 'bob', 'carol', 'dave', 'erin'].map((name) => ({ name, key: Sm2PrivateKey.generate() }));
+const custodians = custodianKeys.map((c) => ({ name: c.name, publicKey: c.key.publicKey }));
+const keyOf = (w: WrappedShare) => custodianKeys.find((c) => c.name === w.custodian)!.key;
+const isKms = (code: string) => (e: unknown) => e instanceof KmsError && e.code === code;
+
+describe(`KMS (${testBackend()})`, () => {
+  let db: Db;
+  let kms: Kms;
+  let shares: WrappedShare[];
+  let clock = new Date('2026-01-01T00:00:00Z');
+  const counts = async () => {
+    const { rows } = await db.query<Record<string, number>>(`SELECT ${KMS_TABLES.map((t) => `(SELECT count(*)::int FROM ${t}) AS ${t}`).join(', ')}`);
+    return rows[0]!;
+  };
+  const restart = () => new Kms({ db, siteId: 'B', policy: 'national', now: () => clock });
+
+  before(async () => {
+    db = await openTestDb();
+    kms = restart();
+  });
+  after(() => db.close());
+
+  it('starts uninitialized and refuses bad init parameters without writing anything', async () => {
+    assert.deepEqual(await kms.status(), { initialized: false, sealed: true, progress: 0 });
+    await assert.rejects(kms.createKey('records'), isKms('sealed'));
+    await assert.rejects(kms.init({ custodians: custodians.slice(0, 2), threshold: 3 }), isKms('bad-request'));
+    await assert.rejects(kms.init({ custodians: [custodians[0]!, custodians[0]!] , threshold: 2 }), isKms('bad-request'));
+    assert.deepEqual(Object.values(await counts()), [0, 0, 0, 0, 0, 0]);
+  });
+
+  it('initializes a 3-of-5 master key; the key itself is stored nowhere', async () => {
+    const r = await kms.init({ custodians, threshold: 3 });
+    shares = r.shares;
+    assert.equal(shares.length, 5);
+    assert.deepEqual(await kms.status(), { initialized: true, sealed: false, cmkId: r.cmkId, threshold: 3, shareCount: 5, progress: 0 });
+    await assert.rejects(kms.init({ custodians, threshold: 3 }), isKms('already-initialized'));
+    const tokens = shares.slice(0, 3).map((w) => unwrapShare(w, keyOf(w)));
+    const { combine } = await import('shamir-secret-sharing');
+    const cmk = Buffer.from(await combine(tokens.map((t) => new Uint8Array(t.share))));
+    const dump = JSON.stringify((await db.query('SELECT * FROM kms_root')).rows) + JSON.stringify((await db.query('SELECT * FROM kms_share')).rows);
+    assert.ok(!dump.includes(cmk.toString('hex')) && !dump.includes(cmk.toString('base64')), 'CMK never stored in clear');
+  });
+
+  it('encrypts with named keys, rotates, rewraps and enforces minimum versions', async () => {
+    await kms.createKey('records');
+    await assert.rejects(kms.createKey('records'), isKms('key-exists'));
+    await assert.rejects(kms.createKey('Bad Name!'), isKms('bad-request'));
+    const v1 = await kms.encrypt('records', Buffer.from('张三 440106199001011235'), Buffer.from('Patient/1'));
+    assert.equal((await kms.decrypt(v1, Buffer.from('Patient/1'))).toString(), '张三 440106199001011235');
+    const info = await kms.rotate('records');
+    assert.equal(info.latestVersion, 2);
+    const v2 = await kms.encrypt('records', Buffer.from('x'));
+    assert.match(v2.subarray(6, 200).toString(), /"kv":2/);
+    assert.equal((await kms.decrypt(v1, Buffer.from('Patient/1'))).toString(), '张三 440106199001011235', 'old versions still decrypt');
+    const rewrapped = await kms.rewrap(v1, Buffer.from('Patient/1'));
+    assert.match(rewrapped.subarray(6, 200).toString(), /"kv":2/);
+    await kms.configureKey('records', { minDecryptionVersion: 2 });
+    await assert.rejects(kms.decrypt(v1, Buffer.from('Patient/1')), isKms('version-below-minimum'));
+    assert.equal((await kms.decrypt(rewrapped, Buffer.from('Patient/1'))).toString(), '张三 440106199001011235');
+    await assert.rejects(kms.configureKey('records', { minDecryptionVersion: 9 }), isKms('bad-request'));
+    await kms.rotate('records');
+    await kms.configureKey('records', { minEncryptionVersion: 2 });
+    assert.match((await kms.encrypt('records', Buffer.from('y'))).subarray(6, 200).toString(), /"kv":2/, 'minimum encryption version pins new encryptions');
+    await kms.configureKey('records', { minEncryptionVersion: 0 });
+    await assert.rejects(kms.decrypt(Buffer.from('garbage envelope')), (e: unknown) => e instanceof CryptoError && e.code === 'bad-input');
+  });
+
+  it('hands out data keys (plaintext + wrapped, or wrapped only) and rotates on schedule', async () => {
+    await kms.createKey('dicom', { rotationPeriodSeconds: 86_400 });
+    const dk = await kms.generateDataKey('dicom');
+    assert.equal(dk.plaintext?.length, 16);
+    assert.deepEqual(await kms.unwrapDataKey(dk.wrapped), dk.plaintext);
+    const only = await kms.generateDataKey('dicom', { plaintext: false, bytes: 32 });
+    assert.equal(only.plaintext, undefined);
+    assert.equal((await kms.unwrapDataKey(only.wrapped)).length, 32);
+    clock = new Date(clock.getTime() + 2 * 86_400_000);
+    await kms.encrypt('dicom', Buffer.from('z'));
+    assert.equal((await kms.describeKey('dicom')).latestVersion, 2, 'an overdue key rotates before it is used');
+    await assert.rejects(kms.exportKey('dicom', 1), isKms('not-exportable'));
+    await kms.createKey('export-me', { exportable: true });
+    assert.equal((await kms.exportKey('export-me', 1)).length, 16);
+  });
+
+  it('seals on restart and unseals only with threshold shares that reconstruct the key', async () => {
+    const before = await counts();
+    const envelope = await kms.encrypt('records', Buffer.from('survives restart'));
+    kms = restart();
+    assert.equal((await kms.status()).sealed, true);
+    await assert.rejects(kms.decrypt(envelope), isKms('sealed'));
+    const tokens = shares.map((w) => unwrapShare(w, keyOf(w)));
+    // A share wrapped for alice does not open with bob's key, and a tampered file does not open at all.
+    assert.throws(() => unwrapShare(shares[0]!, custodianKeys[1]!.key), isKms('bad-share'));
+    const tampered = { ...shares[0]!, sealed: Buffer.from(Buffer.from(shares[0]!.sealed, 'base64').map((b, i, a) => (i === a.length - 1 ? b ^ 1 : b))).toString('base64') };
+    assert.throws(() => unwrapShare(tampered, keyOf(shares[0]!)), (e: unknown) => e instanceof CryptoError && e.code === 'auth-failed');
+    // A share of another key is refused at once.
+    await assert.rejects(kms.submitShare({ ...tokens[0]!, cmkId: '00000000-0000-4000-8000-000000000000' }), isKms('share-of-other-key'));
+    // A tampered plain share is caught by the check value once the threshold is reached.
+    const bad = decodeShareToken(encodeShareToken(tokens[2]!));
+    bad.share = Buffer.from(bad.share).map((b, i) => (i === 3 ? b ^ 0xff : b));
+    assert.equal((await kms.submitShare(tokens[0]!)).progress, 1);
+    assert.equal((await kms.submitShare(tokens[1]!)).sealed, true, 'below threshold stays sealed');
+    await assert.rejects(kms.submitShare(bad), isKms('bad-share'));
+    assert.equal((await kms.status()).progress, 0, 'a failed attempt starts over');
+    await kms.submitShare(tokens[4]!);
+    await kms.submitShare(tokens[2]!);
+    const st = await kms.submitShare(tokens[3]!);
+    assert.equal(st.sealed, false);
+    assert.equal((await kms.decrypt(envelope)).toString(), 'survives restart');
+    assert.deepEqual(await counts(), before, 'sealing and unsealing write nothing');
+  });
+
+  it('destroys versions with an SM2-signed permanent certificate; they never decrypt again', async () => {
+    const env = await kms.encrypt('dicom', Buffer.from('to be destroyed'));
+    const before = await counts();
+    await assert.rejects(kms.destroyVersions('dicom', { versions: [2], approvers: ['alice'], reason: 'retention ended' }), isKms('bad-request'));
+    await assert.rejects(kms.destroyVersions('dicom', { versions: [2, 7], approvers: ['alice', 'bob'], reason: 'retention ended' }), isKms('bad-request'));
+    assert.deepEqual(await counts(), before, 'refused destruction writes nothing');
+    const cert = await kms.destroyVersions('dicom', { versions: [1, 2], approvers: ['alice', 'bob'], reason: 'retention ended' });
+    const checked = verifyCertificate(cert, await kms.signingPublicKey());
+    assert.equal(checked.valid, true);
+    assert.deepEqual([checked.document?.keyName, checked.document?.versions, checked.document?.approvers, checked.document?.confirmations[0]?.site], ['dicom', [1, 2], ['alice', 'bob'], 'B']);
+    assert.equal(verifyCertificate({ ...cert, document: cert.document.replace('retention ended', 'retention extended') }, await kms.signingPublicKey()).valid, false, 'a changed certificate fails verification');
+    await assert.rejects(kms.decrypt(env), isKms('version-destroyed'));
+    await assert.rejects(kms.destroyVersions('dicom', { versions: [1], approvers: ['alice', 'bob'], reason: 'again' }), isKms('version-destroyed'));
+    await assert.rejects(kms.rotate('dicom'), isKms('version-destroyed'), 'a destroyed key cannot be rotated back to life');
+    // Even after a restart and unseal the material is gone.
+    kms = restart();
+    for (const w of shares.slice(0, 3)) await kms.submitShare(unwrapShare(w, keyOf(w)));
+    await assert.rejects(kms.decrypt(env), isKms('version-destroyed'));
+    const { rows } = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM kms_key_version WHERE name = 'dicom' AND material_wrapped IS NOT NULL");
+    assert.equal(rows[0]!.n, 0);
+    await assert.rejects(db.query('DELETE FROM kms_destruction_certificate'), /permanent records/);
+    await assert.rejects(db.query("UPDATE kms_destruction_certificate SET document = 'x'"), /permanent records/);
+    assert.equal((await kms.certificates('dicom')).length, 1);
+  });
+
+  it('keeps other sites\' wrapped shares, which only their custodians can open', async () => {
+    const other = new Kms({ db, siteId: 'C', policy: 'national' });
+    for (const w of shares.slice(0, 2)) await other.depositShare(w);
+    await assert.rejects(other.depositShare({ ...shares[0]!, site: 'C' }), isKms('bad-request'));
+    const fetched = await other.depositedShares('B');
+    assert.deepEqual(fetched.map((w) => w.index), [1, 2]);
+    assert.equal(unwrapShare(fetched[0]!, keyOf(fetched[0]!)).index, 1);
+  });
+});

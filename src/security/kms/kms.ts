@@ -1,0 +1,411 @@
+// The key management service of one site, modelled on Vault's Transit engine: named keys
+// with versions, under key-encryption by the site's customer master key (CMK), which lives
+// only in memory and only after k custodians' shares unsealed it.
+import { randomBytes, randomUUID } from 'node:crypto';
+import { combine, split } from 'shamir-secret-sharing';
+import type { Db, Queryable } from '../../db/index.ts';
+import {
+  algorithmFor, CryptoError, equalConstantTime, hmacSm3, keyBytesFor, openEnvelope, readEnvelopeHeader, sealEnvelope,
+  Sm2PrivateKey, Sm2PublicKey, type CryptoPolicy, type EnvelopeAlgorithm,
+} from '../crypto/index.ts';
+import { signCertificate, type DestructionCertificate } from './certificate.ts';
+import { KmsError } from './errors.ts';
+import { wrapShare, type Custodian, type ShareToken, type WrappedShare } from './shares.ts';
+
+export interface KmsContext {
+  db: Db;
+  siteId: string;
+  policy: CryptoPolicy;
+  now?: () => Date;
+}
+
+export interface KmsStatus {
+  initialized: boolean;
+  sealed: boolean;
+  cmkId?: string;
+  threshold?: number;
+  shareCount?: number;
+  /** Distinct shares submitted towards unsealing. */
+  progress: number;
+}
+
+export interface KeyInfo {
+  name: string;
+  algorithm: EnvelopeAlgorithm;
+  exportable: boolean;
+  latestVersion: number;
+  minDecryptionVersion: number;
+  minEncryptionVersion: number;
+  rotationPeriodSeconds: number | null;
+  versions: Array<{ version: number; createdAt: string; destroyedAt: string | null }>;
+}
+
+interface KeyRow {
+  name: string;
+  algorithm: EnvelopeAlgorithm;
+  exportable: boolean;
+  latest_version: number;
+  min_decryption_version: number;
+  min_encryption_version: number;
+  rotation_period_seconds: number | null;
+}
+
+const KEY_NAME = /^[a-z][a-z0-9._-]{0,63}$/;
+
+export class Kms {
+  readonly #ctx: KmsContext;
+  #cmk: Buffer | undefined;
+  #cmkId: string | undefined;
+  #signing: Sm2PrivateKey | undefined;
+  readonly #submitted = new Map<number, ShareToken>();
+  readonly #material = new Map<string, Buffer>();
+
+  constructor(ctx: KmsContext) {
+    this.#ctx = ctx;
+  }
+
+  #now(): Date {
+    return this.#ctx.now?.() ?? new Date();
+  }
+
+  // ---- master key: init, seal, unseal -------------------------------------------------
+
+  /** Creates the site's CMK, splits it k-of-n and wraps one share per custodian. Leaves the KMS unsealed. */
+  async init(opts: { custodians: Custodian[]; threshold?: number }): Promise<{ cmkId: string; shares: WrappedShare[] }> {
+    const n = opts.custodians.length;
+    const k = opts.threshold ?? 3;
+    if (k < 2 || k > n || n > 255) throw new KmsError('bad-request', `threshold must be 2..${n} for ${n} custodians (got ${k}); at least 2 custodians`);
+    if (new Set(opts.custodians.map((c) => c.name)).size !== n) throw new KmsError('bad-request', 'custodian names must be distinct');
+    const cmk = randomBytes(32);
+    const cmkId = randomUUID();
+    // The library insists on plain Uint8Array (not Buffer).
+    const parts = await split(new Uint8Array(cmk), n, k);
+    const shares = parts.map((share, i) => wrapShare({ site: this.#ctx.siteId, cmkId, index: i + 1, threshold: k, custodian: opts.custodians[i]!, token: { cmkId, index: i + 1, share } }));
+    const signing = Sm2PrivateKey.generate();
+    await this.#ctx.db.transaction(async (tx) => {
+      const exists = await tx.query('SELECT 1 FROM kms_root WHERE site_id = $1 FOR UPDATE', [this.#ctx.siteId]);
+      if (exists.rows.length) throw new KmsError('already-initialized', `the KMS of site ${this.#ctx.siteId} is already initialized; its master key cannot be replaced`);
+      await tx.query(
+        'INSERT INTO kms_root (site_id, cmk_id, kcv, threshold, share_count, signing_public_key, signing_private_wrapped) VALUES ($1, $2, $3, $4, $5, $6, $7)',
+        [this.#ctx.siteId, cmkId, kcvOf(cmk), k, n, signing.publicKey.toPem(), wrapUnder(cmk, `signing:${cmkId}`, signing.toDer())],
+      );
+      for (const s of shares) await tx.query('INSERT INTO kms_share (cmk_id, share_index, custodian, wrapped) VALUES ($1, $2, $3, $4::jsonb)', [cmkId, s.index, s.custodian, JSON.stringify(s)]);
+    });
+    this.#unsealWith(cmk, cmkId, signing);
+    return { cmkId, shares };
+  }
+
+  async status(): Promise<KmsStatus> {
+    const root = await this.#root(this.#ctx.db);
+    if (!root) return { initialized: false, sealed: true, progress: 0 };
+    return { initialized: true, sealed: this.#cmk === undefined, cmkId: root.cmk_id, threshold: root.threshold, shareCount: root.share_count, progress: this.#submitted.size };
+  }
+
+  seal(): void {
+    this.#cmk?.fill(0);
+    this.#cmk = undefined;
+    this.#signing = undefined;
+    for (const m of this.#material.values()) m.fill(0);
+    this.#material.clear();
+    this.#submitted.clear();
+  }
+
+  /** Adds one opened share; unseals once `threshold` distinct shares reconstruct the CMK. */
+  async submitShare(token: ShareToken): Promise<KmsStatus> {
+    const root = await this.#root(this.#ctx.db);
+    if (!root) throw new KmsError('not-initialized', `the KMS of site ${this.#ctx.siteId} is not initialized: run medmesh keys init`);
+    if (this.#cmk) return this.status();
+    if (token.cmkId !== root.cmk_id) throw new KmsError('share-of-other-key', `this share belongs to master key ${token.cmkId}; site ${this.#ctx.siteId} uses ${root.cmk_id}`);
+    const prev = this.#submitted.get(token.index);
+    if (prev && !equalConstantTime(prev.share, token.share)) throw new KmsError('duplicate-share', `share ${token.index} was already submitted with different contents`);
+    this.#submitted.set(token.index, token);
+    if (this.#submitted.size < root.threshold) return this.status();
+    const cmk = Buffer.from(await combine([...this.#submitted.values()].map((t) => new Uint8Array(t.share))));
+    if (kcvOf(cmk) !== root.kcv) {
+      this.#submitted.clear();
+      cmk.fill(0);
+      throw new KmsError('bad-share', 'the submitted shares do not reconstruct this site\'s master key (check value mismatch): one is wrong or tampered; start again');
+    }
+    const signing = Sm2PrivateKey.fromPem(unwrapUnder(cmk, `signing:${root.cmk_id}`, root.signing_private_wrapped));
+    this.#unsealWith(cmk, root.cmk_id, signing);
+    return this.status();
+  }
+
+  #unsealWith(cmk: Buffer, cmkId: string, signing: Sm2PrivateKey): void {
+    this.#cmk = cmk;
+    this.#cmkId = cmkId;
+    this.#signing = signing;
+    this.#submitted.clear();
+  }
+
+  #requireUnsealed(): { cmk: Buffer; cmkId: string; signing: Sm2PrivateKey } {
+    if (!this.#cmk || !this.#cmkId || !this.#signing) throw new KmsError('sealed', `the KMS of site ${this.#ctx.siteId} is sealed: submit custodian shares (medmesh keys unseal)`);
+    return { cmk: this.#cmk, cmkId: this.#cmkId, signing: this.#signing };
+  }
+
+  async signingPublicKey(): Promise<Sm2PublicKey | undefined> {
+    const root = await this.#root(this.#ctx.db);
+    return root ? Sm2PublicKey.fromPem(root.signing_public_key) : undefined;
+  }
+
+  // ---- shares kept for other sites --------------------------------------------------------
+
+  async depositShare(w: WrappedShare): Promise<void> {
+    if (w.site === this.#ctx.siteId) throw new KmsError('bad-request', 'a site does not keep deposits of its own shares');
+    await this.#ctx.db.query(
+      `INSERT INTO kms_deposited_share (owner_site, cmk_id, share_index, wrapped) VALUES ($1, $2, $3, $4::jsonb)
+       ON CONFLICT (owner_site, cmk_id, share_index) DO UPDATE SET wrapped = excluded.wrapped, deposited_at = now()`,
+      [w.site, w.cmkId, w.index, JSON.stringify(w)],
+    );
+  }
+
+  async depositedShares(ownerSite: string): Promise<WrappedShare[]> {
+    const { rows } = await this.#ctx.db.query<{ wrapped: WrappedShare }>('SELECT wrapped FROM kms_deposited_share WHERE owner_site = $1 ORDER BY cmk_id, share_index', [ownerSite]);
+    return rows.map((r) => r.wrapped);
+  }
+
+  async ownShares(): Promise<WrappedShare[]> {
+    const { rows } = await this.#ctx.db.query<{ wrapped: WrappedShare }>(
+      'SELECT s.wrapped FROM kms_share s JOIN kms_root r ON r.cmk_id = s.cmk_id WHERE r.site_id = $1 ORDER BY s.share_index',
+      [this.#ctx.siteId],
+    );
+    return rows.map((r) => r.wrapped);
+  }
+
+  // ---- named keys -------------------------------------------------------------------------
+
+  async createKey(name: string, opts: { exportable?: boolean; rotationPeriodSeconds?: number; algorithm?: EnvelopeAlgorithm } = {}): Promise<KeyInfo> {
+    const { cmk } = this.#requireUnsealed();
+    if (!KEY_NAME.test(name)) throw new KmsError('bad-request', `key name ${JSON.stringify(name)} must be lower-case letters, digits, '.', '_' or '-' (at most 64), starting with a letter`);
+    if (opts.rotationPeriodSeconds !== undefined && (!Number.isInteger(opts.rotationPeriodSeconds) || opts.rotationPeriodSeconds < 60)) throw new KmsError('bad-request', 'rotation period must be a whole number of seconds, at least 60');
+    const algorithm = opts.algorithm ?? algorithmFor(this.#ctx.policy);
+    await this.#ctx.db.transaction(async (tx) => {
+      const r = await tx.query(
+        'INSERT INTO kms_key (name, algorithm, exportable, latest_version, rotation_period_seconds) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (name) DO NOTHING RETURNING name',
+        [name, algorithm, opts.exportable ?? false, opts.rotationPeriodSeconds ?? null],
+      );
+      if (r.rows.length === 0) throw new KmsError('key-exists', `key ${name} already exists`);
+      await this.#insertVersion(tx, cmk, name, 1, algorithm);
+    });
+    return this.describeKey(name);
+  }
+
+  async describeKey(name: string): Promise<KeyInfo> {
+    const row = await this.#key(this.#ctx.db, name);
+    const { rows } = await this.#ctx.db.query<{ version: number; created_at: Date; destroyed_at: Date | null }>(
+      'SELECT version, created_at, destroyed_at FROM kms_key_version WHERE name = $1 ORDER BY version',
+      [name],
+    );
+    return {
+      name, algorithm: row.algorithm, exportable: row.exportable, latestVersion: row.latest_version, minDecryptionVersion: row.min_decryption_version,
+      minEncryptionVersion: row.min_encryption_version, rotationPeriodSeconds: row.rotation_period_seconds,
+      versions: rows.map((v) => ({ version: v.version, createdAt: new Date(v.created_at).toISOString(), destroyedAt: v.destroyed_at ? new Date(v.destroyed_at).toISOString() : null })),
+    };
+  }
+
+  async listKeys(): Promise<string[]> {
+    const { rows } = await this.#ctx.db.query<{ name: string }>('SELECT name FROM kms_key ORDER BY name');
+    return rows.map((r) => r.name);
+  }
+
+  async rotate(name: string): Promise<KeyInfo> {
+    const { cmk } = this.#requireUnsealed();
+    await this.#ctx.db.transaction(async (tx) => {
+      const row = await this.#key(tx, name, { forUpdate: true });
+      const alive = await tx.query('SELECT 1 FROM kms_key_version WHERE name = $1 AND destroyed_at IS NULL LIMIT 1', [name]);
+      if (alive.rows.length === 0) throw new KmsError('version-destroyed', `key ${name} was destroyed (every version); create a new key instead of rotating it`);
+      await this.#insertVersion(tx, cmk, name, row.latest_version + 1, row.algorithm);
+      await tx.query('UPDATE kms_key SET latest_version = $2 WHERE name = $1', [name, row.latest_version + 1]);
+    });
+    return this.describeKey(name);
+  }
+
+  /** Rotates every key whose latest version is older than its rotation period. */
+  async rotateDue(): Promise<string[]> {
+    this.#requireUnsealed();
+    const { rows } = await this.#ctx.db.query<{ name: string }>(
+      `SELECT k.name FROM kms_key k JOIN kms_key_version v ON v.name = k.name AND v.version = k.latest_version
+       WHERE k.rotation_period_seconds IS NOT NULL AND v.created_at + make_interval(secs => k.rotation_period_seconds) <= $1::timestamptz`,
+      [this.#now().toISOString()],
+    );
+    for (const r of rows) await this.rotate(r.name);
+    return rows.map((r) => r.name);
+  }
+
+  async configureKey(name: string, opts: { minDecryptionVersion?: number; minEncryptionVersion?: number; rotationPeriodSeconds?: number | null }): Promise<KeyInfo> {
+    await this.#ctx.db.transaction(async (tx) => {
+      const row = await this.#key(tx, name, { forUpdate: true });
+      const minDec = opts.minDecryptionVersion ?? row.min_decryption_version;
+      const minEnc = opts.minEncryptionVersion ?? row.min_encryption_version;
+      if (!Number.isInteger(minDec) || minDec < 1 || minDec > row.latest_version) throw new KmsError('bad-request', `minimum decryption version must be 1..${row.latest_version}`);
+      if (!Number.isInteger(minEnc) || minEnc < 0 || minEnc > row.latest_version || (minEnc !== 0 && minEnc < minDec)) throw new KmsError('bad-request', `minimum encryption version must be 0 (latest) or ${minDec}..${row.latest_version}`);
+      const period = opts.rotationPeriodSeconds === undefined ? row.rotation_period_seconds : opts.rotationPeriodSeconds;
+      await tx.query('UPDATE kms_key SET min_decryption_version = $2, min_encryption_version = $3, rotation_period_seconds = $4 WHERE name = $1', [name, minDec, minEnc, period]);
+    });
+    return this.describeKey(name);
+  }
+
+  // ---- using keys -------------------------------------------------------------------------
+
+  async encrypt(name: string, plaintext: Uint8Array, aad?: Uint8Array): Promise<Buffer> {
+    const { version, algorithm, key } = await this.#encryptionKey(name);
+    return sealEnvelope({ alg: algorithm, keyId: name, keyVersion: version, key }, plaintext, aad);
+  }
+
+  async decrypt(envelope: Uint8Array, aad?: Uint8Array): Promise<Buffer> {
+    const { header } = readEnvelopeHeader(envelope);
+    const key = await this.#decryptionKey(header.kid, header.kv);
+    return openEnvelope(envelope, key, aad);
+  }
+
+  /** Re-encrypts to the key's current encryption version; the plaintext never leaves the KMS. */
+  async rewrap(envelope: Uint8Array, aad?: Uint8Array): Promise<Buffer> {
+    const { header } = readEnvelopeHeader(envelope);
+    const plaintext = await this.decrypt(envelope, aad);
+    try {
+      return await this.encrypt(header.kid, plaintext, aad);
+    } finally {
+      plaintext.fill(0);
+    }
+  }
+
+  /** A fresh data key wrapped under a named key (envelope encryption). */
+  async generateDataKey(name: string, opts: { bytes?: 16 | 32; plaintext?: boolean } = {}): Promise<{ wrapped: Buffer; plaintext?: Buffer }> {
+    const dk = randomBytes(opts.bytes ?? 16);
+    const wrapped = await this.encrypt(name, dk, Buffer.from(`datakey:${name}`));
+    if (opts.plaintext === false) {
+      dk.fill(0);
+      return { wrapped };
+    }
+    return { wrapped, plaintext: dk };
+  }
+
+  async unwrapDataKey(wrapped: Uint8Array): Promise<Buffer> {
+    const { header } = readEnvelopeHeader(wrapped);
+    return this.decrypt(wrapped, Buffer.from(`datakey:${header.kid}`));
+  }
+
+  /** Key material of an exportable key version (non-exportable keys never leave). */
+  async exportKey(name: string, version: number): Promise<Buffer> {
+    const row = await this.#key(this.#ctx.db, name);
+    if (!row.exportable) throw new KmsError('not-exportable', `key ${name} is not exportable`);
+    return Buffer.from(await this.#decryptionKey(name, version));
+  }
+
+  // ---- destruction ------------------------------------------------------------------------
+
+  /** Destroys key versions for good and returns the signed certificate (also stored permanently). */
+  async destroyVersions(name: string, opts: { versions: number[]; approvers: string[]; reason: string }): Promise<DestructionCertificate> {
+    const { signing } = this.#requireUnsealed();
+    if (opts.approvers.length < 2 || new Set(opts.approvers).size !== opts.approvers.length) throw new KmsError('bad-request', 'destroying key material needs at least two distinct approvers');
+    if (!opts.reason.trim()) throw new KmsError('bad-request', 'a reason is required');
+    const versions = [...new Set(opts.versions)].sort((a, b) => a - b);
+    if (versions.length === 0) throw new KmsError('bad-request', 'name at least one version to destroy');
+    return this.#ctx.db.transaction(async (tx) => {
+      const row = await this.#key(tx, name, { forUpdate: true });
+      const { rows } = await tx.query<{ version: number; destroyed_at: Date | null }>('SELECT version, destroyed_at FROM kms_key_version WHERE name = $1 AND version = ANY($2::int[])', [name, versions]);
+      const missing = versions.filter((v) => !rows.some((r) => r.version === v));
+      if (missing.length) throw new KmsError('bad-request', `key ${name} has no version ${missing.join(', ')}`);
+      const already = rows.filter((r) => r.destroyed_at).map((r) => r.version);
+      if (already.length) throw new KmsError('version-destroyed', `version ${already.join(', ')} of key ${name} is already destroyed`);
+      const now = this.#now().toISOString();
+      await tx.query('UPDATE kms_key_version SET material_wrapped = NULL, destroyed_at = $3 WHERE name = $1 AND version = ANY($2::int[])', [name, versions, now]);
+      for (const v of versions) this.#forget(name, v);
+      if (versions.includes(row.latest_version)) {
+        // Without an encryption version left the key only decrypts what survives; rotate to use it again.
+        await tx.query('UPDATE kms_key SET min_encryption_version = 0 WHERE name = $1', [name]);
+      }
+      const cert = signCertificate(
+        {
+          type: 'medmesh-key-destruction/1', id: randomUUID(), site: this.#ctx.siteId, keyName: name, versions, issuedAt: now, approvers: opts.approvers, reason: opts.reason,
+          confirmations: [{ site: this.#ctx.siteId, wipedAt: now, how: 'wrapped material set to NULL in kms_key_version; in-memory copies zeroed' }],
+        },
+        signing,
+      );
+      const id = (JSON.parse(cert.document) as { id: string }).id;
+      await tx.query('INSERT INTO kms_destruction_certificate (id, key_name, versions, issued_at, document, signature) VALUES ($1, $2, $3, $4, $5, $6)', [
+        id, name, versions, now, cert.document, Buffer.from(cert.signature, 'base64'),
+      ]);
+      return cert;
+    });
+  }
+
+  async certificates(name?: string): Promise<DestructionCertificate[]> {
+    const pub = (await this.signingPublicKey())?.toPem() ?? '';
+    const { rows } = await this.#ctx.db.query<{ document: string; signature: Buffer }>(
+      `SELECT document, signature FROM kms_destruction_certificate ${name ? 'WHERE key_name = $1' : ''} ORDER BY issued_at`,
+      name ? [name] : [],
+    );
+    return rows.map((r) => ({ document: r.document, signature: Buffer.from(r.signature).toString('base64'), signingPublicKey: pub }));
+  }
+
+  // ---- internals --------------------------------------------------------------------------
+
+  async #root(q: Queryable) {
+    const { rows } = await q.query<{ cmk_id: string; kcv: string; threshold: number; share_count: number; signing_public_key: string; signing_private_wrapped: Buffer }>(
+      'SELECT cmk_id, kcv, threshold, share_count, signing_public_key, signing_private_wrapped FROM kms_root WHERE site_id = $1',
+      [this.#ctx.siteId],
+    );
+    return rows[0];
+  }
+
+  async #key(q: Queryable, name: string, opts: { forUpdate?: boolean } = {}): Promise<KeyRow> {
+    const { rows } = await q.query<KeyRow>(
+      `SELECT name, algorithm, exportable, latest_version, min_decryption_version, min_encryption_version, rotation_period_seconds FROM kms_key WHERE name = $1${opts.forUpdate ? ' FOR UPDATE' : ''}`,
+      [name],
+    );
+    if (!rows[0]) throw new KmsError('unknown-key', `no key named ${name}`);
+    return rows[0];
+  }
+
+  async #insertVersion(tx: Queryable, cmk: Buffer, name: string, version: number, algorithm: EnvelopeAlgorithm): Promise<void> {
+    const material = randomBytes(keyBytesFor(algorithm));
+    // created_at from the KMS clock, which is also what rotation periods are measured against.
+    await tx.query('INSERT INTO kms_key_version (name, version, material_wrapped, created_at) VALUES ($1, $2, $3, $4)', [name, version, wrapUnder(cmk, `${name}:${version}`, material), this.#now().toISOString()]);
+  }
+
+  async #encryptionKey(name: string): Promise<{ version: number; algorithm: EnvelopeAlgorithm; key: Buffer }> {
+    this.#requireUnsealed();
+    let row = await this.#key(this.#ctx.db, name);
+    if (row.rotation_period_seconds !== null && (await this.rotateDue()).includes(name)) row = await this.#key(this.#ctx.db, name);
+    const version = row.min_encryption_version || row.latest_version;
+    return { version, algorithm: row.algorithm, key: await this.#decryptionKey(name, version) };
+  }
+
+  async #decryptionKey(name: string, version: number): Promise<Buffer> {
+    const { cmk } = this.#requireUnsealed();
+    const cached = this.#material.get(`${name}:${version}`);
+    const row = await this.#key(this.#ctx.db, name);
+    if (version < row.min_decryption_version) throw new KmsError('version-below-minimum', `version ${version} of key ${name} is below the minimum decryption version ${row.min_decryption_version}; rewrap data before raising the minimum`);
+    if (cached) return cached;
+    const { rows } = await this.#ctx.db.query<{ material_wrapped: Buffer | null }>('SELECT material_wrapped FROM kms_key_version WHERE name = $1 AND version = $2', [name, version]);
+    if (!rows[0]) throw new KmsError('unknown-key', `key ${name} has no version ${version}`);
+    if (!rows[0].material_wrapped) throw new KmsError('version-destroyed', `version ${version} of key ${name} was destroyed; data encrypted under it cannot be decrypted`);
+    const material = unwrapUnder(cmk, `${name}:${version}`, rows[0].material_wrapped);
+    this.#material.set(`${name}:${version}`, material);
+    return material;
+  }
+
+  #forget(name: string, version: number): void {
+    this.#material.get(`${name}:${version}`)?.fill(0);
+    this.#material.delete(`${name}:${version}`);
+  }
+}
+
+export function kcvOf(cmk: Uint8Array): string {
+  return hmacSm3(cmk, Buffer.from('medmesh kcv')).subarray(0, 8).toString('hex');
+}
+
+/** Key material under the CMK: SM4-GCM envelope bound to what it is (name:version). */
+function wrapUnder(cmk: Buffer, label: string, material: Uint8Array): Buffer {
+  return sealEnvelope({ alg: 'SM4-GCM', keyId: 'cmk', keyVersion: 1, key: cmk.subarray(0, 16) }, material, Buffer.from(label));
+}
+
+function unwrapUnder(cmk: Buffer, label: string, wrapped: Uint8Array): Buffer {
+  try {
+    return openEnvelope(wrapped, cmk.subarray(0, 16), Buffer.from(label));
+  } catch (e) {
+    if (e instanceof CryptoError) throw new KmsError('bad-request', `stored key material for ${label} does not open under the master key: the KMS tables were altered`);
+    throw e;
+  }
+}
