@@ -4,6 +4,8 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 export interface FlagSpec {
   type: 'string' | 'boolean';
+  /** May be given several times (string flags): the value is an array. */
+  multiple?: boolean;
   short?: string;
   help: string;
   default?: string | boolean;
@@ -19,14 +21,14 @@ export interface VerbSpec<F extends Record<string, FlagSpec>> {
 }
 
 export type Flags<F extends Record<string, FlagSpec>> = {
-  [K in keyof F]: F[K]['type'] extends 'boolean' ? boolean : F[K] extends { default: string } ? string : string | undefined;
+  [K in keyof F]: F[K]['type'] extends 'boolean' ? boolean : F[K] extends { multiple: true } ? string[] : F[K] extends { default: string } ? string : string | undefined;
 };
 
 export class UsageError extends Error {}
 
 export function helpText(spec: VerbSpec<Record<string, FlagSpec>>): string {
   const rows = Object.entries(spec.flags).map(([name, f]) => {
-    const left = `  ${f.short ? `-${f.short}, ` : '    '}--${name}${f.type === 'string' ? ` <${f.placeholder ?? 'value'}>` : ''}`;
+    const left = `  ${f.short ? `-${f.short}, ` : '    '}--${name}${f.type === 'string' ? ` <${f.placeholder ?? 'value'}>` : ''}${f.multiple ? ' ...' : ''}`;
     const def = f.default !== undefined && f.default !== false ? ` (default: ${String(f.default)})` : '';
     return `${left.padEnd(34)} ${f.help}${def}`;
   });
@@ -38,11 +40,11 @@ export function helpText(spec: VerbSpec<Record<string, FlagSpec>>): string {
 export function parseFlags<F extends Record<string, FlagSpec>>(spec: VerbSpec<F>, argv: string[]): Flags<F> | 'help' {
   const options: NonNullable<ParseArgsConfig['options']> = { help: { type: 'boolean', short: 'h' } };
   for (const [name, f] of Object.entries(spec.flags)) {
-    options[name] = { type: f.type, ...(f.short ? { short: f.short } : {}), ...(f.default !== undefined ? { default: f.default } : {}) };
+    options[name] = { type: f.type, ...(f.short ? { short: f.short } : {}), ...(f.multiple ? { multiple: true, default: [] } : f.default !== undefined ? { default: f.default } : {}) };
   }
-  let values: Record<string, string | boolean | undefined>;
+  let values: Record<string, string | boolean | string[] | undefined>;
   try {
-    values = parseArgs({ args: argv, options, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
+    values = parseArgs({ args: argv, options, strict: true, allowPositionals: false }).values as Record<string, string | boolean | string[] | undefined>;
   } catch (e) {
     throw new UsageError(`${e instanceof Error ? e.message.replace(/\. To specify.*$/s, '') : String(e)}\nRun 'medmesh ${spec.name} --help' for the options.`);
   }

@@ -1,6 +1,10 @@
 // medmesh command line: one binary, several roles (DESIGN.md §3).
+import { DataDirInUseError } from '../db/index.ts';
+import { CryptoError } from '../security/crypto/index.ts';
+import { KmsError } from '../security/kms/index.ts';
 import { UsageError } from './args.ts';
 import { demoVerb } from './verb-demo.ts';
+import { keysVerb } from './verb-keys.ts';
 import { migrateVerb } from './verb-migrate.ts';
 import { regionVerb } from './verb-region.ts';
 import { seedVerb } from './verb-seed.ts';
@@ -12,6 +16,7 @@ const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary:
   migrate: { run: migrateVerb, summary: "apply a site's database migrations" },
   seed: { run: seedVerb, summary: 'write synthetic patients at a site' },
   region: { run: regionVerb, summary: 'check a region file (medmesh region check --region FILE)' },
+  keys: { run: keysVerb, summary: 'key management: init, unseal, status, create, rotate, rewrap, destroy, shares' },
 };
 
 export function usage(): string {
@@ -35,6 +40,11 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof UsageError) {
       console.error(`medmesh ${verb}: ${e.message}`);
       return 2;
+    }
+    // Domain errors carry a message written for the operator; no stack trace needed.
+    if (e instanceof KmsError || e instanceof CryptoError || e instanceof DataDirInUseError) {
+      console.error(`medmesh ${verb}: ${e.message}`);
+      return 1;
     }
     console.error(`medmesh ${verb} failed:`, e instanceof Error ? (e.stack ?? e.message) : e);
     return 1;

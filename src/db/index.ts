@@ -1,5 +1,5 @@
 export type { Db, DbKind, Queryable, QueryOptions, QueryResult } from './db.ts';
-export { openPglite } from './pglite.ts';
+export { openPglite, DataDirInUseError } from './pglite.ts';
 export type { PgliteOptions } from './pglite.ts';
 export { openPostgres, quoteIdent } from './postgres.ts';
 export type { PostgresOptions } from './postgres.ts';

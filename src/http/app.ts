@@ -3,6 +3,8 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { Db } from '../db/index.ts';
 import type { RecordStore, SearchParamTable } from '../records/index.ts';
+import type { Kms } from '../security/kms/index.ts';
+import { kmsRoutes } from './kms-routes.ts';
 import { fhirRoutes, registerFhirErrorHandling } from './fhir-routes.ts';
 import { anonymousResolver, registerIdentity, type IdentityResolver } from './identity.ts';
 
@@ -11,6 +13,7 @@ export const DEFAULT_BODY_LIMIT = 16 * 1024 * 1024;
 export interface AppOptions {
   store: RecordStore;
   db: Db;
+  kms: Kms;
   searchParams: SearchParamTable;
   siteId: string;
   regionId: string;
@@ -36,7 +39,10 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   registerIdentity(app, opts.resolveIdentity ?? anonymousResolver);
   registerFhirErrorHandling(app);
 
-  app.get('/healthz', () => ({ status: 'ok', site: opts.siteId, region: opts.regionId }));
+  app.get('/healthz', async () => {
+    const kms = await opts.kms.status();
+    return { status: 'ok', site: opts.siteId, region: opts.regionId, kms: { initialized: kms.initialized, sealed: kms.sealed, unsealProgress: kms.threshold ? `${kms.progress}/${kms.threshold}` : null } };
+  });
   app.get('/readyz', async (_req, reply) => {
     try {
       await opts.db.query('SELECT 1');
@@ -45,6 +51,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       return reply.code(503).send({ status: 'not-ready', site: opts.siteId, reason: e instanceof Error ? e.message : String(e) });
     }
   });
+  await app.register(kmsRoutes, { prefix: '/kms', kms: opts.kms });
   await app.register(fhirRoutes, { prefix: '/fhir/R4', store: opts.store, searchParams: opts.searchParams, siteId: opts.siteId, regionId: opts.regionId, version: opts.version });
   return app;
 }

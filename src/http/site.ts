@@ -5,6 +5,7 @@ import { HybridClock } from '../clock/index.ts';
 import { claimSiteIdentity, migrate, pgBoundStore, type Db } from '../db/index.ts';
 import { buildBindingTable, buildSearchParamTable, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
 import type { Region } from '../region/index.ts';
+import { Kms } from '../security/kms/index.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
 
@@ -23,6 +24,7 @@ export interface Site {
   siteId: string;
   ctx: RecordsContext;
   store: RecordStore;
+  kms: Kms;
   app: FastifyInstance;
   close(): Promise<void>;
 }
@@ -43,11 +45,13 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   const clock = await HybridClock.start({ store: pgBoundStore(db, siteId), maxOffsetMs: region.config.policies.maxClockOffsetMs });
   const ctx: RecordsContext = { db, region, siteId, clock, searchParams, bindings: buildBindingTable(SUPPORTED_TYPES) };
   const store = new RecordStore(ctx);
+  // Every site starts sealed; custodians unseal it (POST /kms/unseal, medmesh keys unseal).
+  const kms = new Kms({ db, siteId, policy: region.config.policies.crypto });
   const app = await buildApp({
-    store, db, searchParams, siteId, regionId: region.id, version: VERSION,
+    store, db, kms, searchParams, siteId, regionId: region.id, version: VERSION,
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
     ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
     ...(opts.resolveIdentity ? { resolveIdentity: opts.resolveIdentity } : {}),
   });
-  return { ok: true, site: { siteId, ctx, store, app, close: () => app.close() } };
+  return { ok: true, site: { siteId, ctx, store, kms, app, close: () => app.close() } };
 }

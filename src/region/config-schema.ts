@@ -61,6 +61,8 @@ export const regionSchema = z.strictObject({
       minDrDistanceKm: z.number().positive().default(50),
       /** Remote HLC timestamps further ahead than this are rejected. */
       maxClockOffsetMs: z.number().int().positive().default(500),
+      /** national: SM2/SM3/SM4 (regional standard); international: AES-256-GCM / RSA-3072 fallback. */
+      crypto: z.enum(['national', 'international']).default('national'),
     })
     .prefault({}),
 });

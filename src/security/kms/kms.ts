@@ -150,13 +150,20 @@ export class Kms {
 
   // ---- shares kept for other sites --------------------------------------------------------
 
+  /** Keeps another site's wrapped share. Deposits are write-once: a different share under the same slot is refused. */
   async depositShare(w: WrappedShare): Promise<void> {
     if (w.site === this.#ctx.siteId) throw new KmsError('bad-request', 'a site does not keep deposits of its own shares');
-    await this.#ctx.db.query(
+    const inserted = await this.#ctx.db.query(
       `INSERT INTO kms_deposited_share (owner_site, cmk_id, share_index, wrapped) VALUES ($1, $2, $3, $4::jsonb)
-       ON CONFLICT (owner_site, cmk_id, share_index) DO UPDATE SET wrapped = excluded.wrapped, deposited_at = now()`,
+       ON CONFLICT (owner_site, cmk_id, share_index) DO NOTHING RETURNING 1`,
       [w.site, w.cmkId, w.index, JSON.stringify(w)],
     );
+    if (inserted.rows.length) return;
+    const { rows } = await this.#ctx.db.query<{ same: boolean }>(
+      'SELECT wrapped = $4::jsonb AS same FROM kms_deposited_share WHERE owner_site = $1 AND cmk_id = $2 AND share_index = $3',
+      [w.site, w.cmkId, w.index, JSON.stringify(w)],
+    );
+    if (!rows[0]?.same) throw new KmsError('duplicate-share', `site ${w.site} already deposited a different share ${w.index} of master key ${w.cmkId} here`);
   }
 
   async depositedShares(ownerSite: string): Promise<WrappedShare[]> {

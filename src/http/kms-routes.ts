@@ -1,0 +1,54 @@
+// KMS over HTTP: status and unsealing for operators, share deposits between sites.
+// Errors are JSON problems naming the KMS error code.
+import type { FastifyPluginAsync, FastifyReply } from 'fastify';
+import { decodeShareToken, KmsError, parseWrappedShare, type Kms, type KmsErrorCode } from '../security/kms/index.ts';
+
+const STATUS: Record<KmsErrorCode, number> = {
+  'not-initialized': 409,
+  'already-initialized': 409,
+  sealed: 503,
+  'bad-share': 400,
+  'share-of-other-key': 400,
+  'duplicate-share': 409,
+  'unknown-key': 404,
+  'key-exists': 409,
+  'version-destroyed': 410,
+  'version-below-minimum': 403,
+  'not-exportable': 403,
+  'bad-request': 400,
+};
+
+export const kmsRoutes: FastifyPluginAsync<{ kms: Kms }> = async (app, { kms }) => {
+  const problem = (reply: FastifyReply, e: unknown) => {
+    if (e instanceof KmsError) return reply.code(STATUS[e.code]).send({ error: e.code, message: e.message });
+    throw e;
+  };
+
+  app.get('/status', () => kms.status());
+
+  app.post<{ Body: { share?: unknown } }>('/unseal', async (req, reply) => {
+    if (typeof req.body?.share !== 'string') return reply.code(400).send({ error: 'bad-request', message: 'body must be {"share": "mmshare1...."}' });
+    try {
+      return await kms.submitShare(decodeShareToken(req.body.share));
+    } catch (e) {
+      return problem(reply, e);
+    }
+  });
+
+  // Wrapped shares are encrypted to custodians, so keeping and listing them discloses nothing.
+  app.post('/shares', async (req, reply) => {
+    try {
+      await kms.depositShare(parseWrappedShare(JSON.stringify(req.body)));
+      return reply.code(204).send();
+    } catch (e) {
+      return problem(reply, e);
+    }
+  });
+
+  app.get<{ Querystring: { owner?: string } }>('/shares', async (req, reply) => {
+    if (!req.query.owner) return reply.code(400).send({ error: 'bad-request', message: 'owner (the site whose shares to list) is required' });
+    return kms.depositedShares(req.query.owner);
+  });
+
+  await Promise.resolve();
+};
