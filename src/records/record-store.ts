@@ -11,6 +11,7 @@ import { isSupportedType } from './resource-types.ts';
 import { extractIndex, type IndexRows } from './search-index.ts';
 import { parseSearch, type SearchRequest } from './search-query.ts';
 import { buildSearchSql } from './search-sql.ts';
+import { CreateBatcher } from './create-batcher.ts';
 import { writeVersion } from './write-version.ts';
 
 export interface WriteOutcome {
@@ -39,9 +40,11 @@ const EMPTY_INDEX: IndexRows = { tokens: [], strings: [], dates: [], references:
 
 export class RecordStore {
   readonly #ctx: RecordsContext;
+  readonly #batcher: CreateBatcher;
 
   constructor(ctx: RecordsContext) {
     this.#ctx = ctx;
+    this.#batcher = new CreateBatcher(ctx.db);
   }
 
   get context(): RecordsContext {
@@ -63,13 +66,13 @@ export class RecordStore {
   }
 
   create(type: string, body: unknown, opts: { ifNoneExist?: string } = {}): Promise<Result<WriteOutcome>> {
-    // A plain create is a single statement (atomic by itself): no BEGIN/COMMIT round trips.
-    if (opts.ifNoneExist === undefined) return this.createIn(this.#ctx.db, type, body, { id: undefined });
+    // A plain create is one statement (atomic by itself), grouped with concurrent creates.
+    if (opts.ifNoneExist === undefined) return this.createIn(this.#ctx.db, type, body, { id: undefined, batch: true });
     return this.inTransaction((tx) => this.createIn(tx, type, body, { ...opts, id: undefined }));
   }
 
   /** Create inside the caller's transaction. `id` pre-assigns the id (Bundle urn:uuid resolution). */
-  async createIn(tx: Queryable, type: string, body: unknown, opts: { ifNoneExist?: string; id: string | undefined }): Promise<Result<WriteOutcome>> {
+  async createIn(tx: Queryable, type: string, body: unknown, opts: { ifNoneExist?: string; id: string | undefined; batch?: boolean }): Promise<Result<WriteOutcome>> {
     const checked = checkBody(body, type);
     if (!checked.ok) return checked;
     if (!isSupportedType(type)) return unknownType(type);
@@ -81,7 +84,7 @@ export class RecordStore {
     const id = opts.id ?? randomUUID();
     const prepared = await prepareWrite(this.#ctx, tx, { ...checked.value, id }, 'new');
     if (!prepared.ok) return prepared;
-    const resource = await this.#write(tx, prepared.value, { parentHlc: null, replacesCurrent: false });
+    const resource = await this.#write(tx, prepared.value, { parentHlc: null, replacesCurrent: false, batch: opts.batch ?? false });
     return ok({ resource, status: 'created' });
   }
 
@@ -241,7 +244,7 @@ export class RecordStore {
     return rows[0];
   }
 
-  async #write(tx: Queryable, w: PreparedWrite, opts: { parentHlc: bigint | null; replacesCurrent: boolean; deleted?: boolean }): Promise<Resource> {
+  async #write(tx: Queryable, w: PreparedWrite, opts: { parentHlc: bigint | null; replacesCurrent: boolean; deleted?: boolean; batch?: boolean }): Promise<Resource> {
     const { clock, siteId } = this.#ctx;
     let hlc: bigint;
     if (opts.parentHlc === null) hlc = await clock.now();
@@ -256,16 +259,14 @@ export class RecordStore {
     const deleted = opts.deleted ?? false;
     const resource: Resource = { ...w.resource, meta: { ...w.resource.meta, versionId, lastUpdated } };
     const index = deleted ? EMPTY_INDEX : extractIndex(resource, this.#params(resource.resourceType));
-    await writeVersion(
-      tx,
-      {
-        resourceType: resource.resourceType, id: resource.id!, versionId, hlc, parentHlc: opts.parentHlc, originSite: siteId,
-        epoch: w.shard ? (this.#ctx.epochFor?.(w.shard) ?? 0n) : 0n, shard: w.shard, dataClass: w.dataClass, patientId: w.patientId,
-        deleted, lastUpdated, content: deleted ? null : resource,
-      },
-      index,
-      { replacesCurrent: opts.replacesCurrent, ...(w.placement && w.patientId ? { empi: { patientId: w.patientId, ...w.placement } } : {}) },
-    );
+    const row = {
+      resourceType: resource.resourceType, id: resource.id!, versionId, hlc, parentHlc: opts.parentHlc, originSite: siteId,
+      epoch: w.shard ? (this.#ctx.epochFor?.(w.shard) ?? 0n) : 0n, shard: w.shard, dataClass: w.dataClass, patientId: w.patientId,
+      deleted, lastUpdated, content: deleted ? null : resource,
+    };
+    const empi = w.placement && w.patientId ? { patientId: w.patientId, ...w.placement } : undefined;
+    if (opts.batch && !opts.replacesCurrent) await this.#batcher.write({ row, index, ...(empi ? { empi } : {}) });
+    else await writeVersion(tx, row, index, { replacesCurrent: opts.replacesCurrent, ...(empi ? { empi } : {}) });
     return resource;
   }
 }
