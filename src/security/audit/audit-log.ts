@@ -1,0 +1,186 @@
+// The audit log of one site: batched appends (group commit, gapless sequence numbers),
+// HMAC-SM3 per entry, SM2-signed checkpoints over the RFC 9162 Merkle root, proofs, and
+// cosignatures by other sites.
+import type { Db, Queryable } from '../../db/index.ts';
+import { hmacSm3, sm2Sign, sm2Verify, type Sm2PrivateKey, type Sm2PublicKey } from '../crypto/index.ts';
+import { auditEventSchema, canonicalBytes, type AuditEvent } from './event.ts';
+import { consistencyProof, extendFrontier, inclusionProof, leafHash, rootOf, rootOfFrontier } from './merkle.ts';
+
+const APPEND_LOCK = 7_240_612;
+
+export interface AuditSigner {
+  siteId: string;
+  key: Sm2PrivateKey;
+}
+
+export interface AuditLogOptions {
+  db: Db;
+  /** HMAC-SM3 key held by the KMS: an altered or forged row fails its MAC. */
+  macKey: Uint8Array;
+  signer: AuditSigner;
+  now?: () => Date;
+  maxBatch?: number;
+}
+
+export interface Checkpoint {
+  treeSize: number;
+  root: Buffer;
+  issuedAt: string;
+  statement: string;
+  signature: Buffer;
+  signerSite: string;
+  signerPublicKey: string;
+}
+
+export type AuditAppendError = { kind: 'invalid-event'; issues: string[] };
+
+interface Waiting {
+  bytes: Buffer;
+  resolve: (seq: number) => void;
+  reject: (e: unknown) => void;
+}
+
+export function entryMac(macKey: Uint8Array, seq: number, entry: Uint8Array): Buffer {
+  const s = Buffer.alloc(8);
+  s.writeBigUInt64BE(BigInt(seq));
+  return hmacSm3(macKey, s, entry);
+}
+
+export function checkpointStatement(c: { site: string; treeSize: number; root: Uint8Array; issuedAt: string }): string {
+  return canonicalBytes({ type: 'medmesh-audit-checkpoint/1', site: c.site, treeSize: c.treeSize, root: Buffer.from(c.root).toString('hex'), issuedAt: c.issuedAt }).toString('utf8');
+}
+
+export class AuditLog {
+  readonly #o: AuditLogOptions;
+  #queue: Waiting[] = [];
+  #running = false;
+
+  constructor(opts: AuditLogOptions) {
+    this.#o = opts;
+  }
+
+  /** Validates and appends one event; resolves with its sequence number once committed. */
+  append(event: AuditEvent): Promise<{ ok: true; seq: number } | { ok: false; error: AuditAppendError }> {
+    const parsed = auditEventSchema.safeParse(event);
+    if (!parsed.success) return Promise.resolve({ ok: false, error: { kind: 'invalid-event', issues: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`) } });
+    return this.appendBytes(canonicalBytes(parsed.data)).then((seq) => ({ ok: true as const, seq }));
+  }
+
+  /** Appends canonical bytes as they are; concurrent appends share one transaction. */
+  appendBytes(bytes: Buffer): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ bytes, resolve, reject });
+      if (!this.#running) void this.#drain();
+    });
+  }
+
+  async #drain(): Promise<void> {
+    this.#running = true;
+    try {
+      while (this.#queue.length) {
+        const batch = this.#queue.splice(0, this.#o.maxBatch ?? 2000);
+        try {
+          const first = await this.#o.db.transaction(async (tx) => {
+            // One writer at a time per site assigns the next numbers; the batch makes this cheap.
+            await tx.query('SELECT pg_advisory_xact_lock($1)', [APPEND_LOCK]);
+            const { rows } = await tx.query<{ next: bigint }>('SELECT coalesce(max(seq) + 1, 0)::bigint AS next FROM audit_entry');
+            const start = Number(rows[0]!.next);
+            const seqs = batch.map((_, i) => String(start + i));
+            const macs = batch.map((w, i) => `\\x${entryMac(this.#o.macKey, start + i, w.bytes).toString('hex')}`);
+            const entries = batch.map((w) => `\\x${w.bytes.toString('hex')}`);
+            await tx.query(
+              'INSERT INTO audit_entry (seq, entry, mac) SELECT * FROM unnest($1::bigint[], $2::text[]::bytea[], $3::text[]::bytea[])',
+              [seqs, entries, macs],
+            );
+            return start;
+          });
+          batch.forEach((w, i) => w.resolve(first + i));
+        } catch (e) {
+          batch.forEach((w) => w.reject(e));
+        }
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /** Signs the current tree if it grew since the last checkpoint. */
+  async checkpoint(): Promise<Checkpoint | undefined> {
+    const { db, signer } = this.#o;
+    return db.transaction(async (tx) => {
+      await tx.query('SELECT pg_advisory_xact_lock($1)', [APPEND_LOCK + 1]);
+      const last = await latest(tx);
+      const size = last?.treeSize ?? 0;
+      const frontier = last ? splitFrontier(last.frontier) : [];
+      const { rows } = await tx.query<{ entry: Buffer }>('SELECT entry FROM audit_entry WHERE seq >= $1 ORDER BY seq', [size]);
+      if (rows.length === 0) return last?.checkpoint;
+      const next = extendFrontier(frontier, size, rows.map((r) => leafHash(r.entry)));
+      const root = rootOfFrontier(next.frontier);
+      const issuedAt = (this.#o.now?.() ?? new Date()).toISOString();
+      const statement = checkpointStatement({ site: signer.siteId, treeSize: next.size, root, issuedAt });
+      const signature = sm2Sign(signer.key, Buffer.from(statement));
+      await tx.query(
+        'INSERT INTO audit_checkpoint (tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)',
+        [next.size, root, Buffer.concat(next.frontier), issuedAt, statement, signature, signer.siteId, signer.key.publicKey.toPem()],
+      );
+      return { treeSize: next.size, root, issuedAt, statement, signature, signerSite: signer.siteId, signerPublicKey: signer.key.publicKey.toPem() };
+    });
+  }
+
+  async latestCheckpoint(): Promise<Checkpoint | undefined> {
+    return (await latest(this.#o.db))?.checkpoint;
+  }
+
+  /** Inclusion proof of entry `seq` in the tree of `treeSize` entries. */
+  async inclusionProof(seq: number, treeSize: number): Promise<{ leafHash: Buffer; proof: Buffer[] }> {
+    const leaves = await this.#leaves(treeSize);
+    if (seq < 0 || seq >= leaves.length) throw new RangeError(`entry ${seq} is not in a tree of ${treeSize}`);
+    return { leafHash: leaves[seq]!, proof: inclusionProof(leaves, seq, treeSize) };
+  }
+
+  async consistencyProof(from: number, to: number): Promise<Buffer[]> {
+    return consistencyProof(await this.#leaves(to), from, to);
+  }
+
+  async rootAt(treeSize: number): Promise<Buffer> {
+    return rootOf(await this.#leaves(treeSize));
+  }
+
+  /** Stores another site's signature over one of our checkpoints, after checking it. */
+  async addCosignature(treeSize: number, site: string, signature: Buffer, publicKey: Sm2PublicKey): Promise<boolean> {
+    const { rows } = await this.#o.db.query<{ statement: string }>('SELECT statement FROM audit_checkpoint WHERE tree_size = $1', [treeSize]);
+    if (!rows[0] || !sm2Verify(publicKey, Buffer.from(rows[0].statement), signature)) return false;
+    await this.#o.db.query('INSERT INTO audit_cosignature (tree_size, site, signature, public_key) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [treeSize, site, signature, publicKey.toPem()]);
+    return true;
+  }
+
+  async #leaves(treeSize: number): Promise<Buffer[]> {
+    const { rows } = await this.#o.db.query<{ entry: Buffer }>('SELECT entry FROM audit_entry WHERE seq < $1 ORDER BY seq', [treeSize]);
+    if (rows.length < treeSize) throw new RangeError(`the log holds ${rows.length} entries, fewer than ${treeSize}`);
+    return rows.map((r) => leafHash(r.entry));
+  }
+}
+
+/** A checkpoint signed by another site, over the same statement bytes. */
+export function cosign(statement: string, key: Sm2PrivateKey): Buffer {
+  return sm2Sign(key, Buffer.from(statement));
+}
+
+async function latest(q: Queryable): Promise<{ treeSize: number; frontier: Buffer; checkpoint: Checkpoint } | undefined> {
+  const { rows } = await q.query<{ tree_size: bigint; root: Buffer; frontier: Buffer; issued_at: Date; statement: string; signature: Buffer; signer_site: string; signer_public_key: string }>(
+    'SELECT tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key FROM audit_checkpoint ORDER BY tree_size DESC LIMIT 1',
+  );
+  const r = rows[0];
+  if (!r) return undefined;
+  const checkpoint: Checkpoint = {
+    treeSize: Number(r.tree_size), root: Buffer.from(r.root), issuedAt: new Date(r.issued_at).toISOString(), statement: r.statement,
+    signature: Buffer.from(r.signature), signerSite: r.signer_site, signerPublicKey: r.signer_public_key,
+  };
+  return { treeSize: Number(r.tree_size), frontier: Buffer.from(r.frontier), checkpoint };
+}
+
+export function splitFrontier(b: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = 0; i < b.length; i += 32) out.push(b.subarray(i, i + 32));
+  return out;
+}

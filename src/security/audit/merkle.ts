@@ -1,0 +1,150 @@
+// RFC 9162 (Certificate Transparency 2.0) Merkle tree, with SM3 as the hash:
+//   leaf = SM3(0x00 || entry), node = SM3(0x01 || left || right)
+// MTH over n leaves splits at k, the largest power of two smaller than n (§2.1.1).
+import { sm3 } from '../crypto/index.ts';
+
+const LEAF = Buffer.from([0]);
+const NODE = Buffer.from([1]);
+export const EMPTY_ROOT = sm3(Buffer.alloc(0));
+
+export function leafHash(entry: Uint8Array): Buffer {
+  return sm3(LEAF, entry);
+}
+
+export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
+  return sm3(NODE, left, right);
+}
+
+function splitPoint(n: number): number {
+  let k = 1;
+  while (k * 2 < n) k *= 2;
+  return k;
+}
+
+/** Root of the leaves [0, n): an O(n) stack fold equal to the recursive MTH. */
+export function rootOf(leaves: readonly Uint8Array[], n = leaves.length): Buffer {
+  if (n === 0) return EMPTY_ROOT;
+  const stack: Array<{ hash: Buffer; size: number }> = [];
+  for (let i = 0; i < n; i++) {
+    let node: { hash: Buffer; size: number } = { hash: Buffer.from(leaves[i]!), size: 1 };
+    while (stack.length && stack[stack.length - 1]!.size === node.size) {
+      const left = stack.pop()!;
+      node = { hash: nodeHash(left.hash, node.hash), size: left.size * 2 };
+    }
+    stack.push(node);
+  }
+  // Right-to-left fold of the remaining perfect subtrees gives the RFC's unbalanced shape.
+  let acc: Buffer = stack.pop()!.hash;
+  while (stack.length) acc = nodeHash(stack.pop()!.hash, acc);
+  return acc;
+}
+
+/** Inclusion proof of leaf m in the tree of the first n leaves (RFC 9162 §2.1.3.1). */
+export function inclusionProof(leaves: readonly Uint8Array[], m: number, n = leaves.length): Buffer[] {
+  if (m < 0 || m >= n || n > leaves.length) throw new RangeError(`no leaf ${m} in a tree of ${n}`);
+  const path = (lo: number, hi: number, idx: number): Buffer[] => {
+    const size = hi - lo;
+    if (size === 1) return [];
+    const k = splitPoint(size);
+    return idx < k ? [...path(lo, lo + k, idx), rootOf(leaves.slice(lo + k, hi))] : [...path(lo + k, hi, idx - k), rootOf(leaves.slice(lo, lo + k))];
+  };
+  return path(0, n, m);
+}
+
+/** RFC 9162 §2.1.3.2 verification: does `proof` place `leaf` at index m of a tree with `root`? */
+export function verifyInclusion(leaf: Uint8Array, m: number, n: number, proof: readonly Uint8Array[], root: Uint8Array): boolean {
+  if (m < 0 || m >= n) return false;
+  let fn = m;
+  let sn = n - 1;
+  let r: Buffer = Buffer.from(leaf);
+  for (const p of proof) {
+    if (sn === 0) return false;
+    if (fn % 2 === 1 || fn === sn) {
+      r = nodeHash(p, r);
+      while (fn % 2 === 0 && fn !== 0) {
+        fn >>= 1;
+        sn >>= 1;
+      }
+    } else r = nodeHash(r, p);
+    fn >>= 1;
+    sn >>= 1;
+  }
+  return sn === 0 && r.equals(root);
+}
+
+/** Consistency proof between the trees of the first m and n leaves (RFC 9162 §2.1.4.1). */
+export function consistencyProof(leaves: readonly Uint8Array[], m: number, n = leaves.length): Buffer[] {
+  if (m < 1 || m > n || n > leaves.length) throw new RangeError(`no consistency proof from ${m} to ${n}`);
+  const subproof = (lo: number, hi: number, mm: number, whole: boolean): Buffer[] => {
+    const size = hi - lo;
+    if (mm === size) return whole ? [] : [rootOf(leaves.slice(lo, hi))];
+    const k = splitPoint(size);
+    return mm <= k ? [...subproof(lo, lo + k, mm, whole), rootOf(leaves.slice(lo + k, hi))] : [...subproof(lo + k, hi, mm - k, false), rootOf(leaves.slice(lo, lo + k))];
+  };
+  return m === n ? [] : subproof(0, n, m, true);
+}
+
+/** RFC 9162 §2.1.4.2 verification of a consistency proof between two roots. */
+export function verifyConsistency(m: number, n: number, firstRoot: Uint8Array, secondRoot: Uint8Array, proof: readonly Uint8Array[]): boolean {
+  if (m < 1 || m > n) return false;
+  if (m === n) return proof.length === 0 && Buffer.from(firstRoot).equals(Buffer.from(secondRoot));
+  if (proof.length === 0) return false;
+  const path = isPowerOfTwo(m) ? [Buffer.from(firstRoot), ...proof] : [...proof];
+  let fn = m - 1;
+  let sn = n - 1;
+  while (fn % 2 === 1) {
+    fn >>= 1;
+    sn >>= 1;
+  }
+  let fr: Buffer = Buffer.from(path[0]!);
+  let sr: Buffer = Buffer.from(path[0]!);
+  for (const c of path.slice(1)) {
+    if (sn === 0) return false;
+    if (fn % 2 === 1 || fn === sn) {
+      fr = nodeHash(c, fr);
+      sr = nodeHash(c, sr);
+      while (fn % 2 === 0 && fn !== 0) {
+        fn >>= 1;
+        sn >>= 1;
+      }
+    } else sr = nodeHash(sr, c);
+    fn >>= 1;
+    sn >>= 1;
+  }
+  return sn === 0 && fr.equals(Buffer.from(firstRoot)) && sr.equals(Buffer.from(secondRoot));
+}
+
+function isPowerOfTwo(x: number): boolean {
+  return x > 0 && (x & (x - 1)) === 0;
+}
+
+/**
+ * The frontier of a tree of `size` leaves: roots of its perfect subtrees, left to right
+ * (one per set bit of `size`). Extending it with new leaves gives every later root
+ * without reading the old leaves again.
+ */
+export function extendFrontier(frontier: readonly Buffer[], size: number, newLeaves: readonly Uint8Array[]): { frontier: Buffer[]; size: number } {
+  const stack = frontier.map((hash, i) => ({ hash, size: subtreeSizes(size)[i]! }));
+  for (const leaf of newLeaves) {
+    let node: { hash: Buffer; size: number } = { hash: Buffer.from(leaf), size: 1 };
+    while (stack.length && stack[stack.length - 1]!.size === node.size) {
+      const left = stack.pop()!;
+      node = { hash: nodeHash(left.hash, node.hash), size: left.size * 2 };
+    }
+    stack.push(node);
+  }
+  return { frontier: stack.map((s) => s.hash), size: size + newLeaves.length };
+}
+
+export function rootOfFrontier(frontier: readonly Buffer[]): Buffer {
+  if (frontier.length === 0) return EMPTY_ROOT;
+  let acc: Buffer = frontier[frontier.length - 1]!;
+  for (let i = frontier.length - 2; i >= 0; i--) acc = nodeHash(frontier[i]!, acc);
+  return acc;
+}
+
+function subtreeSizes(size: number): number[] {
+  const out: number[] = [];
+  for (let bit = 2 ** Math.floor(Math.log2(Math.max(1, size))); bit >= 1; bit /= 2) if (size & bit) out.push(bit);
+  return out;
+}
