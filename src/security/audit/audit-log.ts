@@ -4,7 +4,7 @@
 import type { Db, Queryable } from '../../db/index.ts';
 import { hmacSm3, sm2Sign, sm2Verify, type Sm2PrivateKey, type Sm2PublicKey } from '../crypto/index.ts';
 import { auditEventSchema, canonicalBytes, type AuditEvent } from './event.ts';
-import { consistencyProof, extendFrontier, inclusionProof, leafHash, rootOf, rootOfFrontier } from './merkle.ts';
+import { consistencyProof, FrontierBuilder, inclusionProof, leafHash, rootOf } from './merkle.ts';
 
 const APPEND_LOCK = 7_240_612;
 
@@ -40,6 +40,7 @@ interface Waiting {
   reject: (e: unknown) => void;
 }
 
+/** HMAC-SM3(key, seq as 8 bytes big-endian || entry). */
 export function entryMac(macKey: Uint8Array, seq: number, entry: Uint8Array): Buffer {
   const s = Buffer.alloc(8);
   s.writeBigUInt64BE(BigInt(seq));
@@ -114,8 +115,10 @@ export class AuditLog {
       const frontier = last ? splitFrontier(last.frontier) : [];
       const { rows } = await tx.query<{ entry: Buffer }>('SELECT entry FROM audit_entry WHERE seq >= $1 ORDER BY seq', [size]);
       if (rows.length === 0) return last?.checkpoint;
-      const next = extendFrontier(frontier, size, rows.map((r) => leafHash(r.entry)));
-      const root = rootOfFrontier(next.frontier);
+      const tree = new FrontierBuilder(frontier, size);
+      for (const r of rows) tree.push(leafHash(r.entry));
+      const next = { size: tree.size, frontier: tree.frontier() };
+      const root = tree.root();
       const issuedAt = (this.#o.now?.() ?? new Date()).toISOString();
       const statement = checkpointStatement({ site: signer.siteId, treeSize: next.size, root, issuedAt });
       const signature = sm2Sign(signer.key, Buffer.from(statement));

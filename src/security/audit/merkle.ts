@@ -8,11 +8,11 @@ const NODE = Buffer.from([1]);
 export const EMPTY_ROOT = sm3(Buffer.alloc(0));
 
 export function leafHash(entry: Uint8Array): Buffer {
-  return sm3(LEAF, entry);
+  return sm3(Buffer.concat([LEAF, entry]));
 }
 
 export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
-  return sm3(NODE, left, right);
+  return sm3(Buffer.concat([NODE, left, right]));
 }
 
 function splitPoint(n: number): number {
@@ -118,24 +118,6 @@ function isPowerOfTwo(x: number): boolean {
   return x > 0 && (x & (x - 1)) === 0;
 }
 
-/**
- * The frontier of a tree of `size` leaves: roots of its perfect subtrees, left to right
- * (one per set bit of `size`). Extending it with new leaves gives every later root
- * without reading the old leaves again.
- */
-export function extendFrontier(frontier: readonly Buffer[], size: number, newLeaves: readonly Uint8Array[]): { frontier: Buffer[]; size: number } {
-  const stack = frontier.map((hash, i) => ({ hash, size: subtreeSizes(size)[i]! }));
-  for (const leaf of newLeaves) {
-    let node: { hash: Buffer; size: number } = { hash: Buffer.from(leaf), size: 1 };
-    while (stack.length && stack[stack.length - 1]!.size === node.size) {
-      const left = stack.pop()!;
-      node = { hash: nodeHash(left.hash, node.hash), size: left.size * 2 };
-    }
-    stack.push(node);
-  }
-  return { frontier: stack.map((s) => s.hash), size: size + newLeaves.length };
-}
-
 export function rootOfFrontier(frontier: readonly Buffer[]): Buffer {
   if (frontier.length === 0) return EMPTY_ROOT;
   let acc: Buffer = frontier[frontier.length - 1]!;
@@ -143,8 +125,42 @@ export function rootOfFrontier(frontier: readonly Buffer[]): Buffer {
   return acc;
 }
 
-function subtreeSizes(size: number): number[] {
-  const out: number[] = [];
-  for (let bit = 2 ** Math.floor(Math.log2(Math.max(1, size))); bit >= 1; bit /= 2) if (size & bit) out.push(bit);
-  return out;
+
+/** Incremental RFC 9162 root over a stream of leaf hashes (constant work per leaf, amortized). */
+export class FrontierBuilder {
+  readonly #hashes: Buffer[] = [];
+  readonly #sizes: number[] = [];
+  size = 0;
+
+  constructor(frontier: readonly Buffer[] = [], size = 0) {
+    let rest = size;
+    for (const h of frontier) {
+      const bit = 2 ** Math.floor(Math.log2(rest));
+      this.#hashes.push(h);
+      this.#sizes.push(bit);
+      rest -= bit;
+    }
+    this.size = size;
+  }
+
+  push(leaf: Buffer): void {
+    let hash = leaf;
+    let size = 1;
+    while (this.#sizes.length && this.#sizes[this.#sizes.length - 1] === size) {
+      hash = nodeHash(this.#hashes.pop()!, hash);
+      this.#sizes.pop();
+      size *= 2;
+    }
+    this.#hashes.push(hash);
+    this.#sizes.push(size);
+    this.size++;
+  }
+
+  root(): Buffer {
+    return rootOfFrontier(this.#hashes);
+  }
+
+  frontier(): Buffer[] {
+    return [...this.#hashes];
+  }
 }

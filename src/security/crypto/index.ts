@@ -1,7 +1,7 @@
 // The one place medmesh encrypts, signs and hashes: national algorithms first, AES/RSA fallback.
 export { CryptoError } from './errors.ts';
 export type { CryptoErrorCode } from './errors.ts';
-export { sm3, hmacSm3, equalConstantTime } from './sm3.ts';
+export { sm3, hmacSm3, hmacSm3Keyed, equalConstantTime } from './sm3.ts';
 export { sm4CbcEncrypt, sm4CbcDecrypt, sm4Ctr, sm4EncryptBlock, sm4BlockEncryptor, sm4GcmEncrypt, sm4GcmDecrypt, SM4_KEY_BYTES, GCM_NONCE_BYTES, GCM_TAG_BYTES } from './sm4.ts';
 export type { GcmSealed } from './sm4.ts';
 export { Sm2PrivateKey, Sm2PublicKey } from './sm2-keys.ts';

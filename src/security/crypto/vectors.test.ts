@@ -121,3 +121,14 @@ describe('SM4-GCM on two threads (GcmWorker)', () => {
     }
   });
 });
+
+describe('HMAC-SM3 with a precomputed key schedule', () => {
+  it('equals HMAC-SM3 for short, block-size and long keys', async () => {
+    const { hmacSm3Keyed } = await import('./sm3.ts');
+    for (const len of [0, 1, 16, 63, 64, 65, 200]) {
+      const key = Buffer.alloc(len, 7);
+      const mac = hmacSm3Keyed(key);
+      for (const msg of ['', 'a', 'x'.repeat(1000)]) assert.deepEqual(mac(Buffer.from(msg.slice(0, 3)), Buffer.from(msg.slice(3))), hmacSm3(key, Buffer.from(msg)), `key ${len}`);
+    }
+  });
+});
