@@ -8,7 +8,7 @@ const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test
 const ci = process.env.CI === 'true' || process.env.CI === '1';
 const explicit = process.argv.slice(2);
 /** Suites whose code runs against the Db interface: these run on both engines. */
-const DB_SUITES = ['src/db/**/*.test.ts', 'src/records/**/*.test.ts', 'src/http/**/*.test.ts', 'src/security/kms/**/*.test.ts', 'src/security/audit/**/*.test.ts'];
+const DB_SUITES = ['src/db/**/*.test.ts', 'src/records/**/*.test.ts', 'src/http/**/*.test.ts', 'src/security/kms/**/*.test.ts', 'src/security/audit/**/*.test.ts', 'src/security/identity/**/*.test.ts'];
 
 function run(backend: 'pglite' | 'postgres'): number {
   const files = explicit.length ? explicit : backend === 'pglite' ? ['src/**/*.test.ts'] : DB_SUITES;
