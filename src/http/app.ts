@@ -4,6 +4,8 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import type { Db } from '../db/index.ts';
 import type { RecordStore, SearchParamTable } from '../records/index.ts';
 import type { Kms } from '../security/kms/index.ts';
+import type { IdentityService } from '../security/identity/index.ts';
+import { authRoutes } from './auth-routes.ts';
 import { kmsRoutes } from './kms-routes.ts';
 import { fhirRoutes, registerFhirErrorHandling } from './fhir-routes.ts';
 import { anonymousResolver, registerIdentity, type IdentityResolver } from './identity.ts';
@@ -14,6 +16,7 @@ export interface AppOptions {
   store: RecordStore;
   db: Db;
   kms: Kms;
+  identity?: IdentityService;
   searchParams: SearchParamTable;
   siteId: string;
   regionId: string;
@@ -52,6 +55,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     }
   });
   await app.register(kmsRoutes, { prefix: '/kms', kms: opts.kms });
+  if (opts.identity) await app.register(authRoutes, { prefix: '/auth', identity: opts.identity });
   await app.register(fhirRoutes, { prefix: '/fhir/R4', store: opts.store, searchParams: opts.searchParams, siteId: opts.siteId, regionId: opts.regionId, version: opts.version });
   return app;
 }

@@ -1,15 +1,26 @@
-// One place resolves who is calling. Today every caller is anonymous; access control
-// (issue 4) replaces the resolver without touching any route.
+// One place resolves who is calling: a Bearer access token (user), a MedmeshService
+// assertion (another site, a router, an edge) or nobody (anonymous). A credential that is
+// present but bad is answered 401 here, before any route runs.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { IdentityError, IdentityService, Principal } from '../security/identity/index.ts';
 
-export type Identity =
-  | { kind: 'anonymous' }
-  | { kind: 'user'; userId: string; roles: string[] }
-  | { kind: 'service'; serviceId: string };
+export type Identity = { kind: 'anonymous' } | Principal;
 
-export type IdentityResolver = (request: FastifyRequest) => Promise<Identity>;
+export type IdentityResolver = (request: FastifyRequest) => Promise<{ ok: true; identity: Identity } | { ok: false; error: IdentityError }>;
 
-export const anonymousResolver: IdentityResolver = () => Promise.resolve({ kind: 'anonymous' });
+export const anonymousResolver: IdentityResolver = () => Promise.resolve({ ok: true, identity: { kind: 'anonymous' } });
+
+export function tokenResolver(identity: IdentityService): IdentityResolver {
+  return async (request) => {
+    const header = request.headers.authorization;
+    if (!header) return { ok: true, identity: { kind: 'anonymous' } };
+    const [scheme, credential] = header.split(' ', 2);
+    if (!credential) return { ok: false, error: { kind: 'token-invalid', message: 'Authorization header must be "Bearer <token>" or "MedmeshService <assertion>"' } };
+    const r = scheme === 'Bearer' ? await identity.authenticate(credential) : scheme === 'MedmeshService' ? await identity.authenticateService(credential) : undefined;
+    if (!r) return { ok: false, error: { kind: 'token-invalid', message: `unsupported authorization scheme ${scheme ?? ''}` } };
+    return r.ok ? { ok: true, identity: r.value } : r;
+  };
+}
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -19,7 +30,9 @@ declare module 'fastify' {
 
 export function registerIdentity(app: FastifyInstance, resolve: IdentityResolver): void {
   app.decorateRequest('identity', null as never);
-  app.addHook('onRequest', async (request) => {
-    request.identity = await resolve(request);
+  app.addHook('onRequest', async (request, reply) => {
+    const r = await resolve(request);
+    if (!r.ok) return reply.code(401).header('www-authenticate', `Bearer error="${r.error.kind}"`).send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login', diagnostics: r.error.message }] });
+    request.identity = r.identity;
   });
 }

@@ -3,4 +3,5 @@ export type { AppOptions } from './app.ts';
 export { openSite, VERSION } from './site.ts';
 export type { Site, SiteOptions, SiteStartError } from './site.ts';
 export type { Identity, IdentityResolver } from './identity.ts';
+export { tokenResolver, anonymousResolver } from './identity.ts';
 export { outcomeOf, statusOf } from './outcome.ts';

@@ -6,6 +6,8 @@ import { claimSiteIdentity, migrate, pgBoundStore, type Db } from '../db/index.t
 import { buildBindingTable, buildSearchParamTable, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
 import type { Region } from '../region/index.ts';
 import { Kms } from '../security/kms/index.ts';
+import { IdentityService } from '../security/identity/index.ts';
+import { tokenResolver } from './identity.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
 
@@ -25,6 +27,7 @@ export interface Site {
   ctx: RecordsContext;
   store: RecordStore;
   kms: Kms;
+  identity: IdentityService;
   app: FastifyInstance;
   close(): Promise<void>;
 }
@@ -47,11 +50,24 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   const store = new RecordStore(ctx);
   // Every site starts sealed; custodians unseal it (POST /kms/unseal, medmesh keys unseal).
   const kms = new Kms({ db, siteId, policy: region.config.policies.crypto });
+  // Tokens are signed with the site's KMS signing key; second-factor secrets sit under the KMS key `identity`.
+  const identity = new IdentityService({
+    db,
+    siteId,
+    issuer: () => kms.signingKey(),
+    secrets: {
+      seal: async (b) => {
+        await kms.ensureKey('identity');
+        return kms.encrypt('identity', b);
+      },
+      open: (b) => kms.decrypt(b),
+    },
+  });
   const app = await buildApp({
-    store, db, kms, searchParams, siteId, regionId: region.id, version: VERSION,
+    store, db, kms, identity, searchParams, siteId, regionId: region.id, version: VERSION,
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
     ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
-    ...(opts.resolveIdentity ? { resolveIdentity: opts.resolveIdentity } : {}),
+    resolveIdentity: opts.resolveIdentity ?? tokenResolver(identity),
   });
-  return { ok: true, site: { siteId, ctx, store, kms, app, close: () => app.close() } };
+  return { ok: true, site: { siteId, ctx, store, kms, identity, app, close: () => app.close() } };
 }

@@ -143,6 +143,20 @@ export class Kms {
     return { cmk: this.#cmk, cmkId: this.#cmkId, signing: this.#signing };
   }
 
+  /** The site's SM2 signing key while unsealed (token issuing, certificates, audit checkpoints). */
+  signingKey(): { key: Sm2PrivateKey; kid: string } | undefined {
+    return this.#signing && this.#cmkId ? { key: this.#signing, kid: `${this.#ctx.siteId}-${this.#cmkId.slice(0, 8)}` } : undefined;
+  }
+
+  /** Creates the named key on first use (for keys the site itself needs, such as `identity`). */
+  async ensureKey(name: string): Promise<void> {
+    try {
+      await this.createKey(name);
+    } catch (e) {
+      if (!(e instanceof KmsError && e.code === 'key-exists')) throw e;
+    }
+  }
+
   async signingPublicKey(): Promise<Sm2PublicKey | undefined> {
     const root = await this.#root(this.#ctx.db);
     return root ? Sm2PublicKey.fromPem(root.signing_public_key) : undefined;

@@ -1,0 +1,64 @@
+// Identity at the HTTP edge: login, tokens on every route, refresh, revocation, services.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { testBackend } from '../db/test-db.ts';
+import { Sm2PrivateKey } from '../security/crypto/index.ts';
+import { serviceAssertion } from '../security/identity/index.ts';
+import { startTestServer, type TestServer } from './testing.ts';
+
+describe(`authentication over HTTP (${testBackend()})`, () => {
+  let s: TestServer;
+  const siteC = Sm2PrivateKey.generate();
+  before(async () => {
+    s = await startTestServer();
+    const custodians = ['a', 'b'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey }));
+    await s.site.kms.init({ custodians, threshold: 2 });
+    const u = await s.site.identity.createUser({ username: 'nurse.chen', password: 'a long enough passphrase', roles: ['nurse'], attributes: { department: 'icu' } });
+    assert.ok(u.ok);
+    await s.site.identity.registerService({ id: 'C', kind: 'site', publicKey: siteC.publicKey });
+  });
+  after(() => s.close());
+  const post = (path: string, body: unknown) => fetch(`${s.base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const get = (path: string, auth?: string) => fetch(`${s.base}${path}`, auth ? { headers: { authorization: auth } } : {});
+
+  it('logs in and accepts the token on FHIR routes; a bad credential is 401 before any route runs', async () => {
+    const bad = await post('/auth/login', { username: 'nurse.chen', password: 'wrong wrong wrong' });
+    assert.equal(bad.status, 401);
+    assert.equal(((await bad.json()) as { error: string }).error, 'invalid-credentials');
+    assert.equal((await post('/auth/login', { username: 'nurse.chen' })).status, 400);
+    const login = await post('/auth/login', { username: 'nurse.chen', password: 'a long enough passphrase' });
+    assert.equal(login.status, 200);
+    const tokens = (await login.json()) as { accessToken: string; refreshToken: string; tokenType: string };
+    assert.equal(tokens.tokenType, 'Bearer');
+    assert.equal((await get('/fhir/R4/metadata', `Bearer ${tokens.accessToken}`)).status, 200);
+    const [h, p, sig] = tokens.accessToken.split('.') as [string, string, string];
+    const forged = `${h}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p, 'base64url').toString()), roles: ['administrator'] })).toString('base64url')}.${sig}`;
+    const refused = await get('/fhir/R4/Patient?_count=1', `Bearer ${forged}`);
+    assert.equal(refused.status, 401);
+    assert.match(refused.headers.get('www-authenticate') ?? '', /token-invalid/);
+    assert.equal(((await refused.json()) as { resourceType: string }).resourceType, 'OperationOutcome');
+    assert.equal((await get('/fhir/R4/metadata', 'Basic dXNlcjpwYXNz')).status, 401);
+    const keys = (await (await get('/auth/keys')).json()) as { keys: Array<{ alg: string; kid: string }> };
+    assert.deepEqual(keys.keys.map((k) => k.alg), ['SM2-SM3']);
+
+    const refreshed = await post('/auth/refresh', { refreshToken: tokens.refreshToken });
+    assert.equal(refreshed.status, 200);
+    assert.equal((await post('/auth/refresh', { refreshToken: tokens.refreshToken })).status, 401, 'refresh tokens are single use');
+    assert.equal((await post('/auth/revoke', { token: tokens.accessToken })).status, 204);
+    assert.equal((await get('/fhir/R4/metadata', `Bearer ${tokens.accessToken}`)).status, 401, 'a revoked token is refused');
+  });
+
+  it('accepts another site\'s service assertion, not a user token in its place', async () => {
+    const assertion = serviceAssertion({ serviceId: 'C', key: siteC, site: 'B' });
+    assert.equal((await get('/fhir/R4/metadata', `MedmeshService ${assertion}`)).status, 200);
+    const wrongSite = serviceAssertion({ serviceId: 'C', key: siteC, site: 'A' });
+    assert.equal((await get('/fhir/R4/metadata', `MedmeshService ${wrongSite}`)).status, 401);
+  });
+
+  it('cannot log anyone in while the KMS is sealed', async () => {
+    s.site.kms.seal();
+    const r = await post('/auth/login', { username: 'nurse.chen', password: 'a long enough passphrase' });
+    assert.equal(r.status, 503);
+    assert.equal((await get('/auth/keys')).status, 503);
+  });
+});
