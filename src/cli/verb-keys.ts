@@ -7,14 +7,8 @@ import { migrate } from '../db/index.ts';
 import { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
 import { encodeShareToken, Kms, parseWrappedShare, unwrapShare, type Custodian, type ShareToken } from '../security/kms/index.ts';
 import { helpText, intFlag, parseFlags, UsageError, type FlagSpec, type VerbSpec } from './args.ts';
-import { loadRegionOrThrow, openSiteDb, requireSite } from './common.ts';
+import { openSiteFromFlags, SITE_DB_FLAGS } from './common.ts';
 
-const SITE_FLAGS = {
-  region: { type: 'string', help: 'region file', placeholder: 'file' },
-  site: { type: 'string', help: 'site id', placeholder: 'id' },
-  'database-url': { type: 'string', help: 'PostgreSQL server (default: $DATABASE_URL, else embedded PGlite)', placeholder: 'url' },
-  data: { type: 'string', help: 'data root for embedded PGlite (stop the site first)', default: 'data', placeholder: 'dir' },
-} as const satisfies Record<string, FlagSpec>;
 const UNSEAL_FLAG = { unseal: { type: 'string', multiple: true, help: 'a custodian share and its key, as share.json:custodian-key.pem (repeat up to the threshold)', placeholder: 'share:key' } } as const satisfies Record<string, FlagSpec>;
 
 const SUBCOMMANDS = {
@@ -74,10 +68,7 @@ async function custodianKeygen(argv: string[]): Promise<number> {
 }
 
 async function openKms(f: { region?: string | undefined; site?: string | undefined; data: string; 'database-url'?: string | undefined }) {
-  if (!f.region) throw new UsageError('--region is required');
-  const region = await loadRegionOrThrow(f.region);
-  const siteId = requireSite(region, f.site);
-  const db = await openSiteDb({ siteId, dataRoot: f.data, databaseUrl: f['database-url'] ?? process.env.DATABASE_URL });
+  const { region, siteId, db } = await openSiteFromFlags(f);
   const m = await migrate(db);
   if (!m.ok) {
     await db.close();
@@ -89,7 +80,7 @@ async function openKms(f: { region?: string | undefined; site?: string | undefin
 async function init(argv: string[]): Promise<number> {
   const spec = {
     name: 'keys init', summary: SUBCOMMANDS.init, usage: 'medmesh keys init --region <file> --site <id> --custodian <name=pub.pem> ... [--threshold 3] --out <dir>',
-    flags: { ...SITE_FLAGS, custodian: { type: 'string', multiple: true, help: "custodian name and SM2 public key file (or a site's key)", placeholder: 'name=pub.pem' }, threshold: { type: 'string', help: 'shares needed to unseal', default: '3', placeholder: 'k' }, out: { type: 'string', help: 'directory for the wrapped share files', default: '.', placeholder: 'dir' } },
+    flags: { ...SITE_DB_FLAGS, custodian: { type: 'string', multiple: true, help: "custodian name and SM2 public key file (or a site's key)", placeholder: 'name=pub.pem' }, threshold: { type: 'string', help: 'shares needed to unseal', default: '3', placeholder: 'k' }, out: { type: 'string', help: 'directory for the wrapped share files', default: '.', placeholder: 'dir' } },
   } satisfies VerbSpec<Record<string, FlagSpec>>;
   const f = parseFlags(spec, argv);
   if (f === 'help') return (console.log(helpText(spec)), 0);
@@ -153,7 +144,7 @@ async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: str
   const spec = {
     name: `keys ${sub}`, summary: SUBCOMMANDS[sub], usage: `medmesh keys ${sub} --region <file> --site <id> --unseal <share:key> ... ${sub === 'rewrap' ? '--in <file> --out <file>' : '--name <key>'}`,
     flags: {
-      ...SITE_FLAGS, ...UNSEAL_FLAG,
+      ...SITE_DB_FLAGS, ...UNSEAL_FLAG,
       name: { type: 'string', help: 'key name', placeholder: 'key' },
       'rotation-days': { type: 'string', help: 'create: rotate automatically after this many days', placeholder: 'n' },
       exportable: { type: 'boolean', help: 'create: allow exporting key material', default: false },
@@ -203,7 +194,7 @@ async function shares(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
   const spec = {
     name: 'keys shares', summary: SUBCOMMANDS.shares, usage: 'medmesh keys shares list --region <file> --site <id> | deposit --url <other site> --share <file> | fetch --url <other site> --owner <site> --out <dir>',
-    flags: { ...SITE_FLAGS, url: { type: 'string', help: 'the other site', placeholder: 'url' }, share: { type: 'string', help: 'wrapped share file', placeholder: 'file' }, owner: { type: 'string', help: 'site whose shares to fetch', placeholder: 'site' }, out: { type: 'string', help: 'directory', default: '.', placeholder: 'dir' } },
+    flags: { ...SITE_DB_FLAGS, url: { type: 'string', help: 'the other site', placeholder: 'url' }, share: { type: 'string', help: 'wrapped share file', placeholder: 'file' }, owner: { type: 'string', help: 'site whose shares to fetch', placeholder: 'site' }, out: { type: 'string', help: 'directory', default: '.', placeholder: 'dir' } },
   } satisfies VerbSpec<Record<string, FlagSpec>>;
   const f = parseFlags(spec, rest);
   if (f === 'help' || action === undefined) return (console.log(helpText(spec)), action === undefined ? 2 : 0);

@@ -1,6 +1,6 @@
 import { openSite } from '../http/index.ts';
 import { helpText, intFlag, parseFlags, UsageError, type FlagSpec, type VerbSpec } from './args.ts';
-import { loadRegionOrThrow, openSiteDb, requireSite } from './common.ts';
+import { openSiteFromFlags, SITE_DB_FLAGS } from './common.ts';
 import { seedRegion } from './seeding.ts';
 
 const spec = {
@@ -8,24 +8,18 @@ const spec = {
   summary: "write synthetic patients whose home shard is active at this site",
   usage: 'medmesh seed --region <file> --site <id> [--patients <n>] [--database-url <url> | --data <dir>]',
   flags: {
-    region: { type: 'string', help: 'region file', placeholder: 'file' },
-    site: { type: 'string', help: 'site id', placeholder: 'id' },
+    ...SITE_DB_FLAGS,
     patients: { type: 'string', help: 'patients to generate (those homed elsewhere are skipped)', default: '20', placeholder: 'n' },
     seed: { type: 'string', help: 'random seed (same seed, same patients)', default: '1', placeholder: 'n' },
-    'database-url': { type: 'string', help: 'PostgreSQL server (default: $DATABASE_URL, else embedded PGlite)', placeholder: 'url' },
-    data: { type: 'string', help: 'data root for embedded PGlite', default: 'data', placeholder: 'dir' },
   },
 } satisfies VerbSpec<Record<string, FlagSpec>>;
 
 export async function seedVerb(argv: string[]): Promise<number> {
   const flags = parseFlags(spec, argv);
   if (flags === 'help') return (console.log(helpText(spec)), 0);
-  if (!flags.region) throw new UsageError('--region is required');
   const patients = intFlag('patients', flags.patients, 1, 100_000);
   const seed = intFlag('seed', flags.seed, 0, 2 ** 31);
-  const region = await loadRegionOrThrow(flags.region);
-  const siteId = requireSite(region, flags.site);
-  const db = await openSiteDb({ siteId, dataRoot: flags.data, databaseUrl: flags['database-url'] ?? process.env.DATABASE_URL });
+  const { region, siteId, db } = await openSiteFromFlags(flags);
   try {
     const opened = await openSite({ region, siteId, db });
     if (!opened.ok) throw new UsageError(opened.error.message);
