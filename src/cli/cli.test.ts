@@ -11,17 +11,22 @@ const BIN = fileURLToPath(new URL('../../bin/medmesh.js', import.meta.url));
 const EXAMPLE = fileURLToPath(new URL('../../region.example.yaml', import.meta.url));
 // The CLI must use embedded PGlite here even when the suite runs against a server.
 const { DATABASE_URL: _ignored, ...ENV } = process.env;
-const medmesh = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 60_000, env: ENV });
+const medmesh = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000, env: ENV });
+
+const children = new Set<ReturnType<typeof spawn>>();
 
 /** Starts a long-running verb and resolves once `ready` appears on stdout. */
 function startVerb(args: string[], ready: RegExp) {
   const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: ENV });
+  children.add(child);
+  child.on('exit', () => children.delete(child));
   let out = '';
   let err = '';
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const started = new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`not ready after 60 s:\n${out}\n${err}`)), 60_000);
+    // Generous: on a loaded two-core machine three embedded databases take a while to start.
+    const timer = setTimeout(() => reject(new Error(`not ready after 180 s:\n${out}\n${err}`)), 180_000);
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
       if (ready.test(out)) {
@@ -42,6 +47,8 @@ describe('medmesh CLI', () => {
     return d;
   };
   after(async () => {
+    // A failed test must not leave a server behind (it would keep the runner waiting).
+    for (const c of children) c.kill('SIGKILL');
     for (const d of dirs) await rm(d, { recursive: true, force: true });
   });
 
@@ -95,9 +102,17 @@ describe('medmesh CLI', () => {
     assert.equal(s.status, 0, s.stderr);
     const seeded = Number(/seeded (\d+) patients/.exec(s.stdout)?.[1]);
     assert.ok(seeded > 0 && seeded < 10, `only patients homed at C are seeded: ${s.stdout}`);
+    // A site serves data only once its KMS is unsealed: two custodians, 2-of-2.
+    const keys = join(await tmp(), 'keys');
+    for (const n of ['ann', 'ben']) assert.equal(medmesh('keys', 'custodian-keygen', '--name', n, '--out', keys).status, 0);
+    const init = medmesh('keys', 'init', '--region', EXAMPLE, '--site', 'C', '--data', data, '--custodian', `ann=${join(keys, 'ann.pub.pem')}`, '--custodian', `ben=${join(keys, 'ben.pub.pem')}`, '--threshold', '2', '--out', keys);
+    assert.equal(init.status, 0, init.stderr);
     const port = 20000 + Math.floor(Math.random() * 20000);
     const site = startVerb(['site', '--region', EXAMPLE, '--site', 'C', '--data', data, '--port', String(port)], /serving FHIR R4/);
     await site.started;
+    assert.equal((await fetch(`http://127.0.0.1:${port}/fhir/R4/Patient?_summary=count`)).status, 503, 'sealed: no data');
+    const unseal = medmesh('keys', 'unseal', '--url', `http://127.0.0.1:${port}`, '--unseal', `${join(keys, 'C-share-1-ann.json')}:${join(keys, 'ann.key.pem')}`, '--unseal', `${join(keys, 'C-share-2-ben.json')}:${join(keys, 'ben.key.pem')}`);
+    assert.match(unseal.stdout, /^unsealed/, unseal.stderr);
     const count = (await (await fetch(`http://127.0.0.1:${port}/fhir/R4/Patient?_summary=count`)).json()) as { total: number };
     assert.equal(count.total, seeded);
     assert.equal((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
@@ -113,6 +128,8 @@ describe('medmesh CLI', () => {
     const fhirB = `http://127.0.0.1:${7101 + offset}/fhir/R4`;
     assert.match(demo.output(), new RegExp(`site B +private +${fhirB.replace(/[.]/g, '\\.')}`));
     assert.match(demo.output(), /seeded 8 patients/);
+    const login = await fetch(`http://127.0.0.1:${7101 + offset}/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'demo.doctor', password: 'medmesh-demo-2026' }) });
+    assert.equal(login.status, 200, 'the printed demo login works');
     const created = await fetch(`${fhirB}/Patient`, {
       method: 'POST',
       headers: { 'content-type': 'application/fhir+json' },

@@ -11,7 +11,7 @@ import { verifyCertificate } from '../security/kms/index.ts';
 const BIN = fileURLToPath(new URL('../../bin/medmesh.js', import.meta.url));
 const EXAMPLE = fileURLToPath(new URL('../../region.example.yaml', import.meta.url));
 const { DATABASE_URL: _ignored, ...ENV } = process.env;
-const medmesh = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 60_000, env: ENV });
+const medmesh = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000, env: ENV });
 
 describe('medmesh keys', () => {
   let dir: string;
@@ -66,7 +66,7 @@ describe('medmesh keys', () => {
       await new Promise<void>((resolve, reject) => {
         let out = '';
         child.stdout.on('data', (d: Buffer) => ((out += d.toString()), /serving FHIR R4/.test(out) && resolve()));
-        setTimeout(() => reject(new Error(`site did not start: ${out}`)), 60_000).unref();
+        setTimeout(() => reject(new Error(`site did not start: ${out}`)), 180_000).unref();
       });
       const url = `http://127.0.0.1:${port}`;
       const health = (await (await fetch(`${url}/healthz`)).json()) as { kms: { sealed: boolean; unsealProgress: string } };

@@ -6,6 +6,7 @@ import { openSite, type Site } from '../http/index.ts';
 import type { RecordStore } from '../records/index.ts';
 import { helpText, intFlag, parseFlags, type FlagSpec, type VerbSpec } from './args.ts';
 import { EXAMPLE_REGION, loadRegionOrThrow, portOf } from './common.ts';
+import { unsealDemoSite } from './demo-keys.ts';
 import { seedRegion } from './seeding.ts';
 import { waitForShutdown } from './shutdown.ts';
 
@@ -48,6 +49,7 @@ export async function demoVerb(argv: string[]): Promise<number> {
         await db.close();
         throw new Error(opened.error.message);
       }
+      await unsealDemoSite(opened.site.kms, { dataRoot: flags.data, siteId: s.id });
       const port = portOf(s.url) + offset;
       await opened.site.app.listen({ port, host: '127.0.0.1' });
       const url = `http://127.0.0.1:${port}`;
@@ -71,6 +73,9 @@ export async function demoVerb(argv: string[]): Promise<number> {
       });
       console.log(`\n  seeded ${report.patients} patients, ${report.resources} resources (${Object.entries(report.bySite).map(([k, v]) => `${k}: ${v}`).join(', ')})`);
     } else console.log('  existing data kept (use --reset to start over)');
+    await ensureDemoUsers(running[0]!.site);
+    console.log(`  demo users at site ${running[0]!.site.siteId}: ${DEMO_ROLES.map((r) => `demo.${r}`).join(', ')} (password ${DEMO_PASSWORD}; demo.administrator also needs a TOTP code)`);
+    console.log('  (demo only: custodian keys and shares are kept in the data folder so sites unseal themselves)');
     printExamples(running[0]?.url ?? 'http://127.0.0.1:7101', region.config.identifierSystems.residentId);
     console.log('Ready. Press Ctrl-C to stop.');
   } catch (e) {
@@ -82,10 +87,23 @@ export async function demoVerb(argv: string[]): Promise<number> {
   return 0;
 }
 
+const DEMO_PASSWORD = 'medmesh-demo-2026';
+const DEMO_ROLES = ['doctor', 'nurse', 'pharmacist', 'lab', 'registrar', 'administrator', 'auditor', 'researcher', 'regulator', 'patient'];
+
+/** One user per default role; existing ones are left as they are. */
+async function ensureDemoUsers(site: Site): Promise<void> {
+  for (const role of DEMO_ROLES) {
+    await site.identity.createUser({ username: `demo.${role}`, password: DEMO_PASSWORD, roles: [role], attributes: { department: role === 'nurse' || role === 'doctor' ? 'cardiology' : 'general' } });
+  }
+}
+
 function printExamples(base: string, residentIdSystem: string): void {
   const fhir = `${base}/fhir/R4`;
   console.log(`
 Try it:
+  TOKEN=$(curl -s -X POST ${base}/auth/login -H 'content-type: application/json' \\
+    -d '{"username":"demo.doctor","password":"${DEMO_PASSWORD}"}' | sed -E 's/.*"accessToken":"([^"]+)".*/\\1/')
+  curl -s '${fhir}/Patient?_count=1' -H "authorization: Bearer $TOKEN" | head -c 300
   curl -s '${fhir}/metadata' | head -c 300
   curl -s '${fhir}/Patient?name=%E7%8E%8B&_count=3'          # patients named 王
   curl -s -X POST '${fhir}/Patient' -H 'content-type: application/fhir+json' \\

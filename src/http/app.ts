@@ -5,6 +5,8 @@ import type { Db } from '../db/index.ts';
 import type { RecordStore, SearchParamTable } from '../records/index.ts';
 import type { Kms } from '../security/kms/index.ts';
 import type { IdentityService } from '../security/identity/index.ts';
+import type { AuditLog } from '../security/audit/index.ts';
+import { registerAudit } from './audit-hook.ts';
 import { authRoutes } from './auth-routes.ts';
 import { kmsRoutes } from './kms-routes.ts';
 import { fhirRoutes, registerFhirErrorHandling } from './fhir-routes.ts';
@@ -17,6 +19,8 @@ export interface AppOptions {
   db: Db;
   kms: Kms;
   identity?: IdentityService;
+  /** The audit log while the site can write one; without it, FHIR routes answer 503. */
+  audit?: () => AuditLog | undefined;
   searchParams: SearchParamTable;
   siteId: string;
   regionId: string;
@@ -41,6 +45,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => done(null, body));
   registerIdentity(app, opts.resolveIdentity ?? anonymousResolver);
   registerFhirErrorHandling(app);
+  if (opts.audit) registerAudit(app, { siteId: opts.siteId, audit: opts.audit });
 
   app.get('/healthz', async () => {
     const kms = await opts.kms.status();

@@ -10,7 +10,7 @@ describe(`authentication over HTTP (${testBackend()})`, () => {
   let s: TestServer;
   const siteC = Sm2PrivateKey.generate();
   before(async () => {
-    s = await startTestServer();
+    s = await startTestServer({ kms: 'uninitialized' });
     const custodians = ['a', 'b'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey }));
     await s.site.kms.init({ custodians, threshold: 2 });
     const u = await s.site.identity.createUser({ username: 'nurse.chen', password: 'a long enough passphrase', roles: ['nurse'], attributes: { department: 'icu' } });

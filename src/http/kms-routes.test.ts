@@ -13,7 +13,7 @@ describe(`KMS HTTP (${testBackend()})`, () => {
   let shares: WrappedShare[];
   const custodians = ['alice', 'bob', 'carol'].map((name) => ({ name, key: Sm2PrivateKey.generate() }));
   before(async () => {
-    c = await startTestServer({ siteId: 'C' });
+    c = await startTestServer({ siteId: 'C', kms: 'uninitialized' });
     bDb = await openTestDb();
     const b = new Kms({ db: bDb, siteId: 'B', policy: 'national' });
     shares = (await b.init({ custodians: custodians.map((x) => ({ name: x.name, publicKey: x.key.publicKey })), threshold: 2 })).shares;

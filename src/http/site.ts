@@ -6,6 +6,7 @@ import { claimSiteIdentity, migrate, pgBoundStore, type Db } from '../db/index.t
 import { buildBindingTable, buildSearchParamTable, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
 import type { Region } from '../region/index.ts';
 import { Kms } from '../security/kms/index.ts';
+import { AuditLog } from '../security/audit/index.ts';
 import { IdentityService } from '../security/identity/index.ts';
 import { tokenResolver } from './identity.ts';
 import { buildApp } from './app.ts';
@@ -20,6 +21,7 @@ export interface SiteOptions {
   logger?: FastifyServerOptions['logger'];
   bodyLimit?: number;
   resolveIdentity?: IdentityResolver;
+  checkpointEveryMs?: number;
 }
 
 export interface Site {
@@ -28,6 +30,7 @@ export interface Site {
   store: RecordStore;
   kms: Kms;
   identity: IdentityService;
+  audit: () => AuditLog | undefined;
   app: FastifyInstance;
   close(): Promise<void>;
 }
@@ -63,11 +66,29 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
       open: (b) => kms.decrypt(b),
     },
   });
+  // The audit log exists while the KMS is unsealed: its MAC key and signing key live there.
+  let audit: { log: AuditLog; signing: object } | undefined;
+  const auditLog = () => {
+    const signing = kms.signingKey();
+    if (!signing) return undefined;
+    if (audit?.signing !== signing.key) audit = { signing: signing.key, log: new AuditLog({ db, macKey: kms.deriveSecret('audit-entry-mac'), signer: { siteId, key: signing.key } }) };
+    return audit.log;
+  };
+  // Signed checkpoints every few seconds (regional standard: tamper-proof logs).
+  const checkpoints = setInterval(() => void auditLog()?.checkpoint().catch(() => undefined), opts.checkpointEveryMs ?? 5000);
+  checkpoints.unref();
   const app = await buildApp({
-    store, db, kms, identity, searchParams, siteId, regionId: region.id, version: VERSION,
+    store, db, kms, identity, audit: auditLog, searchParams, siteId, regionId: region.id, version: VERSION,
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
     ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
     resolveIdentity: opts.resolveIdentity ?? tokenResolver(identity),
   });
-  return { ok: true, site: { siteId, ctx, store, kms, identity, app, close: () => app.close() } };
+  return { ok: true, site: {
+      siteId, ctx, store, kms, identity, audit: auditLog, app,
+      close: async () => {
+        clearInterval(checkpoints);
+        await app.close();
+      },
+    },
+  };
 }

@@ -148,6 +148,15 @@ export class Kms {
     return this.#signing && this.#cmkId ? { key: this.#signing, kid: `${this.#ctx.siteId}-${this.#cmkId.slice(0, 8)}` } : undefined;
   }
 
+  /**
+   * A secret derived from the CMK for a fixed purpose (HMAC-SM3(CMK, label)): stable for the
+   * life of the master key, available only while unsealed. The audit log MACs entries with one.
+   */
+  deriveSecret(label: string): Buffer {
+    const { cmk } = this.#requireUnsealed();
+    return hmacSm3(cmk, Buffer.from(`medmesh derive|${label}`));
+  }
+
   /** Creates the named key on first use (for keys the site itself needs, such as `identity`). */
   async ensureKey(name: string): Promise<void> {
     try {

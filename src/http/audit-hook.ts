@@ -1,0 +1,81 @@
+// Every FHIR access and every login attempt is appended to the audit log before the answer
+// leaves the server. A site that cannot audit (KMS sealed) does not serve clinical data.
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { AuditEvent, AuditLog } from '../security/audit/index.ts';
+import type { Identity } from './identity.ts';
+
+export interface AuditHookOptions {
+  siteId: string;
+  /** The site's audit log while it can write one (unsealed), else undefined. */
+  audit: () => AuditLog | undefined;
+}
+
+const AUDITED = /^\/(fhir\/R4(?!\/metadata)|auth\/login)/;
+
+export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): void {
+  app.addHook('preHandler', async (request, reply) => {
+    if (!AUDITED.test(request.url) || opts.audit()) return;
+    return reply
+      .code(503)
+      .type('application/fhir+json; charset=utf-8')
+      .send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'transient', diagnostics: `site ${opts.siteId} is sealed: data is served only while every access can be audited; unseal it (medmesh keys unseal)` }] });
+  });
+  app.addHook('onSend', async (request, reply, payload) => {
+    const log = opts.audit();
+    if (!log || !AUDITED.test(request.url)) return payload;
+    const r = await log.append(eventOf(request, reply.statusCode, opts.siteId));
+    if (!r.ok) request.log.error({ issues: r.error.issues }, 'audit event rejected');
+    return payload;
+  });
+}
+
+function eventOf(request: FastifyRequest, status: number, site: string): AuditEvent {
+  const path = request.url.split('?')[0]!;
+  const header = (name: string) => {
+    const v = request.headers[name];
+    return typeof v === 'string' && v.length > 0 && v.length < 200 ? v : undefined;
+  };
+  const who = actorOf(request.identity);
+  const target = targetOf(request.method, path);
+  return {
+    time: new Date().toISOString(),
+    site,
+    actor: who,
+    action: target.action,
+    outcome: status < 400 ? 'success' : status === 401 || status === 403 ? 'deny' : 'failure',
+    ...(target.resource ? { resource: target.resource } : {}),
+    sourceIp: request.ip,
+    requestId: String(request.id),
+    ...(header('x-medmesh-terminal') ? { terminal: header('x-medmesh-terminal') } : {}),
+    ...(header('x-client-mac') ? { macAddress: header('x-client-mac') } : {}),
+    ...(header('x-medmesh-purpose') ? { purpose: header('x-medmesh-purpose') } : {}),
+    detail: `${request.method} ${path} -> ${status}`,
+  };
+}
+
+function actorOf(identity: Identity | undefined | null): AuditEvent['actor'] {
+  if (!identity || identity.kind === 'anonymous') return { kind: 'anonymous', id: 'anonymous' };
+  if (identity.kind === 'service') return { kind: 'service', id: identity.serviceId, role: identity.serviceKind };
+  return { kind: 'user', id: identity.userId, ...(identity.roles[0] ? { role: identity.roles.join(',') } : {}) };
+}
+
+function targetOf(method: string, path: string): { action: string; resource?: string } {
+  if (path === '/auth/login') return { action: 'login' };
+  const parts = path.replace(/^\/fhir\/R4\/?/, '').split('/').filter(Boolean).map((p) => decodeURIComponent(p).slice(0, 100));
+  const [type, id, sub] = parts;
+  if (!type) return { action: method === 'POST' ? 'bundle' : 'system' };
+  if (id === '_history' || sub === '_history') return { action: parts.length === 4 ? 'vread' : 'history', resource: id && id !== '_history' ? `${type}/${id}` : type };
+  if (id === '_search') return { action: 'search', resource: type };
+  switch (method) {
+    case 'GET':
+      return id ? { action: 'read', resource: `${type}/${id}` } : { action: 'search', resource: type };
+    case 'POST':
+      return { action: 'create', resource: type };
+    case 'PUT':
+      return { action: 'update', resource: `${type}/${id ?? ''}` };
+    case 'DELETE':
+      return { action: 'delete', resource: `${type}/${id ?? ''}` };
+    default:
+      return { action: method.toLowerCase(), resource: type };
+  }
+}
