@@ -118,6 +118,22 @@ describe('medmesh CLI', () => {
     assert.equal((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
     site.child.kill('SIGTERM');
     assert.equal(await site.exited, 0);
+    // Those requests were audited; the log verifies offline with the custodians' shares.
+    const unsealArgs = ['--unseal', `${join(keys, 'C-share-1-ann.json')}:${join(keys, 'ann.key.pem')}`, '--unseal', `${join(keys, 'C-share-2-ben.json')}:${join(keys, 'ben.key.pem')}`];
+    const verified = medmesh('audit', 'verify', '--region', EXAMPLE, '--site', 'C', '--data', data, ...unsealArgs);
+    assert.equal(verified.status, 0, verified.stderr);
+    const report = JSON.parse(verified.stdout) as { ok: boolean; entries: number };
+    assert.ok(report.ok && report.entries === 1, verified.stdout); // the count request (the sealed 503 could not be audited)
+    const { openPglite } = await import('../db/index.ts');
+    const db = await openPglite({ dataDir: join(data, 'C') });
+    await db.transaction(async (tx) => {
+      await tx.query('SET LOCAL session_replication_role = replica');
+      await tx.query("UPDATE audit_entry SET entry = convert_to(replace(convert_from(entry, 'UTF8'), 'success', 'failure'), 'UTF8') WHERE seq = 0");
+    });
+    await db.close();
+    const tampered = medmesh('audit', 'verify', '--region', EXAMPLE, '--site', 'C', '--data', data, ...unsealArgs);
+    assert.equal(tampered.status, 1);
+    assert.deepEqual((JSON.parse(tampered.stdout) as { invalidMac: number[] }).invalidMac, [0]);
   });
 
   it('runs the demo region: the README calls work, Ctrl-C stops cleanly, data survives a restart', async () => {

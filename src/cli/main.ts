@@ -3,6 +3,7 @@ import { DataDirInUseError } from '../db/index.ts';
 import { CryptoError } from '../security/crypto/index.ts';
 import { KmsError } from '../security/kms/index.ts';
 import { UsageError } from './args.ts';
+import { auditVerb } from './verb-audit.ts';
 import { demoVerb } from './verb-demo.ts';
 import { keysVerb } from './verb-keys.ts';
 import { migrateVerb } from './verb-migrate.ts';
@@ -16,6 +17,7 @@ const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary:
   migrate: { run: migrateVerb, summary: "apply a site's database migrations" },
   seed: { run: seedVerb, summary: 'write synthetic patients at a site' },
   region: { run: regionVerb, summary: 'check a region file (medmesh region check --region FILE)' },
+  audit: { run: auditVerb, summary: 'verify the audit log (medmesh audit verify --region FILE --site ID --unseal ...)' },
   keys: { run: keysVerb, summary: 'key management: init, unseal, status, create, rotate, rewrap, destroy, shares' },
 };
 

@@ -3,13 +3,12 @@
 // custodian shares given with --unseal; unseal and status talk to a running site over HTTP.
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { migrate } from '../db/index.ts';
 import { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
-import { encodeShareToken, Kms, parseWrappedShare, unwrapShare, type Custodian, type ShareToken } from '../security/kms/index.ts';
+import { encodeShareToken, parseWrappedShare, type Custodian } from '../security/kms/index.ts';
 import { helpText, intFlag, parseFlags, UsageError, type FlagSpec, type VerbSpec } from './args.ts';
-import { openSiteFromFlags, SITE_DB_FLAGS } from './common.ts';
+import { SITE_DB_FLAGS } from './common.ts';
+import { openKms, openShares, openUnsealedKms, UNSEAL_FLAG } from './offline-kms.ts';
 
-const UNSEAL_FLAG = { unseal: { type: 'string', multiple: true, help: 'a custodian share and its key, as share.json:custodian-key.pem (repeat up to the threshold)', placeholder: 'share:key' } } as const satisfies Record<string, FlagSpec>;
 
 const SUBCOMMANDS = {
   'custodian-keygen': 'make an SM2 key pair for a custodian (private key file mode 0600)',
@@ -67,16 +66,6 @@ async function custodianKeygen(argv: string[]): Promise<number> {
   return 0;
 }
 
-async function openKms(f: { region?: string | undefined; site?: string | undefined; data: string; 'database-url'?: string | undefined }) {
-  const { region, siteId, db } = await openSiteFromFlags(f);
-  const m = await migrate(db);
-  if (!m.ok) {
-    await db.close();
-    throw new UsageError(m.error.message);
-  }
-  return { db, siteId, kms: new Kms({ db, siteId, policy: region.config.policies.crypto }) };
-}
-
 async function init(argv: string[]): Promise<number> {
   const spec = {
     name: 'keys init', summary: SUBCOMMANDS.init, usage: 'medmesh keys init --region <file> --site <id> --custodian <name=pub.pem> ... [--threshold 3] --out <dir>',
@@ -106,17 +95,6 @@ async function init(argv: string[]): Promise<number> {
   } finally {
     await db.close();
   }
-}
-
-async function openShares(specs: string[]): Promise<ShareToken[]> {
-  const tokens: ShareToken[] = [];
-  for (const s of specs) {
-    const [shareFile, keyFile] = s.split(':', 2);
-    if (!shareFile || !keyFile) throw new UsageError(`--unseal ${s}: expected share.json:custodian-key.pem`);
-    const w = parseWrappedShare(await readFile(shareFile, 'utf8'));
-    tokens.push(unwrapShare(w, Sm2PrivateKey.fromPem(await readFile(keyFile, 'utf8'))));
-  }
-  return tokens;
 }
 
 async function status(argv: string[]): Promise<number> {
@@ -158,11 +136,8 @@ async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: str
   const f = parseFlags(spec, argv);
   if (f === 'help') return (console.log(helpText(spec)), 0);
   if (sub !== 'rewrap' && !f.name) throw new UsageError('--name is required');
-  const tokens = await openShares(f.unseal);
-  const { db, kms } = await openKms(f);
+  const { db, kms } = await openUnsealedKms(f, f.unseal);
   try {
-    for (const t of tokens) await kms.submitShare(t);
-    if ((await kms.status()).sealed) throw new UsageError('not enough --unseal shares to open the master key');
     switch (sub) {
       case 'create': {
         const days = f['rotation-days'] !== undefined ? intFlag('rotation-days', f['rotation-days'], 1, 3650) : undefined;
