@@ -20,6 +20,8 @@ interface ParsedEntry {
   ifNoneExist?: string;
   ifMatch?: string;
   fullUrl?: string;
+  /** Batch only: the entry could not be parsed; it is answered with this error. */
+  invalid?: RecordError;
 }
 
 /** Maps a RecordError to the HTTP status the entry reports (mirrors the HTTP layer). */
@@ -39,7 +41,7 @@ export async function processBundle(store: RecordStore, body: unknown, opts: { b
     const p = parseEntry(e, i);
     if (!p.ok) {
       if (bundle.type === 'transaction') return p;
-      parsed.push({ index: i, method: 'GET', type: '', query: `\u0000${p.error.issues[0]?.message ?? ''}` });
+      parsed.push({ index: i, method: 'GET', type: '', invalid: p.error });
     } else parsed.push(p.value);
   }
   return bundle.type === 'transaction' ? transaction(store, parsed, opts) : batch(store, parsed, opts);
@@ -116,8 +118,8 @@ async function transaction(store: RecordStore, entries: ParsedEntry[], opts: { b
 async function batch(store: RecordStore, entries: ParsedEntry[], opts: { baseUrl: string; statusOf: StatusOf }): Promise<Result<Bundle>> {
   const out: BundleEntry[] = [];
   for (const e of entries) {
-    if (e.query?.startsWith('\u0000')) {
-      out.push(errorEntry({ kind: 'bad-request', issues: [{ message: e.query.slice(1), code: 'invalid' }] }, opts.statusOf));
+    if (e.invalid) {
+      out.push(errorEntry(e.invalid, opts.statusOf));
       continue;
     }
     // Each batch entry is its own transaction: one failing entry does not undo the others.

@@ -47,10 +47,6 @@ export class RecordStore {
     this.#batcher = new CreateBatcher(ctx.db);
   }
 
-  get context(): RecordsContext {
-    return this.#ctx;
-  }
-
   /** Runs `fn` in one transaction; a RollbackWith thrown inside becomes the error result. */
   async inTransaction<T>(fn: (tx: Queryable) => Promise<Result<T>>): Promise<Result<T>> {
     try {

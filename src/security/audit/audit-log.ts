@@ -4,7 +4,7 @@
 import type { Db, Queryable } from '../../db/index.ts';
 import { hmacSm3, sm2Sign, sm2Verify, type Sm2PrivateKey, type Sm2PublicKey } from '../crypto/index.ts';
 import { auditEventSchema, canonicalBytes, type AuditEvent } from './event.ts';
-import { consistencyProof, FrontierBuilder, inclusionProof, leafHash, rootOf } from './merkle.ts';
+import { consistencyProof, FrontierBuilder, inclusionProof, leafHash } from './merkle.ts';
 
 const APPEND_LOCK = 7_240_612;
 
@@ -143,10 +143,6 @@ export class AuditLog {
 
   async consistencyProof(from: number, to: number): Promise<Buffer[]> {
     return consistencyProof(await this.#leaves(to), from, to);
-  }
-
-  async rootAt(treeSize: number): Promise<Buffer> {
-    return rootOf(await this.#leaves(treeSize));
   }
 
   /** Stores another site's signature over one of our checkpoints, after checking it. */
