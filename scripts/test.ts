@@ -1,23 +1,39 @@
 // The test command: the whole suite on embedded PGlite, then the database-backed suites
 // again on the PostgreSQL server (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/test).
 // Locally an unreachable server is skipped with a warning; under CI (CI=true) it is a failure.
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import pg from 'pg';
 
 const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const ci = process.env.CI === 'true' || process.env.CI === '1';
 const explicit = process.argv.slice(2);
 /** Suites whose code runs against the Db interface: these run on both engines. */
-const DB_SUITES = ['src/db/**/*.test.ts', 'src/records/**/*.test.ts', 'src/http/**/*.test.ts', 'src/security/kms/**/*.test.ts', 'src/security/audit/**/*.test.ts', 'src/security/identity/**/*.test.ts'];
+const DB_SUITES = ['src/db/**/*.test.ts', 'src/records/**/*.test.ts', 'src/replication/**/*.test.ts', 'src/http/**/*.test.ts', 'src/security/kms/**/*.test.ts', 'src/security/audit/**/*.test.ts', 'src/security/identity/**/*.test.ts'];
 
-function run(backend: 'pglite' | 'postgres'): number {
+/** A whole run never takes longer than this: a hung test must fail CI, not stall it. */
+const RUN_LIMIT_MS = Number(process.env.MEDMESH_TEST_RUN_LIMIT_MS ?? 20 * 60_000);
+
+async function run(backend: 'pglite' | 'postgres'): Promise<number> {
   const files = explicit.length ? explicit : backend === 'pglite' ? ['src/**/*.test.ts'] : DB_SUITES;
   console.log(`\n=== test suite on ${backend}${backend === 'postgres' ? ` (${url.replace(/:[^:@/]*@/, ':***@')})` : ''} ===`);
-  const r = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=300000', ...files], {
+  // --test-force-exit: a file whose tests are done exits even if a handle stays open.
+  // Its own process group, so the watchdog can stop the runner and every test process.
+  const child = spawn(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=180000', '--test-force-exit', ...files], {
     stdio: 'inherit',
+    detached: true,
     env: { ...process.env, MEDMESH_TEST_DB: backend, DATABASE_URL: url },
   });
-  return r.status ?? 1;
+  const watchdog = setTimeout(() => {
+    console.error(`\nFAIL: the ${backend} run exceeded ${RUN_LIMIT_MS / 60_000} minutes; stopping it (a test is hung).`);
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      child.kill('SIGKILL');
+    }
+  }, RUN_LIMIT_MS);
+  const status = await new Promise<number>((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  clearTimeout(watchdog);
+  return status;
 }
 
 async function postgresReachable(): Promise<string | undefined> {
@@ -33,7 +49,7 @@ async function postgresReachable(): Promise<string | undefined> {
   }
 }
 
-const pgliteStatus = run('pglite');
+const pgliteStatus = await run('pglite');
 const unreachable = await postgresReachable();
 let postgresStatus = 0;
 if (unreachable) {
@@ -42,7 +58,7 @@ if (unreachable) {
     console.error(`\nFAIL: ${msg}; under CI the PostgreSQL run is required. Start PostgreSQL or set DATABASE_URL.`);
     postgresStatus = 1;
   } else console.warn(`\nSKIPPED the PostgreSQL run: ${msg}. Start PostgreSQL or set DATABASE_URL to run it.`);
-} else postgresStatus = run('postgres');
+} else postgresStatus = await run('postgres');
 
 console.log(`\nsuite results: pglite ${pgliteStatus === 0 ? 'passed' : 'FAILED'}, postgres ${unreachable ? (ci ? 'FAILED (unreachable)' : 'skipped') : postgresStatus === 0 ? 'passed' : 'FAILED'}`);
 process.exit(pgliteStatus || postgresStatus);

@@ -11,7 +11,11 @@ const BIN = fileURLToPath(new URL('../../bin/medmesh.js', import.meta.url));
 const EXAMPLE = fileURLToPath(new URL('../../region.example.yaml', import.meta.url));
 // The CLI must use embedded PGlite here even when the suite runs against a server.
 const { DATABASE_URL: _ignored, ...ENV } = process.env;
-const medmesh = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000, env: ENV });
+/** Runs the CLI; a trailing object adds environment variables. */
+const medmesh = (...args: Array<string | Record<string, string>>) => {
+  const extra = typeof args.at(-1) === 'object' ? (args.pop() as Record<string, string>) : {};
+  return spawnSync(process.execPath, [BIN, ...(args as string[])], { encoding: 'utf8', timeout: 120_000, env: { ...ENV, ...extra } });
+};
 
 const children = new Set<ReturnType<typeof spawn>>();
 
@@ -107,13 +111,20 @@ describe('medmesh CLI', () => {
     for (const n of ['ann', 'ben']) assert.equal(medmesh('keys', 'custodian-keygen', '--name', n, '--out', keys).status, 0);
     const init = medmesh('keys', 'init', '--region', EXAMPLE, '--site', 'C', '--data', data, '--custodian', `ann=${join(keys, 'ann.pub.pem')}`, '--custodian', `ben=${join(keys, 'ben.pub.pem')}`, '--threshold', '2', '--out', keys);
     assert.equal(init.status, 0, init.stderr);
+    // The interface account that reads the count below; users are created against the site's database.
+    const bad = medmesh('users', 'add', '--region', EXAMPLE, '--site', 'C', '--data', data, '--username', 'his.interface', '--role', 'integration');
+    assert.match(bad.stderr, /MEDMESH_PASSWORD/, 'no password on the command line');
+    const added = medmesh('users', 'add', '--region', EXAMPLE, '--site', 'C', '--data', data, '--username', 'his.interface', '--role', 'integration', { MEDMESH_PASSWORD: 'interface-pass-2026' });
+    assert.equal(added.status, 0, added.stderr);
     const port = 20000 + Math.floor(Math.random() * 20000);
     const site = startVerb(['site', '--region', EXAMPLE, '--site', 'C', '--data', data, '--port', String(port)], /serving FHIR R4/);
     await site.started;
     assert.equal((await fetch(`http://127.0.0.1:${port}/fhir/R4/Patient?_summary=count`)).status, 503, 'sealed: no data');
     const unseal = medmesh('keys', 'unseal', '--url', `http://127.0.0.1:${port}`, '--unseal', `${join(keys, 'C-share-1-ann.json')}:${join(keys, 'ann.key.pem')}`, '--unseal', `${join(keys, 'C-share-2-ben.json')}:${join(keys, 'ben.key.pem')}`);
     assert.match(unseal.stdout, /^unsealed/, unseal.stderr);
-    const count = (await (await fetch(`http://127.0.0.1:${port}/fhir/R4/Patient?_summary=count`)).json()) as { total: number };
+    assert.equal((await fetch(`http://127.0.0.1:${port}/fhir/R4/Patient?_summary=count`)).status, 401, 'no token: no data');
+    const token = await loginAt(`http://127.0.0.1:${port}`, 'his.interface', 'interface-pass-2026');
+    const count = (await (await fetch(`http://127.0.0.1:${port}/fhir/R4/Patient?_summary=count`, { headers: { authorization: `Bearer ${token}` } })).json()) as { total: number };
     assert.equal(count.total, seeded);
     assert.equal((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
     site.child.kill('SIGTERM');
@@ -123,7 +134,13 @@ describe('medmesh CLI', () => {
     const verified = medmesh('audit', 'verify', '--region', EXAMPLE, '--site', 'C', '--data', data, ...unsealArgs);
     assert.equal(verified.status, 0, verified.stderr);
     const report = JSON.parse(verified.stdout) as { ok: boolean; entries: number };
-    assert.ok(report.ok && report.entries === 1, verified.stdout); // the count request (the sealed 503 could not be audited)
+    assert.ok(report.ok && report.entries === 4, verified.stdout); // the unsealing share, refused count, login, count (the sealed 503 could not be audited)
+    // Retention: nothing is older than the online period (183 days) yet, so nothing leaves.
+    const exported = medmesh('audit', 'export', '--region', EXAMPLE, '--site', 'C', '--data', data, '--out', join(data, 'archive'), '--prune', ...unsealArgs);
+    assert.equal(exported.status, 0, exported.stderr);
+    assert.match(exported.stdout, /0 segment\(s\) exported; entries younger than 183 days .* stay online[\s\S]*pruned 0 exported entries/);
+    const noKey = medmesh('audit', 'verify-file', '--file', join(data, 'archive', 'x.jsonl'));
+    assert.match(noKey.stderr, /--signer-key is required/);
     const { openPglite } = await import('../db/index.ts');
     const db = await openPglite({ dataDir: join(data, 'C') });
     await db.transaction(async (tx) => {
@@ -144,20 +161,36 @@ describe('medmesh CLI', () => {
     const fhirB = `http://127.0.0.1:${7101 + offset}/fhir/R4`;
     assert.match(demo.output(), new RegExp(`site B +private +${fhirB.replace(/[.]/g, '\\.')}`));
     assert.match(demo.output(), /seeded 8 patients/);
-    const login = await fetch(`http://127.0.0.1:${7101 + offset}/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'demo.doctor', password: 'medmesh-demo-2026' }) });
-    assert.equal(login.status, 200, 'the printed demo login works');
+    const siteB = `http://127.0.0.1:${7101 + offset}`;
+    const registrar = { authorization: `Bearer ${await loginAt(siteB, 'demo.registrar', 'medmesh-demo-2026')}` };
+    const doctor = { authorization: `Bearer ${await loginAt(siteB, 'demo.doctor', 'medmesh-demo-2026')}` };
     const created = await fetch(`${fhirB}/Patient`, {
       method: 'POST',
-      headers: { 'content-type': 'application/fhir+json' },
+      headers: { 'content-type': 'application/fhir+json', ...registrar },
       body: JSON.stringify({ resourceType: 'Patient', name: [{ family: '陈', given: ['小明'] }], gender: 'male', birthDate: '1990-01-01', identifier: [{ system: 'urn:oid:2.16.156.10011.1.3', value: '440106199001011235' }] }),
     });
     assert.equal(created.status, 201);
     const id = ((await created.json()) as { id: string }).id;
-    assert.equal((await fetch(`${fhirB}/Patient/${id}`)).status, 200);
-    const found = (await (await fetch(`${fhirB}/Patient?name=${encodeURIComponent('陈小明')}`)).json()) as { entry?: unknown[] };
+    assert.equal((await fetch(`${fhirB}/Patient/${id}`, { headers: registrar })).status, 200);
+    // Replicated to C (B's DR twin for shard guangzhou) within moments; never to the public cloud A.
+    const siteC = `http://127.0.0.1:${7102 + offset}`;
+    const registrarC = { authorization: `Bearer ${await loginAt(siteC, 'demo.registrar', 'medmesh-demo-2026')}` };
+    let atC = 0;
+    for (let i = 0; i < 100 && atC !== 200; i++) {
+      atC = (await fetch(`${siteC}/fhir/R4/Patient/${id}`, { headers: registrarC })).status;
+      if (atC !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(atC, 200, 'the patient written at B is readable at C');
+    const siteA = `http://127.0.0.1:${7103 + offset}`;
+    const registrarA = { authorization: `Bearer ${await loginAt(siteA, 'demo.registrar', 'medmesh-demo-2026')}` };
+    assert.equal((await fetch(`${siteA}/fhir/R4/Patient/${id}`, { headers: registrarA })).status, 404, 'core data never reaches the public cloud');
+    assert.equal((await fetch(`${fhirB}/Patient/${id}`)).status, 401);
+    assert.equal((await fetch(`${fhirB}/Patient/${id}`, { headers: doctor })).status, 403, 'no care relationship with a patient just registered');
+    const found = (await (await fetch(`${fhirB}/Patient?name=${encodeURIComponent('陈小明')}`, { headers: registrar })).json()) as { entry?: unknown[] };
     assert.equal(found.entry?.length, 1);
-    const obs = (await (await fetch(`${fhirB}/Observation?code=http://loinc.org|8867-4&_summary=count`)).json()) as { total: number };
-    assert.ok(obs.total > 0);
+    const count = async (h: Record<string, string>) => ((await (await fetch(`${fhirB}/Patient?_summary=count`, { headers: h })).json()) as { total: number }).total;
+    const [all, mine] = [await count(registrar), await count(doctor)];
+    assert.ok(mine > 0 && mine < all, `the cardiology doctor counts only patients with a cardiology encounter (${mine} of ${all})`);
     demo.child.kill('SIGINT');
     assert.equal(await demo.exited, 0);
     assert.match(demo.output(), /stopped cleanly/);
@@ -165,8 +198,15 @@ describe('medmesh CLI', () => {
     const again = startVerb(['demo', '--data', data, '--port-offset', String(offset)], /Ready\./);
     await again.started;
     assert.match(again.output(), /existing data kept/);
-    assert.equal((await fetch(`${fhirB}/Patient/${id}`)).status, 200, 'a patient written before the restart is still there');
+    const registrarAgain = { authorization: `Bearer ${await loginAt(siteB, 'demo.registrar', 'medmesh-demo-2026')}` };
+    assert.equal((await fetch(`${fhirB}/Patient/${id}`, { headers: registrarAgain })).status, 200, 'a patient written before the restart is still there');
     again.child.kill('SIGINT');
     assert.equal(await again.exited, 0);
   });
 });
+
+async function loginAt(base: string, username: string, password: string): Promise<string> {
+  const r = await fetch(`${base}/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username, password }) });
+  assert.equal(r.status, 200, `login as ${username}`);
+  return ((await r.json()) as { accessToken: string }).accessToken;
+}

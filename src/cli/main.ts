@@ -10,6 +10,7 @@ import { migrateVerb } from './verb-migrate.ts';
 import { regionVerb } from './verb-region.ts';
 import { seedVerb } from './verb-seed.ts';
 import { siteVerb } from './verb-site.ts';
+import { usersVerb } from './verb-users.ts';
 
 const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary: string }> = {
   demo: { run: demoVerb, summary: 'run a whole demo region on this machine (embedded defaults)' },
@@ -18,6 +19,7 @@ const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary:
   seed: { run: seedVerb, summary: 'write synthetic patients at a site' },
   region: { run: regionVerb, summary: 'check a region file (medmesh region check --region FILE)' },
   audit: { run: auditVerb, summary: 'verify the audit log (medmesh audit verify --region FILE --site ID --unseal ...)' },
+  users: { run: usersVerb, summary: 'create users (medmesh users add --region FILE --site ID --username NAME --role ROLE)' },
   keys: { run: keysVerb, summary: 'key management: init, unseal, status, create, rotate, rewrap, destroy, shares' },
 };
 

@@ -27,7 +27,7 @@ export async function openKms(f: { region?: string | undefined; site?: string | 
     await db.close();
     throw new UsageError(m.error.message);
   }
-  return { db, siteId, kms: new Kms({ db, siteId, policy: region.config.policies.crypto }) };
+  return { db, siteId, region, kms: new Kms({ db, siteId, policy: region.config.policies.crypto }) };
 }
 
 

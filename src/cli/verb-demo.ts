@@ -7,6 +7,8 @@ import type { RecordStore } from '../records/index.ts';
 import { helpText, intFlag, parseFlags, type FlagSpec, type VerbSpec } from './args.ts';
 import { EXAMPLE_REGION, loadRegionOrThrow, portOf } from './common.ts';
 import { unsealDemoSite } from './demo-keys.ts';
+import { linkDemoSites } from './demo-links.ts';
+import type { Puller } from '../replication/index.ts';
 import { seedRegion } from './seeding.ts';
 import { waitForShutdown } from './shutdown.ts';
 
@@ -35,8 +37,10 @@ export async function demoVerb(argv: string[]): Promise<number> {
 
   console.log(`medmesh demo: region ${region.id} (${region.sites.length} sites), data in ${flags.data}/`);
   const running: Array<{ site: Site; db: Db; url: string }> = [];
+  let pullers: Puller[] = [];
   const stopAll = async () => {
-    for (const r of running.reverse()) {
+    await Promise.all(pullers.map((p) => p.stop()));
+    for (const r of [...running].reverse()) {
       await r.site.close();
       await r.db.close();
     }
@@ -56,6 +60,8 @@ export async function demoVerb(argv: string[]): Promise<number> {
       running.push({ site: opened.site, db, url });
       console.log(`  site ${s.id.padEnd(3)} ${s.kind.padEnd(8)} ${url}/fhir/R4   ${s.name ?? ''}`);
     }
+    pullers = await linkDemoSites(running, { onError: (site, peer, m) => console.error(`  replication ${peer} -> ${site}: ${m}`) });
+    console.log(`  replication: every site pulls every other (${pullers.length} links); core data only between a shard's residency sites`);
     const stores = new Map<string, RecordStore>(running.map((r) => [r.site.siteId, r.site.store]));
     const existing = await Promise.all(running.map((r) => r.db.query<{ n: number }>("SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient'")));
     if (existing.every((e) => (e.rows[0]?.n ?? 0) === 0) && patients > 0) {
@@ -73,8 +79,8 @@ export async function demoVerb(argv: string[]): Promise<number> {
       });
       console.log(`\n  seeded ${report.patients} patients, ${report.resources} resources (${Object.entries(report.bySite).map(([k, v]) => `${k}: ${v}`).join(', ')})`);
     } else console.log('  existing data kept (use --reset to start over)');
-    await ensureDemoUsers(running[0]!.site);
-    console.log(`  demo users at site ${running[0]!.site.siteId}: ${DEMO_ROLES.map((r) => `demo.${r}`).join(', ')} (password ${DEMO_PASSWORD}; demo.administrator also needs a TOTP code)`);
+    for (const r of running) await ensureDemoUsers(r.site);
+    console.log(`  demo users at every site: ${DEMO_ROLES.map((r) => `demo.${r}`).join(', ')} (password ${DEMO_PASSWORD}; demo.administrator also needs a TOTP code)`);
     console.log('  (demo only: custodian keys and shares are kept in the data folder so sites unseal themselves)');
     printExamples(running[0]?.url ?? 'http://127.0.0.1:7101', region.config.identifierSystems.residentId);
     console.log('Ready. Press Ctrl-C to stop.');
@@ -92,23 +98,33 @@ const DEMO_ROLES = ['doctor', 'nurse', 'pharmacist', 'lab', 'registrar', 'admini
 
 /** One user per default role; existing ones are left as they are. */
 async function ensureDemoUsers(site: Site): Promise<void> {
+  // demo.patient is linked to the first patient homed at this site; clinicians work in cardiology.
+  const { rows } = await site.ctx.db.query<{ id: string }>("SELECT id FROM resource_current WHERE resource_type = 'Patient' AND NOT deleted ORDER BY id LIMIT 1");
+  const attributes: Record<string, Record<string, string>> = {
+    doctor: { department: 'cardiology', title: 'attending' },
+    nurse: { department: 'cardiology', title: 'charge-nurse' },
+    researcher: { project: 'demo-study' },
+    ...(rows[0] ? { patient: { patient: rows[0].id } } : {}),
+  };
   for (const role of DEMO_ROLES) {
-    await site.identity.createUser({ username: `demo.${role}`, password: DEMO_PASSWORD, roles: [role], attributes: { department: role === 'nurse' || role === 'doctor' ? 'cardiology' : 'general' } });
+    await site.identity.createUser({ username: `demo.${role}`, password: DEMO_PASSWORD, roles: [role], attributes: attributes[role] ?? {} });
   }
 }
 
 function printExamples(base: string, residentIdSystem: string): void {
   const fhir = `${base}/fhir/R4`;
   console.log(`
-Try it:
-  TOKEN=$(curl -s -X POST ${base}/auth/login -H 'content-type: application/json' \\
-    -d '{"username":"demo.doctor","password":"${DEMO_PASSWORD}"}' | sed -E 's/.*"accessToken":"([^"]+)".*/\\1/')
-  curl -s '${fhir}/Patient?_count=1' -H "authorization: Bearer $TOKEN" | head -c 300
-  curl -s '${fhir}/metadata' | head -c 300
-  curl -s '${fhir}/Patient?name=%E7%8E%8B&_count=3'          # patients named 王
-  curl -s -X POST '${fhir}/Patient' -H 'content-type: application/fhir+json' \\
+Try it (every data call needs a token; each user sees what their role allows):
+  login() { curl -s -X POST ${base}/auth/login -H 'content-type: application/json' \\
+    -d "{\\"username\\":\\"demo.$1\\",\\"password\\":\\"${DEMO_PASSWORD}\\"}" | sed -E 's/.*"accessToken":"([^"]+)".*/\\1/'; }
+  REG=$(login registrar); DOC=$(login doctor); NURSE=$(login nurse); RES=$(login researcher)
+  curl -s -X POST '${fhir}/Patient' -H "authorization: Bearer $REG" -H 'content-type: application/fhir+json' \\
     -d '{"resourceType":"Patient","name":[{"family":"陈","given":["小明"]}],"gender":"male","birthDate":"1990-01-01",
-         "identifier":[{"system":"${residentIdSystem}","value":"440106199001011235"}]}'
-  curl -s '${fhir}/Observation?code=http://loinc.org|8867-4&_summary=count'
+         "identifier":[{"system":"${residentIdSystem}","value":"440106199001011235"}],"telecom":[{"system":"phone","value":"13812345678"}]}'
+  curl -s '${fhir}/Patient?name=%E9%99%88%E5%B0%8F%E6%98%8E' -H "authorization: Bearer $REG"     # the registrar finds 陈小明
+  curl -s '${fhir}/Patient?_summary=count' -H "authorization: Bearer $DOC"                 # the doctor counts only patients in their care
+  curl -s '${fhir}/Patient?_count=1' -H "authorization: Bearer $NURSE"                     # resident ID and phone masked for a nurse
+  curl -s '${fhir}/Patient?_count=1' -H "authorization: Bearer $RES"                       # research: HMAC-SM3 pseudonyms, no names
+  curl -s '${fhir}/metadata' | head -c 300                                                    # public
 `);
 }

@@ -1,7 +1,10 @@
-// Every FHIR access and every login attempt is appended to the audit log before the answer
-// leaves the server. A site that cannot audit (KMS sealed) does not serve clinical data.
+// Every request to a data or admin route is appended to the audit log before the answer
+// leaves the server: one entry per access decision (a Bundle yields one per entry), with
+// the purpose, the masked fields and the break-glass reason. A site that cannot audit
+// (KMS sealed) does not serve clinical data.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuditEvent, AuditLog } from '../security/audit/index.ts';
+import type { Requester } from '../security/access/index.ts';
 import type { Identity } from './identity.ts';
 
 export interface AuditHookOptions {
@@ -10,11 +13,23 @@ export interface AuditHookOptions {
   audit: () => AuditLog | undefined;
 }
 
-const AUDITED = /^\/(fhir\/R4(?!\/metadata)|auth\/login)/;
+/** Routes that serve nothing sensitive and are polled often: health, capabilities, public keys, seal state. */
+const NOT_AUDITED = /^\/(healthz|readyz|metrics|fhir\/R4\/metadata|auth\/keys|kms\/status)(\?|$|\/)/;
+/** Routes refused while sealed: they need the audit log to answer. */
+const NEEDS_AUDIT = /^\/(fhir\/R4(?!\/metadata)|auth\/login|access|audit|replication|conflicts)/;
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Set by the records routes: the caller's purpose and the decisions taken. */
+    requester: Requester | null;
+    /** Set by admin routes: what the audit entry should say beyond method and path. */
+    auditExtra: Partial<AuditEvent> | null;
+  }
+}
 
 export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): void {
   app.addHook('preHandler', async (request, reply) => {
-    if (!AUDITED.test(request.url) || opts.audit()) return;
+    if (!NEEDS_AUDIT.test(request.url) || opts.audit()) return;
     return reply
       .code(503)
       .type('application/fhir+json; charset=utf-8')
@@ -22,11 +37,27 @@ export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): voi
   });
   app.addHook('onSend', async (request, reply, payload) => {
     const log = opts.audit();
-    if (!log || !AUDITED.test(request.url)) return payload;
-    const r = await log.append(eventOf(request, reply.statusCode, opts.siteId));
-    if (!r.ok) request.log.error({ issues: r.error.issues }, 'audit event rejected');
+    if (!log || NOT_AUDITED.test(request.url)) return payload;
+    const results = await Promise.all(eventsOf(request, reply.statusCode, opts.siteId).map((e) => log.append(e)));
+    for (const r of results) if (!r.ok) request.log.error({ issues: r.error.issues }, 'audit event rejected');
     return payload;
   });
+}
+
+function eventsOf(request: FastifyRequest, status: number, site: string): AuditEvent[] {
+  const base = eventOf(request, status, site);
+  const requester = request.requester;
+  if (!requester || requester.decisions.length === 0) return [{ ...base, ...(requester ? { purpose: requester.purpose } : {}), ...(request.auditExtra ?? {}) }];
+  return requester.decisions.map((d) => ({
+    ...base,
+    action: d.action,
+    resource: d.resource,
+    outcome: d.outcome,
+    purpose: requester.purpose,
+    ...(d.fields?.length ? { fields: d.fields } : {}),
+    ...(requester.breakGlass ? { breakGlass: { reason: requester.breakGlass } } : {}),
+    detail: d.reason ? `${base.detail ?? ''}: ${d.reason}`.slice(0, 2000) : base.detail,
+  }));
 }
 
 function eventOf(request: FastifyRequest, status: number, site: string): AuditEvent {
@@ -35,12 +66,11 @@ function eventOf(request: FastifyRequest, status: number, site: string): AuditEv
     const v = request.headers[name];
     return typeof v === 'string' && v.length > 0 && v.length < 200 ? v : undefined;
   };
-  const who = actorOf(request.identity);
   const target = targetOf(request.method, path);
   return {
     time: new Date().toISOString(),
     site,
-    actor: who,
+    actor: actorOf(request.identity),
     action: target.action,
     outcome: status < 400 ? 'success' : status === 401 || status === 403 ? 'deny' : 'failure',
     ...(target.resource ? { resource: target.resource } : {}),
@@ -49,7 +79,7 @@ function eventOf(request: FastifyRequest, status: number, site: string): AuditEv
     ...(header('x-medmesh-terminal') ? { terminal: header('x-medmesh-terminal') } : {}),
     ...(header('x-client-mac') ? { macAddress: header('x-client-mac') } : {}),
     ...(header('x-medmesh-purpose') ? { purpose: header('x-medmesh-purpose') } : {}),
-    detail: `${request.method} ${path} -> ${status}`,
+    detail: `${request.method} ${path.slice(0, 300)} -> ${status}`,
   };
 }
 
@@ -61,7 +91,8 @@ function actorOf(identity: Identity | undefined | null): AuditEvent['actor'] {
 
 function targetOf(method: string, path: string): { action: string; resource?: string } {
   if (path === '/auth/login') return { action: 'login' };
-  const parts = path.replace(/^\/fhir\/R4\/?/, '').split('/').filter(Boolean).map((p) => decodeURIComponent(p).slice(0, 100));
+  if (!path.startsWith('/fhir/R4')) return { action: method === 'GET' ? 'admin-read' : 'admin-change', resource: path.slice(0, 200) };
+  const parts = path.replace(/^\/fhir\/R4\/?/, '').split('/').filter(Boolean).map((p) => safeDecode(p).slice(0, 100));
   const [type, id, sub] = parts;
   if (!type) return { action: method === 'POST' ? 'bundle' : 'system' };
   if (id === '_history' || sub === '_history') return { action: parts.length === 4 ? 'vread' : 'history', resource: id && id !== '_history' ? `${type}/${id}` : type };
@@ -77,5 +108,13 @@ function targetOf(method: string, path: string): { action: string; resource?: st
       return { action: 'delete', resource: `${type}/${id ?? ''}` };
     default:
       return { action: method.toLowerCase(), resource: type };
+  }
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
   }
 }

@@ -18,7 +18,7 @@ describe(`FHIR REST API (${testBackend()})`, () => {
   after(() => s.close());
 
   const req = async (method: string, path: string, body?: unknown, headers: Record<string, string> = {}) => {
-    const res = await fetch(`${s.fhir}${path}`, { method, headers: body === undefined ? headers : { ...FHIR, ...headers }, ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }) });
+    const res = await fetch(`${s.fhir}${path}`, { method, headers: body === undefined ? { ...s.auth, ...headers } : { ...FHIR, ...s.auth, ...headers }, ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }) });
     const text = await res.text();
     return { status: res.status, headers: res.headers, json: text ? (JSON.parse(text) as Record<string, unknown>) : undefined };
   };
@@ -73,7 +73,7 @@ describe(`FHIR REST API (${testBackend()})`, () => {
     const first = await req('POST', '/Patient', gz(3), { 'if-none-exist': `identifier=${RID}|${value}` });
     const second = await req('POST', '/Patient', gz(3), { 'if-none-exist': `identifier=${RID}|${value}` });
     assert.deepEqual([first.status, second.status], [201, 200]);
-    const res = await fetch(`${s.fhir}/Patient/_search`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `identifier=${encodeURIComponent(value)}` });
+    const res = await fetch(`${s.fhir}/Patient/_search`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...s.auth }, body: `identifier=${encodeURIComponent(value)}` });
     assert.equal(((await res.json()) as Bundle).total, 1);
   });
 
@@ -124,12 +124,12 @@ describe(`FHIR REST API (${testBackend()})`, () => {
     for (const path of paths) {
       for (const body of bodies) {
         for (const method of ['POST', 'PUT']) {
-          const r = await fetch(`${s.fhir}${path}`, { method, headers: FHIR, body });
+          const r = await fetch(`${s.fhir}${path}`, { method, headers: { ...FHIR, ...s.auth }, body });
           assert.ok(r.status < 500, `${method} ${path} ${body} -> ${r.status}`);
           await r.arrayBuffer();
         }
       }
-      const g = await fetch(`${s.fhir}${path}?_count=1&_sort=-_lastUpdated&name:exact=%00&birthdate=ge`);
+      const g = await fetch(`${s.fhir}${path}?_count=1&_sort=-_lastUpdated&name:exact=%00&birthdate=ge`, { headers: s.auth });
       assert.ok(g.status < 500, `GET ${path}`);
       await g.arrayBuffer();
     }
@@ -138,6 +138,7 @@ describe(`FHIR REST API (${testBackend()})`, () => {
 
   it('works with a real FHIR client (MedplumClient)', async () => {
     const client = new MedplumClient({ baseUrl: `${s.base}/`, fhirUrlPath: 'fhir/R4', fetch: (url: string | URL | Request, init?: RequestInit) => fetch(url, init) });
+    client.setAccessToken(s.auth.authorization!.slice('Bearer '.length));
     const created = await client.createResource<Patient>(gz(20));
     const read = await client.readResource('Patient', created.id);
     assert.equal(read.meta!.versionId, created.meta!.versionId);

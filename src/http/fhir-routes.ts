@@ -1,15 +1,18 @@
 // FHIR R4 REST API as a Fastify plugin (mounted at /fhir/R4). Routes stay thin: parse
-// HTTP, call the record store, map its result to HTTP.
+// HTTP, call the caller's access-controlled view of the record store, map its result to HTTP.
+// No route here touches the record store directly.
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { Resource } from '@medplum/fhirtypes';
-import { processBundle, stripEtag, type RecordError, type RecordStore, type Result, type SearchParamTable, type WriteOutcome } from '../records/index.ts';
+import { processBundle, stripEtag, type RecordError, type Result, type SearchParamTable, type WriteOutcome } from '../records/index.ts';
+import type { AccessControl, RecordAccess } from '../security/access/index.ts';
+import { resolveRequester } from './requester.ts';
 import { buildCapabilityStatement } from './capability.ts';
 import { outcomeOf, simpleOutcome, statusOf } from './outcome.ts';
 
 export const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 
 export interface FhirRoutesOptions {
-  store: RecordStore;
+  access: AccessControl;
   searchParams: SearchParamTable;
   siteId: string;
   regionId: string;
@@ -20,68 +23,77 @@ type TypeParams = { type: string };
 type IdParams = { type: string; id: string };
 type VersionParams = { type: string; id: string; vid: string };
 
-export const fhirRoutes: FastifyPluginAsync<FhirRoutesOptions> = async (app, opts) => {
-  const { store } = opts;
-  const baseUrl = (req: FastifyRequest) => `${req.protocol}://${req.host}/fhir/R4`;
+const RECORDS = { config: { access: 'records' } } as const;
 
-  app.get('/metadata', async (req, reply) =>
+export const fhirRoutes: FastifyPluginAsync<FhirRoutesOptions> = async (app, opts) => {
+  const baseUrl = (req: FastifyRequest) => `${req.protocol}://${req.host}/fhir/R4`;
+  // Who is asking and for what purpose, once per request; the record view enforces the rest.
+  app.addHook('preHandler', async (req, reply) => {
+    if (req.routeOptions.config.access === 'records') await resolveRequester(opts.access, req, reply);
+  });
+  const records = (req: FastifyRequest): RecordAccess => {
+    if (!req.requester) throw new Error('records route without a requester');
+    return opts.access.records(req.requester);
+  };
+
+  app.get('/metadata', { config: { access: 'public' } }, async (req, reply) =>
     send(reply, 200, buildCapabilityStatement({ searchParams: opts.searchParams, siteId: opts.siteId, regionId: opts.regionId, baseUrl: baseUrl(req), version: opts.version })),
   );
 
-  app.post('/', async (req, reply) => {
-    const r = await processBundle(store, req.body, { baseUrl: baseUrl(req), statusOf });
+  app.post('/', RECORDS, async (req, reply) => {
+    const r = await processBundle(records(req), req.body, { baseUrl: baseUrl(req), statusOf });
     return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
   });
 
-  app.get<{ Params: TypeParams }>('/:type', async (req, reply) => {
-    const r = await store.search(req.params.type, queryPairs(req), { baseUrl: baseUrl(req) });
+  app.get<{ Params: TypeParams }>('/:type', RECORDS, async (req, reply) => {
+    const r = await records(req).search(req.params.type, queryPairs(req), { baseUrl: baseUrl(req) });
     return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
   });
 
-  app.post<{ Params: TypeParams }>('/:type/_search', async (req, reply) => {
+  app.post<{ Params: TypeParams }>('/:type/_search', RECORDS, async (req, reply) => {
     const form = typeof req.body === 'string' ? [...new URLSearchParams(req.body)] : [];
-    const r = await store.search(req.params.type, [...queryPairs(req), ...form], { baseUrl: baseUrl(req) });
+    const r = await records(req).search(req.params.type, [...queryPairs(req), ...form], { baseUrl: baseUrl(req) });
     return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
   });
 
-  app.post<{ Params: TypeParams }>('/:type', async (req, reply) => {
+  app.post<{ Params: TypeParams }>('/:type', RECORDS, async (req, reply) => {
     const ifNoneExist = header(req, 'if-none-exist');
-    const r = await store.create(req.params.type, req.body, ifNoneExist !== undefined ? { ifNoneExist } : {});
+    const r = await records(req).create(req.params.type, req.body, ifNoneExist !== undefined ? { ifNoneExist } : {});
     return sendWrite(req, reply, r);
   });
 
-  app.get<{ Params: TypeParams }>('/:type/_history', async (req, reply) => {
+  app.get<{ Params: TypeParams }>('/:type/_history', RECORDS, async (req, reply) => {
     const h = historyOptions(req);
     if (!h.ok) return sendError(reply, h.error);
-    const r = await store.history(req.params.type, undefined, { ...h.value, baseUrl: baseUrl(req) });
+    const r = await records(req).history(req.params.type, undefined, { ...h.value, baseUrl: baseUrl(req) });
     return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
   });
 
-  app.get<{ Params: IdParams }>('/:type/:id', async (req, reply) => {
-    const r = await store.read(req.params.type, req.params.id);
+  app.get<{ Params: IdParams }>('/:type/:id', RECORDS, async (req, reply) => {
+    const r = await records(req).read(req.params.type, req.params.id);
     return r.ok ? sendResource(reply, 200, r.value) : sendError(reply, r.error);
   });
 
-  app.put<{ Params: IdParams }>('/:type/:id', async (req, reply) => {
+  app.put<{ Params: IdParams }>('/:type/:id', RECORDS, async (req, reply) => {
     const ifMatch = header(req, 'if-match');
-    const r = await store.update(req.params.type, req.params.id, req.body, ifMatch !== undefined ? { ifMatch: stripEtag(ifMatch) } : {});
+    const r = await records(req).update(req.params.type, req.params.id, req.body, ifMatch !== undefined ? { ifMatch: stripEtag(ifMatch) } : {});
     return sendWrite(req, reply, r);
   });
 
-  app.delete<{ Params: IdParams }>('/:type/:id', async (req, reply) => {
-    const r = await store.delete(req.params.type, req.params.id);
+  app.delete<{ Params: IdParams }>('/:type/:id', RECORDS, async (req, reply) => {
+    const r = await records(req).delete(req.params.type, req.params.id);
     return r.ok ? reply.code(204).send() : sendError(reply, r.error);
   });
 
-  app.get<{ Params: IdParams }>('/:type/:id/_history', async (req, reply) => {
+  app.get<{ Params: IdParams }>('/:type/:id/_history', RECORDS, async (req, reply) => {
     const h = historyOptions(req);
     if (!h.ok) return sendError(reply, h.error);
-    const r = await store.history(req.params.type, req.params.id, { ...h.value, baseUrl: baseUrl(req) });
+    const r = await records(req).history(req.params.type, req.params.id, { ...h.value, baseUrl: baseUrl(req) });
     return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
   });
 
-  app.get<{ Params: VersionParams }>('/:type/:id/_history/:vid', async (req, reply) => {
-    const r = await store.vread(req.params.type, req.params.id, req.params.vid);
+  app.get<{ Params: VersionParams }>('/:type/:id/_history/:vid', RECORDS, async (req, reply) => {
+    const r = await records(req).vread(req.params.type, req.params.id, req.params.vid);
     return r.ok ? sendResource(reply, 200, r.value) : sendError(reply, r.error);
   });
 

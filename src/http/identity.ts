@@ -22,6 +22,18 @@ export function tokenResolver(identity: IdentityService): IdentityResolver {
   };
 }
 
+/** The id an audit entry or a document's author field records for a caller. */
+export function actorId(identity: Identity): string {
+  switch (identity.kind) {
+    case 'anonymous':
+      return 'anonymous';
+    case 'service':
+      return `service:${identity.serviceId}`;
+    case 'user':
+      return identity.userId;
+  }
+}
+
 declare module 'fastify' {
   interface FastifyRequest {
     identity: Identity;
@@ -32,6 +44,10 @@ export function registerIdentity(app: FastifyInstance, resolve: IdentityResolver
   app.decorateRequest('identity', null as never);
   app.addHook('onRequest', async (request, reply) => {
     const r = await resolve(request);
+    if (!r.ok && r.error.kind === 'issuer-unavailable') {
+      // Sealed: no token can be checked, so nothing but public routes can be served.
+      return reply.code(503).send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'transient', diagnostics: `${r.error.message}: data is served only while every access can be checked and audited; unseal it (medmesh keys unseal)` }] });
+    }
     if (!r.ok) return reply.code(401).header('www-authenticate', `Bearer error="${r.error.kind}"`).send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login', diagnostics: r.error.message }] });
     request.identity = r.identity;
   });

@@ -24,9 +24,10 @@ export const kmsRoutes: FastifyPluginAsync<{ kms: Kms }> = async (app, { kms }) 
     throw e;
   };
 
-  app.get('/status', () => kms.status());
+  app.get('/status', { config: { access: 'public' } }, () => kms.status());
 
-  app.post<{ Body: { share?: unknown } }>('/unseal', async (req, reply) => {
+  // Public: a sealed site cannot verify tokens; the custodian's share is the credential (checked against the CMK check value).
+  app.post<{ Body: { share?: unknown } }>('/unseal', { config: { access: 'public' } }, async (req, reply) => {
     if (typeof req.body?.share !== 'string') return reply.code(400).send({ error: 'bad-request', message: 'body must be {"share": "mmshare1...."}' });
     try {
       return await kms.submitShare(decodeShareToken(req.body.share));
@@ -35,8 +36,9 @@ export const kmsRoutes: FastifyPluginAsync<{ kms: Kms }> = async (app, { kms }) 
     }
   });
 
-  // Wrapped shares are encrypted to custodians, so keeping and listing them discloses nothing.
-  app.post('/shares', async (req, reply) => {
+  // Wrapped shares are encrypted to custodians, so keeping and listing them discloses nothing;
+  // both stay public so custodians can deposit and fetch while every site is sealed.
+  app.post('/shares', { config: { access: 'public' } }, async (req, reply) => {
     try {
       await kms.depositShare(parseWrappedShare(JSON.stringify(req.body)));
       return reply.code(204).send();
@@ -45,7 +47,7 @@ export const kmsRoutes: FastifyPluginAsync<{ kms: Kms }> = async (app, { kms }) 
     }
   });
 
-  app.get<{ Querystring: { owner?: string } }>('/shares', async (req, reply) => {
+  app.get<{ Querystring: { owner?: string } }>('/shares', { config: { access: 'public' } }, async (req, reply) => {
     if (!req.query.owner) return reply.code(400).send({ error: 'bad-request', message: 'owner (the site whose shares to list) is required' });
     return kms.depositedShares(req.query.owner);
   });

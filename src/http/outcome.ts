@@ -12,6 +12,7 @@ const STATUS: Record<RecordErrorKind, number> = {
   invalid: 422,
   'not-supported': 400,
   misdirected: 421,
+  forbidden: 403,
 };
 
 export function statusOf(error: RecordError): number {

@@ -8,6 +8,8 @@ import type { Region } from '../region/index.ts';
 import { Kms } from '../security/kms/index.ts';
 import { AuditLog } from '../security/audit/index.ts';
 import { IdentityService } from '../security/identity/index.ts';
+import { AccessControl } from '../security/access/index.ts';
+import { ReplicationMetrics } from '../replication/index.ts';
 import { tokenResolver } from './identity.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
@@ -31,6 +33,9 @@ export interface Site {
   kms: Kms;
   identity: IdentityService;
   audit: () => AuditLog | undefined;
+  access: AccessControl;
+  /** State of the links this site pulls (pullers report into it; /metrics and /healthz show it). */
+  replication: ReplicationMetrics;
   app: FastifyInstance;
   close(): Promise<void>;
 }
@@ -77,17 +82,27 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   // Signed checkpoints every few seconds (regional standard: tamper-proof logs).
   const checkpoints = setInterval(() => void auditLog()?.checkpoint().catch(() => undefined), opts.checkpointEveryMs ?? 5000);
   checkpoints.unref();
+  // Pseudonym keys derive from the master key: only an unsealed site answers (sealed sites serve no data).
+  const access = await AccessControl.open({ db, siteId, store, searchParams, secret: (label) => kms.deriveSecret(label) });
+  const replication = new ReplicationMetrics();
   const app = await buildApp({
-    store, db, kms, identity, audit: auditLog, searchParams, siteId, regionId: region.id, version: VERSION,
+    access, db, region, records: ctx, replication, kms, identity, audit: auditLog, searchParams, siteId, regionId: region.id, version: VERSION,
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
     ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
     resolveIdentity: opts.resolveIdentity ?? tokenResolver(identity),
   });
   return { ok: true, site: {
-      siteId, ctx, store, kms, identity, audit: auditLog, app,
+      siteId, ctx, store, kms, identity, audit: auditLog, access, replication, app,
       close: async () => {
         clearInterval(checkpoints);
-        await app.close();
+        // In-flight requests get a short grace; connections still open after it (long polls,
+        // keep-alive sockets of peers) are closed so shutdown never hangs.
+        const force = setTimeout(() => app.server.closeAllConnections(), 2000);
+        try {
+          await app.close();
+        } finally {
+          clearTimeout(force);
+        }
       },
     },
   };

@@ -1,9 +1,11 @@
 // Test helper: one site of the example region listening on 127.0.0.1 (random port).
+import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/index.ts';
 import { openTestDb } from '../db/test-db.ts';
 import { tableCounts } from '../records/testing.ts';
 import { exampleRegion } from '../region/testing.ts';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
+import { signToken } from '../security/identity/index.ts';
 import { openSite, type Site } from './site.ts';
 
 export interface TestServer {
@@ -11,6 +13,10 @@ export interface TestServer {
   db: Db;
   base: string;
   fhir: string;
+  /** Headers of the HIS interface account (role integration): reads and writes everything. */
+  auth: Record<string, string>;
+  /** Headers with a token for any roles and attributes, signed by this site like a login's. */
+  as(roles: string[], attributes?: Record<string, string>, opts?: { userId?: string; purpose?: string }): Record<string, string>;
   counts(): Promise<Record<string, number>>;
   close(): Promise<void>;
 }
@@ -18,20 +24,34 @@ export interface TestServer {
 /** kms: 'unsealed' (default: initialized 2-of-2 and open, so data routes serve) or 'uninitialized'. */
 export async function startTestServer(opts: { siteId?: string; bodyLimit?: number; kms?: 'unsealed' | 'uninitialized' } = {}): Promise<TestServer> {
   const db = await openTestDb({ migrated: false });
-  const opened = await openSite({ region: await exampleRegion(), siteId: opts.siteId ?? 'B', db, ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}) });
+  const siteId = opts.siteId ?? 'B';
+  const opened = await openSite({ region: await exampleRegion(), siteId, db, ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}) });
   if (!opened.ok) throw new Error(opened.error.message);
+  const { site } = opened;
   if ((opts.kms ?? 'unsealed') === 'unsealed') {
-    await opened.site.kms.init({ custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })), threshold: 2 });
+    await site.kms.init({ custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })), threshold: 2 });
   }
-  const address = await opened.site.app.listen({ port: 0, host: '127.0.0.1' });
+  const as: TestServer['as'] = (roles, attributes = {}, o = {}) => {
+    const issuer = site.kms.signingKey();
+    if (!issuer) throw new Error('the test site is sealed: no tokens');
+    const now = Math.floor(Date.now() / 1000);
+    const userId = o.userId ?? `test-${roles.join('-')}-${randomUUID().slice(0, 8)}`;
+    const token = signToken({ iss: siteId, sub: userId, typ: 'access', iat: now, exp: now + 600, jti: randomUUID(), roles, attrs: { ...attributes, username: userId } }, issuer.key, issuer.kid);
+    return { authorization: `Bearer ${token}`, ...(o.purpose ? { 'x-medmesh-purpose': o.purpose } : {}) };
+  };
+  const address = await site.app.listen({ port: 0, host: '127.0.0.1' });
   return {
-    site: opened.site,
+    site,
     db,
     base: address,
     fhir: `${address}/fhir/R4`,
+    get auth() {
+      return as(['integration'], {}, { userId: 'test-integration' });
+    },
+    as,
     counts: () => tableCounts(db),
     async close() {
-      await opened.site.close();
+      await site.close();
       await db.close();
     },
   };

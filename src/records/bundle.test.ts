@@ -8,7 +8,7 @@ import type { RecordError } from './errors.ts';
 import { openTestStore, type TestStore } from './testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
-const statusOf = (e: RecordError) => ({ 'bad-request': 400, 'not-found': 404, gone: 410, conflict: 409, 'version-conflict': 412, 'precondition-failed': 412, invalid: 422, 'not-supported': 400, misdirected: 421 })[e.kind];
+const statusOf = (e: RecordError) => ({ 'bad-request': 400, 'not-found': 404, gone: 410, conflict: 409, 'version-conflict': 412, 'precondition-failed': 412, invalid: 422, 'not-supported': 400, misdirected: 421, forbidden: 403 })[e.kind];
 const patient = (seq: number): Patient => ({ resourceType: 'Patient', name: [{ family: '陈' }], identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440106', birthDate: '1970-01-01', sequence: seq }) }] });
 
 describe(`Bundles (${testBackend()})`, () => {

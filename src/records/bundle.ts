@@ -24,10 +24,13 @@ interface ParsedEntry {
   invalid?: RecordError;
 }
 
+/** What Bundle processing needs of a store: the record store itself, or its access-controlled view. */
+export type BundleStore = Pick<RecordStore, 'inTransaction' | 'conditionalMatch' | 'createIn' | 'updateIn' | 'deleteIn' | 'read' | 'vread' | 'search'>;
+
 /** Maps a RecordError to the HTTP status the entry reports (mirrors the HTTP layer). */
 export type StatusOf = (e: RecordError) => number;
 
-export async function processBundle(store: RecordStore, body: unknown, opts: { baseUrl: string; statusOf: StatusOf }): Promise<Result<Bundle>> {
+export async function processBundle(store: BundleStore, body: unknown, opts: { baseUrl: string; statusOf: StatusOf }): Promise<Result<Bundle>> {
   if (typeof body !== 'object' || body === null || (body as Resource).resourceType !== 'Bundle') return fail('bad-request', 'POST to the base URL takes a Bundle', { code: 'structure' });
   const bundle = body as Bundle;
   if (bundle.type !== 'batch' && bundle.type !== 'transaction') return fail('bad-request', `Bundle.type must be batch or transaction, not ${String(bundle.type)}`, { code: 'value', expression: 'Bundle.type' });
@@ -80,7 +83,7 @@ function order(e: ParsedEntry): number {
   return rank * 2 + (e.type === 'Patient' ? 0 : 1);
 }
 
-async function transaction(store: RecordStore, entries: ParsedEntry[], opts: { baseUrl: string; statusOf: StatusOf }): Promise<Result<Bundle>> {
+async function transaction(store: BundleStore, entries: ParsedEntry[], opts: { baseUrl: string; statusOf: StatusOf }): Promise<Result<Bundle>> {
   const responses = new Array<BundleEntry>(entries.length);
   const result = await store.inTransaction(async (tx) => {
     // 1. Resolve ids for creates (conditional creates may map to an existing resource).
@@ -115,7 +118,7 @@ async function transaction(store: RecordStore, entries: ParsedEntry[], opts: { b
   return ok({ resourceType: 'Bundle', type: 'transaction-response', entry: responses });
 }
 
-async function batch(store: RecordStore, entries: ParsedEntry[], opts: { baseUrl: string; statusOf: StatusOf }): Promise<Result<Bundle>> {
+async function batch(store: BundleStore, entries: ParsedEntry[], opts: { baseUrl: string; statusOf: StatusOf }): Promise<Result<Bundle>> {
   const out: BundleEntry[] = [];
   for (const e of entries) {
     if (e.invalid) {
@@ -130,7 +133,7 @@ async function batch(store: RecordStore, entries: ParsedEntry[], opts: { baseUrl
 }
 
 async function execute(
-  store: RecordStore,
+  store: BundleStore,
   tx: Queryable,
   e: ParsedEntry,
   resource: Resource | undefined,
@@ -153,10 +156,10 @@ async function execute(
     }
     case 'GET': {
       if (e.id !== undefined) {
-        const r = e.versionId ? await store.vread(e.type, e.id, e.versionId) : await store.read(e.type, e.id, tx);
+        const r = e.versionId ? await store.vread(e.type, e.id, e.versionId) : await store.read(e.type, e.id, { q: tx });
         return r.ok ? ok({ resource: r.value, response: { status: '200', etag: `W/"${r.value.meta?.versionId ?? ''}"` } }) : r;
       }
-      const r = await store.search(e.type, [...new URLSearchParams(e.query ?? '')], { baseUrl: opts.baseUrl }, tx);
+      const r = await store.search(e.type, [...new URLSearchParams(e.query ?? '')], { baseUrl: opts.baseUrl, q: tx });
       return r.ok ? ok({ resource: r.value, response: { status: '200' } }) : r;
     }
   }

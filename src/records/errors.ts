@@ -10,13 +10,14 @@ export type RecordErrorKind =
   | 'precondition-failed' // conditional create matched several (412)
   | 'invalid' // fails validation or a business rule (422)
   | 'not-supported' // (501 for operations, 400 for parameters)
-  | 'misdirected'; // this site is not the active residency site (421)
+  | 'misdirected' // this site is not the active residency site (421)
+  | 'forbidden'; // the access layer refused (403)
 
 export interface RecordIssue {
   message: string;
   /** FHIRPath of the offending element, when known. */
   expression?: string;
-  code?: 'structure' | 'required' | 'value' | 'invariant' | 'invalid' | 'not-found' | 'deleted' | 'conflict' | 'not-supported' | 'business-rule' | 'processing' | 'too-costly';
+  code?: 'structure' | 'required' | 'value' | 'invariant' | 'invalid' | 'not-found' | 'deleted' | 'conflict' | 'not-supported' | 'business-rule' | 'processing' | 'too-costly' | 'forbidden' | 'security';
 }
 
 export interface RecordError {

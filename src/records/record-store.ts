@@ -4,11 +4,12 @@ import { randomUUID } from 'node:crypto';
 import type { Bundle, BundleEntry, Resource } from '@medplum/fhirtypes';
 import { hlcToHex, unpackHlc } from '../clock/index.ts';
 import type { Queryable } from '../db/index.ts';
+import { patientInScope, rowScopeSql, statementName, type AccessFilter } from './access-filter.ts';
 import type { RecordsContext } from './context.ts';
 import { fail, ok, RollbackWith, type RecordError, type Result } from './errors.ts';
 import { checkBody, checkResidency, FHIR_ID, prepareWrite, type PreparedWrite } from './prepare-write.ts';
 import { isSupportedType } from './resource-types.ts';
-import { extractIndex, type IndexRows } from './search-index.ts';
+import { EMPTY_INDEX, extractIndex } from './search-index.ts';
 import { parseSearch, type SearchRequest } from './search-query.ts';
 import { buildSearchSql } from './search-sql.ts';
 import { CreateBatcher } from './create-batcher.ts';
@@ -34,9 +35,9 @@ export interface HistoryOptions {
   offset?: number;
   since?: Date;
   baseUrl: string;
+  access?: AccessFilter;
 }
 
-const EMPTY_INDEX: IndexRows = { tokens: [], strings: [], dates: [], references: [] };
 
 export class RecordStore {
   readonly #ctx: RecordsContext;
@@ -61,31 +62,34 @@ export class RecordStore {
     }
   }
 
-  create(type: string, body: unknown, opts: { ifNoneExist?: string } = {}): Promise<Result<WriteOutcome>> {
+  create(type: string, body: unknown, opts: { ifNoneExist?: string; access?: AccessFilter } = {}): Promise<Result<WriteOutcome>> {
     // A plain create is one statement (atomic by itself), grouped with concurrent creates.
-    if (opts.ifNoneExist === undefined) return this.createIn(this.#ctx.db, type, body, { id: undefined, batch: true });
+    if (opts.ifNoneExist === undefined) return this.createIn(this.#ctx.db, type, body, { id: undefined, batch: true, ...(opts.access ? { access: opts.access } : {}) });
     return this.inTransaction((tx) => this.createIn(tx, type, body, { ...opts, id: undefined }));
   }
 
   /** Create inside the caller's transaction. `id` pre-assigns the id (Bundle urn:uuid resolution). */
-  async createIn(tx: Queryable, type: string, body: unknown, opts: { ifNoneExist?: string; id: string | undefined; batch?: boolean }): Promise<Result<WriteOutcome>> {
+  async createIn(tx: Queryable, type: string, body: unknown, opts: { ifNoneExist?: string; id: string | undefined; batch?: boolean; access?: AccessFilter }): Promise<Result<WriteOutcome>> {
     const checked = checkBody(body, type);
     if (!checked.ok) return checked;
     if (!isSupportedType(type)) return unknownType(type);
     if (opts.ifNoneExist !== undefined) {
-      const match = await this.conditionalMatch(tx, type, opts.ifNoneExist);
+      const match = await this.conditionalMatch(tx, type, opts.ifNoneExist, opts.access);
       if (!match.ok) return match;
       if (match.value) return ok({ resource: match.value, status: 'existing' });
     }
     const id = opts.id ?? randomUUID();
-    const prepared = await prepareWrite(this.#ctx, tx, { ...checked.value, id }, 'new');
+    const admitted = opts.access?.admitWrite ? opts.access.admitWrite({ ...checked.value, id }, undefined) : ok({ ...checked.value, id });
+    if (!admitted.ok) return admitted;
+    const prepared = await prepareWrite(this.#ctx, tx, admitted.value, 'new');
     if (!prepared.ok) return prepared;
+    if (opts.access && !(await patientInScope(tx, opts.access.rows, prepared.value.patientId))) return fail('forbidden', opts.access.denied, { code: 'forbidden' });
     const resource = await this.#write(tx, prepared.value, { parentHlc: null, replacesCurrent: false, batch: opts.batch ?? false });
     return ok({ resource, status: 'created' });
   }
 
   /** Resolves If-None-Exist: undefined when nothing matches, the match when one does. */
-  async conditionalMatch(tx: Queryable, type: string, criteria: string): Promise<Result<Resource | undefined>> {
+  async conditionalMatch(tx: Queryable, type: string, criteria: string, access?: AccessFilter): Promise<Result<Resource | undefined>> {
     const query = criteria.replace(new RegExp(`^${type}\\?`), '').replace(/^\?/, '');
     const pairs = [...new URLSearchParams(query)];
     if (pairs.length === 0) return fail('bad-request', 'If-None-Exist has no search criteria', { code: 'invalid' });
@@ -93,39 +97,45 @@ export class RecordStore {
     if (!parsed.ok) return parsed;
     // Serialize identical conditional creates so two racing requests cannot both create.
     await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`${type}?${query}`]);
-    const { text, params } = buildSearchSql({ ...parsed.value, count: 2, offset: 0, sort: [] }, 'page');
+    const { text, params } = buildSearchSql({ ...parsed.value, count: 2, offset: 0, sort: [], ...(access ? { rows: access.rows } : {}) }, 'page');
     const { rows } = await tx.query<{ content: Resource }>(text, params);
     if (rows.length > 1) return fail('precondition-failed', `If-None-Exist criteria ${query} match more than one ${type}`, { code: 'conflict' });
     return ok(rows[0]?.content);
   }
 
-  update(type: string, id: string, body: unknown, opts: { ifMatch?: string } = {}): Promise<Result<WriteOutcome>> {
+  update(type: string, id: string, body: unknown, opts: { ifMatch?: string; access?: AccessFilter } = {}): Promise<Result<WriteOutcome>> {
     return this.inTransaction((tx) => this.updateIn(tx, type, id, body, opts));
   }
 
-  async updateIn(tx: Queryable, type: string, id: string, body: unknown, opts: { ifMatch?: string }): Promise<Result<WriteOutcome>> {
+  async updateIn(tx: Queryable, type: string, id: string, body: unknown, opts: { ifMatch?: string; access?: AccessFilter }): Promise<Result<WriteOutcome>> {
     if (!isSupportedType(type)) return unknownType(type);
     if (!FHIR_ID.test(id)) return fail('bad-request', `${id} is not a valid FHIR id`, { code: 'value' });
     const checked = checkBody(body, type, id);
     if (!checked.ok) return checked;
-    const current = await this.#lockCurrent(tx, type, id);
+    const { access } = opts;
+    const current = await this.#lockCurrent(tx, type, id, access?.admitWrite !== undefined);
+    if (access && current && !(await patientInScope(tx, access.rows, current.patient_id))) return fail('forbidden', access.denied, { code: 'forbidden' });
     if (opts.ifMatch !== undefined && current?.version_id !== opts.ifMatch) {
       return fail('version-conflict', current ? `version ${opts.ifMatch} is not current (current is ${current.version_id})` : `${type}/${id} does not exist`, { code: 'conflict' });
     }
-    const prepared = await prepareWrite(this.#ctx, tx, checked.value, current ? { shard: current.shard, patientId: current.patient_id } : undefined);
+    const admitted = access?.admitWrite ? access.admitWrite(checked.value, current?.content ?? undefined) : ok(checked.value);
+    if (!admitted.ok) return admitted;
+    const prepared = await prepareWrite(this.#ctx, tx, admitted.value, current ? { shard: current.shard, patientId: current.patient_id } : undefined);
     if (!prepared.ok) return prepared;
+    if (access && !(await patientInScope(tx, access.rows, prepared.value.patientId))) return fail('forbidden', access.denied, { code: 'forbidden' });
     const resource = await this.#write(tx, prepared.value, { parentHlc: current?.hlc ?? null, replacesCurrent: current !== undefined });
     return ok({ resource, status: current && !current.deleted ? 'updated' : 'created' });
   }
 
-  delete(type: string, id: string): Promise<Result<{ deleted: boolean }>> {
-    return this.inTransaction((tx) => this.deleteIn(tx, type, id));
+  delete(type: string, id: string, opts: { access?: AccessFilter } = {}): Promise<Result<{ deleted: boolean }>> {
+    return this.inTransaction((tx) => this.deleteIn(tx, type, id, opts));
   }
 
-  async deleteIn(tx: Queryable, type: string, id: string): Promise<Result<{ deleted: boolean }>> {
+  async deleteIn(tx: Queryable, type: string, id: string, opts: { access?: AccessFilter } = {}): Promise<Result<{ deleted: boolean }>> {
     if (!isSupportedType(type)) return unknownType(type);
     const current = await this.#lockCurrent(tx, type, id);
     if (!current) return fail('not-found', `${type}/${id} does not exist`, { code: 'not-found' });
+    if (opts.access && !(await patientInScope(tx, opts.access.rows, current.patient_id))) return fail('forbidden', opts.access.denied, { code: 'forbidden' });
     if (current.deleted) return ok({ deleted: false });
     const dataClass = this.#ctx.region.classOf(type);
     const residency = checkResidency(this.#ctx, dataClass, current.shard);
@@ -135,45 +145,55 @@ export class RecordStore {
     return ok({ deleted: true });
   }
 
-  async read(type: string, id: string, q: Queryable = this.#ctx.db): Promise<Result<Resource>> {
+  async read(type: string, id: string, opts: { q?: Queryable; access?: AccessFilter } = {}): Promise<Result<Resource>> {
     if (!isSupportedType(type)) return unknownType(type);
-    const { rows } = await q.query<{ deleted: boolean; content: Resource | null; version_id: string }>(
-      'SELECT deleted, content, version_id FROM resource_current WHERE resource_type = $1 AND id = $2',
-      [type, id],
-    );
+    const params: unknown[] = [type, id];
+    const scope = opts.access && opts.access.rows.kind !== 'all' ? rowScopeSql(opts.access.rows, 'c', (v) => `$${params.push(v)}`) : 'true';
+    const sql = `SELECT deleted, content, version_id, ${scope} AS visible FROM resource_current c WHERE resource_type = $1 AND id = $2`;
+    const { rows } = await (opts.q ?? this.#ctx.db).query<{ deleted: boolean; content: Resource | null; version_id: string; visible: boolean }>(sql, params, { name: statementName(sql) });
     const row = rows[0];
     if (!row) return fail('not-found', `${type}/${id} not found`, { code: 'not-found' });
+    if (!row.visible) return fail('forbidden', opts.access?.denied ?? 'not visible', { code: 'forbidden' });
     if (row.deleted || !row.content) return fail('gone', `${type}/${id} was deleted (version ${row.version_id})`, { code: 'deleted' });
     return ok(row.content);
   }
 
-  async vread(type: string, id: string, versionId: string): Promise<Result<Resource>> {
+  async vread(type: string, id: string, versionId: string, opts: { access?: AccessFilter } = {}): Promise<Result<Resource>> {
     if (!isSupportedType(type)) return unknownType(type);
-    const { rows } = await this.#ctx.db.query<{ deleted: boolean; content: Resource | null }>(
-      'SELECT deleted, content FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3',
-      [type, id, versionId],
-    );
+    const params: unknown[] = [type, id, versionId];
+    const scope = opts.access && opts.access.rows.kind !== 'all' ? rowScopeSql(opts.access.rows, 'c', (v) => `$${params.push(v)}`) : 'true';
+    const sql = `SELECT h.deleted, h.content, ${scope} AS visible FROM resource_history h
+       LEFT JOIN resource_current c ON c.resource_type = h.resource_type AND c.id = h.id
+       WHERE h.resource_type = $1 AND h.id = $2 AND h.version_id = $3`;
+    const { rows } = await this.#ctx.db.query<{ deleted: boolean; content: Resource | null; visible: boolean }>(sql, params, { name: statementName(sql) });
     const row = rows[0];
     if (!row) return fail('not-found', `${type}/${id} has no version ${versionId}`, { code: 'not-found' });
+    if (!row.visible) return fail('forbidden', opts.access?.denied ?? 'not visible', { code: 'forbidden' });
     if (row.deleted || !row.content) return fail('gone', `version ${versionId} of ${type}/${id} is a deletion`, { code: 'deleted' });
     return ok(row.content);
   }
 
   async history(type: string, id: string | undefined, opts: HistoryOptions): Promise<Result<Bundle>> {
     if (!isSupportedType(type)) return unknownType(type);
+    const rowScope = opts.access && opts.access.rows.kind !== 'all' ? opts.access.rows : undefined;
     if (id !== undefined) {
-      const exists = await this.#ctx.db.query('SELECT 1 FROM resource_current WHERE resource_type = $1 AND id = $2', [type, id]);
+      const p: unknown[] = [type, id];
+      const scope = rowScope ? rowScopeSql(rowScope, 'c', (v) => `$${p.push(v)}`) : 'true';
+      const exists = await this.#ctx.db.query<{ visible: boolean }>(`SELECT ${scope} AS visible FROM resource_current c WHERE resource_type = $1 AND id = $2`, p);
       if (exists.rows.length === 0) return fail('not-found', `${type}/${id} not found`, { code: 'not-found' });
+      if (!exists.rows[0]!.visible) return fail('forbidden', opts.access?.denied ?? 'not visible', { code: 'forbidden' });
     }
     const count = opts.count ?? 20;
     const offset = opts.offset ?? 0;
     const params: unknown[] = [type];
-    let where = 'resource_type = $1';
-    if (id !== undefined) where += ` AND id = $${params.push(id)}`;
-    if (opts.since) where += ` AND last_updated >= $${params.push(opts.since.toISOString())}::timestamptz`;
+    let where = 'h.resource_type = $1';
+    if (id !== undefined) where += ` AND h.id = $${params.push(id)}`;
+    if (opts.since) where += ` AND h.last_updated >= $${params.push(opts.since.toISOString())}::timestamptz`;
+    // Type history is no side door: versions of records outside the caller's scope are not listed.
+    if (rowScope && id === undefined) where += ` AND EXISTS (SELECT 1 FROM resource_current c WHERE c.resource_type = h.resource_type AND c.id = h.id AND ${rowScopeSql(rowScope, 'c', (v) => `$${params.push(v)}`)})`;
     const { rows } = await this.#ctx.db.query<{ id: string; version_id: string; deleted: boolean; parent_hlc: bigint | null; last_updated: Date; content: Resource | null }>(
-      `SELECT id, version_id, deleted, parent_hlc, last_updated, content FROM resource_history WHERE ${where}
-       ORDER BY hlc DESC, origin_site DESC LIMIT $${params.push(count + 1)} OFFSET $${params.push(offset)}`,
+      `SELECT h.id, h.version_id, h.deleted, h.parent_hlc, h.last_updated, h.content FROM resource_history h WHERE ${where}
+       ORDER BY h.hlc DESC, h.origin_site DESC LIMIT $${params.push(count + 1)} OFFSET $${params.push(offset)}`,
       params,
     );
     const page = rows.slice(0, count);
@@ -196,10 +216,11 @@ export class RecordStore {
     return parseSearch(type, query, this.#params(type));
   }
 
-  async search(type: string, query: ReadonlyArray<readonly [string, string]>, opts: { baseUrl: string }, q: Queryable = this.#ctx.db): Promise<Result<Bundle>> {
+  async search(type: string, query: ReadonlyArray<readonly [string, string]>, opts: { baseUrl: string; q?: Queryable; access?: AccessFilter }): Promise<Result<Bundle>> {
     const parsed = this.parseSearch(type, query);
     if (!parsed.ok) return parsed;
-    const req = parsed.value;
+    const req: SearchRequest = opts.access ? { ...parsed.value, rows: opts.access.rows } : parsed.value;
+    const q = opts.q ?? this.#ctx.db;
     const countOnly = req.summaryCount || req.count === 0;
     let total: number | undefined;
     if (countOnly || req.total === 'accurate') {
@@ -232,9 +253,9 @@ export class RecordStore {
     return this.#ctx.searchParams.get(type) ?? new Map();
   }
 
-  async #lockCurrent(tx: Queryable, type: string, id: string): Promise<CurrentRow | undefined> {
-    const { rows } = await tx.query<CurrentRow>(
-      'SELECT version_id, hlc, deleted, shard, patient_id, data_class FROM resource_current WHERE resource_type = $1 AND id = $2 FOR UPDATE',
+  async #lockCurrent(tx: Queryable, type: string, id: string, withContent = false): Promise<(CurrentRow & { content?: Resource | null }) | undefined> {
+    const { rows } = await tx.query<CurrentRow & { content?: Resource | null }>(
+      `SELECT version_id, hlc, deleted, shard, patient_id, data_class${withContent ? ', content' : ''} FROM resource_current WHERE resource_type = $1 AND id = $2 FOR UPDATE`,
       [type, id],
     );
     return rows[0];

@@ -41,6 +41,11 @@ const PATIENT_LINK: Partial<Record<SupportedType, string>> = {
   Binary: 'securityContext',
 };
 
+/** Whether records of this type belong to a patient (Patient itself included). */
+export function inPatientCompartment(type: string): boolean {
+  return type === 'Patient' || (isSupportedType(type) && PATIENT_LINK[type] !== undefined);
+}
+
 /**
  * The patient a resource belongs to: itself for a Patient, else the id behind its patient
  * link when that link is a local `Patient/<id>` reference.

@@ -12,6 +12,9 @@ export interface IndexRows {
   references: Array<{ code: string; target: string }>;
 }
 
+/** The index of a tombstone: nothing. */
+export const EMPTY_INDEX: IndexRows = { tokens: [], strings: [], dates: [], references: [] };
+
 /** Case- and accent-insensitive form used for string search (FHIR: "starts with, case and accent insensitive"). */
 export function normalizeString(s: string): string {
   return s.normalize('NFKD').replace(/\p{M}/gu, '').toLowerCase().trim();

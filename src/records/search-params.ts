@@ -17,9 +17,10 @@ export interface IndexedParam {
 }
 
 const WANTED = [
-  'identifier', 'name', 'family', 'given', 'birthdate', 'gender', 'phone', 'address-city', 'organization',
+  'identifier', 'name', 'family', 'given', 'birthdate', 'gender', 'phone', 'address-city', 'organization', 'general-practitioner',
   'patient', 'subject', 'encounter', 'date', 'code', 'status', 'category', 'class', 'type',
   'clinical-status', 'onset-date', 'recorded-date', 'intent', 'authored', 'started', 'modality', 'performer', 'requester',
+  'participant', 'service-provider',
 ] as const;
 
 export type SearchParamTable = ReadonlyMap<string, ReadonlyMap<string, IndexedParam>>;

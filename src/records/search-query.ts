@@ -1,6 +1,7 @@
 // Parses FHIR search parameters into a typed request. Unknown or malformed parameters
 // are errors (400), never silently ignored: a clinician must not get a broader result
 // than they asked for.
+import type { RowScope } from './access-filter.ts';
 import { parseDateRange, type DateRange } from './fhir-dates.ts';
 import { fail, ok, type RecordError, type Result } from './errors.ts';
 import type { IndexedParam } from './search-params.ts';
@@ -34,6 +35,8 @@ export interface SearchRequest {
   sort: SortRule[];
   total: 'none' | 'accurate';
   summaryCount: boolean;
+  /** Set by the access layer, never by a query string. */
+  rows?: RowScope;
 }
 
 export const DEFAULT_COUNT = 20;

@@ -1,5 +1,6 @@
 // Builds one parameterized SQL query from a SearchRequest. Values only ever travel as
 // parameters; identifiers come from fixed tables below.
+import { rowScopeSql } from './access-filter.ts';
 import type { DatePredicate, Filter, SearchRequest, SortRule } from './search-query.ts';
 
 export interface SqlQuery {
@@ -21,6 +22,8 @@ export function buildSearchSql(req: SearchRequest, mode: 'page' | 'count'): SqlQ
   const p = new Params();
   const where = [`c.resource_type = ${p.add(req.resourceType)}`, 'NOT c.deleted'];
   for (const f of req.filters) where.push(filterSql(f, p));
+  // The caller's row scope narrows the page and the count alike: a total never counts hidden rows.
+  if (req.rows && req.rows.kind !== 'all') where.push(rowScopeSql(req.rows, 'c', (v) => p.add(v)));
   if (mode === 'count') return { text: `SELECT count(*)::int AS n FROM resource_current c WHERE ${where.join(' AND ')}`, params: p.values };
   const order = [...req.sort.map((s) => sortSql(s, p)), 'c.id ASC'];
   if (req.sort.length === 0) order.unshift('c.last_updated ASC');

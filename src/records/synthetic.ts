@@ -29,6 +29,9 @@ export interface SyntheticPatient {
   bundle: Bundle;
 }
 
+/** Departments (Organization ids) of the synthetic encounters; the demo's clinicians work in cardiology. */
+export const DEPARTMENTS = ['cardiology', 'endocrinology', 'respiratory'] as const;
+
 export function syntheticPatient(region: Region, rnd: () => number, n: number): SyntheticPatient {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
   const family = pick(FAMILY);
@@ -36,7 +39,8 @@ export function syntheticPatient(region: Region, rnd: () => number, n: number): 
   const year = 1940 + Math.floor(rnd() * 80);
   const birthDate = `${year}-${String(1 + Math.floor(rnd() * 12)).padStart(2, '0')}-${String(1 + Math.floor(rnd() * 28)).padStart(2, '0')}`;
   const gender = rnd() < 0.5 ? 'male' : 'female';
-  const patient: Patient = { resourceType: 'Patient', name: [{ use: 'official', family, given: [given], text: `${family}${given}` }], gender, birthDate };
+  const mobile = `1${pick(['38', '39', '50', '86'])}${String(Math.floor(rnd() * 1e8)).padStart(8, '0')}`;
+  const patient: Patient = { resourceType: 'Patient', name: [{ use: 'official', family, given: [given], text: `${family}${given}` }], gender, birthDate, telecom: [{ system: 'phone', value: mobile, use: 'mobile' }] };
   const mode = n % 10;
   let expectedShard: string | undefined;
   const withDivisions = region.shards.filter((s) => s.divisions.length > 0);
@@ -71,6 +75,8 @@ export function syntheticPatient(region: Region, rnd: () => number, n: number): 
         status: 'finished',
         class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: e === 0 ? 'AMB' : 'IMP', display: e === 0 ? 'ambulatory' : 'inpatient encounter' },
         subject: { reference: pid },
+        // The department that treated the patient: its staff have a care relationship with them.
+        serviceProvider: { reference: `Organization/${pick(DEPARTMENTS)}` },
         period: { start: start.toISOString(), end: new Date(start.getTime() + 3_600_000 * (e === 0 ? 1 : 72)).toISOString() },
       },
       request: { method: 'POST', url: 'Encounter' },

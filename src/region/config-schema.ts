@@ -63,6 +63,8 @@ export const regionSchema = z.strictObject({
       maxClockOffsetMs: z.number().int().positive().default(500),
       /** national: SM2/SM3/SM4 (regional standard); international: AES-256-GCM / RSA-3072 fallback. */
       crypto: z.enum(['national', 'international']).default('national'),
+      /** Audit entries stay online at least this long before export to the archive (>= 6 months). */
+      auditOnlineDays: z.number().int().min(183, 'the regional standard keeps audit logs online for at least 6 months (183 days)').default(183),
     })
     .prefault({}),
 });

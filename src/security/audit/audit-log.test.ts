@@ -101,3 +101,31 @@ describe(`audit log (${testBackend()})`, () => {
     assert.ok(report.missing.some((m) => m.from === 370 && m.to === 376), JSON.stringify(report.missing));
   });
 });
+
+describe(`audit log with two API nodes (${testBackend()})`, () => {
+  let db: Db;
+  const macKey = randomBytes(32);
+  const site = Sm2PrivateKey.generate();
+  const verify = () => verifyAuditLog(db, { macKey, signers: [site.publicKey] });
+  let log: AuditLog;
+  before(async () => {
+    db = await openTestDb();
+    log = new AuditLog({ db, macKey, signer: { siteId: 'B', key: site } });
+  });
+  after(() => db.close());
+
+  it('stays gapless and verifiable when two API nodes of the site append at once', async () => {
+    const other = new AuditLog({ db, macKey, signer: { siteId: 'B', key: site } });
+    // Both nodes have appended before (each believes it knows where the log ends), then race.
+    await log.append(event(1000));
+    await other.append(event(1001));
+    for (let round = 0; round < 5; round++) {
+      const racing = await Promise.all(Array.from({ length: 200 }, (_, i) => (i % 3 ? log : other).append(event(2000 + i))));
+      const seqs = racing.map((r) => (r.ok ? r.seq : -1)).sort((a, b) => a - b);
+      assert.deepEqual(seqs, Array.from({ length: 200 }, (_, i) => 2 + round * 200 + i), `round ${round}`);
+    }
+    const report = await verify();
+    assert.equal(report.ok, true);
+    assert.equal(report.entries, 1002);
+  });
+});

@@ -4,7 +4,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Queryable } from '../../db/index.ts';
 import { sm2Verify, type Sm2PublicKey } from '../crypto/index.ts';
-import { checkpointStatement } from './audit-log.ts';
+import { checkpointStatement, splitFrontier } from './audit-log.ts';
 import { FrontierBuilder, leafHash } from './merkle.ts';
 
 export interface AuditReport {
@@ -23,6 +23,8 @@ export interface AuditReport {
   trusted?: { treeSize: number; consistent: boolean };
   /** Entries after the last checkpoint (not yet covered by a signature). */
   unsignedTail: number;
+  /** Entries before this sequence number were exported to archive files and pruned (checked there). */
+  archivedBefore: number;
   seconds: number;
 }
 
@@ -35,9 +37,35 @@ export interface VerifyOptions {
   onProgress?: (entries: number) => void;
 }
 
+/**
+ * The exported-and-pruned prefix of the log: the entries before the first one still stored,
+ * when export records cover them without a gap and a checkpoint marks where they end.
+ */
+async function archivedPrefix(q: Queryable): Promise<{ size: number; frontier: Buffer[] } | undefined> {
+  const { rows } = await q.query<{ first: bigint | null; covered: bigint | null }>(
+    `SELECT (SELECT min(seq) FROM audit_entry) AS first,
+            (SELECT coalesce(max(to_seq) + 1, 0) FROM audit_export) AS covered`,
+  );
+  const covered = Number(rows[0]?.covered ?? 0);
+  if (covered === 0) return undefined;
+  const first = rows[0]?.first === null || rows[0]?.first === undefined ? covered : Number(rows[0].first);
+  if (first === 0) return undefined;
+  const exports = await q.query<{ from_seq: bigint; to_seq: bigint }>('SELECT from_seq, to_seq FROM audit_export ORDER BY from_seq');
+  let next = 0;
+  for (const e of exports.rows) {
+    if (Number(e.from_seq) !== next) return undefined; // a hole in the export records: verify everything as stored
+    next = Number(e.to_seq) + 1;
+  }
+  if (first > next) return undefined; // more is gone than was exported: reported as missing
+  const cp = await q.query<{ frontier: Uint8Array }>('SELECT frontier FROM audit_checkpoint WHERE tree_size = $1', [first]);
+  if (!cp.rows[0]) return undefined;
+  return { size: first, frontier: splitFrontier(Buffer.from(cp.rows[0].frontier)) };
+}
+
 export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise<AuditReport> {
   const t0 = performance.now();
-  const report: AuditReport = { ok: true, entries: 0, checkpoints: 0, invalidMac: [], missing: [], rootMismatch: [], badSignature: [], unsignedTail: 0, seconds: 0 };
+  const report: AuditReport = { ok: true, entries: 0, checkpoints: 0, invalidMac: [], missing: [], rootMismatch: [], badSignature: [], unsignedTail: 0, archivedBefore: 0, seconds: 0 };
+  const archived = await archivedPrefix(q);
   const { rows: cps } = await q.query<{ tree_size: bigint; root: Buffer; statement: string; signature: Buffer; signer_site: string; issued_at: Date }>(
     'SELECT tree_size, root, statement, signature, signer_site, issued_at FROM audit_checkpoint ORDER BY tree_size',
   );
@@ -51,10 +79,13 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
   const sizesToCheck = new Map(checkpoints.map((c) => [c.size, c.root]));
   if (opts.trusted) sizesToCheck.set(opts.trusted.treeSize, Buffer.from(opts.trusted.root));
 
-  const tree = new FrontierBuilder(); // over positions 0..n-1, a deleted entry counted as a zero leaf
+  // Over positions 0..n-1, a deleted entry counted as a zero leaf; a pruned (exported) prefix
+  // is taken from the signed checkpoint it ended at.
+  const tree = new FrontierBuilder(archived?.frontier ?? [], archived?.size ?? 0);
+  report.archivedBefore = archived?.size ?? 0;
   const macs = new MacWorker(opts.macKey);
   const macResults: Array<Promise<number[]>> = [];
-  let expectedSeq = 0;
+  let expectedSeq = archived?.size ?? 0;
   const page = opts.pageSize ?? 10_000;
   const checkAt = (n: number) => {
     const want = sizesToCheck.get(n);
@@ -65,7 +96,7 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
   };
   try {
     const fetchPage = (from: number) => q.query<{ seq: bigint; entry: Buffer; mac: Buffer }>('SELECT seq, entry, mac FROM audit_entry WHERE seq >= $1 ORDER BY seq LIMIT $2', [from, page]);
-    let pending = fetchPage(0);
+    let pending = fetchPage(expectedSeq);
     for (;;) {
       const { rows } = await pending;
       if (rows.length === 0) break;

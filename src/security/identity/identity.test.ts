@@ -109,6 +109,19 @@ describe(`identity service (${testBackend()})`, () => {
     assert.ok(!expired.ok && expired.error.kind === 'token-expired');
   });
 
+  it('sees a revocation made through another API node of the site within a second', async () => {
+    const other = new IdentityService({ db, siteId: 'B', now: () => new Date(clock), issuer: () => ({ key: issuerKey, kid: 'B-1' }), secrets: { seal: () => Promise.reject(new Error('unused')), open: () => Promise.reject(new Error('unused')) } });
+    const t = await ids.login({ username: 'dr.li', password: 'a long enough passphrase' });
+    assert.ok(t.ok);
+    assert.ok((await other.authenticate(t.value.accessToken)).ok);
+    assert.ok((await ids.revoke(t.value.accessToken)).ok);
+    const local = await ids.authenticate(t.value.accessToken);
+    assert.ok(!local.ok && local.error.kind === 'token-revoked', 'at once on the node that revoked');
+    clock += 1_100;
+    const remote = await other.authenticate(t.value.accessToken);
+    assert.ok(!remote.ok && remote.error.kind === 'token-revoked', 'after the sync interval on the other node');
+  });
+
   it('requires a second factor from administrators and refuses a replayed code', async () => {
     const u = await ids.createUser({ username: 'admin.wang', password: 'another long passphrase', roles: ['administrator'] });
     assert.ok(u.ok && u.value.totpSecret);

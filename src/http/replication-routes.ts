@@ -1,0 +1,75 @@
+// The changefeed over HTTP, for peer sites only (service assertions): long-polled pages of
+// this site's own changes, filtered to what the asking site may hold, sealed to its key.
+import type { FastifyPluginAsync } from 'fastify';
+import type { Db } from '../db/index.ts';
+import type { Region } from '../region/index.ts';
+import { feedAad, listDeadLetters, readChanges, retryDeadLetter, sealPage, skipDeadLetter, type ApplyContext, type Cursor } from '../replication/index.ts';
+import type { RecordsContext } from '../records/index.ts';
+import { actorId } from './identity.ts';
+import type { IdentityService } from '../security/identity/index.ts';
+
+export interface ReplicationRoutesOptions {
+  db: Db;
+  region: Region;
+  siteId: string;
+  identity: IdentityService;
+  /** For the operator's dead-letter API (applying parked changes). */
+  records: RecordsContext;
+}
+
+const OPERATORS = { roles: ['administrator', 'operator'] } as const;
+
+const MAX_WAIT_S = 25;
+
+export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = async (app, opts) => {
+  // A closing server ends its long polls at once instead of holding shutdown for their wait.
+  let stopping = false;
+  app.addHook('preClose', (done) => {
+    stopping = true;
+    done();
+  });
+  app.get<{ Querystring: { after?: string; limit?: string; wait?: string } }>('/changes', { config: { access: { services: ['site'] } } }, async (req, reply) => {
+    const peer = req.identity.kind === 'service' ? req.identity.serviceId : '';
+    if (!opts.region.site(peer) || peer === opts.siteId) return reply.code(403).send({ error: 'forbidden', message: `service ${peer} is not another site of region ${opts.region.id}` });
+    const m = /^(\d{1,20}):(\d{1,20})$/.exec(req.query.after ?? '0:0');
+    const limit = Number(req.query.limit ?? 500);
+    const wait = Number(req.query.wait ?? 0);
+    if (!m || !Number.isInteger(limit) || limit < 1 || limit > 5000 || !Number.isFinite(wait) || wait < 0 || wait > MAX_WAIT_S) {
+      return reply.code(400).send({ error: 'bad-request', message: `after=<txid>:<pos>, limit 1-5000, wait 0-${MAX_WAIT_S} seconds` });
+    }
+    const receiverKey = await opts.identity.servicePublicKey(peer);
+    if (!receiverKey) return reply.code(403).send({ error: 'forbidden', message: `no key registered for site ${peer}` });
+    const after: Cursor = { txid: m[1]!, pos: m[2]! };
+    const deadline = Date.now() + wait * 1000;
+    let closed = false;
+    reply.raw.once('close', () => {
+      closed = true; // the peer went away (or the answer was sent)
+    });
+    let page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
+    // Long poll: answer as soon as anything moved (changes, or withheld rows the cursor passes).
+    while (page.changes.length === 0 && page.next.txid === after.txid && page.next.pos === after.pos && Date.now() < deadline && !closed && !stopping) {
+      await new Promise((r) => setTimeout(r, 100));
+      page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
+    }
+    return reply.type('application/octet-stream').header('x-medmesh-changes', String(page.changes.length)).send(sealPage(page, { receiverKey, aad: feedAad(opts.siteId, peer, after) }));
+  });
+  const applyCtx = (): ApplyContext => ({ db: opts.db, siteId: opts.siteId, region: opts.region, clock: opts.records.clock, records: opts.records });
+
+  app.get<{ Querystring: { all?: string } }>('/dead-letters', { config: { access: OPERATORS } }, (req) => listDeadLetters(opts.db, { includeSkipped: req.query.all === 'true' }));
+
+  app.post<{ Params: { changeId: string } }>('/dead-letters/:changeId/retry', { config: { access: OPERATORS } }, async (req, reply) => {
+    const r = await retryDeadLetter(applyCtx(), req.params.changeId);
+    req.auditExtra = { action: 'dead-letter-retry', resource: `change/${req.params.changeId}` };
+    return r.ok ? r : reply.code(409).send({ error: 'not-applied', message: r.error });
+  });
+
+  app.post<{ Params: { changeId: string }; Body: { reason?: unknown } | undefined }>('/dead-letters/:changeId/skip', { config: { access: OPERATORS } }, async (req, reply) => {
+    const reason = req.body?.reason;
+    if (typeof reason !== 'string' || reason.trim().length < 10) return reply.code(400).send({ error: 'bad-request', message: 'reason: say why this change is skipped (at least 10 characters)' });
+    const r = await skipDeadLetter(applyCtx(), req.params.changeId, { reason: reason.trim(), by: actorId(req.identity) });
+    req.auditExtra = { action: 'dead-letter-skip', resource: `change/${req.params.changeId}`, detail: `skipped: ${reason.trim().slice(0, 500)}` };
+    return r.ok ? r : reply.code(404).send({ error: 'not-found', message: r.error });
+  });
+
+  await Promise.resolve();
+};

@@ -1,0 +1,153 @@
+// Two sites over real HTTP: the puller at C long-polls B's changefeed with C's service
+// assertion, opens pages sealed to C's key and applies them; only peers get in, pages do not
+// open for anyone else, one API node per site pulls a peer, and a stopped puller resumes.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { Patient } from '@medplum/fhirtypes';
+import { testBackend } from '../db/test-db.ts';
+import { makeResidentId } from '../region/index.ts';
+import { feedAad, openPage, Puller, type ApplyReport } from '../replication/index.ts';
+import { Sm2PrivateKey } from '../security/crypto/index.ts';
+import { serviceAssertion } from '../security/identity/index.ts';
+import { startTestServer, type TestServer } from './testing.ts';
+
+const RID = 'urn:oid:2.16.156.10011.1.3';
+const patient = (seq: number): Patient => ({ resourceType: 'Patient', name: [{ family: '何', given: [`${seq}`] }], birthDate: '1980-01-01', identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440104', birthDate: '1980-01-01', sequence: seq }) }] });
+
+describe(`replication over HTTP (${testBackend()})`, () => {
+  let b: TestServer;
+  let c: TestServer;
+  const pullers: Puller[] = [];
+  const keyOf = (s: TestServer) => s.site.kms.signingKey()!.key;
+  const pullerAtC = (reports: ApplyReport[]) => {
+    const p = new Puller({
+      peer: { id: 'B', url: b.base }, key: () => c.site.kms.signingKey()?.key, waitSeconds: 1, leaseSeconds: 30, backoff: { minMs: 50, maxMs: 500 },
+      apply: { db: c.db, siteId: 'C', region: c.site.ctx.region, clock: c.site.ctx.clock, records: c.site.ctx },
+      onReport: (r) => reports.push(r),
+      metrics: c.site.replication,
+    });
+    pullers.push(p);
+    return p;
+  };
+  const create = async (seq: number) => {
+    const r = await fetch(`${b.fhir}/Patient`, { method: 'POST', headers: { ...b.auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify(patient(seq)) });
+    assert.equal(r.status, 201);
+    return (await r.json()) as Patient;
+  };
+  const atC = async (id: string) => (await c.db.query<{ version_id: string }>("SELECT version_id FROM resource_current WHERE resource_type = 'Patient' AND id = $1", [id])).rows[0];
+  const eventually = async (check: () => Promise<boolean>, what: string) => {
+    const until = Date.now() + 10_000;
+    while (Date.now() < until) {
+      if (await check()) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.fail(`timed out waiting for ${what}`);
+  };
+
+  before(async () => {
+    b = await startTestServer({ siteId: 'B' });
+    c = await startTestServer({ siteId: 'C' });
+    await b.site.identity.registerService({ id: 'C', kind: 'site', publicKey: keyOf(c).publicKey });
+    await c.site.identity.registerService({ id: 'B', kind: 'site', publicKey: keyOf(b).publicKey });
+  });
+  after(async () => {
+    for (const p of pullers) await p.stop();
+    await c.close();
+    await b.close();
+  });
+
+  it('lets only peer sites read the feed', async () => {
+    const url = `${b.base}/replication/changes?after=0:0`;
+    assert.equal((await fetch(url)).status, 401);
+    assert.equal((await fetch(url, { headers: b.auth })).status, 403, 'a user token is not a site');
+    const stranger = Sm2PrivateKey.generate();
+    assert.equal((await fetch(url, { headers: { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'A', key: stranger, site: 'B' })}` } })).status, 401, 'an unregistered site');
+    const asC = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: keyOf(c), site: 'B' })}` };
+    assert.equal((await fetch(`${b.base}/replication/changes?after=x`, { headers: asC })).status, 400);
+  });
+
+  it('seals pages so that only the receiving site, at the cursor it asked for, can open them', async () => {
+    await create(1);
+    const asC = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: keyOf(c), site: 'B' })}` };
+    const frame = new Uint8Array(await (await fetch(`${b.base}/replication/changes?after=0:0`, { headers: asC })).arrayBuffer());
+    const start = { txid: '0', pos: '0' };
+    const ok = openPage(frame, { key: keyOf(c), aad: feedAad('B', 'C', start) });
+    assert.ok(ok.ok && ok.page.changes.length >= 1);
+    assert.ok(!openPage(frame, { key: keyOf(b), aad: feedAad('B', 'C', start) }).ok, 'not with another key');
+    assert.ok(!openPage(frame, { key: keyOf(c), aad: feedAad('B', 'C', { txid: '0', pos: '7' }) }).ok, 'not for another cursor');
+    const flipped = Uint8Array.from(frame);
+    flipped[flipped.length - 3]! ^= 1;
+    const bad = openPage(flipped, { key: keyOf(c), aad: feedAad('B', 'C', start) });
+    assert.ok(!bad.ok && bad.error.kind === 'auth-failed');
+  });
+
+  it('brings a write at B to C within the long poll, one puller per peer per site, and resumes after a stop', async () => {
+    const reports: ApplyReport[][] = [[], []];
+    const [p1, p2] = [pullerAtC(reports[0]!), pullerAtC(reports[1]!)];
+    p1.start();
+    await new Promise((r) => setTimeout(r, 100));
+    p2.start(); // a second API node of site C: the lease keeps it idle
+    const t0 = Date.now();
+    const written = await create(2);
+    await eventually(async () => (await atC(written.id!))?.version_id === written.meta!.versionId, 'the write at C');
+    assert.ok(Date.now() - t0 < 3000, `replicated in ${Date.now() - t0} ms`);
+    assert.equal(reports[1]!.filter((r) => r.applied > 0).length, 0, 'the second node did not pull');
+    const metrics = await (await fetch(`${c.base}/metrics`)).text();
+    assert.match(metrics, /medmesh_replication_link_up\{site="C",peer="B"\} 1/);
+    assert.ok(Number(/medmesh_replication_applied_total\{site="C",peer="B"\} (\d+)/.exec(metrics)?.[1]) >= 1, metrics);
+    assert.match(metrics, /medmesh_replication_dead_letters\{site="C"\} 0/);
+    const health = (await (await fetch(`${c.base}/healthz`)).json()) as { replication: Array<{ peer: string; up: boolean }> };
+    assert.deepEqual(health.replication.map((l) => [l.peer, l.up]), [['B', true]]);
+    await p1.stop();
+    await p2.stop();
+    const during = [await create(3), await create(4)];
+    assert.equal(await atC(during[0]!.id!), undefined, 'nothing moves while the link is down');
+    const again: ApplyReport[] = [];
+    const p3 = pullerAtC(again);
+    await c.db.query("UPDATE replication_lease SET expires_at = now() - interval '1 second' WHERE peer = 'B'"); // the stopped node's lease lapses
+    p3.start();
+    await eventually(async () => (await atC(during[1]!.id!)) !== undefined, 'catch-up after the break');
+    assert.equal(again.reduce((n, r) => n + r.duplicates, 0), 0, 'resumed from the cursor: nothing delivered twice');
+    await p3.stop(); // the next test drives the links itself
+  });
+
+  it('lists concurrent edits to those who may read them, and a resolution closes them at both sites', async () => {
+    const pull = async (from: TestServer, to: TestServer, fromId: 'B' | 'C', toId: 'B' | 'C') => {
+      const p = new Puller({ peer: { id: fromId, url: from.base }, key: () => to.site.kms.signingKey()?.key, waitSeconds: 0, apply: { db: to.db, siteId: toId, region: to.site.ctx.region, clock: to.site.ctx.clock, records: to.site.ctx } });
+      while ((await p.pullOnce()).more);
+    };
+    const put = (s: TestServer, id: string, name: string) => fetch(`${s.fhir}/Organization/${id}`, { method: 'PUT', headers: { ...s.auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Organization', id, name }) });
+    const created = await fetch(`${b.fhir}/Organization`, { method: 'POST', headers: { ...b.auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Organization', name: '检验科' }) });
+    const id = ((await created.json()) as { id: string }).id;
+    await pull(b, c, 'B', 'C');
+    assert.equal((await put(b, id, '检验科（东院）')).status, 200);
+    assert.equal((await put(c, id, '医学检验科')).status, 200);
+    await pull(b, c, 'B', 'C');
+    await pull(c, b, 'C', 'B');
+    const admin = b.as(['administrator']);
+    const open = (await (await fetch(`${b.base}/conflicts?resourceType=Organization&id=${id}`, { headers: admin })).json()) as Array<{ versions: string[] }>;
+    assert.equal(open.length, 1);
+    assert.equal((await fetch(`${b.base}/conflicts`, { headers: b.as(['janitor']) })).status, 403);
+    const bad = await fetch(`${b.base}/conflicts/resolve`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ resourceType: 'Organization', id }) });
+    assert.equal(bad.status, 400);
+    const resolved = await fetch(`${b.base}/conflicts/resolve`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ resourceType: 'Organization', id, resource: { name: '医学检验科（东院）' } }) });
+    assert.equal(resolved.status, 200);
+    assert.equal(((await resolved.json()) as { resolved: number }).resolved, 1);
+    await pull(b, c, 'B', 'C');
+    const atC = (await (await fetch(`${c.base}/conflicts?resolved=true&resourceType=Organization&id=${id}`, { headers: c.as(['administrator']) })).json()) as Array<{ resolutionVersion?: string }>;
+    assert.ok(atC[0]?.resolutionVersion, 'the resolution closed the conflict at C too');
+    const openAtC = (await (await fetch(`${c.base}/conflicts?resourceType=Organization&id=${id}`, { headers: c.as(['administrator']) })).json()) as unknown[];
+    assert.equal(openAtC.length, 0);
+  });
+
+  it('gives operators the dead letters, and nobody else', async () => {
+    const admin = b.as(['administrator']);
+    const list = await fetch(`${b.base}/replication/dead-letters`, { headers: admin });
+    assert.equal(list.status, 200);
+    assert.deepEqual(await list.json(), []);
+    assert.equal((await fetch(`${b.base}/replication/dead-letters`, { headers: b.as(['doctor']) })).status, 403);
+    const skip = (id: string, reason: string) => fetch(`${b.base}/replication/dead-letters/${id}/skip`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ reason }) });
+    assert.equal((await skip(crypto.randomUUID(), 'short')).status, 400);
+    assert.equal((await skip(crypto.randomUUID(), 'no such change, checking the answer')).status, 404);
+  });
+});

@@ -1,0 +1,149 @@
+// Applies one page of a peer's changefeed in one transaction, together with the cursor: a
+// crash anywhere neither loses nor double-applies. Each change is applied once (by change
+// id); a change this site may not hold, or one stamped by a clock too far ahead, is refused,
+// recorded (without its content) and reported for alarms.
+import type { HybridClock } from '../clock/index.ts';
+import type { Db, Queryable } from '../db/index.ts';
+import { unpackHlc } from '../clock/index.ts';
+import { applyVersion, patientOf, type ApplyResult, type RecordsContext } from '../records/index.ts';
+import type { Region } from '../region/index.ts';
+import type { Change, Cursor } from './changefeed.ts';
+import { changeJson } from './wire.ts';
+
+export interface ApplyContext {
+  db: Db;
+  siteId: string;
+  region: Region;
+  clock: HybridClock;
+  records: RecordsContext;
+  /** Attempts before a failing change is parked in the dead-letter table (default 5). */
+  maxAttempts?: number;
+}
+
+/** The batch was rolled back to be tried again later (a change failed, attempts remain). */
+export class RetryLater extends Error {}
+
+export interface ApplyReport {
+  applied: number;
+  current: number;
+  duplicates: number;
+  conflicts: Array<{ resource: string; versions: [string, string] }>;
+  rejected: Array<{ changeId: string; resource: string; reason: string }>;
+  /** The cursor had moved (another node applied this page first): nothing was applied. */
+  stale?: boolean;
+  /** Parked in the dead-letter table (attempts exhausted) or waiting behind a parked change. */
+  parked: Array<{ changeId: string; resource: string; status: 'parked' | 'waiting'; error?: string }>;
+}
+
+/** `expect`: apply only if the cursor is still where the page was read from (compare and set). */
+export async function applyBatch(ctx: ApplyContext, batch: { peer: string; changes: readonly Change[]; next: Cursor; expect?: Cursor }): Promise<ApplyReport> {
+  const report: ApplyReport = { applied: 0, current: 0, duplicates: 0, conflicts: [], rejected: [], parked: [] };
+  let failed: { changeId: string; attempts: number; error: string } | undefined;
+  // Remote clocks first, outside the transaction (the clock persists its bound on its own).
+  const skewed = new Map<string, string>();
+  for (const c of batch.changes) {
+    const seen = await ctx.clock.receive(c.hlc);
+    if (!seen.ok) skewed.set(c.changeId, seen.error.message);
+  }
+  try {
+  await ctx.db.transaction(async (tx) => {
+    if (batch.expect) {
+      const { rows } = await tx.query<{ txid: string; pos: string }>('SELECT txid::text AS txid, pos::text AS pos FROM replication_cursor WHERE peer = $1 FOR UPDATE', [batch.peer]);
+      const at = rows[0] ?? { txid: '0', pos: '0' };
+      if (at.txid !== batch.expect.txid || at.pos !== batch.expect.pos) {
+        report.stale = true;
+        return;
+      }
+    }
+    for (const c of batch.changes) {
+      const resource = `${c.resourceType}/${c.resourceId}`;
+      const refuse = async (reason: string) => {
+        await tx.query('INSERT INTO replication_rejected (change_id, peer, reason, resource) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [c.changeId, batch.peer, reason, resource]);
+        report.rejected.push({ changeId: c.changeId, resource, reason });
+      };
+      // Residency at the receiver: whatever the sender did, this site keeps only what it may hold.
+      if (c.originSite === ctx.siteId) {
+        await refuse(`change claims this site (${ctx.siteId}) as its origin`);
+        continue;
+      }
+      if (!ctx.region.mayHold(ctx.siteId, c.dataClass, c.shard)) {
+        await refuse(`site ${ctx.siteId} may not hold ${c.dataClass} data of shard ${c.shard ?? '(none)'}`);
+        continue;
+      }
+      const skew = skewed.get(c.changeId);
+      if (skew) {
+        await refuse(`clock skew: ${skew}`);
+        continue;
+      }
+      // Order per resource: behind a parked change, later changes of its resource wait.
+      const blocked = await tx.query("SELECT 1 FROM replication_dead_letter WHERE resource = $1 AND status <> 'skipped' LIMIT 1", [resource]);
+      if (blocked.rows.length) {
+        await park(tx, batch.peer, c, 'waiting', undefined, 0);
+        report.parked.push({ changeId: c.changeId, resource, status: 'waiting' });
+        continue;
+      }
+      await tx.query('SAVEPOINT change');
+      try {
+        const r = await applyOne(ctx, tx, batch.peer, c);
+        await tx.query('RELEASE SAVEPOINT change');
+        if (r === 'duplicate') report.duplicates++;
+        else {
+          report.applied++;
+          if (r.outcome === 'current') report.current++;
+          if (r.conflictWith) report.conflicts.push({ resource, versions: [c.versionId, r.conflictWith] });
+        }
+      } catch (e) {
+        await tx.query('ROLLBACK TO SAVEPOINT change');
+        const error = e instanceof Error ? e.message : String(e);
+        const before = await tx.query<{ attempts: number }>('SELECT attempts FROM replication_attempt WHERE change_id = $1', [c.changeId]);
+        const attempts = (before.rows[0]?.attempts ?? 0) + 1;
+        if (attempts < (ctx.maxAttempts ?? 5)) {
+          failed = { changeId: c.changeId, attempts, error };
+          throw new RetryLater(`${resource} (change ${c.changeId}) failed, attempt ${attempts}: ${error}`);
+        }
+        await park(tx, batch.peer, c, 'parked', error, attempts);
+        report.parked.push({ changeId: c.changeId, resource, status: 'parked', error });
+      }
+    }
+    await tx.query(
+      `INSERT INTO replication_cursor (peer, txid, pos) VALUES ($1, $2::xid8, $3::bigint)
+       ON CONFLICT (peer) DO UPDATE SET txid = excluded.txid, pos = excluded.pos, applied_at = now()`,
+      [batch.peer, batch.next.txid, batch.next.pos],
+    );
+  });
+  } catch (e) {
+    // Count the attempt outside the rolled-back transaction, then let the puller back off.
+    if (e instanceof RetryLater && failed) {
+      await ctx.db.query(
+        'INSERT INTO replication_attempt (change_id, attempts, last_error) VALUES ($1, $2, $3) ON CONFLICT (change_id) DO UPDATE SET attempts = excluded.attempts, last_error = excluded.last_error',
+        [failed.changeId, failed.attempts, failed.error],
+      );
+    }
+    throw e;
+  }
+  return report;
+}
+
+/** Applies one change that passed the residency and clock checks; 'duplicate' when its id was seen. */
+export async function applyOne(ctx: ApplyContext, tx: Queryable, peer: string, c: Change): Promise<'duplicate' | ApplyResult> {
+  const fresh = await tx.query('INSERT INTO replication_applied (change_id, peer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1', [c.changeId, peer]);
+  if (fresh.rows.length === 0) return 'duplicate';
+  return applyVersion(ctx.records, tx, {
+    resourceType: c.resourceType, id: c.resourceId, versionId: c.versionId, hlc: c.hlc, parentHlc: c.parentHlc, originSite: c.originSite,
+    epoch: c.epoch, shard: c.shard, dataClass: c.dataClass, patientId: c.payload ? (patientOf(c.payload).patientId ?? null) : null,
+    deleted: c.deleted, lastUpdated: new Date(unpackHlc(c.hlc).physicalMs).toISOString(), content: c.payload,
+  });
+}
+
+async function park(tx: Queryable, peer: string, c: Change, status: 'parked' | 'waiting', error: string | undefined, attempts: number): Promise<void> {
+  await tx.query(
+    'INSERT INTO replication_dead_letter (change_id, peer, resource, change, status, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (change_id) DO NOTHING',
+    [c.changeId, peer, `${c.resourceType}/${c.resourceId}`, changeJson(c), status, error ?? null, attempts],
+  );
+}
+
+/** Where this site is in a peer's feed (the start when it never pulled). */
+export async function cursorFor(db: Db, peer: string): Promise<Cursor> {
+  const { rows } = await db.query<{ txid: string; pos: string }>('SELECT txid::text AS txid, pos::text AS pos FROM replication_cursor WHERE peer = $1', [peer]);
+  return rows[0] ?? { txid: '0', pos: '0' };
+}

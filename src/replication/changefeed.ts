@@ -1,0 +1,84 @@
+// The changefeed a site serves to each peer: its own outbox changes after a cursor, in
+// (txid, pos) order, only below pg_snapshot_xmin(pg_current_snapshot()). A transaction that
+// took a lower position but commits later is therefore never skipped: nothing at or above
+// the oldest transaction still running is handed out until it ends. The feed for a peer
+// carries only what that peer may hold (residency filter at the sender).
+import type { Resource } from '@medplum/fhirtypes';
+import type { Queryable } from '../db/index.ts';
+import type { DataClass, Region } from '../region/index.ts';
+
+/** Position in a site's outbox: transaction id (xid8, as text) and position within it. */
+export interface Cursor {
+  txid: string;
+  pos: string;
+}
+
+export const START: Cursor = { txid: '0', pos: '0' };
+
+export interface Change {
+  changeId: string;
+  originSite: string;
+  hlc: bigint;
+  parentHlc: bigint | null;
+  epoch: bigint;
+  shard: string | null;
+  dataClass: DataClass;
+  resourceType: string;
+  resourceId: string;
+  versionId: string;
+  deleted: boolean;
+  payload: Resource | null;
+}
+
+export interface FeedPage {
+  changes: Change[];
+  /** Where the next page starts: past every row scanned, filtered or not. */
+  next: Cursor;
+  /** Rows scanned but withheld because the peer may not hold them. */
+  withheld: number;
+  /** Whether the scan stopped at the page size (more may be ready). */
+  more: boolean;
+}
+
+interface Row {
+  txid: string;
+  pos: string;
+  change_id: string;
+  origin_site: string;
+  hlc: bigint;
+  parent_hlc: bigint | null;
+  epoch: bigint;
+  shard: string | null;
+  data_class: DataClass;
+  resource_type: string;
+  resource_id: string;
+  version_id: string;
+  deleted: boolean;
+  payload: Resource | null;
+}
+
+export async function readChanges(q: Queryable, opts: { region: Region; forSite: string; after: Cursor; limit: number }): Promise<FeedPage> {
+  const { rows } = await q.query<Row>(
+    `SELECT txid::text AS txid, pos::text AS pos, change_id::text AS change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class,
+            resource_type, resource_id, version_id, deleted, payload
+       FROM outbox
+      WHERE (txid, pos) > ($1::xid8, $2::bigint) AND txid < pg_snapshot_xmin(pg_current_snapshot())
+      ORDER BY txid, pos LIMIT $3`,
+    [opts.after.txid, opts.after.pos, opts.limit],
+    { name: 'medmesh_changefeed_page' },
+  );
+  const changes: Change[] = [];
+  let withheld = 0;
+  for (const r of rows) {
+    if (!opts.region.mayHold(opts.forSite, r.data_class, r.shard)) {
+      withheld++;
+      continue;
+    }
+    changes.push({
+      changeId: r.change_id, originSite: r.origin_site, hlc: BigInt(r.hlc), parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc), epoch: BigInt(r.epoch),
+      shard: r.shard, dataClass: r.data_class, resourceType: r.resource_type, resourceId: r.resource_id, versionId: r.version_id, deleted: r.deleted, payload: r.payload,
+    });
+  }
+  const last = rows.at(-1);
+  return { changes, next: last ? { txid: last.txid, pos: last.pos } : opts.after, withheld, more: rows.length === opts.limit };
+}

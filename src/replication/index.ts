@@ -1,0 +1,12 @@
+export { readChanges, START } from './changefeed.ts';
+export type { Change, Cursor, FeedPage } from './changefeed.ts';
+export { applyBatch, cursorFor } from './apply-batch.ts';
+export type { ApplyContext, ApplyReport } from './apply-batch.ts';
+export { sealPage, openPage, feedAad } from './wire.ts';
+export { Puller } from './puller.ts';
+export type { PullerOptions } from './puller.ts';
+export { listDeadLetters, retryDeadLetter, skipDeadLetter } from './dead-letters.ts';
+export type { DeadLetter, DeadLetterResult } from './dead-letters.ts';
+export { RetryLater } from './apply-batch.ts';
+export { ReplicationMetrics } from './metrics.ts';
+export type { LinkState } from './metrics.ts';
