@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { startTestServer } from '../http/testing.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/medmesh.js', import.meta.url));
 const EXAMPLE = fileURLToPath(new URL('../../region.example.yaml', import.meta.url));
@@ -202,6 +203,40 @@ describe('medmesh CLI', () => {
     assert.equal((await fetch(`${fhirB}/Patient/${id}`, { headers: registrarAgain })).status, 200, 'a patient written before the restart is still there');
     again.child.kill('SIGINT');
     assert.equal(await again.exited, 0);
+  });
+  it('medmesh verify asks a site to check its replicas, prints what differs and repairs it', async () => {
+    const [b, c] = [await startTestServer({ siteId: 'B' }), await startTestServer({ siteId: 'C' })];
+    try {
+      const keyOf = (s: typeof b) => s.site.kms.signingKey()!.key.publicKey;
+      await b.site.identity.registerService({ id: 'C', kind: 'site', publicKey: keyOf(c) });
+      await c.site.identity.registerService({ id: 'B', kind: 'site', publicKey: keyOf(b) });
+      b.site.peers.set('C', c.base);
+      c.site.peers.set('B', b.base);
+      const org = await fetch(`${b.fhir}/Organization`, { method: 'POST', headers: { ...b.auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Organization', name: '口腔科' }) });
+      const id = ((await org.json()) as { id: string }).id;
+      const token = c.as(['administrator']).authorization!.replace(/^Bearer /, '');
+      const run = (...args: string[]) => new Promise<{ status: number | null; out: string; err: string }>((resolve) => {
+        const child = spawn(process.execPath, [BIN, 'verify', '--url', c.base, '--peer', 'B', '--grace', '0', ...args], { env: { ...ENV, MEDMESH_TOKEN: token } });
+        let [out, err] = ['', ''];
+        child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+        child.on('exit', (status) => resolve({ status, out, err }));
+      });
+      const before = await run();
+      assert.equal(before.status, 1, before.err);
+      assert.match(before.out, new RegExp(`C vs B at HLC [0-9a-f]{16}: 1 resources .*accuracy 0\\.000 %\\n  Organization/${id}: [0-9a-f]{16}-B missing-here \\(origin B\\)`));
+      const repaired = await run('--repair');
+      assert.equal(repaired.status, 0, repaired.out + repaired.err);
+      assert.match(repaired.out, /repaired: 1 divergent before; fetched 1, replaced 0, refused 0/);
+      assert.match(repaired.out, /accuracy 100\.000 %\n[^]*in step/);
+      const noToken = medmesh('verify', '--url', c.base);
+      assert.equal(noToken.status, 2);
+      assert.match(noToken.stderr, /MEDMESH_TOKEN: set it to an administrator or operator access token/);
+      assert.match(medmesh('verify', '--url', 'nope', { MEDMESH_TOKEN: 'x' }).stderr, /--url: the base URL/);
+    } finally {
+      await c.close();
+      await b.close();
+    }
   });
 });
 

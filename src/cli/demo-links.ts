@@ -1,11 +1,10 @@
 // Demo only: every site of the demo region trusts every other site's key and pulls every
-// other site's changefeed (full mesh). A real region registers peer keys through its
-// operators (`iam_service`) and runs the same pullers.
+// other site's changefeed (full mesh) at the address it actually listens on. A real region
+// registers peer keys through its operators (`iam_service`) and `medmesh site` starts the
+// same pullers against the URLs of the region file.
 import type { Site } from '../http/index.ts';
-import { Puller } from '../replication/index.ts';
 
-export async function linkDemoSites(running: ReadonlyArray<{ site: Site; url: string }>, opts: { onError?: (site: string, peer: string, message: string) => void } = {}): Promise<Puller[]> {
-  const pullers: Puller[] = [];
+export async function linkDemoSites(running: ReadonlyArray<{ site: Site; url: string }>, opts: { onError?: (site: string, peer: string, message: string) => void } = {}): Promise<void> {
   for (const me of running) {
     for (const peer of running) {
       if (peer === me) continue;
@@ -13,21 +12,10 @@ export async function linkDemoSites(running: ReadonlyArray<{ site: Site; url: st
       if (!key) throw new Error(`site ${peer.site.siteId} is sealed`);
       await me.site.identity.registerService({ id: peer.site.siteId, kind: 'site', publicKey: key.key.publicKey });
     }
+    me.site.peers.clear();
+    for (const peer of running) if (peer !== me) me.site.peers.set(peer.site.siteId, peer.url);
   }
   for (const me of running) {
-    for (const peer of running) {
-      if (peer === me) continue;
-      const p = new Puller({
-        peer: { id: peer.site.siteId, url: peer.url },
-        key: () => me.site.kms.signingKey()?.key,
-        apply: { db: me.site.ctx.db, siteId: me.site.siteId, region: me.site.ctx.region, clock: me.site.ctx.clock, records: me.site.ctx },
-        waitSeconds: 10,
-        metrics: me.site.replication,
-        ...(opts.onError ? { onError: (m: string) => opts.onError!(me.site.siteId, peer.site.siteId, m) } : {}),
-      });
-      p.start();
-      pullers.push(p);
-    }
+    me.site.startReplication({ waitSeconds: 10, verifyEveryMs: 5 * 60_000, ...(opts.onError ? { onError: (peer: string, m: string) => opts.onError!(me.site.siteId, peer, m) } : {}) });
   }
-  return pullers;
 }

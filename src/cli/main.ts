@@ -11,6 +11,7 @@ import { regionVerb } from './verb-region.ts';
 import { seedVerb } from './verb-seed.ts';
 import { siteVerb } from './verb-site.ts';
 import { usersVerb } from './verb-users.ts';
+import { verifyVerb } from './verb-verify.ts';
 
 const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary: string }> = {
   demo: { run: demoVerb, summary: 'run a whole demo region on this machine (embedded defaults)' },
@@ -20,6 +21,7 @@ const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary:
   region: { run: regionVerb, summary: 'check a region file (medmesh region check --region FILE)' },
   audit: { run: auditVerb, summary: 'verify the audit log (medmesh audit verify --region FILE --site ID --unseal ...)' },
   users: { run: usersVerb, summary: 'create users (medmesh users add --region FILE --site ID --username NAME --role ROLE)' },
+  verify: { run: verifyVerb, summary: "check a site's replicas against its peers, --repair to fix (medmesh verify --url URL)" },
   keys: { run: keysVerb, summary: 'key management: init, unseal, status, create, rotate, rewrap, destroy, shares' },
 };
 

@@ -8,7 +8,6 @@ import { helpText, intFlag, parseFlags, type FlagSpec, type VerbSpec } from './a
 import { EXAMPLE_REGION, loadRegionOrThrow, portOf } from './common.ts';
 import { unsealDemoSite } from './demo-keys.ts';
 import { linkDemoSites } from './demo-links.ts';
-import type { Puller } from '../replication/index.ts';
 import { seedRegion } from './seeding.ts';
 import { waitForShutdown } from './shutdown.ts';
 
@@ -37,9 +36,7 @@ export async function demoVerb(argv: string[]): Promise<number> {
 
   console.log(`medmesh demo: region ${region.id} (${region.sites.length} sites), data in ${flags.data}/`);
   const running: Array<{ site: Site; db: Db; url: string }> = [];
-  let pullers: Puller[] = [];
   const stopAll = async () => {
-    await Promise.all(pullers.map((p) => p.stop()));
     for (const r of [...running].reverse()) {
       await r.site.close();
       await r.db.close();
@@ -60,8 +57,9 @@ export async function demoVerb(argv: string[]): Promise<number> {
       running.push({ site: opened.site, db, url });
       console.log(`  site ${s.id.padEnd(3)} ${s.kind.padEnd(8)} ${url}/fhir/R4   ${s.name ?? ''}`);
     }
-    pullers = await linkDemoSites(running, { onError: (site, peer, m) => console.error(`  replication ${peer} -> ${site}: ${m}`) });
-    console.log(`  replication: every site pulls every other (${pullers.length} links); core data only between a shard's residency sites`);
+    await linkDemoSites(running, { onError: (site, peer, m) => console.error(`  replication ${peer} -> ${site}: ${m}`) });
+    const links = running.reduce((n, r) => n + r.site.peers.size, 0);
+    console.log(`  replication: every site pulls every other (${links} links, checked for consistency every 5 minutes); core data only between a shard's residency sites`);
     const stores = new Map<string, RecordStore>(running.map((r) => [r.site.siteId, r.site.store]));
     const existing = await Promise.all(running.map((r) => r.db.query<{ n: number }>("SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient'")));
     if (existing.every((e) => (e.rows[0]?.n ?? 0) === 0) && patients > 0) {

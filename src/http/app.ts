@@ -11,6 +11,7 @@ import { registerAudit } from './audit-hook.ts';
 import { accessRoutes } from './access-routes.ts';
 import { auditEventRoutes, auditRoutes } from './audit-routes.ts';
 import { replicationRoutes } from './replication-routes.ts';
+import { verifyRoutes, type VerifyRoutesOptions } from './verify-routes.ts';
 import { conflictRoutes } from './conflict-routes.ts';
 import type { Region } from '../region/index.ts';
 import type { ReplicationMetrics } from '../replication/index.ts';
@@ -40,6 +41,8 @@ export interface AppOptions {
   region?: Region;
   records?: RecordsContext;
   replication?: ReplicationMetrics;
+  /** Runs this site's consistency check against peers (operator API); absent: no verify API. */
+  verify?: VerifyRoutesOptions['verify'];
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
@@ -89,7 +92,9 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     await app.register(authRoutes, { prefix: '/auth', identity: opts.identity });
     await app.register(accessRoutes, { prefix: '/access', access: opts.access, identity: opts.identity });
     await app.register(conflictRoutes, { prefix: '/conflicts', db: opts.db, access: opts.access });
-    if (opts.region && opts.records) await app.register(replicationRoutes, { prefix: '/replication', db: opts.db, region: opts.region, siteId: opts.siteId, identity: opts.identity, records: opts.records });
+    const signer = () => opts.kms.signingKey()?.key;
+    if (opts.region && opts.records) await app.register(replicationRoutes, { prefix: '/replication', db: opts.db, region: opts.region, siteId: opts.siteId, identity: opts.identity, records: opts.records, signer });
+    if (opts.region && opts.verify) await app.register(verifyRoutes, { prefix: '/replication', db: opts.db, region: opts.region, siteId: opts.siteId, identity: opts.identity, signer, verify: opts.verify });
   }
   if (opts.audit) {
     const auditOpts = { db: opts.db, kms: opts.kms, siteId: opts.siteId, audit: opts.audit };

@@ -3,7 +3,8 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
-import { feedAad, listDeadLetters, readChanges, retryDeadLetter, sealPage, skipDeadLetter, type ApplyContext, type Cursor } from '../replication/index.ts';
+import { backlogAfter, feedAad, listDeadLetters, readChanges, retryDeadLetter, sealPage, skipDeadLetter, type ApplyContext, type Cursor } from '../replication/index.ts';
+import type { Sm2PrivateKey } from '../security/crypto/index.ts';
 import type { RecordsContext } from '../records/index.ts';
 import { actorId } from './identity.ts';
 import type { IdentityService } from '../security/identity/index.ts';
@@ -15,6 +16,8 @@ export interface ReplicationRoutesOptions {
   identity: IdentityService;
   /** For the operator's dead-letter API (applying parked changes). */
   records: RecordsContext;
+  /** The site's SM2 key (signs feed pages); undefined while the KMS is sealed. */
+  signer: () => Sm2PrivateKey | undefined;
 }
 
 const OPERATORS = { roles: ['administrator', 'operator'] } as const;
@@ -51,7 +54,14 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
       await new Promise((r) => setTimeout(r, 100));
       page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
     }
-    return reply.type('application/octet-stream').header('x-medmesh-changes', String(page.changes.length)).send(sealPage(page, { receiverKey, aad: feedAad(opts.siteId, peer, after) }));
+    const senderKey = opts.signer();
+    if (!senderKey) return reply.code(503).send({ error: 'sealed', message: `site ${opts.siteId} is sealed: unseal its KMS to serve the changefeed` });
+    const backlog = page.more ? await backlogAfter(opts.db, page.next) : 0;
+    return reply
+      .type('application/octet-stream')
+      .header('x-medmesh-changes', String(page.changes.length))
+      .header('x-medmesh-backlog', String(backlog))
+      .send(sealPage(page, { receiverKey, senderKey, aad: feedAad(opts.siteId, peer, after) }));
   });
   const applyCtx = (): ApplyContext => ({ db: opts.db, siteId: opts.siteId, region: opts.region, clock: opts.records.clock, records: opts.records });
 

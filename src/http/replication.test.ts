@@ -21,7 +21,7 @@ describe(`replication over HTTP (${testBackend()})`, () => {
   const keyOf = (s: TestServer) => s.site.kms.signingKey()!.key;
   const pullerAtC = (reports: ApplyReport[]) => {
     const p = new Puller({
-      peer: { id: 'B', url: b.base }, key: () => c.site.kms.signingKey()?.key, waitSeconds: 1, leaseSeconds: 30, backoff: { minMs: 50, maxMs: 500 },
+      peer: { id: 'B', url: b.base }, key: () => c.site.kms.signingKey()?.key, peerKey: () => Promise.resolve(keyOf(b).publicKey), waitSeconds: 1, leaseSeconds: 30, backoff: { minMs: 50, maxMs: 500 },
       apply: { db: c.db, siteId: 'C', region: c.site.ctx.region, clock: c.site.ctx.clock, records: c.site.ctx },
       onReport: (r) => reports.push(r),
       metrics: c.site.replication,
@@ -71,13 +71,15 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     const asC = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: keyOf(c), site: 'B' })}` };
     const frame = new Uint8Array(await (await fetch(`${b.base}/replication/changes?after=0:0`, { headers: asC })).arrayBuffer());
     const start = { txid: '0', pos: '0' };
-    const ok = openPage(frame, { key: keyOf(c), aad: feedAad('B', 'C', start) });
+    const fromB = keyOf(b).publicKey;
+    const ok = openPage(frame, { key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', start) });
     assert.ok(ok.ok && ok.page.changes.length >= 1);
-    assert.ok(!openPage(frame, { key: keyOf(b), aad: feedAad('B', 'C', start) }).ok, 'not with another key');
-    assert.ok(!openPage(frame, { key: keyOf(c), aad: feedAad('B', 'C', { txid: '0', pos: '7' }) }).ok, 'not for another cursor');
+    assert.ok(!openPage(frame, { key: keyOf(b), senderKey: fromB, aad: feedAad('B', 'C', start) }).ok, 'not with another key');
+    assert.ok(!openPage(frame, { key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', { txid: '0', pos: '7' }) }).ok, 'not for another cursor');
+    assert.ok(!openPage(frame, { key: keyOf(c), senderKey: keyOf(c).publicKey, aad: feedAad('B', 'C', start) }).ok, 'not as if another site had sent it');
     const flipped = Uint8Array.from(frame);
     flipped[flipped.length - 3]! ^= 1;
-    const bad = openPage(flipped, { key: keyOf(c), aad: feedAad('B', 'C', start) });
+    const bad = openPage(flipped, { key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', start) });
     assert.ok(!bad.ok && bad.error.kind === 'auth-failed');
   });
 
@@ -113,7 +115,7 @@ describe(`replication over HTTP (${testBackend()})`, () => {
 
   it('lists concurrent edits to those who may read them, and a resolution closes them at both sites', async () => {
     const pull = async (from: TestServer, to: TestServer, fromId: 'B' | 'C', toId: 'B' | 'C') => {
-      const p = new Puller({ peer: { id: fromId, url: from.base }, key: () => to.site.kms.signingKey()?.key, waitSeconds: 0, apply: { db: to.db, siteId: toId, region: to.site.ctx.region, clock: to.site.ctx.clock, records: to.site.ctx } });
+      const p = new Puller({ peer: { id: fromId, url: from.base }, key: () => to.site.kms.signingKey()?.key, peerKey: () => Promise.resolve(keyOf(from).publicKey), waitSeconds: 0, apply: { db: to.db, siteId: toId, region: to.site.ctx.region, clock: to.site.ctx.clock, records: to.site.ctx } });
       while ((await p.pullOnce()).more);
     };
     const put = (s: TestServer, id: string, name: string) => fetch(`${s.fhir}/Organization/${id}`, { method: 'PUT', headers: { ...s.auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Organization', id, name }) });
@@ -149,5 +151,34 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     const skip = (id: string, reason: string) => fetch(`${b.base}/replication/dead-letters/${id}/skip`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ reason }) });
     assert.equal((await skip(crypto.randomUUID(), 'short')).status, 400);
     assert.equal((await skip(crypto.randomUUID(), 'no such change, checking the answer')).status, 404);
+  });
+  it('checks consistency with a peer over HTTP, repairs on request and exports the result as metrics', async () => {
+    c.site.peers.set('B', b.base);
+    b.site.peers.set('C', c.base);
+    const ops = (s: TestServer) => ({ ...s.as(['administrator']), 'content-type': 'application/json' });
+    const verify = async (s: TestServer, body: object) => {
+      const r = await fetch(`${s.base}/replication/verify`, { method: 'POST', headers: ops(s), body: JSON.stringify(body) });
+      assert.equal(r.status, 200, await r.clone().text());
+      return (await r.json()) as Array<{ peer: string; divergent: Array<{ resource: string }>; accuracy: number; resources: number; repair?: { fetched: number }; divergentBeforeRepair?: number }>;
+    };
+    const pull = new Puller({ peer: { id: 'B', url: b.base }, key: () => c.site.kms.signingKey()?.key, peerKey: () => Promise.resolve(keyOf(b).publicKey), waitSeconds: 0, apply: { db: c.db, siteId: 'C', region: c.site.ctx.region, clock: c.site.ctx.clock, records: c.site.ctx } });
+    await eventually(async () => !(await pull.pullOnce()).more && (await verify(c, { peers: ['B'], graceSeconds: 0 }))[0]!.divergent.length === 0, 'C in step with B');
+    const [clean] = await verify(c, { peers: ['B'], graceSeconds: 0 });
+    assert.ok(clean!.resources >= 4 && clean!.accuracy === 1, JSON.stringify(clean));
+    const victim = (await c.db.query<{ id: string }>("SELECT id FROM resource_history WHERE resource_type = 'Patient' AND origin_site = 'B' ORDER BY id LIMIT 1")).rows[0]!.id;
+    await c.db.query("DELETE FROM resource_history WHERE resource_type = 'Patient' AND id = $1", [victim]);
+    const [found] = await verify(c, { peers: ['B'], graceSeconds: 0 });
+    assert.deepEqual(found!.divergent.map((d) => d.resource), [`Patient/${victim}`]);
+    const metrics = await (await fetch(`${c.base}/metrics`)).text();
+    assert.match(metrics, /medmesh_replication_verify_divergent_resources\{site="C",peer="B"\} 1/);
+    const [repaired] = await verify(c, { peers: ['B'], graceSeconds: 0, repair: true });
+    assert.deepEqual([repaired!.divergentBeforeRepair, repaired!.repair?.fetched, repaired!.divergent.length, repaired!.accuracy], [1, 1, 0, 1]);
+    assert.match(await (await fetch(`${c.base}/metrics`)).text(), /medmesh_replication_verify_accuracy\{site="C",peer="B"\} 1/);
+    // Bad input and strangers.
+    assert.equal((await fetch(`${c.base}/replication/verify`, { method: 'POST', headers: ops(c), body: JSON.stringify({ peers: ['Z'] }) })).status, 400);
+    assert.equal((await fetch(`${c.base}/replication/verify`, { method: 'POST', headers: { ...c.as(['doctor']), 'content-type': 'application/json' }, body: '{}' })).status, 403);
+    assert.equal((await fetch(`${b.base}/replication/digests`, { method: 'POST', headers: { ...b.auth, 'content-type': 'application/json' }, body: '{"watermark":"1","buckets":4}' })).status, 403, 'digests are for peer sites only');
+    const asC = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: keyOf(c), site: 'B' })}`, 'content-type': 'application/json' };
+    assert.equal((await fetch(`${b.base}/replication/digests`, { method: 'POST', headers: asC, body: '{"watermark":"zz","buckets":4}' })).status, 400);
   });
 });

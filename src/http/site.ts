@@ -9,7 +9,7 @@ import { Kms } from '../security/kms/index.ts';
 import { AuditLog } from '../security/audit/index.ts';
 import { IdentityService } from '../security/identity/index.ts';
 import { AccessControl } from '../security/access/index.ts';
-import { ReplicationMetrics } from '../replication/index.ts';
+import { ConsistencyChecker, Puller, ReplicationMetrics, type ApplyContext } from '../replication/index.ts';
 import { tokenResolver } from './identity.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
@@ -36,8 +36,21 @@ export interface Site {
   access: AccessControl;
   /** State of the links this site pulls (pullers report into it; /metrics and /healthz show it). */
   replication: ReplicationMetrics;
+  /** Peer site id -> base URL (from the region file; tests and the demo point them elsewhere). */
+  peers: Map<string, string>;
+  checker: ConsistencyChecker;
+  /** Starts one puller per peer (once per site: leases) and, when asked, scheduled consistency checks. */
+  startReplication(opts?: ReplicationStartOptions): void;
   app: FastifyInstance;
   close(): Promise<void>;
+}
+
+export interface ReplicationStartOptions {
+  /** Long-poll wait per pull (default 20 s). */
+  waitSeconds?: number;
+  /** Check consistency with every peer this often (default: never). */
+  verifyEveryMs?: number;
+  onError?: (peer: string, message: string) => void;
 }
 
 export type SiteStartError = { kind: 'unknown-site' | 'migration' | 'site-mismatch'; message: string };
@@ -85,16 +98,35 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   // Pseudonym keys derive from the master key: only an unsealed site answers (sealed sites serve no data).
   const access = await AccessControl.open({ db, siteId, store, searchParams, secret: (label) => kms.deriveSecret(label) });
   const replication = new ReplicationMetrics();
+  const peers = new Map(region.sites.filter((s) => s.id !== siteId && s.kind !== 'edge').map((s) => [s.id, s.url.replace(/\/+$/, '')]));
+  const apply: ApplyContext = { db, siteId, region, clock, records: ctx };
+  const peerKey = (id: string) => identity.servicePublicKey(id);
+  const checker = new ConsistencyChecker({ apply, peers: () => peers, key: () => kms.signingKey()?.key, peerKey, metrics: replication });
+  const pullers: Puller[] = [];
+  const startReplication = (o: ReplicationStartOptions = {}) => {
+    if (pullers.length) return;
+    for (const [id, url] of peers) {
+      const p = new Puller({
+        peer: { id, url }, key: () => kms.signingKey()?.key, peerKey: () => peerKey(id), apply, metrics: replication, waitSeconds: o.waitSeconds ?? 20,
+        ...(o.onError ? { onError: (m: string) => o.onError!(id, m) } : {}),
+      });
+      p.start();
+      pullers.push(p);
+    }
+    if (o.verifyEveryMs) checker.start(o.verifyEveryMs);
+  };
   const app = await buildApp({
     access, db, region, records: ctx, replication, kms, identity, audit: auditLog, searchParams, siteId, regionId: region.id, version: VERSION,
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
     ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
     resolveIdentity: opts.resolveIdentity ?? tokenResolver(identity),
+    verify: (o) => checker.run(o),
   });
   return { ok: true, site: {
-      siteId, ctx, store, kms, identity, audit: auditLog, access, replication, app,
+      siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, app,
       close: async () => {
         clearInterval(checkpoints);
+        await Promise.all([...pullers.map((p) => p.stop()), checker.stop()]);
         // In-flight requests get a short grace; connections still open after it (long polls,
         // keep-alive sockets of peers) are closed so shutdown never hangs.
         const force = setTimeout(() => app.server.closeAllConnections(), 2000);

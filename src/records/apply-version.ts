@@ -76,6 +76,31 @@ export async function applyVersion(ctx: RecordsContext, tx: Queryable, v: Remote
   return { outcome: 'current', ...(conflictWith ? { conflictWith } : {}) };
 }
 
+/**
+ * Repairs this site's copy of a version from its authoritative copy (consistency
+ * verification found it missing or different): a missing version is applied as usual; a
+ * different one is overwritten, and the current row and index follow when it is current.
+ */
+export async function repairVersion(ctx: RecordsContext, tx: Queryable, v: RemoteVersion): Promise<ApplyResult | { outcome: 'replaced' }> {
+  const applied = await applyVersion(ctx, tx, v);
+  if (applied.outcome !== 'duplicate') return applied;
+  const content = v.content === null ? null : JSON.stringify(v.content);
+  const fixed = await tx.query(
+    `UPDATE resource_history SET content = $4::jsonb, deleted = $5, hlc = $6, parent_hlc = $7, origin_site = $8, shard = $9, data_class = $10
+      WHERE resource_type = $1 AND id = $2 AND version_id = $3
+        AND (content IS DISTINCT FROM $4::jsonb OR deleted <> $5 OR hlc <> $6 OR parent_hlc IS DISTINCT FROM $7 OR origin_site <> $8)
+      RETURNING 1`,
+    [v.resourceType, v.id, v.versionId, content, v.deleted, v.hlc, v.parentHlc, v.originSite, v.shard, v.dataClass],
+  );
+  if (fixed.rows.length === 0) return applied;
+  const cur = await tx.query(
+    'UPDATE resource_current SET content = $4::jsonb, deleted = $5 WHERE resource_type = $1 AND id = $2 AND version_id = $3 RETURNING 1',
+    [v.resourceType, v.id, v.versionId, content, v.deleted],
+  );
+  if (cur.rows.length) await rewriteIndex(ctx, tx, v);
+  return { outcome: 'replaced' };
+}
+
 /** Replaces the resource's search index rows in one statement (as the local write path does). */
 async function rewriteIndex(ctx: RecordsContext, tx: Queryable, v: RemoteVersion): Promise<void> {
   const ix = v.deleted || !v.content ? EMPTY_INDEX : extractIndex(v.content, ctx.searchParams.get(v.resourceType) ?? new Map());

@@ -16,7 +16,7 @@ export { syntheticPatient, seededRandom } from './synthetic.ts';
 export type { SyntheticPatient } from './synthetic.ts';
 export { buildBindingTable } from './required-bindings.ts';
 export type { BindingTable } from './required-bindings.ts';
-export { applyVersion } from './apply-version.ts';
+export { applyVersion, repairVersion } from './apply-version.ts';
 export type { RemoteVersion, ApplyResult } from './apply-version.ts';
 export { listConflicts, markResolved } from './conflicts.ts';
 export type { Conflict } from './conflicts.ts';

@@ -5,7 +5,7 @@
 import type { HybridClock } from '../clock/index.ts';
 import type { Db, Queryable } from '../db/index.ts';
 import { unpackHlc } from '../clock/index.ts';
-import { applyVersion, patientOf, type ApplyResult, type RecordsContext } from '../records/index.ts';
+import { applyVersion, patientOf, repairVersion, type ApplyResult, type RecordsContext } from '../records/index.ts';
 import type { Region } from '../region/index.ts';
 import type { Change, Cursor } from './changefeed.ts';
 import { changeJson } from './wire.ts';
@@ -29,14 +29,26 @@ export interface ApplyReport {
   duplicates: number;
   conflicts: Array<{ resource: string; versions: [string, string] }>;
   rejected: Array<{ changeId: string; resource: string; reason: string }>;
+  /** Repairs only: local copies overwritten by the authoritative one. */
+  replaced?: number;
   /** The cursor had moved (another node applied this page first): nothing was applied. */
   stale?: boolean;
   /** Parked in the dead-letter table (attempts exhausted) or waiting behind a parked change. */
   parked: Array<{ changeId: string; resource: string; status: 'parked' | 'waiting'; error?: string }>;
 }
 
-/** `expect`: apply only if the cursor is still where the page was read from (compare and set). */
-export async function applyBatch(ctx: ApplyContext, batch: { peer: string; changes: readonly Change[]; next: Cursor; expect?: Cursor }): Promise<ApplyReport> {
+export interface Batch {
+  peer: string;
+  changes: readonly Change[];
+  /** The peer's cursor after this batch, stored with it (absent for repairs, which are not feed pages). */
+  next?: Cursor;
+  /** Apply only if the cursor is still where the page was read from (compare and set). */
+  expect?: Cursor;
+  /** Consistency repair: the peer's copy is authoritative, a different local copy is overwritten. */
+  repair?: boolean;
+}
+
+export async function applyBatch(ctx: ApplyContext, batch: Batch): Promise<ApplyReport> {
   const report: ApplyReport = { applied: 0, current: 0, duplicates: 0, conflicts: [], rejected: [], parked: [] };
   let failed: { changeId: string; attempts: number; error: string } | undefined;
   // Remote clocks first, outside the transaction (the clock persists its bound on its own).
@@ -84,9 +96,10 @@ export async function applyBatch(ctx: ApplyContext, batch: { peer: string; chang
       }
       await tx.query('SAVEPOINT change');
       try {
-        const r = await applyOne(ctx, tx, batch.peer, c);
+        const r = await applyOne(ctx, tx, batch.peer, c, batch.repair);
         await tx.query('RELEASE SAVEPOINT change');
-        if (r === 'duplicate') report.duplicates++;
+        if (r === 'duplicate' || r.outcome === 'duplicate') report.duplicates++;
+        else if (r.outcome === 'replaced') report.replaced = (report.replaced ?? 0) + 1;
         else {
           report.applied++;
           if (r.outcome === 'current') report.current++;
@@ -105,11 +118,13 @@ export async function applyBatch(ctx: ApplyContext, batch: { peer: string; chang
         report.parked.push({ changeId: c.changeId, resource, status: 'parked', error });
       }
     }
-    await tx.query(
-      `INSERT INTO replication_cursor (peer, txid, pos) VALUES ($1, $2::xid8, $3::bigint)
-       ON CONFLICT (peer) DO UPDATE SET txid = excluded.txid, pos = excluded.pos, applied_at = now()`,
-      [batch.peer, batch.next.txid, batch.next.pos],
-    );
+    if (batch.next) {
+      await tx.query(
+        `INSERT INTO replication_cursor (peer, txid, pos) VALUES ($1, $2::xid8, $3::bigint)
+         ON CONFLICT (peer) DO UPDATE SET txid = excluded.txid, pos = excluded.pos, applied_at = now()`,
+        [batch.peer, batch.next.txid, batch.next.pos],
+      );
+    }
   });
   } catch (e) {
     // Count the attempt outside the rolled-back transaction, then let the puller back off.
@@ -124,15 +139,19 @@ export async function applyBatch(ctx: ApplyContext, batch: { peer: string; chang
   return report;
 }
 
-/** Applies one change that passed the residency and clock checks; 'duplicate' when its id was seen. */
-export async function applyOne(ctx: ApplyContext, tx: Queryable, peer: string, c: Change): Promise<'duplicate' | ApplyResult> {
+/**
+ * Applies one change that passed the residency and clock checks; 'duplicate' when its id was
+ * seen. A repair is never skipped as seen: the version itself decides (repairVersion).
+ */
+export async function applyOne(ctx: ApplyContext, tx: Queryable, peer: string, c: Change, repair = false): Promise<'duplicate' | ApplyResult | { outcome: 'replaced' }> {
   const fresh = await tx.query('INSERT INTO replication_applied (change_id, peer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1', [c.changeId, peer]);
-  if (fresh.rows.length === 0) return 'duplicate';
-  return applyVersion(ctx.records, tx, {
+  if (fresh.rows.length === 0 && !repair) return 'duplicate';
+  const v = {
     resourceType: c.resourceType, id: c.resourceId, versionId: c.versionId, hlc: c.hlc, parentHlc: c.parentHlc, originSite: c.originSite,
     epoch: c.epoch, shard: c.shard, dataClass: c.dataClass, patientId: c.payload ? (patientOf(c.payload).patientId ?? null) : null,
     deleted: c.deleted, lastUpdated: new Date(unpackHlc(c.hlc).physicalMs).toISOString(), content: c.payload,
-  });
+  };
+  return repair ? repairVersion(ctx.records, tx, v) : applyVersion(ctx.records, tx, v);
 }
 
 async function park(tx: Queryable, peer: string, c: Change, status: 'parked' | 'waiting', error: string | undefined, attempts: number): Promise<void> {

@@ -82,3 +82,14 @@ export async function readChanges(q: Queryable, opts: { region: Region; forSite:
   const last = rows.at(-1);
   return { changes, next: last ? { txid: last.txid, pos: last.pos } : opts.after, withheld, more: rows.length === opts.limit };
 }
+
+export const BACKLOG_CAP = 100_000;
+
+/** How many changes are ready after `next` (counted up to BACKLOG_CAP, for the backlog metric). */
+export async function backlogAfter(q: Queryable, next: Cursor): Promise<number> {
+  const { rows } = await q.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM (SELECT 1 FROM outbox WHERE (txid, pos) > ($1::xid8, $2::bigint) AND txid < pg_snapshot_xmin(pg_current_snapshot()) LIMIT ${BACKLOG_CAP}) ready`,
+    [next.txid, next.pos],
+  );
+  return rows[0]!.n;
+}

@@ -1,4 +1,4 @@
-export { readChanges, START } from './changefeed.ts';
+export { readChanges, backlogAfter, START, BACKLOG_CAP } from './changefeed.ts';
 export type { Change, Cursor, FeedPage } from './changefeed.ts';
 export { applyBatch, cursorFor } from './apply-batch.ts';
 export type { ApplyContext, ApplyReport } from './apply-batch.ts';
@@ -10,3 +10,10 @@ export type { DeadLetter, DeadLetterResult } from './dead-letters.ts';
 export { RetryLater } from './apply-batch.ts';
 export { ReplicationMetrics } from './metrics.ts';
 export type { LinkState } from './metrics.ts';
+export { computeDigests, bucketLeaves, readVersions, repairChangeId, DEFAULT_BUCKETS } from './digests.ts';
+export type { BucketDigest, Leaf, VersionRef, DigestScope } from './digests.ts';
+export { verifyPair, localVerifyPeer, watermarkBefore } from './verify.ts';
+export type { VerifyPeer, VerifyReport, Divergence, DivergenceKind } from './verify.ts';
+export { httpVerifyPeer, repairAad } from './verify-client.ts';
+export { ConsistencyChecker } from './checker.ts';
+export type { CheckerOptions, CheckRequest } from './checker.ts';

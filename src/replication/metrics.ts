@@ -4,6 +4,7 @@
 // and parked changes.
 import { unpackHlc } from '../clock/index.ts';
 import type { ApplyReport } from './apply-batch.ts';
+import type { VerifyReport } from './verify.ts';
 
 export interface LinkState {
   peer: string;
@@ -16,6 +17,10 @@ export interface LinkState {
   rejectedClockSkew: number;
   rejectedResidency: number;
   parked: number;
+  /** Changes the peer had ready after the last page (capped, see the feed). */
+  backlog: number;
+  /** The last consistency check against the peer. */
+  verify?: { at: string; divergent: number; accuracy: number; resources: number };
 }
 
 export class ReplicationMetrics {
@@ -23,13 +28,14 @@ export class ReplicationMetrics {
 
   #link(peer: string): LinkState {
     let l = this.#links.get(peer);
-    if (!l) this.#links.set(peer, (l = { peer, up: false, lagMs: 0, applied: 0, conflicts: 0, rejectedClockSkew: 0, rejectedResidency: 0, parked: 0 }));
+    if (!l) this.#links.set(peer, (l = { peer, up: false, lagMs: 0, applied: 0, conflicts: 0, rejectedClockSkew: 0, rejectedResidency: 0, parked: 0, backlog: 0 }));
     return l;
   }
 
   /** After a pull: `newest` is the greatest HLC among the changes it carried. */
-  pulled(peer: string, r: ApplyReport, newest: bigint | undefined, now = Date.now()): void {
+  pulled(peer: string, r: ApplyReport, newest: bigint | undefined, now = Date.now(), backlog = 0): void {
     const l = this.#link(peer);
+    l.backlog = backlog;
     l.up = true;
     l.lastPullAt = new Date(now).toISOString();
     delete l.lastError;
@@ -47,6 +53,10 @@ export class ReplicationMetrics {
     const l = this.#link(peer);
     l.up = false;
     l.lastError = message.slice(0, 300);
+  }
+
+  verified(report: VerifyReport, now = Date.now()): void {
+    this.#link(report.peer).verify = { at: new Date(now).toISOString(), divergent: report.divergent.length, accuracy: report.accuracy, resources: report.resources };
   }
 
   links(): LinkState[] {
@@ -67,6 +77,15 @@ export class ReplicationMetrics {
     metric('medmesh_replication_clock_skew_rejections_total', 'counter', 'Changes refused because their clock was too far ahead.', (l) => l.rejectedClockSkew);
     metric('medmesh_replication_residency_rejections_total', 'counter', 'Changes refused because this site may not hold them.', (l) => l.rejectedResidency);
     metric('medmesh_replication_parked_total', 'counter', 'Changes parked in the dead-letter table.', (l) => l.parked);
+    metric('medmesh_replication_backlog', 'gauge', 'Changes the peer had ready after the last page (capped at 100000).', (l) => l.backlog);
+    const verified = this.links().filter((l) => l.verify);
+    const vmetric = (name: string, help: string, value: (v: NonNullable<LinkState['verify']>) => number) => {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`);
+      for (const l of verified) lines.push(`${name}{site="${site}",peer="${l.peer}"} ${value(l.verify!)}`);
+    };
+    vmetric('medmesh_replication_verify_divergent_resources', 'Resources that differ from the peer at the last consistency check.', (v) => v.divergent);
+    vmetric('medmesh_replication_verify_accuracy', 'Share of resources identical at both sites at the last consistency check (0-1).', (v) => v.accuracy);
+    vmetric('medmesh_replication_verify_last_run_seconds', 'When the last consistency check against the peer ran (Unix time).', (v) => Math.floor(Date.parse(v.at) / 1000));
     return `${lines.join('\n')}\n`;
   }
 }

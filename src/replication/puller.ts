@@ -4,7 +4,7 @@
 // and jitter; the cursor makes every break resumable.
 import { randomUUID } from 'node:crypto';
 import { serviceAssertion } from '../security/identity/index.ts';
-import type { Sm2PrivateKey } from '../security/crypto/index.ts';
+import type { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
 import { applyBatch, cursorFor, type ApplyContext, type ApplyReport } from './apply-batch.ts';
 import { feedAad, openPage } from './wire.ts';
 import type { ReplicationMetrics } from './metrics.ts';
@@ -13,6 +13,8 @@ export interface PullerOptions {
   peer: { id: string; url: string };
   /** This site's SM2 key: signs its service assertions and opens the pages sealed to it. */
   key: () => Sm2PrivateKey | undefined;
+  /** The peer's registered public key: pages must be signed with it. */
+  peerKey: () => Promise<Sm2PublicKey | undefined>;
   apply: ApplyContext;
   waitSeconds?: number;
   limit?: number;
@@ -59,11 +61,14 @@ export class Puller {
     const url = `${peer.url}/replication/changes?after=${after.txid}:${after.pos}&limit=${this.#o.limit ?? 500}&wait=${this.#o.waitSeconds ?? 20}`;
     const res = await fetch(url, { headers: { authorization: `MedmeshService ${serviceAssertion({ serviceId: apply.siteId, key, site: peer.id })}` }, signal: this.#abort.signal });
     if (res.status !== 200) throw new Error(`${peer.id} answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
-    const opened = openPage(new Uint8Array(await res.arrayBuffer()), { key, aad: feedAad(peer.id, apply.siteId, after) });
+    const senderKey = await this.#o.peerKey();
+    if (!senderKey) throw new Error(`no public key is registered for site ${peer.id}: register it (iam_service) before pulling from it`);
+    const opened = openPage(new Uint8Array(await res.arrayBuffer()), { key, senderKey, aad: feedAad(peer.id, apply.siteId, after) });
     if (!opened.ok) throw new Error(`page from ${peer.id} refused: ${opened.error.message}`);
     const report = await applyBatch(apply, { peer: peer.id, changes: opened.page.changes, next: opened.page.next, expect: after });
     this.#o.onReport?.(report);
-    this.#o.metrics?.pulled(peer.id, report, opened.page.changes.reduce<bigint | undefined>((m, c) => (m === undefined || c.hlc > m ? c.hlc : m), undefined));
+    const newest = opened.page.changes.reduce<bigint | undefined>((m, c) => (m === undefined || c.hlc > m ? c.hlc : m), undefined);
+    this.#o.metrics?.pulled(peer.id, report, newest, Date.now(), Number(res.headers.get('x-medmesh-backlog') ?? 0) || 0);
     return { changes: opened.page.changes.length, more: opened.page.more };
   }
 

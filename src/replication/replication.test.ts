@@ -8,7 +8,8 @@ import { packHlc } from '../clock/index.ts';
 import { testBackend } from '../db/test-db.ts';
 import { openTestStore, type TestStore } from '../records/testing.ts';
 import { makeResidentId } from '../region/index.ts';
-import { applyBatch, cursorFor, listDeadLetters, readChanges, retryDeadLetter, RetryLater, skipDeadLetter, START, type ApplyReport, type Change } from './index.ts';
+import { applyBatch, cursorFor, listDeadLetters, readChanges, retryDeadLetter, RetryLater, skipDeadLetter, START, type Change } from './index.ts';
+import { settledPage as settledFeedPage, syncSites } from './testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
 const patient = (seq: number): Patient => ({ resourceType: 'Patient', name: [{ family: '林', given: [`${seq}`] }], gender: 'female', birthDate: '1970-01-01', identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440104', birthDate: '1970-01-01', sequence: seq }) }] });
@@ -22,47 +23,8 @@ describe(`replication (${testBackend()})`, () => {
     for (const s of Object.values(sites)) await s.close();
   });
 
-  /** Where `from`'s outbox ends now: every write that has returned is at or before it. */
-  const feedEnd = async (from: 'A' | 'B' | 'C') => (await sites[from].db.query<{ txid: string; pos: string }>('SELECT txid::text AS txid, pos::text AS pos FROM outbox ORDER BY txid DESC, pos DESC LIMIT 1')).rows[0] ?? START;
-  const reached = (at: { txid: string; pos: string }, end: { txid: string; pos: string }) => BigInt(at.txid) > BigInt(end.txid) || (at.txid === end.txid && BigInt(at.pos) >= BigInt(end.pos));
-  /**
-   * Pulls everything `from` had for `to` when called and applies it at `to`. The feed stops at
-   * the oldest running transaction of the whole server (other test files share it), so an
-   * empty page before the end means "not yet": wait and ask again, within a bound.
-   */
-  const sync = async (from: 'A' | 'B' | 'C', to: 'A' | 'B' | 'C'): Promise<ApplyReport> => {
-    const total: ApplyReport = { applied: 0, current: 0, duplicates: 0, conflicts: [], rejected: [], parked: [] };
-    const end = await feedEnd(from);
-    const until = Date.now() + 10_000;
-    for (;;) {
-      const after = await cursorFor(sites[to].db, from);
-      if (reached(after, end)) return total;
-      assert.ok(Date.now() < until, `the feed from ${from} did not reach ${end.txid}:${end.pos} within 10 s`);
-      const page = await readChanges(sites[from].db, { region: sites[from].ctx.region, forSite: to, after, limit: 50 });
-      if (page.next === after) {
-        await new Promise((r) => setTimeout(r, 10));
-        continue;
-      }
-      const r = await applyBatch({ db: sites[to].db, siteId: to, region: sites[to].ctx.region, clock: sites[to].ctx.clock, records: sites[to].ctx }, { peer: from, changes: page.changes, next: page.next });
-      total.applied += r.applied;
-      total.current += r.current;
-      total.duplicates += r.duplicates;
-      total.conflicts.push(...r.conflicts);
-      total.rejected.push(...r.rejected);
-    }
-  };
-  /** One page of `from`'s feed for `to` from `to`'s cursor, once it holds everything `from` had when called. */
-  const settledPage = async (from: 'A' | 'B' | 'C', to: 'A' | 'B' | 'C') => {
-    const end = await feedEnd(from);
-    const after = await cursorFor(sites[to].db, from);
-    const until = Date.now() + 10_000;
-    for (;;) {
-      const page = await readChanges(sites[from].db, { region: sites[from].ctx.region, forSite: to, after, limit: 500 });
-      if (reached(page.next, end)) return page;
-      assert.ok(Date.now() < until, `the feed from ${from} did not reach ${end.txid}:${end.pos} within 10 s`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  };
+  const sync = (from: 'A' | 'B' | 'C', to: 'A' | 'B' | 'C') => syncSites(sites[from], sites[to]);
+  const settledPage = (from: 'A' | 'B' | 'C', to: 'A' | 'B' | 'C') => settledFeedPage(sites[from], sites[to]);
   const current = async (s: 'A' | 'B' | 'C', type: string, id: string) => {
     const { rows } = await sites[s].db.query<{ version_id: string; deleted: boolean; content: Resource | null }>('SELECT version_id, deleted, content FROM resource_current WHERE resource_type = $1 AND id = $2', [type, id]);
     return rows[0];

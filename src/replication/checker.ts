@@ -1,0 +1,100 @@
+// Runs consistency checks of this site against its peers: on demand (operators, `medmesh
+// verify`) and on a schedule, once per site whatever the number of API nodes (a lease per
+// peer in replication_lease). Results go to the link metrics. With repair, the check is run
+// again afterwards so the report says what remains.
+import { randomUUID } from 'node:crypto';
+import type { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
+import type { ApplyContext } from './apply-batch.ts';
+import type { ReplicationMetrics } from './metrics.ts';
+import { httpVerifyPeer } from './verify-client.ts';
+import { verifyPair, watermarkBefore, type VerifyPeer, type VerifyReport } from './verify.ts';
+
+export interface CheckerOptions {
+  apply: ApplyContext;
+  /** Peer id -> base URL of its API. */
+  peers: () => ReadonlyMap<string, string>;
+  key: () => Sm2PrivateKey | undefined;
+  peerKey: (peer: string) => Promise<Sm2PublicKey | undefined>;
+  metrics?: ReplicationMetrics;
+  buckets?: number;
+  onError?: (peer: string, message: string) => void;
+}
+
+export interface CheckRequest {
+  peers?: readonly string[];
+  repair?: boolean;
+  /** Changes younger than this may still be on the wire: the watermark is this far back. */
+  graceMs?: number;
+}
+
+export class ConsistencyChecker {
+  readonly #o: CheckerOptions;
+  readonly #holder = randomUUID();
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<unknown> | undefined;
+
+  constructor(opts: CheckerOptions) {
+    this.#o = opts;
+  }
+
+  async peer(id: string): Promise<VerifyPeer> {
+    const url = this.#o.peers().get(id);
+    if (!url) throw new Error(`site ${this.#o.apply.siteId} has no link to ${id}`);
+    const key = this.#o.key();
+    if (!key) throw new Error(`site ${this.#o.apply.siteId} is sealed: it cannot authenticate to ${id}`);
+    const peerKey = await this.#o.peerKey(id);
+    if (!peerKey) throw new Error(`no public key is registered for site ${id}`);
+    return httpVerifyPeer({ peer: { id, url }, selfId: this.#o.apply.siteId, key, peerKey });
+  }
+
+  async run(req: CheckRequest = {}): Promise<VerifyReport[]> {
+    const ids = req.peers?.length ? req.peers : [...this.#o.peers().keys()];
+    const reports: VerifyReport[] = [];
+    for (const id of ids) {
+      const peer = await this.peer(id);
+      const watermark = watermarkBefore(req.graceMs ?? 5000);
+      const opts = { apply: this.#o.apply, peer, watermark, ...(this.#o.buckets ? { buckets: this.#o.buckets } : {}) };
+      let report = await verifyPair({ ...opts, repair: req.repair ?? false });
+      if (report.repair) {
+        const repair = report.repair;
+        report = { ...(await verifyPair(opts)), repair, divergentBeforeRepair: report.divergent.length };
+      }
+      this.#o.metrics?.verified(report);
+      reports.push(report);
+    }
+    return reports;
+  }
+
+  /** Checks every peer every `everyMs` (no repair: divergence is an operator's call). */
+  start(everyMs: number): void {
+    if (this.#timer) return;
+    this.#timer = setInterval(() => {
+      if (this.#running) return;
+      this.#running = this.#scheduled(everyMs).finally(() => (this.#running = undefined));
+    }, everyMs);
+    this.#timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+    await this.#running;
+  }
+
+  async #scheduled(everyMs: number): Promise<void> {
+    for (const id of this.#o.peers().keys()) {
+      try {
+        // One node of the site checks each peer per period: the lease outlives the period's start.
+        const { rows } = await this.#o.apply.db.query(
+          `INSERT INTO replication_lease (peer, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
+           ON CONFLICT (peer) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE replication_lease.expires_at < now()
+           RETURNING holder`,
+          [`verify:${id}`, this.#holder, Math.max(1, Math.floor(everyMs / 1000) - 1)],
+        );
+        if (rows.length) await this.run({ peers: [id] });
+      } catch (e) {
+        this.#o.onError?.(id, e instanceof Error ? e.message : String(e));
+      }
+    }
+  }
+}
