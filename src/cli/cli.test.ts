@@ -1,48 +1,12 @@
 // End-to-end tests of the medmesh command: real processes, real ports, real signals.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { startTestServer } from '../http/testing.ts';
-
-const BIN = fileURLToPath(new URL('../../bin/medmesh.js', import.meta.url));
-const EXAMPLE = fileURLToPath(new URL('../../region.example.yaml', import.meta.url));
-// The CLI must use embedded PGlite here even when the suite runs against a server.
-const { DATABASE_URL: _ignored, ...ENV } = process.env;
-/** Runs the CLI; a trailing object adds environment variables. */
-const medmesh = (...args: Array<string | Record<string, string>>) => {
-  const extra = typeof args.at(-1) === 'object' ? (args.pop() as Record<string, string>) : {};
-  return spawnSync(process.execPath, [BIN, ...(args as string[])], { encoding: 'utf8', timeout: 120_000, env: { ...ENV, ...extra } });
-};
-
-const children = new Set<ReturnType<typeof spawn>>();
-
-/** Starts a long-running verb and resolves once `ready` appears on stdout. */
-function startVerb(args: string[], ready: RegExp) {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: ENV });
-  children.add(child);
-  child.on('exit', () => children.delete(child));
-  let out = '';
-  let err = '';
-  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const started = new Promise<void>((resolve, reject) => {
-    // Generous: on a loaded two-core machine three embedded databases take a while to start.
-    const timer = setTimeout(() => reject(new Error(`not ready after 180 s:\n${out}\n${err}`)), 180_000);
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (ready.test(out)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    void exited.then((code) => (clearTimeout(timer), reject(new Error(`exited with ${code} before ready:\n${out}\n${err}`))));
-  });
-  return { child, started, exited, output: () => out, errors: () => err };
-}
+import { BIN, ENV, EXAMPLE, killChildren, loginAt, medmesh, startVerb } from './testing.ts';
 
 describe('medmesh CLI', () => {
   const dirs: string[] = [];
@@ -53,7 +17,7 @@ describe('medmesh CLI', () => {
   };
   after(async () => {
     // A failed test must not leave a server behind (it would keep the runner waiting).
-    for (const c of children) c.kill('SIGKILL');
+    killChildren();
     for (const d of dirs) await rm(d, { recursive: true, force: true });
   });
 
@@ -239,9 +203,3 @@ describe('medmesh CLI', () => {
     }
   });
 });
-
-async function loginAt(base: string, username: string, password: string): Promise<string> {
-  const r = await fetch(`${base}/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username, password }) });
-  assert.equal(r.status, 200, `login as ${username}`);
-  return ((await r.json()) as { accessToken: string }).accessToken;
-}

@@ -12,6 +12,7 @@ import { seedVerb } from './verb-seed.ts';
 import { siteVerb } from './verb-site.ts';
 import { usersVerb } from './verb-users.ts';
 import { verifyVerb } from './verb-verify.ts';
+import { peersVerb } from './verb-peers.ts';
 
 const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary: string }> = {
   demo: { run: demoVerb, summary: 'run a whole demo region on this machine (embedded defaults)' },
@@ -21,6 +22,7 @@ const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary:
   region: { run: regionVerb, summary: 'check a region file (medmesh region check --region FILE)' },
   audit: { run: auditVerb, summary: 'verify the audit log (medmesh audit verify --region FILE --site ID --unseal ...)' },
   users: { run: usersVerb, summary: 'create users (medmesh users add --region FILE --site ID --username NAME --role ROLE)' },
+  peers: { run: peersVerb, summary: "trust other sites' service keys for replication (medmesh peers trust|list)" },
   verify: { run: verifyVerb, summary: "check a site's replicas against its peers, --repair to fix (medmesh verify --url URL)" },
   keys: { run: keysVerb, summary: 'key management: init, unseal, status, create, rotate, rewrap, destroy, shares' },
 };

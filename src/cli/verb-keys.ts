@@ -7,6 +7,7 @@ import { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
 import { encodeShareToken, parseWrappedShare, type Custodian } from '../security/kms/index.ts';
 import { helpText, intFlag, parseFlags, UsageError, type FlagSpec, type VerbSpec } from './args.ts';
 import { SITE_DB_FLAGS } from './common.ts';
+import { keyFingerprint } from './verb-peers.ts';
 import { openKms, openShares, openUnsealedKms, UNSEAL_FLAG } from './offline-kms.ts';
 
 
@@ -91,6 +92,12 @@ async function init(argv: string[]): Promise<number> {
       console.log(`share ${s.index} for ${s.custodian}: ${file}`);
     }
     console.log(`site ${siteId}: master key ${r.cmkId} created; ${threshold} of ${custodians.length} shares unseal it. Hand each file to its custodian; deposit copies at two other sites (medmesh keys shares deposit).`);
+    const service = await kms.signingPublicKey();
+    if (service) {
+      const file = join(f.out, `${siteId}.service.pub.pem`);
+      await writeFile(file, service.toPem());
+      console.log(`site ${siteId}'s service key: ${file}, fingerprint ${keyFingerprint(service)}; the other sites trust it with medmesh peers trust`);
+    }
     return 0;
   } finally {
     await db.close();

@@ -92,6 +92,12 @@ export class Puller {
           await this.#sleep((this.#o.leaseSeconds ?? 30) * 500); // another node of this site pulls this peer
           continue;
         }
+        if (!this.#o.key()) {
+          // Sealed: nothing to back off from, the custodians may unseal at any moment.
+          this.#o.metrics?.failed(this.#o.peer.id, `site ${this.#o.apply.siteId} is sealed`);
+          await this.#sleep(1000);
+          continue;
+        }
         const got = await this.pullOnce();
         delay = 0;
         // The peer long-polls; should it answer at once with nothing, do not spin.

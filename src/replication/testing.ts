@@ -2,12 +2,13 @@
 // wait for it. The feed stops at the oldest running transaction of the whole database
 // server (other test files share it), so an empty page before the end means "not yet".
 import assert from 'node:assert/strict';
+import type { Db, Queryable } from '../db/index.ts';
 import type { TestStore } from '../records/testing.ts';
 import { applyBatch, cursorFor, type ApplyReport } from './apply-batch.ts';
 import { readChanges, START, type Cursor, type FeedPage } from './changefeed.ts';
 
 /** Where a site's outbox ends now: every write that has returned is at or before it. */
-export async function feedEnd(from: TestStore): Promise<Cursor> {
+export async function feedEnd(from: { db: Queryable }): Promise<Cursor> {
   const { rows } = await from.db.query<Cursor>('SELECT txid::text AS txid, pos::text AS pos FROM outbox ORDER BY txid DESC, pos DESC LIMIT 1');
   return rows[0] ?? START;
 }
@@ -51,5 +52,15 @@ export async function settledPage(from: TestStore, to: TestStore): Promise<FeedP
     if (reached(page.next, end)) return page;
     assert.ok(Date.now() < until, `the feed from ${from.ctx.siteId} did not reach ${end.txid}:${end.pos} within ${BOUND_MS / 1000} s`);
     await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Repeats `pull` until `to`'s cursor for `fromId` reaches where `from`'s outbox ended when called (within 10 s). */
+export async function pullUntilCaughtUp(from: { db: Queryable }, to: { db: Db }, fromId: string, pull: () => Promise<unknown>): Promise<void> {
+  const end = await feedEnd(from);
+  const until = Date.now() + BOUND_MS;
+  while (!reached(await cursorFor(to.db, fromId), end)) {
+    assert.ok(Date.now() < until, `the feed from ${fromId} did not reach ${end.txid}:${end.pos} within ${BOUND_MS / 1000} s`);
+    await pull();
   }
 }
