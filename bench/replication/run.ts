@@ -16,7 +16,8 @@ import { Puller } from '../../src/replication/index.ts';
 import { progress, round } from '../harness.ts';
 
 const quick = process.argv.includes('--quick');
-const RATE = 500; // changes per second at B
+const rateArg = process.argv.find((a) => a.startsWith('--rate='));
+const RATE = rateArg ? Number(rateArg.slice(7)) : 500; // changes per second at B
 const STEADY_S = quick ? 10 : 60;
 const CUT_S = quick ? 10 : 60;
 const BACKLOG = quick ? 20_000 : 300_000;
@@ -41,7 +42,8 @@ const link = (to: Id, from: Id) => {
 };
 
 /** Writes at B at `rate` per second for `seconds`: 70 % patient creates, 20 % updates, 10 % organizations. */
-async function load(seconds: number, rate: number, counter: { i: number }): Promise<{ written: number; behind_ms: number }> {
+async function load(seconds: number, rate: number, counter: { i: number }): Promise<{ written: number; behind_ms: number; write_p50_ms: number; write_p99_ms: number }> {
+  const latencies: number[] = [];
   const ids: string[] = [];
   const t0 = performance.now();
   const total = seconds * rate;
@@ -55,6 +57,7 @@ async function load(seconds: number, rate: number, counter: { i: number }): Prom
     else worst = Math.max(worst, -wait);
     const i = counter.i++;
     const op = async () => {
+      const started = performance.now();
       const roll = i % 10;
       if (roll < 2 && ids.length) {
         const id = ids[i % ids.length]!;
@@ -69,13 +72,16 @@ async function load(seconds: number, rate: number, counter: { i: number }): Prom
         ids.push(r.value.resource.id!);
       }
       written++;
+      latencies.push(performance.now() - started);
     };
     const p = op().finally(() => inflight.delete(p));
     inflight.add(p);
     if (inflight.size >= 64) await Promise.race(inflight);
   }
   await Promise.all(inflight);
-  return { written, behind_ms: round(worst) };
+  latencies.sort((a, b) => a - b);
+  const pct = (p: number) => round(latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))] ?? 0);
+  return { written, behind_ms: round(worst), write_p50_ms: pct(50), write_p99_ms: pct(99) };
 }
 
 /** Waits until `to` holds every change B's outbox had for it when called. */
@@ -115,7 +121,7 @@ async function main(): Promise<void> {
     const since = new Date();
     const steady = await load(STEADY_S, RATE, counter);
     await Promise.all([caughtUp('C', 60_000), caughtUp('A', 60_000)]);
-    result.steady = { seconds: STEADY_S, written: steady.written, load_behind_schedule_max_ms: steady.behind_ms, lag_at_C: await lags('C', since), lag_at_A: await lags('A', since) };
+    result.steady = { seconds: STEADY_S, written: steady.written, load_behind_schedule_max_ms: steady.behind_ms, write_at_B_p50_ms: steady.write_p50_ms, write_at_B_p99_ms: steady.write_p99_ms, lag_at_C: await lags('C', since), lag_at_A: await lags('A', since) };
 
     progress(`link B->C cut for ${CUT_S} s under load, then healed`);
     await pullers.get('B->C')!.stop();

@@ -23,8 +23,17 @@ export interface Db extends Queryable {
   readonly kind: DbKind;
   /** Runs `fn` in one transaction; a thrown error or rejected promise rolls it back. */
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /**
+   * Calls `onNotify` for every NOTIFY on this database's channel `name` (delivered after the
+   * notifying transaction commits). Best effort: a lost connection is re-established, and
+   * callers keep a slower poll for what may be missed meanwhile. Returns the unsubscribe.
+   */
+  listen(name: string, onNotify: () => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
+
+/** The notification channel of this database's outbox (per schema: tests share a database). */
+export const OUTBOX_CHANNEL = 'medmesh_outbox';
 
 /** int8 comes back as bigint on both engines (HLCs use all 64 bits). */
 export const INT8_OID = 20;

@@ -1,4 +1,5 @@
 export type { Db, DbKind, Queryable, QueryOptions, QueryResult } from './db.ts';
+export { OUTBOX_CHANNEL } from './db.ts';
 export { openPglite, DataDirInUseError } from './pglite.ts';
 export type { PgliteOptions } from './pglite.ts';
 export { openPostgres, quoteIdent } from './postgres.ts';

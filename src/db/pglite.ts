@@ -75,6 +75,10 @@ export async function openPglite(opts: PgliteOptions = {}): Promise<Db> {
     query: (sql, params) => base.query(sql, params),
     exec: (sql) => base.exec(sql),
     transaction: (fn) => pg.transaction((tx) => fn(wrap(tx))),
+    listen: async (name, onNotify) => {
+      const off = await pg.listen(`${name}_public`, () => onNotify());
+      return async () => off();
+    },
     close: async () => {
       await pg.close();
       await unlock();

@@ -55,7 +55,37 @@ export async function openPostgres(opts: PostgresOptions): Promise<Db> {
         client.release();
       }
     },
+    listen: (name, onNotify) => listenOn({ connectionString: opts.connectionString, channel: `${name}_${opts.schema ?? 'public'}`, onNotify }),
     close: () => pool.end(),
+  };
+}
+
+/** A connection of its own that LISTENs, and comes back after a lost connection. */
+async function listenOn(o: { connectionString: string; channel: string; onNotify: () => void }): Promise<() => Promise<void>> {
+  let client: pg.Client | undefined;
+  let stopped = false;
+  let retry: NodeJS.Timeout | undefined;
+  const connect = async (): Promise<void> => {
+    const c = new pg.Client({ connectionString: o.connectionString });
+    c.on('notification', () => o.onNotify());
+    c.on('error', () => {
+      client = undefined;
+      void c.end().catch(() => undefined);
+      again();
+    });
+    await c.connect();
+    await c.query(`LISTEN ${quoteIdent(o.channel)}`);
+    client = c;
+    o.onNotify(); // whatever happened while not listening
+  };
+  const again = () => {
+    if (!stopped) retry = setTimeout(() => void connect().catch(again), 1000);
+  };
+  await connect();
+  return async () => {
+    stopped = true;
+    clearTimeout(retry);
+    await client?.end().catch(() => undefined);
   };
 }
 

@@ -14,7 +14,7 @@ import { replicationRoutes } from './replication-routes.ts';
 import { verifyRoutes, type VerifyRoutesOptions } from './verify-routes.ts';
 import { conflictRoutes } from './conflict-routes.ts';
 import type { Region } from '../region/index.ts';
-import type { ReplicationMetrics } from '../replication/index.ts';
+import { LinkKeySender, type ReplicationMetrics } from '../replication/index.ts';
 import { registerRouteAccess } from './route-access.ts';
 import { authRoutes } from './auth-routes.ts';
 import { kmsRoutes } from './kms-routes.ts';
@@ -93,8 +93,9 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     await app.register(accessRoutes, { prefix: '/access', access: opts.access, identity: opts.identity });
     await app.register(conflictRoutes, { prefix: '/conflicts', db: opts.db, access: opts.access });
     const signer = () => opts.kms.signingKey()?.key;
-    if (opts.region && opts.records) await app.register(replicationRoutes, { prefix: '/replication', db: opts.db, region: opts.region, siteId: opts.siteId, identity: opts.identity, records: opts.records, signer });
-    if (opts.region && opts.verify) await app.register(verifyRoutes, { prefix: '/replication', db: opts.db, region: opts.region, siteId: opts.siteId, identity: opts.identity, signer, verify: opts.verify });
+    const linkKeys = new LinkKeySender();
+    if (opts.region && opts.records) await app.register(replicationRoutes, { prefix: '/replication', db: opts.db, region: opts.region, siteId: opts.siteId, identity: opts.identity, records: opts.records, signer, linkKeys });
+    if (opts.region && opts.verify) await app.register(verifyRoutes, { prefix: '/replication', db: opts.db, region: opts.region, siteId: opts.siteId, identity: opts.identity, signer, linkKeys, verify: opts.verify });
   }
   if (opts.audit) {
     const auditOpts = { db: opts.db, kms: opts.kms, siteId: opts.siteId, audit: opts.audit };

@@ -1,9 +1,9 @@
 // The changefeed over HTTP, for peer sites only (service assertions): long-polled pages of
 // this site's own changes, filtered to what the asking site may hold, sealed to its key.
 import type { FastifyPluginAsync } from 'fastify';
-import type { Db } from '../db/index.ts';
+import { OUTBOX_CHANNEL, type Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
-import { backlogAfter, feedAad, listDeadLetters, readChanges, retryDeadLetter, sealPage, skipDeadLetter, type ApplyContext, type Cursor } from '../replication/index.ts';
+import { backlogAfter, feedAad, type LinkKeySender, listDeadLetters, readChanges, retryDeadLetter, sealPage, skipDeadLetter, type ApplyContext, type Cursor } from '../replication/index.ts';
 import type { Sm2PrivateKey } from '../security/crypto/index.ts';
 import type { RecordsContext } from '../records/index.ts';
 import { actorId } from './identity.ts';
@@ -18,19 +18,44 @@ export interface ReplicationRoutesOptions {
   records: RecordsContext;
   /** The site's SM2 key (signs feed pages); undefined while the KMS is sealed. */
   signer: () => Sm2PrivateKey | undefined;
+  /** This site's current key per receiving site (shared with the repair pages). */
+  linkKeys: LinkKeySender;
 }
 
 const OPERATORS = { roles: ['administrator', 'operator'] } as const;
 
 const MAX_WAIT_S = 25;
+/** Long polls look again this often even without a notification. */
+const POLL_FALLBACK_MS = 100;
 
 export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = async (app, opts) => {
   // A closing server ends its long polls at once instead of holding shutdown for their wait.
   let stopping = false;
+  const waiters = new Set<() => void>();
+  const wakeAll = () => {
+    for (const w of [...waiters]) w();
+  };
   app.addHook('preClose', (done) => {
     stopping = true;
+    wakeAll();
     done();
   });
+  // Commits that wrote changes wake the long polls at once (NOTIFY from the outbox trigger);
+  // the timeout covers what a notification cannot tell (an older transaction ending).
+  const unlisten = await opts.db.listen(OUTBOX_CHANNEL, wakeAll).catch(() => undefined);
+  app.addHook('onClose', async () => {
+    await unlisten?.();
+  });
+  const changed = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        waiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      waiters.add(done);
+    });
   app.get<{ Querystring: { after?: string; limit?: string; wait?: string } }>('/changes', { config: { access: { services: ['site'] } } }, async (req, reply) => {
     const peer = req.identity.kind === 'service' ? req.identity.serviceId : '';
     if (!opts.region.site(peer) || peer === opts.siteId) return reply.code(403).send({ error: 'forbidden', message: `service ${peer} is not another site of region ${opts.region.id}` });
@@ -48,10 +73,13 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
     reply.raw.once('close', () => {
       closed = true; // the peer went away (or the answer was sent)
     });
-    let page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
     // Long poll: answer as soon as anything moved (changes, or withheld rows the cursor passes).
+    // The wake-up is armed before each read, so a commit between read and wait is not missed.
+    let wake = changed(POLL_FALLBACK_MS);
+    let page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
     while (page.changes.length === 0 && page.next.txid === after.txid && page.next.pos === after.pos && Date.now() < deadline && !closed && !stopping) {
-      await new Promise((r) => setTimeout(r, 100));
+      await wake;
+      wake = changed(POLL_FALLBACK_MS);
       page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
     }
     const senderKey = opts.signer();
@@ -61,7 +89,7 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
       .type('application/octet-stream')
       .header('x-medmesh-changes', String(page.changes.length))
       .header('x-medmesh-backlog', String(backlog))
-      .send(sealPage(page, { receiverKey, senderKey, aad: feedAad(opts.siteId, peer, after) }));
+      .send(sealPage(page, { from: opts.siteId, to: peer, keys: opts.linkKeys, receiverKey, senderKey, aad: feedAad(opts.siteId, peer, after) }));
   });
   const applyCtx = (): ApplyContext => ({ db: opts.db, siteId: opts.siteId, region: opts.region, clock: opts.records.clock, records: opts.records });
 

@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import type { Patient } from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
-import { feedAad, openPage, Puller, type ApplyReport } from '../replication/index.ts';
+import { feedAad, LinkKeyReceiver, openPage, Puller, type ApplyReport } from '../replication/index.ts';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
 import { serviceAssertion } from '../security/identity/index.ts';
 import { pullUntilCaughtUp } from '../replication/testing.ts';
@@ -72,19 +72,20 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     const asC = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: keyOf(c), site: 'B' })}` };
     const start = { txid: '0', pos: '0' };
     const fromB = keyOf(b).publicKey;
+    const linkBC = { from: 'B', to: 'C', keys: new LinkKeyReceiver() };
     let frame = new Uint8Array();
     // The feed stops below the server's oldest running transaction (other test files share it): ask until the write shows.
     await eventually(async () => {
       frame = new Uint8Array(await (await fetch(`${b.base}/replication/changes?after=0:0&wait=1`, { headers: asC })).arrayBuffer());
-      const page = openPage(frame, { key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', start) });
+      const page = openPage(frame, { ...linkBC, key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', start) });
       return page.ok && page.page.changes.length >= 1;
     }, 'the write in the feed');
-    assert.ok(!openPage(frame, { key: keyOf(b), senderKey: fromB, aad: feedAad('B', 'C', start) }).ok, 'not with another key');
-    assert.ok(!openPage(frame, { key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', { txid: '0', pos: '7' }) }).ok, 'not for another cursor');
-    assert.ok(!openPage(frame, { key: keyOf(c), senderKey: keyOf(c).publicKey, aad: feedAad('B', 'C', start) }).ok, 'not as if another site had sent it');
+    assert.ok(!openPage(frame, { ...linkBC, key: keyOf(b), senderKey: fromB, aad: feedAad('B', 'C', start) }).ok, 'not with another key');
+    assert.ok(!openPage(frame, { ...linkBC, key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', { txid: '0', pos: '7' }) }).ok, 'not for another cursor');
+    assert.ok(!openPage(frame, { ...linkBC, key: keyOf(c), senderKey: keyOf(c).publicKey, aad: feedAad('B', 'C', start) }).ok, 'not as if another site had sent it');
     const flipped = Uint8Array.from(frame);
     flipped[flipped.length - 3]! ^= 1;
-    const bad = openPage(flipped, { key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', start) });
+    const bad = openPage(flipped, { ...linkBC, key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', start) });
     assert.ok(!bad.ok && bad.error.kind === 'auth-failed');
   });
 
@@ -111,7 +112,7 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     assert.equal(await atC(during[0]!.id!), undefined, 'nothing moves while the link is down');
     const again: ApplyReport[] = [];
     const p3 = pullerAtC(again);
-    await c.db.query("UPDATE replication_lease SET expires_at = now() - interval '1 second' WHERE peer = 'B'"); // the stopped node's lease lapses
+    assert.deepEqual((await c.db.query("SELECT holder FROM replication_lease WHERE peer = 'B'")).rows, [], 'a stopped puller hands its lease back');
     p3.start();
     await eventually(async () => (await atC(during[1]!.id!)) !== undefined, 'catch-up after the break');
     assert.equal(again.reduce((n, r) => n + r.duplicates, 0), 0, 'resumed from the cursor: nothing delivered twice');

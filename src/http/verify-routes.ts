@@ -6,7 +6,7 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
-import { localVerifyPeer, repairAad, sealPage, START, type VerifyReport } from '../replication/index.ts';
+import { localVerifyPeer, repairAad, sealPage, START, type LinkKeySender, type VerifyReport } from '../replication/index.ts';
 import type { Sm2PrivateKey } from '../security/crypto/index.ts';
 import type { IdentityService } from '../security/identity/index.ts';
 
@@ -16,6 +16,7 @@ export interface VerifyRoutesOptions {
   siteId: string;
   identity: IdentityService;
   signer: () => Sm2PrivateKey | undefined;
+  linkKeys: LinkKeySender;
   /** Runs this site's check against the named peers (all peers when empty). */
   verify: (opts: { peers: string[]; repair: boolean; graceMs: number }) => Promise<VerifyReport[]>;
 }
@@ -73,7 +74,7 @@ export const verifyRoutes: FastifyPluginAsync<VerifyRoutesOptions> = async (app,
     if (!senderKey) return reply.code(503).send({ error: 'sealed', message: `site ${opts.siteId} is sealed` });
     const changes = await localVerifyPeer({ db: opts.db, region: opts.region, site: opts.siteId, forSite: peer }).versions(body.data.refs);
     const page = { changes, next: START, withheld: body.data.refs.length - changes.length, more: false };
-    return reply.type('application/octet-stream').send(sealPage(page, { receiverKey, senderKey, aad: repairAad(opts.siteId, peer, body.data.nonce) }));
+    return reply.type('application/octet-stream').send(sealPage(page, { from: opts.siteId, to: peer, keys: opts.linkKeys, receiverKey, senderKey, aad: repairAad(opts.siteId, peer, body.data.nonce) }));
   });
 
   app.post('/verify', { config: { access: OPERATORS } }, async (req, reply) => {

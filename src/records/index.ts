@@ -17,6 +17,7 @@ export type { SyntheticPatient } from './synthetic.ts';
 export { buildBindingTable } from './required-bindings.ts';
 export type { BindingTable } from './required-bindings.ts';
 export { applyVersion, repairVersion } from './apply-version.ts';
+export { applyVersions } from './apply-versions.ts';
 export type { RemoteVersion, ApplyResult } from './apply-version.ts';
 export { listConflicts, markResolved } from './conflicts.ts';
 export type { Conflict } from './conflicts.ts';

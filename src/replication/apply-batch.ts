@@ -5,7 +5,7 @@
 import type { HybridClock } from '../clock/index.ts';
 import type { Db, Queryable } from '../db/index.ts';
 import { unpackHlc } from '../clock/index.ts';
-import { applyVersion, patientOf, repairVersion, type ApplyResult, type RecordsContext } from '../records/index.ts';
+import { applyVersion, applyVersions, patientOf, repairVersion, type RemoteVersion, type ApplyResult, type RecordsContext } from '../records/index.ts';
 import type { Region } from '../region/index.ts';
 import type { Change, Cursor } from './changefeed.ts';
 import { changeJson } from './wire.ts';
@@ -67,27 +67,32 @@ export async function applyBatch(ctx: ApplyContext, batch: Batch): Promise<Apply
         return;
       }
     }
+    // Refusals and waits first, for the whole page; what is left is applied together.
+    const waiting = await blockedResources(tx, batch.changes);
+    const refusals: Array<{ c: Change; reason: string }> = [];
+    const plan: Change[] = [];
     for (const c of batch.changes) {
       const resource = `${c.resourceType}/${c.resourceId}`;
-      const refuse = async (reason: string) => {
-        await tx.query('INSERT INTO replication_rejected (change_id, peer, reason, resource) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [c.changeId, batch.peer, reason, resource]);
-        report.rejected.push({ changeId: c.changeId, resource, reason });
-      };
-      // Residency at the receiver: whatever the sender did, this site keeps only what it may hold.
-      if (c.originSite === ctx.siteId) {
-        await refuse(`change claims this site (${ctx.siteId}) as its origin`);
-        continue;
-      }
-      if (!ctx.region.mayHold(ctx.siteId, c.dataClass, c.shard)) {
-        await refuse(`site ${ctx.siteId} may not hold ${c.dataClass} data of shard ${c.shard ?? '(none)'}`);
-        continue;
-      }
-      const skew = skewed.get(c.changeId);
-      if (skew) {
-        await refuse(`clock skew: ${skew}`);
-        continue;
-      }
-      // Order per resource: behind a parked change, later changes of its resource wait.
+      const reason = refusal(ctx, c, skewed.get(c.changeId));
+      if (reason) refusals.push({ c, reason });
+      else if (waiting.has(resource)) {
+        // Order per resource: behind a parked change, later changes of its resource wait.
+        await park(tx, batch.peer, c, 'waiting', undefined, 0);
+        report.parked.push({ changeId: c.changeId, resource, status: 'waiting' });
+      } else plan.push(c);
+    }
+    if (refusals.length) {
+      const resource = (c: Change) => `${c.resourceType}/${c.resourceId}`;
+      await tx.query(
+        'INSERT INTO replication_rejected (change_id, peer, reason, resource) SELECT c, $1, r, x FROM unnest($2::uuid[], $3::text[], $4::text[]) AS t(c, r, x) ON CONFLICT DO NOTHING',
+        [batch.peer, refusals.map((x) => x.c.changeId), refusals.map((x) => x.reason), refusals.map((x) => resource(x.c))],
+      );
+      for (const x of refusals) report.rejected.push({ changeId: x.c.changeId, resource: resource(x.c), reason: x.reason });
+    }
+    // The page in a few statements; should any change fail, one at a time to find and park it.
+    if (!batch.repair && plan.length > 1 && (await applyTogether(ctx, tx, batch.peer, plan, report))) plan.length = 0;
+    for (const c of plan) {
+      const resource = `${c.resourceType}/${c.resourceId}`;
       const blocked = await tx.query("SELECT 1 FROM replication_dead_letter WHERE resource = $1 AND status <> 'skipped' LIMIT 1", [resource]);
       if (blocked.rows.length) {
         await park(tx, batch.peer, c, 'waiting', undefined, 0);
@@ -139,6 +144,58 @@ export async function applyBatch(ctx: ApplyContext, batch: Batch): Promise<Apply
   return report;
 }
 
+/** Why this site refuses a change (residency, origin, clock), or undefined. */
+function refusal(ctx: ApplyContext, c: Change, skew: string | undefined): string | undefined {
+  // Residency at the receiver: whatever the sender did, this site keeps only what it may hold.
+  if (c.originSite === ctx.siteId) return `change claims this site (${ctx.siteId}) as its origin`;
+  if (!ctx.region.mayHold(ctx.siteId, c.dataClass, c.shard)) return `site ${ctx.siteId} may not hold ${c.dataClass} data of shard ${c.shard ?? '(none)'}`;
+  return skew ? `clock skew: ${skew}` : undefined;
+}
+
+/** Resources of the page that have a parked (or waiting) change. */
+async function blockedResources(tx: Queryable, changes: readonly Change[]): Promise<Set<string>> {
+  const { rows } = await tx.query<{ resource: string }>(
+    "SELECT DISTINCT resource FROM replication_dead_letter WHERE resource = ANY($1::text[]) AND status <> 'skipped'",
+    [[...new Set(changes.map((c) => `${c.resourceType}/${c.resourceId}`))]],
+  );
+  return new Set(rows.map((r) => r.resource));
+}
+
+/** Applies the changes in a few statements; false (and nothing applied) if any of them fails. */
+async function applyTogether(ctx: ApplyContext, tx: Queryable, peer: string, changes: readonly Change[], report: ApplyReport): Promise<boolean> {
+  await tx.query('SAVEPOINT page');
+  try {
+    const fresh = await tx.query<{ change_id: string }>(
+      'INSERT INTO replication_applied (change_id, peer) SELECT c, $1 FROM unnest($2::uuid[]) AS t(c) ON CONFLICT DO NOTHING RETURNING change_id::text',
+      [peer, changes.map((c) => c.changeId)],
+    );
+    const seen = new Set(fresh.rows.map((r) => r.change_id));
+    const todo = changes.filter((c) => seen.delete(c.changeId));
+    const results = await applyVersions(ctx.records, tx, todo.map(versionOf));
+    await tx.query('RELEASE SAVEPOINT page');
+    report.duplicates += changes.length - todo.length;
+    todo.forEach((c, i) => {
+      const r = results[i]!;
+      if (r.outcome === 'duplicate') return void report.duplicates++;
+      report.applied++;
+      if (r.outcome === 'current') report.current++;
+      if (r.conflictWith) report.conflicts.push({ resource: `${c.resourceType}/${c.resourceId}`, versions: [c.versionId, r.conflictWith] });
+    });
+    return true;
+  } catch {
+    await tx.query('ROLLBACK TO SAVEPOINT page');
+    return false;
+  }
+}
+
+function versionOf(c: Change): RemoteVersion {
+  return {
+    resourceType: c.resourceType, id: c.resourceId, versionId: c.versionId, hlc: c.hlc, parentHlc: c.parentHlc, originSite: c.originSite,
+    epoch: c.epoch, shard: c.shard, dataClass: c.dataClass, patientId: c.payload ? (patientOf(c.payload).patientId ?? null) : null,
+    deleted: c.deleted, lastUpdated: new Date(unpackHlc(c.hlc).physicalMs).toISOString(), content: c.payload,
+  };
+}
+
 /**
  * Applies one change that passed the residency and clock checks; 'duplicate' when its id was
  * seen. A repair is never skipped as seen: the version itself decides (repairVersion).
@@ -146,11 +203,7 @@ export async function applyBatch(ctx: ApplyContext, batch: Batch): Promise<Apply
 export async function applyOne(ctx: ApplyContext, tx: Queryable, peer: string, c: Change, repair = false): Promise<'duplicate' | ApplyResult | { outcome: 'replaced' }> {
   const fresh = await tx.query('INSERT INTO replication_applied (change_id, peer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1', [c.changeId, peer]);
   if (fresh.rows.length === 0 && !repair) return 'duplicate';
-  const v = {
-    resourceType: c.resourceType, id: c.resourceId, versionId: c.versionId, hlc: c.hlc, parentHlc: c.parentHlc, originSite: c.originSite,
-    epoch: c.epoch, shard: c.shard, dataClass: c.dataClass, patientId: c.payload ? (patientOf(c.payload).patientId ?? null) : null,
-    deleted: c.deleted, lastUpdated: new Date(unpackHlc(c.hlc).physicalMs).toISOString(), content: c.payload,
-  };
+  const v = versionOf(c);
   return repair ? repairVersion(ctx.records, tx, v) : applyVersion(ctx.records, tx, v);
 }
 

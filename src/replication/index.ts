@@ -17,3 +17,5 @@ export type { VerifyPeer, VerifyReport, Divergence, DivergenceKind } from './ver
 export { httpVerifyPeer, repairAad } from './verify-client.ts';
 export { ConsistencyChecker } from './checker.ts';
 export type { CheckerOptions, CheckRequest } from './checker.ts';
+export { LinkKeySender, LinkKeyReceiver, LINK_KEY_ROTATE_MS } from './link-keys.ts';
+export type { LinkKey } from './link-keys.ts';

@@ -3,10 +3,11 @@
 // the cursor in one transaction. Transport failures retry forever with exponential backoff
 // and jitter; the cursor makes every break resumable.
 import { randomUUID } from 'node:crypto';
-import { serviceAssertion } from '../security/identity/index.ts';
+import { AssertionCache } from '../security/identity/index.ts';
 import type { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
 import { applyBatch, cursorFor, type ApplyContext, type ApplyReport } from './apply-batch.ts';
 import { feedAad, openPage } from './wire.ts';
+import { LinkKeyReceiver } from './link-keys.ts';
 import type { ReplicationMetrics } from './metrics.ts';
 
 export interface PullerOptions {
@@ -31,6 +32,8 @@ export interface PullerOptions {
 export class Puller {
   readonly #o: PullerOptions;
   readonly #holder = randomUUID();
+  readonly #assertions = new AssertionCache();
+  readonly #linkKeys = new LinkKeyReceiver();
   #running = false;
   #loop: Promise<void> | undefined;
   #abort = new AbortController();
@@ -50,6 +53,8 @@ export class Puller {
     this.#running = false;
     this.#abort.abort();
     await this.#loop;
+    // Hand the link over at once: another node (or a restarted puller) need not wait for the lease to lapse.
+    await this.#o.apply.db.query('DELETE FROM replication_lease WHERE peer = $1 AND holder = $2', [this.#o.peer.id, this.#holder]).catch(() => undefined);
   }
 
   /** One pull and apply; what it brought and whether the peer said more is ready. */
@@ -59,11 +64,11 @@ export class Puller {
     if (!key) throw new Error(`site ${apply.siteId} is sealed: it cannot authenticate to ${peer.id}`);
     const after = await cursorFor(apply.db, peer.id);
     const url = `${peer.url}/replication/changes?after=${after.txid}:${after.pos}&limit=${this.#o.limit ?? 500}&wait=${this.#o.waitSeconds ?? 20}`;
-    const res = await fetch(url, { headers: { authorization: `MedmeshService ${serviceAssertion({ serviceId: apply.siteId, key, site: peer.id })}` }, signal: this.#abort.signal });
+    const res = await fetch(url, { headers: { authorization: `MedmeshService ${this.#assertions.for({ serviceId: apply.siteId, key, site: peer.id })}` }, signal: this.#abort.signal });
     if (res.status !== 200) throw new Error(`${peer.id} answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
     const senderKey = await this.#o.peerKey();
     if (!senderKey) throw new Error(`no public key is registered for site ${peer.id}: register it (iam_service) before pulling from it`);
-    const opened = openPage(new Uint8Array(await res.arrayBuffer()), { key, senderKey, aad: feedAad(peer.id, apply.siteId, after) });
+    const opened = openPage(new Uint8Array(await res.arrayBuffer()), { from: peer.id, to: apply.siteId, keys: this.#linkKeys, key, senderKey, aad: feedAad(peer.id, apply.siteId, after) });
     if (!opened.ok) throw new Error(`page from ${peer.id} refused: ${opened.error.message}`);
     const report = await applyBatch(apply, { peer: peer.id, changes: opened.page.changes, next: opened.page.next, expect: after });
     this.#o.onReport?.(report);

@@ -4,11 +4,12 @@
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import type { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
-import { serviceAssertion } from '../security/identity/index.ts';
+import { AssertionCache } from '../security/identity/index.ts';
 import type { BucketDigest, Leaf, VersionRef } from './digests.ts';
 import type { Change } from './changefeed.ts';
 import type { VerifyPeer } from './verify.ts';
 import { openPage } from './wire.ts';
+import { LinkKeyReceiver } from './link-keys.ts';
 
 /** Associated data of a repair page: bound to the link and to the request's nonce. */
 export function repairAad(from: string, to: string, nonce: string): Buffer {
@@ -20,10 +21,12 @@ const leavesSchema = z.array(z.object({ key: z.string(), resourceType: z.string(
 
 export function httpVerifyPeer(opts: { peer: { id: string; url: string }; selfId: string; key: Sm2PrivateKey; peerKey: Sm2PublicKey; timeoutMs?: number }): VerifyPeer {
   const { peer, selfId, key } = opts;
+  const assertions = new AssertionCache();
+  const linkKeys = new LinkKeyReceiver();
   const call = async (path: string, body: unknown): Promise<Response> => {
     const res = await fetch(`${peer.url}/replication${path}`, {
       method: 'POST',
-      headers: { authorization: `MedmeshService ${serviceAssertion({ serviceId: selfId, key, site: peer.id })}`, 'content-type': 'application/json' },
+      headers: { authorization: `MedmeshService ${assertions.for({ serviceId: selfId, key, site: peer.id })}`, 'content-type': 'application/json' },
       body: JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
       signal: AbortSignal.timeout(opts.timeoutMs ?? 120_000),
     });
@@ -42,7 +45,7 @@ export function httpVerifyPeer(opts: { peer: { id: string; url: string }; selfId
     versions: async (refs: readonly VersionRef[]): Promise<Change[]> => {
       const nonce = randomBytes(16).toString('hex');
       const res = await call('/versions', { refs, nonce });
-      const opened = openPage(new Uint8Array(await res.arrayBuffer()), { key, senderKey: opts.peerKey, aad: repairAad(peer.id, selfId, nonce) });
+      const opened = openPage(new Uint8Array(await res.arrayBuffer()), { from: peer.id, to: selfId, keys: linkKeys, key, senderKey: opts.peerKey, aad: repairAad(peer.id, selfId, nonce) });
       if (!opened.ok) throw new Error(`repair page from ${peer.id} refused: ${opened.error.message}`);
       return opened.page.changes;
     },

@@ -1,17 +1,17 @@
 // What travels on a replication link: one feed page, gzip-compressed, sealed with SM4-GCM
-// under a fresh data key per response; the data key is SM2-encrypted to the receiving
-// site's registered public key, so only that site can open it, and the sending site signs
-// (SM2) the associated data, wrapped key, nonce and tag, so only that site can have sent it.
-// The associated data binds the page to (sender, receiver, cursor asked for): a page
-// replayed to another puller, or for another position, does not open.
-//   frame: "MMFEED2\n" | u16 len | wrapped key | 12-byte nonce | 16-byte tag | u16 len | signature | ciphertext
+// under the link's current key (link-keys.ts: SM2-encrypted to the receiving site, signed by
+// the sending site, rotated), so only the receiver can open it and only the sender can have
+// made it. The associated data binds the page to (sender, receiver, cursor asked for) and
+// the key id: a page replayed to another puller, or for another position, does not open.
+//   frame: "MMFEED3\n" | 16-byte key id | u16 len | key header | 12-byte nonce | 16-byte tag | ciphertext
 import { randomBytes } from 'node:crypto';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { z } from 'zod';
-import { sm2Decrypt, sm2Encrypt, sm2Sign, sm2Verify, sm3, sm4GcmDecrypt, sm4GcmEncrypt, type Sm2PrivateKey, type Sm2PublicKey } from '../security/crypto/index.ts';
+import { sm4GcmDecrypt, sm4GcmEncrypt, type Sm2PrivateKey, type Sm2PublicKey } from '../security/crypto/index.ts';
+import type { LinkKeyReceiver, LinkKeySender } from './link-keys.ts';
 import type { Change, Cursor, FeedPage } from './changefeed.ts';
 
-const MAGIC = Buffer.from('MMFEED2\n');
+const MAGIC = Buffer.from('MMFEED3\n');
 
 export function feedAad(from: string, to: string, after: Cursor): Buffer {
   return Buffer.from(`medmesh-feed/1|${from}|${to}|${after.txid}:${after.pos}`);
@@ -35,16 +35,19 @@ const u16 = (n: number) => {
   b.writeUInt16BE(n);
   return b;
 };
-const signedPart = (aad: Uint8Array, wrapped: Uint8Array, nonce: Uint8Array, tag: Uint8Array) => sm3(aad, u16(wrapped.length), wrapped, nonce, tag);
 
-export function sealPage(page: FeedPage, opts: { receiverKey: Sm2PublicKey; senderKey: Sm2PrivateKey; aad: Uint8Array }): Buffer {
-  const json = JSON.stringify(page, bigintsAsText);
-  const key = randomBytes(16);
+/** The link a frame travels on: who sends, who receives. */
+export interface LinkEnds {
+  from: string;
+  to: string;
+}
+
+/** Seals a page under the sender's current key for this link (made and signed on rotation only). */
+export function sealPage(page: FeedPage, opts: LinkEnds & { keys: LinkKeySender; receiverKey: Sm2PublicKey; senderKey: Sm2PrivateKey; aad: Uint8Array }): Buffer {
+  const link = opts.keys.keyFor({ from: opts.from, to: opts.to, receiverKey: opts.receiverKey, signer: opts.senderKey });
   const nonce = randomBytes(12);
-  const { ciphertext, tag } = sm4GcmEncrypt(key, nonce, gzipSync(json), opts.aad);
-  const wrapped = sm2Encrypt(opts.receiverKey, key);
-  const signature = sm2Sign(opts.senderKey, signedPart(opts.aad, wrapped, nonce, tag));
-  return Buffer.concat([MAGIC, u16(wrapped.length), wrapped, nonce, tag, u16(signature.length), signature, ciphertext]);
+  const { ciphertext, tag } = sm4GcmEncrypt(link.key, nonce, gzipSync(JSON.stringify(page, bigintsAsText)), Buffer.concat([opts.aad, link.id]));
+  return Buffer.concat([MAGIC, link.id, u16(link.header.length), link.header, nonce, tag, ciphertext]);
 }
 
 const bigintText = z.string().regex(/^\d{1,20}$/).transform((s) => BigInt(s));
@@ -67,31 +70,27 @@ const pageSchema = z.object({ changes: z.array(changeSchema), next: cursorSchema
 
 export type OpenError = { kind: 'malformed' | 'auth-failed'; message: string };
 
-/** Opens a sealed page (sent by the holder of `senderKey`), or says why it cannot be trusted. */
-export function openPage(frame: Uint8Array, opts: { key: Sm2PrivateKey; senderKey: Sm2PublicKey; aad: Uint8Array }): { ok: true; page: FeedPage } | { ok: false; error: OpenError } {
+/** Opens a sealed page sent on this link by the holder of `senderKey`, or says why it cannot be trusted. */
+export function openPage(frame: Uint8Array, opts: LinkEnds & { keys: LinkKeyReceiver; key: Sm2PrivateKey; senderKey: Sm2PublicKey; aad: Uint8Array }): { ok: true; page: FeedPage } | { ok: false; error: OpenError } {
   const b = Buffer.from(frame);
   const malformed = { ok: false as const, error: { kind: 'malformed' as const, message: 'not a medmesh feed frame' } };
-  if (b.length < MAGIC.length + 4 + 28 || !b.subarray(0, MAGIC.length).equals(MAGIC)) return malformed;
+  if (b.length < MAGIC.length + 16 + 2 + 28 || !b.subarray(0, MAGIC.length).equals(MAGIC)) return malformed;
   let off = MAGIC.length;
-  const wrappedLen = b.readUInt16BE(off);
+  const id = b.subarray(off, (off += 16));
+  const headerLen = b.readUInt16BE(off);
   off += 2;
-  const wrapped = b.subarray(off, (off += wrappedLen));
+  const header = b.subarray(off, (off += headerLen));
   const nonce = b.subarray(off, (off += 12));
   const tag = b.subarray(off, (off += 16));
-  if (b.length < off + 2) return malformed;
-  const sigLen = b.readUInt16BE(off);
-  off += 2;
-  const signature = b.subarray(off, (off += sigLen));
+  if (b.length < off) return malformed;
   const ciphertext = b.subarray(off);
-  if (b.length < off || !sm2Verify(opts.senderKey, signedPart(opts.aad, wrapped, nonce, tag), signature)) {
-    return { ok: false, error: { kind: 'auth-failed', message: 'the page is not signed by the sending site for this link and cursor' } };
-  }
+  const linkKey = opts.keys.open({ from: opts.from, to: opts.to, id, header, key: opts.key, senderKey: opts.senderKey });
+  if (!linkKey) return { ok: false, error: { kind: 'auth-failed', message: `the link key is not signed by site ${opts.from} for ${opts.to}, or does not open with this site's key` } };
   let json: string;
   try {
-    const key = sm2Decrypt(opts.key, wrapped);
-    json = gunzipSync(sm4GcmDecrypt(key, nonce, ciphertext, tag, opts.aad)).toString('utf8');
+    json = gunzipSync(sm4GcmDecrypt(linkKey, nonce, ciphertext, tag, Buffer.concat([opts.aad, id]))).toString('utf8');
   } catch (e) {
-    return { ok: false, error: { kind: 'auth-failed', message: `the page does not open with this site's key and cursor: ${e instanceof Error ? e.message : String(e)}` } };
+    return { ok: false, error: { kind: 'auth-failed', message: `the page does not open for this link and cursor: ${e instanceof Error ? e.message : String(e)}` } };
   }
   let raw: unknown;
   try {

@@ -57,6 +57,8 @@ export interface TokenPair {
 export class IdentityService {
   readonly #c: IdentityContext;
   #verified: { issuer: object | undefined; claims: Map<string, TokenClaims> } = { issuer: undefined, claims: new Map() };
+  /** Verified service assertions (keyed by registered key and assertion) and their expiry (s). */
+  readonly #services = new Map<string, { exp: number }>();
   #revoked: { jtis: Map<string, number>; syncedAt: number; watermark?: Date; syncing?: Promise<void> } = { jtis: new Map(), syncedAt: -Infinity };
 
   constructor(ctx: IdentityContext) {
@@ -176,9 +178,17 @@ export class IdentityService {
     if (!serviceId) return fail('token-invalid', 'service assertion names no service (kid)');
     const { rows } = await this.#c.db.query<{ kind: 'site' | 'router' | 'edge'; public_key: string }>('SELECT kind, public_key FROM iam_service WHERE id = $1', [serviceId]);
     if (!rows[0]) return fail('unknown-service', `service ${serviceId} is not registered here`);
-    const v = verifyToken(assertion, Sm2PublicKey.fromPem(rows[0].public_key), Math.floor(this.#nowMs() / 1000));
+    const nowS = Math.floor(this.#nowMs() / 1000);
+    // A peer reuses its assertion for a while (one SM2 verification per assertion, not per
+    // call); the cache is keyed by the registered key too, so re-registering a key takes effect at once.
+    const cacheKey = `${rows[0].public_key}\u0000${assertion}`;
+    const cached = this.#services.get(cacheKey);
+    if (cached && cached.exp > nowS) return { ok: true, value: { kind: 'service', serviceId, serviceKind: rows[0].kind } };
+    const v = verifyToken(assertion, Sm2PublicKey.fromPem(rows[0].public_key), nowS);
     if (!v.ok) return fail(v.error.kind === 'expired' ? 'token-expired' : 'token-invalid', v.error.message);
     if (v.claims.typ !== 'service' || v.claims.sub !== serviceId || v.claims.site !== this.#c.siteId) return fail('token-invalid', 'service assertion is not for this site or not a service assertion');
+    if (this.#services.size >= VERIFIED_CACHE) this.#services.delete(this.#services.keys().next().value!);
+    this.#services.set(cacheKey, { exp: v.claims.exp });
     return { ok: true, value: { kind: 'service', serviceId, serviceKind: rows[0].kind } };
   }
 
@@ -255,7 +265,26 @@ export class IdentityService {
 /** A service signs its own short-lived assertion for a call to `site`. */
 export function serviceAssertion(opts: { serviceId: string; key: Sm2PrivateKey; site: string; nowSeconds?: number }): string {
   const now = opts.nowSeconds ?? Math.floor(Date.now() / 1000);
-  return signToken({ iss: opts.serviceId, sub: opts.serviceId, typ: 'service', iat: now, exp: now + 60, jti: randomUUID(), site: opts.site }, opts.key, opts.serviceId);
+  return signToken({ iss: opts.serviceId, sub: opts.serviceId, typ: 'service', iat: now, exp: now + ASSERTION_SECONDS, jti: randomUUID(), site: opts.site }, opts.key, opts.serviceId);
+}
+
+const ASSERTION_SECONDS = 60;
+
+/**
+ * Service assertions for calls to other services, each reused for half its lifetime: a
+ * replication link signs one every 30 s instead of one per request.
+ */
+export class AssertionCache {
+  readonly #cache = new Map<string, { token: string; key: Sm2PrivateKey; renewAt: number }>();
+
+  for(opts: { serviceId: string; key: Sm2PrivateKey; site: string }): string {
+    const now = Date.now();
+    const hit = this.#cache.get(opts.site);
+    if (hit && hit.key === opts.key && hit.renewAt > now) return hit.token;
+    const token = serviceAssertion(opts);
+    this.#cache.set(opts.site, { token, key: opts.key, renewAt: now + (ASSERTION_SECONDS / 2) * 1000 });
+    return token;
+  }
 }
 
 /** How stale this node's view of revocations made elsewhere may get. */

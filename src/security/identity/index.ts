@@ -1,4 +1,4 @@
-export { IdentityService, serviceAssertion, SECOND_FACTOR_ROLES } from './identity.ts';
+export { IdentityService, serviceAssertion, AssertionCache, SECOND_FACTOR_ROLES } from './identity.ts';
 export type { IdentityContext, IdentityError, IdentityErrorKind, Principal, TokenPair } from './identity.ts';
 export { hashPassword, verifyPassword, passwordProblem } from './password.ts';
 export { hotp, matchTotp, totpStep, base32, newTotpSecret } from './totp.ts';
