@@ -20,7 +20,8 @@ const rateArg = process.argv.find((a) => a.startsWith('--rate='));
 const RATE = rateArg ? Number(rateArg.slice(7)) : 500; // changes per second at B
 const STEADY_S = quick ? 10 : 60;
 const CUT_S = quick ? 10 : 60;
-const BACKLOG = quick ? 20_000 : 300_000;
+const backlogArg = process.argv.find((a) => a.startsWith('--backlog='));
+const BACKLOG = backlogArg ? Number(backlogArg.slice(10)) : quick ? 20_000 : 300_000;
 const RID = 'urn:oid:2.16.156.10011.1.3';
 
 const patient = (i: number): Patient => ({
@@ -87,7 +88,7 @@ async function load(seconds: number, rate: number, counter: { i: number }): Prom
 /** Waits until `to` holds every change B's outbox had for it when called. */
 async function caughtUp(to: Id, timeoutMs: number): Promise<number> {
   const t0 = performance.now();
-  const { rows } = await s.B.db.query<{ txid: string; pos: string }>('SELECT txid::text AS txid, pos::text AS pos FROM outbox ORDER BY txid DESC, pos DESC LIMIT 1');
+  const { rows } = await s.B.db.query<{ txid: string; pos: string }>('SELECT txid::text AS txid, pos::text AS pos FROM outbox ORDER BY outbox.txid DESC, outbox.pos DESC LIMIT 1');
   const end = rows[0]!;
   for (;;) {
     const c = (await s[to].db.query<{ txid: string; pos: string }>("SELECT txid::text AS txid, pos::text AS pos FROM replication_cursor WHERE peer = 'B'")).rows[0];
@@ -159,6 +160,8 @@ async function main(): Promise<void> {
     await caughtUp('C', 900_000);
     clearInterval(ticker);
     const seconds = (performance.now() - t0) / 1000;
+    const arrived = (await s.C.db.query<{ n: number }>("SELECT count(*)::int AS n FROM resource_current WHERE id LIKE 'bl-%'")).rows[0]!.n;
+    if (arrived !== copies) throw new Error(`backlog: ${copies} changes written at B, ${arrived} at C`);
     result.backlog = { changes: BACKLOG, catch_up_s: round(seconds), apply_per_s: round(BACKLOG / seconds) };
 
     progress('baseline: plain INSERT of the same payloads');

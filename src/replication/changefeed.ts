@@ -63,7 +63,7 @@ export async function readChanges(q: Queryable, opts: { region: Region; forSite:
             resource_type, resource_id, version_id, deleted, payload
        FROM outbox
       WHERE (txid, pos) > ($1::xid8, $2::bigint) AND txid < pg_snapshot_xmin(pg_current_snapshot())
-      ORDER BY txid, pos LIMIT $3`,
+      ORDER BY outbox.txid, outbox.pos LIMIT $3`, // the columns: the text aliases would sort '1000' before '999' and skip rows
     [opts.after.txid, opts.after.pos, opts.limit],
     { name: 'medmesh_changefeed_page' },
   );

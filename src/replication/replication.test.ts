@@ -173,4 +173,33 @@ describe(`replication (${testBackend()})`, () => {
       await slow.catch(() => undefined);
     }
   });
+  it('pages in numeric (txid, pos) order past every digit boundary, losing and repeating nothing', async () => {
+    const s = await openTestStore({ siteId: 'B' });
+    try {
+      const seed = await s.store.create('Organization', org('档案室'));
+      assert.ok(seed.ok);
+      // 1,500 changes in one transaction: positions run from one digit to four.
+      await s.db.query(
+        `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
+         SELECT gen_random_uuid(), 'B', o.hlc + g, NULL, 0, NULL, 'public', 'Organization', 'o-' || g, lpad(to_hex(o.hlc + g), 16, '0') || '-B', false, jsonb_build_object('resourceType', 'Organization', 'id', 'o-' || g)
+           FROM generate_series(1, 1500) g, (SELECT hlc FROM outbox LIMIT 1) o`,
+      );
+      const seen: string[] = [];
+      let after = START;
+      for (let pages = 0; ; pages++) {
+        assert.ok(pages < 100, 'the feed ends');
+        const page = await readChanges(s.db, { region: s.ctx.region, forSite: 'C', after, limit: 97 });
+        seen.push(...page.changes.map((c) => c.resourceId));
+        assert.ok(BigInt(page.next.pos) >= BigInt(after.pos) || BigInt(page.next.txid) > BigInt(after.txid), 'the cursor only moves forward');
+        after = page.next;
+        if (!page.more) break;
+      }
+      assert.equal(seen.length, 1501);
+      assert.equal(new Set(seen).size, 1501, 'nothing twice');
+      assert.deepEqual(seen.slice(1, 12), ['o-1', 'o-2', 'o-3', 'o-4', 'o-5', 'o-6', 'o-7', 'o-8', 'o-9', 'o-10', 'o-11'], 'in position order');
+      assert.equal(seen.at(-1), 'o-1500');
+    } finally {
+      await s.close();
+    }
+  });
 });

@@ -9,7 +9,7 @@ import { readChanges, START, type Cursor, type FeedPage } from './changefeed.ts'
 
 /** Where a site's outbox ends now: every write that has returned is at or before it. */
 export async function feedEnd(from: { db: Queryable }): Promise<Cursor> {
-  const { rows } = await from.db.query<Cursor>('SELECT txid::text AS txid, pos::text AS pos FROM outbox ORDER BY txid DESC, pos DESC LIMIT 1');
+  const { rows } = await from.db.query<Cursor>('SELECT txid::text AS txid, pos::text AS pos FROM outbox ORDER BY outbox.txid DESC, outbox.pos DESC LIMIT 1');
   return rows[0] ?? START;
 }
 
