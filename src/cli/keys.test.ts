@@ -31,7 +31,8 @@ describe('medmesh keys', () => {
     assert.equal(init.status, 0, init.stderr);
     assert.match(init.stdout, /2 of 3 shares unseal it/);
     const files = (await readdir(join(dir, 'shares'))).sort();
-    assert.deepEqual(files, ['B-share-1-alice.json', 'B-share-2-bob.json', 'B-share-3-carol.json']);
+    assert.deepEqual(files, ['B-share-1-alice.json', 'B-share-2-bob.json', 'B-share-3-carol.json', 'B.service.pub.pem'], 'one share per custodian, and the site key other sites trust');
+    assert.match(init.stdout, /site B's service key: .*B\.service\.pub\.pem, fingerprint ([0-9a-f]{4}:){15}[0-9a-f]{4}/);
     const again = medmesh('keys', 'init', ...site, '--data', data, ...custodian('alice'), ...custodian('bob'), '--threshold', '2', '--out', join(dir, 'x'));
     assert.equal(again.status, 1);
     assert.match(again.stderr, /already initialized/);

@@ -68,6 +68,8 @@ describe(`replication through faulty links (${testBackend()})`, () => {
     assert.ok(r.status === 200 || r.status === 201, `${method} ${path} at ${at}: ${r.status} ${await r.clone().text()}`);
     const written = (await r.json()) as T;
     ack(`${written.resourceType}/${written.id}`, written.meta!.versionId!);
+    // A new patient's EMPI directory entry goes with it (and, unlike the patient, to A as well).
+    if (written.resourceType === 'Patient' && method === 'POST') ack(`EmpiEntry/${written.id}`, written.meta!.versionId!);
     return written;
   };
   const load = async (n: number, orgs: Organization[]) => {

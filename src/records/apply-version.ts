@@ -8,6 +8,7 @@ import type { Queryable } from '../db/index.ts';
 import type { RecordsContext } from './context.ts';
 import { EMPTY_INDEX, extractIndex } from './search-index.ts';
 import type { VersionRow } from './write-version.ts';
+import { recordReplicatedEmpi } from './empi.ts';
 
 /** A version as its origin site wrote it (the same row the local write path builds). */
 export type RemoteVersion = VersionRow;
@@ -35,6 +36,7 @@ export async function applyVersion(ctx: RecordsContext, tx: Queryable, v: Remote
     [v.resourceType, v.id, v.versionId, v.hlc, v.parentHlc, v.originSite, v.epoch, v.shard, v.dataClass, v.deleted, v.lastUpdated, content],
   );
   if (inserted.rows.length === 0) return { outcome: 'duplicate' };
+  await recordReplicatedEmpi(tx, [v]);
   const { rows } = await tx.query<Current>(
     `SELECT c.version_id, c.hlc, c.origin_site, c.deleted, h.parent_hlc FROM resource_current c
        JOIN resource_history h ON h.resource_type = c.resource_type AND h.id = c.id AND h.version_id = c.version_id

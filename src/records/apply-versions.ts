@@ -5,6 +5,7 @@
 import { hlcToHex } from '../clock/index.ts';
 import type { Queryable } from '../db/index.ts';
 import type { ApplyResult, RemoteVersion } from './apply-version.ts';
+import { recordReplicatedEmpi } from './empi.ts';
 import type { RecordsContext } from './context.ts';
 import { EMPTY_INDEX, extractIndex, type IndexRows } from './search-index.ts';
 
@@ -32,6 +33,7 @@ export async function applyVersions(ctx: RecordsContext, tx: Queryable, versions
     { name: 'medmesh_apply_history_batch' },
   );
   const fresh = new Set(inserted.rows.map((r) => `${keyOf(r.resource_type, r.id)}\u0000${r.version_id}`));
+  await recordReplicatedEmpi(tx, versions.filter((v) => fresh.has(`${keyOf(v.resourceType, v.id)}\u0000${v.versionId}`)));
 
   const resources = [...new Map(versions.map((v) => [keyOf(v.resourceType, v.id), v])).values()];
   const current = await tx.query<{ resource_type: string; id: string; version_id: string; hlc: string; origin_site: string; deleted: boolean; parent_hlc: string | null; has_history: boolean; open_conflicts: boolean }>(

@@ -71,7 +71,8 @@ describe(`Bundles (${testBackend()})`, () => {
     assert.deepEqual(r.value.entry!.map((e) => e.response!.status), ['201 Created', '422', '404', '400', '200']);
     assert.equal(r.value.entry![1]!.response!.outcome!.resourceType, 'OperationOutcome');
     const after = await t.counts();
-    assert.equal(after.resource_current! - before.resource_current!, 1, 'only the good entry was written');
+    assert.equal(after.resource_history! - before.resource_history!, 2, 'only the good entry was written (the patient and its directory entry)');
+    assert.equal(after.empi_patient! - before.empi_patient!, 1);
   });
 
   it('maps a conditional create inside a transaction to the existing resource', async () => {

@@ -2,6 +2,7 @@
 // written together by one statement (one round trip, one commit) once it finishes. Alone,
 // a create is written at once by the single-row statement, so latency does not grow.
 // Each caller is answered only after the statement that holds its row has committed.
+import { EMPI_TYPE, empiContent } from './empi.ts';
 import type { Queryable } from '../db/index.ts';
 import type { IndexRows } from './search-index.ts';
 import { writeVersion, type EmpiEntry, type VersionRow } from './write-version.ts';
@@ -65,10 +66,14 @@ function writeOne(q: Queryable, w: PendingWrite): Promise<void> {
 
 /** Several new resources in one statement: rows travel as JSON and are expanded by PostgreSQL. */
 export async function writeNewVersions(q: Queryable, items: readonly PendingWrite[]): Promise<void> {
-  const rows = items.map(({ row: v }) => ({
-    rt: v.resourceType, id: v.id, vid: v.versionId, hlc: String(v.hlc), phlc: v.parentHlc === null ? null : String(v.parentHlc), site: v.originSite,
-    epoch: String(v.epoch), shard: v.shard, cls: v.dataClass, pid: v.patientId, del: v.deleted, lu: v.lastUpdated, content: v.content, cid: crypto.randomUUID(),
-  }));
+  const rows = items.flatMap(({ row: v, empi }) => [
+    {
+      rt: v.resourceType, id: v.id, vid: v.versionId, hlc: String(v.hlc), phlc: v.parentHlc === null ? null : String(v.parentHlc), site: v.originSite,
+      epoch: String(v.epoch), shard: v.shard, cls: v.dataClass, pid: v.patientId, del: v.deleted, lu: v.lastUpdated, content: v.content as unknown, cid: crypto.randomUUID(),
+    },
+    // A newly placed patient's directory entry: written and replicated with it (empi.ts).
+    ...(empi ? [{ rt: EMPI_TYPE, id: empi.patientId, vid: v.versionId, hlc: String(v.hlc), phlc: null, site: v.originSite, epoch: String(v.epoch), shard: null, cls: 'public', pid: null, del: false, lu: v.lastUpdated, content: empiContent(empi) as unknown, cid: crypto.randomUUID() }] : []),
+  ]);
   const owner = (w: PendingWrite) => ({ rt: w.row.resourceType, id: w.row.id });
   const tokens = items.flatMap((w) => w.index.tokens.map((t) => ({ ...owner(w), code: t.code, system: t.system, value: t.value })));
   const strings = items.flatMap((w) => w.index.strings.map((s) => ({ ...owner(w), code: s.code, value: s.value })));

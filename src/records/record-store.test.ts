@@ -33,16 +33,20 @@ describe(`record store contract (${testBackend()})`, () => {
     assert.match(p.meta!.versionId!, /^[0-9a-f]{16}-B$/);
     assert.deepEqual(p.meta!.tag!.find((x) => x.system === 'urn:medmesh:home-shard')?.code, 'guangzhou');
     const after = await t.counts();
-    assert.equal(after.resource_current! - before.resource_current!, 1);
-    assert.equal(after.resource_history! - before.resource_history!, 1);
+    // The patient and its EMPI directory entry (records/empi.ts).
+    assert.equal(after.resource_current! - before.resource_current!, 2);
+    assert.equal(after.resource_history! - before.resource_history!, 2);
     assert.equal(after.empi_patient! - before.empi_patient!, 1);
-    assert.equal(after.outbox! - before.outbox!, 1);
-    const { rows } = await t.db.query<{ origin_site: string; shard: string; data_class: string; resource_id: string; version_id: string; hlc: bigint; parent_hlc: bigint | null; epoch: bigint }>(
-      'SELECT origin_site, shard, data_class, resource_id, version_id, hlc, parent_hlc, epoch FROM outbox WHERE resource_id = $1',
+    assert.equal(after.outbox! - before.outbox!, 2);
+    const { rows } = await t.db.query<{ resource_type: string; origin_site: string; shard: string | null; data_class: string; resource_id: string; version_id: string; hlc: bigint; parent_hlc: bigint | null; epoch: bigint; payload: unknown }>(
+      'SELECT resource_type, origin_site, shard, data_class, resource_id, version_id, hlc, parent_hlc, epoch, payload FROM outbox WHERE resource_id = $1 ORDER BY resource_type',
       [p.id],
     );
-    assert.equal(rows.length, 1);
-    assert.deepEqual([rows[0]!.origin_site, rows[0]!.shard, rows[0]!.data_class, rows[0]!.version_id, rows[0]!.parent_hlc, rows[0]!.epoch], ['B', 'guangzhou', 'core', p.meta!.versionId, null, 0n]);
+    assert.deepEqual(rows.map((r) => [r.resource_type, r.origin_site, r.shard, r.data_class, r.version_id, r.parent_hlc, r.epoch]), [
+      ['EmpiEntry', 'B', null, 'public', p.meta!.versionId, null, 0n],
+      ['Patient', 'B', 'guangzhou', 'core', p.meta!.versionId, null, 0n],
+    ]);
+    assert.deepEqual(rows[0]!.payload, { resourceType: 'EmpiEntry', id: p.id, homeShard: 'guangzhou', method: 'resident-id' }, 'no name or identifier in the directory entry');
     const empi = await t.db.query<{ method: string; reason: string }>('SELECT method, reason FROM empi_patient WHERE patient_id = $1', [p.id]);
     assert.deepEqual(empi.rows[0], { method: 'resident-id', reason: 'resident ID division 440106 matched 440100' });
   });
@@ -65,7 +69,7 @@ describe(`record store contract (${testBackend()})`, () => {
     const old = await t.store.vread('Patient', v1.id!, v1.meta!.versionId!);
     assert.ok(old.ok);
     assert.equal((old.value as Patient).gender, 'male');
-    const { rows } = await t.db.query<{ parent_hlc: bigint; hlc: bigint }>('SELECT parent_hlc, hlc FROM outbox WHERE resource_id = $1 ORDER BY hlc', [v1.id]);
+    const { rows } = await t.db.query<{ parent_hlc: bigint; hlc: bigint }>("SELECT parent_hlc, hlc FROM outbox WHERE resource_type = 'Patient' AND resource_id = $1 ORDER BY hlc", [v1.id]);
     assert.equal(rows.length, 2);
     assert.equal(rows[1]!.parent_hlc, rows[0]!.hlc, 'the outbox carries the parent HLC');
   });

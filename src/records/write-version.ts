@@ -6,6 +6,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import type { DataClass } from '../region/index.ts';
 import type { Queryable } from '../db/index.ts';
 import type { IndexRows } from './search-index.ts';
+import { EMPI_TYPE, empiContent } from './empi.ts';
 
 export interface VersionRow {
   resourceType: string;
@@ -42,6 +43,7 @@ export async function writeVersion(q: Queryable, v: VersionRow, index: IndexRows
     index.references.map((r) => r.code), index.references.map((r) => r.target),
     randomUUID(),
     opts.empi?.patientId ?? null, opts.empi?.shard ?? null, opts.empi?.method ?? null, opts.empi?.reason ?? null,
+    opts.empi ? JSON.stringify(empiContent(opts.empi)) : null, randomUUID(),
   ];
   const clearIndex = opts.replacesCurrent
     ? `, dt AS (DELETE FROM search_token WHERE resource_type = $1 AND resource_id = $2)
@@ -65,6 +67,12 @@ export async function writeVersion(q: Queryable, v: VersionRow, index: IndexRows
      , idt AS (INSERT INTO search_date (resource_type, resource_id, code, lo, hi) SELECT $1, $2, * FROM unnest($19::text[], $20::timestamptz[], $21::timestamptz[]))
      , ir AS (INSERT INTO search_reference (resource_type, resource_id, code, target) SELECT $1, $2, * FROM unnest($22::text[], $23::text[]))
      , em AS (INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site) SELECT $25, $26, $27, $28, $6 WHERE $25::text IS NOT NULL)
+     , eh AS (INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, origin_site, epoch, shard, data_class, deleted, last_updated, content)
+              SELECT '${EMPI_TYPE}', $25, $3, $4, NULL, $6, $7, NULL, 'public', false, $12, $29::jsonb WHERE $25::text IS NOT NULL ON CONFLICT DO NOTHING)
+     , ec AS (INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted, last_updated, content)
+              SELECT '${EMPI_TYPE}', $25, $3, $4, $6, NULL, 'public', NULL, false, $12, $29::jsonb WHERE $25::text IS NOT NULL ON CONFLICT DO NOTHING)
+     , eo AS (INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
+              SELECT $30, $6, $4, NULL, $7, NULL, 'public', '${EMPI_TYPE}', $25, $3, false, $29::jsonb WHERE $25::text IS NOT NULL)
      INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
      VALUES ($24, $6, $4, $5, $7, $8, $9, $1, $2, $3, $11, $13::jsonb)`,
     params,

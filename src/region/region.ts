@@ -40,6 +40,8 @@ export class Region {
   }
 
   classOf(resourceType: string): DataClass {
+    // The EMPI directory (records/empi.ts) is public by design: every site routes with it.
+    if (resourceType === 'EmpiEntry') return 'public';
     return this.#classes.get(resourceType) ?? this.config.dataClasses.default;
   }
 

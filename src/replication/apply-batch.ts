@@ -148,6 +148,9 @@ export async function applyBatch(ctx: ApplyContext, batch: Batch): Promise<Apply
 function refusal(ctx: ApplyContext, c: Change, skew: string | undefined): string | undefined {
   // Residency at the receiver: whatever the sender did, this site keeps only what it may hold.
   if (c.originSite === ctx.siteId) return `change claims this site (${ctx.siteId}) as its origin`;
+  // The class comes from this site's region file, not from the sender's word for it.
+  const cls = ctx.region.classOf(c.resourceType);
+  if (cls !== c.dataClass) return `data class: ${c.resourceType} is ${cls} data here, the change says ${c.dataClass}`;
   if (!ctx.region.mayHold(ctx.siteId, c.dataClass, c.shard)) return `site ${ctx.siteId} may not hold ${c.dataClass} data of shard ${c.shard ?? '(none)'}`;
   return skew ? `clock skew: ${skew}` : undefined;
 }

@@ -36,18 +36,20 @@ describe(`replication (${testBackend()})`, () => {
     const org = await sites.B.store.create('Organization', { resourceType: 'Organization', name: '天河区人民医院' });
     assert.ok(p.ok && org.ok);
     const toA = await settledPage('B', 'A');
-    assert.deepEqual(toA.changes.map((c) => c.resourceType), ['Organization'], 'the public cloud never receives core data');
+    assert.deepEqual(toA.changes.map((c) => c.resourceType).sort(), ['EmpiEntry', 'Organization'], 'the public cloud never receives core data, only the directory entry of the patient');
     assert.equal(toA.withheld, 1);
     const cOutbox = await outboxCount('C');
     const r = await sync('B', 'C');
-    assert.deepEqual([r.applied, r.current, r.rejected.length], [2, 2, 0]);
+    assert.deepEqual([r.applied, r.current, r.rejected.length], [3, 3, 0]);
     const atC = await current('C', 'Patient', p.value.resource.id!);
     assert.equal(atC?.version_id, p.value.resource.meta!.versionId);
     assert.deepEqual(atC?.content, p.value.resource);
     assert.equal(await outboxCount('C'), cOutbox, 'applied changes never re-enter the outbox');
     const found = await sites.C.store.search('Patient', [['identifier', patient(1).identifier![0]!.value!]], { baseUrl: 'http://c' });
     assert.ok(found.ok && found.value.entry?.length === 1, 'indexed for search at the receiver');
-    assert.deepEqual([(await sync('B', 'A')).applied, (await current('A', 'Patient', p.value.resource.id!))], [1, undefined]);
+    assert.deepEqual([(await sync('B', 'A')).applied, (await current('A', 'Patient', p.value.resource.id!))], [2, undefined]);
+    const routed = await sites.A.db.query<{ home_shard: string; placed_by_site: string }>('SELECT home_shard, placed_by_site FROM empi_patient WHERE patient_id = $1', [p.value.resource.id]);
+    assert.deepEqual(routed.rows, [{ home_shard: 'guangzhou', placed_by_site: 'B' }], 'the public cloud can route the patient to its home shard');
   });
 
   it('applies a change once, however often it is delivered', async () => {
@@ -167,7 +169,7 @@ describe(`replication (${testBackend()})`, () => {
       release();
       await slow;
       const afterCommit = await settledPage('B', 'C');
-      assert.deepEqual(afterCommit.changes.map((c) => c.resourceId), [early, fast.value.resource.id], 'both, the late one first');
+      assert.deepEqual(afterCommit.changes.filter((c) => c.resourceType === 'Patient').map((c) => c.resourceId), [early, fast.value.resource.id], 'both, the late one first');
     } finally {
       release(); // never leave the transaction (and the suite) hanging on a failed assertion
       await slow.catch(() => undefined);

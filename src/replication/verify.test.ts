@@ -45,9 +45,9 @@ describe(`consistency verification (${testBackend()})`, () => {
   it('finds equal copies equal, over what both sites may hold', async () => {
     const bc = await verify('C', 'B');
     assert.deepEqual([bc.divergent, bc.accuracy, bc.mismatchedBuckets], [[], 1, 0]);
-    assert.equal(bc.resources, 50, 'every patient and organization is compared between B and C');
+    assert.equal(bc.resources, 90, 'every patient, its directory entry and every organization is compared between B and C');
     const ab = await verify('A', 'B');
-    assert.deepEqual([ab.divergent.length, ab.resources], [0, 10], 'between A and B only the public directory counts');
+    assert.deepEqual([ab.divergent.length, ab.resources], [0, 50], 'between A and B only public data counts: organizations and the EMPI directory');
   });
 
   it('reports exactly the corrupted resources, by kind, and repairs them through the apply path', async () => {
@@ -70,7 +70,7 @@ describe(`consistency verification (${testBackend()})`, () => {
       [`Patient/${patients[4]!.id}`, ['missing-here']],
       [`Organization/${orgs[0]!.id}`, ['differs']],
     ].sort((x, y) => (x[0]! < y[0]! ? -1 : 1))));
-    assert.equal(report.accuracy, 45 / 50);
+    assert.equal(report.accuracy, 85 / 90);
 
     const fixed = await verify('C', 'B', true);
     assert.deepEqual(fixed.repair, { fetched: 2, replaced: 2, refused: 0, leftForPeer: 1 }, "C takes B's copies of B's versions, not B's copy of its own organization");
