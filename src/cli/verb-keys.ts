@@ -133,6 +133,7 @@ async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: str
       name: { type: 'string', help: 'key name', placeholder: 'key' },
       'rotation-days': { type: 'string', help: 'create: rotate automatically after this many days', placeholder: 'n' },
       exportable: { type: 'boolean', help: 'create: allow exporting key material', default: false },
+      material: { type: 'string', help: 'create: import the key from this file (hex) instead of generating it: a region-wide key, e.g. empi-blind-index', placeholder: 'file' },
       in: { type: 'string', help: 'rewrap: envelope file', placeholder: 'file' },
       out: { type: 'string', help: 'rewrap: output file', placeholder: 'file' },
       version: { type: 'string', multiple: true, help: 'destroy: version to destroy', placeholder: 'n' },
@@ -148,7 +149,13 @@ async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: str
     switch (sub) {
       case 'create': {
         const days = f['rotation-days'] !== undefined ? intFlag('rotation-days', f['rotation-days'], 1, 3650) : undefined;
-        console.log(JSON.stringify(await kms.createKey(f.name!, { exportable: f.exportable, ...(days ? { rotationPeriodSeconds: days * 86_400 } : {}) }), null, 2));
+        let material: Buffer | undefined;
+        if (f.material) {
+          const hex = (await readFile(f.material, 'utf8').catch(() => { throw new UsageError(`--material: cannot read ${f.material}`); })).trim();
+          if (!/^([0-9a-fA-F]{2})+$/.test(hex)) throw new UsageError(`--material ${f.material}: expected the key in hex (e.g. openssl rand -hex 16)`);
+          material = Buffer.from(hex, 'hex');
+        }
+        console.log(JSON.stringify(await kms.createKey(f.name!, { exportable: f.exportable, ...(days ? { rotationPeriodSeconds: days * 86_400 } : {}), ...(material ? { material } : {}) }), null, 2));
         break;
       }
       case 'rotate':

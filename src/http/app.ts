@@ -13,6 +13,7 @@ import { auditEventRoutes, auditRoutes } from './audit-routes.ts';
 import { replicationRoutes } from './replication-routes.ts';
 import { verifyRoutes, type VerifyRoutesOptions } from './verify-routes.ts';
 import { conflictRoutes } from './conflict-routes.ts';
+import { empiRoutes, type EmpiRoutesOptions } from './empi-routes.ts';
 import type { Region } from '../region/index.ts';
 import { LinkKeySender, type ReplicationMetrics } from '../replication/index.ts';
 import { registerRouteAccess } from './route-access.ts';
@@ -41,6 +42,8 @@ export interface AppOptions {
   region?: Region;
   records?: RecordsContext;
   replication?: ReplicationMetrics;
+  /** Blind indexes for the EMPI directory (absent: no /empi API). */
+  blindIndex?: EmpiRoutesOptions['blindIndex'];
   /** Runs this site's consistency check against peers (operator API); absent: no verify API. */
   verify?: VerifyRoutesOptions['verify'];
 }
@@ -92,6 +95,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     await app.register(authRoutes, { prefix: '/auth', identity: opts.identity });
     await app.register(accessRoutes, { prefix: '/access', access: opts.access, identity: opts.identity });
     await app.register(conflictRoutes, { prefix: '/conflicts', db: opts.db, access: opts.access });
+    if (opts.region && opts.blindIndex) await app.register(empiRoutes, { prefix: '/empi', db: opts.db, region: opts.region, blindIndex: opts.blindIndex });
     const signer = () => opts.kms.signingKey()?.key;
     const linkKeys = new LinkKeySender();
     if (opts.region && opts.records) await app.register(replicationRoutes, { prefix: '/replication', db: opts.db, region: opts.region, siteId: opts.siteId, identity: opts.identity, records: opts.records, signer, linkKeys });

@@ -3,7 +3,8 @@
 import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { HybridClock } from '../clock/index.ts';
 import { claimSiteIdentity, migrate, pgBoundStore, type Db } from '../db/index.ts';
-import { buildBindingTable, buildSearchParamTable, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
+import { buildBindingTable, buildSearchParamTable, EMPI_BLIND_INDEX_KEY, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
+import { hmacSm3Keyed } from '../security/crypto/index.ts';
 import type { Region } from '../region/index.ts';
 import { Kms } from '../security/kms/index.ts';
 import { AuditLog } from '../security/audit/index.ts';
@@ -53,6 +54,24 @@ export interface ReplicationStartOptions {
   onError?: (peer: string, message: string) => void;
 }
 
+/**
+ * HMAC-SM3 of `system|value` under the region's EMPI key (KMS key empi-blind-index, the same
+ * material at every site); [] while the key is not installed or the site is sealed. The key
+ * is looked up at most once a minute.
+ */
+function empiBlindIndex(kms: Kms): NonNullable<RecordsContext['blindIndex']> {
+  let cached: { mac: ((...p: Uint8Array[]) => Buffer) | undefined; until: number; sealed: boolean } = { mac: undefined, until: 0, sealed: true };
+  return async (ids) => {
+    const sealed = !kms.signingKey();
+    if (Date.now() >= cached.until || cached.sealed !== sealed) {
+      const key = sealed ? undefined : await kms.macKey(EMPI_BLIND_INDEX_KEY).catch(() => undefined);
+      cached = { mac: key ? hmacSm3Keyed(key.key) : undefined, until: Date.now() + 60_000, sealed };
+    }
+    const mac = cached.mac;
+    return mac ? ids.map((i) => mac(Buffer.from(`${i.system}|${i.value}`)).toString('hex')) : [];
+  };
+}
+
 export type SiteStartError = { kind: 'unknown-site' | 'migration' | 'site-mismatch'; message: string };
 
 export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Site } | { ok: false; error: SiteStartError }> {
@@ -67,10 +86,11 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   loadFhirDefinitions();
   const searchParams = buildSearchParamTable();
   const clock = await HybridClock.start({ store: pgBoundStore(db, siteId), maxOffsetMs: region.config.policies.maxClockOffsetMs });
-  const ctx: RecordsContext = { db, region, siteId, clock, searchParams, bindings: buildBindingTable(SUPPORTED_TYPES) };
-  const store = new RecordStore(ctx);
   // Every site starts sealed; custodians unseal it (POST /kms/unseal, medmesh keys unseal).
   const kms = new Kms({ db, siteId, policy: region.config.policies.crypto });
+  const blindIndex = empiBlindIndex(kms);
+  const ctx: RecordsContext = { db, region, siteId, clock, searchParams, bindings: buildBindingTable(SUPPORTED_TYPES), blindIndex };
+  const store = new RecordStore(ctx);
   // Tokens are signed with the site's KMS signing key; second-factor secrets sit under the KMS key `identity`.
   const identity = new IdentityService({
     db,
@@ -121,6 +141,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
     resolveIdentity: opts.resolveIdentity ?? tokenResolver(identity),
     verify: (o) => checker.run(o),
+    blindIndex,
   });
   return { ok: true, site: {
       siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, app,

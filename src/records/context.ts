@@ -15,4 +15,9 @@ export interface RecordsContext {
   bindings: BindingTable;
   /** Ownership epoch of a shard for this site (write leases come later; 0 until then). */
   epochFor?: (shard: string) => bigint;
+  /**
+   * Blind indexes (HMAC-SM3 under the region-wide EMPI key) of a patient's identifiers, for
+   * the EMPI directory; absent or [] while the key is not installed.
+   */
+  blindIndex?: (identifiers: ReadonlyArray<{ system: string; value: string }>) => Promise<string[]>;
 }

@@ -97,6 +97,8 @@ export async function writeNewVersions(q: Queryable, items: readonly PendingWrit
        INSERT INTO search_date (resource_type, resource_id, code, lo, hi) SELECT rt, id, code, lo, hi FROM jsonb_to_recordset($4::jsonb) AS t(rt text, id text, code text, lo timestamptz, hi timestamptz)
      ), ir AS (
        INSERT INTO search_reference (resource_type, resource_id, code, target) SELECT rt, id, code, target FROM jsonb_to_recordset($5::jsonb) AS t(rt text, id text, code text, target text)
+     ), ei AS (
+       INSERT INTO empi_identifier (blind, patient_id) SELECT jsonb_array_elements_text(content->'identifiers'), id FROM r WHERE rt = '${EMPI_TYPE}' ON CONFLICT DO NOTHING
      ), em AS (
        INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site) SELECT pid, shard, method, reason, site FROM jsonb_to_recordset($6::jsonb) AS t(pid text, shard text, method text, reason text, site text)
      )

@@ -18,6 +18,7 @@ export { buildBindingTable } from './required-bindings.ts';
 export type { BindingTable } from './required-bindings.ts';
 export { applyVersion, repairVersion } from './apply-version.ts';
 export { applyVersions } from './apply-versions.ts';
+export { EMPI_TYPE, EMPI_BLIND_INDEX_KEY, findByBlindIndex } from './empi.ts';
 export type { RemoteVersion, ApplyResult } from './apply-version.ts';
 export { listConflicts, markResolved } from './conflicts.ts';
 export type { Conflict } from './conflicts.ts';

@@ -46,7 +46,7 @@ describe(`record store contract (${testBackend()})`, () => {
       ['EmpiEntry', 'B', null, 'public', p.meta!.versionId, null, 0n],
       ['Patient', 'B', 'guangzhou', 'core', p.meta!.versionId, null, 0n],
     ]);
-    assert.deepEqual(rows[0]!.payload, { resourceType: 'EmpiEntry', id: p.id, homeShard: 'guangzhou', method: 'resident-id' }, 'no name or identifier in the directory entry');
+    assert.deepEqual(rows[0]!.payload, { resourceType: 'EmpiEntry', id: p.id, homeShard: 'guangzhou', method: 'resident-id', identifiers: [] }, 'no name or identifier in the directory entry (no blind index without the region key)');
     const empi = await t.db.query<{ method: string; reason: string }>('SELECT method, reason FROM empi_patient WHERE patient_id = $1', [p.id]);
     assert.deepEqual(empi.rows[0], { method: 'resident-id', reason: 'resident ID division 440106 matched 440100' });
   });

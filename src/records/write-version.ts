@@ -31,6 +31,8 @@ export interface EmpiEntry {
   shard: string;
   method: string;
   reason: string;
+  /** Blind indexes of the patient's regional identifiers (empi.ts). */
+  blind?: string[];
 }
 
 export async function writeVersion(q: Queryable, v: VersionRow, index: IndexRows, opts: { replacesCurrent: boolean; empi?: EmpiEntry }): Promise<void> {
@@ -67,6 +69,7 @@ export async function writeVersion(q: Queryable, v: VersionRow, index: IndexRows
      , idt AS (INSERT INTO search_date (resource_type, resource_id, code, lo, hi) SELECT $1, $2, * FROM unnest($19::text[], $20::timestamptz[], $21::timestamptz[]))
      , ir AS (INSERT INTO search_reference (resource_type, resource_id, code, target) SELECT $1, $2, * FROM unnest($22::text[], $23::text[]))
      , em AS (INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site) SELECT $25, $26, $27, $28, $6 WHERE $25::text IS NOT NULL)
+     , ei AS (INSERT INTO empi_identifier (blind, patient_id) SELECT jsonb_array_elements_text($29::jsonb->'identifiers'), $25 WHERE $25::text IS NOT NULL ON CONFLICT DO NOTHING)
      , eh AS (INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, origin_site, epoch, shard, data_class, deleted, last_updated, content)
               SELECT '${EMPI_TYPE}', $25, $3, $4, NULL, $6, $7, NULL, 'public', false, $12, $29::jsonb WHERE $25::text IS NOT NULL ON CONFLICT DO NOTHING)
      , ec AS (INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted, last_updated, content)

@@ -78,6 +78,17 @@ describe(`KMS (${testBackend()})`, () => {
     await assert.rejects(kms.decrypt(Buffer.from('garbage envelope')), (e: unknown) => e instanceof CryptoError && e.code === 'bad-input');
   });
 
+  it('imports a region-wide key once, checked for length, usable for keyed hashing in-process only', async () => {
+    const material = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
+    await assert.rejects(kms.createKey('region-short', { material: material.subarray(0, 8) }), isKms('bad-request'));
+    await assert.rejects(kms.createKey('region-rotating', { material, rotationPeriodSeconds: 3600 }), isKms('bad-request'));
+    await kms.createKey('region-mac', { material });
+    const mac = await kms.macKey('region-mac');
+    assert.deepEqual([mac.version, mac.key.toString('hex')], [1, material.toString('hex')], 'the same material at every site that imports it');
+    await assert.rejects(kms.exportKey('region-mac', 1), isKms('not-exportable'));
+    await assert.rejects(kms.macKey('no-such-key'), isKms('unknown-key'));
+  });
+
   it('hands out data keys (plaintext + wrapped, or wrapped only) and rotates on schedule', async () => {
     await kms.createKey('dicom', { rotationPeriodSeconds: 86_400 });
     const dk = await kms.generateDataKey('dicom');

@@ -204,20 +204,32 @@ export class Kms {
 
   // ---- named keys -------------------------------------------------------------------------
 
-  async createKey(name: string, opts: { exportable?: boolean; rotationPeriodSeconds?: number; algorithm?: EnvelopeAlgorithm } = {}): Promise<KeyInfo> {
+  /**
+   * `material`: import this key instead of generating one — for a region-wide key every site
+   * must hold the same (the EMPI blind-index key); imported keys do not rotate on their own.
+   */
+  async createKey(name: string, opts: { exportable?: boolean; rotationPeriodSeconds?: number; algorithm?: EnvelopeAlgorithm; material?: Uint8Array } = {}): Promise<KeyInfo> {
     const { cmk } = this.#requireUnsealed();
     if (!KEY_NAME.test(name)) throw new KmsError('bad-request', `key name ${JSON.stringify(name)} must be lower-case letters, digits, '.', '_' or '-' (at most 64), starting with a letter`);
     if (opts.rotationPeriodSeconds !== undefined && (!Number.isInteger(opts.rotationPeriodSeconds) || opts.rotationPeriodSeconds < 60)) throw new KmsError('bad-request', 'rotation period must be a whole number of seconds, at least 60');
     const algorithm = opts.algorithm ?? algorithmFor(this.#ctx.policy);
+    if (opts.material && opts.material.length !== keyBytesFor(algorithm)) throw new KmsError('bad-request', `imported key material must be ${keyBytesFor(algorithm)} bytes for ${algorithm} (got ${opts.material.length})`);
+    if (opts.material && opts.rotationPeriodSeconds !== undefined) throw new KmsError('bad-request', 'an imported key cannot rotate on its own: every site must rotate it together');
     await this.#ctx.db.transaction(async (tx) => {
       const r = await tx.query(
         'INSERT INTO kms_key (name, algorithm, exportable, latest_version, rotation_period_seconds) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (name) DO NOTHING RETURNING name',
         [name, algorithm, opts.exportable ?? false, opts.rotationPeriodSeconds ?? null],
       );
       if (r.rows.length === 0) throw new KmsError('key-exists', `key ${name} already exists`);
-      await this.#insertVersion(tx, cmk, name, 1, algorithm);
+      await this.#insertVersion(tx, cmk, name, 1, algorithm, opts.material);
     });
     return this.describeKey(name);
+  }
+
+  /** The current material of a named key, for keyed hashing inside this process (never exported). */
+  async macKey(name: string): Promise<{ version: number; key: Buffer }> {
+    const { version, key } = await this.#encryptionKey(name);
+    return { version, key };
   }
 
   async describeKey(name: string): Promise<KeyInfo> {
@@ -388,8 +400,8 @@ export class Kms {
     return rows[0];
   }
 
-  async #insertVersion(tx: Queryable, cmk: Buffer, name: string, version: number, algorithm: EnvelopeAlgorithm): Promise<void> {
-    const material = randomBytes(keyBytesFor(algorithm));
+  async #insertVersion(tx: Queryable, cmk: Buffer, name: string, version: number, algorithm: EnvelopeAlgorithm, imported?: Uint8Array): Promise<void> {
+    const material = imported ? Buffer.from(imported) : randomBytes(keyBytesFor(algorithm));
     // created_at from the KMS clock, which is also what rotation periods are measured against.
     await tx.query('INSERT INTO kms_key_version (name, version, material_wrapped, created_at) VALUES ($1, $2, $3, $4)', [name, version, wrapUnder(cmk, `${name}:${version}`, material), this.#now().toISOString()]);
   }
