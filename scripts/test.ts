@@ -18,7 +18,7 @@ async function run(backend: 'pglite' | 'postgres'): Promise<number> {
   console.log(`\n=== test suite on ${backend}${backend === 'postgres' ? ` (${url.replace(/:[^:@/]*@/, ':***@')})` : ''} ===`);
   // --test-force-exit: a file whose tests are done exits even if a handle stays open.
   // Its own process group, so the watchdog can stop the runner and every test process.
-  const child = spawn(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=180000', '--test-force-exit', ...files], {
+  const child = spawn(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=300000', '--test-force-exit', ...files], {
     stdio: 'inherit',
     detached: true,
     env: { ...process.env, MEDMESH_TEST_DB: backend, DATABASE_URL: url },

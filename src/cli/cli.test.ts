@@ -149,6 +149,15 @@ describe('medmesh CLI', () => {
     const siteA = `http://127.0.0.1:${7103 + offset}`;
     const registrarA = { authorization: `Bearer ${await loginAt(siteA, 'demo.registrar', 'medmesh-demo-2026')}` };
     assert.equal((await fetch(`${siteA}/fhir/R4/Patient/${id}`, { headers: registrarA })).status, 404, 'core data never reaches the public cloud');
+    // ... but A can route it: the EMPI directory finds the patient's home by resident ID.
+    let routed: unknown;
+    for (let i = 0; i < 100; i++) {
+      const r = await fetch(`${siteA}/empi/lookup`, { method: 'POST', headers: { ...registrarA, 'content-type': 'application/json' }, body: JSON.stringify({ system: 'urn:oid:2.16.156.10011.1.3', value: '440106199001011235' }) });
+      routed = await r.json();
+      if ((routed as { patients?: unknown[] }).patients?.length) break;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    assert.deepEqual(routed, { patients: [{ patientId: id, homeShard: 'guangzhou', activeSite: 'B' }] });
     assert.equal((await fetch(`${fhirB}/Patient/${id}`)).status, 401);
     assert.equal((await fetch(`${fhirB}/Patient/${id}`, { headers: doctor })).status, 403, 'no care relationship with a patient just registered');
     const found = (await (await fetch(`${fhirB}/Patient?name=${encodeURIComponent('陈小明')}`, { headers: registrar })).json()) as { entry?: unknown[] };

@@ -1,6 +1,8 @@
 // Demo only: the custodians' keys and shares are kept beside the demo data so the demo
 // region can unseal itself at start. A real region keeps each custodian's key offline
 // with that person (docs/keys.md).
+import { randomBytes } from 'node:crypto';
+import { EMPI_BLIND_INDEX_KEY } from '../records/index.ts';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
@@ -32,4 +34,13 @@ export async function unsealDemoSite(kms: Kms, opts: { dataRoot: string; siteId:
     await kms.submitShare(unwrapShare(w, keys.get(w.custodian)!));
   }
   return 'unsealed';
+}
+
+/** Demo only: the region-wide EMPI key, made once and kept beside the custodian keys, installed at a site. */
+export async function installDemoEmpiKey(kms: Kms, opts: { dataRoot: string }): Promise<void> {
+  if ((await kms.listKeys()).includes(EMPI_BLIND_INDEX_KEY)) return;
+  const file = join(opts.dataRoot, 'custodians', `${EMPI_BLIND_INDEX_KEY}.hex`);
+  const hex = (await readFile(file, 'utf8').catch(() => undefined))?.trim() ?? randomBytes(16).toString('hex');
+  await writeFile(file, `${hex}\n`, { mode: 0o600 });
+  await kms.createKey(EMPI_BLIND_INDEX_KEY, { material: Buffer.from(hex, 'hex') });
 }

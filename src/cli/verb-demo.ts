@@ -6,7 +6,7 @@ import { openSite, type Site } from '../http/index.ts';
 import type { RecordStore } from '../records/index.ts';
 import { helpText, intFlag, parseFlags, type FlagSpec, type VerbSpec } from './args.ts';
 import { EXAMPLE_REGION, loadRegionOrThrow, portOf } from './common.ts';
-import { unsealDemoSite } from './demo-keys.ts';
+import { installDemoEmpiKey, unsealDemoSite } from './demo-keys.ts';
 import { linkDemoSites } from './demo-links.ts';
 import { seedRegion } from './seeding.ts';
 import { waitForShutdown } from './shutdown.ts';
@@ -51,6 +51,8 @@ export async function demoVerb(argv: string[]): Promise<number> {
         throw new Error(opened.error.message);
       }
       await unsealDemoSite(opened.site.kms, { dataRoot: flags.data, siteId: s.id });
+      await installDemoEmpiKey(opened.site.kms, { dataRoot: flags.data });
+      await opened.site.refreshEmpiKey();
       const port = portOf(s.url) + offset;
       await opened.site.app.listen({ port, host: '127.0.0.1' });
       const url = `http://127.0.0.1:${port}`;

@@ -11,7 +11,7 @@ import type { Region } from '../region/index.ts';
 export interface EmpiRoutesOptions {
   db: Db;
   region: Region;
-  blindIndex: (identifiers: ReadonlyArray<{ system: string; value: string }>) => Promise<string[]>;
+  blindIndex: (identifiers: ReadonlyArray<{ system: string; value: string }>) => string[];
 }
 
 const lookupSchema = z.strictObject({ system: z.string().min(1).max(200), value: z.string().min(1).max(100) });
@@ -22,7 +22,7 @@ export const empiRoutes: FastifyPluginAsync<EmpiRoutesOptions> = async (app, opt
     const body = lookupSchema.safeParse(req.body);
     if (!body.success) return reply.code(400).send({ error: 'bad-request', message: body.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; ') });
     if (!systems.includes(body.data.system)) return reply.code(400).send({ error: 'bad-request', message: `system: the directory indexes ${systems.join(' and ')} only` });
-    const [blind] = await opts.blindIndex([body.data]);
+    const [blind] = opts.blindIndex([body.data]);
     if (!blind) return reply.code(503).send({ error: 'empi-key-missing', message: "this site has no EMPI blind-index key: install the region's key with medmesh keys create --name empi-blind-index --material <file>" });
     const found = await findByBlindIndex(opts.db, blind);
     req.auditExtra = { action: 'empi-lookup', resource: 'EmpiEntry' };

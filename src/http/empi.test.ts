@@ -18,7 +18,10 @@ describe(`EMPI directory (${testBackend()})`, () => {
   let c: TestServer;
   before(async () => {
     [a, b, c] = [await startTestServer({ siteId: 'A' }), await startTestServer({ siteId: 'B' }), await startTestServer({ siteId: 'C' })];
-    for (const s of [a, b]) await s.site.kms.createKey('empi-blind-index', { material: REGION_KEY });
+    for (const s of [a, b]) {
+      await s.site.kms.createKey('empi-blind-index', { material: REGION_KEY });
+      await s.site.refreshEmpiKey();
+    }
     await a.site.identity.registerService({ id: 'B', kind: 'site', publicKey: b.site.kms.signingKey()!.key.publicKey });
     await b.site.identity.registerService({ id: 'A', kind: 'site', publicKey: a.site.kms.signingKey()!.key.publicKey });
   });

@@ -42,6 +42,8 @@ export interface Site {
   checker: ConsistencyChecker;
   /** Starts one puller per peer (once per site: leases) and, when asked, scheduled consistency checks. */
   startReplication(opts?: ReplicationStartOptions): void;
+  /** Loads the EMPI blind-index key now (it is also looked for on unseal and every 10 s). */
+  refreshEmpiKey(): Promise<void>;
   app: FastifyInstance;
   close(): Promise<void>;
 }
@@ -56,19 +58,22 @@ export interface ReplicationStartOptions {
 
 /**
  * HMAC-SM3 of `system|value` under the region's EMPI key (KMS key empi-blind-index, the same
- * material at every site); [] while the key is not installed or the site is sealed. The key
- * is looked up at most once a minute.
+ * material at every site); [] while the key is not installed or the site is sealed. Writes
+ * call it inside their transactions, so it never queries: the key is loaded when the KMS
+ * unseals and looked for again every 10 s (a key installed while running is picked up).
  */
-function empiBlindIndex(kms: Kms): NonNullable<RecordsContext['blindIndex']> {
-  let cached: { mac: ((...p: Uint8Array[]) => Buffer) | undefined; until: number; sealed: boolean } = { mac: undefined, until: 0, sealed: true };
-  return async (ids) => {
-    const sealed = !kms.signingKey();
-    if (Date.now() >= cached.until || cached.sealed !== sealed) {
-      const key = sealed ? undefined : await kms.macKey(EMPI_BLIND_INDEX_KEY).catch(() => undefined);
-      cached = { mac: key ? hmacSm3Keyed(key.key) : undefined, until: Date.now() + 60_000, sealed };
-    }
-    const mac = cached.mac;
-    return mac ? ids.map((i) => mac(Buffer.from(`${i.system}|${i.value}`)).toString('hex')) : [];
+function empiBlindIndex(kms: () => Kms): { index: NonNullable<RecordsContext['blindIndex']>; refresh: () => Promise<void>; stop: () => void } {
+  let mac: ((...p: Uint8Array[]) => Buffer) | undefined;
+  const refresh = async () => {
+    const key = kms().signingKey() ? await kms().macKey(EMPI_BLIND_INDEX_KEY).catch(() => undefined) : undefined;
+    mac = key ? hmacSm3Keyed(key.key) : undefined;
+  };
+  const timer = setInterval(() => void refresh(), 10_000);
+  timer.unref();
+  return {
+    index: (ids) => (mac ? ids.map((i) => mac!(Buffer.from(`${i.system}|${i.value}`)).toString('hex')) : []),
+    refresh,
+    stop: () => clearInterval(timer),
   };
 }
 
@@ -87,9 +92,9 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   const searchParams = buildSearchParamTable();
   const clock = await HybridClock.start({ store: pgBoundStore(db, siteId), maxOffsetMs: region.config.policies.maxClockOffsetMs });
   // Every site starts sealed; custodians unseal it (POST /kms/unseal, medmesh keys unseal).
-  const kms = new Kms({ db, siteId, policy: region.config.policies.crypto });
-  const blindIndex = empiBlindIndex(kms);
-  const ctx: RecordsContext = { db, region, siteId, clock, searchParams, bindings: buildBindingTable(SUPPORTED_TYPES), blindIndex };
+  const empi = empiBlindIndex(() => kms);
+  const kms = new Kms({ db, siteId, policy: region.config.policies.crypto, onUnsealed: () => void empi.refresh() });
+  const ctx: RecordsContext = { db, region, siteId, clock, searchParams, bindings: buildBindingTable(SUPPORTED_TYPES), blindIndex: empi.index };
   const store = new RecordStore(ctx);
   // Tokens are signed with the site's KMS signing key; second-factor secrets sit under the KMS key `identity`.
   const identity = new IdentityService({
@@ -141,12 +146,14 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
     resolveIdentity: opts.resolveIdentity ?? tokenResolver(identity),
     verify: (o) => checker.run(o),
-    blindIndex,
+    blindIndex: empi.index,
   });
   return { ok: true, site: {
       siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, app,
+      refreshEmpiKey: empi.refresh,
       close: async () => {
         clearInterval(checkpoints);
+        empi.stop();
         await Promise.all([...pullers.map((p) => p.stop()), checker.stop()]);
         // In-flight requests get a short grace; connections still open after it (long polls,
         // keep-alive sockets of peers) are closed so shutdown never hangs.

@@ -19,5 +19,5 @@ export interface RecordsContext {
    * Blind indexes (HMAC-SM3 under the region-wide EMPI key) of a patient's identifiers, for
    * the EMPI directory; absent or [] while the key is not installed.
    */
-  blindIndex?: (identifiers: ReadonlyArray<{ system: string; value: string }>) => Promise<string[]>;
+  blindIndex?: (identifiers: ReadonlyArray<{ system: string; value: string }>) => string[];
 }

@@ -250,7 +250,7 @@ export class RecordStore {
   }
 
   /** Blind indexes of a patient's regional identifiers (resident ID, insurance card) for the EMPI directory. */
-  async #blindIndexes(resource: Resource): Promise<string[]> {
+  #blindIndexes(resource: Resource): string[] {
     if (!this.#ctx.blindIndex || resource.resourceType !== 'Patient') return [];
     const systems = new Set(Object.values(this.#ctx.region.config.identifierSystems));
     const ids = (resource.identifier ?? []).flatMap((i) => (i.system && i.value && systems.has(i.system) ? [{ system: i.system, value: i.value }] : []));
@@ -289,7 +289,7 @@ export class RecordStore {
       epoch: w.shard ? (this.#ctx.epochFor?.(w.shard) ?? 0n) : 0n, shard: w.shard, dataClass: w.dataClass, patientId: w.patientId,
       deleted, lastUpdated, content: deleted ? null : resource,
     };
-    const empi = w.placement && w.patientId ? { patientId: w.patientId, ...w.placement, blind: await this.#blindIndexes(resource) } : undefined;
+    const empi = w.placement && w.patientId ? { patientId: w.patientId, ...w.placement, blind: this.#blindIndexes(resource) } : undefined;
     if (opts.batch && !opts.replacesCurrent) await this.#batcher.write({ row, index, ...(empi ? { empi } : {}) });
     else await writeVersion(tx, row, index, { replacesCurrent: opts.replacesCurrent, ...(empi ? { empi } : {}) });
     return resource;

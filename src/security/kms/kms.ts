@@ -17,6 +17,8 @@ export interface KmsContext {
   siteId: string;
   policy: CryptoPolicy;
   now?: () => Date;
+  /** Called once the KMS is unsealed (after init or the last share), e.g. to load keys into caches. */
+  onUnsealed?: () => void;
 }
 
 export interface KmsStatus {
@@ -136,6 +138,7 @@ export class Kms {
     this.#cmkId = cmkId;
     this.#signing = signing;
     this.#submitted.clear();
+    this.#ctx.onUnsealed?.();
   }
 
   #requireUnsealed(): { cmk: Buffer; cmkId: string; signing: Sm2PrivateKey } {
