@@ -1,11 +1,15 @@
 // Contract tests of the Db interface and migrations; run on PGlite and on PostgreSQL.
 import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Db } from './db.ts';
 import { loadMigrations, migrate } from './migrate.ts';
 import { claimSiteIdentity } from './open-db.ts';
 import { openTestDb, testBackend } from './test-db.ts';
-import { pgBoundStore } from './hlc-bound-store.ts';
+import { boundStoreFor, pgBoundStore } from './hlc-bound-store.ts';
+import { openPglite } from './pglite.ts';
 
 describe(`db (${testBackend()})`, () => {
   let db: Db;
@@ -62,6 +66,32 @@ describe(`db (${testBackend()})`, () => {
     await store.save(500);
     assert.equal(await store.load(), 1000);
     assert.equal(await pgBoundStore(db, 'unknown').load(), 0);
+  });
+
+  it('extends the HLC bound while a write transaction is open, and an embedded site keeps it across restarts', async () => {
+    // On PGlite a query outside the open transaction would wait for it: the bound must not need one.
+    const store = boundStoreFor(db, 'B');
+    await db.transaction(async (tx) => {
+      await tx.query('SELECT 1');
+      await Promise.race([store.save(5000), new Promise((_, reject) => setTimeout(() => reject(new Error('the bound store waited for the open transaction')), 5000))]);
+    });
+    assert.ok((await store.load()) >= 5000);
+    if (testBackend() === 'pglite') {
+      const dir = await mkdtemp(join(tmpdir(), 'medmesh-hlc-'));
+      try {
+        for (const [save, expect] of [[7000, 7000], [6000, 7000]] as const) {
+          const d = await openPglite({ dataDir: join(dir, 'B') });
+          await migrate(d);
+          const s = boundStoreFor(d, 'B');
+          assert.ok((await s.load()) >= (save === 7000 ? 0 : 7000), 'the bound survives a restart');
+          await s.save(save);
+          assert.equal(await s.load(), expect, 'and never goes down');
+          await d.close();
+        }
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    }
   });
 
   it('provides the snapshot functions the changefeed pages by', async () => {

@@ -21,6 +21,8 @@ export type DbKind = 'pglite' | 'postgres';
 
 export interface Db extends Queryable {
   readonly kind: DbKind;
+  /** PGlite only: the data directory (absent in memory and for a server). */
+  readonly dataDir?: string;
   /** Runs `fn` in one transaction; a thrown error or rejected promise rolls it back. */
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
   /**

@@ -8,4 +8,4 @@ export { openDb, claimSiteIdentity } from './open-db.ts';
 export type { OpenDbOptions, SiteIdentityError } from './open-db.ts';
 export { migrate, loadMigrations } from './migrate.ts';
 export type { Migration, MigrateError } from './migrate.ts';
-export { pgBoundStore } from './hlc-bound-store.ts';
+export { pgBoundStore, boundStoreFor } from './hlc-bound-store.ts';

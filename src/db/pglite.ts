@@ -72,6 +72,7 @@ export async function openPglite(opts: PgliteOptions = {}): Promise<Db> {
   const base = wrap(pg);
   return {
     kind: 'pglite',
+    ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
     query: (sql, params) => base.query(sql, params),
     exec: (sql) => base.exec(sql),
     transaction: (fn) => pg.transaction((tx) => fn(wrap(tx))),

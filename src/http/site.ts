@@ -2,7 +2,7 @@
 // store and HTTP server. Nothing here keeps state that matters; it all lives in the db.
 import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { HybridClock } from '../clock/index.ts';
-import { claimSiteIdentity, migrate, pgBoundStore, type Db } from '../db/index.ts';
+import { boundStoreFor, claimSiteIdentity, migrate, type Db } from '../db/index.ts';
 import { buildBindingTable, buildSearchParamTable, EMPI_BLIND_INDEX_KEY, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
 import { hmacSm3Keyed } from '../security/crypto/index.ts';
 import type { Region } from '../region/index.ts';
@@ -90,7 +90,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   if (!claimed.ok) return { ok: false, error: { kind: 'site-mismatch', message: claimed.error.message } };
   loadFhirDefinitions();
   const searchParams = buildSearchParamTable();
-  const clock = await HybridClock.start({ store: pgBoundStore(db, siteId), maxOffsetMs: region.config.policies.maxClockOffsetMs });
+  const clock = await HybridClock.start({ store: boundStoreFor(db, siteId), maxOffsetMs: region.config.policies.maxClockOffsetMs });
   // Every site starts sealed; custodians unseal it (POST /kms/unseal, medmesh keys unseal).
   const empi = empiBlindIndex(() => kms);
   const kms = new Kms({ db, siteId, policy: region.config.policies.crypto, onUnsealed: () => void empi.refresh() });

@@ -28,6 +28,28 @@ interface Current {
   parent_hlc: bigint | null;
 }
 
+/** What a site knows of a resource's current version, to decide about an arriving one. */
+export interface CurrentState {
+  versionId: string;
+  hlc: bigint;
+  originSite: string;
+  deleted: boolean;
+  parentHlc: bigint | null;
+}
+
+/**
+ * Whether an arriving version becomes current, and the version it is concurrent with (its
+ * writer had not seen the other): the greatest (hlc, origin site) wins, except that between
+ * concurrent versions a deletion wins. The one rule both apply paths use.
+ */
+export function decideVersion(cur: CurrentState | undefined, v: Pick<RemoteVersion, 'hlc' | 'originSite' | 'parentHlc' | 'deleted'>): { wins: boolean; conflictWith?: string } {
+  if (!cur) return { wins: true };
+  const newer = v.hlc > cur.hlc || (v.hlc === cur.hlc && v.originSite > cur.originSite);
+  const concurrent = newer ? v.parentHlc === null || v.parentHlc < cur.hlc : cur.parentHlc === null || cur.parentHlc < v.hlc;
+  if (!concurrent) return { wins: newer };
+  return { wins: v.deleted !== cur.deleted ? v.deleted : newer, conflictWith: cur.versionId };
+}
+
 export async function applyVersion(ctx: RecordsContext, tx: Queryable, v: RemoteVersion): Promise<ApplyResult> {
   const content = v.content === null ? null : JSON.stringify(v.content);
   const inserted = await tx.query(
@@ -44,18 +66,10 @@ export async function applyVersion(ctx: RecordsContext, tx: Queryable, v: Remote
     [v.resourceType, v.id],
   );
   const cur = rows[0];
-  let wins = true;
-  let conflictWith: string | undefined;
-  if (cur) {
-    const newer = v.hlc > cur.hlc || (v.hlc === cur.hlc && v.originSite > cur.origin_site);
-    // Concurrent: the newer one's writer had not seen the older one.
-    const concurrent = newer ? v.parentHlc === null || v.parentHlc < cur.hlc : cur.parent_hlc === null || cur.parent_hlc < v.hlc;
-    if (concurrent) {
-      conflictWith = cur.version_id;
-      wins = v.deleted !== cur.deleted ? v.deleted : newer;
-      const [a, b] = [v.versionId, cur.version_id].sort();
-      await tx.query('INSERT INTO resource_conflict (resource_type, id, version_a, version_b) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [v.resourceType, v.id, a, b]);
-    } else wins = newer;
+  const { wins, conflictWith } = decideVersion(cur && { versionId: cur.version_id, hlc: cur.hlc, originSite: cur.origin_site, deleted: cur.deleted, parentHlc: cur.parent_hlc }, v);
+  if (conflictWith) {
+    const [a, b] = [v.versionId, conflictWith].sort();
+    await tx.query('INSERT INTO resource_conflict (resource_type, id, version_a, version_b) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [v.resourceType, v.id, a, b]);
   }
   if (!wins) return { outcome: 'history', ...(conflictWith ? { conflictWith } : {}) };
   if (cur && !conflictWith && v.parentHlc !== null) {

@@ -4,18 +4,10 @@
 // rows and one rewrite of their search index. Same outcome as applying them one by one.
 import { hlcToHex } from '../clock/index.ts';
 import type { Queryable } from '../db/index.ts';
-import type { ApplyResult, RemoteVersion } from './apply-version.ts';
+import { decideVersion, type ApplyResult, type CurrentState, type RemoteVersion } from './apply-version.ts';
 import { recordReplicatedEmpi } from './empi.ts';
 import type { RecordsContext } from './context.ts';
 import { EMPTY_INDEX, extractIndex, type IndexRows } from './search-index.ts';
-
-interface State {
-  versionId: string;
-  hlc: bigint;
-  originSite: string;
-  deleted: boolean;
-  parentHlc: bigint | null;
-}
 
 const keyOf = (type: string, id: string) => `${type}\u0000${id}`;
 
@@ -45,7 +37,7 @@ export async function applyVersions(ctx: RecordsContext, tx: Queryable, versions
       FOR UPDATE OF c`,
     [resources.map((v) => v.resourceType), resources.map((v) => v.id)],
   );
-  const state = new Map<string, State>();
+  const state = new Map<string, CurrentState>();
   const openConflicts = new Set<string>();
   for (const r of current.rows) {
     const k = keyOf(r.resource_type, r.id);
@@ -65,18 +57,11 @@ export async function applyVersions(ctx: RecordsContext, tx: Queryable, versions
       continue;
     }
     const cur = state.get(k);
-    let wins = true;
-    let conflictWith: string | undefined;
-    if (cur) {
-      const newer = v.hlc > cur.hlc || (v.hlc === cur.hlc && v.originSite > cur.originSite);
-      const concurrent = newer ? v.parentHlc === null || v.parentHlc < cur.hlc : cur.parentHlc === null || cur.parentHlc < v.hlc;
-      if (concurrent) {
-        conflictWith = cur.versionId;
-        wins = v.deleted !== cur.deleted ? v.deleted : newer;
-        const [a, b] = [v.versionId, cur.versionId].sort() as [string, string];
-        conflicts.push([v.resourceType, v.id, a, b]);
-        openConflicts.add(k);
-      } else wins = newer;
+    const { wins, conflictWith } = decideVersion(cur, v);
+    if (conflictWith) {
+      const [a, b] = [v.versionId, conflictWith].sort() as [string, string];
+      conflicts.push([v.resourceType, v.id, a, b]);
+      openConflicts.add(k);
     }
     if (!wins) {
       results.push({ outcome: 'history', ...(conflictWith ? { conflictWith } : {}) });

@@ -1,7 +1,7 @@
 // Test helper: a record store for one site of the example region on the test backend
 // (MEDMESH_TEST_DB=pglite|postgres), on a fresh database.
 import { HybridClock } from '../clock/index.ts';
-import { pgBoundStore, type Db } from '../db/index.ts';
+import { boundStoreFor, type Db } from '../db/index.ts';
 import { openTestDb } from '../db/test-db.ts';
 import { exampleRegion } from '../region/testing.ts';
 import type { RecordsContext } from './context.ts';
@@ -25,7 +25,7 @@ export async function openTestStore(opts: { siteId?: string; db?: Db } = {}): Pr
   const db = opts.db ?? (await openTestDb());
   const region = await exampleRegion();
   const siteId = opts.siteId ?? 'B';
-  const clock = await HybridClock.start({ store: pgBoundStore(db, siteId), maxOffsetMs: 500 });
+  const clock = await HybridClock.start({ store: boundStoreFor(db, siteId), maxOffsetMs: 500 });
   const ctx: RecordsContext = { db, region, siteId, clock, searchParams: buildSearchParamTable(), bindings: buildBindingTable(SUPPORTED_TYPES) };
   return {
     store: new RecordStore(ctx),

@@ -21,7 +21,15 @@ export interface ApplyContext {
 }
 
 /** The batch was rolled back to be tried again later (a change failed, attempts remain). */
-export class RetryLater extends Error {}
+export class RetryLater extends Error {
+  /** The failed change's attempt, counted outside the rolled-back transaction. */
+  readonly attempt: { changeId: string; attempts: number; error: string } | undefined;
+
+  constructor(message: string, attempt?: { changeId: string; attempts: number; error: string }) {
+    super(message);
+    this.attempt = attempt;
+  }
+}
 
 export interface ApplyReport {
   applied: number;
@@ -50,7 +58,6 @@ export interface Batch {
 
 export async function applyBatch(ctx: ApplyContext, batch: Batch): Promise<ApplyReport> {
   const report: ApplyReport = { applied: 0, current: 0, duplicates: 0, conflicts: [], rejected: [], parked: [] };
-  let failed: { changeId: string; attempts: number; error: string } | undefined;
   // Remote clocks first, outside the transaction (the clock persists its bound on its own).
   const skewed = new Map<string, string>();
   for (const c of batch.changes) {
@@ -58,90 +65,92 @@ export async function applyBatch(ctx: ApplyContext, batch: Batch): Promise<Apply
     if (!seen.ok) skewed.set(c.changeId, seen.error.message);
   }
   try {
-  await ctx.db.transaction(async (tx) => {
-    if (batch.expect) {
-      const { rows } = await tx.query<{ txid: string; pos: string }>('SELECT txid::text AS txid, pos::text AS pos FROM replication_cursor WHERE peer = $1 FOR UPDATE', [batch.peer]);
-      const at = rows[0] ?? { txid: '0', pos: '0' };
-      if (at.txid !== batch.expect.txid || at.pos !== batch.expect.pos) {
-        report.stale = true;
-        return;
-      }
-    }
-    // Refusals and waits first, for the whole page; what is left is applied together.
-    const waiting = await blockedResources(tx, batch.changes);
-    const refusals: Array<{ c: Change; reason: string }> = [];
-    const plan: Change[] = [];
-    for (const c of batch.changes) {
-      const resource = `${c.resourceType}/${c.resourceId}`;
-      const reason = refusal(ctx, c, skewed.get(c.changeId));
-      if (reason) refusals.push({ c, reason });
-      else if (waiting.has(resource)) {
-        // Order per resource: behind a parked change, later changes of its resource wait.
-        await park(tx, batch.peer, c, 'waiting', undefined, 0);
-        report.parked.push({ changeId: c.changeId, resource, status: 'waiting' });
-      } else plan.push(c);
-    }
-    if (refusals.length) {
-      const resource = (c: Change) => `${c.resourceType}/${c.resourceId}`;
-      await tx.query(
-        'INSERT INTO replication_rejected (change_id, peer, reason, resource) SELECT c, $1, r, x FROM unnest($2::uuid[], $3::text[], $4::text[]) AS t(c, r, x) ON CONFLICT DO NOTHING',
-        [batch.peer, refusals.map((x) => x.c.changeId), refusals.map((x) => x.reason), refusals.map((x) => resource(x.c))],
-      );
-      for (const x of refusals) report.rejected.push({ changeId: x.c.changeId, resource: resource(x.c), reason: x.reason });
-    }
-    // The page in a few statements; should any change fail, one at a time to find and park it.
-    if (!batch.repair && plan.length > 1 && (await applyTogether(ctx, tx, batch.peer, plan, report))) plan.length = 0;
-    for (const c of plan) {
-      const resource = `${c.resourceType}/${c.resourceId}`;
-      const blocked = await tx.query("SELECT 1 FROM replication_dead_letter WHERE resource = $1 AND status <> 'skipped' LIMIT 1", [resource]);
-      if (blocked.rows.length) {
-        await park(tx, batch.peer, c, 'waiting', undefined, 0);
-        report.parked.push({ changeId: c.changeId, resource, status: 'waiting' });
-        continue;
-      }
-      await tx.query('SAVEPOINT change');
-      try {
-        const r = await applyOne(ctx, tx, batch.peer, c, batch.repair);
-        await tx.query('RELEASE SAVEPOINT change');
-        if (r === 'duplicate' || r.outcome === 'duplicate') report.duplicates++;
-        else if (r.outcome === 'replaced') report.replaced = (report.replaced ?? 0) + 1;
-        else {
-          report.applied++;
-          if (r.outcome === 'current') report.current++;
-          if (r.conflictWith) report.conflicts.push({ resource, versions: [c.versionId, r.conflictWith] });
-        }
-      } catch (e) {
-        await tx.query('ROLLBACK TO SAVEPOINT change');
-        const error = e instanceof Error ? e.message : String(e);
-        const before = await tx.query<{ attempts: number }>('SELECT attempts FROM replication_attempt WHERE change_id = $1', [c.changeId]);
-        const attempts = (before.rows[0]?.attempts ?? 0) + 1;
-        if (attempts < (ctx.maxAttempts ?? 5)) {
-          failed = { changeId: c.changeId, attempts, error };
-          throw new RetryLater(`${resource} (change ${c.changeId}) failed, attempt ${attempts}: ${error}`);
-        }
-        await park(tx, batch.peer, c, 'parked', error, attempts);
-        report.parked.push({ changeId: c.changeId, resource, status: 'parked', error });
-      }
-    }
-    if (batch.next) {
-      await tx.query(
-        `INSERT INTO replication_cursor (peer, txid, pos) VALUES ($1, $2::xid8, $3::bigint)
-         ON CONFLICT (peer) DO UPDATE SET txid = excluded.txid, pos = excluded.pos, applied_at = now()`,
-        [batch.peer, batch.next.txid, batch.next.pos],
-      );
-    }
-  });
+    await ctx.db.transaction((tx) => applyPage(ctx, tx, batch, skewed, report));
   } catch (e) {
     // Count the attempt outside the rolled-back transaction, then let the puller back off.
-    if (e instanceof RetryLater && failed) {
+    if (e instanceof RetryLater && e.attempt) {
+      const a = e.attempt;
       await ctx.db.query(
         'INSERT INTO replication_attempt (change_id, attempts, last_error) VALUES ($1, $2, $3) ON CONFLICT (change_id) DO UPDATE SET attempts = excluded.attempts, last_error = excluded.last_error',
-        [failed.changeId, failed.attempts, failed.error],
+        [a.changeId, a.attempts, a.error],
       );
     }
     throw e;
   }
   return report;
+}
+
+/** The page inside its transaction: cursor check, refusals, waits, the changes, the cursor. */
+async function applyPage(ctx: ApplyContext, tx: Queryable, batch: Batch, skewed: ReadonlyMap<string, string>, report: ApplyReport): Promise<void> {
+  if (batch.expect) {
+    const { rows } = await tx.query<{ txid: string; pos: string }>('SELECT txid::text AS txid, pos::text AS pos FROM replication_cursor WHERE peer = $1 FOR UPDATE', [batch.peer]);
+    const at = rows[0] ?? { txid: '0', pos: '0' };
+    if (at.txid !== batch.expect.txid || at.pos !== batch.expect.pos) {
+      report.stale = true;
+      return;
+    }
+  }
+  const resourceOf = (c: Change) => `${c.resourceType}/${c.resourceId}`;
+  // Refusals and waits first, for the whole page; what is left is applied together.
+  const waiting = await blockedResources(tx, batch.changes);
+  const refusals: Array<{ c: Change; reason: string }> = [];
+  const plan: Change[] = [];
+  for (const c of batch.changes) {
+    const reason = refusal(ctx, c, skewed.get(c.changeId));
+    if (reason) refusals.push({ c, reason });
+    else if (waiting.has(resourceOf(c))) await wait(tx, batch.peer, c, report); // behind a parked change of its resource
+    else plan.push(c);
+  }
+  if (refusals.length) {
+    await tx.query(
+      'INSERT INTO replication_rejected (change_id, peer, reason, resource) SELECT c, $1, r, x FROM unnest($2::uuid[], $3::text[], $4::text[]) AS t(c, r, x) ON CONFLICT DO NOTHING',
+      [batch.peer, refusals.map((x) => x.c.changeId), refusals.map((x) => x.reason), refusals.map((x) => resourceOf(x.c))],
+    );
+    for (const x of refusals) report.rejected.push({ changeId: x.c.changeId, resource: resourceOf(x.c), reason: x.reason });
+  }
+  // The page in a few statements; should any change fail, one at a time to find and park it.
+  const together = !batch.repair && plan.length > 1 && (await applyTogether(ctx, tx, batch.peer, plan, report));
+  if (!together) for (const c of plan) await applyAlone(ctx, tx, batch, c, report);
+  if (batch.next) {
+    await tx.query(
+      `INSERT INTO replication_cursor (peer, txid, pos) VALUES ($1, $2::xid8, $3::bigint)
+       ON CONFLICT (peer) DO UPDATE SET txid = excluded.txid, pos = excluded.pos, applied_at = now()`,
+      [batch.peer, batch.next.txid, batch.next.pos],
+    );
+  }
+}
+
+/** One change under its own savepoint: applied, or retried with the page later, or parked. */
+async function applyAlone(ctx: ApplyContext, tx: Queryable, batch: Batch, c: Change, report: ApplyReport): Promise<void> {
+  const resource = `${c.resourceType}/${c.resourceId}`;
+  // A change parked earlier in this page blocks the later changes of its resource too.
+  const blocked = await tx.query("SELECT 1 FROM replication_dead_letter WHERE resource = $1 AND status <> 'skipped' LIMIT 1", [resource]);
+  if (blocked.rows.length) return wait(tx, batch.peer, c, report);
+  await tx.query('SAVEPOINT change');
+  try {
+    const r = await applyOne(ctx, tx, batch.peer, c, batch.repair);
+    await tx.query('RELEASE SAVEPOINT change');
+    if (r === 'duplicate' || r.outcome === 'duplicate') report.duplicates++;
+    else if (r.outcome === 'replaced') report.replaced = (report.replaced ?? 0) + 1;
+    else {
+      report.applied++;
+      if (r.outcome === 'current') report.current++;
+      if (r.conflictWith) report.conflicts.push({ resource, versions: [c.versionId, r.conflictWith] });
+    }
+  } catch (e) {
+    await tx.query('ROLLBACK TO SAVEPOINT change');
+    const error = e instanceof Error ? e.message : String(e);
+    const before = await tx.query<{ attempts: number }>('SELECT attempts FROM replication_attempt WHERE change_id = $1', [c.changeId]);
+    const attempts = (before.rows[0]?.attempts ?? 0) + 1;
+    if (attempts < (ctx.maxAttempts ?? 5)) throw new RetryLater(`${resource} (change ${c.changeId}) failed, attempt ${attempts}: ${error}`, { changeId: c.changeId, attempts, error });
+    await park(tx, batch.peer, c, 'parked', error, attempts);
+    report.parked.push({ changeId: c.changeId, resource, status: 'parked', error });
+  }
+}
+
+async function wait(tx: Queryable, peer: string, c: Change, report: ApplyReport): Promise<void> {
+  await park(tx, peer, c, 'waiting', undefined, 0);
+  report.parked.push({ changeId: c.changeId, resource: `${c.resourceType}/${c.resourceId}`, status: 'waiting' });
 }
 
 /** Why this site refuses a change (residency, origin, clock), or undefined. */
