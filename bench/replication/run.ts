@@ -17,7 +17,7 @@ import { progress, round } from '../harness.ts';
 
 const quick = process.argv.includes('--quick');
 const rateArg = process.argv.find((a) => a.startsWith('--rate='));
-const RATE = rateArg ? Number(rateArg.slice(7)) : 500; // changes per second at B
+const RATE = rateArg ? Number(rateArg.slice(7)) : 500; // changes per second into B's outbox
 const STEADY_S = quick ? 10 : 60;
 const CUT_S = quick ? 10 : 60;
 const backlogArg = process.argv.find((a) => a.startsWith('--backlog='));
@@ -42,24 +42,29 @@ const link = (to: Id, from: Id) => {
   return p;
 };
 
-/** Writes at B at `rate` per second for `seconds`: 70 % patient creates, 20 % updates, 10 % organizations. */
-async function load(seconds: number, rate: number, counter: { i: number }): Promise<{ written: number; behind_ms: number; write_p50_ms: number; write_p99_ms: number }> {
+/**
+ * Writes at B for `seconds` so that B's outbox grows by `rate` changes per second: 70 % patient
+ * creates (two changes: the patient and its EMPI directory entry), 20 % updates, 10 % organizations.
+ */
+async function load(seconds: number, rate: number, counter: { i: number }): Promise<{ written: number; changes: number; behind_ms: number; write_p50_ms: number; write_p99_ms: number }> {
   const latencies: number[] = [];
   const ids: string[] = [];
   const t0 = performance.now();
   const total = seconds * rate;
   let written = 0;
   let worst = 0;
+  let changes = 0;
   const inflight = new Set<Promise<void>>();
-  for (let k = 0; k < total; k++) {
-    const due = t0 + (k * 1000) / rate;
+  for (let k = 0; changes < total; k++) {
+    const due = t0 + (changes * 1000) / rate;
+    const roll = counter.i % 10;
+    changes += roll < 2 || roll === 9 ? 1 : 2;
     const wait = due - performance.now();
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     else worst = Math.max(worst, -wait);
     const i = counter.i++;
     const op = async () => {
       const started = performance.now();
-      const roll = i % 10;
       if (roll < 2 && ids.length) {
         const id = ids[i % ids.length]!;
         const r = await s.B.site.store.update('Patient', id, { ...patient(i), id });
@@ -82,7 +87,7 @@ async function load(seconds: number, rate: number, counter: { i: number }): Prom
   await Promise.all(inflight);
   latencies.sort((a, b) => a - b);
   const pct = (p: number) => round(latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))] ?? 0);
-  return { written, behind_ms: round(worst), write_p50_ms: pct(50), write_p99_ms: pct(99) };
+  return { written, changes, behind_ms: round(worst), write_p50_ms: pct(50), write_p99_ms: pct(99) };
 }
 
 /** Waits until `to` holds every change B's outbox had for it when called. */
@@ -122,7 +127,7 @@ async function main(): Promise<void> {
     const since = new Date();
     const steady = await load(STEADY_S, RATE, counter);
     await Promise.all([caughtUp('C', 60_000), caughtUp('A', 60_000)]);
-    result.steady = { seconds: STEADY_S, written: steady.written, load_behind_schedule_max_ms: steady.behind_ms, write_at_B_p50_ms: steady.write_p50_ms, write_at_B_p99_ms: steady.write_p99_ms, lag_at_C: await lags('C', since), lag_at_A: await lags('A', since) };
+    result.steady = { seconds: STEADY_S, written: steady.written, changes: steady.changes, load_behind_schedule_max_ms: steady.behind_ms, write_at_B_p50_ms: steady.write_p50_ms, write_at_B_p99_ms: steady.write_p99_ms, lag_at_C: await lags('C', since), lag_at_A: await lags('A', since) };
 
     progress(`link B->C cut for ${CUT_S} s under load, then healed`);
     await pullers.get('B->C')!.stop();
@@ -141,7 +146,7 @@ async function main(): Promise<void> {
     const seedN = 2000;
     const seeded = await load(Math.ceil(seedN / 2000), 2000, counter);
     // The rest of the backlog: copies of those real outbox rows under new ids (the receiver's work is the same).
-    const copies = BACKLOG - seeded.written;
+    const copies = BACKLOG - seeded.changes;
     await s.B.db.query(
       `WITH src AS (SELECT (row_number() OVER ()) - 1 AS k, o.* FROM (SELECT * FROM outbox WHERE resource_type = 'Patient' AND payload IS NOT NULL ORDER BY txid DESC, pos DESC LIMIT 1000) o),
             n AS (SELECT count(*) AS n FROM src)
