@@ -1,7 +1,8 @@
 // One place resolves who is calling: a Bearer access token (user), a MedmeshService
 // assertion (another site, a router, an edge) or nobody (anonymous). A credential that is
 // present but bad is answered 401 here, before any route runs.
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Region } from '../region/index.ts';
 import type { IdentityError, IdentityService, Principal } from '../security/identity/index.ts';
 
 export type Identity = { kind: 'anonymous' } | Principal;
@@ -32,6 +33,17 @@ export function actorId(identity: Identity): string {
     case 'user':
       return identity.userId;
   }
+}
+
+/**
+ * The asking site, when the caller is another site of the region (changefeed, digests,
+ * repair pages); otherwise answers 403 and returns undefined.
+ */
+export function peerSiteOf(req: FastifyRequest, reply: FastifyReply, region: Region, siteId: string): string | undefined {
+  const peer = req.identity.kind === 'service' ? req.identity.serviceId : '';
+  if (region.site(peer) && peer !== siteId) return peer;
+  void reply.code(403).send({ error: 'forbidden', message: `service ${peer} is not another site of region ${region.id}` });
+  return undefined;
 }
 
 declare module 'fastify' {

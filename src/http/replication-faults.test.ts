@@ -13,7 +13,7 @@ import type { Organization, Patient } from '@medplum/fhirtypes';
 import { packHlc } from '../clock/index.ts';
 import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
-import { FaultLink } from '../replication/fault-link.ts';
+import { FaultLink, type FaultStats } from '../replication/fault-link.ts';
 import { localVerifyPeer, verifyPair, watermarkBefore } from '../replication/index.ts';
 import { startTestServer, type TestServer } from './testing.ts';
 
@@ -63,6 +63,14 @@ describe(`replication through faulty links (${testBackend()})`, () => {
   const each = (f: (l: FaultLink, to: SiteId, from: SiteId) => void) => {
     for (const to of SITES) for (const [from, l] of Object.entries(links[to]) as Array<[SiteId, FaultLink]>) f(l, to, from);
   };
+  /** Faults so far, summed over every link. */
+  const faultTotals = (): FaultStats => {
+    const t: FaultStats = { requests: 0, droppedRequests: 0, droppedAnswers: 0, duplicated: 0, reordered: 0, refusedWhileCut: 0 };
+    each((l) => {
+      for (const k of Object.keys(t) as Array<keyof FaultStats>) t[k] += l.stats[k];
+    });
+    return t;
+  };
   const write = async <T extends Patient | Organization>(at: SiteId, method: 'POST' | 'PUT', path: string, body: T): Promise<T> => {
     const r = await fetch(`${s[at].fhir}/${path}`, { method, headers: { ...s[at].auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify(body) });
     assert.ok(r.status === 200 || r.status === 201, `${method} ${path} at ${at}: ${r.status} ${await r.clone().text()}`);
@@ -106,6 +114,12 @@ describe(`replication through faulty links (${testBackend()})`, () => {
     const orgs: Organization[] = [];
     each((l) => l.set({ dropRequest: 0.15, dropAnswer: 0.15, delayMs: 40, duplicate: 0.2, reorder: 0.2 }));
     await load(40, orgs);
+    // Long polls make few requests on a fast machine: write on until each noisy fault has struck.
+    for (const until = Date.now() + 30_000; Date.now() < until; ) {
+      const t = faultTotals();
+      if (t.droppedRequests && t.droppedAnswers && t.duplicated && t.reordered) break;
+      await load(5, orgs);
+    }
     // Cut one way: C cannot reach B (B still pulls from C).
     links.C.B!.set({ cut: true });
     await load(20, orgs);
@@ -126,10 +140,7 @@ describe(`replication through faulty links (${testBackend()})`, () => {
     each((l) => l.set({}));
     await settled();
 
-    const stats = { requests: 0, droppedRequests: 0, droppedAnswers: 0, duplicated: 0, reordered: 0, refusedWhileCut: 0 };
-    each((l) => {
-      for (const k of Object.keys(stats) as Array<keyof typeof stats>) stats[k] += l.stats[k];
-    });
+    const stats = faultTotals();
     assert.ok(stats.droppedRequests > 0 && stats.droppedAnswers > 0 && stats.duplicated > 0 && stats.reordered > 0 && stats.refusedWhileCut > 0, `every fault happened: ${JSON.stringify(stats)}`);
 
     for (const id of SITES) {

@@ -6,7 +6,7 @@ import type { Region } from '../region/index.ts';
 import { backlogAfter, feedAad, type LinkKeySender, listDeadLetters, readChanges, retryDeadLetter, sealPage, skipDeadLetter, type ApplyContext, type Cursor } from '../replication/index.ts';
 import type { Sm2PrivateKey } from '../security/crypto/index.ts';
 import type { RecordsContext } from '../records/index.ts';
-import { actorId } from './identity.ts';
+import { actorId, peerSiteOf } from './identity.ts';
 import type { IdentityService } from '../security/identity/index.ts';
 
 export interface ReplicationRoutesOptions {
@@ -25,6 +25,8 @@ export interface ReplicationRoutesOptions {
 const OPERATORS = { roles: ['administrator', 'operator'] } as const;
 
 const MAX_WAIT_S = 25;
+/** How often the backlog gauge is recounted for a peer that is catching up. */
+const BACKLOG_EVERY_MS = 5000;
 /** Long polls look again this often even without a notification. */
 const POLL_FALLBACK_MS = 100;
 
@@ -46,6 +48,16 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
   app.addHook('onClose', async () => {
     await unlisten?.();
   });
+  // The backlog gauge counts up to BACKLOG_CAP rows: during a catch-up, once per peer every few
+  // seconds rather than with every page.
+  const counted = new Map<string, { at: number; n: number }>();
+  const backlogFor = async (peer: string, next: Cursor) => {
+    const last = counted.get(peer);
+    if (last && Date.now() - last.at < BACKLOG_EVERY_MS) return last.n;
+    const n = await backlogAfter(opts.db, next);
+    counted.set(peer, { at: Date.now(), n });
+    return n;
+  };
   const changed = (ms: number) =>
     new Promise<void>((resolve) => {
       const done = () => {
@@ -57,8 +69,8 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
       waiters.add(done);
     });
   app.get<{ Querystring: { after?: string; limit?: string; wait?: string } }>('/changes', { config: { access: { services: ['site'] } } }, async (req, reply) => {
-    const peer = req.identity.kind === 'service' ? req.identity.serviceId : '';
-    if (!opts.region.site(peer) || peer === opts.siteId) return reply.code(403).send({ error: 'forbidden', message: `service ${peer} is not another site of region ${opts.region.id}` });
+    const peer = peerSiteOf(req, reply, opts.region, opts.siteId);
+    if (!peer) return reply;
     const m = /^(\d{1,20}):(\d{1,20})$/.exec(req.query.after ?? '0:0');
     const limit = Number(req.query.limit ?? 500);
     const wait = Number(req.query.wait ?? 0);
@@ -84,7 +96,7 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
     }
     const senderKey = opts.signer();
     if (!senderKey) return reply.code(503).send({ error: 'sealed', message: `site ${opts.siteId} is sealed: unseal its KMS to serve the changefeed` });
-    const backlog = page.more ? await backlogAfter(opts.db, page.next) : 0;
+    const backlog = page.more ? await backlogFor(peer, page.next) : 0;
     return reply
       .type('application/octet-stream')
       .header('x-medmesh-changes', String(page.changes.length))

@@ -9,6 +9,7 @@ import type { Region } from '../region/index.ts';
 import { localVerifyPeer, repairAad, sealPage, START, type LinkKeySender, type VerifyReport } from '../replication/index.ts';
 import type { Sm2PrivateKey } from '../security/crypto/index.ts';
 import type { IdentityService } from '../security/identity/index.ts';
+import { peerSiteOf } from './identity.ts';
 
 export interface VerifyRoutesOptions {
   db: Db;
@@ -38,13 +39,7 @@ const verifySchema = z.strictObject({
 const issues = (e: z.ZodError) => e.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; ');
 
 export const verifyRoutes: FastifyPluginAsync<VerifyRoutesOptions> = async (app, opts) => {
-  /** The asking site, when it is another site of the region. */
-  const peerOf = (req: FastifyRequest, reply: FastifyReply): string | undefined => {
-    const peer = req.identity.kind === 'service' ? req.identity.serviceId : '';
-    if (opts.region.site(peer) && peer !== opts.siteId) return peer;
-    void reply.code(403).send({ error: 'forbidden', message: `service ${peer} is not another site of region ${opts.region.id}` });
-    return undefined;
-  };
+  const peerOf = (req: FastifyRequest, reply: FastifyReply) => peerSiteOf(req, reply, opts.region, opts.siteId);
   const site = { access: { services: ['site'] } } as const;
 
   app.post('/digests', { config: site }, async (req, reply) => {

@@ -7,6 +7,7 @@ import type { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
 import type { ApplyContext } from './apply-batch.ts';
 import type { ReplicationMetrics } from './metrics.ts';
 import { httpVerifyPeer } from './verify-client.ts';
+import { claimLease } from './lease.ts';
 import { verifyPair, watermarkBefore, type VerifyPeer, type VerifyReport } from './verify.ts';
 
 export interface CheckerOptions {
@@ -85,13 +86,8 @@ export class ConsistencyChecker {
     for (const id of this.#o.peers().keys()) {
       try {
         // One node of the site checks each peer per period: the lease outlives the period's start.
-        const { rows } = await this.#o.apply.db.query(
-          `INSERT INTO replication_lease (peer, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
-           ON CONFLICT (peer) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE replication_lease.expires_at < now()
-           RETURNING holder`,
-          [`verify:${id}`, this.#holder, Math.max(1, Math.floor(everyMs / 1000) - 1)],
-        );
-        if (rows.length) await this.run({ peers: [id] });
+        const mine = await claimLease(this.#o.apply.db, { name: `verify:${id}`, holder: this.#holder, seconds: Math.max(1, Math.floor(everyMs / 1000) - 1), renew: false });
+        if (mine) await this.run({ peers: [id] });
       } catch (e) {
         this.#o.onError?.(id, e instanceof Error ? e.message : String(e));
       }

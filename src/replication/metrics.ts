@@ -77,7 +77,7 @@ export class ReplicationMetrics {
     metric('medmesh_replication_clock_skew_rejections_total', 'counter', 'Changes refused because their clock was too far ahead.', (l) => l.rejectedClockSkew);
     metric('medmesh_replication_residency_rejections_total', 'counter', 'Changes refused because this site may not hold them.', (l) => l.rejectedResidency);
     metric('medmesh_replication_parked_total', 'counter', 'Changes parked in the dead-letter table.', (l) => l.parked);
-    metric('medmesh_replication_backlog', 'gauge', 'Changes the peer had ready after the last page (capped at 100000).', (l) => l.backlog);
+    metric('medmesh_replication_backlog', 'gauge', 'Changes the peer had ready after the last page (capped at 100000, recounted at most every 5 s).', (l) => l.backlog);
     const verified = this.links().filter((l) => l.verify);
     const vmetric = (name: string, help: string, value: (v: NonNullable<LinkState['verify']>) => number) => {
       lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`);

@@ -8,6 +8,7 @@ import type { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
 import { applyBatch, cursorFor, type ApplyContext, type ApplyReport } from './apply-batch.ts';
 import { feedAad, openPage } from './wire.ts';
 import { LinkKeyReceiver } from './link-keys.ts';
+import { claimLease, releaseLease } from './lease.ts';
 import type { ReplicationMetrics } from './metrics.ts';
 
 export interface PullerOptions {
@@ -54,7 +55,7 @@ export class Puller {
     this.#abort.abort();
     await this.#loop;
     // Hand the link over at once: another node (or a restarted puller) need not wait for the lease to lapse.
-    await this.#o.apply.db.query('DELETE FROM replication_lease WHERE peer = $1 AND holder = $2', [this.#o.peer.id, this.#holder]).catch(() => undefined);
+    await releaseLease(this.#o.apply.db, { name: this.#o.peer.id, holder: this.#holder }).catch(() => undefined);
   }
 
   /** One pull and apply; what it brought and whether the peer said more is ready. */
@@ -77,23 +78,12 @@ export class Puller {
     return { changes: opened.page.changes.length, more: opened.page.more };
   }
 
-  async #claim(): Promise<boolean> {
-    const { rows } = await this.#o.apply.db.query(
-      `INSERT INTO replication_lease (peer, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
-       ON CONFLICT (peer) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-        WHERE replication_lease.expires_at < now() OR replication_lease.holder = excluded.holder
-       RETURNING holder`,
-      [this.#o.peer.id, this.#holder, this.#o.leaseSeconds ?? 30],
-    );
-    return rows.length > 0;
-  }
-
   async #run(): Promise<void> {
     const { minMs, maxMs } = this.#o.backoff ?? { minMs: 200, maxMs: 30_000 };
     let delay = 0;
     while (this.#running) {
       try {
-        if (!(await this.#claim())) {
+        if (!(await claimLease(this.#o.apply.db, { name: this.#o.peer.id, holder: this.#holder, seconds: this.#o.leaseSeconds ?? 30, renew: true }))) {
           await this.#sleep((this.#o.leaseSeconds ?? 30) * 500); // another node of this site pulls this peer
           continue;
         }

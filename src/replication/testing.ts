@@ -29,7 +29,7 @@ export async function syncSites(from: TestStore, to: TestStore): Promise<ApplyRe
     if (reached(after, end)) return total;
     assert.ok(Date.now() < until, `the feed from ${from.ctx.siteId} did not reach ${end.txid}:${end.pos} within ${BOUND_MS / 1000} s`);
     const page = await readChanges(from.db, { region: from.ctx.region, forSite: to.ctx.siteId, after, limit: 50 });
-    if (page.next === after) {
+    if (page.next.txid === after.txid && page.next.pos === after.pos) {
       await new Promise((r) => setTimeout(r, 10));
       continue;
     }
