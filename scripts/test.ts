@@ -8,7 +8,7 @@ const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test
 const ci = process.env.CI === 'true' || process.env.CI === '1';
 const explicit = process.argv.slice(2);
 /** Suites whose code runs against the Db interface: these run on both engines. */
-const DB_SUITES = ['src/db/**/*.test.ts', 'src/records/**/*.test.ts', 'src/replication/**/*.test.ts', 'src/http/**/*.test.ts', 'src/security/kms/**/*.test.ts', 'src/security/audit/**/*.test.ts', 'src/security/identity/**/*.test.ts', 'src/cli/replication-kill.test.ts'];
+const DB_SUITES = ['src/db/**/*.test.ts', 'src/records/**/*.test.ts', 'src/replication/**/*.test.ts', 'src/http/**/*.test.ts', 'src/security/kms/**/*.test.ts', 'src/security/audit/**/*.test.ts', 'src/security/identity/**/*.test.ts', 'src/imaging/**/*.test.ts', 'src/cli/replication-kill.test.ts'];
 
 /** A whole run never takes longer than this: a hung test must fail CI, not stall it. */
 const RUN_LIMIT_MS = Number(process.env.MEDMESH_TEST_RUN_LIMIT_MS ?? 20 * 60_000);

@@ -1,0 +1,85 @@
+// Where image files live (DESIGN.md §9): a small contract so the filesystem default and an
+// S3-compatible store can be swapped. A blob is visible under its key only once complete.
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join, relative } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { randomBytes } from 'node:crypto';
+
+export interface BlobStore {
+  /** Writes a new blob; the key becomes readable only after the last byte is durable. */
+  put(key: string, data: Readable | Uint8Array): Promise<{ bytes: number }>;
+  /** The blob's bytes, or undefined when there is none under that key. */
+  get(key: string): Promise<Readable | undefined>;
+  delete(key: string): Promise<void>;
+  /** Every key under a prefix (for sweeps and audits). */
+  list(prefix?: string): AsyncIterable<string>;
+}
+
+const KEY = /^[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*$/;
+
+/** Blobs as files under one root: written to a temporary name, fsynced, then renamed. */
+export class FsBlobStore implements BlobStore {
+  readonly #root: string;
+
+  constructor(opts: { root: string }) {
+    this.#root = opts.root;
+  }
+
+  #path(key: string): string {
+    if (!KEY.test(key) || key.includes('..')) throw new Error(`invalid blob key ${JSON.stringify(key)}`);
+    return join(this.#root, key);
+  }
+
+  async put(key: string, data: Readable | Uint8Array): Promise<{ bytes: number }> {
+    const path = this.#path(key);
+    await mkdir(dirname(path), { recursive: true });
+    const tmp = `${path}.partial-${randomBytes(4).toString('hex')}`;
+    let bytes = 0;
+    try {
+      const source = data instanceof Uint8Array ? Readable.from([Buffer.from(data.buffer, data.byteOffset, data.byteLength)]) : data;
+      const counted = source.map((chunk: Buffer) => {
+        bytes += chunk.length;
+        return chunk;
+      });
+      await pipeline(counted, createWriteStream(tmp, { flags: 'wx' }));
+      const fh = await open(tmp, 'r');
+      await fh.sync().finally(() => fh.close());
+      await rename(tmp, path);
+      const dir = await open(dirname(path), 'r');
+      await dir.sync().finally(() => dir.close());
+      return { bytes };
+    } catch (e) {
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  async get(key: string): Promise<Readable | undefined> {
+    const path = this.#path(key);
+    try {
+      await stat(path);
+    } catch {
+      return undefined;
+    }
+    return createReadStream(path);
+  }
+
+  async delete(key: string): Promise<void> {
+    await rm(this.#path(key), { force: true });
+  }
+
+  async *list(prefix = ''): AsyncIterable<string> {
+    const start = prefix ? this.#path(prefix.replace(/\/$/, '')) : this.#root;
+    let entries;
+    try {
+      entries = await readdir(start, { recursive: true, withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      if (e.isFile() && !e.name.includes('.partial-')) yield relative(this.#root, join(e.parentPath, e.name));
+    }
+  }
+}

@@ -1,0 +1,279 @@
+// The site's DIMSE service class provider (DESIGN.md §9): C-ECHO, C-STORE (every storage SOP
+// class, the transfer syntax kept as sent), C-FIND at patient/study/series/image level.
+// Calling AEs are identities: known AEs (the region file's or the site's list) may be
+// required, every association and operation is audited before it is answered, and the number
+// of concurrent associations is bounded.
+import { createServer, type Server as NetServer, type Socket } from 'node:net';
+import { Writable } from 'node:stream';
+import dimse from 'dcmjs-dimse';
+import type { AuditEvent } from '../security/audit/index.ts';
+import { findImaging, type QueryLevel } from './imaging-query.ts';
+import type { ImagingStore } from './imaging-store.ts';
+import { part10File } from './part10.ts';
+
+const { Scp, Dataset } = dimse;
+// dcmjs-dimse logs every PDU at info level; medmesh audits what matters instead.
+dimse.log.setLevel('warn');
+const { CEchoResponse, CFindResponse, CStoreResponse } = dimse.responses;
+const { Status, PresentationContextResult, RejectResult, RejectSource, RejectReason, TransferSyntax } = dimse.constants;
+type DimseDataset = InstanceType<typeof Dataset>;
+type StoreRequest = Parameters<InstanceType<typeof Scp>['cStoreRequest']>[0];
+type FindRequest = Parameters<InstanceType<typeof Scp>['cFindRequest']>[0];
+
+export interface RemoteAe {
+  host: string;
+  port: number;
+}
+
+export interface DimseServerOptions {
+  store: ImagingStore;
+  siteId: string;
+  aeTitle: string;
+  host?: string;
+  port: number;
+  /** Known calling AEs (and where C-MOVE reaches them). */
+  remoteAes?: Record<string, RemoteAe>;
+  /** Refuse associations from AEs not in `remoteAes` (default true). */
+  refuseUnknownAes?: boolean;
+  maxAssociations?: number;
+  /** Appends one audit entry; false when the log cannot take it (the operation is then refused). */
+  audit: (event: AuditEvent) => Promise<boolean>;
+}
+
+/** Status codes medmesh answers with (PS3.4 Annex B and C). */
+const STORE_CANNOT_UNDERSTAND = 0xc000;
+const STORE_OUT_OF_RESOURCES = 0xa700;
+const FIND_UNABLE_TO_PROCESS = 0xc000;
+const FIND_IDENTIFIER_MISMATCH = 0xa900;
+const UIDS = {
+  verification: '1.2.840.10008.1.1',
+  patientRootFind: '1.2.840.10008.5.1.4.1.2.1.1',
+  patientRootMove: '1.2.840.10008.5.1.4.1.2.1.2',
+  patientRootGet: '1.2.840.10008.5.1.4.1.2.1.3',
+  studyRootFind: '1.2.840.10008.5.1.4.1.2.2.1',
+  studyRootMove: '1.2.840.10008.5.1.4.1.2.2.2',
+  studyRootGet: '1.2.840.10008.5.1.4.1.2.2.3',
+  worklistFind: '1.2.840.10008.5.1.4.31',
+} as const;
+const QUERY_MODELS = new Set<string>([UIDS.patientRootFind, UIDS.studyRootFind]);
+// Everything else proposed is taken as a storage SOP class (private ones included).
+const NOT_STORAGE = new Set<string>([UIDS.verification, UIDS.patientRootMove, UIDS.patientRootGet, UIDS.studyRootMove, UIDS.studyRootGet, UIDS.worklistFind]);
+
+export interface DimseServer {
+  port: number;
+  activeAssociations(): number;
+  close(): Promise<void>;
+}
+
+export async function startDimseServer(o: DimseServerOptions): Promise<DimseServer> {
+  const max = o.maxAssociations ?? 16;
+  let active = 0;
+  const sockets = new Set<Socket>();
+  const ScpClass = scpFor(o, {
+    tryEnter: () => (active < max ? (active++, true) : false),
+    leave: () => void active--,
+  });
+  const server: NetServer = createServer((socket) => {
+    sockets.add(socket);
+    socket.setNoDelay(true);
+    socket.on('close', () => sockets.delete(socket));
+    new ScpClass(socket, { associationTimeout: 30_000, pduTimeout: 60_000 });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port, o.host ?? '127.0.0.1', () => resolve());
+  });
+  const address = server.address();
+  return {
+    port: typeof address === 'object' && address ? address.port : o.port,
+    activeAssociations: () => active,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: () => void }) {
+  const refuseUnknown = o.refuseUnknownAes ?? true;
+  return class MedmeshScp extends Scp {
+    #calling = '';
+    #peer = '';
+    #entered = false;
+    /** C-STORE data sets as they arrive, per request. */
+    readonly #incoming = new WeakMap<object, { chunks: Buffer[]; bytes: number; overflow: boolean }>();
+
+    constructor(socket: Socket, opts: ConstructorParameters<typeof Scp>[1]) {
+      super(socket, opts);
+      this.#peer = socket.remoteAddress ?? '';
+      socket.once('close', () => {
+        if (this.#entered) slots.leave();
+        this.#entered = false;
+      });
+    }
+
+    #event(action: string, outcome: AuditEvent['outcome'], extra: Partial<AuditEvent> = {}): AuditEvent {
+      return { time: new Date().toISOString(), site: o.siteId, actor: { kind: 'service', id: `ae:${this.#calling || '?'}` }, action, outcome, ...(this.#peer ? { sourceIp: this.#peer } : {}), ...extra };
+    }
+
+    override associationRequested(association: Parameters<InstanceType<typeof Scp>['associationRequested']>[0]): void {
+      this.#calling = association.getCallingAeTitle().trim();
+      const called = association.getCalledAeTitle().trim();
+      const reject = (result: number, source: number, reason: number, why: string) => {
+        void o.audit(this.#event('dicom-associate', 'deny', { detail: why })).finally(() => this.sendAssociationReject(result, source, reason));
+      };
+      if (called !== o.aeTitle) return reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CalledAeNotRecognized, `called AE ${called} is not ${o.aeTitle}`);
+      if (refuseUnknown && !o.remoteAes?.[this.#calling]) return reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CallingAeNotRecognized, `calling AE ${this.#calling} is not known`);
+      if (!slots.tryEnter()) return reject(RejectResult.Transient, RejectSource.ServiceProviderPresentation, RejectReason.LocalLimitExceeded, 'too many associations');
+      this.#entered = true;
+      for (const { id } of association.getPresentationContexts()) {
+        const pc = association.getPresentationContext(id);
+        const abstract = pc.getAbstractSyntaxUid();
+        const offered = pc.getTransferSyntaxUids();
+        if (abstract === UIDS.verification || QUERY_MODELS.has(abstract)) {
+          const ts = [TransferSyntax.ExplicitVRLittleEndian, TransferSyntax.ImplicitVRLittleEndian].find((t) => offered.includes(t));
+          if (ts) pc.setResult(PresentationContextResult.Accept, ts);
+          else pc.setResult(PresentationContextResult.RejectTransferSyntaxesNotSupported);
+        } else if (NOT_STORAGE.has(abstract)) {
+          pc.setResult(PresentationContextResult.RejectAbstractSyntaxNotSupported);
+        } else {
+          // Storage: keep what the sender has (its first choice), never transcode.
+          const ts = offered[0];
+          if (ts) pc.setResult(PresentationContextResult.Accept, ts);
+          else pc.setResult(PresentationContextResult.RejectTransferSyntaxesNotSupported);
+        }
+      }
+      void o.audit(this.#event('dicom-associate', 'allow')).then((logged) => {
+        if (logged) this.sendAssociationAccept();
+        else this.sendAssociationReject(RejectResult.Transient, RejectSource.ServiceProviderAcse, RejectReason.TemporaryCongestion);
+      });
+    }
+
+    override abort(): void {
+      // The peer aborted: the socket closes and the slot is freed there.
+    }
+
+    override associationReleaseRequested(): void {
+      this.sendAssociationReleaseResponse();
+    }
+
+    override cEchoRequest(request: Parameters<InstanceType<typeof Scp>['cEchoRequest']>[0], callback: (r: InstanceType<typeof CEchoResponse>) => void): void {
+      const response = CEchoResponse.fromRequest(request);
+      void o.audit(this.#event('dicom-echo', 'success')).then((logged) => {
+        response.setStatus(logged ? Status.Success : Status.ProcessingFailure);
+        callback(response);
+      });
+    }
+
+    override createStoreWritableStream(_pc: unknown, request: StoreRequest): Writable {
+      const slot = { chunks: [] as Buffer[], bytes: 0, overflow: false };
+      this.#incoming.set(request, slot);
+      const limit = o.store.maxFileBytes;
+      return new Writable({
+        write(chunk: Buffer, _enc, done) {
+          slot.bytes += chunk.length;
+          // Past the limit the rest is read and dropped: the answer is "out of resources".
+          if (slot.bytes > limit) {
+            slot.overflow = true;
+            slot.chunks = [];
+          } else slot.chunks.push(chunk);
+          done();
+        },
+      });
+    }
+
+    override createDatasetFromStoreWritableStream(_w: Writable, pc: { getAcceptedTransferSyntaxUid(): string | undefined }, callback: (d: DimseDataset) => void): void {
+      // The bytes stay in #incoming; dcmjs-dimse only needs a data set object to pass along.
+      callback(new Dataset({}, pc.getAcceptedTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian));
+    }
+
+    override cStoreRequest(request: StoreRequest, callback: (r: InstanceType<typeof CStoreResponse>) => void): void {
+      const response = CStoreResponse.fromRequest(request);
+      const answer = (status: number, comment?: string) => {
+        response.setStatus(status);
+        if (comment) response.setErrorComment(comment.slice(0, 64));
+        callback(response);
+      };
+      const slot = this.#incoming.get(request);
+      this.#incoming.delete(request);
+      const sopInstanceUid = request.getAffectedSopInstanceUid();
+      const resource = `dicom:instance/${sopInstanceUid}`;
+      if (!slot || slot.overflow) {
+        void o.audit(this.#event('dicom-store', 'failure', { resource, detail: 'larger than this site accepts' })).finally(() => answer(STORE_OUT_OF_RESOURCES, 'instance larger than this site accepts'));
+        return;
+      }
+      const ts = request.getDataset()?.getTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian;
+      const file = part10File({ sopClassUid: request.getAffectedSopClassUid(), sopInstanceUid, transferSyntaxUid: ts, sourceAe: this.#calling }, Buffer.concat(slot.chunks));
+      void o.store.ingest(file, { source: `ae:${this.#calling}` }).then(
+        async (r) => {
+          const logged = await o.audit(this.#event('dicom-store', r.ok ? 'success' : 'failure', { resource, ...(r.ok ? { detail: r.value.status } : { detail: r.error.message }) }));
+          if (!r.ok) return answer(r.error.kind === 'too-large' ? STORE_OUT_OF_RESOURCES : r.error.kind === 'invalid' ? STORE_CANNOT_UNDERSTAND : Status.ProcessingFailure, r.error.message);
+          answer(logged ? Status.Success : Status.ProcessingFailure);
+        },
+        (e: unknown) => answer(Status.ProcessingFailure, e instanceof Error ? e.message : 'processing failure'),
+      );
+    }
+
+    override cFindRequest(request: FindRequest, callback: (r: Array<InstanceType<typeof CFindResponse>>) => void): void {
+      const fail = (status: number, comment: string) => {
+        const r = CFindResponse.fromRequest(request);
+        r.setStatus(status);
+        r.setErrorComment(comment.slice(0, 64));
+        callback([r]);
+      };
+      const elements = request.getDataset()?.getElements() ?? {};
+      const level = dicomString(elements.QueryRetrieveLevel).trim().toUpperCase();
+      if (!['PATIENT', 'STUDY', 'SERIES', 'IMAGE'].includes(level)) return fail(FIND_IDENTIFIER_MISMATCH, `QueryRetrieveLevel ${level || '(none)'} is not PATIENT, STUDY, SERIES or IMAGE`);
+      const keys: Record<string, string> = {};
+      for (const [k, v] of Object.entries(elements)) {
+        if (k === 'QueryRetrieveLevel' || k === 'SpecificCharacterSet' || k === '_vrMap') continue;
+        keys[k] = dicomString(v);
+      }
+      void (async () => {
+        const found = await findImaging(o.store.db, level as QueryLevel, keys);
+        if (!found.ok) {
+          await o.audit(this.#event('dicom-find', 'failure', { detail: found.error }));
+          return fail(FIND_UNABLE_TO_PROCESS, found.error);
+        }
+        const logged = await o.audit(this.#event('dicom-find', 'success', { detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}` }));
+        if (!logged) return fail(Status.ProcessingFailure, 'the audit log cannot record this query');
+        const responses = found.value.map((m) => {
+          const r = CFindResponse.fromRequest(request);
+          r.setDataset(new Dataset({ SpecificCharacterSet: 'ISO_IR 192', QueryRetrieveLevel: level, RetrieveAETitle: o.aeTitle, ...naturalized(m) }));
+          r.setStatus(Status.Pending);
+          return r;
+        });
+        const done = CFindResponse.fromRequest(request);
+        done.setStatus(Status.Success);
+        callback([...responses, done]);
+      })().catch((e: unknown) => fail(FIND_UNABLE_TO_PROCESS, e instanceof Error ? e.message : 'query failed'));
+    }
+  };
+}
+
+/** A naturalized query value as a matching string (PN objects, lists as backslash-joined). */
+function dicomString(v: unknown): string {
+  if (v === undefined || v === null) return '';
+  if (Array.isArray(v)) return v.map(dicomString).join('\\');
+  if (typeof v === 'object') {
+    const pn = v as Record<string, string>;
+    return [pn.Alphabetic ?? '', pn.Ideographic ?? '', pn.Phonetic ?? ''].join('=').replace(/=+$/, '');
+  }
+  return typeof v === 'string' || typeof v === 'number' ? String(v) : '';
+}
+
+const PN_KEYS = new Set(['PatientName', 'ReferringPhysicianName']);
+
+function naturalized(m: Record<string, string | number | null>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(m)) {
+    if (v === null) out[k] = '';
+    else if (PN_KEYS.has(k)) {
+      const [a = '', i = '', p = ''] = String(v).split('=');
+      out[k] = [{ Alphabetic: a, ...(i ? { Ideographic: i } : {}), ...(p ? { Phonetic: p } : {}) }];
+    } else if (k === 'ModalitiesInStudy') out[k] = String(v).split('\\');
+    else out[k] = typeof v === 'number' ? String(v) : v;
+  }
+  return out;
+}

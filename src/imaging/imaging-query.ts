@@ -1,0 +1,118 @@
+// Attribute matching over the imaging index, shared by C-FIND and QIDO-RS (PS3.4 C.2.2.2):
+// single value, UID list (backslash-separated), wildcards (* and ?), date and time ranges
+// (a-b, a-, -b) and universal matching (an empty key is returned, not matched).
+import type { Queryable } from '../db/index.ts';
+
+export type QueryLevel = 'PATIENT' | 'STUDY' | 'SERIES' | 'IMAGE';
+
+type Kind = 'text' | 'uid' | 'date' | 'time' | 'pn' | 'int';
+interface Attr {
+  level: QueryLevel;
+  sql: string;
+  kind: Kind;
+  /** Only returned, never matched (computed). */
+  computed?: boolean;
+}
+
+const ATTRS: Record<string, Attr> = {
+  PatientID: { level: 'PATIENT', sql: 's.patient_id', kind: 'text' },
+  PatientName: { level: 'PATIENT', sql: 's.patient_name', kind: 'pn' },
+  PatientBirthDate: { level: 'PATIENT', sql: 's.patient_birth_date', kind: 'date' },
+  PatientSex: { level: 'PATIENT', sql: 's.patient_sex', kind: 'text' },
+  StudyInstanceUID: { level: 'STUDY', sql: 's.study_uid', kind: 'uid' },
+  StudyDate: { level: 'STUDY', sql: 's.study_date', kind: 'date' },
+  StudyTime: { level: 'STUDY', sql: 's.study_time', kind: 'time' },
+  AccessionNumber: { level: 'STUDY', sql: 's.accession_number', kind: 'text' },
+  StudyDescription: { level: 'STUDY', sql: 's.study_description', kind: 'text' },
+  StudyID: { level: 'STUDY', sql: 's.study_id', kind: 'text' },
+  ReferringPhysicianName: { level: 'STUDY', sql: 's.referring_physician', kind: 'pn' },
+  ModalitiesInStudy: { level: 'STUDY', sql: `(SELECT string_agg(DISTINCT m.modality, '\\') FROM imaging_series m WHERE m.study_uid = s.study_uid)`, kind: 'text' },
+  NumberOfStudyRelatedSeries: { level: 'STUDY', sql: '(SELECT count(*) FROM imaging_series m WHERE m.study_uid = s.study_uid)', kind: 'int', computed: true },
+  NumberOfStudyRelatedInstances: { level: 'STUDY', sql: '(SELECT count(*) FROM imaging_instance m WHERE m.study_uid = s.study_uid AND m.current)', kind: 'int', computed: true },
+  SeriesInstanceUID: { level: 'SERIES', sql: 'se.series_uid', kind: 'uid' },
+  Modality: { level: 'SERIES', sql: 'se.modality', kind: 'text' },
+  SeriesNumber: { level: 'SERIES', sql: 'se.series_number', kind: 'int' },
+  SeriesDescription: { level: 'SERIES', sql: 'se.series_description', kind: 'text' },
+  NumberOfSeriesRelatedInstances: { level: 'SERIES', sql: '(SELECT count(*) FROM imaging_instance m WHERE m.series_uid = se.series_uid AND m.current)', kind: 'int', computed: true },
+  SOPInstanceUID: { level: 'IMAGE', sql: 'i.sop_instance_uid', kind: 'uid' },
+  SOPClassUID: { level: 'IMAGE', sql: 'i.sop_class_uid', kind: 'uid' },
+  InstanceNumber: { level: 'IMAGE', sql: 'i.instance_number', kind: 'int' },
+  NumberOfFrames: { level: 'IMAGE', sql: 'i.number_of_frames', kind: 'int' },
+  Rows: { level: 'IMAGE', sql: 'i.rows', kind: 'int' },
+  Columns: { level: 'IMAGE', sql: 'i.columns', kind: 'int' },
+};
+
+const RANK: Record<QueryLevel, number> = { PATIENT: 0, STUDY: 1, SERIES: 2, IMAGE: 3 };
+
+export const queryableAttributes = (level: QueryLevel): string[] => Object.entries(ATTRS).filter(([, a]) => RANK[a.level] <= RANK[level]).map(([k]) => k);
+
+export type Match = Record<string, string | number | null>;
+
+export type FindResult = { ok: true; value: Match[] } | { ok: false; error: string };
+
+/** Finds entities at `level` matching `keys` (keyword -> value); returns the keys asked for plus the level's unique key. */
+export async function findImaging(q: Queryable, level: QueryLevel, keys: Record<string, string>, opts: { limit?: number; offset?: number; include?: string[] } = {}): Promise<FindResult> {
+  const where: string[] = [];
+  const params: unknown[] = [];
+  const p = (v: unknown) => {
+    params.push(v);
+    return `$${params.length}`;
+  };
+  for (const [name, raw] of Object.entries(keys)) {
+    const attr = ATTRS[name];
+    if (!attr) return { ok: false, error: `${name} is not a matching key medmesh supports` };
+    if (RANK[attr.level] > RANK[level]) return { ok: false, error: `${name} is a ${attr.level} attribute; it cannot be matched at ${level} level` };
+    const value = raw.trim();
+    if (value === '' || value === '*' || attr.computed) continue;
+    const m = condition(attr, value, p);
+    if (!m.ok) return { ok: false, error: `${name}: ${m.error}` };
+    where.push(m.sql);
+  }
+  const unique = { PATIENT: 'PatientID', STUDY: 'StudyInstanceUID', SERIES: 'SeriesInstanceUID', IMAGE: 'SOPInstanceUID' }[level];
+  const wanted = [...new Set([unique, ...Object.keys(keys), ...(opts.include ?? [])])].filter((k) => ATTRS[k] && RANK[ATTRS[k].level] <= RANK[level]);
+  const select = wanted.map((k) => `${ATTRS[k]!.sql} AS "${k}"`).join(', ');
+  const from = {
+    PATIENT: 'imaging_study s',
+    STUDY: 'imaging_study s',
+    SERIES: 'imaging_series se JOIN imaging_study s ON s.study_uid = se.study_uid',
+    IMAGE: 'imaging_instance i JOIN imaging_series se ON se.series_uid = i.series_uid JOIN imaging_study s ON s.study_uid = i.study_uid',
+  }[level];
+  if (level === 'IMAGE') where.push('i.current');
+  const whereSql = where.length ? `WHERE ${where.join(' AND ')}` : '';
+  const order = { PATIENT: '1', STUDY: 's.study_date NULLS LAST, s.study_uid', SERIES: 'se.series_number NULLS LAST, se.series_uid', IMAGE: 'i.instance_number NULLS LAST, i.sop_instance_uid' }[level];
+  const page = `LIMIT ${Math.max(0, Math.min(opts.limit ?? 1000, 10_000))} OFFSET ${Math.max(0, opts.offset ?? 0)}`;
+  // A patient appears in several studies: one answer per patient.
+  const sql = level === 'PATIENT' ? `SELECT DISTINCT ON ("PatientID") * FROM (SELECT ${select} FROM ${from} ${whereSql}) x ORDER BY "PatientID" ${page}` : `SELECT ${select} FROM ${from} ${whereSql} ORDER BY ${order} ${page}`;
+  const { rows } = await q.query<Match>(sql, params);
+  return { ok: true, value: rows.map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, typeof v === 'bigint' ? Number(v) : v]))) };
+}
+
+function condition(attr: Attr, value: string, p: (v: unknown) => string): { ok: true; sql: string } | { ok: false; error: string } {
+  switch (attr.kind) {
+    case 'uid': {
+      const uids = value.split('\\').filter(Boolean);
+      if (!uids.every((u) => /^[0-9.]+$/.test(u))) return { ok: false, error: `${JSON.stringify(value)} is not a UID or list of UIDs` };
+      return { ok: true, sql: `${attr.sql} = ANY(${p(uids)}::text[])` };
+    }
+    case 'date':
+    case 'time': {
+      const re = attr.kind === 'date' ? /^(\d{8})?(-)?(\d{8})?$/ : /^(\d{2,6}(?:\.\d+)?)?(-)?(\d{2,6}(?:\.\d+)?)?$/;
+      const m = re.exec(value);
+      if (!m || (!m[1] && !m[3])) return { ok: false, error: `${JSON.stringify(value)} is not a ${attr.kind} or ${attr.kind} range` };
+      if (!m[2]) return { ok: true, sql: `${attr.sql} = ${p(m[1])}` };
+      const parts = [m[1] ? `${attr.sql} >= ${p(m[1])}` : '', m[3] ? `${attr.sql} <= ${p(attr.kind === 'time' ? `${m[3]}~` : m[3])}` : ''].filter(Boolean);
+      return { ok: true, sql: `(${parts.join(' AND ')})` };
+    }
+    case 'int': {
+      if (!/^-?\d+$/.test(value)) return { ok: false, error: `${JSON.stringify(value)} is not an integer` };
+      return { ok: true, sql: `${attr.sql} = ${p(Number(value))}` };
+    }
+    case 'text':
+    case 'pn': {
+      if (attr.sql.includes('string_agg')) return { ok: true, sql: `EXISTS (SELECT 1 FROM imaging_series m WHERE m.study_uid = s.study_uid AND m.modality = ANY(${p(value.split('\\'))}::text[]))` };
+      if (!/[*?]/.test(value)) return { ok: true, sql: attr.kind === 'pn' ? `lower(${attr.sql}) = lower(${p(value)})` : `${attr.sql} = ${p(value)}` };
+      const like = value.replace(/[\\%_]/g, (c) => `\\${c}`).replace(/\*/g, '%').replace(/\?/g, '_');
+      return { ok: true, sql: `${attr.sql} ${attr.kind === 'pn' ? 'ILIKE' : 'LIKE'} ${p(like)}` };
+    }
+  }
+}

@@ -1,0 +1,187 @@
+// The imaging store on real sample files (Debian's python3-pydicom): structure checks, the
+// encrypted blob, idempotent re-sends, new versions, tamper detection, and bad input that
+// leaves neither index rows nor blobs behind.
+import assert from 'node:assert/strict';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { testBackend } from '../db/test-db.ts';
+import { Kms } from '../security/kms/index.ts';
+import { checkStructure } from './dicom-structure.ts';
+import { findImaging } from './imaging-query.ts';
+import { ImagingStore } from './imaging-store.ts';
+import { blobCount, openTestImaging, PYDICOM, sample, type TestImaging } from './testing.ts';
+
+const CT = '1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322';
+const MR = '1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457';
+
+describe(`imaging store (${testBackend()})`, () => {
+  let t: TestImaging;
+  const rows = async () => (await t.db.query<{ n: number }>('SELECT count(*)::int AS n FROM imaging_instance')).rows[0]!.n;
+  before(async () => {
+    t = await openTestImaging({ maxFileBytes: 2_000_000 });
+  });
+  after(async () => t.close());
+
+  it('checks structure and says where a file breaks', async () => {
+    const verdict = async (f: string) => {
+      const r = checkStructure(await sample(f));
+      return r.ok ? `ok ${r.value.transferSyntaxUid}` : r.error;
+    };
+    assert.equal(await verdict('CT_small.dcm'), 'ok 1.2.840.10008.1.2.1');
+    assert.equal(await verdict('MR_small_bigendian.dcm'), 'ok 1.2.840.10008.1.2.2');
+    assert.equal(await verdict('MR_small_implicit.dcm'), 'ok 1.2.840.10008.1.2');
+    assert.equal(await verdict('image_dfl.dcm'), 'ok 1.2.840.10008.1.2.1.99');
+    assert.equal(await verdict('JPEG2000.dcm'), 'ok 1.2.840.10008.1.2.4.91');
+    assert.equal(await verdict('MR_truncated.dcm'), 'truncated: (7FE0,0010) declares 8192 bytes but 8130 remain');
+    assert.equal(await verdict('rtplan_truncated.dcm'), 'truncated: (300A,00B0) declares 976 bytes but 711 remain');
+    assert.match(await verdict('no_meta.dcm'), /no 128-byte preamble/);
+    assert.match(await verdict('meta_missing_tsyntax.dcm'), /no transfer syntax/);
+    assert.match(await verdict('no_meta_group_length.dcm'), /no group length/);
+    // Its meta header says JPEG, its data set is implicit VR: a wrong declaration.
+    assert.match(await verdict('SC_rgb_jpeg.dcm'), /no valid VR \(the transfer syntax may be declared wrongly\)/);
+    // Every sample pydicom ships either passes or is refused with a reason; none throws.
+    for (const dir of ['test_files', 'charset_files']) {
+      for (const f of (await readdir(join(PYDICOM, dir))).filter((x) => x.endsWith('.dcm'))) {
+        const r = checkStructure(await readFile(join(PYDICOM, dir, f)));
+        assert.ok(r.ok || r.error.length > 10, f);
+      }
+    }
+  });
+
+  it('stores a file encrypted, reads it back byte for byte, and indexes it', async () => {
+    const file = await sample('CT_small.dcm');
+    const r = await t.store.ingest(file, { source: 'test' });
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.deepEqual([r.value.status, r.value.version, r.value.sopInstanceUid], ['stored', 1, CT]);
+    const back = await t.store.read(CT);
+    assert.ok(back.ok);
+    assert.ok(back.value.file.equals(file), 'the bytes as sent');
+    assert.equal(back.value.instance.transferSyntaxUid, '1.2.840.10008.1.2.1');
+    assert.equal(back.value.instance.attributes['00100010']?.vr, 'PN');
+    // At rest: the blob holds neither the patient's name nor the pixel data in clear.
+    const [key] = (await t.db.query<{ blob_key: string }>('SELECT blob_key FROM imaging_instance WHERE sop_instance_uid = $1', [CT])).rows;
+    const sealed = await readFile(join(t.blobDir, key!.blob_key));
+    assert.equal(sealed.subarray(0, 4).toString(), 'MMF1');
+    assert.equal(sealed.indexOf('CompressedSamples'), -1);
+    assert.equal(sealed.indexOf(file.subarray(file.length - 64)), -1);
+    const s = (await t.db.query<{ patient_name: string; study_date: string }>('SELECT patient_name, study_date FROM imaging_study')).rows[0]!;
+    assert.deepEqual(s, { patient_name: 'CompressedSamples^CT1', study_date: '20040119' });
+  });
+
+  it('takes the same bytes again as a no-op, and different bytes under one UID as a flagged new version', async () => {
+    const blobs = await blobCount(t.blobs);
+    const again = await t.store.ingest(await sample('CT_small.dcm'), { source: 'test' });
+    assert.ok(again.ok);
+    assert.equal(again.value.status, 'duplicate');
+    assert.equal(await blobCount(t.blobs), blobs, 'no blob written for a duplicate');
+
+    // The same MR image, big endian and implicit VR: one SOP Instance UID, different bytes.
+    const be = await t.store.ingest(await sample('MR_small_bigendian.dcm'), { source: 'test' });
+    const im = await t.store.ingest(await sample('MR_small_implicit.dcm'), { source: 'test' });
+    assert.ok(be.ok && im.ok);
+    assert.deepEqual([be.value.status, im.value.status, im.value.version], ['stored', 'new-version', 2]);
+    const versions = (await t.db.query<{ version: number; current: boolean; flag: string | null; transfer_syntax_uid: string }>('SELECT version, current, flag, transfer_syntax_uid FROM imaging_instance WHERE sop_instance_uid = $1 ORDER BY version', [MR])).rows;
+    assert.deepEqual(versions.map((v) => [v.version, v.current, v.transfer_syntax_uid]), [[1, false, '1.2.840.10008.1.2.2'], [2, true, '1.2.840.10008.1.2']]);
+    assert.match(versions[1]!.flag!, /re-sent with different bytes \(version 1 had SHA-256 [0-9a-f]{64}\)/);
+    const read = await t.store.read(MR);
+    assert.ok(read.ok && read.value.file.equals(await sample('MR_small_implicit.dcm')));
+  });
+
+  it('notices a stored file that was altered or lost', async () => {
+    const [row] = (await t.db.query<{ blob_key: string }>('SELECT blob_key FROM imaging_instance WHERE sop_instance_uid = $1', [CT])).rows;
+    const path = join(t.blobDir, row!.blob_key);
+    const original = await readFile(path);
+    const altered = Buffer.from(original);
+    altered[altered.length - 100]! ^= 0x01;
+    await writeFile(path, altered);
+    const r = await t.store.read(CT);
+    assert.ok(!r.ok);
+    assert.equal(r.error.kind, 'corrupt');
+    assert.match(r.error.message, /MAC does not match/);
+    await t.blobs.delete(row!.blob_key);
+    const gone = await t.store.read(CT);
+    assert.ok(!gone.ok && gone.error.kind === 'corrupt' && /missing from the blob store/.test(gone.error.message));
+    await writeFile(path, original);
+    assert.ok((await t.store.read(CT)).ok, 'restored');
+  });
+
+  it('refuses bad files and leaves nothing behind', async () => {
+    const before = { rows: await rows(), blobs: await blobCount(t.blobs) };
+    const refusals: Array<[string, Buffer, RegExp]> = [
+      ['truncated', await sample('MR_truncated.dcm'), /truncated: \(7FE0,0010\)/],
+      ['no preamble or meta', await sample('no_meta.dcm'), /no 128-byte preamble/],
+      ['no transfer syntax', await sample('meta_missing_tsyntax.dcm'), /no transfer syntax/],
+      ['wrong transfer syntax declared', await sample('SC_rgb_jpeg.dcm'), /declared wrongly/],
+      ['missing Study Instance UID', withoutStudyUid(await sample('CT_small.dcm')), /no StudyInstanceUID/],
+      ['meta and data set disagree', await sample('charset_files/chrJapMulti.dcm'), /differs from the data set/],
+      ['empty', Buffer.alloc(0), /no 128-byte preamble/],
+    ];
+    for (const [what, file, message] of refusals) {
+      const r = await t.store.ingest(file, { source: 'test' });
+      assert.ok(!r.ok, what);
+      assert.equal(r.error.kind, 'invalid', what);
+      assert.match(r.error.message, message, what);
+    }
+    const big = await t.store.ingest(Buffer.alloc(2_000_001), { source: 'test' });
+    assert.ok(!big.ok && big.error.kind === 'too-large');
+    assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before);
+  });
+
+  it('refuses to store while the KMS is sealed, and writes nothing', async () => {
+    const sealed = new ImagingStore({ db: t.db, blobs: t.blobs, kms: new Kms({ db: t.db, siteId: 'B', policy: 'national' }) });
+    const before = { rows: await rows(), blobs: await blobCount(t.blobs) };
+    const r = await sealed.ingest(await sample('JPEG2000.dcm'), { source: 'test' });
+    assert.ok(!r.ok && r.error.kind === 'sealed', JSON.stringify(r));
+    const read = await sealed.read(CT);
+    assert.ok(!read.ok && read.error.kind === 'sealed');
+    assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before);
+  });
+
+  it('matches queries: wildcards, date ranges, UID lists, Chinese names (GB18030 file)', async () => {
+    for (const f of ['charset_files/chrX2.dcm', 'charset_files/chrX1.dcm', 'SC_rgb_rle_2frame.dcm', 'JPEG2000.dcm']) {
+      const r = await t.store.ingest(await sample(f), { source: 'test' });
+      assert.ok(r.ok, f);
+    }
+    const names = async (keys: Record<string, string>) => {
+      const r = await findImaging(t.db, 'STUDY', { PatientName: '', ...keys });
+      assert.ok(r.ok, JSON.stringify(r));
+      return r.value.map((m) => m.PatientName).sort();
+    };
+    assert.deepEqual(await names({ PatientName: '*王^小东*' }), ['Wang^XiaoDong=王^小东']);
+    assert.deepEqual(await names({ PatientName: '*王^小*' }), ['Wang^XiaoDong=王^小东', 'Wang^XiaoDong=王^小東']);
+    assert.deepEqual(await names({ PatientName: 'compressedsamples^ct1' }), ['CompressedSamples^CT1'], 'PN matching ignores case');
+    assert.deepEqual(await names({ StudyDate: '20040101-20041231' }), ['CompressedSamples^CT1', 'CompressedSamples^MR1', 'CompressedSamples^NM1']);
+    assert.deepEqual(await names({ StudyDate: '20170101' }), ['Lestrade^G']);
+    assert.deepEqual(await names({ StudyDate: '-20040120' }), ['CompressedSamples^CT1']);
+    assert.deepEqual(await names({ ModalitiesInStudy: 'MR\\NM' }), ['CompressedSamples^MR1', 'CompressedSamples^NM1']);
+    const ct = await findImaging(t.db, 'IMAGE', { StudyInstanceUID: '1.3.6.1.4.1.5962.1.2.1.20040119072730.12322\\9.9.9', SOPClassUID: '' });
+    assert.ok(ct.ok);
+    assert.deepEqual(ct.value, [{ SOPInstanceUID: CT, StudyInstanceUID: '1.3.6.1.4.1.5962.1.2.1.20040119072730.12322', SOPClassUID: '1.2.840.10008.5.1.4.1.1.2' }]);
+    const frames = await findImaging(t.db, 'IMAGE', { NumberOfFrames: '2' });
+    assert.ok(frames.ok && frames.value.length === 1, 'the multi-frame file');
+    const counts = await findImaging(t.db, 'STUDY', { StudyInstanceUID: '1.3.6.1.4.1.5962.1.2.4.20040826185059.5457', NumberOfStudyRelatedInstances: '' });
+    assert.ok(counts.ok);
+    assert.equal(counts.value[0]!.NumberOfStudyRelatedInstances, 1, 'current versions only');
+    for (const [keys, message] of [
+      [{ StudyDate: '2004-01-01' }, /StudyDate: "2004-01-01" is not a date or date range/],
+      [{ StudyInstanceUID: 'abc' }, /not a UID/],
+      [{ SOPInstanceUID: '1.2' }, /IMAGE attribute; it cannot be matched at STUDY level/],
+      [{ Bogus: 'x' }, /Bogus is not a matching key/],
+    ] as const) {
+      const r = await findImaging(t.db, 'STUDY', keys);
+      assert.ok(!r.ok);
+      assert.match(r.error, message);
+    }
+  });
+});
+
+/** CT_small with its Study Instance UID value blanked (same length, so the structure holds). */
+function withoutStudyUid(file: Buffer): Buffer {
+  const copy = Buffer.from(file);
+  const uid = Buffer.from('1.3.6.1.4.1.5962.1.2.1.20040119072730.12322');
+  const at = copy.indexOf(uid, 300);
+  assert.ok(at > 0);
+  copy.fill(0x20, at, at + uid.length);
+  return copy;
+}

@@ -1,0 +1,194 @@
+// The imaging store: a DICOM file in, checked, encrypted under its own data key into the blob
+// store, then indexed; out again decrypted with its SHA-256 checked. The blob is written
+// before the index row and removed if the row cannot be written, so a failure leaves neither.
+import { createHash, randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { buffer as collect } from 'node:stream/consumers';
+import type { Db, Queryable } from '../db/index.ts';
+import { createDecryptStream, createEncryptStream } from '../security/crypto/index.ts';
+import type { Kms } from '../security/kms/index.ts';
+import type { BlobStore } from './blob-store.ts';
+import { readInstance, type DicomJson, type InstanceAttributes } from './dicom-attributes.ts';
+import { imagingFail, type ImagingResult } from './errors.ts';
+
+export const IMAGING_KEY = 'imaging-files';
+
+export interface ImagingStoreOptions {
+  db: Db;
+  blobs: BlobStore;
+  kms: Kms;
+  /** Largest file accepted, in bytes (default 512 MiB). */
+  maxFileBytes?: number;
+}
+
+export interface IngestOutcome {
+  /** stored: new instance; duplicate: same bytes already held (nothing written); new-version: same UID, different bytes. */
+  status: 'stored' | 'duplicate' | 'new-version';
+  sopInstanceUid: string;
+  studyInstanceUid: string;
+  version: number;
+  sha256: string;
+}
+
+export interface StoredInstance {
+  sopInstanceUid: string;
+  sopClassUid: string;
+  studyInstanceUid: string;
+  seriesInstanceUid: string;
+  transferSyntaxUid: string;
+  version: number;
+  sha256: string;
+  sizeBytes: number;
+  attributes: DicomJson;
+}
+
+interface InstanceRow {
+  sop_instance_uid: string;
+  sop_class_uid: string;
+  study_uid: string;
+  series_uid: string;
+  transfer_syntax_uid: string;
+  version: number;
+  sha256: string;
+  size_bytes: string | number | bigint;
+  blob_key: string;
+  data_key: Uint8Array;
+  attributes: DicomJson;
+}
+
+export class ImagingStore {
+  readonly #o: ImagingStoreOptions;
+
+  constructor(opts: ImagingStoreOptions) {
+    this.#o = opts;
+  }
+
+  get db(): Db {
+    return this.#o.db;
+  }
+
+  /** Largest file accepted, in bytes. */
+  get maxFileBytes(): number {
+    return this.#o.maxFileBytes ?? 512 * 2 ** 20;
+  }
+
+  /** Takes one Part 10 file. `source` says who sent it (calling AE, user) for the record. */
+  async ingest(file: Uint8Array, opts: { source: string }): Promise<ImagingResult<IngestOutcome>> {
+    const max = this.maxFileBytes;
+    if (file.byteLength > max) return imagingFail('too-large', `the file has ${file.byteLength} bytes; this site accepts at most ${max}`);
+    const read = readInstance(file);
+    if (!read.ok) return imagingFail('invalid', read.error);
+    const a = read.value;
+    const sha256 = createHash('sha256').update(file).digest('hex');
+    const existing = await this.#current(this.#o.db, a.sopInstanceUid);
+    if (existing?.sha256 === sha256) return { ok: true, value: { status: 'duplicate', sopInstanceUid: a.sopInstanceUid, studyInstanceUid: existing.study_uid, version: existing.version, sha256 } };
+
+    let dataKey: { wrapped: Buffer; plaintext?: Buffer };
+    try {
+      await this.#o.kms.ensureKey(IMAGING_KEY);
+      dataKey = await this.#o.kms.generateDataKey(IMAGING_KEY);
+    } catch (e) {
+      return imagingFail('sealed', `cannot encrypt the file: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    const blobKey = `${randomUUID().slice(0, 2)}/${randomUUID()}.mmf`;
+    const sealed = Readable.from([Buffer.from(file.buffer, file.byteOffset, file.byteLength)]).pipe(createEncryptStream({ keyId: IMAGING_KEY, keyVersion: 0, key: dataKey.plaintext! }));
+    await this.#o.blobs.put(blobKey, sealed);
+    dataKey.plaintext!.fill(0);
+    try {
+      const version = await this.#o.db.transaction((tx) => this.#index(tx, a, { sha256, size: file.byteLength, blobKey, dataKey: dataKey.wrapped, source: opts.source }));
+      if (version === 'duplicate') {
+        // Another sender stored the same bytes meanwhile.
+        await this.#o.blobs.delete(blobKey);
+        return { ok: true, value: { status: 'duplicate', sopInstanceUid: a.sopInstanceUid, studyInstanceUid: a.studyInstanceUid, version: existing?.version ?? 1, sha256 } };
+      }
+      return { ok: true, value: { status: version > 1 ? 'new-version' : 'stored', sopInstanceUid: a.sopInstanceUid, studyInstanceUid: a.studyInstanceUid, version, sha256 } };
+    } catch (e) {
+      await this.#o.blobs.delete(blobKey);
+      if (e instanceof IndexRefusal) return imagingFail('invalid', e.message);
+      throw e;
+    }
+  }
+
+  /** The current copy of an instance: its bytes as received, checked against the SHA-256. */
+  async read(sopInstanceUid: string): Promise<ImagingResult<{ instance: StoredInstance; file: Buffer }>> {
+    const row = await this.#current(this.#o.db, sopInstanceUid);
+    if (!row) return imagingFail('not-found', `no instance ${sopInstanceUid}`);
+    const sealed = await this.#o.blobs.get(row.blob_key);
+    if (!sealed) return imagingFail('corrupt', `instance ${sopInstanceUid}: its file ${row.blob_key} is missing from the blob store`);
+    let key: Buffer;
+    try {
+      key = await this.#o.kms.unwrapDataKey(row.data_key);
+    } catch (e) {
+      return imagingFail('sealed', `cannot decrypt instance ${sopInstanceUid}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    let file: Buffer;
+    try {
+      file = await collect(sealed.pipe(createDecryptStream(() => key)));
+    } catch (e) {
+      return imagingFail('corrupt', `instance ${sopInstanceUid}: ${e instanceof Error ? e.message : String(e)}`);
+    } finally {
+      key.fill(0);
+    }
+    const sha = createHash('sha256').update(file).digest('hex');
+    if (sha !== row.sha256) return imagingFail('corrupt', `instance ${sopInstanceUid}: SHA-256 ${sha} differs from ${row.sha256} recorded at ingest`);
+    return { ok: true, value: { instance: toInstance(row), file } };
+  }
+
+  /** Current instances of a study or series, in instance-number order. */
+  async instances(where: { studyInstanceUid: string; seriesInstanceUid?: string }): Promise<StoredInstance[]> {
+    const { rows } = await this.#o.db.query<InstanceRow>(
+      `SELECT * FROM imaging_instance WHERE current AND study_uid = $1 AND ($2::text IS NULL OR series_uid = $2) ORDER BY series_uid, instance_number NULLS LAST, sop_instance_uid`,
+      [where.studyInstanceUid, where.seriesInstanceUid ?? null],
+    );
+    return rows.map(toInstance);
+  }
+
+  async #current(q: Queryable, sopInstanceUid: string): Promise<InstanceRow | undefined> {
+    const { rows } = await q.query<InstanceRow>('SELECT * FROM imaging_instance WHERE sop_instance_uid = $1 AND current', [sopInstanceUid]);
+    return rows[0];
+  }
+
+  async #index(tx: Queryable, a: InstanceAttributes, f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string }): Promise<number | 'duplicate'> {
+    // One writer per SOP Instance UID at a time: versions stay gapless and the check above holds.
+    await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 7))', [a.sopInstanceUid]);
+    const prior = await this.#current(tx, a.sopInstanceUid);
+    if (prior?.sha256 === f.sha256) return 'duplicate';
+    if (prior && prior.study_uid !== a.studyInstanceUid) throw new IndexRefusal(`instance ${a.sopInstanceUid} is already held in study ${prior.study_uid}, not ${a.studyInstanceUid}`);
+    await tx.query(
+      `INSERT INTO imaging_study (study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, study_id, referring_physician)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+       ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id, patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
+         patient_sex = excluded.patient_sex, study_date = excluded.study_date, study_time = excluded.study_time, accession_number = excluded.accession_number,
+         study_description = excluded.study_description, study_id = excluded.study_id, referring_physician = excluded.referring_physician, updated_at = now()`,
+      [a.studyInstanceUid, a.patientId, a.patientName, a.patientBirthDate, a.patientSex, a.studyDate, a.studyTime, a.accessionNumber, a.studyDescription, a.studyId, a.referringPhysicianName],
+    );
+    const series = await tx.query<{ study_uid: string }>(
+      `INSERT INTO imaging_series (series_uid, study_uid, modality, series_number, series_description) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (series_uid) DO UPDATE SET modality = excluded.modality, series_number = excluded.series_number, series_description = excluded.series_description
+       RETURNING study_uid`,
+      [a.seriesInstanceUid, a.studyInstanceUid, a.modality, a.seriesNumber, a.seriesDescription],
+    );
+    if (series.rows[0]?.study_uid !== a.studyInstanceUid) throw new IndexRefusal(`series ${a.seriesInstanceUid} belongs to study ${series.rows[0]?.study_uid ?? '?'}, not ${a.studyInstanceUid}`);
+    if (prior) await tx.query('UPDATE imaging_instance SET current = false WHERE sop_instance_uid = $1 AND current', [a.sopInstanceUid]);
+    const version = (prior?.version ?? 0) + 1;
+    await tx.query(
+      `INSERT INTO imaging_instance (sop_instance_uid, version, current, series_uid, study_uid, sop_class_uid, instance_number, transfer_syntax_uid, number_of_frames, rows, columns, charset,
+         size_bytes, sha256, blob_key, data_key, attributes, flag, source)
+       VALUES ($1, $2, true, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+      [
+        a.sopInstanceUid, version, a.seriesInstanceUid, a.studyInstanceUid, a.sopClassUid, a.instanceNumber, a.transferSyntaxUid, a.numberOfFrames, a.rows, a.columns, a.specificCharacterSet,
+        f.size, f.sha256, f.blobKey, f.dataKey, JSON.stringify(a.json), prior ? `re-sent with different bytes (version ${prior.version} had SHA-256 ${prior.sha256})` : null, f.source,
+      ],
+    );
+    return version;
+  }
+}
+
+class IndexRefusal extends Error {}
+
+function toInstance(r: InstanceRow): StoredInstance {
+  return {
+    sopInstanceUid: r.sop_instance_uid, sopClassUid: r.sop_class_uid, studyInstanceUid: r.study_uid, seriesInstanceUid: r.series_uid,
+    transferSyntaxUid: r.transfer_syntax_uid, version: r.version, sha256: r.sha256, sizeBytes: Number(r.size_bytes), attributes: r.attributes,
+  };
+}

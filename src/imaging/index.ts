@@ -1,0 +1,14 @@
+export { checkStructure, TS } from './dicom-structure.ts';
+export type { Structure, StructureResult } from './dicom-structure.ts';
+export { readInstance } from './dicom-attributes.ts';
+export type { DicomJson, InstanceAttributes } from './dicom-attributes.ts';
+export { FsBlobStore } from './blob-store.ts';
+export type { BlobStore } from './blob-store.ts';
+export { ImagingStore, IMAGING_KEY } from './imaging-store.ts';
+export type { ImagingStoreOptions, IngestOutcome, StoredInstance } from './imaging-store.ts';
+export { findImaging, queryableAttributes } from './imaging-query.ts';
+export type { QueryLevel, Match } from './imaging-query.ts';
+export { startDimseServer } from './dimse-server.ts';
+export type { DimseServer, DimseServerOptions, RemoteAe } from './dimse-server.ts';
+export { part10File } from './part10.ts';
+export type { ImagingError, ImagingErrorKind, ImagingResult } from './errors.ts';
