@@ -20,6 +20,8 @@ import { registerRouteAccess } from './route-access.ts';
 import { authRoutes } from './auth-routes.ts';
 import { kmsRoutes } from './kms-routes.ts';
 import { fhirRoutes, registerFhirErrorHandling } from './fhir-routes.ts';
+import { dicomwebRoutes } from './dicomweb-routes.ts';
+import type { ImagingStore } from '../imaging/index.ts';
 import { anonymousResolver, registerIdentity, type IdentityResolver } from './identity.ts';
 
 export const DEFAULT_BODY_LIMIT = 16 * 1024 * 1024;
@@ -46,6 +48,8 @@ export interface AppOptions {
   blindIndex?: EmpiRoutesOptions['blindIndex'];
   /** Runs this site's consistency check against peers (operator API); absent: no verify API. */
   verify?: VerifyRoutesOptions['verify'];
+  /** The imaging store (absent: no /dicomweb). */
+  imaging?: ImagingStore;
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
@@ -106,6 +110,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     await app.register(auditRoutes, { prefix: '/audit', ...auditOpts });
     await app.register(auditEventRoutes, { prefix: '/fhir/R4', ...auditOpts });
   }
+  if (opts.imaging) await app.register(dicomwebRoutes, { prefix: '/dicomweb', imaging: opts.imaging });
   await app.register(fhirRoutes, { prefix: '/fhir/R4', access: opts.access, searchParams: opts.searchParams, siteId: opts.siteId, regionId: opts.regionId, version: opts.version });
   return app;
 }

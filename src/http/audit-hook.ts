@@ -16,7 +16,7 @@ export interface AuditHookOptions {
 /** Routes that serve nothing sensitive and are polled often: health, capabilities, public keys, seal state. */
 const NOT_AUDITED = /^\/(healthz|readyz|metrics|fhir\/R4\/metadata|auth\/keys|kms\/status)(\?|$|\/)/;
 /** Routes refused while sealed: they need the audit log to answer. */
-const NEEDS_AUDIT = /^\/(fhir\/R4(?!\/metadata)|auth\/login|access|audit|replication|conflicts)/;
+const NEEDS_AUDIT = /^\/(fhir\/R4(?!\/metadata)|auth\/login|access|audit|replication|conflicts|dicomweb)/;
 
 declare module 'fastify' {
   interface FastifyRequest {

@@ -14,6 +14,7 @@ import { ConsistencyChecker, Puller, ReplicationMetrics, type ApplyContext } fro
 import { tokenResolver } from './identity.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
+import { FsBlobStore, ImagingStore } from '../imaging/index.ts';
 
 export const VERSION = '0.1.0';
 
@@ -25,6 +26,8 @@ export interface SiteOptions {
   bodyLimit?: number;
   resolveIdentity?: IdentityResolver;
   checkpointEveryMs?: number;
+  /** Where image files go (a folder for the filesystem blob store); absent: no imaging on this node. */
+  imaging?: { blobRoot: string; maxFileBytes?: number };
 }
 
 export interface Site {
@@ -42,6 +45,8 @@ export interface Site {
   checker: ConsistencyChecker;
   /** Starts one puller per peer (once per site: leases) and, when asked, scheduled consistency checks. */
   startReplication(opts?: ReplicationStartOptions): void;
+  /** The imaging store, when this node serves images (DICOMweb; DIMSE is started beside it). */
+  imaging?: ImagingStore;
   /** Loads the EMPI blind-index key now (it is also looked for on unseal and every 10 s). */
   refreshEmpiKey(): Promise<void>;
   app: FastifyInstance;
@@ -140,6 +145,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     }
     if (o.verifyEveryMs) checker.start(o.verifyEveryMs);
   };
+  const imaging = opts.imaging ? new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: opts.imaging.blobRoot }), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}) }) : undefined;
   const app = await buildApp({
     access, db, region, records: ctx, replication, kms, identity, audit: auditLog, searchParams, siteId, regionId: region.id, version: VERSION,
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
@@ -147,9 +153,10 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     resolveIdentity: opts.resolveIdentity ?? tokenResolver(identity),
     verify: (o) => checker.run(o),
     blindIndex: empi.index,
+    ...(imaging ? { imaging } : {}),
   });
   return { ok: true, site: {
-      siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, app,
+      siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, app, ...(imaging ? { imaging } : {}),
       refreshEmpiKey: empi.refresh,
       close: async () => {
         clearInterval(checkpoints);

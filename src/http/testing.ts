@@ -1,5 +1,8 @@
 // Test helper: one site of the example region listening on 127.0.0.1 (random port).
 import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Db } from '../db/index.ts';
 import { openTestDb } from '../db/test-db.ts';
 import { tableCounts } from '../records/testing.ts';
@@ -18,14 +21,17 @@ export interface TestServer {
   /** Headers with a token for any roles and attributes, signed by this site like a login's. */
   as(roles: string[], attributes?: Record<string, string>, opts?: { userId?: string; purpose?: string }): Record<string, string>;
   counts(): Promise<Record<string, number>>;
+  /** The folder of this site's image blobs. */
+  blobRoot: string;
   close(): Promise<void>;
 }
 
 /** kms: 'unsealed' (default: initialized 2-of-2 and open, so data routes serve) or 'uninitialized'. */
-export async function startTestServer(opts: { siteId?: string; bodyLimit?: number; kms?: 'unsealed' | 'uninitialized' } = {}): Promise<TestServer> {
+export async function startTestServer(opts: { siteId?: string; bodyLimit?: number; kms?: 'unsealed' | 'uninitialized'; maxImageBytes?: number } = {}): Promise<TestServer> {
   const db = await openTestDb({ migrated: false });
   const siteId = opts.siteId ?? 'B';
-  const opened = await openSite({ region: await exampleRegion(), siteId, db, ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}) });
+  const blobRoot = await mkdtemp(join(tmpdir(), `medmesh-${siteId}-blobs-`));
+  const opened = await openSite({ region: await exampleRegion(), siteId, db, imaging: { blobRoot, maxFileBytes: opts.maxImageBytes ?? 8 * 2 ** 20 }, ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}) });
   if (!opened.ok) throw new Error(opened.error.message);
   const { site } = opened;
   if ((opts.kms ?? 'unsealed') === 'unsealed') {
@@ -50,9 +56,11 @@ export async function startTestServer(opts: { siteId?: string; bodyLimit?: numbe
     },
     as,
     counts: () => tableCounts(db),
+    blobRoot,
     async close() {
       await site.close();
       await db.close();
+      await rm(blobRoot, { recursive: true, force: true });
     },
   };
 }

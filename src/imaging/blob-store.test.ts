@@ -32,7 +32,7 @@ function blobStoreContract(name: string, open: () => Promise<{ store: BlobStore;
     });
 
     it('leaves nothing under the key when the source fails mid-stream', async () => {
-      async function* failing() {
+      function* failing() {
         yield Buffer.alloc(1024, 1);
         throw new Error('the sender went away');
       }

@@ -85,7 +85,8 @@ export function readInstance(file: Uint8Array): AttributesResult {
   }
   const json: DicomJson = {};
   for (const [tag, el] of Object.entries(parsed.dict)) {
-    if (BULK_VRS.has(el.vr)) continue;
+    // Bulk data (and the pixel data tag dcmjs stops at) stays out of the metadata.
+    if (!el.vr || BULK_VRS.has(el.vr) || tag === '7FE00010') continue;
     json[tag] = el.Value === undefined ? { vr: el.vr } : { vr: el.vr, Value: el.Value };
   }
   return {

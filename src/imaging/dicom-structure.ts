@@ -18,6 +18,8 @@ export interface Structure {
   datasetOffset: number;
   /** Elements walked (all levels): a sanity figure for tests and logs. */
   elements: number;
+  /** Where the top-level Pixel Data value lies in the file (not for deflated data sets). */
+  pixelData?: { offset: number; length: number; encapsulated: boolean };
 }
 
 export type StructureResult = { ok: true; value: Structure } | { ok: false; error: string };
@@ -35,6 +37,11 @@ interface Encoding {
 
 class Broken extends Error {}
 
+interface Walk {
+  n: number;
+  pixel?: { offset: number; length: number; encapsulated: boolean };
+}
+
 const hex = (tag: number) => `(${(tag >>> 16).toString(16).padStart(4, '0').toUpperCase()},${(tag & 0xffff).toString(16).padStart(4, '0').toUpperCase()})`;
 
 /** Checks the whole file; never throws. */
@@ -42,7 +49,7 @@ export function checkStructure(file: Uint8Array): StructureResult {
   const b = Buffer.from(file.buffer, file.byteOffset, file.byteLength);
   if (b.length < 132 || b.toString('latin1', 128, 132) !== 'DICM') return { ok: false, error: 'not a DICOM Part 10 file: no 128-byte preamble followed by "DICM"' };
   try {
-    const counter = { n: 0 };
+    const counter: Walk = { n: 0 };
     const first = readHeader(b, 132, b.length, { explicit: true, little: true });
     if (first.tag !== 0x00020000 || first.length !== 4) return { ok: false, error: 'the File Meta Information has no group length (0002,0000)' };
     const metaEnd = 132 + first.headerLength + 4 + b.readUInt32LE(132 + first.headerLength);
@@ -69,8 +76,9 @@ export function checkStructure(file: Uint8Array): StructureResult {
       }
     }
     const enc: Encoding = { explicit: transferSyntaxUid !== TS.implicitLE, little: transferSyntaxUid !== TS.explicitBE };
-    walk(data, 0, data.length, enc, false, counter);
-    return { ok: true, value: { transferSyntaxUid, datasetOffset: metaEnd, elements: counter.n } };
+    walk(data, 0, data.length, enc, false, counter, 0);
+    const pixel = counter.pixel && transferSyntaxUid !== TS.deflatedLE ? { ...counter.pixel, offset: counter.pixel.offset + metaEnd } : undefined;
+    return { ok: true, value: { transferSyntaxUid, datasetOffset: metaEnd, elements: counter.n, ...(pixel ? { pixelData: pixel } : {}) } };
   } catch (e) {
     if (e instanceof Broken) return { ok: false, error: e.message };
     throw e;
@@ -101,7 +109,7 @@ function readHeader(b: Buffer, pos: number, end: number, enc: Encoding): Header 
 }
 
 /** Walks elements from pos to end (or to the delimiter when `delimited`); returns the position after. */
-function walk(b: Buffer, pos: number, end: number, enc: Encoding, delimited: boolean, counter: { n: number }): number {
+function walk(b: Buffer, pos: number, end: number, enc: Encoding, delimited: boolean, counter: Walk, depth: number): number {
   while (pos < end) {
     const h = readHeader(b, pos, end, enc);
     pos += h.headerLength;
@@ -110,21 +118,25 @@ function walk(b: Buffer, pos: number, end: number, enc: Encoding, delimited: boo
       if (!delimited) throw new Broken(`an item delimiter at byte ${pos - 8} closes nothing`);
       return pos;
     }
+    if (h.tag === 0x7fe00010 && depth === 0) counter.pixel = { offset: pos, length: h.length === UNDEFINED ? end - pos : h.length, encapsulated: h.length === UNDEFINED };
     if (h.length !== UNDEFINED) {
       if (pos + h.length > end) throw new Broken(`truncated: ${hex(h.tag)} declares ${h.length} bytes but ${end - pos} remain`);
-      if (h.vr === 'SQ') walkItems(b, pos, pos + h.length, enc, false, counter);
+      if (h.vr === 'SQ') walkItems(b, pos, pos + h.length, enc, false, counter, depth + 1);
       pos += h.length;
       continue;
     }
     // Undefined length: a sequence, encapsulated pixel data, or UN holding an implicit sequence.
-    if (h.tag === 0x7fe00010) pos = walkFragments(b, pos, end, enc);
-    else pos = walkItems(b, pos, end, h.vr === 'UN' ? { explicit: false, little: true } : enc, true, counter);
+    if (h.tag === 0x7fe00010) {
+      const start = pos;
+      pos = walkFragments(b, pos, end, enc);
+      if (depth === 0 && counter.pixel) counter.pixel.length = pos - start;
+    } else pos = walkItems(b, pos, end, h.vr === 'UN' ? { explicit: false, little: true } : enc, true, counter, depth + 1);
   }
   if (delimited) throw new Broken('truncated: an item of undefined length has no delimiter');
   return pos;
 }
 
-function walkItems(b: Buffer, pos: number, end: number, enc: Encoding, delimited: boolean, counter: { n: number }): number {
+function walkItems(b: Buffer, pos: number, end: number, enc: Encoding, delimited: boolean, counter: Walk, depth: number): number {
   while (pos < end) {
     const h = readHeader(b, pos, end, enc);
     pos += 8;
@@ -133,10 +145,10 @@ function walkItems(b: Buffer, pos: number, end: number, enc: Encoding, delimited
       return pos;
     }
     if (h.tag !== ITEM) throw new Broken(`expected an item in a sequence at byte ${pos - 8}, found ${hex(h.tag)}`);
-    if (h.length === UNDEFINED) pos = walk(b, pos, end, enc, true, counter);
+    if (h.length === UNDEFINED) pos = walk(b, pos, end, enc, true, counter, depth);
     else {
       if (pos + h.length > end) throw new Broken(`truncated: an item declares ${h.length} bytes but ${end - pos} remain`);
-      walk(b, pos, pos + h.length, enc, false, counter);
+      walk(b, pos, pos + h.length, enc, false, counter, depth);
       pos += h.length;
     }
   }

@@ -8,6 +8,8 @@ export type QueryLevel = 'PATIENT' | 'STUDY' | 'SERIES' | 'IMAGE';
 type Kind = 'text' | 'uid' | 'date' | 'time' | 'pn' | 'int';
 interface Attr {
   level: QueryLevel;
+  tag: string;
+  vr: string;
   sql: string;
   kind: Kind;
   /** Only returned, never matched (computed). */
@@ -15,34 +17,71 @@ interface Attr {
 }
 
 const ATTRS: Record<string, Attr> = {
-  PatientID: { level: 'PATIENT', sql: 's.patient_id', kind: 'text' },
-  PatientName: { level: 'PATIENT', sql: 's.patient_name', kind: 'pn' },
-  PatientBirthDate: { level: 'PATIENT', sql: 's.patient_birth_date', kind: 'date' },
-  PatientSex: { level: 'PATIENT', sql: 's.patient_sex', kind: 'text' },
-  StudyInstanceUID: { level: 'STUDY', sql: 's.study_uid', kind: 'uid' },
-  StudyDate: { level: 'STUDY', sql: 's.study_date', kind: 'date' },
-  StudyTime: { level: 'STUDY', sql: 's.study_time', kind: 'time' },
-  AccessionNumber: { level: 'STUDY', sql: 's.accession_number', kind: 'text' },
-  StudyDescription: { level: 'STUDY', sql: 's.study_description', kind: 'text' },
-  StudyID: { level: 'STUDY', sql: 's.study_id', kind: 'text' },
-  ReferringPhysicianName: { level: 'STUDY', sql: 's.referring_physician', kind: 'pn' },
-  ModalitiesInStudy: { level: 'STUDY', sql: `(SELECT string_agg(DISTINCT m.modality, '\\') FROM imaging_series m WHERE m.study_uid = s.study_uid)`, kind: 'text' },
-  NumberOfStudyRelatedSeries: { level: 'STUDY', sql: '(SELECT count(*) FROM imaging_series m WHERE m.study_uid = s.study_uid)', kind: 'int', computed: true },
-  NumberOfStudyRelatedInstances: { level: 'STUDY', sql: '(SELECT count(*) FROM imaging_instance m WHERE m.study_uid = s.study_uid AND m.current)', kind: 'int', computed: true },
-  SeriesInstanceUID: { level: 'SERIES', sql: 'se.series_uid', kind: 'uid' },
-  Modality: { level: 'SERIES', sql: 'se.modality', kind: 'text' },
-  SeriesNumber: { level: 'SERIES', sql: 'se.series_number', kind: 'int' },
-  SeriesDescription: { level: 'SERIES', sql: 'se.series_description', kind: 'text' },
-  NumberOfSeriesRelatedInstances: { level: 'SERIES', sql: '(SELECT count(*) FROM imaging_instance m WHERE m.series_uid = se.series_uid AND m.current)', kind: 'int', computed: true },
-  SOPInstanceUID: { level: 'IMAGE', sql: 'i.sop_instance_uid', kind: 'uid' },
-  SOPClassUID: { level: 'IMAGE', sql: 'i.sop_class_uid', kind: 'uid' },
-  InstanceNumber: { level: 'IMAGE', sql: 'i.instance_number', kind: 'int' },
-  NumberOfFrames: { level: 'IMAGE', sql: 'i.number_of_frames', kind: 'int' },
-  Rows: { level: 'IMAGE', sql: 'i.rows', kind: 'int' },
-  Columns: { level: 'IMAGE', sql: 'i.columns', kind: 'int' },
+  PatientID: { level: 'PATIENT', tag: '00100020', vr: 'LO', sql: 's.patient_id', kind: 'text' },
+  PatientName: { level: 'PATIENT', tag: '00100010', vr: 'PN', sql: 's.patient_name', kind: 'pn' },
+  PatientBirthDate: { level: 'PATIENT', tag: '00100030', vr: 'DA', sql: 's.patient_birth_date', kind: 'date' },
+  PatientSex: { level: 'PATIENT', tag: '00100040', vr: 'CS', sql: 's.patient_sex', kind: 'text' },
+  StudyInstanceUID: { level: 'STUDY', tag: '0020000D', vr: 'UI', sql: 's.study_uid', kind: 'uid' },
+  StudyDate: { level: 'STUDY', tag: '00080020', vr: 'DA', sql: 's.study_date', kind: 'date' },
+  StudyTime: { level: 'STUDY', tag: '00080030', vr: 'TM', sql: 's.study_time', kind: 'time' },
+  AccessionNumber: { level: 'STUDY', tag: '00080050', vr: 'SH', sql: 's.accession_number', kind: 'text' },
+  StudyDescription: { level: 'STUDY', tag: '00081030', vr: 'LO', sql: 's.study_description', kind: 'text' },
+  StudyID: { level: 'STUDY', tag: '00200010', vr: 'SH', sql: 's.study_id', kind: 'text' },
+  ReferringPhysicianName: { level: 'STUDY', tag: '00080090', vr: 'PN', sql: 's.referring_physician', kind: 'pn' },
+  ModalitiesInStudy: { level: 'STUDY', tag: '00080061', vr: 'CS', sql: `(SELECT string_agg(DISTINCT m.modality, '\\') FROM imaging_series m WHERE m.study_uid = s.study_uid)`, kind: 'text' },
+  NumberOfStudyRelatedSeries: { level: 'STUDY', tag: '00201206', vr: 'IS', sql: '(SELECT count(*) FROM imaging_series m WHERE m.study_uid = s.study_uid)', kind: 'int', computed: true },
+  NumberOfStudyRelatedInstances: { level: 'STUDY', tag: '00201208', vr: 'IS', sql: '(SELECT count(*) FROM imaging_instance m WHERE m.study_uid = s.study_uid AND m.current)', kind: 'int', computed: true },
+  SeriesInstanceUID: { level: 'SERIES', tag: '0020000E', vr: 'UI', sql: 'se.series_uid', kind: 'uid' },
+  Modality: { level: 'SERIES', tag: '00080060', vr: 'CS', sql: 'se.modality', kind: 'text' },
+  SeriesNumber: { level: 'SERIES', tag: '00200011', vr: 'IS', sql: 'se.series_number', kind: 'int' },
+  SeriesDescription: { level: 'SERIES', tag: '0008103E', vr: 'LO', sql: 'se.series_description', kind: 'text' },
+  NumberOfSeriesRelatedInstances: { level: 'SERIES', tag: '00201209', vr: 'IS', sql: '(SELECT count(*) FROM imaging_instance m WHERE m.series_uid = se.series_uid AND m.current)', kind: 'int', computed: true },
+  SOPInstanceUID: { level: 'IMAGE', tag: '00080018', vr: 'UI', sql: 'i.sop_instance_uid', kind: 'uid' },
+  SOPClassUID: { level: 'IMAGE', tag: '00080016', vr: 'UI', sql: 'i.sop_class_uid', kind: 'uid' },
+  InstanceNumber: { level: 'IMAGE', tag: '00200013', vr: 'IS', sql: 'i.instance_number', kind: 'int' },
+  NumberOfFrames: { level: 'IMAGE', tag: '00280008', vr: 'IS', sql: 'i.number_of_frames', kind: 'int' },
+  Rows: { level: 'IMAGE', tag: '00280010', vr: 'US', sql: 'i.rows', kind: 'int' },
+  Columns: { level: 'IMAGE', tag: '00280011', vr: 'US', sql: 'i.columns', kind: 'int' },
 };
 
 const RANK: Record<QueryLevel, number> = { PATIENT: 0, STUDY: 1, SERIES: 2, IMAGE: 3 };
+
+const BY_TAG = new Map(Object.entries(ATTRS).map(([k, a]) => [a.tag, k]));
+
+/** The keyword of an indexed attribute named by keyword or by 8-digit tag; undefined when not indexed. */
+export function attributeKeyword(nameOrTag: string): string | undefined {
+  if (ATTRS[nameOrTag]) return nameOrTag;
+  return BY_TAG.get(nameOrTag.toUpperCase());
+}
+
+/** The default attributes a level answers with (PS3.18 Table 10.6.3-x, the indexed subset). */
+export const DEFAULT_RETURN: Record<QueryLevel, string[]> = {
+  PATIENT: ['PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex'],
+  STUDY: ['StudyInstanceUID', 'StudyDate', 'StudyTime', 'AccessionNumber', 'ReferringPhysicianName', 'PatientName', 'PatientID', 'PatientBirthDate', 'PatientSex', 'StudyID', 'StudyDescription', 'ModalitiesInStudy', 'NumberOfStudyRelatedSeries', 'NumberOfStudyRelatedInstances'],
+  SERIES: ['StudyInstanceUID', 'SeriesInstanceUID', 'Modality', 'SeriesNumber', 'SeriesDescription', 'NumberOfSeriesRelatedInstances'],
+  IMAGE: ['StudyInstanceUID', 'SeriesInstanceUID', 'SOPClassUID', 'SOPInstanceUID', 'InstanceNumber', 'Rows', 'Columns', 'NumberOfFrames'],
+};
+
+/** A match as a DICOM JSON object (PS3.18 F.2): tag -> { vr, Value }. */
+export function toDicomJson(m: Match): Record<string, { vr: string; Value?: unknown[] }> {
+  const out: Record<string, { vr: string; Value?: unknown[] }> = {};
+  for (const [k, v] of Object.entries(m)) {
+    const a = ATTRS[k];
+    if (!a) continue;
+    if (v === null || v === '') {
+      out[a.tag] = { vr: a.vr };
+      continue;
+    }
+    let value: unknown[];
+    if (a.vr === 'PN') {
+      const [Alphabetic = '', Ideographic, Phonetic] = String(v).split('=');
+      value = [{ Alphabetic, ...(Ideographic ? { Ideographic } : {}), ...(Phonetic ? { Phonetic } : {}) }];
+    } else if (a.vr === 'IS' || a.vr === 'US') value = [Number(v)];
+    else value = String(v).split('\\');
+    out[a.tag] = { vr: a.vr, Value: value };
+  }
+  return Object.fromEntries(Object.entries(out).sort(([x], [y]) => (x < y ? -1 : 1)));
+}
 
 export const queryableAttributes = (level: QueryLevel): string[] => Object.entries(ATTRS).filter(([, a]) => RANK[a.level] <= RANK[level]).map(([k]) => k);
 

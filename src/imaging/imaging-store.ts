@@ -24,8 +24,10 @@ export interface ImagingStoreOptions {
 export interface IngestOutcome {
   /** stored: new instance; duplicate: same bytes already held (nothing written); new-version: same UID, different bytes. */
   status: 'stored' | 'duplicate' | 'new-version';
+  sopClassUid: string;
   sopInstanceUid: string;
   studyInstanceUid: string;
+  seriesInstanceUid: string;
   version: number;
   sha256: string;
 }
@@ -73,22 +75,25 @@ export class ImagingStore {
   }
 
   /** Takes one Part 10 file. `source` says who sent it (calling AE, user) for the record. */
-  async ingest(file: Uint8Array, opts: { source: string }): Promise<ImagingResult<IngestOutcome>> {
+  async ingest(file: Uint8Array, opts: { source: string; expectStudy?: string }): Promise<ImagingResult<IngestOutcome>> {
     const max = this.maxFileBytes;
     if (file.byteLength > max) return imagingFail('too-large', `the file has ${file.byteLength} bytes; this site accepts at most ${max}`);
     const read = readInstance(file);
     if (!read.ok) return imagingFail('invalid', read.error);
     const a = read.value;
+    const instance = { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid };
+    if (opts.expectStudy && a.studyInstanceUid !== opts.expectStudy) return { ok: false, error: { kind: 'wrong-study', message: `instance ${a.sopInstanceUid} belongs to study ${a.studyInstanceUid}, not ${opts.expectStudy}`, instance } };
     const sha256 = createHash('sha256').update(file).digest('hex');
+    const outcome = (status: IngestOutcome['status'], version: number): IngestOutcome => ({ status, sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid, studyInstanceUid: a.studyInstanceUid, seriesInstanceUid: a.seriesInstanceUid, version, sha256 });
     const existing = await this.#current(this.#o.db, a.sopInstanceUid);
-    if (existing?.sha256 === sha256) return { ok: true, value: { status: 'duplicate', sopInstanceUid: a.sopInstanceUid, studyInstanceUid: existing.study_uid, version: existing.version, sha256 } };
+    if (existing?.sha256 === sha256) return { ok: true, value: outcome('duplicate', existing.version) };
 
     let dataKey: { wrapped: Buffer; plaintext?: Buffer };
     try {
       await this.#o.kms.ensureKey(IMAGING_KEY);
       dataKey = await this.#o.kms.generateDataKey(IMAGING_KEY);
     } catch (e) {
-      return imagingFail('sealed', `cannot encrypt the file: ${e instanceof Error ? e.message : String(e)}`);
+      return { ok: false, error: { kind: 'sealed', message: `cannot encrypt the file: ${e instanceof Error ? e.message : String(e)}`, instance } };
     }
     const blobKey = `${randomUUID().slice(0, 2)}/${randomUUID()}.mmf`;
     const sealed = Readable.from([Buffer.from(file.buffer, file.byteOffset, file.byteLength)]).pipe(createEncryptStream({ keyId: IMAGING_KEY, keyVersion: 0, key: dataKey.plaintext! }));
@@ -99,12 +104,12 @@ export class ImagingStore {
       if (version === 'duplicate') {
         // Another sender stored the same bytes meanwhile.
         await this.#o.blobs.delete(blobKey);
-        return { ok: true, value: { status: 'duplicate', sopInstanceUid: a.sopInstanceUid, studyInstanceUid: a.studyInstanceUid, version: existing?.version ?? 1, sha256 } };
+        return { ok: true, value: outcome('duplicate', existing?.version ?? 1) };
       }
-      return { ok: true, value: { status: version > 1 ? 'new-version' : 'stored', sopInstanceUid: a.sopInstanceUid, studyInstanceUid: a.studyInstanceUid, version, sha256 } };
+      return { ok: true, value: outcome(version > 1 ? 'new-version' : 'stored', version) };
     } catch (e) {
       await this.#o.blobs.delete(blobKey);
-      if (e instanceof IndexRefusal) return imagingFail('invalid', e.message);
+      if (e instanceof IndexRefusal) return { ok: false, error: { kind: 'invalid', message: e.message, instance } };
       throw e;
     }
   }

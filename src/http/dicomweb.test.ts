@@ -1,0 +1,161 @@
+// DICOMweb against a real client (the dicomweb-client package, with an XMLHttpRequest
+// polyfill as it needs in Node) and raw HTTP for what a well-behaved client never sends.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import dicomweb from 'dicomweb-client';
+import XMLHttpRequest from 'xhr2';
+import { testBackend } from '../db/test-db.ts';
+import { checkStructure } from '../imaging/index.ts';
+import { sample } from '../imaging/testing.ts';
+import { startTestServer, type TestServer } from './testing.ts';
+
+(globalThis as { XMLHttpRequest?: unknown }).XMLHttpRequest = XMLHttpRequest;
+
+/** The calls used here (the package's generated types mark every option required). */
+interface Client {
+  storeInstances(o: { datasets: ArrayBuffer[] }): Promise<unknown>;
+  searchForStudies(o: { queryParams?: Record<string, string> }): Promise<unknown>;
+  searchForSeries(o: { studyInstanceUID: string }): Promise<unknown>;
+  searchForInstances(o: { studyInstanceUID: string; seriesInstanceUID: string }): Promise<unknown>;
+  retrieveStudy(o: { studyInstanceUID: string }): Promise<unknown>;
+  retrieveInstance(o: { studyInstanceUID: string; seriesInstanceUID: string; sopInstanceUID: string }): Promise<unknown>;
+  retrieveInstanceMetadata(o: { studyInstanceUID: string; seriesInstanceUID: string; sopInstanceUID: string }): Promise<unknown>;
+  retrieveInstanceFrames(o: { studyInstanceUID: string; seriesInstanceUID: string; sopInstanceUID: string; frameNumbers: string }): Promise<unknown>;
+}
+
+const CT_STUDY = '1.3.6.1.4.1.5962.1.2.1.20040119072730.12322';
+const CT_SERIES = '1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322';
+const CT = '1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322';
+const FILES = ['CT_small.dcm', 'MR_small_bigendian.dcm', 'JPEG2000.dcm', 'SC_rgb_rle_2frame.dcm', 'charset_files/chrX2.dcm', 'liver_1frame.dcm'];
+
+const ab = (b: Buffer) => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
+const tag = (o: Record<string, { Value?: unknown[] }>, t: string) => o[t]?.Value?.[0];
+
+describe(`DICOMweb (${testBackend()})`, () => {
+  let s: TestServer;
+  let client: Client;
+  const audits = async (action: string) => (await s.db.query<{ n: number }>("SELECT count(*)::int AS n FROM audit_entry WHERE convert_from(entry, 'UTF8')::jsonb->>'action' = $1", [action])).rows[0]!.n;
+  before(async () => {
+    s = await startTestServer({ maxImageBytes: 1_000_000 });
+    client = new dicomweb.api.DICOMwebClient({ url: `${s.base}/dicomweb`, headers: s.as(['doctor']), verbose: false } as never) as unknown as Client;
+  });
+  after(async () => s.close());
+
+  it('stores with STOW-RS and answers with the references', async () => {
+    const files = await Promise.all(FILES.map((f) => sample(f)));
+    const answer = (await client.storeInstances({ datasets: files.map(ab) }));
+    const rows = (await s.db.query<{ n: number }>('SELECT count(*)::int AS n FROM imaging_instance')).rows[0]!.n;
+    assert.equal(rows, FILES.length);
+    assert.ok(answer !== undefined);
+    // The same through plain HTTP, to read status and body: all duplicates now, still 200.
+    const { status, body } = await stowRaw(s, files.slice(0, 2));
+    assert.equal(status, 200);
+    const refs = (body['00081199'] as { Value: Array<Record<string, { Value: string[] }>> }).Value;
+    assert.deepEqual(refs.map((r) => r['00081155']!.Value[0]).sort(), [CT, '1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457'].sort());
+    assert.match(refs[0]!['00081190']!.Value[0]!, /\/dicomweb\/studies\/[0-9.]+\/series\/[0-9.]+\/instances\/[0-9.]+$/);
+    assert.ok((await audits('dicom-store')) >= 2, 'audited');
+  });
+
+  it('answers QIDO-RS at study, series and instance level', async () => {
+    const studies = (await client.searchForStudies({ queryParams: { PatientName: '*王*' } })) as Array<Record<string, { Value?: unknown[] }>>;
+    assert.equal(studies.length, 1);
+    assert.deepEqual(tag(studies[0]!, '00100010'), { Alphabetic: 'Wang^XiaoDong', Ideographic: '王^小东' });
+    const dated = (await client.searchForStudies({ queryParams: { StudyDate: '20040101-20041231', includefield: 'NumberOfStudyRelatedInstances' } })) as Array<Record<string, { Value?: unknown[] }>>;
+    assert.deepEqual(dated.map((x) => tag(x, '0020000D')).sort(), [CT_STUDY, '1.3.6.1.4.1.5962.1.2.4.20040826185059.5457', '1.3.6.1.4.1.5962.1.2.8.20040826185059.5457'].sort());
+    assert.ok(dated.every((x) => tag(x, '00201208') === 1));
+    const series = (await client.searchForSeries({ studyInstanceUID: CT_STUDY })) as Array<Record<string, { Value?: unknown[] }>>;
+    assert.deepEqual(series.map((x) => [tag(x, '0020000E'), tag(x, '00080060')]), [[CT_SERIES, 'CT']]);
+    const instances = (await client.searchForInstances({ studyInstanceUID: CT_STUDY, seriesInstanceUID: CT_SERIES })) as Array<Record<string, { Value?: unknown[] }>>;
+    assert.deepEqual(instances.map((x) => tag(x, '00080018')), [CT]);
+    const paged = (await client.searchForStudies({ queryParams: { limit: '2', offset: '1' } })) as unknown[];
+    assert.equal(paged.length, 2);
+  });
+
+  it('retrieves studies, instances, metadata and frames with WADO-RS, byte for byte', async () => {
+    const [file] = (await client.retrieveStudy({ studyInstanceUID: CT_STUDY })) as ArrayBuffer[];
+    assert.ok(Buffer.from(file!).equals(await sample('CT_small.dcm')));
+    const instance = (await client.retrieveInstance({ studyInstanceUID: CT_STUDY, seriesInstanceUID: CT_SERIES, sopInstanceUID: CT })) as ArrayBuffer;
+    assert.ok(Buffer.from(instance).equals(await sample('CT_small.dcm')));
+    const meta = (await client.retrieveInstanceMetadata({ studyInstanceUID: CT_STUDY, seriesInstanceUID: CT_SERIES, sopInstanceUID: CT })) as Array<Record<string, { Value?: unknown[] }>>;
+    assert.equal(tag(meta[0]!, '00080060'), 'CT');
+    assert.equal(meta[0]!['7FE00010'], undefined, 'no bulk data in metadata');
+    const [frame] = (await client.retrieveInstanceFrames({ studyInstanceUID: CT_STUDY, seriesInstanceUID: CT_SERIES, sopInstanceUID: CT, frameNumbers: '1' })) as ArrayBuffer[];
+    const ct = await sample('CT_small.dcm');
+    const px = checkStructure(ct);
+    assert.ok(px.ok && px.value.pixelData);
+    assert.equal(frame!.byteLength, 128 * 128 * 2);
+    assert.ok(Buffer.from(frame!).equals(ct.subarray(px.value.pixelData.offset, px.value.pixelData.offset + px.value.pixelData.length)));
+    assert.ok((await audits('dicom-retrieve')) >= 3);
+  });
+
+  it('refuses what it cannot do or may not do, clearly', async () => {
+    const get = (path: string, headers: Record<string, string> = s.as(['doctor'])) => fetch(`${s.base}/dicomweb${path}`, { headers });
+    assert.equal((await get('/studies', {})).status, 401, 'no token');
+    assert.equal((await get('/studies', s.as(['researcher']))).status, 403, 'a researcher fetches no individual images');
+    assert.equal((await get('/studies', s.as(['patient']))).status, 403);
+    const unknown = await get('/studies?Bogus=1');
+    assert.equal(unknown.status, 400);
+    assert.match(((await unknown.json()) as { message: string }).message, /Bogus is not a matching key/);
+    assert.equal((await get('/studies?StudyDate=yesterday')).status, 400);
+    assert.equal((await get('/studies/1.2.3.999')).status, 404);
+    assert.equal((await get('/studies/not-a-uid')).status, 400);
+    const jp2 = '1.3.6.1.4.1.5962.1.2.8.20040826185059.5457';
+    const asJpegLs = await get(`/studies/${jp2}`, { ...s.as(['doctor']), accept: 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80' });
+    assert.equal(asJpegLs.status, 406);
+    assert.match(((await asJpegLs.json()) as { message: string }).message, /medmesh returns instances as stored/);
+    const frames = await get(`/studies/${jp2}/series/1.3.6.1.4.1.5962.1.3.8.1.20040826185059.5457/instances/1.3.6.1.4.1.5962.1.1.8.1.3.20040826185059.5457/frames/1`);
+    assert.equal(frames.status, 406, 'frames of compressed data would need transcoding');
+    assert.equal((await get(`/studies/${CT_STUDY}/series/${CT_SERIES}/instances/${CT}/frames/2`)).status, 404);
+    assert.equal((await get(`/studies/${CT_STUDY}`, { ...s.as(['doctor']), accept: 'application/json' })).status, 406);
+  });
+
+  it('refuses bad STOW-RS bodies part by part and writes nothing for them', async () => {
+    const before = await s.counts();
+    const rows = async () => (await s.db.query<{ n: number }>('SELECT count(*)::int AS n FROM imaging_instance')).rows[0]!.n;
+    const n0 = await rows();
+    const post = (body: Buffer, contentType: string, path = '/studies') => fetch(`${s.base}/dicomweb${path}`, { method: 'POST', headers: { ...s.as(['doctor']), 'content-type': contentType }, body });
+    const good = await sample('MR_small.dcm');
+    const badBoundary = await post(multipart([good], 'abc'), 'multipart/related; type="application/dicom"; boundary=xyz');
+    assert.equal(badBoundary.status, 400);
+    assert.match(((await badBoundary.json()) as { message: string }).message, /never contains the boundary xyz/);
+    assert.equal((await post(good, 'application/json')).status, 415);
+    const noBoundary = await post(good, 'multipart/related; type="application/dicom"');
+    assert.equal(noBoundary.status, 400);
+    // One truncated file among good ones: 202, the good one stored, the bad one listed with a reason.
+    const mixed = await stowRaw(s, [await sample('MR_truncated.dcm'), good]);
+    assert.equal(mixed.status, 202);
+    assert.deepEqual((mixed.body['00081198'] as { Value: Array<Record<string, { Value: number[] }>> }).Value.map((f) => f['00081197']!.Value[0]), [0xc000]);
+    assert.match(mixed.warning ?? '', /part 1: truncated: \(7FE0,0010\) declares 8192 bytes but 8130 remain/);
+    const wrongStudy = await stowRaw(s, [await sample('waveform_ecg.dcm')], `/studies/${CT_STUDY}`);
+    assert.equal(wrongStudy.status, 409);
+    assert.deepEqual((wrongStudy.body['00081198'] as { Value: Array<Record<string, { Value: unknown[] }>> }).Value.map((f) => f['00081197']!.Value[0]), [0xa900]);
+    const tooBig = await stowRaw(s, [Buffer.alloc(1_100_000)]);
+    assert.equal(tooBig.status, 409);
+    assert.equal((await post(Buffer.alloc(3_000_000), 'multipart/related; type="application/dicom"; boundary=b')).status, 413);
+    assert.equal(await rows(), n0 + 1, 'only the good file');
+    assert.equal((await s.counts()).resource_current, before.resource_current);
+  });
+});
+
+describe(`DICOMweb on a sealed site (${testBackend()})`, () => {
+  it('serves no images while the audit log cannot record the access', async () => {
+    const s = await startTestServer({ kms: 'uninitialized' });
+    try {
+      const r = await fetch(`${s.base}/dicomweb/studies`);
+      assert.equal(r.status, 503);
+      assert.match(await r.text(), /is sealed/);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+function multipart(files: Buffer[], boundary: string): Buffer {
+  return Buffer.concat([...files.flatMap((f) => [Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`), f, Buffer.from('\r\n')]), Buffer.from(`--${boundary}--\r\n`)]);
+}
+
+async function stowRaw(s: TestServer, files: Buffer[], path = '/studies'): Promise<{ status: number; body: Record<string, unknown>; warning: string | null }> {
+  const boundary = 'medmesh-test-boundary';
+  const r = await fetch(`${s.base}/dicomweb${path}`, { method: 'POST', headers: { ...s.as(['lab']), 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` }, body: multipart(files, boundary) });
+  return { status: r.status, body: (await r.json()) as Record<string, unknown>, warning: r.headers.get('warning') };
+}
