@@ -5,15 +5,13 @@
 // of concurrent associations is bounded.
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
-import dimse from 'dcmjs-dimse';
+import dimse from './dimse.ts';
 import type { AuditEvent } from '../security/audit/index.ts';
 import { findImaging, type QueryLevel } from './imaging-query.ts';
 import type { ImagingStore } from './imaging-store.ts';
 import { part10File } from './part10.ts';
 
 const { Scp, Dataset } = dimse;
-// dcmjs-dimse logs every PDU at info level; medmesh audits what matters instead.
-dimse.log.setLevel('warn');
 const { CEchoResponse, CFindResponse, CStoreResponse } = dimse.responses;
 const { Status, PresentationContextResult, RejectResult, RejectSource, RejectReason, TransferSyntax } = dimse.constants;
 type DimseDataset = InstanceType<typeof Dataset>;

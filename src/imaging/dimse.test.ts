@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
-import dimse from 'dcmjs-dimse';
+import dimse from './dimse.ts';
 import { testBackend } from '../db/test-db.ts';
 import { startDimseServer, type DimseServer } from './dimse-server.ts';
 import { blobCount, dcmtk, openTestImaging, PYDICOM, type TestImaging } from './testing.ts';

@@ -1,7 +1,7 @@
 // Test helpers for imaging: a migrated database, an unsealed KMS, a blob folder, the store,
 // sample files from Debian's python3-pydicom, and the DCMTK command-line tools.
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -57,6 +57,27 @@ export async function dcmtk(tool: string, args: string[], opts: { timeoutMs?: nu
   } catch (e) {
     const x = e as { code?: number; stdout?: string; stderr?: string };
     return { code: typeof x.code === 'number' ? x.code : 1, out: (x.stdout ?? '') + (x.stderr ?? '') };
+  }
+}
+
+/**
+ * Synthetic instances for tests: a sample file copied and given new UIDs, date and patient by
+ * DCMTK's dcmodify (which keeps the File Meta group in step).
+ */
+export async function makeInstances(o: { template?: string; studyUid: string; date: string; patientId: string; count: number }): Promise<Buffer[]> {
+  const dir = await mkdtemp(join(tmpdir(), 'medmesh-gen-'));
+  try {
+    const out: Buffer[] = [];
+    for (let i = 1; i <= o.count; i++) {
+      const path = join(dir, `${i}.dcm`);
+      await writeFile(path, await sample(o.template ?? 'MR_small.dcm'));
+      const r = await dcmtk('dcmodify', ['-nb', '-m', `StudyDate=${o.date}`, '-m', `StudyInstanceUID=${o.studyUid}`, '-m', `SeriesInstanceUID=${o.studyUid}.1`, '-m', `SOPInstanceUID=${o.studyUid}.1.${i}`, '-m', `InstanceNumber=${i}`, '-m', `PatientID=${o.patientId}`, path]);
+      if (r.code !== 0) throw new Error(`dcmodify failed: ${r.out}`);
+      out.push(await readFile(path));
+    }
+    return out;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 }
 

@@ -1,0 +1,91 @@
+// Active collection from a real Orthanc (the source PACS) by C-FIND and C-MOVE into medmesh's
+// own C-STORE SCP: checkpoints across restarts, retries, a study the site refuses, and the
+// completeness report that lists exactly what is missing and why.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { testBackend } from '../db/test-db.ts';
+import { Collector } from './collector.ts';
+import { startDimseServer, type DimseServer } from './dimse-server.ts';
+import { makeInstances, openTestImaging, type TestImaging } from './testing.ts';
+import { startOrthanc, type TestOrthanc } from './testing-orthanc.ts';
+
+const DAY = '20261120';
+const uid = (n: number) => `1.2.826.0.1.3680043.10.1519.7.${n}`;
+
+describe(`active collection from Orthanc (${testBackend()})`, () => {
+  let t: TestImaging;
+  let srv: DimseServer;
+  let orthanc: TestOrthanc;
+  let collector: Collector;
+  const source = () => ({ id: 'pacs-1', aeTitle: orthanc.aeTitle, host: '127.0.0.1', port: orthanc.dicomPort });
+  const stores = () => t.events.filter((e) => e.action === 'dicom-store' && e.outcome === 'success').length;
+  before(async () => {
+    // Files above 30 kB are refused here: the CT-based study below cannot be taken.
+    t = await openTestImaging({ maxFileBytes: 30_000 });
+    srv = await startDimseServer({ store: t.store, siteId: 'B', aeTitle: 'MEDMESH_B', port: 0, remoteAes: { ORTHANC: { host: '127.0.0.1', port: 0 } }, audit: t.audit });
+    orthanc = await startOrthanc({ modalities: { MEDMESH_B: srv.port } });
+    const studies = [
+      ...(await makeInstances({ studyUid: uid(1), date: DAY, patientId: 'P1', count: 3 })),
+      ...(await makeInstances({ studyUid: uid(2), date: DAY, patientId: 'P2', count: 2 })),
+      // Left out: larger than this site takes (CT_small is 39 kB).
+      ...(await makeInstances({ template: 'CT_small.dcm', studyUid: uid(3), date: DAY, patientId: 'P3', count: 1 })),
+      ...(await makeInstances({ studyUid: uid(4), date: '20261121', patientId: 'P4', count: 1 })),
+    ];
+    for (const f of studies) await orthanc.upload(f);
+    collector = new Collector({ db: t.db, source: source(), localAe: 'MEDMESH_B', retryDelayMs: 50, maxAttempts: 2 });
+  });
+  after(async () => {
+    await orthanc?.close();
+    await srv?.close();
+    await t?.close();
+  });
+
+  it('collects a day, and reports what it could not take', async () => {
+    const run = await collector.collectDay(DAY);
+    assert.ok(run.ok, JSON.stringify(run));
+    assert.deepEqual([run.value.studies, run.value.retrieved, run.value.skipped], [3, 2, 0]);
+    assert.deepEqual(run.value.failed.map((f) => f.study), [uid(3)]);
+    assert.match(run.value.failed[0]!.error, /C-MOVE .* ended with status|holds 0 after the move/);
+    const report = await collector.report(DAY);
+    assert.equal(report.complete, false);
+    assert.deepEqual([report.source_studies, report.held_studies, report.source_instances, report.held_instances], [3, 2, 6, 5]);
+    assert.deepEqual(report.differences.map((d) => [d.study, d.kind, d.source_instances, d.held_instances, d.state]), [[uid(3), 'missing', 1, 0, 'failed']]);
+    const held = (await t.db.query<{ study_uid: string; n: number }>('SELECT study_uid, count(*)::int AS n FROM imaging_instance GROUP BY study_uid ORDER BY study_uid')).rows;
+    assert.deepEqual(held.map((h) => [h.study_uid, h.n]), [[uid(1), 3], [uid(2), 2]]);
+    assert.ok(t.events.some((e) => e.action === 'dicom-store' && e.outcome === 'failure' && e.actor.id === 'ae:ORTHANC'));
+  });
+
+  it('goes on where it stopped: a restarted collector fetches only what is not yet held', async () => {
+    const before = stores();
+    const again = await new Collector({ db: t.db, source: source(), localAe: 'MEDMESH_B', retryDelayMs: 10, maxAttempts: 1 }).collectDay(DAY);
+    assert.ok(again.ok);
+    assert.deepEqual([again.value.skipped, again.value.retrieved, again.value.failed.length], [2, 0, 1]);
+    assert.equal(stores(), before, 'nothing already held was moved again');
+    const attempts = (await t.db.query<{ attempts: number }>('SELECT attempts FROM imaging_collection_study WHERE study_uid = $1', [uid(3)])).rows[0]!.attempts;
+    assert.equal(attempts, 3, 'two attempts in the first run, one now');
+  });
+
+  it('fetches a study again when the source gains instances, and reports the day complete when all is held', async () => {
+    for (const f of await makeInstances({ studyUid: uid(1), date: DAY, patientId: 'P1', count: 4 })) await orthanc.upload(f);
+    const run = await collector.collectDay(DAY);
+    assert.ok(run.ok);
+    assert.equal(run.value.retrieved, 1);
+    const report = await collector.report(DAY);
+    assert.deepEqual(report.differences.map((d) => d.study), [uid(3)], 'only the refused study is still missing');
+    assert.equal(report.held_instances, 6);
+    const next = await collector.collectDay('20261121');
+    assert.ok(next.ok && next.value.retrieved === 1);
+    const day2 = await collector.report('20261121');
+    assert.deepEqual([day2.complete, day2.source_instances, day2.held_instances], [true, 1, 1]);
+    assert.equal((await collector.report('20261119')).complete, false, 'a day never queried is not complete');
+    const bad = await collector.collectDay('2026-11-20');
+    assert.ok(!bad.ok && /must be YYYYMMDD/.test(bad.error));
+  });
+
+  it('says clearly when the source cannot be reached', async () => {
+    const lost = new Collector({ db: t.db, source: { ...source(), port: 1 }, localAe: 'MEDMESH_B', timeoutMs: 5000 });
+    const r = await lost.collectDay(DAY);
+    assert.ok(!r.ok);
+    assert.match(r.error, /ORTHANC at 127\.0\.0\.1:1/);
+  });
+});
