@@ -60,7 +60,7 @@ export class Collector {
     const found = await cFindStudies(source, scu, { StudyDate: day, StudyInstanceUID: '', NumberOfStudyRelatedInstances: '' });
     if (!found.ok) return found;
     const studies = found.value
-      .map((m) => ({ uid: String(m.StudyInstanceUID ?? '').trim(), count: m.NumberOfStudyRelatedInstances === undefined || m.NumberOfStudyRelatedInstances === '' ? null : Number(m.NumberOfStudyRelatedInstances) }))
+      .map((m) => ({ uid: text(m.StudyInstanceUID), count: text(m.NumberOfStudyRelatedInstances) === '' ? null : Number(text(m.NumberOfStudyRelatedInstances)) }))
       .filter((s) => s.uid);
     await db.transaction(async (tx) => {
       for (const s of studies) {
@@ -163,6 +163,11 @@ export async function completenessReport(db: Db, source: string, day: string): P
     complete: queried !== undefined && differences.length === 0,
     differences,
   };
+}
+
+/** A C-FIND answer value as text ('' when absent or not a plain value). */
+function text(v: unknown): string {
+  return typeof v === 'string' || typeof v === 'number' ? String(v).trim() : '';
 }
 
 function daysBetween(from: string, to: string): string[] {

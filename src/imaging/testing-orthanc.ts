@@ -83,7 +83,7 @@ export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrtha
     const orthanc = spawn('ip', ['netns', 'exec', ns, 'Orthanc', configPath], { env: { ...process.env, TCP_NODELAY: '1' }, stdio: ['ignore', 'ignore', 'pipe'] });
     children.push(orthanc);
     let log = '';
-    orthanc.stderr!.on('data', (b: Buffer) => {
+    orthanc.stderr.on('data', (b: Buffer) => {
       log = (log + b.toString()).slice(-4000);
     });
     // Relays inside the namespace: its loopback ports <-> Unix sockets in `dir`.
@@ -95,7 +95,7 @@ export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrtha
     const relayChild = spawn('ip', ['netns', 'exec', ns, process.execPath, join(import.meta.dirname, 'relay.ts'), ...inside], { stdio: ['ignore', 'pipe', 'inherit'] });
     children.push(relayChild);
     await new Promise<void>((resolve, reject) => {
-      relayChild.stdout!.once('data', () => resolve());
+      relayChild.stdout.once('data', () => resolve());
       relayChild.once('exit', (code) => reject(new Error(`the relay in ${ns} exited (${code})`)));
     });
     // Relays on this host: 127.0.0.1 ports <-> the same sockets.
