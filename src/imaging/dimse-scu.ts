@@ -89,3 +89,92 @@ export async function cMoveStudy(peer: DicomPeer, o: ScuOptions, destinationAe: 
   if (status !== Status.Success && status !== 0xb000) return { ok: false, error: `C-MOVE of ${studyInstanceUid} ended with status 0x${status.toString(16)} (${outcome.completed} moved, ${outcome.failed} failed)` };
   return { ok: true, value: outcome };
 }
+
+const { Dataset } = dimse;
+const { CStoreRequest } = dimse.requests;
+
+/**
+ * A data set sent as the bytes medmesh holds. dcmjs-dimse re-encodes data sets from parsed
+ * elements; this one hands over the stored bytes unless the peer accepted another transfer
+ * syntax, in which case the parsed elements are converted (between uncompressed syntaxes
+ * only: compressed data is never transcoded, the sub-operation fails instead).
+ */
+class StoredDataset extends Dataset {
+  readonly #raw: Buffer;
+
+  constructor(raw: Buffer, transferSyntaxUid: string, elements: Record<string, unknown>) {
+    super(elements, transferSyntaxUid);
+    this.#raw = raw;
+  }
+
+  override getDenaturalizedDataset(): Buffer {
+    return this.#raw;
+  }
+}
+
+export interface StoredFile {
+  file: Buffer;
+  sopClassUid: string;
+  sopInstanceUid: string;
+  transferSyntaxUid: string;
+  /** Where the data set starts (after the File Meta group). */
+  datasetOffset: number;
+}
+
+/** A C-STORE request carrying a stored file's data set (for C-MOVE and C-GET sub-operations too). */
+export function storeRequestFor(f: StoredFile): InstanceType<typeof CStoreRequest> {
+  // Parsed elements only matter if the peer forces a conversion; parsing may fail for data
+  // dcmjs cannot read (then only the identifying elements are there, and no conversion works).
+  let elements: Record<string, unknown> = { SOPClassUID: f.sopClassUid, SOPInstanceUID: f.sopInstanceUid };
+  try {
+    elements = new Dataset(f.file.subarray(f.datasetOffset), f.transferSyntaxUid).getElements();
+  } catch {
+    // keep the identifying elements
+  }
+  return new CStoreRequest(new StoredDataset(f.file.subarray(f.datasetOffset), f.transferSyntaxUid, elements));
+}
+
+export interface StoreOutcome {
+  completed: number;
+  failed: Array<{ sopInstanceUid: string; error: string }>;
+  warnings: number;
+}
+
+/** C-STORE of stored Part 10 files to a peer, on one association. */
+export function cStoreFiles(peer: DicomPeer, o: ScuOptions, files: StoredFile[]): Promise<ScuResult<StoreOutcome>> {
+  return new Promise((resolve) => {
+    const outcome: StoreOutcome = { completed: 0, failed: [], warnings: 0 };
+    let pending = files.length;
+    const client = new Client();
+    let settled = false;
+    const finish = (r: ScuResult<StoreOutcome>) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(r);
+    };
+    const timer = setTimeout(() => finish({ ok: false, error: `${peer.aeTitle} did not take ${pending} instance(s) within ${(o.timeoutMs ?? 600_000) / 1000} s` }), o.timeoutMs ?? 600_000);
+    for (const f of files) {
+      const request = storeRequestFor(f);
+      let answered = false;
+      request.on('response', (r: Resp) => {
+        answered = true;
+        const status = r.getStatus();
+        if (status === Status.Success) outcome.completed++;
+        else if ((status & 0xf000) === 0xb000) {
+          outcome.completed++;
+          outcome.warnings++;
+        } else outcome.failed.push({ sopInstanceUid: f.sopInstanceUid, error: `status 0x${status.toString(16)}` });
+      });
+      request.on('done', () => {
+        if (!answered) outcome.failed.push({ sopInstanceUid: f.sopInstanceUid, error: `not sent: ${peer.aeTitle} accepted no presentation context for it in ${f.transferSyntaxUid}` });
+        pending--;
+      });
+      client.addRequest(request);
+    }
+    client.on('associationRejected', (e: { result: number; source: number; reason: number }) => finish({ ok: false, error: `${peer.aeTitle} rejected the association (result ${e.result}, source ${e.source}, reason ${e.reason})` }));
+    client.on('networkError', (e: Error) => finish({ ok: false, error: `${peer.aeTitle} at ${peer.host}:${peer.port}: ${e.message}` }));
+    client.on('closed', () => finish({ ok: true, value: outcome }));
+    client.send(peer.host, peer.port, o.callingAe, peer.aeTitle);
+  });
+}

@@ -10,13 +10,18 @@ import type { AuditEvent } from '../security/audit/index.ts';
 import { findImaging, type QueryLevel } from './imaging-query.ts';
 import type { ImagingStore } from './imaging-store.ts';
 import { part10File } from './part10.ts';
+import { checkStructure } from './dicom-structure.ts';
+import { cStoreFiles, storeRequestFor, type StoredFile } from './dimse-scu.ts';
 
 const { Scp, Dataset } = dimse;
-const { CEchoResponse, CFindResponse, CStoreResponse } = dimse.responses;
+const { CEchoResponse, CFindResponse, CGetResponse, CMoveResponse, CStoreResponse } = dimse.responses;
 const { Status, PresentationContextResult, RejectResult, RejectSource, RejectReason, TransferSyntax } = dimse.constants;
 type DimseDataset = InstanceType<typeof Dataset>;
 type StoreRequest = Parameters<InstanceType<typeof Scp>['cStoreRequest']>[0];
 type FindRequest = Parameters<InstanceType<typeof Scp>['cFindRequest']>[0];
+type MoveRequest = Parameters<InstanceType<typeof Scp>['cMoveRequest']>[0];
+type GetRequest = Parameters<InstanceType<typeof Scp>['cGetRequest']>[0];
+type Counts = { completed?: number; failed?: number; warnings?: number };
 
 export interface RemoteAe {
   host: string;
@@ -53,9 +58,12 @@ const UIDS = {
   studyRootGet: '1.2.840.10008.5.1.4.1.2.2.3',
   worklistFind: '1.2.840.10008.5.1.4.31',
 } as const;
-const QUERY_MODELS = new Set<string>([UIDS.patientRootFind, UIDS.studyRootFind]);
+const QUERY_MODELS = new Set<string>([UIDS.patientRootFind, UIDS.studyRootFind, UIDS.patientRootMove, UIDS.studyRootMove, UIDS.patientRootGet, UIDS.studyRootGet]);
 // Everything else proposed is taken as a storage SOP class (private ones included).
-const NOT_STORAGE = new Set<string>([UIDS.verification, UIDS.patientRootMove, UIDS.patientRootGet, UIDS.studyRootMove, UIDS.studyRootGet, UIDS.worklistFind]);
+const NOT_STORAGE = new Set<string>([UIDS.verification, UIDS.worklistFind]);
+const MOVE_DESTINATION_UNKNOWN = 0xa801;
+const MOVE_SUBOPS_FAILED = 0xb000;
+const MOVE_UNABLE_TO_PROCESS = 0xc000;
 
 export interface DimseServer {
   port: number;
@@ -247,7 +255,125 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
         callback([...responses, done]);
       })().catch((e: unknown) => fail(FIND_UNABLE_TO_PROCESS, e instanceof Error ? e.message : 'query failed'));
     }
+
+    override cMoveRequest(request: MoveRequest, callback: (r: Array<InstanceType<typeof CMoveResponse>>) => void): void {
+      // dcmjs-dimse takes the responses through one callback call: no pending responses, the final one only.
+      let responded = false;
+      const respond = (status: number, counts: Counts, comment?: string) => {
+        if (responded) return;
+        responded = true;
+        const r = CMoveResponse.fromRequest(request);
+        r.setStatus(status);
+        r.setCompleted(counts.completed ?? 0);
+        r.setFailures(counts.failed ?? 0);
+        r.setWarnings(counts.warnings ?? 0);
+        if (comment) r.setErrorComment(comment.slice(0, 64));
+        callback([r]);
+      };
+      const destination = (request.getCommandDataset().getElement('MoveDestination') ?? '').trim();
+      const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
+      const resource = keys.StudyInstanceUID ? `dicom:study/${keys.StudyInstanceUID}` : undefined;
+      void (async () => {
+        const target = o.remoteAes?.[destination];
+        if (!target) {
+          await o.audit(this.#event('dicom-move', 'failure', { ...(resource ? { resource } : {}), detail: `move destination ${destination || '(none)'} is not known` }));
+          return respond(MOVE_DESTINATION_UNKNOWN, {}, `move destination ${destination} is not known`);
+        }
+        if (!Object.keys(keys).length) return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to move');
+        const gathered = await filesFor(o, keys);
+        if (!gathered.ok) return respond(MOVE_UNABLE_TO_PROCESS, {}, gathered.error);
+        const { files, failed } = gathered;
+        const logged = await o.audit(this.#event('dicom-move', 'allow', { ...(resource ? { resource } : {}), detail: `${files.length + failed.length} instance(s) to ${destination}` }));
+        if (!logged) return respond(Status.ProcessingFailure, {}, 'the audit log cannot record this retrieval');
+        const sent = files.length ? await cStoreFiles({ aeTitle: destination, ...target }, { callingAe: o.aeTitle }, files) : { ok: true as const, value: { completed: 0, failed: [], warnings: 0 } };
+        const completed = sent.ok ? sent.value.completed : 0;
+        const failures = failed.length + (sent.ok ? sent.value.failed.length : files.length);
+        await o.audit(this.#event('dicom-move', failures ? 'failure' : 'success', { ...(resource ? { resource } : {}), detail: sent.ok ? `${completed} sent to ${destination}, ${failures} failed` : sent.error }));
+        respond(failures ? MOVE_SUBOPS_FAILED : Status.Success, { completed, failed: failures, warnings: sent.ok ? sent.value.warnings : 0 }, sent.ok ? undefined : sent.error);
+      })().catch((e: unknown) => respond(MOVE_UNABLE_TO_PROCESS, {}, e instanceof Error ? e.message : 'move failed'));
+    }
+
+    override cGetRequest(request: GetRequest, callback: (r: Array<InstanceType<typeof CGetResponse>>) => void): void {
+      let responded = false;
+      const respond = (status: number, counts: Counts, comment?: string) => {
+        if (responded) return;
+        responded = true;
+        const r = CGetResponse.fromRequest(request);
+        r.setStatus(status);
+        r.setCompleted(counts.completed ?? 0);
+        r.setFailures(counts.failed ?? 0);
+        r.setWarnings(counts.warnings ?? 0);
+        if (comment) r.setErrorComment(comment.slice(0, 64));
+        callback([r]);
+      };
+      const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
+      const resource = keys.StudyInstanceUID ? `dicom:study/${keys.StudyInstanceUID}` : undefined;
+      void (async () => {
+        if (!Object.keys(keys).length) return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to get');
+        const gathered = await filesFor(o, keys);
+        if (!gathered.ok) return respond(MOVE_UNABLE_TO_PROCESS, {}, gathered.error);
+        const logged = await o.audit(this.#event('dicom-get', 'allow', { ...(resource ? { resource } : {}), detail: `${gathered.files.length + gathered.failed.length} instance(s)` }));
+        if (!logged) return respond(Status.ProcessingFailure, {}, 'the audit log cannot record this retrieval');
+        // The C-STORE sub-operations go back on this association, to the caller.
+        const counts = { completed: 0, failed: gathered.failed.length, warnings: 0 };
+        await Promise.all(
+          gathered.files.map(
+            (f) =>
+              new Promise<void>((resolve) => {
+                const sub = storeRequestFor(f);
+                let answered = false;
+                sub.on('response', (r: { getStatus(): number }) => {
+                  answered = true;
+                  const st = r.getStatus();
+                  if (st === Status.Success) counts.completed++;
+                  else if ((st & 0xf000) === 0xb000) {
+                    counts.completed++;
+                    counts.warnings++;
+                  } else counts.failed++;
+                });
+                sub.on('done', () => {
+                  if (!answered) counts.failed++;
+                  resolve();
+                });
+                this.sendRequests(sub);
+              }),
+          ),
+        );
+        await o.audit(this.#event('dicom-get', counts.failed ? 'failure' : 'success', { ...(resource ? { resource } : {}), detail: `${counts.completed} sent, ${counts.failed} failed` }));
+        respond(counts.failed ? MOVE_SUBOPS_FAILED : Status.Success, counts);
+      })().catch((e: unknown) => respond(MOVE_UNABLE_TO_PROCESS, {}, e instanceof Error ? e.message : 'get failed'));
+    }
   };
+}
+
+/** The UIDs a C-MOVE or C-GET identifier names. */
+function retrieveKeys(elements: Record<string, unknown>): Record<string, string> {
+  const keys: Record<string, string> = {};
+  for (const k of ['StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID']) {
+    const v = dicomString(elements[k]).trim();
+    if (v) keys[k] = v;
+  }
+  return keys;
+}
+
+/** The stored files a retrieval names, read and checked; the ones that cannot be read are counted as failed. */
+async function filesFor(o: DimseServerOptions, keys: Record<string, string>): Promise<{ ok: true; files: StoredFile[]; failed: string[] } | { ok: false; error: string }> {
+  const found = await findImaging(o.store.db, 'IMAGE', keys, { limit: 10_000 });
+  if (!found.ok) return found;
+  const files: StoredFile[] = [];
+  const failed: string[] = [];
+  for (const m of found.value) {
+    const sop = String(m.SOPInstanceUID);
+    const r = await o.store.read(sop);
+    const s = r.ok ? checkStructure(r.value.file) : undefined;
+    if (!r.ok || !s?.ok) {
+      failed.push(sop);
+      continue;
+    }
+    const i = r.value.instance;
+    files.push({ file: r.value.file, sopClassUid: i.sopClassUid, sopInstanceUid: i.sopInstanceUid, transferSyntaxUid: i.transferSyntaxUid, datasetOffset: s.value.datasetOffset });
+  }
+  return { ok: true, files, failed };
 }
 
 /** A naturalized query value as a matching string (PN objects, lists as backslash-joined). */
