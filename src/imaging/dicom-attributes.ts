@@ -46,7 +46,9 @@ const UID = /^[0-9]+(\.[0-9]+)*$/;
 export function readInstance(file: Uint8Array): AttributesResult {
   const structure = checkStructure(file);
   if (!structure.ok) return structure;
-  const ab = file.buffer.slice(file.byteOffset, file.byteOffset + file.byteLength) as ArrayBuffer;
+  // dcmjs copies what it is given: hand it the header only (up to the pixel data value).
+  const end = structure.value.pixelData?.offset ?? file.byteLength;
+  const ab = file.buffer.slice(file.byteOffset, file.byteOffset + end) as ArrayBuffer;
   let parsed: ReturnType<typeof dcmjs.data.DicomMessage.readFile>;
   try {
     parsed = dcmjs.data.DicomMessage.readFile(ab, { untilTag: '7FE00010', includeUntilTagValue: false });

@@ -88,6 +88,33 @@ describe(`imaging store (${testBackend()})`, () => {
     assert.ok(read.ok && read.value.file.equals(await sample('MR_small_implicit.dcm')));
   });
 
+  it('stores one copy when the same new instance arrives several times at once', async () => {
+    const file = await sample('JPEG-lossy.dcm');
+    const blobs = await blobCount(t.blobs);
+    const results = await Promise.all(Array.from({ length: 5 }, () => t.store.ingest(file, { source: 'race' })));
+    assert.ok(results.every((r) => r.ok));
+    const statuses = results.map((r) => (r.ok ? r.value.status : 'error')).sort();
+    assert.deepEqual(statuses, ['duplicate', 'duplicate', 'duplicate', 'duplicate', 'stored']);
+    const rows = (await t.db.query<{ n: number }>("SELECT count(*)::int AS n FROM imaging_instance WHERE sop_instance_uid = '1.3.6.1.4.1.5962.1.1.8.1.5.20040826185059.5457'")).rows[0]!.n;
+    assert.equal(rows, 1);
+    assert.equal(await blobCount(t.blobs), blobs + 1, 'the losers left no blobs');
+  });
+
+  it('refuses a series that already belongs to another study, leaving nothing behind', async () => {
+    const before = { rows: await rows(), blobs: await blobCount(t.blobs) };
+    // CT_small's series UID under a different study UID (same length: the structure holds).
+    const moved = Buffer.from(await sample('CT_small.dcm'));
+    const study = Buffer.from('1.3.6.1.4.1.5962.1.2.1.20040119072730.12322');
+    const at = moved.indexOf(study, 300);
+    Buffer.from('1.3.6.1.4.1.5962.1.2.1.20040119072730.99999').copy(moved, at);
+    const sop = Buffer.from('1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322');
+    for (let i = moved.indexOf(sop); i >= 0; i = moved.indexOf(sop, i + 1)) Buffer.from('1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.99999').copy(moved, i);
+    const r = await t.store.ingest(moved, { source: 'test' });
+    assert.ok(!r.ok);
+    assert.match(r.error.message, /series 1\.3\.6\.1\.4\.1\.5962\.1\.3\.1\.1\.20040119072730\.12322 belongs to study 1\.3\.6\.1\.4\.1\.5962\.1\.2\.1\.20040119072730\.12322/);
+    assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before);
+  });
+
   it('notices a stored file that was altered or lost', async () => {
     const [row] = (await t.db.query<{ blob_key: string }>('SELECT blob_key FROM imaging_instance WHERE sop_instance_uid = $1', [CT])).rows;
     const path = join(t.blobDir, row!.blob_key);

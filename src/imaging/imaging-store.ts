@@ -60,6 +60,8 @@ interface InstanceRow {
 
 export class ImagingStore {
   readonly #o: ImagingStoreOptions;
+  /** The KMS key for file data keys exists (created on first use, then not asked again). */
+  #keyReady = false;
 
   constructor(opts: ImagingStoreOptions) {
     this.#o = opts;
@@ -90,7 +92,8 @@ export class ImagingStore {
 
     let dataKey: { wrapped: Buffer; plaintext?: Buffer };
     try {
-      await this.#o.kms.ensureKey(IMAGING_KEY);
+      if (!this.#keyReady) await this.#o.kms.ensureKey(IMAGING_KEY);
+      this.#keyReady = true;
       dataKey = await this.#o.kms.generateDataKey(IMAGING_KEY);
     } catch (e) {
       return { ok: false, error: { kind: 'sealed', message: `cannot encrypt the file: ${e instanceof Error ? e.message : String(e)}`, instance } };
@@ -100,7 +103,15 @@ export class ImagingStore {
     await this.#o.blobs.put(blobKey, sealed);
     dataKey.plaintext!.fill(0);
     try {
-      const version = await this.#o.db.transaction((tx) => this.#index(tx, a, { sha256, size: file.byteLength, blobKey, dataKey: dataKey.wrapped, source: opts.source }));
+      const indexed = { sha256, size: file.byteLength, blobKey, dataKey: dataKey.wrapped, source: opts.source };
+      let version: number | 'duplicate';
+      try {
+        version = await this.#o.db.transaction((tx) => this.#index(tx, a, indexed));
+      } catch (e) {
+        // Another sender's first copy of this instance committed meanwhile: go again, now it is there.
+        if (!isUniqueViolation(e)) throw e;
+        version = await this.#o.db.transaction((tx) => this.#index(tx, a, indexed));
+      }
       if (version === 'duplicate') {
         // Another sender stored the same bytes meanwhile.
         await this.#o.blobs.delete(blobKey);
@@ -154,42 +165,52 @@ export class ImagingStore {
   }
 
   async #index(tx: Queryable, a: InstanceAttributes, f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string }): Promise<number | 'duplicate'> {
-    // One writer per SOP Instance UID at a time: versions stay gapless and the check above holds.
-    await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 7))', [a.sopInstanceUid]);
-    const prior = await this.#current(tx, a.sopInstanceUid);
+    // The current copy is locked; two first copies racing meet at the unique index on current
+    // rows, and the loser is retried by the caller (then it finds the winner here).
+    const prior = (await tx.query<InstanceRow>('SELECT * FROM imaging_instance WHERE sop_instance_uid = $1 AND current FOR UPDATE', [a.sopInstanceUid])).rows[0];
     if (prior?.sha256 === f.sha256) return 'duplicate';
     if (prior && prior.study_uid !== a.studyInstanceUid) throw new IndexRefusal(`instance ${a.sopInstanceUid} is already held in study ${prior.study_uid}, not ${a.studyInstanceUid}`);
-    await tx.query(
-      `INSERT INTO imaging_study (study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, study_id, referring_physician)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-       ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id, patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
-         patient_sex = excluded.patient_sex, study_date = excluded.study_date, study_time = excluded.study_time, accession_number = excluded.accession_number,
-         study_description = excluded.study_description, study_id = excluded.study_id, referring_physician = excluded.referring_physician, updated_at = now()`,
-      [a.studyInstanceUid, a.patientId, a.patientName, a.patientBirthDate, a.patientSex, a.studyDate, a.studyTime, a.accessionNumber, a.studyDescription, a.studyId, a.referringPhysicianName],
-    );
-    const series = await tx.query<{ study_uid: string }>(
-      `INSERT INTO imaging_series (series_uid, study_uid, modality, series_number, series_description) VALUES ($1, $2, $3, $4, $5)
-       ON CONFLICT (series_uid) DO UPDATE SET modality = excluded.modality, series_number = excluded.series_number, series_description = excluded.series_description
-       RETURNING study_uid`,
-      [a.seriesInstanceUid, a.studyInstanceUid, a.modality, a.seriesNumber, a.seriesDescription],
-    );
-    if (series.rows[0]?.study_uid !== a.studyInstanceUid) throw new IndexRefusal(`series ${a.seriesInstanceUid} belongs to study ${series.rows[0]?.study_uid ?? '?'}, not ${a.studyInstanceUid}`);
     if (prior) await tx.query('UPDATE imaging_instance SET current = false WHERE sop_instance_uid = $1 AND current', [a.sopInstanceUid]);
     const version = (prior?.version ?? 0) + 1;
-    await tx.query(
-      `INSERT INTO imaging_instance (sop_instance_uid, version, current, series_uid, study_uid, sop_class_uid, instance_number, transfer_syntax_uid, number_of_frames, rows, columns, charset,
-         size_bytes, sha256, blob_key, data_key, attributes, flag, source)
-       VALUES ($1, $2, true, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+    // Study, series and instance in one round trip; the instance row is written only if its
+    // series belongs to its study (else the statement reports the series' study and the
+    // transaction is refused).
+    const { rows } = await tx.query<{ series_study: string; inserted: number }>(
+      `WITH st AS (
+         INSERT INTO imaging_study (study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, study_id, referring_physician)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id, patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
+           patient_sex = excluded.patient_sex, study_date = excluded.study_date, study_time = excluded.study_time, accession_number = excluded.accession_number,
+           study_description = excluded.study_description, study_id = excluded.study_id, referring_physician = excluded.referring_physician, updated_at = now()
+         RETURNING study_uid
+       ), se AS (
+         INSERT INTO imaging_series (series_uid, study_uid, modality, series_number, series_description) VALUES ($12, $1, $13, $14, $15)
+         ON CONFLICT (series_uid) DO UPDATE SET modality = excluded.modality, series_number = excluded.series_number, series_description = excluded.series_description
+         RETURNING study_uid
+       ), ins AS (
+         INSERT INTO imaging_instance (sop_instance_uid, version, current, series_uid, study_uid, sop_class_uid, instance_number, transfer_syntax_uid, number_of_frames, rows, columns, charset,
+           size_bytes, sha256, blob_key, data_key, attributes, flag, source)
+         SELECT $16, $17, true, $12, (SELECT study_uid FROM st), $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31
+         WHERE (SELECT study_uid FROM se) = $1
+         RETURNING 1
+       )
+       SELECT (SELECT study_uid FROM se) AS series_study, (SELECT count(*)::int FROM ins) AS inserted`,
       [
-        a.sopInstanceUid, version, a.seriesInstanceUid, a.studyInstanceUid, a.sopClassUid, a.instanceNumber, a.transferSyntaxUid, a.numberOfFrames, a.rows, a.columns, a.specificCharacterSet,
+        a.studyInstanceUid, a.patientId, a.patientName, a.patientBirthDate, a.patientSex, a.studyDate, a.studyTime, a.accessionNumber, a.studyDescription, a.studyId, a.referringPhysicianName,
+        a.seriesInstanceUid, a.modality, a.seriesNumber, a.seriesDescription,
+        a.sopInstanceUid, version, a.sopClassUid, a.instanceNumber, a.transferSyntaxUid, a.numberOfFrames, a.rows, a.columns, a.specificCharacterSet,
         f.size, f.sha256, f.blobKey, f.dataKey, JSON.stringify(a.json), prior ? `re-sent with different bytes (version ${prior.version} had SHA-256 ${prior.sha256})` : null, f.source,
       ],
     );
+    if (rows[0]?.inserted !== 1) throw new IndexRefusal(`series ${a.seriesInstanceUid} belongs to study ${rows[0]?.series_study ?? '?'}, not ${a.studyInstanceUid}`);
     return version;
   }
+
 }
 
 class IndexRefusal extends Error {}
+
+const isUniqueViolation = (e: unknown) => typeof e === 'object' && e !== null && (e as { code?: unknown }).code === '23505';
 
 function toInstance(r: InstanceRow): StoredInstance {
   return {

@@ -16,6 +16,10 @@ export interface TestOrthanc {
   dicomPort: number;
   /** Orthanc's REST API as seen from this host. */
   http: string;
+  /** Runs a command inside Orthanc's network namespace (where its ports are plain loopback). */
+  exec(command: string, args: string[]): ChildProcess;
+  /** Orthanc's DICOM port inside its namespace. */
+  dicomPortInside: number;
   /** Uploads a Part 10 file through the REST API; returns Orthanc's instance id. */
   upload(file: Buffer): Promise<string>;
   close(): Promise<void>;
@@ -114,6 +118,8 @@ export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrtha
     return {
       aeTitle,
       dicomPort: portOf(dicomOut),
+      dicomPortInside: IN_NS.dicom,
+      exec: (command, args) => spawn('ip', ['netns', 'exec', ns, command, ...args], { env: { ...process.env, TCP_NODELAY: '1' }, stdio: ['ignore', 'pipe', 'pipe'] }),
       http,
       async upload(file: Buffer) {
         const r = await fetch(`${http}/instances`, { method: 'POST', body: file });
