@@ -1,11 +1,12 @@
 // End-to-end tests of the medmesh command: real processes, real ports, real signals.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { startTestServer } from '../http/testing.ts';
+import { dcmtk, PYDICOM } from '../imaging/testing.ts';
 import { BIN, ENV, EXAMPLE, killChildren, loginAt, medmesh, startVerb } from './testing.ts';
 
 describe('medmesh CLI', () => {
@@ -41,6 +42,11 @@ describe('medmesh CLI', () => {
     const count = medmesh('seed', '--region', EXAMPLE, '--site', 'B', '--patients', 'many');
     assert.equal(count.status, 2);
     assert.match(count.stderr, /--patients must be an integer/);
+    const peers = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '11112', '--dicom-peers', 'PACS=somewhere');
+    assert.equal(peers.status, 2);
+    assert.match(peers.stderr, /--dicom-peers: "PACS=somewhere" is not AE=host:port/);
+    const dport = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '99999');
+    assert.match(dport.stderr, /--dicom-port must be 0-65535/);
   });
 
   it('checks a region file and reports every problem with its path', async () => {
@@ -82,15 +88,23 @@ describe('medmesh CLI', () => {
     const added = medmesh('users', 'add', '--region', EXAMPLE, '--site', 'C', '--data', data, '--username', 'his.interface', '--role', 'integration', { MEDMESH_PASSWORD: 'interface-pass-2026' });
     assert.equal(added.status, 0, added.stderr);
     const port = 20000 + Math.floor(Math.random() * 20000);
-    const site = startVerb(['site', '--region', EXAMPLE, '--site', 'C', '--data', data, '--port', String(port)], /serving FHIR R4/);
+    const dicomPort = port + 1;
+    const site = startVerb(['site', '--region', EXAMPLE, '--site', 'C', '--data', data, '--port', String(port), '--dicom-port', String(dicomPort), '--dicom-peers', 'MODALITY=127.0.0.1:104'], /DICOM AE MEDMESH_C/);
     await site.started;
     assert.equal((await fetch(`http://127.0.0.1:${port}/fhir/R4/Patient?_summary=count`)).status, 503, 'sealed: no data');
+    const echo = () => dcmtk('echoscu', ['-aet', 'MODALITY', '-aec', 'MEDMESH_C', '127.0.0.1', String(dicomPort)]);
+    assert.match((await echo()).out, /Association Rejected[\s\S]*Temporary Congestion/i, 'sealed: no DICOM either (nothing could be audited)');
     const unseal = medmesh('keys', 'unseal', '--url', `http://127.0.0.1:${port}`, '--unseal', `${join(keys, 'C-share-1-ann.json')}:${join(keys, 'ann.key.pem')}`, '--unseal', `${join(keys, 'C-share-2-ben.json')}:${join(keys, 'ben.key.pem')}`);
     assert.match(unseal.stdout, /^unsealed/, unseal.stderr);
     assert.equal((await fetch(`http://127.0.0.1:${port}/fhir/R4/Patient?_summary=count`)).status, 401, 'no token: no data');
     const token = await loginAt(`http://127.0.0.1:${port}`, 'his.interface', 'interface-pass-2026');
     const count = (await (await fetch(`http://127.0.0.1:${port}/fhir/R4/Patient?_summary=count`, { headers: { authorization: `Bearer ${token}` } })).json()) as { total: number };
     assert.equal(count.total, seeded);
+    assert.equal((await echo()).code, 0, 'unsealed: DICOM answers');
+    const sent = await dcmtk('dcmsend', ['-aet', 'MODALITY', '-aec', 'MEDMESH_C', '127.0.0.1', String(dicomPort), join(PYDICOM, 'test_files', 'CT_small.dcm')]);
+    assert.equal(sent.code, 0, sent.out);
+    const blobs = await readdir(join(data, 'C-blobs'), { recursive: true });
+    assert.equal(blobs.filter((b) => b.endsWith('.mmf')).length, 1, 'the file is in the blob folder, encrypted');
     assert.equal((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
     site.child.kill('SIGTERM');
     assert.equal(await site.exited, 0);
@@ -99,7 +113,9 @@ describe('medmesh CLI', () => {
     const verified = medmesh('audit', 'verify', '--region', EXAMPLE, '--site', 'C', '--data', data, ...unsealArgs);
     assert.equal(verified.status, 0, verified.stderr);
     const report = JSON.parse(verified.stdout) as { ok: boolean; entries: number };
-    assert.ok(report.ok && report.entries === 4, verified.stdout); // the unsealing share, refused count, login, count (the sealed 503 could not be audited)
+    // The unsealing share, refused count, login, count, then DICOM: association and echo, association and store
+    // (the sealed 503 and the sealed DICOM refusal could not be audited).
+    assert.ok(report.ok && report.entries === 8, verified.stdout);
     // Retention: nothing is older than the online period (183 days) yet, so nothing leaves.
     const exported = medmesh('audit', 'export', '--region', EXAMPLE, '--site', 'C', '--data', data, '--out', join(data, 'archive'), '--prune', ...unsealArgs);
     assert.equal(exported.status, 0, exported.stderr);

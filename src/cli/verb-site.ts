@@ -2,6 +2,8 @@ import { openSite } from '../http/index.ts';
 import { helpText, parseFlags, UsageError, type FlagSpec, type VerbSpec } from './args.ts';
 import { openSiteFromFlags, portOf, SITE_DB_FLAGS } from './common.ts';
 import { waitForShutdown } from './shutdown.ts';
+import { join } from 'node:path';
+import type { RemoteAe } from '../imaging/index.ts';
 
 const spec = {
   name: 'site',
@@ -13,6 +15,11 @@ const spec = {
     host: { type: 'string', help: 'address to bind', default: '127.0.0.1', placeholder: 'addr' },
     'no-replication': { type: 'boolean', help: "do not pull the other sites' changefeeds from this node" },
     'verify-every': { type: 'string', help: 'check consistency with every peer this often (0: never)', default: '15', placeholder: 'minutes' },
+    blobs: { type: 'string', help: 'folder for image files, encrypted (default: <data>/<site>-blobs)', placeholder: 'dir' },
+    'dicom-port': { type: 'string', help: 'serve DICOM (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) on this port (default: off)', placeholder: 'n' },
+    'ae-title': { type: 'string', help: "this site's DICOM AE title (default: MEDMESH_<site>)", placeholder: 'AE' },
+    'dicom-peers': { type: 'string', help: 'known DICOM AEs and where C-MOVE reaches them: AE=host:port,...', placeholder: 'list' },
+    'accept-any-ae': { type: 'boolean', help: 'take associations from AEs not in --dicom-peers' },
   },
   examples: ['medmesh site --region region.example.yaml --site B', 'DATABASE_URL=postgres://127.0.0.1/medmesh_b medmesh site --region region.yaml --site B --port 8080'],
 } satisfies VerbSpec<Record<string, FlagSpec>>;
@@ -23,16 +30,21 @@ export async function siteVerb(argv: string[]): Promise<number> {
   if (flags.port !== undefined && !/^\d{1,5}$/.test(flags.port)) throw new UsageError(`--port must be 0-65535 (got ${flags.port})`);
   const verifyEvery = Number(flags['verify-every']);
   if (!Number.isFinite(verifyEvery) || verifyEvery < 0 || verifyEvery > 10_080) throw new UsageError(`--verify-every must be 0-10080 minutes (got ${flags['verify-every']})`);
+  // Every flag is checked before the database opens (an open embedded database keeps the process alive).
+  const dicomSettings = dicomFlags(flags);
   const { region, siteId, db } = await openSiteFromFlags(flags);
   const port = flags.port !== undefined ? Number(flags.port) : portOf(region.site(siteId)!.url);
-  const opened = await openSite({ region, siteId, db, logger: { level: process.env.LOG_LEVEL ?? 'info' } });
+  const dicom = dicomSettings ? { ...dicomSettings, aeTitle: dicomSettings.aeTitle ?? `MEDMESH_${siteId}`.toUpperCase() } : undefined;
+  const imaging = { blobRoot: flags.blobs ?? join(flags.data, `${siteId}-blobs`), ...(dicom ? { dicom } : {}) };
+  const opened = await openSite({ region, siteId, db, imaging, logger: { level: process.env.LOG_LEVEL ?? 'info' } });
   if (!opened.ok) {
     await db.close();
     throw new UsageError(opened.error.message);
   }
   const { site } = opened;
   await site.app.listen({ port, host: flags.host });
-  site.app.log.info({ site: siteId, region: region.id, db: db.kind, port }, `site ${siteId} serving FHIR R4 at http://${flags.host}:${port}/fhir/R4`);
+  site.app.log.info({ site: siteId, region: region.id, db: db.kind, port }, `site ${siteId} serving FHIR R4 at http://${flags.host}:${port}/fhir/R4 and DICOMweb at /dicomweb`);
+  if (site.dimse && dicom) site.app.log.info({ ae: dicom.aeTitle, port: site.dimse.port }, `DICOM AE ${dicom.aeTitle} on ${flags.host}:${site.dimse.port}`);
   if (!flags['no-replication']) {
     // Pullers wait while the site is sealed and while a peer is not trusted; they log why.
     site.startReplication({ verifyEveryMs: verifyEvery * 60_000, onError: (peer, message) => site.app.log.warn({ peer }, `replication from ${peer}: ${message}`) });
@@ -43,4 +55,19 @@ export async function siteVerb(argv: string[]): Promise<number> {
     await db.close();
   });
   return 0;
+}
+
+/** The DIMSE settings from the flags, or undefined when --dicom-port is not given. */
+function dicomFlags(f: { host: string; 'dicom-port'?: string | undefined; 'ae-title'?: string | undefined; 'dicom-peers'?: string | undefined; 'accept-any-ae'?: boolean | undefined }) {
+  if (f['dicom-port'] === undefined) return undefined;
+  if (!/^\d{1,5}$/.test(f['dicom-port']) || Number(f['dicom-port']) > 65535) throw new UsageError(`--dicom-port must be 0-65535 (got ${f['dicom-port']})`);
+  const aeTitle = f['ae-title'];
+  if (aeTitle !== undefined && (!/^[\x20-\x7e]{1,16}$/.test(aeTitle) || aeTitle.includes('\\'))) throw new UsageError(`--ae-title must be 1-16 printable characters without a backslash (got ${aeTitle})`);
+  const remoteAes: Record<string, RemoteAe> = {};
+  for (const entry of (f['dicom-peers'] ?? '').split(',').filter(Boolean)) {
+    const m = /^([^=]{1,16})=([^:]+):(\d{1,5})$/.exec(entry.trim());
+    if (!m) throw new UsageError(`--dicom-peers: ${JSON.stringify(entry)} is not AE=host:port`);
+    remoteAes[m[1]!] = { host: m[2]!, port: Number(m[3]) };
+  }
+  return { ...(aeTitle !== undefined ? { aeTitle } : {}), host: f.host, port: Number(f['dicom-port']), remoteAes, refuseUnknownAes: !f['accept-any-ae'] };
 }

@@ -14,7 +14,7 @@ import { ConsistencyChecker, Puller, ReplicationMetrics, type ApplyContext } fro
 import { tokenResolver } from './identity.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
-import { FsBlobStore, ImagingStore } from '../imaging/index.ts';
+import { FsBlobStore, ImagingStore, startDimseServer, StudyLinker, type DimseServer, type DimseServerOptions } from '../imaging/index.ts';
 
 export const VERSION = '0.1.0';
 
@@ -27,7 +27,12 @@ export interface SiteOptions {
   resolveIdentity?: IdentityResolver;
   checkpointEveryMs?: number;
   /** Where image files go (a folder for the filesystem blob store); absent: no imaging on this node. */
-  imaging?: { blobRoot: string; maxFileBytes?: number };
+  imaging?: {
+    blobRoot: string;
+    maxFileBytes?: number;
+    /** Starts the DIMSE service provider too (absent: DICOMweb only). */
+    dicom?: Omit<DimseServerOptions, 'store' | 'siteId' | 'audit'>;
+  };
 }
 
 export interface Site {
@@ -47,6 +52,10 @@ export interface Site {
   startReplication(opts?: ReplicationStartOptions): void;
   /** The imaging store, when this node serves images (DICOMweb; DIMSE is started beside it). */
   imaging?: ImagingStore;
+  /** The DIMSE service provider, when configured. */
+  dimse?: DimseServer;
+  /** Brings received studies into the FHIR record (Patient, ImagingStudy). */
+  studyLinker?: StudyLinker;
   /** Loads the EMPI blind-index key now (it is also looked for on unseal and every 10 s). */
   refreshEmpiKey(): Promise<void>;
   app: FastifyInstance;
@@ -146,6 +155,18 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     if (o.verifyEveryMs) checker.start(o.verifyEveryMs);
   };
   const imaging = opts.imaging ? new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: opts.imaging.blobRoot }), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}) }) : undefined;
+  const studyLinker = imaging ? new StudyLinker({ db, records: store, region, siteId }) : undefined;
+  studyLinker?.start();
+  // DIMSE operations are audited like HTTP requests; a sealed site (no audit log) refuses them.
+  const dimse = imaging && opts.imaging?.dicom
+    ? await startDimseServer({
+        ...opts.imaging.dicom, store: imaging, siteId,
+        audit: async (e) => {
+          const log = auditLog();
+          return log ? (await log.append(e)).ok : false;
+        },
+      })
+    : undefined;
   const app = await buildApp({
     access, db, region, records: ctx, replication, kms, identity, audit: auditLog, searchParams, siteId, regionId: region.id, version: VERSION,
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
@@ -156,12 +177,13 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     ...(imaging ? { imaging } : {}),
   });
   return { ok: true, site: {
-      siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, app, ...(imaging ? { imaging } : {}),
+      siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, app,
+      ...(imaging ? { imaging } : {}), ...(dimse ? { dimse } : {}), ...(studyLinker ? { studyLinker } : {}),
       refreshEmpiKey: empi.refresh,
       close: async () => {
         clearInterval(checkpoints);
         empi.stop();
-        await Promise.all([...pullers.map((p) => p.stop()), checker.stop()]);
+        await Promise.all([...pullers.map((p) => p.stop()), checker.stop(), studyLinker?.stop(), dimse?.close()]);
         // In-flight requests get a short grace; connections still open after it (long polls,
         // keep-alive sockets of peers) are closed so shutdown never hangs.
         const force = setTimeout(() => app.server.closeAllConnections(), 2000);

@@ -152,7 +152,7 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       }
       void o.audit(this.#event('dicom-associate', 'allow')).then((logged) => {
         if (logged) this.sendAssociationAccept();
-        else this.sendAssociationReject(RejectResult.Transient, RejectSource.ServiceProviderAcse, RejectReason.TemporaryCongestion);
+        else this.sendAssociationReject(RejectResult.Transient, RejectSource.ServiceProviderPresentation, RejectReason.TemporaryCongestion);
       });
     }
 

@@ -177,11 +177,11 @@ export class ImagingStore {
     // transaction is refused).
     const { rows } = await tx.query<{ series_study: string; inserted: number }>(
       `WITH st AS (
-         INSERT INTO imaging_study (study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, study_id, referring_physician)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         INSERT INTO imaging_study (study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, study_id, referring_physician, source)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $31)
          ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id, patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
            patient_sex = excluded.patient_sex, study_date = excluded.study_date, study_time = excluded.study_time, accession_number = excluded.accession_number,
-           study_description = excluded.study_description, study_id = excluded.study_id, referring_physician = excluded.referring_physician, updated_at = now()
+           study_description = excluded.study_description, study_id = excluded.study_id, referring_physician = excluded.referring_physician, source = excluded.source, updated_at = clock_timestamp()
          RETURNING study_uid
        ), se AS (
          INSERT INTO imaging_series (series_uid, study_uid, modality, series_number, series_description) VALUES ($12, $1, $13, $14, $15)

@@ -1,0 +1,90 @@
+// Studies into the FHIR record: the Patient found by resident ID or the sender's patient ID
+// (created, tagged as made from DICOM, when missing), an ImagingStudy per study kept in step
+// as instances arrive, and a clear note when the record cannot be written at this site.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { ImagingStudy, Patient } from '@medplum/fhirtypes';
+import { testBackend } from '../db/test-db.ts';
+import { openTestStore, type TestStore } from '../records/testing.ts';
+import { makeResidentId } from '../region/index.ts';
+import { DICOM_PATIENT_ID_SYSTEM, StudyLinker } from './fhir-link.ts';
+import { makeInstances, openTestImaging, type TestImaging } from './testing.ts';
+
+const uid = (n: number) => `1.2.826.0.1.3680043.10.1519.8.${n}`;
+
+describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
+  let t: TestImaging;
+  let r: TestStore;
+  let linker: StudyLinker;
+  const ingest = async (o: Parameters<typeof makeInstances>[0]) => {
+    for (const f of await makeInstances(o)) assert.ok((await t.store.ingest(f, { source: 'ae:MODALITY' })).ok);
+  };
+  before(async () => {
+    t = await openTestImaging();
+    r = await openTestStore({ db: t.db, siteId: 'B' });
+    linker = new StudyLinker({ db: t.db, records: r.store, region: r.ctx.region, siteId: 'B', quietMs: 60_000 });
+  });
+  after(async () => t.close());
+
+  it('creates the missing Patient (placed by resident ID) and the ImagingStudy', async () => {
+    const rid = makeResidentId({ divisionCode: '440106', birthDate: '1975-06-01', sequence: 12 }); // Guangzhou: active at B
+    await ingest({ studyUid: uid(1), date: '20261120', patientId: rid, count: 2 });
+    assert.deepEqual(await linker.flush(), [], 'nothing while the study is still arriving');
+    const [out] = await linker.flush({ all: true });
+    assert.ok(out?.patient && out.imagingStudy, JSON.stringify(out));
+    const p = await r.store.read('Patient', out.patient.split('/')[1]!);
+    assert.ok(p.ok);
+    const patient = p.value as Patient;
+    assert.deepEqual(patient.identifier?.map((i) => i.system), ['urn:oid:2.16.156.10011.1.3', DICOM_PATIENT_ID_SYSTEM]);
+    assert.equal(patient.meta?.tag?.[0]?.code, 'created-from-dicom');
+    assert.equal(patient.meta?.source, `ae:MODALITY#study/${uid(1)}`);
+    assert.equal(patient.name?.[0]?.family, 'CompressedSamples');
+    assert.equal(patient.gender, 'female');
+    const shard = (await t.db.query<{ shard: string }>("SELECT shard FROM resource_current WHERE resource_type = 'Patient' AND id = $1", [patient.id])).rows[0]!.shard;
+    assert.equal(shard, 'guangzhou', 'placed by the resident ID');
+    const s = await r.store.read('ImagingStudy', uid(1));
+    assert.ok(s.ok);
+    const study = s.value as ImagingStudy;
+    assert.equal(study.subject.reference, out.patient);
+    assert.deepEqual([study.numberOfSeries, study.numberOfInstances, study.series?.[0]?.instance?.length, study.modality?.[0]?.code], [1, 2, 2, 'MR']);
+    assert.equal(study.started, '2026-11-20T18:50:59+08:00');
+  });
+
+  it('keeps the ImagingStudy in step and finds the Patient again instead of making another', async () => {
+    const rid = makeResidentId({ divisionCode: '440106', birthDate: '1975-06-01', sequence: 12 });
+    await ingest({ studyUid: uid(1), date: '20261120', patientId: rid, count: 3 }); // a third instance
+    await ingest({ studyUid: uid(2), date: '20261121', patientId: rid, count: 1 }); // and a second study
+    const outs = await linker.flush({ all: true });
+    assert.equal(outs.length, 2);
+    assert.equal(new Set(outs.map((o) => o.patient)).size, 1, 'one patient');
+    const patients = await r.store.search('Patient', [['identifier', `urn:oid:2.16.156.10011.1.3|${rid}`]], { baseUrl: 'urn:x' });
+    assert.ok(patients.ok && patients.value.entry?.length === 1);
+    const s = await r.store.read('ImagingStudy', uid(1));
+    assert.ok(s.ok && (s.value as ImagingStudy).numberOfInstances === 3);
+    assert.equal(s.value.meta?.versionId !== undefined, true);
+    assert.deepEqual(await linker.flush({ all: true }), [], 'nothing left to do');
+  });
+
+  it('links to a Patient the record already has under the sender’s patient ID', async () => {
+    const existing = await r.store.create('Patient', { resourceType: 'Patient', identifier: [{ system: DICOM_PATIENT_ID_SYSTEM, value: 'MRN-77' }], name: [{ family: '李', given: ['雷'] }] });
+    assert.ok(existing.ok);
+    await ingest({ studyUid: uid(3), date: '20261121', patientId: 'MRN-77', count: 1 });
+    const [out] = await linker.flush({ all: true });
+    assert.equal(out?.patient, `Patient/${existing.value.resource.id!}`);
+  });
+
+  it('writes nothing at a site that is not the active one for the patient, and says why', async () => {
+    const before = await r.counts();
+    const shenzhen = makeResidentId({ divisionCode: '440305', birthDate: '1980-01-01', sequence: 3 }); // active at C
+    await ingest({ studyUid: uid(4), date: '20261121', patientId: shenzhen, count: 1 });
+    await ingest({ studyUid: uid(5), date: '20261121', patientId: '', count: 1 });
+    const outs = await linker.flush({ all: true });
+    const byStudy = new Map(outs.map((o) => [o.study, o]));
+    assert.match(byStudy.get(uid(4))?.note ?? '', /cannot be created here: .*site C/);
+    assert.match(byStudy.get(uid(5))?.note ?? '', /no Patient ID/);
+    const after = await r.counts();
+    assert.equal(after.resource_current, before.resource_current);
+    const notes = (await t.db.query<{ link_note: string | null }>('SELECT link_note FROM imaging_study WHERE study_uid = $1', [uid(4)])).rows[0]!;
+    assert.match(notes.link_note!, /site C/);
+  });
+});
