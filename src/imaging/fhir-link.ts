@@ -3,7 +3,7 @@
 // and described by an ImagingStudy whose id is the Study Instance UID, written once the study
 // has been quiet for a moment rather than once per instance. Both go through the record
 // store, so placement, residency and the outbox apply as to any other write.
-import type { ImagingStudy, Patient, Resource } from '@medplum/fhirtypes';
+import type { ImagingStudy, Patient } from '@medplum/fhirtypes';
 import type { Db } from '../db/index.ts';
 import type { RecordStore } from '../records/index.ts';
 import { parseResidentId, type Region } from '../region/index.ts';
@@ -150,7 +150,7 @@ export class StudyLinker {
         };
       }),
     };
-    const r = await this.#o.records.update('ImagingStudy', s.study_uid, resource as Resource);
+    const r = await this.#o.records.update('ImagingStudy', s.study_uid, resource);
     if (!r.ok) return { ok: false, note: `ImagingStudy not written: ${r.error.issues.map((i) => i.message).join('; ')}` };
     return { ok: true };
   }
