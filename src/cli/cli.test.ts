@@ -181,6 +181,12 @@ describe('medmesh CLI', () => {
     const count = async (h: Record<string, string>) => ((await (await fetch(`${fhirB}/Patient?_summary=count`, { headers: h })).json()) as { total: number }).total;
     const [all, mine] = [await count(registrar), await count(doctor)];
     assert.ok(mine > 0 && mine < all, `the cardiology doctor counts only patients with a cardiology encounter (${mine} of ${all})`);
+    // Images: a DICOM file sent to B's AE is found and fetched over DICOMweb.
+    assert.match(demo.output(), new RegExp(`DICOM AE MEDMESH_B at 127\\.0\\.0\\.1:${11112 + offset}`));
+    const sent = await dcmtk('dcmsend', ['-aec', 'MEDMESH_B', '127.0.0.1', String(11112 + offset), join(PYDICOM, 'test_files', 'CT_small.dcm')]);
+    assert.equal(sent.code, 0, sent.out);
+    const studies = (await (await fetch(`${siteB}/dicomweb/studies?StudyDate=20040101-`, { headers: doctor })).json()) as Array<Record<string, { Value?: unknown[] }>>;
+    assert.deepEqual(studies.map((x) => x['0020000D']?.Value?.[0]), ['1.3.6.1.4.1.5962.1.2.1.20040119072730.12322']);
     demo.child.kill('SIGINT');
     assert.equal(await demo.exited, 0);
     assert.match(demo.output(), /stopped cleanly/);

@@ -43,9 +43,12 @@ export async function demoVerb(argv: string[]): Promise<number> {
     }
   };
   try {
-    for (const s of region.sites) {
+    for (const [i, s] of region.sites.entries()) {
       const db = await openPglite({ dataDir: join(flags.data, s.id) });
-      const opened = await openSite({ region, siteId: s.id, db });
+      // Images are core data: the private sites take them, by DICOMweb and DIMSE (any calling AE in the demo).
+      const dicomPort = 11112 + i + offset;
+      const imaging = s.kind === 'private' ? { blobRoot: join(flags.data, `${s.id}-blobs`), dicom: { aeTitle: `MEDMESH_${s.id}`, host: '127.0.0.1', port: dicomPort, refuseUnknownAes: false } } : undefined;
+      const opened = await openSite({ region, siteId: s.id, db, ...(imaging ? { imaging } : {}) });
       if (!opened.ok) {
         await db.close();
         throw new Error(opened.error.message);
@@ -58,6 +61,7 @@ export async function demoVerb(argv: string[]): Promise<number> {
       const url = `http://127.0.0.1:${port}`;
       running.push({ site: opened.site, db, url });
       console.log(`  site ${s.id.padEnd(3)} ${s.kind.padEnd(8)} ${url}/fhir/R4   ${s.name ?? ''}`);
+      if (imaging) console.log(`           images  ${url}/dicomweb   DICOM AE ${imaging.dicom.aeTitle} at 127.0.0.1:${dicomPort}`);
     }
     await linkDemoSites(running, { onError: (site, peer, m) => console.error(`  replication ${peer} -> ${site}: ${m}`) });
     const links = running.reduce((n, r) => n + r.site.peers.size, 0);

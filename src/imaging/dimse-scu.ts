@@ -134,6 +134,23 @@ export function storeRequestFor(f: StoredFile): InstanceType<typeof CStoreReques
   return new CStoreRequest(new StoredDataset(f.file.subarray(f.datasetOffset), f.transferSyntaxUid, elements));
 }
 
+/**
+ * Calls back once with how a C-STORE ended: stored, stored with a warning (Bxxx), or failed
+ * (an error status, or never sent because no presentation context took its transfer syntax).
+ */
+export function onStoreSettled(request: InstanceType<typeof CStoreRequest>, settled: (r: { kind: 'stored' | 'warning' | 'failed'; status?: number }) => void): void {
+  let status: number | undefined;
+  request.on('response', (r: Resp) => {
+    status = r.getStatus();
+  });
+  request.on('done', () => {
+    if (status === undefined) settled({ kind: 'failed' });
+    else if (status === Status.Success) settled({ kind: 'stored', status });
+    else if ((status & 0xf000) === 0xb000) settled({ kind: 'warning', status });
+    else settled({ kind: 'failed', status });
+  });
+}
+
 export interface StoreOutcome {
   completed: number;
   failed: Array<{ sopInstanceUid: string; error: string }>;
@@ -156,18 +173,10 @@ export function cStoreFiles(peer: DicomPeer, o: ScuOptions, files: StoredFile[])
     const timer = setTimeout(() => finish({ ok: false, error: `${peer.aeTitle} did not take ${pending} instance(s) within ${(o.timeoutMs ?? 600_000) / 1000} s` }), o.timeoutMs ?? 600_000);
     for (const f of files) {
       const request = storeRequestFor(f);
-      let answered = false;
-      request.on('response', (r: Resp) => {
-        answered = true;
-        const status = r.getStatus();
-        if (status === Status.Success) outcome.completed++;
-        else if ((status & 0xf000) === 0xb000) {
-          outcome.completed++;
-          outcome.warnings++;
-        } else outcome.failed.push({ sopInstanceUid: f.sopInstanceUid, error: `status 0x${status.toString(16)}` });
-      });
-      request.on('done', () => {
-        if (!answered) outcome.failed.push({ sopInstanceUid: f.sopInstanceUid, error: `not sent: ${peer.aeTitle} accepted no presentation context for it in ${f.transferSyntaxUid}` });
+      onStoreSettled(request, (result) => {
+        if (result.kind === 'failed') outcome.failed.push({ sopInstanceUid: f.sopInstanceUid, error: result.status === undefined ? `not sent: ${peer.aeTitle} accepted no presentation context for it in ${f.transferSyntaxUid}` : `status 0x${result.status.toString(16)}` });
+        else outcome.completed++;
+        if (result.kind === 'warning') outcome.warnings++;
         pending--;
       });
       client.addRequest(request);

@@ -11,7 +11,7 @@ import { findImaging, type QueryLevel } from './imaging-query.ts';
 import type { ImagingStore } from './imaging-store.ts';
 import { part10File } from './part10.ts';
 import { checkStructure } from './dicom-structure.ts';
-import { cStoreFiles, storeRequestFor, type StoredFile } from './dimse-scu.ts';
+import { cStoreFiles, onStoreSettled, storeRequestFor, type StoredFile } from './dimse-scu.ts';
 
 const { Scp, Dataset } = dimse;
 const { CEchoResponse, CFindResponse, CGetResponse, CMoveResponse, CStoreResponse } = dimse.responses;
@@ -258,18 +258,7 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
 
     override cMoveRequest(request: MoveRequest, callback: (r: Array<InstanceType<typeof CMoveResponse>>) => void): void {
       // dcmjs-dimse takes the responses through one callback call: no pending responses, the final one only.
-      let responded = false;
-      const respond = (status: number, counts: Counts, comment?: string) => {
-        if (responded) return;
-        responded = true;
-        const r = CMoveResponse.fromRequest(request);
-        r.setStatus(status);
-        r.setCompleted(counts.completed ?? 0);
-        r.setFailures(counts.failed ?? 0);
-        r.setWarnings(counts.warnings ?? 0);
-        if (comment) r.setErrorComment(comment.slice(0, 64));
-        callback([r]);
-      };
+      const respond = finalResponse(() => CMoveResponse.fromRequest(request), callback);
       const destination = (request.getCommandDataset().getElement('MoveDestination') ?? '').trim();
       const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
       const resource = keys.StudyInstanceUID ? `dicom:study/${keys.StudyInstanceUID}` : undefined;
@@ -294,18 +283,7 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
     }
 
     override cGetRequest(request: GetRequest, callback: (r: Array<InstanceType<typeof CGetResponse>>) => void): void {
-      let responded = false;
-      const respond = (status: number, counts: Counts, comment?: string) => {
-        if (responded) return;
-        responded = true;
-        const r = CGetResponse.fromRequest(request);
-        r.setStatus(status);
-        r.setCompleted(counts.completed ?? 0);
-        r.setFailures(counts.failed ?? 0);
-        r.setWarnings(counts.warnings ?? 0);
-        if (comment) r.setErrorComment(comment.slice(0, 64));
-        callback([r]);
-      };
+      const respond = finalResponse(() => CGetResponse.fromRequest(request), callback);
       const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
       const resource = keys.StudyInstanceUID ? `dicom:study/${keys.StudyInstanceUID}` : undefined;
       void (async () => {
@@ -321,18 +299,10 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
             (f) =>
               new Promise<void>((resolve) => {
                 const sub = storeRequestFor(f);
-                let answered = false;
-                sub.on('response', (r: { getStatus(): number }) => {
-                  answered = true;
-                  const st = r.getStatus();
-                  if (st === Status.Success) counts.completed++;
-                  else if ((st & 0xf000) === 0xb000) {
-                    counts.completed++;
-                    counts.warnings++;
-                  } else counts.failed++;
-                });
-                sub.on('done', () => {
-                  if (!answered) counts.failed++;
+                onStoreSettled(sub, (result) => {
+                  if (result.kind === 'failed') counts.failed++;
+                  else counts.completed++;
+                  if (result.kind === 'warning') counts.warnings++;
                   resolve();
                 });
                 this.sendRequests(sub);
@@ -343,6 +313,25 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
         respond(counts.failed ? MOVE_SUBOPS_FAILED : Status.Success, counts);
       })().catch((e: unknown) => respond(MOVE_UNABLE_TO_PROCESS, {}, e instanceof Error ? e.message : 'get failed'));
     }
+  };
+}
+
+/** A responder that sends one final retrieve response, whatever path gets there first. */
+function finalResponse<R extends { setStatus(s: number): void; setCompleted(n: number): void; setFailures(n: number): void; setWarnings(n: number): void; setErrorComment(c: string): void }>(
+  make: () => R,
+  callback: (r: R[]) => void,
+): (status: number, counts: Counts, comment?: string) => void {
+  let responded = false;
+  return (status, counts, comment) => {
+    if (responded) return;
+    responded = true;
+    const r = make();
+    r.setStatus(status);
+    r.setCompleted(counts.completed ?? 0);
+    r.setFailures(counts.failed ?? 0);
+    r.setWarnings(counts.warnings ?? 0);
+    if (comment) r.setErrorComment(comment.slice(0, 64));
+    callback([r]);
   };
 }
 
