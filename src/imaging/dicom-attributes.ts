@@ -1,7 +1,7 @@
 // The attributes medmesh indexes and answers queries with, read from a file that passed the
 // structural check. Pixel data is not read: parsing stops at (7FE0,0010).
 import dcmjs from 'dcmjs';
-import { checkStructure } from './dicom-structure.ts';
+import { checkStructure, type Structure } from './dicom-structure.ts';
 
 // dcmjs logs every oddity of real-world files to the console; the caller reports what matters.
 dcmjs.log.setLevel('error');
@@ -46,9 +46,18 @@ const UID = /^[0-9]+(\.[0-9]+)*$/;
 export function readInstance(file: Uint8Array): AttributesResult {
   const structure = checkStructure(file);
   if (!structure.ok) return structure;
+  return attributesOf(file, structure.value);
+}
+
+/**
+ * The attributes of a file whose structure has been checked, from its first bytes: `head`
+ * must reach the pixel data value (or hold the whole file when it has none).
+ */
+export function attributesOf(head: Uint8Array, structure: Structure): AttributesResult {
   // dcmjs copies what it is given: hand it the header only (up to the pixel data value).
-  const end = structure.value.pixelData?.offset ?? file.byteLength;
-  const ab = file.buffer.slice(file.byteOffset, file.byteOffset + end) as ArrayBuffer;
+  const end = structure.pixelData?.offset ?? head.byteLength;
+  if (end > head.byteLength) return { ok: false, error: `the header before the pixel data is larger than the ${head.byteLength} bytes read ahead` };
+  const ab = head.buffer.slice(head.byteOffset, head.byteOffset + end) as ArrayBuffer;
   let parsed: ReturnType<typeof dcmjs.data.DicomMessage.readFile>;
   try {
     parsed = dcmjs.data.DicomMessage.readFile(ab, { untilTag: '7FE00010', includeUntilTagValue: false });
@@ -94,7 +103,7 @@ export function readInstance(file: Uint8Array): AttributesResult {
   return {
     ok: true,
     value: {
-      transferSyntaxUid: structure.value.transferSyntaxUid,
+      transferSyntaxUid: structure.transferSyntaxUid,
       sopClassUid: uids.sopClassUid!,
       sopInstanceUid: uids.sopInstanceUid!,
       studyInstanceUid: uids.studyInstanceUid!,

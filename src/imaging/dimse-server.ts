@@ -4,11 +4,12 @@
 // required, every association and operation is audited before it is answered, and the number
 // of concurrent associations is bounded.
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
-import { Writable } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
 import dimse from './dimse.ts';
 import type { AuditEvent } from '../security/audit/index.ts';
 import { findImaging, type QueryLevel } from './imaging-query.ts';
-import type { ImagingStore } from './imaging-store.ts';
+import type { ImagingStore, IngestOutcome } from './imaging-store.ts';
+import type { ImagingResult } from './errors.ts';
 import { part10File } from './part10.ts';
 import { checkStructure } from './dicom-structure.ts';
 import { cStoreFiles, onStoreSettled, storeRequestFor, type StoredFile } from './dimse-scu.ts';
@@ -22,6 +23,14 @@ type FindRequest = Parameters<InstanceType<typeof Scp>['cFindRequest']>[0];
 type MoveRequest = Parameters<InstanceType<typeof Scp>['cMoveRequest']>[0];
 type GetRequest = Parameters<InstanceType<typeof Scp>['cGetRequest']>[0];
 type Counts = { completed?: number; failed?: number; warnings?: number };
+/** A C-STORE data set as it arrives: in memory while small, else streaming into the store. */
+interface Incoming {
+  chunks: Buffer[];
+  bytes: number;
+  overflow: boolean;
+  feed?: PassThrough;
+  result?: Promise<ImagingResult<IngestOutcome>>;
+}
 
 export interface RemoteAe {
   host: string;
@@ -39,6 +48,8 @@ export interface DimseServerOptions {
   /** Refuse associations from AEs not in `remoteAes` (default true). */
   refuseUnknownAes?: boolean;
   maxAssociations?: number;
+  /** Instances larger than this stream into the store as they arrive instead of being held (default 16 MiB). */
+  streamAboveBytes?: number;
   /** Appends one audit entry; false when the log cannot take it (the operation is then refused). */
   audit: (event: AuditEvent) => Promise<boolean>;
 }
@@ -108,7 +119,7 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
     #peer = '';
     #entered = false;
     /** C-STORE data sets as they arrive, per request. */
-    readonly #incoming = new WeakMap<object, { chunks: Buffer[]; bytes: number; overflow: boolean }>();
+    readonly #incoming = new WeakMap<object, Incoming>();
 
     constructor(socket: Socket, opts: ConstructorParameters<typeof Scp>[1]) {
       super(socket, opts);
@@ -172,18 +183,37 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       });
     }
 
-    override createStoreWritableStream(_pc: unknown, request: StoreRequest): Writable {
-      const slot = { chunks: [] as Buffer[], bytes: 0, overflow: false };
+    override createStoreWritableStream(pc: { getAcceptedTransferSyntaxUid(): string | undefined }, request: StoreRequest): Writable {
+      const slot: Incoming = { chunks: [], bytes: 0, overflow: false };
       this.#incoming.set(request, slot);
       const limit = o.store.maxFileBytes;
+      const streamAbove = o.streamAboveBytes ?? 16 * 2 ** 20;
+      const calling = this.#calling;
+      const pass = (feed: PassThrough, chunk: Buffer, done: () => void) => (feed.write(chunk) ? done() : feed.once('drain', done));
       return new Writable({
         write(chunk: Buffer, _enc, done) {
           slot.bytes += chunk.length;
+          if (slot.feed) return pass(slot.feed, chunk, () => done());
+          if (slot.bytes > streamAbove) {
+            // A large instance: from here on it streams into the store (checked, hashed and
+            // encrypted on the way) behind the File Meta group built from the command.
+            const feed = new PassThrough();
+            slot.feed = feed;
+            slot.result = o.store.ingestStream(feed, { source: `ae:${calling}` });
+            feed.write(part10File({ sopClassUid: request.getAffectedSopClassUid(), sopInstanceUid: request.getAffectedSopInstanceUid(), transferSyntaxUid: pc.getAcceptedTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian, sourceAe: calling }, Buffer.alloc(0)));
+            for (const c of slot.chunks) feed.write(c);
+            slot.chunks = [];
+            return pass(feed, chunk, () => done());
+          }
           // Past the limit the rest is read and dropped: the answer is "out of resources".
           if (slot.bytes > limit) {
             slot.overflow = true;
             slot.chunks = [];
           } else slot.chunks.push(chunk);
+          done();
+        },
+        final(done) {
+          slot.feed?.end();
           done();
         },
       });
@@ -210,8 +240,8 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
         return;
       }
       const ts = request.getDataset()?.getTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian;
-      const file = part10File({ sopClassUid: request.getAffectedSopClassUid(), sopInstanceUid, transferSyntaxUid: ts, sourceAe: this.#calling }, Buffer.concat(slot.chunks));
-      void o.store.ingest(file, { source: `ae:${this.#calling}` }).then(
+      const stored = slot.result ?? o.store.ingest(part10File({ sopClassUid: request.getAffectedSopClassUid(), sopInstanceUid, transferSyntaxUid: ts, sourceAe: this.#calling }, Buffer.concat(slot.chunks)), { source: `ae:${this.#calling}` });
+      void stored.then(
         async (r) => {
           const logged = await o.audit(this.#event('dicom-store', r.ok ? 'success' : 'failure', { resource, ...(r.ok ? { detail: r.value.status } : { detail: r.error.message }) }));
           if (!r.ok) return answer(r.error.kind === 'too-large' ? STORE_OUT_OF_RESOURCES : r.error.kind === 'invalid' ? STORE_CANNOT_UNDERSTAND : Status.ProcessingFailure, r.error.message);

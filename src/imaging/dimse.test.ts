@@ -6,6 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import dimse from './dimse.ts';
 import { testBackend } from '../db/test-db.ts';
 import { startDimseServer, type DimseServer } from './dimse-server.ts';
+import { checkStructure } from './dicom-structure.ts';
 import { blobCount, dcmtk, openTestImaging, PYDICOM, type TestImaging } from './testing.ts';
 
 const AE = 'MEDMESH_B';
@@ -20,7 +21,8 @@ describe(`DIMSE with DCMTK (${testBackend()})`, () => {
   const at = () => ['127.0.0.1', String(srv.port)];
   before(async () => {
     t = await openTestImaging();
-    srv = await startDimseServer({ store: t.store, siteId: 'B', aeTitle: AE, port: 0, maxAssociations: 1, remoteAes: { MODALITY: known, PACS: known }, audit: t.audit });
+    // Instances above 20 kB stream into the store (CT_small, the ECG, the RT plan); smaller ones are held.
+    srv = await startDimseServer({ store: t.store, siteId: 'B', aeTitle: AE, port: 0, maxAssociations: 1, streamAboveBytes: 20_000, remoteAes: { MODALITY: known, PACS: known }, audit: t.audit });
   });
   after(async () => {
     await srv.close();
@@ -60,6 +62,17 @@ describe(`DIMSE with DCMTK (${testBackend()})`, () => {
     const soc = Buffer.from('ff4fff51', 'hex'); // JPEG 2000 start of code stream
     assert.ok(original.indexOf(soc) > 0);
     assert.ok(back.value.file.subarray(back.value.file.indexOf(soc)).equals(original.subarray(original.indexOf(soc))), 'code stream byte for byte');
+    // A streamed one (CT_small, 39 kB) likewise: the data set as sent, behind medmesh's File Meta group.
+    const ct = await t.store.read('1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322');
+    assert.ok(ct.ok);
+    const sent = await readFile(`${PYDICOM}/test_files/CT_small.dcm`);
+    const px = (f: Buffer) => {
+      const s = checkStructure(f);
+      assert.ok(s.ok && s.value.pixelData);
+      return f.subarray(s.value.pixelData.offset, s.value.pixelData.offset + s.value.pixelData.length);
+    };
+    assert.ok(px(ct.value.file).equals(px(sent)));
+    assert.equal(checkStructure(ct.value.file).ok, true);
   });
 
   it('answers C-FIND at study, series and image level', async () => {

@@ -2,17 +2,24 @@
 // encrypted blob, idempotent re-sends, new versions, tamper detection, and bad input that
 // leaves neither index rows nor blobs behind.
 import assert from 'node:assert/strict';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
 import { Kms } from '../security/kms/index.ts';
-import { checkStructure } from './dicom-structure.ts';
+import { checkStructure, checkStructureStream } from './dicom-structure.ts';
 import { findImaging } from './imaging-query.ts';
 import { ImagingStore } from './imaging-store.ts';
-import { blobCount, openTestImaging, PYDICOM, sample, type TestImaging } from './testing.ts';
+import { blobCount, dcmtk, openTestImaging, PYDICOM, sample, type TestImaging } from './testing.ts';
 
 const CT = '1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322';
+setFlagsFromString('--expose-gc'); // the bounded-memory test measures live buffers
 const MR = '1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457';
 
 describe(`imaging store (${testBackend()})`, () => {
@@ -45,6 +52,19 @@ describe(`imaging store (${testBackend()})`, () => {
       for (const f of (await readdir(join(PYDICOM, dir))).filter((x) => x.endsWith('.dcm'))) {
         const r = checkStructure(await readFile(join(PYDICOM, dir, f)));
         assert.ok(r.ok || r.error.length > 10, f);
+      }
+    }
+  });
+
+  it('checks a stream the same way as a file in memory, chunk boundaries anywhere', async () => {
+    for (const dir of ['test_files', 'charset_files']) {
+      for (const f of (await readdir(join(PYDICOM, dir))).filter((x) => x.endsWith('.dcm'))) {
+        const path = join(PYDICOM, dir, f);
+        const whole = checkStructure(await readFile(path));
+        for (const chunk of [61, 977]) {
+          const streamed = await checkStructureStream(createReadStream(path, { highWaterMark: chunk }));
+          assert.deepEqual(streamed, whole, `${f} in ${chunk}-byte chunks`);
+        }
       }
     }
   });
@@ -153,6 +173,57 @@ describe(`imaging store (${testBackend()})`, () => {
     const big = await t.store.ingest(Buffer.alloc(2_000_001), { source: 'test' });
     assert.ok(!big.ok && big.error.kind === 'too-large');
     assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before);
+  });
+
+  it('takes a stream: stored as sent, broken or oversized streams leave nothing', async () => {
+    const file = await sample('SC_rgb_rle_2frame.dcm');
+    const r = await t.store.ingestStream(createReadStream(join(PYDICOM, 'test_files', 'SC_rgb_rle_2frame.dcm'), { highWaterMark: 1000 }), { source: 'stream' });
+    assert.ok(r.ok && r.value.status === 'stored', JSON.stringify(r));
+    const back = await t.store.read(r.value.sopInstanceUid);
+    assert.ok(back.ok && back.value.file.equals(file));
+    const before = { rows: await rows(), blobs: await blobCount(t.blobs) };
+    const truncated = await t.store.ingestStream(createReadStream(join(PYDICOM, 'test_files', 'MR_truncated.dcm'), { highWaterMark: 512 }), { source: 'stream' });
+    assert.ok(!truncated.ok && truncated.error.kind === 'invalid');
+    assert.equal(truncated.error.message, 'truncated: (7FE0,0010) declares 8192 bytes but 8130 remain');
+    const big = await t.store.ingestStream(Readable.from([Buffer.alloc(1_500_000), Buffer.alloc(1_500_000)]), { source: 'stream' });
+    assert.ok(!big.ok && big.error.kind === 'too-large');
+    const again = await t.store.ingestStream(Readable.from([file]), { source: 'stream' });
+    assert.ok(again.ok && again.value.status === 'duplicate');
+    assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before);
+  });
+
+  it('streams a large file through in bounded memory', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'medmesh-big-'));
+    try {
+      // 96 frames of 512 x 512 x 16 bit: 48 MiB of pixel data.
+      const path = join(dir, 'big.dcm');
+      await writeFile(path, await sample('CT_small.dcm'));
+      await writeFile(join(dir, 'px.raw'), randomBytes(96 * 512 * 512 * 2));
+      const made = await dcmtk('dcmodify', ['-nb', '-m', 'Rows=512', '-m', 'Columns=512', '-i', 'NumberOfFrames=96', '-m', 'StudyInstanceUID=1.2.826.0.1.3680043.10.1519.6', '-m', 'SeriesInstanceUID=1.2.826.0.1.3680043.10.1519.6.1', '-m', 'SOPInstanceUID=1.2.826.0.1.3680043.10.1519.6.1.1', '-m', 'StudyDate=20261122', '-m', 'PatientName=Big^File', '-mf', `PixelData=${join(dir, 'px.raw')}`, path]);
+      assert.equal(made.code, 0, made.out);
+      const size = (await stat(path)).size;
+      const store = new ImagingStore({ db: t.db, blobs: t.blobs, kms: t.kms, maxFileBytes: 64 * 2 ** 20 });
+      // Live buffers only: collect garbage before each sample (the file's chunks are garbage
+      // once encrypted; what must not happen is holding them).
+      const gc = runInNewContext('gc') as () => void;
+      gc();
+      const baseline = process.memoryUsage().arrayBuffers;
+      let peak = baseline;
+      const sampler = setInterval(() => {
+        gc();
+        peak = Math.max(peak, process.memoryUsage().arrayBuffers);
+      }, 100);
+      const r = await store.ingestStream(createReadStream(path), { source: 'stream' });
+      clearInterval(sampler);
+      assert.ok(r.ok, JSON.stringify(r));
+      const expected = createHash('sha256').update(await readFile(path)).digest('hex');
+      assert.equal(r.value.sha256, expected);
+      const row = (await t.db.query<{ size_bytes: string | number; number_of_frames: number }>('SELECT size_bytes, number_of_frames FROM imaging_instance WHERE sop_instance_uid = $1', [r.value.sopInstanceUid])).rows[0]!;
+      assert.deepEqual([Number(row.size_bytes), row.number_of_frames], [size, 96]);
+      assert.ok(peak - baseline < size / 3, `buffers grew by ${((peak - baseline) / 2 ** 20).toFixed(1)} MiB for a ${(size / 2 ** 20).toFixed(0)} MiB file`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses to store while the KMS is sealed, and writes nothing', async () => {

@@ -2,14 +2,15 @@
 // store, then indexed; out again decrypted with its SHA-256 checked. The blob is written
 // before the index row and removed if the row cannot be written, so a failure leaves neither.
 import { createHash, randomUUID } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { buffer as collect } from 'node:stream/consumers';
 import type { Db, Queryable } from '../db/index.ts';
 import { createDecryptStream, createEncryptStream } from '../security/crypto/index.ts';
 import type { Kms } from '../security/kms/index.ts';
 import type { BlobStore } from './blob-store.ts';
-import { readInstance, type DicomJson, type InstanceAttributes } from './dicom-attributes.ts';
-import { imagingFail, type ImagingResult } from './errors.ts';
+import { attributesOf, readInstance, type DicomJson, type InstanceAttributes } from './dicom-attributes.ts';
+import { checkStructureStream } from './dicom-structure.ts';
+import { imagingFail, type ImagingError, type ImagingResult } from './errors.ts';
 
 export const IMAGING_KEY = 'imaging-files';
 
@@ -77,53 +78,140 @@ export class ImagingStore {
   }
 
   /** Takes one Part 10 file. `source` says who sent it (calling AE, user) for the record. */
-  async ingest(file: Uint8Array, opts: { source: string; expectStudy?: string }): Promise<ImagingResult<IngestOutcome>> {
+  async ingest(file: Uint8Array, opts: IngestOptions): Promise<ImagingResult<IngestOutcome>> {
     const max = this.maxFileBytes;
     if (file.byteLength > max) return imagingFail('too-large', `the file has ${file.byteLength} bytes; this site accepts at most ${max}`);
     const read = readInstance(file);
     if (!read.ok) return imagingFail('invalid', read.error);
     const a = read.value;
-    const instance = { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid };
-    if (opts.expectStudy && a.studyInstanceUid !== opts.expectStudy) return { ok: false, error: { kind: 'wrong-study', message: `instance ${a.sopInstanceUid} belongs to study ${a.studyInstanceUid}, not ${opts.expectStudy}`, instance } };
+    const refused = this.#refuse(a, opts);
+    if (refused) return refused;
     const sha256 = createHash('sha256').update(file).digest('hex');
-    const outcome = (status: IngestOutcome['status'], version: number): IngestOutcome => ({ status, sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid, studyInstanceUid: a.studyInstanceUid, seriesInstanceUid: a.seriesInstanceUid, version, sha256 });
+    // A copy already held is answered before anything is encrypted.
     const existing = await this.#current(this.#o.db, a.sopInstanceUid);
-    if (existing?.sha256 === sha256) return { ok: true, value: outcome('duplicate', existing.version) };
+    if (existing?.sha256 === sha256) return { ok: true, value: outcomeOf(a, sha256, 'duplicate', existing.version) };
+    const key = await this.#dataKey(a);
+    if (!key.ok) return key;
+    const blobKey = newBlobKey();
+    await this.#o.blobs.put(blobKey, Readable.from([Buffer.from(file.buffer, file.byteOffset, file.byteLength)]).pipe(createEncryptStream({ keyId: IMAGING_KEY, keyVersion: 0, key: key.value.plaintext })));
+    key.value.plaintext.fill(0);
+    return this.#commit(a, { sha256, size: file.byteLength, blobKey, dataKey: key.value.wrapped, source: opts.source });
+  }
 
-    let dataKey: { wrapped: Buffer; plaintext?: Buffer };
+  /**
+   * Takes a file as it streams in, of any size up to the limit: checked, hashed and encrypted
+   * into the blob store on the way, holding no more than its header (up to `headBytes`) and
+   * the chunk in hand. Answers only once the blob and the index are durable.
+   */
+  async ingestStream(source: AsyncIterable<Buffer | Uint8Array>, opts: IngestOptions & { headBytes?: number }): Promise<ImagingResult<IngestOutcome>> {
+    const max = this.maxFileBytes;
+    const headLimit = opts.headBytes ?? 4 * 2 ** 20;
+    const key = await this.#dataKey(undefined);
+    if (!key.ok) {
+      for await (const _ of source); // read to the end: the sender is not left hanging
+      return key;
+    }
+    const blobKey = newBlobKey();
+    const encrypt = createEncryptStream({ keyId: IMAGING_KEY, keyVersion: 0, key: key.value.plaintext });
+    const walkerFeed = new PassThrough();
+    const stored: Promise<Error | undefined> = this.#o.blobs.put(blobKey, encrypt).then(() => undefined, (e: unknown) => (e instanceof Error ? e : new Error('the blob store failed')));
+    const putFailed = stored.then((e) => (e ? Promise.reject(e) : new Promise<never>(() => {})));
+    putFailed.catch(() => undefined); // observed below; never an unhandled rejection
+    const checked = checkStructureStream(walkerFeed);
+    const hash = createHash('sha256');
+    const head: Buffer[] = [];
+    let headSize = 0;
+    let size = 0;
+    const write = (w: PassThrough | typeof encrypt, chunk: Buffer) => (w.write(chunk) ? undefined : new Promise<void>((r) => w.once('drain', () => r())));
+    try {
+      for await (const raw of source) {
+        const chunk = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+        size += chunk.length;
+        if (size > max) continue; // read on to the end, keep nothing
+        hash.update(chunk);
+        if (headSize < headLimit) {
+          const take = chunk.subarray(0, headLimit - headSize);
+          head.push(Buffer.from(take));
+          headSize += take.length;
+        }
+        // The walker may stop early (a broken file): then it is not waited for. A failing blob
+        // write ends the loop at once.
+        await Promise.race([Promise.all([write(encrypt, chunk), Promise.race([write(walkerFeed, chunk), checked])]), putFailed]);
+      }
+    } catch (e) {
+      // The blob store failed mid-file (or the source did): nothing of this file may stay.
+      encrypt.destroy();
+      walkerFeed.destroy();
+      key.value.plaintext.fill(0);
+      await this.#o.blobs.delete(blobKey);
+      throw e;
+    }
+    encrypt.end();
+    walkerFeed.end();
+    const [structure, putError] = await Promise.all([checked, stored]);
+    key.value.plaintext.fill(0);
+    const discard = async (r: { ok: false; error: ImagingError }) => {
+      await this.#o.blobs.delete(blobKey);
+      return r;
+    };
+    if (putError) {
+      await this.#o.blobs.delete(blobKey);
+      throw putError;
+    }
+    if (size > max) return discard(imagingFail('too-large', `the file has ${size} bytes; this site accepts at most ${max}`));
+    if (!structure.ok) return discard(imagingFail('invalid', structure.error));
+    const read = attributesOf(Buffer.concat(head), structure.value);
+    if (!read.ok) return discard(imagingFail('invalid', read.error));
+    const a = read.value;
+    const refused = this.#refuse(a, opts);
+    if (refused) return discard(refused);
+    return this.#commit(a, { sha256: hash.digest('hex'), size, blobKey, dataKey: key.value.wrapped, source: opts.source });
+  }
+
+  #refuse(a: InstanceAttributes, opts: IngestOptions): { ok: false; error: ImagingError } | undefined {
+    if (opts.expectStudy && a.studyInstanceUid !== opts.expectStudy) {
+      return { ok: false, error: { kind: 'wrong-study', message: `instance ${a.sopInstanceUid} belongs to study ${a.studyInstanceUid}, not ${opts.expectStudy}`, instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid } } };
+    }
+    return undefined;
+  }
+
+  /** A fresh data key for one file, under the KMS key for image files (made on first use). */
+  async #dataKey(a: InstanceAttributes | undefined): Promise<ImagingResult<{ wrapped: Buffer; plaintext: Buffer }>> {
     try {
       if (!this.#keyReady) await this.#o.kms.ensureKey(IMAGING_KEY);
       this.#keyReady = true;
-      dataKey = await this.#o.kms.generateDataKey(IMAGING_KEY);
+      const k = await this.#o.kms.generateDataKey(IMAGING_KEY);
+      return { ok: true, value: { wrapped: k.wrapped, plaintext: k.plaintext! } };
     } catch (e) {
-      return { ok: false, error: { kind: 'sealed', message: `cannot encrypt the file: ${e instanceof Error ? e.message : String(e)}`, instance } };
+      return { ok: false, error: { kind: 'sealed', message: `cannot encrypt the file: ${e instanceof Error ? e.message : String(e)}`, ...(a ? { instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid } } : {}) } };
     }
-    const blobKey = `${randomUUID().slice(0, 2)}/${randomUUID()}.mmf`;
-    const sealed = Readable.from([Buffer.from(file.buffer, file.byteOffset, file.byteLength)]).pipe(createEncryptStream({ keyId: IMAGING_KEY, keyVersion: 0, key: dataKey.plaintext! }));
-    await this.#o.blobs.put(blobKey, sealed);
-    dataKey.plaintext!.fill(0);
+  }
+
+  /** Indexes a stored blob; the blob is removed whenever the index does not take it. */
+  async #commit(a: InstanceAttributes, f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string }): Promise<ImagingResult<IngestOutcome>> {
     try {
-      const indexed = { sha256, size: file.byteLength, blobKey, dataKey: dataKey.wrapped, source: opts.source };
       let version: number | 'duplicate';
       try {
-        version = await this.#o.db.transaction((tx) => this.#index(tx, a, indexed));
+        version = await this.#o.db.transaction((tx) => this.#index(tx, a, f));
       } catch (e) {
         // Another sender's first copy of this instance committed meanwhile: go again, now it is there.
         if (!isUniqueViolation(e)) throw e;
-        version = await this.#o.db.transaction((tx) => this.#index(tx, a, indexed));
+        version = await this.#o.db.transaction((tx) => this.#index(tx, a, f));
       }
       if (version === 'duplicate') {
-        // Another sender stored the same bytes meanwhile.
-        await this.#o.blobs.delete(blobKey);
-        return { ok: true, value: outcome('duplicate', existing?.version ?? 1) };
+        // The same bytes are held already (sent before, or by another sender meanwhile).
+        await this.#o.blobs.delete(f.blobKey);
+        const held = await this.#current(this.#o.db, a.sopInstanceUid);
+        return { ok: true, value: outcomeOf(a, f.sha256, 'duplicate', held?.version ?? 1) };
       }
-      return { ok: true, value: outcome(version > 1 ? 'new-version' : 'stored', version) };
+      return { ok: true, value: outcomeOf(a, f.sha256, version > 1 ? 'new-version' : 'stored', version) };
     } catch (e) {
-      await this.#o.blobs.delete(blobKey);
-      if (e instanceof IndexRefusal) return { ok: false, error: { kind: 'invalid', message: e.message, instance } };
+      await this.#o.blobs.delete(f.blobKey);
+      if (e instanceof IndexRefusal) return { ok: false, error: { kind: 'invalid', message: e.message, instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid } } };
       throw e;
     }
   }
+
 
   /** The current copy of an instance: its bytes as received, checked against the SHA-256. */
   async read(sopInstanceUid: string): Promise<ImagingResult<{ instance: StoredInstance; file: Buffer }>> {
@@ -209,6 +297,19 @@ export class ImagingStore {
 }
 
 class IndexRefusal extends Error {}
+
+export interface IngestOptions {
+  /** Who sent it (calling AE, user), for the record. */
+  source: string;
+  /** STOW-RS to /studies/{uid}: refuse instances of another study. */
+  expectStudy?: string;
+}
+
+const newBlobKey = () => `${randomUUID().slice(0, 2)}/${randomUUID()}.mmf`;
+
+function outcomeOf(a: InstanceAttributes, sha256: string, status: IngestOutcome['status'], version: number): IngestOutcome {
+  return { status, sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid, studyInstanceUid: a.studyInstanceUid, seriesInstanceUid: a.seriesInstanceUid, version, sha256 };
+}
 
 const isUniqueViolation = (e: unknown) => typeof e === 'object' && e !== null && (e as { code?: unknown }).code === '23505';
 
