@@ -4,14 +4,12 @@
 import type { FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify';
 import { Readable } from 'node:stream';
 import {
-  attributeKeyword, DEFAULT_RETURN, extractFrames, findImaging, mediaParams, multipartRelated, parseMultipartRelated, toDicomJson,
+  attributeKeyword, DEFAULT_RETURN, extractFrames, findImaging, mediaParams, MultipartError, multipartRelated, readMultipartRelated, toDicomJson,
   type ImagingStore, type Part, type QueryLevel, type StoredInstance,
 } from '../imaging/index.ts';
 
 export interface DicomwebRoutesOptions {
   imaging: ImagingStore;
-  /** Largest STOW-RS body (default: the store's file limit plus headroom). */
-  bodyLimit?: number;
 }
 
 const READ = { roles: ['doctor', 'nurse', 'lab', 'integration'], services: ['site', 'router'] } as const;
@@ -26,10 +24,11 @@ type Params = { study?: string; series?: string; instance?: string; frames?: str
 
 export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app, opts, done) => {
   const store = opts.imaging;
-  // Bodies are taken whole, as bytes, up to the limit; the route answers 415 for a media type
-  // it does not take (not the JSON parser's 400). These parsers live in this plugin only.
+  // Bodies are not parsed up front: STOW-RS reads its multipart body part by part as it
+  // arrives (large files stream into the store), and answers 415 for a media type it does not
+  // take (not the JSON parser's 400). These parsers live in this plugin only.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: opts.bodyLimit ?? store.maxFileBytes + 2 ** 20 }, (_req, body, done) => done(null, body));
+  app.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
 
   const bad = (reply: FastifyReply, status: number, message: string) => reply.code(status).type('application/json').send({ error: status === 406 ? 'not-acceptable' : status === 404 ? 'not-found' : 'bad-request', message });
   const uidsOk = (p: Params) => [p.study, p.series, p.instance].every((u) => u === undefined || (UID.test(u) && u.length <= 64));
@@ -38,30 +37,51 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
   const stow = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
     const study = req.params.study;
     if (study !== undefined && !uidsOk(req.params)) return bad(reply, 400, `${study} is not a valid Study Instance UID`);
-    const contentType = req.headers['content-type'] ?? '';
-    const parsed = parseMultipartRelated(req.body as Buffer, contentType);
-    if (!parsed.ok) return bad(reply, mediaParams(contentType).media === 'multipart/related' ? 400 : 415, parsed.error);
-    if (parsed.value.type && parsed.value.type !== 'application/dicom') return bad(reply, 415, `STOW-RS here takes type="application/dicom" parts, not ${parsed.value.type}`);
+    const contentType = mediaParams(req.headers['content-type'] ?? '');
+    if (contentType.media !== 'multipart/related') return bad(reply, 415, `STOW-RS takes multipart/related, not ${contentType.media || '(no Content-Type)'}`);
+    if (contentType.type && contentType.type !== 'application/dicom') return bad(reply, 415, `STOW-RS here takes type="application/dicom" parts, not ${contentType.type}`);
+    const boundary = contentType.boundary;
+    if (!boundary) return bad(reply, 400, 'the Content-Type has no boundary parameter');
+    if (boundary.length > 70) return bad(reply, 400, 'the boundary is longer than 70 characters (RFC 2046)');
     const referenced: object[] = [];
     const failed: object[] = [];
     const warnings: string[] = [];
     const base = `${req.protocol}://${req.headers.host ?? 'localhost'}/dicomweb`;
-    for (const [i, part] of parsed.value.parts.entries()) {
-      const media = mediaParams(part.headers['content-type'] ?? parsed.value.type ?? '').media;
-      if (media !== 'application/dicom') {
-        failed.push(failure({}, FAILURE.cannotUnderstand));
-        warnings.push(warning(`part ${i + 1} is ${media || 'untyped'}, not application/dicom`));
-        continue;
+    let malformed: string | undefined;
+    // One iterator over the request, kept here so what is left of it can be read off below.
+    const upload = (req.body as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
+    try {
+      for await (const part of readMultipartRelated({ [Symbol.asyncIterator]: () => upload }, boundary)) {
+        const media = mediaParams(part.headers['content-type'] ?? contentType.type ?? '').media;
+        if (media !== 'application/dicom') {
+          failed.push(failure({}, FAILURE.cannotUnderstand));
+          warnings.push(warning(`part ${part.index} is ${media || 'untyped'}, not application/dicom`));
+          continue; // its bytes are skipped
+        }
+        const r = await store.receive(part.body, { source: actor(req), ...(study ? { expectStudy: study } : {}) });
+        if (!r.ok) {
+          const reason = r.error.kind === 'too-large' ? FAILURE.outOfResources : r.error.kind === 'wrong-study' ? FAILURE.notMatchingStudy : r.error.kind === 'invalid' ? FAILURE.cannotUnderstand : FAILURE.processing;
+          failed.push(failure(r.error.instance ?? {}, reason));
+          warnings.push(warning(`part ${part.index}: ${r.error.message}`));
+          continue;
+        }
+        const url = `${base}/studies/${r.value.studyInstanceUid}/series/${r.value.seriesInstanceUid}/instances/${r.value.sopInstanceUid}`;
+        referenced.push({ '00081150': { vr: 'UI', Value: [r.value.sopClassUid] }, '00081155': { vr: 'UI', Value: [r.value.sopInstanceUid] }, '00081190': { vr: 'UR', Value: [url] } });
       }
-      const r = await store.ingest(part.body, { source: actor(req), ...(study ? { expectStudy: study } : {}) });
-      if (!r.ok) {
-        const reason = r.error.kind === 'too-large' ? FAILURE.outOfResources : r.error.kind === 'wrong-study' ? FAILURE.notMatchingStudy : r.error.kind === 'invalid' ? FAILURE.cannotUnderstand : FAILURE.processing;
-        failed.push(failure(r.error.instance ?? {}, reason));
-        warnings.push(warning(`part ${i + 1}: ${r.error.message}`));
-        continue;
-      }
-      const url = `${base}/studies/${r.value.studyInstanceUid}/series/${r.value.seriesInstanceUid}/instances/${r.value.sopInstanceUid}`;
-      referenced.push({ '00081150': { vr: 'UI', Value: [r.value.sopClassUid] }, '00081155': { vr: 'UI', Value: [r.value.sopInstanceUid] }, '00081190': { vr: 'UR', Value: [url] } });
+    } catch (e) {
+      // A malformed or cut-off body: the part in hand left nothing behind (the store removes
+      // its blob); parts before it are stored whole and listed as such.
+      if (!(e instanceof MultipartError)) throw e;
+      malformed = e.message;
+    } finally {
+      // Whatever the sender has yet to send is read and dropped, so it is not left blocked
+      // mid-upload and sees the answer.
+      await drain(upload);
+    }
+    if (malformed !== undefined) {
+      if (referenced.length === 0 && failed.length === 0) return bad(reply, 400, malformed);
+      failed.push(failure({}, FAILURE.cannotUnderstand));
+      warnings.push(warning(malformed));
     }
     req.auditExtra = { action: 'dicom-store', ...(study ? { resource: `dicom:study/${study}` } : {}), detail: `stored ${referenced.length}, failed ${failed.length}` };
     const body: Record<string, unknown> = {
@@ -211,4 +231,13 @@ function acceptsDicom(accept: string | undefined): { ok: true; transferSyntax?: 
     if (p.media === 'multipart/related' && (!p.type || p.type === 'application/dicom')) return { ok: true, ...(p['transfer-syntax'] ? { transferSyntax: p['transfer-syntax'] } : {}) };
   }
   return { ok: false, error: `instances are returned as multipart/related; type="application/dicom", not ${accept}` };
+}
+
+/** Reads what is left of an upload and drops it (a request stream read by an iterator cannot simply be resumed). */
+async function drain(upload: AsyncIterator<Uint8Array>): Promise<void> {
+  try {
+    for (let n = await upload.next(); !n.done; n = await upload.next());
+  } catch {
+    // the sender went away: nothing left to read
+  }
 }

@@ -1,6 +1,7 @@
 // DICOMweb against a real client (the dicomweb-client package, with an XMLHttpRequest
 // polyfill as it needs in Node) and raw HTTP for what a well-behaved client never sends.
 import assert from 'node:assert/strict';
+import { readdir } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import dicomweb from 'dicomweb-client';
 import XMLHttpRequest from 'xhr2';
@@ -36,7 +37,7 @@ describe(`DICOMweb (${testBackend()})`, () => {
   let client: Client;
   const audits = async (action: string) => (await s.db.query<{ n: number }>("SELECT count(*)::int AS n FROM audit_entry WHERE convert_from(entry, 'UTF8')::jsonb->>'action' = $1", [action])).rows[0]!.n;
   before(async () => {
-    s = await startTestServer({ maxImageBytes: 1_000_000 });
+    s = await startTestServer({ maxImageBytes: 1_000_000, streamImagesAboveBytes: 50_000 });
     client = new dicomweb.api.DICOMwebClient({ url: `${s.base}/dicomweb`, headers: s.as(['doctor']), verbose: false } as never) as unknown as Client;
   });
   after(async () => s.close());
@@ -131,9 +132,40 @@ describe(`DICOMweb (${testBackend()})`, () => {
     assert.deepEqual((wrongStudy.body['00081198'] as { Value: Array<Record<string, { Value: unknown[] }>> }).Value.map((f) => f['00081197']!.Value[0]), [0xa900]);
     const tooBig = await stowRaw(s, [Buffer.alloc(1_100_000)]);
     assert.equal(tooBig.status, 409);
-    assert.equal((await post(Buffer.alloc(3_000_000), 'multipart/related; type="application/dicom"; boundary=b')).status, 413);
+    assert.deepEqual((tooBig.body['00081198'] as { Value: Array<Record<string, { Value: unknown[] }>> }).Value.map((f) => f['00081197']!.Value[0]), [0xa700]);
+    const noBoundaryInBody = await post(Buffer.alloc(3_000_000), 'multipart/related; type="application/dicom"; boundary=b');
+    assert.equal(noBoundaryInBody.status, 400);
+    assert.match(((await noBoundaryInBody.json()) as { message: string }).message, /no boundary b within the first 65536 bytes/);
+    // Cut off inside the second part: the first is stored whole, the second leaves nothing.
+    const cut = multipart([good, await sample('waveform_ecg.dcm')], 'cut').subarray(0, good.length + 200_000);
+    const cutOff = await post(cut, 'multipart/related; type="application/dicom"; boundary=cut');
+    assert.equal(cutOff.status, 202);
+    assert.match(cutOff.headers.get('warning') ?? '', /part 2 has no closing boundary/);
     assert.equal(await rows(), n0 + 1, 'only the good file');
     assert.equal((await s.counts()).resource_current, before.resource_current);
+    assert.equal(await blobFiles(s.blobRoot), n0 + 1, 'no blob without its index row');
+  });
+
+  it('streams large parts into the store as they arrive', async () => {
+    const big = await sample('SC_rgb_jpeg_dcmd.dcm'); // 197 KB: above this server's 50 KB streaming threshold
+    const small = await sample('MR_small_expb.dcm');
+    const boundary = 'slow-upload';
+    const whole = multipart([big, small], boundary);
+    // Sent in 4 KB pieces, as a slow link would: the parser never sees more than one at a time.
+    const pieces = new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let i = 0; i < whole.length; i += 4096) c.enqueue(whole.subarray(i, i + 4096));
+        c.close();
+      },
+    });
+    const r = await fetch(`${s.base}/dicomweb/studies`, { method: 'POST', headers: { ...s.as(['lab']), 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` }, body: pieces, duplex: 'half' });
+    assert.equal(r.status, 200);
+    const refs = ((await r.json()) as { '00081199': { Value: Array<Record<string, { Value: string[] }>> } })['00081199'].Value;
+    for (const [i, file] of [big, small].entries()) {
+      const back = await fetch(refs[i]!['00081190']!.Value[0]!, { headers: { ...s.as(['doctor']), accept: 'multipart/related; type="application/dicom"' } });
+      assert.equal(back.status, 200);
+      assert.ok(Buffer.from(await back.arrayBuffer()).includes(file), `instance ${i + 1} comes back byte for byte`);
+    }
   });
 });
 
@@ -149,6 +181,10 @@ describe(`DICOMweb on a sealed site (${testBackend()})`, () => {
     }
   });
 });
+
+async function blobFiles(root: string): Promise<number> {
+  return (await readdir(root, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).length;
+}
 
 function multipart(files: Buffer[], boundary: string): Buffer {
   return Buffer.concat([...files.flatMap((f) => [Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`), f, Buffer.from('\r\n')]), Buffer.from(`--${boundary}--\r\n`)]);

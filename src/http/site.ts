@@ -30,6 +30,8 @@ export interface SiteOptions {
   imaging?: {
     blobRoot: string;
     maxFileBytes?: number;
+    /** Files above this size stream through to the blob store instead of being held (default 16 MiB). */
+    streamAboveBytes?: number;
     /** Starts the DIMSE service provider too (absent: DICOMweb only). */
     dicom?: Omit<DimseServerOptions, 'store' | 'siteId' | 'audit'>;
   };
@@ -154,7 +156,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     }
     if (o.verifyEveryMs) checker.start(o.verifyEveryMs);
   };
-  const imaging = opts.imaging ? new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: opts.imaging.blobRoot }), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}) }) : undefined;
+  const imaging = opts.imaging ? new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: opts.imaging.blobRoot }), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}), ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}) }) : undefined;
   const studyLinker = imaging ? new StudyLinker({ db, records: store, region, siteId }) : undefined;
   studyLinker?.start();
   // DIMSE operations are audited like HTTP requests; a sealed site (no audit log) refuses them.

@@ -27,11 +27,11 @@ export interface TestServer {
 }
 
 /** kms: 'unsealed' (default: initialized 2-of-2 and open, so data routes serve) or 'uninitialized'. */
-export async function startTestServer(opts: { siteId?: string; bodyLimit?: number; kms?: 'unsealed' | 'uninitialized'; maxImageBytes?: number } = {}): Promise<TestServer> {
+export async function startTestServer(opts: { siteId?: string; bodyLimit?: number; kms?: 'unsealed' | 'uninitialized'; maxImageBytes?: number; streamImagesAboveBytes?: number } = {}): Promise<TestServer> {
   const db = await openTestDb({ migrated: false });
   const siteId = opts.siteId ?? 'B';
   const blobRoot = await mkdtemp(join(tmpdir(), `medmesh-${siteId}-blobs-`));
-  const opened = await openSite({ region: await exampleRegion(), siteId, db, imaging: { blobRoot, maxFileBytes: opts.maxImageBytes ?? 8 * 2 ** 20 }, ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}) });
+  const opened = await openSite({ region: await exampleRegion(), siteId, db, imaging: { blobRoot, maxFileBytes: opts.maxImageBytes ?? 8 * 2 ** 20, ...(opts.streamImagesAboveBytes ? { streamAboveBytes: opts.streamImagesAboveBytes } : {}) }, ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}) });
   if (!opened.ok) throw new Error(opened.error.message);
   const { site } = opened;
   if ((opts.kms ?? 'unsealed') === 'unsealed') {

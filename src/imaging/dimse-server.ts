@@ -48,7 +48,7 @@ export interface DimseServerOptions {
   /** Refuse associations from AEs not in `remoteAes` (default true). */
   refuseUnknownAes?: boolean;
   maxAssociations?: number;
-  /** Instances larger than this stream into the store as they arrive instead of being held (default 16 MiB). */
+  /** Instances larger than this stream into the store as they arrive instead of being held (default: the store's). */
   streamAboveBytes?: number;
   /** Appends one audit entry; false when the log cannot take it (the operation is then refused). */
   audit: (event: AuditEvent) => Promise<boolean>;
@@ -187,7 +187,7 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       const slot: Incoming = { chunks: [], bytes: 0, overflow: false };
       this.#incoming.set(request, slot);
       const limit = o.store.maxFileBytes;
-      const streamAbove = o.streamAboveBytes ?? 16 * 2 ** 20;
+      const streamAbove = o.streamAboveBytes ?? o.store.streamAboveBytes;
       const calling = this.#calling;
       const pass = (feed: PassThrough, chunk: Buffer, done: () => void) => (feed.write(chunk) ? done() : feed.once('drain', done));
       return new Writable({

@@ -192,6 +192,27 @@ describe(`imaging store (${testBackend()})`, () => {
     assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before);
   });
 
+  it('receives a stream of unknown length: small files held, large ones streamed through', async () => {
+    const store = new ImagingStore({ db: t.db, blobs: t.blobs, kms: t.kms, maxFileBytes: 250_000, streamAboveBytes: 20_000 });
+    const streamed: string[] = [];
+    const ingestStream = store.ingestStream.bind(store);
+    store.ingestStream = (source, opts) => {
+      streamed.push(opts.source);
+      return ingestStream(source, opts);
+    };
+    const pieces = (name: string) => createReadStream(join(PYDICOM, 'test_files', name), { highWaterMark: 4096 });
+    const small = await store.receive(pieces('MR_small_expb.dcm'), { source: 'small' }); // 9.8 KB
+    const large = await store.receive(pieces('SC_rgb_jpeg_dcmd.dcm'), { source: 'large' }); // 197 KB
+    const tooLarge = await store.receive(pieces('waveform_ecg.dcm'), { source: 'too-large' }); // 291 KB
+    assert.ok(small.ok && large.ok, JSON.stringify([small, large]));
+    assert.ok(!tooLarge.ok && tooLarge.error.kind === 'too-large');
+    assert.deepEqual(streamed, ['large', 'too-large']);
+    for (const [r, name] of [[small, 'MR_small_expb.dcm'], [large, 'SC_rgb_jpeg_dcmd.dcm']] as const) {
+      const back = await store.read(r.value.sopInstanceUid);
+      assert.ok(back.ok && back.value.file.equals(await sample(name)), name);
+    }
+  });
+
   it('streams a large file through in bounded memory', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'medmesh-big-'));
     try {

@@ -20,6 +20,8 @@ export interface ImagingStoreOptions {
   kms: Kms;
   /** Largest file accepted, in bytes (default 512 MiB). */
   maxFileBytes?: number;
+  /** Files larger than this are streamed through rather than held in memory (default 16 MiB). */
+  streamAboveBytes?: number;
 }
 
 export interface IngestOutcome {
@@ -77,6 +79,36 @@ export class ImagingStore {
     return this.#o.maxFileBytes ?? 512 * 2 ** 20;
   }
 
+  /** Files larger than this are streamed through rather than held in memory. */
+  get streamAboveBytes(): number {
+    return this.#o.streamAboveBytes ?? 16 * 2 ** 20;
+  }
+
+  /**
+   * Takes a file from a stream of unknown length: held while small (one pass over bytes in
+   * memory is the quicker path), streamed through `ingestStream` once it outgrows
+   * `streamAboveBytes` or the file limit.
+   */
+  async receive(source: AsyncIterable<Uint8Array>, opts: IngestOptions): Promise<ImagingResult<IngestOutcome>> {
+    const threshold = Math.min(this.streamAboveBytes, this.maxFileBytes);
+    const it = source[Symbol.asyncIterator]();
+    const held: Uint8Array[] = [];
+    let size = 0;
+    for (;;) {
+      const next = await it.next();
+      if (next.done) return this.ingest(Buffer.concat(held), opts);
+      held.push(next.value);
+      size += next.value.byteLength;
+      if (size > threshold) {
+        const rest = async function* () {
+          while (held.length) yield held.shift()!;
+          for (let n = await it.next(); !n.done; n = await it.next()) yield n.value;
+        };
+        return this.ingestStream(rest(), opts);
+      }
+    }
+  }
+
   /** Takes one Part 10 file. `source` says who sent it (calling AE, user) for the record. */
   async ingest(file: Uint8Array, opts: IngestOptions): Promise<ImagingResult<IngestOutcome>> {
     const max = this.maxFileBytes;
@@ -118,6 +150,9 @@ export class ImagingStore {
     const putFailed = stored.then((e) => (e ? Promise.reject(e) : new Promise<never>(() => {})));
     putFailed.catch(() => undefined); // observed below; never an unhandled rejection
     const checked = checkStructureStream(walkerFeed);
+    let walking = true; // a walker that has given its verdict (a broken file) is fed no more
+    const stopWalking = () => void (walking = false);
+    checked.then(stopWalking, stopWalking);
     const hash = createHash('sha256');
     const head: Buffer[] = [];
     let headSize = 0;
@@ -136,7 +171,7 @@ export class ImagingStore {
         }
         // The walker may stop early (a broken file): then it is not waited for. A failing blob
         // write ends the loop at once.
-        await Promise.race([Promise.all([write(encrypt, chunk), Promise.race([write(walkerFeed, chunk), checked])]), putFailed]);
+        await Promise.race([Promise.all([write(encrypt, chunk), walking ? Promise.race([write(walkerFeed, chunk), checked]) : undefined]), putFailed]);
       }
     } catch (e) {
       // The blob store failed mid-file (or the source did): nothing of this file may stay.

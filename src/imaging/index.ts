@@ -18,6 +18,6 @@ export type { CollectorOptions, CollectionSource, CompletenessReport, DayRun } f
 export { cEcho, cFindStudies, cMoveStudy, cStoreFiles } from './dimse-scu.ts';
 export type { DicomPeer } from './dimse-scu.ts';
 export { extractFrames } from './frames.ts';
-export { parseMultipartRelated, multipartRelated, mediaParams } from './multipart.ts';
-export type { Part } from './multipart.ts';
+export { MultipartError, readMultipartRelated, multipartRelated, mediaParams } from './multipart.ts';
+export type { Part, StreamedPart } from './multipart.ts';
 export type { ImagingError, ImagingErrorKind, ImagingResult } from './errors.ts';

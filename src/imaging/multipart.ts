@@ -4,42 +4,145 @@ export interface Part {
   body: Buffer;
 }
 
-export type MultipartResult = { ok: true; value: { type: string | undefined; parts: Part[] } } | { ok: false; error: string };
+/** A malformed multipart/related body; the message names the part and what is wrong. */
+export class MultipartError extends Error {}
 
-/** Splits a multipart/related body; every refusal names what is wrong. */
-export function parseMultipartRelated(body: Buffer, contentType: string): MultipartResult {
-  const params = mediaParams(contentType);
-  if (params.media !== 'multipart/related') return { ok: false, error: `expected multipart/related, got ${params.media || '(none)'}` };
-  const boundary = params.boundary;
-  if (!boundary) return { ok: false, error: 'the Content-Type has no boundary parameter' };
-  if (boundary.length > 70) return { ok: false, error: 'the boundary is longer than 70 characters (RFC 2046)' };
-  const delimiter = Buffer.from(`--${boundary}`);
-  let at = body.indexOf(delimiter);
-  if (at < 0) return { ok: false, error: `the body never contains the boundary ${boundary}` };
-  const parts: Part[] = [];
-  for (;;) {
-    let start = at + delimiter.length;
-    if (body.subarray(start, start + 2).toString() === '--') break; // close delimiter
-    if (body.subarray(start, start + 2).toString() !== '\r\n') return { ok: false, error: `part ${parts.length + 1}: the boundary line is not followed by CRLF` };
-    start += 2;
-    const next = body.indexOf(Buffer.concat([Buffer.from('\r\n'), delimiter]), start);
-    if (next < 0) return { ok: false, error: `part ${parts.length + 1} has no closing boundary (the body is truncated or the boundary is wrong)` };
-    const headerEnd = body.indexOf('\r\n\r\n', start);
+export interface StreamedPart {
+  /** 1-based position in the body. */
+  index: number;
+  headers: Record<string, string>;
+  /** The part's bytes as they arrive; throws MultipartError if the body ends inside it. */
+  body: AsyncIterable<Buffer>;
+}
+
+export interface MultipartLimits {
+  /** Bytes allowed before the first boundary (default 64 KiB). */
+  preambleBytes?: number;
+  /** Bytes allowed for one part's header block (default 16 KiB). */
+  headerBytes?: number;
+}
+
+const CRLF = Buffer.from('\r\n');
+const BLANK_LINE = Buffer.from('\r\n\r\n');
+
+/**
+ * Reads a multipart/related body (RFC 2046) as it arrives, part by part, without holding more
+ * than one chunk and a header block: a STOW-RS upload of any size flows straight into the
+ * store. Each part's body must be read (or abandoned) before the next part is asked for; what
+ * is left of it is skipped. Structural faults throw MultipartError.
+ */
+export async function* readMultipartRelated(source: AsyncIterable<Uint8Array>, boundary: string, limits: MultipartLimits = {}): AsyncGenerator<StreamedPart, void, undefined> {
+  const r = new ByteReader(source);
+  const dash = Buffer.from(`--${boundary}`);
+  const delimiter = Buffer.concat([CRLF, dash]);
+  const preamble = await r.until(dash, limits.preambleBytes ?? 2 ** 16);
+  if (preamble === undefined) throw new MultipartError(r.ended ? `the body never contains the boundary ${boundary}` : `no boundary ${boundary} within the first ${limits.preambleBytes ?? 2 ** 16} bytes`);
+  for (let index = 1; ; index++) {
+    const after = await r.take(2);
+    if (after?.equals(Buffer.from('--'))) return void (await r.drain()); // close delimiter; the epilogue is ignored
+    if (!after?.equals(CRLF)) throw new MultipartError(`part ${index}: the boundary line is not followed by CRLF`);
     const headers: Record<string, string> = {};
-    let content: Buffer;
-    if (headerEnd >= 0 && headerEnd < next) {
-      for (const line of body.subarray(start, headerEnd).toString('latin1').split('\r\n')) {
+    if ((await r.peek(2))?.equals(CRLF)) await r.take(2);
+    else {
+      const block = await r.until(BLANK_LINE, limits.headerBytes ?? 2 ** 14);
+      if (block === undefined) throw new MultipartError(`part ${index}: its headers are not ended by a blank line${r.ended ? ' (the body is truncated)' : ` within ${limits.headerBytes ?? 2 ** 14} bytes`}`);
+      for (const line of block.toString('latin1').split('\r\n')) {
         const colon = line.indexOf(':');
-        if (colon <= 0) return { ok: false, error: `part ${parts.length + 1}: malformed header line ${JSON.stringify(line.slice(0, 60))}` };
+        if (colon <= 0) throw new MultipartError(`part ${index}: malformed header line ${JSON.stringify(line.slice(0, 60))}`);
         headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
       }
-      content = body.subarray(headerEnd + 4, next);
-    } else if (body.subarray(start, start + 2).toString() === '\r\n') content = body.subarray(start + 2, next);
-    else return { ok: false, error: `part ${parts.length + 1}: no blank line between headers and body` };
-    parts.push({ headers, body: content });
-    at = next + 2;
+    }
+    const truncated = `part ${index} has no closing boundary (the body is truncated or the boundary is wrong)`;
+    const passed = r.delimitersPassed;
+    yield { index, headers, body: r.through(delimiter, truncated) };
+    // Whatever the caller left unread of this part is skipped; the reader's state is only its buffer.
+    if (r.delimitersPassed === passed) for await (const _ of r.through(delimiter, truncated));
   }
-  return { ok: true, value: { type: params.type, parts } };
+}
+
+/** Pulls chunks from a source on demand, keeping only what has not been handed out yet. */
+class ByteReader {
+  readonly #it: AsyncIterator<Uint8Array>;
+  #buf: Buffer = Buffer.alloc(0);
+  #ended = false;
+  /** How many times `through` has reached its delimiter. */
+  delimitersPassed = 0;
+
+  constructor(source: AsyncIterable<Uint8Array>) {
+    this.#it = source[Symbol.asyncIterator]();
+  }
+
+  get ended(): boolean {
+    return this.#ended;
+  }
+
+  async #more(): Promise<boolean> {
+    if (this.#ended) return false;
+    const next = await this.#it.next();
+    if (next.done) {
+      this.#ended = true;
+      return false;
+    }
+    const chunk = Buffer.from(next.value.buffer, next.value.byteOffset, next.value.byteLength);
+    this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
+    return true;
+  }
+
+  #consume(n: number): Buffer {
+    const out = this.#buf.subarray(0, n);
+    this.#buf = this.#buf.subarray(n);
+    return out;
+  }
+
+  async peek(n: number): Promise<Buffer | undefined> {
+    while (this.#buf.length < n) if (!(await this.#more())) return undefined;
+    return this.#buf.subarray(0, n);
+  }
+
+  async take(n: number): Promise<Buffer | undefined> {
+    return (await this.peek(n)) && this.#consume(n);
+  }
+
+  /** The bytes before `delim` (which is consumed); undefined if not found within `max` bytes or before the end. */
+  async until(delim: Buffer, max: number): Promise<Buffer | undefined> {
+    let from = 0;
+    for (;;) {
+      const at = this.#buf.indexOf(delim, from);
+      if (at >= 0) {
+        const out = this.#consume(at);
+        this.#consume(delim.length);
+        return out;
+      }
+      if (this.#buf.length > max + delim.length) return undefined;
+      from = Math.max(0, this.#buf.length - delim.length + 1);
+      if (!(await this.#more())) return undefined;
+    }
+  }
+
+  /** Hands out the bytes before `delim` as they arrive (keeping back a possible partial delimiter), then consumes it. */
+  async *through(delim: Buffer, truncated: string): AsyncGenerator<Buffer, void, undefined> {
+    for (;;) {
+      const at = this.#buf.indexOf(delim);
+      if (at >= 0) {
+        const out = this.#consume(at);
+        this.#consume(delim.length);
+        this.delimitersPassed++;
+        if (out.length) yield out;
+        return;
+      }
+      const keep = delim.length - 1;
+      if (this.#buf.length > keep) {
+        const out = this.#buf.subarray(0, this.#buf.length - keep);
+        this.#buf = Buffer.from(this.#buf.subarray(this.#buf.length - keep));
+        yield out;
+      }
+      if (!(await this.#more())) throw new MultipartError(truncated);
+    }
+  }
+
+  async drain(): Promise<void> {
+    while (await this.#more()) this.#buf = Buffer.alloc(0);
+  }
 }
 
 /** Media type and parameters of a Content-Type or Accept entry (quotes removed, names lower-cased). */
