@@ -47,6 +47,15 @@ describe('medmesh CLI', () => {
     assert.match(peers.stderr, /--dicom-peers: "PACS=somewhere" is not AE=host:port/);
     const dport = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '99999');
     assert.match(dport.stderr, /--dicom-port must be 0-65535/);
+    const noDicom = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--collect-from', 'pacs=ORTHANC@127.0.0.1:4242');
+    assert.equal(noDicom.status, 2);
+    assert.match(noDicom.stderr, /--collect-from needs --dicom-port/);
+    const badSource = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '11112', '--collect-from', 'pacs=ORTHANC:4242');
+    assert.match(badSource.stderr, /--collect-from: "pacs=ORTHANC:4242" is not id=AE@host:port/);
+    const twice = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '11112', '--collect-from', 'p=A@h:1,p=B@h:2');
+    assert.match(twice.stderr, /source id p is given twice/);
+    const every = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '11112', '--collect-from', 'p=A@h:1', '--collect-every', '0');
+    assert.match(every.stderr, /--collect-every must be 1-1440 minutes \(got 0\)/);
   });
 
   it('checks a region file and reports every problem with its path', async () => {

@@ -3,7 +3,7 @@ import { helpText, parseFlags, UsageError, type FlagSpec, type VerbSpec } from '
 import { openSiteFromFlags, portOf, SITE_DB_FLAGS } from './common.ts';
 import { waitForShutdown } from './shutdown.ts';
 import { join } from 'node:path';
-import type { RemoteAe } from '../imaging/index.ts';
+import type { CollectionSource, RemoteAe, SourceRun } from '../imaging/index.ts';
 
 const spec = {
   name: 'site',
@@ -20,6 +20,9 @@ const spec = {
     'ae-title': { type: 'string', help: "this site's DICOM AE title (default: MEDMESH_<site>)", placeholder: 'AE' },
     'dicom-peers': { type: 'string', help: 'known DICOM AEs and where C-MOVE reaches them: AE=host:port,...', placeholder: 'list' },
     'accept-any-ae': { type: 'boolean', help: 'take associations from AEs not in --dicom-peers' },
+    'collect-from': { type: 'string', help: 'source PACS to collect studies from by C-FIND/C-MOVE (needs --dicom-port): id=AE@host:port,...', placeholder: 'list' },
+    'collect-every': { type: 'string', help: 'minutes between collection runs', default: '15', placeholder: 'minutes' },
+    'collect-days': { type: 'string', help: 'study days looked at per run, ending today', default: '2', placeholder: 'n' },
   },
   examples: ['medmesh site --region region.example.yaml --site B', 'DATABASE_URL=postgres://127.0.0.1/medmesh_b medmesh site --region region.yaml --site B --port 8080'],
 } satisfies VerbSpec<Record<string, FlagSpec>>;
@@ -32,10 +35,18 @@ export async function siteVerb(argv: string[]): Promise<number> {
   if (!Number.isFinite(verifyEvery) || verifyEvery < 0 || verifyEvery > 10_080) throw new UsageError(`--verify-every must be 0-10080 minutes (got ${flags['verify-every']})`);
   // Every flag is checked before the database opens (an open embedded database keeps the process alive).
   const dicomSettings = dicomFlags(flags);
+  const collect = collectFlags(flags);
+  if (collect && !dicomSettings) throw new UsageError('--collect-from needs --dicom-port: the source PACS sends the studies to this site\'s AE');
+  // A source sends what it is asked for from its own AE: it is a known peer.
+  if (collect && dicomSettings) for (const s of collect.sources) dicomSettings.remoteAes[s.aeTitle] ??= { host: s.host, port: s.port };
   const { region, siteId, db } = await openSiteFromFlags(flags);
   const port = flags.port !== undefined ? Number(flags.port) : portOf(region.site(siteId)!.url);
   const dicom = dicomSettings ? { ...dicomSettings, aeTitle: dicomSettings.aeTitle ?? `MEDMESH_${siteId}`.toUpperCase() } : undefined;
-  const imaging = { blobRoot: flags.blobs ?? join(flags.data, `${siteId}-blobs`), ...(dicom ? { dicom } : {}) };
+  const log = (run: SourceRun) => {
+    const held = run.days.flatMap((d) => (d.ok ? [`${d.value.day}: ${d.value.retrieved} retrieved, ${d.value.skipped} held, ${d.value.failed.length} failed`] : [`${d.day}: ${d.error}`]));
+    if (run.outcome !== 'held-elsewhere') site.app.log[run.outcome === 'failed' ? 'warn' : 'info']({ source: run.source }, `collection from ${run.source}: ${run.error ?? held.join('; ')}`);
+  };
+  const imaging = { blobRoot: flags.blobs ?? join(flags.data, `${siteId}-blobs`), ...(dicom ? { dicom } : {}), ...(collect ? { collect: { ...collect, onRun: (r: SourceRun) => log(r) } } : {}) };
   const opened = await openSite({ region, siteId, db, imaging, logger: { level: process.env.LOG_LEVEL ?? 'info' } });
   if (!opened.ok) {
     await db.close();
@@ -45,6 +56,10 @@ export async function siteVerb(argv: string[]): Promise<number> {
   await site.app.listen({ port, host: flags.host });
   site.app.log.info({ site: siteId, region: region.id, db: db.kind, port }, `site ${siteId} serving FHIR R4 at http://${flags.host}:${port}/fhir/R4 and DICOMweb at /dicomweb`);
   if (site.dimse && dicom) site.app.log.info({ ae: dicom.aeTitle, port: site.dimse.port }, `DICOM AE ${dicom.aeTitle} on ${flags.host}:${site.dimse.port}`);
+  if (site.collection) {
+    site.collection.start();
+    site.app.log.info({ sources: collect?.sources.map((s) => s.id) }, `collecting from ${collect?.sources.map((s) => `${s.id} (${s.aeTitle}@${s.host}:${s.port})`).join(', ')} every ${flags['collect-every']} min; reports at /imaging/collection`);
+  }
   if (!flags['no-replication']) {
     // Pullers wait while the site is sealed and while a peer is not trusted; they log why.
     site.startReplication({ verifyEveryMs: verifyEvery * 60_000, onError: (peer, message) => site.app.log.warn({ peer }, `replication from ${peer}: ${message}`) });
@@ -70,4 +85,22 @@ function dicomFlags(f: { host: string; 'dicom-port'?: string | undefined; 'ae-ti
     remoteAes[m[1]!] = { host: m[2]!, port: Number(m[3]) };
   }
   return { ...(aeTitle !== undefined ? { aeTitle } : {}), host: f.host, port: Number(f['dicom-port']), remoteAes, refuseUnknownAes: !f['accept-any-ae'] };
+}
+
+/** The collection settings from the flags, or undefined when --collect-from is not given. */
+function collectFlags(f: { 'collect-from'?: string | undefined; 'collect-every': string; 'collect-days': string }) {
+  if (f['collect-from'] === undefined) return undefined;
+  const every = Number(f['collect-every']);
+  if (!Number.isFinite(every) || every < 1 || every > 1440) throw new UsageError(`--collect-every must be 1-1440 minutes (got ${f['collect-every']})`);
+  const days = Number(f['collect-days']);
+  if (!Number.isInteger(days) || days < 1 || days > 31) throw new UsageError(`--collect-days must be a whole number 1-31 (got ${f['collect-days']})`);
+  const sources: CollectionSource[] = [];
+  for (const entry of f['collect-from'].split(',').filter(Boolean)) {
+    const m = /^([A-Za-z0-9._-]{1,64})=([^@\\]{1,16})@([^:]+):(\d{1,5})$/.exec(entry.trim());
+    if (!m || Number(m[4]) > 65535) throw new UsageError(`--collect-from: ${JSON.stringify(entry)} is not id=AE@host:port`);
+    if (sources.some((s) => s.id === m[1])) throw new UsageError(`--collect-from: source id ${m[1]} is given twice`);
+    sources.push({ id: m[1]!, aeTitle: m[2]!, host: m[3]!, port: Number(m[4]) });
+  }
+  if (sources.length === 0) throw new UsageError('--collect-from names no source (id=AE@host:port,...)');
+  return { sources, everyMs: every * 60_000, days };
 }

@@ -9,3 +9,4 @@ export type { OpenDbOptions, SiteIdentityError } from './open-db.ts';
 export { migrate, loadMigrations } from './migrate.ts';
 export type { Migration, MigrateError } from './migrate.ts';
 export { pgBoundStore, boundStoreFor } from './hlc-bound-store.ts';
+export { claimLease, releaseLease } from './lease.ts';

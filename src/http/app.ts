@@ -21,6 +21,7 @@ import { authRoutes } from './auth-routes.ts';
 import { kmsRoutes } from './kms-routes.ts';
 import { fhirRoutes, registerFhirErrorHandling } from './fhir-routes.ts';
 import { dicomwebRoutes } from './dicomweb-routes.ts';
+import { collectionRoutes } from './collection-routes.ts';
 import type { ImagingStore } from '../imaging/index.ts';
 import { anonymousResolver, registerIdentity, type IdentityResolver } from './identity.ts';
 
@@ -50,6 +51,8 @@ export interface AppOptions {
   verify?: VerifyRoutesOptions['verify'];
   /** The imaging store (absent: no /dicomweb). */
   imaging?: ImagingStore;
+  /** Source PACS this site collects from (their reports at /imaging/collection). */
+  collectionSources?: readonly string[];
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
@@ -110,7 +113,10 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     await app.register(auditRoutes, { prefix: '/audit', ...auditOpts });
     await app.register(auditEventRoutes, { prefix: '/fhir/R4', ...auditOpts });
   }
-  if (opts.imaging) await app.register(dicomwebRoutes, { prefix: '/dicomweb', imaging: opts.imaging });
+  if (opts.imaging) {
+    await app.register(dicomwebRoutes, { prefix: '/dicomweb', imaging: opts.imaging });
+    await app.register(collectionRoutes, { prefix: '/imaging/collection', db: opts.db, sources: opts.collectionSources ?? [] });
+  }
   await app.register(fhirRoutes, { prefix: '/fhir/R4', access: opts.access, searchParams: opts.searchParams, siteId: opts.siteId, regionId: opts.regionId, version: opts.version });
   return app;
 }

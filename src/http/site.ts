@@ -1,6 +1,8 @@
 // Composition of one site node: database (migrated, bound to this site), clock, record
 // store and HTTP server. Nothing here keeps state that matters; it all lives in the db.
 import type { FastifyInstance, FastifyServerOptions } from 'fastify';
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { HybridClock } from '../clock/index.ts';
 import { boundStoreFor, claimSiteIdentity, migrate, type Db } from '../db/index.ts';
 import { buildBindingTable, buildSearchParamTable, EMPI_BLIND_INDEX_KEY, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
@@ -14,7 +16,9 @@ import { ConsistencyChecker, Puller, ReplicationMetrics, type ApplyContext } fro
 import { tokenResolver } from './identity.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
-import { FsBlobStore, ImagingStore, startDimseServer, StudyLinker, type DimseServer, type DimseServerOptions } from '../imaging/index.ts';
+import {
+  CollectionScheduler, Collector, FsBlobStore, ImagingStore, startDimseServer, StudyLinker, type CollectionSource, type DimseServer, type DimseServerOptions, type SourceRun,
+} from '../imaging/index.ts';
 
 export const VERSION = '0.1.0';
 
@@ -34,6 +38,8 @@ export interface SiteOptions {
     streamAboveBytes?: number;
     /** Starts the DIMSE service provider too (absent: DICOMweb only). */
     dicom?: Omit<DimseServerOptions, 'store' | 'siteId' | 'audit'>;
+    /** Source PACS to collect from (needs `dicom`: they send to this site's AE); started by `startCollection`. */
+    collect?: { sources: CollectionSource[]; everyMs?: number; days?: number; onRun?: (run: SourceRun) => void };
   };
 }
 
@@ -58,6 +64,8 @@ export interface Site {
   dimse?: DimseServer;
   /** Brings received studies into the FHIR record (Patient, ImagingStudy). */
   studyLinker?: StudyLinker;
+  /** Scheduled collection from the configured source PACS (one node per source at a time: leases). */
+  collection?: CollectionScheduler;
   /** Loads the EMPI blind-index key now (it is also looked for on unseal and every 10 s). */
   refreshEmpiKey(): Promise<void>;
   app: FastifyInstance;
@@ -93,13 +101,14 @@ function empiBlindIndex(kms: () => Kms): { index: NonNullable<RecordsContext['bl
   };
 }
 
-export type SiteStartError = { kind: 'unknown-site' | 'migration' | 'site-mismatch'; message: string };
+export type SiteStartError = { kind: 'unknown-site' | 'config' | 'migration' | 'site-mismatch'; message: string };
 
 export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Site } | { ok: false; error: SiteStartError }> {
   const { region, siteId, db } = opts;
   if (!region.site(siteId)) {
     return { ok: false, error: { kind: 'unknown-site', message: `site ${siteId} is not in region ${region.id} (sites: ${region.sites.map((s) => s.id).join(', ')})` } };
   }
+  if (opts.imaging?.collect?.sources.length && !opts.imaging.dicom) return { ok: false, error: { kind: 'config', message: 'collecting from a PACS needs DICOM on this node (the source sends to its AE)' } };
   const migrated = await migrate(db);
   if (!migrated.ok) return { ok: false, error: { kind: 'migration', message: migrated.error.message } };
   const claimed = await claimSiteIdentity(db, region.id, siteId);
@@ -169,6 +178,14 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         },
       })
     : undefined;
+  const collect = opts.imaging?.collect;
+  const collection = dimse && opts.imaging?.dicom && collect?.sources.length
+    ? new CollectionScheduler({
+        db, holder: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`,
+        collectors: collect.sources.map((source) => new Collector({ db, source, localAe: opts.imaging!.dicom!.aeTitle })),
+        ...(collect.everyMs ? { everyMs: collect.everyMs } : {}), ...(collect.days ? { days: collect.days } : {}), ...(collect.onRun ? { onRun: collect.onRun } : {}),
+      })
+    : undefined;
   const app = await buildApp({
     access, db, region, records: ctx, replication, kms, identity, audit: auditLog, searchParams, siteId, regionId: region.id, version: VERSION,
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
@@ -177,14 +194,16 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     verify: (o) => checker.run(o),
     blindIndex: empi.index,
     ...(imaging ? { imaging } : {}),
+    ...(collect ? { collectionSources: collect.sources.map((s) => s.id) } : {}),
   });
   return { ok: true, site: {
       siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, app,
-      ...(imaging ? { imaging } : {}), ...(dimse ? { dimse } : {}), ...(studyLinker ? { studyLinker } : {}),
+      ...(imaging ? { imaging } : {}), ...(dimse ? { dimse } : {}), ...(studyLinker ? { studyLinker } : {}), ...(collection ? { collection } : {}),
       refreshEmpiKey: empi.refresh,
       close: async () => {
         clearInterval(checkpoints);
         empi.stop();
+        await collection?.stop(); // before DIMSE closes: a run in flight finishes its study
         await Promise.all([...pullers.map((p) => p.stop()), checker.stop(), studyLinker?.stop(), dimse?.close()]);
         // In-flight requests get a short grace; connections still open after it (long polls,
         // keep-alive sockets of peers) are closed so shutdown never hangs.

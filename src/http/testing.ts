@@ -37,14 +37,7 @@ export async function startTestServer(opts: { siteId?: string; bodyLimit?: numbe
   if ((opts.kms ?? 'unsealed') === 'unsealed') {
     await site.kms.init({ custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })), threshold: 2 });
   }
-  const as: TestServer['as'] = (roles, attributes = {}, o = {}) => {
-    const issuer = site.kms.signingKey();
-    if (!issuer) throw new Error('the test site is sealed: no tokens');
-    const now = Math.floor(Date.now() / 1000);
-    const userId = o.userId ?? `test-${roles.join('-')}-${randomUUID().slice(0, 8)}`;
-    const token = signToken({ iss: siteId, sub: userId, typ: 'access', iat: now, exp: now + 600, jti: randomUUID(), roles, attrs: { ...attributes, username: userId } }, issuer.key, issuer.kid);
-    return { authorization: `Bearer ${token}`, ...(o.purpose ? { 'x-medmesh-purpose': o.purpose } : {}) };
-  };
+  const as = tokensOf(site);
   const address = await site.app.listen({ port: 0, host: '127.0.0.1' });
   return {
     site,
@@ -62,5 +55,17 @@ export async function startTestServer(opts: { siteId?: string; bodyLimit?: numbe
       await db.close();
       await rm(blobRoot, { recursive: true, force: true });
     },
+  };
+}
+
+/** Headers with a token for any roles and attributes, signed by the site like a login's. */
+export function tokensOf(site: Site): TestServer['as'] {
+  return (roles, attributes = {}, o = {}) => {
+    const issuer = site.kms.signingKey();
+    if (!issuer) throw new Error('the test site is sealed: no tokens');
+    const now = Math.floor(Date.now() / 1000);
+    const userId = o.userId ?? `test-${roles.join('-')}-${randomUUID().slice(0, 8)}`;
+    const token = signToken({ iss: site.siteId, sub: userId, typ: 'access', iat: now, exp: now + 600, jti: randomUUID(), roles, attrs: { ...attributes, username: userId } }, issuer.key, issuer.kid);
+    return { authorization: `Bearer ${token}`, ...(o.purpose ? { 'x-medmesh-purpose': o.purpose } : {}) };
   };
 }

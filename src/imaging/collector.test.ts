@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
+import { CollectionScheduler, type SourceRun } from './collection-scheduler.ts';
 import { Collector } from './collector.ts';
 import { startDimseServer, type DimseServer } from './dimse-server.ts';
 import { makeInstances, openTestImaging, type TestImaging } from './testing.ts';
@@ -17,6 +18,7 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
   let srv: DimseServer;
   let orthanc: TestOrthanc;
   let collector: Collector;
+  const collectorReport = (day: string) => collector.report(day);
   const source = () => ({ id: 'pacs-1', aeTitle: orthanc.aeTitle, host: '127.0.0.1', port: orthanc.dicomPort });
   const stores = () => t.events.filter((e) => e.action === 'dicom-store' && e.outcome === 'success').length;
   before(async () => {
@@ -87,5 +89,40 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
     const r = await lost.collectDay(DAY);
     assert.ok(!r.ok);
     assert.match(r.error, /ORTHANC at 127\.0\.0\.1:1/);
+  });
+  it('runs on a schedule, one node per source at a time, the last days each run', async () => {
+    const now = () => new Date(2026, 10, 21, 3, 0); // 03:00 local on 21 November: days 20 and 21
+    const node = (holder: string, runs: SourceRun[], everyMs = 60_000) =>
+      new CollectionScheduler({ db: t.db, collectors: [new Collector({ db: t.db, source: source(), localAe: 'MEDMESH_B', retryDelayMs: 10, maxAttempts: 1 })], holder, everyMs, now, onRun: (r) => runs.push(r) });
+    const runs1: SourceRun[] = [];
+    const runs2: SourceRun[] = [];
+    const [n1, n2] = [node('node-1', runs1), node('node-2', runs2)];
+    assert.deepEqual(n1.days(), ['20261120', '20261121']);
+    for (const f of await makeInstances({ studyUid: uid(5), date: '20261121', patientId: 'P5', count: 2 })) await orthanc.upload(f);
+    const [a, b] = await Promise.all([n1.runOnce(), n2.runOnce()]);
+    const outcomes = [a[0]!.outcome, b[0]!.outcome].sort();
+    assert.deepEqual(outcomes, ['collected', 'held-elsewhere'], 'one node collected, the other left it');
+    const ran = a[0]!.outcome === 'held-elsewhere' ? b[0]! : a[0]!;
+    assert.deepEqual(ran.days.map((d) => (d.ok ? [d.value.day, d.value.retrieved, d.value.failed.length] : d.error)), [['20261120', 0, 1], ['20261121', 1, 0]]);
+    assert.deepEqual((await collectorReport('20261121')).differences, [], 'the new study is held');
+    // Within the period the lease stands, for both nodes; once it lapses another node may run.
+    assert.equal((await n1.runOnce())[0]!.outcome, 'held-elsewhere');
+    await t.db.query("UPDATE replication_lease SET expires_at = now() - interval '1 second' WHERE peer = 'collect:pacs-1'");
+    const later = await (ran === a[0] ? n2 : n1).runOnce();
+    assert.equal(later[0]!.outcome, 'collected');
+    assert.equal(later[0]!.days.length, 2);
+    // Started, it runs at once and again each period until stopped.
+    await t.db.query("DELETE FROM replication_lease WHERE peer = 'collect:pacs-1'");
+    const runs3: SourceRun[] = [];
+    const n3 = node('node-3', runs3, 1000);
+    n3.start();
+    const until = Date.now() + 20_000;
+    while (runs3.length < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    await n3.stop();
+    const seen = runs3.length;
+    assert.ok(seen >= 2, `ran ${seen} times`);
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(runs3.length, seen, 'no run after stop');
+    assert.deepEqual(runs1.length + runs2.length, 4);
   });
 });

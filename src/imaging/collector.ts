@@ -52,6 +52,10 @@ export class Collector {
     this.#o = opts;
   }
 
+  get sourceId(): string {
+    return this.#o.source.id;
+  }
+
   /** Collects every study the source dates `day` (YYYYMMDD). */
   async collectDay(day: string): Promise<{ ok: true; value: DayRun } | { ok: false; error: string }> {
     if (!DAY.test(day)) return { ok: false, error: `day ${JSON.stringify(day)} must be YYYYMMDD` };

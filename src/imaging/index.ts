@@ -15,6 +15,8 @@ export { StudyLinker, DICOM_PATIENT_ID_SYSTEM, FROM_DICOM_TAG } from './fhir-lin
 export type { StudyLinkerOptions, LinkOutcome } from './fhir-link.ts';
 export { Collector, completenessReport } from './collector.ts';
 export type { CollectorOptions, CollectionSource, CompletenessReport, DayRun } from './collector.ts';
+export { CollectionScheduler } from './collection-scheduler.ts';
+export type { CollectionSchedulerOptions, SourceRun } from './collection-scheduler.ts';
 export { cEcho, cFindStudies, cMoveStudy, cStoreFiles } from './dimse-scu.ts';
 export type { DicomPeer } from './dimse-scu.ts';
 export { extractFrames } from './frames.ts';

@@ -7,7 +7,7 @@ import type { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
 import type { ApplyContext } from './apply-batch.ts';
 import type { ReplicationMetrics } from './metrics.ts';
 import { httpVerifyPeer } from './verify-client.ts';
-import { claimLease } from './lease.ts';
+import { claimLease } from '../db/index.ts';
 import { verifyPair, watermarkBefore, type VerifyPeer, type VerifyReport } from './verify.ts';
 
 export interface CheckerOptions {

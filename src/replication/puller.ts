@@ -8,7 +8,7 @@ import type { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
 import { applyBatch, cursorFor, type ApplyContext, type ApplyReport } from './apply-batch.ts';
 import { feedAad, openPage } from './wire.ts';
 import { LinkKeyReceiver } from './link-keys.ts';
-import { claimLease, releaseLease } from './lease.ts';
+import { claimLease, releaseLease } from '../db/index.ts';
 import type { ReplicationMetrics } from './metrics.ts';
 
 export interface PullerOptions {

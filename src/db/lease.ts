@@ -1,6 +1,7 @@
-// Site-wide leases in replication_lease: background work for a peer (pulling it, checking
-// it) runs on one API node of the site at a time, whatever the number of nodes.
-import type { Queryable } from '../db/index.ts';
+// Site-wide leases (table replication_lease, named for its first users): background work that
+// one API node of a site must do at a time (pulling a peer, checking it, collecting from a
+// PACS) is done by whichever node holds the lease, whatever the number of nodes.
+import type { Queryable } from './db.ts';
 
 /**
  * Takes the lease `name` for `seconds` if it is free or lapsed; with `renew`, also when this
