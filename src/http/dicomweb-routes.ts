@@ -4,7 +4,7 @@
 import type { FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify';
 import { Readable } from 'node:stream';
 import {
-  attributeKeyword, DEFAULT_RETURN, extractFrames, findImaging, mediaParams, MultipartError, multipartRelated, readMultipartRelated, toDicomJson,
+  attributeKeyword, DEFAULT_RETURN, extractFrames, findImaging, mediaParams, MultipartError, multipartRelated, readMultipartRelated, storeFailureStatus, toDicomJson,
   type ImagingStore, type Part, type QueryLevel, type StoredInstance,
 } from '../imaging/index.ts';
 
@@ -18,7 +18,7 @@ const UID = /^[0-9]+(\.[0-9]+)*$/;
 const DICOM_JSON = 'application/dicom+json';
 
 /** STOW-RS failure reasons (PS3.18 Table 10.5.3-2 / PS3.4 Annex B). */
-const FAILURE = { cannotUnderstand: 0xc000, outOfResources: 0xa700, notMatchingStudy: 0xa900, processing: 0x0110 } as const;
+const FAILURE = { cannotUnderstand: 0xc000 } as const;
 
 type Params = { study?: string; series?: string; instance?: string; frames?: string };
 
@@ -60,8 +60,7 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
         }
         const r = await store.receive(part.body, { source: actor(req), ...(study ? { expectStudy: study } : {}) });
         if (!r.ok) {
-          const reason = r.error.kind === 'too-large' ? FAILURE.outOfResources : r.error.kind === 'wrong-study' ? FAILURE.notMatchingStudy : r.error.kind === 'invalid' ? FAILURE.cannotUnderstand : FAILURE.processing;
-          failed.push(failure(r.error.instance ?? {}, reason));
+          failed.push(failure(r.error.instance ?? {}, storeFailureStatus(r.error.kind)));
           warnings.push(warning(`part ${part.index}: ${r.error.message}`));
           continue;
         }

@@ -17,7 +17,7 @@ import { tokenResolver } from './identity.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
 import {
-  CollectionScheduler, Collector, FsBlobStore, ImagingStore, startDimseServer, StudyLinker, type CollectionSource, type DimseServer, type DimseServerOptions, type SourceRun,
+  CollectionScheduler, Collector, FsBlobStore, ImageResidency, ImagingStore, startDimseServer, StudyLinker, type CollectionSource, type DimseServer, type DimseServerOptions, type SourceRun,
 } from '../imaging/index.ts';
 
 export const VERSION = '0.1.0';
@@ -165,7 +165,9 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     }
     if (o.verifyEveryMs) checker.start(o.verifyEveryMs);
   };
-  const imaging = opts.imaging ? new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: opts.imaging.blobRoot }), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}), ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}) }) : undefined;
+  // Image bytes are kept only for patients whose home shard this site may hold.
+  const residency = new ImageResidency({ records: store, region, siteId });
+  const imaging = opts.imaging ? new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: opts.imaging.blobRoot }), admit: (a) => residency.refusal(a.patientId), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}), ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}) }) : undefined;
   const studyLinker = imaging ? new StudyLinker({ db, records: store, region, siteId }) : undefined;
   studyLinker?.start();
   // DIMSE operations are audited like HTTP requests; a sealed site (no audit log) refuses them.

@@ -9,7 +9,7 @@ import dimse from './dimse.ts';
 import type { AuditEvent } from '../security/audit/index.ts';
 import { findImaging, type QueryLevel } from './imaging-query.ts';
 import type { ImagingStore, IngestOutcome } from './imaging-store.ts';
-import type { ImagingResult } from './errors.ts';
+import { storeFailureStatus, type ImagingResult } from './errors.ts';
 import { part10File } from './part10.ts';
 import { checkStructure } from './dicom-structure.ts';
 import { cStoreFiles, onStoreSettled, storeRequestFor, type StoredFile } from './dimse-scu.ts';
@@ -55,7 +55,6 @@ export interface DimseServerOptions {
 }
 
 /** Status codes medmesh answers with (PS3.4 Annex B and C). */
-const STORE_CANNOT_UNDERSTAND = 0xc000;
 const STORE_OUT_OF_RESOURCES = 0xa700;
 const FIND_UNABLE_TO_PROCESS = 0xc000;
 const FIND_IDENTIFIER_MISMATCH = 0xa900;
@@ -244,7 +243,7 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       void stored.then(
         async (r) => {
           const logged = await o.audit(this.#event('dicom-store', r.ok ? 'success' : 'failure', { resource, ...(r.ok ? { detail: r.value.status } : { detail: r.error.message }) }));
-          if (!r.ok) return answer(r.error.kind === 'too-large' ? STORE_OUT_OF_RESOURCES : r.error.kind === 'invalid' ? STORE_CANNOT_UNDERSTAND : Status.ProcessingFailure, r.error.message);
+          if (!r.ok) return answer(storeFailureStatus(r.error.kind), r.error.message);
           answer(logged ? Status.Success : Status.ProcessingFailure);
         },
         (e: unknown) => answer(Status.ProcessingFailure, e instanceof Error ? e.message : 'processing failure'),

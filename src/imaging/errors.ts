@@ -3,6 +3,7 @@ export type ImagingErrorKind =
   | 'invalid' // the file or query is malformed (DIMSE 0xA900/0xC000, HTTP 400)
   | 'too-large' // above the configured size (HTTP 413)
   | 'wrong-study' // STOW-RS to /studies/{uid} with an instance of another study
+  | 'not-held-here' // the patient's data may not be kept at this site (residency; DIMSE 0x0124)
   | 'not-found'
   | 'corrupt' // a stored file no longer matches its checksum
   | 'sealed'; // the KMS is sealed: nothing can be encrypted or decrypted
@@ -17,3 +18,21 @@ export interface ImagingError {
 export type ImagingResult<T> = { ok: true; value: T } | { ok: false; error: ImagingError };
 
 export const imagingFail = (kind: ImagingErrorKind, message: string): { ok: false; error: ImagingError } => ({ ok: false, error: { kind, message } });
+
+/** The PS3.4 status for an instance the store did not take: the C-STORE response status and the STOW-RS Failure Reason. */
+export function storeFailureStatus(kind: ImagingErrorKind): number {
+  switch (kind) {
+    case 'too-large':
+      return 0xa700; // Refused: out of resources
+    case 'invalid':
+      return 0xc000; // Error: cannot understand
+    case 'wrong-study':
+      return 0xa900; // Error: data set does not match (the study of the request)
+    case 'not-held-here':
+      return 0x0124; // Refused: not authorized
+    case 'not-found':
+    case 'corrupt':
+    case 'sealed':
+      return 0x0110; // Processing failure
+  }
+}

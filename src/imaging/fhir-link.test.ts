@@ -2,12 +2,16 @@
 // (created, tagged as made from DICOM, when missing), an ImagingStudy per study kept in step
 // as instances arrive, and a clear note when the record cannot be written at this site.
 import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import type { ImagingStudy, Patient } from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
 import { openTestStore, type TestStore } from '../records/testing.ts';
 import { makeResidentId } from '../region/index.ts';
 import { DICOM_PATIENT_ID_SYSTEM, StudyLinker } from './fhir-link.ts';
+import { ImageResidency } from './image-residency.ts';
+import { ImagingStore } from './imaging-store.ts';
+import { blobCount } from './testing.ts';
 import { makeInstances, openTestImaging, type TestImaging } from './testing.ts';
 
 const uid = (n: number) => `1.2.826.0.1.3680043.10.1519.8.${n}`;
@@ -86,5 +90,27 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     assert.equal(after.resource_current, before.resource_current);
     const notes = (await t.db.query<{ link_note: string | null }>('SELECT link_note FROM imaging_study WHERE study_uid = $1', [uid(4)])).rows[0]!;
     assert.match(notes.link_note!, /site C/);
+  });
+
+  it('keeps image bytes only where the patient\'s data may live', async () => {
+    // Site A (public cloud) may hold no core data; B holds every shard of the example region.
+    const atSite = (siteId: string) => {
+      const residency = new ImageResidency({ records: r.store, region: r.ctx.region, siteId });
+      return new ImagingStore({ db: t.db, blobs: t.blobs, kms: t.kms, admit: (a) => residency.refusal(a.patientId) });
+    };
+    const rows = async () => (await t.db.query<{ n: number }>('SELECT count(*)::int AS n FROM imaging_instance')).rows[0]!.n;
+    const before = { rows: await rows(), blobs: await blobCount(t.blobs) };
+    const guangzhou = makeResidentId({ divisionCode: '440106', birthDate: '1990-02-02', sequence: 5 });
+    const [atA] = await makeInstances({ studyUid: uid(6), date: '20261121', patientId: guangzhou, count: 1 });
+    const refused = await atSite('A').ingest(atA!, { source: 'ae:MODALITY' });
+    assert.ok(!refused.ok && refused.error.kind === 'not-held-here', JSON.stringify(refused));
+    assert.match(refused.error.message, /belongs to shard guangzhou, whose data site A may not hold; send to site B/);
+    const [noId] = await makeInstances({ studyUid: uid(7), date: '20261121', patientId: 'VISITOR-1', count: 1 });
+    const unplaced = await atSite('A').ingestStream(Readable.from([noId!]), { source: 'ae:MODALITY' });
+    assert.ok(!unplaced.ok && /site A cannot place patient VISITOR-1/.test(unplaced.error.message));
+    assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before, 'nothing kept at A');
+    const shenzhen = makeResidentId({ divisionCode: '440305', birthDate: '1990-02-02', sequence: 6 }); // active at C, replicated to B
+    const [atB] = await makeInstances({ studyUid: uid(8), date: '20261121', patientId: shenzhen, count: 1 });
+    assert.ok((await atSite('B').ingest(atB!, { source: 'ae:MODALITY' })).ok);
   });
 });

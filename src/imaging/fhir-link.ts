@@ -6,9 +6,10 @@
 import type { ImagingStudy, Patient } from '@medplum/fhirtypes';
 import type { Db } from '../db/index.ts';
 import type { RecordStore } from '../records/index.ts';
-import { parseResidentId, type Region } from '../region/index.ts';
+import type { Region } from '../region/index.ts';
+import { dicomPatientIdentifiers, findDicomPatient } from './image-residency.ts';
 
-export const DICOM_PATIENT_ID_SYSTEM = 'urn:medmesh:dicom-patient-id';
+export { DICOM_PATIENT_ID_SYSTEM } from './image-residency.ts';
 export const FROM_DICOM_TAG = { system: 'urn:medmesh:provenance', code: 'created-from-dicom', display: 'Created from a received DICOM study' } as const;
 
 export interface StudyLinkerOptions {
@@ -93,15 +94,10 @@ export class StudyLinker {
     const { records, region } = this.#o;
     const pid = s.patient_id?.trim();
     if (!pid) return { ok: false, note: 'the study carries no Patient ID: not linked to a patient' };
-    const resident = parseResidentId(pid).ok ? { system: region.config.identifierSystems.residentId, value: pid.toUpperCase() } : undefined;
-    const local = { system: DICOM_PATIENT_ID_SYSTEM, value: pid };
-    for (const id of [resident, local]) {
-      if (!id) continue;
-      const found = await records.search('Patient', [['identifier', `${id.system}|${id.value}`]], { baseUrl: 'urn:medmesh' });
-      if (!found.ok) return { ok: false, note: `patient lookup failed: ${found.error.issues[0]?.message ?? found.error.kind}` };
-      const match = found.value.entry?.[0]?.resource;
-      if (match?.id) return { ok: true, ref: `Patient/${match.id}` };
-    }
+    const found = await findDicomPatient(records, region, pid);
+    if (!found.ok) return { ok: false, note: found.error };
+    if (found.patient?.id) return { ok: true, ref: `Patient/${found.patient.id}` };
+    const { resident, local } = dicomPatientIdentifiers(region, pid);
     const patient: Patient = {
       resourceType: 'Patient',
       meta: { tag: [FROM_DICOM_TAG], source: `${s.source ?? 'dicom'}#study/${s.study_uid}` },

@@ -22,6 +22,8 @@ export interface ImagingStoreOptions {
   maxFileBytes?: number;
   /** Files larger than this are streamed through rather than held in memory (default 16 MiB). */
   streamAboveBytes?: number;
+  /** Whether this site may keep the instance (its patient's residency); a reason when not. */
+  admit?: (a: InstanceAttributes) => Promise<string | undefined>;
 }
 
 export interface IngestOutcome {
@@ -116,7 +118,7 @@ export class ImagingStore {
     const read = readInstance(file);
     if (!read.ok) return imagingFail('invalid', read.error);
     const a = read.value;
-    const refused = this.#refuse(a, opts);
+    const refused = await this.#refuse(a, opts);
     if (refused) return refused;
     const sha256 = createHash('sha256').update(file).digest('hex');
     // A copy already held is answered before anything is encrypted.
@@ -198,15 +200,18 @@ export class ImagingStore {
     const read = attributesOf(Buffer.concat(head), structure.value);
     if (!read.ok) return discard(imagingFail('invalid', read.error));
     const a = read.value;
-    const refused = this.#refuse(a, opts);
+    const refused = await this.#refuse(a, opts);
     if (refused) return discard(refused);
     return this.#commit(a, { sha256: hash.digest('hex'), size, blobKey, dataKey: key.value.wrapped, source: opts.source });
   }
 
-  #refuse(a: InstanceAttributes, opts: IngestOptions): { ok: false; error: ImagingError } | undefined {
+  async #refuse(a: InstanceAttributes, opts: IngestOptions): Promise<{ ok: false; error: ImagingError } | undefined> {
+    const instance = { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid };
     if (opts.expectStudy && a.studyInstanceUid !== opts.expectStudy) {
-      return { ok: false, error: { kind: 'wrong-study', message: `instance ${a.sopInstanceUid} belongs to study ${a.studyInstanceUid}, not ${opts.expectStudy}`, instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid } } };
+      return { ok: false, error: { kind: 'wrong-study', message: `instance ${a.sopInstanceUid} belongs to study ${a.studyInstanceUid}, not ${opts.expectStudy}`, instance } };
     }
+    const notHere = await this.#o.admit?.(a);
+    if (notHere !== undefined) return { ok: false, error: { kind: 'not-held-here', message: notHere, instance } };
     return undefined;
   }
 

@@ -23,3 +23,5 @@ export { extractFrames } from './frames.ts';
 export { MultipartError, readMultipartRelated, multipartRelated, mediaParams } from './multipart.ts';
 export type { Part, StreamedPart } from './multipart.ts';
 export type { ImagingError, ImagingErrorKind, ImagingResult } from './errors.ts';
+export { storeFailureStatus } from './errors.ts';
+export { ImageResidency } from './image-residency.ts';
