@@ -1,9 +1,11 @@
 // bench/imaging: DICOM ingest with DCMTK's storescu into medmesh (DIMSE C-STORE SCP on
 // PostgreSQL, every file SM4-CBC encrypted with its SHA-256 recorded) and into Orthanc
-// (Debian's package, default SQLite index) in the same run, same files, same tool; then
+// (Debian's package: its default SQLite index, and its index in PostgreSQL when the
+// orthanc-postgresql plugin is installed) in the same run, same files, same tool; then
 // WADO-RS retrieval of a whole 100-instance study. Prints one JSON document on stdout.
 //   node bench/imaging/run.ts [--quick]      (needs root for Orthanc's network namespace)
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -62,6 +64,16 @@ async function timedStore(files: string[], exec: (args: string[]) => ChildProces
   return { seconds: round(seconds), instances_per_s: round(files.length / seconds), mb_per_s: round(bytes / 2 ** 20 / seconds) };
 }
 
+async function admin(sql: string): Promise<void> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    await c.query(sql);
+  } finally {
+    await c.end();
+  }
+}
+
 const dir = await mkdtemp(join(os.tmpdir(), 'medmesh-bench-imaging-'));
 const schema = `bench_imaging_${randomBytes(4).toString('hex')}`;
 const db = await openPostgres({ connectionString: url, schema, maxConnections: 8 });
@@ -75,10 +87,25 @@ try {
   const store = new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: join(dir, 'blobs') }) });
   const srv = await startDimseServer({ store, siteId: 'B', aeTitle: 'MEDMESH', port: 0, refuseUnknownAes: false, audit: () => Promise.resolve(true) });
   const orthanc = await startOrthanc();
+  // Orthanc with its index in PostgreSQL (same server as medmesh's), when the plugin is here.
+  const pgIndexDb = existsSync('/usr/lib/orthanc/libOrthancPostgreSQLIndex.so.4.0') ? `orthanc_bench_${randomBytes(4).toString('hex')}` : undefined;
+  let orthancPg: Awaited<ReturnType<typeof startOrthanc>> | undefined;
   try {
+    if (pgIndexDb) {
+      await admin(`CREATE DATABASE ${quoteIdent(pgIndexDb)}`);
+      orthancPg = await startOrthanc({ postgresIndex: { database: pgIndexDb } });
+    }
     // Each side gets the same storescu on plain loopback (Orthanc's inside its namespace, no relay).
     progress('storescu -> Orthanc');
     const orthancIngest = await timedStore(files, (args) => orthanc.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(orthanc.dicomPortInside), ...args]));
+    let orthancPgIngest: Awaited<ReturnType<typeof timedStore>> | undefined;
+    if (orthancPg) {
+      const o = orthancPg;
+      progress('storescu -> Orthanc (PostgreSQL index)');
+      orthancPgIngest = await timedStore(files, (args) => o.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(o.dicomPortInside), ...args]));
+      const n = ((await (await fetch(`${orthancPg.http}/instances`)).json()) as unknown[]).length;
+      if (n !== files.length) throw new Error(`Orthanc (PostgreSQL index) holds ${n} of ${files.length}`);
+    }
     progress('storescu -> medmesh');
     const medmeshIngest = await timedStore(files, (args) => spawn('storescu', ['-aet', 'BENCH', '-aec', 'MEDMESH', '127.0.0.1', String(srv.port), ...args], { env: { ...process.env, TCP_NODELAY: '1' } }));
     const held = (await db.query<{ n: number }>('SELECT count(*)::int AS n FROM imaging_instance')).rows[0]!.n;
@@ -102,14 +129,18 @@ try {
     latencies.sort((a, b) => a - b);
     const pct = (p: number) => round(latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]!);
     const ratio = round(medmeshIngest.instances_per_s / orthancIngest.instances_per_s, 3);
+    const ratioPg = orthancPgIngest ? round(medmeshIngest.instances_per_s / orthancPgIngest.instances_per_s, 3) : null;
     const blobFiles = (await readdir(join(dir, 'blobs'), { recursive: true })).length;
     console.log(JSON.stringify({
       benchmark: 'imaging',
       machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, memory_gb: round(os.totalmem() / 2 ** 30, 1) },
       instances: files.length,
       instance_bytes: (await stat(files[0]!)).size,
-      note: 'storescu, one association per side, sequential C-STOREs; medmesh on PostgreSQL with SM4-CBC + HMAC-SM3 per file, SHA-256 at ingest; Orthanc 1.10 (Debian) with its default SQLite index, no compression, storescu run inside its network namespace',
-      ingest: { medmesh: medmeshIngest, orthanc: orthancIngest, ratio_medmesh_vs_orthanc: ratio },
+      note: 'storescu, one association per side, sequential C-STOREs; medmesh on PostgreSQL with SM4-CBC + HMAC-SM3 per file, SHA-256 at ingest; Orthanc 1.10 (Debian) with its default SQLite index and with its index in the same PostgreSQL (orthanc-postgresql), files on disk, no compression, storescu run inside its network namespace',
+      ingest: {
+        medmesh: medmeshIngest, orthanc: orthancIngest, ratio_medmesh_vs_orthanc: ratio,
+        orthanc_postgresql_index: orthancPgIngest ?? 'not run: the orthanc-postgresql plugin is not installed', ratio_medmesh_vs_orthanc_postgresql: ratioPg,
+      },
       wado_rs_whole_study: { instances: PER_STUDY, bytes, requests: RETRIEVALS, p50_ms: pct(50), p99_ms: pct(99), max_ms: round(latencies.at(-1)!) },
       blob_entries: blobFiles,
       targets: { 'ingest >= 1.0x Orthanc (encryption on)': ratio >= 1, 'whole-study retrieval p99 <= 2 s': pct(99) <= 2000 },
@@ -117,12 +148,11 @@ try {
   } finally {
     await srv.close();
     await orthanc.close();
+    await orthancPg?.close();
+    if (pgIndexDb) await admin(`DROP DATABASE IF EXISTS ${quoteIdent(pgIndexDb)}`);
   }
 } finally {
   await db.close();
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  await c.query(`DROP SCHEMA IF EXISTS ${quoteIdent(schema)} CASCADE`);
-  await c.end();
+  await admin(`DROP SCHEMA IF EXISTS ${quoteIdent(schema)} CASCADE`);
   await rm(dir, { recursive: true, force: true });
 }

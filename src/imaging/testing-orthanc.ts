@@ -29,9 +29,16 @@ export interface OrthancOptions {
   aeTitle?: string;
   /** Remote AEs Orthanc knows (for C-MOVE destinations): AE title -> a port on this host. */
   modalities?: Record<string, number>;
-  /** Index in PostgreSQL is not available from Debian's orthanc; SQLite (the default) it is. */
   storageCompression?: boolean;
+  /**
+   * Orthanc's index in PostgreSQL (Debian's orthanc-postgresql plugin) instead of SQLite: an
+   * existing, empty database, reached through the server's Unix socket (the namespace has no
+   * route to this host's loopback).
+   */
+  postgresIndex?: { database: string; socketDir?: string };
 }
+
+const PG_INDEX_PLUGIN = '/usr/lib/orthanc/libOrthancPostgreSQLIndex.so.4.0';
 
 const IN_NS = { dicom: 4242, http: 8042 };
 
@@ -62,7 +69,10 @@ export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrtha
       StorageDirectory: join(dir, 'storage'),
       IndexDirectory: join(dir, 'index'),
       StorageCompression: opts.storageCompression ?? false,
-      Plugins: [],
+      Plugins: opts.postgresIndex ? [PG_INDEX_PLUGIN] : [],
+      ...(opts.postgresIndex
+        ? { PostgreSQL: { EnableIndex: true, EnableStorage: false, Host: opts.postgresIndex.socketDir ?? '/var/run/postgresql', Port: 5432, Database: opts.postgresIndex.database, Username: 'postgres', Password: '', Lock: false, IndexConnectionsCount: 1 } }
+        : {}),
       HttpServerEnabled: true,
       HttpPort: IN_NS.http,
       RemoteAccessAllowed: false,
