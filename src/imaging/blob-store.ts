@@ -1,10 +1,9 @@
 // Where image files live (DESIGN.md §9): a small contract so the filesystem default and an
 // S3-compatible store can be swapped. A blob is visible under its key only once complete.
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 
 export interface BlobStore {
@@ -38,14 +37,18 @@ export class FsBlobStore implements BlobStore {
     const tmp = `${path}.partial-${randomBytes(4).toString('hex')}`;
     let bytes = 0;
     try {
-      const source = data instanceof Uint8Array ? Readable.from([Buffer.from(data.buffer, data.byteOffset, data.byteLength)]) : data;
-      const counted = source.map((chunk: Buffer) => {
-        bytes += chunk.length;
-        return chunk;
-      });
-      await pipeline(counted, createWriteStream(tmp, { flags: 'wx' }));
-      const fh = await open(tmp, 'r');
-      await fh.sync().finally(() => fh.close());
+      // Written and synced through one handle, chunk by chunk as the source yields them (no
+      // write-stream machinery between: this is on every image's ingest path).
+      const fh = await open(tmp, 'wx');
+      try {
+        for await (const chunk of data instanceof Uint8Array ? [data] : (data as AsyncIterable<Uint8Array>)) {
+          for (let done = 0; done < chunk.byteLength;) done += (await fh.write(chunk, done, chunk.byteLength - done)).bytesWritten;
+          bytes += chunk.byteLength;
+        }
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
       await rename(tmp, path);
       const dir = await open(dirname(path), 'r');
       await dir.sync().finally(() => dir.close());
