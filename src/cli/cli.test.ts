@@ -194,8 +194,10 @@ describe('medmesh CLI', () => {
     assert.match(demo.output(), new RegExp(`DICOM AE MEDMESH_B at 127\\.0\\.0\\.1:${11112 + offset}`));
     const sent = await dcmtk('dcmsend', ['-aec', 'MEDMESH_B', '127.0.0.1', String(11112 + offset), join(PYDICOM, 'test_files', 'CT_small.dcm')]);
     assert.equal(sent.code, 0, sent.out);
-    const studies = (await (await fetch(`${siteB}/dicomweb/studies?StudyDate=20040101-`, { headers: doctor })).json()) as Array<Record<string, { Value?: unknown[] }>>;
-    assert.deepEqual(studies.map((x) => x['0020000D']?.Value?.[0]), ['1.3.6.1.4.1.5962.1.2.1.20040119072730.12322']);
+    const his = { authorization: `Bearer ${await loginAt(siteB, 'demo.integration', 'medmesh-demo-2026')}` };
+    const studiesAs = async (headers: Record<string, string>) => ((await (await fetch(`${siteB}/dicomweb/studies?StudyDate=20040101-`, { headers })).json()) as Array<Record<string, { Value?: unknown[] }>>).map((x) => x['0020000D']?.Value?.[0]);
+    assert.deepEqual(await studiesAs(his), ['1.3.6.1.4.1.5962.1.2.1.20040119072730.12322'], 'the interface account sees every study');
+    assert.deepEqual(await studiesAs(doctor), [], 'the doctor has no care relationship with this patient');
     demo.child.kill('SIGINT');
     assert.equal(await demo.exited, 0);
     assert.match(demo.output(), /stopped cleanly/);

@@ -98,7 +98,7 @@ export async function demoVerb(argv: string[]): Promise<number> {
 }
 
 const DEMO_PASSWORD = 'medmesh-demo-2026';
-const DEMO_ROLES = ['doctor', 'nurse', 'pharmacist', 'lab', 'registrar', 'administrator', 'auditor', 'researcher', 'regulator', 'patient'];
+const DEMO_ROLES = ['doctor', 'nurse', 'pharmacist', 'lab', 'registrar', 'administrator', 'auditor', 'researcher', 'regulator', 'patient', 'integration'];
 
 /** One user per default role; existing ones are left as they are. */
 async function ensureDemoUsers(site: Site): Promise<void> {

@@ -114,7 +114,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     await app.register(auditEventRoutes, { prefix: '/fhir/R4', ...auditOpts });
   }
   if (opts.imaging) {
-    await app.register(dicomwebRoutes, { prefix: '/dicomweb', imaging: opts.imaging });
+    await app.register(dicomwebRoutes, { prefix: '/dicomweb', imaging: opts.imaging, access: opts.access });
     await app.register(collectionRoutes, { prefix: '/imaging/collection', db: opts.db, sources: opts.collectionSources ?? [] });
   }
   await app.register(fhirRoutes, { prefix: '/fhir/R4', access: opts.access, searchParams: opts.searchParams, siteId: opts.siteId, regionId: opts.regionId, version: opts.version });

@@ -47,7 +47,9 @@ export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): voi
 function eventsOf(request: FastifyRequest, status: number, site: string): AuditEvent[] {
   const base = eventOf(request, status, site);
   const requester = request.requester;
-  if (!requester || requester.decisions.length === 0) return [{ ...base, ...(requester ? { purpose: requester.purpose } : {}), ...(request.auditExtra ?? {}) }];
+  if (!requester || requester.decisions.length === 0) {
+    return [{ ...base, ...(requester ? { purpose: requester.purpose } : {}), ...(requester?.breakGlass ? { breakGlass: { reason: requester.breakGlass } } : {}), ...(request.auditExtra ?? {}) }];
+  }
   return requester.decisions.map((d) => ({
     ...base,
     action: d.action,

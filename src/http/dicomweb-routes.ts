@@ -1,19 +1,30 @@
 // DICOMweb (PS3.18) at /dicomweb: STOW-RS in, QIDO-RS queries, WADO-RS retrieval of studies,
-// series, instances, metadata and (uncompressed) frames. Every route declares its access;
-// the audit hook records each request with the study or instance it touched.
+// series, instances, metadata and (uncompressed) frames. Access is the FHIR record's: a user
+// may do with images what their policy allows on ImagingStudy, over the studies of the patients
+// in their scope (a study is its linked Patient's); sites, routers and edges by service kind.
+// The audit hook records each request with the study or instance it touched.
 import type { FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify';
 import { Readable } from 'node:stream';
+import { patientInScope, type AccessFilter } from '../records/index.ts';
+import type { AccessControl } from '../security/access/index.ts';
 import {
   attributeKeyword, DEFAULT_RETURN, extractFrames, findImaging, mediaParams, MultipartError, multipartRelated, readMultipartRelated, storeFailureStatus, toDicomJson,
   type ImagingStore, type Part, type QueryLevel, type StoredInstance,
 } from '../imaging/index.ts';
+import { resolveRequester } from './requester.ts';
 
 export interface DicomwebRoutesOptions {
   imaging: ImagingStore;
+  /** Decides for users; without it only service accounts are served (fails closed). */
+  access?: AccessControl;
 }
 
-const READ = { roles: ['doctor', 'nurse', 'lab', 'integration'], services: ['site', 'router'] } as const;
-const WRITE = { roles: ['doctor', 'lab', 'integration'], services: ['site', 'edge', 'router'] } as const;
+/** Any signed-in caller reaches the handlers; what each may do is decided there (`gate`). */
+const SIGNED_IN = { access: 'records' } as const;
+type ImagingAction = 'read' | 'search' | 'create';
+/** Service accounts by kind: sites and routers read and store, edges forward what clinics send. */
+const SERVICES: Record<ImagingAction, readonly string[]> = { read: ['site', 'router'], search: ['site', 'router'], create: ['site', 'edge', 'router'] };
+const VERB: Record<ImagingAction, string> = { read: 'dicom-retrieve', search: 'dicom-query', create: 'dicom-store' };
 const UID = /^[0-9]+(\.[0-9]+)*$/;
 const DICOM_JSON = 'application/dicom+json';
 
@@ -33,9 +44,50 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
   const bad = (reply: FastifyReply, status: number, message: string) => reply.code(status).type('application/json').send({ error: status === 406 ? 'not-acceptable' : status === 404 ? 'not-found' : 'bad-request', message });
   const uidsOk = (p: Params) => [p.study, p.series, p.instance].every((u) => u === undefined || (UID.test(u) && u.length <= 64));
 
+  /**
+   * May the caller do `action` on images at all, and over which patients' studies? Answers the
+   * refusal itself (audited with the reason) and returns undefined then.
+   */
+  const gate = async (req: FastifyRequest, reply: FastifyReply, action: ImagingAction, target: string): Promise<AccessFilter | undefined> => {
+    const refuse = async (message: string) => {
+      req.auditExtra = { action: VERB[action], resource: target, detail: message };
+      await bad(reply, 403, message);
+      return undefined;
+    };
+    const who = req.identity;
+    if (who.kind === 'service') {
+      if (SERVICES[action].includes(who.serviceKind)) return { rows: { kind: 'all' }, denied: '' };
+      return refuse(`images are not for ${who.serviceKind} service accounts (${action}: ${SERVICES[action].join(', ')} only)`);
+    }
+    const access = opts.access;
+    if (!access) return refuse('this DICOMweb endpoint serves service accounts only');
+    const requester = await resolveRequester(access, req, reply);
+    if (!requester) return undefined;
+    const scope = access.records(requester).unmaskedScope(action, 'ImagingStudy', target);
+    return scope.ok ? scope.value : refuse(scope.error.issues[0]?.message ?? 'refused');
+  };
+  /** Whether the study is in the caller's scope; answers 404 or 403 (audited) when not. */
+  const admitStudy = async (req: FastifyRequest, reply: FastifyReply, filter: AccessFilter, study: string): Promise<boolean> => {
+    const patient = await store.studyPatient(study);
+    if (patient === undefined) {
+      await bad(reply, 404, `study ${study} is not held here`);
+      return false;
+    }
+    if (await patientInScope(store.db, filter.rows, patient)) return true;
+    const message = patient === null
+      ? `study ${study} is not linked to a patient record yet; until it is, only those who may see every patient's images see it`
+      : filter.denied.replace(/^\S+/, `study ${study}`);
+    req.auditExtra = { action: VERB.read, resource: `dicom:study/${study}`, detail: message };
+    await bad(reply, 403, message);
+    return false;
+  };
+
   // ---- STOW-RS ------------------------------------------------------------------------
   const stow = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
     const study = req.params.study;
+    // Storing needs the right to create ImagingStudy; whose study it is becomes known when it
+    // is linked to its patient, and reads are scoped from then on.
+    if (!(await gate(req, reply, 'create', study ? `dicom:study/${study}` : 'dicom:studies'))) return reply;
     if (study !== undefined && !uidsOk(req.params)) return bad(reply, 400, `${study} is not a valid Study Instance UID`);
     const contentType = mediaParams(req.headers['content-type'] ?? '');
     if (contentType.media !== 'multipart/related') return bad(reply, 415, `STOW-RS takes multipart/related, not ${contentType.media || '(no Content-Type)'}`);
@@ -93,11 +145,13 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     if (warnings.length) reply.header('warning', warnings);
     return reply.code(status).type(DICOM_JSON).send(body);
   };
-  app.post('/studies', { config: { access: WRITE } }, stow);
-  app.post<{ Params: Params }>('/studies/:study', { config: { access: WRITE } }, stow);
+  app.post('/studies', { config: SIGNED_IN }, stow);
+  app.post<{ Params: Params }>('/studies/:study', { config: SIGNED_IN }, stow);
 
   // ---- QIDO-RS ------------------------------------------------------------------------
   const qido = (level: QueryLevel) => async (req: FastifyRequest<{ Params: Params; Querystring: Record<string, string | string[]> }>, reply: FastifyReply) => {
+    const filter = await gate(req, reply, 'search', req.params.study ? `dicom:study/${req.params.study}` : 'dicom:studies');
+    if (!filter) return reply;
     if (!uidsOk(req.params)) return bad(reply, 400, 'a UID in the path is not valid');
     const keys: Record<string, string> = {};
     const include: string[] = [];
@@ -129,25 +183,35 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     }
     if (req.params.study) keys.StudyInstanceUID = req.params.study;
     if (req.params.series) keys.SeriesInstanceUID = req.params.series;
-    const found = await findImaging(store.db, level, keys, { limit, offset, include: [...DEFAULT_RETURN[level], ...include] });
+    const found = await findImaging(store.db, level, keys, { limit, offset, include: [...DEFAULT_RETURN[level], ...include], rows: filter.rows });
     if (!found.ok) return bad(reply, 400, found.error);
     req.auditExtra = { action: 'dicom-query', ...(req.params.study ? { resource: `dicom:study/${req.params.study}` } : {}), detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}` };
     return reply.type(DICOM_JSON).send(found.value.map(toDicomJson));
   };
-  app.get('/studies', { config: { access: READ } }, qido('STUDY'));
-  app.get('/series', { config: { access: READ } }, qido('SERIES'));
-  app.get('/instances', { config: { access: READ } }, qido('IMAGE'));
-  app.get('/studies/:study/series', { config: { access: READ } }, qido('SERIES'));
-  app.get('/studies/:study/instances', { config: { access: READ } }, qido('IMAGE'));
-  app.get('/studies/:study/series/:series/instances', { config: { access: READ } }, qido('IMAGE'));
+  app.get('/studies', { config: SIGNED_IN }, qido('STUDY'));
+  app.get('/series', { config: SIGNED_IN }, qido('SERIES'));
+  app.get('/instances', { config: SIGNED_IN }, qido('IMAGE'));
+  app.get('/studies/:study/series', { config: SIGNED_IN }, qido('SERIES'));
+  app.get('/studies/:study/instances', { config: SIGNED_IN }, qido('IMAGE'));
+  app.get('/studies/:study/series/:series/instances', { config: SIGNED_IN }, qido('IMAGE'));
 
   // ---- WADO-RS ------------------------------------------------------------------------
   const selected = async (p: Params): Promise<StoredInstance[]> => {
     const all = await store.instances({ studyInstanceUid: p.study!, ...(p.series ? { seriesInstanceUid: p.series } : {}) });
     return p.instance ? all.filter((i) => i.sopInstanceUid === p.instance) : all;
   };
+  /** The gate, the path's UIDs and the study's scope, for every WADO-RS route; false when answered. */
+  const readable = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply): Promise<boolean> => {
+    const filter = await gate(req, reply, 'read', `dicom:${describe(req.params)}`);
+    if (!filter) return false;
+    if (!uidsOk(req.params)) {
+      await bad(reply, 400, 'a UID in the path is not valid');
+      return false;
+    }
+    return admitStudy(req, reply, filter, req.params.study!);
+  };
   const retrieve = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
-    if (!uidsOk(req.params)) return bad(reply, 400, 'a UID in the path is not valid');
+    if (!(await readable(req, reply))) return reply;
     const accept = acceptsDicom(req.headers.accept);
     if (!accept.ok) return bad(reply, 406, accept.error);
     const instances = await selected(req.params);
@@ -168,14 +232,14 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     return reply.type(body.contentType).send(Readable.from(body.body));
   };
   const metadata = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
-    if (!uidsOk(req.params)) return bad(reply, 400, 'a UID in the path is not valid');
+    if (!(await readable(req, reply))) return reply;
     const instances = await selected(req.params);
     if (!instances.length) return bad(reply, 404, `nothing stored under ${describe(req.params)}`);
     req.auditExtra = { action: 'dicom-metadata', resource: `dicom:${describe(req.params)}`, detail: `${instances.length} instance(s)` };
     return reply.type(DICOM_JSON).send(instances.map((i) => i.attributes));
   };
   const frames = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
-    if (!uidsOk(req.params)) return bad(reply, 400, 'a UID in the path is not valid');
+    if (!(await readable(req, reply))) return reply;
     const wanted = (req.params.frames ?? '').split(',').map(Number);
     if (!wanted.length || wanted.some((n) => !Number.isInteger(n) || n < 1)) return bad(reply, 400, `frame list ${req.params.frames ?? ''} must be positive integers separated by commas`);
     const [instance] = await selected(req.params);
@@ -189,13 +253,13 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     const body = multipartRelated('application/octet-stream', cut.value.map((f) => ({ headers: { 'Content-Type': 'application/octet-stream' }, body: f })));
     return reply.type(body.contentType).send(Readable.from(body.body));
   };
-  app.get('/studies/:study', { config: { access: READ } }, retrieve);
-  app.get('/studies/:study/series/:series', { config: { access: READ } }, retrieve);
-  app.get('/studies/:study/series/:series/instances/:instance', { config: { access: READ } }, retrieve);
-  app.get('/studies/:study/metadata', { config: { access: READ } }, metadata);
-  app.get('/studies/:study/series/:series/metadata', { config: { access: READ } }, metadata);
-  app.get('/studies/:study/series/:series/instances/:instance/metadata', { config: { access: READ } }, metadata);
-  app.get('/studies/:study/series/:series/instances/:instance/frames/:frames', { config: { access: READ } }, frames);
+  app.get('/studies/:study', { config: SIGNED_IN }, retrieve);
+  app.get('/studies/:study/series/:series', { config: SIGNED_IN }, retrieve);
+  app.get('/studies/:study/series/:series/instances/:instance', { config: SIGNED_IN }, retrieve);
+  app.get('/studies/:study/metadata', { config: SIGNED_IN }, metadata);
+  app.get('/studies/:study/series/:series/metadata', { config: SIGNED_IN }, metadata);
+  app.get('/studies/:study/series/:series/instances/:instance/metadata', { config: SIGNED_IN }, metadata);
+  app.get('/studies/:study/series/:series/instances/:instance/frames/:frames', { config: SIGNED_IN }, frames);
   done();
 };
 

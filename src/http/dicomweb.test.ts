@@ -8,6 +8,9 @@ import XMLHttpRequest from 'xhr2';
 import { testBackend } from '../db/test-db.ts';
 import { checkStructure } from '../imaging/index.ts';
 import { sample } from '../imaging/testing.ts';
+import { Sm2PrivateKey } from '../security/crypto/index.ts';
+import { DEFAULT_POLICIES } from '../security/access/index.ts';
+import { serviceAssertion } from '../security/identity/index.ts';
 import { startTestServer, type TestServer } from './testing.ts';
 
 (globalThis as { XMLHttpRequest?: unknown }).XMLHttpRequest = XMLHttpRequest;
@@ -38,7 +41,7 @@ describe(`DICOMweb (${testBackend()})`, () => {
   const audits = async (action: string) => (await s.db.query<{ n: number }>("SELECT count(*)::int AS n FROM audit_entry WHERE convert_from(entry, 'UTF8')::jsonb->>'action' = $1", [action])).rows[0]!.n;
   before(async () => {
     s = await startTestServer({ maxImageBytes: 1_000_000, streamImagesAboveBytes: 50_000 });
-    client = new dicomweb.api.DICOMwebClient({ url: `${s.base}/dicomweb`, headers: s.as(['doctor']), verbose: false } as never) as unknown as Client;
+    client = new dicomweb.api.DICOMwebClient({ url: `${s.base}/dicomweb`, headers: s.as(['integration']), verbose: false } as never) as unknown as Client;
   });
   after(async () => s.close());
 
@@ -90,10 +93,13 @@ describe(`DICOMweb (${testBackend()})`, () => {
   });
 
   it('refuses what it cannot do or may not do, clearly', async () => {
-    const get = (path: string, headers: Record<string, string> = s.as(['doctor'])) => fetch(`${s.base}/dicomweb${path}`, { headers });
+    const get = (path: string, headers: Record<string, string> = s.as(['integration'])) => fetch(`${s.base}/dicomweb${path}`, { headers });
     assert.equal((await get('/studies', {})).status, 401, 'no token');
     assert.equal((await get('/studies', s.as(['researcher']))).status, 403, 'a researcher fetches no individual images');
-    assert.equal((await get('/studies', s.as(['patient']))).status, 403);
+    assert.equal((await get('/studies', s.as(['patient']))).status, 403, 'a patient account not linked to a record');
+    const lab = await get('/studies', s.as(['lab']));
+    assert.equal(lab.status, 403, 'the lab policy grants nothing of ImagingStudy');
+    assert.match(((await lab.json()) as { message: string }).message, /ImagingStudy/);
     const unknown = await get('/studies?Bogus=1');
     assert.equal(unknown.status, 400);
     assert.match(((await unknown.json()) as { message: string }).message, /Bogus is not a matching key/);
@@ -101,13 +107,65 @@ describe(`DICOMweb (${testBackend()})`, () => {
     assert.equal((await get('/studies/1.2.3.999')).status, 404);
     assert.equal((await get('/studies/not-a-uid')).status, 400);
     const jp2 = '1.3.6.1.4.1.5962.1.2.8.20040826185059.5457';
-    const asJpegLs = await get(`/studies/${jp2}`, { ...s.as(['doctor']), accept: 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80' });
+    const asJpegLs = await get(`/studies/${jp2}`, { ...s.as(['integration']), accept: 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80' });
     assert.equal(asJpegLs.status, 406);
     assert.match(((await asJpegLs.json()) as { message: string }).message, /medmesh returns instances as stored/);
     const frames = await get(`/studies/${jp2}/series/1.3.6.1.4.1.5962.1.3.8.1.20040826185059.5457/instances/1.3.6.1.4.1.5962.1.1.8.1.3.20040826185059.5457/frames/1`);
     assert.equal(frames.status, 406, 'frames of compressed data would need transcoding');
     assert.equal((await get(`/studies/${CT_STUDY}/series/${CT_SERIES}/instances/${CT}/frames/2`)).status, 404);
-    assert.equal((await get(`/studies/${CT_STUDY}`, { ...s.as(['doctor']), accept: 'application/json' })).status, 406);
+    assert.equal((await get(`/studies/${CT_STUDY}`, { ...s.as(['integration']), accept: 'application/json' })).status, 406);
+  });
+
+  it('gives each caller the images of the patients whose record they may read, and audits each refusal', async () => {
+    await s.site.studyLinker!.flush({ all: true });
+    const patientOf = async (study: string) => (await s.db.query<{ patient_ref: string | null }>('SELECT patient_ref FROM imaging_study WHERE study_uid = $1', [study])).rows[0]?.patient_ref;
+    const ctPatient = await patientOf(CT_STUDY);
+    assert.match(ctPatient ?? '', /^Patient\//, 'the CT study is linked to its patient');
+    const studiesFor = async (headers: Record<string, string>) => {
+      const r = await fetch(`${s.base}/dicomweb/studies`, { headers });
+      assert.equal(r.status, 200);
+      return ((await r.json()) as Array<Record<string, { Value?: unknown[] }>>).map((x) => tag(x, '0020000D'));
+    };
+    const doctor = s.as(['doctor'], { department: 'cardiology' }, { userId: 'dr-li' });
+    const wado = (study: string, headers: Record<string, string>) => fetch(`${s.base}/dicomweb/studies/${study}`, { headers: { ...headers, accept: 'multipart/related; type="application/dicom"' } });
+    assert.deepEqual(await studiesFor(doctor), [], 'no patient of these studies is in the doctor\'s care');
+    const denied = await wado(CT_STUDY, doctor);
+    assert.equal(denied.status, 403);
+    assert.match(((await denied.json()) as { message: string }).message, new RegExp(`study ${CT_STUDY.replaceAll('.', '\\.')} belongs to a patient outside your care relationship`));
+    const deniedAudits = (await s.db.query<{ n: number }>("SELECT count(*)::int AS n FROM audit_entry WHERE convert_from(entry, 'UTF8')::jsonb->>'action' = 'dicom-retrieve' AND convert_from(entry, 'UTF8')::jsonb->>'outcome' = 'deny' AND convert_from(entry, 'UTF8')::jsonb->>'detail' LIKE '%care relationship%'")).rows[0]!.n;
+    assert.ok(deniedAudits >= 1, 'the refusal is audited with its reason');
+    // An encounter at cardiology puts the CT patient in the doctor's care: that study, and only it.
+    const enc = await fetch(`${s.fhir}/Encounter`, {
+      method: 'POST', headers: { ...s.as(['integration']), 'content-type': 'application/fhir+json' },
+      body: JSON.stringify({ resourceType: 'Encounter', status: 'finished', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' }, subject: { reference: ctPatient }, serviceProvider: { reference: 'Organization/cardiology' } }),
+    });
+    assert.equal(enc.status, 201, await enc.text());
+    assert.deepEqual(await studiesFor(doctor), [CT_STUDY]);
+    const served = await wado(CT_STUDY, doctor);
+    assert.equal(served.status, 200);
+    assert.ok(Buffer.from(await served.arrayBuffer()).includes(await sample('CT_small.dcm')));
+    assert.equal((await wado('1.3.6.1.4.1.5962.1.2.8.20040826185059.5457', doctor)).status, 403, 'another patient\'s study');
+    // A patient sees their own studies; the integration account every study.
+    const own = s.as(['patient'], { patient: ctPatient!.slice('Patient/'.length) });
+    assert.deepEqual(await studiesFor(own), [CT_STUDY]);
+    assert.equal((await studiesFor(s.as(['integration']))).length, FILES.length);
+    // A policy that would mask part of ImagingStudy cannot be honoured on DICOM headers: refused.
+    const policy = DEFAULT_POLICIES.find((p) => p.name === 'nurse')!;
+    const put = await fetch(`${s.base}/access/policies/nurse`, {
+      method: 'PUT', headers: { ...s.as(['administrator']), 'content-type': 'application/json' },
+      body: JSON.stringify({ ...policy, rules: [...policy.rules, { resourceTypes: ['ImagingStudy'], actions: ['read', 'search'], scope: 'all', fields: { subject: 'mask' } }] }),
+    });
+    assert.equal(put.status, 200, await put.text());
+    const nurse = await fetch(`${s.base}/dicomweb/studies`, { headers: s.as(['nurse']) });
+    assert.equal(nurse.status, 403);
+    assert.match(((await nurse.json()) as { message: string }).message, /with subject masked .*which medmesh does not mask/);
+    // Services by kind: an edge gateway stores but does not read.
+    const edgeKey = Sm2PrivateKey.generate();
+    await s.site.identity.registerService({ id: 'edge-1', kind: 'edge', publicKey: edgeKey.publicKey });
+    const asEdge = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'edge-1', key: edgeKey, site: 'B' })}` };
+    const edgeRead = await fetch(`${s.base}/dicomweb/studies`, { headers: asEdge });
+    assert.equal(edgeRead.status, 403);
+    assert.match(((await edgeRead.json()) as { message: string }).message, /not for edge service accounts/);
   });
 
   it('refuses bad STOW-RS bodies part by part and writes nothing for them', async () => {
@@ -158,11 +216,11 @@ describe(`DICOMweb (${testBackend()})`, () => {
         c.close();
       },
     });
-    const r = await fetch(`${s.base}/dicomweb/studies`, { method: 'POST', headers: { ...s.as(['lab']), 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` }, body: pieces, duplex: 'half' });
+    const r = await fetch(`${s.base}/dicomweb/studies`, { method: 'POST', headers: { ...s.as(['doctor']), 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` }, body: pieces, duplex: 'half' });
     assert.equal(r.status, 200);
     const refs = ((await r.json()) as { '00081199': { Value: Array<Record<string, { Value: string[] }>> } })['00081199'].Value;
     for (const [i, file] of [big, small].entries()) {
-      const back = await fetch(refs[i]!['00081190']!.Value[0]!, { headers: { ...s.as(['doctor']), accept: 'multipart/related; type="application/dicom"' } });
+      const back = await fetch(refs[i]!['00081190']!.Value[0]!, { headers: { ...s.as(['integration']), accept: 'multipart/related; type="application/dicom"' } });
       assert.equal(back.status, 200);
       assert.ok(Buffer.from(await back.arrayBuffer()).includes(file), `instance ${i + 1} comes back byte for byte`);
     }
@@ -192,6 +250,6 @@ function multipart(files: Buffer[], boundary: string): Buffer {
 
 async function stowRaw(s: TestServer, files: Buffer[], path = '/studies'): Promise<{ status: number; body: Record<string, unknown>; warning: string | null }> {
   const boundary = 'medmesh-test-boundary';
-  const r = await fetch(`${s.base}/dicomweb${path}`, { method: 'POST', headers: { ...s.as(['lab']), 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` }, body: multipart(files, boundary) });
+  const r = await fetch(`${s.base}/dicomweb${path}`, { method: 'POST', headers: { ...s.as(['integration']), 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` }, body: multipart(files, boundary) });
   return { status: r.status, body: (await r.json()) as Record<string, unknown>, warning: r.headers.get('warning') };
 }

@@ -2,6 +2,7 @@
 // single value, UID list (backslash-separated), wildcards (* and ?), date and time ranges
 // (a-b, a-, -b) and universal matching (an empty key is returned, not matched).
 import type { Queryable } from '../db/index.ts';
+import { rowScopeSql, type RowScope } from '../records/index.ts';
 
 export type QueryLevel = 'PATIENT' | 'STUDY' | 'SERIES' | 'IMAGE';
 
@@ -89,8 +90,19 @@ export type Match = Record<string, string | number | null>;
 
 export type FindResult = { ok: true; value: Match[] } | { ok: false; error: string };
 
+export interface FindOptions {
+  limit?: number;
+  offset?: number;
+  include?: string[];
+  /**
+   * Only studies of the patients in this scope (the access layer's): a study counts as its
+   * FHIR Patient's once linked; until then it is in a patients-scope of nobody.
+   */
+  rows?: RowScope;
+}
+
 /** Finds entities at `level` matching `keys` (keyword -> value); returns the keys asked for plus the level's unique key. */
-export async function findImaging(q: Queryable, level: QueryLevel, keys: Record<string, string>, opts: { limit?: number; offset?: number; include?: string[] } = {}): Promise<FindResult> {
+export async function findImaging(q: Queryable, level: QueryLevel, keys: Record<string, string>, opts: FindOptions = {}): Promise<FindResult> {
   const where: string[] = [];
   const params: unknown[] = [];
   const p = (v: unknown) => {
@@ -117,6 +129,7 @@ export async function findImaging(q: Queryable, level: QueryLevel, keys: Record<
     IMAGE: 'imaging_instance i JOIN imaging_series se ON se.series_uid = i.series_uid JOIN imaging_study s ON s.study_uid = i.study_uid',
   }[level];
   if (level === 'IMAGE') where.push('i.current');
+  if (opts.rows && opts.rows.kind !== 'all') where.push(studyInScope(opts.rows, 's', p));
   const whereSql = where.length ? `WHERE ${where.join(' AND ')}` : '';
   const order = { PATIENT: '1', STUDY: 's.study_date NULLS LAST, s.study_uid', SERIES: 'se.series_number NULLS LAST, se.series_uid', IMAGE: 'i.instance_number NULLS LAST, i.sop_instance_uid' }[level];
   const page = `LIMIT ${Math.max(0, Math.min(opts.limit ?? 1000, 10_000))} OFFSET ${Math.max(0, opts.offset ?? 0)}`;
@@ -124,6 +137,11 @@ export async function findImaging(q: Queryable, level: QueryLevel, keys: Record<
   const sql = level === 'PATIENT' ? `SELECT DISTINCT ON ("PatientID") * FROM (SELECT ${select} FROM ${from} ${whereSql}) x ORDER BY "PatientID" ${page}` : `SELECT ${select} FROM ${from} ${whereSql} ORDER BY ${order} ${page}`;
   const { rows } = await q.query<Match>(sql, params);
   return { ok: true, value: rows.map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, typeof v === 'bigint' ? Number(v) : v]))) };
+}
+
+/** SQL: the study at `alias` is linked to a patient inside `rows`. */
+function studyInScope(rows: RowScope, alias: string, p: (v: unknown) => string): string {
+  return `EXISTS (SELECT 1 FROM (SELECT substr(${alias}.patient_ref, 9) AS patient_id WHERE ${alias}.patient_ref LIKE 'Patient/%') linked WHERE ${rowScopeSql(rows, 'linked', p)})`;
 }
 
 function condition(attr: Attr, value: string, p: (v: unknown) => string): { ok: true; sql: string } | { ok: false; error: string } {

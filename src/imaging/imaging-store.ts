@@ -180,6 +180,7 @@ export class ImagingStore {
       encrypt.destroy();
       walkerFeed.destroy();
       key.value.plaintext.fill(0);
+      await stored; // the blob store has removed its partial file before the blob goes
       await this.#o.blobs.delete(blobKey);
       throw e;
     }
@@ -276,6 +277,14 @@ export class ImagingStore {
     const sha = createHash('sha256').update(file).digest('hex');
     if (sha !== row.sha256) return imagingFail('corrupt', `instance ${sopInstanceUid}: SHA-256 ${sha} differs from ${row.sha256} recorded at ingest`);
     return { ok: true, value: { instance: toInstance(row), file } };
+  }
+
+  /** The FHIR Patient a study is linked to (`null` until linked), `undefined` for a study not held. */
+  async studyPatient(studyInstanceUid: string): Promise<string | null | undefined> {
+    const { rows } = await this.#o.db.query<{ patient_ref: string | null }>('SELECT patient_ref FROM imaging_study WHERE study_uid = $1', [studyInstanceUid]);
+    if (!rows[0]) return undefined;
+    const ref = rows[0].patient_ref;
+    return ref?.startsWith('Patient/') ? ref.slice('Patient/'.length) : null;
   }
 
   /** Current instances of a study or series, in instance-number order. */

@@ -7,7 +7,7 @@ export type { BlobStore } from './blob-store.ts';
 export { ImagingStore, IMAGING_KEY } from './imaging-store.ts';
 export type { ImagingStoreOptions, IngestOutcome, StoredInstance } from './imaging-store.ts';
 export { findImaging, queryableAttributes, attributeKeyword, toDicomJson, DEFAULT_RETURN } from './imaging-query.ts';
-export type { QueryLevel, Match } from './imaging-query.ts';
+export type { FindOptions, QueryLevel, Match } from './imaging-query.ts';
 export { startDimseServer } from './dimse-server.ts';
 export type { DimseServer, DimseServerOptions, RemoteAe } from './dimse-server.ts';
 export { part10File } from './part10.ts';

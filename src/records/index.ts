@@ -6,6 +6,7 @@ export { fail, ok } from './errors.ts';
 export { processBundle, stripEtag, MAX_BUNDLE_ENTRIES } from './bundle.ts';
 export type { BundleStore } from './bundle.ts';
 export type { AccessFilter, RowScope } from './access-filter.ts';
+export { patientInScope, rowScopeSql } from './access-filter.ts';
 export type { SearchRequest } from './search-query.ts';
 export { loadFhirDefinitions } from './fhir-definitions.ts';
 export { buildSearchParamTable } from './search-params.ts';

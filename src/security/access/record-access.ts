@@ -150,19 +150,42 @@ export class RecordAccess implements BundleStore {
     return ok(this.#maskBundle('search', type, g.value, r.value, true));
   }
 
+  /**
+   * For data kept beside the record store that cannot be masked (a DICOM file carries its
+   * patient's name and IDs in its own headers): which patients' rows of `type` the requester
+   * may touch for `action`. Refused when the caller's rules would mask or pseudonymize any part
+   * of `type`, or reach it only in aggregate. Nothing is recorded: the caller audits what it
+   * serves or refuses.
+   */
+  unmaskedScope(action: Action, type: string, target: string): Result<AccessFilter> {
+    const g = this.#decide(action, type, target);
+    if (!g.ok) return fail('forbidden', g.reason, { code: 'forbidden' });
+    const masked = [...g.value.plan].filter(([, t]) => t !== 'keep').map(([f]) => f);
+    if (g.value.aggregate || masked.length) {
+      const why = g.value.aggregate ? 'only in aggregate' : `with ${masked.join(', ')} masked`;
+      return fail('forbidden', `you may see ${type} ${why} for purpose ${this.#r.purpose}; images carry their patient's details in their headers, which medmesh does not mask`, { code: 'forbidden' });
+    }
+    return ok(g.value.filter);
+  }
+
   /** Decision for (action, type); on allow, the store filter and the masking plan. */
   #gate(action: Action, type: string, target: string): Result<Gate> {
+    const g = this.#decide(action, type, target);
+    return g.ok ? g : this.#deny(action, target, g.reason, fail('forbidden', g.reason, { code: 'forbidden' }));
+  }
+
+  #decide(action: Action, type: string, target: string): { ok: true; value: Gate & { aggregate: boolean } } | { ok: false; reason: string } {
     const { caller, purpose } = this.#r;
     const d = decide({ caller, purpose, action, resourceType: type, siteId: this.#c.siteId }, this.#c.documents.policies());
-    if (!d.allowed) return this.#deny(action, target, d.reason, fail('forbidden', d.reason, { code: 'forbidden' }));
+    if (!d.allowed) return { ok: false, reason: d.reason };
     const rows = rowScope(d.scope, type, caller, purpose);
-    if (!rows.ok) return this.#deny(action, target, rows.reason, fail('forbidden', rows.reason, { code: 'forbidden' }));
+    if (!rows.ok) return rows;
     const denied = d.scope === 'own'
       ? `${target} is not part of your own record`
       : `${target} belongs to a patient outside your care relationship (no encounter at your department or with you, no valid grant)${purpose === 'emergency' ? '' : '; in an emergency, start break-glass: POST /access/break-glass'}`;
     const filter: AccessFilter = { rows: rows.value, denied };
     if (d.fields.size > 0) filter.admitWrite = (next, previous) => admitWrite(type, d.fields, next, previous);
-    return ok({ filter, fields: d.fields, plan: maskPlan(type, d.scenario, d.fields, this.#c.documents.masking()) });
+    return { ok: true, value: { filter, fields: d.fields, plan: maskPlan(type, d.scenario, d.fields, this.#c.documents.masking()), aggregate: d.scope === 'aggregate' } };
   }
 
   /** Refuses search parameters (and sorts) that would reveal a field the caller sees masked. */
