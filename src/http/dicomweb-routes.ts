@@ -222,8 +222,16 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     // Each instance is decrypted and checked as its part is sent; a damaged one ends the
     // stream with an error rather than sending bytes that fail their checksum.
     const parts = (async function* (): AsyncGenerator<Part> {
-      for (const i of instances) {
-        const r = await store.read(i.sopInstanceUid);
+      // The next instance is fetched while this one is sent (its reads overlap the sending).
+      const read = (k: number) => {
+        const p = k < instances.length ? store.read(instances[k]!.sopInstanceUid) : undefined;
+        p?.catch(() => undefined); // awaited below; a client gone meanwhile leaves it unobserved
+        return p;
+      };
+      let next = read(0);
+      for (const [k, i] of instances.entries()) {
+        const r = (await next)!;
+        next = read(k + 1);
         if (!r.ok) throw new Error(r.error.message);
         yield { headers: { 'Content-Type': `application/dicom; transfer-syntax=${i.transferSyntaxUid}`, 'Content-Location': `/dicomweb/studies/${i.studyInstanceUid}/series/${i.seriesInstanceUid}/instances/${i.sopInstanceUid}` }, body: r.value.file };
       }

@@ -23,6 +23,8 @@ function blobStoreContract(name: string, open: () => Promise<{ store: BlobStore;
       assert.deepEqual(await s.store.put('ab/two.mmf', Readable.from([big.subarray(0, 2 ** 20), big.subarray(2 ** 20)])), { bytes: big.length });
       assert.equal((await buffer((await s.store.get('ab/one.mmf'))!)).toString(), 'hello');
       assert.ok((await buffer((await s.store.get('ab/two.mmf'))!)).equals(big));
+      assert.ok((await s.store.read('ab/two.mmf'))!.equals(big), 'read whole');
+      assert.equal(await s.store.read('ab/none.mmf'), undefined);
       const keys: string[] = [];
       for await (const k of s.store.list('ab/')) keys.push(k);
       assert.deepEqual(keys.sort(), ['ab/one.mmf', 'ab/two.mmf']);

@@ -1,7 +1,7 @@
 // Where image files live (DESIGN.md §9): a small contract so the filesystem default and an
 // S3-compatible store can be swapped. A blob is visible under its key only once complete.
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
@@ -11,6 +11,8 @@ export interface BlobStore {
   put(key: string, data: Readable | Uint8Array): Promise<{ bytes: number }>;
   /** The blob's bytes, or undefined when there is none under that key. */
   get(key: string): Promise<Readable | undefined>;
+  /** The blob whole, for readers that want it whole anyway (no stream in between). */
+  read(key: string): Promise<Buffer | undefined>;
   delete(key: string): Promise<void>;
   /** Every key under a prefix (for sweeps and audits). */
   list(prefix?: string): AsyncIterable<string>;
@@ -67,6 +69,15 @@ export class FsBlobStore implements BlobStore {
       return undefined;
     }
     return createReadStream(path);
+  }
+
+  async read(key: string): Promise<Buffer | undefined> {
+    try {
+      return await readFile(this.#path(key));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
   }
 
   async delete(key: string): Promise<void> {

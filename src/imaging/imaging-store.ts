@@ -3,9 +3,8 @@
 // before the index row and removed if the row cannot be written, so a failure leaves neither.
 import { createHash, randomUUID } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
-import { buffer as collect } from 'node:stream/consumers';
 import type { Db, Queryable } from '../db/index.ts';
-import { createDecryptStream, createEncryptStream } from '../security/crypto/index.ts';
+import { createEncryptStream, decryptFile } from '../security/crypto/index.ts';
 import type { Kms } from '../security/kms/index.ts';
 import type { BlobStore } from './blob-store.ts';
 import { attributesOf, readInstance, type DicomJson, type InstanceAttributes } from './dicom-attributes.ts';
@@ -258,7 +257,7 @@ export class ImagingStore {
   async read(sopInstanceUid: string): Promise<ImagingResult<{ instance: StoredInstance; file: Buffer }>> {
     const row = await this.#current(this.#o.db, sopInstanceUid);
     if (!row) return imagingFail('not-found', `no instance ${sopInstanceUid}`);
-    const sealed = await this.#o.blobs.get(row.blob_key);
+    const sealed = await this.#o.blobs.read(row.blob_key);
     if (!sealed) return imagingFail('corrupt', `instance ${sopInstanceUid}: its file ${row.blob_key} is missing from the blob store`);
     let key: Buffer;
     try {
@@ -268,7 +267,7 @@ export class ImagingStore {
     }
     let file: Buffer;
     try {
-      file = await collect(sealed.pipe(createDecryptStream(() => key)));
+      file = decryptFile(sealed, () => key);
     } catch (e) {
       return imagingFail('corrupt', `instance ${sopInstanceUid}: ${e instanceof Error ? e.message : String(e)}`);
     } finally {

@@ -8,7 +8,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { after, before, describe, it } from 'node:test';
 import type { CryptoError } from './errors.ts';
-import { createDecryptStream, createEncryptStream } from './file-stream.ts';
+import { createDecryptStream, createEncryptStream, decryptFile } from './file-stream.ts';
 
 const GiB = 1024 ** 3;
 
@@ -57,6 +57,7 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
       const pieces = Array.from({ length: Math.ceil(enc.length / 7) }, (_, i) => enc.subarray(i * 7, i * 7 + 7));
       await pipeline(Readable.from(pieces), createDecryptStream((h) => (assert.equal(h.kv, 7), key.key)), new Writable({ write(c: Buffer, _e, d) { out.push(c); d(); } }));
       assert.deepEqual(Buffer.concat(out), plain, `size ${size}`);
+      assert.deepEqual(decryptFile(enc, () => key.key), plain, `size ${size}, whole`);
     }
   });
 
@@ -72,6 +73,13 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
     await assert.rejects(decrypt(enc.subarray(0, 20)), (e: CryptoError) => e.code === 'truncated');
     await assert.rejects(decrypt(enc, randomBytes(32)), (e: CryptoError) => e.code === 'auth-failed');
     await assert.rejects(decrypt(Buffer.from('not an encrypted file at all, just text')), (e: CryptoError) => e.code === 'bad-input');
+    // The same verdicts from the whole-file decryption.
+    const whole = (bytes: Buffer, k = key.key) => () => decryptFile(bytes, () => k);
+    assert.throws(whole(flipped), (e: CryptoError) => e.code === 'auth-failed');
+    assert.throws(whole(enc.subarray(0, enc.length - 40)), (e: CryptoError) => e.code === 'auth-failed');
+    assert.throws(whole(enc.subarray(0, 20)), (e: CryptoError) => e.code === 'truncated');
+    assert.throws(whole(enc, randomBytes(32)), (e: CryptoError) => e.code === 'auth-failed');
+    assert.throws(whole(Buffer.from('not an encrypted file at all, just text')), (e: CryptoError) => e.code === 'bad-input');
     await writeFile(join(dir, 'x'), '');
   });
 

@@ -120,6 +120,29 @@ export function createDecryptStream(resolveKey: (header: FileHeader) => Uint8Arr
   });
 }
 
+/**
+ * The whole file in hand (it is wanted whole anyway): the MAC is checked first, then the body
+ * decrypted in one call, with none of a stream's per-chunk copies. Same errors as the stream.
+ */
+export function decryptFile(sealed: Uint8Array, resolveKey: (header: FileHeader) => Uint8Array): Buffer {
+  const all = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+  if (all.length >= 4 && !all.subarray(0, 4).equals(MAGIC)) throw new CryptoError('bad-input', 'not a medmesh encrypted file (bad magic)');
+  const len = all.length >= 6 ? all.readUInt16BE(4) : Infinity;
+  if (all.length < 6 + len + MAC_BYTES) throw new CryptoError('truncated', 'encrypted file is truncated (no complete header and MAC)');
+  const header = parseHeader(all.subarray(6, 6 + len));
+  const { enc, mac } = deriveKeys(resolveKey(header));
+  const macAt = all.length - MAC_BYTES;
+  if (!equalConstantTime(createHmac('sm3', mac).update(all.subarray(0, macAt)).digest(), all.subarray(macAt))) {
+    throw new CryptoError('auth-failed', 'encrypted file MAC does not match: the file was altered or the key is wrong');
+  }
+  const decipher = createDecipheriv('sm4-cbc', enc, Buffer.from(header.iv, 'base64'));
+  try {
+    return Buffer.concat([decipher.update(all.subarray(6 + len, macAt)), decipher.final()]);
+  } catch {
+    throw new CryptoError('decrypt-failed', 'encrypted file padding is invalid');
+  }
+}
+
 function parseHeader(bytes: Buffer): FileHeader {
   let h: FileHeader;
   try {

@@ -10,6 +10,6 @@ export type { Sm2SignOptions, Sm2CipherFormat } from './sm2.ts';
 export { aes256GcmEncrypt, aes256GcmDecrypt, rsa3072Generate, rsaOaepEncrypt, rsaOaepDecrypt, rsaPssSign, rsaPssVerify } from './fallback.ts';
 export { sealEnvelope, openEnvelope, readEnvelopeHeader, algorithmFor, keyBytesFor, ENVELOPE_ALGORITHMS } from './envelope.ts';
 export type { EnvelopeAlgorithm, EnvelopeHeader, CryptoPolicy } from './envelope.ts';
-export { createEncryptStream, createDecryptStream } from './file-stream.ts';
+export { createEncryptStream, createDecryptStream, decryptFile } from './file-stream.ts';
 export type { FileKey, FileHeader } from './file-stream.ts';
 export { GcmWorker } from './sm4-gcm-parallel.ts';
