@@ -49,9 +49,11 @@ describe('medmesh CLI', () => {
     assert.match(dport.stderr, /--dicom-port must be 0-65535/);
     const noDicom = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--collect-from', 'pacs=ORTHANC@127.0.0.1:4242');
     assert.equal(noDicom.status, 2);
-    assert.match(noDicom.stderr, /--collect-from needs --dicom-port/);
+    assert.match(noDicom.stderr, /--collect-from pacs \(DIMSE\) needs --dicom-port/);
     const badSource = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '11112', '--collect-from', 'pacs=ORTHANC:4242');
-    assert.match(badSource.stderr, /--collect-from: "pacs=ORTHANC:4242" is not id=AE@host:port/);
+    assert.match(badSource.stderr, /--collect-from: "pacs=ORTHANC:4242" is neither id=AE@host:port nor id=http\(s\):\/\/host:port\/path/);
+    const badUrl = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--collect-from', 'web=ftp://pacs/dicom-web');
+    assert.match(badUrl.stderr, /"web=ftp:\/\/pacs\/dicom-web" is neither/);
     const twice = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '11112', '--collect-from', 'p=A@h:1,p=B@h:2');
     assert.match(twice.stderr, /source id p is given twice/);
     const every = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '11112', '--collect-from', 'p=A@h:1', '--collect-every', '0');

@@ -20,7 +20,7 @@ const spec = {
     'ae-title': { type: 'string', help: "this site's DICOM AE title (default: MEDMESH_<site>)", placeholder: 'AE' },
     'dicom-peers': { type: 'string', help: 'known DICOM AEs and where C-MOVE reaches them: AE=host:port,...', placeholder: 'list' },
     'accept-any-ae': { type: 'boolean', help: 'take associations from AEs not in --dicom-peers' },
-    'collect-from': { type: 'string', help: 'source PACS to collect studies from by C-FIND/C-MOVE (needs --dicom-port): id=AE@host:port,...', placeholder: 'list' },
+    'collect-from': { type: 'string', help: 'source PACS to collect studies from: id=AE@host:port by C-FIND/C-MOVE (needs --dicom-port), id=http://host:port/dicom-web by QIDO-RS/WADO-RS; comma-separated', placeholder: 'list' },
     'collect-every': { type: 'string', help: 'minutes between collection runs', default: '15', placeholder: 'minutes' },
     'collect-days': { type: 'string', help: 'study days looked at per run, ending today', default: '2', placeholder: 'n' },
   },
@@ -36,9 +36,10 @@ export async function siteVerb(argv: string[]): Promise<number> {
   // Every flag is checked before the database opens (an open embedded database keeps the process alive).
   const dicomSettings = dicomFlags(flags);
   const collect = collectFlags(flags);
-  if (collect && !dicomSettings) throw new UsageError('--collect-from needs --dicom-port: the source PACS sends the studies to this site\'s AE');
+  const dimseSources = (collect?.sources ?? []).flatMap((s) => (s.kind === 'dicomweb' ? [] : [s]));
+  if (dimseSources.length && !dicomSettings) throw new UsageError(`--collect-from ${dimseSources[0]!.id} (DIMSE) needs --dicom-port: the source PACS sends the studies to this site's AE`);
   // A source sends what it is asked for from its own AE: it is a known peer.
-  if (collect && dicomSettings) for (const s of collect.sources) dicomSettings.remoteAes[s.aeTitle] ??= { host: s.host, port: s.port };
+  if (dicomSettings) for (const s of dimseSources) dicomSettings.remoteAes[s.aeTitle] ??= { host: s.host, port: s.port };
   const { region, siteId, db } = await openSiteFromFlags(flags);
   const port = flags.port !== undefined ? Number(flags.port) : portOf(region.site(siteId)!.url);
   const dicom = dicomSettings ? { ...dicomSettings, aeTitle: dicomSettings.aeTitle ?? `MEDMESH_${siteId}`.toUpperCase() } : undefined;
@@ -58,7 +59,7 @@ export async function siteVerb(argv: string[]): Promise<number> {
   if (site.dimse && dicom) site.app.log.info({ ae: dicom.aeTitle, port: site.dimse.port }, `DICOM AE ${dicom.aeTitle} on ${flags.host}:${site.dimse.port}`);
   if (site.collection) {
     site.collection.start();
-    site.app.log.info({ sources: collect?.sources.map((s) => s.id) }, `collecting from ${collect?.sources.map((s) => `${s.id} (${s.aeTitle}@${s.host}:${s.port})`).join(', ')} every ${flags['collect-every']} min; reports at /imaging/collection`);
+    site.app.log.info({ sources: collect?.sources.map((s) => s.id) }, `collecting from ${collect?.sources.map((s) => `${s.id} (${s.kind === 'dicomweb' ? s.url : `${s.aeTitle}@${s.host}:${s.port}`})`).join(', ')} every ${flags['collect-every']} min; reports at /imaging/collection`);
   }
   if (!flags['no-replication']) {
     // Pullers wait while the site is sealed and while a peer is not trusted; they log why.
@@ -96,11 +97,14 @@ function collectFlags(f: { 'collect-from'?: string | undefined; 'collect-every':
   if (!Number.isInteger(days) || days < 1 || days > 31) throw new UsageError(`--collect-days must be a whole number 1-31 (got ${f['collect-days']})`);
   const sources: CollectionSource[] = [];
   for (const entry of f['collect-from'].split(',').filter(Boolean)) {
+    const web = /^([A-Za-z0-9._-]{1,64})=(https?:\/\/\S+)$/.exec(entry.trim());
     const m = /^([A-Za-z0-9._-]{1,64})=([^@\\]{1,16})@([^:]+):(\d{1,5})$/.exec(entry.trim());
-    if (!m || Number(m[4]) > 65535) throw new UsageError(`--collect-from: ${JSON.stringify(entry)} is not id=AE@host:port`);
-    if (sources.some((s) => s.id === m[1])) throw new UsageError(`--collect-from: source id ${m[1]} is given twice`);
-    sources.push({ id: m[1]!, aeTitle: m[2]!, host: m[3]!, port: Number(m[4]) });
+    const id = web?.[1] ?? m?.[1];
+    if (id && sources.some((s) => s.id === id)) throw new UsageError(`--collect-from: source id ${id} is given twice`);
+    if (web && URL.canParse(web[2]!)) sources.push({ id: web[1]!, kind: 'dicomweb', url: web[2]! });
+    else if (m && Number(m[4]) <= 65535) sources.push({ id: m[1]!, aeTitle: m[2]!, host: m[3]!, port: Number(m[4]) });
+    else throw new UsageError(`--collect-from: ${JSON.stringify(entry)} is neither id=AE@host:port nor id=http(s)://host:port/path`);
   }
-  if (sources.length === 0) throw new UsageError('--collect-from names no source (id=AE@host:port,...)');
+  if (sources.length === 0) throw new UsageError('--collect-from names no source (id=AE@host:port or id=http://host:port/dicom-web, ...)');
   return { sources, everyMs: every * 60_000, days };
 }

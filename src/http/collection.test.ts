@@ -58,9 +58,9 @@ describe(`collection reports (${testBackend()})`, () => {
 });
 
 describe(`a site collecting on its own (${testBackend()})`, () => {
-  it('collects today from a real Orthanc once started, and reports the day complete', async () => {
+  it('collects today from a real Orthanc once started, by DIMSE and by DICOMweb, and reports the day complete', async () => {
     const dimsePort = await freePort();
-    const orthanc = await startOrthanc({ modalities: { MEDMESH_B: dimsePort } });
+    const orthanc = await startOrthanc({ modalities: { MEDMESH_B: dimsePort }, dicomweb: true });
     const db = await openTestDb({ migrated: false });
     const blobRoot = await mkdtemp(join(tmpdir(), 'medmesh-collect-'));
     try {
@@ -73,7 +73,10 @@ describe(`a site collecting on its own (${testBackend()})`, () => {
         imaging: {
           blobRoot,
           dicom: { aeTitle: 'MEDMESH_B', host: '127.0.0.1', port: dimsePort, remoteAes: { [orthanc.aeTitle]: { host: '127.0.0.1', port: orthanc.dicomPort } } },
-          collect: { sources: [{ id: 'orthanc', aeTitle: orthanc.aeTitle, host: '127.0.0.1', port: orthanc.dicomPort }], days: 1, onRun: (r) => runs.push(r) },
+          collect: {
+            sources: [{ id: 'orthanc', aeTitle: orthanc.aeTitle, host: '127.0.0.1', port: orthanc.dicomPort }, { id: 'orthanc-web', kind: 'dicomweb', url: `${orthanc.http}/dicom-web` }],
+            days: 1, onRun: (r) => runs.push(r),
+          },
         },
       });
       assert.ok(opened.ok);
@@ -82,12 +85,14 @@ describe(`a site collecting on its own (${testBackend()})`, () => {
         await site.kms.init({ custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })), threshold: 2 });
         site.collection!.start();
         const until = Date.now() + 30_000;
-        while (runs.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
-        assert.equal(runs[0]?.outcome, 'collected', JSON.stringify(runs));
-        const report = await site.app.inject({ method: 'GET', url: `/imaging/collection/orthanc/${today}`, headers: tokensOf(site)(['administrator']) });
-        assert.equal(report.statusCode, 200, report.body);
-        const r = report.json<{ complete: boolean; source_instances: number; held_instances: number }>();
-        assert.deepEqual([r.complete, r.source_instances, r.held_instances], [true, 2, 2]);
+        while (runs.length < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+        assert.deepEqual(runs.map((r) => [r.source, r.outcome]).sort(), [['orthanc', 'collected'], ['orthanc-web', 'collected']], JSON.stringify(runs));
+        for (const source of ['orthanc', 'orthanc-web']) {
+          const report = await site.app.inject({ method: 'GET', url: `/imaging/collection/${source}/${today}`, headers: tokensOf(site)(['administrator']) });
+          assert.equal(report.statusCode, 200, report.body);
+          const r = report.json<{ complete: boolean; source_instances: number; held_instances: number }>();
+          assert.deepEqual([r.complete, r.source_instances, r.held_instances], [true, 2, 2], source);
+        }
       } finally {
         await site.close();
       }

@@ -38,7 +38,7 @@ export interface SiteOptions {
     streamAboveBytes?: number;
     /** Starts the DIMSE service provider too (absent: DICOMweb only). */
     dicom?: Omit<DimseServerOptions, 'store' | 'siteId' | 'audit'>;
-    /** Source PACS to collect from (needs `dicom`: they send to this site's AE); started by `startCollection`. */
+    /** Source PACS to collect from (DIMSE sources need `dicom`: they send to this site's AE); started by `startCollection`. */
     collect?: { sources: CollectionSource[]; everyMs?: number; days?: number; onRun?: (run: SourceRun) => void };
   };
 }
@@ -108,7 +108,8 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   if (!region.site(siteId)) {
     return { ok: false, error: { kind: 'unknown-site', message: `site ${siteId} is not in region ${region.id} (sites: ${region.sites.map((s) => s.id).join(', ')})` } };
   }
-  if (opts.imaging?.collect?.sources.length && !opts.imaging.dicom) return { ok: false, error: { kind: 'config', message: 'collecting from a PACS needs DICOM on this node (the source sends to its AE)' } };
+  const dimseSource = opts.imaging?.collect?.sources.find((s) => s.kind !== 'dicomweb');
+  if (dimseSource && !opts.imaging?.dicom) return { ok: false, error: { kind: 'config', message: `collecting from ${dimseSource.id} by C-MOVE needs DICOM on this node (the source sends to its AE)` } };
   const migrated = await migrate(db);
   if (!migrated.ok) return { ok: false, error: { kind: 'migration', message: migrated.error.message } };
   const claimed = await claimSiteIdentity(db, region.id, siteId);
@@ -181,10 +182,10 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
       })
     : undefined;
   const collect = opts.imaging?.collect;
-  const collection = dimse && opts.imaging?.dicom && collect?.sources.length
+  const collection = imaging && collect?.sources.length
     ? new CollectionScheduler({
         db, holder: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`,
-        collectors: collect.sources.map((source) => new Collector({ db, source, localAe: opts.imaging!.dicom!.aeTitle })),
+        collectors: collect.sources.map((source) => new Collector({ db, source, store: imaging, ...(opts.imaging?.dicom ? { localAe: opts.imaging.dicom.aeTitle } : {}) })),
         ...(collect.everyMs ? { everyMs: collect.everyMs } : {}), ...(collect.days ? { days: collect.days } : {}), ...(collect.onRun ? { onRun: collect.onRun } : {}),
       })
     : undefined;

@@ -47,7 +47,7 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
     assert.ok(run.ok, JSON.stringify(run));
     assert.deepEqual([run.value.studies, run.value.retrieved, run.value.skipped], [3, 2, 0]);
     assert.deepEqual(run.value.failed.map((f) => f.study), [uid(3)]);
-    assert.match(run.value.failed[0]!.error, /C-MOVE .* ended with status|holds 0 after the move/);
+    assert.match(run.value.failed[0]!.error, /C-MOVE .* ended with status|holds 0 after the retrieval/);
     const report = await collector.report(DAY);
     assert.equal(report.complete, false);
     assert.deepEqual([report.source_studies, report.held_studies, report.source_instances, report.held_instances], [3, 2, 6, 5]);

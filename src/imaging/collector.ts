@@ -1,20 +1,23 @@
 // Active collection (the archive's "active integration", DESIGN.md §9): medmesh asks a source
-// PACS what it holds per study date (C-FIND) and pulls what it lacks (C-MOVE to its own AE),
-// with a checkpoint per study so a restart goes on where it stopped, bounded concurrency,
-// retries with backoff, and a completeness report per day: source versus held.
+// PACS what it holds per study date (C-FIND or QIDO-RS) and pulls what it lacks (C-MOVE to its
+// own AE, or WADO-RS), with a checkpoint per study so a restart goes on where it stopped,
+// bounded concurrency, retries with backoff, and a completeness report per day: source versus
+// held.
 import type { Db } from '../db/index.ts';
-import { cFindStudies, cMoveStudy, type DicomPeer } from './dimse-scu.ts';
+import { dicomwebTransport, dimseTransport, type CollectionTransport, type DicomwebSource } from './collection-transport.ts';
+import type { DicomPeer } from './dimse-scu.ts';
+import type { ImagingStore } from './imaging-store.ts';
 
-export interface CollectionSource extends DicomPeer {
-  /** Stable name for checkpoints and reports. */
-  id: string;
-}
+/** A source PACS, by DIMSE (the default) or DICOMweb; `id` names it in checkpoints and reports. */
+export type CollectionSource = { id: string } & ((DicomPeer & { kind?: 'dimse' }) | (DicomwebSource & { kind: 'dicomweb' }));
 
 export interface CollectorOptions {
   db: Db;
   source: CollectionSource;
-  /** Our AE title: the calling AE, and the C-MOVE destination the source knows us by. */
-  localAe: string;
+  /** DIMSE sources: our AE title, the calling AE and the C-MOVE destination the source knows us by. */
+  localAe?: string;
+  /** DICOMweb sources: where retrieved instances are stored. */
+  store?: ImagingStore;
   concurrency?: number;
   /** Attempts per study before it is left as failed for the next run (default 3). */
   maxAttempts?: number;
@@ -47,9 +50,18 @@ const DAY = /^\d{8}$/;
 
 export class Collector {
   readonly #o: CollectorOptions;
+  readonly #transport: CollectionTransport;
 
   constructor(opts: CollectorOptions) {
     this.#o = opts;
+    const s = opts.source;
+    if (s.kind === 'dicomweb') {
+      if (!opts.store) throw new Error(`collector ${s.id}: a DICOMweb source needs the imaging store`);
+      this.#transport = dicomwebTransport(s, { store: opts.store, sourceLabel: `dicomweb:${s.id}`, ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}) });
+    } else {
+      if (!opts.localAe) throw new Error(`collector ${s.id}: a DIMSE source needs this site's AE title`);
+      this.#transport = dimseTransport(s, { localAe: opts.localAe, ...(opts.timeoutMs ? { findTimeoutMs: opts.timeoutMs, moveTimeoutMs: opts.timeoutMs } : {}) });
+    }
   }
 
   get sourceId(): string {
@@ -60,12 +72,9 @@ export class Collector {
   async collectDay(day: string): Promise<{ ok: true; value: DayRun } | { ok: false; error: string }> {
     if (!DAY.test(day)) return { ok: false, error: `day ${JSON.stringify(day)} must be YYYYMMDD` };
     const { db, source } = this.#o;
-    const scu = { callingAe: this.#o.localAe, timeoutMs: this.#o.timeoutMs ?? 120_000 };
-    const found = await cFindStudies(source, scu, { StudyDate: day, StudyInstanceUID: '', NumberOfStudyRelatedInstances: '' });
+    const found = await this.#transport.findStudies(day);
     if (!found.ok) return found;
-    const studies = found.value
-      .map((m) => ({ uid: text(m.StudyInstanceUID), count: text(m.NumberOfStudyRelatedInstances) === '' ? null : Number(text(m.NumberOfStudyRelatedInstances)) }))
-      .filter((s) => s.uid);
+    const studies = found.value;
     await db.transaction(async (tx) => {
       for (const s of studies) {
         // A study whose count at the source changed is fetched again (new instances arrived).
@@ -118,14 +127,14 @@ export class Collector {
     let error = '';
     for (let attempt = attemptsSoFar; attempt < attemptsSoFar + max; attempt++) {
       if (attempt > attemptsSoFar) await new Promise((r) => setTimeout(r, (this.#o.retryDelayMs ?? 1000) * 2 ** (attempt - attemptsSoFar - 1)));
-      const moved = await cMoveStudy(source, { callingAe: this.#o.localAe, timeoutMs: this.#o.timeoutMs ?? 600_000 }, this.#o.localAe, study);
+      const moved = await this.#transport.retrieveStudy(study);
       const expected = (await db.query<{ n: number | null }>('SELECT source_instances AS n FROM imaging_collection_study WHERE source = $1 AND study_uid = $2', [source.id, study])).rows[0]?.n ?? null;
       const held = await heldInstances(db, study);
       if (moved.ok && (expected === null || held >= expected)) {
         await db.query("UPDATE imaging_collection_study SET state = 'retrieved', attempts = $3, last_error = NULL, updated_at = now() WHERE source = $1 AND study_uid = $2", [source.id, study, attempt + 1]);
         return { ok: true };
       }
-      error = moved.ok ? `the source has ${expected} instance(s), medmesh holds ${held} after the move` : moved.error;
+      error = moved.ok ? `the source has ${expected} instance(s), medmesh holds ${held} after the retrieval` : moved.error;
       await db.query("UPDATE imaging_collection_study SET state = 'failed', attempts = $3, last_error = $4, updated_at = now() WHERE source = $1 AND study_uid = $2", [source.id, study, attempt + 1, error]);
     }
     return { ok: false, error };
@@ -167,11 +176,6 @@ export async function completenessReport(db: Db, source: string, day: string): P
     complete: queried !== undefined && differences.length === 0,
     differences,
   };
-}
-
-/** A C-FIND answer value as text ('' when absent or not a plain value). */
-function text(v: unknown): string {
-  return typeof v === 'string' || typeof v === 'number' ? String(v).trim() : '';
 }
 
 function daysBetween(from: string, to: string): string[] {

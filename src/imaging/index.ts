@@ -15,6 +15,8 @@ export { StudyLinker, DICOM_PATIENT_ID_SYSTEM, FROM_DICOM_TAG } from './fhir-lin
 export type { StudyLinkerOptions, LinkOutcome } from './fhir-link.ts';
 export { Collector, completenessReport } from './collector.ts';
 export type { CollectorOptions, CollectionSource, CompletenessReport, DayRun } from './collector.ts';
+export { dicomwebTransport, dimseTransport } from './collection-transport.ts';
+export type { CollectionTransport, DicomwebSource, StudyAtSource } from './collection-transport.ts';
 export { CollectionScheduler } from './collection-scheduler.ts';
 export type { CollectionSchedulerOptions, SourceRun } from './collection-scheduler.ts';
 export { cEcho, cFindStudies, cMoveStudy, cStoreFiles } from './dimse-scu.ts';

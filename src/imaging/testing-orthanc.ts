@@ -3,6 +3,7 @@
 // host's loopback through Unix-socket relays (relay.ts). Orthanc's DICOM and HTTP ports
 // appear at 127.0.0.1 here; Orthanc reaches medmesh's DIMSE port the other way round.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,11 +37,26 @@ export interface OrthancOptions {
    * route to this host's loopback).
    */
   postgresIndex?: { database: string; socketDir?: string };
+  /** Serve DICOMweb at <http>/dicom-web (Debian's orthanc-dicomweb plugin). */
+  dicomweb?: boolean;
+}
+
+/** Debian's orthanc-dicomweb plugin, when installed (its file name carries the version). */
+export function orthancDicomwebPlugin(): string | undefined {
+  const dir = '/usr/lib/orthanc';
+  const name = existsSync(dir) ? readdirSync(dir).find((f) => f.startsWith('libOrthancDicomWeb.so')) : undefined;
+  return name ? join(dir, name) : undefined;
 }
 
 const PG_INDEX_PLUGIN = '/usr/lib/orthanc/libOrthancPostgreSQLIndex.so.4.0';
 
 const IN_NS = { dicom: 4242, http: 8042 };
+
+function dicomwebPlugin(): string {
+  const plugin = orthancDicomwebPlugin();
+  if (!plugin) throw new Error('Orthanc with DICOMweb needs the plugin: apt-get install orthanc-dicomweb');
+  return plugin;
+}
 
 export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrthanc> {
   const id = randomBytes(3).toString('hex');
@@ -69,7 +85,8 @@ export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrtha
       StorageDirectory: join(dir, 'storage'),
       IndexDirectory: join(dir, 'index'),
       StorageCompression: opts.storageCompression ?? false,
-      Plugins: opts.postgresIndex ? [PG_INDEX_PLUGIN] : [],
+      Plugins: [...(opts.postgresIndex ? [PG_INDEX_PLUGIN] : []), ...(opts.dicomweb ? [dicomwebPlugin()] : [])],
+      ...(opts.dicomweb ? { DicomWeb: { Enable: true, Root: '/dicom-web/', EnableWado: false } } : {}),
       ...(opts.postgresIndex
         ? { PostgreSQL: { EnableIndex: true, EnableStorage: false, Host: opts.postgresIndex.socketDir ?? '/var/run/postgresql', Port: 5432, Database: opts.postgresIndex.database, Username: 'postgres', Password: '', Lock: false, IndexConnectionsCount: 1 } }
         : {}),
