@@ -54,6 +54,13 @@ describe('medmesh CLI', () => {
     assert.match(badSource.stderr, /--collect-from: "pacs=ORTHANC:4242" is neither id=AE@host:port nor id=http\(s\):\/\/host:port\/path/);
     const badUrl = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--collect-from', 'web=ftp://pacs/dicom-web');
     assert.match(badUrl.stderr, /"web=ftp:\/\/pacs\/dicom-web" is neither/);
+    const noEndpoint = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--blobs', 's3://medmesh-images/site-b', { MEDMESH_S3_ENDPOINT: '' });
+    assert.equal(noEndpoint.status, 2);
+    assert.match(noEndpoint.stderr, /--blobs s3:\/\/medmesh-images\/site-b needs MEDMESH_S3_ENDPOINT in the environment/);
+    const noKey = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--blobs', 's3://medmesh-images', { MEDMESH_S3_ENDPOINT: 'http://127.0.0.1:9000', AWS_ACCESS_KEY_ID: '' });
+    assert.match(noKey.stderr, /needs AWS_ACCESS_KEY_ID/);
+    const badBucket = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--blobs', 's3://B');
+    assert.match(badBucket.stderr, /an S3 location is s3:\/\/bucket or s3:\/\/bucket\/prefix/);
     const twice = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '11112', '--collect-from', 'p=A@h:1,p=B@h:2');
     assert.match(twice.stderr, /source id p is given twice/);
     const every = medmesh('site', '--region', EXAMPLE, '--site', 'B', '--dicom-port', '11112', '--collect-from', 'p=A@h:1', '--collect-every', '0');

@@ -3,7 +3,7 @@ import { helpText, parseFlags, UsageError, type FlagSpec, type VerbSpec } from '
 import { openSiteFromFlags, portOf, SITE_DB_FLAGS } from './common.ts';
 import { waitForShutdown } from './shutdown.ts';
 import { join } from 'node:path';
-import type { CollectionSource, RemoteAe, SourceRun } from '../imaging/index.ts';
+import type { CollectionSource, RemoteAe, S3BlobStoreOptions, SourceRun } from '../imaging/index.ts';
 
 const spec = {
   name: 'site',
@@ -15,7 +15,7 @@ const spec = {
     host: { type: 'string', help: 'address to bind', default: '127.0.0.1', placeholder: 'addr' },
     'no-replication': { type: 'boolean', help: "do not pull the other sites' changefeeds from this node" },
     'verify-every': { type: 'string', help: 'check consistency with every peer this often (0: never)', default: '15', placeholder: 'minutes' },
-    blobs: { type: 'string', help: 'folder for image files, encrypted (default: <data>/<site>-blobs)', placeholder: 'dir' },
+    blobs: { type: 'string', help: 'where image files go, encrypted: a folder (default: <data>/<site>-blobs) or s3://bucket/prefix (with MEDMESH_S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_REGION)', placeholder: 'dir|s3-url' },
     'dicom-port': { type: 'string', help: 'serve DICOM (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) on this port (default: off)', placeholder: 'n' },
     'ae-title': { type: 'string', help: "this site's DICOM AE title (default: MEDMESH_<site>)", placeholder: 'AE' },
     'dicom-peers': { type: 'string', help: 'known DICOM AEs and where C-MOVE reaches them: AE=host:port,...', placeholder: 'list' },
@@ -36,6 +36,7 @@ export async function siteVerb(argv: string[]): Promise<number> {
   // Every flag is checked before the database opens (an open embedded database keeps the process alive).
   const dicomSettings = dicomFlags(flags);
   const collect = collectFlags(flags);
+  const blobs = blobFlags(flags.blobs, process.env);
   const dimseSources = (collect?.sources ?? []).flatMap((s) => (s.kind === 'dicomweb' ? [] : [s]));
   if (dimseSources.length && !dicomSettings) throw new UsageError(`--collect-from ${dimseSources[0]!.id} (DIMSE) needs --dicom-port: the source PACS sends the studies to this site's AE`);
   // A source sends what it is asked for from its own AE: it is a known peer.
@@ -47,7 +48,7 @@ export async function siteVerb(argv: string[]): Promise<number> {
     const held = run.days.flatMap((d) => (d.ok ? [`${d.value.day}: ${d.value.retrieved} retrieved, ${d.value.skipped} held, ${d.value.failed.length} failed`] : [`${d.day}: ${d.error}`]));
     if (run.outcome !== 'held-elsewhere') site.app.log[run.outcome === 'failed' ? 'warn' : 'info']({ source: run.source }, `collection from ${run.source}: ${run.error ?? held.join('; ')}`);
   };
-  const imaging = { blobRoot: flags.blobs ?? join(flags.data, `${siteId}-blobs`), ...(dicom ? { dicom } : {}), ...(collect ? { collect: { ...collect, onRun: (r: SourceRun) => log(r) } } : {}) };
+  const imaging = { ...(blobs ?? { blobRoot: join(flags.data, `${siteId}-blobs`) }), ...(dicom ? { dicom } : {}), ...(collect ? { collect: { ...collect, onRun: (r: SourceRun) => log(r) } } : {}) };
   const opened = await openSite({ region, siteId, db, imaging, logger: { level: process.env.LOG_LEVEL ?? 'info' } });
   if (!opened.ok) {
     await db.close();
@@ -86,6 +87,22 @@ function dicomFlags(f: { host: string; 'dicom-port'?: string | undefined; 'ae-ti
     remoteAes[m[1]!] = { host: m[2]!, port: Number(m[3]) };
   }
   return { ...(aeTitle !== undefined ? { aeTitle } : {}), host: f.host, port: Number(f['dicom-port']), remoteAes, refuseUnknownAes: !f['accept-any-ae'] };
+}
+
+/** Where image files go: a folder, or an S3-compatible bucket (credentials from the environment). */
+function blobFlags(blobs: string | undefined, env: NodeJS.ProcessEnv): { blobRoot: string } | { s3: S3BlobStoreOptions } | undefined {
+  if (blobs === undefined) return undefined;
+  if (!blobs.startsWith('s3://')) return { blobRoot: blobs };
+  const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(blobs);
+  if (!m) throw new UsageError(`--blobs ${JSON.stringify(blobs)}: an S3 location is s3://bucket or s3://bucket/prefix (bucket: 3-63 lower-case letters, digits, dots, hyphens)`);
+  const need = (name: string) => {
+    const v = env[name];
+    if (!v) throw new UsageError(`--blobs ${blobs} needs ${name} in the environment`);
+    return v;
+  };
+  const endpoint = need('MEDMESH_S3_ENDPOINT');
+  if (!URL.canParse(endpoint)) throw new UsageError(`MEDMESH_S3_ENDPOINT ${JSON.stringify(endpoint)} is not a URL (e.g. http://10.1.2.3:9000)`);
+  return { s3: { endpoint, bucket: m[1]!, ...(m[2] ? { prefix: m[2] } : {}), accessKeyId: need('AWS_ACCESS_KEY_ID'), secretAccessKey: need('AWS_SECRET_ACCESS_KEY'), ...(env.AWS_REGION ? { region: env.AWS_REGION } : {}) } };
 }
 
 /** The collection settings from the flags, or undefined when --collect-from is not given. */

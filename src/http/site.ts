@@ -17,7 +17,7 @@ import { tokenResolver } from './identity.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
 import {
-  CollectionScheduler, Collector, FsBlobStore, ImageResidency, ImagingStore, startDimseServer, StudyLinker, type CollectionSource, type DimseServer, type DimseServerOptions, type SourceRun,
+  CollectionScheduler, Collector, FsBlobStore, ImageResidency, ImagingStore, S3BlobStore, startDimseServer, StudyLinker, type CollectionSource, type S3BlobStoreOptions, type DimseServer, type DimseServerOptions, type SourceRun,
 } from '../imaging/index.ts';
 
 export const VERSION = '0.1.0';
@@ -30,9 +30,11 @@ export interface SiteOptions {
   bodyLimit?: number;
   resolveIdentity?: IdentityResolver;
   checkpointEveryMs?: number;
-  /** Where image files go (a folder for the filesystem blob store); absent: no imaging on this node. */
-  imaging?: {
-    blobRoot: string;
+  /**
+   * Images on this node (absent: none). Files go to a folder (`blobRoot`) or to an
+   * S3-compatible object store (`s3`), encrypted either way.
+   */
+  imaging?: ({ blobRoot: string; s3?: undefined } | { s3: S3BlobStoreOptions; blobRoot?: undefined }) & {
     maxFileBytes?: number;
     /** Files above this size stream through to the blob store instead of being held (default 16 MiB). */
     streamAboveBytes?: number;
@@ -168,7 +170,9 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   };
   // Image bytes are kept only for patients whose home shard this site may hold.
   const residency = new ImageResidency({ records: store, region, siteId });
-  const imaging = opts.imaging ? new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: opts.imaging.blobRoot }), admit: (a) => residency.refusal(a.patientId), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}), ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}) }) : undefined;
+  const s3 = opts.imaging?.s3 ? new S3BlobStore(opts.imaging.s3) : undefined;
+  const blobs = s3 ?? (opts.imaging?.blobRoot !== undefined ? new FsBlobStore({ root: opts.imaging.blobRoot }) : undefined);
+  const imaging = opts.imaging && blobs ? new ImagingStore({ db, kms, blobs, admit: (a) => residency.refusal(a.patientId), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}), ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}) }) : undefined;
   const studyLinker = imaging ? new StudyLinker({ db, records: store, region, siteId }) : undefined;
   studyLinker?.start();
   // DIMSE operations are audited like HTTP requests; a sealed site (no audit log) refuses them.
@@ -216,6 +220,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         } finally {
           clearTimeout(force);
         }
+        s3?.close();
       },
     },
   };

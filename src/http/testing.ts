@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Db } from '../db/index.ts';
 import { openTestDb } from '../db/test-db.ts';
+import type { S3BlobStoreOptions } from '../imaging/index.ts';
 import { tableCounts } from '../records/testing.ts';
 import { exampleRegion } from '../region/testing.ts';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
@@ -27,11 +28,21 @@ export interface TestServer {
 }
 
 /** kms: 'unsealed' (default: initialized 2-of-2 and open, so data routes serve) or 'uninitialized'. */
-export async function startTestServer(opts: { siteId?: string; bodyLimit?: number; kms?: 'unsealed' | 'uninitialized'; maxImageBytes?: number; streamImagesAboveBytes?: number } = {}): Promise<TestServer> {
+/** imageStore 's3': image files go to an S3-protocol server (s3rver) on 127.0.0.1, its data under `blobRoot`. */
+export async function startTestServer(opts: { siteId?: string; bodyLimit?: number; kms?: 'unsealed' | 'uninitialized'; maxImageBytes?: number; streamImagesAboveBytes?: number; imageStore?: 'fs' | 's3' } = {}): Promise<TestServer> {
   const db = await openTestDb({ migrated: false });
   const siteId = opts.siteId ?? 'B';
   const blobRoot = await mkdtemp(join(tmpdir(), `medmesh-${siteId}-blobs-`));
-  const opened = await openSite({ region: await exampleRegion(), siteId, db, imaging: { blobRoot, maxFileBytes: opts.maxImageBytes ?? 8 * 2 ** 20, ...(opts.streamImagesAboveBytes ? { streamAboveBytes: opts.streamImagesAboveBytes } : {}) }, ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}) });
+  let s3server: { close(): Promise<void> } | undefined;
+  let where: { blobRoot: string } | { s3: S3BlobStoreOptions } = { blobRoot };
+  if (opts.imageStore === 's3') {
+    const { default: S3rver } = await import('s3rver');
+    const server = new S3rver({ address: '127.0.0.1', port: 0, directory: blobRoot, silent: true, configureBuckets: [{ name: 'medmesh-images' }] });
+    const { port } = await server.run();
+    s3server = server;
+    where = { s3: { endpoint: `http://127.0.0.1:${port}`, bucket: 'medmesh-images', prefix: siteId, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } };
+  }
+  const opened = await openSite({ region: await exampleRegion(), siteId, db, imaging: { ...where, maxFileBytes: opts.maxImageBytes ?? 8 * 2 ** 20, ...(opts.streamImagesAboveBytes ? { streamAboveBytes: opts.streamImagesAboveBytes } : {}) }, ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}) });
   if (!opened.ok) throw new Error(opened.error.message);
   const { site } = opened;
   if ((opts.kms ?? 'unsealed') === 'unsealed') {
@@ -53,6 +64,7 @@ export async function startTestServer(opts: { siteId?: string; bodyLimit?: numbe
     async close() {
       await site.close();
       await db.close();
+      await s3server?.close();
       await rm(blobRoot, { recursive: true, force: true });
     },
   };

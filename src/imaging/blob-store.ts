@@ -20,6 +20,12 @@ export interface BlobStore {
 
 const KEY = /^[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*$/;
 
+/** The key itself, when it is one every store can hold without escaping its root; throws otherwise. */
+export function checkBlobKey(key: string): string {
+  if (!KEY.test(key) || key.includes('..')) throw new Error(`invalid blob key ${JSON.stringify(key)}`);
+  return key;
+}
+
 /** Blobs as files under one root: written to a temporary name, fsynced, then renamed. */
 export class FsBlobStore implements BlobStore {
   readonly #root: string;
@@ -29,8 +35,7 @@ export class FsBlobStore implements BlobStore {
   }
 
   #path(key: string): string {
-    if (!KEY.test(key) || key.includes('..')) throw new Error(`invalid blob key ${JSON.stringify(key)}`);
-    return join(this.#root, key);
+    return join(this.#root, checkBlobKey(key));
   }
 
   async put(key: string, data: Readable | Uint8Array): Promise<{ bytes: number }> {

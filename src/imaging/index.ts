@@ -3,6 +3,8 @@ export type { Structure, StructureResult } from './dicom-structure.ts';
 export { readInstance } from './dicom-attributes.ts';
 export type { DicomJson, InstanceAttributes } from './dicom-attributes.ts';
 export { FsBlobStore } from './blob-store.ts';
+export { S3BlobStore } from './s3-blob-store.ts';
+export type { S3BlobStoreOptions } from './s3-blob-store.ts';
 export type { BlobStore } from './blob-store.ts';
 export { ImagingStore, IMAGING_KEY } from './imaging-store.ts';
 export type { ImagingStoreOptions, IngestOutcome, StoredInstance } from './imaging-store.ts';
