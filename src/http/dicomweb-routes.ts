@@ -222,16 +222,18 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     // Each instance is decrypted and checked as its part is sent; a damaged one ends the
     // stream with an error rather than sending bytes that fail their checksum.
     const parts = (async function* (): AsyncGenerator<Part> {
-      // The next instance is fetched while this one is sent (its reads overlap the sending).
+      // The next instances are fetched (and decrypted, on the store's worker threads) while this
+      // one is sent.
+      const AHEAD = 2;
       const read = (k: number) => {
-        const p = k < instances.length ? store.read(instances[k]!.sopInstanceUid) : undefined;
-        p?.catch(() => undefined); // awaited below; a client gone meanwhile leaves it unobserved
+        const p = store.read(instances[k]!.sopInstanceUid);
+        p.catch(() => undefined); // awaited below; a client gone meanwhile leaves it unobserved
         return p;
       };
-      let next = read(0);
+      const queue = instances.slice(0, AHEAD).map((_, k) => read(k));
       for (const [k, i] of instances.entries()) {
-        const r = (await next)!;
-        next = read(k + 1);
+        const r = await queue.shift()!;
+        if (k + AHEAD < instances.length) queue.push(read(k + AHEAD));
         if (!r.ok) throw new Error(r.error.message);
         yield { headers: { 'Content-Type': `application/dicom; transfer-syntax=${i.transferSyntaxUid}`, 'Content-Location': `/dicomweb/studies/${i.studyInstanceUid}/series/${i.seriesInstanceUid}/instances/${i.sopInstanceUid}` }, body: r.value.file };
       }

@@ -4,7 +4,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import type { Db, Queryable } from '../db/index.ts';
-import { createEncryptStream, decryptFile } from '../security/crypto/index.ts';
+import { createEncryptStream, openHere, type FileOpenPool, type OpenedFile } from '../security/crypto/index.ts';
 import type { Kms } from '../security/kms/index.ts';
 import type { BlobStore } from './blob-store.ts';
 import { attributesOf, readInstance, type DicomJson, type InstanceAttributes } from './dicom-attributes.ts';
@@ -23,6 +23,8 @@ export interface ImagingStoreOptions {
   streamAboveBytes?: number;
   /** Whether this site may keep the instance (its patient's residency); a reason when not. */
   admit?: (a: InstanceAttributes) => Promise<string | undefined>;
+  /** Opens files on worker threads (absent: on the calling thread). */
+  files?: Pick<FileOpenPool, 'open'>;
 }
 
 export interface IngestOutcome {
@@ -265,15 +267,15 @@ export class ImagingStore {
     } catch (e) {
       return imagingFail('sealed', `cannot decrypt instance ${sopInstanceUid}: ${e instanceof Error ? e.message : String(e)}`);
     }
-    let file: Buffer;
+    let opened: OpenedFile;
     try {
-      file = decryptFile(sealed, () => key);
+      opened = this.#o.files ? await this.#o.files.open(sealed, key) : openHere(sealed, key);
     } catch (e) {
       return imagingFail('corrupt', `instance ${sopInstanceUid}: ${e instanceof Error ? e.message : String(e)}`);
     } finally {
       key.fill(0);
     }
-    const sha = createHash('sha256').update(file).digest('hex');
+    const { file, sha256: sha } = opened;
     if (sha !== row.sha256) return imagingFail('corrupt', `instance ${sopInstanceUid}: SHA-256 ${sha} differs from ${row.sha256} recorded at ingest`);
     return { ok: true, value: { instance: toInstance(row), file } };
   }

@@ -8,6 +8,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { after, before, describe, it } from 'node:test';
 import type { CryptoError } from './errors.ts';
+import { FileOpenPool } from './file-open-pool.ts';
 import { createDecryptStream, createEncryptStream, decryptFile } from './file-stream.ts';
 
 const GiB = 1024 ** 3;
@@ -80,6 +81,19 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
     assert.throws(whole(enc.subarray(0, 20)), (e: CryptoError) => e.code === 'truncated');
     assert.throws(whole(enc, randomBytes(32)), (e: CryptoError) => e.code === 'auth-failed');
     assert.throws(whole(Buffer.from('not an encrypted file at all, just text')), (e: CryptoError) => e.code === 'bad-input');
+    // ... and from the worker pool, which also hashes the plaintext.
+    const pool = new FileOpenPool({ threads: 2 });
+    try {
+      const opened = await Promise.all([enc, enc, enc].map((b) => pool.open(Buffer.from(b), key.key)));
+      const plain = decryptFile(enc, () => key.key);
+      for (const o of opened) assert.deepEqual([o.file, o.sha256], [plain, createHash('sha256').update(plain).digest('hex')]);
+      await assert.rejects(pool.open(flipped, key.key), (e: CryptoError) => e.code === 'auth-failed');
+      await assert.rejects(pool.open(enc.subarray(0, 20), key.key), (e: CryptoError) => e.code === 'truncated');
+      await assert.rejects(pool.open(enc, randomBytes(32)), (e: CryptoError) => e.code === 'auth-failed');
+    } finally {
+      await pool.close();
+    }
+    await assert.rejects(pool.open(flipped, key.key), (e: CryptoError) => e.code === 'auth-failed', 'a closed pool opens on the calling thread');
     await writeFile(join(dir, 'x'), '');
   });
 

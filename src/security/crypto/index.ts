@@ -11,5 +11,7 @@ export { aes256GcmEncrypt, aes256GcmDecrypt, rsa3072Generate, rsaOaepEncrypt, rs
 export { sealEnvelope, openEnvelope, readEnvelopeHeader, algorithmFor, keyBytesFor, ENVELOPE_ALGORITHMS } from './envelope.ts';
 export type { EnvelopeAlgorithm, EnvelopeHeader, CryptoPolicy } from './envelope.ts';
 export { createEncryptStream, createDecryptStream, decryptFile } from './file-stream.ts';
+export { FileOpenPool, openHere } from './file-open-pool.ts';
+export type { OpenedFile } from './file-open-pool.ts';
 export type { FileKey, FileHeader } from './file-stream.ts';
 export { GcmWorker } from './sm4-gcm-parallel.ts';
