@@ -15,7 +15,7 @@ import { migrate, openPostgres, quoteIdent } from '../../src/db/index.ts';
 import { FsBlobStore, ImagingStore, startDimseServer } from '../../src/imaging/index.ts';
 import { dcmtk, sample } from '../../src/imaging/testing.ts';
 import { startOrthanc } from '../../src/imaging/testing-orthanc.ts';
-import { FileOpenPool, Sm2PrivateKey } from '../../src/security/crypto/index.ts';
+import { FileCryptoPool, Sm2PrivateKey } from '../../src/security/crypto/index.ts';
 import { Kms } from '../../src/security/kms/index.ts';
 import { progress, round } from '../harness.ts';
 
@@ -84,8 +84,8 @@ try {
   if (!m.ok) throw new Error(m.error.message);
   const kms = new Kms({ db, siteId: 'B', policy: 'national' });
   await kms.init({ custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })), threshold: 2 });
-  const opener = new FileOpenPool();
-  const store = new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: join(dir, 'blobs') }), files: opener });
+  const fileCrypto = new FileCryptoPool();
+  const store = new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: join(dir, 'blobs') }), files: fileCrypto });
   const srv = await startDimseServer({ store, siteId: 'B', aeTitle: 'MEDMESH', port: 0, refuseUnknownAes: false, audit: () => Promise.resolve(true) });
   const orthanc = await startOrthanc();
   // Orthanc with its index in PostgreSQL (same server as medmesh's), when the plugin is here.
@@ -151,7 +151,7 @@ try {
     }, null, 2));
   } finally {
     await srv.close();
-    await opener.close();
+    await fileCrypto.close();
     await orthanc.close();
     await orthancPg?.close();
     if (pgIndexDb) await admin(`DROP DATABASE IF EXISTS ${quoteIdent(pgIndexDb)}`);

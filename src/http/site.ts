@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
 import { HybridClock } from '../clock/index.ts';
 import { boundStoreFor, claimSiteIdentity, migrate, type Db } from '../db/index.ts';
 import { buildBindingTable, buildSearchParamTable, EMPI_BLIND_INDEX_KEY, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
-import { FileOpenPool, hmacSm3Keyed } from '../security/crypto/index.ts';
+import { FileCryptoPool, hmacSm3Keyed } from '../security/crypto/index.ts';
 import type { Region } from '../region/index.ts';
 import { Kms } from '../security/kms/index.ts';
 import { AuditLog } from '../security/audit/index.ts';
@@ -173,7 +173,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   const s3 = opts.imaging?.s3 ? new S3BlobStore(opts.imaging.s3) : undefined;
   const blobs = s3 ?? (opts.imaging?.blobRoot !== undefined ? new FsBlobStore({ root: opts.imaging.blobRoot }) : undefined);
   // Whole-study retrievals decrypt on every core (workers start on first use).
-  const files = blobs ? new FileOpenPool() : undefined;
+  const files = blobs ? new FileCryptoPool() : undefined;
   const imaging = opts.imaging && blobs ? new ImagingStore({ db, kms, blobs, ...(files ? { files } : {}), admit: (a) => residency.refusal(a.patientId), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}), ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}) }) : undefined;
   const studyLinker = imaging ? new StudyLinker({ db, records: store, region, siteId }) : undefined;
   studyLinker?.start();

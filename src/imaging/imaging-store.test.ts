@@ -12,11 +12,12 @@ import { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
+import { FileCryptoPool } from '../security/crypto/index.ts';
 import { Kms } from '../security/kms/index.ts';
 import { checkStructure, checkStructureStream } from './dicom-structure.ts';
 import { findImaging } from './imaging-query.ts';
 import { ImagingStore } from './imaging-store.ts';
-import { blobCount, dcmtk, openTestImaging, PYDICOM, sample, type TestImaging } from './testing.ts';
+import { blobCount, dcmtk, makeInstances, openTestImaging, PYDICOM, sample, type TestImaging } from './testing.ts';
 
 const CT = '1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322';
 setFlagsFromString('--expose-gc'); // the bounded-memory test measures live buffers
@@ -255,6 +256,31 @@ describe(`imaging store (${testBackend()})`, () => {
     const read = await sealed.read(CT);
     assert.ok(!read.ok && read.error.kind === 'sealed');
     assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before);
+  });
+
+  it('encrypts on a worker with a data key per file, made ahead, and stops the moment the KMS seals', async () => {
+    const own = await openTestImaging();
+    const pool = new FileCryptoPool({ threads: 1 });
+    try {
+      const store = new ImagingStore({ db: own.db, blobs: own.blobs, kms: own.kms, files: pool });
+      const files = await makeInstances({ studyUid: '1.2.826.0.1.3680043.10.1519.77', date: '20260101', patientId: 'P77', count: 5 });
+      for (const f of files.slice(0, 4)) assert.equal((await store.ingest(f, { source: 'test' })).ok, true);
+      const held = await own.db.query<{ sop_instance_uid: string; data_key: Buffer }>('SELECT sop_instance_uid, data_key FROM imaging_instance ORDER BY instance_number');
+      assert.equal(new Set(held.rows.map((r) => r.data_key.toString('hex'))).size, 4, 'four files, four data keys');
+      for (const [i, r] of held.rows.entries()) {
+        const back = await store.read(r.sop_instance_uid);
+        assert.ok(back.ok && back.value.file.equals(files[i]!), `file ${i} byte for byte`);
+      }
+      // Keys made ahead are in memory now; a sealed KMS must still stop the next file.
+      own.kms.seal();
+      const before = { rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length, blobs: await blobCount(own.blobs) };
+      const r = await store.ingest(files[4]!, { source: 'test' });
+      assert.ok(!r.ok && r.error.kind === 'sealed', JSON.stringify(r));
+      assert.deepEqual({ rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length, blobs: await blobCount(own.blobs) }, before);
+    } finally {
+      await pool.close();
+      await own.close();
+    }
   });
 
   it('matches queries: wildcards, date ranges, UID lists, Chinese names (GB18030 file)', async () => {

@@ -2,9 +2,9 @@
 // store, then indexed; out again decrypted with its SHA-256 checked. The blob is written
 // before the index row and removed if the row cannot be written, so a failure leaves neither.
 import { createHash, randomUUID } from 'node:crypto';
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough } from 'node:stream';
 import type { Db, Queryable } from '../db/index.ts';
-import { createEncryptStream, openHere, type FileOpenPool, type OpenedFile } from '../security/crypto/index.ts';
+import { createEncryptStream, encryptFile, openHere, type FileCryptoPool, type OpenedFile } from '../security/crypto/index.ts';
 import type { Kms } from '../security/kms/index.ts';
 import type { BlobStore } from './blob-store.ts';
 import { attributesOf, readInstance, type DicomJson, type InstanceAttributes } from './dicom-attributes.ts';
@@ -23,8 +23,8 @@ export interface ImagingStoreOptions {
   streamAboveBytes?: number;
   /** Whether this site may keep the instance (its patient's residency); a reason when not. */
   admit?: (a: InstanceAttributes) => Promise<string | undefined>;
-  /** Opens files on worker threads (absent: on the calling thread). */
-  files?: Pick<FileOpenPool, 'open'>;
+  /** Opens and seals files on worker threads (absent: on the calling thread). */
+  files?: Pick<FileCryptoPool, 'open' | 'seal'>;
 }
 
 export interface IngestOutcome {
@@ -64,10 +64,22 @@ interface InstanceRow {
   attributes: DicomJson;
 }
 
+interface DataKey {
+  wrapped: Buffer;
+  plaintext: Buffer;
+  madeAt: number;
+}
+
+/** Data keys kept ready, and how long one may wait for its file. */
+const SPARE_KEYS = 2;
+const SPARE_KEY_MAX_AGE_MS = 2000;
+
 export class ImagingStore {
   readonly #o: ImagingStoreOptions;
   /** The KMS key for file data keys exists (created on first use, then not asked again). */
   #keyReady = false;
+  #spares: DataKey[] = [];
+  #refilling: Promise<void> | undefined;
 
   constructor(opts: ImagingStoreOptions) {
     this.#o = opts;
@@ -116,20 +128,29 @@ export class ImagingStore {
   async ingest(file: Uint8Array, opts: IngestOptions): Promise<ImagingResult<IngestOutcome>> {
     const max = this.maxFileBytes;
     if (file.byteLength > max) return imagingFail('too-large', `the file has ${file.byteLength} bytes; this site accepts at most ${max}`);
-    const read = readInstance(file);
-    if (!read.ok) return imagingFail('invalid', read.error);
-    const a = read.value;
-    const refused = await this.#refuse(a, opts);
-    if (refused) return refused;
-    const sha256 = createHash('sha256').update(file).digest('hex');
-    // A copy already held is answered before anything is encrypted.
-    const existing = await this.#current(this.#o.db, a.sopInstanceUid);
-    if (existing?.sha256 === sha256) return { ok: true, value: outcomeOf(a, sha256, 'duplicate', existing.version) };
-    const key = await this.#dataKey(a);
+    const key = await this.#dataKey(undefined);
     if (!key.ok) return key;
+    // Encryption (most of the work) starts at once on a worker, while this thread checks the
+    // file and asks the index whether this site may keep it and whether the same bytes are
+    // held already; the ciphertext of a file turned away is dropped unwritten.
+    const fileKey = { keyId: IMAGING_KEY, keyVersion: 0, key: key.value.plaintext };
+    const sealing = this.#o.files ? this.#o.files.seal(file, fileKey) : Promise.resolve(encryptFile(file, fileKey));
+    sealing.catch(() => undefined); // awaited below unless the file is turned away first
+    const forget = () => key.value.plaintext.fill(0);
+    const read = readInstance(file);
+    if (!read.ok) return (forget(), imagingFail('invalid', read.error));
+    const a = read.value;
+    const sha256 = createHash('sha256').update(file).digest('hex');
+    const [refused, existing] = await Promise.all([this.#refuse(a, opts), this.#current(this.#o.db, a.sopInstanceUid)]).catch((e: unknown) => {
+      forget();
+      throw e;
+    });
+    if (refused || existing?.sha256 === sha256) forget();
+    if (refused) return refused;
+    if (existing?.sha256 === sha256) return { ok: true, value: outcomeOf(a, sha256, 'duplicate', existing.version) };
+    const sealed = await sealing.finally(forget);
     const blobKey = newBlobKey();
-    await this.#o.blobs.put(blobKey, Readable.from([Buffer.from(file.buffer, file.byteOffset, file.byteLength)]).pipe(createEncryptStream({ keyId: IMAGING_KEY, keyVersion: 0, key: key.value.plaintext })));
-    key.value.plaintext.fill(0);
+    await this.#o.blobs.put(blobKey, sealed);
     return this.#commit(a, { sha256, size: file.byteLength, blobKey, dataKey: key.value.wrapped, source: opts.source });
   }
 
@@ -217,16 +238,55 @@ export class ImagingStore {
     return undefined;
   }
 
-  /** A fresh data key for one file, under the KMS key for image files (made on first use). */
-  async #dataKey(a: InstanceAttributes | undefined): Promise<ImagingResult<{ wrapped: Buffer; plaintext: Buffer }>> {
+  /**
+   * A fresh data key for one file, under the KMS key for image files (made on first use).
+   * A few are made ahead, in the background, so the KMS's round trips stay off the ingest
+   * path; each is still used for one file only, and one older than SPARE_KEY_MAX_AGE_MS
+   * (or any, once the KMS is sealed) is destroyed unused: a key rotation reaches new files
+   * within that time.
+   */
+  async #dataKey(a: InstanceAttributes | undefined): Promise<ImagingResult<DataKey>> {
+    const now = Date.now();
+    if (!this.#o.kms.signingKey()) this.#dropSpares(() => true);
+    else this.#dropSpares((k) => now - k.madeAt > SPARE_KEY_MAX_AGE_MS);
+    const spare = this.#spares.shift();
+    if (spare) {
+      this.#refill();
+      return { ok: true, value: spare };
+    }
     try {
-      if (!this.#keyReady) await this.#o.kms.ensureKey(IMAGING_KEY);
-      this.#keyReady = true;
-      const k = await this.#o.kms.generateDataKey(IMAGING_KEY);
-      return { ok: true, value: { wrapped: k.wrapped, plaintext: k.plaintext! } };
+      const k = await this.#newDataKey();
+      this.#refill();
+      return { ok: true, value: k };
     } catch (e) {
       return { ok: false, error: { kind: 'sealed', message: `cannot encrypt the file: ${e instanceof Error ? e.message : String(e)}`, ...(a ? { instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid } } : {}) } };
     }
+  }
+
+  async #newDataKey(): Promise<DataKey> {
+    if (!this.#keyReady) await this.#o.kms.ensureKey(IMAGING_KEY);
+    this.#keyReady = true;
+    const k = await this.#o.kms.generateDataKey(IMAGING_KEY);
+    return { wrapped: k.wrapped, plaintext: k.plaintext!, madeAt: Date.now() };
+  }
+
+  /** Tops the spare keys up in the background; a failure leaves them short (the next file asks the KMS itself). */
+  #refill(): void {
+    if (this.#refilling || this.#spares.length >= SPARE_KEYS) return;
+    this.#refilling = (async () => {
+      try {
+        while (this.#spares.length < SPARE_KEYS && this.#o.kms.signingKey()) this.#spares.push(await this.#newDataKey());
+      } catch {
+        // sealed or the database unreachable: the ingest path reports it when it asks itself
+      } finally {
+        this.#refilling = undefined;
+      }
+    })();
+  }
+
+  #dropSpares(stale: (k: DataKey) => boolean): void {
+    for (const k of this.#spares.filter(stale)) k.plaintext.fill(0);
+    this.#spares = this.#spares.filter((k) => !stale(k));
   }
 
   /** Indexes a stored blob; the blob is removed whenever the index does not take it. */

@@ -8,8 +8,8 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { after, before, describe, it } from 'node:test';
 import type { CryptoError } from './errors.ts';
-import { FileOpenPool } from './file-open-pool.ts';
-import { createDecryptStream, createEncryptStream, decryptFile } from './file-stream.ts';
+import { FileCryptoPool } from './file-crypto-pool.ts';
+import { createDecryptStream, createEncryptStream, decryptFile, encryptFile } from './file-stream.ts';
 
 const GiB = 1024 ** 3;
 
@@ -59,7 +59,33 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
       await pipeline(Readable.from(pieces), createDecryptStream((h) => (assert.equal(h.kv, 7), key.key)), new Writable({ write(c: Buffer, _e, d) { out.push(c); d(); } }));
       assert.deepEqual(Buffer.concat(out), plain, `size ${size}`);
       assert.deepEqual(decryptFile(enc, () => key.key), plain, `size ${size}, whole`);
+      // The one-shot encryption writes the same format: the stream reads it, in pieces too.
+      const once = encryptFile(plain, key);
+      assert.equal(once.length, enc.length, `size ${size}: same length as the stream's output`);
+      assert.deepEqual(once.subarray(0, 6 + once.readUInt16BE(4)).length, enc.subarray(0, 6 + enc.readUInt16BE(4)).length);
+      assert.notDeepEqual(once.subarray(-32), enc.subarray(-32), 'a fresh IV per file');
+      const back: Buffer[] = [];
+      await pipeline(Readable.from([once.subarray(0, 9), once.subarray(9)]), createDecryptStream((h) => (assert.deepEqual([h.kid, h.kv], ['dicom', 7]), key.key)), new Writable({ write(c: Buffer, _e, d) { back.push(c); d(); } }));
+      assert.deepEqual(Buffer.concat(back), plain, `size ${size}, sealed at once, streamed back`);
+      assert.deepEqual(decryptFile(once, () => key.key), plain, `size ${size}, sealed at once, whole`);
     }
+  });
+
+  it('seals on worker threads, leaving the caller its buffer', async () => {
+    const pool = new FileCryptoPool({ threads: 2 });
+    try {
+      const files = [randomBytes(0), randomBytes(530_540), randomBytes(17)];
+      const copies = files.map((f) => Buffer.from(f));
+      const sealed = await Promise.all(files.map((f) => pool.seal(f, key)));
+      // Byte comparisons as booleans: a failed deepEqual on half a megabyte prints for minutes.
+      sealed.forEach((b, i) => assert.ok(decryptFile(b, () => key.key).equals(copies[i]!), `file ${i} comes back`));
+      files.forEach((f, i) => assert.ok(f.equals(copies[i]!), `file ${i} is still the caller's`));
+      await assert.rejects(pool.seal(randomBytes(10), { ...key, key: randomBytes(7) }), (e: CryptoError) => e.code === 'bad-key' && /16 or 32 bytes/.test(e.message));
+    } finally {
+      await pool.close();
+    }
+    const here = await pool.seal(Buffer.from('closed pool'), key);
+    assert.equal(decryptFile(here, () => key.key).toString(), 'closed pool', 'a closed pool seals on the calling thread');
   });
 
   it('fails on tampering, truncation and the wrong key, with typed errors', async () => {
@@ -82,7 +108,7 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
     assert.throws(whole(enc, randomBytes(32)), (e: CryptoError) => e.code === 'auth-failed');
     assert.throws(whole(Buffer.from('not an encrypted file at all, just text')), (e: CryptoError) => e.code === 'bad-input');
     // ... and from the worker pool, which also hashes the plaintext.
-    const pool = new FileOpenPool({ threads: 2 });
+    const pool = new FileCryptoPool({ threads: 2 });
     try {
       const opened = await Promise.all([enc, enc, enc].map((b) => pool.open(Buffer.from(b), key.key)));
       const plain = decryptFile(enc, () => key.key);
