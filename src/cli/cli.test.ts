@@ -1,12 +1,13 @@
 // End-to-end tests of the medmesh command: real processes, real ports, real signals.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { startTestServer } from '../http/testing.ts';
 import { dcmtk, PYDICOM } from '../imaging/testing.ts';
+import { hotp, totpStep } from '../security/identity/index.ts';
 import { BIN, ENV, EXAMPLE, killChildren, loginAt, medmesh, startVerb } from './testing.ts';
 
 describe('medmesh CLI', () => {
@@ -207,6 +208,15 @@ describe('medmesh CLI', () => {
     const studiesAs = async (headers: Record<string, string>) => ((await (await fetch(`${siteB}/dicomweb/studies?StudyDate=20040101-`, { headers })).json()) as Array<Record<string, { Value?: unknown[] }>>).map((x) => x['0020000D']?.Value?.[0]);
     assert.deepEqual(await studiesAs(his), ['1.3.6.1.4.1.5962.1.2.1.20040119072730.12322'], 'the interface account sees every study');
     assert.deepEqual(await studiesAs(doctor), [], 'the doctor has no care relationship with this patient');
+    // The administrator's second factor: the secret the demo kept, as an authenticator app would use it.
+    assert.match(demo.output(), /demo\.administrator also needs a TOTP code/);
+    const secret = JSON.parse(await readFile(join(data, 'totp', 'B.administrator.json'), 'utf8')) as { hex: string; otpauthUri: string };
+    assert.match(secret.otpauthUri, /^otpauth:\/\/totp\/medmesh:demo\.administrator\?secret=[A-Z2-7]+&issuer=medmesh-B$/);
+    const withoutCode = await fetch(`${siteB}/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'demo.administrator', password: 'medmesh-demo-2026' }) });
+    assert.equal(withoutCode.status, 401);
+    const admin = { authorization: `Bearer ${await loginAt(siteB, 'demo.administrator', 'medmesh-demo-2026', hotp(Buffer.from(secret.hex, 'hex'), totpStep(Date.now())))}` };
+    assert.equal((await fetch(`${siteB}/replication/dead-letters`, { headers: admin })).status, 200, 'an operator API answers the administrator');
+    assert.equal((await fetch(`${siteB}/replication/dead-letters`, { headers: registrar })).status, 403);
     demo.child.kill('SIGINT');
     assert.equal(await demo.exited, 0);
     assert.match(demo.output(), /stopped cleanly/);

@@ -47,8 +47,8 @@ export function startVerb(args: string[], ready: RegExp) {
   return { child, started, exited, output: () => out, errors: () => err };
 }
 
-export async function loginAt(base: string, username: string, password: string): Promise<string> {
-  const r = await fetch(`${base}/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username, password }) });
+export async function loginAt(base: string, username: string, password: string, totp?: string): Promise<string> {
+  const r = await fetch(`${base}/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username, password, ...(totp ? { totp } : {}) }) });
   assert.equal(r.status, 200, `login as ${username}`);
   return ((await r.json()) as { accessToken: string }).accessToken;
 }

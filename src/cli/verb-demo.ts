@@ -1,9 +1,10 @@
-import { rm } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Db } from '../db/index.ts';
 import { openPglite } from '../db/index.ts';
 import { openSite, type Site } from '../http/index.ts';
 import type { RecordStore } from '../records/index.ts';
+import { base32Decode } from '../security/identity/index.ts';
 import { helpText, intFlag, parseFlags, type FlagSpec, type VerbSpec } from './args.ts';
 import { EXAMPLE_REGION, loadRegionOrThrow, portOf } from './common.ts';
 import { installDemoEmpiKey, unsealDemoSite } from './demo-keys.ts';
@@ -83,8 +84,10 @@ export async function demoVerb(argv: string[]): Promise<number> {
       });
       console.log(`\n  seeded ${report.patients} patients, ${report.resources} resources (${Object.entries(report.bySite).map(([k, v]) => `${k}: ${v}`).join(', ')})`);
     } else console.log('  existing data kept (use --reset to start over)');
-    for (const r of running) await ensureDemoUsers(r.site);
-    console.log(`  demo users at every site: ${DEMO_ROLES.map((r) => `demo.${r}`).join(', ')} (password ${DEMO_PASSWORD}; demo.administrator also needs a TOTP code)`);
+    for (const r of running) await ensureDemoUsers(r.site, flags.data);
+    console.log(`  demo users at every site: ${DEMO_ROLES.map((r) => `demo.${r}`).join(', ')} (password ${DEMO_PASSWORD})`);
+    console.log(`  demo.administrator also needs a TOTP code ("totp" in the login body): each site's secret is in ${join(flags.data, 'totp')}/<site>.administrator.json`);
+    console.log('    (its otpauthUri for an authenticator app, or: oathtool --totp -b <base32>)');
     console.log('  (demo only: custodian keys and shares are kept in the data folder so sites unseal themselves)');
     printExamples(running[0]?.url ?? 'http://127.0.0.1:7101', region.config.identifierSystems.residentId);
     console.log('Ready. Press Ctrl-C to stop.');
@@ -101,7 +104,7 @@ const DEMO_PASSWORD = 'medmesh-demo-2026';
 const DEMO_ROLES = ['doctor', 'nurse', 'pharmacist', 'lab', 'registrar', 'administrator', 'auditor', 'researcher', 'regulator', 'patient', 'integration'];
 
 /** One user per default role; existing ones are left as they are. */
-async function ensureDemoUsers(site: Site): Promise<void> {
+async function ensureDemoUsers(site: Site, dataRoot: string): Promise<void> {
   // demo.patient is linked to the first patient homed at this site; clinicians work in cardiology.
   const { rows } = await site.ctx.db.query<{ id: string }>("SELECT id FROM resource_current WHERE resource_type = 'Patient' AND NOT deleted ORDER BY id LIMIT 1");
   const attributes: Record<string, Record<string, string>> = {
@@ -111,7 +114,13 @@ async function ensureDemoUsers(site: Site): Promise<void> {
     ...(rows[0] ? { patient: { patient: rows[0].id } } : {}),
   };
   for (const role of DEMO_ROLES) {
-    await site.identity.createUser({ username: `demo.${role}`, password: DEMO_PASSWORD, roles: [role], attributes: attributes[role] ?? {} });
+    const made = await site.identity.createUser({ username: `demo.${role}`, password: DEMO_PASSWORD, roles: [role], attributes: attributes[role] ?? {} });
+    // Demo only: the second factor's secret is kept beside the data so the operator APIs can be tried.
+    if (made.ok && made.value.totpSecret) {
+      await mkdir(join(dataRoot, 'totp'), { recursive: true });
+      const secret = { username: `demo.${role}`, site: site.siteId, base32: made.value.totpSecret, hex: base32Decode(made.value.totpSecret).toString('hex'), otpauthUri: made.value.otpauthUri };
+      await writeFile(join(dataRoot, 'totp', `${site.siteId}.${role}.json`), `${JSON.stringify(secret, null, 2)}\n`, { mode: 0o600 });
+    }
   }
 }
 

@@ -7,7 +7,7 @@ import { sealEnvelope, openEnvelope, Sm2PrivateKey } from '../crypto/index.ts';
 import { IdentityService, serviceAssertion } from './identity.ts';
 import { hashPassword, verifyPassword } from './password.ts';
 import { signToken, verifyToken } from './token.ts';
-import { hotp, matchTotp } from './totp.ts';
+import { base32, base32Decode, hotp, matchTotp } from './totp.ts';
 
 describe('one-time passwords', () => {
   const secret = Buffer.from('12345678901234567890');
@@ -19,6 +19,17 @@ describe('one-time passwords', () => {
     for (const [t, code] of [[59, '94287082'], [1111111109, '07081804'], [1111111111, '14050471'], [1234567890, '89005924'], [2000000000, '69279037'], [20000000000, '65353130']] as const) {
       assert.equal(hotp(secret, BigInt(Math.floor(t / 30)), { digits: 8 }), code, `t=${t}`);
     }
+  });
+  it('writes and reads base32 as RFC 4648 does (unpadded), refusing other characters', () => {
+    for (const [text, b32] of [['', ''], ['f', 'MY'], ['fo', 'MZXQ'], ['foo', 'MZXW6'], ['foob', 'MZXW6YQ'], ['fooba', 'MZXW6YTB'], ['foobar', 'MZXW6YTBOI']] as const) {
+      assert.equal(base32(Buffer.from(text)), b32, text);
+      assert.equal(base32Decode(b32).toString(), text, b32);
+    }
+    for (let i = 0; i < 50; i++) {
+      const bytes = randomBytes(i);
+      assert.deepEqual(base32Decode(base32(bytes).toLowerCase()), bytes);
+    }
+    assert.throws(() => base32Decode('MZ1W'), /not a base32 character: "1"/);
   });
   it('accepts the neighbouring step only, and an SM3 variant differs', () => {
     const now = 1_800_000_000_000;
@@ -168,19 +179,3 @@ describe(`identity service (${testBackend()})`, () => {
     assert.ok(!r.ok && r.error.kind === 'issuer-unavailable');
   });
 });
-
-function base32Decode(s: string): Buffer {
-  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-  let bits = 0;
-  let value = 0;
-  const out: number[] = [];
-  for (const ch of s) {
-    value = (value << 5) | alphabet.indexOf(ch);
-    bits += 5;
-    if (bits >= 8) {
-      out.push((value >>> (bits - 8)) & 255);
-      bits -= 8;
-    }
-  }
-  return Buffer.from(out);
-}

@@ -26,6 +26,24 @@ export function base32(buf: Uint8Array): string {
   return out;
 }
 
+/** The bytes of an RFC 4648 base32 string (no padding, as authenticator URIs carry it). */
+export function base32Decode(s: string): Buffer {
+  let bits = 0;
+  let value = 0;
+  const out: number[] = [];
+  for (const ch of s.toUpperCase()) {
+    const v = B32.indexOf(ch);
+    if (v < 0) throw new RangeError(`not a base32 character: ${JSON.stringify(ch)}`);
+    value = ((value << 5) | v) & 0xffff;
+    bits += 5;
+    if (bits >= 8) {
+      out.push((value >>> (bits - 8)) & 255);
+      bits -= 8;
+    }
+  }
+  return Buffer.from(out);
+}
+
 export function hotp(secret: Uint8Array, counter: bigint, opts: { digits?: number; algorithm?: OtpAlgorithm } = {}): string {
   const digits = opts.digits ?? 6;
   const msg = Buffer.alloc(8);
