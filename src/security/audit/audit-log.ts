@@ -125,6 +125,7 @@ export class AuditLog {
            WHERE (SELECT coalesce(max(seq) + 1, 0) FROM audit_entry) = $4::bigint AND (SELECT true FROM lock) RETURNING 1)
          SELECT count(*)::int AS n FROM ins`,
         [...this.#rows(batch, start), start, APPEND_LOCK],
+        { name: 'audit-append' },
       );
       return rows[0]?.n === batch.length ? start : undefined;
     } catch (e) {
