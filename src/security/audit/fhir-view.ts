@@ -7,7 +7,8 @@ import type { AuditEvent } from './event.ts';
 const PURPOSE: Record<string, string> = { treatment: 'TREAT', emergency: 'ETREAT', research: 'HRESCH', statistics: 'PUBHLTH', audit: 'HOPERAT' };
 const ACTION: Record<string, 'C' | 'R' | 'U' | 'D' | 'E'> = { read: 'R', vread: 'R', search: 'R', history: 'R', create: 'C', update: 'U', delete: 'D' };
 
-export function toFhirAuditEvent(seq: number, e: AuditEvent): FhirAuditEvent {
+/** `recordedAt`: when the log took the entry (what `date` searches); the entry's own time is the period. */
+export function toFhirAuditEvent(seq: number, e: AuditEvent, recordedAt: Date): FhirAuditEvent {
   const purpose = e.purpose ? PURPOSE[e.purpose] : undefined;
   return {
     resourceType: 'AuditEvent',
@@ -15,7 +16,8 @@ export function toFhirAuditEvent(seq: number, e: AuditEvent): FhirAuditEvent {
     type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110110', display: 'Patient Record' },
     subtype: [{ system: 'urn:medmesh:audit-action', code: e.action }],
     action: ACTION[e.action] ?? 'E',
-    recorded: e.time,
+    period: { start: e.time, end: e.time },
+    recorded: recordedAt.toISOString(),
     outcome: e.outcome === 'allow' || e.outcome === 'success' ? '0' : e.outcome === 'deny' ? '4' : '8',
     ...(e.detail ? { outcomeDesc: e.detail } : {}),
     ...(purpose ? { purposeOfEvent: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActReason', code: purpose }], text: e.purpose }] } : {}),
@@ -74,12 +76,15 @@ export function parseAuditQuery(pairs: ReadonlyArray<readonly [string, string]>)
   return { ok: true, value: q };
 }
 
-/** The SQL condition over `e` (the entry as jsonb) for a query, with its parameters. */
+/**
+ * The SQL condition over ENTRIES for a query, with its parameters. Entity, agent and time are
+ * written as the indexes of migration 0014 are; `date` is when the log took the entry.
+ */
 export function auditWhere(q: Omit<AuditQuery, 'count' | 'offset'>, params: unknown[]): string {
   const where: string[] = [];
   const add = (v: unknown) => `$${params.push(v)}`;
-  if (q.from) where.push(`(e->>'time')::timestamptz >= ${add(q.from)}::timestamptz`);
-  if (q.to) where.push(`(e->>'time')::timestamptz < ${add(q.to)}::timestamptz`);
+  if (q.from) where.push(`t >= ${add(q.from)}::timestamptz`);
+  if (q.to) where.push(`t < ${add(q.to)}::timestamptz`);
   if (q.agent) where.push(`e->'actor'->>'id' = ${add(q.agent)}`);
   if (q.entity) where.push(`e->>'resource' = ${add(q.entity)}`);
   if (q.outcome) where.push(`e->>'outcome' = ${add(q.outcome)}`);
@@ -88,21 +93,25 @@ export function auditWhere(q: Omit<AuditQuery, 'count' | 'offset'>, params: unkn
   return where.length ? where.join(' AND ') : 'true';
 }
 
-export const ENTRIES = `(SELECT seq, convert_from(entry, 'UTF8')::jsonb AS e FROM audit_entry) a`;
+/** The log as rows of (seq, e: the entry as jsonb, t: when it was appended), as migration 0014 indexes them. */
+export const ENTRIES = `(SELECT seq, audit_entry_json(entry) AS e, recorded_at AS t FROM audit_entry) a`;
 
 export async function readAuditEvent(db: Queryable, seq: number): Promise<FhirAuditEvent | undefined> {
-  const { rows } = await db.query<{ entry: Uint8Array }>('SELECT entry FROM audit_entry WHERE seq = $1', [seq]);
+  const { rows } = await db.query<{ entry: Uint8Array; recorded_at: Date }>('SELECT entry, recorded_at FROM audit_entry WHERE seq = $1', [seq]);
   const row = rows[0];
-  return row ? toFhirAuditEvent(seq, JSON.parse(Buffer.from(row.entry).toString('utf8')) as AuditEvent) : undefined;
+  return row ? toFhirAuditEvent(seq, JSON.parse(Buffer.from(row.entry).toString('utf8')) as AuditEvent, new Date(row.recorded_at)) : undefined;
+}
+
+/** The statement a search runs: newest first, one row more than the page (is there a next page?). */
+export function auditSearchSql(q: AuditQuery): { sql: string; params: unknown[] } {
+  const params: unknown[] = [];
+  const where = auditWhere(q, params);
+  return { sql: `SELECT seq, e, t FROM ${ENTRIES} WHERE ${where} ORDER BY seq DESC LIMIT $${params.push(q.count + 1)} OFFSET $${params.push(q.offset)}`, params };
 }
 
 export async function searchAuditEvents(db: Queryable, q: AuditQuery, opts: { baseUrl: string; query: ReadonlyArray<readonly [string, string]> }): Promise<Bundle> {
-  const params: unknown[] = [];
-  const where = auditWhere(q, params);
-  const { rows } = await db.query<{ seq: string | bigint; e: AuditEvent }>(
-    `SELECT seq, e FROM ${ENTRIES} WHERE ${where} ORDER BY seq DESC LIMIT $${params.push(q.count + 1)} OFFSET $${params.push(q.offset)}`,
-    params,
-  );
+  const { sql, params } = auditSearchSql(q);
+  const { rows } = await db.query<{ seq: string | bigint; e: AuditEvent; t: Date }>(sql, params);
   const page = rows.slice(0, q.count);
   const kept = opts.query.filter(([k]) => k !== '_count' && k !== '_offset').map(([k, v]) => [k, v] as [string, string]);
   const pageUrl = (offset: number) => `${opts.baseUrl}/AuditEvent?${new URLSearchParams([...kept, ['_count', String(q.count)], ['_offset', String(offset)]]).toString()}`;
@@ -110,6 +119,6 @@ export async function searchAuditEvents(db: Queryable, q: AuditQuery, opts: { ba
   if (rows.length > q.count) link.push({ relation: 'next', url: pageUrl(q.offset + q.count) });
   return {
     resourceType: 'Bundle', type: 'searchset', link,
-    entry: page.map((r) => ({ fullUrl: `${opts.baseUrl}/AuditEvent/${String(r.seq)}`, resource: toFhirAuditEvent(Number(r.seq), r.e), search: { mode: 'match' as const } })),
+    entry: page.map((r) => ({ fullUrl: `${opts.baseUrl}/AuditEvent/${String(r.seq)}`, resource: toFhirAuditEvent(Number(r.seq), r.e, new Date(r.t)), search: { mode: 'match' as const } })),
   };
 }

@@ -19,7 +19,7 @@ export interface ComplianceReport {
 const MAX_LISTED = 200;
 
 export async function complianceReport(db: Queryable, opts: { site: string; from: Date; to: Date; verification: AuditReport; now?: Date }): Promise<ComplianceReport> {
-  const range = `(e->>'time')::timestamptz >= $1::timestamptz AND (e->>'time')::timestamptz < $2::timestamptz`;
+  const range = `t >= $1::timestamptz AND t < $2::timestamptz`;
   const p = [opts.from.toISOString(), opts.to.toISOString()];
   const byRole = await db.query<{ role: string; outcome: string; n: number }>(
     `SELECT coalesce(e->'actor'->>'role', e->'actor'->>'kind') AS role, e->>'outcome' AS outcome, count(*)::int AS n FROM ${ENTRIES} WHERE ${range} GROUP BY 1, 2 ORDER BY 1, 2`, p,
@@ -37,7 +37,7 @@ export async function complianceReport(db: Queryable, opts: { site: string; from
   const glass = await db.query<{ seq: string | bigint; time: string; user: string; role: string | null; resource: string | null; reason: string; n: number }>(
     `SELECT a.seq, e->>'time' AS time, e->'actor'->>'id' AS user, e->'actor'->>'role' AS role, e->>'resource' AS resource, e->'breakGlass'->>'reason' AS reason,
             (SELECT count(*)::int FROM ${ENTRIES.replace(/ a$/, ' b')} WHERE b.e->'actor'->>'id' = a.e->'actor'->>'id' AND b.e ? 'breakGlass' AND b.e->>'action' <> 'break-glass'
-               AND (b.e->>'time')::timestamptz >= (a.e->>'time')::timestamptz AND (b.e->>'time')::timestamptz < $2::timestamptz) AS n
+               AND b.t >= a.t AND b.t < $2::timestamptz) AS n
        FROM ${ENTRIES} WHERE ${range} AND e->>'action' = 'break-glass' AND e->>'outcome' IN ('success', 'allow') ORDER BY a.seq LIMIT ${MAX_LISTED}`, p,
   );
   const denied = await db.query<{ seq: string | bigint; time: string; user: string; role: string | null; action: string; resource: string | null; detail: string | null }>(
