@@ -62,7 +62,7 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
       // The one-shot encryption writes the same format: the stream reads it, in pieces too.
       const once = encryptFile(plain, key);
       assert.equal(once.length, enc.length, `size ${size}: same length as the stream's output`);
-      assert.deepEqual(once.subarray(0, 6 + once.readUInt16BE(4)).length, enc.subarray(0, 6 + enc.readUInt16BE(4)).length);
+      assert.equal(once.readUInt16BE(4), enc.readUInt16BE(4), 'a header of the same length');
       assert.notDeepEqual(once.subarray(-32), enc.subarray(-32), 'a fresh IV per file');
       const back: Buffer[] = [];
       await pipeline(Readable.from([once.subarray(0, 9), once.subarray(9)]), createDecryptStream((h) => (assert.deepEqual([h.kid, h.kv], ['dicom', 7]), key.key)), new Writable({ write(c: Buffer, _e, d) { back.push(c); d(); } }));
