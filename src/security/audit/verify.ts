@@ -95,7 +95,7 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
     if (!ok && checkpoints.some((c) => c.size === n)) report.rootMismatch.push(n);
   };
   try {
-    const fetchPage = (from: number) => q.query<{ seq: bigint; entry: Buffer; mac: Buffer }>('SELECT seq, entry, mac FROM audit_entry WHERE seq >= $1 ORDER BY seq LIMIT $2', [from, page]);
+    const fetchPage = (from: number) => q.query<{ seq: bigint; entry: Buffer; mac: Buffer }>('SELECT seq, entry, mac FROM audit_entry WHERE seq >= $1 ORDER BY seq LIMIT $2', [from, page], { name: 'audit-verify-page' });
     let pending = fetchPage(expectedSeq);
     for (;;) {
       const { rows } = await pending;
@@ -160,8 +160,8 @@ class MacWorker {
       buf.writeBigUInt64BE(r.seq, off);
       buf.writeUInt32BE(r.entry.length, off + 8);
       buf.set(r.entry, off + 12); // PGlite hands back bytea as Uint8Array, pg as Buffer
-      // A MAC of the wrong length is simply wrong: pad or cut to 32 so the layout holds.
-      Buffer.concat([r.mac, Buffer.alloc(32)]).copy(buf, off + 12 + r.entry.length, 0, 32);
+      // A MAC of the wrong length is simply wrong: pad (the buffer is zeroed) or cut to 32 so the layout holds.
+      buf.set(r.mac.length > 32 ? r.mac.subarray(0, 32) : r.mac, off + 12 + r.entry.length);
       off += 44 + r.entry.length;
     }
     const id = this.#next++;
