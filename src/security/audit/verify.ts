@@ -140,14 +140,19 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
 class MacWorker {
   readonly #worker = new Worker(new URL('./mac-worker.ts', import.meta.url));
   readonly #key: Uint8Array;
-  readonly #pending = new Map<number, (bad: number[]) => void>();
+  readonly #pending = new Map<number, { resolve: (bad: number[]) => void; reject: (e: Error) => void }>();
   #next = 0;
 
   constructor(key: Uint8Array) {
     this.#key = key;
     this.#worker.on('message', (m: { id: number; bad: number[] }) => {
-      this.#pending.get(m.id)?.(m.bad);
+      this.#pending.get(m.id)?.resolve(m.bad);
       this.#pending.delete(m.id);
+    });
+    // One listener for the worker's life (not one per page): a failure fails every page in flight.
+    this.#worker.on('error', (e) => {
+      for (const p of this.#pending.values()) p.reject(e);
+      this.#pending.clear();
     });
   }
 
@@ -166,8 +171,7 @@ class MacWorker {
     }
     const id = this.#next++;
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, resolve);
-      this.#worker.once('error', reject);
+      this.#pending.set(id, { resolve, reject });
       this.#worker.postMessage({ id, key: this.#key, packed }, [packed]);
     });
   }
