@@ -150,7 +150,7 @@ class MacWorker {
       this.#pending.delete(m.id);
     });
     // One listener for the worker's life (not one per page): a failure fails every page in flight.
-    this.#worker.on('error', (e) => {
+    this.#worker.on('error', (e: Error) => {
       for (const p of this.#pending.values()) p.reject(e);
       this.#pending.clear();
     });
