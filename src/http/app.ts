@@ -97,7 +97,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       return reply.code(503).send({ status: 'not-ready', site: opts.siteId, reason: e instanceof Error ? e.message : String(e) });
     }
   });
-  await app.register(kmsRoutes, { prefix: '/kms', kms: opts.kms });
+  const identity = opts.identity;
+  await app.register(kmsRoutes, { prefix: '/kms', kms: opts.kms, siteKey: (id) => (identity ? identity.servicePublicKey(id) : Promise.resolve(undefined)) });
   if (opts.identity) {
     await app.register(authRoutes, { prefix: '/auth', identity: opts.identity });
     await app.register(accessRoutes, { prefix: '/access', access: opts.access, identity: opts.identity });

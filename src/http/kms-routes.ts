@@ -1,6 +1,7 @@
 // KMS over HTTP: status and unsealing for operators, share deposits between sites.
 // Errors are JSON problems naming the KMS error code.
 import type { FastifyPluginAsync, FastifyReply } from 'fastify';
+import type { Sm2PublicKey } from '../security/crypto/index.ts';
 import { decodeShareToken, KmsError, parseWrappedShare, type Kms, type KmsErrorCode } from '../security/kms/index.ts';
 
 const STATUS: Record<KmsErrorCode, number> = {
@@ -10,6 +11,7 @@ const STATUS: Record<KmsErrorCode, number> = {
   'bad-share': 400,
   'share-of-other-key': 400,
   'duplicate-share': 409,
+  'untrusted-owner': 403,
   'unknown-key': 404,
   'key-exists': 409,
   'version-destroyed': 410,
@@ -18,7 +20,13 @@ const STATUS: Record<KmsErrorCode, number> = {
   'bad-request': 400,
 };
 
-export const kmsRoutes: FastifyPluginAsync<{ kms: Kms }> = async (app, { kms }) => {
+export interface KmsRoutesOptions {
+  kms: Kms;
+  /** The service key registered here for a site (medmesh peers trust), to check its share deposits. */
+  siteKey: (siteId: string) => Promise<Sm2PublicKey | undefined>;
+}
+
+export const kmsRoutes: FastifyPluginAsync<KmsRoutesOptions> = async (app, { kms, siteKey }) => {
   const problem = (reply: FastifyReply, e: unknown) => {
     if (e instanceof KmsError) return reply.code(STATUS[e.code]).send({ error: e.code, message: e.message });
     throw e;
@@ -37,10 +45,12 @@ export const kmsRoutes: FastifyPluginAsync<{ kms: Kms }> = async (app, { kms }) 
   });
 
   // Wrapped shares are encrypted to custodians, so keeping and listing them discloses nothing;
-  // both stay public so custodians can deposit and fetch while every site is sealed.
+  // both stay public so custodians can deposit and fetch while every site is sealed. A deposit
+  // must be signed by its site's service key (registered here): nobody else can fill the slot.
   app.post('/shares', { config: { access: 'public' } }, async (req, reply) => {
     try {
-      await kms.depositShare(parseWrappedShare(JSON.stringify(req.body)));
+      const share = parseWrappedShare(JSON.stringify(req.body));
+      await kms.depositShare(share, await siteKey(share.site));
       return reply.code(204).send();
     } catch (e) {
       return problem(reply, e);

@@ -7,6 +7,7 @@ export type KmsErrorCode =
   | 'bad-share' // tampered or wrong share: the master key check value does not match
   | 'share-of-other-key'
   | 'duplicate-share'
+  | 'untrusted-owner' // a share deposit from a site whose service key is not registered here
   | 'unknown-key'
   | 'key-exists'
   | 'version-destroyed'

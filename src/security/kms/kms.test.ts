@@ -8,7 +8,7 @@ import { CryptoError, Sm2PrivateKey } from '../crypto/index.ts';
 import { verifyCertificate } from './certificate.ts';
 import { KmsError } from './errors.ts';
 import { Kms } from './kms.ts';
-import { decodeShareToken, encodeShareToken, unwrapShare, type WrappedShare } from './shares.ts';
+import { decodeShareToken, encodeShareToken, signShare, unwrapShare, type WrappedShare } from './shares.ts';
 
 const KMS_TABLES = ['kms_root', 'kms_share', 'kms_deposited_share', 'kms_key', 'kms_key_version', 'kms_destruction_certificate'];
 const custodianKeys = ['alice', 'bob', 'carol', 'dave', 'erin'].map((name) => ({ name, key: Sm2PrivateKey.generate() }));
@@ -158,12 +158,22 @@ describe(`KMS (${testBackend()})`, () => {
     assert.equal((await kms.certificates('dicom')).length, 1);
   });
 
-  it('keeps other sites\' wrapped shares, which only their custodians can open', async () => {
+  it('keeps other sites\' wrapped shares, signed by their site, which only their custodians can open', async () => {
     const other = new Kms({ db, siteId: 'C', policy: 'national' });
-    for (const w of shares.slice(0, 2)) await other.depositShare(w);
-    await assert.rejects(other.depositShare({ ...shares[0]!, site: 'C' }), isKms('bad-request'));
+    const bKey = (await kms.signingPublicKey())!;
+    for (const w of shares.slice(0, 2)) await other.depositShare(w, bKey);
+    await assert.rejects(other.depositShare({ ...shares[0]!, site: 'C' }, bKey), isKms('bad-request'));
+    // Nobody but B can fill one of B's slots first: unsigned, signed by another key, altered, or B not trusted here.
+    const { ownerSignature: _, ...unsigned } = shares[2]!;
+    const altered = { ...shares[2]!, sealed: shares[0]!.sealed };
+    await assert.rejects(other.depositShare(unsigned, bKey), isKms('bad-share'));
+    await assert.rejects(other.depositShare(signShare(altered, Sm2PrivateKey.generate()), bKey), isKms('bad-share'));
+    await assert.rejects(other.depositShare(altered, bKey), isKms('bad-share'));
+    await assert.rejects(other.depositShare(shares[2]!, undefined), isKms('untrusted-owner'));
+    assert.deepEqual((await other.depositedShares('B')).map((w) => w.index), [1, 2], 'none of those was kept');
+    await other.depositShare(shares[2]!, bKey);
     const fetched = await other.depositedShares('B');
-    assert.deepEqual(fetched.map((w) => w.index), [1, 2]);
+    assert.deepEqual(fetched.map((w) => w.index), [1, 2, 3]);
     assert.equal(unwrapShare(fetched[0]!, keyOf(fetched[0]!)).index, 1);
   });
 });

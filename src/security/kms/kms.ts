@@ -10,7 +10,7 @@ import {
 } from '../crypto/index.ts';
 import { signCertificate, type DestructionCertificate } from './certificate.ts';
 import { KmsError } from './errors.ts';
-import { wrapShare, type Custodian, type ShareToken, type WrappedShare } from './shares.ts';
+import { shareSignedBy, signShare, wrapShare, type Custodian, type ShareToken, type WrappedShare } from './shares.ts';
 
 export interface KmsContext {
   db: Db;
@@ -82,8 +82,8 @@ export class Kms {
     const cmkId = randomUUID();
     // The library insists on plain Uint8Array (not Buffer).
     const parts = await split(new Uint8Array(cmk), n, k);
-    const shares = parts.map((share, i) => wrapShare({ site: this.#ctx.siteId, cmkId, index: i + 1, threshold: k, custodian: opts.custodians[i]!, token: { cmkId, index: i + 1, share } }));
     const signing = Sm2PrivateKey.generate();
+    const shares = parts.map((share, i) => signShare(wrapShare({ site: this.#ctx.siteId, cmkId, index: i + 1, threshold: k, custodian: opts.custodians[i]!, token: { cmkId, index: i + 1, share } }), signing));
     await this.#ctx.db.transaction(async (tx) => {
       const exists = await tx.query('SELECT 1 FROM kms_root WHERE site_id = $1 FOR UPDATE', [this.#ctx.siteId]);
       if (exists.rows.length) throw new KmsError('already-initialized', `the KMS of site ${this.#ctx.siteId} is already initialized; its master key cannot be replaced`);
@@ -176,9 +176,15 @@ export class Kms {
 
   // ---- shares kept for other sites --------------------------------------------------------
 
-  /** Keeps another site's wrapped share. Deposits are write-once: a different share under the same slot is refused. */
-  async depositShare(w: WrappedShare): Promise<void> {
+  /**
+   * Keeps another site's wrapped share, signed by that site's service key (`ownerKey`: the key
+   * registered here for it, none when it is not). Deposits are write-once: a different share
+   * under the same slot is refused.
+   */
+  async depositShare(w: WrappedShare, ownerKey: Sm2PublicKey | undefined): Promise<void> {
     if (w.site === this.#ctx.siteId) throw new KmsError('bad-request', 'a site does not keep deposits of its own shares');
+    if (!ownerKey) throw new KmsError('untrusted-owner', `site ${w.site} is not trusted here: register its service key first (medmesh peers trust)`);
+    if (!shareSignedBy(w, ownerKey)) throw new KmsError('bad-share', `the share is not signed by site ${w.site}'s service key (altered, or made before medmesh signed its shares)`);
     const inserted = await this.#ctx.db.query(
       `INSERT INTO kms_deposited_share (owner_site, cmk_id, share_index, wrapped) VALUES ($1, $2, $3, $4::jsonb)
        ON CONFLICT (owner_site, cmk_id, share_index) DO NOTHING RETURNING 1`,

@@ -2,7 +2,7 @@
 // (k of n); each share is sealed with SM4-GCM under a fresh key that is itself SM2-encrypted
 // to the custodian's (or a site's) public key. Only the custodian can open their share.
 import { randomBytes } from 'node:crypto';
-import { openEnvelope, sealEnvelope, sm2Decrypt, sm2Encrypt, Sm2PublicKey, type Sm2PrivateKey } from '../crypto/index.ts';
+import { openEnvelope, sealEnvelope, sm2Decrypt, sm2Encrypt, sm2Sign, sm2Verify, Sm2PublicKey, type Sm2PrivateKey } from '../crypto/index.ts';
 import { KmsError } from './errors.ts';
 
 export interface Custodian {
@@ -23,6 +23,11 @@ export interface WrappedShare {
   wrappedKey: string;
   /** SM4-GCM envelope of the share token, bound to site, cmkId and index. */
   sealed: string;
+  /**
+   * SM2 signature by the owner site's service (KMS signing) key over the fields above: another
+   * site keeps a deposit only when it verifies, so nobody can take a share's slot first.
+   */
+  ownerSignature?: string;
 }
 
 /** An opened share as submitted for unsealing: `mmshare1.<cmkId>.<index>.<hex>`. */
@@ -62,6 +67,21 @@ export function wrapShare(opts: { site: string; cmkId: string; index: number; th
   };
 }
 
+function depositStatement(w: WrappedShare): Buffer {
+  return Buffer.from(['medmesh-cmk-share-deposit/1', w.format, w.site, w.cmkId, w.index, w.threshold, w.custodian, w.custodianPublicKey, w.wrappedKey, w.sealed].join('\n'));
+}
+
+/** The share signed by its site's service key (made at init, while the key is in hand). */
+export function signShare(w: WrappedShare, ownerKey: Sm2PrivateKey): WrappedShare {
+  const { ownerSignature: _, ...unsigned } = w;
+  return { ...unsigned, ownerSignature: sm2Sign(ownerKey, depositStatement(unsigned)).toString('base64') };
+}
+
+/** Whether the share carries a valid signature by this (the owner site's registered) key. */
+export function shareSignedBy(w: WrappedShare, ownerKey: Sm2PublicKey): boolean {
+  return typeof w.ownerSignature === 'string' && sm2Verify(ownerKey, depositStatement(w), Buffer.from(w.ownerSignature, 'base64'));
+}
+
 /** Opens a wrapped share with the custodian's private key; tampering fails here. */
 export function unwrapShare(w: WrappedShare, custodianKey: Sm2PrivateKey): ShareToken {
   if (w.format !== 'medmesh-cmk-share/1') throw new KmsError('bad-share', `unknown share format ${String(w.format)}`);
@@ -83,5 +103,6 @@ export function parseWrappedShare(json: string): WrappedShare {
   if (o.format !== 'medmesh-cmk-share/1' || typeof o.cmkId !== 'string' || typeof o.sealed !== 'string' || typeof o.wrappedKey !== 'string' || typeof o.index !== 'number' || typeof o.site !== 'string' || typeof o.custodianPublicKey !== 'string') {
     throw new KmsError('bad-share', 'share file lacks format, site, cmkId, index, custodianPublicKey, wrappedKey or sealed');
   }
+  if (o.ownerSignature !== undefined && typeof o.ownerSignature !== 'string') throw new KmsError('bad-share', 'ownerSignature: must be base64 text');
   return o as WrappedShare;
 }
