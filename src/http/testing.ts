@@ -27,8 +27,10 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-/** kms: 'unsealed' (default: initialized 2-of-2 and open, so data routes serve) or 'uninitialized'. */
-/** imageStore 's3': image files go to an S3-protocol server (s3rver) on 127.0.0.1, its data under `blobRoot`. */
+/**
+ * kms: 'unsealed' (default: initialized 2-of-2 and open, so data routes serve) or 'uninitialized'.
+ * imageStore 's3': image files go to an S3-protocol server (s3rver) on 127.0.0.1, its data under `blobRoot`.
+ */
 export async function startTestServer(opts: { siteId?: string; bodyLimit?: number; kms?: 'unsealed' | 'uninitialized'; maxImageBytes?: number; streamImagesAboveBytes?: number; imageStore?: 'fs' | 's3' } = {}): Promise<TestServer> {
   const db = await openTestDb({ migrated: false });
   const siteId = opts.siteId ?? 'B';

@@ -128,27 +128,24 @@ export class ImagingStore {
   async ingest(file: Uint8Array, opts: IngestOptions): Promise<ImagingResult<IngestOutcome>> {
     const max = this.maxFileBytes;
     if (file.byteLength > max) return imagingFail('too-large', `the file has ${file.byteLength} bytes; this site accepts at most ${max}`);
-    const key = await this.#dataKey(undefined);
+    const key = await this.#dataKey();
     if (!key.ok) return key;
     // Encryption (most of the work) starts at once on a worker, while this thread checks the
     // file and asks the index whether this site may keep it and whether the same bytes are
-    // held already; the ciphertext of a file turned away is dropped unwritten.
+    // held already; the ciphertext of a file turned away is dropped unwritten. The worker has
+    // its own copy of the key once seal returns, so this one is wiped at once.
     const fileKey = { keyId: IMAGING_KEY, keyVersion: 0, key: key.value.plaintext };
     const sealing = this.#o.files ? this.#o.files.seal(file, fileKey) : Promise.resolve(encryptFile(file, fileKey));
+    key.value.plaintext.fill(0);
     sealing.catch(() => undefined); // awaited below unless the file is turned away first
-    const forget = () => key.value.plaintext.fill(0);
     const read = readInstance(file);
-    if (!read.ok) return (forget(), imagingFail('invalid', read.error));
+    if (!read.ok) return imagingFail('invalid', read.error);
     const a = read.value;
     const sha256 = createHash('sha256').update(file).digest('hex');
-    const [refused, existing] = await Promise.all([this.#refuse(a, opts), this.#current(this.#o.db, a.sopInstanceUid)]).catch((e: unknown) => {
-      forget();
-      throw e;
-    });
-    if (refused || existing?.sha256 === sha256) forget();
+    const [refused, existing] = await Promise.all([this.#refuse(a, opts), this.#current(this.#o.db, a.sopInstanceUid)]);
     if (refused) return refused;
     if (existing?.sha256 === sha256) return { ok: true, value: outcomeOf(a, sha256, 'duplicate', existing.version) };
-    const sealed = await sealing.finally(forget);
+    const sealed = await sealing;
     const blobKey = newBlobKey();
     await this.#o.blobs.put(blobKey, sealed);
     return this.#commit(a, { sha256, size: file.byteLength, blobKey, dataKey: key.value.wrapped, source: opts.source });
@@ -162,7 +159,7 @@ export class ImagingStore {
   async ingestStream(source: AsyncIterable<Buffer | Uint8Array>, opts: IngestOptions & { headBytes?: number }): Promise<ImagingResult<IngestOutcome>> {
     const max = this.maxFileBytes;
     const headLimit = opts.headBytes ?? 4 * 2 ** 20;
-    const key = await this.#dataKey(undefined);
+    const key = await this.#dataKey();
     if (!key.ok) {
       for await (const _ of source); // read to the end: the sender is not left hanging
       return key;
@@ -245,7 +242,7 @@ export class ImagingStore {
    * (or any, once the KMS is sealed) is destroyed unused: a key rotation reaches new files
    * within that time.
    */
-  async #dataKey(a: InstanceAttributes | undefined): Promise<ImagingResult<DataKey>> {
+  async #dataKey(): Promise<ImagingResult<DataKey>> {
     const now = Date.now();
     if (!this.#o.kms.signingKey()) this.#dropSpares(() => true);
     else this.#dropSpares((k) => now - k.madeAt > SPARE_KEY_MAX_AGE_MS);
@@ -259,7 +256,7 @@ export class ImagingStore {
       this.#refill();
       return { ok: true, value: k };
     } catch (e) {
-      return { ok: false, error: { kind: 'sealed', message: `cannot encrypt the file: ${e instanceof Error ? e.message : String(e)}`, ...(a ? { instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid } } : {}) } };
+      return imagingFail('sealed', `cannot encrypt the file: ${e instanceof Error ? e.message : String(e)}`);
     }
   }
 

@@ -48,7 +48,10 @@ export class FileCryptoPool {
     return { file: r.bytes, sha256: r.sha256! };
   }
 
-  /** The `MMF1` bytes of a file (encryptFile on a worker); the worker gets a copy, the caller keeps `file`. */
+  /**
+   * The `MMF1` bytes of a file (encryptFile on a worker). The worker gets copies of `file` and
+   * `key` before this returns: the caller keeps `file` and may wipe `key.key` at once.
+   */
   async seal(file: Uint8Array, key: FileKey): Promise<Buffer> {
     if (this.#closed) return encryptFile(file, key);
     return (await this.#run({ op: 'seal', file: new Uint8Array(file).buffer, key })).bytes;
