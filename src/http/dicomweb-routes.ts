@@ -9,7 +9,7 @@ import { patientInScope, type AccessFilter } from '../records/index.ts';
 import type { AccessControl } from '../security/access/index.ts';
 import {
   attributeKeyword, DEFAULT_RETURN, extractFrames, findImaging, mediaParams, MultipartError, multipartRelated, readMultipartRelated, storeFailureStatus, toDicomJson,
-  type ImagingStore, type Part, type QueryLevel, type StoredInstance,
+  type ImagingStore, type IngestOptions, type Part, type QueryLevel, type StoredInstance,
 } from '../imaging/index.ts';
 import { resolveRequester } from './requester.ts';
 
@@ -82,12 +82,23 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     return false;
   };
 
+  /** For STOW-RS by a caller with a limited scope: may they store images of this patient? */
+  const storeScope = (filter: AccessFilter): NonNullable<IngestOptions['mayStore']> => async ({ dicomPatientId, recordId }) => {
+    if (recordId === undefined) {
+      return `patient ${dicomPatientId} has no record at this site yet: register the patient first (images sent by the modality or PACS, a service account, are taken as they come)`;
+    }
+    return (await patientInScope(store.db, filter.rows, recordId)) ? undefined : filter.denied.replace(/^\S+/, `a study of patient ${dicomPatientId} (Patient/${recordId})`);
+  };
+
   // ---- STOW-RS ------------------------------------------------------------------------
   const stow = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
     const study = req.params.study;
-    // Storing needs the right to create ImagingStudy; whose study it is becomes known when it
-    // is linked to its patient, and reads are scoped from then on.
-    if (!(await gate(req, reply, 'create', study ? `dicom:study/${study}` : 'dicom:studies'))) return reply;
+    // Storing needs the right to create ImagingStudy, and, for a caller whose access covers
+    // only some patients (a doctor's care relationship), each instance's patient in that scope,
+    // as a FHIR create would: nobody files images into the record of a patient they may not touch.
+    const filter = await gate(req, reply, 'create', study ? `dicom:study/${study}` : 'dicom:studies');
+    if (!filter) return reply;
+    const mayStore = filter.rows.kind === 'all' ? undefined : storeScope(filter);
     if (study !== undefined && !uidsOk(req.params)) return bad(reply, 400, `${study} is not a valid Study Instance UID`);
     const contentType = mediaParams(req.headers['content-type'] ?? '');
     if (contentType.media !== 'multipart/related') return bad(reply, 415, `STOW-RS takes multipart/related, not ${contentType.media || '(no Content-Type)'}`);
@@ -98,6 +109,8 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     const referenced: object[] = [];
     const failed: object[] = [];
     const warnings: string[] = [];
+    /** Parts refused for the caller's access (audited as a denial when nothing was stored). */
+    const refusals: string[] = [];
     const base = `${req.protocol}://${req.headers.host ?? 'localhost'}/dicomweb`;
     let malformed: string | undefined;
     // One iterator over the request, kept here so what is left of it can be read off below.
@@ -110,8 +123,9 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
           warnings.push(warning(`part ${part.index} is ${media || 'untyped'}, not application/dicom`));
           continue; // its bytes are skipped
         }
-        const r = await store.receive(part.body, { source: actor(req), ...(study ? { expectStudy: study } : {}) });
+        const r = await store.receive(part.body, { source: actor(req), ...(study ? { expectStudy: study } : {}), ...(mayStore ? { mayStore } : {}) });
         if (!r.ok) {
+          if (r.error.kind === 'forbidden') refusals.push(r.error.message);
           failed.push(failure(r.error.instance ?? {}, storeFailureStatus(r.error.kind)));
           warnings.push(warning(`part ${part.index}: ${r.error.message}`));
           continue;
@@ -134,7 +148,12 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
       failed.push(failure({}, FAILURE.cannotUnderstand));
       warnings.push(warning(malformed));
     }
-    req.auditExtra = { action: 'dicom-store', ...(study ? { resource: `dicom:study/${study}` } : {}), detail: `stored ${referenced.length}, failed ${failed.length}` };
+    req.auditExtra = {
+      action: 'dicom-store',
+      ...(study ? { resource: `dicom:study/${study}` } : {}),
+      ...(refusals.length && !referenced.length ? { outcome: 'deny' as const } : {}),
+      detail: `stored ${referenced.length}, failed ${failed.length}${refusals.length ? `; ${refusals.length} refused to this caller: ${refusals[0]!}` : ''}`.slice(0, 2000),
+    };
     const body: Record<string, unknown> = {
       ...(study ? { '00081190': { vr: 'UR', Value: [`${base}/studies/${study}`] } } : {}),
       ...(referenced.length ? { '00081199': { vr: 'SQ', Value: referenced } } : {}),

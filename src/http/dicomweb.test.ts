@@ -8,7 +8,7 @@ import dicomweb from 'dicomweb-client';
 import XMLHttpRequest from 'xhr2';
 import { testBackend } from '../db/test-db.ts';
 import { checkStructure } from '../imaging/index.ts';
-import { sample } from '../imaging/testing.ts';
+import { makeInstances, sample } from '../imaging/testing.ts';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
 import { DEFAULT_POLICIES } from '../security/access/index.ts';
 import { serviceAssertion } from '../security/identity/index.ts';
@@ -169,11 +169,50 @@ describe(`DICOMweb (${testBackend()})`, () => {
     assert.match(((await edgeRead.json()) as { message: string }).message, /not for edge service accounts/);
   });
 
+  it('takes images from a doctor only for patients in their care, as a FHIR create would', async () => {
+    // Follows the test above: the CT patient is in dr-li's care through a cardiology encounter.
+    const pidOf = async (study: string) => (await s.db.query<{ patient_id: string }>('SELECT patient_id FROM imaging_study WHERE study_uid = $1', [study])).rows[0]!.patient_id;
+    const inCare = await pidOf(CT_STUDY);
+    const other = await pidOf('1.3.6.1.4.1.5962.1.2.4.20040826185059.5457'); // MR_small_bigendian's patient, held, not in care
+    const make = (studyUid: string, patientId: string) => makeInstances({ template: 'CT_small.dcm', studyUid, date: '20261120', patientId, count: 1 });
+    const doctor = s.as(['doctor'], { department: 'cardiology' }, { userId: 'dr-li' });
+    const instances = async () => (await s.db.query<{ n: number }>('SELECT count(*)::int AS n FROM imaging_instance')).rows[0]!.n;
+    const n0 = await instances();
+    const blobs0 = await blobFiles(s.blobRoot);
+
+    const mine = await stowRaw(s, await make('1.2.826.0.1.3680043.10.543.71', inCare), '/studies', doctor);
+    assert.equal(mine.status, 200, JSON.stringify(mine.body));
+    const refused = await stowRaw(s, [
+      ...(await make('1.2.826.0.1.3680043.10.543.72', other)),
+      ...(await make('1.2.826.0.1.3680043.10.543.73', 'NO-RECORD-HERE-9')),
+      ...(await make('1.2.826.0.1.3680043.10.543.74', '')),
+      // 197 KB: above this server's streaming threshold, so refused on the streamed path.
+      ...(await makeInstances({ template: 'SC_rgb_jpeg_dcmd.dcm', studyUid: '1.2.826.0.1.3680043.10.543.76', date: '20261120', patientId: other, count: 1 })),
+    ], '/studies', doctor);
+    assert.equal(refused.status, 409);
+    const reasons = (refused.body['00081198'] as { Value: Array<Record<string, { Value: number[] }>> }).Value.map((f) => f['00081197']!.Value[0]);
+    assert.deepEqual(reasons, [0x0124, 0x0124, 0x0124, 0x0124]);
+    assert.match(refused.warning ?? '', new RegExp(`part 1: a study of patient ${other} \\(Patient/[^)]+\\) belongs to a patient outside your care relationship`));
+    assert.match(refused.warning ?? '', /part 2: patient NO-RECORD-HERE-9 has no record at this site yet: register the patient first/);
+    assert.match(refused.warning ?? '', /part 3: instance [0-9.]+ carries no Patient ID/);
+    assert.match(refused.warning ?? '', new RegExp(`part 4: a study of patient ${other} `));
+    const audited = await s.db.query<{ outcome: string; detail: string }>(
+      "SELECT e->>'outcome' AS outcome, e->>'detail' AS detail FROM (SELECT convert_from(entry, 'UTF8')::jsonb AS e FROM audit_entry) x WHERE e->>'action' = 'dicom-store' AND e->'actor'->>'id' = 'dr-li' ORDER BY e->>'time'",
+    );
+    assert.deepEqual(audited.rows.map((r) => r.outcome), ['success', 'deny'], 'each STOW by the doctor is audited, the refused one as a denial');
+    assert.match(audited.rows[1]!.detail, /stored 0, failed 4; 4 refused to this caller: a study of patient/);
+    assert.equal(await instances(), n0 + 1, 'only the in-care instance is indexed');
+    assert.equal(await blobFiles(s.blobRoot), blobs0 + 1, 'and only its file is kept');
+    // A service account (the PACS, a modality behind an edge) is not scoped by patient.
+    const fromPacs = await stowRaw(s, await make('1.2.826.0.1.3680043.10.543.75', 'NO-RECORD-HERE-9'));
+    assert.equal(fromPacs.status, 200, `${JSON.stringify(fromPacs.body)} ${fromPacs.warning}`);
+  });
+
   it('refuses bad STOW-RS bodies part by part and writes nothing for them', async () => {
     const before = await s.counts();
     const rows = async () => (await s.db.query<{ n: number }>('SELECT count(*)::int AS n FROM imaging_instance')).rows[0]!.n;
     const n0 = await rows();
-    const post = (body: Buffer, contentType: string, path = '/studies') => fetch(`${s.base}/dicomweb${path}`, { method: 'POST', headers: { ...s.as(['doctor']), 'content-type': contentType }, body });
+    const post = (body: Buffer, contentType: string, path = '/studies') => fetch(`${s.base}/dicomweb${path}`, { method: 'POST', headers: { ...s.as(['integration']), 'content-type': contentType }, body });
     const good = await sample('MR_small.dcm');
     const badBoundary = await post(multipart([good], 'abc'), 'multipart/related; type="application/dicom"; boundary=xyz');
     assert.equal(badBoundary.status, 400);
@@ -217,7 +256,7 @@ describe(`DICOMweb (${testBackend()})`, () => {
         c.close();
       },
     });
-    const r = await fetch(`${s.base}/dicomweb/studies`, { method: 'POST', headers: { ...s.as(['doctor']), 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` }, body: pieces, duplex: 'half' });
+    const r = await fetch(`${s.base}/dicomweb/studies`, { method: 'POST', headers: { ...s.as(['integration']), 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` }, body: pieces, duplex: 'half' });
     assert.equal(r.status, 200);
     const refs = ((await r.json()) as { '00081199': { Value: Array<Record<string, { Value: string[] }>> } })['00081199'].Value;
     for (const [i, file] of [big, small].entries()) {
@@ -274,8 +313,8 @@ function multipart(files: Buffer[], boundary: string): Buffer {
   return Buffer.concat([...files.flatMap((f) => [Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`), f, Buffer.from('\r\n')]), Buffer.from(`--${boundary}--\r\n`)]);
 }
 
-async function stowRaw(s: TestServer, files: Buffer[], path = '/studies'): Promise<{ status: number; body: Record<string, unknown>; warning: string | null }> {
+async function stowRaw(s: TestServer, files: Buffer[], path = '/studies', as = s.as(['integration'])): Promise<{ status: number; body: Record<string, unknown>; warning: string | null }> {
   const boundary = 'medmesh-test-boundary';
-  const r = await fetch(`${s.base}/dicomweb${path}`, { method: 'POST', headers: { ...s.as(['integration']), 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` }, body: multipart(files, boundary) });
+  const r = await fetch(`${s.base}/dicomweb${path}`, { method: 'POST', headers: { ...as, 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` }, body: multipart(files, boundary) });
   return { status: r.status, body: (await r.json()) as Record<string, unknown>, warning: r.headers.get('warning') };
 }

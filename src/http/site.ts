@@ -174,7 +174,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   const blobs = s3 ?? (opts.imaging?.blobRoot !== undefined ? new FsBlobStore({ root: opts.imaging.blobRoot }) : undefined);
   // Whole-study retrievals decrypt on every core (workers start on first use).
   const files = blobs ? new FileCryptoPool() : undefined;
-  const imaging = opts.imaging && blobs ? new ImagingStore({ db, kms, blobs, ...(files ? { files } : {}), admit: (a) => residency.refusal(a.patientId), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}), ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}) }) : undefined;
+  const imaging = opts.imaging && blobs ? new ImagingStore({ db, kms, blobs, ...(files ? { files } : {}), admit: (a) => residency.refusal(a.patientId), findPatient: (pid) => residency.patientOf(pid), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}), ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}) }) : undefined;
   const studyLinker = imaging ? new StudyLinker({ db, records: store, region, siteId }) : undefined;
   studyLinker?.start();
   // DIMSE operations are audited like HTTP requests; a sealed site (no audit log) refuses them.

@@ -4,6 +4,7 @@ export type ImagingErrorKind =
   | 'too-large' // above the configured size (HTTP 413)
   | 'wrong-study' // STOW-RS to /studies/{uid} with an instance of another study
   | 'not-held-here' // the patient's data may not be kept at this site (residency; DIMSE 0x0124)
+  | 'forbidden' // the sender may not store images of this patient (its access scope; 0x0124)
   | 'not-found'
   | 'corrupt' // a stored file no longer matches its checksum
   | 'sealed'; // the KMS is sealed: nothing can be encrypted or decrypted
@@ -29,6 +30,7 @@ export function storeFailureStatus(kind: ImagingErrorKind): number {
     case 'wrong-study':
       return 0xa900; // Error: data set does not match (the study of the request)
     case 'not-held-here':
+    case 'forbidden':
       return 0x0124; // Refused: not authorized
     case 'not-found':
     case 'corrupt':

@@ -44,6 +44,12 @@ export class ImageResidency {
     this.#o = opts;
   }
 
+  /** The id of the FHIR Patient held here for a DICOM Patient ID (not cached: a record may appear any time). */
+  async patientOf(pid: string): Promise<{ ok: true; id: string | undefined } | { ok: false; error: string }> {
+    const found = await findDicomPatient(this.#o.records, this.#o.region, pid);
+    return found.ok ? { ok: true, id: found.patient?.id } : found;
+  }
+
   /** Undefined when this site may keep images of the patient; else why not. */
   async refusal(patientId: string | null): Promise<string | undefined> {
     const pid = patientId?.trim() ?? '';

@@ -23,6 +23,8 @@ export interface ImagingStoreOptions {
   streamAboveBytes?: number;
   /** Whether this site may keep the instance (its patient's residency); a reason when not. */
   admit?: (a: InstanceAttributes) => Promise<string | undefined>;
+  /** The FHIR Patient this site holds for a DICOM Patient ID (for senders whose scope is limited). */
+  findPatient?: (dicomPatientId: string) => Promise<{ ok: true; id: string | undefined } | { ok: false; error: string }>;
   /** Opens and seals files on worker threads (absent: on the calling thread). */
   files?: Pick<FileCryptoPool, 'open' | 'seal'>;
 }
@@ -232,7 +234,19 @@ export class ImagingStore {
     }
     const notHere = await this.#o.admit?.(a);
     if (notHere !== undefined) return { ok: false, error: { kind: 'not-held-here', message: notHere, instance } };
+    const forbidden = opts.mayStore ? await this.#callerRefusal(a, opts.mayStore) : undefined;
+    if (forbidden !== undefined) return { ok: false, error: { kind: 'forbidden', message: forbidden, instance } };
     return undefined;
+  }
+
+  /** Why this sender may not store images of the instance's patient (undefined: it may). */
+  async #callerRefusal(a: InstanceAttributes, mayStore: NonNullable<IngestOptions['mayStore']>): Promise<string | undefined> {
+    const pid = a.patientId?.trim();
+    if (!pid) return `instance ${a.sopInstanceUid} carries no Patient ID: only a sender allowed every patient's images may store it`;
+    if (!this.#o.findPatient) return `this site cannot tell whose images instance ${a.sopInstanceUid} are, so it takes them only from senders allowed every patient's images`;
+    const found = await this.#o.findPatient(pid);
+    if (!found.ok) return found.error;
+    return mayStore({ dicomPatientId: pid, recordId: found.id });
   }
 
   /**
@@ -410,6 +424,12 @@ export interface IngestOptions {
   source: string;
   /** STOW-RS to /studies/{uid}: refuse instances of another study. */
   expectStudy?: string;
+  /**
+   * For a sender whose access covers only some patients: whether it may store images of this
+   * one (`recordId`: the FHIR Patient held here, undefined when there is none yet); a reason
+   * when not. Asked before anything is written.
+   */
+  mayStore?: (patient: { dicomPatientId: string; recordId: string | undefined }) => Promise<string | undefined>;
 }
 
 const newBlobKey = () => `${randomUUID().slice(0, 2)}/${randomUUID()}.mmf`;

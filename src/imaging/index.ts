@@ -7,7 +7,7 @@ export { S3BlobStore } from './s3-blob-store.ts';
 export type { S3BlobStoreOptions } from './s3-blob-store.ts';
 export type { BlobStore } from './blob-store.ts';
 export { ImagingStore, IMAGING_KEY } from './imaging-store.ts';
-export type { ImagingStoreOptions, IngestOutcome, StoredInstance } from './imaging-store.ts';
+export type { ImagingStoreOptions, IngestOptions, IngestOutcome, StoredInstance } from './imaging-store.ts';
 export { findImaging, queryableAttributes, attributeKeyword, toDicomJson, DEFAULT_RETURN } from './imaging-query.ts';
 export type { FindOptions, QueryLevel, Match } from './imaging-query.ts';
 export { startDimseServer } from './dimse-server.ts';
