@@ -7,12 +7,14 @@ import type { Db } from '../../db/index.ts';
 import { openTestDb, testBackend } from '../../db/test-db.ts';
 import { Sm2PrivateKey } from '../crypto/index.ts';
 import { AuditLog, cosign, entryMac } from './audit-log.ts';
-import type { AuditEvent } from './event.ts';
+import { canonicalBytes, type AuditEvent } from './event.ts';
 import { rootOf, leafHash, verifyConsistency, verifyInclusion } from './merkle.ts';
-import { verifyAuditLog } from './verify.ts';
+import { entryTimeMs, verifyAuditLog } from './verify.ts';
 
+// Entries carry the time they are made, as in the service: verify checks the append time against it.
+const startedAt = Date.now();
 const event = (i: number): AuditEvent => ({
-  time: new Date(Date.UTC(2026, 10, 22, 3, 0, 0, i)).toISOString(), site: 'B',
+  time: new Date(startedAt + i).toISOString(), site: 'B',
   actor: { kind: 'user', id: `doctor-${i % 7}`, role: 'doctor' }, action: 'read', outcome: i % 10 === 0 ? 'deny' : 'allow',
   purpose: 'treatment', resource: `Patient/p${i}`, fields: ['name', 'birthDate'], sourceIp: '10.1.2.3', requestId: `req-${i}`,
 });
@@ -91,6 +93,28 @@ describe(`audit log (${testBackend()})`, () => {
     const again = await verify();
     assert.deepEqual(again.invalidMac, [377]);
     assert.ok(again.rootMismatch.includes(300), 'the signed root still exposes the change');
+  });
+
+  it('names entries whose append time was moved (the column date searches and retention read)', async () => {
+    // Hidden from a search by date, and made to look old enough to leave the database early.
+    await asAttacker("UPDATE audit_entry SET recorded_at = recorded_at - interval '90 days' WHERE seq = 120");
+    await asAttacker("UPDATE audit_entry SET recorded_at = recorded_at + interval '1 hour' WHERE seq = 121");
+    const report = await verify();
+    assert.deepEqual(report.timeMismatch, [120, 121]);
+    assert.equal(report.ok, false);
+    assert.deepEqual(report.rootMismatch.filter((n) => n < 377), [300], 'the bytes of 120 and 121 are intact: only the earlier edit breaks roots');
+    assert.equal((await verify({ maxAppendSkewMs: 100 * 86_400_000 })).timeMismatch.length, 0, 'the allowed skew is an option');
+    // Within the skew nothing is reported: the entry's own time is a few milliseconds off by nature.
+    await asAttacker('UPDATE audit_entry SET recorded_at = to_timestamp($1 / 1000.0) WHERE seq IN (120, 121)', [startedAt + 120]);
+    assert.deepEqual((await verify()).timeMismatch, []);
+  });
+
+  it("reads an entry's own time from its bytes, whatever its strings hold", () => {
+    const e = { ...event(7), detail: 'quoted "time":"1999-01-01T00:00:00Z" and time":"2000' };
+    assert.equal(entryTimeMs(canonicalBytes(e)), Date.parse(e.time));
+    assert.equal(entryTimeMs(new Uint8Array(canonicalBytes(e))), Date.parse(e.time), 'PGlite hands back a Uint8Array');
+    assert.equal(entryTimeMs(Buffer.from('{"action":"read"}')), undefined);
+    assert.equal(entryTimeMs(Buffer.from('{"time":"yesterday"}')), undefined);
   });
 
   it('detects a forged checkpoint signature and a truncated tail', async () => {

@@ -1,6 +1,7 @@
 // Recomputes the whole audit log and says exactly what is wrong: entries whose MAC fails
 // (altered or forged), missing sequence numbers (deleted), checkpoints whose root or
-// signature does not match, and disagreement with a checkpoint the verifier trusts.
+// signature does not match, disagreement with a checkpoint the verifier trusts, and append
+// times moved away from the time the entry itself carries.
 import { Worker } from 'node:worker_threads';
 import type { Queryable } from '../../db/index.ts';
 import { sm2Verify, type Sm2PublicKey } from '../crypto/index.ts';
@@ -13,6 +14,13 @@ export interface AuditReport {
   checkpoints: number;
   /** Entries whose bytes no longer match their MAC: altered, or inserted by someone without the key. */
   invalidMac: number[];
+  /**
+   * Entries whose append time (`recorded_at`, what AuditEvent `date` searches and retention
+   * use) is further than the allowed skew from the time in their own bytes: moved to hide
+   * an entry from a date search, or to age it out early. The bytes are under the MAC; this
+   * column is not, so it is checked against them.
+   */
+  timeMismatch: number[];
   /** Ranges of sequence numbers that are gone (deleted rows). */
   missing: Array<{ from: number; to: number }>;
   /** Checkpoints whose Merkle root differs from the entries now stored. */
@@ -33,6 +41,8 @@ export interface VerifyOptions {
   /** Keys whose checkpoint signatures are accepted (the site's own key at least). */
   signers: Sm2PublicKey[];
   trusted?: { treeSize: number; root: Uint8Array };
+  /** How far an entry's append time may be from its own time (clocks of API nodes and database, queueing). Default 5 minutes. */
+  maxAppendSkewMs?: number;
   pageSize?: number;
   onProgress?: (entries: number) => void;
 }
@@ -64,7 +74,7 @@ async function archivedPrefix(q: Queryable): Promise<{ size: number; frontier: B
 
 export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise<AuditReport> {
   const t0 = performance.now();
-  const report: AuditReport = { ok: true, entries: 0, checkpoints: 0, invalidMac: [], missing: [], rootMismatch: [], badSignature: [], unsignedTail: 0, archivedBefore: 0, seconds: 0 };
+  const report: AuditReport = { ok: true, entries: 0, checkpoints: 0, invalidMac: [], timeMismatch: [], missing: [], rootMismatch: [], badSignature: [], unsignedTail: 0, archivedBefore: 0, seconds: 0 };
   const archived = await archivedPrefix(q);
   const { rows: cps } = await q.query<{ tree_size: bigint; root: Buffer; statement: string; signature: Buffer; signer_site: string; issued_at: Date }>(
     'SELECT tree_size, root, statement, signature, signer_site, issued_at FROM audit_checkpoint ORDER BY tree_size',
@@ -87,6 +97,7 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
   const macResults: Array<Promise<number[]>> = [];
   let expectedSeq = archived?.size ?? 0;
   const page = opts.pageSize ?? 10_000;
+  const maxSkew = opts.maxAppendSkewMs ?? 5 * 60_000;
   const checkAt = (n: number) => {
     const want = sizesToCheck.get(n);
     if (!want) return;
@@ -95,7 +106,13 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
     if (!ok && checkpoints.some((c) => c.size === n)) report.rootMismatch.push(n);
   };
   try {
-    const fetchPage = (from: number) => q.query<{ seq: bigint; entry: Buffer; mac: Buffer }>('SELECT seq, entry, mac FROM audit_entry WHERE seq >= $1 ORDER BY seq LIMIT $2', [from, page], { name: 'audit-verify-page' });
+    // The append time as epoch milliseconds: a float parses far faster than a timestamptz.
+    const fetchPage = (from: number) =>
+      q.query<{ seq: bigint; entry: Buffer; mac: Buffer; at: number | string }>(
+        'SELECT seq, entry, mac, extract(epoch FROM recorded_at)::float8 * 1000 AS at FROM audit_entry WHERE seq >= $1 ORDER BY seq LIMIT $2',
+        [from, page],
+        { name: 'audit-verify-page' },
+      );
     let pending = fetchPage(expectedSeq);
     for (;;) {
       const { rows } = await pending;
@@ -114,13 +131,15 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
         }
         tree.push(leafHash(r.entry));
         checkAt(tree.size);
+        const own = entryTimeMs(r.entry);
+        if (own === undefined || Math.abs(Number(r.at) - own) > maxSkew) report.timeMismatch.push(seq);
         expectedSeq = seq + 1;
       }
       macResults.push(macs.check(rows));
       report.entries += rows.length;
       opts.onProgress?.(report.entries);
     }
-      report.invalidMac = (await Promise.all(macResults)).flat().sort((a, b) => a - b);
+    report.invalidMac = (await Promise.all(macResults)).flat().sort((a, b) => a - b);
   } finally {
     await macs.close();
   }
@@ -131,9 +150,27 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
   }
   if (opts.trusted && !report.trusted) report.trusted = { treeSize: opts.trusted.treeSize, consistent: false };
   report.unsignedTail = Math.max(0, expectedSeq - lastSigned);
-  report.ok = !report.invalidMac.length && !report.missing.length && !report.rootMismatch.length && !report.badSignature.length && (report.trusted?.consistent ?? true);
+  report.ok = !report.invalidMac.length && !report.timeMismatch.length && !report.missing.length && !report.rootMismatch.length && !report.badSignature.length && (report.trusted?.consistent ?? true);
   report.seconds = (performance.now() - t0) / 1000;
   return report;
+}
+
+const TIME_KEY = Buffer.from('"time":"');
+
+/**
+ * The `time` an entry carries, read straight from its canonical bytes: keys are sorted, so
+ * `time` is the last top-level key, and inside a JSON string a quote is always escaped, so
+ * the last `"time":"` is the key itself. Undefined when the bytes hold no readable time.
+ */
+export function entryTimeMs(entry: Uint8Array): number | undefined {
+  const bytes = Buffer.isBuffer(entry) ? entry : Buffer.from(entry.buffer, entry.byteOffset, entry.byteLength);
+  const at = bytes.lastIndexOf(TIME_KEY);
+  if (at < 0) return undefined;
+  const start = at + TIME_KEY.length;
+  const end = bytes.indexOf(0x22, start);
+  if (end < 0) return undefined;
+  const ms = Date.parse(bytes.toString('latin1', start, end));
+  return Number.isNaN(ms) ? undefined : ms;
 }
 
 /** MAC checks on a worker thread; each page travels as one transferred buffer. */
