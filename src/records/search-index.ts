@@ -1,5 +1,6 @@
-// Turns a resource into search index rows by evaluating each indexed parameter's FHIRPath.
-import { evalFhirPathTyped, toTypedValue } from '@medplum/core';
+// Turns a resource into search index rows by evaluating each indexed parameter's FHIRPath
+// (through its compiled accessor when it has one: search-paths.ts).
+import { evalFhirPathTyped, toTypedValue, type TypedValue } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
 import { parseDateRange } from './fhir-dates.ts';
 import type { IndexedParam } from './search-params.ts';
@@ -26,9 +27,10 @@ const strs = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is st
 
 export function extractIndex(resource: Resource, params: ReadonlyMap<string, IndexedParam>): IndexRows {
   const rows: IndexRows = { tokens: [], strings: [], dates: [], references: [] };
-  const root = [toTypedValue(resource)];
+  let root: TypedValue[] | undefined;
   for (const p of params.values()) {
-    for (const { type, value } of evalFhirPathTyped(p.atom, root)) {
+    const values = p.extract ? p.extract(resource) : evalFhirPathTyped(p.atom, (root ??= [toTypedValue(resource)]));
+    for (const { type, value } of values) {
       switch (p.type) {
         case 'token':
           addTokens(rows, p.code, type, value);
@@ -106,12 +108,20 @@ function addDate(rows: IndexRows, code: string, type: string, value: unknown): v
 }
 
 function dedupe(rows: IndexRows): IndexRows {
-  const uniq = <T>(xs: T[]): T[] => {
+  // Plain string keys, cheaper than JSON per row. Codes come from our table (no NUL), and the
+  // token system carries its length, so no two different rows share a key.
+  const uniq = <T>(xs: T[], key: (x: T) => string): T[] => {
+    if (xs.length < 2) return xs;
     const seen = new Set<string>();
     return xs.filter((x) => {
-      const k = JSON.stringify(x);
+      const k = key(x);
       return seen.has(k) ? false : (seen.add(k), true);
     });
   };
-  return { tokens: uniq(rows.tokens), strings: uniq(rows.strings), dates: uniq(rows.dates), references: uniq(rows.references) };
+  return {
+    tokens: uniq(rows.tokens, (t) => `${t.code}\0${t.system === null ? -1 : t.system.length}:${t.system ?? ''}${t.value}`),
+    strings: uniq(rows.strings, (t) => `${t.code}\0${t.value}`),
+    dates: uniq(rows.dates, (t) => `${t.code}\0${t.lo}\0${t.hi}`),
+    references: uniq(rows.references, (t) => `${t.code}\0${t.target}`),
+  };
 }

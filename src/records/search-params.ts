@@ -3,6 +3,7 @@
 // so it never claims a parameter we do not index.
 import { getSearchParameter, parseFhirPath, type FhirPathAtom } from '@medplum/core';
 import { SUPPORTED_TYPES, type SupportedType } from './resource-types.ts';
+import { compileSearchPath, type PathExtractor } from './search-paths.ts';
 
 export type IndexedParamType = 'token' | 'string' | 'date' | 'reference';
 
@@ -13,6 +14,8 @@ export interface IndexedParam {
   expression: string;
   /** The expression parsed once, at start-up. */
   atom: FhirPathAtom;
+  /** A direct accessor giving the same values, when the expression is a simple path. */
+  extract?: PathExtractor;
   documentation?: string;
 }
 
@@ -34,7 +37,9 @@ export function buildSearchParamTable(): SearchParamTable {
       const def = getSearchParameter(type, code);
       if (!def?.expression || !isIndexedType(def.type)) continue;
       const expression = narrow(def.expression, type);
-      if (expression) params.set(code, { code, type: def.type, expression, atom: parseFhirPath(expression), ...(def.description ? { documentation: def.description } : {}) });
+      if (!expression) continue;
+      const extract = compileSearchPath(expression);
+      params.set(code, { code, type: def.type, expression, atom: parseFhirPath(expression), ...(extract ? { extract } : {}), ...(def.description ? { documentation: def.description } : {}) });
     }
     table.set(type, params);
   }
