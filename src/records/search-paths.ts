@@ -1,8 +1,8 @@
-// Compiled accessors for the simple search expressions (most of them: `Patient.name.family`,
+// Compiled accessors for the simple search expressions (today all we index: `Patient.name.family`,
 // `Observation.effective`, `Patient.telecom.where(system='phone')`, `X.subject.where(resolve()
 // is Patient)`, `Condition.onset.ofType(Period)`, unions of these). Walking the properties
 // directly gives what FHIRPath gives at a fraction of the cost on every write; anything else
-// (backbone elements, functions) stays with FHIRPath. search-paths.test.ts holds the two
+// (other functions, operators, elements of no single named type) stays with FHIRPath. search-paths.test.ts holds the two
 // to the same answers over every indexed parameter.
 import { getDataType } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
@@ -69,7 +69,7 @@ function stepOf(typeName: string, name: string, ofType: string | undefined): Ste
   const plain = elements[name];
   if (plain) {
     const code = plain.type.length === 1 ? plain.type[0]!.code : undefined;
-    // Backbone elements have anonymous types here: leave them to FHIRPath.
+    // (@medplum/core names backbone types, e.g. EncounterParticipant; a bare one goes to FHIRPath.)
     if (!code || code === 'BackboneElement' || code === 'Element' || ofType !== undefined) return undefined;
     return { key: name, type: code };
   }
