@@ -1,5 +1,6 @@
 // Small benchmark harness: runs an operation at a fixed concurrency for a bounded count
-// and time, and reports throughput and latency percentiles.
+// and time, and reports throughput and latency percentiles (and, where asked, CPU per operation).
+import { readdirSync, readFileSync } from 'node:fs';
 
 export interface Measured {
   ops: number;
@@ -37,4 +38,40 @@ export function round(x: number, digits = 2): number {
 
 export function progress(msg: string): void {
   process.stderr.write(`[bench] ${msg}\n`);
+}
+
+/**
+ * CPU spent by this process and by the local PostgreSQL server's processes, in seconds: where
+ * a phase's time goes, beside its throughput. `postgres` is undefined when no PostgreSQL runs
+ * on this machine (or /proc cannot be read).
+ */
+export function cpuSeconds(): { node: number; postgres: number | undefined } {
+  const u = process.cpuUsage();
+  let postgres: number | undefined;
+  try {
+    const tick = 100; // USER_HZ on Linux
+    for (const pid of readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      let stat: string;
+      try {
+        stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      } catch {
+        continue; // gone meanwhile
+      }
+      // "pid (comm) state ... utime stime": fields after the closing parenthesis, utime 14th, stime 15th overall.
+      const close = stat.lastIndexOf(')');
+      if (stat.slice(stat.indexOf('(') + 1, close) !== 'postgres') continue;
+      const f = stat.slice(close + 2).split(' ');
+      postgres = (postgres ?? 0) + (Number(f[11]) + Number(f[12])) / tick;
+    }
+  } catch {
+    postgres = undefined;
+  }
+  return { node: (u.user + u.system) / 1e6, postgres };
+}
+
+/** CPU microseconds per operation between two readings. */
+export function cpuPerOp(before: ReturnType<typeof cpuSeconds>, after: ReturnType<typeof cpuSeconds>, ops: number): { node_us: number; postgres_us?: number } {
+  const per = (s: number) => round((s / Math.max(1, ops)) * 1e6, 0);
+  return { node_us: per(after.node - before.node), ...(before.postgres !== undefined && after.postgres !== undefined ? { postgres_us: per(after.postgres - before.postgres) } : {}) };
 }
