@@ -8,6 +8,7 @@ import type { Queryable } from '../db/index.ts';
 import { encodeGeohash, homeGeolocation, placePatient, type DataClass, type Placement } from '../region/index.ts';
 import type { RecordsContext } from './context.ts';
 import { fail, ok, type RecordError, type RecordIssue, type Result } from './errors.ts';
+import { empiRecord, type EmpiRecord } from './home-lookup.ts';
 import { checkRequiredBindings, type BindingTable } from './required-bindings.ts';
 import { isSupportedType, patientOf } from './resource-types.ts';
 
@@ -21,11 +22,6 @@ export interface PreparedWrite {
   patientId: string | null;
   /** Set when a new patient is placed: stored in the EMPI directory with the resource. */
   placement?: Placement;
-}
-
-export interface EmpiRecord {
-  shard: string;
-  reason: string;
 }
 
 /** Checks the body of a create or update against the URL. */
@@ -65,6 +61,8 @@ export async function prepareWrite(
   input: Resource,
   /** The current row for an update, undefined for an upsert of an unknown id, 'new' for a fresh id. */
   existing: { shard: string | null; patientId: string | null } | undefined | 'new',
+  /** How to find a patient's home: by default one query through `q`; plain writes pass the batched lookup. */
+  home: (patientId: string) => Promise<EmpiRecord | undefined> = (id) => empiRecord(q, id),
 ): Promise<Result<PreparedWrite>> {
   let resource = input;
   if (!isSupportedType(resource.resourceType)) return fail('not-found', `resource type ${resource.resourceType} is not served here`, { code: 'not-supported' });
@@ -84,7 +82,7 @@ export async function prepareWrite(
       const e = placed.error;
       return e.kind === 'invalid-identifier' ? fail('invalid', e.message, { code: 'value', expression: e.expression }) : fail('invalid', e.message, { code: 'business-rule' });
     }
-    const known = patientId && existing !== 'new' ? await empiRecord(q, patientId) : undefined;
+    const known = patientId && existing !== 'new' ? await home(patientId) : undefined;
     if (known) shard = known.shard;
     else {
       shard = placed.placement.shard;
@@ -94,9 +92,9 @@ export async function prepareWrite(
   } else {
     const link = patientOf(resource);
     if (link.patientId) {
-      const home = (await empiRecord(q, link.patientId))?.shard;
-      if (!home) return fail('invalid', `Patient/${link.patientId} is not known at site ${ctx.siteId}`, { code: 'not-found', ...(link.expression ? { expression: link.expression } : {}) });
-      shard = home;
+      const homeShard = (await home(link.patientId))?.shard;
+      if (!homeShard) return fail('invalid', `Patient/${link.patientId} is not known at site ${ctx.siteId}`, { code: 'not-found', ...(link.expression ? { expression: link.expression } : {}) });
+      shard = homeShard;
       patientId = link.patientId;
     } else if (existing && existing !== 'new') {
       ({ shard, patientId } = existing);
@@ -126,11 +124,6 @@ export function checkResidency(ctx: RecordsContext, dataClass: DataClass, shard:
     return fail('invalid', `site ${siteId} may not hold ${dataClass} data${shard ? ` of shard ${shard}` : ''}`, { code: 'business-rule' });
   }
   return ok(undefined);
-}
-
-export async function empiRecord(q: Queryable, patientId: string): Promise<EmpiRecord | undefined> {
-  const { rows } = await q.query<{ home_shard: string; reason: string }>('SELECT home_shard, reason FROM empi_patient WHERE patient_id = $1', [patientId]);
-  return rows[0] ? { shard: rows[0].home_shard, reason: rows[0].reason } : undefined;
 }
 
 async function organizationShard(ctx: RecordsContext, q: Queryable, id: string): Promise<string | undefined> {

@@ -13,6 +13,7 @@ import { EMPTY_INDEX, extractIndex } from './search-index.ts';
 import { parseSearch, type SearchRequest } from './search-query.ts';
 import { buildSearchSql } from './search-sql.ts';
 import { CreateBatcher } from './create-batcher.ts';
+import { HomeLookup } from './home-lookup.ts';
 import { writeVersion } from './write-version.ts';
 
 export interface WriteOutcome {
@@ -42,10 +43,12 @@ export interface HistoryOptions {
 export class RecordStore {
   readonly #ctx: RecordsContext;
   readonly #batcher: CreateBatcher;
+  readonly #homes: HomeLookup;
 
   constructor(ctx: RecordsContext) {
     this.#ctx = ctx;
     this.#batcher = new CreateBatcher(ctx.db);
+    this.#homes = new HomeLookup(ctx.db);
   }
 
   /** Runs `fn` in one transaction; a RollbackWith thrown inside becomes the error result. */
@@ -81,7 +84,8 @@ export class RecordStore {
     const id = opts.id ?? randomUUID();
     const admitted = opts.access?.admitWrite ? opts.access.admitWrite({ ...checked.value, id }, undefined) : ok({ ...checked.value, id });
     if (!admitted.ok) return admitted;
-    const prepared = await prepareWrite(this.#ctx, tx, admitted.value, 'new');
+    // A plain create runs in no transaction: its patient's home comes from the batched lookup.
+    const prepared = await prepareWrite(this.#ctx, tx, admitted.value, 'new', opts.batch ? (p) => this.#homes.find(p) : undefined);
     if (!prepared.ok) return prepared;
     if (opts.access && !(await patientInScope(tx, opts.access.rows, prepared.value.patientId))) return fail('forbidden', opts.access.denied, { code: 'forbidden' });
     const resource = await this.#write(tx, prepared.value, { parentHlc: null, replacesCurrent: false, batch: opts.batch ?? false });
