@@ -1,7 +1,7 @@
 // bench/access: FHIR read-by-id over HTTP with identity, access control, masking and audit
 // on, against the same HTTP stack and store with all of it off, in the same run (PostgreSQL).
 //   node bench/access/run.ts [--quick]
-// "off" is a bare Fastify route calling the record store; "on" is the site itself: SM2 token
+// "off" is a bare Fastify route calling the record store and answering as the FHIR route does; "on" is the site itself: SM2 token
 // (cached verification + revocation lookup), policy decision, care-relationship scope in the
 // SQL, masking, and one audit entry per read. Phases alternate to spread machine noise.
 import { randomBytes } from 'node:crypto';
@@ -9,7 +9,7 @@ import os from 'node:os';
 import Fastify from 'fastify';
 import pg from 'pg';
 import { openPostgres, quoteIdent } from '../../src/db/index.ts';
-import { buildApp, openSite } from '../../src/http/index.ts';
+import { buildApp, openSite, sendResource } from '../../src/http/index.ts';
 import { buildSearchParamTable } from '../../src/records/index.ts';
 import { tokenResolver } from '../../src/http/index.ts';
 import { makeResidentId } from '../../src/region/index.ts';
@@ -43,7 +43,8 @@ try {
   const bare = Fastify({ logger: false });
   bare.get<{ Params: { id: string } }>('/fhir/R4/Patient/:id', async (req, reply) => {
     const r = await site.store.read('Patient', req.params.id);
-    return r.ok ? reply.type('application/fhir+json; charset=utf-8').send(r.value) : reply.code(404).send();
+    // Answered as the FHIR route answers (ETag, Last-Modified, FHIR JSON): only access and audit differ.
+    return r.ok ? sendResource(reply, 200, r.value) : reply.code(404).send();
   });
   const off = await bare.listen({ port: 0, host: '127.0.0.1' });
   // The same site without the audit hook: how much of the cost is the audit write.

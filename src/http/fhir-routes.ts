@@ -112,7 +112,8 @@ function sendWrite(req: FastifyRequest, reply: FastifyReply, r: Result<WriteOutc
   return sendResource(reply, code, resource);
 }
 
-function sendResource(reply: FastifyReply, code: number, resource: Resource): FastifyReply {
+/** How the FHIR API answers with one resource: ETag and Last-Modified from its meta, FHIR JSON. */
+export function sendResource(reply: FastifyReply, code: number, resource: Resource): FastifyReply {
   setVersionHeaders(reply, resource);
   return send(reply, code, resource);
 }

@@ -5,3 +5,4 @@ export type { Site, SiteOptions, SiteStartError, ReplicationStartOptions } from 
 export type { Identity, IdentityResolver } from './identity.ts';
 export { tokenResolver, anonymousResolver } from './identity.ts';
 export { outcomeOf, statusOf } from './outcome.ts';
+export { sendResource } from './fhir-routes.ts';

@@ -3,7 +3,7 @@
 // only the callers it carried.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { Queryable } from '../db/index.ts';
+import type { Queryable, QueryOptions } from '../db/index.ts';
 import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
 import { HomeLookup } from './home-lookup.ts';
@@ -13,8 +13,8 @@ import { openTestStore, type TestStore } from './testing.ts';
 function watched(q: Queryable) {
   const state = { queries: 0, gate: undefined as Promise<void> | undefined, failNext: false };
   const wrapped: Queryable = {
-    ...q,
-    query: async (sql, params, opts) => {
+    exec: (sql) => q.exec(sql),
+    query: async <R,>(sql: string, params?: readonly unknown[], opts?: QueryOptions) => {
       state.queries++;
       const gate = state.gate;
       state.gate = undefined;
@@ -23,8 +23,8 @@ function watched(q: Queryable) {
         throw new Error('connection lost');
       }
       // The query is asked for now, and only sent once the gate opens (as if the server were slow).
-      const sent = gate ? gate.then(() => q.query(sql, params, opts)) : q.query(sql, params, opts);
-      return sent as ReturnType<Queryable['query']>;
+      if (gate) await gate;
+      return q.query<R>(sql, params, opts);
     },
   };
   return { wrapped, state };
