@@ -85,14 +85,10 @@ function stepOf(typeName: string, name: string, ofType: string | undefined): Ste
 // element, the first type present in the definition's order.
 function take(obj: Obj | undefined, step: Step): TypedValue[] {
   if (obj === null || typeof obj !== 'object') return [];
-  let type: string;
-  let v: unknown;
-  if ('key' in step) ({ type, value: v } = { type: step.type, value: obj[step.key] });
-  else {
-    const hit = step.choice.find((c) => obj[c.key] !== undefined);
-    if (!hit) return [];
-    ({ type, value: v } = { type: hit.type, value: obj[hit.key] });
-  }
+  const hit = 'key' in step ? step : step.choice.find((c) => obj[c.key] !== undefined);
+  if (!hit) return [];
+  const { type } = hit;
+  const v = obj[hit.key];
   if (Array.isArray(v)) return v.map((x: unknown) => ({ type, value: x ?? undefined }));
   return isEmpty(v) ? [] : [{ type, value: v }];
 }
