@@ -1,9 +1,10 @@
 // bench/access: FHIR read-by-id over HTTP with identity, access control, masking and audit
 // on, against the same HTTP stack and store with all of it off, in the same run (PostgreSQL).
 //   node bench/access/run.ts [--quick]
-// "off" is a bare Fastify route calling the record store and answering as the FHIR route does; "on" is the site itself: SM2 token
-// (cached verification + revocation lookup), policy decision, care-relationship scope in the
-// SQL, masking, and one audit entry per read. Phases alternate to spread machine noise.
+// "off" is a bare Fastify route calling the record store and answering as the FHIR route does;
+// "on" is the site itself: SM2 token (cached verification + revocation lookup), policy
+// decision, care-relationship scope in the SQL, masking, and one audit entry per read. Phases
+// alternate to spread machine noise.
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import Fastify from 'fastify';
