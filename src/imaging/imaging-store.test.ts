@@ -16,6 +16,7 @@ import { FileCryptoPool } from '../security/crypto/index.ts';
 import { Kms } from '../security/kms/index.ts';
 import { checkStructure, checkStructureStream } from './dicom-structure.ts';
 import { findImaging } from './imaging-query.ts';
+import type { BlobStore } from './blob-store.ts';
 import { ImagingStore } from './imaging-store.ts';
 import { blobCount, dcmtk, makeInstances, openTestImaging, PYDICOM, sample, type TestImaging } from './testing.ts';
 
@@ -248,6 +249,37 @@ describe(`imaging store (${testBackend()})`, () => {
       assert.ok(peak - baseline < size / 2, `buffers grew by ${((peak - baseline) / 2 ** 20).toFixed(1)} MiB for a ${(size / 2 ** 20).toFixed(0)} MiB file`);
     } finally {
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('writes the index while the blob is written and commits it only once the blob is durable', async () => {
+    const own = await openTestImaging();
+    // A blob store that takes 100 ms (the index statements run meanwhile), then succeeds or fails.
+    const slow = (fail: boolean): BlobStore => ({
+      put: async (key, data) => {
+        await new Promise((r) => setTimeout(r, 100));
+        const written = await own.blobs.put(key, data);
+        if (fail) throw new Error('disk failed at fsync');
+        return written;
+      },
+      get: (key) => own.blobs.get(key),
+      read: (key) => own.blobs.read(key),
+      delete: (key) => own.blobs.delete(key),
+      list: (prefix) => own.blobs.list(prefix),
+    });
+    const held = async () => ({ rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length, blobs: await blobCount(own.blobs) });
+    try {
+      const [ok, lost] = await makeInstances({ studyUid: '1.2.826.0.1.3680043.10.1519.78', date: '20260102', patientId: 'P78', count: 2 });
+      const failing = new ImagingStore({ db: own.db, blobs: slow(true), kms: own.kms });
+      await assert.rejects(failing.ingest(lost!, { source: 'test' }), /disk failed at fsync/);
+      assert.deepEqual(await held(), { rows: 0, blobs: 0 }, 'no row for a blob that never became durable, and the blob removed');
+      const stored = await new ImagingStore({ db: own.db, blobs: slow(false), kms: own.kms }).ingest(ok!, { source: 'test' });
+      assert.ok(stored.ok && stored.value.status === 'stored', JSON.stringify(stored));
+      const back = await own.store.read(stored.value.sopInstanceUid);
+      assert.ok(back.ok && back.value.file.equals(ok!), 'read back byte for byte');
+      assert.deepEqual(await held(), { rows: 1, blobs: 1 });
+    } finally {
+      await own.close();
     }
   });
 

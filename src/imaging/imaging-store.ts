@@ -1,6 +1,7 @@
 // The imaging store: a DICOM file in, checked, encrypted under its own data key into the blob
 // store, then indexed; out again decrypted with its SHA-256 checked. The blob is written
-// before the index row and removed if the row cannot be written, so a failure leaves neither.
+// while the index rows are, and is durable before they commit; it is removed if they cannot
+// be, so a failure leaves neither.
 import { createHash, randomUUID } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import type { Db, Queryable } from '../db/index.ts';
@@ -149,8 +150,8 @@ export class ImagingStore {
     if (existing?.sha256 === sha256) return { ok: true, value: outcomeOf(a, sha256, 'duplicate', existing.version) };
     const sealed = await sealing;
     const blobKey = newBlobKey();
-    await this.#o.blobs.put(blobKey, sealed);
-    return this.#commit(a, { sha256, size: file.byteLength, blobKey, dataKey: key.value.wrapped, source: opts.source });
+    // The index rows are written while the blob is (they need only its key); they commit once it is durable.
+    return this.#commit(a, { sha256, size: file.byteLength, blobKey, dataKey: key.value.wrapped, source: opts.source }, this.#o.blobs.put(blobKey, sealed));
   }
 
   /**
@@ -221,7 +222,7 @@ export class ImagingStore {
     const a = read.value;
     const refused = await this.#refuse(a, opts);
     if (refused) return discard(refused);
-    return this.#commit(a, { sha256: hash.digest('hex'), size, blobKey, dataKey: key.value.wrapped, source: opts.source });
+    return this.#commit(a, { sha256: hash.digest('hex'), size, blobKey, dataKey: key.value.wrapped, source: opts.source }, Promise.resolve());
   }
 
   async #refuse(a: InstanceAttributes, opts: IngestOptions): Promise<{ ok: false; error: ImagingError } | undefined> {
@@ -297,25 +298,33 @@ export class ImagingStore {
     this.#spares = this.#spares.filter((k) => !stale(k));
   }
 
-  /** Indexes a stored blob; the blob is removed whenever the index does not take it. */
-  async #commit(a: InstanceAttributes, f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string }): Promise<ImagingResult<IngestOutcome>> {
+  /**
+   * Indexes a blob while `stored` writes it: the index transaction commits only once the blob
+   * is durable, so a crash leaves at most an unreferenced blob, never a row without its file.
+   * The blob is removed whenever the index does not take it.
+   */
+  async #commit(a: InstanceAttributes, f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string }, stored: Promise<unknown>): Promise<ImagingResult<IngestOutcome>> {
+    stored.catch(() => undefined); // awaited in the transaction, or before the blob is removed
+    const indexThenWait = (tx: Queryable) => this.#index(tx, a, f).then(async (v) => (v === 'duplicate' ? v : (await stored, v)));
     try {
       let version: number | 'duplicate';
       try {
-        version = await this.#o.db.transaction((tx) => this.#index(tx, a, f));
+        version = await this.#o.db.transaction(indexThenWait);
       } catch (e) {
         // Another sender's first copy of this instance committed meanwhile: go again, now it is there.
         if (!isUniqueViolation(e)) throw e;
-        version = await this.#o.db.transaction((tx) => this.#index(tx, a, f));
+        version = await this.#o.db.transaction(indexThenWait);
       }
       if (version === 'duplicate') {
         // The same bytes are held already (sent before, or by another sender meanwhile).
+        await settled(stored);
         await this.#o.blobs.delete(f.blobKey);
         const held = await this.#current(this.#o.db, a.sopInstanceUid);
         return { ok: true, value: outcomeOf(a, f.sha256, 'duplicate', held?.version ?? 1) };
       }
       return { ok: true, value: outcomeOf(a, f.sha256, version > 1 ? 'new-version' : 'stored', version) };
     } catch (e) {
+      await settled(stored); // a blob still being written is removed once it is there
       await this.#o.blobs.delete(f.blobKey);
       if (e instanceof IndexRefusal) return { ok: false, error: { kind: 'invalid', message: e.message, instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid } } };
       throw e;
@@ -434,6 +443,8 @@ const newBlobKey = () => `${randomUUID().slice(0, 2)}/${randomUUID()}.mmf`;
 function outcomeOf(a: InstanceAttributes, sha256: string, status: IngestOutcome['status'], version: number): IngestOutcome {
   return { status, sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid, studyInstanceUid: a.studyInstanceUid, seriesInstanceUid: a.seriesInstanceUid, version, sha256 };
 }
+
+const settled = (p: Promise<unknown>) => p.then(() => undefined, () => undefined);
 
 const isUniqueViolation = (e: unknown) => typeof e === 'object' && e !== null && (e as { code?: unknown }).code === '23505';
 
