@@ -90,3 +90,19 @@ blobStoreContract('S3-compatible', async () => {
     },
   };
 });
+
+describe('filesystem blob store', () => {
+  it('makes a folder again when it was removed behind its back', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'medmesh-blob-fs-'));
+    try {
+      const store = new FsBlobStore({ root });
+      await store.put('ab/one.mmf', Buffer.from('one'));
+      await rm(join(root, 'ab'), { recursive: true }); // an operator's clean-up, say
+      await store.put('ab/two.mmf', Buffer.from('two'));
+      assert.equal((await store.read('ab/two.mmf'))?.toString(), 'two');
+      assert.equal(await store.read('ab/one.mmf'), undefined);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+});

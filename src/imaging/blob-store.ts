@@ -29,6 +29,8 @@ export function checkBlobKey(key: string): string {
 /** Blobs as files under one root: written to a temporary name, fsynced, then renamed. */
 export class FsBlobStore implements BlobStore {
   readonly #root: string;
+  /** Folders this store has made or found: not asked for again on every put (one file-system round trip less). */
+  readonly #folders = new Set<string>();
 
   constructor(opts: { root: string }) {
     this.#root = opts.root;
@@ -40,13 +42,18 @@ export class FsBlobStore implements BlobStore {
 
   async put(key: string, data: Readable | Uint8Array): Promise<{ bytes: number }> {
     const path = this.#path(key);
-    await mkdir(dirname(path), { recursive: true });
+    const folder = dirname(path);
+    if (!this.#folders.has(folder)) await this.#makeFolder(folder);
     const tmp = `${path}.partial-${randomBytes(4).toString('hex')}`;
     let bytes = 0;
     try {
       // Written and synced through one handle, chunk by chunk as the source yields them (no
       // write-stream machinery between: this is on every image's ingest path).
-      const fh = await open(tmp, 'wx');
+      const fh = await open(tmp, 'wx').catch(async (e: unknown) => {
+        if ((e as { code?: string }).code !== 'ENOENT') throw e;
+        await this.#makeFolder(folder); // removed behind this store's back: made again
+        return open(tmp, 'wx');
+      });
       try {
         for await (const chunk of data instanceof Uint8Array ? [data] : (data as AsyncIterable<Uint8Array>)) {
           for (let done = 0; done < chunk.byteLength;) done += (await fh.write(chunk, done, chunk.byteLength - done)).bytesWritten;
@@ -57,13 +64,18 @@ export class FsBlobStore implements BlobStore {
         await fh.close();
       }
       await rename(tmp, path);
-      const dir = await open(dirname(path), 'r');
+      const dir = await open(folder, 'r');
       await dir.sync().finally(() => dir.close());
       return { bytes };
     } catch (e) {
       await rm(tmp, { force: true });
       throw e;
     }
+  }
+
+  async #makeFolder(folder: string): Promise<void> {
+    await mkdir(folder, { recursive: true });
+    this.#folders.add(folder);
   }
 
   async get(key: string): Promise<Readable | undefined> {

@@ -239,7 +239,7 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
         return;
       }
       const ts = request.getDataset()?.getTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian;
-      const stored = slot.result ?? o.store.ingest(part10File({ sopClassUid: request.getAffectedSopClassUid(), sopInstanceUid, transferSyntaxUid: ts, sourceAe: this.#calling }, Buffer.concat(slot.chunks)), { source: `ae:${this.#calling}` });
+      const stored = slot.result ?? o.store.ingest(part10File({ sopClassUid: request.getAffectedSopClassUid(), sopInstanceUid, transferSyntaxUid: ts, sourceAe: this.#calling }, slot.chunks), { source: `ae:${this.#calling}` });
       void stored.then(
         async (r) => {
           const logged = await o.audit(this.#event('dicom-store', r.ok ? 'success' : 'failure', { resource, ...(r.ok ? { detail: r.value.status } : { detail: r.error.message }) }));
