@@ -64,8 +64,7 @@ export class FsBlobStore implements BlobStore {
         await fh.close();
       }
       await rename(tmp, path);
-      const dir = await open(folder, 'r');
-      await dir.sync().finally(() => dir.close());
+      await syncFolder(folder);
       return { bytes };
     } catch (e) {
       await rm(tmp, { force: true });
@@ -74,7 +73,14 @@ export class FsBlobStore implements BlobStore {
   }
 
   async #makeFolder(folder: string): Promise<void> {
-    await mkdir(folder, { recursive: true });
+    const first = await mkdir(folder, { recursive: true });
+    // A new folder's own entry must be as durable as the files in it: sync each parent that gained one.
+    if (first !== undefined) {
+      for (let d = folder; d !== dirname(d); d = dirname(d)) {
+        await syncFolder(dirname(d));
+        if (d === first) break;
+      }
+    }
     this.#folders.add(folder);
   }
 
@@ -113,4 +119,9 @@ export class FsBlobStore implements BlobStore {
       if (e.isFile() && !e.name.includes('.partial-')) yield relative(this.#root, join(e.parentPath, e.name));
     }
   }
+}
+
+async function syncFolder(path: string): Promise<void> {
+  const dir = await open(path, 'r');
+  await dir.sync().finally(() => dir.close());
 }
