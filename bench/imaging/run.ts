@@ -55,13 +55,22 @@ function run(child: ChildProcess): Promise<{ code: number; out: string }> {
   return new Promise((resolve) => child.on('exit', (code) => resolve({ code: code ?? 1, out })));
 }
 
-async function timedStore(files: string[], exec: (args: string[]) => ChildProcess): Promise<{ seconds: number; instances_per_s: number; mb_per_s: number }> {
-  const bytes = (await Promise.all(files.map((f) => stat(f)))).reduce((n, s) => n + s.size, 0);
+interface Timed {
+  seconds: number;
+  instances_per_s: number;
+  mb_per_s: number;
+}
+
+/** Sends `files` with one storescu; seconds taken. */
+async function sendAll(files: string[], exec: (args: string[]) => ChildProcess): Promise<number> {
   const t0 = performance.now();
   const r = await run(exec(['-nh', ...files]));
-  const seconds = (performance.now() - t0) / 1000;
   if (r.code !== 0) throw new Error(`storescu failed: ${r.out.slice(-500)}`);
-  return { seconds: round(seconds), instances_per_s: round(files.length / seconds), mb_per_s: round(bytes / 2 ** 20 / seconds) };
+  return (performance.now() - t0) / 1000;
+}
+
+function timed(files: number, bytes: number, seconds: number): Timed {
+  return { seconds: round(seconds), instances_per_s: round(files / seconds), mb_per_s: round(bytes / 2 ** 20 / seconds) };
 }
 
 async function admin(sql: string): Promise<void> {
@@ -96,19 +105,33 @@ try {
       await admin(`CREATE DATABASE ${quoteIdent(pgIndexDb)}`);
       orthancPg = await startOrthanc({ postgresIndex: { database: pgIndexDb } });
     }
-    // Each side gets the same storescu on plain loopback (Orthanc's inside its namespace, no relay).
-    progress('storescu -> Orthanc');
-    const orthancIngest = await timedStore(files, (args) => orthanc.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(orthanc.dicomPortInside), ...args]));
-    let orthancPgIngest: Awaited<ReturnType<typeof timedStore>> | undefined;
+    // Each side gets the same storescu on plain loopback (Orthanc's inside its namespace, no
+    // relay), one study at a time, the sides taking turns: the machine's speed drifts over
+    // minutes, and a side measured only at the end would carry all of that drift.
+    const sides = [
+      { name: 'orthanc', label: 'Orthanc', exec: (args: string[]) => orthanc.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(orthanc.dicomPortInside), ...args]) },
+      ...(orthancPg ? [{ name: 'orthanc_postgresql_index', label: 'Orthanc (PostgreSQL index)', exec: (args: string[]) => orthancPg!.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(orthancPg!.dicomPortInside), ...args]) }] : []),
+      { name: 'medmesh', label: 'medmesh', exec: (args: string[]) => spawn('storescu', ['-aet', 'BENCH', '-aec', 'MEDMESH', '127.0.0.1', String(srv.port), ...args], { env: { ...process.env, TCP_NODELAY: '1' } }) },
+    ];
+    const seconds = new Map(sides.map((side) => [side.name, 0]));
+    const roundRatios: number[] = [];
+    for (let s = 0; s < STUDIES; s++) {
+      const study = files.slice(s * PER_STUDY, (s + 1) * PER_STUDY);
+      const took = new Map<string, number>();
+      for (const side of sides) {
+        progress(`study ${s + 1} of ${STUDIES}: storescu -> ${side.label}`);
+        took.set(side.name, await sendAll(study, side.exec));
+      }
+      for (const [name, t] of took) seconds.set(name, seconds.get(name)! + t);
+      roundRatios.push(round(took.get('orthanc')! / took.get('medmesh')!, 3));
+    }
+    const sent = (await Promise.all(files.map((f) => stat(f)))).reduce((n, st) => n + st.size, 0);
+    const [orthancIngest, medmeshIngest] = (['orthanc', 'medmesh'] as const).map((name) => timed(files.length, sent, seconds.get(name)!));
+    const orthancPgIngest = orthancPg ? timed(files.length, sent, seconds.get('orthanc_postgresql_index')!) : undefined;
     if (orthancPg) {
-      const o = orthancPg;
-      progress('storescu -> Orthanc (PostgreSQL index)');
-      orthancPgIngest = await timedStore(files, (args) => o.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(o.dicomPortInside), ...args]));
       const n = ((await (await fetch(`${orthancPg.http}/instances`)).json()) as unknown[]).length;
       if (n !== files.length) throw new Error(`Orthanc (PostgreSQL index) holds ${n} of ${files.length}`);
     }
-    progress('storescu -> medmesh');
-    const medmeshIngest = await timedStore(files, (args) => spawn('storescu', ['-aet', 'BENCH', '-aec', 'MEDMESH', '127.0.0.1', String(srv.port), ...args], { env: { ...process.env, TCP_NODELAY: '1' } }));
     const held = (await db.query<{ n: number }>('SELECT count(*)::int AS n FROM imaging_instance')).rows[0]!.n;
     if (held !== files.length) throw new Error(`medmesh holds ${held} of ${files.length}`);
     const orthancHeld = ((await (await fetch(`${orthanc.http}/instances`)).json()) as unknown[]).length;
@@ -132,17 +155,17 @@ try {
     await wado.close();
     latencies.sort((a, b) => a - b);
     const pct = (p: number) => round(latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]!);
-    const ratio = round(medmeshIngest.instances_per_s / orthancIngest.instances_per_s, 3);
-    const ratioPg = orthancPgIngest ? round(medmeshIngest.instances_per_s / orthancPgIngest.instances_per_s, 3) : null;
+    const ratio = round(medmeshIngest!.instances_per_s / orthancIngest!.instances_per_s, 3);
+    const ratioPg = orthancPgIngest ? round(medmeshIngest!.instances_per_s / orthancPgIngest.instances_per_s, 3) : null;
     const blobFiles = (await readdir(join(dir, 'blobs'), { recursive: true })).length;
     console.log(JSON.stringify({
       benchmark: 'imaging',
       machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, memory_gb: round(os.totalmem() / 2 ** 30, 1) },
       instances: files.length,
       instance_bytes: (await stat(files[0]!)).size,
-      note: 'storescu, one association per side, sequential C-STOREs; medmesh on PostgreSQL with SM4-CBC + HMAC-SM3 per file, SHA-256 at ingest; Orthanc 1.10 (Debian) with its default SQLite index and with its index in the same PostgreSQL (orthanc-postgresql), files on disk, no compression, storescu run inside its network namespace; WADO-RS fetched by curl (its own process), files decrypted and checked on worker threads',
+      note: 'storescu, one association per side and study, sequential C-STOREs, the sides taking turns study by study; medmesh on PostgreSQL with SM4-CBC + HMAC-SM3 per file, SHA-256 at ingest; Orthanc 1.10 (Debian) with its default SQLite index and with its index in the same PostgreSQL (orthanc-postgresql), files on disk, no compression, storescu run inside its network namespace; WADO-RS fetched by curl (its own process), files decrypted and checked on worker threads',
       ingest: {
-        medmesh: medmeshIngest, orthanc: orthancIngest, ratio_medmesh_vs_orthanc: ratio,
+        medmesh: medmeshIngest!, orthanc: orthancIngest!, ratio_medmesh_vs_orthanc: ratio, ratio_per_study_vs_orthanc: roundRatios,
         orthanc_postgresql_index: orthancPgIngest ?? 'not run: the orthanc-postgresql plugin is not installed', ratio_medmesh_vs_orthanc_postgresql: ratioPg,
       },
       wado_rs_whole_study: { instances: PER_STUDY, bytes, requests: RETRIEVALS, p50_ms: pct(50), p99_ms: pct(99), max_ms: round(latencies.at(-1)!) },
