@@ -108,9 +108,12 @@ try {
     // Each side gets the same storescu on plain loopback (Orthanc's inside its namespace, no
     // relay), one study at a time, the sides taking turns: the machine's speed drifts over
     // minutes, and a side measured only at the end would carry all of that drift.
+    const intoOrthanc = (o: Awaited<ReturnType<typeof startOrthanc>>, name: string, label: string) => ({
+      name, label, exec: (args: string[]) => o.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(o.dicomPortInside), ...args]),
+    });
     const sides = [
-      { name: 'orthanc', label: 'Orthanc', exec: (args: string[]) => orthanc.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(orthanc.dicomPortInside), ...args]) },
-      ...(orthancPg ? [{ name: 'orthanc_postgresql_index', label: 'Orthanc (PostgreSQL index)', exec: (args: string[]) => orthancPg!.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(orthancPg!.dicomPortInside), ...args]) }] : []),
+      intoOrthanc(orthanc, 'orthanc', 'Orthanc'),
+      ...(orthancPg ? [intoOrthanc(orthancPg, 'orthanc_postgresql_index', 'Orthanc (PostgreSQL index)')] : []),
       { name: 'medmesh', label: 'medmesh', exec: (args: string[]) => spawn('storescu', ['-aet', 'BENCH', '-aec', 'MEDMESH', '127.0.0.1', String(srv.port), ...args], { env: { ...process.env, TCP_NODELAY: '1' } }) },
     ];
     const seconds = new Map(sides.map((side) => [side.name, 0]));
@@ -126,7 +129,8 @@ try {
       roundRatios.push(round(took.get('orthanc')! / took.get('medmesh')!, 3));
     }
     const sent = (await Promise.all(files.map((f) => stat(f)))).reduce((n, st) => n + st.size, 0);
-    const [orthancIngest, medmeshIngest] = (['orthanc', 'medmesh'] as const).map((name) => timed(files.length, sent, seconds.get(name)!));
+    const orthancIngest = timed(files.length, sent, seconds.get('orthanc')!);
+    const medmeshIngest = timed(files.length, sent, seconds.get('medmesh')!);
     const orthancPgIngest = orthancPg ? timed(files.length, sent, seconds.get('orthanc_postgresql_index')!) : undefined;
     if (orthancPg) {
       const n = ((await (await fetch(`${orthancPg.http}/instances`)).json()) as unknown[]).length;
@@ -155,8 +159,8 @@ try {
     await wado.close();
     latencies.sort((a, b) => a - b);
     const pct = (p: number) => round(latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]!);
-    const ratio = round(medmeshIngest!.instances_per_s / orthancIngest!.instances_per_s, 3);
-    const ratioPg = orthancPgIngest ? round(medmeshIngest!.instances_per_s / orthancPgIngest.instances_per_s, 3) : null;
+    const ratio = round(medmeshIngest.instances_per_s / orthancIngest.instances_per_s, 3);
+    const ratioPg = orthancPgIngest ? round(medmeshIngest.instances_per_s / orthancPgIngest.instances_per_s, 3) : null;
     const blobFiles = (await readdir(join(dir, 'blobs'), { recursive: true })).length;
     console.log(JSON.stringify({
       benchmark: 'imaging',
@@ -165,7 +169,7 @@ try {
       instance_bytes: (await stat(files[0]!)).size,
       note: 'storescu, one association per side and study, sequential C-STOREs, the sides taking turns study by study; medmesh on PostgreSQL with SM4-CBC + HMAC-SM3 per file, SHA-256 at ingest; Orthanc 1.10 (Debian) with its default SQLite index and with its index in the same PostgreSQL (orthanc-postgresql), files on disk, no compression, storescu run inside its network namespace; WADO-RS fetched by curl (its own process), files decrypted and checked on worker threads',
       ingest: {
-        medmesh: medmeshIngest!, orthanc: orthancIngest!, ratio_medmesh_vs_orthanc: ratio, ratio_per_study_vs_orthanc: roundRatios,
+        medmesh: medmeshIngest, orthanc: orthancIngest, ratio_medmesh_vs_orthanc: ratio, ratio_per_study_vs_orthanc: roundRatios,
         orthanc_postgresql_index: orthancPgIngest ?? 'not run: the orthanc-postgresql plugin is not installed', ratio_medmesh_vs_orthanc_postgresql: ratioPg,
       },
       wado_rs_whole_study: { instances: PER_STUDY, bytes, requests: RETRIEVALS, p50_ms: pct(50), p99_ms: pct(99), max_ms: round(latencies.at(-1)!) },

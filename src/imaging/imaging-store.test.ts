@@ -252,7 +252,7 @@ describe(`imaging store (${testBackend()})`, () => {
     }
   });
 
-  it('writes the index while the blob is written and commits it only once the blob is durable', async () => {
+  it('commits the index only once the blob is durable: a blob that fails after the rows were written leaves neither', async () => {
     const own = await openTestImaging();
     // A blob store that takes 100 ms (the index statements run meanwhile), then succeeds or fails.
     const slow = (fail: boolean): BlobStore => ({
