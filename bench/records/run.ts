@@ -7,7 +7,7 @@ import pg from 'pg';
 import type { Patient } from '@medplum/fhirtypes';
 import { HybridClock } from '../../src/clock/index.ts';
 import { migrate, openPglite, openPostgres, pgBoundStore, quoteIdent, type Db } from '../../src/db/index.ts';
-import { buildBindingTable, buildSearchParamTable, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES } from '../../src/records/index.ts';
+import { buildSearchParamTable, createR4Validator, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES } from '../../src/records/index.ts';
 import { makeResidentId } from '../../src/region/index.ts';
 import { exampleRegion } from '../../src/region/testing.ts';
 import { cpuPerOp, cpuSeconds, measure, progress, round, type Measured } from '../harness.ts';
@@ -51,7 +51,7 @@ async function benchBackend(kind: 'postgres' | 'pglite'): Promise<Record<string,
     loadFhirDefinitions();
     const region = await exampleRegion();
     const clock = await HybridClock.start({ store: pgBoundStore(db, 'B'), maxOffsetMs: 500 });
-    const store = new RecordStore({ db, region, siteId: 'B', clock, searchParams: buildSearchParamTable(), bindings: buildBindingTable(SUPPORTED_TYPES) });
+    const store = new RecordStore({ db, region, siteId: 'B', clock, searchParams: buildSearchParamTable(), validator: createR4Validator(SUPPORTED_TYPES) });
     const bodies = Array.from({ length: N }, (_, i) => patient(i));
     const json = bodies.map((b) => JSON.stringify(b));
 

@@ -17,7 +17,7 @@ import { loadRegionFile, makeResidentId } from '../region/index.ts';
 import { localVerifyPeer, verifyPair, watermarkBefore } from '../replication/index.ts';
 import { HybridClock } from '../clock/index.ts';
 import { pgBoundStore } from '../db/index.ts';
-import { buildBindingTable, buildSearchParamTable, loadFhirDefinitions, SUPPORTED_TYPES } from '../records/index.ts';
+import { buildSearchParamTable, createR4Validator, loadFhirDefinitions, SUPPORTED_TYPES } from '../records/index.ts';
 import { EXAMPLE, killChildren, loginAt, medmesh, startVerb } from './testing.ts';
 
 type SiteId = 'A' | 'B' | 'C';
@@ -151,7 +151,7 @@ describe(`SIGKILL of a site mid-replication (${testBackend()})`, () => {
     try {
       for (const [x, y] of [['C', 'B'], ['A', 'B']] as const) {
         const clock = await HybridClock.start({ store: pgBoundStore(dbs[x], x), maxOffsetMs: 500 });
-        const records = { db: dbs[x], region, siteId: x, clock, searchParams: buildSearchParamTable(), bindings: buildBindingTable(SUPPORTED_TYPES) };
+        const records = { db: dbs[x], region, siteId: x, clock, searchParams: buildSearchParamTable(), validator: createR4Validator(SUPPORTED_TYPES) };
         const r = await verifyPair({ apply: { db: dbs[x], siteId: x, region, clock, records }, peer: localVerifyPeer({ db: dbs[y], region, site: y, forSite: x }), watermark: watermarkBefore(0, Date.now() + 1000) });
         assert.deepEqual([r.divergent, r.accuracy], [[], 1], `${x} and ${y} agree after ${kills} kills`);
         // Each patient also has its EMPI directory entry, which (unlike the patient) reaches A too.

@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { HybridClock } from '../clock/index.ts';
 import { boundStoreFor, claimSiteIdentity, migrate, type Db } from '../db/index.ts';
-import { buildBindingTable, buildSearchParamTable, EMPI_BLIND_INDEX_KEY, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
+import { buildSearchParamTable, createR4Validator, EMPI_BLIND_INDEX_KEY, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
 import { FileCryptoPool, hmacSm3Keyed } from '../security/crypto/index.ts';
 import type { Region } from '../region/index.ts';
 import { Kms } from '../security/kms/index.ts';
@@ -122,7 +122,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   // Every site starts sealed; custodians unseal it (POST /kms/unseal, medmesh keys unseal).
   const empi = empiBlindIndex(() => kms);
   const kms = new Kms({ db, siteId, policy: region.config.policies.crypto, onUnsealed: () => void empi.refresh() });
-  const ctx: RecordsContext = { db, region, siteId, clock, searchParams, bindings: buildBindingTable(SUPPORTED_TYPES), blindIndex: empi.index };
+  const ctx: RecordsContext = { db, region, siteId, clock, searchParams, validator: createR4Validator(SUPPORTED_TYPES), blindIndex: empi.index };
   const store = new RecordStore(ctx);
   // Tokens are signed with the site's KMS signing key; second-factor secrets sit under the KMS key `identity`.
   const identity = new IdentityService({

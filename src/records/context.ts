@@ -1,7 +1,7 @@
 import type { HybridClock } from '../clock/index.ts';
 import type { Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
-import type { BindingTable } from './required-bindings.ts';
+import type { R4Validator } from './r4-validator.ts';
 import type { SearchParamTable } from './search-params.ts';
 
 /** Everything the record store needs, passed explicitly (no module globals). */
@@ -11,8 +11,8 @@ export interface RecordsContext {
   siteId: string;
   clock: HybridClock;
   searchParams: SearchParamTable;
-  /** Required terminology bindings of code elements (see required-bindings.ts). */
-  bindings: BindingTable;
+  /** R4 validation: structure, invariants and required code bindings (r4-validator.ts). */
+  validator: R4Validator;
   /** Ownership epoch of a shard for this site (write leases come later; 0 until then). */
   epochFor?: (shard: string) => bigint;
   /**

@@ -15,8 +15,8 @@ export { SUPPORTED_TYPES, isSupportedType, inPatientCompartment, patientOf } fro
 export { HOME_SHARD_TAG } from './prepare-write.ts';
 export { syntheticPatient, seededRandom } from './synthetic.ts';
 export type { SyntheticPatient } from './synthetic.ts';
-export { buildBindingTable } from './required-bindings.ts';
-export type { BindingTable } from './required-bindings.ts';
+export { createR4Validator } from './r4-validator.ts';
+export type { R4Validator } from './r4-validator.ts';
 export { applyVersion, repairVersion } from './apply-version.ts';
 export { applyVersions } from './apply-versions.ts';
 export { EMPI_TYPE, EMPI_BLIND_INDEX_KEY, findByBlindIndex } from './empi.ts';

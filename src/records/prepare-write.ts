@@ -2,14 +2,12 @@
 // resource is valid R4, which patient and home shard it belongs to, and that this site
 // may take the write (DESIGN.md §2: core data only on its shard's residency sites,
 // written at the shard's active site).
-import { OperationOutcomeError, validateResource } from '@medplum/core';
 import type { Organization, Resource } from '@medplum/fhirtypes';
 import type { Queryable } from '../db/index.ts';
 import { encodeGeohash, homeGeolocation, placePatient, type DataClass, type Placement } from '../region/index.ts';
 import type { RecordsContext } from './context.ts';
-import { fail, ok, type RecordError, type RecordIssue, type Result } from './errors.ts';
+import { fail, ok, type RecordError, type Result } from './errors.ts';
 import { empiRecord, type EmpiRecord } from './home-lookup.ts';
-import { checkRequiredBindings, type BindingTable } from './required-bindings.ts';
 import { isSupportedType, patientOf } from './resource-types.ts';
 
 export const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
@@ -38,23 +36,6 @@ export function checkBody(body: unknown, urlType: string, urlId?: string): Resul
   return ok(body as Resource);
 }
 
-export function validateR4(resource: Resource, bindings: BindingTable): Result<Resource> {
-  try {
-    validateResource(resource);
-    const issues = checkRequiredBindings(resource, bindings);
-    if (issues.length) return { ok: false, error: { kind: 'invalid', issues } };
-    return ok(resource);
-  } catch (e) {
-    if (e instanceof OperationOutcomeError) {
-      const issues: RecordIssue[] = (e.outcome.issue ?? [])
-        .filter((i) => i.severity === 'error' || i.severity === 'fatal')
-        .map((i) => ({ message: i.details?.text ?? i.diagnostics ?? 'invalid', code: 'invalid', ...(i.expression?.[0] ? { expression: i.expression[0] } : {}) }));
-      return { ok: false, error: { kind: 'invalid', issues: issues.length ? issues : [{ message: 'invalid resource', code: 'invalid' }] } };
-    }
-    throw e;
-  }
-}
-
 export async function prepareWrite(
   ctx: RecordsContext,
   q: Queryable,
@@ -66,7 +47,7 @@ export async function prepareWrite(
 ): Promise<Result<PreparedWrite>> {
   let resource = input;
   if (!isSupportedType(resource.resourceType)) return fail('not-found', `resource type ${resource.resourceType} is not served here`, { code: 'not-supported' });
-  const valid = validateR4(resource, ctx.bindings);
+  const valid = ctx.validator.validate(resource);
   if (!valid.ok) return valid;
   const dataClass = ctx.region.classOf(resource.resourceType);
 

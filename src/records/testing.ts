@@ -7,7 +7,7 @@ import { exampleRegion } from '../region/testing.ts';
 import type { RecordsContext } from './context.ts';
 import { loadFhirDefinitions } from './fhir-definitions.ts';
 import { RecordStore } from './record-store.ts';
-import { buildBindingTable } from './required-bindings.ts';
+import { createR4Validator } from './r4-validator.ts';
 import { SUPPORTED_TYPES } from './resource-types.ts';
 import { buildSearchParamTable } from './search-params.ts';
 
@@ -26,7 +26,7 @@ export async function openTestStore(opts: { siteId?: string; db?: Db } = {}): Pr
   const region = await exampleRegion();
   const siteId = opts.siteId ?? 'B';
   const clock = await HybridClock.start({ store: boundStoreFor(db, siteId), maxOffsetMs: 500 });
-  const ctx: RecordsContext = { db, region, siteId, clock, searchParams: buildSearchParamTable(), bindings: buildBindingTable(SUPPORTED_TYPES) };
+  const ctx: RecordsContext = { db, region, siteId, clock, searchParams: buildSearchParamTable(), validator: createR4Validator(SUPPORTED_TYPES) };
   return {
     store: new RecordStore(ctx),
     ctx,
