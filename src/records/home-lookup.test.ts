@@ -1,6 +1,6 @@
 // Batched home-shard lookups on PGlite and PostgreSQL: right answers for every caller, fewer
-// queries than callers, never an answer older than the question, and a failed query fails
-// only the callers it carried.
+// queries than callers, never an answer older than the question, a failed query fails only
+// the callers it carried, and a home once found is answered again without a query.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Queryable, QueryOptions } from '../db/index.ts';
@@ -73,6 +73,25 @@ describe(`batched home-shard lookups (${testBackend()})`, () => {
     const failed = await Promise.allSettled([homes.find('hl-2'), homes.find('hl-3')]);
     assert.ok(failed.some((r) => r.status === 'rejected' && /connection lost/.test(String(r.reason))));
     assert.equal((await homes.find('hl-3'))?.shard, '440300');
+  });
+
+  it('remembers a home it found (a placement never changes), and asks again for a patient it did not find', async () => {
+    const { wrapped, state } = watched(t.db);
+    const homes = new HomeLookup(wrapped, { maxKnown: 3 });
+    assert.equal((await homes.find('hl-4'))?.shard, '440100');
+    assert.equal((await homes.find('hl-4'))?.shard, '440100');
+    assert.equal(state.queries, 1, 'the second lookup of a found home asks nothing');
+    assert.equal(await homes.find('hl-cache-late'), undefined);
+    await place(t, 'hl-cache-late', '441200');
+    assert.equal((await homes.find('hl-cache-late'))?.shard, '441200', 'not found before: asked again, and found once placed');
+    assert.equal(state.queries, 3);
+    // Bounded: three homes held, the oldest goes first.
+    for (const id of ['hl-5', 'hl-6']) await homes.find(id);
+    const before = state.queries;
+    assert.equal((await homes.find('hl-6'))?.shard, '440100');
+    assert.equal(state.queries, before, 'still held');
+    assert.equal((await homes.find('hl-4'))?.shard, '440100');
+    assert.equal(state.queries, before + 1, 'evicted: asked again');
   });
 
   it('serves the plain creates of a patient compartment, residency and unknown patients as before', async () => {

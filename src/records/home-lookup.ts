@@ -3,6 +3,10 @@
 // as the write itself. HomeLookup answers the lookups of concurrent plain writes with one
 // query per batch; a lookup is only ever answered by a query that started after it was
 // asked, so it sees every patient committed before it, exactly as its own query would.
+// A placement, once committed, never changes (empi_patient rows are only ever inserted:
+// first placement wins, and moving a patient is not an operation medmesh has), so a home
+// found is remembered and answered again without a query; a patient not found is asked
+// for again next time. Should moving a patient ever exist, it must clear these caches.
 import type { Queryable } from '../db/index.ts';
 
 export interface EmpiRecord {
@@ -24,16 +28,23 @@ interface Waiting {
 export class HomeLookup {
   readonly #q: Queryable;
   readonly #maxInFlight: number;
+  readonly #maxKnown: number;
+  /** Committed placements, oldest first (evicted first once `maxKnown` are held). */
+  readonly #known = new Map<string, EmpiRecord>();
   #queue = new Map<string, Waiting[]>();
   #inFlight = 0;
 
   /** `q` is the pool (never a transaction): batches belong to no caller's transaction. */
-  constructor(q: Queryable, opts: { maxInFlight?: number } = {}) {
+  constructor(q: Queryable, opts: { maxInFlight?: number; maxKnown?: number } = {}) {
     this.#q = q;
     this.#maxInFlight = opts.maxInFlight ?? 2;
+    // ~150 bytes each: 100,000 homes is ~15 MB.
+    this.#maxKnown = opts.maxKnown ?? 100_000;
   }
 
   find(patientId: string): Promise<EmpiRecord | undefined> {
+    const known = this.#known.get(patientId);
+    if (known) return Promise.resolve(known);
     return new Promise((resolve, reject) => {
       const waiting = this.#queue.get(patientId);
       if (waiting) waiting.push({ resolve, reject });
@@ -56,6 +67,7 @@ export class HomeLookup {
             { name: 'medmesh_home_lookup' },
           );
           const found = new Map(rows.map((r) => [r.patient_id, { shard: r.home_shard, reason: r.reason }]));
+          for (const [id, home] of found) this.#remember(id, home);
           for (const [id, waiting] of batch) for (const w of waiting) w.resolve(found.get(id));
         } catch (e) {
           for (const waiting of batch.values()) for (const w of waiting) w.reject(e);
@@ -64,5 +76,10 @@ export class HomeLookup {
     } finally {
       this.#inFlight--;
     }
+  }
+
+  #remember(patientId: string, home: EmpiRecord): void {
+    if (this.#known.size >= this.#maxKnown) this.#known.delete(this.#known.keys().next().value!);
+    this.#known.set(patientId, home);
   }
 }
