@@ -87,7 +87,7 @@ describe(`batched home-shard lookups (${testBackend()})`, () => {
     assert.equal(state.queries, 3);
     // Bounded: three homes held, the oldest goes first.
     for (const id of ['hl-5', 'hl-6']) await homes.find(id);
-    const before = state.queries;
+    const before: number = state.queries;
     assert.equal((await homes.find('hl-6'))?.shard, '440100');
     assert.equal(state.queries, before, 'still held');
     assert.equal((await homes.find('hl-4'))?.shard, '440100');
