@@ -118,7 +118,7 @@ function compileElement(
   properties: Map<string, PropertyPlan>,
   planOf: (schema: InternalTypeSchema) => TypePlan,
 ): string[] {
-  if (element.pattern || element.fixed || element.slicing || !element.type.length) return [];
+  if (element.pattern || element.fixed || element.slicing || !element.type.length || element.max < 1) return [];
   const choice = group.endsWith('[x]');
   const base = choice ? group.slice(0, -3) : group;
   const constraints = compileConstraints(element.constraints);
