@@ -217,9 +217,11 @@ describe('medmesh CLI', () => {
     const admin = { authorization: `Bearer ${await loginAt(siteB, 'demo.administrator', 'medmesh-demo-2026', hotp(Buffer.from(secret.hex, 'hex'), totpStep(Date.now())))}` };
     assert.equal((await fetch(`${siteB}/replication/dead-letters`, { headers: admin })).status, 200, 'an operator API answers the administrator');
     assert.equal((await fetch(`${siteB}/replication/dead-letters`, { headers: registrar })).status, 403);
+    const beforeStop = demo.errors().length;
     demo.child.kill('SIGINT');
     assert.equal(await demo.exited, 0);
     assert.match(demo.output(), /stopped cleanly/);
+    assert.doesNotMatch(demo.errors().slice(beforeStop), /replication \w+ -> \w+:/, 'stopping reports no broken links');
 
     const again = startVerb(['demo', '--data', data, '--port-offset', String(offset)], /Ready\./);
     await again.started;

@@ -38,6 +38,8 @@ export async function demoVerb(argv: string[]): Promise<number> {
   console.log(`medmesh demo: region ${region.id} (${region.sites.length} sites), data in ${flags.data}/`);
   const running: Array<{ site: Site; db: Db; url: string }> = [];
   const stopAll = async () => {
+    // Links first, everywhere: a site still pulling from one that has closed would report it.
+    await Promise.all(running.map((r) => r.site.stopReplication()));
     for (const r of [...running].reverse()) {
       await r.site.close();
       await r.db.close();

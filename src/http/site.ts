@@ -60,6 +60,8 @@ export interface Site {
   checker: ConsistencyChecker;
   /** Starts one puller per peer (once per site: leases) and, when asked, scheduled consistency checks. */
   startReplication(opts?: ReplicationStartOptions): void;
+  /** Stops pulling from peers and checking them (close does it too): stop every site's first when stopping several. */
+  stopReplication(): Promise<void>;
   /** The imaging store, when this node serves images (DICOMweb; DIMSE is started beside it). */
   imaging?: ImagingStore;
   /** The DIMSE service provider, when configured. */
@@ -168,6 +170,9 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     }
     if (o.verifyEveryMs) checker.start(o.verifyEveryMs);
   };
+  const stopReplication = async (): Promise<void> => {
+    await Promise.all([...pullers.map((p) => p.stop()), checker.stop()]);
+  };
   // Image bytes are kept only for patients whose home shard this site may hold.
   const residency = new ImageResidency({ records: store, region, siteId });
   const s3 = opts.imaging?.s3 ? new S3BlobStore(opts.imaging.s3) : undefined;
@@ -206,14 +211,14 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     ...(collect ? { collectionSources: collect.sources.map((s) => s.id) } : {}),
   });
   return { ok: true, site: {
-      siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, app,
+      siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, stopReplication, app,
       ...(imaging ? { imaging } : {}), ...(dimse ? { dimse } : {}), ...(studyLinker ? { studyLinker } : {}), ...(collection ? { collection } : {}),
       refreshEmpiKey: empi.refresh,
       close: async () => {
         clearInterval(checkpoints);
         empi.stop();
         await collection?.stop(); // before DIMSE closes: a run in flight finishes its study
-        await Promise.all([...pullers.map((p) => p.stop()), checker.stop(), studyLinker?.stop(), dimse?.close()]);
+        await Promise.all([stopReplication(), studyLinker?.stop(), dimse?.close()]);
         // In-flight requests get a short grace; connections still open after it (long polls,
         // keep-alive sockets of peers) are closed so shutdown never hangs.
         const force = setTimeout(() => app.server.closeAllConnections(), 2000);
