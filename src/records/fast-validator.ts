@@ -34,7 +34,8 @@ type PrimitiveCheck = (value: unknown) => boolean;
 
 interface CompiledConstraint {
   key: string;
-  atom: FhirPathAtom;
+  /** Undefined when the expression does not parse: never "holds" (Medplum reports it). */
+  atom: FhirPathAtom | undefined;
 }
 
 interface PropertyPlan {
@@ -61,7 +62,7 @@ interface TypePlan {
 }
 
 interface Walk {
-  root: TypedValue;
+  /** The FHIRPath variables Medplum gives an invariant evaluated on `context`. */
   variables: (context: TypedValue) => Record<string, TypedValue>;
 }
 
@@ -89,13 +90,19 @@ export function createFastValidator(): FastValidator {
       if (typeof type !== 'string' || !isResourceType(type)) return false;
       const schema = tryGetDataType(type);
       if (!schema) return false;
-      const plan = planOf(schema);
+      let plan: TypePlan;
+      try {
+        plan = planOf(schema);
+      } catch {
+        return false;
+      }
       const root: TypedValue = { type, value: resource };
-      const walk: Walk = {
-        root,
-        variables: (context) => ({ '%context': context, '%ucum': ucum, '%resource': root, '%rootResource': root }),
-      };
-      return walkObject(resource, plan, walk, true) && holdAll(plan.constraints, root, walk);
+      const walk: Walk = { variables: (context) => ({ '%context': context, '%ucum': ucum, '%resource': root, '%rootResource': root }) };
+      try {
+        return walkObject(resource, plan, walk, true) && holdAll(plan.constraints, root, walk);
+      } catch {
+        return false; // whatever surprised the fast path, Medplum decides
+      }
     },
   };
 }
@@ -147,7 +154,15 @@ function compileElement(
 function compileConstraints(constraints: InternalTypeSchema['constraints']): CompiledConstraint[] {
   return (constraints ?? [])
     .filter((c) => c.severity === 'error' && !SKIPPED_CONSTRAINTS.has(c.key))
-    .map((c) => ({ key: c.key, atom: parseFhirPath(c.expression) }));
+    .map((c) => ({ key: c.key, atom: parseOrUndefined(c.expression) }));
+}
+
+function parseOrUndefined(expression: string): FhirPathAtom | undefined {
+  try {
+    return parseFhirPath(expression);
+  } catch {
+    return undefined;
+  }
 }
 
 function walkObject(obj: Record<string, unknown>, plan: TypePlan, walk: Walk, isRoot: boolean): boolean {
@@ -208,6 +223,7 @@ function holdAll(constraints: readonly CompiledConstraint[], context: TypedValue
   if (constraints.length === 0) return true;
   const variables = walk.variables(context);
   for (const c of constraints) {
+    if (!c.atom) return false;
     try {
       const result = evalFhirPathTyped(c.atom, [context], variables);
       if (result.length !== 1 || result[0]!.value !== true) return false;
