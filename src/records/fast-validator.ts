@@ -32,11 +32,8 @@ const INT_MAX = 2_147_483_647;
 
 type PrimitiveCheck = (value: unknown) => boolean;
 
-interface CompiledConstraint {
-  key: string;
-  /** Undefined when the expression does not parse: never "holds" (Medplum reports it). */
-  atom: FhirPathAtom | undefined;
-}
+/** An invariant's expression; undefined when it does not parse: never "holds" (Medplum reports it). */
+type CompiledConstraint = FhirPathAtom | undefined;
 
 interface PropertyPlan {
   /** The schema element's key: `value[x]` for every `valueQuantity`, `valueString`, ... */
@@ -154,7 +151,7 @@ function compileElement(
 function compileConstraints(constraints: InternalTypeSchema['constraints']): CompiledConstraint[] {
   return (constraints ?? [])
     .filter((c) => c.severity === 'error' && !SKIPPED_CONSTRAINTS.has(c.key))
-    .map((c) => ({ key: c.key, atom: parseOrUndefined(c.expression) }));
+    .map((c) => parseOrUndefined(c.expression));
 }
 
 function parseOrUndefined(expression: string): FhirPathAtom | undefined {
@@ -222,10 +219,10 @@ function checkValue(value: unknown, prop: PropertyPlan, walk: Walk): boolean {
 function holdAll(constraints: readonly CompiledConstraint[], context: TypedValue, walk: Walk): boolean {
   if (constraints.length === 0) return true;
   const variables = walk.variables(context);
-  for (const c of constraints) {
-    if (!c.atom) return false;
+  for (const atom of constraints) {
+    if (!atom) return false;
     try {
-      const result = evalFhirPathTyped(c.atom, [context], variables);
+      const result = evalFhirPathTyped(atom, [context], variables);
       if (result.length !== 1 || result[0]!.value !== true) return false;
     } catch {
       return false;

@@ -38,7 +38,6 @@ export class HomeLookup {
   constructor(q: Queryable, opts: { maxInFlight?: number; maxKnown?: number } = {}) {
     this.#q = q;
     this.#maxInFlight = opts.maxInFlight ?? 2;
-    // ~150 bytes each: 100,000 homes is ~15 MB.
     this.#maxKnown = opts.maxKnown ?? 100_000;
   }
 

@@ -3,7 +3,7 @@
 import type { Reference, Resource } from '@medplum/fhirtypes';
 
 export type Rnd = () => number;
-const pick = <T,>(rnd: Rnd, xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+export const pick = <T,>(rnd: Rnd, xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
 const maybe = <T,>(rnd: Rnd, v: () => T): T | undefined => (rnd() < 0.7 ? v() : undefined);
 const some = <T,>(rnd: Rnd, v: () => T): T[] | undefined => (rnd() < 0.8 ? Array.from({ length: Math.floor(rnd() * 3) }, v) : undefined);
 
