@@ -8,13 +8,16 @@ import type { Queryable } from '../db/index.ts';
 import type { RecordsContext } from './context.ts';
 import { EMPTY_INDEX, extractIndex } from './search-index.ts';
 import type { VersionRow } from './write-version.ts';
-import { recordReplicatedEmpi } from './empi.ts';
+import { EMPI_TYPE, recordReplicatedEmpi } from './empi.ts';
 
 /** A version as its origin site wrote it (the same row the local write path builds). */
 export type RemoteVersion = VersionRow;
 
 export interface ApplyResult {
-  /** current: it is now the current version; history: kept as an older version; duplicate: already here. */
+  /**
+   * current: it is now the current version (a directory entry, its one version, has no current
+   * row); history: kept as an older version; duplicate: already here.
+   */
   outcome: 'current' | 'history' | 'duplicate';
   /** The version it is concurrent with, when it is. */
   conflictWith?: string;
@@ -59,6 +62,7 @@ export async function applyVersion(ctx: RecordsContext, tx: Queryable, v: Remote
   );
   if (inserted.rows.length === 0) return { outcome: 'duplicate' };
   await recordReplicatedEmpi(tx, [v]);
+  if (v.resourceType === EMPI_TYPE) return { outcome: 'current' }; // written once: no current row (empi.ts)
   const { rows } = await tx.query<Current>(
     `SELECT c.version_id, c.hlc, c.origin_site, c.deleted, h.parent_hlc FROM resource_current c
        JOIN resource_history h ON h.resource_type = c.resource_type AND h.id = c.id AND h.version_id = c.version_id

@@ -46,6 +46,15 @@ describe(`batched apply (${testBackend()})`, () => {
         content: deleted ? null : { resourceType: 'Organization', id, name: `机构 ${i}`, alias: [`${site}${i}`] },
       });
       mine.set(id, hlc);
+      // Now and then a patient's EMPI directory entry (written once, no current row).
+      if (i % 10 === 0) {
+        const pid = `patient-${seed}-${i}`;
+        out.push({
+          resourceType: 'EmpiEntry', id: pid, versionId: `${hlc.toString(16).padStart(16, '0')}-${site}`, hlc, parentHlc: null, originSite: site, epoch: 0n,
+          shard: null, dataClass: 'public', patientId: null, deleted: false, lastUpdated: new Date(t).toISOString(),
+          content: { resourceType: 'EmpiEntry', id: pid, homeShard: 'guangzhou', method: 'resident-id', identifiers: [] } as unknown as RemoteVersion['content'],
+        });
+      }
     }
     // Delivered out of order, some twice.
     const shuffled = [...out, ...out.filter(() => rnd() < 0.15)];
@@ -62,6 +71,7 @@ describe(`batched apply (${testBackend()})`, () => {
       history: await q('SELECT resource_type, id, version_id, parent_hlc::text, deleted FROM resource_history ORDER BY 1, 2, 3'),
       conflicts: await q('SELECT resource_type, id, version_a, version_b, resolved_at IS NOT NULL AS resolved, resolution_version FROM resource_conflict ORDER BY 1, 2, 3, 4'),
       index: await q('SELECT resource_type, resource_id, code, value FROM search_string ORDER BY 1, 2, 3, 4'),
+      empi: await q('SELECT patient_id, home_shard, placed_by_site FROM empi_patient ORDER BY 1'),
     };
   };
 
@@ -75,6 +85,8 @@ describe(`batched apply (${testBackend()})`, () => {
       }
       const [a, b] = [await snapshot(one), await snapshot(many)];
       assert.ok(a.conflicts.length > 0 || seed > 3, 'the histories do contain concurrent edits');
+      assert.equal(a.empi.filter((r) => r.includes(`"patient-${seed}-`)).length, 6, 'every directory entry reached empi_patient');
+      assert.ok(!a.current.some((r) => r.includes('"EmpiEntry"')), 'directory entries keep no current row');
       assert.deepEqual(b, a);
     });
   }

@@ -5,7 +5,7 @@
 import { hlcToHex } from '../clock/index.ts';
 import type { Queryable } from '../db/index.ts';
 import { decideVersion, type ApplyResult, type CurrentState, type RemoteVersion } from './apply-version.ts';
-import { recordReplicatedEmpi } from './empi.ts';
+import { EMPI_TYPE, recordReplicatedEmpi } from './empi.ts';
 import type { RecordsContext } from './context.ts';
 import { EMPTY_INDEX, extractIndex, type IndexRows } from './search-index.ts';
 
@@ -54,6 +54,11 @@ export async function applyVersions(ctx: RecordsContext, tx: Queryable, versions
     const k = keyOf(v.resourceType, v.id);
     if (!fresh.delete(`${k}\u0000${v.versionId}`)) {
       results.push({ outcome: 'duplicate' });
+      continue;
+    }
+    if (v.resourceType === EMPI_TYPE) {
+      // Written once, a directory entry keeps no current row (empi.ts): its history row is all.
+      results.push({ outcome: 'current' });
       continue;
     }
     const cur = state.get(k);

@@ -71,7 +71,7 @@ export async function writeNewVersions(q: Queryable, items: readonly PendingWrit
       rt: v.resourceType, id: v.id, vid: v.versionId, hlc: String(v.hlc), phlc: v.parentHlc === null ? null : String(v.parentHlc), site: v.originSite,
       epoch: String(v.epoch), shard: v.shard, cls: v.dataClass, pid: v.patientId, del: v.deleted, lu: v.lastUpdated, content: v.content as unknown, cid: crypto.randomUUID(),
     },
-    // A newly placed patient's directory entry: written and replicated with it (empi.ts).
+    // A newly placed patient's directory entry: written and replicated with it (empi.ts); it has no current row.
     ...(empi ? [{ rt: EMPI_TYPE, id: empi.patientId, vid: v.versionId, hlc: String(v.hlc), phlc: null, site: v.originSite, epoch: String(v.epoch), shard: null, cls: 'public', pid: null, del: false, lu: v.lastUpdated, content: empiContent(empi) as unknown, cid: crypto.randomUUID() }] : []),
   ]);
   const owner = (w: PendingWrite) => ({ rt: w.row.resourceType, id: w.row.id });
@@ -85,7 +85,7 @@ export async function writeNewVersions(q: Queryable, items: readonly PendingWrit
        SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(rt text, id text, vid text, hlc bigint, phlc bigint, site text, epoch bigint, shard text, cls text, pid text, del boolean, lu timestamptz, content jsonb, cid uuid)
      ), cur AS (
        INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted, last_updated, content)
-       SELECT rt, id, vid, hlc, site, shard, cls, pid, del, lu, content FROM r
+       SELECT rt, id, vid, hlc, site, shard, cls, pid, del, lu, content FROM r WHERE rt <> '${EMPI_TYPE}'
      ), hist AS (
        INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, origin_site, epoch, shard, data_class, deleted, last_updated, content)
        SELECT rt, id, vid, hlc, phlc, site, epoch, shard, cls, del, lu, content FROM r

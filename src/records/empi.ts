@@ -5,6 +5,9 @@
 // identifiers travel in it: only blind indexes of the regional identifiers (resident ID,
 // insurance card), HMAC-SM3 under a key every site of the region holds (KMS key
 // `empi-blind-index`), so a site can find a patient by identifier without holding it.
+// An entry is written once and never changes (first placement wins): its history row is its
+// state, replicated and verified like any version, `empi_patient` is where it is looked up,
+// and it keeps no current row (fewer rows per new patient, here and at every site).
 import type { Queryable } from '../db/index.ts';
 import type { RemoteVersion } from './apply-version.ts';
 import type { EmpiEntry } from './write-version.ts';

@@ -87,15 +87,10 @@ export function createFastValidator(): FastValidator {
       if (typeof type !== 'string' || !isResourceType(type)) return false;
       const schema = tryGetDataType(type);
       if (!schema) return false;
-      let plan: TypePlan;
-      try {
-        plan = planOf(schema);
-      } catch {
-        return false;
-      }
       const root: TypedValue = { type, value: resource };
       const walk: Walk = { variables: (context) => ({ '%context': context, '%ucum': ucum, '%resource': root, '%rootResource': root }) };
       try {
+        const plan = planOf(schema);
         return walkObject(resource, plan, walk, true) && holdAll(plan.constraints, root, walk);
       } catch {
         return false; // whatever surprised the fast path, Medplum decides

@@ -22,6 +22,7 @@ export function normalizeString(s: string): string {
 }
 
 type Obj = Record<string, unknown>;
+const HAN_ONLY = /^\p{Script=Han}+$/u;
 const str = (v: unknown): string | undefined => (typeof v === 'string' && v.length > 0 ? v : undefined);
 const strs = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && x.length > 0) : []);
 
@@ -36,7 +37,7 @@ export function extractIndex(resource: Resource, params: ReadonlyMap<string, Ind
           addTokens(rows, p.code, type, value);
           break;
         case 'string':
-          addStrings(rows, p.code, type, value);
+          addStrings(rows, p.code, type, value, p.nameParts !== undefined);
           break;
         case 'date':
           addDate(rows, p.code, type, value);
@@ -76,7 +77,8 @@ function addTokens(rows: IndexRows, code: string, type: string, value: unknown):
   }
 }
 
-function addStrings(rows: IndexRows, code: string, type: string, value: unknown): void {
+/** `partsElsewhere`: a HumanName's family and given are indexed under their own codes (IndexedParam.nameParts). */
+function addStrings(rows: IndexRows, code: string, type: string, value: unknown, partsElsewhere: boolean): void {
   const add = (s: string | undefined): void => {
     if (s) rows.strings.push({ code, value: normalizeString(s) });
   };
@@ -84,11 +86,12 @@ function addStrings(rows: IndexRows, code: string, type: string, value: unknown)
   if (type === 'HumanName') {
     const family = str(o.family);
     const given = strs(o.given);
-    [family, ...given, ...strs(o.prefix), ...strs(o.suffix), str(o.text)].forEach(add);
-    // Whole-name forms: family first without a space (中文 张三) and given-first (John Smith).
+    [...(partsElsewhere ? [] : [family, ...given]), ...strs(o.prefix), ...strs(o.suffix), str(o.text)].forEach(add);
+    // Whole-name forms: family first without a space (中文 张三) and given-first (John Smith);
+    // a name written in Chinese characters is never given-first, so it has no such row.
     if (family && given.length) {
       add(family + given.join(''));
-      add(`${given.join(' ')} ${family}`);
+      if (!HAN_ONLY.test(family) || !given.every((g) => HAN_ONLY.test(g))) add(`${given.join(' ')} ${family}`);
     }
   } else if (type === 'Address') {
     [...strs(o.line), str(o.city), str(o.district), str(o.state), str(o.postalCode), str(o.country), str(o.text)].forEach(add);

@@ -17,6 +17,18 @@ export interface IndexedParam {
   /** A direct accessor giving the same values, when the expression is a simple path. */
   extract?: PathExtractor;
   documentation?: string;
+  /**
+   * Set on a HumanName `name` whose type also indexes `family` and `given` on the same
+   * element: those parts are indexed once, under their own codes, and a `name` search or sort
+   * reads the rows of all three (FHIR: name matches family, given, prefix, suffix or text).
+   * One index row fewer per family or given name, and the same matches.
+   */
+  nameParts?: { family: string; given: string };
+}
+
+/** The codes whose index rows answer a search or sort on `def`. */
+export function rowCodes(def: IndexedParam): readonly string[] {
+  return def.nameParts ? [def.code, def.nameParts.family, def.nameParts.given] : [def.code];
 }
 
 const WANTED = [
@@ -40,6 +52,10 @@ export function buildSearchParamTable(): SearchParamTable {
       if (!expression) continue;
       const extract = compileSearchPath(expression);
       params.set(code, { code, type: def.type, expression, atom: parseFhirPath(expression), ...(extract ? { extract } : {}), ...(def.description ? { documentation: def.description } : {}) });
+    }
+    const name = params.get('name');
+    if (name && name.expression === `${type}.name` && params.get('family')?.expression === `${type}.name.family` && params.get('given')?.expression === `${type}.name.given`) {
+      name.nameParts = { family: 'family', given: 'given' };
     }
     table.set(type, params);
   }

@@ -4,7 +4,7 @@
 import type { RowScope } from './access-filter.ts';
 import { parseDateRange, type DateRange } from './fhir-dates.ts';
 import { fail, ok, type RecordError, type Result } from './errors.ts';
-import type { IndexedParam } from './search-params.ts';
+import { rowCodes, type IndexedParam } from './search-params.ts';
 import { normalizeString } from './search-index.ts';
 
 export const DATE_PREFIXES = ['eq', 'ne', 'gt', 'lt', 'ge', 'le', 'sa', 'eb', 'ap'] as const;
@@ -18,12 +18,13 @@ export type Filter =
   | { kind: 'id'; ids: string[] }
   | { kind: 'lastUpdated'; preds: DatePredicate[] }
   | { kind: 'token'; code: string; negate: boolean; values: Array<{ system?: string | null; value?: string }> }
-  | { kind: 'string'; code: string; mode: 'prefix' | 'exact' | 'contains'; values: string[] }
+  /** `indexCodes`: the codes whose index rows answer it (search-params.ts rowCodes). */
+  | { kind: 'string'; code: string; indexCodes: readonly string[]; mode: 'prefix' | 'exact' | 'contains'; values: string[] }
   | { kind: 'date'; code: string; preds: DatePredicate[] }
   | { kind: 'reference'; code: string; targets: Array<{ exact?: string; idOnly?: string }> };
 
 export interface SortRule {
-  key: '_id' | '_lastUpdated' | { code: string; type: 'date' | 'string' };
+  key: '_id' | '_lastUpdated' | { code: string; indexCodes: readonly string[]; type: 'date' | 'string' };
   descending: boolean;
 }
 
@@ -115,7 +116,7 @@ function parseFilter(def: IndexedParam, modifier: string | undefined, raw: strin
   switch (def.type) {
     case 'string': {
       if (modifier !== undefined && modifier !== 'exact' && modifier !== 'contains') return badModifier(def, modifier);
-      return ok({ kind: 'string', code: def.code, mode: modifier ?? 'prefix', values: values.map(normalizeString) });
+      return ok({ kind: 'string', code: def.code, indexCodes: rowCodes(def), mode: modifier ?? 'prefix', values: values.map(normalizeString) });
     }
     case 'token': {
       if (modifier !== undefined && modifier !== 'not') return badModifier(def, modifier);
@@ -176,7 +177,7 @@ function parseSort(raw: string, params: ReadonlyMap<string, IndexedParam>): Resu
     else {
       const def = params.get(code);
       if (!def || (def.type !== 'date' && def.type !== 'string')) return bad(`cannot sort by ${code}: sort by _id, _lastUpdated or a date or string parameter`);
-      rules.push({ key: { code, type: def.type }, descending });
+      rules.push({ key: { code, indexCodes: rowCodes(def), type: def.type }, descending });
     }
   }
   return ok(rules);

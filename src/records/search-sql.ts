@@ -56,7 +56,7 @@ function filterSql(f: Filter, p: Params): string {
         const pattern = escapeLike(v);
         return `s.value LIKE ${p.add(f.mode === 'prefix' ? `${pattern}%` : `%${pattern}%`)}`;
       });
-      return `EXISTS (SELECT 1 FROM search_string s WHERE ${OWNER('s')} AND s.code = ${p.add(f.code)} AND (${alts.join(' OR ')}))`;
+      return `EXISTS (SELECT 1 FROM search_string s WHERE ${OWNER('s')} AND ${codeSql('s', f.indexCodes, p)} AND (${alts.join(' OR ')}))`;
     }
     case 'date':
       return `EXISTS (SELECT 1 FROM search_date d WHERE ${OWNER('d')} AND d.code = ${p.add(f.code)} AND (${f.preds.map((d) => datePredSql(d, 'd.lo', 'd.hi', p)).join(' OR ')}))`;
@@ -106,12 +106,16 @@ function sortSql(s: SortRule, p: Params): string {
   const dir = s.descending ? 'DESC' : 'ASC';
   if (s.key === '_id') return `c.id ${dir}`;
   if (s.key === '_lastUpdated') return `c.last_updated ${dir}`;
-  const code = p.add(s.key.code);
   const expr =
     s.key.type === 'date'
-      ? `(SELECT ${s.descending ? 'max(d.hi)' : 'min(d.lo)'} FROM search_date d WHERE ${OWNER('d')} AND d.code = ${code})`
-      : `(SELECT ${s.descending ? 'max(s.value)' : 'min(s.value)'} FROM search_string s WHERE ${OWNER('s')} AND s.code = ${code})`;
+      ? `(SELECT ${s.descending ? 'max(d.hi)' : 'min(d.lo)'} FROM search_date d WHERE ${OWNER('d')} AND ${codeSql('d', s.key.indexCodes, p)})`
+      : `(SELECT ${s.descending ? 'max(s.value)' : 'min(s.value)'} FROM search_string s WHERE ${OWNER('s')} AND ${codeSql('s', s.key.indexCodes, p)})`;
   return `${expr} ${dir} NULLS LAST`;
+}
+
+/** One code as before; several (a name and its parts) as one array parameter. */
+function codeSql(alias: string, codes: readonly string[], p: Params): string {
+  return codes.length === 1 ? `${alias}.code = ${p.add(codes[0])}` : `${alias}.code = ANY(${p.add(codes)}::text[])`;
 }
 
 function escapeLike(s: string): string {

@@ -3,6 +3,8 @@ import { after, before, describe, it } from 'node:test';
 import type { Bundle, Observation, Patient } from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
+import { extractIndex } from './search-index.ts';
+import { buildSearchParamTable } from './search-params.ts';
 import { openTestStore, type TestStore } from './testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
@@ -55,6 +57,36 @@ describe(`search (${testBackend()})`, () => {
     assert.deepEqual(idsOf(await search('Patient', 'name:exact=jurgen müller')), [ids.muller]);
     assert.deepEqual(idsOf(await search('Patient', 'name:contains=ürg')), [ids.muller]);
     assert.deepEqual(idsOf(await search('Patient', 'family=张,李')), [ids.zhang, ids.zhangwei, ids.li].sort(), 'comma is OR');
+  });
+
+  it('answers name from family, given, prefix, suffix, text and whole-name rows, each part indexed once', async () => {
+    const table = buildSearchParamTable();
+    for (const type of ['Patient', 'Practitioner']) assert.deepEqual(table.get(type)!.get('name')!.nameParts, { family: 'family', given: 'given' }, type);
+    assert.equal(table.get('Organization')!.get('name')!.nameParts, undefined, 'an Organization name is a plain string');
+    const rows = extractIndex({ resourceType: 'Patient', name: [{ family: 'Smith', given: ['John', 'Q'], prefix: ['Dr'], suffix: ['Jr'], text: 'Dr John Q Smith Jr' }] }, table.get('Patient')!);
+    const valuesOf = (code: string) => rows.strings.filter((s) => s.code === code).map((s) => s.value).sort();
+    assert.deepEqual(valuesOf('family'), ['smith']);
+    assert.deepEqual(valuesOf('given'), ['john', 'q']);
+    assert.deepEqual(valuesOf('name'), ['dr', 'dr john q smith jr', 'john q smith', 'jr', 'smithjohnq'], 'no family or given row twice');
+    const chinese = extractIndex({ resourceType: 'Patient', name: [{ family: '欧阳', given: ['小明'] }] }, table.get('Patient')!);
+    assert.deepEqual(chinese.strings.filter((s) => s.code === 'name').map((s) => s.value), ['欧阳小明'], 'a Chinese name is written family first only');
+
+    const r = await t.store.create('Practitioner', { resourceType: 'Practitioner', name: [{ family: 'Smith', given: ['John'], prefix: ['Dr'], suffix: ['Jr'], text: 'Doctor Smith' }] });
+    assert.ok(r.ok);
+    const id = r.value.resource.id!;
+    for (const q of ['name=smith', 'name=joh', 'name=dr', 'name=jr', 'name=doctor', 'name=john smith', 'name=smithjohn', 'name:exact=smith', 'name:exact=john', 'name:contains=mit', 'name=zzz,joh']) {
+      assert.deepEqual(idsOf(await search('Practitioner', q)), [id], q);
+    }
+    assert.deepEqual(idsOf(await search('Practitioner', 'family=john')), [], 'family does not answer from given');
+    assert.deepEqual(idsOf(await search('Practitioner', 'given=doctor')), [], 'given does not answer from text');
+    // A sort by name reads the same rows: the smallest (or largest) of a patient's name values.
+    // A family name alone has no row under `name` itself, and still sorts by it.
+    const aaron = await t.store.create('Patient', { resourceType: 'Patient', name: [{ family: 'Aaron' }] });
+    assert.ok(aaron.ok);
+    const order = async (q: string) => (await search('Patient', q)).entry!.map((e) => e.resource!.id);
+    assert.deepEqual(await order('_sort=name'), [aaron.value.resource.id, ids.muller, ids.zhang, ids.zhangwei, ids.li]);
+    assert.deepEqual(await order('_sort=-name'), [ids.li, ids.zhangwei, ids.zhang, ids.muller, aaron.value.resource.id]);
+    assert.ok((await t.store.delete('Patient', aaron.value.resource.id!)).ok);
   });
 
   it('matches tokens with and without system, :not, and identifiers', async () => {

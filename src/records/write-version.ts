@@ -72,8 +72,6 @@ export async function writeVersion(q: Queryable, v: VersionRow, index: IndexRows
      , ei AS (INSERT INTO empi_identifier (blind, patient_id) SELECT jsonb_array_elements_text($29::jsonb->'identifiers'), $25 WHERE $25::text IS NOT NULL ON CONFLICT DO NOTHING)
      , eh AS (INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, origin_site, epoch, shard, data_class, deleted, last_updated, content)
               SELECT '${EMPI_TYPE}', $25, $3, $4, NULL, $6, $7, NULL, 'public', false, $12, $29::jsonb WHERE $25::text IS NOT NULL ON CONFLICT DO NOTHING)
-     , ec AS (INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted, last_updated, content)
-              SELECT '${EMPI_TYPE}', $25, $3, $4, $6, NULL, 'public', NULL, false, $12, $29::jsonb WHERE $25::text IS NOT NULL ON CONFLICT DO NOTHING)
      , eo AS (INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
               SELECT $30, $6, $4, NULL, $7, NULL, 'public', '${EMPI_TYPE}', $25, $3, false, $29::jsonb WHERE $25::text IS NOT NULL)
      INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
