@@ -114,15 +114,19 @@ describe(`replication through faulty links (${testBackend()})`, () => {
     const orgs: Organization[] = [];
     each((l) => l.set({ dropRequest: 0.15, dropAnswer: 0.15, delayMs: 40, duplicate: 0.2, reorder: 0.2 }));
     await load(40, orgs);
-    // Long polls make few requests on a fast machine: write on until each noisy fault has struck.
-    for (const until = Date.now() + 30_000; Date.now() < until; ) {
-      const t = faultTotals();
-      if (t.droppedRequests && t.droppedAnswers && t.duplicated && t.reordered) break;
-      await load(5, orgs);
-    }
+    // Long polls make few requests on a fast machine: write on until each fault has struck
+    // (a puller waiting in a long poll begun before a cut meets the cut only on its next request).
+    const writeUntil = async (struck: (t: FaultStats) => boolean) => {
+      for (const until = Date.now() + 30_000; !struck(faultTotals()); ) {
+        assert.ok(Date.now() < until, `a fault never struck in 30 s: ${JSON.stringify(faultTotals())}`);
+        await load(5, orgs);
+      }
+    };
+    await writeUntil((t) => t.droppedRequests > 0 && t.droppedAnswers > 0 && t.duplicated > 0 && t.reordered > 0);
     // Cut one way: C cannot reach B (B still pulls from C).
     links.C.B!.set({ cut: true });
     await load(20, orgs);
+    await writeUntil(() => links.C.B!.stats.refusedWhileCut > 0);
     // Cut both ways between B and C; concurrent edits of one organization on either side.
     links.B.C!.set({ cut: true });
     const shared = orgs[0]!;
@@ -131,6 +135,7 @@ describe(`replication through faulty links (${testBackend()})`, () => {
       (await write<Organization>('C', 'PUT', `Organization/${shared.id}`, { ...shared, name: '中心卫生院（C 侧）', meta: undefined })).meta!.versionId!,
     ];
     await load(10, orgs);
+    await writeUntil(() => links.B.C!.stats.refusedWhileCut > 0);
     // B's clock jumps far ahead for one change (an outbox row stamped a minute in the future).
     await s.B.db.query(
       `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
