@@ -77,6 +77,18 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     assert.equal(out?.patient, `Patient/${existing.value.resource.id!}`);
   });
 
+  it('links a study once when flushes overlap (the timer\'s and a caller\'s)', async () => {
+    const rid = makeResidentId({ divisionCode: '440106', birthDate: '1981-02-03', sequence: 31 });
+    await ingest({ studyUid: uid(7), date: '20261122', patientId: rid, count: 1 });
+    const outs = (await Promise.all([linker.flush({ all: true }), linker.flush({ all: true }), linker.flush({ all: true })])).flat();
+    assert.deepEqual(outs.map((o) => o.study), [uid(7)], 'one flush links it; the others find nothing left');
+    const { rows } = await t.db.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient' AND content::text LIKE $1",
+      [`%${rid}%`],
+    );
+    assert.equal(rows[0]!.n, 1, 'one Patient made from the study, not one per flush');
+  });
+
   it('writes nothing at a site that is not the active one for the patient, and says why', async () => {
     const before = await r.counts();
     const shenzhen = makeResidentId({ divisionCode: '440305', birthDate: '1980-01-01', sequence: 3 }); // active at C

@@ -44,6 +44,8 @@ export class StudyLinker {
   readonly #o: StudyLinkerOptions;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<unknown> | undefined;
+  /** Flushes run one after another (the timer's and a caller's): a study is never linked twice at once. */
+  #queue: Promise<unknown> = Promise.resolve();
 
   constructor(opts: StudyLinkerOptions) {
     this.#o = opts;
@@ -52,7 +54,8 @@ export class StudyLinker {
   /** Links studies that changed and have been quiet, every `everyMs`. */
   start(everyMs = 1000): void {
     this.#timer ??= setInterval(() => {
-      this.#running ??= this.flush().finally(() => (this.#running = undefined));
+      // One timer flush at a time: a slow pass is not queued behind by the next ticks.
+      if (!this.#running) this.#running = this.flush().finally(() => (this.#running = undefined));
     }, everyMs);
     this.#timer.unref();
   }
@@ -60,11 +63,17 @@ export class StudyLinker {
   async stop(): Promise<void> {
     clearInterval(this.#timer);
     this.#timer = undefined;
-    await this.#running;
+    await this.#queue;
   }
 
   /** Links every study changed more than `quietMs` ago (all of them with `all`). */
-  async flush(opts: { all?: boolean } = {}): Promise<LinkOutcome[]> {
+  flush(opts: { all?: boolean } = {}): Promise<LinkOutcome[]> {
+    const run = this.#queue.then(() => this.#flushNow(opts));
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #flushNow(opts: { all?: boolean }): Promise<LinkOutcome[]> {
     const { rows } = await this.#o.db.query<StudyRow>(
       `SELECT study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, source, updated_at::text AS updated_at
        FROM imaging_study WHERE (fhir_synced_at IS NULL OR fhir_synced_at < updated_at) AND ($1 OR updated_at < now() - make_interval(secs => $2))
