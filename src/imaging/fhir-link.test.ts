@@ -89,6 +89,31 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     assert.equal(rows[0]!.n, 1, 'one Patient made from the study, not one per flush');
   });
 
+  it('keeps running when a timer pass fails (the database away): no crash, the next pass links', async () => {
+    let away = true;
+    const flaky = { ...t.db, query: ((...a: Parameters<typeof t.db.query>) => (away ? Promise.reject(new Error('database away')) : t.db.query(...a))) as typeof t.db.query };
+    const timed = new StudyLinker({ db: flaky, records: r.store, region: r.ctx.region, siteId: 'B', quietMs: 0 });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => void unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const rid = makeResidentId({ divisionCode: '440106', birthDate: '1983-04-05', sequence: 41 });
+      await ingest({ studyUid: uid(8), date: '20261122', patientId: rid, count: 1 });
+      timed.start(20);
+      await new Promise((res) => setTimeout(res, 150)); // several failed passes
+      away = false;
+      const until = Date.now() + 10_000;
+      while ((await r.store.read('ImagingStudy', uid(8))).ok !== true) {
+        assert.ok(Date.now() < until, 'the study was linked once the database was back');
+        await new Promise((res) => setTimeout(res, 50));
+      }
+    } finally {
+      await timed.stop();
+      process.off('unhandledRejection', onUnhandled);
+    }
+    assert.deepEqual(unhandled, [], 'no failed pass escaped as an unhandled rejection');
+  });
+
   it('writes nothing at a site that is not the active one for the patient, and says why', async () => {
     const before = await r.counts();
     const shenzhen = makeResidentId({ divisionCode: '440305', birthDate: '1980-01-01', sequence: 3 }); // active at C

@@ -54,8 +54,9 @@ export class StudyLinker {
   /** Links studies that changed and have been quiet, every `everyMs`. */
   start(everyMs = 1000): void {
     this.#timer ??= setInterval(() => {
-      // One timer flush at a time: a slow pass is not queued behind by the next ticks.
-      if (!this.#running) this.#running = this.flush().finally(() => (this.#running = undefined));
+      // One timer pass at a time (ticks do not pile up behind a slow one). A failed pass (the
+      // database away) leaves its studies unsynced for the next; it must not crash the site.
+      if (!this.#running) this.#running = this.flush().catch(() => undefined).finally(() => (this.#running = undefined));
     }, everyMs);
     this.#timer.unref();
   }
