@@ -65,7 +65,7 @@ export async function auditVerb(argv: string[]): Promise<number> {
     });
     process.stderr.write('\n');
     console.log(JSON.stringify(report, null, 2));
-    console.error(report.ok ? `audit log intact: ${report.entries} entries, ${report.checkpoints} signed checkpoints` : 'AUDIT LOG TAMPERED: see invalidMac, timeMismatch, missing, rootMismatch and badSignature above');
+    console.error(report.ok ? `audit log intact: ${report.entries} entries, ${report.checkpoints} signed checkpoints` : 'AUDIT LOG TAMPERED: see invalidMac, timeMismatch, columnMismatch, missing, rootMismatch and badSignature above');
     return report.ok ? 0 : 1;
   } finally {
     await db.close();

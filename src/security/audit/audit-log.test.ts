@@ -3,11 +3,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import fc from 'fast-check';
 import type { Db } from '../../db/index.ts';
+import { loadMigrations, migrate } from '../../db/migrate.ts';
 import { openTestDb, testBackend } from '../../db/test-db.ts';
 import { Sm2PrivateKey } from '../crypto/index.ts';
 import { AuditLog, cosign, entryMac } from './audit-log.ts';
-import { canonicalBytes, type AuditEvent } from './event.ts';
+import { auditEventBytes, auditEventSchema, canonicalBytes, type AuditEvent } from './event.ts';
 import { rootOf, leafHash, verifyConsistency, verifyInclusion } from './merkle.ts';
 import { entryTimeMs, verifyAuditLog } from './verify.ts';
 
@@ -81,7 +83,7 @@ describe(`audit log (${testBackend()})`, () => {
     const forged = Buffer.from(JSON.stringify({ ...event(999), actor: { kind: 'user', id: 'nobody' } }));
     await asAttacker("UPDATE audit_entry SET entry = convert_to(replace(convert_from(entry, 'UTF8'), 'deny', 'allow'), 'UTF8') WHERE seq = 50");
     await asAttacker('DELETE FROM audit_entry WHERE seq IN (200, 201)');
-    await asAttacker('INSERT INTO audit_entry (seq, entry, mac) VALUES (377, $1, $2)', [forged, randomBytes(32)]);
+    await asAttacker("INSERT INTO audit_entry (seq, entry, mac, agent) VALUES (377, $1, $2, 'nobody')", [forged, randomBytes(32)]);
     const report = await verify();
     assert.equal(report.ok, false);
     assert.deepEqual(report.invalidMac, [50, 377]);
@@ -107,6 +109,20 @@ describe(`audit log (${testBackend()})`, () => {
     // Within the skew nothing is reported: the entry's own time is a few milliseconds off by nature.
     await asAttacker('UPDATE audit_entry SET recorded_at = to_timestamp($1 / 1000.0) WHERE seq IN (120, 121)', [startedAt + 120]);
     assert.deepEqual((await verify()).timeMismatch, []);
+  });
+
+  it('names entries whose search columns were changed to hide them from a search by patient or user', async () => {
+    const { rows } = await db.query<{ entity: string | null; agent: string }>('SELECT entity, agent FROM audit_entry WHERE seq = 130');
+    assert.deepEqual(rows[0], { entity: 'Patient/p130', agent: 'doctor-4' }, 'the appender fills the columns from the event');
+    await asAttacker("UPDATE audit_entry SET entity = 'Patient/elsewhere' WHERE seq = 130");
+    await asAttacker("UPDATE audit_entry SET agent = 'someone-else' WHERE seq = 131");
+    await asAttacker('UPDATE audit_entry SET entity = NULL WHERE seq = 132');
+    const report = await verify();
+    assert.deepEqual(report.columnMismatch, [130, 131, 132]);
+    assert.equal(report.ok, false);
+    assert.ok(!report.invalidMac.includes(130), 'the bytes are intact: only the columns lie');
+    await asAttacker("UPDATE audit_entry SET entity = 'Patient/p' || seq, agent = 'doctor-' || (seq % 7) WHERE seq IN (130, 131, 132)");
+    assert.deepEqual((await verify()).columnMismatch, []);
   });
 
   it("reads an entry's own time from its bytes, whatever its strings hold", () => {
@@ -151,5 +167,53 @@ describe(`audit log with two API nodes (${testBackend()})`, () => {
     const report = await verify();
     assert.equal(report.ok, true);
     assert.equal(report.entries, 1002);
+  });
+});
+
+describe('canonical bytes of an audit event', () => {
+  const text = fc.string({ unit: 'binary', minLength: 1, maxLength: 12 });
+  const opt = <T>(a: fc.Arbitrary<T>) => fc.option(a, { nil: undefined });
+  const eventArb: fc.Arbitrary<AuditEvent> = fc.record({
+    time: fc.date({ min: new Date('2000-01-01'), max: new Date('2100-01-01'), noInvalidDate: true }).map((d) => d.toISOString()),
+    site: text,
+    actor: fc.record({ kind: fc.constantFrom('user', 'service', 'anonymous', 'system'), id: text, role: opt(text) }),
+    action: fc.constantFrom('read', 'search', 'break-glass', 'admin-read'),
+    outcome: fc.constantFrom('allow', 'deny', 'success', 'failure'),
+    purpose: opt(text), resource: opt(text), fields: opt(fc.array(text, { maxLength: 4 })), sourceIp: opt(text), terminal: opt(text),
+    macAddress: opt(text), requestId: opt(text), breakGlass: opt(fc.record({ reason: text })), detail: opt(fc.string({ unit: 'binary', maxLength: 40 })),
+  });
+
+  it('writes exactly the bytes the generic canonical form gives, for any valid event', () => {
+    fc.assert(
+      fc.property(eventArb, (e) => {
+        const parsed = auditEventSchema.parse(e); // what append serializes: the validated copy
+        assert.deepEqual(auditEventBytes(parsed), canonicalBytes(parsed));
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
+
+describe(`audit search columns for entries written before them (${testBackend()})`, () => {
+  it('are filled from the bytes of earlier entries by migration 0016, and the log still verifies', async () => {
+    const db = await openTestDb({ migrated: false });
+    try {
+      const all = await loadMigrations();
+      assert.ok((await migrate(db, { migrations: all.filter((m) => m.version < 16) })).ok);
+      const macKey = randomBytes(32);
+      const events = [event(1), { ...event(2), resource: undefined }, event(3)];
+      for (const [seq, e] of events.entries()) {
+        const bytes = canonicalBytes(e);
+        await db.query('INSERT INTO audit_entry (seq, entry, mac) VALUES ($1, $2, $3)', [seq, bytes, entryMac(macKey, seq, bytes)]);
+      }
+      assert.ok((await migrate(db, { migrations: all })).ok);
+      const { rows } = await db.query<{ entity: string | null; agent: string }>('SELECT entity, agent FROM audit_entry ORDER BY seq');
+      assert.deepEqual(rows.map((r) => ({ ...r })), [{ entity: 'Patient/p1', agent: 'doctor-1' }, { entity: null, agent: 'doctor-2' }, { entity: 'Patient/p3', agent: 'doctor-3' }]);
+      await assert.rejects(db.query("UPDATE audit_entry SET agent = 'x' WHERE seq = 0"), /append-only/, 'the trigger is back on');
+      const report = await verifyAuditLog(db, { macKey, signers: [] });
+      assert.deepEqual([report.ok, report.columnMismatch, report.invalidMac], [true, [], []]);
+    } finally {
+      await db.close();
+    }
   });
 });

@@ -3,7 +3,7 @@
 // cosignatures by other sites.
 import type { Db, Queryable } from '../../db/index.ts';
 import { hmacSm3Keyed, sm2Sign, sm2Verify, type Sm2PrivateKey, type Sm2PublicKey } from '../crypto/index.ts';
-import { auditEventSchema, canonicalBytes, type AuditEvent } from './event.ts';
+import { auditEventBytes, auditEventSchema, canonicalBytes, type AuditEvent } from './event.ts';
 import { consistencyProof, FrontierBuilder, inclusionProof, leafHash } from './merkle.ts';
 
 const APPEND_LOCK = 7_240_612;
@@ -36,6 +36,9 @@ export type AuditAppendError = { kind: 'invalid-event'; issues: string[] };
 
 interface Waiting {
   bytes: Buffer;
+  /** The entry's `resource` and `actor.id`, stored beside the bytes for searches (verify checks them). */
+  entity: string | null;
+  agent: string;
   resolve: (seq: number) => void;
   reject: (e: unknown) => void;
 }
@@ -76,13 +79,14 @@ export class AuditLog {
   append(event: AuditEvent): Promise<{ ok: true; seq: number } | { ok: false; error: AuditAppendError }> {
     const parsed = auditEventSchema.safeParse(event);
     if (!parsed.success) return Promise.resolve({ ok: false, error: { kind: 'invalid-event', issues: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`) } });
-    return this.appendBytes(canonicalBytes(parsed.data)).then((seq) => ({ ok: true as const, seq }));
+    const e = parsed.data;
+    return this.#enqueue(auditEventBytes(e), e.resource ?? null, e.actor.id).then((seq) => ({ ok: true as const, seq }));
   }
 
-  /** Appends canonical bytes as they are; concurrent appends share one transaction. */
-  appendBytes(bytes: Buffer): Promise<number> {
+  /** Concurrent appends share one statement. */
+  #enqueue(bytes: Buffer, entity: string | null, agent: string): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.#queue.push({ bytes, resolve, reject });
+      this.#queue.push({ bytes, entity, agent, resolve, reject });
       if (!this.#running) void this.#drain();
     });
   }
@@ -119,10 +123,10 @@ export class AuditLog {
         // The advisory lock (held to the end of this statement's transaction) keeps the locked
         // path from reading the end of the log while this insert is in flight. max(seq) stays a
         // one-row index probe: it must not be joined with anything.
-        `WITH lock AS (SELECT pg_advisory_xact_lock($5)),
-         ins AS (INSERT INTO audit_entry (seq, entry, mac)
-           SELECT * FROM unnest($1::bigint[], $2::text[]::bytea[], $3::text[]::bytea[])
-           WHERE (SELECT coalesce(max(seq) + 1, 0) FROM audit_entry) = $4::bigint AND (SELECT true FROM lock) RETURNING 1)
+        `WITH lock AS (SELECT pg_advisory_xact_lock($7)),
+         ins AS (INSERT INTO audit_entry (seq, entry, mac, entity, agent)
+           SELECT * FROM unnest($1::bigint[], $2::text[]::bytea[], $3::text[]::bytea[], $4::text[], $5::text[])
+           WHERE (SELECT coalesce(max(seq) + 1, 0) FROM audit_entry) = $6::bigint AND (SELECT true FROM lock) RETURNING 1)
          SELECT count(*)::int AS n FROM ins`,
         [...this.#rows(batch, start), start, APPEND_LOCK],
         { name: 'audit-append' },
@@ -140,16 +144,18 @@ export class AuditLog {
       await tx.query('SELECT pg_advisory_xact_lock($1)', [APPEND_LOCK]);
       const { rows } = await tx.query<{ next: bigint }>('SELECT coalesce(max(seq) + 1, 0)::bigint AS next FROM audit_entry');
       const start = Number(rows[0]!.next);
-      await tx.query('INSERT INTO audit_entry (seq, entry, mac) SELECT * FROM unnest($1::bigint[], $2::text[]::bytea[], $3::text[]::bytea[])', this.#rows(batch, start));
+      await tx.query('INSERT INTO audit_entry (seq, entry, mac, entity, agent) SELECT * FROM unnest($1::bigint[], $2::text[]::bytea[], $3::text[]::bytea[], $4::text[], $5::text[])', this.#rows(batch, start));
       return start;
     });
   }
 
-  #rows(batch: Waiting[], start: number): [string[], string[], string[]] {
+  #rows(batch: Waiting[], start: number): [string[], string[], string[], Array<string | null>, string[]] {
     return [
       batch.map((_, i) => String(start + i)),
       batch.map((w) => `\\x${w.bytes.toString('hex')}`),
       batch.map((w, i) => `\\x${this.#mac(start + i, w.bytes).toString('hex')}`),
+      batch.map((w) => w.entity),
+      batch.map((w) => w.agent),
     ];
   }
 

@@ -77,24 +77,32 @@ export function parseAuditQuery(pairs: ReadonlyArray<readonly [string, string]>)
 }
 
 /**
- * The SQL condition over ENTRIES for a query, with its parameters. Entity, agent and time are
- * written as the indexes of migration 0014 are; `date` is when the log took the entry.
+ * The SQL condition over ENTRIES for a query, with its parameters. Entity and agent are found
+ * through their columns (indexed, migration 0016) and rechecked against the bytes, so a column
+ * changed behind the log's back cannot put a foreign entry into an answer (verify names it);
+ * `date` is when the log took the entry (indexed).
  */
 export function auditWhere(q: Omit<AuditQuery, 'count' | 'offset'>, params: unknown[]): string {
   const where: string[] = [];
   const add = (v: unknown) => `$${params.push(v)}`;
   if (q.from) where.push(`t >= ${add(q.from)}::timestamptz`);
   if (q.to) where.push(`t < ${add(q.to)}::timestamptz`);
-  if (q.agent) where.push(`e->'actor'->>'id' = ${add(q.agent)}`);
-  if (q.entity) where.push(`e->>'resource' = ${add(q.entity)}`);
+  if (q.agent) {
+    const p = add(q.agent);
+    where.push(`agent = ${p} AND e->'actor'->>'id' = ${p}`);
+  }
+  if (q.entity) {
+    const p = add(q.entity);
+    where.push(`entity = ${p} AND e->>'resource' = ${p}`);
+  }
   if (q.outcome) where.push(`e->>'outcome' = ${add(q.outcome)}`);
   if (q.action) where.push(`e->>'action' = ${add(q.action)}`);
   if (q.purpose) where.push(`e->>'purpose' = ${add(q.purpose)}`);
   return where.length ? where.join(' AND ') : 'true';
 }
 
-/** The log as rows of (seq, e: the entry as jsonb, t: when it was appended), as migration 0014 indexes them. */
-export const ENTRIES = `(SELECT seq, audit_entry_json(entry) AS e, recorded_at AS t FROM audit_entry) a`;
+/** The log as rows of (seq, e: the entry as jsonb, t: when it was appended, and the indexed entity and agent columns). */
+export const ENTRIES = `(SELECT seq, audit_entry_json(entry) AS e, recorded_at AS t, entity, agent FROM audit_entry) a`;
 
 export async function readAuditEvent(db: Queryable, seq: number): Promise<FhirAuditEvent | undefined> {
   const { rows } = await db.query<{ entry: Uint8Array; recorded_at: Date }>('SELECT entry, recorded_at FROM audit_entry WHERE seq = $1', [seq]);

@@ -13,7 +13,7 @@ export interface ComplianceReport {
   accessesByRole: Array<{ role: string; allow: number; deny: number; failure: number; success: number }>;
   breakGlass: Array<{ seq: number; time: string; user: string; role: string; resource: string; reason: string; accessesUnderIt: number }>;
   denied: Array<{ seq: number; time: string; user: string; role: string; action: string; resource: string; detail: string }>;
-  verification: Pick<AuditReport, 'ok' | 'entries' | 'checkpoints' | 'invalidMac' | 'timeMismatch' | 'missing' | 'rootMismatch' | 'badSignature'>;
+  verification: Pick<AuditReport, 'ok' | 'entries' | 'checkpoints' | 'invalidMac' | 'timeMismatch' | 'columnMismatch' | 'missing' | 'rootMismatch' | 'badSignature'>;
 }
 
 const MAX_LISTED = 200;
@@ -36,7 +36,7 @@ export async function complianceReport(db: Queryable, opts: { site: string; from
   }
   const glass = await db.query<{ seq: string | bigint; time: string; user: string; role: string | null; resource: string | null; reason: string; n: number }>(
     `SELECT a.seq, e->>'time' AS time, e->'actor'->>'id' AS user, e->'actor'->>'role' AS role, e->>'resource' AS resource, e->'breakGlass'->>'reason' AS reason,
-            (SELECT count(*)::int FROM ${ENTRIES.replace(/ a$/, ' b')} WHERE b.e->'actor'->>'id' = a.e->'actor'->>'id' AND b.e ? 'breakGlass' AND b.e->>'action' <> 'break-glass'
+            (SELECT count(*)::int FROM ${ENTRIES.replace(/ a$/, ' b')} WHERE b.agent = a.agent AND b.e->'actor'->>'id' = a.e->'actor'->>'id' AND b.e ? 'breakGlass' AND b.e->>'action' <> 'break-glass'
                AND b.t >= a.t AND b.t < $2::timestamptz) AS n
        FROM ${ENTRIES} WHERE ${range} AND e->>'action' = 'break-glass' AND e->>'outcome' IN ('success', 'allow') ORDER BY a.seq LIMIT ${MAX_LISTED}`, p,
   );
@@ -54,7 +54,7 @@ export async function complianceReport(db: Queryable, opts: { site: string; from
     accessesByRole: [...roles.values()],
     breakGlass: glass.rows.map((r) => ({ seq: Number(r.seq), time: r.time, user: r.user, role: r.role ?? '', resource: r.resource ?? '', reason: r.reason, accessesUnderIt: r.n })),
     denied: denied.rows.map((r) => ({ seq: Number(r.seq), time: r.time, user: r.user, role: r.role ?? '', action: r.action, resource: r.resource ?? '', detail: r.detail ?? '' })),
-    verification: { ok: v.ok, entries: v.entries, checkpoints: v.checkpoints, invalidMac: v.invalidMac, timeMismatch: v.timeMismatch, missing: v.missing, rootMismatch: v.rootMismatch, badSignature: v.badSignature },
+    verification: { ok: v.ok, entries: v.entries, checkpoints: v.checkpoints, invalidMac: v.invalidMac, timeMismatch: v.timeMismatch, columnMismatch: v.columnMismatch, missing: v.missing, rootMismatch: v.rootMismatch, badSignature: v.badSignature },
   };
 }
 
@@ -79,7 +79,7 @@ export function renderComplianceHtml(r: ComplianceReport): string {
 <p>Period ${esc(r.from)} to ${esc(r.to)} (end exclusive). Generated ${esc(r.generatedAt)}.</p>
 <h2>Audit log verification</h2>
 <p class="${v.ok ? 'ok' : 'bad'}">${status}: ${esc(v.entries)} entries, ${esc(v.checkpoints)} signed checkpoints verified.</p>
-${v.ok ? '' : `<p>Entries failing their MAC: ${esc(v.invalidMac.join(', ') || 'none')}. Entries whose append time was moved: ${esc(v.timeMismatch.join(', ') || 'none')}. Missing ranges: ${esc(JSON.stringify(v.missing))}. Checkpoints with a wrong root: ${esc(v.rootMismatch.join(', ') || 'none')}; with a bad signature: ${esc(v.badSignature.join(', ') || 'none')}.</p>`}
+${v.ok ? '' : `<p>Entries failing their MAC: ${esc(v.invalidMac.join(', ') || 'none')}. Entries whose append time was moved: ${esc(v.timeMismatch.join(', ') || 'none')}. Entries whose search columns (patient, user) were changed: ${esc(v.columnMismatch.join(', ') || 'none')}. Missing ranges: ${esc(JSON.stringify(v.missing))}. Checkpoints with a wrong root: ${esc(v.rootMismatch.join(', ') || 'none')}; with a bad signature: ${esc(v.badSignature.join(', ') || 'none')}.</p>`}
 <h2>Accesses per role</h2>
 <p>${esc(r.totals.entries)} audited events: ${esc(r.totals.allow + r.totals.success)} allowed or succeeded, ${esc(r.totals.deny)} denied, ${esc(r.totals.failure)} failed.</p>
 ${table(['role', 'allowed', 'succeeded', 'denied', 'failed'], r.accessesByRole.map((x) => [x.role, x.allow, x.success, x.deny, x.failure]))}

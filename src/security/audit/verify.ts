@@ -1,11 +1,13 @@
 // Recomputes the whole audit log and says exactly what is wrong: entries whose MAC fails
 // (altered or forged), missing sequence numbers (deleted), checkpoints whose root or
 // signature does not match, disagreement with a checkpoint the verifier trusts, and append
-// times moved away from the time the entry itself carries.
+// times moved away from the time the entry itself carries, and search columns that no longer
+// say what the entry says.
 import { Worker } from 'node:worker_threads';
 import type { Queryable } from '../../db/index.ts';
 import { sm2Verify, type Sm2PublicKey } from '../crypto/index.ts';
 import { checkpointStatement, splitFrontier } from './audit-log.ts';
+import { NULL_TEXT } from './entry-columns.ts';
 import { FrontierBuilder, leafHash } from './merkle.ts';
 
 export interface AuditReport {
@@ -21,6 +23,12 @@ export interface AuditReport {
    * column is not, so it is checked against them.
    */
   timeMismatch: number[];
+  /**
+   * Entries whose search columns (`entity`, `agent`: what AuditEvent searches by patient and by
+   * user find them through) disagree with their own bytes — changed to hide an entry from an
+   * auditor's search. Like the append time, these columns sit beside the MAC'd bytes.
+   */
+  columnMismatch: number[];
   /** Ranges of sequence numbers that are gone (deleted rows). */
   missing: Array<{ from: number; to: number }>;
   /** Checkpoints whose Merkle root differs from the entries now stored. */
@@ -74,7 +82,7 @@ async function archivedPrefix(q: Queryable): Promise<{ size: number; frontier: B
 
 export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise<AuditReport> {
   const t0 = performance.now();
-  const report: AuditReport = { ok: true, entries: 0, checkpoints: 0, invalidMac: [], timeMismatch: [], missing: [], rootMismatch: [], badSignature: [], unsignedTail: 0, archivedBefore: 0, seconds: 0 };
+  const report: AuditReport = { ok: true, entries: 0, checkpoints: 0, invalidMac: [], timeMismatch: [], columnMismatch: [], missing: [], rootMismatch: [], badSignature: [], unsignedTail: 0, archivedBefore: 0, seconds: 0 };
   const archived = await archivedPrefix(q);
   const { rows: cps } = await q.query<{ tree_size: bigint; root: Buffer; statement: string; signature: Buffer; signer_site: string; issued_at: Date }>(
     'SELECT tree_size, root, statement, signature, signer_site, issued_at FROM audit_checkpoint ORDER BY tree_size',
@@ -94,7 +102,7 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
   const tree = new FrontierBuilder(archived?.frontier ?? [], archived?.size ?? 0);
   report.archivedBefore = archived?.size ?? 0;
   const macs = new MacWorker(opts.macKey);
-  const macResults: Array<Promise<number[]>> = [];
+  const macResults: Array<Promise<{ bad: number[]; columns: number[] }>> = [];
   let expectedSeq = archived?.size ?? 0;
   const page = opts.pageSize ?? 10_000;
   const maxSkew = opts.maxAppendSkewMs ?? 5 * 60_000;
@@ -108,8 +116,8 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
   try {
     // The append time as epoch milliseconds: a float parses far faster than a timestamptz.
     const fetchPage = (from: number) =>
-      q.query<{ seq: bigint; entry: Buffer; mac: Buffer; at: number | string }>(
-        'SELECT seq, entry, mac, extract(epoch FROM recorded_at)::float8 * 1000 AS at FROM audit_entry WHERE seq >= $1 ORDER BY seq LIMIT $2',
+      q.query<{ seq: bigint; entry: Buffer; mac: Buffer; at: number | string; entity: string | null; agent: string | null }>(
+        'SELECT seq, entry, mac, extract(epoch FROM recorded_at)::float8 * 1000 AS at, entity, agent FROM audit_entry WHERE seq >= $1 ORDER BY seq LIMIT $2',
         [from, page],
         { name: 'audit-verify-page' },
       );
@@ -139,7 +147,9 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
       report.entries += rows.length;
       opts.onProgress?.(report.entries);
     }
-    report.invalidMac = (await Promise.all(macResults)).flat().sort((a, b) => a - b);
+    const checked = await Promise.all(macResults);
+    report.invalidMac = checked.flatMap((c) => c.bad).sort((a, b) => a - b);
+    report.columnMismatch = checked.flatMap((c) => c.columns).sort((a, b) => a - b);
   } finally {
     await macs.close();
   }
@@ -150,7 +160,7 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
   }
   if (opts.trusted && !report.trusted) report.trusted = { treeSize: opts.trusted.treeSize, consistent: false };
   report.unsignedTail = Math.max(0, expectedSeq - lastSigned);
-  report.ok = !report.invalidMac.length && !report.timeMismatch.length && !report.missing.length && !report.rootMismatch.length && !report.badSignature.length && (report.trusted?.consistent ?? true);
+  report.ok = !report.invalidMac.length && !report.timeMismatch.length && !report.columnMismatch.length && !report.missing.length && !report.rootMismatch.length && !report.badSignature.length && (report.trusted?.consistent ?? true);
   report.seconds = (performance.now() - t0) / 1000;
   return report;
 }
@@ -173,17 +183,17 @@ export function entryTimeMs(entry: Uint8Array): number | undefined {
   return Number.isNaN(ms) ? undefined : ms;
 }
 
-/** MAC checks on a worker thread; each page travels as one transferred buffer. */
+/** MAC and search-column checks on a worker thread; each page travels as one transferred buffer. */
 class MacWorker {
   readonly #worker = new Worker(new URL('./mac-worker.ts', import.meta.url));
   readonly #key: Uint8Array;
-  readonly #pending = new Map<number, { resolve: (bad: number[]) => void; reject: (e: Error) => void }>();
+  readonly #pending = new Map<number, { resolve: (r: { bad: number[]; columns: number[] }) => void; reject: (e: Error) => void }>();
   #next = 0;
 
   constructor(key: Uint8Array) {
     this.#key = key;
-    this.#worker.on('message', (m: { id: number; bad: number[] }) => {
-      this.#pending.get(m.id)?.resolve(m.bad);
+    this.#worker.on('message', (m: { id: number; bad: number[]; columns: number[] }) => {
+      this.#pending.get(m.id)?.resolve(m);
       this.#pending.delete(m.id);
     });
     // One listener for the worker's life (not one per page): a failure fails every page in flight.
@@ -193,11 +203,16 @@ class MacWorker {
     });
   }
 
-  check(rows: ReadonlyArray<{ seq: bigint; entry: Uint8Array; mac: Uint8Array }>): Promise<number[]> {
-    const size = rows.reduce((n, r) => n + 44 + r.entry.length, 0);
+  check(rows: ReadonlyArray<{ seq: bigint; entry: Uint8Array; mac: Uint8Array; entity: string | null; agent: string | null }>): Promise<{ bad: number[]; columns: number[] }> {
+    const text = (v: string | null) => (v === null ? 0 : Buffer.byteLength(v));
+    const size = rows.reduce((n, r) => n + 52 + r.entry.length + text(r.entity) + text(r.agent), 0);
     const packed = new ArrayBuffer(size);
     const buf = Buffer.from(packed);
     let off = 0;
+    const putText = (v: string | null) => {
+      buf.writeUInt32BE(v === null ? NULL_TEXT : Buffer.byteLength(v), off);
+      off += 4 + (v === null ? 0 : buf.write(v, off + 4));
+    };
     for (const r of rows) {
       buf.writeBigUInt64BE(r.seq, off);
       buf.writeUInt32BE(r.entry.length, off + 8);
@@ -205,6 +220,8 @@ class MacWorker {
       // A MAC of the wrong length is simply wrong: pad (the buffer is zeroed) or cut to 32 so the layout holds.
       buf.set(r.mac.length > 32 ? r.mac.subarray(0, 32) : r.mac, off + 12 + r.entry.length);
       off += 44 + r.entry.length;
+      putText(r.entity);
+      putText(r.agent);
     }
     const id = this.#next++;
     return new Promise((resolve, reject) => {
