@@ -75,3 +75,13 @@ export function cpuPerOp(before: ReturnType<typeof cpuSeconds>, after: ReturnTyp
   const per = (s: number) => round((s / Math.max(1, ops)) * 1e6, 0);
   return { node_us: per(after.node - before.node), ...(before.postgres !== undefined && after.postgres !== undefined ? { postgres_us: per(after.postgres - before.postgres) } : {}) };
 }
+
+/**
+ * Busy CPU seconds of the whole machine (every process and the kernel; /proc/stat less idle
+ * and iowait): what a phase costs where the client, the server and PostgreSQL share the cores.
+ */
+export function machineBusy(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+  return (total - f[3]! - f[4]!) / 100; // USER_HZ
+}

@@ -15,7 +15,7 @@ export interface OpenDbOptions {
 }
 
 export function openDb(opts: OpenDbOptions): Promise<Db> {
-  if (opts.databaseUrl) return openPostgres({ connectionString: opts.databaseUrl, ...(opts.schema ? { schema: opts.schema } : {}) });
+  if (opts.databaseUrl) return openPostgres({ connectionString: opts.databaseUrl, applicationName: `medmesh site ${opts.siteId}`, ...(opts.schema ? { schema: opts.schema } : {}) });
   if (opts.inMemory) return openPglite();
   return openPglite({ dataDir: join(opts.dataRoot ?? 'data', opts.siteId) });
 }

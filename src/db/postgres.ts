@@ -7,6 +7,8 @@ export interface PostgresOptions {
   /** Schema to use (search_path); created if missing. */
   schema?: string;
   maxConnections?: number;
+  /** Shown in pg_stat_activity (which part of a site a connection belongs to). */
+  applicationName?: string;
 }
 
 export async function openPostgres(opts: PostgresOptions): Promise<Db> {
@@ -26,6 +28,7 @@ export async function openPostgres(opts: PostgresOptions): Promise<Db> {
   const pool = new pg.Pool({
     connectionString: opts.connectionString,
     max: opts.maxConnections ?? 10,
+    ...(opts.applicationName ? { application_name: opts.applicationName } : {}),
     types: typeParsers,
     ...(opts.schema ? { options: `-c search_path=${opts.schema}` } : {}),
   });

@@ -17,7 +17,8 @@ export async function openTestDb(opts: { migrated?: boolean } = {}): Promise<Db>
   let db: Db;
   if (testBackend() === 'postgres') {
     const schema = `t_${randomBytes(6).toString('hex')}`;
-    const inner = await openPostgres({ connectionString: TEST_POSTGRES_URL, schema, maxConnections: 8 });
+    // Named after the schema, so a fault test can find (and kill) exactly its own connections.
+    const inner = await openPostgres({ connectionString: TEST_POSTGRES_URL, schema, maxConnections: 8, applicationName: schema });
     db = {
       ...inner,
       async close() {

@@ -227,6 +227,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         } finally {
           clearTimeout(force);
         }
+        await audit?.log.close(); // after the last request: its entry is written before the database closes
         s3?.close();
         await files?.close();
       },

@@ -9,6 +9,7 @@ import { loadMigrations, migrate } from '../../db/migrate.ts';
 import { openTestDb, testBackend } from '../../db/test-db.ts';
 import { Sm2PrivateKey } from '../crypto/index.ts';
 import { AuditLog, cosign, entryMac } from './audit-log.ts';
+import { APPEND_LOCK } from './appender.ts';
 import { auditEventBytes, auditEventSchema, canonicalBytes, type AuditEvent } from './event.ts';
 import { rootOf, leafHash, verifyConsistency, verifyInclusion } from './merkle.ts';
 import { entryTimeMs, verifyAuditLog } from './verify.ts';
@@ -38,7 +39,10 @@ describe(`audit log (${testBackend()})`, () => {
     db = await openTestDb();
     log = new AuditLog({ db, macKey, signer: { siteId: 'B', key: site } });
   });
-  after(() => db.close());
+  after(async () => {
+    await log.close();
+    await db.close();
+  });
 
   it('appends concurrent events with gapless sequence numbers, and refuses malformed ones', async () => {
     const results = await Promise.all(Array.from({ length: 300 }, (_, i) => log.append(event(i))));
@@ -152,7 +156,10 @@ describe(`audit log with two API nodes (${testBackend()})`, () => {
     db = await openTestDb();
     log = new AuditLog({ db, macKey, signer: { siteId: 'B', key: site } });
   });
-  after(() => db.close());
+  after(async () => {
+    await log.close();
+    await db.close();
+  });
 
   it('stays gapless and verifiable when two API nodes of the site append at once', async () => {
     const other = new AuditLog({ db, macKey, signer: { siteId: 'B', key: site } });
@@ -167,6 +174,89 @@ describe(`audit log with two API nodes (${testBackend()})`, () => {
     const report = await verify();
     assert.equal(report.ok, true);
     assert.equal(report.entries, 1002);
+    await other.close();
+  });
+});
+
+describe(`audit appends under faults (${testBackend()})`, () => {
+  it('loses nothing it acknowledged when its connections are killed while appending, and carries on', { skip: testBackend() !== 'postgres' && 'PGlite has no connections to kill' }, async () => {
+    const db = await openTestDb();
+    const macKey = randomBytes(32);
+    const key = Sm2PrivateKey.generate();
+    const log = new AuditLog({ db, macKey, signer: { siteId: 'B', key } });
+    try {
+      // openTestDb names its connections after its schema; the killer's own connection is spared.
+      const { rows: named } = await db.query<{ app: string }>('SELECT current_setting($1) AS app', ['application_name']);
+      const app = named[0]!.app;
+      const acknowledged = new Map<number, string>();
+      let refused = 0;
+      let killed = 0;
+      for (let wave = 0; wave < 12; wave++) {
+        const appendWave = () =>
+          Array.from({ length: 40 }, (_, i) => {
+            const e = event(10_000 + wave * 40 + i);
+            return log.append(e).then(
+              (r) => void (r.ok ? acknowledged.set(r.seq, e.requestId!) : assert.fail(r.error.issues.join('; '))),
+              (err: unknown) => {
+                assert.match(String(err), /terminat|connection/i);
+                refused++;
+              },
+            );
+          });
+        if (wave % 3 !== 1) {
+          await Promise.all(appendWave());
+          continue;
+        }
+        // Every third wave, the log's statements are held in flight (the append lock is taken
+        // by a transaction of the test's) and their connections killed meanwhile. The polling runs
+        // outside that transaction: inside it, pg_stat_activity would show one cached snapshot.
+        let appends: Array<Promise<void>> = [];
+        await db.transaction(async (tx) => {
+          await tx.query('SELECT pg_advisory_xact_lock($1)', [APPEND_LOCK]);
+          appends = appendWave();
+          const waiting = 'SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid() AND wait_event_type = $2';
+          for (let tries = 0; (await db.query(waiting, [app, 'Lock'])).rows.length === 0; tries++) {
+            assert.ok(tries < 500, 'an append statement waits on the lock');
+            await new Promise((r) => setTimeout(r, 2));
+          }
+          const { rows } = await db.query<{ n: number }>(`SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM (${waiting}) w`, [app, 'Lock']);
+          killed += rows[0]!.n;
+        });
+        await Promise.all(appends);
+      }
+      assert.ok(killed >= 4 && refused >= 4, `statements in flight were killed: ${killed} connections, ${refused} appends refused`);
+      const after = await log.append(event(99_999));
+      assert.ok(after.ok, 'the log carries on after its connections were killed');
+      const { rows } = await db.query<{ seq: bigint; entry: Buffer }>('SELECT seq, entry FROM audit_entry');
+      const stored = new Map(rows.map((r) => [Number(r.seq), (JSON.parse(r.entry.toString('utf8')) as AuditEvent).requestId]));
+      for (const [seq, requestId] of acknowledged) assert.equal(stored.get(seq), requestId, `acknowledged entry ${seq} is stored as acknowledged`);
+      assert.ok(stored.size >= acknowledged.size + 1 && stored.size <= 12 * 40 + 1, `${stored.size} entries stored, ${acknowledged.size} acknowledged, ${refused} refused`);
+      const report = await verifyAuditLog(db, { macKey, signers: [key.publicKey] });
+      assert.deepEqual([report.ok, report.missing, report.invalidMac], [true, [], []], 'gapless and intact');
+    } finally {
+      await log.close();
+      await db.close();
+    }
+  });
+
+  it('refuses appends with the database error while it cannot write, writes nothing of them, and recovers', async () => {
+    const db = await openTestDb();
+    const macKey = randomBytes(32);
+    const log = new AuditLog({ db, macKey, signer: { siteId: 'B', key: Sm2PrivateKey.generate() } });
+    try {
+      assert.ok((await log.append(event(1))).ok);
+      await db.query('ALTER TABLE audit_entry ADD CONSTRAINT refuse_all CHECK (false) NOT VALID');
+      const refused = await Promise.allSettled([log.append(event(2)), log.append(event(3))]);
+      for (const r of refused) assert.match(r.status === 'rejected' ? String(r.reason) : 'acknowledged', /refuse_all/);
+      await db.query('ALTER TABLE audit_entry DROP CONSTRAINT refuse_all');
+      const again = await log.append(event(4));
+      assert.deepEqual(again, { ok: true, seq: 1 }, 'the next entry follows the last one written: no gap');
+      const report = await verifyAuditLog(db, { macKey, signers: [] });
+      assert.deepEqual([report.entries, report.missing, report.invalidMac], [2, [], []]);
+    } finally {
+      await log.close();
+      await db.close();
+    }
   });
 });
 

@@ -2,11 +2,12 @@
 // HMAC-SM3 per entry, SM2-signed checkpoints over the RFC 9162 Merkle root, proofs, and
 // cosignatures by other sites.
 import type { Db, Queryable } from '../../db/index.ts';
-import { hmacSm3Keyed, sm2Sign, sm2Verify, type Sm2PrivateKey, type Sm2PublicKey } from '../crypto/index.ts';
-import { auditEventBytes, auditEventSchema, canonicalBytes, type AuditEvent } from './event.ts';
+import { sm2Sign, sm2Verify, type Sm2PrivateKey, type Sm2PublicKey } from '../crypto/index.ts';
+import { APPEND_LOCK, DbAppender } from './appender.ts';
+import { auditEventSchema, auditEventText, canonicalBytes, type AuditEvent } from './event.ts';
 import { consistencyProof, FrontierBuilder, inclusionProof, leafHash } from './merkle.ts';
 
-const APPEND_LOCK = 7_240_612;
+export { entryMac, entryMacFor } from './appender.ts';
 
 export interface AuditSigner {
   siteId: string;
@@ -34,45 +35,17 @@ export interface Checkpoint {
 
 export type AuditAppendError = { kind: 'invalid-event'; issues: string[] };
 
-interface Waiting {
-  bytes: Buffer;
-  /** The entry's `resource` and `actor.id`, stored beside the bytes for searches (verify checks them). */
-  entity: string | null;
-  agent: string;
-  resolve: (seq: number) => void;
-  reject: (e: unknown) => void;
-}
-
-/** HMAC-SM3(key, seq as 8 bytes big-endian || entry). */
-export function entryMac(macKey: Uint8Array, seq: number, entry: Uint8Array): Buffer {
-  return entryMacFor(macKey)(seq, entry);
-}
-
-/** The same MAC with the key schedule done once, for code that MACs many entries. */
-export function entryMacFor(macKey: Uint8Array): (seq: number, entry: Uint8Array) => Buffer {
-  const mac = hmacSm3Keyed(macKey);
-  return (seq, entry) => {
-    const s = Buffer.alloc(8);
-    s.writeBigUInt64BE(BigInt(seq));
-    return mac(s, entry);
-  };
-}
-
 export function checkpointStatement(c: { site: string; treeSize: number; root: Uint8Array; issuedAt: string }): string {
   return canonicalBytes({ type: 'medmesh-audit-checkpoint/1', site: c.site, treeSize: c.treeSize, root: Buffer.from(c.root).toString('hex'), issuedAt: c.issuedAt }).toString('utf8');
 }
 
 export class AuditLog {
   readonly #o: AuditLogOptions;
-  #queue: Waiting[] = [];
-  #running = false;
-  /** Where this node believes the log ends (after its own last append). */
-  #nextSeq: number | undefined;
-  readonly #mac: (seq: number, entry: Uint8Array) => Buffer;
+  readonly #appender: DbAppender;
 
   constructor(opts: AuditLogOptions) {
     this.#o = opts;
-    this.#mac = entryMacFor(opts.macKey);
+    this.#appender = new DbAppender({ db: opts.db, macKey: opts.macKey, ...(opts.maxBatch ? { maxBatch: opts.maxBatch } : {}) });
   }
 
   /** Validates and appends one event; resolves with its sequence number once committed. */
@@ -80,83 +53,12 @@ export class AuditLog {
     const parsed = auditEventSchema.safeParse(event);
     if (!parsed.success) return Promise.resolve({ ok: false, error: { kind: 'invalid-event', issues: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`) } });
     const e = parsed.data;
-    return this.#enqueue(auditEventBytes(e), e.resource ?? null, e.actor.id).then((seq) => ({ ok: true as const, seq }));
+    return this.#appender.append({ text: auditEventText(e), entity: e.resource ?? null, agent: e.actor.id }).then((seq) => ({ ok: true as const, seq }));
   }
 
-  /** Concurrent appends share one statement. */
-  #enqueue(bytes: Buffer, entity: string | null, agent: string): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ bytes, entity, agent, resolve, reject });
-      if (!this.#running) void this.#drain();
-    });
-  }
-
-  async #drain(): Promise<void> {
-    this.#running = true;
-    try {
-      while (this.#queue.length) {
-        const batch = this.#queue.splice(0, this.#o.maxBatch ?? 2000);
-        try {
-          const first = (await this.#appendOptimistic(batch)) ?? (await this.#appendLocked(batch));
-          this.#nextSeq = first + batch.length;
-          batch.forEach((w, i) => w.resolve(first + i));
-        } catch (e) {
-          this.#nextSeq = undefined;
-          batch.forEach((w) => w.reject(e));
-        }
-      }
-    } finally {
-      this.#running = false;
-    }
-  }
-
-  /**
-   * One statement when this node wrote the last entries (the usual case): it inserts only if
-   * the log still ends where this node left it; the primary key stops a racing node. Returns
-   * undefined when the guess was wrong, and the locked path takes over.
-   */
-  async #appendOptimistic(batch: Waiting[]): Promise<number | undefined> {
-    const start = this.#nextSeq;
-    if (start === undefined) return undefined;
-    try {
-      const { rows } = await this.#o.db.query<{ n: number }>(
-        // The advisory lock (held to the end of this statement's transaction) keeps the locked
-        // path from reading the end of the log while this insert is in flight. max(seq) stays a
-        // one-row index probe: it must not be joined with anything.
-        `WITH lock AS (SELECT pg_advisory_xact_lock($7)),
-         ins AS (INSERT INTO audit_entry (seq, entry, mac, entity, agent)
-           SELECT * FROM unnest($1::bigint[], $2::text[]::bytea[], $3::text[]::bytea[], $4::text[], $5::text[])
-           WHERE (SELECT coalesce(max(seq) + 1, 0) FROM audit_entry) = $6::bigint AND (SELECT true FROM lock) RETURNING 1)
-         SELECT count(*)::int AS n FROM ins`,
-        [...this.#rows(batch, start), start, APPEND_LOCK],
-        { name: 'audit-append' },
-      );
-      return rows[0]?.n === batch.length ? start : undefined;
-    } catch (e) {
-      if ((e as { code?: string }).code === '23505') return undefined; // another node took these numbers
-      throw e;
-    }
-  }
-
-  /** One writer at a time per site assigns the next numbers under an advisory lock. */
-  #appendLocked(batch: Waiting[]): Promise<number> {
-    return this.#o.db.transaction(async (tx) => {
-      await tx.query('SELECT pg_advisory_xact_lock($1)', [APPEND_LOCK]);
-      const { rows } = await tx.query<{ next: bigint }>('SELECT coalesce(max(seq) + 1, 0)::bigint AS next FROM audit_entry');
-      const start = Number(rows[0]!.next);
-      await tx.query('INSERT INTO audit_entry (seq, entry, mac, entity, agent) SELECT * FROM unnest($1::bigint[], $2::text[]::bytea[], $3::text[]::bytea[], $4::text[], $5::text[])', this.#rows(batch, start));
-      return start;
-    });
-  }
-
-  #rows(batch: Waiting[], start: number): [string[], string[], string[], Array<string | null>, string[]] {
-    return [
-      batch.map((_, i) => String(start + i)),
-      batch.map((w) => `\\x${w.bytes.toString('hex')}`),
-      batch.map((w, i) => `\\x${this.#mac(start + i, w.bytes).toString('hex')}`),
-      batch.map((w) => w.entity),
-      batch.map((w) => w.agent),
-    ];
+  /** Resolves once every entry appended so far is written (or has failed). */
+  close(): Promise<void> {
+    return this.#appender.close();
   }
 
   /** Signs the current tree if it grew since the last checkpoint. */
