@@ -1,7 +1,8 @@
 // RFC 9162 (Certificate Transparency 2.0) Merkle tree, with SM3 as the hash:
 //   leaf = SM3(0x00 || entry), node = SM3(0x01 || left || right)
 // MTH over n leaves splits at k, the largest power of two smaller than n (§2.1.1).
-import { sm3 } from '../crypto/index.ts';
+// sm3.ts, not the crypto index: the verification worker imports this module and starts faster.
+import { sm3 } from '../crypto/sm3.ts';
 
 const LEAF = Buffer.from([0]);
 const NODE = Buffer.from([1]);
@@ -9,6 +10,12 @@ export const EMPTY_ROOT = sm3(Buffer.alloc(0));
 
 export function leafHash(entry: Uint8Array): Buffer {
   return sm3(Buffer.concat([LEAF, entry]));
+}
+
+/** The leaf hash of bytes that already start with the leaf prefix 0x00 (no copy). */
+export function leafHashOfPrefixed(prefixed: Uint8Array): Buffer {
+  if (prefixed[0] !== LEAF[0]) throw new RangeError('not a leaf-prefixed entry');
+  return sm3(prefixed);
 }
 
 export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {

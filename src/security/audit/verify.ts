@@ -8,7 +8,7 @@ import type { Queryable } from '../../db/index.ts';
 import { sm2Verify, type Sm2PublicKey } from '../crypto/index.ts';
 import { checkpointStatement, splitFrontier } from './audit-log.ts';
 import { NULL_TEXT } from './entry-columns.ts';
-import { FrontierBuilder, leafHash } from './merkle.ts';
+import { FrontierBuilder } from './merkle.ts';
 
 export interface AuditReport {
   ok: boolean;
@@ -102,7 +102,8 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
   const tree = new FrontierBuilder(archived?.frontier ?? [], archived?.size ?? 0);
   report.archivedBefore = archived?.size ?? 0;
   const macs = new MacWorker(opts.macKey);
-  const macResults: Array<Promise<{ bad: number[]; columns: number[] }>> = [];
+  const bad: number[] = [];
+  const columns: number[] = [];
   let expectedSeq = archived?.size ?? 0;
   const page = opts.pageSize ?? 10_000;
   const maxSkew = opts.maxAppendSkewMs ?? 5 * 60_000;
@@ -113,6 +114,26 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
     if (opts.trusted && n === opts.trusted.treeSize) report.trusted = { treeSize: n, consistent: ok };
     if (!ok && checkpoints.some((c) => c.size === n)) report.rootMismatch.push(n);
   };
+  /** Folds a checked page into the tree, in order, with a zero leaf for each deleted entry. */
+  const fold = async (p: { seqs: number[]; checked: Promise<PageCheck> }) => {
+    const c = await p.checked;
+    bad.push(...c.bad);
+    columns.push(...c.columns);
+    const leaves = Buffer.from(c.leaves);
+    p.seqs.forEach((seq, i) => {
+      if (seq > expectedSeq) {
+        report.missing.push({ from: expectedSeq, to: seq - 1 });
+        // The tree is over positions; a deleted entry can no longer be hashed, so roots past it mismatch.
+        for (let s = expectedSeq; s < seq; s++) {
+          tree.push(Buffer.alloc(32));
+          checkAt(tree.size);
+        }
+      }
+      tree.push(leaves.subarray(i * 32, i * 32 + 32));
+      checkAt(tree.size);
+      expectedSeq = seq + 1;
+    });
+  };
   try {
     // The append time as epoch milliseconds: a float parses far faster than a timestamptz.
     const fetchPage = (from: number) =>
@@ -121,35 +142,27 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
         [from, page],
         { name: 'audit-verify-page' },
       );
+    // Three stages overlap: the database reads page k+1, the worker checks and hashes page k,
+    // and this thread folds page k-1 into the tree.
     let pending = fetchPage(expectedSeq);
+    let previous: { seqs: number[]; checked: Promise<PageCheck> } | undefined;
     for (;;) {
       const { rows } = await pending;
       if (rows.length === 0) break;
-      // Fetch the next page while this one is hashed: the database and the hashing overlap.
       pending = fetchPage(Number(rows[rows.length - 1]!.seq) + 1);
+      const current = { seqs: rows.map((r) => Number(r.seq)), checked: macs.check(rows) };
       for (const r of rows) {
-        const seq = Number(r.seq);
-        if (seq > expectedSeq) {
-          report.missing.push({ from: expectedSeq, to: seq - 1 });
-          // The tree is over positions; a deleted entry can no longer be hashed, so roots past it mismatch.
-          for (let s = expectedSeq; s < seq; s++) {
-            tree.push(Buffer.alloc(32));
-            checkAt(tree.size);
-          }
-        }
-        tree.push(leafHash(r.entry));
-        checkAt(tree.size);
         const own = entryTimeMs(r.entry);
-        if (own === undefined || Math.abs(Number(r.at) - own) > maxSkew) report.timeMismatch.push(seq);
-        expectedSeq = seq + 1;
+        if (own === undefined || Math.abs(Number(r.at) - own) > maxSkew) report.timeMismatch.push(Number(r.seq));
       }
-      macResults.push(macs.check(rows));
       report.entries += rows.length;
+      if (previous) await fold(previous);
+      previous = current;
       opts.onProgress?.(report.entries);
     }
-    const checked = await Promise.all(macResults);
-    report.invalidMac = checked.flatMap((c) => c.bad).sort((a, b) => a - b);
-    report.columnMismatch = checked.flatMap((c) => c.columns).sort((a, b) => a - b);
+    if (previous) await fold(previous);
+    report.invalidMac = bad.sort((a, b) => a - b);
+    report.columnMismatch = columns.sort((a, b) => a - b);
   } finally {
     await macs.close();
   }
@@ -183,16 +196,24 @@ export function entryTimeMs(entry: Uint8Array): number | undefined {
   return Number.isNaN(ms) ? undefined : ms;
 }
 
-/** MAC and search-column checks on a worker thread; each page travels as one transferred buffer. */
+/** What the worker finds in one page: failing MACs, disagreeing search columns, and the page's Merkle leaf hashes in order. */
+interface PageCheck {
+  bad: number[];
+  columns: number[];
+  /** 32 bytes per row of the page. */
+  leaves: ArrayBuffer;
+}
+
+/** MAC, search-column and leaf-hash work on a worker thread; each page travels as one transferred buffer. */
 class MacWorker {
   readonly #worker = new Worker(new URL('./mac-worker.ts', import.meta.url));
   readonly #key: Uint8Array;
-  readonly #pending = new Map<number, { resolve: (r: { bad: number[]; columns: number[] }) => void; reject: (e: Error) => void }>();
+  readonly #pending = new Map<number, { resolve: (r: PageCheck) => void; reject: (e: Error) => void }>();
   #next = 0;
 
   constructor(key: Uint8Array) {
     this.#key = key;
-    this.#worker.on('message', (m: { id: number; bad: number[]; columns: number[] }) => {
+    this.#worker.on('message', (m: PageCheck & { id: number }) => {
       this.#pending.get(m.id)?.resolve(m);
       this.#pending.delete(m.id);
     });
@@ -203,10 +224,10 @@ class MacWorker {
     });
   }
 
-  check(rows: ReadonlyArray<{ seq: bigint; entry: Uint8Array; mac: Uint8Array; entity: string | null; agent: string | null }>): Promise<{ bad: number[]; columns: number[] }> {
+  check(rows: ReadonlyArray<{ seq: bigint; entry: Uint8Array; mac: Uint8Array; entity: string | null; agent: string | null }>): Promise<PageCheck> {
     const text = (v: string | null) => (v === null ? 0 : Buffer.byteLength(v));
-    const size = rows.reduce((n, r) => n + 52 + r.entry.length + text(r.entity) + text(r.agent), 0);
-    const packed = new ArrayBuffer(size);
+    const size = rows.reduce((n, r) => n + 53 + r.entry.length + text(r.entity) + text(r.agent), 0);
+    const packed = new ArrayBuffer(size); // zeroed: the leaf prefix 0x00 before each entry is already there
     const buf = Buffer.from(packed);
     let off = 0;
     const putText = (v: string | null) => {
@@ -216,17 +237,17 @@ class MacWorker {
     for (const r of rows) {
       buf.writeBigUInt64BE(r.seq, off);
       buf.writeUInt32BE(r.entry.length, off + 8);
-      buf.set(r.entry, off + 12); // PGlite hands back bytea as Uint8Array, pg as Buffer
+      buf.set(r.entry, off + 13); // PGlite hands back bytea as Uint8Array, pg as Buffer
       // A MAC of the wrong length is simply wrong: pad (the buffer is zeroed) or cut to 32 so the layout holds.
-      buf.set(r.mac.length > 32 ? r.mac.subarray(0, 32) : r.mac, off + 12 + r.entry.length);
-      off += 44 + r.entry.length;
+      buf.set(r.mac.length > 32 ? r.mac.subarray(0, 32) : r.mac, off + 13 + r.entry.length);
+      off += 45 + r.entry.length;
       putText(r.entity);
       putText(r.agent);
     }
     const id = this.#next++;
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
-      this.#worker.postMessage({ id, key: this.#key, packed }, [packed]);
+      this.#worker.postMessage({ id, key: this.#key, packed, count: rows.length }, [packed]);
     });
   }
 
