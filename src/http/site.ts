@@ -180,7 +180,9 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   // Whole-study retrievals decrypt on every core (workers start on first use).
   const files = blobs ? new FileCryptoPool() : undefined;
   const imaging = opts.imaging && blobs ? new ImagingStore({ db, kms, blobs, ...(files ? { files } : {}), admit: (a) => residency.refusal(a.patientId), findPatient: (pid) => residency.patientOf(pid), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}), ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}) }) : undefined;
-  const studyLinker = imaging ? new StudyLinker({ db, records: store, region, siteId }) : undefined;
+  /** This API node, as holder of site-wide leases (linking studies, collecting from a PACS). */
+  const node = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  const studyLinker = imaging ? new StudyLinker({ db, holder: node, records: store, region, siteId }) : undefined;
   studyLinker?.start();
   // DIMSE operations are audited like HTTP requests; a sealed site (no audit log) refuses them.
   const dimse = imaging && opts.imaging?.dicom
@@ -195,7 +197,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   const collect = opts.imaging?.collect;
   const collection = imaging && collect?.sources.length
     ? new CollectionScheduler({
-        db, holder: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`,
+        db, holder: node,
         collectors: collect.sources.map((source) => new Collector({ db, source, store: imaging, ...(opts.imaging?.dicom ? { localAe: opts.imaging.dicom.aeTitle } : {}) })),
         ...(collect.everyMs ? { everyMs: collect.everyMs } : {}), ...(collect.days ? { days: collect.days } : {}), ...(collect.onRun ? { onRun: collect.onRun } : {}),
       })

@@ -26,7 +26,7 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
   before(async () => {
     t = await openTestImaging();
     r = await openTestStore({ db: t.db, siteId: 'B' });
-    linker = new StudyLinker({ db: t.db, records: r.store, region: r.ctx.region, siteId: 'B', quietMs: 60_000 });
+    linker = new StudyLinker({ db: t.db, holder: 'node-1', records: r.store, region: r.ctx.region, siteId: 'B', quietMs: 60_000 });
   });
   after(async () => t.close());
 
@@ -89,10 +89,26 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     assert.equal(rows[0]!.n, 1, 'one Patient made from the study, not one per flush');
   });
 
+  it('links on one API node at a time: two nodes linking at once make one Patient per new patient, and the other takes over once the first stops', async () => {
+    const rid = makeResidentId({ divisionCode: '440106', birthDate: '1986-07-08', sequence: 52 });
+    for (const n of [20, 21, 22]) await ingest({ studyUid: uid(n), date: '20261123', patientId: rid, count: 1 });
+    const other = new StudyLinker({ db: t.db, holder: 'node-2', records: r.store, region: r.ctx.region, siteId: 'B', quietMs: 60_000 });
+    const [mine, theirs] = await Promise.all([linker.flush({ all: true }), other.flush({ all: true })]);
+    assert.deepEqual(mine.map((o) => o.study).sort(), [uid(20), uid(21), uid(22)], 'the lease holder links every study');
+    assert.deepEqual(theirs, [], 'the other node links nothing while the lease is held');
+    const patients = await t.db.query<{ n: number }>("SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient' AND content::text LIKE $1", [`%${rid}%`]);
+    assert.equal(patients.rows[0]!.n, 1, 'one Patient for the three studies');
+    await ingest({ studyUid: uid(23), date: '20261123', patientId: rid, count: 1 });
+    await linker.stop(); // gives the lease back
+    const [taken] = await other.flush({ all: true });
+    assert.equal(taken?.study, uid(23), 'the other node links once the first has stopped');
+    await other.stop();
+  });
+
   it('keeps running when a timer pass fails (the database away): no crash, the next pass links', async () => {
     let away = true;
     const flaky = { ...t.db, query: ((...a: Parameters<typeof t.db.query>) => (away ? Promise.reject(new Error('database away')) : t.db.query(...a))) as typeof t.db.query };
-    const timed = new StudyLinker({ db: flaky, records: r.store, region: r.ctx.region, siteId: 'B', quietMs: 0 });
+    const timed = new StudyLinker({ db: flaky, holder: 'node-1', records: r.store, region: r.ctx.region, siteId: 'B', quietMs: 0 }); // the same node's timer
     const unhandled: unknown[] = [];
     const onUnhandled = (e: unknown) => void unhandled.push(e);
     process.on('unhandledRejection', onUnhandled);

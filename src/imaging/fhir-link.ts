@@ -4,7 +4,7 @@
 // has been quiet for a moment rather than once per instance. Both go through the record
 // store, so placement, residency and the outbox apply as to any other write.
 import type { ImagingStudy, Patient } from '@medplum/fhirtypes';
-import type { Db } from '../db/index.ts';
+import { claimLease, releaseLease, type Db } from '../db/index.ts';
 import type { RecordStore } from '../records/index.ts';
 import type { Region } from '../region/index.ts';
 import { dicomPatientIdentifiers, findDicomPatient } from './image-residency.ts';
@@ -14,6 +14,11 @@ export const FROM_DICOM_TAG = { system: 'urn:medmesh:provenance', code: 'created
 
 export interface StudyLinkerOptions {
   db: Db;
+  /**
+   * This API node, as holder of the site-wide linking lease: one node of a site links at a
+   * time (two linking one new patient's studies at once would each create the Patient).
+   */
+  holder: string;
   records: RecordStore;
   region: Region;
   siteId: string;
@@ -40,6 +45,9 @@ interface StudyRow {
 
 export type LinkOutcome = { study: string; patient?: string; imagingStudy?: string; note?: string };
 
+/** Renewed by every pass of the holder; a node that died leaves it to another after this long. */
+const LEASE = { name: 'imaging-study-linker', seconds: 30 } as const;
+
 export class StudyLinker {
   readonly #o: StudyLinkerOptions;
   #timer: NodeJS.Timeout | undefined;
@@ -65,9 +73,13 @@ export class StudyLinker {
     clearInterval(this.#timer);
     this.#timer = undefined;
     await this.#queue;
+    await releaseLease(this.#o.db, { name: LEASE.name, holder: this.#o.holder }).catch(() => undefined); // another node takes over at once
   }
 
-  /** Links every study changed more than `quietMs` ago (all of them with `all`). */
+  /**
+   * Links every study changed more than `quietMs` ago (all of them with `all`), while this node
+   * holds the site's linking lease; another node's pass finds nothing to do.
+   */
   flush(opts: { all?: boolean } = {}): Promise<LinkOutcome[]> {
     const run = this.#queue.then(() => this.#flushNow(opts));
     this.#queue = run.catch(() => undefined);
@@ -75,6 +87,7 @@ export class StudyLinker {
   }
 
   async #flushNow(opts: { all?: boolean }): Promise<LinkOutcome[]> {
+    if (!(await claimLease(this.#o.db, { ...LEASE, holder: this.#o.holder, renew: true }))) return [];
     const { rows } = await this.#o.db.query<StudyRow>(
       `SELECT study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, source, updated_at::text AS updated_at
        FROM imaging_study WHERE (fhir_synced_at IS NULL OR fhir_synced_at < updated_at) AND ($1 OR updated_at < now() - make_interval(secs => $2))
