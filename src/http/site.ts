@@ -229,7 +229,10 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         } finally {
           clearTimeout(force);
         }
-        await audit?.log.close(); // after the last request: its entry is written before the database closes
+        // After the last request, its entries are written before the database closes; a database
+        // that no longer answers does not hold shutdown (those requests were never answered).
+        const auditGrace = new Promise<void>((resolve) => setTimeout(resolve, 5000).unref());
+        await Promise.race([audit?.log.close(), auditGrace]);
         s3?.close();
         await files?.close();
       },
