@@ -151,6 +151,8 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
       if (rows.length === 0) break;
       pending = fetchPage(Number(rows[rows.length - 1]!.seq) + 1);
       const current = { seqs: rows.map((r) => Number(r.seq)), checked: macs.check(rows) };
+      // Awaited when folded; a page still in flight when verification fails must not become an unhandled rejection.
+      current.checked.catch(() => undefined);
       for (const r of rows) {
         const own = entryTimeMs(r.entry);
         if (own === undefined || Math.abs(Number(r.at) - own) > maxSkew) report.timeMismatch.push(Number(r.seq));
