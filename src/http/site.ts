@@ -231,8 +231,9 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         }
         // After the last request, its entries are written before the database closes; a database
         // that no longer answers does not hold shutdown (those requests were never answered).
-        const auditGrace = new Promise<void>((resolve) => setTimeout(resolve, 5000).unref());
-        await Promise.race([audit?.log.close(), auditGrace]);
+        let grace: NodeJS.Timeout | undefined;
+        await Promise.race([audit?.log.close(), new Promise<void>((resolve) => (grace = setTimeout(resolve, 5000)))]);
+        clearTimeout(grace);
         s3?.close();
         await files?.close();
       },

@@ -6,19 +6,16 @@ import { hmacSm3Keyed } from '../crypto/sm3.ts';
 
 export const APPEND_LOCK = 7_240_612;
 
-/** One entry to append: its canonical bytes as text, and the search columns beside them. */
+/** One entry to append: its canonical bytes, and the search columns beside them. */
 export interface PendingEntry {
-  /** The canonical JSON; its UTF-8 bytes are stored and MAC'd. */
-  text: string;
+  /** Stored and MAC'd as they are. */
+  bytes: Buffer;
   /** The entry's `resource` and `actor.id`, stored beside the bytes for searches (verify checks them). */
   entity: string | null;
   agent: string;
 }
 
-interface Waiting {
-  bytes: Buffer;
-  entity: string | null;
-  agent: string;
+interface Waiting extends PendingEntry {
   resolve: (seq: number) => void;
   reject: (e: unknown) => void;
 }
@@ -62,7 +59,7 @@ export class DbAppender {
 
   append(entry: PendingEntry): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.#queue.push({ bytes: Buffer.from(entry.text, 'utf8'), entity: entry.entity, agent: entry.agent, resolve, reject });
+      this.#queue.push({ ...entry, resolve, reject });
       this.#draining ??= this.#drain();
     });
   }

@@ -4,10 +4,8 @@
 import type { Db, Queryable } from '../../db/index.ts';
 import { sm2Sign, sm2Verify, type Sm2PrivateKey, type Sm2PublicKey } from '../crypto/index.ts';
 import { APPEND_LOCK, DbAppender } from './appender.ts';
-import { auditEventSchema, auditEventText, canonicalBytes, type AuditEvent } from './event.ts';
+import { auditEventBytes, auditEventSchema, canonicalBytes, type AuditEvent } from './event.ts';
 import { consistencyProof, FrontierBuilder, inclusionProof, leafHash } from './merkle.ts';
-
-export { entryMac, entryMacFor } from './appender.ts';
 
 export interface AuditSigner {
   siteId: string;
@@ -53,7 +51,7 @@ export class AuditLog {
     const parsed = auditEventSchema.safeParse(event);
     if (!parsed.success) return Promise.resolve({ ok: false, error: { kind: 'invalid-event', issues: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`) } });
     const e = parsed.data;
-    return this.#appender.append({ text: auditEventText(e), entity: e.resource ?? null, agent: e.actor.id }).then((seq) => ({ ok: true as const, seq }));
+    return this.#appender.append({ bytes: auditEventBytes(e), entity: e.resource ?? null, agent: e.actor.id }).then((seq) => ({ ok: true as const, seq }));
   }
 
   /** Resolves once every entry appended so far is written (or has failed). */

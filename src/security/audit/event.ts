@@ -30,11 +30,6 @@ export type AuditEvent = z.infer<typeof auditEventSchema>;
  * per access, and the generic walk's sort and per-key allocations were most of its cost.
  */
 export function auditEventBytes(e: AuditEvent): Buffer {
-  return Buffer.from(auditEventText(e), 'utf8');
-}
-
-/** The canonical JSON text of a validated event (its UTF-8 bytes are `auditEventBytes`). */
-export function auditEventText(e: AuditEvent): string {
   const q = JSON.stringify;
   const a = e.actor;
   let s = `{"action":${q(e.action)},"actor":{"id":${q(a.id)},"kind":${q(a.kind)}${a.role !== undefined ? `,"role":${q(a.role)}` : ''}}`;
@@ -49,7 +44,7 @@ export function auditEventText(e: AuditEvent): string {
   s += `,"site":${q(e.site)}`;
   if (e.sourceIp !== undefined) s += `,"sourceIp":${q(e.sourceIp)}`;
   if (e.terminal !== undefined) s += `,"terminal":${q(e.terminal)}`;
-  return `${s},"time":${q(e.time)}}`;
+  return Buffer.from(`${s},"time":${q(e.time)}}`, 'utf8');
 }
 
 /** Canonical JSON: keys sorted at every level, no whitespace. These exact bytes are stored and hashed. */

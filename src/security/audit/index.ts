@@ -1,4 +1,5 @@
-export { AuditLog, cosign, entryMac, checkpointStatement } from './audit-log.ts';
+export { AuditLog, cosign, checkpointStatement } from './audit-log.ts';
+export { entryMac } from './appender.ts';
 export type { AuditLogOptions, AuditSigner, Checkpoint, AuditAppendError } from './audit-log.ts';
 export { verifyAuditLog } from './verify.ts';
 export type { AuditReport, VerifyOptions } from './verify.ts';

@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Db } from '../../db/index.ts';
 import { sm2Sign, sm2Verify, type Sm2PrivateKey, type Sm2PublicKey } from '../crypto/index.ts';
-import { checkpointStatement, entryMacFor, splitFrontier } from './audit-log.ts';
+import { entryMacFor } from './appender.ts';
+import { checkpointStatement, splitFrontier } from './audit-log.ts';
 import { FrontierBuilder, leafHash } from './merkle.ts';
 
 export const SEGMENT_FORMAT = 'medmesh-audit-segment/1';
