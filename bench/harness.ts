@@ -11,7 +11,12 @@ export interface Measured {
   max_ms: number;
 }
 
-export async function measure(opts: { count: number; concurrency: number; maxSeconds: number; op: (i: number) => Promise<void> }): Promise<Measured> {
+export async function measure(opts: {
+  count: number;
+  concurrency: number;
+  maxSeconds: number;
+  op: (i: number) => Promise<void>;
+}): Promise<Measured> {
   const latencies: number[] = [];
   let next = 0;
   const started = performance.now();
@@ -28,7 +33,14 @@ export async function measure(opts: { count: number; concurrency: number; maxSec
   const seconds = (performance.now() - started) / 1000;
   latencies.sort((a, b) => a - b);
   const pct = (p: number) => round(latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))] ?? 0);
-  return { ops: latencies.length, seconds: round(seconds), ops_per_s: round(latencies.length / seconds), p50_ms: pct(50), p99_ms: pct(99), max_ms: round(latencies.at(-1) ?? 0) };
+  return {
+    ops: latencies.length,
+    seconds: round(seconds),
+    ops_per_s: round(latencies.length / seconds),
+    p50_ms: pct(50),
+    p99_ms: pct(99),
+    max_ms: round(latencies.at(-1) ?? 0),
+  };
 }
 
 export function round(x: number, digits = 2): number {
@@ -71,9 +83,18 @@ export function cpuSeconds(): { node: number; postgres: number | undefined } {
 }
 
 /** CPU microseconds per operation between two readings. */
-export function cpuPerOp(before: ReturnType<typeof cpuSeconds>, after: ReturnType<typeof cpuSeconds>, ops: number): { node_us: number; postgres_us?: number } {
+export function cpuPerOp(
+  before: ReturnType<typeof cpuSeconds>,
+  after: ReturnType<typeof cpuSeconds>,
+  ops: number,
+): { node_us: number; postgres_us?: number } {
   const per = (s: number) => round((s / Math.max(1, ops)) * 1e6, 0);
-  return { node_us: per(after.node - before.node), ...(before.postgres !== undefined && after.postgres !== undefined ? { postgres_us: per(after.postgres - before.postgres) } : {}) };
+  return {
+    node_us: per(after.node - before.node),
+    ...(before.postgres !== undefined && after.postgres !== undefined
+      ? { postgres_us: per(after.postgres - before.postgres) }
+      : {}),
+  };
 }
 
 /**

@@ -8,7 +8,17 @@ const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test
 const ci = process.env.CI === 'true' || process.env.CI === '1';
 const explicit = process.argv.slice(2);
 /** Suites whose code runs against the Db interface: these run on both engines. */
-const DB_SUITES = ['src/db/**/*.test.ts', 'src/records/**/*.test.ts', 'src/replication/**/*.test.ts', 'src/http/**/*.test.ts', 'src/security/kms/**/*.test.ts', 'src/security/audit/**/*.test.ts', 'src/security/identity/**/*.test.ts', 'src/imaging/**/*.test.ts', 'src/cli/replication-kill.test.ts'];
+const DB_SUITES = [
+  'src/db/**/*.test.ts',
+  'src/records/**/*.test.ts',
+  'src/replication/**/*.test.ts',
+  'src/http/**/*.test.ts',
+  'src/security/kms/**/*.test.ts',
+  'src/security/audit/**/*.test.ts',
+  'src/security/identity/**/*.test.ts',
+  'src/imaging/**/*.test.ts',
+  'src/cli/replication-kill.test.ts',
+];
 
 /** A whole run never takes longer than this: a hung test must fail CI, not stall it. */
 const RUN_LIMIT_MS = Number(process.env.MEDMESH_TEST_RUN_LIMIT_MS ?? 20 * 60_000);
@@ -18,11 +28,15 @@ async function run(backend: 'pglite' | 'postgres'): Promise<number> {
   console.log(`\n=== test suite on ${backend}${backend === 'postgres' ? ` (${url.replace(/:[^:@/]*@/, ':***@')})` : ''} ===`);
   // --test-force-exit: a file whose tests are done exits even if a handle stays open.
   // Its own process group, so the watchdog can stop the runner and every test process.
-  const child = spawn(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=300000', '--test-force-exit', ...files], {
-    stdio: 'inherit',
-    detached: true,
-    env: { ...process.env, MEDMESH_TEST_DB: backend, DATABASE_URL: url },
-  });
+  const child = spawn(
+    process.execPath,
+    ['--test', '--test-concurrency=2', '--test-timeout=300000', '--test-force-exit', ...files],
+    {
+      stdio: 'inherit',
+      detached: true,
+      env: { ...process.env, MEDMESH_TEST_DB: backend, DATABASE_URL: url },
+    },
+  );
   const watchdog = setTimeout(() => {
     console.error(`\nFAIL: the ${backend} run exceeded ${RUN_LIMIT_MS / 60_000} minutes; stopping it (a test is hung).`);
     try {
@@ -60,5 +74,7 @@ if (unreachable) {
   } else console.warn(`\nSKIPPED the PostgreSQL run: ${msg}. Start PostgreSQL or set DATABASE_URL to run it.`);
 } else postgresStatus = await run('postgres');
 
-console.log(`\nsuite results: pglite ${pgliteStatus === 0 ? 'passed' : 'FAILED'}, postgres ${unreachable ? (ci ? 'FAILED (unreachable)' : 'skipped') : postgresStatus === 0 ? 'passed' : 'FAILED'}`);
+console.log(
+  `\nsuite results: pglite ${pgliteStatus === 0 ? 'passed' : 'FAILED'}, postgres ${unreachable ? (ci ? 'FAILED (unreachable)' : 'skipped') : postgresStatus === 0 ? 'passed' : 'FAILED'}`,
+);
 process.exit(pgliteStatus || postgresStatus);

@@ -33,14 +33,35 @@ const opened = await openSite({ region: await exampleRegion(), siteId: 'B', db, 
 if (!opened.ok) throw new Error(opened.error.message);
 const { site } = opened;
 try {
-  await site.kms.init({ custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })), threshold: 2 });
+  await site.kms.init({
+    custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })),
+    threshold: 2,
+  });
   progress(`seeding ${PATIENTS} patients with a cardiology encounter each`);
   const ids: string[] = [];
   for (let i = 0; i < PATIENTS; i++) {
-    const p = await site.store.create('Patient', { resourceType: 'Patient', name: [{ family: '王', given: ['小明'] }], gender: 'male', birthDate: '1980-03-04', telecom: [{ system: 'phone', value: '13800001234' }], identifier: [{ system: 'urn:oid:2.16.156.10011.1.3', value: makeResidentId({ divisionCode: '440106', birthDate: '1980-03-04', sequence: i % 999 }) }] });
+    const p = await site.store.create('Patient', {
+      resourceType: 'Patient',
+      name: [{ family: '王', given: ['小明'] }],
+      gender: 'male',
+      birthDate: '1980-03-04',
+      telecom: [{ system: 'phone', value: '13800001234' }],
+      identifier: [
+        {
+          system: 'urn:oid:2.16.156.10011.1.3',
+          value: makeResidentId({ divisionCode: '440106', birthDate: '1980-03-04', sequence: i % 999 }),
+        },
+      ],
+    });
     if (!p.ok) throw new Error(JSON.stringify(p.error));
     ids.push(p.value.resource.id!);
-    await site.store.create('Encounter', { resourceType: 'Encounter', status: 'finished', class: { code: 'AMB' }, subject: { reference: `Patient/${p.value.resource.id!}` }, serviceProvider: { reference: 'Organization/cardiology' } });
+    await site.store.create('Encounter', {
+      resourceType: 'Encounter',
+      status: 'finished',
+      class: { code: 'AMB' },
+      subject: { reference: `Patient/${p.value.resource.id!}` },
+      serviceProvider: { reference: 'Organization/cardiology' },
+    });
   }
   const on = await site.app.listen({ port: 0, host: '127.0.0.1' });
   const bare = Fastify({ logger: false });
@@ -51,7 +72,17 @@ try {
   });
   const off = await bare.listen({ port: 0, host: '127.0.0.1' });
   // The same site without the audit hook: how much of the cost is the audit write.
-  const unaudited = await buildApp({ access: site.access, db, kms: site.kms, identity: site.identity, searchParams: buildSearchParamTable(), siteId: 'B', regionId: 'bench', version: 'bench', resolveIdentity: tokenResolver(site.identity) });
+  const unaudited = await buildApp({
+    access: site.access,
+    db,
+    kms: site.kms,
+    identity: site.identity,
+    searchParams: buildSearchParamTable(),
+    siteId: 'B',
+    regionId: 'bench',
+    version: 'bench',
+    resolveIdentity: tokenResolver(site.identity),
+  });
   const noAudit = await unaudited.listen({ port: 0, host: '127.0.0.1' });
   const tokens = {
     doctor: await login('bench.doctor', ['doctor'], { department: 'cardiology' }),
@@ -59,7 +90,10 @@ try {
     integration: await login('bench.his', ['integration'], {}),
   };
   const reader = (base: string, token?: string) => async (i: number) => {
-    const res = await fetch(`${base}/fhir/R4/Patient/${ids[(i * 7919) % ids.length]!}`, token ? { headers: { authorization: `Bearer ${token}` } } : {});
+    const res = await fetch(
+      `${base}/fhir/R4/Patient/${ids[(i * 7919) % ids.length]!}`,
+      token ? { headers: { authorization: `Bearer ${token}` } } : {},
+    );
     if (res.status !== 200) throw new Error(`read answered ${res.status}`);
     await res.arrayBuffer();
   };
@@ -75,11 +109,14 @@ try {
   const result: Record<string, unknown> = {
     benchmark: 'access',
     machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
-    note: 'read-by-id over HTTP, N concurrent clients in this process; off = bare route over the same store; on = the site with token, policy, scope, masking and audit (one durable entry per read, written before the answer). Phases rotate each round, so no phase always follows the same one; overhead = 1 - on/off reads per second; cpu_us_per_read = the whole machine\'s busy CPU (client, server, PostgreSQL) per read',
+    note: "read-by-id over HTTP, N concurrent clients in this process; off = bare route over the same store; on = the site with token, policy, scope, masking and audit (one durable entry per read, written before the answer). Phases rotate each round, so no phase always follows the same one; overhead = 1 - on/off reads per second; cpu_us_per_read = the whole machine's busy CPU (client, server, PostgreSQL) per read",
     patients: PATIENTS,
   };
   for (const concurrency of CONCURRENCY) {
-    const phases = Object.fromEntries(order.map((k) => [k, [] as Array<Measured & { cpu_us: number }>])) as Record<Phase, Array<Measured & { cpu_us: number }>>;
+    const phases = Object.fromEntries(order.map((k) => [k, [] as Array<Measured & { cpu_us: number }>])) as Record<
+      Phase,
+      Array<Measured & { cpu_us: number }>
+    >;
     const run = async (k: Phase) => {
       const [base, token] = targets[k];
       const before = machineBusy();
@@ -98,7 +135,11 @@ try {
     const cpu = (ms: Array<{ cpu_us: number }>) => round(ms.reduce((a, m) => a + m.cpu_us, 0) / ms.length, 0);
     const p99 = (ms: Measured[]) => round(Math.max(...ms.map((m) => m.p99_ms)));
     const offRate = mean(phases.off);
-    const level: Record<string, unknown> = { off_reads_per_s: offRate, off_p99_ms: p99(phases.off), off_cpu_us_per_read: cpu(phases.off) };
+    const level: Record<string, unknown> = {
+      off_reads_per_s: offRate,
+      off_p99_ms: p99(phases.off),
+      off_cpu_us_per_read: cpu(phases.off),
+    };
     for (const k of order.slice(1)) {
       const rate = mean(phases[k]);
       level[`${k}_reads_per_s`] = rate;
@@ -111,7 +152,9 @@ try {
   const { rows } = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_entry');
   result.audit_entries_written = rows[0]?.n;
   const overheads = CONCURRENCY.map((c) => (result[`c${c}`] as Record<string, number>).on_doctor_care_scope_overhead!);
-  result.targets = Object.fromEntries(CONCURRENCY.map((c, i) => [`overhead <= 15 % (doctor, care scope, c${c})`, overheads[i]! <= 0.15]));
+  result.targets = Object.fromEntries(
+    CONCURRENCY.map((c, i) => [`overhead <= 15 % (doctor, care scope, c${c})`, overheads[i]! <= 0.15]),
+  );
   console.log(JSON.stringify(result, null, 2));
   await bare.close();
   await unaudited.close();

@@ -21,21 +21,43 @@ try {
   const key = Sm2PrivateKey.generate();
   const macKey = randomBytes(32);
   const log = new AuditLog({ db, macKey, signer: { siteId: 'B', key } });
-  const event = (i: number): AuditEvent => ({ time: new Date().toISOString(), site: 'B', actor: { kind: 'user', id: `u${i % 50}`, role: 'doctor' }, action: 'read', outcome: 'allow', purpose: 'treatment', resource: `Patient/${i}`, fields: ['name'], requestId: `r${i}` });
+  const event = (i: number): AuditEvent => ({
+    time: new Date().toISOString(),
+    site: 'B',
+    actor: { kind: 'user', id: `u${i % 50}`, role: 'doctor' },
+    action: 'read',
+    outcome: 'allow',
+    purpose: 'treatment',
+    resource: `Patient/${i}`,
+    fields: ['name'],
+    requestId: `r${i}`,
+  });
   const entry = (i: number) => canonicalBytes(event(i));
   const appended = (r: Awaited<ReturnType<AuditLog['append']>>) => {
     if (!r.ok) throw new Error(`append refused: ${r.error.issues.join('; ')}`);
   };
   const seconds = quick ? 1 : 5;
   progress('raw INSERT baseline, 64 writers');
-  const raw = await measure({ count: 10_000_000, concurrency: 64, maxSeconds: seconds, op: async (i) => void (await db.query('INSERT INTO raw_audit (entry) VALUES ($1)', [entry(i)])) });
+  const raw = await measure({
+    count: 10_000_000,
+    concurrency: 64,
+    maxSeconds: seconds,
+    op: async (i) => void (await db.query('INSERT INTO raw_audit (entry) VALUES ($1)', [entry(i)])),
+  });
   progress('audit append, 64 concurrent writers (batched)');
-  const append = await measure({ count: 10_000_000, concurrency: 64, maxSeconds: seconds, op: async (i) => void appended(await log.append(event(i))) });
+  const append = await measure({
+    count: 10_000_000,
+    concurrency: 64,
+    maxSeconds: seconds,
+    op: async (i) => void appended(await log.append(event(i))),
+  });
   // Verification is measured on a log of a realistic size (a site's log runs to millions of
   // entries): topped up through the same append path, untimed, then verified cold, once.
   const { rows } = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_entry');
   for (let n = rows[0]!.n; n < VERIFY_ENTRIES; n += 5000) {
-    await Promise.all(Array.from({ length: Math.min(5000, VERIFY_ENTRIES - n) }, (_, k) => log.append(event(n + k)).then(appended)));
+    await Promise.all(
+      Array.from({ length: Math.min(5000, VERIFY_ENTRIES - n) }, (_, k) => log.append(event(n + k)).then(appended)),
+    );
     if (n % 50_000 < 5000) progress(`log at ${n} entries`);
   }
   progress('checkpoint');

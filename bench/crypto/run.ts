@@ -4,7 +4,16 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import { GcmWorker, Sm2PrivateKey, sm2Sign, sm2Verify, sm3, sm4CbcEncrypt, sm4Ctr, sm4GcmEncrypt } from '../../src/security/crypto/index.ts';
+import {
+  GcmWorker,
+  Sm2PrivateKey,
+  sm2Sign,
+  sm2Verify,
+  sm3,
+  sm4CbcEncrypt,
+  sm4Ctr,
+  sm4GcmEncrypt,
+} from '../../src/security/crypto/index.ts';
 import { progress, round } from '../harness.ts';
 
 const quick = process.argv.includes('--quick');
@@ -36,7 +45,11 @@ async function rateAsync(fn: () => Promise<unknown>, seconds = SECONDS): Promise
 /** `openssl speed -evp <alg> -bytes 1048576`: the last figure is bytes/s (in 1000s). */
 function opensslSpeed(alg: string): number | undefined {
   try {
-    const out = execFileSync('openssl', ['speed', '-seconds', String(Math.max(1, Math.round(SECONDS))), '-bytes', String(MiB), '-evp', alg], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const out = execFileSync(
+      'openssl',
+      ['speed', '-seconds', String(Math.max(1, Math.round(SECONDS))), '-bytes', String(MiB), '-evp', alg],
+      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] },
+    );
     const line = out.split('\n').find((l) => l.trim().toLowerCase().startsWith(alg.toLowerCase()));
     const k = line ? Number(line.trim().split(/\s+/).at(-1)?.replace(/k$/, '')) : NaN;
     return Number.isFinite(k) ? (k * 1000) / 1e6 : undefined;
@@ -66,9 +79,11 @@ const msg = randomBytes(256);
 const sig = sm2Sign(sk, msg);
 const sm2 = {
   sign_per_s: round(rate(() => sm2Sign(sk, msg))),
-  verify_per_s: round(rate(() => {
-    if (!sm2Verify(sk.publicKey, msg, sig)) throw new Error('verify failed');
-  })),
+  verify_per_s: round(
+    rate(() => {
+      if (!sm2Verify(sk.publicKey, msg, sig)) throw new Error('verify failed');
+    }),
+  ),
 };
 progress('openssl speed baseline');
 const openssl = { sm4_cbc_MBps: opensslSpeed('sm4-cbc'), sm3_MBps: opensslSpeed('sm3') };

@@ -39,7 +39,18 @@ async function makeSet(dir: string): Promise<string[]> {
       const f = join(dir, `s${s}-${i}.dcm`);
       await writeFile(f, await import('node:fs/promises').then((fs) => fs.readFile(template)));
       const study = `1.2.826.0.1.3680043.10.1519.5.${s}`;
-      const r = await dcmtk('dcmodify', ['-nb', '-m', `StudyInstanceUID=${study}`, '-m', `SeriesInstanceUID=${study}.1`, '-m', `SOPInstanceUID=${study}.1.${i}`, '-m', `InstanceNumber=${i}`, f]);
+      const r = await dcmtk('dcmodify', [
+        '-nb',
+        '-m',
+        `StudyInstanceUID=${study}`,
+        '-m',
+        `SeriesInstanceUID=${study}.1`,
+        '-m',
+        `SOPInstanceUID=${study}.1.${i}`,
+        '-m',
+        `InstanceNumber=${i}`,
+        f,
+      ]);
       if (r.code !== 0) throw new Error(r.out);
       files.push(f);
     }
@@ -92,13 +103,25 @@ try {
   const m = await migrate(db);
   if (!m.ok) throw new Error(m.error.message);
   const kms = new Kms({ db, siteId: 'B', policy: 'national' });
-  await kms.init({ custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })), threshold: 2 });
+  await kms.init({
+    custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })),
+    threshold: 2,
+  });
   const fileCrypto = new FileCryptoPool();
   const store = new ImagingStore({ db, kms, blobs: new FsBlobStore({ root: join(dir, 'blobs') }), files: fileCrypto });
-  const srv = await startDimseServer({ store, siteId: 'B', aeTitle: 'MEDMESH', port: 0, refuseUnknownAes: false, audit: () => Promise.resolve(true) });
+  const srv = await startDimseServer({
+    store,
+    siteId: 'B',
+    aeTitle: 'MEDMESH',
+    port: 0,
+    refuseUnknownAes: false,
+    audit: () => Promise.resolve(true),
+  });
   const orthanc = await startOrthanc();
   // Orthanc with its index in PostgreSQL (same server as medmesh's), when the plugin is here.
-  const pgIndexDb = existsSync('/usr/lib/orthanc/libOrthancPostgreSQLIndex.so.4.0') ? `orthanc_bench_${randomBytes(4).toString('hex')}` : undefined;
+  const pgIndexDb = existsSync('/usr/lib/orthanc/libOrthancPostgreSQLIndex.so.4.0')
+    ? `orthanc_bench_${randomBytes(4).toString('hex')}`
+    : undefined;
   let orthancPg: Awaited<ReturnType<typeof startOrthanc>> | undefined;
   try {
     if (pgIndexDb) {
@@ -109,12 +132,22 @@ try {
     // relay), one study at a time, the sides taking turns: the machine's speed drifts over
     // minutes, and a side measured only at the end would carry all of that drift.
     const intoOrthanc = (o: Awaited<ReturnType<typeof startOrthanc>>, name: string, label: string) => ({
-      name, label, exec: (args: string[]) => o.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(o.dicomPortInside), ...args]),
+      name,
+      label,
+      exec: (args: string[]) =>
+        o.exec('storescu', ['-aet', 'BENCH', '-aec', 'ORTHANC', '127.0.0.1', String(o.dicomPortInside), ...args]),
     });
     const sides = [
       intoOrthanc(orthanc, 'orthanc', 'Orthanc'),
       ...(orthancPg ? [intoOrthanc(orthancPg, 'orthanc_postgresql_index', 'Orthanc (PostgreSQL index)')] : []),
-      { name: 'medmesh', label: 'medmesh', exec: (args: string[]) => spawn('storescu', ['-aet', 'BENCH', '-aec', 'MEDMESH', '127.0.0.1', String(srv.port), ...args], { env: { ...process.env, TCP_NODELAY: '1' } }) },
+      {
+        name: 'medmesh',
+        label: 'medmesh',
+        exec: (args: string[]) =>
+          spawn('storescu', ['-aet', 'BENCH', '-aec', 'MEDMESH', '127.0.0.1', String(srv.port), ...args], {
+            env: { ...process.env, TCP_NODELAY: '1' },
+          }),
+      },
     ];
     const seconds = new Map(sides.map((side) => [side.name, 0]));
     const roundRatios: number[] = [];
@@ -150,7 +183,18 @@ try {
     // parsed on the server's event loop.
     for (let i = 0; i < RETRIEVALS; i++) {
       const url = `${wado.url}/dicomweb/studies/1.2.826.0.1.3680043.10.1519.5.${(i % STUDIES) + 1}`;
-      const r = await run(spawn('curl', ['-s', '-o', '/dev/null', '-H', 'accept: multipart/related; type="application/dicom"', '-w', '%{http_code} %{size_download} %{time_total}', url]));
+      const r = await run(
+        spawn('curl', [
+          '-s',
+          '-o',
+          '/dev/null',
+          '-H',
+          'accept: multipart/related; type="application/dicom"',
+          '-w',
+          '%{http_code} %{size_download} %{time_total}',
+          url,
+        ]),
+      );
       const [status, size, seconds] = r.out.trim().split(' ');
       if (r.code !== 0 || status !== '200') throw new Error(`WADO-RS answered ${status ?? '?'} (curl exit ${r.code})`);
       bytes = Number(size);
@@ -162,20 +206,42 @@ try {
     const ratio = round(medmeshIngest.instances_per_s / orthancIngest.instances_per_s, 3);
     const ratioPg = orthancPgIngest ? round(medmeshIngest.instances_per_s / orthancPgIngest.instances_per_s, 3) : null;
     const blobFiles = (await readdir(join(dir, 'blobs'), { recursive: true })).length;
-    console.log(JSON.stringify({
-      benchmark: 'imaging',
-      machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, memory_gb: round(os.totalmem() / 2 ** 30, 1) },
-      instances: files.length,
-      instance_bytes: (await stat(files[0]!)).size,
-      note: 'storescu, one association per side and study, sequential C-STOREs, the sides taking turns study by study; medmesh on PostgreSQL with SM4-CBC + HMAC-SM3 per file, SHA-256 at ingest; Orthanc 1.10 (Debian) with its default SQLite index and with its index in the same PostgreSQL (orthanc-postgresql), files on disk, no compression, storescu run inside its network namespace; WADO-RS fetched by curl (its own process), files decrypted and checked on worker threads',
-      ingest: {
-        medmesh: medmeshIngest, orthanc: orthancIngest, ratio_medmesh_vs_orthanc: ratio, ratio_per_study_vs_orthanc: roundRatios,
-        orthanc_postgresql_index: orthancPgIngest ?? 'not run: the orthanc-postgresql plugin is not installed', ratio_medmesh_vs_orthanc_postgresql: ratioPg,
-      },
-      wado_rs_whole_study: { instances: PER_STUDY, bytes, requests: RETRIEVALS, p50_ms: pct(50), p99_ms: pct(99), max_ms: round(latencies.at(-1)!) },
-      blob_entries: blobFiles,
-      targets: { 'ingest >= 1.0x Orthanc (encryption on)': ratio >= 1, 'whole-study retrieval p99 <= 2 s': pct(99) <= 2000 },
-    }, null, 2));
+    console.log(
+      JSON.stringify(
+        {
+          benchmark: 'imaging',
+          machine: {
+            cpus: os.cpus().length,
+            cpu: os.cpus()[0]?.model,
+            node: process.version,
+            memory_gb: round(os.totalmem() / 2 ** 30, 1),
+          },
+          instances: files.length,
+          instance_bytes: (await stat(files[0]!)).size,
+          note: 'storescu, one association per side and study, sequential C-STOREs, the sides taking turns study by study; medmesh on PostgreSQL with SM4-CBC + HMAC-SM3 per file, SHA-256 at ingest; Orthanc 1.10 (Debian) with its default SQLite index and with its index in the same PostgreSQL (orthanc-postgresql), files on disk, no compression, storescu run inside its network namespace; WADO-RS fetched by curl (its own process), files decrypted and checked on worker threads',
+          ingest: {
+            medmesh: medmeshIngest,
+            orthanc: orthancIngest,
+            ratio_medmesh_vs_orthanc: ratio,
+            ratio_per_study_vs_orthanc: roundRatios,
+            orthanc_postgresql_index: orthancPgIngest ?? 'not run: the orthanc-postgresql plugin is not installed',
+            ratio_medmesh_vs_orthanc_postgresql: ratioPg,
+          },
+          wado_rs_whole_study: {
+            instances: PER_STUDY,
+            bytes,
+            requests: RETRIEVALS,
+            p50_ms: pct(50),
+            p99_ms: pct(99),
+            max_ms: round(latencies.at(-1)!),
+          },
+          blob_entries: blobFiles,
+          targets: { 'ingest >= 1.0x Orthanc (encryption on)': ratio >= 1, 'whole-study retrieval p99 <= 2 s': pct(99) <= 2000 },
+        },
+        null,
+        2,
+      ),
+    );
   } finally {
     await srv.close();
     await fileCrypto.close();

@@ -7,7 +7,13 @@ import pg from 'pg';
 import type { Patient } from '@medplum/fhirtypes';
 import { HybridClock } from '../../src/clock/index.ts';
 import { migrate, openPglite, openPostgres, pgBoundStore, quoteIdent, type Db } from '../../src/db/index.ts';
-import { buildSearchParamTable, createR4Validator, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES } from '../../src/records/index.ts';
+import {
+  buildSearchParamTable,
+  createR4Validator,
+  loadFhirDefinitions,
+  RecordStore,
+  SUPPORTED_TYPES,
+} from '../../src/records/index.ts';
 import { makeResidentId } from '../../src/region/index.ts';
 import { exampleRegion } from '../../src/region/testing.ts';
 import { cpuPerOp, cpuSeconds, measure, progress, round, type Measured } from '../harness.ts';
@@ -27,7 +33,12 @@ function patient(i: number): Patient {
     birthDate: '1980-03-04',
     telecom: [{ system: 'phone', value: `1380000${String(i % 10000).padStart(4, '0')}` }],
     address: [{ use: 'home', city: '广州市', district: '天河区', line: ['天河路 385 号'] }],
-    identifier: [{ system: 'urn:oid:2.16.156.10011.1.3', value: makeResidentId({ divisionCode: '440106', birthDate: '1980-03-04', sequence: i % 1000 }) }],
+    identifier: [
+      {
+        system: 'urn:oid:2.16.156.10011.1.3',
+        value: makeResidentId({ divisionCode: '440106', birthDate: '1980-03-04', sequence: i % 1000 }),
+      },
+    ],
   };
 }
 
@@ -51,7 +62,14 @@ async function benchBackend(kind: 'postgres' | 'pglite'): Promise<Record<string,
     loadFhirDefinitions();
     const region = await exampleRegion();
     const clock = await HybridClock.start({ store: pgBoundStore(db, 'B'), maxOffsetMs: 500 });
-    const store = new RecordStore({ db, region, siteId: 'B', clock, searchParams: buildSearchParamTable(), validator: createR4Validator(SUPPORTED_TYPES) });
+    const store = new RecordStore({
+      db,
+      region,
+      siteId: 'B',
+      clock,
+      searchParams: buildSearchParamTable(),
+      validator: createR4Validator(SUPPORTED_TYPES),
+    });
     const bodies = Array.from({ length: N }, (_, i) => patient(i));
     const json = bodies.map((b) => JSON.stringify(b));
 
@@ -63,7 +81,8 @@ async function benchBackend(kind: 'postgres' | 'pglite'): Promise<Record<string,
       const m = await measure({ count, concurrency, maxSeconds: MAX_S, op });
       results[name] = kind === 'postgres' ? { ...m, cpu_per_op: cpuPerOp(before, cpuSeconds(), m.ops) } : m;
     };
-    const rawInsert = (doc: (i: number) => string) => async (i: number) => void (await db.query('INSERT INTO raw_resource (id, content) VALUES ($1, $2::jsonb)', [randomUUID(), doc(i)]));
+    const rawInsert = (doc: (i: number) => string) => async (i: number) =>
+      void (await db.query('INSERT INTO raw_resource (id, content) VALUES ($1, $2::jsonb)', [randomUUID(), doc(i)]));
     const createPatient = async (i: number) => {
       const r = await store.create('Patient', bodies[i]);
       if (!r.ok) throw new Error(JSON.stringify(r.error));
@@ -73,7 +92,12 @@ async function benchBackend(kind: 'postgres' | 'pglite'): Promise<Record<string,
     await measure({ count: 500, concurrency: 8, maxSeconds: 2, op: rawInsert((i) => json[i]!) });
     await measure({ count: 500, concurrency: 8, maxSeconds: 2, op: (i) => createPatient(N - 1 - i) });
     for (const c of [1, 8]) {
-      await phase(`raw_insert_c${c}`, 'raw INSERT', c, rawInsert((i) => json[i]!));
+      await phase(
+        `raw_insert_c${c}`,
+        'raw INSERT',
+        c,
+        rawInsert((i) => json[i]!),
+      );
       await phase(`create_c${c}`, 'FHIR create (Patient)', c, createPatient);
     }
     const { rows } = await db.query<{ id: string }>("SELECT id FROM resource_current WHERE resource_type = 'Patient' LIMIT 200");
@@ -81,7 +105,14 @@ async function benchBackend(kind: 'postgres' | 'pglite'): Promise<Record<string,
     progress(`${kind}: observations for search`);
     for (const [i, id] of ids.entries()) {
       for (let k = 0; k < 5; k++) {
-        const r = await store.create('Observation', { resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] }, subject: { reference: `Patient/${id}` }, effectiveDateTime: `2024-0${1 + (k % 9)}-1${i % 10}T10:00:00Z`, valueQuantity: { value: 60 + k, unit: '/min' } });
+        const r = await store.create('Observation', {
+          resourceType: 'Observation',
+          status: 'final',
+          code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+          subject: { reference: `Patient/${id}` },
+          effectiveDateTime: `2024-0${1 + (k % 9)}-1${i % 10}T10:00:00Z`,
+          valueQuantity: { value: 60 + k, unit: '/min' },
+        });
         if (!r.ok) throw new Error(JSON.stringify(r.error));
       }
     }
@@ -92,9 +123,21 @@ async function benchBackend(kind: 'postgres' | 'pglite'): Promise<Record<string,
     });
     // A patient's own create also writes its EMPI directory entry (a second replicated record);
     // an Observation is one record in its patient's compartment: both, for the comparison.
-    const observation = (i: number) => ({ resourceType: 'Observation' as const, status: 'final' as const, code: { coding: [{ system: 'http://loinc.org', code: '8867-4', display: 'Heart rate' }] }, subject: { reference: `Patient/${ids[i % ids.length]!}` }, effectiveDateTime: '2024-03-04T10:00:00+08:00', valueQuantity: { value: 60 + (i % 40), unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' } });
+    const observation = (i: number) => ({
+      resourceType: 'Observation' as const,
+      status: 'final' as const,
+      code: { coding: [{ system: 'http://loinc.org', code: '8867-4', display: 'Heart rate' }] },
+      subject: { reference: `Patient/${ids[i % ids.length]!}` },
+      effectiveDateTime: '2024-03-04T10:00:00+08:00',
+      valueQuantity: { value: 60 + (i % 40), unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' },
+    });
     const obsJson = JSON.stringify(observation(0));
-    await phase('raw_insert_observation_c8', 'raw INSERT (Observation JSON)', 8, rawInsert(() => obsJson));
+    await phase(
+      'raw_insert_observation_c8',
+      'raw INSERT (Observation JSON)',
+      8,
+      rawInsert(() => obsJson),
+    );
     await phase('create_observation_c8', 'FHIR create (Observation)', 8, async (i) => {
       const r = await store.create('Observation', observation(i));
       if (!r.ok) throw new Error(JSON.stringify(r.error));
@@ -106,7 +149,10 @@ async function benchBackend(kind: 'postgres' | 'pglite'): Promise<Record<string,
       ratios: {
         create_vs_raw_insert_c1: ratio(1),
         create_vs_raw_insert_c8: ratio(8),
-        create_observation_vs_raw_insert_c8: round(results.create_observation_c8!.ops_per_s / results.raw_insert_observation_c8!.ops_per_s, 3),
+        create_observation_vs_raw_insert_c8: round(
+          results.create_observation_c8!.ops_per_s / results.raw_insert_observation_c8!.ops_per_s,
+          3,
+        ),
       },
       targets: {
         'create >= 40% of raw insert (c8)': ratio(8) >= 0.4,
@@ -121,7 +167,12 @@ async function benchBackend(kind: 'postgres' | 'pglite'): Promise<Record<string,
 
 const out = {
   benchmark: 'records',
-  machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, memory_gb: round(os.totalmem() / 2 ** 30, 1) },
+  machine: {
+    cpus: os.cpus().length,
+    cpu: os.cpus()[0]?.model,
+    node: process.version,
+    memory_gb: round(os.totalmem() / 2 ** 30, 1),
+  },
   n: N,
   note: 'create = validation + placement + current/history rows + search index + outbox in one transaction (a new Patient also its EMPI directory entry); baseline = INSERT of the same JSON into a plain jsonb table, same driver and pool; cpu_per_op = CPU of this process and of the local PostgreSQL server per operation',
   runs: [await benchBackend('postgres'), ...(args.has('--pglite') ? [await benchBackend('pglite')] : [])],

@@ -23,7 +23,10 @@ export async function unsealDemoSite(kms: Kms, opts: { dataRoot: string; siteId:
     keys.set(name, key);
   }
   if (!(await kms.status()).initialized) {
-    const { shares } = await kms.init({ custodians: CUSTODIANS.map((name) => ({ name, publicKey: keys.get(name)!.publicKey })), threshold: 2 });
+    const { shares } = await kms.init({
+      custodians: CUSTODIANS.map((name) => ({ name, publicKey: keys.get(name)!.publicKey })),
+      threshold: 2,
+    });
     await mkdir(sharesDir, { recursive: true });
     for (const s of shares) await writeFile(join(sharesDir, `${s.custodian}.json`), JSON.stringify(s, null, 2));
     return 'initialized';

@@ -4,7 +4,10 @@
 // same pullers against the URLs of the region file.
 import type { Site } from '../http/index.ts';
 
-export async function linkDemoSites(running: ReadonlyArray<{ site: Site; url: string }>, opts: { onError?: (site: string, peer: string, message: string) => void } = {}): Promise<void> {
+export async function linkDemoSites(
+  running: ReadonlyArray<{ site: Site; url: string }>,
+  opts: { onError?: (site: string, peer: string, message: string) => void } = {},
+): Promise<void> {
   for (const me of running) {
     for (const peer of running) {
       if (peer === me) continue;
@@ -16,6 +19,10 @@ export async function linkDemoSites(running: ReadonlyArray<{ site: Site; url: st
     for (const peer of running) if (peer !== me) me.site.peers.set(peer.site.siteId, peer.url);
   }
   for (const me of running) {
-    me.site.startReplication({ waitSeconds: 10, verifyEveryMs: 5 * 60_000, ...(opts.onError ? { onError: (peer: string, m: string) => opts.onError!(me.site.siteId, peer, m) } : {}) });
+    me.site.startReplication({
+      waitSeconds: 10,
+      verifyEveryMs: 5 * 60_000,
+      ...(opts.onError ? { onError: (peer: string, m: string) => opts.onError!(me.site.siteId, peer, m) } : {}),
+    });
   }
 }

@@ -11,7 +11,8 @@ import { verifyCertificate } from '../security/kms/index.ts';
 const BIN = fileURLToPath(new URL('../../bin/medmesh.js', import.meta.url));
 const EXAMPLE = fileURLToPath(new URL('../../region.example.yaml', import.meta.url));
 const { DATABASE_URL: _ignored, ...ENV } = process.env;
-const medmesh = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000, env: ENV });
+const medmesh = (...args: string[]) =>
+  spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000, env: ENV });
 
 describe('medmesh keys', () => {
   let dir: string;
@@ -24,44 +25,149 @@ describe('medmesh keys', () => {
   after(() => rm(dir, { recursive: true, force: true }));
 
   it('creates custodians and a 2-of-3 master key, then manages keys offline with shares', async () => {
-    for (const name of ['alice', 'bob', 'carol']) assert.equal(medmesh('keys', 'custodian-keygen', '--name', name, '--out', join(dir, 'custodians')).status, 0);
-    assert.match(medmesh('keys', 'custodian-keygen', '--name', 'alice', '--out', join(dir, 'custodians')).stderr, /exists; not overwriting/);
+    for (const name of ['alice', 'bob', 'carol'])
+      assert.equal(medmesh('keys', 'custodian-keygen', '--name', name, '--out', join(dir, 'custodians')).status, 0);
+    assert.match(
+      medmesh('keys', 'custodian-keygen', '--name', 'alice', '--out', join(dir, 'custodians')).stderr,
+      /exists; not overwriting/,
+    );
     const custodian = (n: string) => ['--custodian', `${n}=${join(dir, 'custodians', `${n}.pub.pem`)}`];
-    const init = medmesh('keys', 'init', ...site, '--data', data, ...custodian('alice'), ...custodian('bob'), ...custodian('carol'), '--threshold', '2', '--out', join(dir, 'shares'));
+    const init = medmesh(
+      'keys',
+      'init',
+      ...site,
+      '--data',
+      data,
+      ...custodian('alice'),
+      ...custodian('bob'),
+      ...custodian('carol'),
+      '--threshold',
+      '2',
+      '--out',
+      join(dir, 'shares'),
+    );
     assert.equal(init.status, 0, init.stderr);
     assert.match(init.stdout, /2 of 3 shares unseal it/);
     const files = (await readdir(join(dir, 'shares'))).sort();
-    assert.deepEqual(files, ['B-share-1-alice.json', 'B-share-2-bob.json', 'B-share-3-carol.json', 'B.service.pub.pem'], 'one share per custodian, and the site key other sites trust');
+    assert.deepEqual(
+      files,
+      ['B-share-1-alice.json', 'B-share-2-bob.json', 'B-share-3-carol.json', 'B.service.pub.pem'],
+      'one share per custodian, and the site key other sites trust',
+    );
     assert.match(init.stdout, /site B's service key: .*B\.service\.pub\.pem, fingerprint ([0-9a-f]{4}:){15}[0-9a-f]{4}/);
-    const again = medmesh('keys', 'init', ...site, '--data', data, ...custodian('alice'), ...custodian('bob'), '--threshold', '2', '--out', join(dir, 'x'));
+    const again = medmesh(
+      'keys',
+      'init',
+      ...site,
+      '--data',
+      data,
+      ...custodian('alice'),
+      ...custodian('bob'),
+      '--threshold',
+      '2',
+      '--out',
+      join(dir, 'x'),
+    );
     assert.equal(again.status, 1);
     assert.match(again.stderr, /already initialized/);
 
-    const unseal = (n: number, who: string) => ['--unseal', `${join(dir, 'shares', `B-share-${n}-${who}.json`)}:${join(dir, 'custodians', `${who}.key.pem`)}`];
+    const unseal = (n: number, who: string) => [
+      '--unseal',
+      `${join(dir, 'shares', `B-share-${n}-${who}.json`)}:${join(dir, 'custodians', `${who}.key.pem`)}`,
+    ];
     const one = medmesh('keys', 'create', ...site, '--data', data, ...unseal(1, 'alice'), '--name', 'records');
     assert.equal(one.status, 2);
     assert.match(one.stderr, /not enough --unseal shares/);
-    const wrongKey = medmesh('keys', 'create', ...site, '--data', data, '--unseal', `${join(dir, 'shares', 'B-share-1-alice.json')}:${join(dir, 'custodians', 'bob.key.pem')}`, '--name', 'records');
+    const wrongKey = medmesh(
+      'keys',
+      'create',
+      ...site,
+      '--data',
+      data,
+      '--unseal',
+      `${join(dir, 'shares', 'B-share-1-alice.json')}:${join(dir, 'custodians', 'bob.key.pem')}`,
+      '--name',
+      'records',
+    );
     assert.equal(wrongKey.status, 1);
     assert.match(wrongKey.stderr, /wrapped for custodian alice/);
-    const created = medmesh('keys', 'create', ...site, '--data', data, ...unseal(1, 'alice'), ...unseal(3, 'carol'), '--name', 'records', '--rotation-days', '90');
+    const created = medmesh(
+      'keys',
+      'create',
+      ...site,
+      '--data',
+      data,
+      ...unseal(1, 'alice'),
+      ...unseal(3, 'carol'),
+      '--name',
+      'records',
+      '--rotation-days',
+      '90',
+    );
     assert.equal(created.status, 0, created.stderr);
     assert.equal((JSON.parse(created.stdout) as { rotationPeriodSeconds: number }).rotationPeriodSeconds, 90 * 86_400);
-    const rotated = medmesh('keys', 'rotate', ...site, '--data', data, ...unseal(2, 'bob'), ...unseal(3, 'carol'), '--name', 'records');
+    const rotated = medmesh(
+      'keys',
+      'rotate',
+      ...site,
+      '--data',
+      data,
+      ...unseal(2, 'bob'),
+      ...unseal(3, 'carol'),
+      '--name',
+      'records',
+    );
     assert.equal((JSON.parse(rotated.stdout) as { latestVersion: number }).latestVersion, 2);
-    const destroyed = medmesh('keys', 'destroy', ...site, '--data', data, ...unseal(1, 'alice'), ...unseal(2, 'bob'), '--name', 'records', '--version', '1', '--approver', 'alice', '--approver', 'bob', '--reason', 'compromised backup tape');
+    const destroyed = medmesh(
+      'keys',
+      'destroy',
+      ...site,
+      '--data',
+      data,
+      ...unseal(1, 'alice'),
+      ...unseal(2, 'bob'),
+      '--name',
+      'records',
+      '--version',
+      '1',
+      '--approver',
+      'alice',
+      '--approver',
+      'bob',
+      '--reason',
+      'compromised backup tape',
+    );
     assert.equal(destroyed.status, 0, destroyed.stderr);
     const cert = JSON.parse(destroyed.stdout) as Parameters<typeof verifyCertificate>[0];
     assert.equal(verifyCertificate(cert).valid, true);
     assert.match(cert.document, /"versions":\[1\]/);
-    const lone = medmesh('keys', 'destroy', ...site, '--data', data, ...unseal(1, 'alice'), ...unseal(2, 'bob'), '--name', 'records', '--version', '2', '--approver', 'alice', '--reason', 'x');
+    const lone = medmesh(
+      'keys',
+      'destroy',
+      ...site,
+      '--data',
+      data,
+      ...unseal(1, 'alice'),
+      ...unseal(2, 'bob'),
+      '--name',
+      'records',
+      '--version',
+      '2',
+      '--approver',
+      'alice',
+      '--reason',
+      'x',
+    );
     assert.equal(lone.status, 1);
     assert.match(lone.stderr, /at least two distinct approvers/);
   });
 
   it('a running site starts sealed, refuses a second opener of its data, and unseals over HTTP', async () => {
     const port = 20000 + Math.floor(Math.random() * 20000);
-    const child = spawn(process.execPath, [BIN, 'site', ...site, '--data', data, '--port', String(port)], { stdio: ['ignore', 'pipe', 'pipe'], env: ENV });
+    const child = spawn(process.execPath, [BIN, 'site', ...site, '--data', data, '--port', String(port)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: ENV,
+    });
     const exited = new Promise<number | null>((r) => child.on('exit', r));
     try {
       await new Promise<void>((resolve, reject) => {
@@ -79,15 +185,40 @@ describe('medmesh keys', () => {
       const share = JSON.parse(await readFile(join(dir, 'shares', 'B-share-1-alice.json'), 'utf8')) as { sealed: string };
       share.sealed = Buffer.from(Buffer.from(share.sealed, 'base64').map((b, i) => (i === 40 ? b ^ 1 : b))).toString('base64');
       await writeFile(join(dir, 'tampered.json'), JSON.stringify(share));
-      const tampered = medmesh('keys', 'unseal', '--url', url, '--unseal', `${join(dir, 'tampered.json')}:${join(dir, 'custodians', 'alice.key.pem')}`);
+      const tampered = medmesh(
+        'keys',
+        'unseal',
+        '--url',
+        url,
+        '--unseal',
+        `${join(dir, 'tampered.json')}:${join(dir, 'custodians', 'alice.key.pem')}`,
+      );
       assert.equal(tampered.status, 1);
       assert.match(tampered.stderr, /does not match/);
-      const first = medmesh('keys', 'unseal', '--url', url, '--unseal', `${join(dir, 'shares', 'B-share-2-bob.json')}:${join(dir, 'custodians', 'bob.key.pem')}`);
+      const first = medmesh(
+        'keys',
+        'unseal',
+        '--url',
+        url,
+        '--unseal',
+        `${join(dir, 'shares', 'B-share-2-bob.json')}:${join(dir, 'custodians', 'bob.key.pem')}`,
+      );
       assert.match(first.stdout, /still sealed: 1 of 2/);
-      const second = medmesh('keys', 'unseal', '--url', url, '--unseal', `${join(dir, 'shares', 'B-share-3-carol.json')}:${join(dir, 'custodians', 'carol.key.pem')}`);
+      const second = medmesh(
+        'keys',
+        'unseal',
+        '--url',
+        url,
+        '--unseal',
+        `${join(dir, 'shares', 'B-share-3-carol.json')}:${join(dir, 'custodians', 'carol.key.pem')}`,
+      );
       assert.match(second.stdout, /^unsealed/);
       assert.match(medmesh('keys', 'status', '--url', url).stdout, /"sealed": false/);
-      const bad = await fetch(`${url}/kms/unseal`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ share: 'nonsense' }) });
+      const bad = await fetch(`${url}/kms/unseal`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ share: 'nonsense' }),
+      });
       assert.equal(bad.status, 400);
     } finally {
       child.kill('SIGTERM');

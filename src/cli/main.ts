@@ -28,7 +28,16 @@ const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary:
 };
 
 export function usage(): string {
-  return ['medmesh — regional medical data platform', '', 'Usage: medmesh <command> [options]', '', 'Commands:', ...Object.entries(VERBS).map(([k, v]) => `  ${k.padEnd(10)} ${v.summary}`), '', "Run 'medmesh <command> --help' for a command's options."].join('\n');
+  return [
+    'medmesh — regional medical data platform',
+    '',
+    'Usage: medmesh <command> [options]',
+    '',
+    'Commands:',
+    ...Object.entries(VERBS).map(([k, v]) => `  ${k.padEnd(10)} ${v.summary}`),
+    '',
+    "Run 'medmesh <command> --help' for a command's options.",
+  ].join('\n');
 }
 
 export async function main(argv: string[]): Promise<number> {

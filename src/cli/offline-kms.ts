@@ -7,7 +7,14 @@ import { Kms, parseWrappedShare, unwrapShare, type ShareToken } from '../securit
 import { UsageError, type FlagSpec } from './args.ts';
 import { openSiteFromFlags } from './common.ts';
 
-export const UNSEAL_FLAG = { unseal: { type: 'string', multiple: true, help: 'a custodian share and its key, as share.json:custodian-key.pem (repeat up to the threshold)', placeholder: 'share:key' } } as const satisfies Record<string, FlagSpec>;
+export const UNSEAL_FLAG = {
+  unseal: {
+    type: 'string',
+    multiple: true,
+    help: 'a custodian share and its key, as share.json:custodian-key.pem (repeat up to the threshold)',
+    placeholder: 'share:key',
+  },
+} as const satisfies Record<string, FlagSpec>;
 
 export async function openShares(specs: string[]): Promise<ShareToken[]> {
   const tokens: ShareToken[] = [];
@@ -20,7 +27,12 @@ export async function openShares(specs: string[]): Promise<ShareToken[]> {
   return tokens;
 }
 
-export async function openKms(f: { region?: string | undefined; site?: string | undefined; data: string; 'database-url'?: string | undefined }) {
+export async function openKms(f: {
+  region?: string | undefined;
+  site?: string | undefined;
+  data: string;
+  'database-url'?: string | undefined;
+}) {
   const { region, siteId, db } = await openSiteFromFlags(f);
   const m = await migrate(db);
   if (!m.ok) {
@@ -29,7 +41,6 @@ export async function openKms(f: { region?: string | undefined; site?: string | 
   }
   return { db, siteId, region, kms: new Kms({ db, siteId, policy: region.config.policies.crypto }) };
 }
-
 
 /** Opens the site's KMS and unseals it with the given shares, or explains why not. */
 export async function openUnsealedKms(f: Parameters<typeof openKms>[0], unsealSpecs: string[]) {

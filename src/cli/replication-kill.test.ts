@@ -36,9 +36,21 @@ describe(`SIGKILL of a site mid-replication (${testBackend()})`, () => {
   const keys = () => join(dir, 'keys');
 
   const start = async (id: SiteId) => {
-    running[id] = startVerb(['site', '--region', regionFile, '--site', id, ...storage[id], '--verify-every', '0'], /serving FHIR R4/);
+    running[id] = startVerb(
+      ['site', '--region', regionFile, '--site', id, ...storage[id], '--verify-every', '0'],
+      /serving FHIR R4/,
+    );
     await running[id].started;
-    const unseal = medmesh('keys', 'unseal', '--url', base(id), '--unseal', `${join(keys(), `${id}-share-1-ann.json`)}:${join(keys(), 'ann.key.pem')}`, '--unseal', `${join(keys(), `${id}-share-2-ben.json`)}:${join(keys(), 'ben.key.pem')}`);
+    const unseal = medmesh(
+      'keys',
+      'unseal',
+      '--url',
+      base(id),
+      '--unseal',
+      `${join(keys(), `${id}-share-1-ann.json`)}:${join(keys(), 'ann.key.pem')}`,
+      '--unseal',
+      `${join(keys(), `${id}-share-2-ben.json`)}:${join(keys(), 'ben.key.pem')}`,
+    );
     assert.match(unseal.stdout, /^unsealed/, unseal.stderr);
   };
 
@@ -47,7 +59,13 @@ describe(`SIGKILL of a site mid-replication (${testBackend()})`, () => {
     const first = 20000 + Math.floor(Math.random() * 30000);
     SITES.forEach((id, i) => (ports[id] = first + i));
     regionFile = join(dir, 'region.yaml');
-    await writeFile(regionFile, (await readFile(EXAMPLE, 'utf8')).replace('http://127.0.0.1:7101', base('B')).replace('http://127.0.0.1:7102', base('C')).replace('http://127.0.0.1:7103', base('A')));
+    await writeFile(
+      regionFile,
+      (await readFile(EXAMPLE, 'utf8'))
+        .replace('http://127.0.0.1:7101', base('B'))
+        .replace('http://127.0.0.1:7102', base('C'))
+        .replace('http://127.0.0.1:7103', base('A')),
+    );
     for (const id of SITES) {
       if (testBackend() === 'postgres') {
         const name = `medmesh_kill_${process.pid}_${id.toLowerCase()}`;
@@ -62,19 +80,74 @@ describe(`SIGKILL of a site mid-replication (${testBackend()})`, () => {
     }
     for (const n of ['ann', 'ben']) assert.equal(medmesh('keys', 'custodian-keygen', '--name', n, '--out', keys()).status, 0);
     for (const id of SITES) {
-      const init = medmesh('keys', 'init', '--region', regionFile, '--site', id, ...storage[id], '--custodian', `ann=${join(keys(), 'ann.pub.pem')}`, '--custodian', `ben=${join(keys(), 'ben.pub.pem')}`, '--threshold', '2', '--out', keys());
+      const init = medmesh(
+        'keys',
+        'init',
+        '--region',
+        regionFile,
+        '--site',
+        id,
+        ...storage[id],
+        '--custodian',
+        `ann=${join(keys(), 'ann.pub.pem')}`,
+        '--custodian',
+        `ben=${join(keys(), 'ben.pub.pem')}`,
+        '--threshold',
+        '2',
+        '--out',
+        keys(),
+      );
       assert.equal(init.status, 0, init.stderr);
       assert.match(init.stdout, new RegExp(`${id}\\.service\\.pub\\.pem, fingerprint [0-9a-f:]{79}`));
-      const user = medmesh('users', 'add', '--region', regionFile, '--site', id, ...storage[id], '--username', 'his.interface', '--role', 'integration', { MEDMESH_PASSWORD: PASSWORD });
+      const user = medmesh(
+        'users',
+        'add',
+        '--region',
+        regionFile,
+        '--site',
+        id,
+        ...storage[id],
+        '--username',
+        'his.interface',
+        '--role',
+        'integration',
+        { MEDMESH_PASSWORD: PASSWORD },
+      );
       assert.equal(user.status, 0, user.stderr);
     }
     for (const id of SITES) {
       for (const peer of SITES.filter((p) => p !== id)) {
-        const t = medmesh('peers', 'trust', '--region', regionFile, '--site', id, ...storage[id], '--peer', peer, '--public-key', join(keys(), `${peer}.service.pub.pem`));
+        const t = medmesh(
+          'peers',
+          'trust',
+          '--region',
+          regionFile,
+          '--site',
+          id,
+          ...storage[id],
+          '--peer',
+          peer,
+          '--public-key',
+          join(keys(), `${peer}.service.pub.pem`),
+        );
         assert.equal(t.status, 0, t.stderr);
       }
     }
-    const wrong = medmesh('peers', 'trust', '--region', regionFile, '--site', 'B', ...storage.B, '--peer', 'C', '--public-key', join(keys(), 'C.service.pub.pem'), '--fingerprint', '00');
+    const wrong = medmesh(
+      'peers',
+      'trust',
+      '--region',
+      regionFile,
+      '--site',
+      'B',
+      ...storage.B,
+      '--peer',
+      'C',
+      '--public-key',
+      join(keys(), 'C.service.pub.pem'),
+      '--fingerprint',
+      '00',
+    );
     assert.match(wrong.stderr, /--fingerprint does not match/);
     for (const id of SITES) await start(id);
   });
@@ -96,10 +169,22 @@ describe(`SIGKILL of a site mid-replication (${testBackend()})`, () => {
     let writing = true;
     const writer = (async () => {
       for (let i = 0; i < 120; i++) {
-        const body: Patient | Organization = i % 4 === 3
-          ? { resourceType: 'Organization', name: `社区卫生服务站 ${i}` }
-          : { resourceType: 'Patient', name: [{ family: '周', given: [`${i}`] }], birthDate: '1988-08-08', identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440104', birthDate: '1988-08-08', sequence: i + 1 }) }] };
-        const r = await fetch(`${base('B')}/fhir/R4/${body.resourceType}`, { method: 'POST', headers: { ...atB, 'content-type': 'application/fhir+json' }, body: JSON.stringify(body) });
+        const body: Patient | Organization =
+          i % 4 === 3
+            ? { resourceType: 'Organization', name: `社区卫生服务站 ${i}` }
+            : {
+                resourceType: 'Patient',
+                name: [{ family: '周', given: [`${i}`] }],
+                birthDate: '1988-08-08',
+                identifier: [
+                  { system: RID, value: makeResidentId({ divisionCode: '440104', birthDate: '1988-08-08', sequence: i + 1 }) },
+                ],
+              };
+        const r = await fetch(`${base('B')}/fhir/R4/${body.resourceType}`, {
+          method: 'POST',
+          headers: { ...atB, 'content-type': 'application/fhir+json' },
+          body: JSON.stringify(body),
+        });
         assert.equal(r.status, 201, await r.clone().text());
         const w = (await r.json()) as Patient | Organization;
         acked.push({ path: `${w.resourceType}/${w.id}`, versionId: w.meta!.versionId!, core: w.resourceType === 'Patient' });
@@ -119,7 +204,8 @@ describe(`SIGKILL of a site mid-replication (${testBackend()})`, () => {
 
     const atC = await auth('C');
     const atA = await auth('A');
-    const read = async (id: SiteId, h: Record<string, string>, path: string, versionId: string) => (await fetch(`${base(id)}/fhir/R4/${path}/_history/${versionId}`, { headers: h })).status;
+    const read = async (id: SiteId, h: Record<string, string>, path: string, versionId: string) =>
+      (await fetch(`${base(id)}/fhir/R4/${path}/_history/${versionId}`, { headers: h })).status;
     const until = Date.now() + 90_000;
     for (const a of acked) {
       while ((await read('C', atC, a.path, a.versionId)) !== 200) {
@@ -133,7 +219,10 @@ describe(`SIGKILL of a site mid-replication (${testBackend()})`, () => {
           await new Promise((res) => setTimeout(res, 200));
         }
       }
-      const history = (await (await fetch(`${base('C')}/fhir/R4/${a.path}/_history`, { headers: atC })).json()) as { total?: number; entry?: unknown[] };
+      const history = (await (await fetch(`${base('C')}/fhir/R4/${a.path}/_history`, { headers: atC })).json()) as {
+        total?: number;
+        entry?: unknown[];
+      };
       assert.equal(history.entry?.length, 1, `${a.path}: exactly one version at C`);
     }
 
@@ -147,12 +236,31 @@ describe(`SIGKILL of a site mid-replication (${testBackend()})`, () => {
     const region = loaded.region;
     loadFhirDefinitions();
     const dbs = {} as Record<SiteId, Db>;
-    for (const id of SITES) dbs[id] = await openDb(storage[id][0] === '--database-url' ? { siteId: id, databaseUrl: storage[id][1]! } : { siteId: id, dataRoot: storage[id][1]! });
+    for (const id of SITES)
+      dbs[id] = await openDb(
+        storage[id][0] === '--database-url'
+          ? { siteId: id, databaseUrl: storage[id][1]! }
+          : { siteId: id, dataRoot: storage[id][1]! },
+      );
     try {
-      for (const [x, y] of [['C', 'B'], ['A', 'B']] as const) {
+      for (const [x, y] of [
+        ['C', 'B'],
+        ['A', 'B'],
+      ] as const) {
         const clock = await HybridClock.start({ store: pgBoundStore(dbs[x], x), maxOffsetMs: 500 });
-        const records = { db: dbs[x], region, siteId: x, clock, searchParams: buildSearchParamTable(), validator: createR4Validator(SUPPORTED_TYPES) };
-        const r = await verifyPair({ apply: { db: dbs[x], siteId: x, region, clock, records }, peer: localVerifyPeer({ db: dbs[y], region, site: y, forSite: x }), watermark: watermarkBefore(0, Date.now() + 1000) });
+        const records = {
+          db: dbs[x],
+          region,
+          siteId: x,
+          clock,
+          searchParams: buildSearchParamTable(),
+          validator: createR4Validator(SUPPORTED_TYPES),
+        };
+        const r = await verifyPair({
+          apply: { db: dbs[x], siteId: x, region, clock, records },
+          peer: localVerifyPeer({ db: dbs[y], region, site: y, forSite: x }),
+          watermark: watermarkBefore(0, Date.now() + 1000),
+        });
         assert.deepEqual([r.divergent, r.accuracy], [[], 1], `${x} and ${y} agree after ${kills} kills`);
         // Each patient also has its EMPI directory entry, which (unlike the patient) reaches A too.
         const patients = acked.filter((a) => a.core).length;

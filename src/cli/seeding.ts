@@ -31,7 +31,8 @@ export async function seedRegion(opts: {
       continue;
     }
     const r = await processBundle(store, bundle, { baseUrl: '', statusOf });
-    if (!r.ok) throw new Error(`seeding patient ${n} at site ${siteId ?? '?'} failed: ${r.error.issues.map((i) => i.message).join('; ')}`);
+    if (!r.ok)
+      throw new Error(`seeding patient ${n} at site ${siteId ?? '?'} failed: ${r.error.issues.map((i) => i.message).join('; ')}`);
     report.patients++;
     report.resources += bundle.entry?.length ?? 0;
     report.bySite[siteId!] = (report.bySite[siteId!] ?? 0) + 1;

@@ -13,7 +13,11 @@ export const ENV: NodeJS.ProcessEnv = env;
 /** Runs the CLI; a trailing object adds environment variables. */
 export const medmesh = (...args: Array<string | Record<string, string>>) => {
   const extra = typeof args.at(-1) === 'object' ? (args.pop() as Record<string, string>) : {};
-  return spawnSync(process.execPath, [BIN, ...(args as string[])], { encoding: 'utf8', timeout: 120_000, env: { ...ENV, ...extra } });
+  return spawnSync(process.execPath, [BIN, ...(args as string[])], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    env: { ...ENV, ...extra },
+  });
 };
 
 const children = new Set<ReturnType<typeof spawn>>();
@@ -48,7 +52,11 @@ export function startVerb(args: string[], ready: RegExp) {
 }
 
 export async function loginAt(base: string, username: string, password: string, totp?: string): Promise<string> {
-  const r = await fetch(`${base}/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username, password, ...(totp ? { totp } : {}) }) });
+  const r = await fetch(`${base}/auth/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ username, password, ...(totp ? { totp } : {}) }),
+  });
   assert.equal(r.status, 200, `login as ${username}`);
   return ((await r.json()) as { accessToken: string }).accessToken;
 }

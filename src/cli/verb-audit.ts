@@ -22,7 +22,8 @@ const spec = {
 
 const exportSpec = {
   name: 'audit export',
-  summary: 'export audit segments older than the online period to signed archive files; --prune then removes them from the database',
+  summary:
+    'export audit segments older than the online period to signed archive files; --prune then removes them from the database',
   usage: 'medmesh audit export --region <file> --site <id> --out <dir> --unseal <share:key> ... [--prune]',
   flags: {
     ...SITE_DB_FLAGS,
@@ -38,7 +39,12 @@ const fileSpec = {
   usage: 'medmesh audit verify-file --file <segment.jsonl> ... --signer-key <site public key pem>',
   flags: {
     file: { type: 'string', multiple: true, help: 'archive file', placeholder: 'file' },
-    'signer-key': { type: 'string', multiple: true, help: "the site's SM2 public key (PEM), as published at /auth/keys", placeholder: 'pem' },
+    'signer-key': {
+      type: 'string',
+      multiple: true,
+      help: "the site's SM2 public key (PEM), as published at /auth/keys",
+      placeholder: 'pem',
+    },
   },
 } satisfies VerbSpec<Record<string, FlagSpec>>;
 
@@ -52,9 +58,17 @@ export async function auditVerb(argv: string[]): Promise<number> {
   }
   const f = parseFlags(spec, rest);
   if (f === 'help') return (console.log(helpText(spec)), 0);
-  if ((f['trusted-size'] === undefined) !== (f['trusted-root'] === undefined)) throw new UsageError('--trusted-size and --trusted-root go together');
-  if (f['trusted-root'] !== undefined && !/^[0-9a-f]{64}$/.test(f['trusted-root'])) throw new UsageError('--trusted-root must be 64 hex digits (an SM3 root)');
-  const trusted = f['trusted-size'] !== undefined ? { treeSize: intFlag('trusted-size', f['trusted-size'], 1, Number.MAX_SAFE_INTEGER), root: Buffer.from(f['trusted-root']!, 'hex') } : undefined;
+  if ((f['trusted-size'] === undefined) !== (f['trusted-root'] === undefined))
+    throw new UsageError('--trusted-size and --trusted-root go together');
+  if (f['trusted-root'] !== undefined && !/^[0-9a-f]{64}$/.test(f['trusted-root']))
+    throw new UsageError('--trusted-root must be 64 hex digits (an SM3 root)');
+  const trusted =
+    f['trusted-size'] !== undefined
+      ? {
+          treeSize: intFlag('trusted-size', f['trusted-size'], 1, Number.MAX_SAFE_INTEGER),
+          root: Buffer.from(f['trusted-root']!, 'hex'),
+        }
+      : undefined;
   const { db, kms } = await openUnsealedKms(f, f.unseal);
   try {
     const report = await verifyAuditLog(db, {
@@ -65,7 +79,11 @@ export async function auditVerb(argv: string[]): Promise<number> {
     });
     process.stderr.write('\n');
     console.log(JSON.stringify(report, null, 2));
-    console.error(report.ok ? `audit log intact: ${report.entries} entries, ${report.checkpoints} signed checkpoints` : 'AUDIT LOG TAMPERED: see invalidMac, timeMismatch, columnMismatch, missing, rootMismatch and badSignature above');
+    console.error(
+      report.ok
+        ? `audit log intact: ${report.entries} entries, ${report.checkpoints} signed checkpoints`
+        : 'AUDIT LOG TAMPERED: see invalidMac, timeMismatch, columnMismatch, missing, rootMismatch and badSignature above',
+    );
     return report.ok ? 0 : 1;
   } finally {
     await db.close();
@@ -81,10 +99,16 @@ async function exportVerb(argv: string[]): Promise<number> {
     const days = region.config.policies.auditOnlineDays;
     const olderThan = new Date(Date.now() - days * 86_400_000);
     const segments = await exportAuditSegments({
-      db, siteId, signer: kms.signingKey()!.key, dir: f.out, olderThan,
+      db,
+      siteId,
+      signer: kms.signingKey()!.key,
+      dir: f.out,
+      olderThan,
       onProgress: (seg) => console.log(`exported ${seg.entries} entries (${seg.fromSeq}..${seg.toSeq}) to ${seg.file}`),
     });
-    console.log(`${segments.length} segment(s) exported; entries younger than ${days} days (policies.auditOnlineDays) stay online`);
+    console.log(
+      `${segments.length} segment(s) exported; entries younger than ${days} days (policies.auditOnlineDays) stay online`,
+    );
     if (f.prune) console.log(`pruned ${await pruneExportedAudit(db, { olderThan })} exported entries from the database`);
     return 0;
   } finally {
@@ -102,7 +126,11 @@ async function verifyFileVerb(argv: string[]): Promise<number> {
   for (const file of f.file) {
     const r = await verifySegmentFile(file, { signers });
     if (!r.ok) bad++;
-    console.log(r.ok ? `ok       ${file}: entries ${r.fromSeq}..${r.toSeq} of site ${r.site}` : `TAMPERED ${file}: ${r.problems.join('; ')}`);
+    console.log(
+      r.ok
+        ? `ok       ${file}: entries ${r.fromSeq}..${r.toSeq} of site ${r.site}`
+        : `TAMPERED ${file}: ${r.problems.join('; ')}`,
+    );
   }
   return bad ? 1 : 0;
 }

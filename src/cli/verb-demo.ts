@@ -18,7 +18,12 @@ const spec = {
   usage: 'medmesh demo [--reset] [--patients <n>] [--data <dir>] [--region <file>] [--port-offset <n>]',
   flags: {
     region: { type: 'string', help: 'region file', default: 'region.example.yaml (shipped)', placeholder: 'file' },
-    data: { type: 'string', help: 'data root; each site keeps its database in <dir>/<site>', default: 'data/demo', placeholder: 'dir' },
+    data: {
+      type: 'string',
+      help: 'data root; each site keeps its database in <dir>/<site>',
+      default: 'data/demo',
+      placeholder: 'dir',
+    },
     reset: { type: 'boolean', help: 'delete the demo data first and seed afresh', default: false },
     patients: { type: 'string', help: 'synthetic patients to seed into an empty region', default: '30', placeholder: 'n' },
     'port-offset': { type: 'string', help: "added to every site's configured port", default: '0', placeholder: 'n' },
@@ -50,7 +55,13 @@ export async function demoVerb(argv: string[]): Promise<number> {
       const db = await openPglite({ dataDir: join(flags.data, s.id) });
       // Images are core data: the private sites take them, by DICOMweb and DIMSE (any calling AE in the demo).
       const dicomPort = 11112 + i + offset;
-      const imaging = s.kind === 'private' ? { blobRoot: join(flags.data, `${s.id}-blobs`), dicom: { aeTitle: `MEDMESH_${s.id}`, host: '127.0.0.1', port: dicomPort, refuseUnknownAes: false } } : undefined;
+      const imaging =
+        s.kind === 'private'
+          ? {
+              blobRoot: join(flags.data, `${s.id}-blobs`),
+              dicom: { aeTitle: `MEDMESH_${s.id}`, host: '127.0.0.1', port: dicomPort, refuseUnknownAes: false },
+            }
+          : undefined;
       const opened = await openSite({ region, siteId: s.id, db, ...(imaging ? { imaging } : {}) });
       if (!opened.ok) {
         await db.close();
@@ -64,13 +75,20 @@ export async function demoVerb(argv: string[]): Promise<number> {
       const url = `http://127.0.0.1:${port}`;
       running.push({ site: opened.site, db, url });
       console.log(`  site ${s.id.padEnd(3)} ${s.kind.padEnd(8)} ${url}/fhir/R4   ${s.name ?? ''}`);
-      if (imaging) console.log(`           images  ${url}/dicomweb   DICOM AE ${imaging.dicom.aeTitle} at 127.0.0.1:${dicomPort}`);
+      if (imaging)
+        console.log(`           images  ${url}/dicomweb   DICOM AE ${imaging.dicom.aeTitle} at 127.0.0.1:${dicomPort}`);
     }
     await linkDemoSites(running, { onError: (site, peer, m) => console.error(`  replication ${peer} -> ${site}: ${m}`) });
     const links = running.reduce((n, r) => n + r.site.peers.size, 0);
-    console.log(`  replication: every site pulls every other (${links} links, checked for consistency every 5 minutes); core data only between a shard's residency sites`);
+    console.log(
+      `  replication: every site pulls every other (${links} links, checked for consistency every 5 minutes); core data only between a shard's residency sites`,
+    );
     const stores = new Map<string, RecordStore>(running.map((r) => [r.site.siteId, r.site.store]));
-    const existing = await Promise.all(running.map((r) => r.db.query<{ n: number }>("SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient'")));
+    const existing = await Promise.all(
+      running.map((r) =>
+        r.db.query<{ n: number }>("SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient'"),
+      ),
+    );
     if (existing.every((e) => (e.rows[0]?.n ?? 0) === 0) && patients > 0) {
       let last = 0;
       const report = await seedRegion({
@@ -84,11 +102,17 @@ export async function demoVerb(argv: string[]): Promise<number> {
           }
         },
       });
-      console.log(`\n  seeded ${report.patients} patients, ${report.resources} resources (${Object.entries(report.bySite).map(([k, v]) => `${k}: ${v}`).join(', ')})`);
+      console.log(
+        `\n  seeded ${report.patients} patients, ${report.resources} resources (${Object.entries(report.bySite)
+          .map(([k, v]) => `${k}: ${v}`)
+          .join(', ')})`,
+      );
     } else console.log('  existing data kept (use --reset to start over)');
     for (const r of running) await ensureDemoUsers(r.site, flags.data);
     console.log(`  demo users at every site: ${DEMO_ROLES.map((r) => `demo.${r}`).join(', ')} (password ${DEMO_PASSWORD})`);
-    console.log(`  demo.administrator also needs a TOTP code ("totp" in the login body): each site's secret is in ${join(flags.data, 'totp')}/<site>.administrator.json`);
+    console.log(
+      `  demo.administrator also needs a TOTP code ("totp" in the login body): each site's secret is in ${join(flags.data, 'totp')}/<site>.administrator.json`,
+    );
     console.log('    (its otpauthUri for an authenticator app, or: oathtool --totp -b <base32>)');
     console.log('  (demo only: custodian keys and shares are kept in the data folder so sites unseal themselves)');
     printExamples(running[0]?.url ?? 'http://127.0.0.1:7101', region.config.identifierSystems.residentId);
@@ -103,12 +127,26 @@ export async function demoVerb(argv: string[]): Promise<number> {
 }
 
 const DEMO_PASSWORD = 'medmesh-demo-2026';
-const DEMO_ROLES = ['doctor', 'nurse', 'pharmacist', 'lab', 'registrar', 'administrator', 'auditor', 'researcher', 'regulator', 'patient', 'integration'];
+const DEMO_ROLES = [
+  'doctor',
+  'nurse',
+  'pharmacist',
+  'lab',
+  'registrar',
+  'administrator',
+  'auditor',
+  'researcher',
+  'regulator',
+  'patient',
+  'integration',
+];
 
 /** One user per default role; existing ones are left as they are. */
 async function ensureDemoUsers(site: Site, dataRoot: string): Promise<void> {
   // demo.patient is linked to the first patient homed at this site; clinicians work in cardiology.
-  const { rows } = await site.ctx.db.query<{ id: string }>("SELECT id FROM resource_current WHERE resource_type = 'Patient' AND NOT deleted ORDER BY id LIMIT 1");
+  const { rows } = await site.ctx.db.query<{ id: string }>(
+    "SELECT id FROM resource_current WHERE resource_type = 'Patient' AND NOT deleted ORDER BY id LIMIT 1",
+  );
   const attributes: Record<string, Record<string, string>> = {
     doctor: { department: 'cardiology', title: 'attending' },
     nurse: { department: 'cardiology', title: 'charge-nurse' },
@@ -116,12 +154,25 @@ async function ensureDemoUsers(site: Site, dataRoot: string): Promise<void> {
     ...(rows[0] ? { patient: { patient: rows[0].id } } : {}),
   };
   for (const role of DEMO_ROLES) {
-    const made = await site.identity.createUser({ username: `demo.${role}`, password: DEMO_PASSWORD, roles: [role], attributes: attributes[role] ?? {} });
+    const made = await site.identity.createUser({
+      username: `demo.${role}`,
+      password: DEMO_PASSWORD,
+      roles: [role],
+      attributes: attributes[role] ?? {},
+    });
     // Demo only: the second factor's secret is kept beside the data so the operator APIs can be tried.
     if (made.ok && made.value.totpSecret) {
       await mkdir(join(dataRoot, 'totp'), { recursive: true });
-      const secret = { username: `demo.${role}`, site: site.siteId, base32: made.value.totpSecret, hex: base32Decode(made.value.totpSecret).toString('hex'), otpauthUri: made.value.otpauthUri };
-      await writeFile(join(dataRoot, 'totp', `${site.siteId}.${role}.json`), `${JSON.stringify(secret, null, 2)}\n`, { mode: 0o600 });
+      const secret = {
+        username: `demo.${role}`,
+        site: site.siteId,
+        base32: made.value.totpSecret,
+        hex: base32Decode(made.value.totpSecret).toString('hex'),
+        otpauthUri: made.value.otpauthUri,
+      };
+      await writeFile(join(dataRoot, 'totp', `${site.siteId}.${role}.json`), `${JSON.stringify(secret, null, 2)}\n`, {
+        mode: 0o600,
+      });
     }
   }
 }

@@ -10,12 +10,11 @@ import { SITE_DB_FLAGS } from './common.ts';
 import { keyFingerprint } from './verb-peers.ts';
 import { openKms, openShares, openUnsealedKms, UNSEAL_FLAG } from './offline-kms.ts';
 
-
 const SUBCOMMANDS = {
   'custodian-keygen': 'make an SM2 key pair for a custodian (private key file mode 0600)',
   init: "create the site's master key and write one wrapped share per custodian",
   status: 'show whether a running site is sealed',
-  unseal: "open your share and submit it to a running site",
+  unseal: 'open your share and submit it to a running site',
   create: 'create a named key',
   rotate: 'add a new version to a named key',
   rewrap: 're-encrypt an envelope file to the newest key version',
@@ -26,7 +25,17 @@ const SUBCOMMANDS = {
 export async function keysVerb(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub === undefined || sub === '--help' || sub === '-h') {
-    console.log(['medmesh keys — key management service', '', 'Usage: medmesh keys <command> [options]', '', ...Object.entries(SUBCOMMANDS).map(([k, v]) => `  ${k.padEnd(18)} ${v}`), '', "Run 'medmesh keys <command> --help' for its options."].join('\n'));
+    console.log(
+      [
+        'medmesh keys — key management service',
+        '',
+        'Usage: medmesh keys <command> [options]',
+        '',
+        ...Object.entries(SUBCOMMANDS).map(([k, v]) => `  ${k.padEnd(18)} ${v}`),
+        '',
+        "Run 'medmesh keys <command> --help' for its options.",
+      ].join('\n'),
+    );
     return sub === undefined ? 2 : 0;
   }
   switch (sub) {
@@ -51,15 +60,26 @@ export async function keysVerb(argv: string[]): Promise<number> {
 }
 
 async function custodianKeygen(argv: string[]): Promise<number> {
-  const spec = { name: 'keys custodian-keygen', summary: SUBCOMMANDS['custodian-keygen'], usage: 'medmesh keys custodian-keygen --name <custodian> --out <dir>', flags: { name: { type: 'string', help: 'custodian name', placeholder: 'name' }, out: { type: 'string', help: 'directory for <name>.key.pem and <name>.pub.pem', default: '.', placeholder: 'dir' } } } satisfies VerbSpec<Record<string, FlagSpec>>;
+  const spec = {
+    name: 'keys custodian-keygen',
+    summary: SUBCOMMANDS['custodian-keygen'],
+    usage: 'medmesh keys custodian-keygen --name <custodian> --out <dir>',
+    flags: {
+      name: { type: 'string', help: 'custodian name', placeholder: 'name' },
+      out: { type: 'string', help: 'directory for <name>.key.pem and <name>.pub.pem', default: '.', placeholder: 'dir' },
+    },
+  } satisfies VerbSpec<Record<string, FlagSpec>>;
   const f = parseFlags(spec, argv);
   if (f === 'help') return (console.log(helpText(spec)), 0);
-  if (!f.name || !/^[A-Za-z][A-Za-z0-9_-]{0,31}$/.test(f.name)) throw new UsageError('--name is required: letters, digits, _ or -');
+  if (!f.name || !/^[A-Za-z][A-Za-z0-9_-]{0,31}$/.test(f.name))
+    throw new UsageError('--name is required: letters, digits, _ or -');
   const key = Sm2PrivateKey.generate();
   await mkdir(f.out, { recursive: true });
   const priv = join(f.out, `${f.name}.key.pem`);
   await writeFile(priv, key.toPem(), { mode: 0o600, flag: 'wx' }).catch((e: NodeJS.ErrnoException) => {
-    throw new UsageError(e.code === 'EEXIST' ? `${priv} exists; not overwriting a custodian key` : `cannot write ${priv}: ${e.message}`);
+    throw new UsageError(
+      e.code === 'EEXIST' ? `${priv} exists; not overwriting a custodian key` : `cannot write ${priv}: ${e.message}`,
+    );
   });
   await chmod(priv, 0o600);
   await writeFile(join(f.out, `${f.name}.pub.pem`), key.publicKey.toPem());
@@ -69,8 +89,20 @@ async function custodianKeygen(argv: string[]): Promise<number> {
 
 async function init(argv: string[]): Promise<number> {
   const spec = {
-    name: 'keys init', summary: SUBCOMMANDS.init, usage: 'medmesh keys init --region <file> --site <id> --custodian <name=pub.pem> ... [--threshold 3] --out <dir>',
-    flags: { ...SITE_DB_FLAGS, custodian: { type: 'string', multiple: true, help: "custodian name and SM2 public key file (or a site's key)", placeholder: 'name=pub.pem' }, threshold: { type: 'string', help: 'shares needed to unseal', default: '3', placeholder: 'k' }, out: { type: 'string', help: 'directory for the wrapped share files', default: '.', placeholder: 'dir' } },
+    name: 'keys init',
+    summary: SUBCOMMANDS.init,
+    usage: 'medmesh keys init --region <file> --site <id> --custodian <name=pub.pem> ... [--threshold 3] --out <dir>',
+    flags: {
+      ...SITE_DB_FLAGS,
+      custodian: {
+        type: 'string',
+        multiple: true,
+        help: "custodian name and SM2 public key file (or a site's key)",
+        placeholder: 'name=pub.pem',
+      },
+      threshold: { type: 'string', help: 'shares needed to unseal', default: '3', placeholder: 'k' },
+      out: { type: 'string', help: 'directory for the wrapped share files', default: '.', placeholder: 'dir' },
+    },
   } satisfies VerbSpec<Record<string, FlagSpec>>;
   const f = parseFlags(spec, argv);
   if (f === 'help') return (console.log(helpText(spec)), 0);
@@ -78,7 +110,14 @@ async function init(argv: string[]): Promise<number> {
   for (const c of f.custodian) {
     const [name, file] = c.split('=', 2);
     if (!name || !file) throw new UsageError(`--custodian ${c}: expected name=public-key.pem`);
-    custodians.push({ name, publicKey: Sm2PublicKey.fromPem(await readFile(file, 'utf8').catch(() => { throw new UsageError(`--custodian ${c}: cannot read ${file}`); })) });
+    custodians.push({
+      name,
+      publicKey: Sm2PublicKey.fromPem(
+        await readFile(file, 'utf8').catch(() => {
+          throw new UsageError(`--custodian ${c}: cannot read ${file}`);
+        }),
+      ),
+    });
   }
   if (custodians.length < 2) throw new UsageError('at least two --custodian are required (default threshold 3 of 5)');
   const threshold = intFlag('threshold', f.threshold, 2, custodians.length);
@@ -91,12 +130,16 @@ async function init(argv: string[]): Promise<number> {
       await writeFile(file, `${JSON.stringify(s, null, 2)}\n`);
       console.log(`share ${s.index} for ${s.custodian}: ${file}`);
     }
-    console.log(`site ${siteId}: master key ${r.cmkId} created; ${threshold} of ${custodians.length} shares unseal it. Hand each file to its custodian; deposit copies at two other sites (medmesh keys shares deposit).`);
+    console.log(
+      `site ${siteId}: master key ${r.cmkId} created; ${threshold} of ${custodians.length} shares unseal it. Hand each file to its custodian; deposit copies at two other sites (medmesh keys shares deposit).`,
+    );
     const service = await kms.signingPublicKey();
     if (service) {
       const file = join(f.out, `${siteId}.service.pub.pem`);
       await writeFile(file, service.toPem());
-      console.log(`site ${siteId}'s service key: ${file}, fingerprint ${keyFingerprint(service)}; the other sites trust it with medmesh peers trust`);
+      console.log(
+        `site ${siteId}'s service key: ${file}, fingerprint ${keyFingerprint(service)}; the other sites trust it with medmesh peers trust`,
+      );
     }
     return 0;
   } finally {
@@ -105,7 +148,12 @@ async function init(argv: string[]): Promise<number> {
 }
 
 async function status(argv: string[]): Promise<number> {
-  const spec = { name: 'keys status', summary: SUBCOMMANDS.status, usage: 'medmesh keys status --url <site base url>', flags: { url: { type: 'string', help: 'site base URL', placeholder: 'url' } } } satisfies VerbSpec<Record<string, FlagSpec>>;
+  const spec = {
+    name: 'keys status',
+    summary: SUBCOMMANDS.status,
+    usage: 'medmesh keys status --url <site base url>',
+    flags: { url: { type: 'string', help: 'site base URL', placeholder: 'url' } },
+  } satisfies VerbSpec<Record<string, FlagSpec>>;
   const f = parseFlags(spec, argv);
   if (f === 'help') return (console.log(helpText(spec)), 0);
   if (!f.url) throw new UsageError('--url is required');
@@ -114,12 +162,18 @@ async function status(argv: string[]): Promise<number> {
 }
 
 async function unseal(argv: string[]): Promise<number> {
-  const spec = { name: 'keys unseal', summary: SUBCOMMANDS.unseal, usage: 'medmesh keys unseal --url <site base url> --unseal <share.json:key.pem> ...', flags: { url: { type: 'string', help: 'site base URL', placeholder: 'url' }, ...UNSEAL_FLAG } } satisfies VerbSpec<Record<string, FlagSpec>>;
+  const spec = {
+    name: 'keys unseal',
+    summary: SUBCOMMANDS.unseal,
+    usage: 'medmesh keys unseal --url <site base url> --unseal <share.json:key.pem> ...',
+    flags: { url: { type: 'string', help: 'site base URL', placeholder: 'url' }, ...UNSEAL_FLAG },
+  } satisfies VerbSpec<Record<string, FlagSpec>>;
   const f = parseFlags(spec, argv);
   if (f === 'help') return (console.log(helpText(spec)), 0);
   if (!f.url || f.unseal.length === 0) throw new UsageError('--url and at least one --unseal are required');
   let last: unknown;
-  for (const token of await openShares(f.unseal)) last = await siteJson(`${f.url}/kms/unseal`, { share: encodeShareToken(token) });
+  for (const token of await openShares(f.unseal))
+    last = await siteJson(`${f.url}/kms/unseal`, { share: encodeShareToken(token) });
   const s = last as { sealed: boolean; progress: number; threshold: number };
   console.log(s.sealed ? `still sealed: ${s.progress} of ${s.threshold} shares submitted` : 'unsealed');
   return 0;
@@ -127,13 +181,20 @@ async function unseal(argv: string[]): Promise<number> {
 
 async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: string[]): Promise<number> {
   const spec = {
-    name: `keys ${sub}`, summary: SUBCOMMANDS[sub], usage: `medmesh keys ${sub} --region <file> --site <id> --unseal <share:key> ... ${sub === 'rewrap' ? '--in <file> --out <file>' : '--name <key>'}`,
+    name: `keys ${sub}`,
+    summary: SUBCOMMANDS[sub],
+    usage: `medmesh keys ${sub} --region <file> --site <id> --unseal <share:key> ... ${sub === 'rewrap' ? '--in <file> --out <file>' : '--name <key>'}`,
     flags: {
-      ...SITE_DB_FLAGS, ...UNSEAL_FLAG,
+      ...SITE_DB_FLAGS,
+      ...UNSEAL_FLAG,
       name: { type: 'string', help: 'key name', placeholder: 'key' },
       'rotation-days': { type: 'string', help: 'create: rotate automatically after this many days', placeholder: 'n' },
       exportable: { type: 'boolean', help: 'create: allow exporting key material', default: false },
-      material: { type: 'string', help: 'create: import the key from this file (hex) instead of generating it: a region-wide key, e.g. empi-blind-index', placeholder: 'file' },
+      material: {
+        type: 'string',
+        help: 'create: import the key from this file (hex) instead of generating it: a region-wide key, e.g. empi-blind-index',
+        placeholder: 'file',
+      },
       in: { type: 'string', help: 'rewrap: envelope file', placeholder: 'file' },
       out: { type: 'string', help: 'rewrap: output file', placeholder: 'file' },
       version: { type: 'string', multiple: true, help: 'destroy: version to destroy', placeholder: 'n' },
@@ -151,11 +212,26 @@ async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: str
         const days = f['rotation-days'] !== undefined ? intFlag('rotation-days', f['rotation-days'], 1, 3650) : undefined;
         let material: Buffer | undefined;
         if (f.material) {
-          const hex = (await readFile(f.material, 'utf8').catch(() => { throw new UsageError(`--material: cannot read ${f.material}`); })).trim();
-          if (!/^([0-9a-fA-F]{2})+$/.test(hex)) throw new UsageError(`--material ${f.material}: expected the key in hex (e.g. openssl rand -hex 16)`);
+          const hex = (
+            await readFile(f.material, 'utf8').catch(() => {
+              throw new UsageError(`--material: cannot read ${f.material}`);
+            })
+          ).trim();
+          if (!/^([0-9a-fA-F]{2})+$/.test(hex))
+            throw new UsageError(`--material ${f.material}: expected the key in hex (e.g. openssl rand -hex 16)`);
           material = Buffer.from(hex, 'hex');
         }
-        console.log(JSON.stringify(await kms.createKey(f.name!, { exportable: f.exportable, ...(days ? { rotationPeriodSeconds: days * 86_400 } : {}), ...(material ? { material } : {}) }), null, 2));
+        console.log(
+          JSON.stringify(
+            await kms.createKey(f.name!, {
+              exportable: f.exportable,
+              ...(days ? { rotationPeriodSeconds: days * 86_400 } : {}),
+              ...(material ? { material } : {}),
+            }),
+            null,
+            2,
+          ),
+        );
         break;
       }
       case 'rotate':
@@ -169,7 +245,13 @@ async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: str
       }
       case 'destroy': {
         const versions = f.version.map((v) => intFlag('version', v, 1, 1_000_000));
-        console.log(JSON.stringify(await kms.destroyVersions(f.name!, { versions, approvers: f.approver, reason: f.reason ?? '' }), null, 2));
+        console.log(
+          JSON.stringify(
+            await kms.destroyVersions(f.name!, { versions, approvers: f.approver, reason: f.reason ?? '' }),
+            null,
+            2,
+          ),
+        );
         break;
       }
     }
@@ -182,8 +264,17 @@ async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: str
 async function shares(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
   const spec = {
-    name: 'keys shares', summary: SUBCOMMANDS.shares, usage: 'medmesh keys shares list --region <file> --site <id> | deposit --url <other site> --share <file> | fetch --url <other site> --owner <site> --out <dir>',
-    flags: { ...SITE_DB_FLAGS, url: { type: 'string', help: 'the other site', placeholder: 'url' }, share: { type: 'string', help: 'wrapped share file', placeholder: 'file' }, owner: { type: 'string', help: 'site whose shares to fetch', placeholder: 'site' }, out: { type: 'string', help: 'directory', default: '.', placeholder: 'dir' } },
+    name: 'keys shares',
+    summary: SUBCOMMANDS.shares,
+    usage:
+      'medmesh keys shares list --region <file> --site <id> | deposit --url <other site> --share <file> | fetch --url <other site> --owner <site> --out <dir>',
+    flags: {
+      ...SITE_DB_FLAGS,
+      url: { type: 'string', help: 'the other site', placeholder: 'url' },
+      share: { type: 'string', help: 'wrapped share file', placeholder: 'file' },
+      owner: { type: 'string', help: 'site whose shares to fetch', placeholder: 'site' },
+      out: { type: 'string', help: 'directory', default: '.', placeholder: 'dir' },
+    },
   } satisfies VerbSpec<Record<string, FlagSpec>>;
   const f = parseFlags(spec, rest);
   if (f === 'help' || action === undefined) return (console.log(helpText(spec)), action === undefined ? 2 : 0);
@@ -191,7 +282,8 @@ async function shares(argv: string[]): Promise<number> {
     case 'list': {
       const { db, kms } = await openKms(f);
       try {
-        for (const s of await kms.ownShares()) console.log(`share ${s.index} of ${s.threshold}: custodian ${s.custodian}, master key ${s.cmkId}`);
+        for (const s of await kms.ownShares())
+          console.log(`share ${s.index} of ${s.threshold}: custodian ${s.custodian}, master key ${s.cmkId}`);
       } finally {
         await db.close();
       }
@@ -205,9 +297,13 @@ async function shares(argv: string[]): Promise<number> {
     }
     case 'fetch': {
       if (!f.url || !f.owner) throw new UsageError('--url and --owner are required');
-      const list = (await siteJson(`${f.url}/kms/shares?owner=${encodeURIComponent(f.owner)}`)) as Array<{ index: number; custodian: string }>;
+      const list = (await siteJson(`${f.url}/kms/shares?owner=${encodeURIComponent(f.owner)}`)) as Array<{
+        index: number;
+        custodian: string;
+      }>;
       await mkdir(f.out, { recursive: true });
-      for (const s of list) await writeFile(join(f.out, `${f.owner}-share-${s.index}-${s.custodian}.json`), `${JSON.stringify(s, null, 2)}\n`);
+      for (const s of list)
+        await writeFile(join(f.out, `${f.owner}-share-${s.index}-${s.custodian}.json`), `${JSON.stringify(s, null, 2)}\n`);
       console.log(`fetched ${list.length} share(s) of site ${f.owner} into ${f.out}`);
       return 0;
     }
@@ -219,7 +315,10 @@ async function shares(argv: string[]): Promise<number> {
 async function siteJson(url: string, body?: unknown): Promise<unknown> {
   let res: Response;
   try {
-    res = await fetch(url, body === undefined ? {} : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    res = await fetch(
+      url,
+      body === undefined ? {} : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) },
+    );
   } catch (e) {
     throw new UsageError(`cannot reach ${url}: ${e instanceof Error ? e.message : String(e)}`);
   }

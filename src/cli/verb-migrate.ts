@@ -4,7 +4,7 @@ import { openSiteFromFlags, SITE_DB_FLAGS } from './common.ts';
 
 const spec = {
   name: 'migrate',
-  summary: "apply pending database migrations for a site (sites also do this at start)",
+  summary: 'apply pending database migrations for a site (sites also do this at start)',
   usage: 'medmesh migrate --region <file> --site <id> [--database-url <url> | --data <dir>]',
   flags: SITE_DB_FLAGS,
 } satisfies VerbSpec<Record<string, FlagSpec>>;
@@ -18,7 +18,9 @@ export async function migrateVerb(argv: string[]): Promise<number> {
     if (!r.ok) throw new UsageError(r.error.message);
     const claimed = await claimSiteIdentity(db, region.id, siteId);
     if (!claimed.ok) throw new UsageError(claimed.error.message);
-    console.log(r.applied.length ? `site ${siteId}: applied ${r.applied.length} migration(s)` : `site ${siteId}: database is up to date`);
+    console.log(
+      r.applied.length ? `site ${siteId}: applied ${r.applied.length} migration(s)` : `site ${siteId}: database is up to date`,
+    );
     return 0;
   } finally {
     await db.close();

@@ -20,11 +20,18 @@ const trustSpec = {
   },
 } satisfies VerbSpec<Record<string, FlagSpec>>;
 
-const listSpec = { name: 'peers list', summary: 'list the sites this site trusts', usage: 'medmesh peers list --region <file> --site <id>', flags: { ...SITE_DB_FLAGS } } satisfies VerbSpec<Record<string, FlagSpec>>;
+const listSpec = {
+  name: 'peers list',
+  summary: 'list the sites this site trusts',
+  usage: 'medmesh peers list --region <file> --site <id>',
+  flags: { ...SITE_DB_FLAGS },
+} satisfies VerbSpec<Record<string, FlagSpec>>;
 
 /** SM3 over the key's DER form, in groups of four hex digits (read out over the phone). */
 export function keyFingerprint(key: Sm2PublicKey): string {
-  return sm3(key.toDer()).toString('hex').replace(/(.{4})(?!$)/g, '$1:');
+  return sm3(key.toDer())
+    .toString('hex')
+    .replace(/(.{4})(?!$)/g, '$1:');
 }
 
 export async function peersVerb(argv: string[]): Promise<number> {
@@ -44,7 +51,9 @@ async function trust(argv: string[]): Promise<number> {
   try {
     key = Sm2PublicKey.fromPem(await readFile(f['public-key'], 'utf8'));
   } catch (e) {
-    throw new UsageError(`--public-key ${f['public-key']}: not an SM2 public key PEM (${e instanceof Error ? e.message : String(e)})`);
+    throw new UsageError(
+      `--public-key ${f['public-key']}: not an SM2 public key PEM (${e instanceof Error ? e.message : String(e)})`,
+    );
   }
   const fingerprint = keyFingerprint(key);
   if (f.fingerprint && f.fingerprint.replace(/:/g, '').toLowerCase() !== fingerprint.replace(/:/g, '')) {
@@ -52,7 +61,8 @@ async function trust(argv: string[]): Promise<number> {
   }
   const { region, siteId, db } = await openSiteFromFlags(f);
   try {
-    if (!region.site(f.peer) || f.peer === siteId) throw new UsageError(`--peer ${f.peer} is not another site of region ${region.id}`);
+    if (!region.site(f.peer) || f.peer === siteId)
+      throw new UsageError(`--peer ${f.peer} is not another site of region ${region.id}`);
     const m = await migrate(db);
     if (!m.ok) throw new UsageError(m.error.message);
     await db.query(
@@ -71,7 +81,9 @@ async function list(argv: string[]): Promise<number> {
   if (f === 'help') return (console.log(helpText(listSpec)), 0);
   const { siteId, db } = await openSiteFromFlags(f);
   try {
-    const { rows } = await db.query<{ id: string; public_key: string }>("SELECT id, public_key FROM iam_service WHERE kind = 'site' ORDER BY id");
+    const { rows } = await db.query<{ id: string; public_key: string }>(
+      "SELECT id, public_key FROM iam_service WHERE kind = 'site' ORDER BY id",
+    );
     if (rows.length === 0) console.log(`site ${siteId} trusts no other site yet (medmesh peers trust)`);
     for (const r of rows) console.log(`${r.id.padEnd(8)} ${keyFingerprint(Sm2PublicKey.fromPem(r.public_key))}`);
     return 0;

@@ -22,7 +22,13 @@ export async function regionVerb(argv: string[]): Promise<number> {
   }
   const { region } = r;
   console.log(`region ${region.id}: ${region.sites.length} sites, ${region.shards.length} shards`);
-  for (const s of region.sites) console.log(`  site ${s.id} (${s.kind}) ${s.url}${s.name ? ` — ${s.name}` : ''}; default shard: ${region.defaultShardFor(s.id)}`);
-  for (const s of region.shards) console.log(`  shard ${s.id}: residency ${s.residency.join(' -> ')}; divisions ${s.divisions.join(', ') || '-'}; geohash ${s.geohashes.join(', ') || '-'}`);
+  for (const s of region.sites)
+    console.log(
+      `  site ${s.id} (${s.kind}) ${s.url}${s.name ? ` — ${s.name}` : ''}; default shard: ${region.defaultShardFor(s.id)}`,
+    );
+  for (const s of region.shards)
+    console.log(
+      `  shard ${s.id}: residency ${s.residency.join(' -> ')}; divisions ${s.divisions.join(', ') || '-'}; geohash ${s.geohashes.join(', ') || '-'}`,
+    );
   return 0;
 }

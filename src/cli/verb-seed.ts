@@ -5,11 +5,16 @@ import { seedRegion } from './seeding.ts';
 
 const spec = {
   name: 'seed',
-  summary: "write synthetic patients whose home shard is active at this site",
+  summary: 'write synthetic patients whose home shard is active at this site',
   usage: 'medmesh seed --region <file> --site <id> [--patients <n>] [--database-url <url> | --data <dir>]',
   flags: {
     ...SITE_DB_FLAGS,
-    patients: { type: 'string', help: 'patients to generate (those homed elsewhere are skipped)', default: '20', placeholder: 'n' },
+    patients: {
+      type: 'string',
+      help: 'patients to generate (those homed elsewhere are skipped)',
+      default: '20',
+      placeholder: 'n',
+    },
     seed: { type: 'string', help: 'random seed (same seed, same patients)', default: '1', placeholder: 'n' },
   },
 } satisfies VerbSpec<Record<string, FlagSpec>>;
@@ -24,7 +29,9 @@ export async function seedVerb(argv: string[]): Promise<number> {
     const opened = await openSite({ region, siteId, db });
     if (!opened.ok) throw new UsageError(opened.error.message);
     const report = await seedRegion({ region, stores: new Map([[siteId, opened.site.store]]), patients, seed });
-    console.log(`site ${siteId}: seeded ${report.patients} patients (${report.resources} resources); ${report.skipped} homed at other sites were skipped`);
+    console.log(
+      `site ${siteId}: seeded ${report.patients} patients (${report.resources} resources); ${report.skipped} homed at other sites were skipped`,
+    );
     await opened.site.close();
     return 0;
   } finally {

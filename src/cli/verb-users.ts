@@ -12,14 +12,30 @@ import { openUnsealedKms, UNSEAL_FLAG } from './offline-kms.ts';
 const spec = {
   name: 'users add',
   summary: 'create a user at a site',
-  usage: 'MEDMESH_PASSWORD=... medmesh users add --region <file> --site <id> --username <name> --role <role> [--attr key=value ...] [--unseal share:key ...]',
+  usage:
+    'MEDMESH_PASSWORD=... medmesh users add --region <file> --site <id> --username <name> --role <role> [--attr key=value ...] [--unseal share:key ...]',
   flags: {
     ...SITE_DB_FLAGS,
     ...UNSEAL_FLAG,
     username: { type: 'string', help: 'login name', placeholder: 'name' },
-    role: { type: 'string', multiple: true, help: `role (defaults: ${DEFAULT_POLICIES.map((p) => p.role).join(', ')})`, placeholder: 'role' },
-    attr: { type: 'string', multiple: true, help: 'ABAC attribute: department, title, practitioner, patient, project', placeholder: 'key=value' },
-    'password-env': { type: 'string', help: 'environment variable holding the password (kept out of the process list)', default: 'MEDMESH_PASSWORD', placeholder: 'name' },
+    role: {
+      type: 'string',
+      multiple: true,
+      help: `role (defaults: ${DEFAULT_POLICIES.map((p) => p.role).join(', ')})`,
+      placeholder: 'role',
+    },
+    attr: {
+      type: 'string',
+      multiple: true,
+      help: 'ABAC attribute: department, title, practitioner, patient, project',
+      placeholder: 'key=value',
+    },
+    'password-env': {
+      type: 'string',
+      help: 'environment variable holding the password (kept out of the process list)',
+      default: 'MEDMESH_PASSWORD',
+      placeholder: 'name',
+    },
   },
 } satisfies VerbSpec<Record<string, FlagSpec>>;
 
@@ -42,12 +58,16 @@ export async function usersVerb(argv: string[]): Promise<number> {
   const password = process.env[f['password-env']];
   if (!password) throw new UsageError(`set the password in $${f['password-env']} (it is not taken on the command line)`);
   const needsKms = f.role.some((r) => SECOND_FACTOR_ROLES.has(r));
-  if (needsKms && f.unseal.length === 0) throw new UsageError(`role ${f.role.filter((r) => SECOND_FACTOR_ROLES.has(r)).join(', ')} needs a second factor: give --unseal shares so its TOTP secret can be sealed`);
+  if (needsKms && f.unseal.length === 0)
+    throw new UsageError(
+      `role ${f.role.filter((r) => SECOND_FACTOR_ROLES.has(r)).join(', ')} needs a second factor: give --unseal shares so its TOTP secret can be sealed`,
+    );
   const opened: { db: Db; siteId: string; kms?: Kms } = needsKms ? await openUnsealedKms(f, f.unseal) : await openPlain(f);
   const { db, siteId, kms } = opened;
   try {
     const identity = new IdentityService({
-      db, siteId,
+      db,
+      siteId,
       issuer: () => kms?.signingKey(),
       secrets: {
         seal: async (b) => {
@@ -61,7 +81,8 @@ export async function usersVerb(argv: string[]): Promise<number> {
     const r = await identity.createUser({ username: f.username, password, roles: f.role, attributes });
     if (!r.ok) throw new UsageError(r.error.message);
     console.log(`user ${f.username} (${r.value.id}) created at site ${siteId} with role(s) ${f.role.join(', ')}`);
-    if (r.value.otpauthUri) console.log(`second factor: add this to the user's authenticator app, then forget it:\n  ${r.value.otpauthUri}`);
+    if (r.value.otpauthUri)
+      console.log(`second factor: add this to the user's authenticator app, then forget it:\n  ${r.value.otpauthUri}`);
     return 0;
   } finally {
     await db.close();

@@ -6,7 +6,8 @@ import { helpText, parseFlags, UsageError, type FlagSpec, type VerbSpec } from '
 const spec = {
   name: 'verify',
   summary: 'check (and repair) the replicas of a site against its peers',
-  usage: 'MEDMESH_TOKEN=<operator token> medmesh verify --url <site url> [--peer <id> ...] [--repair] [--grace <seconds>] [--json]',
+  usage:
+    'MEDMESH_TOKEN=<operator token> medmesh verify --url <site url> [--peer <id> ...] [--repair] [--grace <seconds>] [--json]',
   flags: {
     url: { type: 'string', help: "the site's API base URL", placeholder: 'url' },
     peer: { type: 'string', multiple: true, help: 'peer site to compare with (default: every peer)', placeholder: 'id' },
@@ -33,9 +34,11 @@ interface Report {
 export async function verifyVerb(argv: string[]): Promise<number> {
   const flags = parseFlags(spec, argv);
   if (flags === 'help') return (console.log(helpText(spec)), 0);
-  if (!flags.url || !/^https?:\/\/\S+$/.test(flags.url)) throw new UsageError('--url: the base URL of the site to check, e.g. http://127.0.0.1:8082');
+  if (!flags.url || !/^https?:\/\/\S+$/.test(flags.url))
+    throw new UsageError('--url: the base URL of the site to check, e.g. http://127.0.0.1:8082');
   const grace = Number(flags.grace);
-  if (!Number.isFinite(grace) || grace < 0 || grace > 3600) throw new UsageError(`--grace must be 0-3600 seconds (got ${flags.grace})`);
+  if (!Number.isFinite(grace) || grace < 0 || grace > 3600)
+    throw new UsageError(`--grace must be 0-3600 seconds (got ${flags.grace})`);
   const token = process.env.MEDMESH_TOKEN;
   if (!token) throw new UsageError('MEDMESH_TOKEN: set it to an administrator or operator access token (POST /auth/login)');
   const res = await fetch(`${flags.url.replace(/\/+$/, '')}/replication/verify`, {
@@ -56,9 +59,15 @@ export async function verifyVerb(argv: string[]): Promise<number> {
 }
 
 function describe(r: Report): string {
-  const lines = [`${r.site} vs ${r.peer} at HLC ${r.watermark}: ${r.resources} resources in ${r.buckets} buckets, ${r.mismatchedBuckets} differing; accuracy ${(r.accuracy * 100).toFixed(3)} %`];
-  if (r.repair) lines.push(`  repaired: ${r.divergentBeforeRepair ?? 0} divergent before; fetched ${r.repair.fetched}, replaced ${r.repair.replaced}, refused ${r.repair.refused}; ${r.repair.leftForPeer} for ${r.peer} to take from here`);
-  for (const d of r.divergent) lines.push(`  ${d.resource}: ${d.versions.map((v) => `${v.versionId} ${v.kind} (origin ${v.origin})`).join(', ')}`);
+  const lines = [
+    `${r.site} vs ${r.peer} at HLC ${r.watermark}: ${r.resources} resources in ${r.buckets} buckets, ${r.mismatchedBuckets} differing; accuracy ${(r.accuracy * 100).toFixed(3)} %`,
+  ];
+  if (r.repair)
+    lines.push(
+      `  repaired: ${r.divergentBeforeRepair ?? 0} divergent before; fetched ${r.repair.fetched}, replaced ${r.repair.replaced}, refused ${r.repair.refused}; ${r.repair.leftForPeer} for ${r.peer} to take from here`,
+    );
+  for (const d of r.divergent)
+    lines.push(`  ${d.resource}: ${d.versions.map((v) => `${v.versionId} ${v.kind} (origin ${v.origin})`).join(', ')}`);
   if (r.divergent.length === 0) lines.push('  in step');
   return lines.join('\n');
 }

@@ -18,15 +18,21 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 describe('HLC packing', () => {
   it('round-trips and preserves order', () => {
     fc.assert(
-      fc.property(fc.integer({ min: 0, max: 2 ** 48 - 1 }), fc.integer({ min: 0, max: 65535 }), fc.integer({ min: 0, max: 2 ** 48 - 1 }), fc.integer({ min: 0, max: 65535 }), (p1, l1, p2, l2) => {
-        const a = packHlc(p1, l1);
-        const b = packHlc(p2, l2);
-        assert.deepEqual(unpackHlc(a), { physicalMs: p1, logical: l1 });
-        assert.equal(hlcFromHex(hlcToHex(a)), a);
-        const tupleOrder = p1 === p2 ? Math.sign(l1 - l2) : Math.sign(p1 - p2);
-        assert.equal(a === b ? 0 : a > b ? 1 : -1, tupleOrder);
-        assert.equal(hlcToHex(a) < hlcToHex(b), a < b);
-      }),
+      fc.property(
+        fc.integer({ min: 0, max: 2 ** 48 - 1 }),
+        fc.integer({ min: 0, max: 65535 }),
+        fc.integer({ min: 0, max: 2 ** 48 - 1 }),
+        fc.integer({ min: 0, max: 65535 }),
+        (p1, l1, p2, l2) => {
+          const a = packHlc(p1, l1);
+          const b = packHlc(p2, l2);
+          assert.deepEqual(unpackHlc(a), { physicalMs: p1, logical: l1 });
+          assert.equal(hlcFromHex(hlcToHex(a)), a);
+          const tupleOrder = p1 === p2 ? Math.sign(l1 - l2) : Math.sign(p1 - p2);
+          assert.equal(a === b ? 0 : a > b ? 1 : -1, tupleOrder);
+          assert.equal(hlcToHex(a) < hlcToHex(b), a < b);
+        },
+      ),
     );
   });
   it('rejects out-of-range parts', () => {
@@ -74,22 +80,26 @@ describe('HybridClock', () => {
 
   it('stays monotonic across restarts even when the wall clock moves backwards', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(fc.integer({ min: 1, max: 40 }), { minLength: 1, maxLength: 5 }), fc.integer({ min: 1, max: 60_000 }), async (bursts, backwards) => {
-        const store = memoryBoundStore();
-        let wall = 1_700_000_000_000;
-        let last = 0n;
-        for (const n of bursts) {
-          const clock = await HybridClock.start({ store, maxOffsetMs: 500, wallMs: () => wall, reserveMs: 1000 });
-          for (let i = 0; i < n; i++) {
-            wall += 7;
-            const t = await clock.now();
-            assert.ok(t > last);
-            last = t;
-            assert.ok(unpackHlc(t).physicalMs <= store.value, 'every issued value is covered by the persisted bound');
+      fc.asyncProperty(
+        fc.array(fc.integer({ min: 1, max: 40 }), { minLength: 1, maxLength: 5 }),
+        fc.integer({ min: 1, max: 60_000 }),
+        async (bursts, backwards) => {
+          const store = memoryBoundStore();
+          let wall = 1_700_000_000_000;
+          let last = 0n;
+          for (const n of bursts) {
+            const clock = await HybridClock.start({ store, maxOffsetMs: 500, wallMs: () => wall, reserveMs: 1000 });
+            for (let i = 0; i < n; i++) {
+              wall += 7;
+              const t = await clock.now();
+              assert.ok(t > last);
+              last = t;
+              assert.ok(unpackHlc(t).physicalMs <= store.value, 'every issued value is covered by the persisted bound');
+            }
+            wall -= backwards; // a restart after an NTP step backwards
           }
-          wall -= backwards; // a restart after an NTP step backwards
-        }
-      }),
+        },
+      ),
       { numRuns: 100 },
     );
   });

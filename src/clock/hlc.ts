@@ -9,8 +9,10 @@ const LOGICAL_MAX = (1 << 16) - 1;
 const PHYSICAL_MAX = 2 ** 48 - 1;
 
 export function packHlc(physicalMs: number, logical: number): Hlc {
-  if (!Number.isInteger(physicalMs) || physicalMs < 0 || physicalMs > PHYSICAL_MAX) throw new RangeError(`HLC physical part out of range: ${physicalMs}`);
-  if (!Number.isInteger(logical) || logical < 0 || logical > LOGICAL_MAX) throw new RangeError(`HLC logical part out of range: ${logical}`);
+  if (!Number.isInteger(physicalMs) || physicalMs < 0 || physicalMs > PHYSICAL_MAX)
+    throw new RangeError(`HLC physical part out of range: ${physicalMs}`);
+  if (!Number.isInteger(logical) || logical < 0 || logical > LOGICAL_MAX)
+    throw new RangeError(`HLC logical part out of range: ${logical}`);
   return (BigInt(physicalMs) << LOGICAL_BITS) | BigInt(logical);
 }
 
@@ -109,7 +111,13 @@ export class HybridClock {
     if (lm - pt > this.maxOffsetMs) {
       return {
         ok: false,
-        error: { kind: 'clock-skew', remoteMs: lm, localMs: pt, maxOffsetMs: this.maxOffsetMs, message: `remote clock is ${lm - pt} ms ahead (max ${this.maxOffsetMs} ms)` },
+        error: {
+          kind: 'clock-skew',
+          remoteMs: lm,
+          localMs: pt,
+          maxOffsetMs: this.maxOffsetMs,
+          message: `remote clock is ${lm - pt} ms ahead (max ${this.maxOffsetMs} ms)`,
+        },
       };
     }
     const l = Math.max(this.#l, lm, pt);

@@ -22,7 +22,10 @@ describe(`db (${testBackend()})`, () => {
     const first = await migrate(db);
     assert.ok(first.ok);
     const all = await loadMigrations();
-    assert.deepEqual(first.applied, all.map((m) => m.version));
+    assert.deepEqual(
+      first.applied,
+      all.map((m) => m.version),
+    );
     const again = await migrate(db);
     assert.ok(again.ok);
     assert.deepEqual(again.applied, []);
@@ -73,13 +76,19 @@ describe(`db (${testBackend()})`, () => {
     const store = boundStoreFor(db, 'B');
     await db.transaction(async (tx) => {
       await tx.query('SELECT 1');
-      await Promise.race([store.save(5000), new Promise((_, reject) => setTimeout(() => reject(new Error('the bound store waited for the open transaction')), 5000))]);
+      await Promise.race([
+        store.save(5000),
+        new Promise((_, reject) => setTimeout(() => reject(new Error('the bound store waited for the open transaction')), 5000)),
+      ]);
     });
     assert.ok((await store.load()) >= 5000);
     if (testBackend() === 'pglite') {
       const dir = await mkdtemp(join(tmpdir(), 'medmesh-hlc-'));
       try {
-        for (const [save, expect] of [[7000, 7000], [6000, 7000]] as const) {
+        for (const [save, expect] of [
+          [7000, 7000],
+          [6000, 7000],
+        ] as const) {
           const d = await openPglite({ dataDir: join(dir, 'B') });
           await migrate(d);
           const s = boundStoreFor(d, 'B');
@@ -95,7 +104,9 @@ describe(`db (${testBackend()})`, () => {
   });
 
   it('provides the snapshot functions the changefeed pages by', async () => {
-    const { rows } = await db.query<{ ok: boolean }>('SELECT pg_snapshot_xmin(pg_current_snapshot()) <= pg_current_xact_id() AS ok');
+    const { rows } = await db.query<{ ok: boolean }>(
+      'SELECT pg_snapshot_xmin(pg_current_snapshot()) <= pg_current_xact_id() AS ok',
+    );
     assert.equal(rows[0]!.ok, true);
   });
 });

@@ -7,7 +7,10 @@ import type { Queryable } from './db.ts';
  * Takes the lease `name` for `seconds` if it is free or lapsed; with `renew`, also when this
  * holder has it already (a puller keeps its link; a periodic check must wait for the lapse).
  */
-export async function claimLease(q: Queryable, o: { name: string; holder: string; seconds: number; renew: boolean }): Promise<boolean> {
+export async function claimLease(
+  q: Queryable,
+  o: { name: string; holder: string; seconds: number; renew: boolean },
+): Promise<boolean> {
   const { rows } = await q.query(
     `INSERT INTO replication_lease (peer, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
      ON CONFLICT (peer) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at

@@ -10,7 +10,9 @@ export interface Migration {
   sql: string;
 }
 
-export type MigrateError = { kind: 'migration-changed'; version: number; message: string } | { kind: 'migration-unknown'; version: number; message: string };
+export type MigrateError =
+  | { kind: 'migration-changed'; version: number; message: string }
+  | { kind: 'migration-unknown'; version: number; message: string };
 
 const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
 const LOCK_KEY = 7_240_611; // arbitrary, stable
@@ -18,7 +20,11 @@ const LOCK_KEY = 7_240_611; // arbitrary, stable
 export async function loadMigrations(dir: URL = MIGRATIONS_DIR): Promise<Migration[]> {
   const files = (await readdir(dir)).filter((f) => /^\d{4}_[a-z0-9_]+\.sql$/.test(f)).sort();
   return Promise.all(
-    files.map(async (f) => ({ version: Number(f.slice(0, 4)), name: f.slice(5, -4), sql: await readFile(new URL(f, dir), 'utf8') })),
+    files.map(async (f) => ({
+      version: Number(f.slice(0, 4)),
+      name: f.slice(5, -4),
+      sql: await readFile(new URL(f, dir), 'utf8'),
+    })),
   );
 }
 
@@ -35,14 +41,30 @@ export async function migrate(
     const done = new Map(rows.map((r) => [r.version, r.checksum]));
     const known = new Set(migrations.map((m) => m.version));
     for (const v of done.keys()) {
-      if (!known.has(v)) return { ok: false, error: { kind: 'migration-unknown', version: v, message: `database has migration ${v} that this medmesh does not know: it was created by a newer version` } };
+      if (!known.has(v))
+        return {
+          ok: false,
+          error: {
+            kind: 'migration-unknown',
+            version: v,
+            message: `database has migration ${v} that this medmesh does not know: it was created by a newer version`,
+          },
+        };
     }
     const pending: Array<Migration & { sum: string }> = [];
     for (const m of migrations) {
       const sum = createHash('sha256').update(m.sql).digest('hex');
       const prev = done.get(m.version);
       if (prev === undefined) pending.push({ ...m, sum });
-      else if (prev !== sum) return { ok: false, error: { kind: 'migration-changed', version: m.version, message: `migration ${m.version} (${m.name}) changed after it was applied; add a new migration instead` } };
+      else if (prev !== sum)
+        return {
+          ok: false,
+          error: {
+            kind: 'migration-changed',
+            version: m.version,
+            message: `migration ${m.version} (${m.name}) changed after it was applied; add a new migration instead`,
+          },
+        };
     }
     const applied: number[] = [];
     for (const m of pending) {

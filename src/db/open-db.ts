@@ -15,7 +15,12 @@ export interface OpenDbOptions {
 }
 
 export function openDb(opts: OpenDbOptions): Promise<Db> {
-  if (opts.databaseUrl) return openPostgres({ connectionString: opts.databaseUrl, applicationName: `medmesh site ${opts.siteId}`, ...(opts.schema ? { schema: opts.schema } : {}) });
+  if (opts.databaseUrl)
+    return openPostgres({
+      connectionString: opts.databaseUrl,
+      applicationName: `medmesh site ${opts.siteId}`,
+      ...(opts.schema ? { schema: opts.schema } : {}),
+    });
   if (opts.inMemory) return openPglite();
   return openPglite({ dataDir: join(opts.dataRoot ?? 'data', opts.siteId) });
 }
@@ -23,12 +28,22 @@ export function openDb(opts: OpenDbOptions): Promise<Db> {
 export type SiteIdentityError = { kind: 'site-mismatch'; message: string };
 
 /** Binds a database to one site of one region on first use, and checks it on every start after. */
-export async function claimSiteIdentity(db: Db, regionId: string, siteId: string): Promise<{ ok: true } | { ok: false; error: SiteIdentityError }> {
+export async function claimSiteIdentity(
+  db: Db,
+  regionId: string,
+  siteId: string,
+): Promise<{ ok: true } | { ok: false; error: SiteIdentityError }> {
   await db.query('INSERT INTO site_identity (region_id, site_id) VALUES ($1, $2) ON CONFLICT DO NOTHING', [regionId, siteId]);
   const { rows } = await db.query<{ region_id: string; site_id: string }>('SELECT region_id, site_id FROM site_identity');
   const row = rows[0];
   if (row && (row.region_id !== regionId || row.site_id !== siteId)) {
-    return { ok: false, error: { kind: 'site-mismatch', message: `this database belongs to site ${row.site_id} of region ${row.region_id}, not site ${siteId} of region ${regionId}` } };
+    return {
+      ok: false,
+      error: {
+        kind: 'site-mismatch',
+        message: `this database belongs to site ${row.site_id} of region ${row.region_id}, not site ${siteId} of region ${regionId}`,
+      },
+    };
   }
   return { ok: true };
 }

@@ -14,7 +14,9 @@ export interface PostgresOptions {
 export async function openPostgres(opts: PostgresOptions): Promise<Db> {
   const typeParsers = {
     getTypeParser: ((oid: number, format?: string) =>
-      oid === INT8_OID ? (v: string) => BigInt(v) : (pg.types.getTypeParser(oid, format as 'text') as (v: string) => unknown)) as typeof pg.types.getTypeParser,
+      oid === INT8_OID
+        ? (v: string) => BigInt(v)
+        : (pg.types.getTypeParser(oid, format as 'text') as (v: string) => unknown)) as typeof pg.types.getTypeParser,
   };
   if (opts.schema) {
     const admin = new pg.Client({ connectionString: opts.connectionString });
@@ -34,9 +36,16 @@ export async function openPostgres(opts: PostgresOptions): Promise<Db> {
   });
   // An idle client losing its connection must not crash the process; the pool replaces it.
   pool.on('error', () => undefined);
-  const run = async <R>(q: pg.Pool | pg.PoolClient, sql: string, params?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> => {
+  const run = async <R>(
+    q: pg.Pool | pg.PoolClient,
+    sql: string,
+    params?: readonly unknown[],
+    opts?: QueryOptions,
+  ): Promise<QueryResult<R>> => {
     const values = params ? [...params] : undefined;
-    const r = opts?.name ? await q.query({ name: opts.name, text: sql, ...(values ? { values } : {}) }) : await q.query(sql, values);
+    const r = opts?.name
+      ? await q.query({ name: opts.name, text: sql, ...(values ? { values } : {}) })
+      : await q.query(sql, values);
     return { rows: r.rows as R[], rowCount: r.rowCount ?? r.rows.length };
   };
   return {
@@ -45,7 +54,10 @@ export async function openPostgres(opts: PostgresOptions): Promise<Db> {
     exec: async (sql) => void (await pool.query(sql)),
     async transaction(fn) {
       const client = await pool.connect();
-      const tx: Queryable = { query: (sql, params, opts) => run(client, sql, params, opts), exec: async (sql) => void (await client.query(sql)) };
+      const tx: Queryable = {
+        query: (sql, params, opts) => run(client, sql, params, opts),
+        exec: async (sql) => void (await client.query(sql)),
+      };
       try {
         await client.query('BEGIN');
         const out = await fn(tx);
@@ -58,7 +70,8 @@ export async function openPostgres(opts: PostgresOptions): Promise<Db> {
         client.release();
       }
     },
-    listen: (name, onNotify) => listenOn({ connectionString: opts.connectionString, channel: `${name}_${opts.schema ?? 'public'}`, onNotify }),
+    listen: (name, onNotify) =>
+      listenOn({ connectionString: opts.connectionString, channel: `${name}_${opts.schema ?? 'public'}`, onNotify }),
     close: () => pool.end(),
   };
 }

@@ -2,7 +2,17 @@
 // break-glass, grants, policies as data, and that every attempt is audited.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { Address, Bundle, BundleEntry, ContactPoint, HumanName, Identifier, Observation, OperationOutcome, Patient } from '@medplum/fhirtypes';
+import type {
+  Address,
+  Bundle,
+  BundleEntry,
+  ContactPoint,
+  HumanName,
+  Identifier,
+  Observation,
+  OperationOutcome,
+  Patient,
+} from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
 import { AGE_BAND_URL, DIVISION_SYSTEM, PSEUDONYM_SYSTEM } from '../security/access/index.ts';
@@ -15,8 +25,16 @@ const FHIR = { 'content-type': 'application/fhir+json' };
 const JSON_BODY = { 'content-type': 'application/json' };
 /** What the tests read from a response: a Bundle, a Patient, an OperationOutcome or an admin answer. */
 type Answer = Record<string, unknown> & {
-  entry?: BundleEntry[]; total?: number; issue?: OperationOutcome['issue']; id?: string; version?: number;
-  identifier?: Identifier[]; telecom?: ContactPoint[]; address?: Address[]; name?: HumanName[]; contact?: unknown;
+  entry?: BundleEntry[];
+  total?: number;
+  issue?: OperationOutcome['issue'];
+  id?: string;
+  version?: number;
+  identifier?: Identifier[];
+  telecom?: ContactPoint[];
+  address?: Address[];
+  name?: HumanName[];
+  contact?: unknown;
 };
 
 describe(`access control (${testBackend()})`, () => {
@@ -30,7 +48,11 @@ describe(`access control (${testBackend()})`, () => {
   let admin: Record<string, string>;
 
   const call = async (method: string, path: string, headers: Record<string, string>, body?: unknown) => {
-    const res = await fetch(`${s.base}${path}`, { method, headers: body === undefined ? headers : { ...FHIR, ...headers }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+    const res = await fetch(`${s.base}${path}`, {
+      method,
+      headers: body === undefined ? headers : { ...FHIR, ...headers },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
     const text = await res.text();
     return { status: res.status, json: (text ? JSON.parse(text) : {}) as Answer };
   };
@@ -49,11 +71,44 @@ describe(`access control (${testBackend()})`, () => {
       assert.equal(r.status, 201, JSON.stringify(r.json));
       return r.json as unknown as T;
     };
-    a = await w<Patient>('Patient', { resourceType: 'Patient', name: [{ family: '张', given: ['小明'] }], gender: 'male', birthDate: '1960-05-05', identifier: [{ system: RID, value: ridA }], telecom: [{ system: 'phone', value: '13812345678' }], address: [{ line: ['天河路 1 号'], city: '广州市', district: '天河区', postalCode: '510000' }], contact: [{ name: { text: '张大明' } }] });
-    b = await w<Patient>('Patient', { resourceType: 'Patient', name: [{ family: '李', given: ['四'] }], gender: 'female', birthDate: '1985-02-03', identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440106', birthDate: '1985-02-03', sequence: 20 }) }] });
-    await w('Encounter', { resourceType: 'Encounter', status: 'finished', class: { code: 'AMB' }, subject: { reference: `Patient/${a.id}` }, serviceProvider: { reference: 'Organization/cardiology' } });
-    obsA = await w<Observation>('Observation', { resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] }, subject: { reference: `Patient/${a.id}` }, valueQuantity: { value: 72 } });
-    await w('Observation', { resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] }, subject: { reference: `Patient/${b.id}` }, valueQuantity: { value: 80 } });
+    a = await w<Patient>('Patient', {
+      resourceType: 'Patient',
+      name: [{ family: '张', given: ['小明'] }],
+      gender: 'male',
+      birthDate: '1960-05-05',
+      identifier: [{ system: RID, value: ridA }],
+      telecom: [{ system: 'phone', value: '13812345678' }],
+      address: [{ line: ['天河路 1 号'], city: '广州市', district: '天河区', postalCode: '510000' }],
+      contact: [{ name: { text: '张大明' } }],
+    });
+    b = await w<Patient>('Patient', {
+      resourceType: 'Patient',
+      name: [{ family: '李', given: ['四'] }],
+      gender: 'female',
+      birthDate: '1985-02-03',
+      identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440106', birthDate: '1985-02-03', sequence: 20 }) }],
+    });
+    await w('Encounter', {
+      resourceType: 'Encounter',
+      status: 'finished',
+      class: { code: 'AMB' },
+      subject: { reference: `Patient/${a.id}` },
+      serviceProvider: { reference: 'Organization/cardiology' },
+    });
+    obsA = await w<Observation>('Observation', {
+      resourceType: 'Observation',
+      status: 'final',
+      code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+      subject: { reference: `Patient/${a.id}` },
+      valueQuantity: { value: 72 },
+    });
+    await w('Observation', {
+      resourceType: 'Observation',
+      status: 'final',
+      code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+      subject: { reference: `Patient/${b.id}` },
+      valueQuantity: { value: 80 },
+    });
     doctor = s.as(['doctor'], { department: 'cardiology' });
     nurse = s.as(['nurse'], { department: 'cardiology' });
     admin = s.as(['administrator'], {}, { userId: 'test-admin' });
@@ -66,27 +121,62 @@ describe(`access control (${testBackend()})`, () => {
     assert.equal(denied.status, 403);
     assert.match(diag(denied), /outside your care relationship.*break-glass/);
     const found = await get('/Patient?_count=100', doctor);
-    assert.deepEqual(found.json.entry?.map((e) => e.resource!.id), [a.id]);
+    assert.deepEqual(
+      found.json.entry?.map((e) => e.resource!.id),
+      [a.id],
+    );
     assert.equal((await get('/Patient?_summary=count', doctor)).json.total, 1, 'counts never include hidden rows');
     assert.equal((await get('/Observation?code=http://loinc.org|8867-4&_total=accurate', doctor)).json.total, 1);
-    assert.equal((await get(`/Observation?subject=Patient/${b.id}`, doctor)).json.entry?.length ?? 0, 0, 'asking by the hidden patient finds nothing');
+    assert.equal(
+      (await get(`/Observation?subject=Patient/${b.id}`, doctor)).json.entry?.length ?? 0,
+      0,
+      'asking by the hidden patient finds nothing',
+    );
     const typeHistory = await get('/Observation/_history', doctor);
     assert.deepEqual([...new Set(typeHistory.json.entry?.map((e) => e.resource?.id))], [obsA.id], 'no history side door');
     assert.equal((await get(`/Patient/${b.id}/_history`, doctor)).status, 403);
     assert.equal((await get(`/Patient/${b.id}/_history/${b.meta!.versionId}`, doctor)).status, 403);
     assert.equal((await get(`/Observation?_include=Observation:subject`, doctor)).status, 400, 'no _include side door');
     assert.equal((await get(`/Observation?_revinclude=Observation:subject`, doctor)).status, 400);
-    const batch = await call('POST', '/fhir/R4', doctor, { resourceType: 'Bundle', type: 'batch', entry: [{ request: { method: 'GET', url: `Patient/${b.id}` } }, { request: { method: 'GET', url: `Patient/${a.id}` } }, { request: { method: 'GET', url: 'Patient?_summary=count' } }] });
-    assert.deepEqual(batch.json.entry?.map((e) => e.response?.status), ['403', '200', '200']);
+    const batch = await call('POST', '/fhir/R4', doctor, {
+      resourceType: 'Bundle',
+      type: 'batch',
+      entry: [
+        { request: { method: 'GET', url: `Patient/${b.id}` } },
+        { request: { method: 'GET', url: `Patient/${a.id}` } },
+        { request: { method: 'GET', url: 'Patient?_summary=count' } },
+      ],
+    });
+    assert.deepEqual(
+      batch.json.entry?.map((e) => e.response?.status),
+      ['403', '200', '200'],
+    );
     assert.equal((batch.json.entry?.[2]?.resource as Bundle).total, 1);
     const before = await s.counts();
-    const tx = await call('POST', '/fhir/R4', doctor, { resourceType: 'Bundle', type: 'transaction', entry: [
-      { resource: { resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: `Patient/${a.id}` } }, request: { method: 'POST', url: 'Observation' } },
-      { resource: { ...b, gender: 'male' }, request: { method: 'PUT', url: `Patient/${b.id}` } },
-    ] });
+    const tx = await call('POST', '/fhir/R4', doctor, {
+      resourceType: 'Bundle',
+      type: 'transaction',
+      entry: [
+        {
+          resource: {
+            resourceType: 'Observation',
+            status: 'final',
+            code: { text: 'x' },
+            subject: { reference: `Patient/${a.id}` },
+          },
+          request: { method: 'POST', url: 'Observation' },
+        },
+        { resource: { ...b, gender: 'male' }, request: { method: 'PUT', url: `Patient/${b.id}` } },
+      ],
+    });
     assert.equal(tx.status, 403);
     assert.deepEqual(await s.counts(), before, 'a transaction with one refused entry writes nothing');
-    const conditional = await call('POST', '/fhir/R4/Observation', { ...doctor, 'if-none-exist': `subject=Patient/${b.id}` }, { resourceType: 'Observation', status: 'final', code: { text: 'probe' }, subject: { reference: `Patient/${b.id}` } });
+    const conditional = await call(
+      'POST',
+      '/fhir/R4/Observation',
+      { ...doctor, 'if-none-exist': `subject=Patient/${b.id}` },
+      { resourceType: 'Observation', status: 'final', code: { text: 'probe' }, subject: { reference: `Patient/${b.id}` } },
+    );
     assert.equal(conditional.status, 403, 'conditional create is no side door either');
   });
 
@@ -105,18 +195,43 @@ describe(`access control (${testBackend()})`, () => {
     }
     assert.equal((await get('/Patient?name=张', nurse)).json.entry?.length, 1);
     assert.equal((await call('PUT', `/fhir/R4/Patient/${a.id}`, nurse, r.json)).status, 403, 'nurses do not edit demographics');
-    const mine = await call('POST', '/fhir/R4/Observation', nurse, { resourceType: 'Observation', status: 'final', code: { text: 'pulse' }, subject: { reference: `Patient/${a.id}` }, valueQuantity: { value: 70 } });
+    const mine = await call('POST', '/fhir/R4/Observation', nurse, {
+      resourceType: 'Observation',
+      status: 'final',
+      code: { text: 'pulse' },
+      subject: { reference: `Patient/${a.id}` },
+      valueQuantity: { value: 70 },
+    });
     assert.equal(mine.status, 201);
-    assert.equal((await call('POST', '/fhir/R4/Observation', nurse, { resourceType: 'Observation', status: 'final', code: { text: 'pulse' }, subject: { reference: `Patient/${b.id}` } })).status, 403);
+    assert.equal(
+      (
+        await call('POST', '/fhir/R4/Observation', nurse, {
+          resourceType: 'Observation',
+          status: 'final',
+          code: { text: 'pulse' },
+          subject: { reference: `Patient/${b.id}` },
+        })
+      ).status,
+      403,
+    );
     const log = await auditTail(12);
-    const read = log.find((e) => e.action === 'read' && e.resource === `Patient/${a.id}` && (e.actor as { role?: string }).role === 'nurse');
-    for (const f of ['identifier:partial-id', 'telecom:partial-phone', 'address:partial-address', 'contact:remove']) assert.ok((read?.fields as string[] | undefined)?.includes(f), f);
-    assert.ok(log.some((e) => e.outcome === 'deny' && /phone/.test(String(e.detail))), 'the probing attempt is audited as a denial');
+    const read = log.find(
+      (e) => e.action === 'read' && e.resource === `Patient/${a.id}` && (e.actor as { role?: string }).role === 'nurse',
+    );
+    for (const f of ['identifier:partial-id', 'telecom:partial-phone', 'address:partial-address', 'contact:remove'])
+      assert.ok((read?.fields as string[] | undefined)?.includes(f), f);
+    assert.ok(
+      log.some((e) => e.outcome === 'deny' && /phone/.test(String(e.detail))),
+      'the probing attempt is audited as a denial',
+    );
   });
 
   it('enforces read-only fields on update and carries masked fields over untouched', async () => {
     const current = (await get(`/Patient/${a.id}`, doctor)).json;
-    const changed = await call('PUT', `/fhir/R4/Patient/${a.id}`, doctor, { ...current, identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440104', birthDate: '1960-05-05', sequence: 19 }) }] });
+    const changed = await call('PUT', `/fhir/R4/Patient/${a.id}`, doctor, {
+      ...current,
+      identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440104', birthDate: '1960-05-05', sequence: 19 }) }],
+    });
     assert.equal(changed.status, 403);
     assert.match(diag(changed), /Patient.identifier is read-only/);
     const ok = await call('PUT', `/fhir/R4/Patient/${a.id}`, doctor, { ...current, gender: 'male', birthDate: '1960-05-05' });
@@ -144,12 +259,19 @@ describe(`access control (${testBackend()})`, () => {
     assert.notEqual(pa.identifier?.[0]?.value, ridA);
     assert.deepEqual(pa.address, [{ city: '广州市' }]);
     const again = await get('/Patient?_count=10', p1);
-    assert.ok(again.json.entry!.some((e) => e.resource!.id === pa.id), 'stable within a project');
+    assert.ok(
+      again.json.entry!.some((e) => e.resource!.id === pa.id),
+      'stable within a project',
+    );
     const other = await get('/Patient?_count=10', p2);
     assert.ok(!other.json.entry!.some((e) => e.resource!.id === pa.id), 'another project cannot link');
     const obs = await get('/Observation?code=http://loinc.org|8867-4', p1);
-    assert.ok(obs.json.entry!.some((e) => (e.resource as Observation).subject?.reference === `Patient/${pa.id}`), 'links survive inside the project');
-    for (const probe of [`_id=${a.id}`, `identifier=${ridA}`, `subject=Patient/${a.id}`]) assert.equal((await get(`/${probe.startsWith('subject') ? 'Observation' : 'Patient'}?${probe}`, p1)).status, 403, probe);
+    assert.ok(
+      obs.json.entry!.some((e) => (e.resource as Observation).subject?.reference === `Patient/${pa.id}`),
+      'links survive inside the project',
+    );
+    for (const probe of [`_id=${a.id}`, `identifier=${ridA}`, `subject=Patient/${a.id}`])
+      assert.equal((await get(`/${probe.startsWith('subject') ? 'Observation' : 'Patient'}?${probe}`, p1)).status, 403, probe);
     assert.equal((await get('/Patient?_count=1', s.as(['researcher']))).status, 403, 'a researcher without a project has no key');
   });
 
@@ -169,7 +291,11 @@ describe(`access control (${testBackend()})`, () => {
     assert.equal((await get(`/Patient/${b.id}`, me)).status, 403);
     const obs = await get('/Observation?_count=50', me);
     assert.ok(obs.json.entry!.every((e) => (e.resource as Observation).subject?.reference === `Patient/${a.id}`));
-    assert.equal((await get('/Patient?_count=1', s.as(['patient']))).status, 403, 'a patient account not linked to a record sees nothing');
+    assert.equal(
+      (await get('/Patient?_count=1', s.as(['patient']))).status,
+      403,
+      'a patient account not linked to a record sees nothing',
+    );
   });
 
   it('break-glass: a reason is mandatory, access is temporary, flagged in audit; only roles allowed to may', async () => {
@@ -180,7 +306,12 @@ describe(`access control (${testBackend()})`, () => {
     const short = await call('POST', '/access/break-glass', { ...other, ...JSON_BODY }, { patient: a.id, reason: 'urgent' });
     assert.equal(short.status, 400);
     assert.match(String(short.json.message), /reason/);
-    const opened = await call('POST', '/access/break-glass', { ...other, ...JSON_BODY }, { patient: a.id, reason: 'unconscious in ED, no relatives reachable', minutes: 30 });
+    const opened = await call(
+      'POST',
+      '/access/break-glass',
+      { ...other, ...JSON_BODY },
+      { patient: a.id, reason: 'unconscious in ED, no relatives reachable', minutes: 30 },
+    );
     assert.equal(opened.status, 201);
     assert.equal((await get(`/Patient/${a.id}`, emergency)).status, 200);
     assert.equal((await get(`/Patient/${b.id}`, emergency)).status, 403, 'only the patient broken glass for');
@@ -188,20 +319,46 @@ describe(`access control (${testBackend()})`, () => {
     const log = await auditTail(6);
     const flagged = log.filter((e) => e.breakGlass);
     assert.ok(flagged.some((e) => e.action === 'break-glass'));
-    assert.ok(flagged.some((e) => e.action === 'read' && e.resource === `Patient/${a.id}` && e.purpose === 'emergency' && e.outcome === 'allow'));
-    await s.db.query("UPDATE access_grant SET valid_from = now() - interval '2 hours', valid_until = now() - interval '1 hour' WHERE user_id = 'doctor-neuro'");
+    assert.ok(
+      flagged.some(
+        (e) => e.action === 'read' && e.resource === `Patient/${a.id}` && e.purpose === 'emergency' && e.outcome === 'allow',
+      ),
+    );
+    await s.db.query(
+      "UPDATE access_grant SET valid_from = now() - interval '2 hours', valid_until = now() - interval '1 hour' WHERE user_id = 'doctor-neuro'",
+    );
     assert.equal((await get(`/Patient/${a.id}`, emergency)).status, 403, 'an expired break-glass denies');
-    const pharmacist = await call('POST', '/access/break-glass', { ...s.as(['pharmacist']), ...JSON_BODY }, { patient: a.id, reason: 'unconscious in ED, no relatives reachable' });
+    const pharmacist = await call(
+      'POST',
+      '/access/break-glass',
+      { ...s.as(['pharmacist']), ...JSON_BODY },
+      { patient: a.id, reason: 'unconscious in ED, no relatives reachable' },
+    );
     assert.equal(pharmacist.status, 403);
   });
 
   it('grants: valid only inside their window, revocable, administered by administrators only', async () => {
-    const created = await s.site.identity.createUser({ username: 'dr.consult', password: 'consult-pass-2026', roles: ['doctor'], attributes: { department: 'neurology' } });
+    const created = await s.site.identity.createUser({
+      username: 'dr.consult',
+      password: 'consult-pass-2026',
+      roles: ['doctor'],
+      attributes: { department: 'neurology' },
+    });
     assert.ok(created.ok);
     const consult = s.as(['doctor'], { department: 'neurology' }, { userId: created.value.id });
-    const grant = (validFrom: string, validUntil: string, who = admin) => call('POST', '/access/grants', { ...who, ...JSON_BODY }, { user: 'dr.consult', patient: b.id, reason: 'second opinion requested by Dr. Li', validFrom, validUntil });
+    const grant = (validFrom: string, validUntil: string, who = admin) =>
+      call(
+        'POST',
+        '/access/grants',
+        { ...who, ...JSON_BODY },
+        { user: 'dr.consult', patient: b.id, reason: 'second opinion requested by Dr. Li', validFrom, validUntil },
+      );
     const hour = 3_600_000;
-    assert.equal((await grant(new Date(Date.now() - 2 * hour).toISOString(), new Date(Date.now() + hour).toISOString(), doctor)).status, 403, 'doctors cannot grant');
+    assert.equal(
+      (await grant(new Date(Date.now() - 2 * hour).toISOString(), new Date(Date.now() + hour).toISOString(), doctor)).status,
+      403,
+      'doctors cannot grant',
+    );
     const expired = await grant(new Date(Date.now() - 2 * hour).toISOString(), new Date(Date.now() - hour).toISOString());
     assert.equal(expired.status, 201);
     assert.equal((await get(`/Patient/${b.id}`, consult)).status, 403, 'an expired grant denies');
@@ -212,28 +369,62 @@ describe(`access control (${testBackend()})`, () => {
     assert.equal((await get(`/Patient/${b.id}`, consult)).status, 200);
     assert.equal((await call('DELETE', `/access/grants/${String(live.json.id)}`, admin)).status, 204);
     assert.equal((await get(`/Patient/${b.id}`, consult)).status, 403, 'revoked');
-    const bad = await call('POST', '/access/grants', { ...admin, ...JSON_BODY }, { user: 'dr.consult', patient: b.id, reason: 'x', validUntil: 'tomorrow' });
+    const bad = await call(
+      'POST',
+      '/access/grants',
+      { ...admin, ...JSON_BODY },
+      { user: 'dr.consult', patient: b.id, reason: 'x', validUntil: 'tomorrow' },
+    );
     assert.equal(bad.status, 400);
     assert.match(String(bad.json.message), /reason: .*validUntil: /s);
   });
 
   it('keeps policies and masking rules as versioned data with an admin API and a decision endpoint', async () => {
-    const nurseUser = await s.site.identity.createUser({ username: 'nurse.wang', password: 'nurse-pass-2026', roles: ['nurse'], attributes: { department: 'cardiology' } });
+    const nurseUser = await s.site.identity.createUser({
+      username: 'nurse.wang',
+      password: 'nurse-pass-2026',
+      roles: ['nurse'],
+      attributes: { department: 'cardiology' },
+    });
     assert.ok(nurseUser.ok);
     const list = await call('GET', '/access/policies', admin);
     const names = (list.json as unknown as Array<{ name: string; version: number }>).map((p) => p.name);
-    for (const role of ['doctor', 'nurse', 'pharmacist', 'lab', 'registrar', 'administrator', 'auditor', 'researcher', 'regulator', 'patient']) assert.ok(names.includes(role), role);
+    for (const role of [
+      'doctor',
+      'nurse',
+      'pharmacist',
+      'lab',
+      'registrar',
+      'administrator',
+      'auditor',
+      'researcher',
+      'regulator',
+      'patient',
+    ])
+      assert.ok(names.includes(role), role);
     assert.equal((await call('GET', '/access/policies', nurse)).status, 403);
     const decide = (body: unknown) => call('POST', '/access/decide', { ...admin, ...JSON_BODY }, body);
     const phone = await decide({ user: 'nurse.wang', resourceType: 'Patient', field: 'telecom' });
-    assert.deepEqual([phone.json.decision, (phone.json.field as { rule: string }).rule, (phone.json.field as { transform: string }).transform], ['allow', 'mask', 'partial-phone']);
+    assert.deepEqual(
+      [phone.json.decision, (phone.json.field as { rule: string }).rule, (phone.json.field as { transform: string }).transform],
+      ['allow', 'mask', 'partial-phone'],
+    );
     const rowB = await decide({ user: 'nurse.wang', resourceType: 'Patient', id: b.id, field: 'name' });
     assert.equal(rowB.json.decision, 'deny');
     assert.match(String(rowB.json.reason), /care relationship/);
     assert.equal((await decide({ user: 'nurse.wang', resourceType: 'Patient', purpose: 'research' })).json.decision, 'deny');
 
-    const nursePolicy = ((await call('GET', '/access/policies/nurse/_history', admin)).json as unknown as Array<{ body: { rules: Array<{ fields?: Record<string, string> }> } }>)[0]!.body;
-    const invalid = await call('PUT', '/access/policies/nurse', { ...admin, ...JSON_BODY }, { ...nursePolicy, rules: [{ resourceTypes: ['Patient'], actions: ['read'], scope: 'everywhere' }] });
+    const nursePolicy = (
+      (await call('GET', '/access/policies/nurse/_history', admin)).json as unknown as Array<{
+        body: { rules: Array<{ fields?: Record<string, string> }> };
+      }>
+    )[0]!.body;
+    const invalid = await call(
+      'PUT',
+      '/access/policies/nurse',
+      { ...admin, ...JSON_BODY },
+      { ...nursePolicy, rules: [{ resourceTypes: ['Patient'], actions: ['read'], scope: 'everywhere' }] },
+    );
     assert.equal(invalid.status, 400);
     assert.match(String(invalid.json.message), /rules\[0\]\.scope: /);
     assert.equal((await call('PUT', '/access/policies/nurse', { ...nurse, ...JSON_BODY }, nursePolicy)).status, 403);
@@ -242,15 +433,26 @@ describe(`access control (${testBackend()})`, () => {
     assert.equal(v2.status, 200);
     assert.equal(v2.json.version, 2);
     assert.equal((await get(`/Patient/${a.id}`, nurse)).json.identifier, undefined, 'the new version is in force');
-    assert.equal(((await call('GET', '/access/policies/nurse/_history', admin)).json as unknown as unknown[]).length, 2, 'the old version stays on record');
+    assert.equal(
+      ((await call('GET', '/access/policies/nurse/_history', admin)).json as unknown as unknown[]).length,
+      2,
+      'the old version stays on record',
+    );
 
-    const rules = ((await call('GET', '/access/masking-rules', admin)).json as unknown as Array<{ version: number; body: { clinical: Record<string, Record<string, string>> } }>)[0]!;
+    const rules = (
+      (await call('GET', '/access/masking-rules', admin)).json as unknown as Array<{
+        version: number;
+        body: { clinical: Record<string, Record<string, string>> };
+      }>
+    )[0]!;
     assert.equal(rules.version, 1);
     rules.body.clinical['*']!.telecom = 'remove';
     const m2 = await call('PUT', '/access/masking-rules', { ...admin, ...JSON_BODY }, rules.body);
     assert.equal(m2.json.version, 2);
     assert.equal((await get(`/Patient/${a.id}`, nurse)).json.telecom, undefined);
-    assert.ok((await auditTail(10)).some((e) => e.action === 'policy-change' && e.resource === 'MaskingRules/default/_history/2'));
+    assert.ok(
+      (await auditTail(10)).some((e) => e.action === 'policy-change' && e.resource === 'MaskingRules/default/_history/2'),
+    );
   });
 
   it('refuses bad tokens and purposes before any data, and audits each attempt', async () => {
@@ -259,10 +461,18 @@ describe(`access control (${testBackend()})`, () => {
     const tampered = `${h}.${Buffer.from(JSON.stringify({ ...claims, roles: ['integration'] })).toString('base64url')}.${sig}`;
     const now = Math.floor(Date.now() / 1000);
     const issuer = s.site.kms.signingKey()!;
-    const expired = signToken({ ...(claims as unknown as TokenClaims), iat: now - 7200, exp: now - 3600 }, issuer.key, issuer.kid);
+    const expired = signToken(
+      { ...(claims as unknown as TokenClaims), iat: now - 7200, exp: now - 3600 },
+      issuer.key,
+      issuer.kid,
+    );
     const otherKey = signToken(claims as unknown as TokenClaims, Sm2PrivateKey.generate(), issuer.kid);
     const revoked = s.as(['doctor'], { department: 'cardiology' });
-    assert.equal((await call('POST', '/auth/revoke', { 'content-type': 'application/json' }, { token: revoked.authorization!.slice(7) })).status, 204);
+    assert.equal(
+      (await call('POST', '/auth/revoke', { 'content-type': 'application/json' }, { token: revoked.authorization!.slice(7) }))
+        .status,
+      204,
+    );
     const cases: Array<[string, Record<string, string>, number]> = [
       ['no token', {}, 401],
       ['tampered claim', { authorization: `Bearer ${tampered}` }, 401],
@@ -278,6 +488,9 @@ describe(`access control (${testBackend()})`, () => {
     ];
     for (const [name, headers, status] of cases) assert.equal((await get(`/Patient/${a.id}`, headers)).status, status, name);
     const log = await auditTail(cases.length);
-    assert.deepEqual(log.map((e) => e.outcome), cases.map(([, , st]) => (st === 400 ? 'failure' : 'deny')));
+    assert.deepEqual(
+      log.map((e) => e.outcome),
+      cases.map(([, , st]) => (st === 400 ? 'failure' : 'deny')),
+    );
   });
 });

@@ -78,14 +78,32 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   app.get('/healthz', { config: { access: 'public' } }, async () => {
     const kms = await opts.kms.status();
     return {
-      status: 'ok', site: opts.siteId, region: opts.regionId,
-      kms: { initialized: kms.initialized, sealed: kms.sealed, unsealProgress: kms.threshold ? `${kms.progress}/${kms.threshold}` : null },
-      ...(opts.replication ? { replication: opts.replication.links().map((l) => ({ peer: l.peer, up: l.up, lagMs: l.lagMs, lastPullAt: l.lastPullAt ?? null, lastError: l.lastError ?? null })) } : {}),
+      status: 'ok',
+      site: opts.siteId,
+      region: opts.regionId,
+      kms: {
+        initialized: kms.initialized,
+        sealed: kms.sealed,
+        unsealProgress: kms.threshold ? `${kms.progress}/${kms.threshold}` : null,
+      },
+      ...(opts.replication
+        ? {
+            replication: opts.replication.links().map((l) => ({
+              peer: l.peer,
+              up: l.up,
+              lagMs: l.lagMs,
+              lastPullAt: l.lastPullAt ?? null,
+              lastError: l.lastError ?? null,
+            })),
+          }
+        : {}),
     };
   });
   // Public like health: numbers about links and queues, no data. Prometheus text format.
   app.get('/metrics', { config: { access: 'public' } }, async (_req, reply) => {
-    const parked = await opts.db.query<{ n: number }>("SELECT count(*)::int AS n FROM replication_dead_letter WHERE status <> 'skipped'");
+    const parked = await opts.db.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM replication_dead_letter WHERE status <> 'skipped'",
+    );
     const body = `${opts.replication?.prometheus(opts.siteId) ?? ''}# HELP medmesh_replication_dead_letters Changes parked or waiting behind a parked one.\n# TYPE medmesh_replication_dead_letters gauge\nmedmesh_replication_dead_letters{site="${opts.siteId}"} ${parked.rows[0]?.n ?? 0}\n`;
     return reply.type('text/plain; version=0.0.4; charset=utf-8').send(body);
   });
@@ -98,16 +116,41 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     }
   });
   const identity = opts.identity;
-  await app.register(kmsRoutes, { prefix: '/kms', kms: opts.kms, siteKey: (id) => (identity ? identity.servicePublicKey(id) : Promise.resolve(undefined)) });
+  await app.register(kmsRoutes, {
+    prefix: '/kms',
+    kms: opts.kms,
+    siteKey: (id) => (identity ? identity.servicePublicKey(id) : Promise.resolve(undefined)),
+  });
   if (opts.identity) {
     await app.register(authRoutes, { prefix: '/auth', identity: opts.identity });
     await app.register(accessRoutes, { prefix: '/access', access: opts.access, identity: opts.identity });
     await app.register(conflictRoutes, { prefix: '/conflicts', db: opts.db, access: opts.access });
-    if (opts.region && opts.blindIndex) await app.register(empiRoutes, { prefix: '/empi', db: opts.db, region: opts.region, blindIndex: opts.blindIndex });
+    if (opts.region && opts.blindIndex)
+      await app.register(empiRoutes, { prefix: '/empi', db: opts.db, region: opts.region, blindIndex: opts.blindIndex });
     const signer = () => opts.kms.signingKey()?.key;
     const linkKeys = new LinkKeySender();
-    if (opts.region && opts.records) await app.register(replicationRoutes, { prefix: '/replication', db: opts.db, region: opts.region, siteId: opts.siteId, identity: opts.identity, records: opts.records, signer, linkKeys });
-    if (opts.region && opts.verify) await app.register(verifyRoutes, { prefix: '/replication', db: opts.db, region: opts.region, siteId: opts.siteId, identity: opts.identity, signer, linkKeys, verify: opts.verify });
+    if (opts.region && opts.records)
+      await app.register(replicationRoutes, {
+        prefix: '/replication',
+        db: opts.db,
+        region: opts.region,
+        siteId: opts.siteId,
+        identity: opts.identity,
+        records: opts.records,
+        signer,
+        linkKeys,
+      });
+    if (opts.region && opts.verify)
+      await app.register(verifyRoutes, {
+        prefix: '/replication',
+        db: opts.db,
+        region: opts.region,
+        siteId: opts.siteId,
+        identity: opts.identity,
+        signer,
+        linkKeys,
+        verify: opts.verify,
+      });
   }
   if (opts.audit) {
     const auditOpts = { db: opts.db, kms: opts.kms, siteId: opts.siteId, audit: opts.audit };
@@ -118,6 +161,13 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     await app.register(dicomwebRoutes, { prefix: '/dicomweb', imaging: opts.imaging, access: opts.access });
     await app.register(collectionRoutes, { prefix: '/imaging/collection', db: opts.db, sources: opts.collectionSources ?? [] });
   }
-  await app.register(fhirRoutes, { prefix: '/fhir/R4', access: opts.access, searchParams: opts.searchParams, siteId: opts.siteId, regionId: opts.regionId, version: opts.version });
+  await app.register(fhirRoutes, {
+    prefix: '/fhir/R4',
+    access: opts.access,
+    searchParams: opts.searchParams,
+    siteId: opts.siteId,
+    regionId: opts.regionId,
+    version: opts.version,
+  });
   return app;
 }

@@ -33,7 +33,16 @@ export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): voi
     return reply
       .code(503)
       .type('application/fhir+json; charset=utf-8')
-      .send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'transient', diagnostics: `site ${opts.siteId} is sealed: data is served only while every access can be audited; unseal it (medmesh keys unseal)` }] });
+      .send({
+        resourceType: 'OperationOutcome',
+        issue: [
+          {
+            severity: 'error',
+            code: 'transient',
+            diagnostics: `site ${opts.siteId} is sealed: data is served only while every access can be audited; unseal it (medmesh keys unseal)`,
+          },
+        ],
+      });
   });
   app.addHook('onSend', async (request, reply, payload) => {
     const log = opts.audit();
@@ -48,7 +57,14 @@ function eventsOf(request: FastifyRequest, status: number, site: string): AuditE
   const base = eventOf(request, status, site);
   const requester = request.requester;
   if (!requester || requester.decisions.length === 0) {
-    return [{ ...base, ...(requester ? { purpose: requester.purpose } : {}), ...(requester?.breakGlass ? { breakGlass: { reason: requester.breakGlass } } : {}), ...(request.auditExtra ?? {}) }];
+    return [
+      {
+        ...base,
+        ...(requester ? { purpose: requester.purpose } : {}),
+        ...(requester?.breakGlass ? { breakGlass: { reason: requester.breakGlass } } : {}),
+        ...(request.auditExtra ?? {}),
+      },
+    ];
   }
   return requester.decisions.map((d) => ({
     ...base,
@@ -93,11 +109,17 @@ function actorOf(identity: Identity | undefined | null): AuditEvent['actor'] {
 
 function targetOf(method: string, path: string): { action: string; resource?: string } {
   if (path === '/auth/login') return { action: 'login' };
-  if (!path.startsWith('/fhir/R4')) return { action: method === 'GET' ? 'admin-read' : 'admin-change', resource: path.slice(0, 200) };
-  const parts = path.replace(/^\/fhir\/R4\/?/, '').split('/').filter(Boolean).map((p) => safeDecode(p).slice(0, 100));
+  if (!path.startsWith('/fhir/R4'))
+    return { action: method === 'GET' ? 'admin-read' : 'admin-change', resource: path.slice(0, 200) };
+  const parts = path
+    .replace(/^\/fhir\/R4\/?/, '')
+    .split('/')
+    .filter(Boolean)
+    .map((p) => safeDecode(p).slice(0, 100));
   const [type, id, sub] = parts;
   if (!type) return { action: method === 'POST' ? 'bundle' : 'system' };
-  if (id === '_history' || sub === '_history') return { action: parts.length === 4 ? 'vread' : 'history', resource: id && id !== '_history' ? `${type}/${id}` : type };
+  if (id === '_history' || sub === '_history')
+    return { action: parts.length === 4 ? 'vread' : 'history', resource: id && id !== '_history' ? `${type}/${id}` : type };
   if (id === '_search') return { action: 'search', resource: type };
   switch (method) {
     case 'GET':

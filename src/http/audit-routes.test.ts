@@ -15,20 +15,50 @@ describe(`audit routes (${testBackend()})`, () => {
   let patient: Patient;
   let auditor: Record<string, string>;
   const json = async <T>(path: string, headers: Record<string, string>, init: RequestInit = {}) => {
-    const r = await fetch(`${s.base}${path}`, { ...init, headers: { ...headers, ...(init.body ? { 'content-type': 'application/json' } : {}) } });
-    return { status: r.status, type: r.headers.get('content-type') ?? '', text: await r.text(), get json(): T { return JSON.parse(this.text) as T; } };
+    const r = await fetch(`${s.base}${path}`, {
+      ...init,
+      headers: { ...headers, ...(init.body ? { 'content-type': 'application/json' } : {}) },
+    });
+    return {
+      status: r.status,
+      type: r.headers.get('content-type') ?? '',
+      text: await r.text(),
+      get json(): T {
+        return JSON.parse(this.text) as T;
+      },
+    };
   };
 
   before(async () => {
     s = await startTestServer();
     auditor = s.as(['auditor'], {}, { purpose: 'audit' });
-    const created = await fetch(`${s.fhir}/Patient`, { method: 'POST', headers: { ...s.auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Patient', name: [{ family: '赵' }], identifier: [{ system: 'urn:oid:2.16.156.10011.1.3', value: makeResidentId({ divisionCode: '440104', birthDate: '1970-01-01', sequence: 3 }) }] }) });
+    const created = await fetch(`${s.fhir}/Patient`, {
+      method: 'POST',
+      headers: { ...s.auth, 'content-type': 'application/fhir+json' },
+      body: JSON.stringify({
+        resourceType: 'Patient',
+        name: [{ family: '赵' }],
+        identifier: [
+          {
+            system: 'urn:oid:2.16.156.10011.1.3',
+            value: makeResidentId({ divisionCode: '440104', birthDate: '1970-01-01', sequence: 3 }),
+          },
+        ],
+      }),
+    });
     patient = (await created.json()) as Patient;
     const doctor = s.as(['doctor'], { department: 'neurology' }, { userId: 'dr-ma' });
     assert.equal((await fetch(`${s.fhir}/Patient/${patient.id}`, { headers: doctor })).status, 403);
-    const glass = await fetch(`${s.base}/access/break-glass`, { method: 'POST', headers: { ...doctor, 'content-type': 'application/json' }, body: JSON.stringify({ patient: patient.id, reason: 'collapsed <script>alert(1)</script> in the lobby' }) });
+    const glass = await fetch(`${s.base}/access/break-glass`, {
+      method: 'POST',
+      headers: { ...doctor, 'content-type': 'application/json' },
+      body: JSON.stringify({ patient: patient.id, reason: 'collapsed <script>alert(1)</script> in the lobby' }),
+    });
     assert.equal(glass.status, 201);
-    assert.equal((await fetch(`${s.fhir}/Patient/${patient.id}`, { headers: { ...doctor, 'x-medmesh-purpose': 'emergency' } })).status, 200);
+    assert.equal(
+      (await fetch(`${s.fhir}/Patient/${patient.id}`, { headers: { ...doctor, 'x-medmesh-purpose': 'emergency' } })).status,
+      200,
+    );
     await s.site.audit()!.checkpoint();
   });
   after(() => s.close());
@@ -46,9 +76,16 @@ describe(`audit routes (${testBackend()})`, () => {
     assert.ok(e.entity?.[0]?.detail?.some((d) => d.type === 'break-glass' && /collapsed/.test(d.valueString ?? '')));
     const one = await json<AuditEvent>(`/fhir/R4/AuditEvent/${e.id!}`, auditor);
     assert.deepEqual(one.json, e);
-    const recent = await json<Bundle>(`/fhir/R4/AuditEvent?date=ge${new Date(Date.now() - 3_600_000).toISOString()}&_count=2`, auditor);
+    const recent = await json<Bundle>(
+      `/fhir/R4/AuditEvent?date=ge${new Date(Date.now() - 3_600_000).toISOString()}&_count=2`,
+      auditor,
+    );
     assert.equal(recent.json.entry?.length, 2, 'the date filter keeps this hour, _count pages it');
-    assert.equal((await json<Bundle>('/fhir/R4/AuditEvent?date=lt2020-01-01', auditor)).json.entry?.length ?? 0, 0, 'nothing before the site existed');
+    assert.equal(
+      (await json<Bundle>('/fhir/R4/AuditEvent?date=lt2020-01-01', auditor)).json.entry?.length ?? 0,
+      0,
+      'nothing before the site existed',
+    );
     const paged = await json<Bundle>('/fhir/R4/AuditEvent?_count=1&agent=dr-ma', auditor);
     assert.match(paged.json.link!.find((l) => l.relation === 'next')!.url, /agent=dr-ma.*_offset=1/);
     assert.equal((await json('/fhir/R4/AuditEvent?who=x', auditor)).status, 400);
@@ -62,30 +99,77 @@ describe(`audit routes (${testBackend()})`, () => {
     const peer = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: siteC, site: 'B' })}` };
     const c1 = await json<{ treeSize: number; root: string; statement: string }>('/audit/checkpoint', peer);
     assert.equal(c1.status, 200);
-    const inc = await json<{ leafHash: string; proof: string[] }>(`/audit/proof/inclusion?seq=0&treeSize=${c1.json.treeSize}`, peer);
-    assert.ok(verifyInclusion(Buffer.from(inc.json.leafHash, 'hex'), 0, c1.json.treeSize, inc.json.proof.map((h) => Buffer.from(h, 'hex')), Buffer.from(c1.json.root, 'hex')));
+    const inc = await json<{ leafHash: string; proof: string[] }>(
+      `/audit/proof/inclusion?seq=0&treeSize=${c1.json.treeSize}`,
+      peer,
+    );
+    assert.ok(
+      verifyInclusion(
+        Buffer.from(inc.json.leafHash, 'hex'),
+        0,
+        c1.json.treeSize,
+        inc.json.proof.map((h) => Buffer.from(h, 'hex')),
+        Buffer.from(c1.json.root, 'hex'),
+      ),
+    );
     await s.site.audit()!.checkpoint();
     const c2 = await json<{ treeSize: number; root: string }>('/audit/checkpoint', peer);
     assert.ok(c2.json.treeSize > c1.json.treeSize);
-    const cons = await json<{ proof: string[] }>(`/audit/proof/consistency?from=${c1.json.treeSize}&to=${c2.json.treeSize}`, peer);
-    assert.ok(verifyConsistency(c1.json.treeSize, c2.json.treeSize, Buffer.from(c1.json.root, 'hex'), Buffer.from(c2.json.root, 'hex'), cons.json.proof.map((h) => Buffer.from(h, 'hex'))));
-    const body = (sig: Buffer) => JSON.stringify({ treeSize: c1.json.treeSize, signature: sig.toString('base64'), publicKey: siteC.publicKey.toPem() });
-    assert.equal((await json('/audit/cosignatures', peer, { method: 'POST', body: body(cosign('something else', siteC)) })).status, 400);
-    assert.equal((await json('/audit/cosignatures', peer, { method: 'POST', body: body(cosign(c1.json.statement, siteC)) })).status, 201);
-    const { rows } = await s.db.query<{ site: string }>('SELECT site FROM audit_cosignature WHERE tree_size = $1', [c1.json.treeSize]);
-    assert.deepEqual(rows.map((r) => r.site), ['C']);
-    assert.equal((await json('/audit/cosignatures', auditor, { method: 'POST', body: body(cosign(c1.json.statement, siteC)) })).status, 403, 'only sites cosign');
+    const cons = await json<{ proof: string[] }>(
+      `/audit/proof/consistency?from=${c1.json.treeSize}&to=${c2.json.treeSize}`,
+      peer,
+    );
+    assert.ok(
+      verifyConsistency(
+        c1.json.treeSize,
+        c2.json.treeSize,
+        Buffer.from(c1.json.root, 'hex'),
+        Buffer.from(c2.json.root, 'hex'),
+        cons.json.proof.map((h) => Buffer.from(h, 'hex')),
+      ),
+    );
+    const body = (sig: Buffer) =>
+      JSON.stringify({ treeSize: c1.json.treeSize, signature: sig.toString('base64'), publicKey: siteC.publicKey.toPem() });
+    assert.equal(
+      (await json('/audit/cosignatures', peer, { method: 'POST', body: body(cosign('something else', siteC)) })).status,
+      400,
+    );
+    assert.equal(
+      (await json('/audit/cosignatures', peer, { method: 'POST', body: body(cosign(c1.json.statement, siteC)) })).status,
+      201,
+    );
+    const { rows } = await s.db.query<{ site: string }>('SELECT site FROM audit_cosignature WHERE tree_size = $1', [
+      c1.json.treeSize,
+    ]);
+    assert.deepEqual(
+      rows.map((r) => r.site),
+      ['C'],
+    );
+    assert.equal(
+      (await json('/audit/cosignatures', auditor, { method: 'POST', body: body(cosign(c1.json.statement, siteC)) })).status,
+      403,
+      'only sites cosign',
+    );
     assert.equal((await json('/audit/proof/inclusion?seq=5&treeSize=2', peer)).status, 400);
   });
 
   it('reports a period: accesses per role, break-glass uses, denials, verification; printable HTML', async () => {
     const from = new Date(Date.now() - 3_600_000).toISOString();
     const to = new Date(Date.now() + 3_600_000).toISOString();
-    const r = await json<{ totals: { deny: number }; accessesByRole: Array<{ role: string; allow: number; deny: number }>; breakGlass: Array<{ user: string; accessesUnderIt: number; reason: string }>; denied: Array<{ user: string }>; verification: { ok: boolean; entries: number } }>(`/audit/report?from=${from}&to=${to}&format=json`, auditor);
+    const r = await json<{
+      totals: { deny: number };
+      accessesByRole: Array<{ role: string; allow: number; deny: number }>;
+      breakGlass: Array<{ user: string; accessesUnderIt: number; reason: string }>;
+      denied: Array<{ user: string }>;
+      verification: { ok: boolean; entries: number };
+    }>(`/audit/report?from=${from}&to=${to}&format=json`, auditor);
     assert.equal(r.status, 200);
     const doctor = r.json.accessesByRole.find((x) => x.role === 'doctor')!;
     assert.ok(doctor.allow >= 1 && doctor.deny === 1, JSON.stringify(doctor));
-    assert.deepEqual(r.json.breakGlass.map((b) => [b.user, b.accessesUnderIt]), [['dr-ma', 1]]);
+    assert.deepEqual(
+      r.json.breakGlass.map((b) => [b.user, b.accessesUnderIt]),
+      [['dr-ma', 1]],
+    );
     assert.ok(r.json.denied.some((d) => d.user === 'dr-ma'));
     assert.equal(r.json.verification.ok, true);
     const html = await json(`/audit/report?from=${from}&to=${to}`, auditor);
@@ -97,7 +181,9 @@ describe(`audit routes (${testBackend()})`, () => {
     assert.equal((await json(`/audit/report?from=${from}&to=${to}`, s.as(['doctor']))).status, 403);
     await s.db.transaction(async (tx) => {
       await tx.query('SET LOCAL session_replication_role = replica');
-      await tx.query("UPDATE audit_entry SET entry = convert_to(replace(convert_from(entry, 'UTF8'), 'deny', 'allow'), 'UTF8') WHERE seq = 1");
+      await tx.query(
+        "UPDATE audit_entry SET entry = convert_to(replace(convert_from(entry, 'UTF8'), 'deny', 'allow'), 'UTF8') WHERE seq = 1",
+      );
     });
     assert.match((await json(`/audit/report?from=${from}&to=${to}`, auditor)).text, /TAMPERED.*Entries failing their MAC: 1\b/s);
   });

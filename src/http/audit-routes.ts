@@ -3,7 +3,16 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { Db } from '../db/index.ts';
 import { Sm2PublicKey } from '../security/crypto/index.ts';
-import { complianceReport, parseAuditQuery, readAuditEvent, renderComplianceHtml, searchAuditEvents, verifyAuditLog, type AuditLog, type Checkpoint } from '../security/audit/index.ts';
+import {
+  complianceReport,
+  parseAuditQuery,
+  readAuditEvent,
+  renderComplianceHtml,
+  searchAuditEvents,
+  verifyAuditLog,
+  type AuditLog,
+  type Checkpoint,
+} from '../security/audit/index.ts';
 import type { Kms } from '../security/kms/index.ts';
 import { simpleOutcome } from './outcome.ts';
 import type { RouteAccess } from './route-access.ts';
@@ -30,7 +39,15 @@ function nat(v: string | undefined): number | undefined {
 }
 
 function checkpointJson(c: Checkpoint) {
-  return { treeSize: c.treeSize, root: c.root.toString('hex'), issuedAt: c.issuedAt, statement: c.statement, signature: c.signature.toString('base64'), signerSite: c.signerSite, signerPublicKey: c.signerPublicKey };
+  return {
+    treeSize: c.treeSize,
+    root: c.root.toString('hex'),
+    issuedAt: c.issuedAt,
+    statement: c.statement,
+    signature: c.signature.toString('base64'),
+    signerSite: c.signerSite,
+    signerPublicKey: c.signerPublicKey,
+  };
 }
 
 /** Mounted at /fhir/R4: AuditEvent read and search for auditors. */
@@ -44,7 +61,12 @@ export const auditEventRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (a
   app.get<{ Params: { id: string } }>('/AuditEvent/:id', { config: { access: AUDITORS } }, async (req, reply) => {
     const seq = nat(req.params.id);
     const e = seq === undefined ? undefined : await readAuditEvent(opts.db, seq);
-    return e ? reply.type(FHIR_JSON).send(e) : reply.code(404).type(FHIR_JSON).send(simpleOutcome('not-found', `AuditEvent/${req.params.id} not found`));
+    return e
+      ? reply.type(FHIR_JSON).send(e)
+      : reply
+          .code(404)
+          .type(FHIR_JSON)
+          .send(simpleOutcome('not-found', `AuditEvent/${req.params.id} not found`));
   });
   await Promise.resolve();
 };
@@ -57,18 +79,29 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
     return l;
   };
 
-  app.get<{ Querystring: { from?: string; to?: string; format?: string } }>('/report', { config: { access: AUDITORS } }, async (req, reply) => {
-    const { from, to, format = 'html' } = req.query;
-    if (!from || !to || Number.isNaN(Date.parse(from)) || Number.isNaN(Date.parse(to)) || Date.parse(from) >= Date.parse(to)) {
-      return reply.code(400).send({ error: 'bad-request', message: 'from and to: dates or instants, from before to (e.g. ?from=2026-11-01&to=2026-12-01)' });
-    }
-    if (format !== 'html' && format !== 'json') return reply.code(400).send({ error: 'bad-request', message: 'format: html (printable) or json' });
-    const signing = opts.kms.signingKey();
-    if (!signing) return reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
-    const verification = await verifyAuditLog(opts.db, { macKey: opts.kms.deriveSecret('audit-entry-mac'), signers: [signing.key.publicKey] });
-    const report = await complianceReport(opts.db, { site: opts.siteId, from: new Date(from), to: new Date(to), verification });
-    return format === 'json' ? report : reply.type('text/html; charset=utf-8').send(renderComplianceHtml(report));
-  });
+  app.get<{ Querystring: { from?: string; to?: string; format?: string } }>(
+    '/report',
+    { config: { access: AUDITORS } },
+    async (req, reply) => {
+      const { from, to, format = 'html' } = req.query;
+      if (!from || !to || Number.isNaN(Date.parse(from)) || Number.isNaN(Date.parse(to)) || Date.parse(from) >= Date.parse(to)) {
+        return reply.code(400).send({
+          error: 'bad-request',
+          message: 'from and to: dates or instants, from before to (e.g. ?from=2026-11-01&to=2026-12-01)',
+        });
+      }
+      if (format !== 'html' && format !== 'json')
+        return reply.code(400).send({ error: 'bad-request', message: 'format: html (printable) or json' });
+      const signing = opts.kms.signingKey();
+      if (!signing) return reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
+      const verification = await verifyAuditLog(opts.db, {
+        macKey: opts.kms.deriveSecret('audit-entry-mac'),
+        signers: [signing.key.publicKey],
+      });
+      const report = await complianceReport(opts.db, { site: opts.siteId, from: new Date(from), to: new Date(to), verification });
+      return format === 'json' ? report : reply.type('text/html; charset=utf-8').send(renderComplianceHtml(report));
+    },
+  );
 
   app.get('/checkpoint', { config: { access: VERIFIERS } }, async (_req, reply) => {
     const l = log(reply);
@@ -77,50 +110,70 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
     return c ? checkpointJson(c) : reply.code(404).send({ error: 'not-found', message: 'no checkpoint signed yet' });
   });
 
-  app.get<{ Querystring: { seq?: string; treeSize?: string } }>('/proof/inclusion', { config: { access: VERIFIERS } }, async (req, reply) => {
-    const l = log(reply);
-    if (!l) return reply;
-    const seq = nat(req.query.seq);
-    const size = nat(req.query.treeSize);
-    if (seq === undefined || size === undefined || seq >= size) return reply.code(400).send({ error: 'bad-request', message: 'seq and treeSize: integers, seq < treeSize' });
-    try {
-      const p = await l.inclusionProof(seq, size);
-      return { seq, treeSize: size, leafHash: p.leafHash.toString('hex'), proof: p.proof.map((b) => b.toString('hex')) };
-    } catch (e) {
-      if (e instanceof RangeError) return reply.code(404).send({ error: 'not-found', message: e.message });
-      throw e;
-    }
-  });
+  app.get<{ Querystring: { seq?: string; treeSize?: string } }>(
+    '/proof/inclusion',
+    { config: { access: VERIFIERS } },
+    async (req, reply) => {
+      const l = log(reply);
+      if (!l) return reply;
+      const seq = nat(req.query.seq);
+      const size = nat(req.query.treeSize);
+      if (seq === undefined || size === undefined || seq >= size)
+        return reply.code(400).send({ error: 'bad-request', message: 'seq and treeSize: integers, seq < treeSize' });
+      try {
+        const p = await l.inclusionProof(seq, size);
+        return { seq, treeSize: size, leafHash: p.leafHash.toString('hex'), proof: p.proof.map((b) => b.toString('hex')) };
+      } catch (e) {
+        if (e instanceof RangeError) return reply.code(404).send({ error: 'not-found', message: e.message });
+        throw e;
+      }
+    },
+  );
 
-  app.get<{ Querystring: { from?: string; to?: string } }>('/proof/consistency', { config: { access: VERIFIERS } }, async (req, reply) => {
-    const l = log(reply);
-    if (!l) return reply;
-    const from = nat(req.query.from);
-    const to = nat(req.query.to);
-    if (from === undefined || to === undefined || from < 1 || from > to) return reply.code(400).send({ error: 'bad-request', message: 'from and to: tree sizes, 1 <= from <= to' });
-    try {
-      return { from, to, proof: (await l.consistencyProof(from, to)).map((b) => b.toString('hex')) };
-    } catch (e) {
-      if (e instanceof RangeError) return reply.code(404).send({ error: 'not-found', message: e.message });
-      throw e;
-    }
-  });
+  app.get<{ Querystring: { from?: string; to?: string } }>(
+    '/proof/consistency',
+    { config: { access: VERIFIERS } },
+    async (req, reply) => {
+      const l = log(reply);
+      if (!l) return reply;
+      const from = nat(req.query.from);
+      const to = nat(req.query.to);
+      if (from === undefined || to === undefined || from < 1 || from > to)
+        return reply.code(400).send({ error: 'bad-request', message: 'from and to: tree sizes, 1 <= from <= to' });
+      try {
+        return { from, to, proof: (await l.consistencyProof(from, to)).map((b) => b.toString('hex')) };
+      } catch (e) {
+        if (e instanceof RangeError) return reply.code(404).send({ error: 'not-found', message: e.message });
+        throw e;
+      }
+    },
+  );
 
-  app.post<{ Body: { treeSize?: unknown; signature?: unknown; publicKey?: unknown } | undefined }>('/cosignatures', { config: { access: { services: ['site'] } } }, async (req, reply) => {
-    const l = log(reply);
-    if (!l) return reply;
-    const { treeSize, signature, publicKey } = req.body ?? {};
-    if (typeof treeSize !== 'number' || typeof signature !== 'string' || typeof publicKey !== 'string') return reply.code(400).send({ error: 'bad-request', message: 'body: {treeSize, signature (base64), publicKey (PEM)}' });
-    let key: Sm2PublicKey;
-    try {
-      key = Sm2PublicKey.fromPem(publicKey);
-    } catch {
-      return reply.code(400).send({ error: 'bad-request', message: 'publicKey: not an SM2 public key in PEM' });
-    }
-    const site = req.identity.kind === 'service' ? req.identity.serviceId : 'unknown';
-    const ok = await l.addCosignature(treeSize, site, Buffer.from(signature, 'base64'), key);
-    return ok ? reply.code(201).send({ treeSize, site }) : reply.code(400).send({ error: 'bad-request', message: `the signature does not verify over checkpoint ${treeSize}, or there is no such checkpoint` });
-  });
+  app.post<{ Body: { treeSize?: unknown; signature?: unknown; publicKey?: unknown } | undefined }>(
+    '/cosignatures',
+    { config: { access: { services: ['site'] } } },
+    async (req, reply) => {
+      const l = log(reply);
+      if (!l) return reply;
+      const { treeSize, signature, publicKey } = req.body ?? {};
+      if (typeof treeSize !== 'number' || typeof signature !== 'string' || typeof publicKey !== 'string')
+        return reply.code(400).send({ error: 'bad-request', message: 'body: {treeSize, signature (base64), publicKey (PEM)}' });
+      let key: Sm2PublicKey;
+      try {
+        key = Sm2PublicKey.fromPem(publicKey);
+      } catch {
+        return reply.code(400).send({ error: 'bad-request', message: 'publicKey: not an SM2 public key in PEM' });
+      }
+      const site = req.identity.kind === 'service' ? req.identity.serviceId : 'unknown';
+      const ok = await l.addCosignature(treeSize, site, Buffer.from(signature, 'base64'), key);
+      return ok
+        ? reply.code(201).send({ treeSize, site })
+        : reply.code(400).send({
+            error: 'bad-request',
+            message: `the signature does not verify over checkpoint ${treeSize}, or there is no such checkpoint`,
+          });
+    },
+  );
 
   await Promise.resolve();
 };

@@ -18,7 +18,10 @@ const STATUS: Record<IdentityErrorKind, number> = {
 };
 
 export function sendIdentityError(reply: FastifyReply, e: IdentityError): FastifyReply {
-  return reply.code(STATUS[e.kind]).header('www-authenticate', `Bearer error="${e.kind}"`).send({ error: e.kind, message: e.message });
+  return reply
+    .code(STATUS[e.kind])
+    .header('www-authenticate', `Bearer error="${e.kind}"`)
+    .send({ error: e.kind, message: e.message });
 }
 
 const str = (v: unknown): string | undefined => (typeof v === 'string' && v.length > 0 && v.length <= 4096 ? v : undefined);
@@ -27,7 +30,8 @@ export const authRoutes: FastifyPluginAsync<{ identity: IdentityService }> = asy
   app.post<{ Body: Record<string, unknown> | undefined }>('/login', { config: { access: 'public' } }, async (req, reply) => {
     const username = str(req.body?.username);
     const password = str(req.body?.password);
-    if (!username || !password) return reply.code(400).send({ error: 'bad-request', message: 'body must be {"username", "password", "totp"?}' });
+    if (!username || !password)
+      return reply.code(400).send({ error: 'bad-request', message: 'body must be {"username", "password", "totp"?}' });
     const totp = str(req.body?.totp);
     const r = await identity.login({ username, password, ...(totp ? { totp } : {}) });
     return r.ok ? r.value : sendIdentityError(reply, r.error);
@@ -42,14 +46,17 @@ export const authRoutes: FastifyPluginAsync<{ identity: IdentityService }> = asy
 
   app.post<{ Body: Record<string, unknown> | undefined }>('/revoke', { config: { access: 'public' } }, async (req, reply) => {
     const token = str(req.body?.token);
-    if (!token) return reply.code(400).send({ error: 'bad-request', message: 'body must be {"token"} (an access or refresh token)' });
+    if (!token)
+      return reply.code(400).send({ error: 'bad-request', message: 'body must be {"token"} (an access or refresh token)' });
     const r = await identity.revoke(token);
     return r.ok ? reply.code(204).send() : sendIdentityError(reply, r.error);
   });
 
   app.get('/keys', { config: { access: 'public' } }, async (_req, reply) => {
     const k = identity.publicKey();
-    return k ? { keys: [{ kid: k.kid, alg: 'SM2-SM3', publicKey: k.pem }] } : reply.code(503).send({ error: 'issuer-unavailable', message: 'the site is sealed' });
+    return k
+      ? { keys: [{ kid: k.kid, alg: 'SM2-SM3', publicKey: k.pem }] }
+      : reply.code(503).send({ error: 'issuer-unavailable', message: 'the site is sealed' });
   });
 
   await Promise.resolve();

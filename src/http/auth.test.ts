@@ -13,12 +13,18 @@ describe(`authentication over HTTP (${testBackend()})`, () => {
     s = await startTestServer({ kms: 'uninitialized' });
     const custodians = ['a', 'b'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey }));
     await s.site.kms.init({ custodians, threshold: 2 });
-    const u = await s.site.identity.createUser({ username: 'nurse.chen', password: 'a long enough passphrase', roles: ['nurse'], attributes: { department: 'icu' } });
+    const u = await s.site.identity.createUser({
+      username: 'nurse.chen',
+      password: 'a long enough passphrase',
+      roles: ['nurse'],
+      attributes: { department: 'icu' },
+    });
     assert.ok(u.ok);
     await s.site.identity.registerService({ id: 'C', kind: 'site', publicKey: siteC.publicKey });
   });
   after(() => s.close());
-  const post = (path: string, body: unknown) => fetch(`${s.base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const post = (path: string, body: unknown) =>
+    fetch(`${s.base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   const get = (path: string, auth?: string) => fetch(`${s.base}${path}`, auth ? { headers: { authorization: auth } } : {});
 
   it('logs in and accepts the token on FHIR routes; a bad credential is 401 before any route runs', async () => {
@@ -39,16 +45,23 @@ describe(`authentication over HTTP (${testBackend()})`, () => {
     assert.equal(((await refused.json()) as { resourceType: string }).resourceType, 'OperationOutcome');
     assert.equal((await get('/fhir/R4/metadata', 'Basic dXNlcjpwYXNz')).status, 401);
     const keys = (await (await get('/auth/keys')).json()) as { keys: Array<{ alg: string; kid: string }> };
-    assert.deepEqual(keys.keys.map((k) => k.alg), ['SM2-SM3']);
+    assert.deepEqual(
+      keys.keys.map((k) => k.alg),
+      ['SM2-SM3'],
+    );
 
     const refreshed = await post('/auth/refresh', { refreshToken: tokens.refreshToken });
     assert.equal(refreshed.status, 200);
-    assert.equal((await post('/auth/refresh', { refreshToken: tokens.refreshToken })).status, 401, 'refresh tokens are single use');
+    assert.equal(
+      (await post('/auth/refresh', { refreshToken: tokens.refreshToken })).status,
+      401,
+      'refresh tokens are single use',
+    );
     assert.equal((await post('/auth/revoke', { token: tokens.accessToken })).status, 204);
     assert.equal((await get('/fhir/R4/metadata', `Bearer ${tokens.accessToken}`)).status, 401, 'a revoked token is refused');
   });
 
-  it('accepts another site\'s service assertion, not a user token in its place', async () => {
+  it("accepts another site's service assertion, not a user token in its place", async () => {
     const assertion = serviceAssertion({ serviceId: 'C', key: siteC, site: 'B' });
     assert.equal((await get('/fhir/R4/metadata', `MedmeshService ${assertion}`)).status, 200);
     const wrongSite = serviceAssertion({ serviceId: 'C', key: siteC, site: 'A' });

@@ -3,10 +3,18 @@
 import type { CapabilityStatement, CapabilityStatementRestResource } from '@medplum/fhirtypes';
 import { SUPPORTED_TYPES, type SearchParamTable } from '../records/index.ts';
 
-export function buildCapabilityStatement(opts: { searchParams: SearchParamTable; siteId: string; regionId: string; baseUrl: string; version: string }): CapabilityStatement {
+export function buildCapabilityStatement(opts: {
+  searchParams: SearchParamTable;
+  siteId: string;
+  regionId: string;
+  baseUrl: string;
+  version: string;
+}): CapabilityStatement {
   const resource: CapabilityStatementRestResource[] = SUPPORTED_TYPES.map((type) => ({
     type,
-    interaction: ['read', 'vread', 'update', 'delete', 'history-instance', 'history-type', 'create', 'search-type'].map((code) => ({ code: code as 'read' })),
+    interaction: ['read', 'vread', 'update', 'delete', 'history-instance', 'history-type', 'create', 'search-type'].map(
+      (code) => ({ code: code as 'read' }),
+    ),
     versioning: 'versioned-update',
     readHistory: true,
     updateCreate: true,
@@ -17,7 +25,11 @@ export function buildCapabilityStatement(opts: { searchParams: SearchParamTable;
     searchParam: [
       { name: '_id', type: 'token' },
       { name: '_lastUpdated', type: 'date' },
-      ...[...(opts.searchParams.get(type)?.values() ?? [])].map((p) => ({ name: p.code, type: p.type, ...(p.documentation ? { documentation: p.documentation } : {}) })),
+      ...[...(opts.searchParams.get(type)?.values() ?? [])].map((p) => ({
+        name: p.code,
+        type: p.type,
+        ...(p.documentation ? { documentation: p.documentation } : {}),
+      })),
     ],
   }));
   return {

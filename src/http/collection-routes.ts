@@ -25,17 +25,29 @@ export const collectionRoutes: FastifyPluginCallback<CollectionRoutesOptions> = 
       sources: known.map((id) => ({
         id,
         configured: sources.includes(id),
-        days: rows.filter((r) => r.source === id).slice(0, 31).map((r) => ({ day: r.study_date, queriedAt: new Date(r.queried_at).toISOString(), studies: r.studies })),
+        days: rows
+          .filter((r) => r.source === id)
+          .slice(0, 31)
+          .map((r) => ({ day: r.study_date, queriedAt: new Date(r.queried_at).toISOString(), studies: r.studies })),
       })),
     };
   });
 
   app.get<{ Params: { source: string; day: string } }>('/:source/:day', { config: { access: READERS } }, async (req, reply) => {
     const { source, day } = req.params;
-    if (!SOURCE.test(source)) return reply.code(400).send({ error: 'bad-request', message: `source ${JSON.stringify(source)} is not a source id (letters, digits, . _ -)` });
-    if (!DAY.test(day)) return reply.code(400).send({ error: 'bad-request', message: `day ${JSON.stringify(day)} must be YYYYMMDD` });
+    if (!SOURCE.test(source))
+      return reply
+        .code(400)
+        .send({ error: 'bad-request', message: `source ${JSON.stringify(source)} is not a source id (letters, digits, . _ -)` });
+    if (!DAY.test(day))
+      return reply.code(400).send({ error: 'bad-request', message: `day ${JSON.stringify(day)} must be YYYYMMDD` });
     const report = await completenessReport(db, source, day);
-    if (!sources.includes(source) && report.queriedAt === null) return reply.code(404).send({ error: 'not-found', message: `no collection source ${source} here (configured: ${sources.join(', ') || 'none'})` });
+    if (!sources.includes(source) && report.queriedAt === null)
+      return reply.code(404).send({
+        error: 'not-found',
+        message: `no collection source ${source} here (configured: ${sources.join(', ') || 'none'})`,
+      });
     return report;
-  });  done();
+  });
+  done();
 };

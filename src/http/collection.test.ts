@@ -22,12 +22,15 @@ const MISSING = '1.2.826.0.1.3680043.10.1519.9.1';
 
 describe(`collection reports (${testBackend()})`, () => {
   let s: TestServer;
-  const get = (path: string, headers: Record<string, string> = s.as(['administrator'])) => fetch(`${s.base}/imaging/collection${path}`, { headers });
+  const get = (path: string, headers: Record<string, string> = s.as(['administrator'])) =>
+    fetch(`${s.base}/imaging/collection${path}`, { headers });
   before(async () => {
     s = await startTestServer();
     const stored = await s.site.imaging!.ingest(await sample('CT_small.dcm'), { source: 'test' });
     assert.ok(stored.ok);
-    await s.db.query("INSERT INTO imaging_collection_day (source, study_date, queried_at, studies) VALUES ('pacs-1', '20040119', now(), 2)");
+    await s.db.query(
+      "INSERT INTO imaging_collection_day (source, study_date, queried_at, studies) VALUES ('pacs-1', '20040119', now(), 2)",
+    );
     await s.db.query(
       "INSERT INTO imaging_collection_study (source, study_uid, study_date, source_instances, state, attempts, last_error) VALUES ('pacs-1', $1, '20040119', 1, 'retrieved', 1, NULL), ('pacs-1', $2, '20040119', 4, 'failed', 3, 'C-MOVE ended with status 0xA701')",
       [CT_STUDY, MISSING],
@@ -38,11 +41,29 @@ describe(`collection reports (${testBackend()})`, () => {
   it('reports a day: source versus held, the missing study and why', async () => {
     const r = await get('/pacs-1/20040119');
     assert.equal(r.status, 200);
-    const report = (await r.json()) as { complete: boolean; source_studies: number; held_studies: number; source_instances: number; held_instances: number; differences: Array<{ study: string; kind: string; last_error: string }> };
-    assert.deepEqual([report.complete, report.source_studies, report.held_studies, report.source_instances, report.held_instances], [false, 2, 1, 5, 1]);
-    assert.deepEqual(report.differences.map((d) => [d.study, d.kind, d.last_error]), [[MISSING, 'missing', 'C-MOVE ended with status 0xA701']]);
-    const list = (await (await get('/', s.as(['auditor']))).json()) as { sources: Array<{ id: string; configured: boolean; days: Array<{ day: string; studies: number }> }> };
-    assert.deepEqual(list.sources.map((x) => [x.id, x.configured, x.days.map((d) => [d.day, d.studies])]), [['pacs-1', false, [['20040119', 2]]]]);
+    const report = (await r.json()) as {
+      complete: boolean;
+      source_studies: number;
+      held_studies: number;
+      source_instances: number;
+      held_instances: number;
+      differences: Array<{ study: string; kind: string; last_error: string }>;
+    };
+    assert.deepEqual(
+      [report.complete, report.source_studies, report.held_studies, report.source_instances, report.held_instances],
+      [false, 2, 1, 5, 1],
+    );
+    assert.deepEqual(
+      report.differences.map((d) => [d.study, d.kind, d.last_error]),
+      [[MISSING, 'missing', 'C-MOVE ended with status 0xA701']],
+    );
+    const list = (await (await get('/', s.as(['auditor']))).json()) as {
+      sources: Array<{ id: string; configured: boolean; days: Array<{ day: string; studies: number }> }>;
+    };
+    assert.deepEqual(
+      list.sources.map((x) => [x.id, x.configured, x.days.map((d) => [d.day, d.studies])]),
+      [['pacs-1', false, [['20040119', 2]]]],
+    );
   });
 
   it('refuses the wrong callers and bad requests clearly', async () => {
@@ -53,7 +74,10 @@ describe(`collection reports (${testBackend()})`, () => {
     assert.match(((await day.json()) as { message: string }).message, /must be YYYYMMDD/);
     const unknown = await get('/nowhere/20040119');
     assert.equal(unknown.status, 404);
-    assert.match(((await unknown.json()) as { message: string }).message, /no collection source nowhere here \(configured: none\)/);
+    assert.match(
+      ((await unknown.json()) as { message: string }).message,
+      /no collection source nowhere here \(configured: none\)/,
+    );
   });
 });
 
@@ -66,29 +90,60 @@ describe(`a site collecting on its own (${testBackend()})`, () => {
     try {
       const now = new Date();
       const today = `${now.getFullYear()}${String(now.getMonth() + 1).padStart(2, '0')}${String(now.getDate()).padStart(2, '0')}`;
-      for (const f of await makeInstances({ studyUid: '1.2.826.0.1.3680043.10.1519.9.2', date: today, patientId: 'C1', count: 2 })) await orthanc.upload(f);
+      for (const f of await makeInstances({
+        studyUid: '1.2.826.0.1.3680043.10.1519.9.2',
+        date: today,
+        patientId: 'C1',
+        count: 2,
+      }))
+        await orthanc.upload(f);
       const runs: SourceRun[] = [];
       const opened = await openSite({
-        region: await exampleRegion(), siteId: 'B', db,
+        region: await exampleRegion(),
+        siteId: 'B',
+        db,
         imaging: {
           blobRoot,
-          dicom: { aeTitle: 'MEDMESH_B', host: '127.0.0.1', port: dimsePort, remoteAes: { [orthanc.aeTitle]: { host: '127.0.0.1', port: orthanc.dicomPort } } },
+          dicom: {
+            aeTitle: 'MEDMESH_B',
+            host: '127.0.0.1',
+            port: dimsePort,
+            remoteAes: { [orthanc.aeTitle]: { host: '127.0.0.1', port: orthanc.dicomPort } },
+          },
           collect: {
-            sources: [{ id: 'orthanc', aeTitle: orthanc.aeTitle, host: '127.0.0.1', port: orthanc.dicomPort }, { id: 'orthanc-web', kind: 'dicomweb', url: `${orthanc.http}/dicom-web` }],
-            days: 1, onRun: (r) => runs.push(r),
+            sources: [
+              { id: 'orthanc', aeTitle: orthanc.aeTitle, host: '127.0.0.1', port: orthanc.dicomPort },
+              { id: 'orthanc-web', kind: 'dicomweb', url: `${orthanc.http}/dicom-web` },
+            ],
+            days: 1,
+            onRun: (r) => runs.push(r),
           },
         },
       });
       assert.ok(opened.ok);
       const { site } = opened;
       try {
-        await site.kms.init({ custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })), threshold: 2 });
+        await site.kms.init({
+          custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })),
+          threshold: 2,
+        });
         site.collection!.start();
         const until = Date.now() + 30_000;
         while (runs.length < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
-        assert.deepEqual(runs.map((r) => [r.source, r.outcome]).sort(), [['orthanc', 'collected'], ['orthanc-web', 'collected']], JSON.stringify(runs));
+        assert.deepEqual(
+          runs.map((r) => [r.source, r.outcome]).sort(),
+          [
+            ['orthanc', 'collected'],
+            ['orthanc-web', 'collected'],
+          ],
+          JSON.stringify(runs),
+        );
         for (const source of ['orthanc', 'orthanc-web']) {
-          const report = await site.app.inject({ method: 'GET', url: `/imaging/collection/${source}/${today}`, headers: tokensOf(site)(['administrator']) });
+          const report = await site.app.inject({
+            method: 'GET',
+            url: `/imaging/collection/${source}/${today}`,
+            headers: tokensOf(site)(['administrator']),
+          });
           assert.equal(report.statusCode, 200, report.body);
           const r = report.json<{ complete: boolean; source_instances: number; held_instances: number }>();
           assert.deepEqual([r.complete, r.source_instances, r.held_instances], [true, 2, 2], source);

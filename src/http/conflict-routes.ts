@@ -17,28 +17,47 @@ const resolveBody = z.strictObject({
 });
 
 export const conflictRoutes: FastifyPluginAsync<{ db: Db; access: AccessControl }> = async (app, { db, access }) => {
-  app.get<{ Querystring: { resolved?: string; resourceType?: string; id?: string } }>('/', { config: { access: 'records' } }, async (req, reply) => {
-    const requester = await resolveRequester(access, req, reply);
-    if (!requester) return reply;
-    const records = access.records(requester);
-    const all = await listConflicts(db, { open: req.query.resolved !== 'true', ...(req.query.resourceType ? { resourceType: req.query.resourceType } : {}), ...(req.query.id ? { id: req.query.id } : {}) });
-    // Only conflicts of records the caller may read (each check is a decision, and audited).
-    const visible = [];
-    for (const c of all) if ((await records.read(c.resourceType, c.id)).ok) visible.push(c);
-    return visible;
-  });
+  app.get<{ Querystring: { resolved?: string; resourceType?: string; id?: string } }>(
+    '/',
+    { config: { access: 'records' } },
+    async (req, reply) => {
+      const requester = await resolveRequester(access, req, reply);
+      if (!requester) return reply;
+      const records = access.records(requester);
+      const all = await listConflicts(db, {
+        open: req.query.resolved !== 'true',
+        ...(req.query.resourceType ? { resourceType: req.query.resourceType } : {}),
+        ...(req.query.id ? { id: req.query.id } : {}),
+      });
+      // Only conflicts of records the caller may read (each check is a decision, and audited).
+      const visible = [];
+      for (const c of all) if ((await records.read(c.resourceType, c.id)).ok) visible.push(c);
+      return visible;
+    },
+  );
 
   app.post('/resolve', { config: { access: 'records' } }, async (req, reply) => {
     const requester = await resolveRequester(access, req, reply);
     if (!requester) return reply;
     const b = resolveBody.safeParse(req.body);
-    if (!b.success) return reply.code(400).send({ error: 'bad-request', message: b.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') });
+    if (!b.success)
+      return reply
+        .code(400)
+        .send({ error: 'bad-request', message: b.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') });
     const open = await listConflicts(db, { open: true, resourceType: b.data.resourceType, id: b.data.id });
-    if (open.length === 0) return reply.code(404).send({ error: 'not-found', message: `no open conflict on ${b.data.resourceType}/${b.data.id}` });
-    const written = await access.records(requester).update(b.data.resourceType, b.data.id, { ...b.data.resource, resourceType: b.data.resourceType, id: b.data.id });
+    if (open.length === 0)
+      return reply.code(404).send({ error: 'not-found', message: `no open conflict on ${b.data.resourceType}/${b.data.id}` });
+    const written = await access
+      .records(requester)
+      .update(b.data.resourceType, b.data.id, { ...b.data.resource, resourceType: b.data.resourceType, id: b.data.id });
     if (!written.ok) return reply.code(statusOf(written.error)).send(outcomeOf(written.error));
     const version = written.value.resource.meta?.versionId ?? '';
-    const resolved = await markResolved(db, { resourceType: b.data.resourceType, id: b.data.id, version, by: actorId(req.identity) });
+    const resolved = await markResolved(db, {
+      resourceType: b.data.resourceType,
+      id: b.data.id,
+      version,
+      by: actorId(req.identity),
+    });
     return { resolved, version, resource: written.value.resource };
   });
 

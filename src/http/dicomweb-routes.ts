@@ -8,8 +8,21 @@ import { Readable } from 'node:stream';
 import { patientInScope, type AccessFilter } from '../records/index.ts';
 import type { AccessControl } from '../security/access/index.ts';
 import {
-  attributeKeyword, DEFAULT_RETURN, extractFrames, findImaging, mediaParams, MultipartError, multipartRelated, readMultipartRelated, storeFailureStatus, toDicomJson,
-  type ImagingStore, type IngestOptions, type Part, type QueryLevel, type StoredInstance,
+  attributeKeyword,
+  DEFAULT_RETURN,
+  extractFrames,
+  findImaging,
+  mediaParams,
+  MultipartError,
+  multipartRelated,
+  readMultipartRelated,
+  storeFailureStatus,
+  toDicomJson,
+  type ImagingStore,
+  type IngestOptions,
+  type Part,
+  type QueryLevel,
+  type StoredInstance,
 } from '../imaging/index.ts';
 import { resolveRequester } from './requester.ts';
 
@@ -23,7 +36,11 @@ export interface DicomwebRoutesOptions {
 const SIGNED_IN = { access: 'records' } as const;
 type ImagingAction = 'read' | 'search' | 'create';
 /** Service accounts by kind: sites and routers read and store, edges forward what clinics send. */
-const SERVICES: Record<ImagingAction, readonly string[]> = { read: ['site', 'router'], search: ['site', 'router'], create: ['site', 'edge', 'router'] };
+const SERVICES: Record<ImagingAction, readonly string[]> = {
+  read: ['site', 'router'],
+  search: ['site', 'router'],
+  create: ['site', 'edge', 'router'],
+};
 const VERB: Record<ImagingAction, string> = { read: 'dicom-retrieve', search: 'dicom-query', create: 'dicom-store' };
 const UID = /^[0-9]+(\.[0-9]+)*$/;
 const DICOM_JSON = 'application/dicom+json';
@@ -41,14 +58,23 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
 
-  const bad = (reply: FastifyReply, status: number, message: string) => reply.code(status).type('application/json').send({ error: status === 406 ? 'not-acceptable' : status === 404 ? 'not-found' : 'bad-request', message });
+  const bad = (reply: FastifyReply, status: number, message: string) =>
+    reply
+      .code(status)
+      .type('application/json')
+      .send({ error: status === 406 ? 'not-acceptable' : status === 404 ? 'not-found' : 'bad-request', message });
   const uidsOk = (p: Params) => [p.study, p.series, p.instance].every((u) => u === undefined || (UID.test(u) && u.length <= 64));
 
   /**
    * May the caller do `action` on images at all, and over which patients' studies? Answers the
    * refusal itself (audited with the reason) and returns undefined then.
    */
-  const gate = async (req: FastifyRequest, reply: FastifyReply, action: ImagingAction, target: string): Promise<AccessFilter | undefined> => {
+  const gate = async (
+    req: FastifyRequest,
+    reply: FastifyReply,
+    action: ImagingAction,
+    target: string,
+  ): Promise<AccessFilter | undefined> => {
     const refuse = async (message: string) => {
       req.auditExtra = { action: VERB[action], resource: target, detail: message };
       await bad(reply, 403, message);
@@ -74,21 +100,26 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
       return false;
     }
     if (await patientInScope(store.db, filter.rows, patient)) return true;
-    const message = patient === null
-      ? `study ${study} is not linked to a patient record yet; until it is, only those who may see every patient's images see it`
-      : filter.denied.replace(/^\S+/, `study ${study}`);
+    const message =
+      patient === null
+        ? `study ${study} is not linked to a patient record yet; until it is, only those who may see every patient's images see it`
+        : filter.denied.replace(/^\S+/, `study ${study}`);
     req.auditExtra = { action: VERB.read, resource: `dicom:study/${study}`, detail: message };
     await bad(reply, 403, message);
     return false;
   };
 
   /** For STOW-RS by a caller with a limited scope: may they store images of this patient? */
-  const storeScope = (filter: AccessFilter): NonNullable<IngestOptions['mayStore']> => async ({ dicomPatientId, recordId }) => {
-    if (recordId === undefined) {
-      return `patient ${dicomPatientId} has no record at this site yet: register the patient first (images sent by the modality or PACS, a service account, are taken as they come)`;
-    }
-    return (await patientInScope(store.db, filter.rows, recordId)) ? undefined : filter.denied.replace(/^\S+/, `a study of patient ${dicomPatientId} (Patient/${recordId})`);
-  };
+  const storeScope =
+    (filter: AccessFilter): NonNullable<IngestOptions['mayStore']> =>
+    async ({ dicomPatientId, recordId }) => {
+      if (recordId === undefined) {
+        return `patient ${dicomPatientId} has no record at this site yet: register the patient first (images sent by the modality or PACS, a service account, are taken as they come)`;
+      }
+      return (await patientInScope(store.db, filter.rows, recordId))
+        ? undefined
+        : filter.denied.replace(/^\S+/, `a study of patient ${dicomPatientId} (Patient/${recordId})`);
+    };
 
   // ---- STOW-RS ------------------------------------------------------------------------
   const stow = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
@@ -101,8 +132,10 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     const mayStore = filter.rows.kind === 'all' ? undefined : storeScope(filter);
     if (study !== undefined && !uidsOk(req.params)) return bad(reply, 400, `${study} is not a valid Study Instance UID`);
     const contentType = mediaParams(req.headers['content-type'] ?? '');
-    if (contentType.media !== 'multipart/related') return bad(reply, 415, `STOW-RS takes multipart/related, not ${contentType.media || '(no Content-Type)'}`);
-    if (contentType.type && contentType.type !== 'application/dicom') return bad(reply, 415, `STOW-RS here takes type="application/dicom" parts, not ${contentType.type}`);
+    if (contentType.media !== 'multipart/related')
+      return bad(reply, 415, `STOW-RS takes multipart/related, not ${contentType.media || '(no Content-Type)'}`);
+    if (contentType.type && contentType.type !== 'application/dicom')
+      return bad(reply, 415, `STOW-RS here takes type="application/dicom" parts, not ${contentType.type}`);
     const boundary = contentType.boundary;
     if (!boundary) return bad(reply, 400, 'the Content-Type has no boundary parameter');
     if (boundary.length > 70) return bad(reply, 400, 'the boundary is longer than 70 characters (RFC 2046)');
@@ -123,7 +156,11 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
           warnings.push(warning(`part ${part.index} is ${media || 'untyped'}, not application/dicom`));
           continue; // its bytes are skipped
         }
-        const r = await store.receive(part.body, { source: actor(req), ...(study ? { expectStudy: study } : {}), ...(mayStore ? { mayStore } : {}) });
+        const r = await store.receive(part.body, {
+          source: actor(req),
+          ...(study ? { expectStudy: study } : {}),
+          ...(mayStore ? { mayStore } : {}),
+        });
         if (!r.ok) {
           if (r.error.kind === 'forbidden') refusals.push(r.error.message);
           failed.push(failure(r.error.instance ?? {}, storeFailureStatus(r.error.kind)));
@@ -131,7 +168,11 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
           continue;
         }
         const url = `${base}/studies/${r.value.studyInstanceUid}/series/${r.value.seriesInstanceUid}/instances/${r.value.sopInstanceUid}`;
-        referenced.push({ '00081150': { vr: 'UI', Value: [r.value.sopClassUid] }, '00081155': { vr: 'UI', Value: [r.value.sopInstanceUid] }, '00081190': { vr: 'UR', Value: [url] } });
+        referenced.push({
+          '00081150': { vr: 'UI', Value: [r.value.sopClassUid] },
+          '00081155': { vr: 'UI', Value: [r.value.sopInstanceUid] },
+          '00081190': { vr: 'UR', Value: [url] },
+        });
       }
     } catch (e) {
       // A malformed or cut-off body: the part in hand left nothing behind (the store removes
@@ -152,7 +193,11 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
       action: 'dicom-store',
       ...(study ? { resource: `dicom:study/${study}` } : {}),
       ...(refusals.length && !referenced.length ? { outcome: 'deny' as const } : {}),
-      detail: `stored ${referenced.length}, failed ${failed.length}${refusals.length ? `; ${refusals.length} refused to this caller: ${refusals[0]!}` : ''}`.slice(0, 2000),
+      detail:
+        `stored ${referenced.length}, failed ${failed.length}${refusals.length ? `; ${refusals.length} refused to this caller: ${refusals[0]!}` : ''}`.slice(
+          0,
+          2000,
+        ),
     };
     const body: Record<string, unknown> = {
       ...(study ? { '00081190': { vr: 'UR', Value: [`${base}/studies/${study}`] } } : {}),
@@ -168,45 +213,57 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
   app.post<{ Params: Params }>('/studies/:study', { config: SIGNED_IN }, stow);
 
   // ---- QIDO-RS ------------------------------------------------------------------------
-  const qido = (level: QueryLevel) => async (req: FastifyRequest<{ Params: Params; Querystring: Record<string, string | string[]> }>, reply: FastifyReply) => {
-    const filter = await gate(req, reply, 'search', req.params.study ? `dicom:study/${req.params.study}` : 'dicom:studies');
-    if (!filter) return reply;
-    if (!uidsOk(req.params)) return bad(reply, 400, 'a UID in the path is not valid');
-    const keys: Record<string, string> = {};
-    const include: string[] = [];
-    let limit = 100;
-    let offset = 0;
-    for (const [name, raw] of Object.entries(req.query)) {
-      const values = [raw].flat();
-      if (name === 'includefield') {
-        for (const f of values.flatMap((v) => v.split(','))) {
-          if (f === 'all') include.push(...DEFAULT_RETURN[level]);
-          else {
-            const k = attributeKeyword(f);
-            if (!k) return bad(reply, 400, `includefield ${f}: not an attribute medmesh returns`);
-            include.push(k);
+  const qido =
+    (level: QueryLevel) =>
+    async (req: FastifyRequest<{ Params: Params; Querystring: Record<string, string | string[]> }>, reply: FastifyReply) => {
+      const filter = await gate(req, reply, 'search', req.params.study ? `dicom:study/${req.params.study}` : 'dicom:studies');
+      if (!filter) return reply;
+      if (!uidsOk(req.params)) return bad(reply, 400, 'a UID in the path is not valid');
+      const keys: Record<string, string> = {};
+      const include: string[] = [];
+      let limit = 100;
+      let offset = 0;
+      for (const [name, raw] of Object.entries(req.query)) {
+        const values = [raw].flat();
+        if (name === 'includefield') {
+          for (const f of values.flatMap((v) => v.split(','))) {
+            if (f === 'all') include.push(...DEFAULT_RETURN[level]);
+            else {
+              const k = attributeKeyword(f);
+              if (!k) return bad(reply, 400, `includefield ${f}: not an attribute medmesh returns`);
+              include.push(k);
+            }
           }
+        } else if (name === 'limit' || name === 'offset') {
+          const n = Number(values[0]);
+          if (!Number.isInteger(n) || n < 0 || (name === 'limit' && (n === 0 || n > 1000)))
+            return bad(reply, 400, `${name} must be an integer${name === 'limit' ? ' from 1 to 1000' : ' >= 0'}`);
+          if (name === 'limit') limit = n;
+          else offset = n;
+        } else if (name === 'fuzzymatching') {
+          if (values[0] !== 'false') return bad(reply, 400, 'fuzzymatching is not supported');
+        } else {
+          const k = attributeKeyword(name);
+          if (!k) return bad(reply, 400, `${name} is not a matching key medmesh supports`);
+          keys[k] = values[0] ?? '';
         }
-      } else if (name === 'limit' || name === 'offset') {
-        const n = Number(values[0]);
-        if (!Number.isInteger(n) || n < 0 || (name === 'limit' && (n === 0 || n > 1000))) return bad(reply, 400, `${name} must be an integer${name === 'limit' ? ' from 1 to 1000' : ' >= 0'}`);
-        if (name === 'limit') limit = n;
-        else offset = n;
-      } else if (name === 'fuzzymatching') {
-        if (values[0] !== 'false') return bad(reply, 400, 'fuzzymatching is not supported');
-      } else {
-        const k = attributeKeyword(name);
-        if (!k) return bad(reply, 400, `${name} is not a matching key medmesh supports`);
-        keys[k] = values[0] ?? '';
       }
-    }
-    if (req.params.study) keys.StudyInstanceUID = req.params.study;
-    if (req.params.series) keys.SeriesInstanceUID = req.params.series;
-    const found = await findImaging(store.db, level, keys, { limit, offset, include: [...DEFAULT_RETURN[level], ...include], rows: filter.rows });
-    if (!found.ok) return bad(reply, 400, found.error);
-    req.auditExtra = { action: 'dicom-query', ...(req.params.study ? { resource: `dicom:study/${req.params.study}` } : {}), detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}` };
-    return reply.type(DICOM_JSON).send(found.value.map(toDicomJson));
-  };
+      if (req.params.study) keys.StudyInstanceUID = req.params.study;
+      if (req.params.series) keys.SeriesInstanceUID = req.params.series;
+      const found = await findImaging(store.db, level, keys, {
+        limit,
+        offset,
+        include: [...DEFAULT_RETURN[level], ...include],
+        rows: filter.rows,
+      });
+      if (!found.ok) return bad(reply, 400, found.error);
+      req.auditExtra = {
+        action: 'dicom-query',
+        ...(req.params.study ? { resource: `dicom:study/${req.params.study}` } : {}),
+        detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}`,
+      };
+      return reply.type(DICOM_JSON).send(found.value.map(toDicomJson));
+    };
   app.get('/studies', { config: SIGNED_IN }, qido('STUDY'));
   app.get('/series', { config: SIGNED_IN }, qido('SERIES'));
   app.get('/instances', { config: SIGNED_IN }, qido('IMAGE'));
@@ -235,9 +292,21 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     if (!accept.ok) return bad(reply, 406, accept.error);
     const instances = await selected(req.params);
     if (!instances.length) return bad(reply, 404, `nothing stored under ${describe(req.params)}`);
-    const wrong = accept.transferSyntax && accept.transferSyntax !== '*' ? instances.find((i) => i.transferSyntaxUid !== accept.transferSyntax) : undefined;
-    if (wrong) return bad(reply, 406, `instance ${wrong.sopInstanceUid} is stored as ${wrong.transferSyntaxUid}; medmesh returns instances as stored (transfer-syntax=* or that one)`);
-    req.auditExtra = { action: 'dicom-retrieve', resource: `dicom:${describe(req.params)}`, detail: `${instances.length} instance(s)` };
+    const wrong =
+      accept.transferSyntax && accept.transferSyntax !== '*'
+        ? instances.find((i) => i.transferSyntaxUid !== accept.transferSyntax)
+        : undefined;
+    if (wrong)
+      return bad(
+        reply,
+        406,
+        `instance ${wrong.sopInstanceUid} is stored as ${wrong.transferSyntaxUid}; medmesh returns instances as stored (transfer-syntax=* or that one)`,
+      );
+    req.auditExtra = {
+      action: 'dicom-retrieve',
+      resource: `dicom:${describe(req.params)}`,
+      detail: `${instances.length} instance(s)`,
+    };
     // Each instance is decrypted and checked as its part is sent; a damaged one ends the
     // stream with an error rather than sending bytes that fail their checksum.
     const parts = (async function* (): AsyncGenerator<Part> {
@@ -254,7 +323,13 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
         const r = await queue.shift()!;
         if (k + AHEAD < instances.length) queue.push(read(k + AHEAD));
         if (!r.ok) throw new Error(r.error.message);
-        yield { headers: { 'Content-Type': `application/dicom; transfer-syntax=${i.transferSyntaxUid}`, 'Content-Location': `/dicomweb/studies/${i.studyInstanceUid}/series/${i.seriesInstanceUid}/instances/${i.sopInstanceUid}` }, body: r.value.file };
+        yield {
+          headers: {
+            'Content-Type': `application/dicom; transfer-syntax=${i.transferSyntaxUid}`,
+            'Content-Location': `/dicomweb/studies/${i.studyInstanceUid}/series/${i.seriesInstanceUid}/instances/${i.sopInstanceUid}`,
+          },
+          body: r.value.file,
+        };
       }
     })();
     const body = multipartRelated('application/dicom', parts);
@@ -264,13 +339,18 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     if (!(await readable(req, reply))) return reply;
     const instances = await selected(req.params);
     if (!instances.length) return bad(reply, 404, `nothing stored under ${describe(req.params)}`);
-    req.auditExtra = { action: 'dicom-metadata', resource: `dicom:${describe(req.params)}`, detail: `${instances.length} instance(s)` };
+    req.auditExtra = {
+      action: 'dicom-metadata',
+      resource: `dicom:${describe(req.params)}`,
+      detail: `${instances.length} instance(s)`,
+    };
     return reply.type(DICOM_JSON).send(instances.map((i) => i.attributes));
   };
   const frames = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
     if (!(await readable(req, reply))) return reply;
     const wanted = (req.params.frames ?? '').split(',').map(Number);
-    if (!wanted.length || wanted.some((n) => !Number.isInteger(n) || n < 1)) return bad(reply, 400, `frame list ${req.params.frames ?? ''} must be positive integers separated by commas`);
+    if (!wanted.length || wanted.some((n) => !Number.isInteger(n) || n < 1))
+      return bad(reply, 400, `frame list ${req.params.frames ?? ''} must be positive integers separated by commas`);
     const [instance] = await selected(req.params);
     if (!instance) return bad(reply, 404, `nothing stored under ${describe(req.params)}`);
     const r = await store.read(instance.sopInstanceUid);
@@ -278,8 +358,15 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     const count = instance.attributes['00280008']?.Value?.[0];
     const cut = extractFrames(r.value.file, count === undefined ? null : Number(count), wanted);
     if (!cut.ok) return bad(reply, cut.status, cut.error);
-    req.auditExtra = { action: 'dicom-retrieve', resource: `dicom:${describe(req.params)}`, detail: `frames ${wanted.join(',')}` };
-    const body = multipartRelated('application/octet-stream', cut.value.map((f) => ({ headers: { 'Content-Type': 'application/octet-stream' }, body: f })));
+    req.auditExtra = {
+      action: 'dicom-retrieve',
+      resource: `dicom:${describe(req.params)}`,
+      detail: `frames ${wanted.join(',')}`,
+    };
+    const body = multipartRelated(
+      'application/octet-stream',
+      cut.value.map((f) => ({ headers: { 'Content-Type': 'application/octet-stream' }, body: f })),
+    );
     return reply.type(body.contentType).send(Readable.from(body.body));
   };
   app.get('/studies/:study', { config: SIGNED_IN }, retrieve);
@@ -306,7 +393,10 @@ function warning(text: string): string {
 }
 
 function describe(p: Params): string {
-  return ['study', p.study, p.series ? `series/${p.series}` : '', p.instance ? `instance/${p.instance}` : ''].filter(Boolean).join('/').replace('study/', 'study/');
+  return ['study', p.study, p.series ? `series/${p.series}` : '', p.instance ? `instance/${p.instance}` : '']
+    .filter(Boolean)
+    .join('/')
+    .replace('study/', 'study/');
 }
 
 function actor(req: FastifyRequest): string {
@@ -320,7 +410,8 @@ function acceptsDicom(accept: string | undefined): { ok: true; transferSyntax?: 
   for (const entry of accept.split(/,(?=(?:[^"]*"[^"]*")*[^"]*$)/)) {
     const p = mediaParams(entry);
     if (p.media === '*/*' || p.media === 'multipart/*') return { ok: true };
-    if (p.media === 'multipart/related' && (!p.type || p.type === 'application/dicom')) return { ok: true, ...(p['transfer-syntax'] ? { transferSyntax: p['transfer-syntax'] } : {}) };
+    if (p.media === 'multipart/related' && (!p.type || p.type === 'application/dicom'))
+      return { ok: true, ...(p['transfer-syntax'] ? { transferSyntax: p['transfer-syntax'] } : {}) };
   }
   return { ok: false, error: `instances are returned as multipart/related; type="application/dicom", not ${accept}` };
 }

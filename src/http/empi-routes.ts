@@ -18,15 +18,35 @@ const lookupSchema = z.strictObject({ system: z.string().min(1).max(200), value:
 
 export const empiRoutes: FastifyPluginAsync<EmpiRoutesOptions> = async (app, opts) => {
   const systems = Object.values(opts.region.config.identifierSystems);
-  app.post('/lookup', { config: { access: { roles: ['registrar', 'integration', 'administrator', 'doctor', 'nurse'], services: ['site', 'router', 'edge'] } } }, async (req, reply) => {
-    const body = lookupSchema.safeParse(req.body);
-    if (!body.success) return reply.code(400).send({ error: 'bad-request', message: body.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; ') });
-    if (!systems.includes(body.data.system)) return reply.code(400).send({ error: 'bad-request', message: `system: the directory indexes ${systems.join(' and ')} only` });
-    const [blind] = opts.blindIndex([body.data]);
-    if (!blind) return reply.code(503).send({ error: 'empi-key-missing', message: "this site has no EMPI blind-index key: install the region's key with medmesh keys create --name empi-blind-index --material <file>" });
-    const found = await findByBlindIndex(opts.db, blind);
-    req.auditExtra = { action: 'empi-lookup', resource: 'EmpiEntry' };
-    return { patients: found.map((p) => ({ ...p, activeSite: opts.region.activeSiteFor(p.homeShard) ?? null })) };
-  });
+  app.post(
+    '/lookup',
+    {
+      config: {
+        access: { roles: ['registrar', 'integration', 'administrator', 'doctor', 'nurse'], services: ['site', 'router', 'edge'] },
+      },
+    },
+    async (req, reply) => {
+      const body = lookupSchema.safeParse(req.body);
+      if (!body.success)
+        return reply.code(400).send({
+          error: 'bad-request',
+          message: body.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; '),
+        });
+      if (!systems.includes(body.data.system))
+        return reply
+          .code(400)
+          .send({ error: 'bad-request', message: `system: the directory indexes ${systems.join(' and ')} only` });
+      const [blind] = opts.blindIndex([body.data]);
+      if (!blind)
+        return reply.code(503).send({
+          error: 'empi-key-missing',
+          message:
+            "this site has no EMPI blind-index key: install the region's key with medmesh keys create --name empi-blind-index --material <file>",
+        });
+      const found = await findByBlindIndex(opts.db, blind);
+      req.auditExtra = { action: 'empi-lookup', resource: 'EmpiEntry' };
+      return { patients: found.map((p) => ({ ...p, activeSite: opts.region.activeSiteFor(p.homeShard) ?? null })) };
+    },
+  );
   await Promise.resolve();
 };

@@ -17,7 +17,11 @@ describe(`EMPI directory (${testBackend()})`, () => {
   let b: TestServer;
   let c: TestServer;
   before(async () => {
-    [a, b, c] = [await startTestServer({ siteId: 'A' }), await startTestServer({ siteId: 'B' }), await startTestServer({ siteId: 'C' })];
+    [a, b, c] = [
+      await startTestServer({ siteId: 'A' }),
+      await startTestServer({ siteId: 'B' }),
+      await startTestServer({ siteId: 'C' }),
+    ];
     for (const s of [a, b]) {
       await s.site.kms.createKey('empi-blind-index', { material: REGION_KEY });
       await s.site.refreshEmpiKey();
@@ -30,32 +34,74 @@ describe(`EMPI directory (${testBackend()})`, () => {
   });
 
   const lookup = (s: TestServer, body: unknown, headers = s.as(['registrar'])) =>
-    fetch(`${s.base}/empi/lookup`, { method: 'POST', headers: { ...headers, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    fetch(`${s.base}/empi/lookup`, {
+      method: 'POST',
+      headers: { ...headers, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
 
   it('finds a patient by resident ID at a site that does not hold the patient', async () => {
     const rid = makeResidentId({ divisionCode: '440106', birthDate: '1992-02-02', sequence: 77 });
-    const created = await fetch(`${b.fhir}/Patient`, { method: 'POST', headers: { ...b.auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Patient', name: [{ family: '冯', given: ['敏'] }], identifier: [{ system: RID, value: rid }] }) });
+    const created = await fetch(`${b.fhir}/Patient`, {
+      method: 'POST',
+      headers: { ...b.auth, 'content-type': 'application/fhir+json' },
+      body: JSON.stringify({
+        resourceType: 'Patient',
+        name: [{ family: '冯', given: ['敏'] }],
+        identifier: [{ system: RID, value: rid }],
+      }),
+    });
     assert.equal(created.status, 201);
     const id = ((await created.json()) as { id: string }).id;
-    const pull = new Puller({ peer: { id: 'B', url: b.base }, key: () => a.site.kms.signingKey()?.key, peerKey: () => a.site.identity.servicePublicKey('B'), waitSeconds: 0, apply: { db: a.db, siteId: 'A', region: a.site.ctx.region, clock: a.site.ctx.clock, records: a.site.ctx } });
+    const pull = new Puller({
+      peer: { id: 'B', url: b.base },
+      key: () => a.site.kms.signingKey()?.key,
+      peerKey: () => a.site.identity.servicePublicKey('B'),
+      waitSeconds: 0,
+      apply: { db: a.db, siteId: 'A', region: a.site.ctx.region, clock: a.site.ctx.clock, records: a.site.ctx },
+    });
     await pullUntilCaughtUp(b, a, 'B', () => pull.pullOnce());
     const r = await lookup(a, { system: RID, value: rid });
     assert.equal(r.status, 200);
     assert.deepEqual(await r.json(), { patients: [{ patientId: id, homeShard: 'guangzhou', activeSite: 'B' }] });
-    assert.equal((await fetch(`${a.fhir}/Patient/${id}`, { headers: a.auth })).status, 404, 'A routes the patient but does not hold it');
-    const { rows } = await a.db.query<{ content: string }>("SELECT content::text AS content FROM resource_history WHERE resource_type = 'EmpiEntry' AND id = $1", [id]);
-    assert.ok(rows[0] && !rows[0].content.includes(rid) && !rows[0].content.includes('冯'), 'neither the identifier nor the name travels');
-    const none = await lookup(a, { system: RID, value: makeResidentId({ divisionCode: '440106', birthDate: '1992-02-02', sequence: 78 }) });
+    assert.equal(
+      (await fetch(`${a.fhir}/Patient/${id}`, { headers: a.auth })).status,
+      404,
+      'A routes the patient but does not hold it',
+    );
+    const { rows } = await a.db.query<{ content: string }>(
+      "SELECT content::text AS content FROM resource_history WHERE resource_type = 'EmpiEntry' AND id = $1",
+      [id],
+    );
+    assert.ok(
+      rows[0] && !rows[0].content.includes(rid) && !rows[0].content.includes('冯'),
+      'neither the identifier nor the name travels',
+    );
+    const none = await lookup(a, {
+      system: RID,
+      value: makeResidentId({ divisionCode: '440106', birthDate: '1992-02-02', sequence: 78 }),
+    });
     assert.deepEqual(await none.json(), { patients: [] });
     // Registered together (grouped into one statement at B): each is found by its own identifier.
     const rids = [1, 2, 3, 4, 5, 6].map((n) => makeResidentId({ divisionCode: '440104', birthDate: '1960-06-06', sequence: n }));
-    const burst = await Promise.all(rids.map((value) => b.site.store.create('Patient', { resourceType: 'Patient', identifier: [{ system: RID, value }] })));
-    assert.ok(burst.every((m) => m.ok), JSON.stringify(burst.find((m) => !m.ok)));
+    const burst = await Promise.all(
+      rids.map((value) => b.site.store.create('Patient', { resourceType: 'Patient', identifier: [{ system: RID, value }] })),
+    );
+    assert.ok(
+      burst.every((m) => m.ok),
+      JSON.stringify(burst.find((m) => !m.ok)),
+    );
     await pullUntilCaughtUp(b, a, 'B', () => pull.pullOnce());
     for (const [i, m] of burst.entries()) {
       for (const at of [a, b]) {
-        const found = (await (await lookup(at, { system: RID, value: rids[i]! })).json()) as { patients: Array<{ patientId: string }> };
-        assert.deepEqual(found.patients.map((p) => p.patientId), [m.ok ? m.value.resource.id : ''], `found at ${at.site.siteId}`);
+        const found = (await (await lookup(at, { system: RID, value: rids[i]! })).json()) as {
+          patients: Array<{ patientId: string }>;
+        };
+        assert.deepEqual(
+          found.patients.map((p) => p.patientId),
+          [m.ok ? m.value.resource.id : ''],
+          `found at ${at.site.siteId}`,
+        );
       }
     }
     // Single and grouped writes at B, applies at A alike: the entries are history rows only.
@@ -72,8 +118,15 @@ describe(`EMPI directory (${testBackend()})`, () => {
   it('says when the region key is missing, and refuses bad input and strangers', async () => {
     const missing = await lookup(c, { system: RID, value: '440106199202020771' });
     assert.equal(missing.status, 503);
-    assert.match(((await missing.json()) as { message: string }).message, /medmesh keys create --name empi-blind-index --material/);
-    assert.equal((await lookup(a, { system: 'urn:other', value: 'x' })).status, 400, 'only the regional identifier systems are indexed');
+    assert.match(
+      ((await missing.json()) as { message: string }).message,
+      /medmesh keys create --name empi-blind-index --material/,
+    );
+    assert.equal(
+      (await lookup(a, { system: 'urn:other', value: 'x' })).status,
+      400,
+      'only the regional identifier systems are indexed',
+    );
     assert.equal((await lookup(a, { system: RID })).status, 400);
     assert.equal((await lookup(a, { system: RID, value: 'x' }, {})).status, 401);
     assert.equal((await lookup(a, { system: RID, value: 'x' }, a.as(['researcher']))).status, 403);

@@ -8,7 +8,13 @@ import { startTestServer, type TestServer } from './testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
 const FHIR = { 'content-type': 'application/fhir+json' };
-const gz = (seq: number): Patient => ({ resourceType: 'Patient', name: [{ family: '黄', given: ['飞鸿'] }], gender: 'male', birthDate: '1960-05-05', identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440104', birthDate: '1960-05-05', sequence: seq }) }] });
+const gz = (seq: number): Patient => ({
+  resourceType: 'Patient',
+  name: [{ family: '黄', given: ['飞鸿'] }],
+  gender: 'male',
+  birthDate: '1960-05-05',
+  identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440104', birthDate: '1960-05-05', sequence: seq }) }],
+});
 
 describe(`FHIR REST API (${testBackend()})`, () => {
   let s: TestServer;
@@ -18,7 +24,11 @@ describe(`FHIR REST API (${testBackend()})`, () => {
   after(() => s.close());
 
   const req = async (method: string, path: string, body?: unknown, headers: Record<string, string> = {}) => {
-    const res = await fetch(`${s.fhir}${path}`, { method, headers: body === undefined ? { ...s.auth, ...headers } : { ...FHIR, ...s.auth, ...headers }, ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }) });
+    const res = await fetch(`${s.fhir}${path}`, {
+      method,
+      headers: body === undefined ? { ...s.auth, ...headers } : { ...FHIR, ...s.auth, ...headers },
+      ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
+    });
     const text = await res.text();
     return { status: res.status, headers: res.headers, json: text ? (JSON.parse(text) as Record<string, unknown>) : undefined };
   };
@@ -29,10 +39,28 @@ describe(`FHIR REST API (${testBackend()})`, () => {
     const cs = r.json as unknown as CapabilityStatement;
     assert.equal(cs.fhirVersion, '4.0.1');
     const types: string[] = cs.rest![0]!.resource!.map((x) => x.type);
-    for (const t of ['Patient', 'Practitioner', 'Organization', 'Encounter', 'Observation', 'Condition', 'Procedure', 'MedicationRequest', 'ServiceRequest', 'DiagnosticReport', 'DocumentReference', 'AllergyIntolerance', 'ImagingStudy', 'Binary']) assert.ok(types.includes(t), t);
+    for (const t of [
+      'Patient',
+      'Practitioner',
+      'Organization',
+      'Encounter',
+      'Observation',
+      'Condition',
+      'Procedure',
+      'MedicationRequest',
+      'ServiceRequest',
+      'DiagnosticReport',
+      'DocumentReference',
+      'AllergyIntolerance',
+      'ImagingStudy',
+      'Binary',
+    ])
+      assert.ok(types.includes(t), t);
     const params = (t: string) => cs.rest![0]!.resource!.find((x) => x.type === t)!.searchParam!.map((p) => p.name);
-    for (const p of ['_id', '_lastUpdated', 'identifier', 'name', 'family', 'given', 'birthdate', 'gender']) assert.ok(params('Patient').includes(p), p);
-    for (const p of ['patient', 'subject', 'encounter', 'date', 'code', 'status']) assert.ok(params('Observation').includes(p), p);
+    for (const p of ['_id', '_lastUpdated', 'identifier', 'name', 'family', 'given', 'birthdate', 'gender'])
+      assert.ok(params('Patient').includes(p), p);
+    for (const p of ['patient', 'subject', 'encounter', 'date', 'code', 'status'])
+      assert.ok(params('Observation').includes(p), p);
     // Every advertised parameter is accepted by search.
     for (const p of params('Observation').filter((x) => !x.startsWith('_'))) {
       const v = ['date'].includes(p) ? '2024' : 'x';
@@ -73,29 +101,86 @@ describe(`FHIR REST API (${testBackend()})`, () => {
     const first = await req('POST', '/Patient', gz(3), { 'if-none-exist': `identifier=${RID}|${value}` });
     const second = await req('POST', '/Patient', gz(3), { 'if-none-exist': `identifier=${RID}|${value}` });
     assert.deepEqual([first.status, second.status], [201, 200]);
-    const res = await fetch(`${s.fhir}/Patient/_search`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...s.auth }, body: `identifier=${encodeURIComponent(value)}` });
+    const res = await fetch(`${s.fhir}/Patient/_search`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', ...s.auth },
+      body: `identifier=${encodeURIComponent(value)}`,
+    });
     assert.equal(((await res.json()) as Bundle).total, 1);
   });
 
   it('refuses each kind of bad input with an OperationOutcome and changes nothing', async () => {
     const valid = gz(10);
-    const wrongCheck = { ...valid, identifier: [{ system: RID, value: valid.identifier![0]!.value!.slice(0, 17) + (valid.identifier![0]!.value!.endsWith('0') ? '1' : '0') }] };
-    const sz = { ...valid, identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440305', birthDate: '1960-05-05', sequence: 1 }) }] };
+    const wrongCheck = {
+      ...valid,
+      identifier: [
+        {
+          system: RID,
+          value: valid.identifier![0]!.value!.slice(0, 17) + (valid.identifier![0]!.value!.endsWith('0') ? '1' : '0'),
+        },
+      ],
+    };
+    const sz = {
+      ...valid,
+      identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440305', birthDate: '1960-05-05', sequence: 1 }) }],
+    };
     const existing = (await req('POST', '/Patient', gz(11))).json as unknown as Patient;
     const before = await s.counts();
     const cases: Array<[string, string, unknown, Record<string, string>, number, RegExp]> = [
       ['malformed JSON', '/Patient', '{"resourceType": "Patient",', {}, 400, /malformed JSON/],
-      ['wrong content type', '/Patient', 'resourceType=Patient', { 'content-type': 'text/plain' }, 415, /content type text\/plain is not supported/],
+      [
+        'wrong content type',
+        '/Patient',
+        'resourceType=Patient',
+        { 'content-type': 'text/plain' },
+        415,
+        /content type text\/plain is not supported/,
+      ],
       ['XML', '/Patient', '<Patient/>', { 'content-type': 'application/fhir+xml' }, 415, /not supported/],
-      ['resourceType not matching the URL', '/Patient', { resourceType: 'Observation' }, {}, 400, /resourceType Observation does not match the URL's Patient/],
+      [
+        'resourceType not matching the URL',
+        '/Patient',
+        { resourceType: 'Observation' },
+        {},
+        400,
+        /resourceType Observation does not match the URL's Patient/,
+      ],
       ['unknown type', '/Medication', { resourceType: 'Medication' }, {}, 404, /Medication is not served here/],
       ['invalid resident ID check digit', '/Patient', wrongCheck, {}, 422, /check digit/],
       ['invalid date', '/Patient', { ...valid, birthDate: '1960-02-30' }, {}, 422, /birthDate|date/i],
-      ['code outside its required value set', '/Patient', { ...valid, gender: 'm' }, {}, 422, /'m' is not a code of the required value set/],
-      ['oversize body', '/Patient', { ...valid, text: { status: 'generated', div: `<div xmlns="http://www.w3.org/1999/xhtml">${'x'.repeat(70_000)}</div>` } }, {}, 413, /exceeds the limit of 65536 bytes/],
+      [
+        'code outside its required value set',
+        '/Patient',
+        { ...valid, gender: 'm' },
+        {},
+        422,
+        /'m' is not a code of the required value set/,
+      ],
+      [
+        'oversize body',
+        '/Patient',
+        { ...valid, text: { status: 'generated', div: `<div xmlns="http://www.w3.org/1999/xhtml">${'x'.repeat(70_000)}</div>` } },
+        {},
+        413,
+        /exceeds the limit of 65536 bytes/,
+      ],
       ['empty body', '/Patient', '', {}, 400, /empty/],
       ['core data for a shard active elsewhere', '/Patient', sz, {}, 421, /shard shenzhen is written at site C/],
-      ['transaction with one bad entry', '', { resourceType: 'Bundle', type: 'transaction', entry: [{ resource: gz(12), request: { method: 'POST', url: 'Patient' } }, { resource: { resourceType: 'Patient', gender: 'x' }, request: { method: 'POST', url: 'Patient' } }] }, {}, 422, /Bundle\.entry\[1\]/],
+      [
+        'transaction with one bad entry',
+        '',
+        {
+          resourceType: 'Bundle',
+          type: 'transaction',
+          entry: [
+            { resource: gz(12), request: { method: 'POST', url: 'Patient' } },
+            { resource: { resourceType: 'Patient', gender: 'x' }, request: { method: 'POST', url: 'Patient' } },
+          ],
+        },
+        {},
+        422,
+        /Bundle\.entry\[1\]/,
+      ],
     ];
     for (const [name, path, body, headers, status, re] of cases) {
       const r = await req('POST', path, body, headers);
@@ -107,8 +192,14 @@ describe(`FHIR REST API (${testBackend()})`, () => {
       ['id in URL and body differ', `/Patient/${existing.id}`, { ...existing, id: 'other' }, {}, 400],
       ['stale If-Match', `/Patient/${existing.id}`, existing, { 'if-match': 'W/"0000000000000000-B"' }, 412],
     ];
-    for (const [name, path, body, headers, status] of putCases) assert.equal((await req('PUT', path, body, headers)).status, status, name);
-    for (const [q, status] of [['foo=bar', 400], ['birthdate=19x0', 400], ['_count=-1', 400], ['_sort=nothing', 400]] as const) {
+    for (const [name, path, body, headers, status] of putCases)
+      assert.equal((await req('PUT', path, body, headers)).status, status, name);
+    for (const [q, status] of [
+      ['foo=bar', 400],
+      ['birthdate=19x0', 400],
+      ['_count=-1', 400],
+      ['_sort=nothing', 400],
+    ] as const) {
       const r = await req('GET', `/Patient?${q}`);
       assert.equal(r.status, status, q);
       assert.equal(r.json?.resourceType, 'OperationOutcome');
@@ -119,8 +210,26 @@ describe(`FHIR REST API (${testBackend()})`, () => {
   });
 
   it('survives garbage without a 5xx', async () => {
-    const bodies = ['null', '[]', '42', '"x"', '{"resourceType":null}', '{"resourceType":"Patient","name":"notanarray"}', '{"resourceType":"Patient","__proto__":{"x":1}}', '{"resourceType":"Bundle","type":"transaction","entry":"x"}', '\u0000\u0001'];
-    const paths = ['/Patient', '/', '/Patient/x', '/Patient/_history', '/%E0%A4%A', '/Patient/x/_history/y', '/Observation/_search'];
+    const bodies = [
+      'null',
+      '[]',
+      '42',
+      '"x"',
+      '{"resourceType":null}',
+      '{"resourceType":"Patient","name":"notanarray"}',
+      '{"resourceType":"Patient","__proto__":{"x":1}}',
+      '{"resourceType":"Bundle","type":"transaction","entry":"x"}',
+      '\u0000\u0001',
+    ];
+    const paths = [
+      '/Patient',
+      '/',
+      '/Patient/x',
+      '/Patient/_history',
+      '/%E0%A4%A',
+      '/Patient/x/_history/y',
+      '/Observation/_search',
+    ];
     for (const path of paths) {
       for (const body of bodies) {
         for (const method of ['POST', 'PUT']) {
@@ -137,7 +246,11 @@ describe(`FHIR REST API (${testBackend()})`, () => {
   });
 
   it('works with a real FHIR client (MedplumClient)', async () => {
-    const client = new MedplumClient({ baseUrl: `${s.base}/`, fhirUrlPath: 'fhir/R4', fetch: (url: string | URL | Request, init?: RequestInit) => fetch(url, init) });
+    const client = new MedplumClient({
+      baseUrl: `${s.base}/`,
+      fhirUrlPath: 'fhir/R4',
+      fetch: (url: string | URL | Request, init?: RequestInit) => fetch(url, init),
+    });
     client.setAccessToken(s.auth.authorization!.slice('Bearer '.length));
     const created = await client.createResource<Patient>(gz(20));
     const read = await client.readResource('Patient', created.id);
@@ -145,8 +258,30 @@ describe(`FHIR REST API (${testBackend()})`, () => {
     const updated = await client.updateResource<Patient>({ ...read, birthDate: '1960-05-06' });
     assert.notEqual(updated.meta!.versionId, read.meta!.versionId);
     const found = await client.searchResources('Patient', { identifier: gz(20).identifier![0]!.value! });
-    assert.deepEqual(found.map((p) => p.id), [created.id]);
-    const tx = await client.executeBatch({ resourceType: 'Bundle', type: 'transaction', entry: [{ fullUrl: 'urn:uuid:55555555-5555-4555-8555-555555555555', resource: gz(21), request: { method: 'POST', url: 'Patient' } }, { resource: { resourceType: 'Encounter', status: 'in-progress', class: { code: 'EMER' }, subject: { reference: 'urn:uuid:55555555-5555-4555-8555-555555555555' } }, request: { method: 'POST', url: 'Encounter' } }] });
+    assert.deepEqual(
+      found.map((p) => p.id),
+      [created.id],
+    );
+    const tx = await client.executeBatch({
+      resourceType: 'Bundle',
+      type: 'transaction',
+      entry: [
+        {
+          fullUrl: 'urn:uuid:55555555-5555-4555-8555-555555555555',
+          resource: gz(21),
+          request: { method: 'POST', url: 'Patient' },
+        },
+        {
+          resource: {
+            resourceType: 'Encounter',
+            status: 'in-progress',
+            class: { code: 'EMER' },
+            subject: { reference: 'urn:uuid:55555555-5555-4555-8555-555555555555' },
+          },
+          request: { method: 'POST', url: 'Encounter' },
+        },
+      ],
+    });
     assert.equal(tx.type, 'transaction-response');
     await assert.rejects(client.readResource('Patient', 'missing-id'), /not found|Not found/i);
   });

@@ -3,7 +3,14 @@
 // No route here touches the record store directly.
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { Resource } from '@medplum/fhirtypes';
-import { processBundle, stripEtag, type RecordError, type Result, type SearchParamTable, type WriteOutcome } from '../records/index.ts';
+import {
+  processBundle,
+  stripEtag,
+  type RecordError,
+  type Result,
+  type SearchParamTable,
+  type WriteOutcome,
+} from '../records/index.ts';
 import type { AccessControl, RecordAccess } from '../security/access/index.ts';
 import { resolveRequester } from './requester.ts';
 import { buildCapabilityStatement } from './capability.ts';
@@ -37,7 +44,17 @@ export const fhirRoutes: FastifyPluginAsync<FhirRoutesOptions> = async (app, opt
   };
 
   app.get('/metadata', { config: { access: 'public' } }, async (req, reply) =>
-    send(reply, 200, buildCapabilityStatement({ searchParams: opts.searchParams, siteId: opts.siteId, regionId: opts.regionId, baseUrl: baseUrl(req), version: opts.version })),
+    send(
+      reply,
+      200,
+      buildCapabilityStatement({
+        searchParams: opts.searchParams,
+        siteId: opts.siteId,
+        regionId: opts.regionId,
+        baseUrl: baseUrl(req),
+        version: opts.version,
+      }),
+    ),
   );
 
   app.post('/', RECORDS, async (req, reply) => {
@@ -76,7 +93,12 @@ export const fhirRoutes: FastifyPluginAsync<FhirRoutesOptions> = async (app, opt
 
   app.put<{ Params: IdParams }>('/:type/:id', RECORDS, async (req, reply) => {
     const ifMatch = header(req, 'if-match');
-    const r = await records(req).update(req.params.type, req.params.id, req.body, ifMatch !== undefined ? { ifMatch: stripEtag(ifMatch) } : {});
+    const r = await records(req).update(
+      req.params.type,
+      req.params.id,
+      req.body,
+      ifMatch !== undefined ? { ifMatch: stripEtag(ifMatch) } : {},
+    );
     return sendWrite(req, reply, r);
   });
 
@@ -104,7 +126,10 @@ function sendWrite(req: FastifyRequest, reply: FastifyReply, r: Result<WriteOutc
   if (!r.ok) return sendError(reply, r.error);
   const { resource, status } = r.value;
   const code = status === 'created' ? 201 : 200;
-  reply.header('location', `${req.protocol}://${req.host}/fhir/R4/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`);
+  reply.header(
+    'location',
+    `${req.protocol}://${req.host}/fhir/R4/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`,
+  );
   if (header(req, 'prefer') === 'return=minimal') {
     setVersionHeaders(reply, resource);
     return reply.code(code).send();
@@ -128,7 +153,8 @@ export function send(reply: FastifyReply, code: number, body: unknown): FastifyR
 }
 
 export function sendError(reply: FastifyReply, error: RecordError): FastifyReply {
-  if (error.activeSite) reply.header('x-medmesh-active-site', error.activeSite.id).header('x-medmesh-active-site-url', error.activeSite.url);
+  if (error.activeSite)
+    reply.header('x-medmesh-active-site', error.activeSite.id).header('x-medmesh-active-site-url', error.activeSite.url);
   return send(reply, statusOf(error), outcomeOf(error));
 }
 
@@ -148,21 +174,57 @@ function historyOptions(req: FastifyRequest): Result<{ count: number; offset: nu
     if (k === '_count' && /^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 1000) out.count = Number(v);
     else if (k === '_offset' && /^\d+$/.test(v) && Number(v) <= 10_000) out.offset = Number(v);
     else if (k === '_since' && !Number.isNaN(Date.parse(v))) out.since = new Date(v);
-    else if (k !== '_format' && k !== '_pretty') return { ok: false, error: { kind: 'bad-request', issues: [{ message: `history parameter ${k}=${v} is not supported or malformed (_count 1-1000, _offset, _since instant)`, code: 'invalid' }] } };
+    else if (k !== '_format' && k !== '_pretty')
+      return {
+        ok: false,
+        error: {
+          kind: 'bad-request',
+          issues: [
+            {
+              message: `history parameter ${k}=${v} is not supported or malformed (_count 1-1000, _offset, _since instant)`,
+              code: 'invalid',
+            },
+          ],
+        },
+      };
   }
   return { ok: true, value: out };
 }
 
 export function registerFhirErrorHandling(app: FastifyInstance): void {
-  app.setNotFoundHandler((req, reply) => send(reply, 404, simpleOutcome('not-found', `no route for ${req.method} ${req.url.split('?')[0]}`)));
+  app.setNotFoundHandler((req, reply) =>
+    send(reply, 404, simpleOutcome('not-found', `no route for ${req.method} ${req.url.split('?')[0]}`)),
+  );
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     const code = err.code;
-    if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return send(reply, 415, simpleOutcome('not-supported', `content type ${String(req.headers['content-type'])} is not supported; send application/fhir+json`));
-    if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') return send(reply, 413, simpleOutcome('too-costly', `request body exceeds the limit of ${app.initialConfig.bodyLimit ?? 0} bytes`));
-    if (code === 'FST_ERR_CTP_EMPTY_JSON_BODY') return send(reply, 400, simpleOutcome('structure', 'request body is empty; send a FHIR resource'));
-    if (err instanceof SyntaxError || code === 'FST_ERR_CTP_INVALID_JSON_BODY') return send(reply, 400, simpleOutcome('structure', `malformed JSON: ${err.message}`));
+    if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE')
+      return send(
+        reply,
+        415,
+        simpleOutcome(
+          'not-supported',
+          `content type ${String(req.headers['content-type'])} is not supported; send application/fhir+json`,
+        ),
+      );
+    if (code === 'FST_ERR_CTP_BODY_TOO_LARGE')
+      return send(
+        reply,
+        413,
+        simpleOutcome('too-costly', `request body exceeds the limit of ${app.initialConfig.bodyLimit ?? 0} bytes`),
+      );
+    if (code === 'FST_ERR_CTP_EMPTY_JSON_BODY')
+      return send(reply, 400, simpleOutcome('structure', 'request body is empty; send a FHIR resource'));
+    if (err instanceof SyntaxError || code === 'FST_ERR_CTP_INVALID_JSON_BODY')
+      return send(reply, 400, simpleOutcome('structure', `malformed JSON: ${err.message}`));
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     if (status === 500) req.log.error({ err }, 'unhandled error');
-    return send(reply, status, simpleOutcome(status === 500 ? 'exception' : 'invalid', status === 500 ? 'internal error; the request id is in the log' : err.message));
+    return send(
+      reply,
+      status,
+      simpleOutcome(
+        status === 500 ? 'exception' : 'invalid',
+        status === 500 ? 'internal error; the request id is in the log' : err.message,
+      ),
+    );
   });
 }

@@ -7,7 +7,9 @@ import type { IdentityError, IdentityService, Principal } from '../security/iden
 
 export type Identity = { kind: 'anonymous' } | Principal;
 
-export type IdentityResolver = (request: FastifyRequest) => Promise<{ ok: true; identity: Identity } | { ok: false; error: IdentityError }>;
+export type IdentityResolver = (
+  request: FastifyRequest,
+) => Promise<{ ok: true; identity: Identity } | { ok: false; error: IdentityError }>;
 
 export const anonymousResolver: IdentityResolver = () => Promise.resolve({ ok: true, identity: { kind: 'anonymous' } });
 
@@ -16,8 +18,20 @@ export function tokenResolver(identity: IdentityService): IdentityResolver {
     const header = request.headers.authorization;
     if (!header) return { ok: true, identity: { kind: 'anonymous' } };
     const [scheme, credential] = header.split(' ', 2);
-    if (!credential) return { ok: false, error: { kind: 'token-invalid', message: 'Authorization header must be "Bearer <token>" or "MedmeshService <assertion>"' } };
-    const r = scheme === 'Bearer' ? await identity.authenticate(credential) : scheme === 'MedmeshService' ? await identity.authenticateService(credential) : undefined;
+    if (!credential)
+      return {
+        ok: false,
+        error: {
+          kind: 'token-invalid',
+          message: 'Authorization header must be "Bearer <token>" or "MedmeshService <assertion>"',
+        },
+      };
+    const r =
+      scheme === 'Bearer'
+        ? await identity.authenticate(credential)
+        : scheme === 'MedmeshService'
+          ? await identity.authenticateService(credential)
+          : undefined;
     if (!r) return { ok: false, error: { kind: 'token-invalid', message: `unsupported authorization scheme ${scheme ?? ''}` } };
     return r.ok ? { ok: true, identity: r.value } : r;
   };
@@ -58,9 +72,22 @@ export function registerIdentity(app: FastifyInstance, resolve: IdentityResolver
     const r = await resolve(request);
     if (!r.ok && r.error.kind === 'issuer-unavailable') {
       // Sealed: no token can be checked, so nothing but public routes can be served.
-      return reply.code(503).send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'transient', diagnostics: `${r.error.message}: data is served only while every access can be checked and audited; unseal it (medmesh keys unseal)` }] });
+      return reply.code(503).send({
+        resourceType: 'OperationOutcome',
+        issue: [
+          {
+            severity: 'error',
+            code: 'transient',
+            diagnostics: `${r.error.message}: data is served only while every access can be checked and audited; unseal it (medmesh keys unseal)`,
+          },
+        ],
+      });
     }
-    if (!r.ok) return reply.code(401).header('www-authenticate', `Bearer error="${r.error.kind}"`).send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login', diagnostics: r.error.message }] });
+    if (!r.ok)
+      return reply
+        .code(401)
+        .header('www-authenticate', `Bearer error="${r.error.kind}"`)
+        .send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login', diagnostics: r.error.message }] });
     request.identity = r.identity;
   });
 }

@@ -18,7 +18,8 @@ describe(`KMS HTTP (${testBackend()})`, () => {
     c = await startTestServer({ siteId: 'C', kms: 'uninitialized' });
     bDb = await openTestDb();
     const b = new Kms({ db: bDb, siteId: 'B', policy: 'national' });
-    shares = (await b.init({ custodians: custodians.map((x) => ({ name: x.name, publicKey: x.key.publicKey })), threshold: 2 })).shares;
+    shares = (await b.init({ custodians: custodians.map((x) => ({ name: x.name, publicKey: x.key.publicKey })), threshold: 2 }))
+      .shares;
     bKey = (await b.signingPublicKey())!;
     bSigner = b.signingKey()!.key;
   });
@@ -26,13 +27,17 @@ describe(`KMS HTTP (${testBackend()})`, () => {
     await c.close();
     await bDb.close();
   });
-  const post = (path: string, body: unknown) => fetch(`${c.base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const post = (path: string, body: unknown) =>
+    fetch(`${c.base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
 
-  it('keeps site B\'s wrapped shares at site C and hands them back; deposits are signed by B and write-once', async () => {
+  it("keeps site B's wrapped shares at site C and hands them back; deposits are signed by B and write-once", async () => {
     // C (still uninitialized: no KMS of its own yet) takes deposits only from sites it trusts.
     const untrusted = await post('/kms/shares', shares[0]);
     assert.equal(untrusted.status, 403);
-    assert.match(((await untrusted.json()) as { message: string }).message, /site B is not trusted here: register its service key first \(medmesh peers trust\)/);
+    assert.match(
+      ((await untrusted.json()) as { message: string }).message,
+      /site B is not trusted here: register its service key first \(medmesh peers trust\)/,
+    );
     await c.site.identity.registerService({ id: 'B', kind: 'site', publicKey: bKey });
     const squatted = await post('/kms/shares', signShare({ ...shares[1]!, sealed: shares[0]!.sealed }, Sm2PrivateKey.generate()));
     assert.equal(squatted.status, 400, 'a share signed by anyone but B is refused');
@@ -47,7 +52,10 @@ describe(`KMS HTTP (${testBackend()})`, () => {
     assert.match(((await other.json()) as { message: string }).message, /already deposited a different share 1/);
     assert.equal((await post('/kms/shares', { format: 'something-else' })).status, 400);
     const back = (await (await fetch(`${c.base}/kms/shares?owner=B`)).json()) as WrappedShare[];
-    assert.deepEqual(back.map((s) => s.index), [1, 2]);
+    assert.deepEqual(
+      back.map((s) => s.index),
+      [1, 2],
+    );
     const alice = custodians[0]!.key;
     assert.equal(unwrapShare(back[0]!, alice).index, 1, 'the custodian opens the share fetched from the other site');
     assert.equal((await fetch(`${c.base}/kms/shares`)).status, 400);

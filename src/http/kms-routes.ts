@@ -36,7 +36,8 @@ export const kmsRoutes: FastifyPluginAsync<KmsRoutesOptions> = async (app, { kms
 
   // Public: a sealed site cannot verify tokens; the custodian's share is the credential (checked against the CMK check value).
   app.post<{ Body: { share?: unknown } }>('/unseal', { config: { access: 'public' } }, async (req, reply) => {
-    if (typeof req.body?.share !== 'string') return reply.code(400).send({ error: 'bad-request', message: 'body must be {"share": "mmshare1...."}' });
+    if (typeof req.body?.share !== 'string')
+      return reply.code(400).send({ error: 'bad-request', message: 'body must be {"share": "mmshare1...."}' });
     try {
       return await kms.submitShare(decodeShareToken(req.body.share));
     } catch (e) {
@@ -58,7 +59,8 @@ export const kmsRoutes: FastifyPluginAsync<KmsRoutesOptions> = async (app, { kms
   });
 
   app.get<{ Querystring: { owner?: string } }>('/shares', { config: { access: 'public' } }, async (req, reply) => {
-    if (!req.query.owner) return reply.code(400).send({ error: 'bad-request', message: 'owner (the site whose shares to list) is required' });
+    if (!req.query.owner)
+      return reply.code(400).send({ error: 'bad-request', message: 'owner (the site whose shares to list) is required' });
     return kms.depositedShares(req.query.owner);
   });
 

@@ -22,17 +22,19 @@ export function statusOf(error: RecordError): number {
 export function outcomeOf(error: RecordError): OperationOutcome {
   return {
     resourceType: 'OperationOutcome',
-    issue: error.issues.map(
-      (i): OperationOutcomeIssue => ({
-        severity: 'error',
-        code: i.code ?? 'processing',
-        diagnostics: i.message,
-        ...(i.expression ? { expression: [i.expression] } : {}),
-      }),
-    ),
+    issue: error.issues.map((i): OperationOutcomeIssue => ({
+      severity: 'error',
+      code: i.code ?? 'processing',
+      diagnostics: i.message,
+      ...(i.expression ? { expression: [i.expression] } : {}),
+    })),
   };
 }
 
-export function simpleOutcome(code: OperationOutcomeIssue['code'], message: string, severity: OperationOutcomeIssue['severity'] = 'error'): OperationOutcome {
+export function simpleOutcome(
+  code: OperationOutcomeIssue['code'],
+  message: string,
+  severity: OperationOutcomeIssue['severity'] = 'error',
+): OperationOutcome {
   return { resourceType: 'OperationOutcome', issue: [{ severity, code, diagnostics: message }] };
 }

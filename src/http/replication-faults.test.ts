@@ -25,7 +25,12 @@ let seq = 0;
 const patient = (at: SiteId): Patient => {
   seq++;
   const divisionCode = at === 'B' ? '440103' : '440305';
-  return { resourceType: 'Patient', name: [{ family: '黄', given: [`${seq}`] }], birthDate: '1975-05-05', identifier: [{ system: RID, value: makeResidentId({ divisionCode, birthDate: '1975-05-05', sequence: seq }) }] };
+  return {
+    resourceType: 'Patient',
+    name: [{ family: '黄', given: [`${seq}`] }],
+    birthDate: '1975-05-05',
+    identifier: [{ system: RID, value: makeResidentId({ divisionCode, birthDate: '1975-05-05', sequence: seq }) }],
+  };
 };
 
 describe(`replication through faulty links (${testBackend()})`, () => {
@@ -47,7 +52,11 @@ describe(`replication through faulty links (${testBackend()})`, () => {
       links[to] = {};
       for (const from of SITES) {
         if (from === to) continue;
-        await s[to].site.identity.registerService({ id: from, kind: 'site', publicKey: s[from].site.kms.signingKey()!.key.publicKey });
+        await s[to].site.identity.registerService({
+          id: from,
+          kind: 'site',
+          publicKey: s[from].site.kms.signingKey()!.key.publicKey,
+        });
         const link = await FaultLink.open(s[from].base, { seed: seed++ });
         links[to][from] = link;
         s[to].site.peers.set(from, link.url);
@@ -71,8 +80,17 @@ describe(`replication through faulty links (${testBackend()})`, () => {
     });
     return t;
   };
-  const write = async <T extends Patient | Organization>(at: SiteId, method: 'POST' | 'PUT', path: string, body: T): Promise<T> => {
-    const r = await fetch(`${s[at].fhir}/${path}`, { method, headers: { ...s[at].auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify(body) });
+  const write = async <T extends Patient | Organization>(
+    at: SiteId,
+    method: 'POST' | 'PUT',
+    path: string,
+    body: T,
+  ): Promise<T> => {
+    const r = await fetch(`${s[at].fhir}/${path}`, {
+      method,
+      headers: { ...s[at].auth, 'content-type': 'application/fhir+json' },
+      body: JSON.stringify(body),
+    });
     assert.ok(r.status === 200 || r.status === 201, `${method} ${path} at ${at}: ${r.status} ${await r.clone().text()}`);
     const written = (await r.json()) as T;
     ack(`${written.resourceType}/${written.id}`, written.meta!.versionId!);
@@ -84,14 +102,20 @@ describe(`replication through faulty links (${testBackend()})`, () => {
     for (let i = 0; i < n; i++) {
       const at: SiteId = i % 2 ? 'C' : 'B';
       await write(at, 'POST', 'Patient', patient(at));
-      if (i % 5 === 0) orgs.push(await write(at, 'POST', 'Organization', { resourceType: 'Organization', name: `卫生院 ${at}${i}` }));
+      if (i % 5 === 0)
+        orgs.push(await write(at, 'POST', 'Organization', { resourceType: 'Organization', name: `卫生院 ${at}${i}` }));
       if (i % 7 === 3 && orgs.length) {
         const o = orgs[i % orgs.length]!;
         await write(at, 'PUT', `Organization/${o.id}`, { ...o, name: `${o.name}（更名 ${i}）`, meta: undefined });
       }
     }
   };
-  const history = async (id: SiteId) => (await s[id].db.query<{ r: string; v: string; data_class: string }>("SELECT resource_type || '/' || id AS r, version_id AS v, data_class FROM resource_history")).rows;
+  const history = async (id: SiteId) =>
+    (
+      await s[id].db.query<{ r: string; v: string; data_class: string }>(
+        "SELECT resource_type || '/' || id AS r, version_id AS v, data_class FROM resource_history",
+      )
+    ).rows;
   const settled = async () => {
     // Quiescence: every site holds every acknowledged version it may hold.
     const until = Date.now() + 60_000;
@@ -117,7 +141,7 @@ describe(`replication through faulty links (${testBackend()})`, () => {
     // Long polls make few requests on a fast machine: write on until each fault has struck
     // (a puller waiting in a long poll begun before a cut meets the cut only on its next request).
     const writeUntil = async (struck: (t: FaultStats) => boolean) => {
-      for (const until = Date.now() + 30_000; !struck(faultTotals()); ) {
+      for (const until = Date.now() + 30_000; !struck(faultTotals());) {
         assert.ok(Date.now() < until, `a fault never struck in 30 s: ${JSON.stringify(faultTotals())}`);
         await load(5, orgs);
       }
@@ -131,8 +155,20 @@ describe(`replication through faulty links (${testBackend()})`, () => {
     links.B.C!.set({ cut: true });
     const shared = orgs[0]!;
     const sides = [
-      (await write<Organization>('B', 'PUT', `Organization/${shared.id}`, { ...shared, name: '中心卫生院（B 侧）', meta: undefined })).meta!.versionId!,
-      (await write<Organization>('C', 'PUT', `Organization/${shared.id}`, { ...shared, name: '中心卫生院（C 侧）', meta: undefined })).meta!.versionId!,
+      (
+        await write<Organization>('B', 'PUT', `Organization/${shared.id}`, {
+          ...shared,
+          name: '中心卫生院（B 侧）',
+          meta: undefined,
+        })
+      ).meta!.versionId!,
+      (
+        await write<Organization>('C', 'PUT', `Organization/${shared.id}`, {
+          ...shared,
+          name: '中心卫生院（C 侧）',
+          meta: undefined,
+        })
+      ).meta!.versionId!,
     ];
     await load(10, orgs);
     await writeUntil(() => links.B.C!.stats.refusedWhileCut > 0);
@@ -146,29 +182,63 @@ describe(`replication through faulty links (${testBackend()})`, () => {
     await settled();
 
     const stats = faultTotals();
-    assert.ok(stats.droppedRequests > 0 && stats.droppedAnswers > 0 && stats.duplicated > 0 && stats.reordered > 0 && stats.refusedWhileCut > 0, `every fault happened: ${JSON.stringify(stats)}`);
+    assert.ok(
+      stats.droppedRequests > 0 &&
+        stats.droppedAnswers > 0 &&
+        stats.duplicated > 0 &&
+        stats.reordered > 0 &&
+        stats.refusedWhileCut > 0,
+      `every fault happened: ${JSON.stringify(stats)}`,
+    );
 
     for (const id of SITES) {
       const rows = await history(id);
       const seen = new Map<string, number>();
       for (const h of rows) seen.set(`${h.r}@${h.v}`, (seen.get(`${h.r}@${h.v}`) ?? 0) + 1);
-      assert.ok([...seen.values()].every((n) => n === 1), `${id}: every version exactly once`);
+      assert.ok(
+        [...seen.values()].every((n) => n === 1),
+        `${id}: every version exactly once`,
+      );
       const unknown = rows.filter((h) => !acked.get(h.r)?.has(h.v));
       assert.deepEqual(unknown, [], `${id}: nothing that was not acknowledged somewhere`);
-      if (id === 'A') assert.deepEqual(rows.filter((h) => h.data_class === 'core'), [], 'the public cloud holds no core data');
+      if (id === 'A')
+        assert.deepEqual(
+          rows.filter((h) => h.data_class === 'core'),
+          [],
+          'the public cloud holds no core data',
+        );
     }
     for (const id of ['B', 'C'] as const) {
       // The load edits organizations at both sites too, so more pairs may be flagged; this one must be.
-      const { rows } = await s[id].db.query<{ a: string; b: string }>('SELECT version_a AS a, version_b AS b FROM resource_conflict WHERE id = $1', [shared.id]);
-      assert.ok(rows.some((r) => sides.includes(r.a) || sides.includes(r.b)), `${id} flagged the concurrent edits: ${JSON.stringify(rows)}`);
-      const skew = await s[id].db.query<{ n: number }>("SELECT count(*)::int AS n FROM replication_rejected WHERE reason LIKE 'clock skew%'");
+      const { rows } = await s[id].db.query<{ a: string; b: string }>(
+        'SELECT version_a AS a, version_b AS b FROM resource_conflict WHERE id = $1',
+        [shared.id],
+      );
+      assert.ok(
+        rows.some((r) => sides.includes(r.a) || sides.includes(r.b)),
+        `${id} flagged the concurrent edits: ${JSON.stringify(rows)}`,
+      );
+      const skew = await s[id].db.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM replication_rejected WHERE reason LIKE 'clock skew%'",
+      );
       if (id === 'C') assert.equal(skew.rows[0]!.n, 1, 'the change from a clock too far ahead is refused');
     }
-    assert.match(await (await fetch(`${s.C.base}/metrics`)).text(), /medmesh_replication_clock_skew_rejections_total\{site="C",peer="B"\} 1/);
+    assert.match(
+      await (await fetch(`${s.C.base}/metrics`)).text(),
+      /medmesh_replication_clock_skew_rejections_total\{site="C",peer="B"\} 1/,
+    );
 
-    for (const [x, y] of [['B', 'C'], ['A', 'B'], ['A', 'C']] as const) {
+    for (const [x, y] of [
+      ['B', 'C'],
+      ['A', 'B'],
+      ['A', 'C'],
+    ] as const) {
       const apply = { db: s[x].db, siteId: x, region: s[x].site.ctx.region, clock: s[x].site.ctx.clock, records: s[x].site.ctx };
-      const r = await verifyPair({ apply, peer: localVerifyPeer({ db: s[y].db, region: s[y].site.ctx.region, site: y, forSite: x }), watermark: watermarkBefore(0, Date.now() + 1000) });
+      const r = await verifyPair({
+        apply,
+        peer: localVerifyPeer({ db: s[y].db, region: s[y].site.ctx.region, site: y, forSite: x }),
+        watermark: watermarkBefore(0, Date.now() + 1000),
+      });
       assert.deepEqual([r.divergent, r.accuracy], [[], 1], `${x} and ${y} agree`);
       assert.ok(r.resources > 0);
     }

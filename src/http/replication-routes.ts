@@ -3,7 +3,18 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { OUTBOX_CHANNEL, type Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
-import { backlogAfter, feedAad, type LinkKeySender, listDeadLetters, readChanges, retryDeadLetter, sealPage, skipDeadLetter, type ApplyContext, type Cursor } from '../replication/index.ts';
+import {
+  backlogAfter,
+  feedAad,
+  type LinkKeySender,
+  listDeadLetters,
+  readChanges,
+  retryDeadLetter,
+  sealPage,
+  skipDeadLetter,
+  type ApplyContext,
+  type Cursor,
+} from '../replication/index.ts';
 import type { Sm2PrivateKey } from '../security/crypto/index.ts';
 import type { RecordsContext } from '../records/index.ts';
 import { actorId, peerSiteOf } from './identity.ts';
@@ -68,58 +79,114 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
       const timer = setTimeout(done, ms);
       waiters.add(done);
     });
-  app.get<{ Querystring: { after?: string; limit?: string; wait?: string } }>('/changes', { config: { access: { services: ['site'] } } }, async (req, reply) => {
-    const peer = peerSiteOf(req, reply, opts.region, opts.siteId);
-    if (!peer) return reply;
-    const m = /^(\d{1,20}):(\d{1,20})$/.exec(req.query.after ?? '0:0');
-    const limit = Number(req.query.limit ?? 500);
-    const wait = Number(req.query.wait ?? 0);
-    if (!m || !Number.isInteger(limit) || limit < 1 || limit > 5000 || !Number.isFinite(wait) || wait < 0 || wait > MAX_WAIT_S) {
-      return reply.code(400).send({ error: 'bad-request', message: `after=<txid>:<pos>, limit 1-5000, wait 0-${MAX_WAIT_S} seconds` });
-    }
-    const receiverKey = await opts.identity.servicePublicKey(peer);
-    if (!receiverKey) return reply.code(403).send({ error: 'forbidden', message: `no key registered for site ${peer}` });
-    const after: Cursor = { txid: m[1]!, pos: m[2]! };
-    const deadline = Date.now() + wait * 1000;
-    let closed = false;
-    reply.raw.once('close', () => {
-      closed = true; // the peer went away (or the answer was sent)
-    });
-    // Long poll: answer as soon as anything moved (changes, or withheld rows the cursor passes).
-    // The wake-up is armed before each read, so a commit between read and wait is not missed.
-    let wake = changed(POLL_FALLBACK_MS);
-    let page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
-    while (page.changes.length === 0 && page.next.txid === after.txid && page.next.pos === after.pos && Date.now() < deadline && !closed && !stopping) {
-      await wake;
-      wake = changed(POLL_FALLBACK_MS);
-      page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
-    }
-    const senderKey = opts.signer();
-    if (!senderKey) return reply.code(503).send({ error: 'sealed', message: `site ${opts.siteId} is sealed: unseal its KMS to serve the changefeed` });
-    const backlog = page.more ? await backlogFor(peer, page.next) : 0;
-    return reply
-      .type('application/octet-stream')
-      .header('x-medmesh-changes', String(page.changes.length))
-      .header('x-medmesh-backlog', String(backlog))
-      .send(sealPage(page, { from: opts.siteId, to: peer, keys: opts.linkKeys, receiverKey, senderKey, aad: feedAad(opts.siteId, peer, after) }));
+  app.get<{ Querystring: { after?: string; limit?: string; wait?: string } }>(
+    '/changes',
+    { config: { access: { services: ['site'] } } },
+    async (req, reply) => {
+      const peer = peerSiteOf(req, reply, opts.region, opts.siteId);
+      if (!peer) return reply;
+      const m = /^(\d{1,20}):(\d{1,20})$/.exec(req.query.after ?? '0:0');
+      const limit = Number(req.query.limit ?? 500);
+      const wait = Number(req.query.wait ?? 0);
+      if (
+        !m ||
+        !Number.isInteger(limit) ||
+        limit < 1 ||
+        limit > 5000 ||
+        !Number.isFinite(wait) ||
+        wait < 0 ||
+        wait > MAX_WAIT_S
+      ) {
+        return reply
+          .code(400)
+          .send({ error: 'bad-request', message: `after=<txid>:<pos>, limit 1-5000, wait 0-${MAX_WAIT_S} seconds` });
+      }
+      const receiverKey = await opts.identity.servicePublicKey(peer);
+      if (!receiverKey) return reply.code(403).send({ error: 'forbidden', message: `no key registered for site ${peer}` });
+      const after: Cursor = { txid: m[1]!, pos: m[2]! };
+      const deadline = Date.now() + wait * 1000;
+      let closed = false;
+      reply.raw.once('close', () => {
+        closed = true; // the peer went away (or the answer was sent)
+      });
+      // Long poll: answer as soon as anything moved (changes, or withheld rows the cursor passes).
+      // The wake-up is armed before each read, so a commit between read and wait is not missed.
+      let wake = changed(POLL_FALLBACK_MS);
+      let page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
+      while (
+        page.changes.length === 0 &&
+        page.next.txid === after.txid &&
+        page.next.pos === after.pos &&
+        Date.now() < deadline &&
+        !closed &&
+        !stopping
+      ) {
+        await wake;
+        wake = changed(POLL_FALLBACK_MS);
+        page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
+      }
+      const senderKey = opts.signer();
+      if (!senderKey)
+        return reply
+          .code(503)
+          .send({ error: 'sealed', message: `site ${opts.siteId} is sealed: unseal its KMS to serve the changefeed` });
+      const backlog = page.more ? await backlogFor(peer, page.next) : 0;
+      return reply
+        .type('application/octet-stream')
+        .header('x-medmesh-changes', String(page.changes.length))
+        .header('x-medmesh-backlog', String(backlog))
+        .send(
+          sealPage(page, {
+            from: opts.siteId,
+            to: peer,
+            keys: opts.linkKeys,
+            receiverKey,
+            senderKey,
+            aad: feedAad(opts.siteId, peer, after),
+          }),
+        );
+    },
+  );
+  const applyCtx = (): ApplyContext => ({
+    db: opts.db,
+    siteId: opts.siteId,
+    region: opts.region,
+    clock: opts.records.clock,
+    records: opts.records,
   });
-  const applyCtx = (): ApplyContext => ({ db: opts.db, siteId: opts.siteId, region: opts.region, clock: opts.records.clock, records: opts.records });
 
-  app.get<{ Querystring: { all?: string } }>('/dead-letters', { config: { access: OPERATORS } }, (req) => listDeadLetters(opts.db, { includeSkipped: req.query.all === 'true' }));
+  app.get<{ Querystring: { all?: string } }>('/dead-letters', { config: { access: OPERATORS } }, (req) =>
+    listDeadLetters(opts.db, { includeSkipped: req.query.all === 'true' }),
+  );
 
-  app.post<{ Params: { changeId: string } }>('/dead-letters/:changeId/retry', { config: { access: OPERATORS } }, async (req, reply) => {
-    const r = await retryDeadLetter(applyCtx(), req.params.changeId);
-    req.auditExtra = { action: 'dead-letter-retry', resource: `change/${req.params.changeId}` };
-    return r.ok ? r : reply.code(409).send({ error: 'not-applied', message: r.error });
-  });
+  app.post<{ Params: { changeId: string } }>(
+    '/dead-letters/:changeId/retry',
+    { config: { access: OPERATORS } },
+    async (req, reply) => {
+      const r = await retryDeadLetter(applyCtx(), req.params.changeId);
+      req.auditExtra = { action: 'dead-letter-retry', resource: `change/${req.params.changeId}` };
+      return r.ok ? r : reply.code(409).send({ error: 'not-applied', message: r.error });
+    },
+  );
 
-  app.post<{ Params: { changeId: string }; Body: { reason?: unknown } | undefined }>('/dead-letters/:changeId/skip', { config: { access: OPERATORS } }, async (req, reply) => {
-    const reason = req.body?.reason;
-    if (typeof reason !== 'string' || reason.trim().length < 10) return reply.code(400).send({ error: 'bad-request', message: 'reason: say why this change is skipped (at least 10 characters)' });
-    const r = await skipDeadLetter(applyCtx(), req.params.changeId, { reason: reason.trim(), by: actorId(req.identity) });
-    req.auditExtra = { action: 'dead-letter-skip', resource: `change/${req.params.changeId}`, detail: `skipped: ${reason.trim().slice(0, 500)}` };
-    return r.ok ? r : reply.code(404).send({ error: 'not-found', message: r.error });
-  });
+  app.post<{ Params: { changeId: string }; Body: { reason?: unknown } | undefined }>(
+    '/dead-letters/:changeId/skip',
+    { config: { access: OPERATORS } },
+    async (req, reply) => {
+      const reason = req.body?.reason;
+      if (typeof reason !== 'string' || reason.trim().length < 10)
+        return reply
+          .code(400)
+          .send({ error: 'bad-request', message: 'reason: say why this change is skipped (at least 10 characters)' });
+      const r = await skipDeadLetter(applyCtx(), req.params.changeId, { reason: reason.trim(), by: actorId(req.identity) });
+      req.auditExtra = {
+        action: 'dead-letter-skip',
+        resource: `change/${req.params.changeId}`,
+        detail: `skipped: ${reason.trim().slice(0, 500)}`,
+      };
+      return r.ok ? r : reply.code(404).send({ error: 'not-found', message: r.error });
+    },
+  );
 
   await Promise.resolve();
 };

@@ -13,7 +13,12 @@ import { pullUntilCaughtUp } from '../replication/testing.ts';
 import { startTestServer, type TestServer } from './testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
-const patient = (seq: number): Patient => ({ resourceType: 'Patient', name: [{ family: '何', given: [`${seq}`] }], birthDate: '1980-01-01', identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440104', birthDate: '1980-01-01', sequence: seq }) }] });
+const patient = (seq: number): Patient => ({
+  resourceType: 'Patient',
+  name: [{ family: '何', given: [`${seq}`] }],
+  birthDate: '1980-01-01',
+  identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440104', birthDate: '1980-01-01', sequence: seq }) }],
+});
 
 describe(`replication over HTTP (${testBackend()})`, () => {
   let b: TestServer;
@@ -22,7 +27,12 @@ describe(`replication over HTTP (${testBackend()})`, () => {
   const keyOf = (s: TestServer) => s.site.kms.signingKey()!.key;
   const pullerAtC = (reports: ApplyReport[]) => {
     const p = new Puller({
-      peer: { id: 'B', url: b.base }, key: () => c.site.kms.signingKey()?.key, peerKey: () => Promise.resolve(keyOf(b).publicKey), waitSeconds: 1, leaseSeconds: 30, backoff: { minMs: 50, maxMs: 500 },
+      peer: { id: 'B', url: b.base },
+      key: () => c.site.kms.signingKey()?.key,
+      peerKey: () => Promise.resolve(keyOf(b).publicKey),
+      waitSeconds: 1,
+      leaseSeconds: 30,
+      backoff: { minMs: 50, maxMs: 500 },
       apply: { db: c.db, siteId: 'C', region: c.site.ctx.region, clock: c.site.ctx.clock, records: c.site.ctx },
       onReport: (r) => reports.push(r),
       metrics: c.site.replication,
@@ -31,11 +41,21 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     return p;
   };
   const create = async (seq: number) => {
-    const r = await fetch(`${b.fhir}/Patient`, { method: 'POST', headers: { ...b.auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify(patient(seq)) });
+    const r = await fetch(`${b.fhir}/Patient`, {
+      method: 'POST',
+      headers: { ...b.auth, 'content-type': 'application/fhir+json' },
+      body: JSON.stringify(patient(seq)),
+    });
     assert.equal(r.status, 201);
     return (await r.json()) as Patient;
   };
-  const atC = async (id: string) => (await c.db.query<{ version_id: string }>("SELECT version_id FROM resource_current WHERE resource_type = 'Patient' AND id = $1", [id])).rows[0];
+  const atC = async (id: string) =>
+    (
+      await c.db.query<{ version_id: string }>(
+        "SELECT version_id FROM resource_current WHERE resource_type = 'Patient' AND id = $1",
+        [id],
+      )
+    ).rows[0];
   const eventually = async (check: () => Promise<boolean>, what: string) => {
     const until = Date.now() + 10_000;
     while (Date.now() < until) {
@@ -62,7 +82,15 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     assert.equal((await fetch(url)).status, 401);
     assert.equal((await fetch(url, { headers: b.auth })).status, 403, 'a user token is not a site');
     const stranger = Sm2PrivateKey.generate();
-    assert.equal((await fetch(url, { headers: { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'A', key: stranger, site: 'B' })}` } })).status, 401, 'an unregistered site');
+    assert.equal(
+      (
+        await fetch(url, {
+          headers: { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'A', key: stranger, site: 'B' })}` },
+        })
+      ).status,
+      401,
+      'an unregistered site',
+    );
     const asC = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: keyOf(c), site: 'B' })}` };
     assert.equal((await fetch(`${b.base}/replication/changes?after=x`, { headers: asC })).status, 400);
   });
@@ -76,13 +104,24 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     let frame = new Uint8Array();
     // The feed stops below the server's oldest running transaction (other test files share it): ask until the write shows.
     await eventually(async () => {
-      frame = new Uint8Array(await (await fetch(`${b.base}/replication/changes?after=0:0&wait=1`, { headers: asC })).arrayBuffer());
+      frame = new Uint8Array(
+        await (await fetch(`${b.base}/replication/changes?after=0:0&wait=1`, { headers: asC })).arrayBuffer(),
+      );
       const page = openPage(frame, { ...linkBC, key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', start) });
       return page.ok && page.page.changes.length >= 1;
     }, 'the write in the feed');
-    assert.ok(!openPage(frame, { ...linkBC, key: keyOf(b), senderKey: fromB, aad: feedAad('B', 'C', start) }).ok, 'not with another key');
-    assert.ok(!openPage(frame, { ...linkBC, key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', { txid: '0', pos: '7' }) }).ok, 'not for another cursor');
-    assert.ok(!openPage(frame, { ...linkBC, key: keyOf(c), senderKey: keyOf(c).publicKey, aad: feedAad('B', 'C', start) }).ok, 'not as if another site had sent it');
+    assert.ok(
+      !openPage(frame, { ...linkBC, key: keyOf(b), senderKey: fromB, aad: feedAad('B', 'C', start) }).ok,
+      'not with another key',
+    );
+    assert.ok(
+      !openPage(frame, { ...linkBC, key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', { txid: '0', pos: '7' }) }).ok,
+      'not for another cursor',
+    );
+    assert.ok(
+      !openPage(frame, { ...linkBC, key: keyOf(c), senderKey: keyOf(c).publicKey, aad: feedAad('B', 'C', start) }).ok,
+      'not as if another site had sent it',
+    );
     const flipped = Uint8Array.from(frame);
     flipped[flipped.length - 3]! ^= 1;
     const bad = openPage(flipped, { ...linkBC, key: keyOf(c), senderKey: fromB, aad: feedAad('B', 'C', start) });
@@ -105,27 +144,53 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     assert.ok(Number(/medmesh_replication_applied_total\{site="C",peer="B"\} (\d+)/.exec(metrics)?.[1]) >= 1, metrics);
     assert.match(metrics, /medmesh_replication_dead_letters\{site="C"\} 0/);
     const health = (await (await fetch(`${c.base}/healthz`)).json()) as { replication: Array<{ peer: string; up: boolean }> };
-    assert.deepEqual(health.replication.map((l) => [l.peer, l.up]), [['B', true]]);
+    assert.deepEqual(
+      health.replication.map((l) => [l.peer, l.up]),
+      [['B', true]],
+    );
     await p1.stop();
     await p2.stop();
     const during = [await create(3), await create(4)];
     assert.equal(await atC(during[0]!.id!), undefined, 'nothing moves while the link is down');
     const again: ApplyReport[] = [];
     const p3 = pullerAtC(again);
-    assert.deepEqual((await c.db.query("SELECT holder FROM replication_lease WHERE peer = 'B'")).rows, [], 'a stopped puller hands its lease back');
+    assert.deepEqual(
+      (await c.db.query("SELECT holder FROM replication_lease WHERE peer = 'B'")).rows,
+      [],
+      'a stopped puller hands its lease back',
+    );
     p3.start();
     await eventually(async () => (await atC(during[1]!.id!)) !== undefined, 'catch-up after the break');
-    assert.equal(again.reduce((n, r) => n + r.duplicates, 0), 0, 'resumed from the cursor: nothing delivered twice');
+    assert.equal(
+      again.reduce((n, r) => n + r.duplicates, 0),
+      0,
+      'resumed from the cursor: nothing delivered twice',
+    );
     await p3.stop(); // the next test drives the links itself
   });
 
   it('lists concurrent edits to those who may read them, and a resolution closes them at both sites', async () => {
     const pull = async (from: TestServer, to: TestServer, fromId: 'B' | 'C', toId: 'B' | 'C') => {
-      const p = new Puller({ peer: { id: fromId, url: from.base }, key: () => to.site.kms.signingKey()?.key, peerKey: () => Promise.resolve(keyOf(from).publicKey), waitSeconds: 0, apply: { db: to.db, siteId: toId, region: to.site.ctx.region, clock: to.site.ctx.clock, records: to.site.ctx } });
+      const p = new Puller({
+        peer: { id: fromId, url: from.base },
+        key: () => to.site.kms.signingKey()?.key,
+        peerKey: () => Promise.resolve(keyOf(from).publicKey),
+        waitSeconds: 0,
+        apply: { db: to.db, siteId: toId, region: to.site.ctx.region, clock: to.site.ctx.clock, records: to.site.ctx },
+      });
       await pullUntilCaughtUp(from, to, fromId, () => p.pullOnce());
     };
-    const put = (s: TestServer, id: string, name: string) => fetch(`${s.fhir}/Organization/${id}`, { method: 'PUT', headers: { ...s.auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Organization', id, name }) });
-    const created = await fetch(`${b.fhir}/Organization`, { method: 'POST', headers: { ...b.auth, 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Organization', name: '检验科' }) });
+    const put = (s: TestServer, id: string, name: string) =>
+      fetch(`${s.fhir}/Organization/${id}`, {
+        method: 'PUT',
+        headers: { ...s.auth, 'content-type': 'application/fhir+json' },
+        body: JSON.stringify({ resourceType: 'Organization', id, name }),
+      });
+    const created = await fetch(`${b.fhir}/Organization`, {
+      method: 'POST',
+      headers: { ...b.auth, 'content-type': 'application/fhir+json' },
+      body: JSON.stringify({ resourceType: 'Organization', name: '检验科' }),
+    });
     const id = ((await created.json()) as { id: string }).id;
     await pull(b, c, 'B', 'C');
     assert.equal((await put(b, id, '检验科（东院）')).status, 200);
@@ -133,18 +198,32 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     await pull(b, c, 'B', 'C');
     await pull(c, b, 'C', 'B');
     const admin = b.as(['administrator']);
-    const open = (await (await fetch(`${b.base}/conflicts?resourceType=Organization&id=${id}`, { headers: admin })).json()) as Array<{ versions: string[] }>;
+    const open = (await (
+      await fetch(`${b.base}/conflicts?resourceType=Organization&id=${id}`, { headers: admin })
+    ).json()) as Array<{ versions: string[] }>;
     assert.equal(open.length, 1);
     assert.equal((await fetch(`${b.base}/conflicts`, { headers: b.as(['janitor']) })).status, 403);
-    const bad = await fetch(`${b.base}/conflicts/resolve`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ resourceType: 'Organization', id }) });
+    const bad = await fetch(`${b.base}/conflicts/resolve`, {
+      method: 'POST',
+      headers: { ...admin, 'content-type': 'application/json' },
+      body: JSON.stringify({ resourceType: 'Organization', id }),
+    });
     assert.equal(bad.status, 400);
-    const resolved = await fetch(`${b.base}/conflicts/resolve`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ resourceType: 'Organization', id, resource: { name: '医学检验科（东院）' } }) });
+    const resolved = await fetch(`${b.base}/conflicts/resolve`, {
+      method: 'POST',
+      headers: { ...admin, 'content-type': 'application/json' },
+      body: JSON.stringify({ resourceType: 'Organization', id, resource: { name: '医学检验科（东院）' } }),
+    });
     assert.equal(resolved.status, 200);
     assert.equal(((await resolved.json()) as { resolved: number }).resolved, 1);
     await pull(b, c, 'B', 'C');
-    const atC = (await (await fetch(`${c.base}/conflicts?resolved=true&resourceType=Organization&id=${id}`, { headers: c.as(['administrator']) })).json()) as Array<{ resolutionVersion?: string }>;
+    const atC = (await (
+      await fetch(`${c.base}/conflicts?resolved=true&resourceType=Organization&id=${id}`, { headers: c.as(['administrator']) })
+    ).json()) as Array<{ resolutionVersion?: string }>;
     assert.ok(atC[0]?.resolutionVersion, 'the resolution closed the conflict at C too');
-    const openAtC = (await (await fetch(`${c.base}/conflicts?resourceType=Organization&id=${id}`, { headers: c.as(['administrator']) })).json()) as unknown[];
+    const openAtC = (await (
+      await fetch(`${c.base}/conflicts?resourceType=Organization&id=${id}`, { headers: c.as(['administrator']) })
+    ).json()) as unknown[];
     assert.equal(openAtC.length, 0);
   });
 
@@ -154,7 +233,12 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     assert.equal(list.status, 200);
     assert.deepEqual(await list.json(), []);
     assert.equal((await fetch(`${b.base}/replication/dead-letters`, { headers: b.as(['doctor']) })).status, 403);
-    const skip = (id: string, reason: string) => fetch(`${b.base}/replication/dead-letters/${id}/skip`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ reason }) });
+    const skip = (id: string, reason: string) =>
+      fetch(`${b.base}/replication/dead-letters/${id}/skip`, {
+        method: 'POST',
+        headers: { ...admin, 'content-type': 'application/json' },
+        body: JSON.stringify({ reason }),
+      });
     assert.equal((await skip(crypto.randomUUID(), 'short')).status, 400);
     assert.equal((await skip(crypto.randomUUID(), 'no such change, checking the answer')).status, 404);
   });
@@ -165,26 +249,79 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     const verify = async (s: TestServer, body: object) => {
       const r = await fetch(`${s.base}/replication/verify`, { method: 'POST', headers: ops(s), body: JSON.stringify(body) });
       assert.equal(r.status, 200, await r.clone().text());
-      return (await r.json()) as Array<{ peer: string; divergent: Array<{ resource: string }>; accuracy: number; resources: number; repair?: { fetched: number }; divergentBeforeRepair?: number }>;
+      return (await r.json()) as Array<{
+        peer: string;
+        divergent: Array<{ resource: string }>;
+        accuracy: number;
+        resources: number;
+        repair?: { fetched: number };
+        divergentBeforeRepair?: number;
+      }>;
     };
-    const pull = new Puller({ peer: { id: 'B', url: b.base }, key: () => c.site.kms.signingKey()?.key, peerKey: () => Promise.resolve(keyOf(b).publicKey), waitSeconds: 0, apply: { db: c.db, siteId: 'C', region: c.site.ctx.region, clock: c.site.ctx.clock, records: c.site.ctx } });
+    const pull = new Puller({
+      peer: { id: 'B', url: b.base },
+      key: () => c.site.kms.signingKey()?.key,
+      peerKey: () => Promise.resolve(keyOf(b).publicKey),
+      waitSeconds: 0,
+      apply: { db: c.db, siteId: 'C', region: c.site.ctx.region, clock: c.site.ctx.clock, records: c.site.ctx },
+    });
     await pullUntilCaughtUp(b, c, 'B', () => pull.pullOnce());
     const [clean] = await verify(c, { peers: ['B'], graceSeconds: 0 });
     assert.ok(clean!.resources >= 4 && clean!.accuracy === 1, JSON.stringify(clean));
-    const victim = (await c.db.query<{ id: string }>("SELECT id FROM resource_history WHERE resource_type = 'Patient' AND origin_site = 'B' ORDER BY id LIMIT 1")).rows[0]!.id;
+    const victim = (
+      await c.db.query<{ id: string }>(
+        "SELECT id FROM resource_history WHERE resource_type = 'Patient' AND origin_site = 'B' ORDER BY id LIMIT 1",
+      )
+    ).rows[0]!.id;
     await c.db.query("DELETE FROM resource_history WHERE resource_type = 'Patient' AND id = $1", [victim]);
     const [found] = await verify(c, { peers: ['B'], graceSeconds: 0 });
-    assert.deepEqual(found!.divergent.map((d) => d.resource), [`Patient/${victim}`]);
+    assert.deepEqual(
+      found!.divergent.map((d) => d.resource),
+      [`Patient/${victim}`],
+    );
     const metrics = await (await fetch(`${c.base}/metrics`)).text();
     assert.match(metrics, /medmesh_replication_verify_divergent_resources\{site="C",peer="B"\} 1/);
     const [repaired] = await verify(c, { peers: ['B'], graceSeconds: 0, repair: true });
-    assert.deepEqual([repaired!.divergentBeforeRepair, repaired!.repair?.fetched, repaired!.divergent.length, repaired!.accuracy], [1, 1, 0, 1]);
+    assert.deepEqual(
+      [repaired!.divergentBeforeRepair, repaired!.repair?.fetched, repaired!.divergent.length, repaired!.accuracy],
+      [1, 1, 0, 1],
+    );
     assert.match(await (await fetch(`${c.base}/metrics`)).text(), /medmesh_replication_verify_accuracy\{site="C",peer="B"\} 1/);
     // Bad input and strangers.
-    assert.equal((await fetch(`${c.base}/replication/verify`, { method: 'POST', headers: ops(c), body: JSON.stringify({ peers: ['Z'] }) })).status, 400);
-    assert.equal((await fetch(`${c.base}/replication/verify`, { method: 'POST', headers: { ...c.as(['doctor']), 'content-type': 'application/json' }, body: '{}' })).status, 403);
-    assert.equal((await fetch(`${b.base}/replication/digests`, { method: 'POST', headers: { ...b.auth, 'content-type': 'application/json' }, body: '{"watermark":"1","buckets":4}' })).status, 403, 'digests are for peer sites only');
-    const asC = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: keyOf(c), site: 'B' })}`, 'content-type': 'application/json' };
-    assert.equal((await fetch(`${b.base}/replication/digests`, { method: 'POST', headers: asC, body: '{"watermark":"zz","buckets":4}' })).status, 400);
+    assert.equal(
+      (await fetch(`${c.base}/replication/verify`, { method: 'POST', headers: ops(c), body: JSON.stringify({ peers: ['Z'] }) }))
+        .status,
+      400,
+    );
+    assert.equal(
+      (
+        await fetch(`${c.base}/replication/verify`, {
+          method: 'POST',
+          headers: { ...c.as(['doctor']), 'content-type': 'application/json' },
+          body: '{}',
+        })
+      ).status,
+      403,
+    );
+    assert.equal(
+      (
+        await fetch(`${b.base}/replication/digests`, {
+          method: 'POST',
+          headers: { ...b.auth, 'content-type': 'application/json' },
+          body: '{"watermark":"1","buckets":4}',
+        })
+      ).status,
+      403,
+      'digests are for peer sites only',
+    );
+    const asC = {
+      authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: keyOf(c), site: 'B' })}`,
+      'content-type': 'application/json',
+    };
+    assert.equal(
+      (await fetch(`${b.base}/replication/digests`, { method: 'POST', headers: asC, body: '{"watermark":"zz","buckets":4}' }))
+        .status,
+      400,
+    );
   });
 });

@@ -12,7 +12,11 @@ const ACCESS_STATUS: Record<AccessErrorKind, [number, 'login' | 'forbidden' | 'i
 };
 
 /** Sets `req.requester` and returns it, or answers the refusal and returns undefined. */
-export async function resolveRequester(access: AccessControl, req: FastifyRequest, reply: FastifyReply): Promise<Requester | undefined> {
+export async function resolveRequester(
+  access: AccessControl,
+  req: FastifyRequest,
+  reply: FastifyReply,
+): Promise<Requester | undefined> {
   const purpose = req.headers['x-medmesh-purpose'];
   const r = await access.requester(req.identity, typeof purpose === 'string' ? purpose : undefined);
   if (!r.ok) {

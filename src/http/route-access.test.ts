@@ -10,8 +10,18 @@ import { startTestServer, type TestServer } from './testing.ts';
 
 /** Reviewed: each of these serves nothing that needs a caller (see each route's comment). */
 const PUBLIC = [
-  'GET /auth/keys', 'GET /fhir/R4/metadata', 'GET /healthz', 'GET /kms/shares', 'GET /kms/status', 'GET /metrics', 'GET /readyz',
-  'POST /auth/login', 'POST /auth/refresh', 'POST /auth/revoke', 'POST /kms/shares', 'POST /kms/unseal',
+  'GET /auth/keys',
+  'GET /fhir/R4/metadata',
+  'GET /healthz',
+  'GET /kms/shares',
+  'GET /kms/status',
+  'GET /metrics',
+  'GET /readyz',
+  'POST /auth/login',
+  'POST /auth/refresh',
+  'POST /auth/revoke',
+  'POST /kms/shares',
+  'POST /kms/unseal',
 ];
 
 describe(`route access (${testBackend()})`, () => {
@@ -31,14 +41,26 @@ describe(`route access (${testBackend()})`, () => {
 
   it('answers 401 without a token and 403 for a role that grants nothing, on every non-public route', async () => {
     const routes = s.site.app.routeAccess.filter((r) => r.method !== 'HEAD');
-    const pub = routes.filter((r) => r.access === 'public').map((r) => `${r.method} ${r.url}`).sort();
+    const pub = routes
+      .filter((r) => r.access === 'public')
+      .map((r) => `${r.method} ${r.url}`)
+      .sort();
     assert.deepEqual(pub, [...PUBLIC].sort(), 'a new public route must be reviewed and added to this list');
     const guarded = routes.filter((r) => r.access !== 'public');
     assert.ok(guarded.length >= 15, `found ${guarded.length} guarded routes`);
     const nobody = s.as(['janitor']);
     for (const r of guarded) {
-      const path = r.url.replace(':type', 'Patient').replace(':id', 'x1').replace(':vid', '1').replace(':name', 'nurse').replace(/\/$/, '') || '/';
-      const init = (headers: Record<string, string>): RequestInit => (r.method === 'GET' || r.method === 'DELETE' ? { method: r.method, headers } : { method: r.method, headers: { ...headers, 'content-type': 'application/json' }, body: '{}' });
+      const path =
+        r.url
+          .replace(':type', 'Patient')
+          .replace(':id', 'x1')
+          .replace(':vid', '1')
+          .replace(':name', 'nurse')
+          .replace(/\/$/, '') || '/';
+      const init = (headers: Record<string, string>): RequestInit =>
+        r.method === 'GET' || r.method === 'DELETE'
+          ? { method: r.method, headers }
+          : { method: r.method, headers: { ...headers, 'content-type': 'application/json' }, body: '{}' };
       const anon = await fetch(`${s.base}${path}`, init({}));
       assert.equal(anon.status, 401, `${r.method} ${r.url} without a token`);
       const other = await fetch(`${s.base}${path}`, init(nobody));

@@ -31,7 +31,10 @@ export function registerRouteAccess(app: FastifyInstance): void {
   app.decorate('routeAccess', table);
   app.addHook('onRoute', (route) => {
     const access = route.config?.access;
-    if (!access) throw new Error(`route ${String(route.method)} ${route.url} declares no access (config.access): every route must say who may call it`);
+    if (!access)
+      throw new Error(
+        `route ${String(route.method)} ${route.url} declares no access (config.access): every route must say who may call it`,
+      );
     for (const method of [route.method].flat()) table.push({ method, url: route.url, access });
   });
   app.addHook('preHandler', async (request, reply) => {
@@ -45,16 +48,27 @@ export function registerRouteAccess(app: FastifyInstance): void {
 
 function check(access: RouteAccess, who: Identity): { status: 401 | 403; message: string } | undefined {
   if (access === 'public') return undefined;
-  if (who.kind === 'anonymous') return { status: 401, message: 'sign in first: this route needs a Bearer access token (POST /auth/login) or a service assertion' };
+  if (who.kind === 'anonymous')
+    return {
+      status: 401,
+      message: 'sign in first: this route needs a Bearer access token (POST /auth/login) or a service assertion',
+    };
   if (access === 'records') return undefined;
   if (who.kind === 'user' && who.roles.some((r) => access.roles?.includes(r))) return undefined;
   if (who.kind === 'service' && access.services?.includes(who.serviceKind)) return undefined;
-  const allowed = [access.roles?.length ? `role(s) ${access.roles.join(', ')}` : '', access.services?.length ? `service accounts of kind ${access.services.join(', ')}` : ''].filter(Boolean).join(' or ');
+  const allowed = [
+    access.roles?.length ? `role(s) ${access.roles.join(', ')}` : '',
+    access.services?.length ? `service accounts of kind ${access.services.join(', ')}` : '',
+  ]
+    .filter(Boolean)
+    .join(' or ');
   return { status: 403, message: `this route is for ${allowed}` };
 }
 
 function refuse(reply: FastifyReply, status: number, code: 'login' | 'forbidden', message: string): FastifyReply {
   if (status === 401) reply.header('www-authenticate', 'Bearer');
-  return reply.code(status).type('application/fhir+json; charset=utf-8').send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, diagnostics: message }] });
+  return reply
+    .code(status)
+    .type('application/fhir+json; charset=utf-8')
+    .send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, diagnostics: message }] });
 }
-

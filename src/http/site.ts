@@ -5,7 +5,15 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { HybridClock } from '../clock/index.ts';
 import { boundStoreFor, claimSiteIdentity, migrate, type Db } from '../db/index.ts';
-import { buildSearchParamTable, createR4Validator, EMPI_BLIND_INDEX_KEY, loadFhirDefinitions, RecordStore, SUPPORTED_TYPES, type RecordsContext } from '../records/index.ts';
+import {
+  buildSearchParamTable,
+  createR4Validator,
+  EMPI_BLIND_INDEX_KEY,
+  loadFhirDefinitions,
+  RecordStore,
+  SUPPORTED_TYPES,
+  type RecordsContext,
+} from '../records/index.ts';
 import { FileCryptoPool, hmacSm3Keyed } from '../security/crypto/index.ts';
 import type { Region } from '../region/index.ts';
 import { Kms } from '../security/kms/index.ts';
@@ -17,7 +25,19 @@ import { tokenResolver } from './identity.ts';
 import { buildApp } from './app.ts';
 import type { IdentityResolver } from './identity.ts';
 import {
-  CollectionScheduler, Collector, FsBlobStore, ImageResidency, ImagingStore, S3BlobStore, startDimseServer, StudyLinker, type CollectionSource, type S3BlobStoreOptions, type DimseServer, type DimseServerOptions, type SourceRun,
+  CollectionScheduler,
+  Collector,
+  FsBlobStore,
+  ImageResidency,
+  ImagingStore,
+  S3BlobStore,
+  startDimseServer,
+  StudyLinker,
+  type CollectionSource,
+  type S3BlobStoreOptions,
+  type DimseServer,
+  type DimseServerOptions,
+  type SourceRun,
 } from '../imaging/index.ts';
 
 export const VERSION = '0.1.0';
@@ -90,10 +110,18 @@ export interface ReplicationStartOptions {
  * call it inside their transactions, so it never queries: the key is loaded when the KMS
  * unseals and looked for again every 10 s (a key installed while running is picked up).
  */
-function empiBlindIndex(kms: () => Kms): { index: NonNullable<RecordsContext['blindIndex']>; refresh: () => Promise<void>; stop: () => void } {
+function empiBlindIndex(kms: () => Kms): {
+  index: NonNullable<RecordsContext['blindIndex']>;
+  refresh: () => Promise<void>;
+  stop: () => void;
+} {
   let mac: ((...p: Uint8Array[]) => Buffer) | undefined;
   const refresh = async () => {
-    const key = kms().signingKey() ? await kms().macKey(EMPI_BLIND_INDEX_KEY).catch(() => undefined) : undefined;
+    const key = kms().signingKey()
+      ? await kms()
+          .macKey(EMPI_BLIND_INDEX_KEY)
+          .catch(() => undefined)
+      : undefined;
     mac = key ? hmacSm3Keyed(key.key) : undefined;
   };
   const timer = setInterval(() => void refresh(), 10_000);
@@ -110,21 +138,45 @@ export type SiteStartError = { kind: 'unknown-site' | 'config' | 'migration' | '
 export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Site } | { ok: false; error: SiteStartError }> {
   const { region, siteId, db } = opts;
   if (!region.site(siteId)) {
-    return { ok: false, error: { kind: 'unknown-site', message: `site ${siteId} is not in region ${region.id} (sites: ${region.sites.map((s) => s.id).join(', ')})` } };
+    return {
+      ok: false,
+      error: {
+        kind: 'unknown-site',
+        message: `site ${siteId} is not in region ${region.id} (sites: ${region.sites.map((s) => s.id).join(', ')})`,
+      },
+    };
   }
   const dimseSource = opts.imaging?.collect?.sources.find((s) => s.kind !== 'dicomweb');
-  if (dimseSource && !opts.imaging?.dicom) return { ok: false, error: { kind: 'config', message: `collecting from ${dimseSource.id} by C-MOVE needs DICOM on this node (the source sends to its AE)` } };
+  if (dimseSource && !opts.imaging?.dicom)
+    return {
+      ok: false,
+      error: {
+        kind: 'config',
+        message: `collecting from ${dimseSource.id} by C-MOVE needs DICOM on this node (the source sends to its AE)`,
+      },
+    };
   const migrated = await migrate(db);
   if (!migrated.ok) return { ok: false, error: { kind: 'migration', message: migrated.error.message } };
   const claimed = await claimSiteIdentity(db, region.id, siteId);
   if (!claimed.ok) return { ok: false, error: { kind: 'site-mismatch', message: claimed.error.message } };
   loadFhirDefinitions();
   const searchParams = buildSearchParamTable();
-  const clock = await HybridClock.start({ store: boundStoreFor(db, siteId), maxOffsetMs: region.config.policies.maxClockOffsetMs });
+  const clock = await HybridClock.start({
+    store: boundStoreFor(db, siteId),
+    maxOffsetMs: region.config.policies.maxClockOffsetMs,
+  });
   // Every site starts sealed; custodians unseal it (POST /kms/unseal, medmesh keys unseal).
   const empi = empiBlindIndex(() => kms);
   const kms = new Kms({ db, siteId, policy: region.config.policies.crypto, onUnsealed: () => void empi.refresh() });
-  const ctx: RecordsContext = { db, region, siteId, clock, searchParams, validator: createR4Validator(SUPPORTED_TYPES), blindIndex: empi.index };
+  const ctx: RecordsContext = {
+    db,
+    region,
+    siteId,
+    clock,
+    searchParams,
+    validator: createR4Validator(SUPPORTED_TYPES),
+    blindIndex: empi.index,
+  };
   const store = new RecordStore(ctx);
   // Tokens are signed with the site's KMS signing key; second-factor secrets sit under the KMS key `identity`.
   const identity = new IdentityService({
@@ -144,25 +196,48 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   const auditLog = () => {
     const signing = kms.signingKey();
     if (!signing) return undefined;
-    if (audit?.signing !== signing.key) audit = { signing: signing.key, log: new AuditLog({ db, macKey: kms.deriveSecret('audit-entry-mac'), signer: { siteId, key: signing.key } }) };
+    if (audit?.signing !== signing.key)
+      audit = {
+        signing: signing.key,
+        log: new AuditLog({ db, macKey: kms.deriveSecret('audit-entry-mac'), signer: { siteId, key: signing.key } }),
+      };
     return audit.log;
   };
   // Signed checkpoints every few seconds (regional standard: tamper-proof logs).
-  const checkpoints = setInterval(() => void auditLog()?.checkpoint().catch(() => undefined), opts.checkpointEveryMs ?? 5000);
+  const checkpoints = setInterval(
+    () =>
+      void auditLog()
+        ?.checkpoint()
+        .catch(() => undefined),
+    opts.checkpointEveryMs ?? 5000,
+  );
   checkpoints.unref();
   // Pseudonym keys derive from the master key: only an unsealed site answers (sealed sites serve no data).
   const access = await AccessControl.open({ db, siteId, store, searchParams, secret: (label) => kms.deriveSecret(label) });
   const replication = new ReplicationMetrics();
-  const peers = new Map(region.sites.filter((s) => s.id !== siteId && s.kind !== 'edge').map((s) => [s.id, s.url.replace(/\/+$/, '')]));
+  const peers = new Map(
+    region.sites.filter((s) => s.id !== siteId && s.kind !== 'edge').map((s) => [s.id, s.url.replace(/\/+$/, '')]),
+  );
   const apply: ApplyContext = { db, siteId, region, clock, records: ctx };
   const peerKey = (id: string) => identity.servicePublicKey(id);
-  const checker = new ConsistencyChecker({ apply, peers: () => peers, key: () => kms.signingKey()?.key, peerKey, metrics: replication });
+  const checker = new ConsistencyChecker({
+    apply,
+    peers: () => peers,
+    key: () => kms.signingKey()?.key,
+    peerKey,
+    metrics: replication,
+  });
   const pullers: Puller[] = [];
   const startReplication = (o: ReplicationStartOptions = {}) => {
     if (pullers.length) return;
     for (const [id, url] of peers) {
       const p = new Puller({
-        peer: { id, url }, key: () => kms.signingKey()?.key, peerKey: () => peerKey(id), apply, metrics: replication, waitSeconds: o.waitSeconds ?? 20,
+        peer: { id, url },
+        key: () => kms.signingKey()?.key,
+        peerKey: () => peerKey(id),
+        apply,
+        metrics: replication,
+        waitSeconds: o.waitSeconds ?? 20,
         ...(o.onError ? { onError: (m: string) => o.onError!(id, m) } : {}),
       });
       p.start();
@@ -179,31 +254,69 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   const blobs = s3 ?? (opts.imaging?.blobRoot !== undefined ? new FsBlobStore({ root: opts.imaging.blobRoot }) : undefined);
   // Whole-study retrievals decrypt on every core (workers start on first use).
   const files = blobs ? new FileCryptoPool() : undefined;
-  const imaging = opts.imaging && blobs ? new ImagingStore({ db, kms, blobs, ...(files ? { files } : {}), admit: (a) => residency.refusal(a.patientId), findPatient: (pid) => residency.patientOf(pid), ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}), ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}) }) : undefined;
+  const imaging =
+    opts.imaging && blobs
+      ? new ImagingStore({
+          db,
+          kms,
+          blobs,
+          ...(files ? { files } : {}),
+          admit: (a) => residency.refusal(a.patientId),
+          findPatient: (pid) => residency.patientOf(pid),
+          ...(opts.imaging.maxFileBytes ? { maxFileBytes: opts.imaging.maxFileBytes } : {}),
+          ...(opts.imaging.streamAboveBytes ? { streamAboveBytes: opts.imaging.streamAboveBytes } : {}),
+        })
+      : undefined;
   /** This API node, as holder of site-wide leases (linking studies, collecting from a PACS). */
   const node = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   const studyLinker = imaging ? new StudyLinker({ db, holder: node, records: store, region, siteId }) : undefined;
   studyLinker?.start();
   // DIMSE operations are audited like HTTP requests; a sealed site (no audit log) refuses them.
-  const dimse = imaging && opts.imaging?.dicom
-    ? await startDimseServer({
-        ...opts.imaging.dicom, store: imaging, siteId,
-        audit: async (e) => {
-          const log = auditLog();
-          return log ? (await log.append(e)).ok : false;
-        },
-      })
-    : undefined;
+  const dimse =
+    imaging && opts.imaging?.dicom
+      ? await startDimseServer({
+          ...opts.imaging.dicom,
+          store: imaging,
+          siteId,
+          audit: async (e) => {
+            const log = auditLog();
+            return log ? (await log.append(e)).ok : false;
+          },
+        })
+      : undefined;
   const collect = opts.imaging?.collect;
-  const collection = imaging && collect?.sources.length
-    ? new CollectionScheduler({
-        db, holder: node,
-        collectors: collect.sources.map((source) => new Collector({ db, source, store: imaging, ...(opts.imaging?.dicom ? { localAe: opts.imaging.dicom.aeTitle } : {}) })),
-        ...(collect.everyMs ? { everyMs: collect.everyMs } : {}), ...(collect.days ? { days: collect.days } : {}), ...(collect.onRun ? { onRun: collect.onRun } : {}),
-      })
-    : undefined;
+  const collection =
+    imaging && collect?.sources.length
+      ? new CollectionScheduler({
+          db,
+          holder: node,
+          collectors: collect.sources.map(
+            (source) =>
+              new Collector({
+                db,
+                source,
+                store: imaging,
+                ...(opts.imaging?.dicom ? { localAe: opts.imaging.dicom.aeTitle } : {}),
+              }),
+          ),
+          ...(collect.everyMs ? { everyMs: collect.everyMs } : {}),
+          ...(collect.days ? { days: collect.days } : {}),
+          ...(collect.onRun ? { onRun: collect.onRun } : {}),
+        })
+      : undefined;
   const app = await buildApp({
-    access, db, region, records: ctx, replication, kms, identity, audit: auditLog, searchParams, siteId, regionId: region.id, version: VERSION,
+    access,
+    db,
+    region,
+    records: ctx,
+    replication,
+    kms,
+    identity,
+    audit: auditLog,
+    searchParams,
+    siteId,
+    regionId: region.id,
+    version: VERSION,
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
     ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
     resolveIdentity: opts.resolveIdentity ?? tokenResolver(identity),
@@ -212,9 +325,26 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     ...(imaging ? { imaging } : {}),
     ...(collect ? { collectionSources: collect.sources.map((s) => s.id) } : {}),
   });
-  return { ok: true, site: {
-      siteId, ctx, store, kms, identity, audit: auditLog, access, replication, peers, checker, startReplication, stopReplication, app,
-      ...(imaging ? { imaging } : {}), ...(dimse ? { dimse } : {}), ...(studyLinker ? { studyLinker } : {}), ...(collection ? { collection } : {}),
+  return {
+    ok: true,
+    site: {
+      siteId,
+      ctx,
+      store,
+      kms,
+      identity,
+      audit: auditLog,
+      access,
+      replication,
+      peers,
+      checker,
+      startReplication,
+      stopReplication,
+      app,
+      ...(imaging ? { imaging } : {}),
+      ...(dimse ? { dimse } : {}),
+      ...(studyLinker ? { studyLinker } : {}),
+      ...(collection ? { collection } : {}),
       refreshEmpiKey: empi.refresh,
       close: async () => {
         clearInterval(checkpoints);

@@ -31,7 +31,16 @@ export interface TestServer {
  * kms: 'unsealed' (default: initialized 2-of-2 and open, so data routes serve) or 'uninitialized'.
  * imageStore 's3': image files go to an S3-protocol server (s3rver) on 127.0.0.1, its data under `blobRoot`.
  */
-export async function startTestServer(opts: { siteId?: string; bodyLimit?: number; kms?: 'unsealed' | 'uninitialized'; maxImageBytes?: number; streamImagesAboveBytes?: number; imageStore?: 'fs' | 's3' } = {}): Promise<TestServer> {
+export async function startTestServer(
+  opts: {
+    siteId?: string;
+    bodyLimit?: number;
+    kms?: 'unsealed' | 'uninitialized';
+    maxImageBytes?: number;
+    streamImagesAboveBytes?: number;
+    imageStore?: 'fs' | 's3';
+  } = {},
+): Promise<TestServer> {
   const db = await openTestDb({ migrated: false });
   const siteId = opts.siteId ?? 'B';
   const blobRoot = await mkdtemp(join(tmpdir(), `medmesh-${siteId}-blobs-`));
@@ -39,16 +48,43 @@ export async function startTestServer(opts: { siteId?: string; bodyLimit?: numbe
   let where: { blobRoot: string } | { s3: S3BlobStoreOptions } = { blobRoot };
   if (opts.imageStore === 's3') {
     const { default: S3rver } = await import('s3rver');
-    const server = new S3rver({ address: '127.0.0.1', port: 0, directory: blobRoot, silent: true, configureBuckets: [{ name: 'medmesh-images' }] });
+    const server = new S3rver({
+      address: '127.0.0.1',
+      port: 0,
+      directory: blobRoot,
+      silent: true,
+      configureBuckets: [{ name: 'medmesh-images' }],
+    });
     const { port } = await server.run();
     s3server = server;
-    where = { s3: { endpoint: `http://127.0.0.1:${port}`, bucket: 'medmesh-images', prefix: siteId, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } };
+    where = {
+      s3: {
+        endpoint: `http://127.0.0.1:${port}`,
+        bucket: 'medmesh-images',
+        prefix: siteId,
+        accessKeyId: 'S3RVER',
+        secretAccessKey: 'S3RVER',
+      },
+    };
   }
-  const opened = await openSite({ region: await exampleRegion(), siteId, db, imaging: { ...where, maxFileBytes: opts.maxImageBytes ?? 8 * 2 ** 20, ...(opts.streamImagesAboveBytes ? { streamAboveBytes: opts.streamImagesAboveBytes } : {}) }, ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}) });
+  const opened = await openSite({
+    region: await exampleRegion(),
+    siteId,
+    db,
+    imaging: {
+      ...where,
+      maxFileBytes: opts.maxImageBytes ?? 8 * 2 ** 20,
+      ...(opts.streamImagesAboveBytes ? { streamAboveBytes: opts.streamImagesAboveBytes } : {}),
+    },
+    ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}),
+  });
   if (!opened.ok) throw new Error(opened.error.message);
   const { site } = opened;
   if ((opts.kms ?? 'unsealed') === 'unsealed') {
-    await site.kms.init({ custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })), threshold: 2 });
+    await site.kms.init({
+      custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })),
+      threshold: 2,
+    });
   }
   const as = tokensOf(site);
   const address = await site.app.listen({ port: 0, host: '127.0.0.1' });
@@ -79,7 +115,20 @@ export function tokensOf(site: Site): TestServer['as'] {
     if (!issuer) throw new Error('the test site is sealed: no tokens');
     const now = Math.floor(Date.now() / 1000);
     const userId = o.userId ?? `test-${roles.join('-')}-${randomUUID().slice(0, 8)}`;
-    const token = signToken({ iss: site.siteId, sub: userId, typ: 'access', iat: now, exp: now + 600, jti: randomUUID(), roles, attrs: { ...attributes, username: userId } }, issuer.key, issuer.kid);
+    const token = signToken(
+      {
+        iss: site.siteId,
+        sub: userId,
+        typ: 'access',
+        iat: now,
+        exp: now + 600,
+        jti: randomUUID(),
+        roles,
+        attrs: { ...attributes, username: userId },
+      },
+      issuer.key,
+      issuer.kid,
+    );
     return { authorization: `Bearer ${token}`, ...(o.purpose ? { 'x-medmesh-purpose': o.purpose } : {}) };
   };
 }

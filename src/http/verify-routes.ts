@@ -23,12 +23,32 @@ export interface VerifyRoutesOptions {
 }
 
 const OPERATORS = { roles: ['administrator', 'operator'] } as const;
-const hex64 = z.string().regex(/^[0-9a-f]{1,16}$/, 'a 64-bit HLC in hex').transform((s) => BigInt(`0x${s}`));
-const scopeSchema = z.strictObject({ watermark: z.union([hex64, z.string().regex(/^\d{1,20}$/).transform((s) => BigInt(s))]), buckets: z.number().int().min(1).max(256) });
+const hex64 = z
+  .string()
+  .regex(/^[0-9a-f]{1,16}$/, 'a 64-bit HLC in hex')
+  .transform((s) => BigInt(`0x${s}`));
+const scopeSchema = z.strictObject({
+  watermark: z.union([
+    hex64,
+    z
+      .string()
+      .regex(/^\d{1,20}$/)
+      .transform((s) => BigInt(s)),
+  ]),
+  buckets: z.number().int().min(1).max(256),
+});
 const leavesSchema = scopeSchema.extend({ keys: z.array(z.string().max(200)).min(1).max(5000) });
 const versionsSchema = z.strictObject({
   nonce: z.string().regex(/^[0-9a-f]{32}$/),
-  refs: z.array(z.strictObject({ resourceType: z.string().regex(/^[A-Z][A-Za-z]+$/), id: z.string().max(64), versionId: z.string().max(80) })).max(500),
+  refs: z
+    .array(
+      z.strictObject({
+        resourceType: z.string().regex(/^[A-Z][A-Za-z]+$/),
+        id: z.string().max(64),
+        versionId: z.string().max(80),
+      }),
+    )
+    .max(500),
 });
 const verifySchema = z.strictObject({
   peers: z.array(z.string()).default([]),
@@ -67,17 +87,35 @@ export const verifyRoutes: FastifyPluginAsync<VerifyRoutesOptions> = async (app,
     const [receiverKey, senderKey] = [await opts.identity.servicePublicKey(peer), opts.signer()];
     if (!receiverKey) return reply.code(403).send({ error: 'forbidden', message: `no key registered for site ${peer}` });
     if (!senderKey) return reply.code(503).send({ error: 'sealed', message: `site ${opts.siteId} is sealed` });
-    const changes = await localVerifyPeer({ db: opts.db, region: opts.region, site: opts.siteId, forSite: peer }).versions(body.data.refs);
+    const changes = await localVerifyPeer({ db: opts.db, region: opts.region, site: opts.siteId, forSite: peer }).versions(
+      body.data.refs,
+    );
     const page = { changes, next: START, withheld: body.data.refs.length - changes.length, more: false };
-    return reply.type('application/octet-stream').send(sealPage(page, { from: opts.siteId, to: peer, keys: opts.linkKeys, receiverKey, senderKey, aad: repairAad(opts.siteId, peer, body.data.nonce) }));
+    return reply.type('application/octet-stream').send(
+      sealPage(page, {
+        from: opts.siteId,
+        to: peer,
+        keys: opts.linkKeys,
+        receiverKey,
+        senderKey,
+        aad: repairAad(opts.siteId, peer, body.data.nonce),
+      }),
+    );
   });
 
   app.post('/verify', { config: { access: OPERATORS } }, async (req, reply) => {
     const body = verifySchema.safeParse(req.body ?? {});
     if (!body.success) return reply.code(400).send({ error: 'bad-request', message: issues(body.error) });
     const unknown = body.data.peers.filter((p) => !opts.region.site(p) || p === opts.siteId);
-    if (unknown.length) return reply.code(400).send({ error: 'bad-request', message: `peers: ${unknown.join(', ')} ${unknown.length > 1 ? 'are not other sites' : 'is not another site'} of region ${opts.region.id}` });
-    req.auditExtra = { action: body.data.repair ? 'replication-verify-repair' : 'replication-verify', resource: `site/${opts.siteId}` };
+    if (unknown.length)
+      return reply.code(400).send({
+        error: 'bad-request',
+        message: `peers: ${unknown.join(', ')} ${unknown.length > 1 ? 'are not other sites' : 'is not another site'} of region ${opts.region.id}`,
+      });
+    req.auditExtra = {
+      action: body.data.repair ? 'replication-verify-repair' : 'replication-verify',
+      resource: `site/${opts.siteId}`,
+    };
     try {
       return await opts.verify({ peers: body.data.peers, repair: body.data.repair, graceMs: body.data.graceSeconds * 1000 });
     } catch (e) {

@@ -25,7 +25,9 @@ function blobStoreContract(name: string, open: () => Promise<{ store: BlobStore;
       const big = Buffer.alloc(6 * 2 ** 20, 7);
       big.writeUInt32BE(0xdeadbeef, 5 * 2 ** 20); // a part boundary is not a seam
       assert.deepEqual(await s.store.put('ab/one.mmf', Buffer.from('hello')), { bytes: 5 });
-      assert.deepEqual(await s.store.put('ab/two.mmf', Readable.from([big.subarray(0, 2 ** 20), big.subarray(2 ** 20)])), { bytes: big.length });
+      assert.deepEqual(await s.store.put('ab/two.mmf', Readable.from([big.subarray(0, 2 ** 20), big.subarray(2 ** 20)])), {
+        bytes: big.length,
+      });
       assert.equal((await buffer((await s.store.get('ab/one.mmf'))!)).toString(), 'hello');
       assert.ok((await buffer((await s.store.get('ab/two.mmf'))!)).equals(big));
       assert.ok((await s.store.read('ab/two.mmf'))!.equals(big), 'read whole');
@@ -52,7 +54,8 @@ function blobStoreContract(name: string, open: () => Promise<{ store: BlobStore;
     });
 
     it('refuses keys that could escape the store', async () => {
-      for (const key of ['../x', '/etc/passwd', 'a/../../b', '', 'a//b']) await assert.rejects(s.store.put(key, Buffer.from('x')), /invalid blob key/, key);
+      for (const key of ['../x', '/etc/passwd', 'a/../../b', '', 'a//b'])
+        await assert.rejects(s.store.put(key, Buffer.from('x')), /invalid blob key/, key);
     });
   });
 }
@@ -64,7 +67,10 @@ blobStoreContract('filesystem', async () => {
     async close() {
       // No temporary files may be left behind either.
       const all = await readdir(root, { recursive: true });
-      assert.deepEqual(all.filter((f) => f.includes('.partial-')), []);
+      assert.deepEqual(
+        all.filter((f) => f.includes('.partial-')),
+        [],
+      );
       await rm(root, { recursive: true, force: true });
     },
   };
@@ -73,11 +79,16 @@ blobStoreContract('filesystem', async () => {
 blobStoreContract('S3-compatible', async () => {
   const external = process.env.MEDMESH_TEST_S3_ENDPOINT;
   const dir = await mkdtemp(join(tmpdir(), 'medmesh-s3-'));
-  const server = external ? undefined : new S3rver({ address: '127.0.0.1', port: 0, directory: dir, silent: true, configureBuckets: [{ name: 'medmesh-test' }] });
+  const server = external
+    ? undefined
+    : new S3rver({ address: '127.0.0.1', port: 0, directory: dir, silent: true, configureBuckets: [{ name: 'medmesh-test' }] });
   const endpoint = external ?? `http://127.0.0.1:${(await server!.run()).port}`;
   const store = new S3BlobStore({
-    endpoint, bucket: process.env.MEDMESH_TEST_S3_BUCKET ?? 'medmesh-test', prefix: `contract-${Date.now()}`,
-    accessKeyId: process.env.AWS_ACCESS_KEY_ID ?? 'S3RVER', secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY ?? 'S3RVER',
+    endpoint,
+    bucket: process.env.MEDMESH_TEST_S3_BUCKET ?? 'medmesh-test',
+    prefix: `contract-${Date.now()}`,
+    accessKeyId: process.env.AWS_ACCESS_KEY_ID ?? 'S3RVER',
+    secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY ?? 'S3RVER',
     // S3's smallest part, so the 6 MiB blob goes up as a multipart upload.
     partSizeBytes: 5 * 2 ** 20,
   });

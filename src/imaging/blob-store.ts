@@ -56,7 +56,8 @@ export class FsBlobStore implements BlobStore {
       });
       try {
         for await (const chunk of data instanceof Uint8Array ? [data] : (data as AsyncIterable<Uint8Array>)) {
-          for (let done = 0; done < chunk.byteLength;) done += (await fh.write(chunk, done, chunk.byteLength - done)).bytesWritten;
+          for (let done = 0; done < chunk.byteLength;)
+            done += (await fh.write(chunk, done, chunk.byteLength - done)).bytesWritten;
           bytes += chunk.byteLength;
         }
         await fh.sync();

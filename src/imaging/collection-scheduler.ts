@@ -99,7 +99,12 @@ export class CollectionScheduler {
       }
       if (this.#stopped) await releaseLease(db, lease);
       const failed = days.find((d) => !d.ok);
-      return { source: c.sourceId, outcome: failed ? 'failed' : 'collected', days, ...(failed && !failed.ok ? { error: failed.error } : {}) };
+      return {
+        source: c.sourceId,
+        outcome: failed ? 'failed' : 'collected',
+        days,
+        ...(failed && !failed.ok ? { error: failed.error } : {}),
+      };
     } catch (e) {
       // The database or the network failed under the collector: reported, tried next period.
       return { source: c.sourceId, outcome: 'failed', days, error: e instanceof Error ? e.message : String(e) };

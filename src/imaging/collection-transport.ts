@@ -22,15 +22,32 @@ export interface CollectionTransport {
 }
 
 /** C-FIND by study date and C-MOVE to `localAe`, which the source must know as a destination. */
-export function dimseTransport(source: DicomPeer, opts: { localAe: string; findTimeoutMs?: number; moveTimeoutMs?: number }): CollectionTransport {
+export function dimseTransport(
+  source: DicomPeer,
+  opts: { localAe: string; findTimeoutMs?: number; moveTimeoutMs?: number },
+): CollectionTransport {
   return {
     async findStudies(day) {
-      const found = await cFindStudies(source, { callingAe: opts.localAe, timeoutMs: opts.findTimeoutMs ?? 120_000 }, { StudyDate: day, StudyInstanceUID: '', NumberOfStudyRelatedInstances: '' });
+      const found = await cFindStudies(
+        source,
+        { callingAe: opts.localAe, timeoutMs: opts.findTimeoutMs ?? 120_000 },
+        { StudyDate: day, StudyInstanceUID: '', NumberOfStudyRelatedInstances: '' },
+      );
       if (!found.ok) return found;
-      return { ok: true, value: found.value.map((m) => ({ uid: text(m.StudyInstanceUID), count: countOf(text(m.NumberOfStudyRelatedInstances)) })).filter((s) => s.uid) };
+      return {
+        ok: true,
+        value: found.value
+          .map((m) => ({ uid: text(m.StudyInstanceUID), count: countOf(text(m.NumberOfStudyRelatedInstances)) }))
+          .filter((s) => s.uid),
+      };
     },
     async retrieveStudy(uid) {
-      const moved = await cMoveStudy(source, { callingAe: opts.localAe, timeoutMs: opts.moveTimeoutMs ?? 600_000 }, opts.localAe, uid);
+      const moved = await cMoveStudy(
+        source,
+        { callingAe: opts.localAe, timeoutMs: opts.moveTimeoutMs ?? 600_000 },
+        opts.localAe,
+        uid,
+      );
       return moved.ok ? { ok: true, value: undefined } : moved;
     },
   };
@@ -46,18 +63,26 @@ export interface DicomwebSource {
 const PAGE = 500;
 
 /** QIDO-RS by study date (paged) and WADO-RS of the whole study, each part streamed into `store`. */
-export function dicomwebTransport(source: DicomwebSource, opts: { store: ImagingStore; sourceLabel: string; timeoutMs?: number }): CollectionTransport {
+export function dicomwebTransport(
+  source: DicomwebSource,
+  opts: { store: ImagingStore; sourceLabel: string; timeoutMs?: number },
+): CollectionTransport {
   const root = source.url.replace(/\/+$/, '');
   const timeout = () => AbortSignal.timeout(opts.timeoutMs ?? 600_000);
-  const describe = (e: unknown) => (e instanceof Error ? (e.cause instanceof Error ? `${e.message}: ${e.cause.message}` : e.message) : String(e));
+  const describe = (e: unknown) =>
+    e instanceof Error ? (e.cause instanceof Error ? `${e.message}: ${e.cause.message}` : e.message) : String(e);
   return {
     async findStudies(day) {
       const studies: StudyAtSource[] = [];
       try {
         for (let offset = 0; ; offset += PAGE) {
-          const res = await fetch(`${root}/studies?StudyDate=${day}&includefield=00201208&limit=${PAGE}&offset=${offset}`, { headers: { ...source.headers, accept: 'application/dicom+json' }, signal: timeout() });
+          const res = await fetch(`${root}/studies?StudyDate=${day}&includefield=00201208&limit=${PAGE}&offset=${offset}`, {
+            headers: { ...source.headers, accept: 'application/dicom+json' },
+            signal: timeout(),
+          });
           if (res.status === 204) break;
-          if (!res.ok) return { ok: false, error: `QIDO-RS ${root}/studies answered ${res.status}: ${(await res.text()).slice(0, 200)}` };
+          if (!res.ok)
+            return { ok: false, error: `QIDO-RS ${root}/studies answered ${res.status}: ${(await res.text()).slice(0, 200)}` };
           const page = await res.json();
           if (!Array.isArray(page)) return { ok: false, error: `QIDO-RS ${root}/studies did not answer a JSON array` };
           for (const m of page as Array<Record<string, { Value?: unknown[] } | undefined>>) {
@@ -75,10 +100,18 @@ export function dicomwebTransport(source: DicomwebSource, opts: { store: Imaging
       const url = `${root}/studies/${uid}`;
       const refused: string[] = [];
       try {
-        const res = await fetch(url, { headers: { ...source.headers, accept: 'multipart/related; type="application/dicom"' }, signal: timeout() });
-        if (!res.ok || !res.body) return { ok: false, error: `WADO-RS ${url} answered ${res.status}: ${(await res.text()).slice(0, 200)}` };
+        const res = await fetch(url, {
+          headers: { ...source.headers, accept: 'multipart/related; type="application/dicom"' },
+          signal: timeout(),
+        });
+        if (!res.ok || !res.body)
+          return { ok: false, error: `WADO-RS ${url} answered ${res.status}: ${(await res.text()).slice(0, 200)}` };
         const type = mediaParams(res.headers.get('content-type') ?? '');
-        if (type.media !== 'multipart/related' || !type.boundary) return { ok: false, error: `WADO-RS ${url} answered ${type.media || 'no media type'}, not multipart/related with a boundary` };
+        if (type.media !== 'multipart/related' || !type.boundary)
+          return {
+            ok: false,
+            error: `WADO-RS ${url} answered ${type.media || 'no media type'}, not multipart/related with a boundary`,
+          };
         for await (const part of readMultipartRelated(res.body, type.boundary)) {
           const r = await opts.store.receive(part.body, { source: opts.sourceLabel, expectStudy: uid });
           if (!r.ok) refused.push(`part ${part.index}: ${r.error.message}`);
@@ -86,7 +119,9 @@ export function dicomwebTransport(source: DicomwebSource, opts: { store: Imaging
       } catch (e) {
         return { ok: false, error: `WADO-RS ${url}: ${e instanceof MultipartError ? e.message : describe(e)}` };
       }
-      return refused.length ? { ok: false, error: `the site refused ${refused.length} instance(s): ${refused.slice(0, 3).join('; ')}` } : { ok: true, value: undefined };
+      return refused.length
+        ? { ok: false, error: `the site refused ${refused.length} instance(s): ${refused.slice(0, 3).join('; ')}` }
+        : { ok: true, value: undefined };
     },
   };
 }

@@ -13,60 +13,94 @@ const DAY = '20261118';
 const uid = (n: number) => `1.2.826.0.1.3680043.10.1519.8.${n}`;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-describe(`active collection from Orthanc over DICOMweb (${testBackend()})`, { skip: orthancDicomwebPlugin() || process.env.CI ? false : 'orthanc-dicomweb is not installed (apt-get install orthanc-dicomweb)' }, () => {
-  let t: TestImaging;
-  let orthanc: TestOrthanc;
-  const sent = new Map<string, string>();
-  const source = (url = `${orthanc.http}/dicom-web`): CollectionSource => ({ id: 'pacs-web', kind: 'dicomweb', url });
-  before(async () => {
-    // Files above 30 kB are refused here: the CT study below cannot be taken.
-    t = await openTestImaging({ maxFileBytes: 30_000 });
-    orthanc = await startOrthanc({ dicomweb: true });
-    const files = [
-      ...(await makeInstances({ studyUid: uid(1), date: DAY, patientId: 'W1', count: 3 })),
-      ...(await makeInstances({ studyUid: uid(2), date: DAY, patientId: 'W2', count: 2 })),
-      ...(await makeInstances({ template: 'CT_small.dcm', studyUid: uid(3), date: DAY, patientId: 'W3', count: 1 })),
-      ...(await makeInstances({ studyUid: uid(4), date: '20261117', patientId: 'W4', count: 1 })),
-    ];
-    for (const f of files) {
-      await orthanc.upload(f);
-      sent.set(sha(f), 'sent');
-    }
-  });
-  after(async () => {
-    await orthanc?.close();
-    await t?.close();
-  });
+describe(
+  `active collection from Orthanc over DICOMweb (${testBackend()})`,
+  {
+    skip:
+      orthancDicomwebPlugin() || process.env.CI ? false : 'orthanc-dicomweb is not installed (apt-get install orthanc-dicomweb)',
+  },
+  () => {
+    let t: TestImaging;
+    let orthanc: TestOrthanc;
+    const sent = new Map<string, string>();
+    const source = (url = `${orthanc.http}/dicom-web`): CollectionSource => ({ id: 'pacs-web', kind: 'dicomweb', url });
+    before(async () => {
+      // Files above 30 kB are refused here: the CT study below cannot be taken.
+      t = await openTestImaging({ maxFileBytes: 30_000 });
+      orthanc = await startOrthanc({ dicomweb: true });
+      const files = [
+        ...(await makeInstances({ studyUid: uid(1), date: DAY, patientId: 'W1', count: 3 })),
+        ...(await makeInstances({ studyUid: uid(2), date: DAY, patientId: 'W2', count: 2 })),
+        ...(await makeInstances({ template: 'CT_small.dcm', studyUid: uid(3), date: DAY, patientId: 'W3', count: 1 })),
+        ...(await makeInstances({ studyUid: uid(4), date: '20261117', patientId: 'W4', count: 1 })),
+      ];
+      for (const f of files) {
+        await orthanc.upload(f);
+        sent.set(sha(f), 'sent');
+      }
+    });
+    after(async () => {
+      await orthanc?.close();
+      await t?.close();
+    });
 
-  it('collects a day by QIDO-RS and WADO-RS, byte for byte, and reports the study it could not take', async () => {
-    const collector = new Collector({ db: t.db, source: source(), store: t.store, retryDelayMs: 20, maxAttempts: 2 });
-    const run = await collector.collectDay(DAY);
-    assert.ok(run.ok, JSON.stringify(run));
-    assert.deepEqual([run.value.studies, run.value.retrieved, run.value.skipped], [3, 2, 0]);
-    assert.deepEqual(run.value.failed.map((f) => f.study), [uid(3)]);
-    assert.match(run.value.failed[0]!.error, /refused 1 instance\(s\): part 1: .*at most 30000/);
-    const held = (await t.db.query<{ study_uid: string; sha256: string; source: string }>('SELECT study_uid, sha256, source FROM imaging_instance WHERE current ORDER BY study_uid')).rows;
-    assert.deepEqual(held.map((h) => h.study_uid), [uid(1), uid(1), uid(1), uid(2), uid(2)], 'nothing of another day, nothing of the refused study');
-    assert.ok(held.every((h) => sent.has(h.sha256)), 'each file held is byte for byte one the source sent');
-    assert.ok(held.every((h) => h.source === 'dicomweb:pacs-web'));
-    const report = await collector.report(DAY);
-    assert.deepEqual([report.complete, report.source_studies, report.held_studies, report.source_instances, report.held_instances], [false, 3, 2, 6, 5]);
-    assert.deepEqual(report.differences.map((d) => [d.study, d.kind, d.state]), [[uid(3), 'missing', 'failed']]);
-    // Run again: what is held is not fetched again; the other day is complete on its own.
-    const again = await collector.collectDay(DAY);
-    assert.ok(again.ok);
-    assert.deepEqual([again.value.skipped, again.value.retrieved, again.value.failed.length], [2, 0, 1]);
-    const other = await collector.collectDay('20261117');
-    assert.ok(other.ok && other.value.retrieved === 1);
-    assert.equal((await collector.report('20261117')).complete, true);
-  });
+    it('collects a day by QIDO-RS and WADO-RS, byte for byte, and reports the study it could not take', async () => {
+      const collector = new Collector({ db: t.db, source: source(), store: t.store, retryDelayMs: 20, maxAttempts: 2 });
+      const run = await collector.collectDay(DAY);
+      assert.ok(run.ok, JSON.stringify(run));
+      assert.deepEqual([run.value.studies, run.value.retrieved, run.value.skipped], [3, 2, 0]);
+      assert.deepEqual(
+        run.value.failed.map((f) => f.study),
+        [uid(3)],
+      );
+      assert.match(run.value.failed[0]!.error, /refused 1 instance\(s\): part 1: .*at most 30000/);
+      const held = (
+        await t.db.query<{ study_uid: string; sha256: string; source: string }>(
+          'SELECT study_uid, sha256, source FROM imaging_instance WHERE current ORDER BY study_uid',
+        )
+      ).rows;
+      assert.deepEqual(
+        held.map((h) => h.study_uid),
+        [uid(1), uid(1), uid(1), uid(2), uid(2)],
+        'nothing of another day, nothing of the refused study',
+      );
+      assert.ok(
+        held.every((h) => sent.has(h.sha256)),
+        'each file held is byte for byte one the source sent',
+      );
+      assert.ok(held.every((h) => h.source === 'dicomweb:pacs-web'));
+      const report = await collector.report(DAY);
+      assert.deepEqual(
+        [report.complete, report.source_studies, report.held_studies, report.source_instances, report.held_instances],
+        [false, 3, 2, 6, 5],
+      );
+      assert.deepEqual(
+        report.differences.map((d) => [d.study, d.kind, d.state]),
+        [[uid(3), 'missing', 'failed']],
+      );
+      // Run again: what is held is not fetched again; the other day is complete on its own.
+      const again = await collector.collectDay(DAY);
+      assert.ok(again.ok);
+      assert.deepEqual([again.value.skipped, again.value.retrieved, again.value.failed.length], [2, 0, 1]);
+      const other = await collector.collectDay('20261117');
+      assert.ok(other.ok && other.value.retrieved === 1);
+      assert.equal((await collector.report('20261117')).complete, true);
+    });
 
-  it('says clearly when the source cannot be reached or is not DICOMweb', async () => {
-    const down = await new Collector({ db: t.db, source: source('http://127.0.0.1:1/dicom-web'), store: t.store, timeoutMs: 5000 }).collectDay(DAY);
-    assert.ok(!down.ok);
-    assert.match(down.error, /QIDO-RS http:\/\/127\.0\.0\.1:1\/dicom-web\/studies: fetch failed/);
-    const wrong = await new Collector({ db: t.db, source: source(`${orthanc.http}/not-dicom-web`), store: t.store }).collectDay(DAY);
-    assert.ok(!wrong.ok);
-    assert.match(wrong.error, /answered 404/);
-  });
-});
+    it('says clearly when the source cannot be reached or is not DICOMweb', async () => {
+      const down = await new Collector({
+        db: t.db,
+        source: source('http://127.0.0.1:1/dicom-web'),
+        store: t.store,
+        timeoutMs: 5000,
+      }).collectDay(DAY);
+      assert.ok(!down.ok);
+      assert.match(down.error, /QIDO-RS http:\/\/127\.0\.0\.1:1\/dicom-web\/studies: fetch failed/);
+      const wrong = await new Collector({ db: t.db, source: source(`${orthanc.http}/not-dicom-web`), store: t.store }).collectDay(
+        DAY,
+      );
+      assert.ok(!wrong.ok);
+      assert.match(wrong.error, /answered 404/);
+    });
+  },
+);

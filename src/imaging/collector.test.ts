@@ -24,7 +24,14 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
   before(async () => {
     // Files above 30 kB are refused here: the CT-based study below cannot be taken.
     t = await openTestImaging({ maxFileBytes: 30_000 });
-    srv = await startDimseServer({ store: t.store, siteId: 'B', aeTitle: 'MEDMESH_B', port: 0, remoteAes: { ORTHANC: { host: '127.0.0.1', port: 0 } }, audit: t.audit });
+    srv = await startDimseServer({
+      store: t.store,
+      siteId: 'B',
+      aeTitle: 'MEDMESH_B',
+      port: 0,
+      remoteAes: { ORTHANC: { host: '127.0.0.1', port: 0 } },
+      audit: t.audit,
+    });
     orthanc = await startOrthanc({ modalities: { MEDMESH_B: srv.port } });
     const studies = [
       ...(await makeInstances({ studyUid: uid(1), date: DAY, patientId: 'P1', count: 3 })),
@@ -46,24 +53,48 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
     const run = await collector.collectDay(DAY);
     assert.ok(run.ok, JSON.stringify(run));
     assert.deepEqual([run.value.studies, run.value.retrieved, run.value.skipped], [3, 2, 0]);
-    assert.deepEqual(run.value.failed.map((f) => f.study), [uid(3)]);
+    assert.deepEqual(
+      run.value.failed.map((f) => f.study),
+      [uid(3)],
+    );
     assert.match(run.value.failed[0]!.error, /C-MOVE .* ended with status|holds 0 after the retrieval/);
     const report = await collector.report(DAY);
     assert.equal(report.complete, false);
     assert.deepEqual([report.source_studies, report.held_studies, report.source_instances, report.held_instances], [3, 2, 6, 5]);
-    assert.deepEqual(report.differences.map((d) => [d.study, d.kind, d.source_instances, d.held_instances, d.state]), [[uid(3), 'missing', 1, 0, 'failed']]);
-    const held = (await t.db.query<{ study_uid: string; n: number }>('SELECT study_uid, count(*)::int AS n FROM imaging_instance GROUP BY study_uid ORDER BY study_uid')).rows;
-    assert.deepEqual(held.map((h) => [h.study_uid, h.n]), [[uid(1), 3], [uid(2), 2]]);
+    assert.deepEqual(
+      report.differences.map((d) => [d.study, d.kind, d.source_instances, d.held_instances, d.state]),
+      [[uid(3), 'missing', 1, 0, 'failed']],
+    );
+    const held = (
+      await t.db.query<{ study_uid: string; n: number }>(
+        'SELECT study_uid, count(*)::int AS n FROM imaging_instance GROUP BY study_uid ORDER BY study_uid',
+      )
+    ).rows;
+    assert.deepEqual(
+      held.map((h) => [h.study_uid, h.n]),
+      [
+        [uid(1), 3],
+        [uid(2), 2],
+      ],
+    );
     assert.ok(t.events.some((e) => e.action === 'dicom-store' && e.outcome === 'failure' && e.actor.id === 'ae:ORTHANC'));
   });
 
   it('goes on where it stopped: a restarted collector fetches only what is not yet held', async () => {
     const before = stores();
-    const again = await new Collector({ db: t.db, source: source(), localAe: 'MEDMESH_B', retryDelayMs: 10, maxAttempts: 1 }).collectDay(DAY);
+    const again = await new Collector({
+      db: t.db,
+      source: source(),
+      localAe: 'MEDMESH_B',
+      retryDelayMs: 10,
+      maxAttempts: 1,
+    }).collectDay(DAY);
     assert.ok(again.ok);
     assert.deepEqual([again.value.skipped, again.value.retrieved, again.value.failed.length], [2, 0, 1]);
     assert.equal(stores(), before, 'nothing already held was moved again');
-    const attempts = (await t.db.query<{ attempts: number }>('SELECT attempts FROM imaging_collection_study WHERE study_uid = $1', [uid(3)])).rows[0]!.attempts;
+    const attempts = (
+      await t.db.query<{ attempts: number }>('SELECT attempts FROM imaging_collection_study WHERE study_uid = $1', [uid(3)])
+    ).rows[0]!.attempts;
     assert.equal(attempts, 3, 'two attempts in the first run, one now');
   });
 
@@ -73,7 +104,11 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
     assert.ok(run.ok);
     assert.equal(run.value.retrieved, 1);
     const report = await collector.report(DAY);
-    assert.deepEqual(report.differences.map((d) => d.study), [uid(3)], 'only the refused study is still missing');
+    assert.deepEqual(
+      report.differences.map((d) => d.study),
+      [uid(3)],
+      'only the refused study is still missing',
+    );
     assert.equal(report.held_instances, 6);
     const next = await collector.collectDay('20261121');
     assert.ok(next.ok && next.value.retrieved === 1);
@@ -93,17 +128,31 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
   it('runs on a schedule, one node per source at a time, the last days each run', async () => {
     const now = () => new Date(2026, 10, 21, 3, 0); // 03:00 local on 21 November: days 20 and 21
     const node = (holder: string, runs: SourceRun[], everyMs = 60_000) =>
-      new CollectionScheduler({ db: t.db, collectors: [new Collector({ db: t.db, source: source(), localAe: 'MEDMESH_B', retryDelayMs: 10, maxAttempts: 1 })], holder, everyMs, now, onRun: (r) => runs.push(r) });
+      new CollectionScheduler({
+        db: t.db,
+        collectors: [new Collector({ db: t.db, source: source(), localAe: 'MEDMESH_B', retryDelayMs: 10, maxAttempts: 1 })],
+        holder,
+        everyMs,
+        now,
+        onRun: (r) => runs.push(r),
+      });
     const runs1: SourceRun[] = [];
     const runs2: SourceRun[] = [];
     const [n1, n2] = [node('node-1', runs1), node('node-2', runs2)];
     assert.deepEqual(n1.days(), ['20261120', '20261121']);
-    for (const f of await makeInstances({ studyUid: uid(5), date: '20261121', patientId: 'P5', count: 2 })) await orthanc.upload(f);
+    for (const f of await makeInstances({ studyUid: uid(5), date: '20261121', patientId: 'P5', count: 2 }))
+      await orthanc.upload(f);
     const [a, b] = await Promise.all([n1.runOnce(), n2.runOnce()]);
     const outcomes = [a[0]!.outcome, b[0]!.outcome].sort();
     assert.deepEqual(outcomes, ['collected', 'held-elsewhere'], 'one node collected, the other left it');
     const ran = a[0]!.outcome === 'held-elsewhere' ? b[0]! : a[0]!;
-    assert.deepEqual(ran.days.map((d) => (d.ok ? [d.value.day, d.value.retrieved, d.value.failed.length] : d.error)), [['20261120', 0, 1], ['20261121', 1, 0]]);
+    assert.deepEqual(
+      ran.days.map((d) => (d.ok ? [d.value.day, d.value.retrieved, d.value.failed.length] : d.error)),
+      [
+        ['20261120', 0, 1],
+        ['20261121', 1, 0],
+      ],
+    );
     assert.deepEqual((await collectorReport('20261121')).differences, [], 'the new study is held');
     // Within the period the lease stands, for both nodes; once it lapses another node may run.
     assert.equal((await n1.runOnce())[0]!.outcome, 'held-elsewhere');

@@ -43,7 +43,14 @@ export interface CompletenessReport {
   source_instances: number;
   held_instances: number;
   complete: boolean;
-  differences: Array<{ study: string; kind: 'missing' | 'incomplete' | 'unknown-count'; source_instances: number | null; held_instances: number; state: string; last_error: string | null }>;
+  differences: Array<{
+    study: string;
+    kind: 'missing' | 'incomplete' | 'unknown-count';
+    source_instances: number | null;
+    held_instances: number;
+    state: string;
+    last_error: string | null;
+  }>;
 }
 
 const DAY = /^\d{8}$/;
@@ -57,10 +64,17 @@ export class Collector {
     const s = opts.source;
     if (s.kind === 'dicomweb') {
       if (!opts.store) throw new Error(`collector ${s.id}: a DICOMweb source needs the imaging store`);
-      this.#transport = dicomwebTransport(s, { store: opts.store, sourceLabel: `dicomweb:${s.id}`, ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}) });
+      this.#transport = dicomwebTransport(s, {
+        store: opts.store,
+        sourceLabel: `dicomweb:${s.id}`,
+        ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
+      });
     } else {
       if (!opts.localAe) throw new Error(`collector ${s.id}: a DIMSE source needs this site's AE title`);
-      this.#transport = dimseTransport(s, { localAe: opts.localAe, ...(opts.timeoutMs ? { findTimeoutMs: opts.timeoutMs, moveTimeoutMs: opts.timeoutMs } : {}) });
+      this.#transport = dimseTransport(s, {
+        localAe: opts.localAe,
+        ...(opts.timeoutMs ? { findTimeoutMs: opts.timeoutMs, moveTimeoutMs: opts.timeoutMs } : {}),
+      });
     }
   }
 
@@ -126,16 +140,29 @@ export class Collector {
     const max = this.#o.maxAttempts ?? 3;
     let error = '';
     for (let attempt = attemptsSoFar; attempt < attemptsSoFar + max; attempt++) {
-      if (attempt > attemptsSoFar) await new Promise((r) => setTimeout(r, (this.#o.retryDelayMs ?? 1000) * 2 ** (attempt - attemptsSoFar - 1)));
+      if (attempt > attemptsSoFar)
+        await new Promise((r) => setTimeout(r, (this.#o.retryDelayMs ?? 1000) * 2 ** (attempt - attemptsSoFar - 1)));
       const moved = await this.#transport.retrieveStudy(study);
-      const expected = (await db.query<{ n: number | null }>('SELECT source_instances AS n FROM imaging_collection_study WHERE source = $1 AND study_uid = $2', [source.id, study])).rows[0]?.n ?? null;
+      const expected =
+        (
+          await db.query<{ n: number | null }>(
+            'SELECT source_instances AS n FROM imaging_collection_study WHERE source = $1 AND study_uid = $2',
+            [source.id, study],
+          )
+        ).rows[0]?.n ?? null;
       const held = await heldInstances(db, study);
       if (moved.ok && (expected === null || held >= expected)) {
-        await db.query("UPDATE imaging_collection_study SET state = 'retrieved', attempts = $3, last_error = NULL, updated_at = now() WHERE source = $1 AND study_uid = $2", [source.id, study, attempt + 1]);
+        await db.query(
+          "UPDATE imaging_collection_study SET state = 'retrieved', attempts = $3, last_error = NULL, updated_at = now() WHERE source = $1 AND study_uid = $2",
+          [source.id, study, attempt + 1],
+        );
         return { ok: true };
       }
       error = moved.ok ? `the source has ${expected} instance(s), medmesh holds ${held} after the retrieval` : moved.error;
-      await db.query("UPDATE imaging_collection_study SET state = 'failed', attempts = $3, last_error = $4, updated_at = now() WHERE source = $1 AND study_uid = $2", [source.id, study, attempt + 1, error]);
+      await db.query(
+        "UPDATE imaging_collection_study SET state = 'failed', attempts = $3, last_error = $4, updated_at = now() WHERE source = $1 AND study_uid = $2",
+        [source.id, study, attempt + 1, error],
+      );
     }
     return { ok: false, error };
   }
@@ -147,12 +174,25 @@ export class Collector {
 }
 
 async function heldInstances(db: Db, study: string): Promise<number> {
-  return (await db.query<{ n: number }>('SELECT count(*)::int AS n FROM imaging_instance WHERE study_uid = $1 AND current', [study])).rows[0]!.n;
+  return (
+    await db.query<{ n: number }>('SELECT count(*)::int AS n FROM imaging_instance WHERE study_uid = $1 AND current', [study])
+  ).rows[0]!.n;
 }
 
 export async function completenessReport(db: Db, source: string, day: string): Promise<CompletenessReport> {
-  const queried = (await db.query<{ queried_at: Date | string }>('SELECT queried_at FROM imaging_collection_day WHERE source = $1 AND study_date = $2', [source, day])).rows[0];
-  const { rows } = await db.query<{ study_uid: string; source_instances: number | null; held: number; state: string; last_error: string | null }>(
+  const queried = (
+    await db.query<{ queried_at: Date | string }>(
+      'SELECT queried_at FROM imaging_collection_day WHERE source = $1 AND study_date = $2',
+      [source, day],
+    )
+  ).rows[0];
+  const { rows } = await db.query<{
+    study_uid: string;
+    source_instances: number | null;
+    held: number;
+    state: string;
+    last_error: string | null;
+  }>(
     `SELECT c.study_uid, c.source_instances, c.state, c.last_error,
        (SELECT count(*)::int FROM imaging_instance i WHERE i.study_uid = c.study_uid AND i.current) AS held
      FROM imaging_collection_study c WHERE c.source = $1 AND c.study_date = $2 ORDER BY c.study_uid`,
@@ -160,14 +200,39 @@ export async function completenessReport(db: Db, source: string, day: string): P
   );
   const differences: CompletenessReport['differences'] = [];
   for (const r of rows) {
-    if (r.held === 0) differences.push({ study: r.study_uid, kind: 'missing', source_instances: r.source_instances, held_instances: 0, state: r.state, last_error: r.last_error });
-    else if (r.source_instances === null) differences.push({ study: r.study_uid, kind: 'unknown-count', source_instances: null, held_instances: r.held, state: r.state, last_error: r.last_error });
-    else if (r.held < r.source_instances) differences.push({ study: r.study_uid, kind: 'incomplete', source_instances: r.source_instances, held_instances: r.held, state: r.state, last_error: r.last_error });
+    if (r.held === 0)
+      differences.push({
+        study: r.study_uid,
+        kind: 'missing',
+        source_instances: r.source_instances,
+        held_instances: 0,
+        state: r.state,
+        last_error: r.last_error,
+      });
+    else if (r.source_instances === null)
+      differences.push({
+        study: r.study_uid,
+        kind: 'unknown-count',
+        source_instances: null,
+        held_instances: r.held,
+        state: r.state,
+        last_error: r.last_error,
+      });
+    else if (r.held < r.source_instances)
+      differences.push({
+        study: r.study_uid,
+        kind: 'incomplete',
+        source_instances: r.source_instances,
+        held_instances: r.held,
+        state: r.state,
+        last_error: r.last_error,
+      });
   }
   const sourceInstances = rows.reduce((n, r) => n + (r.source_instances ?? 0), 0);
   const heldInstancesTotal = rows.reduce((n, r) => n + Math.min(r.held, r.source_instances ?? r.held), 0);
   return {
-    source, day,
+    source,
+    day,
     queriedAt: queried ? new Date(queried.queried_at).toISOString() : null,
     source_studies: rows.length,
     held_studies: rows.filter((r) => r.held > 0).length,
@@ -181,6 +246,7 @@ export async function completenessReport(db: Db, source: string, day: string): P
 function daysBetween(from: string, to: string): string[] {
   const parse = (d: string) => Date.UTC(Number(d.slice(0, 4)), Number(d.slice(4, 6)) - 1, Number(d.slice(6, 8)));
   const out: string[] = [];
-  for (let t = parse(from); t <= parse(to) && out.length < 3660; t += 86_400_000) out.push(new Date(t).toISOString().slice(0, 10).replaceAll('-', ''));
+  for (let t = parse(from); t <= parse(to) && out.length < 3660; t += 86_400_000)
+    out.push(new Date(t).toISOString().slice(0, 10).replaceAll('-', ''));
   return out;
 }

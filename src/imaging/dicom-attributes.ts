@@ -56,7 +56,8 @@ export function readInstance(file: Uint8Array): AttributesResult {
 export function attributesOf(head: Uint8Array, structure: Structure): AttributesResult {
   // dcmjs copies what it is given: hand it the header only (up to the pixel data value).
   const end = structure.pixelData?.offset ?? head.byteLength;
-  if (end > head.byteLength) return { ok: false, error: `the header before the pixel data is larger than the ${head.byteLength} bytes read ahead` };
+  if (end > head.byteLength)
+    return { ok: false, error: `the header before the pixel data is larger than the ${head.byteLength} bytes read ahead` };
   const ab = head.buffer.slice(head.byteOffset, head.byteOffset + end) as ArrayBuffer;
   let parsed: ReturnType<typeof dcmjs.data.DicomMessage.readFile>;
   try {
@@ -64,7 +65,8 @@ export function attributesOf(head: Uint8Array, structure: Structure): Attributes
   } catch (e) {
     // Several character sets (ISO 2022 escapes) are beyond dcmjs: read what it can decode; the
     // structure has been checked already, so nothing is silently cut off.
-    if (!(e instanceof Error && /character set/i.test(e.message))) return { ok: false, error: `unreadable data set: ${e instanceof Error ? e.message : String(e)}` };
+    if (!(e instanceof Error && /character set/i.test(e.message)))
+      return { ok: false, error: `unreadable data set: ${e instanceof Error ? e.message : String(e)}` };
     parsed = dcmjs.data.DicomMessage.readFile(ab, { untilTag: '7FE00010', includeUntilTagValue: false, ignoreErrors: true });
   }
   const meta = dcmjs.data.DicomMetaDictionary.naturalizeDataset(parsed.meta);
@@ -87,7 +89,8 @@ export function attributesOf(head: Uint8Array, structure: Structure): Attributes
     seriesInstanceUid: str('SeriesInstanceUID'),
   };
   for (const [name, v] of Object.entries(uids)) {
-    if (!v) return { ok: false, error: `the data set has no ${name.replace(/^./, (c) => c.toUpperCase()).replace('Uid', 'UID')}` };
+    if (!v)
+      return { ok: false, error: `the data set has no ${name.replace(/^./, (c) => c.toUpperCase()).replace('Uid', 'UID')}` };
     if (!UID.test(v) || v.length > 64) return { ok: false, error: `${name}: ${JSON.stringify(v)} is not a valid UID` };
   }
   const metaUid = typeof meta.MediaStorageSOPInstanceUID === 'string' ? meta.MediaStorageSOPInstanceUID.trim() : '';

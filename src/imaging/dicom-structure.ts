@@ -54,7 +54,8 @@ interface Walk {
   pixel?: { offset: number; length: number; encapsulated: boolean };
 }
 
-const hex = (tag: number) => `(${(tag >>> 16).toString(16).padStart(4, '0').toUpperCase()},${(tag & 0xffff).toString(16).padStart(4, '0').toUpperCase()})`;
+const hex = (tag: number) =>
+  `(${(tag >>> 16).toString(16).padStart(4, '0').toUpperCase()},${(tag & 0xffff).toString(16).padStart(4, '0').toUpperCase()})`;
 
 function* read(w: Walk, n: number, what: () => string): Walker<Buffer> {
   const b = (yield { read: n }) as Buffer;
@@ -78,15 +79,22 @@ interface Meta {
 
 function* metaWalker(w: Walk): Walker<Meta> {
   const head = (yield { read: 132 }) as Buffer;
-  if (head.length < 132 || head.toString('latin1', 128, 132) !== 'DICM') throw new Broken('not a DICOM Part 10 file: no 128-byte preamble followed by "DICM"');
+  if (head.length < 132 || head.toString('latin1', 128, 132) !== 'DICM')
+    throw new Broken('not a DICOM Part 10 file: no 128-byte preamble followed by "DICM"');
   w.pos = 132;
   const first = yield* read(w, 12, () => 'the File Meta Information');
-  if (first.readUInt16LE(0) !== 0x0002 || first.readUInt16LE(2) !== 0x0000 || first.toString('latin1', 4, 6) !== 'UL' || first.readUInt16LE(6) !== 4) throw new Broken('the File Meta Information has no group length (0002,0000)');
+  if (
+    first.readUInt16LE(0) !== 0x0002 ||
+    first.readUInt16LE(2) !== 0x0000 ||
+    first.toString('latin1', 4, 6) !== 'UL' ||
+    first.readUInt16LE(6) !== 4
+  )
+    throw new Broken('the File Meta Information has no group length (0002,0000)');
   const groupLength = first.readUInt32LE(8);
   const meta = yield* read(w, groupLength, () => 'the File Meta Information group length');
   let transferSyntaxUid: string | undefined;
   let sopInstance: string | undefined;
-  for (let p = 0; p < meta.length; ) {
+  for (let p = 0; p < meta.length;) {
     const h = header(meta, p, meta.length, { explicit: true, little: true });
     if (p + h.headerLength + h.length > meta.length) throw new Broken(`the File Meta element ${hex(h.tag)} runs past its group`);
     const value = meta.toString('latin1', p + h.headerLength, p + h.headerLength + h.length).replace(/[\0 ]+$/, '');
@@ -116,9 +124,11 @@ function header(b: Buffer, p: number, end: number, enc: Encoding): Header {
   const u32 = (at: number) => (enc.little ? b.readUInt32LE(at) : b.readUInt32BE(at));
   const tag = ((u16(p) << 16) | u16(p + 2)) >>> 0;
   // Item and delimitation tags carry no VR in any encoding.
-  if (tag === ITEM || tag === ITEM_END || tag === SEQ_END || !enc.explicit) return { tag, vr: undefined, length: u32(p + 4), headerLength: 8 };
+  if (tag === ITEM || tag === ITEM_END || tag === SEQ_END || !enc.explicit)
+    return { tag, vr: undefined, length: u32(p + 4), headerLength: 8 };
   const vr = b.toString('latin1', p + 4, p + 6);
-  if (!/^[A-Z]{2}$/.test(vr)) throw new Broken(`element ${hex(tag)} at byte ${p} has no valid VR (the transfer syntax may be declared wrongly)`);
+  if (!/^[A-Z]{2}$/.test(vr))
+    throw new Broken(`element ${hex(tag)} at byte ${p} has no valid VR (the transfer syntax may be declared wrongly)`);
   if (LONG_VRS.has(vr)) {
     if (p + 12 > end) throw new Broken(`truncated: the header of ${hex(tag)} runs past the end`);
     return { tag, vr, length: u32(p + 8), headerLength: 12 };
@@ -133,8 +143,12 @@ function* readHeader(w: Walk, enc: Encoding, mayEnd: boolean): Walker<Header | u
   if (first.length === 0 && mayEnd) return undefined;
   if (first.length < 8) throw new Broken(`truncated: an element header at byte ${at} runs past the end`);
   w.pos += 8;
-  const tag = ((enc.little ? first.readUInt16LE(0) : first.readUInt16BE(0)) << 16 | (enc.little ? first.readUInt16LE(2) : first.readUInt16BE(2))) >>> 0;
-  const long = enc.explicit && tag !== ITEM && tag !== ITEM_END && tag !== SEQ_END && LONG_VRS.has(first.toString('latin1', 4, 6));
+  const tag =
+    (((enc.little ? first.readUInt16LE(0) : first.readUInt16BE(0)) << 16) |
+      (enc.little ? first.readUInt16LE(2) : first.readUInt16BE(2))) >>>
+    0;
+  const long =
+    enc.explicit && tag !== ITEM && tag !== ITEM_END && tag !== SEQ_END && LONG_VRS.has(first.toString('latin1', 4, 6));
   if (!long) return header(first, 0, 8, enc);
   const rest = (yield { read: 4 }) as Buffer;
   if (rest.length < 4) throw new Broken(`truncated: the header of ${hex(tag)} runs past the end`);
@@ -155,7 +169,8 @@ function* walk(w: Walk, end: number, enc: Encoding, delimited: boolean, depth: n
     }
     if (h.tag === PIXEL_DATA && depth === 0) w.pixel = { offset: w.pos, length: h.length, encapsulated: h.length === UNDEFINED };
     if (h.length !== UNDEFINED) {
-      if (end !== Infinity && w.pos + h.length > end) throw new Broken(`truncated: ${hex(h.tag)} declares ${h.length} bytes but ${end - w.pos} remain`);
+      if (end !== Infinity && w.pos + h.length > end)
+        throw new Broken(`truncated: ${hex(h.tag)} declares ${h.length} bytes but ${end - w.pos} remain`);
       if (h.vr === 'SQ') yield* items(w, w.pos + h.length, enc, false, depth + 1, h.tag);
       else yield* skip(w, h.length, h.tag);
       continue;
@@ -174,7 +189,10 @@ function* items(w: Walk, end: number, enc: Encoding, delimited: boolean, depth: 
   while (w.pos < end) {
     const at = w.pos;
     const raw = (yield { read: 8 }) as Buffer;
-    if (raw.length < 8) throw new Broken(delimited ? 'truncated: a sequence of undefined length has no delimiter' : `truncated: ${hex(tag)} runs past the end`);
+    if (raw.length < 8)
+      throw new Broken(
+        delimited ? 'truncated: a sequence of undefined length has no delimiter' : `truncated: ${hex(tag)} runs past the end`,
+      );
     w.pos += 8;
     const h = header(raw, 0, 8, { explicit: false, little: enc.little });
     if (h.tag === SEQ_END) {
@@ -184,7 +202,8 @@ function* items(w: Walk, end: number, enc: Encoding, delimited: boolean, depth: 
     if (h.tag !== ITEM) throw new Broken(`expected an item in a sequence at byte ${at}, found ${hex(h.tag)}`);
     if (h.length === UNDEFINED) yield* walk(w, Infinity, enc, true, depth);
     else {
-      if (end !== Infinity && w.pos + h.length > end) throw new Broken(`truncated: an item declares ${h.length} bytes but ${end - w.pos} remain`);
+      if (end !== Infinity && w.pos + h.length > end)
+        throw new Broken(`truncated: an item declares ${h.length} bytes but ${end - w.pos} remain`);
       yield* walk(w, w.pos + h.length, enc, false, depth);
     }
   }
@@ -199,7 +218,8 @@ function* fragments(w: Walk, enc: Encoding): Walker<void> {
     w.pos += 8;
     const h = header(raw, 0, 8, { explicit: false, little: enc.little });
     if (h.tag === SEQ_END) return;
-    if (h.tag !== ITEM || h.length === UNDEFINED) throw new Broken(`encapsulated pixel data: expected a fragment at byte ${at}, found ${hex(h.tag)}`);
+    if (h.tag !== ITEM || h.length === UNDEFINED)
+      throw new Broken(`encapsulated pixel data: expected a fragment at byte ${at}, found ${hex(h.tag)}`);
     yield* skip(w, h.length, PIXEL_DATA);
   }
 }
@@ -242,7 +262,8 @@ class ChunkReader {
       this.#done = true;
       return false;
     }
-    const c = typeof r.value === 'string' ? Buffer.from(r.value) : Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
+    const c =
+      typeof r.value === 'string' ? Buffer.from(r.value) : Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
     this.#buf = this.#buf.length ? Buffer.concat([this.#buf, c]) : Buffer.from(c);
     return true;
   }
@@ -287,7 +308,15 @@ async function runAsync<T>(gen: Walker<T>, r: ChunkReader): Promise<T> {
 
 function result(meta: Meta, w: Walk, deflated: boolean): StructureResult {
   const pixel = w.pixel && !deflated ? { ...w.pixel, offset: w.pixel.offset + meta.metaEnd } : undefined;
-  return { ok: true, value: { transferSyntaxUid: meta.transferSyntaxUid, datasetOffset: meta.metaEnd, elements: w.n, ...(pixel ? { pixelData: pixel } : {}) } };
+  return {
+    ok: true,
+    value: {
+      transferSyntaxUid: meta.transferSyntaxUid,
+      datasetOffset: meta.metaEnd,
+      elements: w.n,
+      ...(pixel ? { pixelData: pixel } : {}),
+    },
+  };
 }
 
 const encodingOf = (ts: string): Encoding => ({ explicit: ts !== TS.implicitLE, little: ts !== TS.explicitBE });

@@ -20,10 +20,27 @@ describe(`C-MOVE to Orthanc and C-GET (${testBackend()})`, () => {
   let srv: DimseServer;
   let orthanc: TestOrthanc;
   const move = (study: string, destination: string) =>
-    dcmtk('movescu', ['-v', '-aet', 'PACS', '-aec', 'MEDMESH_B', '-aem', destination, '-S', '-k', 'QueryRetrieveLevel=STUDY', '-k', `StudyInstanceUID=${study}`, '127.0.0.1', String(srv.port)]);
+    dcmtk('movescu', [
+      '-v',
+      '-aet',
+      'PACS',
+      '-aec',
+      'MEDMESH_B',
+      '-aem',
+      destination,
+      '-S',
+      '-k',
+      'QueryRetrieveLevel=STUDY',
+      '-k',
+      `StudyInstanceUID=${study}`,
+      '127.0.0.1',
+      String(srv.port),
+    ]);
   const orthancFiles = async () => {
     const ids = (await (await fetch(`${orthanc.http}/instances`)).json()) as string[];
-    return Promise.all(ids.map(async (id) => Buffer.from(await (await fetch(`${orthanc.http}/instances/${id}/file`)).arrayBuffer())));
+    return Promise.all(
+      ids.map(async (id) => Buffer.from(await (await fetch(`${orthanc.http}/instances/${id}/file`)).arrayBuffer())),
+    );
   };
   const dataset = (f: Buffer) => {
     const s = checkStructure(f);
@@ -38,8 +55,16 @@ describe(`C-MOVE to Orthanc and C-GET (${testBackend()})`, () => {
   before(async () => {
     t = await openTestImaging();
     orthanc = await startOrthanc();
-    srv = await startDimseServer({ store: t.store, siteId: 'B', aeTitle: 'MEDMESH_B', port: 0, remoteAes: { PACS: { host: '127.0.0.1', port: 1 }, ORTHANC: { host: '127.0.0.1', port: orthanc.dicomPort } }, audit: t.audit });
-    for (const f of ['CT_small.dcm', 'JPEG2000.dcm', 'JPEG-lossy.dcm']) assert.ok((await t.store.ingest(await sample(f), { source: 'test' })).ok);
+    srv = await startDimseServer({
+      store: t.store,
+      siteId: 'B',
+      aeTitle: 'MEDMESH_B',
+      port: 0,
+      remoteAes: { PACS: { host: '127.0.0.1', port: 1 }, ORTHANC: { host: '127.0.0.1', port: orthanc.dicomPort } },
+      audit: t.audit,
+    });
+    for (const f of ['CT_small.dcm', 'JPEG2000.dcm', 'JPEG-lossy.dcm'])
+      assert.ok((await t.store.ingest(await sample(f), { source: 'test' })).ok);
   });
   after(async () => {
     await srv?.close();
@@ -70,7 +95,10 @@ describe(`C-MOVE to Orthanc and C-GET (${testBackend()})`, () => {
       const match = files.find((f) => f.includes(Buffer.from(sop)));
       assert.ok(match, sop);
       const ts = checkStructure(match);
-      assert.ok(ts.ok && ts.value.transferSyntaxUid === held.value.instance.transferSyntaxUid, `${sop} kept ${held.value.instance.transferSyntaxUid}`);
+      assert.ok(
+        ts.ok && ts.value.transferSyntaxUid === held.value.instance.transferSyntaxUid,
+        `${sop} kept ${held.value.instance.transferSyntaxUid}`,
+      );
       assert.ok(pixels(match).equals(pixels(held.value.file)), `${sop}: pixel data byte for byte`);
     }
     const moves = t.events.filter((e) => e.action === 'dicom-move' && e.outcome === 'success');
@@ -81,7 +109,22 @@ describe(`C-MOVE to Orthanc and C-GET (${testBackend()})`, () => {
   it('answers C-GET from DCMTK getscu with the study on the same association', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'medmesh-getscu-'));
     try {
-      const r = await dcmtk('getscu', ['-v', '-aet', 'PACS', '-aec', 'MEDMESH_B', '-S', '-k', 'QueryRetrieveLevel=STUDY', '-k', `StudyInstanceUID=${CT_STUDY}`, '-od', dir, '127.0.0.1', String(srv.port)]);
+      const r = await dcmtk('getscu', [
+        '-v',
+        '-aet',
+        'PACS',
+        '-aec',
+        'MEDMESH_B',
+        '-S',
+        '-k',
+        'QueryRetrieveLevel=STUDY',
+        '-k',
+        `StudyInstanceUID=${CT_STUDY}`,
+        '-od',
+        dir,
+        '127.0.0.1',
+        String(srv.port),
+      ]);
       assert.match(r.out, /Received Final C-GET Response|Final Get Response|Success/i, r.out);
       const got = await readdir(dir);
       assert.equal(got.length, 1, r.out);
@@ -89,7 +132,9 @@ describe(`C-MOVE to Orthanc and C-GET (${testBackend()})`, () => {
       assert.ok(held.ok);
       // getscu writes sequences with undefined lengths when it saves; the pixels are as held.
       assert.ok(pixels(await readFile(join(dir, got[0]!))).equals(pixels(held.value.file)));
-      assert.ok(t.events.some((e) => e.action === 'dicom-get' && e.outcome === 'success' && /1 sent, 0 failed/.test(e.detail ?? '')));
+      assert.ok(
+        t.events.some((e) => e.action === 'dicom-get' && e.outcome === 'success' && /1 sent, 0 failed/.test(e.detail ?? '')),
+      );
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -98,6 +143,8 @@ describe(`C-MOVE to Orthanc and C-GET (${testBackend()})`, () => {
   it('refuses an unknown destination with its DICOM status', async () => {
     const r = await move(CT_STUDY, 'NOWHERE');
     assert.match(r.out, /Received Final Move Response \(Refused: MoveDestinationUnknown\)/, r.out);
-    assert.ok(t.events.some((e) => e.action === 'dicom-move' && e.outcome === 'failure' && /NOWHERE is not known/.test(e.detail ?? '')));
+    assert.ok(
+      t.events.some((e) => e.action === 'dicom-move' && e.outcome === 'failure' && /NOWHERE is not known/.test(e.detail ?? '')),
+    );
   });
 });

@@ -43,14 +43,34 @@ function exchange(peer: DicomPeer, o: ScuOptions, request: Req): Promise<ScuResu
       clearTimeout(timer);
       resolve(r);
     };
-    const timer = setTimeout(() => finish({ ok: false, error: `${peer.aeTitle} at ${peer.host}:${peer.port} did not answer within ${(o.timeoutMs ?? 60_000) / 1000} s` }), o.timeoutMs ?? 60_000);
+    const timer = setTimeout(
+      () =>
+        finish({
+          ok: false,
+          error: `${peer.aeTitle} at ${peer.host}:${peer.port} did not answer within ${(o.timeoutMs ?? 60_000) / 1000} s`,
+        }),
+      o.timeoutMs ?? 60_000,
+    );
     request.on('response', (r: Resp) => {
       responses.push(r);
       if (r.getStatus() !== Status.Pending) finish({ ok: true, value: responses });
     });
-    client.on('associationRejected', (e: { result: number; source: number; reason: number }) => finish({ ok: false, error: `${peer.aeTitle} rejected the association (result ${e.result}, source ${e.source}, reason ${e.reason})` }));
-    client.on('networkError', (e: Error) => finish({ ok: false, error: `${peer.aeTitle} at ${peer.host}:${peer.port}: ${e.message}` }));
-    client.on('closed', () => finish(responses.length ? { ok: true, value: responses } : { ok: false, error: `${peer.aeTitle} closed the association without answering` }));
+    client.on('associationRejected', (e: { result: number; source: number; reason: number }) =>
+      finish({
+        ok: false,
+        error: `${peer.aeTitle} rejected the association (result ${e.result}, source ${e.source}, reason ${e.reason})`,
+      }),
+    );
+    client.on('networkError', (e: Error) =>
+      finish({ ok: false, error: `${peer.aeTitle} at ${peer.host}:${peer.port}: ${e.message}` }),
+    );
+    client.on('closed', () =>
+      finish(
+        responses.length
+          ? { ok: true, value: responses }
+          : { ok: false, error: `${peer.aeTitle} closed the association without answering` },
+      ),
+    );
     client.addRequest(request);
     client.send(peer.host, peer.port, o.callingAe, peer.aeTitle);
   });
@@ -60,16 +80,25 @@ export async function cEcho(peer: DicomPeer, o: ScuOptions): Promise<ScuResult<v
   const r = await exchange(peer, o, new CEchoRequest());
   if (!r.ok) return r;
   const status = r.value.at(-1)!.getStatus();
-  return status === Status.Success ? { ok: true, value: undefined } : { ok: false, error: `C-ECHO answered status 0x${status.toString(16)}` };
+  return status === Status.Success
+    ? { ok: true, value: undefined }
+    : { ok: false, error: `C-ECHO answered status 0x${status.toString(16)}` };
 }
 
 /** C-FIND at study level (study root): each match's attributes, naturalized. */
-export async function cFindStudies(peer: DicomPeer, o: ScuOptions, keys: Record<string, unknown>): Promise<ScuResult<Array<Record<string, unknown>>>> {
+export async function cFindStudies(
+  peer: DicomPeer,
+  o: ScuOptions,
+  keys: Record<string, unknown>,
+): Promise<ScuResult<Array<Record<string, unknown>>>> {
   const r = await exchange(peer, o, CFindRequest.createStudyFindRequest(keys));
   if (!r.ok) return r;
   const final = r.value.at(-1)!.getStatus();
   if (final !== Status.Success) return { ok: false, error: `C-FIND ended with status 0x${final.toString(16)}` };
-  return { ok: true, value: r.value.filter((x) => x.getStatus() === Status.Pending).map((x) => x.getDataset()?.getElements() ?? {}) };
+  return {
+    ok: true,
+    value: r.value.filter((x) => x.getStatus() === Status.Pending).map((x) => x.getDataset()?.getElements() ?? {}),
+  };
 }
 
 export interface MoveOutcome {
@@ -80,13 +109,27 @@ export interface MoveOutcome {
 }
 
 /** C-MOVE of a whole study to `destinationAe` (which the peer must know). */
-export async function cMoveStudy(peer: DicomPeer, o: ScuOptions, destinationAe: string, studyInstanceUid: string): Promise<ScuResult<MoveOutcome>> {
+export async function cMoveStudy(
+  peer: DicomPeer,
+  o: ScuOptions,
+  destinationAe: string,
+  studyInstanceUid: string,
+): Promise<ScuResult<MoveOutcome>> {
   const r = await exchange(peer, o, CMoveRequest.createStudyMoveRequest(destinationAe, studyInstanceUid));
   if (!r.ok) return r;
   const last = r.value.at(-1)!;
   const status = last.getStatus();
-  const outcome = { completed: last.getCompleted?.() ?? 0, failed: last.getFailures?.() ?? 0, warnings: last.getWarnings?.() ?? 0, status };
-  if (status !== Status.Success && status !== 0xb000) return { ok: false, error: `C-MOVE of ${studyInstanceUid} ended with status 0x${status.toString(16)} (${outcome.completed} moved, ${outcome.failed} failed)` };
+  const outcome = {
+    completed: last.getCompleted?.() ?? 0,
+    failed: last.getFailures?.() ?? 0,
+    warnings: last.getWarnings?.() ?? 0,
+    status,
+  };
+  if (status !== Status.Success && status !== 0xb000)
+    return {
+      ok: false,
+      error: `C-MOVE of ${studyInstanceUid} ended with status 0x${status.toString(16)} (${outcome.completed} moved, ${outcome.failed} failed)`,
+    };
   return { ok: true, value: outcome };
 }
 
@@ -138,7 +181,10 @@ export function storeRequestFor(f: StoredFile): InstanceType<typeof CStoreReques
  * Calls back once with how a C-STORE ended: stored, stored with a warning (Bxxx), or failed
  * (an error status, or never sent because no presentation context took its transfer syntax).
  */
-export function onStoreSettled(request: InstanceType<typeof CStoreRequest>, settled: (r: { kind: 'stored' | 'warning' | 'failed'; status?: number }) => void): void {
+export function onStoreSettled(
+  request: InstanceType<typeof CStoreRequest>,
+  settled: (r: { kind: 'stored' | 'warning' | 'failed'; status?: number }) => void,
+): void {
   let status: number | undefined;
   request.on('response', (r: Resp) => {
     status = r.getStatus();
@@ -170,19 +216,40 @@ export function cStoreFiles(peer: DicomPeer, o: ScuOptions, files: StoredFile[])
       clearTimeout(timer);
       resolve(r);
     };
-    const timer = setTimeout(() => finish({ ok: false, error: `${peer.aeTitle} did not take ${pending} instance(s) within ${(o.timeoutMs ?? 600_000) / 1000} s` }), o.timeoutMs ?? 600_000);
+    const timer = setTimeout(
+      () =>
+        finish({
+          ok: false,
+          error: `${peer.aeTitle} did not take ${pending} instance(s) within ${(o.timeoutMs ?? 600_000) / 1000} s`,
+        }),
+      o.timeoutMs ?? 600_000,
+    );
     for (const f of files) {
       const request = storeRequestFor(f);
       onStoreSettled(request, (result) => {
-        if (result.kind === 'failed') outcome.failed.push({ sopInstanceUid: f.sopInstanceUid, error: result.status === undefined ? `not sent: ${peer.aeTitle} accepted no presentation context for it in ${f.transferSyntaxUid}` : `status 0x${result.status.toString(16)}` });
+        if (result.kind === 'failed')
+          outcome.failed.push({
+            sopInstanceUid: f.sopInstanceUid,
+            error:
+              result.status === undefined
+                ? `not sent: ${peer.aeTitle} accepted no presentation context for it in ${f.transferSyntaxUid}`
+                : `status 0x${result.status.toString(16)}`,
+          });
         else outcome.completed++;
         if (result.kind === 'warning') outcome.warnings++;
         pending--;
       });
       client.addRequest(request);
     }
-    client.on('associationRejected', (e: { result: number; source: number; reason: number }) => finish({ ok: false, error: `${peer.aeTitle} rejected the association (result ${e.result}, source ${e.source}, reason ${e.reason})` }));
-    client.on('networkError', (e: Error) => finish({ ok: false, error: `${peer.aeTitle} at ${peer.host}:${peer.port}: ${e.message}` }));
+    client.on('associationRejected', (e: { result: number; source: number; reason: number }) =>
+      finish({
+        ok: false,
+        error: `${peer.aeTitle} rejected the association (result ${e.result}, source ${e.source}, reason ${e.reason})`,
+      }),
+    );
+    client.on('networkError', (e: Error) =>
+      finish({ ok: false, error: `${peer.aeTitle} at ${peer.host}:${peer.port}: ${e.message}` }),
+    );
     client.on('closed', () => finish({ ok: true, value: outcome }));
     client.send(peer.host, peer.port, o.callingAe, peer.aeTitle);
   });

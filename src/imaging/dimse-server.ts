@@ -68,7 +68,14 @@ const UIDS = {
   studyRootGet: '1.2.840.10008.5.1.4.1.2.2.3',
   worklistFind: '1.2.840.10008.5.1.4.31',
 } as const;
-const QUERY_MODELS = new Set<string>([UIDS.patientRootFind, UIDS.studyRootFind, UIDS.patientRootMove, UIDS.studyRootMove, UIDS.patientRootGet, UIDS.studyRootGet]);
+const QUERY_MODELS = new Set<string>([
+  UIDS.patientRootFind,
+  UIDS.studyRootFind,
+  UIDS.patientRootMove,
+  UIDS.studyRootMove,
+  UIDS.patientRootGet,
+  UIDS.studyRootGet,
+]);
 // Everything else proposed is taken as a storage SOP class (private ones included).
 const NOT_STORAGE = new Set<string>([UIDS.verification, UIDS.worklistFind]);
 const MOVE_DESTINATION_UNKNOWN = 0xa801;
@@ -130,25 +137,55 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
     }
 
     #event(action: string, outcome: AuditEvent['outcome'], extra: Partial<AuditEvent> = {}): AuditEvent {
-      return { time: new Date().toISOString(), site: o.siteId, actor: { kind: 'service', id: `ae:${this.#calling || '?'}` }, action, outcome, ...(this.#peer ? { sourceIp: this.#peer } : {}), ...extra };
+      return {
+        time: new Date().toISOString(),
+        site: o.siteId,
+        actor: { kind: 'service', id: `ae:${this.#calling || '?'}` },
+        action,
+        outcome,
+        ...(this.#peer ? { sourceIp: this.#peer } : {}),
+        ...extra,
+      };
     }
 
     override associationRequested(association: Parameters<InstanceType<typeof Scp>['associationRequested']>[0]): void {
       this.#calling = association.getCallingAeTitle().trim();
       const called = association.getCalledAeTitle().trim();
       const reject = (result: number, source: number, reason: number, why: string) => {
-        void o.audit(this.#event('dicom-associate', 'deny', { detail: why })).finally(() => this.sendAssociationReject(result, source, reason));
+        void o
+          .audit(this.#event('dicom-associate', 'deny', { detail: why }))
+          .finally(() => this.sendAssociationReject(result, source, reason));
       };
-      if (called !== o.aeTitle) return reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CalledAeNotRecognized, `called AE ${called} is not ${o.aeTitle}`);
-      if (refuseUnknown && !o.remoteAes?.[this.#calling]) return reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CallingAeNotRecognized, `calling AE ${this.#calling} is not known`);
-      if (!slots.tryEnter()) return reject(RejectResult.Transient, RejectSource.ServiceProviderPresentation, RejectReason.LocalLimitExceeded, 'too many associations');
+      if (called !== o.aeTitle)
+        return reject(
+          RejectResult.Permanent,
+          RejectSource.ServiceUser,
+          RejectReason.CalledAeNotRecognized,
+          `called AE ${called} is not ${o.aeTitle}`,
+        );
+      if (refuseUnknown && !o.remoteAes?.[this.#calling])
+        return reject(
+          RejectResult.Permanent,
+          RejectSource.ServiceUser,
+          RejectReason.CallingAeNotRecognized,
+          `calling AE ${this.#calling} is not known`,
+        );
+      if (!slots.tryEnter())
+        return reject(
+          RejectResult.Transient,
+          RejectSource.ServiceProviderPresentation,
+          RejectReason.LocalLimitExceeded,
+          'too many associations',
+        );
       this.#entered = true;
       for (const { id } of association.getPresentationContexts()) {
         const pc = association.getPresentationContext(id);
         const abstract = pc.getAbstractSyntaxUid();
         const offered = pc.getTransferSyntaxUids();
         if (abstract === UIDS.verification || QUERY_MODELS.has(abstract)) {
-          const ts = [TransferSyntax.ExplicitVRLittleEndian, TransferSyntax.ImplicitVRLittleEndian].find((t) => offered.includes(t));
+          const ts = [TransferSyntax.ExplicitVRLittleEndian, TransferSyntax.ImplicitVRLittleEndian].find((t) =>
+            offered.includes(t),
+          );
           if (ts) pc.setResult(PresentationContextResult.Accept, ts);
           else pc.setResult(PresentationContextResult.RejectTransferSyntaxesNotSupported);
         } else if (NOT_STORAGE.has(abstract)) {
@@ -162,7 +199,12 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       }
       void o.audit(this.#event('dicom-associate', 'allow')).then((logged) => {
         if (logged) this.sendAssociationAccept();
-        else this.sendAssociationReject(RejectResult.Transient, RejectSource.ServiceProviderPresentation, RejectReason.TemporaryCongestion);
+        else
+          this.sendAssociationReject(
+            RejectResult.Transient,
+            RejectSource.ServiceProviderPresentation,
+            RejectReason.TemporaryCongestion,
+          );
       });
     }
 
@@ -174,7 +216,10 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       this.sendAssociationReleaseResponse();
     }
 
-    override cEchoRequest(request: Parameters<InstanceType<typeof Scp>['cEchoRequest']>[0], callback: (r: InstanceType<typeof CEchoResponse>) => void): void {
+    override cEchoRequest(
+      request: Parameters<InstanceType<typeof Scp>['cEchoRequest']>[0],
+      callback: (r: InstanceType<typeof CEchoResponse>) => void,
+    ): void {
       const response = CEchoResponse.fromRequest(request);
       void o.audit(this.#event('dicom-echo', 'success')).then((logged) => {
         response.setStatus(logged ? Status.Success : Status.ProcessingFailure);
@@ -182,13 +227,17 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       });
     }
 
-    override createStoreWritableStream(pc: { getAcceptedTransferSyntaxUid(): string | undefined }, request: StoreRequest): Writable {
+    override createStoreWritableStream(
+      pc: { getAcceptedTransferSyntaxUid(): string | undefined },
+      request: StoreRequest,
+    ): Writable {
       const slot: Incoming = { chunks: [], bytes: 0, overflow: false };
       this.#incoming.set(request, slot);
       const limit = o.store.maxFileBytes;
       const streamAbove = o.streamAboveBytes ?? o.store.streamAboveBytes;
       const calling = this.#calling;
-      const pass = (feed: PassThrough, chunk: Buffer, done: () => void) => (feed.write(chunk) ? done() : feed.once('drain', done));
+      const pass = (feed: PassThrough, chunk: Buffer, done: () => void) =>
+        feed.write(chunk) ? done() : feed.once('drain', done);
       return new Writable({
         write(chunk: Buffer, _enc, done) {
           slot.bytes += chunk.length;
@@ -199,7 +248,17 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
             const feed = new PassThrough();
             slot.feed = feed;
             slot.result = o.store.ingestStream(feed, { source: `ae:${calling}` });
-            feed.write(part10File({ sopClassUid: request.getAffectedSopClassUid(), sopInstanceUid: request.getAffectedSopInstanceUid(), transferSyntaxUid: pc.getAcceptedTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian, sourceAe: calling }, Buffer.alloc(0)));
+            feed.write(
+              part10File(
+                {
+                  sopClassUid: request.getAffectedSopClassUid(),
+                  sopInstanceUid: request.getAffectedSopInstanceUid(),
+                  transferSyntaxUid: pc.getAcceptedTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian,
+                  sourceAe: calling,
+                },
+                Buffer.alloc(0),
+              ),
+            );
             for (const c of slot.chunks) feed.write(c);
             slot.chunks = [];
             return pass(feed, chunk, () => done());
@@ -218,7 +277,11 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       });
     }
 
-    override createDatasetFromStoreWritableStream(_w: Writable, pc: { getAcceptedTransferSyntaxUid(): string | undefined }, callback: (d: DimseDataset) => void): void {
+    override createDatasetFromStoreWritableStream(
+      _w: Writable,
+      pc: { getAcceptedTransferSyntaxUid(): string | undefined },
+      callback: (d: DimseDataset) => void,
+    ): void {
       // The bytes stay in #incoming; dcmjs-dimse only needs a data set object to pass along.
       callback(new Dataset({}, pc.getAcceptedTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian));
     }
@@ -235,14 +298,29 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       const sopInstanceUid = request.getAffectedSopInstanceUid();
       const resource = `dicom:instance/${sopInstanceUid}`;
       if (!slot || slot.overflow) {
-        void o.audit(this.#event('dicom-store', 'failure', { resource, detail: 'larger than this site accepts' })).finally(() => answer(STORE_OUT_OF_RESOURCES, 'instance larger than this site accepts'));
+        void o
+          .audit(this.#event('dicom-store', 'failure', { resource, detail: 'larger than this site accepts' }))
+          .finally(() => answer(STORE_OUT_OF_RESOURCES, 'instance larger than this site accepts'));
         return;
       }
       const ts = request.getDataset()?.getTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian;
-      const stored = slot.result ?? o.store.ingest(part10File({ sopClassUid: request.getAffectedSopClassUid(), sopInstanceUid, transferSyntaxUid: ts, sourceAe: this.#calling }, slot.chunks), { source: `ae:${this.#calling}` });
+      const stored =
+        slot.result ??
+        o.store.ingest(
+          part10File(
+            { sopClassUid: request.getAffectedSopClassUid(), sopInstanceUid, transferSyntaxUid: ts, sourceAe: this.#calling },
+            slot.chunks,
+          ),
+          { source: `ae:${this.#calling}` },
+        );
       void stored.then(
         async (r) => {
-          const logged = await o.audit(this.#event('dicom-store', r.ok ? 'success' : 'failure', { resource, ...(r.ok ? { detail: r.value.status } : { detail: r.error.message }) }));
+          const logged = await o.audit(
+            this.#event('dicom-store', r.ok ? 'success' : 'failure', {
+              resource,
+              ...(r.ok ? { detail: r.value.status } : { detail: r.error.message }),
+            }),
+          );
           if (!r.ok) return answer(storeFailureStatus(r.error.kind), r.error.message);
           answer(logged ? Status.Success : Status.ProcessingFailure);
         },
@@ -259,7 +337,8 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       };
       const elements = request.getDataset()?.getElements() ?? {};
       const level = dicomString(elements.QueryRetrieveLevel).trim().toUpperCase();
-      if (!['PATIENT', 'STUDY', 'SERIES', 'IMAGE'].includes(level)) return fail(FIND_IDENTIFIER_MISMATCH, `QueryRetrieveLevel ${level || '(none)'} is not PATIENT, STUDY, SERIES or IMAGE`);
+      if (!['PATIENT', 'STUDY', 'SERIES', 'IMAGE'].includes(level))
+        return fail(FIND_IDENTIFIER_MISMATCH, `QueryRetrieveLevel ${level || '(none)'} is not PATIENT, STUDY, SERIES or IMAGE`);
       const keys: Record<string, string> = {};
       for (const [k, v] of Object.entries(elements)) {
         if (k === 'QueryRetrieveLevel' || k === 'SpecificCharacterSet' || k === '_vrMap') continue;
@@ -271,11 +350,20 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
           await o.audit(this.#event('dicom-find', 'failure', { detail: found.error }));
           return fail(FIND_UNABLE_TO_PROCESS, found.error);
         }
-        const logged = await o.audit(this.#event('dicom-find', 'success', { detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}` }));
+        const logged = await o.audit(
+          this.#event('dicom-find', 'success', { detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}` }),
+        );
         if (!logged) return fail(Status.ProcessingFailure, 'the audit log cannot record this query');
         const responses = found.value.map((m) => {
           const r = CFindResponse.fromRequest(request);
-          r.setDataset(new Dataset({ SpecificCharacterSet: 'ISO_IR 192', QueryRetrieveLevel: level, RetrieveAETitle: o.aeTitle, ...naturalized(m) }));
+          r.setDataset(
+            new Dataset({
+              SpecificCharacterSet: 'ISO_IR 192',
+              QueryRetrieveLevel: level,
+              RetrieveAETitle: o.aeTitle,
+              ...naturalized(m),
+            }),
+          );
           r.setStatus(Status.Pending);
           return r;
         });
@@ -294,20 +382,42 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       void (async () => {
         const target = o.remoteAes?.[destination];
         if (!target) {
-          await o.audit(this.#event('dicom-move', 'failure', { ...(resource ? { resource } : {}), detail: `move destination ${destination || '(none)'} is not known` }));
+          await o.audit(
+            this.#event('dicom-move', 'failure', {
+              ...(resource ? { resource } : {}),
+              detail: `move destination ${destination || '(none)'} is not known`,
+            }),
+          );
           return respond(MOVE_DESTINATION_UNKNOWN, {}, `move destination ${destination} is not known`);
         }
-        if (!Object.keys(keys).length) return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to move');
+        if (!Object.keys(keys).length)
+          return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to move');
         const gathered = await filesFor(o, keys);
         if (!gathered.ok) return respond(MOVE_UNABLE_TO_PROCESS, {}, gathered.error);
         const { files, failed } = gathered;
-        const logged = await o.audit(this.#event('dicom-move', 'allow', { ...(resource ? { resource } : {}), detail: `${files.length + failed.length} instance(s) to ${destination}` }));
+        const logged = await o.audit(
+          this.#event('dicom-move', 'allow', {
+            ...(resource ? { resource } : {}),
+            detail: `${files.length + failed.length} instance(s) to ${destination}`,
+          }),
+        );
         if (!logged) return respond(Status.ProcessingFailure, {}, 'the audit log cannot record this retrieval');
-        const sent = files.length ? await cStoreFiles({ aeTitle: destination, ...target }, { callingAe: o.aeTitle }, files) : { ok: true as const, value: { completed: 0, failed: [], warnings: 0 } };
+        const sent = files.length
+          ? await cStoreFiles({ aeTitle: destination, ...target }, { callingAe: o.aeTitle }, files)
+          : { ok: true as const, value: { completed: 0, failed: [], warnings: 0 } };
         const completed = sent.ok ? sent.value.completed : 0;
         const failures = failed.length + (sent.ok ? sent.value.failed.length : files.length);
-        await o.audit(this.#event('dicom-move', failures ? 'failure' : 'success', { ...(resource ? { resource } : {}), detail: sent.ok ? `${completed} sent to ${destination}, ${failures} failed` : sent.error }));
-        respond(failures ? MOVE_SUBOPS_FAILED : Status.Success, { completed, failed: failures, warnings: sent.ok ? sent.value.warnings : 0 }, sent.ok ? undefined : sent.error);
+        await o.audit(
+          this.#event('dicom-move', failures ? 'failure' : 'success', {
+            ...(resource ? { resource } : {}),
+            detail: sent.ok ? `${completed} sent to ${destination}, ${failures} failed` : sent.error,
+          }),
+        );
+        respond(
+          failures ? MOVE_SUBOPS_FAILED : Status.Success,
+          { completed, failed: failures, warnings: sent.ok ? sent.value.warnings : 0 },
+          sent.ok ? undefined : sent.error,
+        );
       })().catch((e: unknown) => respond(MOVE_UNABLE_TO_PROCESS, {}, e instanceof Error ? e.message : 'move failed'));
     }
 
@@ -316,10 +426,16 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
       const resource = keys.StudyInstanceUID ? `dicom:study/${keys.StudyInstanceUID}` : undefined;
       void (async () => {
-        if (!Object.keys(keys).length) return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to get');
+        if (!Object.keys(keys).length)
+          return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to get');
         const gathered = await filesFor(o, keys);
         if (!gathered.ok) return respond(MOVE_UNABLE_TO_PROCESS, {}, gathered.error);
-        const logged = await o.audit(this.#event('dicom-get', 'allow', { ...(resource ? { resource } : {}), detail: `${gathered.files.length + gathered.failed.length} instance(s)` }));
+        const logged = await o.audit(
+          this.#event('dicom-get', 'allow', {
+            ...(resource ? { resource } : {}),
+            detail: `${gathered.files.length + gathered.failed.length} instance(s)`,
+          }),
+        );
         if (!logged) return respond(Status.ProcessingFailure, {}, 'the audit log cannot record this retrieval');
         // The C-STORE sub-operations go back on this association, to the caller.
         const counts = { completed: 0, failed: gathered.failed.length, warnings: 0 };
@@ -338,7 +454,12 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
               }),
           ),
         );
-        await o.audit(this.#event('dicom-get', counts.failed ? 'failure' : 'success', { ...(resource ? { resource } : {}), detail: `${counts.completed} sent, ${counts.failed} failed` }));
+        await o.audit(
+          this.#event('dicom-get', counts.failed ? 'failure' : 'success', {
+            ...(resource ? { resource } : {}),
+            detail: `${counts.completed} sent, ${counts.failed} failed`,
+          }),
+        );
         respond(counts.failed ? MOVE_SUBOPS_FAILED : Status.Success, counts);
       })().catch((e: unknown) => respond(MOVE_UNABLE_TO_PROCESS, {}, e instanceof Error ? e.message : 'get failed'));
     }
@@ -346,10 +467,15 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
 }
 
 /** A responder that sends one final retrieve response, whatever path gets there first. */
-function finalResponse<R extends { setStatus(s: number): void; setCompleted(n: number): void; setFailures(n: number): void; setWarnings(n: number): void; setErrorComment(c: string): void }>(
-  make: () => R,
-  callback: (r: R[]) => void,
-): (status: number, counts: Counts, comment?: string) => void {
+function finalResponse<
+  R extends {
+    setStatus(s: number): void;
+    setCompleted(n: number): void;
+    setFailures(n: number): void;
+    setWarnings(n: number): void;
+    setErrorComment(c: string): void;
+  },
+>(make: () => R, callback: (r: R[]) => void): (status: number, counts: Counts, comment?: string) => void {
   let responded = false;
   return (status, counts, comment) => {
     if (responded) return;
@@ -375,7 +501,10 @@ function retrieveKeys(elements: Record<string, unknown>): Record<string, string>
 }
 
 /** The stored files a retrieval names, read and checked; the ones that cannot be read are counted as failed. */
-async function filesFor(o: DimseServerOptions, keys: Record<string, string>): Promise<{ ok: true; files: StoredFile[]; failed: string[] } | { ok: false; error: string }> {
+async function filesFor(
+  o: DimseServerOptions,
+  keys: Record<string, string>,
+): Promise<{ ok: true; files: StoredFile[]; failed: string[] } | { ok: false; error: string }> {
   const found = await findImaging(o.store.db, 'IMAGE', keys, { limit: 10_000 });
   if (!found.ok) return found;
   const files: StoredFile[] = [];
@@ -389,7 +518,13 @@ async function filesFor(o: DimseServerOptions, keys: Record<string, string>): Pr
       continue;
     }
     const i = r.value.instance;
-    files.push({ file: r.value.file, sopClassUid: i.sopClassUid, sopInstanceUid: i.sopInstanceUid, transferSyntaxUid: i.transferSyntaxUid, datasetOffset: s.value.datasetOffset });
+    files.push({
+      file: r.value.file,
+      sopClassUid: i.sopClassUid,
+      sopInstanceUid: i.sopInstanceUid,
+      transferSyntaxUid: i.transferSyntaxUid,
+      datasetOffset: s.value.datasetOffset,
+    });
   }
   return { ok: true, files, failed };
 }

@@ -18,7 +18,10 @@ export interface ImagingError {
 
 export type ImagingResult<T> = { ok: true; value: T } | { ok: false; error: ImagingError };
 
-export const imagingFail = (kind: ImagingErrorKind, message: string): { ok: false; error: ImagingError } => ({ ok: false, error: { kind, message } });
+export const imagingFail = (kind: ImagingErrorKind, message: string): { ok: false; error: ImagingError } => ({
+  ok: false,
+  error: { kind, message },
+});
 
 /** The PS3.4 status for an instance the store did not take: the C-STORE response status and the STOW-RS Failure Reason. */
 export function storeFailureStatus(kind: ImagingErrorKind): number {

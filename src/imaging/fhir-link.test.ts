@@ -26,7 +26,14 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
   before(async () => {
     t = await openTestImaging();
     r = await openTestStore({ db: t.db, siteId: 'B' });
-    linker = new StudyLinker({ db: t.db, holder: 'node-1', records: r.store, region: r.ctx.region, siteId: 'B', quietMs: 60_000 });
+    linker = new StudyLinker({
+      db: t.db,
+      holder: 'node-1',
+      records: r.store,
+      region: r.ctx.region,
+      siteId: 'B',
+      quietMs: 60_000,
+    });
   });
   after(async () => t.close());
 
@@ -39,18 +46,28 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     const p = await r.store.read('Patient', out.patient.split('/')[1]!);
     assert.ok(p.ok);
     const patient = p.value as Patient;
-    assert.deepEqual(patient.identifier?.map((i) => i.system), ['urn:oid:2.16.156.10011.1.3', DICOM_PATIENT_ID_SYSTEM]);
+    assert.deepEqual(
+      patient.identifier?.map((i) => i.system),
+      ['urn:oid:2.16.156.10011.1.3', DICOM_PATIENT_ID_SYSTEM],
+    );
     assert.equal(patient.meta?.tag?.[0]?.code, 'created-from-dicom');
     assert.equal(patient.meta?.source, `ae:MODALITY#study/${uid(1)}`);
     assert.equal(patient.name?.[0]?.family, 'CompressedSamples');
     assert.equal(patient.gender, 'female');
-    const shard = (await t.db.query<{ shard: string }>("SELECT shard FROM resource_current WHERE resource_type = 'Patient' AND id = $1", [patient.id])).rows[0]!.shard;
+    const shard = (
+      await t.db.query<{ shard: string }>("SELECT shard FROM resource_current WHERE resource_type = 'Patient' AND id = $1", [
+        patient.id,
+      ])
+    ).rows[0]!.shard;
     assert.equal(shard, 'guangzhou', 'placed by the resident ID');
     const s = await r.store.read('ImagingStudy', uid(1));
     assert.ok(s.ok);
     const study = s.value as ImagingStudy;
     assert.equal(study.subject.reference, out.patient);
-    assert.deepEqual([study.numberOfSeries, study.numberOfInstances, study.series?.[0]?.instance?.length, study.modality?.[0]?.code], [1, 2, 2, 'MR']);
+    assert.deepEqual(
+      [study.numberOfSeries, study.numberOfInstances, study.series?.[0]?.instance?.length, study.modality?.[0]?.code],
+      [1, 2, 2, 'MR'],
+    );
     assert.equal(study.started, '2026-11-20T18:50:59+08:00');
   });
 
@@ -70,18 +87,28 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
   });
 
   it('links to a Patient the record already has under the sender’s patient ID', async () => {
-    const existing = await r.store.create('Patient', { resourceType: 'Patient', identifier: [{ system: DICOM_PATIENT_ID_SYSTEM, value: 'MRN-77' }], name: [{ family: '李', given: ['雷'] }] });
+    const existing = await r.store.create('Patient', {
+      resourceType: 'Patient',
+      identifier: [{ system: DICOM_PATIENT_ID_SYSTEM, value: 'MRN-77' }],
+      name: [{ family: '李', given: ['雷'] }],
+    });
     assert.ok(existing.ok);
     await ingest({ studyUid: uid(3), date: '20261121', patientId: 'MRN-77', count: 1 });
     const [out] = await linker.flush({ all: true });
     assert.equal(out?.patient, `Patient/${existing.value.resource.id!}`);
   });
 
-  it('links a study once when flushes overlap (the timer\'s and a caller\'s)', async () => {
+  it("links a study once when flushes overlap (the timer's and a caller's)", async () => {
     const rid = makeResidentId({ divisionCode: '440106', birthDate: '1981-02-03', sequence: 31 });
     await ingest({ studyUid: uid(7), date: '20261122', patientId: rid, count: 1 });
-    const outs = (await Promise.all([linker.flush({ all: true }), linker.flush({ all: true }), linker.flush({ all: true })])).flat();
-    assert.deepEqual(outs.map((o) => o.study), [uid(7)], 'one flush links it; the others find nothing left');
+    const outs = (
+      await Promise.all([linker.flush({ all: true }), linker.flush({ all: true }), linker.flush({ all: true })])
+    ).flat();
+    assert.deepEqual(
+      outs.map((o) => o.study),
+      [uid(7)],
+      'one flush links it; the others find nothing left',
+    );
     const { rows } = await t.db.query<{ n: number }>(
       "SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient' AND content::text LIKE $1",
       [`%${rid}%`],
@@ -92,11 +119,21 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
   it('links on one API node at a time: two nodes linking at once make one Patient per new patient, and the other takes over once the first stops', async () => {
     const rid = makeResidentId({ divisionCode: '440106', birthDate: '1986-07-08', sequence: 52 });
     for (const n of [20, 21, 22]) await ingest({ studyUid: uid(n), date: '20261123', patientId: rid, count: 1 });
-    const other = new StudyLinker({ db: t.db, holder: 'node-2', records: r.store, region: r.ctx.region, siteId: 'B', quietMs: 60_000 });
+    const other = new StudyLinker({
+      db: t.db,
+      holder: 'node-2',
+      records: r.store,
+      region: r.ctx.region,
+      siteId: 'B',
+      quietMs: 60_000,
+    });
     const [mine, theirs] = await Promise.all([linker.flush({ all: true }), other.flush({ all: true })]);
     assert.deepEqual(mine.map((o) => o.study).sort(), [uid(20), uid(21), uid(22)], 'the lease holder links every study');
     assert.deepEqual(theirs, [], 'the other node links nothing while the lease is held');
-    const patients = await t.db.query<{ n: number }>("SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient' AND content::text LIKE $1", [`%${rid}%`]);
+    const patients = await t.db.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient' AND content::text LIKE $1",
+      [`%${rid}%`],
+    );
     assert.equal(patients.rows[0]!.n, 1, 'one Patient for the three studies');
     await ingest({ studyUid: uid(23), date: '20261123', patientId: rid, count: 1 });
     await linker.stop(); // gives the lease back
@@ -107,8 +144,19 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
 
   it('keeps running when a timer pass fails (the database away): no crash, the next pass links', async () => {
     let away = true;
-    const flaky = { ...t.db, query: ((...a: Parameters<typeof t.db.query>) => (away ? Promise.reject(new Error('database away')) : t.db.query(...a))) as typeof t.db.query };
-    const timed = new StudyLinker({ db: flaky, holder: 'node-1', records: r.store, region: r.ctx.region, siteId: 'B', quietMs: 0 }); // the same node's timer
+    const flaky = {
+      ...t.db,
+      query: ((...a: Parameters<typeof t.db.query>) =>
+        away ? Promise.reject(new Error('database away')) : t.db.query(...a)) as typeof t.db.query,
+    };
+    const timed = new StudyLinker({
+      db: flaky,
+      holder: 'node-1',
+      records: r.store,
+      region: r.ctx.region,
+      siteId: 'B',
+      quietMs: 0,
+    }); // the same node's timer
     const unhandled: unknown[] = [];
     const onUnhandled = (e: unknown) => void unhandled.push(e);
     process.on('unhandledRejection', onUnhandled);
@@ -141,11 +189,13 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     assert.match(byStudy.get(uid(5))?.note ?? '', /no Patient ID/);
     const after = await r.counts();
     assert.equal(after.resource_current, before.resource_current);
-    const notes = (await t.db.query<{ link_note: string | null }>('SELECT link_note FROM imaging_study WHERE study_uid = $1', [uid(4)])).rows[0]!;
+    const notes = (
+      await t.db.query<{ link_note: string | null }>('SELECT link_note FROM imaging_study WHERE study_uid = $1', [uid(4)])
+    ).rows[0]!;
     assert.match(notes.link_note!, /site C/);
   });
 
-  it('keeps image bytes only where the patient\'s data may live', async () => {
+  it("keeps image bytes only where the patient's data may live", async () => {
     // Site A (public cloud) may hold no core data; B holds every shard of the example region.
     const atSite = (siteId: string) => {
       const residency = new ImageResidency({ records: r.store, region: r.ctx.region, siteId });

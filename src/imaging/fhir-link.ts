@@ -10,7 +10,11 @@ import type { Region } from '../region/index.ts';
 import { dicomPatientIdentifiers, findDicomPatient } from './image-residency.ts';
 
 export { DICOM_PATIENT_ID_SYSTEM } from './image-residency.ts';
-export const FROM_DICOM_TAG = { system: 'urn:medmesh:provenance', code: 'created-from-dicom', display: 'Created from a received DICOM study' } as const;
+export const FROM_DICOM_TAG = {
+  system: 'urn:medmesh:provenance',
+  code: 'created-from-dicom',
+  display: 'Created from a received DICOM study',
+} as const;
 
 export interface StudyLinkerOptions {
   db: Db;
@@ -64,7 +68,10 @@ export class StudyLinker {
     this.#timer ??= setInterval(() => {
       // One timer pass at a time (ticks do not pile up behind a slow one). A failed pass (the
       // database away) leaves its studies unsynced for the next; it must not crash the site.
-      if (!this.#running) this.#running = this.flush().catch(() => undefined).finally(() => (this.#running = undefined));
+      if (!this.#running)
+        this.#running = this.flush()
+          .catch(() => undefined)
+          .finally(() => (this.#running = undefined));
     }, everyMs);
     this.#timer.unref();
   }
@@ -102,7 +109,10 @@ export class StudyLinker {
   async #link(s: StudyRow): Promise<LinkOutcome> {
     const done = async (o: LinkOutcome) => {
       // Only if nothing changed meanwhile: a newer instance means another pass.
-      await this.#o.db.query('UPDATE imaging_study SET fhir_synced_at = $2::timestamptz, patient_ref = $3, link_note = $4 WHERE study_uid = $1', [s.study_uid, s.updated_at, o.patient ?? null, o.note ?? null]);
+      await this.#o.db.query(
+        'UPDATE imaging_study SET fhir_synced_at = $2::timestamptz, patient_ref = $3, link_note = $4 WHERE study_uid = $1',
+        [s.study_uid, s.updated_at, o.patient ?? null, o.note ?? null],
+      );
       return o;
     };
     const patient = await this.#patient(s);
@@ -126,20 +136,40 @@ export class StudyLinker {
       meta: { tag: [FROM_DICOM_TAG], source: `${s.source ?? 'dicom'}#study/${s.study_uid}` },
       identifier: [...(resident ? [resident] : []), local],
       ...(s.patient_name ? { name: [humanName(s.patient_name)] } : {}),
-      ...(s.patient_sex ? { gender: ({ M: 'male', F: 'female', O: 'other' } as const)[s.patient_sex as 'M' | 'F' | 'O'] ?? 'unknown' } : {}),
-      ...(s.patient_birth_date && /^\d{8}$/.test(s.patient_birth_date) ? { birthDate: `${s.patient_birth_date.slice(0, 4)}-${s.patient_birth_date.slice(4, 6)}-${s.patient_birth_date.slice(6, 8)}` } : {}),
+      ...(s.patient_sex
+        ? { gender: ({ M: 'male', F: 'female', O: 'other' } as const)[s.patient_sex as 'M' | 'F' | 'O'] ?? 'unknown' }
+        : {}),
+      ...(s.patient_birth_date && /^\d{8}$/.test(s.patient_birth_date)
+        ? {
+            birthDate: `${s.patient_birth_date.slice(0, 4)}-${s.patient_birth_date.slice(4, 6)}-${s.patient_birth_date.slice(6, 8)}`,
+          }
+        : {}),
     };
     const created = await records.create('Patient', patient);
-    if (!created.ok) return { ok: false, note: `no Patient for ${pid}, and one cannot be created here: ${created.error.issues.map((i) => i.message).join('; ')}` };
+    if (!created.ok)
+      return {
+        ok: false,
+        note: `no Patient for ${pid}, and one cannot be created here: ${created.error.issues.map((i) => i.message).join('; ')}`,
+      };
     return { ok: true, ref: `Patient/${created.value.resource.id!}` };
   }
 
   async #imagingStudy(s: StudyRow, patientRef: string): Promise<{ ok: true } | { ok: false; note: string }> {
-    const { rows: series } = await this.#o.db.query<{ series_uid: string; modality: string | null; series_number: number | null; series_description: string | null }>(
+    const { rows: series } = await this.#o.db.query<{
+      series_uid: string;
+      modality: string | null;
+      series_number: number | null;
+      series_description: string | null;
+    }>(
       'SELECT series_uid, modality, series_number, series_description FROM imaging_series WHERE study_uid = $1 ORDER BY series_number NULLS LAST, series_uid',
       [s.study_uid],
     );
-    const { rows: instances } = await this.#o.db.query<{ series_uid: string; sop_instance_uid: string; sop_class_uid: string; instance_number: number | null }>(
+    const { rows: instances } = await this.#o.db.query<{
+      series_uid: string;
+      sop_instance_uid: string;
+      sop_class_uid: string;
+      instance_number: number | null;
+    }>(
       'SELECT series_uid, sop_instance_uid, sop_class_uid, instance_number FROM imaging_instance WHERE study_uid = $1 AND current ORDER BY instance_number NULLS LAST, sop_instance_uid',
       [s.study_uid],
     );
@@ -149,10 +179,22 @@ export class StudyLinker {
       resourceType: 'ImagingStudy',
       id: s.study_uid,
       meta: { source: `${s.source ?? 'dicom'}#study/${s.study_uid}` },
-      identifier: [{ system: 'urn:dicom:uid', value: `urn:oid:${s.study_uid}` }, ...(s.accession_number ? [{ type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v2-0203', code: 'ACSN' }] }, value: s.accession_number }] : [])],
+      identifier: [
+        { system: 'urn:dicom:uid', value: `urn:oid:${s.study_uid}` },
+        ...(s.accession_number
+          ? [
+              {
+                type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v2-0203', code: 'ACSN' }] },
+                value: s.accession_number,
+              },
+            ]
+          : []),
+      ],
       status: 'available',
       subject: { reference: patientRef },
-      ...(s.study_date && /^\d{8}$/.test(s.study_date) ? { started: dicomDateTime(s.study_date, s.study_time, this.#o.utcOffset ?? '+08:00') } : {}),
+      ...(s.study_date && /^\d{8}$/.test(s.study_date)
+        ? { started: dicomDateTime(s.study_date, s.study_time, this.#o.utcOffset ?? '+08:00') }
+        : {}),
       ...(modalities.length ? { modality: modalities.map(dicom) } : {}),
       ...(s.study_description ? { description: s.study_description } : {}),
       numberOfSeries: series.length,
@@ -165,7 +207,11 @@ export class StudyLinker {
           modality: dicom(x.modality ?? 'OT'),
           ...(x.series_description ? { description: x.series_description } : {}),
           numberOfInstances: own.length,
-          instance: own.map((i) => ({ uid: i.sop_instance_uid, sopClass: { system: 'urn:ietf:rfc:3986', code: `urn:oid:${i.sop_class_uid}` }, ...(i.instance_number !== null ? { number: i.instance_number } : {}) })),
+          instance: own.map((i) => ({
+            uid: i.sop_instance_uid,
+            sopClass: { system: 'urn:ietf:rfc:3986', code: `urn:oid:${i.sop_class_uid}` },
+            ...(i.instance_number !== null ? { number: i.instance_number } : {}),
+          })),
         };
       }),
     };
@@ -180,7 +226,12 @@ function humanName(pn: string): NonNullable<Patient['name']>[number] {
   const [alphabetic = '', ideographic = ''] = pn.split('=');
   const use = ideographic || alphabetic;
   const [family = '', given = '', middle = ''] = use.split('^');
-  return { use: 'official', ...(family ? { family } : {}), ...(given || middle ? { given: [given, middle].filter(Boolean) } : {}), text: pn };
+  return {
+    use: 'official',
+    ...(family ? { family } : {}),
+    ...(given || middle ? { given: [given, middle].filter(Boolean) } : {}),
+    text: pn,
+  };
 }
 
 function dicomDateTime(date: string, time: string | null, offset: string): string {

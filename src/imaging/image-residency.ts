@@ -18,13 +18,22 @@ export interface ImageResidencyOptions {
 }
 
 /** The identifiers a DICOM Patient ID stands for: a resident ID when it is one, and the sender's ID. */
-export function dicomPatientIdentifiers(region: Region, pid: string): { resident?: { system: string; value: string }; local: { system: string; value: string } } {
-  const resident = parseResidentId(pid).ok ? { system: region.config.identifierSystems.residentId, value: pid.toUpperCase() } : undefined;
+export function dicomPatientIdentifiers(
+  region: Region,
+  pid: string,
+): { resident?: { system: string; value: string }; local: { system: string; value: string } } {
+  const resident = parseResidentId(pid).ok
+    ? { system: region.config.identifierSystems.residentId, value: pid.toUpperCase() }
+    : undefined;
   return { ...(resident ? { resident } : {}), local: { system: DICOM_PATIENT_ID_SYSTEM, value: pid } };
 }
 
 /** The Patient this site's record holds for a DICOM Patient ID, if any. */
-export async function findDicomPatient(records: RecordStore, region: Region, pid: string): Promise<{ ok: true; patient: Patient | undefined } | { ok: false; error: string }> {
+export async function findDicomPatient(
+  records: RecordStore,
+  region: Region,
+  pid: string,
+): Promise<{ ok: true; patient: Patient | undefined } | { ok: false; error: string }> {
   const { resident, local } = dicomPatientIdentifiers(region, pid);
   for (const id of [resident, local]) {
     if (!id) continue;
@@ -71,7 +80,10 @@ export class ImageResidency {
     }
     if (!shard) {
       const { resident } = pid ? dicomPatientIdentifiers(region, pid) : {};
-      const placed = await placePatient({ resourceType: 'Patient', ...(resident ? { identifier: [resident] } : {}) }, { region, receivingSite: siteId, organizationShard: () => Promise.resolve(undefined) });
+      const placed = await placePatient(
+        { resourceType: 'Patient', ...(resident ? { identifier: [resident] } : {}) },
+        { region, receivingSite: siteId, organizationShard: () => Promise.resolve(undefined) },
+      );
       if (!placed.ok) return `site ${siteId} cannot place patient ${pid || '(no Patient ID)'}: ${placed.error.message}`;
       shard = placed.placement.shard;
     }

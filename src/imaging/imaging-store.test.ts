@@ -82,12 +82,16 @@ describe(`imaging store (${testBackend()})`, () => {
     assert.equal(back.value.instance.transferSyntaxUid, '1.2.840.10008.1.2.1');
     assert.equal(back.value.instance.attributes['00100010']?.vr, 'PN');
     // At rest: the blob holds neither the patient's name nor the pixel data in clear.
-    const [key] = (await t.db.query<{ blob_key: string }>('SELECT blob_key FROM imaging_instance WHERE sop_instance_uid = $1', [CT])).rows;
+    const [key] = (
+      await t.db.query<{ blob_key: string }>('SELECT blob_key FROM imaging_instance WHERE sop_instance_uid = $1', [CT])
+    ).rows;
     const sealed = await readFile(join(t.blobDir, key!.blob_key));
     assert.equal(sealed.subarray(0, 4).toString(), 'MMF1');
     assert.equal(sealed.indexOf('CompressedSamples'), -1);
     assert.equal(sealed.indexOf(file.subarray(file.length - 64)), -1);
-    const s = (await t.db.query<{ patient_name: string; study_date: string }>('SELECT patient_name, study_date FROM imaging_study')).rows[0]!;
+    const s = (
+      await t.db.query<{ patient_name: string; study_date: string }>('SELECT patient_name, study_date FROM imaging_study')
+    ).rows[0]!;
     assert.deepEqual(s, { patient_name: 'CompressedSamples^CT1', study_date: '20040119' });
   });
 
@@ -103,8 +107,19 @@ describe(`imaging store (${testBackend()})`, () => {
     const im = await t.store.ingest(await sample('MR_small_implicit.dcm'), { source: 'test' });
     assert.ok(be.ok && im.ok);
     assert.deepEqual([be.value.status, im.value.status, im.value.version], ['stored', 'new-version', 2]);
-    const versions = (await t.db.query<{ version: number; current: boolean; flag: string | null; transfer_syntax_uid: string }>('SELECT version, current, flag, transfer_syntax_uid FROM imaging_instance WHERE sop_instance_uid = $1 ORDER BY version', [MR])).rows;
-    assert.deepEqual(versions.map((v) => [v.version, v.current, v.transfer_syntax_uid]), [[1, false, '1.2.840.10008.1.2.2'], [2, true, '1.2.840.10008.1.2']]);
+    const versions = (
+      await t.db.query<{ version: number; current: boolean; flag: string | null; transfer_syntax_uid: string }>(
+        'SELECT version, current, flag, transfer_syntax_uid FROM imaging_instance WHERE sop_instance_uid = $1 ORDER BY version',
+        [MR],
+      )
+    ).rows;
+    assert.deepEqual(
+      versions.map((v) => [v.version, v.current, v.transfer_syntax_uid]),
+      [
+        [1, false, '1.2.840.10008.1.2.2'],
+        [2, true, '1.2.840.10008.1.2'],
+      ],
+    );
     assert.match(versions[1]!.flag!, /re-sent with different bytes \(version 1 had SHA-256 [0-9a-f]{64}\)/);
     const read = await t.store.read(MR);
     assert.ok(read.ok && read.value.file.equals(await sample('MR_small_implicit.dcm')));
@@ -117,7 +132,11 @@ describe(`imaging store (${testBackend()})`, () => {
     assert.ok(results.every((r) => r.ok));
     const statuses = results.map((r) => (r.ok ? r.value.status : 'error')).sort();
     assert.deepEqual(statuses, ['duplicate', 'duplicate', 'duplicate', 'duplicate', 'stored']);
-    const rows = (await t.db.query<{ n: number }>("SELECT count(*)::int AS n FROM imaging_instance WHERE sop_instance_uid = '1.3.6.1.4.1.5962.1.1.8.1.5.20040826185059.5457'")).rows[0]!.n;
+    const rows = (
+      await t.db.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM imaging_instance WHERE sop_instance_uid = '1.3.6.1.4.1.5962.1.1.8.1.5.20040826185059.5457'",
+      )
+    ).rows[0]!.n;
     assert.equal(rows, 1);
     assert.equal(await blobCount(t.blobs), blobs + 1, 'the losers left no blobs');
   });
@@ -130,15 +149,21 @@ describe(`imaging store (${testBackend()})`, () => {
     const at = moved.indexOf(study, 300);
     Buffer.from('1.3.6.1.4.1.5962.1.2.1.20040119072730.99999').copy(moved, at);
     const sop = Buffer.from('1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322');
-    for (let i = moved.indexOf(sop); i >= 0; i = moved.indexOf(sop, i + 1)) Buffer.from('1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.99999').copy(moved, i);
+    for (let i = moved.indexOf(sop); i >= 0; i = moved.indexOf(sop, i + 1))
+      Buffer.from('1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.99999').copy(moved, i);
     const r = await t.store.ingest(moved, { source: 'test' });
     assert.ok(!r.ok);
-    assert.match(r.error.message, /series 1\.3\.6\.1\.4\.1\.5962\.1\.3\.1\.1\.20040119072730\.12322 belongs to study 1\.3\.6\.1\.4\.1\.5962\.1\.2\.1\.20040119072730\.12322/);
+    assert.match(
+      r.error.message,
+      /series 1\.3\.6\.1\.4\.1\.5962\.1\.3\.1\.1\.20040119072730\.12322 belongs to study 1\.3\.6\.1\.4\.1\.5962\.1\.2\.1\.20040119072730\.12322/,
+    );
     assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before);
   });
 
   it('notices a stored file that was altered or lost', async () => {
-    const [row] = (await t.db.query<{ blob_key: string }>('SELECT blob_key FROM imaging_instance WHERE sop_instance_uid = $1', [CT])).rows;
+    const [row] = (
+      await t.db.query<{ blob_key: string }>('SELECT blob_key FROM imaging_instance WHERE sop_instance_uid = $1', [CT])
+    ).rows;
     const path = join(t.blobDir, row!.blob_key);
     const original = await readFile(path);
     const altered = Buffer.from(original);
@@ -179,15 +204,23 @@ describe(`imaging store (${testBackend()})`, () => {
 
   it('takes a stream: stored as sent, broken or oversized streams leave nothing', async () => {
     const file = await sample('SC_rgb_rle_2frame.dcm');
-    const r = await t.store.ingestStream(createReadStream(join(PYDICOM, 'test_files', 'SC_rgb_rle_2frame.dcm'), { highWaterMark: 1000 }), { source: 'stream' });
+    const r = await t.store.ingestStream(
+      createReadStream(join(PYDICOM, 'test_files', 'SC_rgb_rle_2frame.dcm'), { highWaterMark: 1000 }),
+      { source: 'stream' },
+    );
     assert.ok(r.ok && r.value.status === 'stored', JSON.stringify(r));
     const back = await t.store.read(r.value.sopInstanceUid);
     assert.ok(back.ok && back.value.file.equals(file));
     const before = { rows: await rows(), blobs: await blobCount(t.blobs) };
-    const truncated = await t.store.ingestStream(createReadStream(join(PYDICOM, 'test_files', 'MR_truncated.dcm'), { highWaterMark: 512 }), { source: 'stream' });
+    const truncated = await t.store.ingestStream(
+      createReadStream(join(PYDICOM, 'test_files', 'MR_truncated.dcm'), { highWaterMark: 512 }),
+      { source: 'stream' },
+    );
     assert.ok(!truncated.ok && truncated.error.kind === 'invalid');
     assert.equal(truncated.error.message, 'truncated: (7FE0,0010) declares 8192 bytes but 8130 remain');
-    const big = await t.store.ingestStream(Readable.from([Buffer.alloc(1_500_000), Buffer.alloc(1_500_000)]), { source: 'stream' });
+    const big = await t.store.ingestStream(Readable.from([Buffer.alloc(1_500_000), Buffer.alloc(1_500_000)]), {
+      source: 'stream',
+    });
     assert.ok(!big.ok && big.error.kind === 'too-large');
     const again = await t.store.ingestStream(Readable.from([file]), { source: 'stream' });
     assert.ok(again.ok && again.value.status === 'duplicate');
@@ -209,7 +242,10 @@ describe(`imaging store (${testBackend()})`, () => {
     assert.ok(small.ok && large.ok, JSON.stringify([small, large]));
     assert.ok(!tooLarge.ok && tooLarge.error.kind === 'too-large');
     assert.deepEqual(streamed, ['large', 'too-large']);
-    for (const [r, name] of [[small, 'MR_small_expb.dcm'], [large, 'SC_rgb_jpeg_dcmd.dcm']] as const) {
+    for (const [r, name] of [
+      [small, 'MR_small_expb.dcm'],
+      [large, 'SC_rgb_jpeg_dcmd.dcm'],
+    ] as const) {
       const back = await store.read(r.value.sopInstanceUid);
       assert.ok(back.ok && back.value.file.equals(await sample(name)), name);
     }
@@ -222,7 +258,28 @@ describe(`imaging store (${testBackend()})`, () => {
       const path = join(dir, 'big.dcm');
       await writeFile(path, await sample('CT_small.dcm'));
       await writeFile(join(dir, 'px.raw'), randomBytes(96 * 512 * 512 * 2));
-      const made = await dcmtk('dcmodify', ['-nb', '-m', 'Rows=512', '-m', 'Columns=512', '-i', 'NumberOfFrames=96', '-m', 'StudyInstanceUID=1.2.826.0.1.3680043.10.1519.6', '-m', 'SeriesInstanceUID=1.2.826.0.1.3680043.10.1519.6.1', '-m', 'SOPInstanceUID=1.2.826.0.1.3680043.10.1519.6.1.1', '-m', 'StudyDate=20261122', '-m', 'PatientName=Big^File', '-mf', `PixelData=${join(dir, 'px.raw')}`, path]);
+      const made = await dcmtk('dcmodify', [
+        '-nb',
+        '-m',
+        'Rows=512',
+        '-m',
+        'Columns=512',
+        '-i',
+        'NumberOfFrames=96',
+        '-m',
+        'StudyInstanceUID=1.2.826.0.1.3680043.10.1519.6',
+        '-m',
+        'SeriesInstanceUID=1.2.826.0.1.3680043.10.1519.6.1',
+        '-m',
+        'SOPInstanceUID=1.2.826.0.1.3680043.10.1519.6.1.1',
+        '-m',
+        'StudyDate=20261122',
+        '-m',
+        'PatientName=Big^File',
+        '-mf',
+        `PixelData=${join(dir, 'px.raw')}`,
+        path,
+      ]);
       assert.equal(made.code, 0, made.out);
       const size = (await stat(path)).size;
       const store = new ImagingStore({ db: t.db, blobs: t.blobs, kms: t.kms, maxFileBytes: 64 * 2 ** 20 });
@@ -239,14 +296,24 @@ describe(`imaging store (${testBackend()})`, () => {
       const r = await store.ingestStream(createReadStream(path), { source: 'stream' });
       clearInterval(sampler);
       assert.ok(r.ok, JSON.stringify(r));
-      const expected = createHash('sha256').update(await readFile(path)).digest('hex');
+      const expected = createHash('sha256')
+        .update(await readFile(path))
+        .digest('hex');
       assert.equal(r.value.sha256, expected);
-      const row = (await t.db.query<{ size_bytes: string | number; number_of_frames: number }>('SELECT size_bytes, number_of_frames FROM imaging_instance WHERE sop_instance_uid = $1', [r.value.sopInstanceUid])).rows[0]!;
+      const row = (
+        await t.db.query<{ size_bytes: string | number; number_of_frames: number }>(
+          'SELECT size_bytes, number_of_frames FROM imaging_instance WHERE sop_instance_uid = $1',
+          [r.value.sopInstanceUid],
+        )
+      ).rows[0]!;
       assert.deepEqual([Number(row.size_bytes), row.number_of_frames], [size, 96]);
       // Held whole, the file alone would be 48 MiB (and its ciphertext as much again). Streamed, a
       // 4 MiB head is kept for the attributes; the rest is chunks in flight and buffers freed but
       // not yet swept (V8 sweeps array buffers concurrently): 4-15 MiB measured here.
-      assert.ok(peak - baseline < size / 2, `buffers grew by ${((peak - baseline) / 2 ** 20).toFixed(1)} MiB for a ${(size / 2 ** 20).toFixed(0)} MiB file`);
+      assert.ok(
+        peak - baseline < size / 2,
+        `buffers grew by ${((peak - baseline) / 2 ** 20).toFixed(1)} MiB for a ${(size / 2 ** 20).toFixed(0)} MiB file`,
+      );
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -267,9 +334,17 @@ describe(`imaging store (${testBackend()})`, () => {
       delete: (key) => own.blobs.delete(key),
       list: (prefix) => own.blobs.list(prefix),
     });
-    const held = async () => ({ rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length, blobs: await blobCount(own.blobs) });
+    const held = async () => ({
+      rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length,
+      blobs: await blobCount(own.blobs),
+    });
     try {
-      const [ok, lost] = await makeInstances({ studyUid: '1.2.826.0.1.3680043.10.1519.78', date: '20260102', patientId: 'P78', count: 2 });
+      const [ok, lost] = await makeInstances({
+        studyUid: '1.2.826.0.1.3680043.10.1519.78',
+        date: '20260102',
+        patientId: 'P78',
+        count: 2,
+      });
       const failing = new ImagingStore({ db: own.db, blobs: slow(true), kms: own.kms });
       await assert.rejects(failing.ingest(lost!, { source: 'test' }), /disk failed at fsync/);
       assert.deepEqual(await held(), { rows: 0, blobs: 0 }, 'no row for a blob that never became durable, and the blob removed');
@@ -298,9 +373,16 @@ describe(`imaging store (${testBackend()})`, () => {
     const pool = new FileCryptoPool({ threads: 1 });
     try {
       const store = new ImagingStore({ db: own.db, blobs: own.blobs, kms: own.kms, files: pool });
-      const files = await makeInstances({ studyUid: '1.2.826.0.1.3680043.10.1519.77', date: '20260101', patientId: 'P77', count: 5 });
+      const files = await makeInstances({
+        studyUid: '1.2.826.0.1.3680043.10.1519.77',
+        date: '20260101',
+        patientId: 'P77',
+        count: 5,
+      });
       for (const f of files.slice(0, 4)) assert.equal((await store.ingest(f, { source: 'test' })).ok, true);
-      const held = await own.db.query<{ sop_instance_uid: string; data_key: Buffer }>('SELECT sop_instance_uid, data_key FROM imaging_instance ORDER BY instance_number');
+      const held = await own.db.query<{ sop_instance_uid: string; data_key: Buffer }>(
+        'SELECT sop_instance_uid, data_key FROM imaging_instance ORDER BY instance_number',
+      );
       assert.equal(new Set(held.rows.map((r) => r.data_key.toString('hex'))).size, 4, 'four files, four data keys');
       for (const [i, r] of held.rows.entries()) {
         const back = await store.read(r.sop_instance_uid);
@@ -308,10 +390,16 @@ describe(`imaging store (${testBackend()})`, () => {
       }
       // Keys made ahead are in memory now; a sealed KMS must still stop the next file.
       own.kms.seal();
-      const before = { rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length, blobs: await blobCount(own.blobs) };
+      const before = {
+        rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length,
+        blobs: await blobCount(own.blobs),
+      };
       const r = await store.ingest(files[4]!, { source: 'test' });
       assert.ok(!r.ok && r.error.kind === 'sealed', JSON.stringify(r));
-      assert.deepEqual({ rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length, blobs: await blobCount(own.blobs) }, before);
+      assert.deepEqual(
+        { rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length, blobs: await blobCount(own.blobs) },
+        before,
+      );
     } finally {
       await pool.close();
       await own.close();
@@ -330,17 +418,37 @@ describe(`imaging store (${testBackend()})`, () => {
     };
     assert.deepEqual(await names({ PatientName: '*王^小东*' }), ['Wang^XiaoDong=王^小东']);
     assert.deepEqual(await names({ PatientName: '*王^小*' }), ['Wang^XiaoDong=王^小东', 'Wang^XiaoDong=王^小東']);
-    assert.deepEqual(await names({ PatientName: 'compressedsamples^ct1' }), ['CompressedSamples^CT1'], 'PN matching ignores case');
-    assert.deepEqual(await names({ StudyDate: '20040101-20041231' }), ['CompressedSamples^CT1', 'CompressedSamples^MR1', 'CompressedSamples^NM1']);
+    assert.deepEqual(
+      await names({ PatientName: 'compressedsamples^ct1' }),
+      ['CompressedSamples^CT1'],
+      'PN matching ignores case',
+    );
+    assert.deepEqual(await names({ StudyDate: '20040101-20041231' }), [
+      'CompressedSamples^CT1',
+      'CompressedSamples^MR1',
+      'CompressedSamples^NM1',
+    ]);
     assert.deepEqual(await names({ StudyDate: '20170101' }), ['Lestrade^G']);
     assert.deepEqual(await names({ StudyDate: '-20040120' }), ['CompressedSamples^CT1']);
     assert.deepEqual(await names({ ModalitiesInStudy: 'MR\\NM' }), ['CompressedSamples^MR1', 'CompressedSamples^NM1']);
-    const ct = await findImaging(t.db, 'IMAGE', { StudyInstanceUID: '1.3.6.1.4.1.5962.1.2.1.20040119072730.12322\\9.9.9', SOPClassUID: '' });
+    const ct = await findImaging(t.db, 'IMAGE', {
+      StudyInstanceUID: '1.3.6.1.4.1.5962.1.2.1.20040119072730.12322\\9.9.9',
+      SOPClassUID: '',
+    });
     assert.ok(ct.ok);
-    assert.deepEqual(ct.value, [{ SOPInstanceUID: CT, StudyInstanceUID: '1.3.6.1.4.1.5962.1.2.1.20040119072730.12322', SOPClassUID: '1.2.840.10008.5.1.4.1.1.2' }]);
+    assert.deepEqual(ct.value, [
+      {
+        SOPInstanceUID: CT,
+        StudyInstanceUID: '1.3.6.1.4.1.5962.1.2.1.20040119072730.12322',
+        SOPClassUID: '1.2.840.10008.5.1.4.1.1.2',
+      },
+    ]);
     const frames = await findImaging(t.db, 'IMAGE', { NumberOfFrames: '2' });
     assert.ok(frames.ok && frames.value.length === 1, 'the multi-frame file');
-    const counts = await findImaging(t.db, 'STUDY', { StudyInstanceUID: '1.3.6.1.4.1.5962.1.2.4.20040826185059.5457', NumberOfStudyRelatedInstances: '' });
+    const counts = await findImaging(t.db, 'STUDY', {
+      StudyInstanceUID: '1.3.6.1.4.1.5962.1.2.4.20040826185059.5457',
+      NumberOfStudyRelatedInstances: '',
+    });
     assert.ok(counts.ok);
     assert.equal(counts.value[0]!.NumberOfStudyRelatedInstances, 1, 'current versions only');
     for (const [keys, message] of [

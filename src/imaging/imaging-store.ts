@@ -130,7 +130,8 @@ export class ImagingStore {
   /** Takes one Part 10 file. `source` says who sent it (calling AE, user) for the record. */
   async ingest(file: Uint8Array, opts: IngestOptions): Promise<ImagingResult<IngestOutcome>> {
     const max = this.maxFileBytes;
-    if (file.byteLength > max) return imagingFail('too-large', `the file has ${file.byteLength} bytes; this site accepts at most ${max}`);
+    if (file.byteLength > max)
+      return imagingFail('too-large', `the file has ${file.byteLength} bytes; this site accepts at most ${max}`);
     const key = await this.#dataKey();
     if (!key.ok) return key;
     // Encryption (most of the work) starts at once on a worker, while this thread checks the
@@ -151,7 +152,11 @@ export class ImagingStore {
     const sealed = await sealing;
     const blobKey = newBlobKey();
     // The index rows are written while the blob is (they need only its key); they commit once it is durable.
-    return this.#commit(a, { sha256, size: file.byteLength, blobKey, dataKey: key.value.wrapped, source: opts.source }, this.#o.blobs.put(blobKey, sealed));
+    return this.#commit(
+      a,
+      { sha256, size: file.byteLength, blobKey, dataKey: key.value.wrapped, source: opts.source },
+      this.#o.blobs.put(blobKey, sealed),
+    );
   }
 
   /**
@@ -159,7 +164,10 @@ export class ImagingStore {
    * into the blob store on the way, holding no more than its header (up to `headBytes`) and
    * the chunk in hand. Answers only once the blob and the index are durable.
    */
-  async ingestStream(source: AsyncIterable<Buffer | Uint8Array>, opts: IngestOptions & { headBytes?: number }): Promise<ImagingResult<IngestOutcome>> {
+  async ingestStream(
+    source: AsyncIterable<Buffer | Uint8Array>,
+    opts: IngestOptions & { headBytes?: number },
+  ): Promise<ImagingResult<IngestOutcome>> {
     const max = this.maxFileBytes;
     const headLimit = opts.headBytes ?? 4 * 2 ** 20;
     const key = await this.#dataKey();
@@ -170,7 +178,10 @@ export class ImagingStore {
     const blobKey = newBlobKey();
     const encrypt = createEncryptStream({ keyId: IMAGING_KEY, keyVersion: 0, key: key.value.plaintext });
     const walkerFeed = new PassThrough();
-    const stored: Promise<Error | undefined> = this.#o.blobs.put(blobKey, encrypt).then(() => undefined, (e: unknown) => (e instanceof Error ? e : new Error('the blob store failed')));
+    const stored: Promise<Error | undefined> = this.#o.blobs.put(blobKey, encrypt).then(
+      () => undefined,
+      (e: unknown) => (e instanceof Error ? e : new Error('the blob store failed')),
+    );
     const putFailed = stored.then((e) => (e ? Promise.reject(e) : new Promise<never>(() => {})));
     putFailed.catch(() => undefined); // observed below; never an unhandled rejection
     const checked = checkStructureStream(walkerFeed);
@@ -182,7 +193,8 @@ export class ImagingStore {
     const head = Buffer.allocUnsafe(headLimit);
     let headSize = 0;
     let size = 0;
-    const write = (w: PassThrough | typeof encrypt, chunk: Buffer) => (w.write(chunk) ? undefined : new Promise<void>((r) => w.once('drain', () => r())));
+    const write = (w: PassThrough | typeof encrypt, chunk: Buffer) =>
+      w.write(chunk) ? undefined : new Promise<void>((r) => w.once('drain', () => r()));
     try {
       for await (const raw of source) {
         const chunk = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
@@ -192,7 +204,10 @@ export class ImagingStore {
         if (headSize < headLimit) headSize += chunk.copy(head, headSize, 0, Math.min(chunk.length, headLimit - headSize));
         // The walker may stop early (a broken file): then it is not waited for. A failing blob
         // write ends the loop at once.
-        await Promise.race([Promise.all([write(encrypt, chunk), walking ? Promise.race([write(walkerFeed, chunk), checked]) : undefined]), putFailed]);
+        await Promise.race([
+          Promise.all([write(encrypt, chunk), walking ? Promise.race([write(walkerFeed, chunk), checked]) : undefined]),
+          putFailed,
+        ]);
       }
     } catch (e) {
       // The blob store failed mid-file (or the source did): nothing of this file may stay.
@@ -222,13 +237,24 @@ export class ImagingStore {
     const a = read.value;
     const refused = await this.#refuse(a, opts);
     if (refused) return discard(refused);
-    return this.#commit(a, { sha256: hash.digest('hex'), size, blobKey, dataKey: key.value.wrapped, source: opts.source }, Promise.resolve());
+    return this.#commit(
+      a,
+      { sha256: hash.digest('hex'), size, blobKey, dataKey: key.value.wrapped, source: opts.source },
+      Promise.resolve(),
+    );
   }
 
   async #refuse(a: InstanceAttributes, opts: IngestOptions): Promise<{ ok: false; error: ImagingError } | undefined> {
     const instance = { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid };
     if (opts.expectStudy && a.studyInstanceUid !== opts.expectStudy) {
-      return { ok: false, error: { kind: 'wrong-study', message: `instance ${a.sopInstanceUid} belongs to study ${a.studyInstanceUid}, not ${opts.expectStudy}`, instance } };
+      return {
+        ok: false,
+        error: {
+          kind: 'wrong-study',
+          message: `instance ${a.sopInstanceUid} belongs to study ${a.studyInstanceUid}, not ${opts.expectStudy}`,
+          instance,
+        },
+      };
     }
     const notHere = await this.#o.admit?.(a);
     if (notHere !== undefined) return { ok: false, error: { kind: 'not-held-here', message: notHere, instance } };
@@ -240,8 +266,10 @@ export class ImagingStore {
   /** Why this sender may not store images of the instance's patient (undefined: it may). */
   async #callerRefusal(a: InstanceAttributes, mayStore: NonNullable<IngestOptions['mayStore']>): Promise<string | undefined> {
     const pid = a.patientId?.trim();
-    if (!pid) return `instance ${a.sopInstanceUid} carries no Patient ID: only a sender allowed every patient's images may store it`;
-    if (!this.#o.findPatient) return `this site cannot tell whose images instance ${a.sopInstanceUid} are, so it takes them only from senders allowed every patient's images`;
+    if (!pid)
+      return `instance ${a.sopInstanceUid} carries no Patient ID: only a sender allowed every patient's images may store it`;
+    if (!this.#o.findPatient)
+      return `this site cannot tell whose images instance ${a.sopInstanceUid} are, so it takes them only from senders allowed every patient's images`;
     const found = await this.#o.findPatient(pid);
     if (!found.ok) return found.error;
     return mayStore({ dicomPatientId: pid, recordId: found.id });
@@ -303,7 +331,11 @@ export class ImagingStore {
    * is durable, so a crash leaves at most an unreferenced blob, never a row without its file.
    * The blob is removed whenever the index does not take it.
    */
-  async #commit(a: InstanceAttributes, f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string }, stored: Promise<unknown>): Promise<ImagingResult<IngestOutcome>> {
+  async #commit(
+    a: InstanceAttributes,
+    f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string },
+    stored: Promise<unknown>,
+  ): Promise<ImagingResult<IngestOutcome>> {
     stored.catch(() => undefined); // awaited in the transaction, or before the blob is removed
     const indexThenWait = (tx: Queryable) => this.#index(tx, a, f).then(async (v) => (v === 'duplicate' ? v : (await stored, v)));
     try {
@@ -326,18 +358,26 @@ export class ImagingStore {
     } catch (e) {
       await settled(stored); // a blob still being written is removed once it is there
       await this.#o.blobs.delete(f.blobKey);
-      if (e instanceof IndexRefusal) return { ok: false, error: { kind: 'invalid', message: e.message, instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid } } };
+      if (e instanceof IndexRefusal)
+        return {
+          ok: false,
+          error: {
+            kind: 'invalid',
+            message: e.message,
+            instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid },
+          },
+        };
       throw e;
     }
   }
-
 
   /** The current copy of an instance: its bytes as received, checked against the SHA-256. */
   async read(sopInstanceUid: string): Promise<ImagingResult<{ instance: StoredInstance; file: Buffer }>> {
     const row = await this.#current(this.#o.db, sopInstanceUid);
     if (!row) return imagingFail('not-found', `no instance ${sopInstanceUid}`);
     const sealed = await this.#o.blobs.read(row.blob_key);
-    if (!sealed) return imagingFail('corrupt', `instance ${sopInstanceUid}: its file ${row.blob_key} is missing from the blob store`);
+    if (!sealed)
+      return imagingFail('corrupt', `instance ${sopInstanceUid}: its file ${row.blob_key} is missing from the blob store`);
     let key: Buffer;
     try {
       key = await this.#o.kms.unwrapDataKey(row.data_key);
@@ -353,13 +393,17 @@ export class ImagingStore {
       key.fill(0);
     }
     const { file, sha256: sha } = opened;
-    if (sha !== row.sha256) return imagingFail('corrupt', `instance ${sopInstanceUid}: SHA-256 ${sha} differs from ${row.sha256} recorded at ingest`);
+    if (sha !== row.sha256)
+      return imagingFail('corrupt', `instance ${sopInstanceUid}: SHA-256 ${sha} differs from ${row.sha256} recorded at ingest`);
     return { ok: true, value: { instance: toInstance(row), file } };
   }
 
   /** The FHIR Patient a study is linked to (`null` until linked), `undefined` for a study not held. */
   async studyPatient(studyInstanceUid: string): Promise<string | null | undefined> {
-    const { rows } = await this.#o.db.query<{ patient_ref: string | null }>('SELECT patient_ref FROM imaging_study WHERE study_uid = $1', [studyInstanceUid]);
+    const { rows } = await this.#o.db.query<{ patient_ref: string | null }>(
+      'SELECT patient_ref FROM imaging_study WHERE study_uid = $1',
+      [studyInstanceUid],
+    );
     if (!rows[0]) return undefined;
     const ref = rows[0].patient_ref;
     return ref?.startsWith('Patient/') ? ref.slice('Patient/'.length) : null;
@@ -375,17 +419,31 @@ export class ImagingStore {
   }
 
   async #current(q: Queryable, sopInstanceUid: string): Promise<InstanceRow | undefined> {
-    const { rows } = await q.query<InstanceRow>('SELECT * FROM imaging_instance WHERE sop_instance_uid = $1 AND current', [sopInstanceUid]);
+    const { rows } = await q.query<InstanceRow>('SELECT * FROM imaging_instance WHERE sop_instance_uid = $1 AND current', [
+      sopInstanceUid,
+    ]);
     return rows[0];
   }
 
-  async #index(tx: Queryable, a: InstanceAttributes, f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string }): Promise<number | 'duplicate'> {
+  async #index(
+    tx: Queryable,
+    a: InstanceAttributes,
+    f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string },
+  ): Promise<number | 'duplicate'> {
     // The current copy is locked; two first copies racing meet at the unique index on current
     // rows, and the loser is retried by the caller (then it finds the winner here).
-    const prior = (await tx.query<InstanceRow>('SELECT * FROM imaging_instance WHERE sop_instance_uid = $1 AND current FOR UPDATE', [a.sopInstanceUid])).rows[0];
+    const prior = (
+      await tx.query<InstanceRow>('SELECT * FROM imaging_instance WHERE sop_instance_uid = $1 AND current FOR UPDATE', [
+        a.sopInstanceUid,
+      ])
+    ).rows[0];
     if (prior?.sha256 === f.sha256) return 'duplicate';
-    if (prior && prior.study_uid !== a.studyInstanceUid) throw new IndexRefusal(`instance ${a.sopInstanceUid} is already held in study ${prior.study_uid}, not ${a.studyInstanceUid}`);
-    if (prior) await tx.query('UPDATE imaging_instance SET current = false WHERE sop_instance_uid = $1 AND current', [a.sopInstanceUid]);
+    if (prior && prior.study_uid !== a.studyInstanceUid)
+      throw new IndexRefusal(
+        `instance ${a.sopInstanceUid} is already held in study ${prior.study_uid}, not ${a.studyInstanceUid}`,
+      );
+    if (prior)
+      await tx.query('UPDATE imaging_instance SET current = false WHERE sop_instance_uid = $1 AND current', [a.sopInstanceUid]);
     const version = (prior?.version ?? 0) + 1;
     // Study, series and instance in one round trip; the instance row is written only if its
     // series belongs to its study (else the statement reports the series' study and the
@@ -411,16 +469,45 @@ export class ImagingStore {
        )
        SELECT (SELECT study_uid FROM se) AS series_study, (SELECT count(*)::int FROM ins) AS inserted`,
       [
-        a.studyInstanceUid, a.patientId, a.patientName, a.patientBirthDate, a.patientSex, a.studyDate, a.studyTime, a.accessionNumber, a.studyDescription, a.studyId, a.referringPhysicianName,
-        a.seriesInstanceUid, a.modality, a.seriesNumber, a.seriesDescription,
-        a.sopInstanceUid, version, a.sopClassUid, a.instanceNumber, a.transferSyntaxUid, a.numberOfFrames, a.rows, a.columns, a.specificCharacterSet,
-        f.size, f.sha256, f.blobKey, f.dataKey, JSON.stringify(a.json), prior ? `re-sent with different bytes (version ${prior.version} had SHA-256 ${prior.sha256})` : null, f.source,
+        a.studyInstanceUid,
+        a.patientId,
+        a.patientName,
+        a.patientBirthDate,
+        a.patientSex,
+        a.studyDate,
+        a.studyTime,
+        a.accessionNumber,
+        a.studyDescription,
+        a.studyId,
+        a.referringPhysicianName,
+        a.seriesInstanceUid,
+        a.modality,
+        a.seriesNumber,
+        a.seriesDescription,
+        a.sopInstanceUid,
+        version,
+        a.sopClassUid,
+        a.instanceNumber,
+        a.transferSyntaxUid,
+        a.numberOfFrames,
+        a.rows,
+        a.columns,
+        a.specificCharacterSet,
+        f.size,
+        f.sha256,
+        f.blobKey,
+        f.dataKey,
+        JSON.stringify(a.json),
+        prior ? `re-sent with different bytes (version ${prior.version} had SHA-256 ${prior.sha256})` : null,
+        f.source,
       ],
     );
-    if (rows[0]?.inserted !== 1) throw new IndexRefusal(`series ${a.seriesInstanceUid} belongs to study ${rows[0]?.series_study ?? '?'}, not ${a.studyInstanceUid}`);
+    if (rows[0]?.inserted !== 1)
+      throw new IndexRefusal(
+        `series ${a.seriesInstanceUid} belongs to study ${rows[0]?.series_study ?? '?'}, not ${a.studyInstanceUid}`,
+      );
     return version;
   }
-
 }
 
 class IndexRefusal extends Error {}
@@ -441,16 +528,35 @@ export interface IngestOptions {
 const newBlobKey = () => `${randomUUID().slice(0, 2)}/${randomUUID()}.mmf`;
 
 function outcomeOf(a: InstanceAttributes, sha256: string, status: IngestOutcome['status'], version: number): IngestOutcome {
-  return { status, sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid, studyInstanceUid: a.studyInstanceUid, seriesInstanceUid: a.seriesInstanceUid, version, sha256 };
+  return {
+    status,
+    sopClassUid: a.sopClassUid,
+    sopInstanceUid: a.sopInstanceUid,
+    studyInstanceUid: a.studyInstanceUid,
+    seriesInstanceUid: a.seriesInstanceUid,
+    version,
+    sha256,
+  };
 }
 
-const settled = (p: Promise<unknown>) => p.then(() => undefined, () => undefined);
+const settled = (p: Promise<unknown>) =>
+  p.then(
+    () => undefined,
+    () => undefined,
+  );
 
 const isUniqueViolation = (e: unknown) => typeof e === 'object' && e !== null && (e as { code?: unknown }).code === '23505';
 
 function toInstance(r: InstanceRow): StoredInstance {
   return {
-    sopInstanceUid: r.sop_instance_uid, sopClassUid: r.sop_class_uid, studyInstanceUid: r.study_uid, seriesInstanceUid: r.series_uid,
-    transferSyntaxUid: r.transfer_syntax_uid, version: r.version, sha256: r.sha256, sizeBytes: Number(r.size_bytes), attributes: r.attributes,
+    sopInstanceUid: r.sop_instance_uid,
+    sopClassUid: r.sop_class_uid,
+    studyInstanceUid: r.study_uid,
+    seriesInstanceUid: r.series_uid,
+    transferSyntaxUid: r.transfer_syntax_uid,
+    version: r.version,
+    sha256: r.sha256,
+    sizeBytes: Number(r.size_bytes),
+    attributes: r.attributes,
   };
 }

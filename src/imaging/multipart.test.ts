@@ -12,16 +12,27 @@ const B = 'medmesh-b0undary';
 function body(parts: Array<{ headers?: string; data: Buffer }>, o: { preamble?: string; epilogue?: string } = {}): Buffer {
   return Buffer.concat([
     Buffer.from(o.preamble ?? ''),
-    ...parts.flatMap((p) => [Buffer.from(`--${B}\r\n${p.headers ?? 'Content-Type: application/dicom\r\n'}\r\n`), p.data, Buffer.from('\r\n')]),
+    ...parts.flatMap((p) => [
+      Buffer.from(`--${B}\r\n${p.headers ?? 'Content-Type: application/dicom\r\n'}\r\n`),
+      p.data,
+      Buffer.from('\r\n'),
+    ]),
     Buffer.from(`--${B}--\r\n${o.epilogue ?? ''}`),
   ]);
 }
 
 function chunks(b: Buffer, size: number): AsyncIterable<Buffer> {
-  return Readable.from(Array.from({ length: Math.ceil(b.length / size) }, (_, i) => b.subarray(i * size, (i + 1) * size)), { objectMode: true });
+  return Readable.from(
+    Array.from({ length: Math.ceil(b.length / size) }, (_, i) => b.subarray(i * size, (i + 1) * size)),
+    { objectMode: true },
+  );
 }
 
-async function readAll(b: Buffer, size: number, limits = {}): Promise<Array<{ index: number; headers: Record<string, string>; data: Buffer }>> {
+async function readAll(
+  b: Buffer,
+  size: number,
+  limits = {},
+): Promise<Array<{ index: number; headers: Record<string, string>; data: Buffer }>> {
   const out = [];
   for await (const p of readMultipartRelated(chunks(b, size), B, limits)) {
     const got: Buffer[] = [];
@@ -43,8 +54,19 @@ async function refusal(b: Buffer, size = 5, limits = {}): Promise<string> {
 
 describe('multipart/related reader', () => {
   // Content that nearly holds the delimiter, at the start, the middle and the end of a part.
-  const tricky = Buffer.concat([Buffer.from(`\r\n--${B.slice(0, -1)}`), randomBytes(3000), Buffer.from(`\r\n-${B}`), randomBytes(17), Buffer.from(`\r\n--${B.slice(0, 5)}`)]);
-  const parts = [{ data: randomBytes(10_000) }, { data: tricky }, { headers: '', data: Buffer.from('no headers at all') }, { data: Buffer.alloc(0) }];
+  const tricky = Buffer.concat([
+    Buffer.from(`\r\n--${B.slice(0, -1)}`),
+    randomBytes(3000),
+    Buffer.from(`\r\n-${B}`),
+    randomBytes(17),
+    Buffer.from(`\r\n--${B.slice(0, 5)}`),
+  ]);
+  const parts = [
+    { data: randomBytes(10_000) },
+    { data: tricky },
+    { headers: '', data: Buffer.from('no headers at all') },
+    { data: Buffer.alloc(0) },
+  ];
 
   it('gives the same parts, byte for byte, at any chunk size', async () => {
     const b = body(parts, { preamble: 'ignored preamble\r\n', epilogue: 'ignored epilogue' });
@@ -74,16 +96,31 @@ describe('multipart/related reader', () => {
 
   it('refuses malformed bodies, naming the part', async () => {
     assert.match(await refusal(Buffer.from('no boundary here at all')), /never contains the boundary medmesh-b0undary/);
-    assert.match(await refusal(Buffer.alloc(100_000), 4096, { preambleBytes: 1000 }), /no boundary medmesh-b0undary within the first 1000 bytes/);
+    assert.match(
+      await refusal(Buffer.alloc(100_000), 4096, { preambleBytes: 1000 }),
+      /no boundary medmesh-b0undary within the first 1000 bytes/,
+    );
     const whole = body(parts);
     const cut = whole.subarray(0, 5000);
     assert.match(await refusal(cut), /part 1 has no closing boundary \(the body is truncated or the boundary is wrong\)/);
     const cutInSecond = whole.subarray(0, whole.indexOf(tricky) + 100);
     assert.match(await refusal(cutInSecond, 333), /part 2 has no closing boundary/);
-    assert.match(await refusal(Buffer.from(`--${B}XX\r\n\r\nabc\r\n--${B}--`)), /part 1: the boundary line is not followed by CRLF/);
-    assert.match(await refusal(Buffer.from(`--${B}\r\nContent-Type application/dicom\r\n\r\nabc\r\n--${B}--`)), /part 1: malformed header line "Content-Type application\/dicom"/);
-    assert.match(await refusal(Buffer.from(`--${B}\r\nContent-Type: application/dicom\r\n`)), /part 1: its headers are not ended by a blank line \(the body is truncated\)/);
-    assert.match(await refusal(Buffer.concat([Buffer.from(`--${B}\r\nX-Long: `), Buffer.alloc(40_000, 'a')]), 1024, { headerBytes: 1000 }), /part 1: its headers are not ended by a blank line within 1000 bytes/);
+    assert.match(
+      await refusal(Buffer.from(`--${B}XX\r\n\r\nabc\r\n--${B}--`)),
+      /part 1: the boundary line is not followed by CRLF/,
+    );
+    assert.match(
+      await refusal(Buffer.from(`--${B}\r\nContent-Type application/dicom\r\n\r\nabc\r\n--${B}--`)),
+      /part 1: malformed header line "Content-Type application\/dicom"/,
+    );
+    assert.match(
+      await refusal(Buffer.from(`--${B}\r\nContent-Type: application/dicom\r\n`)),
+      /part 1: its headers are not ended by a blank line \(the body is truncated\)/,
+    );
+    assert.match(
+      await refusal(Buffer.concat([Buffer.from(`--${B}\r\nX-Long: `), Buffer.alloc(40_000, 'a')]), 1024, { headerBytes: 1000 }),
+      /part 1: its headers are not ended by a blank line within 1000 bytes/,
+    );
     // Ends right after a boundary: neither a part nor the close delimiter.
     assert.match(await refusal(Buffer.from(`--${B}\r\n\r\nabc\r\n--${B}`)), /part 2: the boundary line is not followed by CRLF/);
   });

@@ -31,12 +31,21 @@ const BLANK_LINE = Buffer.from('\r\n\r\n');
  * store. Each part's body must be read (or abandoned) before the next part is asked for; what
  * is left of it is skipped. Structural faults throw MultipartError.
  */
-export async function* readMultipartRelated(source: AsyncIterable<Uint8Array>, boundary: string, limits: MultipartLimits = {}): AsyncGenerator<StreamedPart, void, undefined> {
+export async function* readMultipartRelated(
+  source: AsyncIterable<Uint8Array>,
+  boundary: string,
+  limits: MultipartLimits = {},
+): AsyncGenerator<StreamedPart, void, undefined> {
   const r = new ByteReader(source);
   const dash = Buffer.from(`--${boundary}`);
   const delimiter = Buffer.concat([CRLF, dash]);
   const preamble = await r.until(dash, limits.preambleBytes ?? 2 ** 16);
-  if (preamble === undefined) throw new MultipartError(r.ended ? `the body never contains the boundary ${boundary}` : `no boundary ${boundary} within the first ${limits.preambleBytes ?? 2 ** 16} bytes`);
+  if (preamble === undefined)
+    throw new MultipartError(
+      r.ended
+        ? `the body never contains the boundary ${boundary}`
+        : `no boundary ${boundary} within the first ${limits.preambleBytes ?? 2 ** 16} bytes`,
+    );
   for (let index = 1; ; index++) {
     const after = await r.take(2);
     if (after?.equals(Buffer.from('--'))) return void (await r.drain()); // close delimiter; the epilogue is ignored
@@ -45,7 +54,10 @@ export async function* readMultipartRelated(source: AsyncIterable<Uint8Array>, b
     if ((await r.peek(2))?.equals(CRLF)) await r.take(2);
     else {
       const block = await r.until(BLANK_LINE, limits.headerBytes ?? 2 ** 14);
-      if (block === undefined) throw new MultipartError(`part ${index}: its headers are not ended by a blank line${r.ended ? ' (the body is truncated)' : ` within ${limits.headerBytes ?? 2 ** 14} bytes`}`);
+      if (block === undefined)
+        throw new MultipartError(
+          `part ${index}: its headers are not ended by a blank line${r.ended ? ' (the body is truncated)' : ` within ${limits.headerBytes ?? 2 ** 14} bytes`}`,
+        );
       for (const line of block.toString('latin1').split('\r\n')) {
         const colon = line.indexOf(':');
         if (colon <= 0) throw new MultipartError(`part ${index}: malformed header line ${JSON.stringify(line.slice(0, 60))}`);
@@ -151,7 +163,11 @@ export function mediaParams(value: string): { media: string; [param: string]: st
   const out: { media: string; [k: string]: string | undefined } = { media: media.trim().toLowerCase() };
   for (const p of rest) {
     const eq = p.indexOf('=');
-    if (eq > 0) out[p.slice(0, eq).trim().toLowerCase()] = p.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1');
+    if (eq > 0)
+      out[p.slice(0, eq).trim().toLowerCase()] = p
+        .slice(eq + 1)
+        .trim()
+        .replace(/^"(.*)"$/, '$1');
   }
   return out;
 }
@@ -172,13 +188,18 @@ function splitParams(value: string): string[] {
 }
 
 /** Streams parts as one multipart/related body; returns the Content-Type to send with it. */
-export function multipartRelated(type: string, parts: AsyncIterable<Part> | Iterable<Part>): { contentType: string; body: AsyncIterable<Buffer> } {
+export function multipartRelated(
+  type: string,
+  parts: AsyncIterable<Part> | Iterable<Part>,
+): { contentType: string; body: AsyncIterable<Buffer> } {
   const boundary = `medmesh-${crypto.randomUUID()}`;
   return {
     contentType: `multipart/related; type="${type}"; boundary=${boundary}`,
     body: (async function* () {
       for await (const p of parts) {
-        const head = Object.entries(p.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+        const head = Object.entries(p.headers)
+          .map(([k, v]) => `${k}: ${v}\r\n`)
+          .join('');
         yield Buffer.from(`--${boundary}\r\n${head}\r\n`);
         yield p.body;
         yield Buffer.from('\r\n');

@@ -5,7 +5,10 @@ export const IMPLEMENTATION_CLASS_UID = '1.2.826.0.1.3680043.10.1519.1';
 export const IMPLEMENTATION_VERSION = 'MEDMESH_1';
 
 /** `dataset` may come as the chunks it arrived in: they are copied once, straight into the file. */
-export function part10File(o: { sopClassUid: string; sopInstanceUid: string; transferSyntaxUid: string; sourceAe?: string }, dataset: Uint8Array | readonly Uint8Array[]): Buffer {
+export function part10File(
+  o: { sopClassUid: string; sopInstanceUid: string; transferSyntaxUid: string; sourceAe?: string },
+  dataset: Uint8Array | readonly Uint8Array[],
+): Buffer {
   const elements = [
     element(0x0001, 'OB', Buffer.from([0, 1])),
     element(0x0002, 'UI', uid(o.sopClassUid)),
@@ -18,7 +21,13 @@ export function part10File(o: { sopClassUid: string; sopInstanceUid: string; tra
   const meta = Buffer.concat(elements);
   const length = Buffer.alloc(4);
   length.writeUInt32LE(meta.length);
-  return Buffer.concat([Buffer.alloc(128), Buffer.from('DICM'), element(0x0000, 'UL', length), meta, ...(dataset instanceof Uint8Array ? [dataset] : dataset)]);
+  return Buffer.concat([
+    Buffer.alloc(128),
+    Buffer.from('DICM'),
+    element(0x0000, 'UL', length),
+    meta,
+    ...(dataset instanceof Uint8Array ? [dataset] : dataset),
+  ]);
 }
 
 const pad = (b: Buffer, byte: number) => (b.length % 2 ? Buffer.concat([b, Buffer.from([byte])]) : b);

@@ -46,21 +46,30 @@ export class S3BlobStore implements BlobStore {
     let bytes = 0;
     // The source's own error is what the caller should see, not the upload's reaction to it.
     let sourceError: unknown;
-    const body = data instanceof Uint8Array
-      ? Buffer.from(data.buffer, data.byteOffset, data.byteLength)
-      : Readable.from((async function* () {
-          try {
-            for await (const chunk of data as AsyncIterable<Buffer>) {
-              bytes += chunk.length;
-              yield chunk;
-            }
-          } catch (e) {
-            sourceError = e;
-            throw e;
-          }
-        })());
+    const body =
+      data instanceof Uint8Array
+        ? Buffer.from(data.buffer, data.byteOffset, data.byteLength)
+        : Readable.from(
+            (async function* () {
+              try {
+                for await (const chunk of data as AsyncIterable<Buffer>) {
+                  bytes += chunk.length;
+                  yield chunk;
+                }
+              } catch (e) {
+                sourceError = e;
+                throw e;
+              }
+            })(),
+          );
     if (body instanceof Buffer) bytes = body.length;
-    const upload = new Upload({ client: this.#client, params: { Bucket: this.#o.bucket, Key, Body: body }, partSize: this.#o.partSizeBytes ?? 8 * 2 ** 20, queueSize: 2, leavePartsOnError: false });
+    const upload = new Upload({
+      client: this.#client,
+      params: { Bucket: this.#o.bucket, Key, Body: body },
+      partSize: this.#o.partSizeBytes ?? 8 * 2 ** 20,
+      queueSize: 2,
+      leavePartsOnError: false,
+    });
     try {
       await upload.done();
     } catch (e) {
@@ -95,7 +104,13 @@ export class S3BlobStore implements BlobStore {
   async *list(prefix = ''): AsyncIterable<string> {
     let token: string | undefined;
     do {
-      const page = await this.#client.send(new ListObjectsV2Command({ Bucket: this.#o.bucket, Prefix: this.#prefix + prefix, ...(token ? { ContinuationToken: token } : {}) }));
+      const page = await this.#client.send(
+        new ListObjectsV2Command({
+          Bucket: this.#o.bucket,
+          Prefix: this.#prefix + prefix,
+          ...(token ? { ContinuationToken: token } : {}),
+        }),
+      );
       for (const o of page.Contents ?? []) if (o.Key) yield o.Key.slice(this.#prefix.length);
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);

@@ -88,7 +88,19 @@ export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrtha
       Plugins: [...(opts.postgresIndex ? [PG_INDEX_PLUGIN] : []), ...(opts.dicomweb ? [dicomwebPlugin()] : [])],
       ...(opts.dicomweb ? { DicomWeb: { Enable: true, Root: '/dicom-web/', EnableWado: false } } : {}),
       ...(opts.postgresIndex
-        ? { PostgreSQL: { EnableIndex: true, EnableStorage: false, Host: opts.postgresIndex.socketDir ?? '/var/run/postgresql', Port: 5432, Database: opts.postgresIndex.database, Username: 'postgres', Password: '', Lock: false, IndexConnectionsCount: 1 } }
+        ? {
+            PostgreSQL: {
+              EnableIndex: true,
+              EnableStorage: false,
+              Host: opts.postgresIndex.socketDir ?? '/var/run/postgresql',
+              Port: 5432,
+              Database: opts.postgresIndex.database,
+              Username: 'postgres',
+              Password: '',
+              Lock: false,
+              IndexConnectionsCount: 1,
+            },
+          }
         : {}),
       HttpServerEnabled: true,
       HttpPort: IN_NS.http,
@@ -111,7 +123,10 @@ export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrtha
     };
     const configPath = join(dir, 'orthanc.json');
     await writeFile(configPath, JSON.stringify(config));
-    const orthanc = spawn('ip', ['netns', 'exec', ns, 'Orthanc', configPath], { env: { ...process.env, TCP_NODELAY: '1' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const orthanc = spawn('ip', ['netns', 'exec', ns, 'Orthanc', configPath], {
+      env: { ...process.env, TCP_NODELAY: '1' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     children.push(orthanc);
     let log = '';
     orthanc.stderr.on('data', (b: Buffer) => {
@@ -123,7 +138,9 @@ export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrtha
       `unix:${join(dir, 'http.sock')}=tcp:${IN_NS.http}`,
       ...modalityPorts.map(([ae, port]) => `tcp:${port}=unix:${join(dir, `modality-${ae}.sock`)}`),
     ];
-    const relayChild = spawn('ip', ['netns', 'exec', ns, process.execPath, join(import.meta.dirname, 'relay.ts'), ...inside], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const relayChild = spawn('ip', ['netns', 'exec', ns, process.execPath, join(import.meta.dirname, 'relay.ts'), ...inside], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     children.push(relayChild);
     await new Promise<void>((resolve, reject) => {
       relayChild.stdout.once('data', () => resolve());
@@ -133,11 +150,15 @@ export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrtha
     const dicomOut = await relay({ tcp: 0 }, { unix: join(dir, 'dicom.sock') });
     const httpOut = await relay({ tcp: 0 }, { unix: join(dir, 'http.sock') });
     servers.push(dicomOut, httpOut);
-    for (const [ae, port] of Object.entries(opts.modalities ?? {})) servers.push(await relay({ unix: join(dir, `modality-${ae}.sock`) }, { tcp: port }));
+    for (const [ae, port] of Object.entries(opts.modalities ?? {}))
+      servers.push(await relay({ unix: join(dir, `modality-${ae}.sock`) }, { tcp: port }));
     const portOf = (s: Server) => (s.address() as { port: number }).port;
     const http = `http://127.0.0.1:${portOf(httpOut)}`;
-    for (const until = Date.now() + 30_000; ; ) {
-      const up = await fetch(`${http}/system`).then((r) => r.ok, () => false);
+    for (const until = Date.now() + 30_000; ;) {
+      const up = await fetch(`${http}/system`).then(
+        (r) => r.ok,
+        () => false,
+      );
       if (up) break;
       if (orthanc.exitCode !== null || Date.now() > until) throw new Error(`Orthanc did not start: ${log}`);
       await new Promise((r) => setTimeout(r, 100));
@@ -146,7 +167,11 @@ export async function startOrthanc(opts: OrthancOptions = {}): Promise<TestOrtha
       aeTitle,
       dicomPort: portOf(dicomOut),
       dicomPortInside: IN_NS.dicom,
-      exec: (command, args) => spawn('ip', ['netns', 'exec', ns, command, ...args], { env: { ...process.env, TCP_NODELAY: '1' }, stdio: ['ignore', 'pipe', 'pipe'] }),
+      exec: (command, args) =>
+        spawn('ip', ['netns', 'exec', ns, command, ...args], {
+          env: { ...process.env, TCP_NODELAY: '1' },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        }),
       http,
       async upload(file: Buffer) {
         const r = await fetch(`${http}/instances`, { method: 'POST', body: file });

@@ -14,7 +14,8 @@ import { FsBlobStore } from './blob-store.ts';
 import { ImagingStore } from './imaging-store.ts';
 
 export const PYDICOM = '/usr/lib/python3/dist-packages/pydicom/data';
-export const sample = (name: string): Promise<Buffer> => readFile(join(PYDICOM, name.includes('/') ? name : `test_files/${name}`));
+export const sample = (name: string): Promise<Buffer> =>
+  readFile(join(PYDICOM, name.includes('/') ? name : `test_files/${name}`));
 
 export interface TestImaging {
   db: Db;
@@ -31,13 +32,21 @@ export interface TestImaging {
 export async function openTestImaging(opts: { maxFileBytes?: number } = {}): Promise<TestImaging> {
   const db = await openTestDb();
   const kms = new Kms({ db, siteId: 'B', policy: 'national' });
-  await kms.init({ custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })), threshold: 2 });
+  await kms.init({
+    custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })),
+    threshold: 2,
+  });
   const blobDir = await mkdtemp(join(tmpdir(), 'medmesh-blobs-'));
   const blobs = new FsBlobStore({ root: blobDir });
   const store = new ImagingStore({ db, blobs, kms, ...(opts.maxFileBytes ? { maxFileBytes: opts.maxFileBytes } : {}) });
   const events: AuditEvent[] = [];
   return {
-    db, kms, blobs, blobDir, store, events,
+    db,
+    kms,
+    blobs,
+    blobDir,
+    store,
+    events,
     audit: (e) => {
       events.push(e);
       return Promise.resolve(true);
@@ -50,9 +59,16 @@ export async function openTestImaging(opts: { maxFileBytes?: number } = {}): Pro
 }
 
 /** Runs a DCMTK tool with Nagle off (else ~100 ms per message); never rejects: exit code and output. */
-export async function dcmtk(tool: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<{ code: number; out: string }> {
+export async function dcmtk(
+  tool: string,
+  args: string[],
+  opts: { timeoutMs?: number } = {},
+): Promise<{ code: number; out: string }> {
   try {
-    const { stdout, stderr } = await promisify(execFile)(tool, args, { env: { ...process.env, TCP_NODELAY: '1' }, timeout: opts.timeoutMs ?? 30_000 });
+    const { stdout, stderr } = await promisify(execFile)(tool, args, {
+      env: { ...process.env, TCP_NODELAY: '1' },
+      timeout: opts.timeoutMs ?? 30_000,
+    });
     return { code: 0, out: stdout + stderr };
   } catch (e) {
     const x = e as { code?: number; stdout?: string; stderr?: string };
@@ -64,14 +80,35 @@ export async function dcmtk(tool: string, args: string[], opts: { timeoutMs?: nu
  * Synthetic instances for tests: a sample file copied and given new UIDs, date and patient by
  * DCMTK's dcmodify (which keeps the File Meta group in step).
  */
-export async function makeInstances(o: { template?: string; studyUid: string; date: string; patientId: string; count: number }): Promise<Buffer[]> {
+export async function makeInstances(o: {
+  template?: string;
+  studyUid: string;
+  date: string;
+  patientId: string;
+  count: number;
+}): Promise<Buffer[]> {
   const dir = await mkdtemp(join(tmpdir(), 'medmesh-gen-'));
   try {
     const out: Buffer[] = [];
     for (let i = 1; i <= o.count; i++) {
       const path = join(dir, `${i}.dcm`);
       await writeFile(path, await sample(o.template ?? 'MR_small.dcm'));
-      const r = await dcmtk('dcmodify', ['-nb', '-m', `StudyDate=${o.date}`, '-m', `StudyInstanceUID=${o.studyUid}`, '-m', `SeriesInstanceUID=${o.studyUid}.1`, '-m', `SOPInstanceUID=${o.studyUid}.1.${i}`, '-m', `InstanceNumber=${i}`, '-m', `PatientID=${o.patientId}`, path]);
+      const r = await dcmtk('dcmodify', [
+        '-nb',
+        '-m',
+        `StudyDate=${o.date}`,
+        '-m',
+        `StudyInstanceUID=${o.studyUid}`,
+        '-m',
+        `SeriesInstanceUID=${o.studyUid}.1`,
+        '-m',
+        `SOPInstanceUID=${o.studyUid}.1.${i}`,
+        '-m',
+        `InstanceNumber=${i}`,
+        '-m',
+        `PatientID=${o.patientId}`,
+        path,
+      ]);
       if (r.code !== 0) throw new Error(`dcmodify failed: ${r.out}`);
       out.push(await readFile(path));
     }

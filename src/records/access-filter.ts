@@ -28,7 +28,9 @@ export interface AccessFilter {
 export function rowScopeSql(scope: RowScope, alias: string, add: (v: unknown) => string): string {
   if (scope.kind === 'all') return 'true';
   // Each $n becomes a fresh parameter of the outer query (a repeated $n is added again).
-  const cond = scope.predicate.replace(/\$(\d+)/g, (_m, n: string) => add(scope.params[Number(n) - 1])).replaceAll('{patient}', `${alias}.patient_id`);
+  const cond = scope.predicate
+    .replace(/\$(\d+)/g, (_m, n: string) => add(scope.params[Number(n) - 1]))
+    .replaceAll('{patient}', `${alias}.patient_id`);
   return `(${alias}.patient_id IS NOT NULL AND (${cond})${scope.includeUnowned ? ` OR ${alias}.patient_id IS NULL` : ''})`;
 }
 

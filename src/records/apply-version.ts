@@ -45,7 +45,10 @@ export interface CurrentState {
  * writer had not seen the other): the greatest (hlc, origin site) wins, except that between
  * concurrent versions a deletion wins. The one rule both apply paths use.
  */
-export function decideVersion(cur: CurrentState | undefined, v: Pick<RemoteVersion, 'hlc' | 'originSite' | 'parentHlc' | 'deleted'>): { wins: boolean; conflictWith?: string } {
+export function decideVersion(
+  cur: CurrentState | undefined,
+  v: Pick<RemoteVersion, 'hlc' | 'originSite' | 'parentHlc' | 'deleted'>,
+): { wins: boolean; conflictWith?: string } {
   if (!cur) return { wins: true };
   const newer = v.hlc > cur.hlc || (v.hlc === cur.hlc && v.originSite > cur.originSite);
   const concurrent = newer ? v.parentHlc === null || v.parentHlc < cur.hlc : cur.parentHlc === null || cur.parentHlc < v.hlc;
@@ -58,7 +61,20 @@ export async function applyVersion(ctx: RecordsContext, tx: Queryable, v: Remote
   const inserted = await tx.query(
     `INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, origin_site, epoch, shard, data_class, deleted, last_updated, content)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb) ON CONFLICT DO NOTHING RETURNING 1`,
-    [v.resourceType, v.id, v.versionId, v.hlc, v.parentHlc, v.originSite, v.epoch, v.shard, v.dataClass, v.deleted, v.lastUpdated, content],
+    [
+      v.resourceType,
+      v.id,
+      v.versionId,
+      v.hlc,
+      v.parentHlc,
+      v.originSite,
+      v.epoch,
+      v.shard,
+      v.dataClass,
+      v.deleted,
+      v.lastUpdated,
+      content,
+    ],
   );
   if (inserted.rows.length === 0) return { outcome: 'duplicate' };
   await recordReplicatedEmpi(tx, [v]);
@@ -70,10 +86,22 @@ export async function applyVersion(ctx: RecordsContext, tx: Queryable, v: Remote
     [v.resourceType, v.id],
   );
   const cur = rows[0];
-  const { wins, conflictWith } = decideVersion(cur && { versionId: cur.version_id, hlc: cur.hlc, originSite: cur.origin_site, deleted: cur.deleted, parentHlc: cur.parent_hlc }, v);
+  const { wins, conflictWith } = decideVersion(
+    cur && {
+      versionId: cur.version_id,
+      hlc: cur.hlc,
+      originSite: cur.origin_site,
+      deleted: cur.deleted,
+      parentHlc: cur.parent_hlc,
+    },
+    v,
+  );
   if (conflictWith) {
     const [a, b] = [v.versionId, conflictWith].sort();
-    await tx.query('INSERT INTO resource_conflict (resource_type, id, version_a, version_b) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [v.resourceType, v.id, a, b]);
+    await tx.query(
+      'INSERT INTO resource_conflict (resource_type, id, version_a, version_b) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING',
+      [v.resourceType, v.id, a, b],
+    );
   }
   if (!wins) return { outcome: 'history', ...(conflictWith ? { conflictWith } : {}) };
   if (cur && !conflictWith && v.parentHlc !== null) {
@@ -90,7 +118,19 @@ export async function applyVersion(ctx: RecordsContext, tx: Queryable, v: Remote
      ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, hlc = excluded.hlc, origin_site = excluded.origin_site,
        shard = excluded.shard, data_class = excluded.data_class, patient_id = coalesce(excluded.patient_id, resource_current.patient_id), deleted = excluded.deleted,
        last_updated = excluded.last_updated, content = excluded.content`,
-    [v.resourceType, v.id, v.versionId, v.hlc, v.originSite, v.shard, v.dataClass, v.patientId, v.deleted, v.lastUpdated, content],
+    [
+      v.resourceType,
+      v.id,
+      v.versionId,
+      v.hlc,
+      v.originSite,
+      v.shard,
+      v.dataClass,
+      v.patientId,
+      v.deleted,
+      v.lastUpdated,
+      content,
+    ],
   );
   await rewriteIndex(ctx, tx, v);
   return { outcome: 'current', ...(conflictWith ? { conflictWith } : {}) };
@@ -101,7 +141,11 @@ export async function applyVersion(ctx: RecordsContext, tx: Queryable, v: Remote
  * verification found it missing or different): a missing version is applied as usual; a
  * different one is overwritten, and the current row and index follow when it is current.
  */
-export async function repairVersion(ctx: RecordsContext, tx: Queryable, v: RemoteVersion): Promise<ApplyResult | { outcome: 'replaced' }> {
+export async function repairVersion(
+  ctx: RecordsContext,
+  tx: Queryable,
+  v: RemoteVersion,
+): Promise<ApplyResult | { outcome: 'replaced' }> {
   const applied = await applyVersion(ctx, tx, v);
   if (applied.outcome !== 'duplicate') return applied;
   const content = v.content === null ? null : JSON.stringify(v.content);
@@ -134,11 +178,18 @@ async function rewriteIndex(ctx: RecordsContext, tx: Queryable, v: RemoteVersion
      , idt AS (INSERT INTO search_date (resource_type, resource_id, code, lo, hi) SELECT $1, $2, * FROM unnest($8::text[], $9::timestamptz[], $10::timestamptz[]))
      INSERT INTO search_reference (resource_type, resource_id, code, target) SELECT $1, $2, * FROM unnest($11::text[], $12::text[])`,
     [
-      v.resourceType, v.id,
-      ix.tokens.map((t) => t.code), ix.tokens.map((t) => t.system), ix.tokens.map((t) => t.value),
-      ix.strings.map((x) => x.code), ix.strings.map((x) => x.value),
-      ix.dates.map((d) => d.code), ix.dates.map((d) => d.lo), ix.dates.map((d) => d.hi),
-      ix.references.map((r) => r.code), ix.references.map((r) => r.target),
+      v.resourceType,
+      v.id,
+      ix.tokens.map((t) => t.code),
+      ix.tokens.map((t) => t.system),
+      ix.tokens.map((t) => t.value),
+      ix.strings.map((x) => x.code),
+      ix.strings.map((x) => x.value),
+      ix.dates.map((d) => d.code),
+      ix.dates.map((d) => d.lo),
+      ix.dates.map((d) => d.hi),
+      ix.references.map((r) => r.code),
+      ix.references.map((r) => r.target),
     ],
     { name: 'medmesh_apply_rewrite_index' },
   );

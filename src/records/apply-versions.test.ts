@@ -41,8 +41,18 @@ describe(`batched apply (${testBackend()})`, () => {
       if (rnd() < 0.5) for (const v of out) if (v.id === id && (mine.get(id) ?? -1n) < v.hlc) mine.set(id, v.hlc);
       const deleted = rnd() < 0.1;
       out.push({
-        resourceType: 'Organization', id, versionId: `${hlc.toString(16).padStart(16, '0')}-${site}`, hlc, parentHlc: mine.get(id) ?? null, originSite: site, epoch: 0n,
-        shard: null, dataClass: 'public', patientId: null, deleted, lastUpdated: new Date(t).toISOString(),
+        resourceType: 'Organization',
+        id,
+        versionId: `${hlc.toString(16).padStart(16, '0')}-${site}`,
+        hlc,
+        parentHlc: mine.get(id) ?? null,
+        originSite: site,
+        epoch: 0n,
+        shard: null,
+        dataClass: 'public',
+        patientId: null,
+        deleted,
+        lastUpdated: new Date(t).toISOString(),
         content: deleted ? null : { resourceType: 'Organization', id, name: `机构 ${i}`, alias: [`${site}${i}`] },
       });
       mine.set(id, hlc);
@@ -50,9 +60,25 @@ describe(`batched apply (${testBackend()})`, () => {
       if (i % 10 === 0) {
         const pid = `patient-${seed}-${i}`;
         out.push({
-          resourceType: 'EmpiEntry', id: pid, versionId: `${hlc.toString(16).padStart(16, '0')}-${site}`, hlc, parentHlc: null, originSite: site, epoch: 0n,
-          shard: null, dataClass: 'public', patientId: null, deleted: false, lastUpdated: new Date(t).toISOString(),
-          content: { resourceType: 'EmpiEntry', id: pid, homeShard: 'guangzhou', method: 'resident-id', identifiers: [] } as unknown as RemoteVersion['content'],
+          resourceType: 'EmpiEntry',
+          id: pid,
+          versionId: `${hlc.toString(16).padStart(16, '0')}-${site}`,
+          hlc,
+          parentHlc: null,
+          originSite: site,
+          epoch: 0n,
+          shard: null,
+          dataClass: 'public',
+          patientId: null,
+          deleted: false,
+          lastUpdated: new Date(t).toISOString(),
+          content: {
+            resourceType: 'EmpiEntry',
+            id: pid,
+            homeShard: 'guangzhou',
+            method: 'resident-id',
+            identifiers: [],
+          } as unknown as RemoteVersion['content'],
         });
       }
     }
@@ -69,7 +95,9 @@ describe(`batched apply (${testBackend()})`, () => {
     return {
       current: await q('SELECT resource_type, id, version_id, deleted, content FROM resource_current ORDER BY 1, 2'),
       history: await q('SELECT resource_type, id, version_id, parent_hlc::text, deleted FROM resource_history ORDER BY 1, 2, 3'),
-      conflicts: await q('SELECT resource_type, id, version_a, version_b, resolved_at IS NOT NULL AS resolved, resolution_version FROM resource_conflict ORDER BY 1, 2, 3, 4'),
+      conflicts: await q(
+        'SELECT resource_type, id, version_a, version_b, resolved_at IS NOT NULL AS resolved, resolution_version FROM resource_conflict ORDER BY 1, 2, 3, 4',
+      ),
       index: await q('SELECT resource_type, resource_id, code, value FROM search_string ORDER BY 1, 2, 3, 4'),
       empi: await q('SELECT patient_id, home_shard, placed_by_site FROM empi_patient ORDER BY 1'),
     };

@@ -11,7 +11,11 @@ import { EMPTY_INDEX, extractIndex, type IndexRows } from './search-index.ts';
 
 const keyOf = (type: string, id: string) => `${type}\u0000${id}`;
 
-export async function applyVersions(ctx: RecordsContext, tx: Queryable, versions: readonly RemoteVersion[]): Promise<ApplyResult[]> {
+export async function applyVersions(
+  ctx: RecordsContext,
+  tx: Queryable,
+  versions: readonly RemoteVersion[],
+): Promise<ApplyResult[]> {
   if (versions.length === 0) return [];
   const col = <T>(f: (v: RemoteVersion) => T) => versions.map(f);
   const inserted = await tx.query<{ resource_type: string; id: string; version_id: string }>(
@@ -19,16 +23,39 @@ export async function applyVersions(ctx: RecordsContext, tx: Queryable, versions
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::boolean[], $11::timestamptz[], $12::jsonb[])
      ON CONFLICT DO NOTHING RETURNING resource_type, id, version_id`,
     [
-      col((v) => v.resourceType), col((v) => v.id), col((v) => v.versionId), col((v) => v.hlc), col((v) => v.parentHlc), col((v) => v.originSite),
-      col((v) => v.epoch), col((v) => v.shard), col((v) => v.dataClass), col((v) => v.deleted), col((v) => v.lastUpdated), col((v) => (v.content === null ? null : JSON.stringify(v.content))),
+      col((v) => v.resourceType),
+      col((v) => v.id),
+      col((v) => v.versionId),
+      col((v) => v.hlc),
+      col((v) => v.parentHlc),
+      col((v) => v.originSite),
+      col((v) => v.epoch),
+      col((v) => v.shard),
+      col((v) => v.dataClass),
+      col((v) => v.deleted),
+      col((v) => v.lastUpdated),
+      col((v) => (v.content === null ? null : JSON.stringify(v.content))),
     ],
     { name: 'medmesh_apply_history_batch' },
   );
   const fresh = new Set(inserted.rows.map((r) => `${keyOf(r.resource_type, r.id)}\u0000${r.version_id}`));
-  await recordReplicatedEmpi(tx, versions.filter((v) => fresh.has(`${keyOf(v.resourceType, v.id)}\u0000${v.versionId}`)));
+  await recordReplicatedEmpi(
+    tx,
+    versions.filter((v) => fresh.has(`${keyOf(v.resourceType, v.id)}\u0000${v.versionId}`)),
+  );
 
   const resources = [...new Map(versions.map((v) => [keyOf(v.resourceType, v.id), v])).values()];
-  const current = await tx.query<{ resource_type: string; id: string; version_id: string; hlc: string; origin_site: string; deleted: boolean; parent_hlc: string | null; has_history: boolean; open_conflicts: boolean }>(
+  const current = await tx.query<{
+    resource_type: string;
+    id: string;
+    version_id: string;
+    hlc: string;
+    origin_site: string;
+    deleted: boolean;
+    parent_hlc: string | null;
+    has_history: boolean;
+    open_conflicts: boolean;
+  }>(
     `SELECT c.resource_type, c.id, c.version_id, c.hlc::text AS hlc, c.origin_site, c.deleted, h.parent_hlc::text AS parent_hlc, h.version_id IS NOT NULL AS has_history,
             EXISTS (SELECT 1 FROM resource_conflict rc WHERE rc.resource_type = c.resource_type AND rc.id = c.id AND rc.resolved_at IS NULL) AS open_conflicts
        FROM resource_current c
@@ -42,7 +69,14 @@ export async function applyVersions(ctx: RecordsContext, tx: Queryable, versions
   for (const r of current.rows) {
     const k = keyOf(r.resource_type, r.id);
     // A current row whose history row is missing counts as no current row (as in applyVersion's join).
-    if (r.has_history) state.set(k, { versionId: r.version_id, hlc: BigInt(r.hlc), originSite: r.origin_site, deleted: r.deleted, parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc) });
+    if (r.has_history)
+      state.set(k, {
+        versionId: r.version_id,
+        hlc: BigInt(r.hlc),
+        originSite: r.origin_site,
+        deleted: r.deleted,
+        parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc),
+      });
     if (r.open_conflicts) openConflicts.add(k);
   }
 
@@ -106,13 +140,24 @@ async function writeCurrent(ctx: RecordsContext, tx: Queryable, ws: RemoteVersio
        shard = excluded.shard, data_class = excluded.data_class, patient_id = coalesce(excluded.patient_id, resource_current.patient_id), deleted = excluded.deleted,
        last_updated = excluded.last_updated, content = excluded.content`,
     [
-      col((v) => v.resourceType), col((v) => v.id), col((v) => v.versionId), col((v) => v.hlc), col((v) => v.originSite), col((v) => v.shard), col((v) => v.dataClass),
-      col((v) => v.patientId), col((v) => v.deleted), col((v) => v.lastUpdated), col((v) => (v.content === null ? null : JSON.stringify(v.content))),
+      col((v) => v.resourceType),
+      col((v) => v.id),
+      col((v) => v.versionId),
+      col((v) => v.hlc),
+      col((v) => v.originSite),
+      col((v) => v.shard),
+      col((v) => v.dataClass),
+      col((v) => v.patientId),
+      col((v) => v.deleted),
+      col((v) => v.lastUpdated),
+      col((v) => (v.content === null ? null : JSON.stringify(v.content))),
     ],
     { name: 'medmesh_apply_current_batch' },
   );
   const rows: Array<{ t: string; id: string; ix: IndexRows }> = ws.map((v) => ({
-    t: v.resourceType, id: v.id, ix: v.deleted || !v.content ? EMPTY_INDEX : extractIndex(v.content, ctx.searchParams.get(v.resourceType) ?? new Map()),
+    t: v.resourceType,
+    id: v.id,
+    ix: v.deleted || !v.content ? EMPTY_INDEX : extractIndex(v.content, ctx.searchParams.get(v.resourceType) ?? new Map()),
   }));
   const flat = <T>(pick: (ix: IndexRows) => T[]) => rows.flatMap((r) => pick(r.ix).map((x) => ({ t: r.t, id: r.id, x })));
   const tokens = flat((ix) => ix.tokens);
@@ -130,11 +175,26 @@ async function writeCurrent(ctx: RecordsContext, tx: Queryable, ws: RemoteVersio
      , idt AS (INSERT INTO search_date (resource_type, resource_id, code, lo, hi) SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[]))
      INSERT INTO search_reference (resource_type, resource_id, code, target) SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[])`,
     [
-      rows.map((r) => r.t), rows.map((r) => r.id),
-      tokens.map((r) => r.t), tokens.map((r) => r.id), tokens.map((r) => r.x.code), tokens.map((r) => r.x.system), tokens.map((r) => r.x.value),
-      strings.map((r) => r.t), strings.map((r) => r.id), strings.map((r) => r.x.code), strings.map((r) => r.x.value),
-      dates.map((r) => r.t), dates.map((r) => r.id), dates.map((r) => r.x.code), dates.map((r) => r.x.lo), dates.map((r) => r.x.hi),
-      refs.map((r) => r.t), refs.map((r) => r.id), refs.map((r) => r.x.code), refs.map((r) => r.x.target),
+      rows.map((r) => r.t),
+      rows.map((r) => r.id),
+      tokens.map((r) => r.t),
+      tokens.map((r) => r.id),
+      tokens.map((r) => r.x.code),
+      tokens.map((r) => r.x.system),
+      tokens.map((r) => r.x.value),
+      strings.map((r) => r.t),
+      strings.map((r) => r.id),
+      strings.map((r) => r.x.code),
+      strings.map((r) => r.x.value),
+      dates.map((r) => r.t),
+      dates.map((r) => r.id),
+      dates.map((r) => r.x.code),
+      dates.map((r) => r.x.lo),
+      dates.map((r) => r.x.hi),
+      refs.map((r) => r.t),
+      refs.map((r) => r.id),
+      refs.map((r) => r.x.code),
+      refs.map((r) => r.x.target),
     ],
     { name: 'medmesh_apply_index_batch' },
   );

@@ -8,8 +8,24 @@ import type { RecordError } from './errors.ts';
 import { openTestStore, type TestStore } from './testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
-const statusOf = (e: RecordError) => ({ 'bad-request': 400, 'not-found': 404, gone: 410, conflict: 409, 'version-conflict': 412, 'precondition-failed': 412, invalid: 422, 'not-supported': 400, misdirected: 421, forbidden: 403 })[e.kind];
-const patient = (seq: number): Patient => ({ resourceType: 'Patient', name: [{ family: '陈' }], identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440106', birthDate: '1970-01-01', sequence: seq }) }] });
+const statusOf = (e: RecordError) =>
+  ({
+    'bad-request': 400,
+    'not-found': 404,
+    gone: 410,
+    conflict: 409,
+    'version-conflict': 412,
+    'precondition-failed': 412,
+    invalid: 422,
+    'not-supported': 400,
+    misdirected: 421,
+    forbidden: 403,
+  })[e.kind];
+const patient = (seq: number): Patient => ({
+  resourceType: 'Patient',
+  name: [{ family: '陈' }],
+  identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440106', birthDate: '1970-01-01', sequence: seq }) }],
+});
 
 describe(`Bundles (${testBackend()})`, () => {
   let t: TestStore;
@@ -24,8 +40,21 @@ describe(`Bundles (${testBackend()})`, () => {
       resourceType: 'Bundle',
       type: 'transaction',
       entry: [
-        { fullUrl: 'urn:uuid:11111111-1111-4111-8111-111111111111', resource: { resourceType: 'Observation', status: 'final', code: { text: 'HR' }, subject: { reference: 'urn:uuid:22222222-2222-4222-8222-222222222222' } }, request: { method: 'POST', url: 'Observation' } },
-        { fullUrl: 'urn:uuid:22222222-2222-4222-8222-222222222222', resource: patient(1), request: { method: 'POST', url: 'Patient' } },
+        {
+          fullUrl: 'urn:uuid:11111111-1111-4111-8111-111111111111',
+          resource: {
+            resourceType: 'Observation',
+            status: 'final',
+            code: { text: 'HR' },
+            subject: { reference: 'urn:uuid:22222222-2222-4222-8222-222222222222' },
+          },
+          request: { method: 'POST', url: 'Observation' },
+        },
+        {
+          fullUrl: 'urn:uuid:22222222-2222-4222-8222-222222222222',
+          resource: patient(1),
+          request: { method: 'POST', url: 'Patient' },
+        },
       ],
     };
     const r = await run(bundle);
@@ -44,8 +73,20 @@ describe(`Bundles (${testBackend()})`, () => {
       resourceType: 'Bundle',
       type: 'transaction',
       entry: [
-        { fullUrl: 'urn:uuid:33333333-3333-4333-8333-333333333333', resource: patient(2), request: { method: 'POST', url: 'Patient' } },
-        { resource: { resourceType: 'Observation', status: 'not-a-status', code: { text: 'x' }, subject: { reference: 'urn:uuid:33333333-3333-4333-8333-333333333333' } }, request: { method: 'POST', url: 'Observation' } },
+        {
+          fullUrl: 'urn:uuid:33333333-3333-4333-8333-333333333333',
+          resource: patient(2),
+          request: { method: 'POST', url: 'Patient' },
+        },
+        {
+          resource: {
+            resourceType: 'Observation',
+            status: 'not-a-status',
+            code: { text: 'x' },
+            subject: { reference: 'urn:uuid:33333333-3333-4333-8333-333333333333' },
+          },
+          request: { method: 'POST', url: 'Observation' },
+        },
       ],
     });
     assert.ok(!r.ok);
@@ -68,10 +109,17 @@ describe(`Bundles (${testBackend()})`, () => {
       ],
     });
     assert.ok(r.ok);
-    assert.deepEqual(r.value.entry!.map((e) => e.response!.status), ['201 Created', '422', '404', '400', '200']);
+    assert.deepEqual(
+      r.value.entry!.map((e) => e.response!.status),
+      ['201 Created', '422', '404', '400', '200'],
+    );
     assert.equal(r.value.entry![1]!.response!.outcome!.resourceType, 'OperationOutcome');
     const after = await t.counts();
-    assert.equal(after.resource_history! - before.resource_history!, 2, 'only the good entry was written (the patient and its directory entry)');
+    assert.equal(
+      after.resource_history! - before.resource_history!,
+      2,
+      'only the good entry was written (the patient and its directory entry)',
+    );
     assert.equal(after.empi_patient! - before.empi_patient!, 1);
   });
 
@@ -81,8 +129,20 @@ describe(`Bundles (${testBackend()})`, () => {
       resourceType: 'Bundle',
       type: 'transaction',
       entry: [
-        { fullUrl: 'urn:uuid:44444444-4444-4444-8444-444444444444', resource: patient(1), request: { method: 'POST', url: 'Patient', ifNoneExist: `identifier=${RID}|${value}` } },
-        { resource: { resourceType: 'Observation', status: 'final', code: { text: 'T' }, subject: { reference: 'urn:uuid:44444444-4444-4444-8444-444444444444' } }, request: { method: 'POST', url: 'Observation' } },
+        {
+          fullUrl: 'urn:uuid:44444444-4444-4444-8444-444444444444',
+          resource: patient(1),
+          request: { method: 'POST', url: 'Patient', ifNoneExist: `identifier=${RID}|${value}` },
+        },
+        {
+          resource: {
+            resourceType: 'Observation',
+            status: 'final',
+            code: { text: 'T' },
+            subject: { reference: 'urn:uuid:44444444-4444-4444-8444-444444444444' },
+          },
+          request: { method: 'POST', url: 'Observation' },
+        },
       ],
     });
     assert.ok(r.ok);
@@ -90,7 +150,10 @@ describe(`Bundles (${testBackend()})`, () => {
     const existing = await t.store.search('Patient', [['identifier', value]], { baseUrl: '' });
     assert.ok(existing.ok);
     assert.equal(existing.value.entry!.length, 1);
-    assert.equal((r.value.entry![1]!.resource as Observation).subject!.reference, `Patient/${existing.value.entry![0]!.resource!.id}`);
+    assert.equal(
+      (r.value.entry![1]!.resource as Observation).subject!.reference,
+      `Patient/${existing.value.entry![0]!.resource!.id}`,
+    );
   });
 
   it('refuses malformed Bundles', async () => {
@@ -98,7 +161,14 @@ describe(`Bundles (${testBackend()})`, () => {
       [{ resourceType: 'Patient' }, /takes a Bundle/],
       [{ resourceType: 'Bundle', type: 'collection' }, /must be batch or transaction/],
       [{ resourceType: 'Bundle', type: 'transaction', entry: [{ resource: patient(9) }] }, /request needs method and url/],
-      [{ resourceType: 'Bundle', type: 'transaction', entry: [{ request: { method: 'PUT', url: 'Patient?name=x' }, resource: patient(9) }] }, /conditional put is not supported/],
+      [
+        {
+          resourceType: 'Bundle',
+          type: 'transaction',
+          entry: [{ request: { method: 'PUT', url: 'Patient?name=x' }, resource: patient(9) }],
+        },
+        /conditional put is not supported/,
+      ],
     ] as const) {
       const r = await run(b);
       assert.ok(!r.ok);
@@ -107,7 +177,10 @@ describe(`Bundles (${testBackend()})`, () => {
   });
 
   it('rewrites only references that name Bundle-local entries', () => {
-    const out = rewriteReferences({ a: { reference: 'urn:uuid:1' }, b: [{ reference: 'Patient/x' }], c: 'urn:uuid:1' }, new Map([['urn:uuid:1', 'Patient/p1']]));
+    const out = rewriteReferences(
+      { a: { reference: 'urn:uuid:1' }, b: [{ reference: 'Patient/x' }], c: 'urn:uuid:1' },
+      new Map([['urn:uuid:1', 'Patient/p1']]),
+    );
     assert.deepEqual(out, { a: { reference: 'Patient/p1' }, b: [{ reference: 'Patient/x' }], c: 'urn:uuid:1' });
   });
 });

@@ -25,20 +25,39 @@ interface ParsedEntry {
 }
 
 /** What Bundle processing needs of a store: the record store itself, or its access-controlled view. */
-export type BundleStore = Pick<RecordStore, 'inTransaction' | 'conditionalMatch' | 'createIn' | 'updateIn' | 'deleteIn' | 'read' | 'vread' | 'search'>;
+export type BundleStore = Pick<
+  RecordStore,
+  'inTransaction' | 'conditionalMatch' | 'createIn' | 'updateIn' | 'deleteIn' | 'read' | 'vread' | 'search'
+>;
 
 /** Maps a RecordError to the HTTP status the entry reports (mirrors the HTTP layer). */
 export type StatusOf = (e: RecordError) => number;
 
-export async function processBundle(store: BundleStore, body: unknown, opts: { baseUrl: string; statusOf: StatusOf }): Promise<Result<Bundle>> {
-  if (typeof body !== 'object' || body === null || (body as Resource).resourceType !== 'Bundle') return fail('bad-request', 'POST to the base URL takes a Bundle', { code: 'structure' });
+export async function processBundle(
+  store: BundleStore,
+  body: unknown,
+  opts: { baseUrl: string; statusOf: StatusOf },
+): Promise<Result<Bundle>> {
+  if (typeof body !== 'object' || body === null || (body as Resource).resourceType !== 'Bundle')
+    return fail('bad-request', 'POST to the base URL takes a Bundle', { code: 'structure' });
   const bundle = body as Bundle;
-  if (bundle.type !== 'batch' && bundle.type !== 'transaction') return fail('bad-request', `Bundle.type must be batch or transaction, not ${String(bundle.type)}`, { code: 'value', expression: 'Bundle.type' });
-  if (bundle.entry !== undefined && (!Array.isArray(bundle.entry) || bundle.entry.some((e) => typeof e !== 'object' || e === null || Array.isArray(e)))) {
+  if (bundle.type !== 'batch' && bundle.type !== 'transaction')
+    return fail('bad-request', `Bundle.type must be batch or transaction, not ${String(bundle.type)}`, {
+      code: 'value',
+      expression: 'Bundle.type',
+    });
+  if (
+    bundle.entry !== undefined &&
+    (!Array.isArray(bundle.entry) || bundle.entry.some((e) => typeof e !== 'object' || e === null || Array.isArray(e)))
+  ) {
     return fail('bad-request', 'Bundle.entry must be an array of objects', { code: 'structure', expression: 'Bundle.entry' });
   }
   const entries = bundle.entry ?? [];
-  if (entries.length > MAX_BUNDLE_ENTRIES) return fail('bad-request', `a Bundle may have at most ${MAX_BUNDLE_ENTRIES} entries`, { code: 'too-costly', expression: 'Bundle.entry' });
+  if (entries.length > MAX_BUNDLE_ENTRIES)
+    return fail('bad-request', `a Bundle may have at most ${MAX_BUNDLE_ENTRIES} entries`, {
+      code: 'too-costly',
+      expression: 'Bundle.entry',
+    });
   const parsed: ParsedEntry[] = [];
   for (const [i, e] of entries.entries()) {
     const p = parseEntry(e, i);
@@ -54,8 +73,13 @@ function parseEntry(e: BundleEntry, i: number): Result<ParsedEntry> {
   const where = `Bundle.entry[${i}]`;
   const method: unknown = e.request?.method;
   const url: unknown = e.request?.url;
-  if (typeof method !== 'string' || typeof url !== 'string' || !method || !url) return fail('bad-request', `${where}.request needs method and url`, { code: 'required', expression: `${where}.request` });
-  if (method !== 'GET' && method !== 'POST' && method !== 'PUT' && method !== 'DELETE') return fail('not-supported', `${where}: method ${method} is not supported in Bundles`, { code: 'not-supported', expression: `${where}.request.method` });
+  if (typeof method !== 'string' || typeof url !== 'string' || !method || !url)
+    return fail('bad-request', `${where}.request needs method and url`, { code: 'required', expression: `${where}.request` });
+  if (method !== 'GET' && method !== 'POST' && method !== 'PUT' && method !== 'DELETE')
+    return fail('not-supported', `${where}: method ${method} is not supported in Bundles`, {
+      code: 'not-supported',
+      expression: `${where}.request.method`,
+    });
   const [path = '', query] = url.replace(/^\/+/, '').split('?', 2) as [string, string | undefined];
   const parts = path.split('/');
   const type = parts[0] ?? '';
@@ -63,13 +87,22 @@ function parseEntry(e: BundleEntry, i: number): Result<ParsedEntry> {
   if (query !== undefined) entry.query = query;
   if (parts.length >= 2) entry.id = parts[1];
   if (parts.length === 4 && parts[2] === '_history') entry.versionId = parts[3];
-  else if (parts.length > 2) return fail('bad-request', `${where}: unsupported url ${url}`, { code: 'invalid', expression: `${where}.request.url` });
+  else if (parts.length > 2)
+    return fail('bad-request', `${where}: unsupported url ${url}`, { code: 'invalid', expression: `${where}.request.url` });
   if ((method === 'PUT' || method === 'DELETE') && (entry.id === undefined || query !== undefined)) {
-    return fail('not-supported', `${where}: ${method} needs Type/id (conditional ${method.toLowerCase()} is not supported)`, { code: 'not-supported', expression: `${where}.request.url` });
+    return fail('not-supported', `${where}: ${method} needs Type/id (conditional ${method.toLowerCase()} is not supported)`, {
+      code: 'not-supported',
+      expression: `${where}.request.url`,
+    });
   }
-  if (method === 'POST' && (parts.length !== 1 || query !== undefined)) return fail('bad-request', `${where}: POST url must be the resource type`, { code: 'invalid', expression: `${where}.request.url` });
+  if (method === 'POST' && (parts.length !== 1 || query !== undefined))
+    return fail('bad-request', `${where}: POST url must be the resource type`, {
+      code: 'invalid',
+      expression: `${where}.request.url`,
+    });
   if (method === 'POST' || method === 'PUT') {
-    if (!e.resource) return fail('bad-request', `${where}: ${method} needs a resource`, { code: 'required', expression: `${where}.resource` });
+    if (!e.resource)
+      return fail('bad-request', `${where}: ${method} needs a resource`, { code: 'required', expression: `${where}.resource` });
     entry.resource = e.resource;
   }
   if (typeof e.request?.ifNoneExist === 'string') entry.ifNoneExist = e.request.ifNoneExist;
@@ -83,7 +116,11 @@ function order(e: ParsedEntry): number {
   return rank * 2 + (e.type === 'Patient' ? 0 : 1);
 }
 
-async function transaction(store: BundleStore, entries: ParsedEntry[], opts: { baseUrl: string; statusOf: StatusOf }): Promise<Result<Bundle>> {
+async function transaction(
+  store: BundleStore,
+  entries: ParsedEntry[],
+  opts: { baseUrl: string; statusOf: StatusOf },
+): Promise<Result<Bundle>> {
   const responses = new Array<BundleEntry>(entries.length);
   const result = await store.inTransaction(async (tx) => {
     // 1. Resolve ids for creates (conditional creates may map to an existing resource).
@@ -104,7 +141,8 @@ async function transaction(store: BundleStore, entries: ParsedEntry[], opts: { b
       assigned.set(e.index, { id, ...(existing ? { existing } : {}) });
       if (e.fullUrl) idFor.set(e.fullUrl, `${e.type}/${id}`);
     }
-    for (const e of entries) if (e.method === 'PUT' && e.fullUrl?.startsWith('urn:uuid:')) idFor.set(e.fullUrl, `${e.type}/${e.id!}`);
+    for (const e of entries)
+      if (e.method === 'PUT' && e.fullUrl?.startsWith('urn:uuid:')) idFor.set(e.fullUrl, `${e.type}/${e.id!}`);
     // 2. Execute in FHIR order with references rewritten.
     for (const e of [...entries].sort((a, b) => order(a) - order(b) || a.index - b.index)) {
       const resource = e.resource ? rewriteReferences(e.resource, idFor) : undefined;
@@ -118,7 +156,11 @@ async function transaction(store: BundleStore, entries: ParsedEntry[], opts: { b
   return ok({ resourceType: 'Bundle', type: 'transaction-response', entry: responses });
 }
 
-async function batch(store: BundleStore, entries: ParsedEntry[], opts: { baseUrl: string; statusOf: StatusOf }): Promise<Result<Bundle>> {
+async function batch(
+  store: BundleStore,
+  entries: ParsedEntry[],
+  opts: { baseUrl: string; statusOf: StatusOf },
+): Promise<Result<Bundle>> {
   const out: BundleEntry[] = [];
   for (const e of entries) {
     if (e.invalid) {
@@ -143,7 +185,10 @@ async function execute(
   switch (e.method) {
     case 'POST': {
       if (assigned?.existing) return ok(writeResponse({ resource: assigned.existing, status: 'existing' }));
-      const r = await store.createIn(tx, e.type, resource, { id: assigned?.id, ...(e.ifNoneExist && !assigned ? { ifNoneExist: e.ifNoneExist } : {}) });
+      const r = await store.createIn(tx, e.type, resource, {
+        id: assigned?.id,
+        ...(e.ifNoneExist && !assigned ? { ifNoneExist: e.ifNoneExist } : {}),
+      });
       return r.ok ? ok(writeResponse(r.value)) : r;
     }
     case 'PUT': {
@@ -180,13 +225,24 @@ function errorEntry(error: RecordError, statusOf: StatusOf): BundleEntry {
   return {
     response: {
       status: String(statusOf(error)),
-      outcome: { resourceType: 'OperationOutcome', issue: error.issues.map((i) => ({ severity: 'error', code: i.code ?? 'processing', diagnostics: i.message, ...(i.expression ? { expression: [i.expression] } : {}) })) },
+      outcome: {
+        resourceType: 'OperationOutcome',
+        issue: error.issues.map((i) => ({
+          severity: 'error',
+          code: i.code ?? 'processing',
+          diagnostics: i.message,
+          ...(i.expression ? { expression: [i.expression] } : {}),
+        })),
+      },
     },
   };
 }
 
 function entryError(error: RecordError, index: number): { ok: false; error: RecordError } {
-  return { ok: false, error: { ...error, issues: error.issues.map((i) => ({ ...i, message: `Bundle.entry[${index}]: ${i.message}` })) } };
+  return {
+    ok: false,
+    error: { ...error, issues: error.issues.map((i) => ({ ...i, message: `Bundle.entry[${index}]: ${i.message}` })) },
+  };
 }
 
 /** Replaces every `reference` that names a Bundle-local fullUrl with the assigned Type/id. */
@@ -195,7 +251,8 @@ export function rewriteReferences<T>(value: T, idFor: ReadonlyMap<string, string
   if (Array.isArray(value)) return value.map((v: unknown) => rewriteReferences(v, idFor)) as T;
   if (value && typeof value === 'object') {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = k === 'reference' && typeof v === 'string' && idFor.has(v) ? idFor.get(v) : rewriteReferences(v, idFor);
+    for (const [k, v] of Object.entries(value))
+      out[k] = k === 'reference' && typeof v === 'string' && idFor.has(v) ? idFor.get(v) : rewriteReferences(v, idFor);
     return out as T;
   }
   return value;

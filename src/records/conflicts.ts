@@ -23,7 +23,10 @@ interface Row {
   resolution_version: string | null;
 }
 
-export async function listConflicts(q: Queryable, opts: { open: boolean; resourceType?: string; id?: string; limit?: number }): Promise<Conflict[]> {
+export async function listConflicts(
+  q: Queryable,
+  opts: { open: boolean; resourceType?: string; id?: string; limit?: number },
+): Promise<Conflict[]> {
   const params: unknown[] = [];
   const where = [opts.open ? 'resolved_at IS NULL' : 'true'];
   if (opts.resourceType) where.push(`resource_type = $${params.push(opts.resourceType)}`);
@@ -34,7 +37,10 @@ export async function listConflicts(q: Queryable, opts: { open: boolean; resourc
     params,
   );
   return rows.map((r) => ({
-    resourceType: r.resource_type, id: r.id, versions: [r.version_a, r.version_b], detectedAt: new Date(r.detected_at).toISOString(),
+    resourceType: r.resource_type,
+    id: r.id,
+    versions: [r.version_a, r.version_b],
+    detectedAt: new Date(r.detected_at).toISOString(),
     ...(r.resolved_at ? { resolvedAt: new Date(r.resolved_at).toISOString() } : {}),
     ...(r.resolved_by ? { resolvedBy: r.resolved_by } : {}),
     ...(r.resolution_version ? { resolutionVersion: r.resolution_version } : {}),
@@ -42,7 +48,10 @@ export async function listConflicts(q: Queryable, opts: { open: boolean; resourc
 }
 
 /** Marks every open conflict of a resource resolved by `version` (written by the caller). */
-export async function markResolved(q: Queryable, opts: { resourceType: string; id: string; version: string; by: string }): Promise<number> {
+export async function markResolved(
+  q: Queryable,
+  opts: { resourceType: string; id: string; version: string; by: string },
+): Promise<number> {
   const { rows } = await q.query(
     'UPDATE resource_conflict SET resolved_at = now(), resolved_by = $3, resolution_version = $4 WHERE resource_type = $1 AND id = $2 AND resolved_at IS NULL RETURNING 1',
     [opts.resourceType, opts.id, opts.by, opts.version],

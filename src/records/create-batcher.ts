@@ -68,18 +68,55 @@ function writeOne(q: Queryable, w: PendingWrite): Promise<void> {
 export async function writeNewVersions(q: Queryable, items: readonly PendingWrite[]): Promise<void> {
   const rows = items.flatMap(({ row: v, empi }) => [
     {
-      rt: v.resourceType, id: v.id, vid: v.versionId, hlc: String(v.hlc), phlc: v.parentHlc === null ? null : String(v.parentHlc), site: v.originSite,
-      epoch: String(v.epoch), shard: v.shard, cls: v.dataClass, pid: v.patientId, del: v.deleted, lu: v.lastUpdated, content: v.content as unknown, cid: crypto.randomUUID(),
+      rt: v.resourceType,
+      id: v.id,
+      vid: v.versionId,
+      hlc: String(v.hlc),
+      phlc: v.parentHlc === null ? null : String(v.parentHlc),
+      site: v.originSite,
+      epoch: String(v.epoch),
+      shard: v.shard,
+      cls: v.dataClass,
+      pid: v.patientId,
+      del: v.deleted,
+      lu: v.lastUpdated,
+      content: v.content as unknown,
+      cid: crypto.randomUUID(),
     },
     // A newly placed patient's directory entry: written and replicated with it (empi.ts); it has no current row.
-    ...(empi ? [{ rt: EMPI_TYPE, id: empi.patientId, vid: v.versionId, hlc: String(v.hlc), phlc: null, site: v.originSite, epoch: String(v.epoch), shard: null, cls: 'public', pid: null, del: false, lu: v.lastUpdated, content: empiContent(empi) as unknown, cid: crypto.randomUUID() }] : []),
+    ...(empi
+      ? [
+          {
+            rt: EMPI_TYPE,
+            id: empi.patientId,
+            vid: v.versionId,
+            hlc: String(v.hlc),
+            phlc: null,
+            site: v.originSite,
+            epoch: String(v.epoch),
+            shard: null,
+            cls: 'public',
+            pid: null,
+            del: false,
+            lu: v.lastUpdated,
+            content: empiContent(empi) as unknown,
+            cid: crypto.randomUUID(),
+          },
+        ]
+      : []),
   ]);
   const owner = (w: PendingWrite) => ({ rt: w.row.resourceType, id: w.row.id });
-  const tokens = items.flatMap((w) => w.index.tokens.map((t) => ({ ...owner(w), code: t.code, system: t.system, value: t.value })));
+  const tokens = items.flatMap((w) =>
+    w.index.tokens.map((t) => ({ ...owner(w), code: t.code, system: t.system, value: t.value })),
+  );
   const strings = items.flatMap((w) => w.index.strings.map((s) => ({ ...owner(w), code: s.code, value: s.value })));
   const dates = items.flatMap((w) => w.index.dates.map((d) => ({ ...owner(w), code: d.code, lo: d.lo, hi: d.hi })));
   const refs = items.flatMap((w) => w.index.references.map((r) => ({ ...owner(w), code: r.code, target: r.target })));
-  const empi = items.flatMap((w) => (w.empi ? [{ pid: w.empi.patientId, shard: w.empi.shard, method: w.empi.method, reason: w.empi.reason, site: w.row.originSite }] : []));
+  const empi = items.flatMap((w) =>
+    w.empi
+      ? [{ pid: w.empi.patientId, shard: w.empi.shard, method: w.empi.method, reason: w.empi.reason, site: w.row.originSite }]
+      : [],
+  );
   await q.query(
     `WITH r AS MATERIALIZED (
        SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(rt text, id text, vid text, hlc bigint, phlc bigint, site text, epoch bigint, shard text, cls text, pid text, del boolean, lu timestamptz, content jsonb, cid uuid)
@@ -104,7 +141,14 @@ export async function writeNewVersions(q: Queryable, items: readonly PendingWrit
      )
      INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
      SELECT cid, site, hlc, phlc, epoch, shard, cls, rt, id, vid, del, content FROM r`,
-    [JSON.stringify(rows), JSON.stringify(tokens), JSON.stringify(strings), JSON.stringify(dates), JSON.stringify(refs), JSON.stringify(empi)],
+    [
+      JSON.stringify(rows),
+      JSON.stringify(tokens),
+      JSON.stringify(strings),
+      JSON.stringify(dates),
+      JSON.stringify(refs),
+      JSON.stringify(empi),
+    ],
     { name: 'medmesh_write_versions_batch' },
   );
 }

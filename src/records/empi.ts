@@ -43,13 +43,18 @@ export async function recordReplicatedEmpi(tx: Queryable, versions: readonly Rem
   const entries = versions.flatMap((v) => {
     const c = v.resourceType === EMPI_TYPE ? (v.content as Partial<EmpiContent> | null) : null;
     if (!c || typeof c.homeShard !== 'string' || typeof c.method !== 'string') return [];
-    const blind = Array.isArray(c.identifiers) ? c.identifiers.filter((x): x is string => typeof x === 'string' && /^[0-9a-f]{64}$/.test(x)) : [];
+    const blind = Array.isArray(c.identifiers)
+      ? c.identifiers.filter((x): x is string => typeof x === 'string' && /^[0-9a-f]{64}$/.test(x))
+      : [];
     return [{ pid: v.id, shard: c.homeShard, method: c.method, site: v.originSite, blind }];
   });
   if (entries.length === 0) return;
   const blind = entries.flatMap((e) => e.blind.map((b) => [b, e.pid] as const));
   if (blind.length) {
-    await tx.query('INSERT INTO empi_identifier (blind, patient_id) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING', [blind.map((b) => b[0]), blind.map((b) => b[1])]);
+    await tx.query(
+      'INSERT INTO empi_identifier (blind, patient_id) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING',
+      [blind.map((b) => b[0]), blind.map((b) => b[1])],
+    );
   }
   await tx.query(
     `INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site)

@@ -17,7 +17,21 @@ export interface RecordIssue {
   message: string;
   /** FHIRPath of the offending element, when known. */
   expression?: string;
-  code?: 'structure' | 'required' | 'value' | 'invariant' | 'invalid' | 'not-found' | 'deleted' | 'conflict' | 'not-supported' | 'business-rule' | 'processing' | 'too-costly' | 'forbidden' | 'security';
+  code?:
+    | 'structure'
+    | 'required'
+    | 'value'
+    | 'invariant'
+    | 'invalid'
+    | 'not-found'
+    | 'deleted'
+    | 'conflict'
+    | 'not-supported'
+    | 'business-rule'
+    | 'processing'
+    | 'too-costly'
+    | 'forbidden'
+    | 'security';
 }
 
 export interface RecordError {
@@ -31,7 +45,11 @@ export type Result<T, E = RecordError> = { ok: true; value: T } | { ok: false; e
 
 export const ok = <T>(value: T): { ok: true; value: T } => ({ ok: true, value });
 
-export function fail(kind: RecordErrorKind, message: string, extra: Omit<RecordIssue, 'message'> = {}): { ok: false; error: RecordError } {
+export function fail(
+  kind: RecordErrorKind,
+  message: string,
+  extra: Omit<RecordIssue, 'message'> = {},
+): { ok: false; error: RecordError } {
   return { ok: false, error: { kind, issues: [{ message, ...extra }] } };
 }
 

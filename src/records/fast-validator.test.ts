@@ -28,9 +28,39 @@ function medplumFindsNoError(resource: Resource): boolean {
 }
 
 const ODD_VALUES: readonly Json[] = [
-  null, '', ' ', [], {}, 0, -1, 1.5, 2147483648, true, 'x y', 'x', '2023-02-29', '2024-13-01', '2024-03-04T25:00:00Z', 'not a date',
-  [null], [[]], [{}], { foo: 1 }, { extension: [{ url: 'http://x' }] }, 'urn:uuid:BAD', 'a\u0001b', 'bad id!', 'final', 'male', '12:00:00',
-  { reference: 'Patient/p1' }, { coding: [{ system: 'http://loinc.org', code: '8867-4' }] }, { value: 1, unit: 'kg' }, ['x'], 'aGVsbG8=', 'aGVsbG8',
+  null,
+  '',
+  ' ',
+  [],
+  {},
+  0,
+  -1,
+  1.5,
+  2147483648,
+  true,
+  'x y',
+  'x',
+  '2023-02-29',
+  '2024-13-01',
+  '2024-03-04T25:00:00Z',
+  'not a date',
+  [null],
+  [[]],
+  [{}],
+  { foo: 1 },
+  { extension: [{ url: 'http://x' }] },
+  'urn:uuid:BAD',
+  'a\u0001b',
+  'bad id!',
+  'final',
+  'male',
+  '12:00:00',
+  { reference: 'Patient/p1' },
+  { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+  { value: 1, unit: 'kg' },
+  ['x'],
+  'aGVsbG8=',
+  'aGVsbG8',
 ];
 
 /** Every (object, key) pair in the tree, so a mutation can land anywhere. */
@@ -45,7 +75,8 @@ function slots(v: Json, out: Array<{ obj: JsonObject; key: string }> = []): Arra
   return out;
 }
 
-const CHOICE = /^(value|effective|onset|deceased|multipleBirth|medication|performed|occurrence|abatement|timing|fixed|pattern|defaultValue)([A-Z]\w*)$/;
+const CHOICE =
+  /^(value|effective|onset|deceased|multipleBirth|medication|performed|occurrence|abatement|timing|fixed|pattern|defaultValue)([A-Z]\w*)$/;
 
 function mutate(resource: JsonObject, type: string, rnd: Rnd): void {
   const all = slots(resource).filter((s) => !(s.obj === resource && s.key === 'resourceType'));
@@ -72,7 +103,9 @@ function mutate(resource: JsonObject, type: string, rnd: Rnd): void {
       break;
     case 6: {
       const m = CHOICE.exec(key);
-      obj[(m ? m[1]! : 'value') + pick(rnd, ['String', 'Boolean', 'Foo', 'Quantity', 'DateTime'])] = structuredClone(pick(rnd, ODD_VALUES));
+      obj[(m ? m[1]! : 'value') + pick(rnd, ['String', 'Boolean', 'Foo', 'Quantity', 'DateTime'])] = structuredClone(
+        pick(rnd, ODD_VALUES),
+      );
       break;
     }
     case 7:
@@ -84,7 +117,13 @@ function mutate(resource: JsonObject, type: string, rnd: Rnd): void {
       // the invariants (pat-1, obs-6, txt-1, ext-1, dom-*) and the cardinalities.
       const elements = Object.entries(getDataType(type).elements);
       const [name, element] = pick(rnd, elements);
-      const prop = name.endsWith('[x]') ? name.slice(0, -3) + pick(rnd, element.type.map((t) => t.code.charAt(0).toUpperCase() + t.code.slice(1))) : name;
+      const prop = name.endsWith('[x]')
+        ? name.slice(0, -3) +
+          pick(
+            rnd,
+            element.type.map((t) => t.code.charAt(0).toUpperCase() + t.code.slice(1)),
+          )
+        : name;
       const plausible: Json[] = [
         { status: 'generated', div: '<div xmlns="http://www.w3.org/1999/xhtml">x</div>' },
         { status: 'generated', div: 'no xhtml here' },
@@ -113,12 +152,14 @@ describe('fast validation path', () => {
     for (let n = 0; n < 40; n++) bases.push(...randomResources(rnd));
     const region = await exampleRegion();
     for (let n = 0; n < 20; n++) {
-      for (const e of syntheticPatient(region, rnd, n).bundle.entry ?? []) if (e.resource) bases.push(JSON.parse(JSON.stringify(e.resource)) as Resource);
+      for (const e of syntheticPatient(region, rnd, n).bundle.entry ?? [])
+        if (e.resource) bases.push(JSON.parse(JSON.stringify(e.resource)) as Resource);
     }
     // Real, large resources with deep structure, choices, extensions and invariants.
     for (const file of ['fhir/r4/profiles-resources.json', 'fhir/r4/valuesets.json', 'fhir/r4/search-parameters.json']) {
       const entries = (readJson(file) as Bundle).entry ?? [];
-      for (let i = 0; i < entries.length; i += Math.ceil(entries.length / 25)) if (entries[i]!.resource) bases.push(entries[i]!.resource!);
+      for (let i = 0; i < entries.length; i += Math.ceil(entries.length / 25))
+        if (entries[i]!.resource) bases.push(entries[i]!.resource!);
     }
   });
 
@@ -136,7 +177,15 @@ describe('fast validation path', () => {
     }
     assert.ok(valid > 400, `${valid} valid bases`);
     assert.ok(accepted / valid > 0.9, `fast path took ${accepted} of ${valid} valid resources`);
-    const benchPatient = { resourceType: 'Patient', name: [{ use: 'official', family: '王', given: ['小明'], text: '王小明' }], gender: 'male', birthDate: '1980-03-04', telecom: [{ system: 'phone', value: '13800001234' }], address: [{ use: 'home', city: '广州市', district: '天河区', line: ['天河路 385 号'] }], identifier: [{ system: 'urn:oid:2.16.156.10011.1.3', value: '44010619800304001X' }] };
+    const benchPatient = {
+      resourceType: 'Patient',
+      name: [{ use: 'official', family: '王', given: ['小明'], text: '王小明' }],
+      gender: 'male',
+      birthDate: '1980-03-04',
+      telecom: [{ system: 'phone', value: '13800001234' }],
+      address: [{ use: 'home', city: '广州市', district: '天河区', line: ['天河路 385 号'] }],
+      identifier: [{ system: 'urn:oid:2.16.156.10011.1.3', value: '44010619800304001X' }],
+    };
     assert.equal(fast.surelyValid(benchPatient), true);
   });
 
@@ -169,12 +218,39 @@ describe('fast validation path', () => {
     const cases: Array<[string, Record<string, unknown>, boolean]> = [
       ['pat-1: a contact with a name', { resourceType: 'Patient', contact: [{ name: { family: 'Li' } }] }, true],
       ['pat-1: a contact with only a gender', { resourceType: 'Patient', contact: [{ gender: 'male' }] }, false],
-      ['obs-6: dataAbsentReason beside a value', { resourceType: 'Observation', status: 'final', code: { text: 'x' }, valueString: 'x', dataAbsentReason: { text: 'y' } }, false],
-      ['obs-3: a reference range with only appliesTo', { resourceType: 'Observation', status: 'final', code: { text: 'x' }, referenceRange: [{ appliesTo: [{ text: 'x' }] }] }, false],
-      ['obs-3: a reference range with text', { resourceType: 'Observation', status: 'final', code: { text: 'x' }, referenceRange: [{ text: 'x' }] }, true],
-      ['a narrative (txt-1, txt-2 are lenient in Medplum)', { resourceType: 'Patient', text: { status: 'generated', div: '<div xmlns="http://www.w3.org/1999/xhtml">x</div>' } }, true],
-      ['ext-1: an extension with a value and extensions', { resourceType: 'Patient', extension: [{ url: 'http://x', valueString: 'x', extension: [{ url: 'http://y', valueString: 'y' }] }] }, false],
-      ['dom-4: contained with a versionId', { resourceType: 'Patient', contained: [{ resourceType: 'Patient', id: 'c', meta: { versionId: '1' } }] }, false],
+      [
+        'obs-6: dataAbsentReason beside a value',
+        { resourceType: 'Observation', status: 'final', code: { text: 'x' }, valueString: 'x', dataAbsentReason: { text: 'y' } },
+        false,
+      ],
+      [
+        'obs-3: a reference range with only appliesTo',
+        { resourceType: 'Observation', status: 'final', code: { text: 'x' }, referenceRange: [{ appliesTo: [{ text: 'x' }] }] },
+        false,
+      ],
+      [
+        'obs-3: a reference range with text',
+        { resourceType: 'Observation', status: 'final', code: { text: 'x' }, referenceRange: [{ text: 'x' }] },
+        true,
+      ],
+      [
+        'a narrative (txt-1, txt-2 are lenient in Medplum)',
+        { resourceType: 'Patient', text: { status: 'generated', div: '<div xmlns="http://www.w3.org/1999/xhtml">x</div>' } },
+        true,
+      ],
+      [
+        'ext-1: an extension with a value and extensions',
+        {
+          resourceType: 'Patient',
+          extension: [{ url: 'http://x', valueString: 'x', extension: [{ url: 'http://y', valueString: 'y' }] }],
+        },
+        false,
+      ],
+      [
+        'dom-4: contained with a versionId',
+        { resourceType: 'Patient', contained: [{ resourceType: 'Patient', id: 'c', meta: { versionId: '1' } }] },
+        false,
+      ],
       ['required element missing', { resourceType: 'Observation', code: { text: 'x' } }, false],
       ['a date that is not a day', { resourceType: 'Patient', birthDate: '2023-02-29' }, false],
       ['integer out of range', { resourceType: 'Patient', multipleBirthInteger: 2147483648 }, false],

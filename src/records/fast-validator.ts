@@ -88,7 +88,9 @@ export function createFastValidator(): FastValidator {
       const schema = tryGetDataType(type);
       if (!schema) return false;
       const root: TypedValue = { type, value: resource };
-      const walk: Walk = { variables: (context) => ({ '%context': context, '%ucum': ucum, '%resource': root, '%rootResource': root }) };
+      const walk: Walk = {
+        variables: (context) => ({ '%context': context, '%ucum': ucum, '%resource': root, '%rootResource': root }),
+      };
       try {
         const plan = planOf(schema);
         return walkObject(resource, plan, walk, true) && holdAll(plan.constraints, root, walk);
@@ -137,7 +139,17 @@ function compileElement(
       child = modelled ? () => planOf(childSchema) : undefined;
       if (!child) continue;
     }
-    properties.set(key, { group, choice, type, isArray: element.isArray === true, min: element.min, max: element.max, primitive, child, constraints });
+    properties.set(key, {
+      group,
+      choice,
+      type,
+      isArray: element.isArray === true,
+      min: element.min,
+      max: element.max,
+      primitive,
+      child,
+      constraints,
+    });
     keys.push(key);
   }
   return keys;
@@ -235,7 +247,14 @@ function primitiveCheck(type: string): PrimitiveCheck | undefined {
     case 'boolean':
       return (v) => typeof v === 'boolean';
     case 'number': {
-      const [lo, hi] = type === 'integer' ? [INT_MIN, INT_MAX] : type === 'positiveInt' ? [1, INT_MAX] : type === 'unsignedInt' ? [0, INT_MAX] : [-Infinity, Infinity];
+      const [lo, hi] =
+        type === 'integer'
+          ? [INT_MIN, INT_MAX]
+          : type === 'positiveInt'
+            ? [1, INT_MAX]
+            : type === 'unsignedInt'
+              ? [0, INT_MAX]
+              : [-Infinity, Infinity];
       const integer = type === 'integer' || type === 'positiveInt' || type === 'unsignedInt';
       return (v) => typeof v === 'number' && Number.isFinite(v) && (!integer || (Number.isInteger(v) && v >= lo && v <= hi));
     }
@@ -244,7 +263,11 @@ function primitiveCheck(type: string): PrimitiveCheck | undefined {
       const regex = validationRegexes[type];
       const calendar = type === 'date' || type === 'dateTime' || type === 'instant';
       return (v) =>
-        typeof v === 'string' && v.length <= MAX_STRING && v.trim() !== '' && (!regex || regex.test(v)) && (!calendar || isValidCalendarDate(v));
+        typeof v === 'string' &&
+        v.length <= MAX_STRING &&
+        v.trim() !== '' &&
+        (!regex || regex.test(v)) &&
+        (!calendar || isValidCalendarDate(v));
     }
   }
 }

@@ -18,7 +18,11 @@ export function parseDateRange(s: string): DateRange | undefined {
   if (month < 1 || month > 12 || day < 1 || day > daysIn(year, month)) return undefined;
   if (h === undefined) {
     const lo = new Date(Date.UTC(year, month - 1, day));
-    const hi = d ? new Date(Date.UTC(year, month - 1, day + 1)) : mo ? new Date(Date.UTC(year, month, 1)) : new Date(Date.UTC(year + 1, 0, 1));
+    const hi = d
+      ? new Date(Date.UTC(year, month - 1, day + 1))
+      : mo
+        ? new Date(Date.UTC(year, month, 1))
+        : new Date(Date.UTC(year + 1, 0, 1));
     return { lo, hi };
   }
   const hour = Number(h);

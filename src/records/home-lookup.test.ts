@@ -14,7 +14,7 @@ function watched(q: Queryable) {
   const state = { queries: 0, gate: undefined as Promise<void> | undefined, failNext: false };
   const wrapped: Queryable = {
     exec: (sql) => q.exec(sql),
-    query: async <R,>(sql: string, params?: readonly unknown[], opts?: QueryOptions) => {
+    query: async <R>(sql: string, params?: readonly unknown[], opts?: QueryOptions) => {
       state.queries++;
       const gate = state.gate;
       state.gate = undefined;
@@ -31,7 +31,10 @@ function watched(q: Queryable) {
 }
 
 const place = (t: TestStore, id: string, shard: string) =>
-  t.db.query("INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site) VALUES ($1, $2, 'test', 'placed by the test', 'B')", [id, shard]);
+  t.db.query(
+    "INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site) VALUES ($1, $2, 'test', 'placed by the test', 'B')",
+    [id, shard],
+  );
 
 describe(`batched home-shard lookups (${testBackend()})`, () => {
   let t: TestStore;
@@ -46,7 +49,10 @@ describe(`batched home-shard lookups (${testBackend()})`, () => {
     const homes = new HomeLookup(wrapped);
     const ids = [...Array.from({ length: 20 }, (_, i) => `hl-${i}`), 'hl-0', 'hl-7', 'nobody', 'hl-19'];
     const found = await Promise.all(ids.map((id) => homes.find(id)));
-    assert.deepEqual(found.map((f) => f?.shard), ids.map((id) => (id === 'nobody' ? undefined : Number(id.slice(3)) % 2 ? '440300' : '440100')));
+    assert.deepEqual(
+      found.map((f) => f?.shard),
+      ids.map((id) => (id === 'nobody' ? undefined : Number(id.slice(3)) % 2 ? '440300' : '440100')),
+    );
     assert.equal(found[0]?.reason, 'placed by the test');
     // The first two go at once (two may be in flight), the other 22 wait and share the third.
     assert.equal(state.queries, 3, `${state.queries} queries for ${ids.length} lookups`);
@@ -95,14 +101,34 @@ describe(`batched home-shard lookups (${testBackend()})`, () => {
   });
 
   it('serves the plain creates of a patient compartment, residency and unknown patients as before', async () => {
-    const patient = await t.store.create('Patient', { resourceType: 'Patient', name: [{ family: '林' }], identifier: [{ system: 'urn:oid:2.16.156.10011.1.3', value: makeResidentId({ divisionCode: '440106', birthDate: '1980-03-04', sequence: 11 }) }] });
+    const patient = await t.store.create('Patient', {
+      resourceType: 'Patient',
+      name: [{ family: '林' }],
+      identifier: [
+        {
+          system: 'urn:oid:2.16.156.10011.1.3',
+          value: makeResidentId({ divisionCode: '440106', birthDate: '1980-03-04', sequence: 11 }),
+        },
+      ],
+    });
     assert.ok(patient.ok, JSON.stringify(patient));
     const pid = patient.value.resource.id!;
-    const made = await Promise.all(Array.from({ length: 30 }, (_, i) =>
-      t.store.create('Observation', { resourceType: 'Observation', status: 'final', code: { text: `obs ${i}` }, subject: { reference: `Patient/${i % 3 ? pid : 'unknown-patient'}` } })));
+    const made = await Promise.all(
+      Array.from({ length: 30 }, (_, i) =>
+        t.store.create('Observation', {
+          resourceType: 'Observation',
+          status: 'final',
+          code: { text: `obs ${i}` },
+          subject: { reference: `Patient/${i % 3 ? pid : 'unknown-patient'}` },
+        }),
+      ),
+    );
     assert.equal(made.filter((r) => r.ok).length, 20);
     for (const r of made) if (!r.ok) assert.match(r.error.issues[0]!.message, /Patient\/unknown-patient is not known at site B/);
-    const { rows } = await t.db.query<{ shard: string; n: number }>("SELECT shard, count(*)::int AS n FROM resource_current WHERE resource_type = 'Observation' AND patient_id = $1 GROUP BY shard", [pid]);
+    const { rows } = await t.db.query<{ shard: string; n: number }>(
+      "SELECT shard, count(*)::int AS n FROM resource_current WHERE resource_type = 'Observation' AND patient_id = $1 GROUP BY shard",
+      [pid],
+    );
     assert.deepEqual(rows, [{ shard: 'guangzhou', n: 20 }], 'all on the home shard of a 440106 (Guangzhou) resident');
   });
 });

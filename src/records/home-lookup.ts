@@ -16,7 +16,10 @@ export interface EmpiRecord {
 
 /** One lookup, inside the caller's transaction when it has one. */
 export async function empiRecord(q: Queryable, patientId: string): Promise<EmpiRecord | undefined> {
-  const { rows } = await q.query<{ home_shard: string; reason: string }>('SELECT home_shard, reason FROM empi_patient WHERE patient_id = $1', [patientId]);
+  const { rows } = await q.query<{ home_shard: string; reason: string }>(
+    'SELECT home_shard, reason FROM empi_patient WHERE patient_id = $1',
+    [patientId],
+  );
   return rows[0] ? { shard: rows[0].home_shard, reason: rows[0].reason } : undefined;
 }
 

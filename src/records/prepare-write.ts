@@ -24,14 +24,28 @@ export interface PreparedWrite {
 
 /** Checks the body of a create or update against the URL. */
 export function checkBody(body: unknown, urlType: string, urlId?: string): Result<Resource> {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) return fail('bad-request', 'body must be a JSON object (a FHIR resource)', { code: 'structure' });
+  if (typeof body !== 'object' || body === null || Array.isArray(body))
+    return fail('bad-request', 'body must be a JSON object (a FHIR resource)', { code: 'structure' });
   const rt = (body as { resourceType?: unknown }).resourceType;
-  if (typeof rt !== 'string') return fail('bad-request', 'resource has no resourceType', { code: 'required', expression: 'resourceType' });
-  if (rt !== urlType) return fail('bad-request', `resourceType ${rt} does not match the URL's ${urlType}`, { code: 'invalid', expression: 'resourceType' });
+  if (typeof rt !== 'string')
+    return fail('bad-request', 'resource has no resourceType', { code: 'required', expression: 'resourceType' });
+  if (rt !== urlType)
+    return fail('bad-request', `resourceType ${rt} does not match the URL's ${urlType}`, {
+      code: 'invalid',
+      expression: 'resourceType',
+    });
   const id = (body as { id?: unknown }).id;
   if (urlId !== undefined) {
-    if (id === undefined) return fail('bad-request', `resource id is missing; it must equal the URL's ${urlId}`, { code: 'required', expression: `${rt}.id` });
-    if (id !== urlId) return fail('bad-request', `resource id ${JSON.stringify(id)} does not match the URL's ${urlId}`, { code: 'invalid', expression: `${rt}.id` });
+    if (id === undefined)
+      return fail('bad-request', `resource id is missing; it must equal the URL's ${urlId}`, {
+        code: 'required',
+        expression: `${rt}.id`,
+      });
+    if (id !== urlId)
+      return fail('bad-request', `resource id ${JSON.stringify(id)} does not match the URL's ${urlId}`, {
+        code: 'invalid',
+        expression: `${rt}.id`,
+      });
   }
   return ok(body as Resource);
 }
@@ -46,7 +60,8 @@ export async function prepareWrite(
   home: (patientId: string) => Promise<EmpiRecord | undefined> = (id) => empiRecord(q, id),
 ): Promise<Result<PreparedWrite>> {
   let resource = input;
-  if (!isSupportedType(resource.resourceType)) return fail('not-found', `resource type ${resource.resourceType} is not served here`, { code: 'not-supported' });
+  if (!isSupportedType(resource.resourceType))
+    return fail('not-found', `resource type ${resource.resourceType} is not served here`, { code: 'not-supported' });
   const valid = ctx.validator.validate(resource);
   if (!valid.ok) return valid;
   const dataClass = ctx.region.classOf(resource.resourceType);
@@ -58,10 +73,16 @@ export async function prepareWrite(
     patientId = resource.id ?? null;
     // Placement runs on every write so an invalid resident ID is refused; the home shard
     // itself is sticky once the patient exists (moving a patient is a separate operation).
-    const placed = await placePatient(resource, { region: ctx.region, receivingSite: ctx.siteId, organizationShard: (id) => organizationShard(ctx, q, id) });
+    const placed = await placePatient(resource, {
+      region: ctx.region,
+      receivingSite: ctx.siteId,
+      organizationShard: (id) => organizationShard(ctx, q, id),
+    });
     if (!placed.ok) {
       const e = placed.error;
-      return e.kind === 'invalid-identifier' ? fail('invalid', e.message, { code: 'value', expression: e.expression }) : fail('invalid', e.message, { code: 'business-rule' });
+      return e.kind === 'invalid-identifier'
+        ? fail('invalid', e.message, { code: 'value', expression: e.expression })
+        : fail('invalid', e.message, { code: 'business-rule' });
     }
     const known = patientId && existing !== 'new' ? await home(patientId) : undefined;
     if (known) shard = known.shard;
@@ -74,7 +95,11 @@ export async function prepareWrite(
     const link = patientOf(resource);
     if (link.patientId) {
       const homeShard = (await home(link.patientId))?.shard;
-      if (!homeShard) return fail('invalid', `Patient/${link.patientId} is not known at site ${ctx.siteId}`, { code: 'not-found', ...(link.expression ? { expression: link.expression } : {}) });
+      if (!homeShard)
+        return fail('invalid', `Patient/${link.patientId} is not known at site ${ctx.siteId}`, {
+          code: 'not-found',
+          ...(link.expression ? { expression: link.expression } : {}),
+        });
       shard = homeShard;
       patientId = link.patientId;
     } else if (existing && existing !== 'new') {
@@ -95,14 +120,21 @@ export function checkResidency(ctx: RecordsContext, dataClass: DataClass, shard:
       const site = region.site(active);
       const error: RecordError = {
         kind: 'misdirected',
-        issues: [{ message: `shard ${shard} is written at site ${active}${site ? ` (${site.url})` : ''}, not at site ${siteId}; retry there`, code: 'business-rule' }],
+        issues: [
+          {
+            message: `shard ${shard} is written at site ${active}${site ? ` (${site.url})` : ''}, not at site ${siteId}; retry there`,
+            code: 'business-rule',
+          },
+        ],
         ...(site ? { activeSite: { id: active, url: site.url } } : {}),
       };
       return { ok: false, error };
     }
   }
   if (!region.mayHold(siteId, dataClass, shard)) {
-    return fail('invalid', `site ${siteId} may not hold ${dataClass} data${shard ? ` of shard ${shard}` : ''}`, { code: 'business-rule' });
+    return fail('invalid', `site ${siteId} may not hold ${dataClass} data${shard ? ` of shard ${shard}` : ''}`, {
+      code: 'business-rule',
+    });
   }
   return ok(undefined);
 }
@@ -118,5 +150,8 @@ async function organizationShard(ctx: RecordsContext, q: Queryable, id: string):
 
 export function withHomeShardTag(patient: Resource, placement: { shard: string; reason: string }): Resource {
   const tags = (patient.meta?.tag ?? []).filter((t) => t.system !== HOME_SHARD_TAG);
-  return { ...patient, meta: { ...patient.meta, tag: [...tags, { system: HOME_SHARD_TAG, code: placement.shard, display: placement.reason }] } };
+  return {
+    ...patient,
+    meta: { ...patient.meta, tag: [...tags, { system: HOME_SHARD_TAG, code: placement.shard, display: placement.reason }] },
+  };
 }

@@ -37,7 +37,11 @@ function medplumIssues(resource: Resource): RecordIssue[] {
     if (!(e instanceof OperationOutcomeError)) throw e;
     const issues: RecordIssue[] = (e.outcome.issue ?? [])
       .filter((i) => i.severity === 'error' || i.severity === 'fatal')
-      .map((i) => ({ message: i.details?.text ?? i.diagnostics ?? 'invalid', code: 'invalid', ...(i.expression?.[0] ? { expression: i.expression[0] } : {}) }));
+      .map((i) => ({
+        message: i.details?.text ?? i.diagnostics ?? 'invalid',
+        code: 'invalid',
+        ...(i.expression?.[0] ? { expression: i.expression[0] } : {}),
+      }));
     return issues.length ? issues : [{ message: 'invalid resource', code: 'invalid' }];
   }
 }

@@ -39,16 +39,37 @@ describe(`record store contract (${testBackend()})`, () => {
     assert.equal(after.resource_history! - before.resource_history!, 2);
     assert.equal(after.empi_patient! - before.empi_patient!, 1);
     assert.equal(after.outbox! - before.outbox!, 2);
-    const { rows } = await t.db.query<{ resource_type: string; origin_site: string; shard: string | null; data_class: string; resource_id: string; version_id: string; hlc: bigint; parent_hlc: bigint | null; epoch: bigint; payload: unknown }>(
+    const { rows } = await t.db.query<{
+      resource_type: string;
+      origin_site: string;
+      shard: string | null;
+      data_class: string;
+      resource_id: string;
+      version_id: string;
+      hlc: bigint;
+      parent_hlc: bigint | null;
+      epoch: bigint;
+      payload: unknown;
+    }>(
       'SELECT resource_type, origin_site, shard, data_class, resource_id, version_id, hlc, parent_hlc, epoch, payload FROM outbox WHERE resource_id = $1 ORDER BY resource_type',
       [p.id],
     );
-    assert.deepEqual(rows.map((r) => [r.resource_type, r.origin_site, r.shard, r.data_class, r.version_id, r.parent_hlc, r.epoch]), [
-      ['EmpiEntry', 'B', null, 'public', p.meta!.versionId, null, 0n],
-      ['Patient', 'B', 'guangzhou', 'core', p.meta!.versionId, null, 0n],
-    ]);
-    assert.deepEqual(rows[0]!.payload, { resourceType: 'EmpiEntry', id: p.id, homeShard: 'guangzhou', method: 'resident-id', identifiers: [] }, 'no name or identifier in the directory entry (no blind index without the region key)');
-    const empi = await t.db.query<{ method: string; reason: string }>('SELECT method, reason FROM empi_patient WHERE patient_id = $1', [p.id]);
+    assert.deepEqual(
+      rows.map((r) => [r.resource_type, r.origin_site, r.shard, r.data_class, r.version_id, r.parent_hlc, r.epoch]),
+      [
+        ['EmpiEntry', 'B', null, 'public', p.meta!.versionId, null, 0n],
+        ['Patient', 'B', 'guangzhou', 'core', p.meta!.versionId, null, 0n],
+      ],
+    );
+    assert.deepEqual(
+      rows[0]!.payload,
+      { resourceType: 'EmpiEntry', id: p.id, homeShard: 'guangzhou', method: 'resident-id', identifiers: [] },
+      'no name or identifier in the directory entry (no blind index without the region key)',
+    );
+    const empi = await t.db.query<{ method: string; reason: string }>(
+      'SELECT method, reason FROM empi_patient WHERE patient_id = $1',
+      [p.id],
+    );
     assert.deepEqual(empi.rows[0], { method: 'resident-id', reason: 'resident ID division 440106 matched 440100' });
   });
 
@@ -70,7 +91,10 @@ describe(`record store contract (${testBackend()})`, () => {
     const old = await t.store.vread('Patient', v1.id!, v1.meta!.versionId!);
     assert.ok(old.ok);
     assert.equal((old.value as Patient).gender, 'male');
-    const { rows } = await t.db.query<{ parent_hlc: bigint; hlc: bigint }>("SELECT parent_hlc, hlc FROM outbox WHERE resource_type = 'Patient' AND resource_id = $1 ORDER BY hlc", [v1.id]);
+    const { rows } = await t.db.query<{ parent_hlc: bigint; hlc: bigint }>(
+      "SELECT parent_hlc, hlc FROM outbox WHERE resource_type = 'Patient' AND resource_id = $1 ORDER BY hlc",
+      [v1.id],
+    );
     assert.equal(rows.length, 2);
     assert.equal(rows[1]!.parent_hlc, rows[0]!.hlc, 'the outbox carries the parent HLC');
   });
@@ -88,7 +112,10 @@ describe(`record store contract (${testBackend()})`, () => {
     assert.equal(r.error.kind, 'gone');
     const h = await t.store.history('Patient', id, { baseUrl: 'http://x/fhir/R4' });
     assert.ok(h.ok);
-    assert.deepEqual(h.value.entry!.map((e) => e.request!.method), ['DELETE', 'POST']);
+    assert.deepEqual(
+      h.value.entry!.map((e) => e.request!.method),
+      ['DELETE', 'POST'],
+    );
     const s = await t.store.search('Patient', [['_id', id]], { baseUrl: '' });
     assert.ok(s.ok);
     assert.equal(s.value.total, 0, 'a deleted resource is not found by search');
@@ -120,17 +147,28 @@ describe(`record store contract (${testBackend()})`, () => {
     assert.equal(bad.error.kind, 'bad-request');
   });
 
-  it('puts a record in its patient\'s home shard and refuses writes for shards active elsewhere', async () => {
+  it("puts a record in its patient's home shard and refuses writes for shards active elsewhere", async () => {
     const p = await t.store.create('Patient', gzPatient(6));
     assert.ok(p.ok);
-    const obs: Observation = { resourceType: 'Observation', status: 'final', code: { text: 'HR' }, subject: { reference: `Patient/${p.value.resource.id}` } };
+    const obs: Observation = {
+      resourceType: 'Observation',
+      status: 'final',
+      code: { text: 'HR' },
+      subject: { reference: `Patient/${p.value.resource.id}` },
+    };
     const o = await t.store.create('Observation', obs);
     assert.ok(o.ok);
-    const { rows } = await t.db.query<{ shard: string; patient_id: string }>("SELECT shard, patient_id FROM resource_current WHERE resource_type = 'Observation' AND id = $1", [o.value.resource.id]);
+    const { rows } = await t.db.query<{ shard: string; patient_id: string }>(
+      "SELECT shard, patient_id FROM resource_current WHERE resource_type = 'Observation' AND id = $1",
+      [o.value.resource.id],
+    );
     assert.deepEqual(rows[0], { shard: 'guangzhou', patient_id: p.value.resource.id });
 
     const before = await t.counts();
-    const sz: Patient = { resourceType: 'Patient', identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440305', birthDate: '1990-01-01', sequence: 8 }) }] };
+    const sz: Patient = {
+      resourceType: 'Patient',
+      identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440305', birthDate: '1990-01-01', sequence: 8 }) }],
+    };
     const mis = await t.store.create('Patient', sz);
     assert.ok(!mis.ok);
     assert.equal(mis.error.kind, 'misdirected');
@@ -173,8 +211,13 @@ describe(`record store contract (${testBackend()})`, () => {
     assert.ok(org.ok);
     const pr = await t.store.create('Practitioner', { resourceType: 'Practitioner', name: [{ family: '王', given: ['医生'] }] });
     assert.ok(pr.ok);
-    const { rows } = await t.db.query<{ shard: string | null; data_class: string }>("SELECT shard, data_class FROM resource_current WHERE resource_type IN ('Organization','Practitioner') ORDER BY resource_type");
-    assert.deepEqual(rows, [{ shard: null, data_class: 'public' }, { shard: null, data_class: 'noncore' }]);
+    const { rows } = await t.db.query<{ shard: string | null; data_class: string }>(
+      "SELECT shard, data_class FROM resource_current WHERE resource_type IN ('Organization','Practitioner') ORDER BY resource_type",
+    );
+    assert.deepEqual(rows, [
+      { shard: null, data_class: 'public' },
+      { shard: null, data_class: 'noncore' },
+    ]);
   });
 });
 

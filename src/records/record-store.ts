@@ -39,7 +39,6 @@ export interface HistoryOptions {
   access?: AccessFilter;
 }
 
-
 export class RecordStore {
   readonly #ctx: RecordsContext;
   readonly #batcher: CreateBatcher;
@@ -67,12 +66,22 @@ export class RecordStore {
 
   create(type: string, body: unknown, opts: { ifNoneExist?: string; access?: AccessFilter } = {}): Promise<Result<WriteOutcome>> {
     // A plain create is one statement (atomic by itself), grouped with concurrent creates.
-    if (opts.ifNoneExist === undefined) return this.createIn(this.#ctx.db, type, body, { id: undefined, batch: true, ...(opts.access ? { access: opts.access } : {}) });
+    if (opts.ifNoneExist === undefined)
+      return this.createIn(this.#ctx.db, type, body, {
+        id: undefined,
+        batch: true,
+        ...(opts.access ? { access: opts.access } : {}),
+      });
     return this.inTransaction((tx) => this.createIn(tx, type, body, { ...opts, id: undefined }));
   }
 
   /** Create inside the caller's transaction. `id` pre-assigns the id (Bundle urn:uuid resolution). */
-  async createIn(tx: Queryable, type: string, body: unknown, opts: { ifNoneExist?: string; id: string | undefined; batch?: boolean; access?: AccessFilter }): Promise<Result<WriteOutcome>> {
+  async createIn(
+    tx: Queryable,
+    type: string,
+    body: unknown,
+    opts: { ifNoneExist?: string; id: string | undefined; batch?: boolean; access?: AccessFilter },
+  ): Promise<Result<WriteOutcome>> {
     const checked = checkBody(body, type);
     if (!checked.ok) return checked;
     if (!isSupportedType(type)) return unknownType(type);
@@ -82,18 +91,36 @@ export class RecordStore {
       if (match.value) return ok({ resource: match.value, status: 'existing' });
     }
     const id = opts.id ?? randomUUID();
-    const admitted = opts.access?.admitWrite ? opts.access.admitWrite({ ...checked.value, id }, undefined) : ok({ ...checked.value, id });
+    const admitted = opts.access?.admitWrite
+      ? opts.access.admitWrite({ ...checked.value, id }, undefined)
+      : ok({ ...checked.value, id });
     if (!admitted.ok) return admitted;
     // A plain create runs in no transaction: its patient's home comes from the batched lookup.
-    const prepared = await prepareWrite(this.#ctx, tx, admitted.value, 'new', opts.batch ? (p) => this.#homes.find(p) : undefined);
+    const prepared = await prepareWrite(
+      this.#ctx,
+      tx,
+      admitted.value,
+      'new',
+      opts.batch ? (p) => this.#homes.find(p) : undefined,
+    );
     if (!prepared.ok) return prepared;
-    if (opts.access && !(await patientInScope(tx, opts.access.rows, prepared.value.patientId))) return fail('forbidden', opts.access.denied, { code: 'forbidden' });
-    const resource = await this.#write(tx, prepared.value, { parentHlc: null, replacesCurrent: false, batch: opts.batch ?? false });
+    if (opts.access && !(await patientInScope(tx, opts.access.rows, prepared.value.patientId)))
+      return fail('forbidden', opts.access.denied, { code: 'forbidden' });
+    const resource = await this.#write(tx, prepared.value, {
+      parentHlc: null,
+      replacesCurrent: false,
+      batch: opts.batch ?? false,
+    });
     return ok({ resource, status: 'created' });
   }
 
   /** Resolves If-None-Exist: undefined when nothing matches, the match when one does. */
-  async conditionalMatch(tx: Queryable, type: string, criteria: string, access?: AccessFilter): Promise<Result<Resource | undefined>> {
+  async conditionalMatch(
+    tx: Queryable,
+    type: string,
+    criteria: string,
+    access?: AccessFilter,
+  ): Promise<Result<Resource | undefined>> {
     const query = criteria.replace(new RegExp(`^${type}\\?`), '').replace(/^\?/, '');
     const pairs = [...new URLSearchParams(query)];
     if (pairs.length === 0) return fail('bad-request', 'If-None-Exist has no search criteria', { code: 'invalid' });
@@ -101,33 +128,62 @@ export class RecordStore {
     if (!parsed.ok) return parsed;
     // Serialize identical conditional creates so two racing requests cannot both create.
     await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`${type}?${query}`]);
-    const { text, params } = buildSearchSql({ ...parsed.value, count: 2, offset: 0, sort: [], ...(access ? { rows: access.rows } : {}) }, 'page');
+    const { text, params } = buildSearchSql(
+      { ...parsed.value, count: 2, offset: 0, sort: [], ...(access ? { rows: access.rows } : {}) },
+      'page',
+    );
     const { rows } = await tx.query<{ content: Resource }>(text, params);
-    if (rows.length > 1) return fail('precondition-failed', `If-None-Exist criteria ${query} match more than one ${type}`, { code: 'conflict' });
+    if (rows.length > 1)
+      return fail('precondition-failed', `If-None-Exist criteria ${query} match more than one ${type}`, { code: 'conflict' });
     return ok(rows[0]?.content);
   }
 
-  update(type: string, id: string, body: unknown, opts: { ifMatch?: string; access?: AccessFilter } = {}): Promise<Result<WriteOutcome>> {
+  update(
+    type: string,
+    id: string,
+    body: unknown,
+    opts: { ifMatch?: string; access?: AccessFilter } = {},
+  ): Promise<Result<WriteOutcome>> {
     return this.inTransaction((tx) => this.updateIn(tx, type, id, body, opts));
   }
 
-  async updateIn(tx: Queryable, type: string, id: string, body: unknown, opts: { ifMatch?: string; access?: AccessFilter }): Promise<Result<WriteOutcome>> {
+  async updateIn(
+    tx: Queryable,
+    type: string,
+    id: string,
+    body: unknown,
+    opts: { ifMatch?: string; access?: AccessFilter },
+  ): Promise<Result<WriteOutcome>> {
     if (!isSupportedType(type)) return unknownType(type);
     if (!FHIR_ID.test(id)) return fail('bad-request', `${id} is not a valid FHIR id`, { code: 'value' });
     const checked = checkBody(body, type, id);
     if (!checked.ok) return checked;
     const { access } = opts;
     const current = await this.#lockCurrent(tx, type, id, access?.admitWrite !== undefined);
-    if (access && current && !(await patientInScope(tx, access.rows, current.patient_id))) return fail('forbidden', access.denied, { code: 'forbidden' });
+    if (access && current && !(await patientInScope(tx, access.rows, current.patient_id)))
+      return fail('forbidden', access.denied, { code: 'forbidden' });
     if (opts.ifMatch !== undefined && current?.version_id !== opts.ifMatch) {
-      return fail('version-conflict', current ? `version ${opts.ifMatch} is not current (current is ${current.version_id})` : `${type}/${id} does not exist`, { code: 'conflict' });
+      return fail(
+        'version-conflict',
+        current ? `version ${opts.ifMatch} is not current (current is ${current.version_id})` : `${type}/${id} does not exist`,
+        { code: 'conflict' },
+      );
     }
     const admitted = access?.admitWrite ? access.admitWrite(checked.value, current?.content ?? undefined) : ok(checked.value);
     if (!admitted.ok) return admitted;
-    const prepared = await prepareWrite(this.#ctx, tx, admitted.value, current ? { shard: current.shard, patientId: current.patient_id } : undefined);
+    const prepared = await prepareWrite(
+      this.#ctx,
+      tx,
+      admitted.value,
+      current ? { shard: current.shard, patientId: current.patient_id } : undefined,
+    );
     if (!prepared.ok) return prepared;
-    if (access && !(await patientInScope(tx, access.rows, prepared.value.patientId))) return fail('forbidden', access.denied, { code: 'forbidden' });
-    const resource = await this.#write(tx, prepared.value, { parentHlc: current?.hlc ?? null, replacesCurrent: current !== undefined });
+    if (access && !(await patientInScope(tx, access.rows, prepared.value.patientId)))
+      return fail('forbidden', access.denied, { code: 'forbidden' });
+    const resource = await this.#write(tx, prepared.value, {
+      parentHlc: current?.hlc ?? null,
+      replacesCurrent: current !== undefined,
+    });
     return ok({ resource, status: current && !current.deleted ? 'updated' : 'created' });
   }
 
@@ -135,16 +191,27 @@ export class RecordStore {
     return this.inTransaction((tx) => this.deleteIn(tx, type, id, opts));
   }
 
-  async deleteIn(tx: Queryable, type: string, id: string, opts: { access?: AccessFilter } = {}): Promise<Result<{ deleted: boolean }>> {
+  async deleteIn(
+    tx: Queryable,
+    type: string,
+    id: string,
+    opts: { access?: AccessFilter } = {},
+  ): Promise<Result<{ deleted: boolean }>> {
     if (!isSupportedType(type)) return unknownType(type);
     const current = await this.#lockCurrent(tx, type, id);
     if (!current) return fail('not-found', `${type}/${id} does not exist`, { code: 'not-found' });
-    if (opts.access && !(await patientInScope(tx, opts.access.rows, current.patient_id))) return fail('forbidden', opts.access.denied, { code: 'forbidden' });
+    if (opts.access && !(await patientInScope(tx, opts.access.rows, current.patient_id)))
+      return fail('forbidden', opts.access.denied, { code: 'forbidden' });
     if (current.deleted) return ok({ deleted: false });
     const dataClass = this.#ctx.region.classOf(type);
     const residency = checkResidency(this.#ctx, dataClass, current.shard);
     if (!residency.ok) return residency;
-    const tombstone: PreparedWrite = { resource: { resourceType: type, id } as Resource, dataClass, shard: current.shard, patientId: current.patient_id };
+    const tombstone: PreparedWrite = {
+      resource: { resourceType: type, id } as Resource,
+      dataClass,
+      shard: current.shard,
+      patientId: current.patient_id,
+    };
     await this.#write(tx, tombstone, { parentHlc: current.hlc, replacesCurrent: true, deleted: true });
     return ok({ deleted: true });
   }
@@ -152,28 +219,39 @@ export class RecordStore {
   async read(type: string, id: string, opts: { q?: Queryable; access?: AccessFilter } = {}): Promise<Result<Resource>> {
     if (!isSupportedType(type)) return unknownType(type);
     const params: unknown[] = [type, id];
-    const scope = opts.access && opts.access.rows.kind !== 'all' ? rowScopeSql(opts.access.rows, 'c', (v) => `$${params.push(v)}`) : 'true';
+    const scope =
+      opts.access && opts.access.rows.kind !== 'all' ? rowScopeSql(opts.access.rows, 'c', (v) => `$${params.push(v)}`) : 'true';
     const sql = `SELECT deleted, content, version_id, ${scope} AS visible FROM resource_current c WHERE resource_type = $1 AND id = $2`;
-    const { rows } = await (opts.q ?? this.#ctx.db).query<{ deleted: boolean; content: Resource | null; version_id: string; visible: boolean }>(sql, params, { name: statementName(sql) });
+    const { rows } = await (opts.q ?? this.#ctx.db).query<{
+      deleted: boolean;
+      content: Resource | null;
+      version_id: string;
+      visible: boolean;
+    }>(sql, params, { name: statementName(sql) });
     const row = rows[0];
     if (!row) return fail('not-found', `${type}/${id} not found`, { code: 'not-found' });
     if (!row.visible) return fail('forbidden', opts.access?.denied ?? 'not visible', { code: 'forbidden' });
-    if (row.deleted || !row.content) return fail('gone', `${type}/${id} was deleted (version ${row.version_id})`, { code: 'deleted' });
+    if (row.deleted || !row.content)
+      return fail('gone', `${type}/${id} was deleted (version ${row.version_id})`, { code: 'deleted' });
     return ok(row.content);
   }
 
   async vread(type: string, id: string, versionId: string, opts: { access?: AccessFilter } = {}): Promise<Result<Resource>> {
     if (!isSupportedType(type)) return unknownType(type);
     const params: unknown[] = [type, id, versionId];
-    const scope = opts.access && opts.access.rows.kind !== 'all' ? rowScopeSql(opts.access.rows, 'c', (v) => `$${params.push(v)}`) : 'true';
+    const scope =
+      opts.access && opts.access.rows.kind !== 'all' ? rowScopeSql(opts.access.rows, 'c', (v) => `$${params.push(v)}`) : 'true';
     const sql = `SELECT h.deleted, h.content, ${scope} AS visible FROM resource_history h
        LEFT JOIN resource_current c ON c.resource_type = h.resource_type AND c.id = h.id
        WHERE h.resource_type = $1 AND h.id = $2 AND h.version_id = $3`;
-    const { rows } = await this.#ctx.db.query<{ deleted: boolean; content: Resource | null; visible: boolean }>(sql, params, { name: statementName(sql) });
+    const { rows } = await this.#ctx.db.query<{ deleted: boolean; content: Resource | null; visible: boolean }>(sql, params, {
+      name: statementName(sql),
+    });
     const row = rows[0];
     if (!row) return fail('not-found', `${type}/${id} has no version ${versionId}`, { code: 'not-found' });
     if (!row.visible) return fail('forbidden', opts.access?.denied ?? 'not visible', { code: 'forbidden' });
-    if (row.deleted || !row.content) return fail('gone', `version ${versionId} of ${type}/${id} is a deletion`, { code: 'deleted' });
+    if (row.deleted || !row.content)
+      return fail('gone', `version ${versionId} of ${type}/${id} is a deletion`, { code: 'deleted' });
     return ok(row.content);
   }
 
@@ -183,7 +261,10 @@ export class RecordStore {
     if (id !== undefined) {
       const p: unknown[] = [type, id];
       const scope = rowScope ? rowScopeSql(rowScope, 'c', (v) => `$${p.push(v)}`) : 'true';
-      const exists = await this.#ctx.db.query<{ visible: boolean }>(`SELECT ${scope} AS visible FROM resource_current c WHERE resource_type = $1 AND id = $2`, p);
+      const exists = await this.#ctx.db.query<{ visible: boolean }>(
+        `SELECT ${scope} AS visible FROM resource_current c WHERE resource_type = $1 AND id = $2`,
+        p,
+      );
       if (exists.rows.length === 0) return fail('not-found', `${type}/${id} not found`, { code: 'not-found' });
       if (!exists.rows[0]!.visible) return fail('forbidden', opts.access?.denied ?? 'not visible', { code: 'forbidden' });
     }
@@ -194,25 +275,47 @@ export class RecordStore {
     if (id !== undefined) where += ` AND h.id = $${params.push(id)}`;
     if (opts.since) where += ` AND h.last_updated >= $${params.push(opts.since.toISOString())}::timestamptz`;
     // Type history is no side door: versions of records outside the caller's scope are not listed.
-    if (rowScope && id === undefined) where += ` AND EXISTS (SELECT 1 FROM resource_current c WHERE c.resource_type = h.resource_type AND c.id = h.id AND ${rowScopeSql(rowScope, 'c', (v) => `$${params.push(v)}`)})`;
-    const { rows } = await this.#ctx.db.query<{ id: string; version_id: string; deleted: boolean; parent_hlc: bigint | null; last_updated: Date; content: Resource | null }>(
+    if (rowScope && id === undefined)
+      where += ` AND EXISTS (SELECT 1 FROM resource_current c WHERE c.resource_type = h.resource_type AND c.id = h.id AND ${rowScopeSql(rowScope, 'c', (v) => `$${params.push(v)}`)})`;
+    const { rows } = await this.#ctx.db.query<{
+      id: string;
+      version_id: string;
+      deleted: boolean;
+      parent_hlc: bigint | null;
+      last_updated: Date;
+      content: Resource | null;
+    }>(
       `SELECT h.id, h.version_id, h.deleted, h.parent_hlc, h.last_updated, h.content FROM resource_history h WHERE ${where}
        ORDER BY h.hlc DESC, h.origin_site DESC LIMIT $${params.push(count + 1)} OFFSET $${params.push(offset)}`,
       params,
     );
     const page = rows.slice(0, count);
     const self = `${opts.baseUrl}/${type}${id ? `/${id}` : ''}/_history`;
-    const q = (o: number) => `${self}?_count=${count}&_offset=${o}${opts.since ? `&_since=${encodeURIComponent(opts.since.toISOString())}` : ''}`;
+    const q = (o: number) =>
+      `${self}?_count=${count}&_offset=${o}${opts.since ? `&_since=${encodeURIComponent(opts.since.toISOString())}` : ''}`;
     const link = [{ relation: 'self', url: q(offset) }];
     if (rows.length > count) link.push({ relation: 'next', url: q(offset + count) });
     if (offset > 0) link.push({ relation: 'previous', url: q(Math.max(0, offset - count)) });
     const entry: BundleEntry[] = page.map((r) => ({
       fullUrl: `${opts.baseUrl}/${type}/${r.id}`,
       ...(r.content && !r.deleted ? { resource: r.content } : {}),
-      request: { method: r.deleted ? 'DELETE' : r.parent_hlc === null ? 'POST' : 'PUT', url: r.parent_hlc === null && !r.deleted ? type : `${type}/${r.id}` },
-      response: { status: r.deleted ? '204' : r.parent_hlc === null ? '201' : '200', etag: `W/"${r.version_id}"`, lastModified: new Date(r.last_updated).toISOString() },
+      request: {
+        method: r.deleted ? 'DELETE' : r.parent_hlc === null ? 'POST' : 'PUT',
+        url: r.parent_hlc === null && !r.deleted ? type : `${type}/${r.id}`,
+      },
+      response: {
+        status: r.deleted ? '204' : r.parent_hlc === null ? '201' : '200',
+        etag: `W/"${r.version_id}"`,
+        lastModified: new Date(r.last_updated).toISOString(),
+      },
     }));
-    return ok({ resourceType: 'Bundle', type: 'history', link, entry, ...(offset === 0 && rows.length <= count ? { total: page.length } : {}) });
+    return ok({
+      resourceType: 'Bundle',
+      type: 'history',
+      link,
+      entry,
+      ...(offset === 0 && rows.length <= count ? { total: page.length } : {}),
+    });
   }
 
   parseSearch(type: string, query: ReadonlyArray<readonly [string, string]>): Result<SearchRequest> {
@@ -220,7 +323,11 @@ export class RecordStore {
     return parseSearch(type, query, this.#params(type));
   }
 
-  async search(type: string, query: ReadonlyArray<readonly [string, string]>, opts: { baseUrl: string; q?: Queryable; access?: AccessFilter }): Promise<Result<Bundle>> {
+  async search(
+    type: string,
+    query: ReadonlyArray<readonly [string, string]>,
+    opts: { baseUrl: string; q?: Queryable; access?: AccessFilter },
+  ): Promise<Result<Bundle>> {
     const parsed = this.parseSearch(type, query);
     if (!parsed.ok) return parsed;
     const req: SearchRequest = opts.access ? { ...parsed.value, rows: opts.access.rows } : parsed.value;
@@ -238,7 +345,11 @@ export class RecordStore {
     if (total === undefined && req.offset === 0 && rows.length <= req.count) total = page.length;
     const base = query.filter(([k]) => k !== '_offset' && k !== '_count');
     const pageUrl = (offset: number) => {
-      const usp = new URLSearchParams([...base.map(([k, v]) => [k, v] as [string, string]), ['_count', String(req.count)], ['_offset', String(offset)]]);
+      const usp = new URLSearchParams([
+        ...base.map(([k, v]) => [k, v] as [string, string]),
+        ['_count', String(req.count)],
+        ['_offset', String(offset)],
+      ]);
       return `${opts.baseUrl}/${type}?${usp.toString()}`;
     };
     const link = [{ relation: 'self', url: pageUrl(req.offset) }];
@@ -249,7 +360,11 @@ export class RecordStore {
       type: 'searchset',
       ...(total !== undefined ? { total } : {}),
       link,
-      entry: page.map((r) => ({ fullUrl: `${opts.baseUrl}/${type}/${r.id}`, resource: r.content, search: { mode: 'match' as const } })),
+      entry: page.map((r) => ({
+        fullUrl: `${opts.baseUrl}/${type}/${r.id}`,
+        resource: r.content,
+        search: { mode: 'match' as const },
+      })),
     });
   }
 
@@ -257,7 +372,9 @@ export class RecordStore {
   #blindIndexes(resource: Resource): string[] {
     if (!this.#ctx.blindIndex || resource.resourceType !== 'Patient') return [];
     const systems = new Set(Object.values(this.#ctx.region.config.identifierSystems));
-    const ids = (resource.identifier ?? []).flatMap((i) => (i.system && i.value && systems.has(i.system) ? [{ system: i.system, value: i.value }] : []));
+    const ids = (resource.identifier ?? []).flatMap((i) =>
+      i.system && i.value && systems.has(i.system) ? [{ system: i.system, value: i.value }] : [],
+    );
     return ids.length ? this.#ctx.blindIndex(ids) : [];
   }
 
@@ -265,7 +382,12 @@ export class RecordStore {
     return this.#ctx.searchParams.get(type) ?? new Map();
   }
 
-  async #lockCurrent(tx: Queryable, type: string, id: string, withContent = false): Promise<(CurrentRow & { content?: Resource | null }) | undefined> {
+  async #lockCurrent(
+    tx: Queryable,
+    type: string,
+    id: string,
+    withContent = false,
+  ): Promise<(CurrentRow & { content?: Resource | null }) | undefined> {
     const { rows } = await tx.query<CurrentRow & { content?: Resource | null }>(
       `SELECT version_id, hlc, deleted, shard, patient_id, data_class${withContent ? ', content' : ''} FROM resource_current WHERE resource_type = $1 AND id = $2 FOR UPDATE`,
       [type, id],
@@ -273,14 +395,24 @@ export class RecordStore {
     return rows[0];
   }
 
-  async #write(tx: Queryable, w: PreparedWrite, opts: { parentHlc: bigint | null; replacesCurrent: boolean; deleted?: boolean; batch?: boolean }): Promise<Resource> {
+  async #write(
+    tx: Queryable,
+    w: PreparedWrite,
+    opts: { parentHlc: bigint | null; replacesCurrent: boolean; deleted?: boolean; batch?: boolean },
+  ): Promise<Resource> {
     const { clock, siteId } = this.#ctx;
     let hlc: bigint;
     if (opts.parentHlc === null) hlc = await clock.now();
     else {
       // The new version must order after its parent, whichever site wrote the parent.
       const r = await clock.receive(opts.parentHlc);
-      if (!r.ok) throw new RollbackWith({ kind: 'conflict', issues: [{ message: `the current version carries a clock ${r.error.message}; refusing to write after it`, code: 'conflict' }] });
+      if (!r.ok)
+        throw new RollbackWith({
+          kind: 'conflict',
+          issues: [
+            { message: `the current version carries a clock ${r.error.message}; refusing to write after it`, code: 'conflict' },
+          ],
+        });
       hlc = r.hlc;
     }
     const versionId = `${hlcToHex(hlc)}-${siteId}`;
@@ -289,11 +421,22 @@ export class RecordStore {
     const resource: Resource = { ...w.resource, meta: { ...w.resource.meta, versionId, lastUpdated } };
     const index = deleted ? EMPTY_INDEX : extractIndex(resource, this.#params(resource.resourceType));
     const row = {
-      resourceType: resource.resourceType, id: resource.id!, versionId, hlc, parentHlc: opts.parentHlc, originSite: siteId,
-      epoch: w.shard ? (this.#ctx.epochFor?.(w.shard) ?? 0n) : 0n, shard: w.shard, dataClass: w.dataClass, patientId: w.patientId,
-      deleted, lastUpdated, content: deleted ? null : resource,
+      resourceType: resource.resourceType,
+      id: resource.id!,
+      versionId,
+      hlc,
+      parentHlc: opts.parentHlc,
+      originSite: siteId,
+      epoch: w.shard ? (this.#ctx.epochFor?.(w.shard) ?? 0n) : 0n,
+      shard: w.shard,
+      dataClass: w.dataClass,
+      patientId: w.patientId,
+      deleted,
+      lastUpdated,
+      content: deleted ? null : resource,
     };
-    const empi = w.placement && w.patientId ? { patientId: w.patientId, ...w.placement, blind: this.#blindIndexes(resource) } : undefined;
+    const empi =
+      w.placement && w.patientId ? { patientId: w.patientId, ...w.placement, blind: this.#blindIndexes(resource) } : undefined;
     if (opts.batch && !opts.replacesCurrent) await this.#batcher.write({ row, index, ...(empi ? { empi } : {}) });
     else await writeVersion(tx, row, index, { replacesCurrent: opts.replacesCurrent, ...(empi ? { empi } : {}) });
     return resource;

@@ -36,10 +36,11 @@ export function buildBindingTable(resourceTypes: readonly string[]): BindingTabl
       else {
         const cs = inc.system ? codeSystems.get(inc.system) : undefined;
         if (!cs?.concept?.length) return undefined;
-        const walk = (cs: CodeSystemConcept[]) => cs.forEach((c) => {
-          codes.add(c.code);
-          if (c.concept) walk(c.concept);
-        });
+        const walk = (cs: CodeSystemConcept[]) =>
+          cs.forEach((c) => {
+            codes.add(c.code);
+            if (c.concept) walk(c.concept);
+          });
         walk(cs.concept);
       }
     }
@@ -55,7 +56,8 @@ export function buildBindingTable(resourceTypes: readonly string[]): BindingTabl
     const bindings: RequiredBinding[] = [];
     for (const el of sd.snapshot?.element ?? []) {
       const onlyCode = el.type?.length === 1 && el.type[0]!.code === 'code';
-      if (!onlyCode || el.binding?.strength !== 'required' || !el.binding.valueSet || !el.path || el.path.includes('[x]')) continue;
+      if (!onlyCode || el.binding?.strength !== 'required' || !el.binding.valueSet || !el.path || el.path.includes('[x]'))
+        continue;
       const url = el.binding.valueSet.split('|')[0]!;
       const codes = expand(url);
       if (codes) bindings.push({ path: el.path, atom: parseFhirPath(el.path), valueSet: url, codes });
@@ -73,7 +75,11 @@ export function checkRequiredBindings(resource: { resourceType: string }, table:
   for (const b of bindings) {
     for (const { value: v } of evalFhirPathTyped(b.atom, root)) {
       if (typeof v === 'string' && !b.codes.has(v)) {
-        issues.push({ message: `'${v}' is not a code of the required value set ${b.valueSet} (allowed: ${[...b.codes].slice(0, 12).join(', ')}${b.codes.size > 12 ? ', ...' : ''})`, expression: b.path, code: 'value' });
+        issues.push({
+          message: `'${v}' is not a code of the required value set ${b.valueSet} (allowed: ${[...b.codes].slice(0, 12).join(', ')}${b.codes.size > 12 ? ', ...' : ''})`,
+          expression: b.path,
+          code: 'value',
+        });
       }
     }
   }

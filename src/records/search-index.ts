@@ -24,7 +24,8 @@ export function normalizeString(s: string): string {
 type Obj = Record<string, unknown>;
 const HAN_ONLY = /^\p{Script=Han}+$/u;
 const str = (v: unknown): string | undefined => (typeof v === 'string' && v.length > 0 ? v : undefined);
-const strs = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && x.length > 0) : []);
+const strs = (v: unknown): string[] =>
+  Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && x.length > 0) : [];
 
 export function extractIndex(resource: Resource, params: ReadonlyMap<string, IndexedParam>): IndexRows {
   const rows: IndexRows = { tokens: [], strings: [], dates: [], references: [] };
@@ -103,7 +104,8 @@ function addDate(rows: IndexRows, code: string, type: string, value: unknown): v
     const o = value as Obj;
     const start = str(o.start) ? parseDateRange(o.start as string) : undefined;
     const end = str(o.end) ? parseDateRange(o.end as string) : undefined;
-    if (start || end) rows.dates.push({ code, lo: start?.lo.toISOString() ?? '-infinity', hi: end?.hi.toISOString() ?? 'infinity' });
+    if (start || end)
+      rows.dates.push({ code, lo: start?.lo.toISOString() ?? '-infinity', hi: end?.hi.toISOString() ?? 'infinity' });
     return;
   }
   const r = typeof value === 'string' ? parseDateRange(value) : undefined;

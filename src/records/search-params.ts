@@ -32,10 +32,36 @@ export function rowCodes(def: IndexedParam): readonly string[] {
 }
 
 const WANTED = [
-  'identifier', 'name', 'family', 'given', 'birthdate', 'gender', 'phone', 'address-city', 'organization', 'general-practitioner',
-  'patient', 'subject', 'encounter', 'date', 'code', 'status', 'category', 'class', 'type',
-  'clinical-status', 'onset-date', 'recorded-date', 'intent', 'authored', 'started', 'modality', 'performer', 'requester',
-  'participant', 'service-provider',
+  'identifier',
+  'name',
+  'family',
+  'given',
+  'birthdate',
+  'gender',
+  'phone',
+  'address-city',
+  'organization',
+  'general-practitioner',
+  'patient',
+  'subject',
+  'encounter',
+  'date',
+  'code',
+  'status',
+  'category',
+  'class',
+  'type',
+  'clinical-status',
+  'onset-date',
+  'recorded-date',
+  'intent',
+  'authored',
+  'started',
+  'modality',
+  'performer',
+  'requester',
+  'participant',
+  'service-provider',
 ] as const;
 
 export type SearchParamTable = ReadonlyMap<string, ReadonlyMap<string, IndexedParam>>;
@@ -51,10 +77,22 @@ export function buildSearchParamTable(): SearchParamTable {
       const expression = narrow(def.expression, type);
       if (!expression) continue;
       const extract = compileSearchPath(expression);
-      params.set(code, { code, type: def.type, expression, atom: parseFhirPath(expression), ...(extract ? { extract } : {}), ...(def.description ? { documentation: def.description } : {}) });
+      params.set(code, {
+        code,
+        type: def.type,
+        expression,
+        atom: parseFhirPath(expression),
+        ...(extract ? { extract } : {}),
+        ...(def.description ? { documentation: def.description } : {}),
+      });
     }
     const name = params.get('name');
-    if (name && name.expression === `${type}.name` && params.get('family')?.expression === `${type}.name.family` && params.get('given')?.expression === `${type}.name.given`) {
+    if (
+      name &&
+      name.expression === `${type}.name` &&
+      params.get('family')?.expression === `${type}.name.family` &&
+      params.get('given')?.expression === `${type}.name.given`
+    ) {
       name.nameParts = { family: 'family', given: 'given' };
     }
     table.set(type, params);

@@ -21,7 +21,14 @@ describe('compiled search paths', () => {
   it('covers the indexed parameters, and leaves what is not a simple path to FHIRPath', () => {
     const compiled = [...table.values()].flatMap((ps) => [...ps.values()]).filter((p) => p.extract).length;
     assert.ok(compiled >= 100, `only ${compiled} parameters compiled`);
-    for (const expr of ['Patient.name.first()', 'Patient.telecom.where(system=\'phone\' or use=\'home\')', 'Patient.unknownElement', 'Observation.effective.start', 'Bundle.entry[0].resource', "Patient.extension('x')"]) {
+    for (const expr of [
+      'Patient.name.first()',
+      "Patient.telecom.where(system='phone' or use='home')",
+      'Patient.unknownElement',
+      'Observation.effective.start',
+      'Bundle.entry[0].resource',
+      "Patient.extension('x')",
+    ]) {
       assert.equal(compileSearchPath(expr), undefined, expr);
     }
   });
@@ -38,8 +45,14 @@ describe('compiled search paths', () => {
     for (const resource of resources) {
       for (const p of table.get(resource.resourceType)?.values() ?? []) {
         if (!p.extract) continue;
-        const want = evalFhirPathTyped(p.atom, [toTypedValue(resource)]).map(({ type, value }): { type: string; value: unknown } => ({ type, value }));
-        assert.deepEqual(p.extract(resource), want, `${resource.resourceType}.${p.code} (${p.expression}) on ${JSON.stringify(resource)}`);
+        const want = evalFhirPathTyped(p.atom, [toTypedValue(resource)]).map(
+          ({ type, value }): { type: string; value: unknown } => ({ type, value }),
+        );
+        assert.deepEqual(
+          p.extract(resource),
+          want,
+          `${resource.resourceType}.${p.code} (${p.expression}) on ${JSON.stringify(resource)}`,
+        );
         compared++;
         if (want.length) nonEmpty++;
       }

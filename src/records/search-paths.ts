@@ -18,7 +18,8 @@ type Obj = Record<string, unknown>;
 type Step = { key: string; type: string } | { choice: Array<{ key: string; type: string }> };
 type Filter = { kind: 'equals'; property: string; value: string } | { kind: 'resolves-to'; resourceType: string };
 
-const BRANCH = /^([A-Z][A-Za-z]+)((?:\.[a-z][A-Za-z]*)+)(?:\.where\(([a-z][A-Za-z]*)='([^'\\]*)'\)|\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)|\.ofType\(([A-Za-z]+)\))?$/;
+const BRANCH =
+  /^([A-Z][A-Za-z]+)((?:\.[a-z][A-Za-z]*)+)(?:\.where\(([a-z][A-Za-z]*)='([^'\\]*)'\)|\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)|\.ofType\(([A-Za-z]+)\))?$/;
 
 /** An accessor equivalent to the expression's FHIRPath, or undefined when it is not a simple one. */
 export function compileSearchPath(expression: string): PathExtractor | undefined {
@@ -49,7 +50,12 @@ function compileBranch(branch: string): PathExtractor | undefined {
     steps.push(step);
     if ('key' in step) type = step.type;
   }
-  const filter: Filter | undefined = whereProp !== undefined ? { kind: 'equals', property: whereProp, value: whereValue! } : resolvesTo !== undefined ? { kind: 'resolves-to', resourceType: resolvesTo } : undefined;
+  const filter: Filter | undefined =
+    whereProp !== undefined
+      ? { kind: 'equals', property: whereProp, value: whereValue! }
+      : resolvesTo !== undefined
+        ? { kind: 'resolves-to', resourceType: resolvesTo }
+        : undefined;
   if (filter?.kind === 'resolves-to' && type !== 'Reference') return undefined;
   return (resource) => {
     if (resource.resourceType !== root) return [];
@@ -108,7 +114,8 @@ function keep(value: unknown, filter: Filter): boolean {
 /** The type FHIRPath's resolve() gives a Reference without fetching it (as @medplum/core does). */
 function referenceType(ref: Obj): string | undefined {
   const contained = ref.resource as { resourceType?: unknown } | undefined;
-  if (contained && typeof contained === 'object') return typeof contained.resourceType === 'string' ? contained.resourceType : undefined;
+  if (contained && typeof contained === 'object')
+    return typeof contained.resourceType === 'string' ? contained.resourceType : undefined;
   let s: string | undefined;
   if (typeof ref.reference === 'string' && ref.reference) s = ref.reference;
   else if (typeof ref.type === 'string' && ref.identifier && typeof ref.identifier === 'object') return ref.type;

@@ -51,12 +51,21 @@ export function parseSearch(
   query: ReadonlyArray<readonly [string, string]>,
   params: ReadonlyMap<string, IndexedParam>,
 ): Result<SearchRequest> {
-  const req: SearchRequest = { resourceType, filters: [], count: DEFAULT_COUNT, offset: 0, sort: [], total: 'none', summaryCount: false };
+  const req: SearchRequest = {
+    resourceType,
+    filters: [],
+    count: DEFAULT_COUNT,
+    offset: 0,
+    sort: [],
+    total: 'none',
+    summaryCount: false,
+  };
   for (const [rawKey, raw] of query) {
     const [code = '', modifier, ...rest] = rawKey.split(':');
     if (rest.length) return bad(`malformed search parameter name ${rawKey}`);
     if (IGNORED.has(code)) {
-      if (code === '_format' && !/^(json|application\/(fhir\+)?json)$/.test(raw)) return fail('not-supported', `_format=${raw} is not supported; this server speaks JSON`, { code: 'not-supported' });
+      if (code === '_format' && !/^(json|application\/(fhir\+)?json)$/.test(raw))
+        return fail('not-supported', `_format=${raw} is not supported; this server speaks JSON`, { code: 'not-supported' });
       continue;
     }
     if (modifier !== undefined && code.startsWith('_') && code !== '_id') return bad(`parameter ${code} takes no modifier`);
@@ -69,13 +78,15 @@ export function parseSearch(
       }
       case '_offset': {
         const n = intParam(raw, 0, MAX_OFFSET);
-        if (n === undefined) return bad(`_offset must be an integer from 0 to ${MAX_OFFSET}; narrow the search instead of paging this deep`);
+        if (n === undefined)
+          return bad(`_offset must be an integer from 0 to ${MAX_OFFSET}; narrow the search instead of paging this deep`);
         req.offset = n;
         break;
       }
       case '_summary':
         if (raw === 'count') req.summaryCount = true;
-        else if (raw !== 'false') return fail('not-supported', `_summary=${raw} is not supported (count and false are)`, { code: 'not-supported' });
+        else if (raw !== 'false')
+          return fail('not-supported', `_summary=${raw} is not supported (count and false are)`, { code: 'not-supported' });
         break;
       case '_total':
         if (raw === 'accurate' || raw === 'estimate') req.total = 'accurate';
@@ -98,7 +109,8 @@ export function parseSearch(
         break;
       }
       default: {
-        if (code.startsWith('_')) return fail('not-supported', `search parameter ${code} is not supported`, { code: 'not-supported' });
+        if (code.startsWith('_'))
+          return fail('not-supported', `search parameter ${code} is not supported`, { code: 'not-supported' });
         const def = params.get(code);
         if (!def) return bad(`unknown search parameter ${code} for ${resourceType}`);
         const f = parseFilter(def, modifier, raw);
@@ -116,7 +128,13 @@ function parseFilter(def: IndexedParam, modifier: string | undefined, raw: strin
   switch (def.type) {
     case 'string': {
       if (modifier !== undefined && modifier !== 'exact' && modifier !== 'contains') return badModifier(def, modifier);
-      return ok({ kind: 'string', code: def.code, indexCodes: rowCodes(def), mode: modifier ?? 'prefix', values: values.map(normalizeString) });
+      return ok({
+        kind: 'string',
+        code: def.code,
+        indexCodes: rowCodes(def),
+        mode: modifier ?? 'prefix',
+        values: values.map(normalizeString),
+      });
     }
     case 'token': {
       if (modifier !== undefined && modifier !== 'not') return badModifier(def, modifier);
@@ -162,7 +180,10 @@ export function parseDatePredicates(raw: string, code: string): Result<DatePredi
   for (const v of splitValues(raw)) {
     const m = /^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)$/.exec(v)!;
     const range = parseDateRange(m[2]!);
-    if (!range) return bad(`${code}: ${v} is not a valid date (use yyyy, yyyy-mm, yyyy-mm-dd or yyyy-mm-ddThh:mm[:ss][Z|+hh:mm], optionally prefixed by eq, ne, gt, lt, ge, le, sa, eb, ap)`);
+    if (!range)
+      return bad(
+        `${code}: ${v} is not a valid date (use yyyy, yyyy-mm, yyyy-mm-dd or yyyy-mm-ddThh:mm[:ss][Z|+hh:mm], optionally prefixed by eq, ne, gt, lt, ge, le, sa, eb, ap)`,
+      );
     preds.push({ prefix: (m[1] as DatePrefix | undefined) ?? 'eq', range });
   }
   return ok(preds);
@@ -176,7 +197,8 @@ function parseSort(raw: string, params: ReadonlyMap<string, IndexedParam>): Resu
     if (code === '_id' || code === '_lastUpdated') rules.push({ key: code, descending });
     else {
       const def = params.get(code);
-      if (!def || (def.type !== 'date' && def.type !== 'string')) return bad(`cannot sort by ${code}: sort by _id, _lastUpdated or a date or string parameter`);
+      if (!def || (def.type !== 'date' && def.type !== 'string'))
+        return bad(`cannot sort by ${code}: sort by _id, _lastUpdated or a date or string parameter`);
       rules.push({ key: { code, indexCodes: rowCodes(def), type: def.type }, descending });
     }
   }
@@ -191,8 +213,7 @@ function splitValues(raw: string): string[] {
     else if (raw[i] === ',') {
       out.push(cur);
       cur = '';
-    }
-    else cur += raw[i];
+    } else cur += raw[i];
   }
   out.push(cur);
   return out;

@@ -24,7 +24,8 @@ export function buildSearchSql(req: SearchRequest, mode: 'page' | 'count'): SqlQ
   for (const f of req.filters) where.push(filterSql(f, p));
   // The caller's row scope narrows the page and the count alike: a total never counts hidden rows.
   if (req.rows && req.rows.kind !== 'all') where.push(rowScopeSql(req.rows, 'c', (v) => p.add(v)));
-  if (mode === 'count') return { text: `SELECT count(*)::int AS n FROM resource_current c WHERE ${where.join(' AND ')}`, params: p.values };
+  if (mode === 'count')
+    return { text: `SELECT count(*)::int AS n FROM resource_current c WHERE ${where.join(' AND ')}`, params: p.values };
   const order = [...req.sort.map((s) => sortSql(s, p)), 'c.id ASC'];
   if (req.sort.length === 0) order.unshift('c.last_updated ASC');
   // One row more than asked tells whether a next page exists.
@@ -61,7 +62,9 @@ function filterSql(f: Filter, p: Params): string {
     case 'date':
       return `EXISTS (SELECT 1 FROM search_date d WHERE ${OWNER('d')} AND d.code = ${p.add(f.code)} AND (${f.preds.map((d) => datePredSql(d, 'd.lo', 'd.hi', p)).join(' OR ')}))`;
     case 'reference': {
-      const alts = f.targets.map((t) => (t.exact !== undefined ? `r.target = ${p.add(t.exact)}` : `r.target LIKE ${p.add(`%/${escapeLike(t.idOnly ?? '')}`)}`));
+      const alts = f.targets.map((t) =>
+        t.exact !== undefined ? `r.target = ${p.add(t.exact)}` : `r.target LIKE ${p.add(`%/${escapeLike(t.idOnly ?? '')}`)}`,
+      );
       return `EXISTS (SELECT 1 FROM search_reference r WHERE ${OWNER('r')} AND r.code = ${p.add(f.code)} AND (${alts.join(' OR ')}))`;
     }
   }

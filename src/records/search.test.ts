@@ -28,13 +28,32 @@ describe(`search (${testBackend()})`, () => {
       ['muller', 'Müller', 'Jürgen', 'male', '1975'],
     ];
     for (const [key, family, given, gender, birthDate] of people) {
-      const p: Patient = { resourceType: 'Patient', name: [{ family, given: [given] }], gender, birthDate, identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440106', birthDate: birthDate.length === 4 ? `${birthDate}-01-01` : birthDate, sequence: Object.keys(ids).length }) }] };
+      const p: Patient = {
+        resourceType: 'Patient',
+        name: [{ family, given: [given] }],
+        gender,
+        birthDate,
+        identifier: [
+          {
+            system: RID,
+            value: makeResidentId({
+              divisionCode: '440106',
+              birthDate: birthDate.length === 4 ? `${birthDate}-01-01` : birthDate,
+              sequence: Object.keys(ids).length,
+            }),
+          },
+        ],
+      };
       const r = await t.store.create('Patient', p);
       assert.ok(r.ok);
       ids[key] = r.value.resource.id!;
     }
     const obs = (patient: string, code: string, when: string, status: Observation['status'] = 'final'): Observation => ({
-      resourceType: 'Observation', status, code: { coding: [{ system: 'http://loinc.org', code }] }, subject: { reference: `Patient/${patient}` }, effectiveDateTime: when,
+      resourceType: 'Observation',
+      status,
+      code: { coding: [{ system: 'http://loinc.org', code }] },
+      subject: { reference: `Patient/${patient}` },
+      effectiveDateTime: when,
     });
     for (const [key, o] of [
       ['hr1', obs(ids.zhang!, '8867-4', '2024-05-06T10:00:00+08:00')],
@@ -61,20 +80,54 @@ describe(`search (${testBackend()})`, () => {
 
   it('answers name from family, given, prefix, suffix, text and whole-name rows, each part indexed once', async () => {
     const table = buildSearchParamTable();
-    for (const type of ['Patient', 'Practitioner']) assert.deepEqual(table.get(type)!.get('name')!.nameParts, { family: 'family', given: 'given' }, type);
+    for (const type of ['Patient', 'Practitioner'])
+      assert.deepEqual(table.get(type)!.get('name')!.nameParts, { family: 'family', given: 'given' }, type);
     assert.equal(table.get('Organization')!.get('name')!.nameParts, undefined, 'an Organization name is a plain string');
-    const rows = extractIndex({ resourceType: 'Patient', name: [{ family: 'Smith', given: ['John', 'Q'], prefix: ['Dr'], suffix: ['Jr'], text: 'Dr John Q Smith Jr' }] }, table.get('Patient')!);
-    const valuesOf = (code: string) => rows.strings.filter((s) => s.code === code).map((s) => s.value).sort();
+    const rows = extractIndex(
+      {
+        resourceType: 'Patient',
+        name: [{ family: 'Smith', given: ['John', 'Q'], prefix: ['Dr'], suffix: ['Jr'], text: 'Dr John Q Smith Jr' }],
+      },
+      table.get('Patient')!,
+    );
+    const valuesOf = (code: string) =>
+      rows.strings
+        .filter((s) => s.code === code)
+        .map((s) => s.value)
+        .sort();
     assert.deepEqual(valuesOf('family'), ['smith']);
     assert.deepEqual(valuesOf('given'), ['john', 'q']);
-    assert.deepEqual(valuesOf('name'), ['dr', 'dr john q smith jr', 'john q smith', 'jr', 'smithjohnq'], 'no family or given row twice');
+    assert.deepEqual(
+      valuesOf('name'),
+      ['dr', 'dr john q smith jr', 'john q smith', 'jr', 'smithjohnq'],
+      'no family or given row twice',
+    );
     const chinese = extractIndex({ resourceType: 'Patient', name: [{ family: '欧阳', given: ['小明'] }] }, table.get('Patient')!);
-    assert.deepEqual(chinese.strings.filter((s) => s.code === 'name').map((s) => s.value), ['欧阳小明'], 'a Chinese name is written family first only');
+    assert.deepEqual(
+      chinese.strings.filter((s) => s.code === 'name').map((s) => s.value),
+      ['欧阳小明'],
+      'a Chinese name is written family first only',
+    );
 
-    const r = await t.store.create('Practitioner', { resourceType: 'Practitioner', name: [{ family: 'Smith', given: ['John'], prefix: ['Dr'], suffix: ['Jr'], text: 'Doctor Smith' }] });
+    const r = await t.store.create('Practitioner', {
+      resourceType: 'Practitioner',
+      name: [{ family: 'Smith', given: ['John'], prefix: ['Dr'], suffix: ['Jr'], text: 'Doctor Smith' }],
+    });
     assert.ok(r.ok);
     const id = r.value.resource.id!;
-    for (const q of ['name=smith', 'name=joh', 'name=dr', 'name=jr', 'name=doctor', 'name=john smith', 'name=smithjohn', 'name:exact=smith', 'name:exact=john', 'name:contains=mit', 'name=zzz,joh']) {
+    for (const q of [
+      'name=smith',
+      'name=joh',
+      'name=dr',
+      'name=jr',
+      'name=doctor',
+      'name=john smith',
+      'name=smithjohn',
+      'name:exact=smith',
+      'name:exact=john',
+      'name:contains=mit',
+      'name=zzz,joh',
+    ]) {
       assert.deepEqual(idsOf(await search('Practitioner', q)), [id], q);
     }
     assert.deepEqual(idsOf(await search('Practitioner', 'family=john')), [], 'family does not answer from given');
@@ -99,7 +152,11 @@ describe(`search (${testBackend()})`, () => {
     assert.deepEqual(idsOf(await search('Patient', `identifier=${value}`)), [ids.li]);
     assert.deepEqual(idsOf(await search('Patient', `identifier=urn:other|${value}`)), []);
     assert.deepEqual(idsOf(await search('Observation', 'code=http://loinc.org|8867-4')), [ids.hr1, ids.hr2, ids['li-hr']].sort());
-    assert.deepEqual(idsOf(await search('Observation', 'code=|8867-4')), [], 'explicit no-system matches only codes without a system');
+    assert.deepEqual(
+      idsOf(await search('Observation', 'code=|8867-4')),
+      [],
+      'explicit no-system matches only codes without a system',
+    );
     assert.deepEqual(idsOf(await search('Observation', 'status=amended')), [ids.bp]);
   });
 
@@ -108,7 +165,11 @@ describe(`search (${testBackend()})`, () => {
     assert.deepEqual(idsOf(await search('Patient', 'birthdate=ge1990-01-01')), [ids.zhangwei, ids.li].sort());
     assert.deepEqual(idsOf(await search('Patient', 'birthdate=lt1980-03-04')), [ids.muller], '1975 (a year) lies before');
     assert.deepEqual(idsOf(await search('Patient', 'birthdate=eq1975-06-01')), [], 'a year is not contained in a day');
-    assert.deepEqual(idsOf(await search('Observation', 'date=2024-05-06')), [ids.hr1, ids.bp].sort(), 'local +08:00 times fall on that UTC day');
+    assert.deepEqual(
+      idsOf(await search('Observation', 'date=2024-05-06')),
+      [ids.hr1, ids.bp].sort(),
+      'local +08:00 times fall on that UTC day',
+    );
     assert.deepEqual(idsOf(await search('Observation', 'date=gt2024-05-31&date=le2024-06-30')), [ids.hr2]);
     assert.deepEqual(idsOf(await search('Observation', 'date=sa2024-01-01')), [ids.hr1, ids.hr2, ids.bp].sort());
     assert.deepEqual(idsOf(await search('Observation', 'date=eb2024-01-01')), [ids['li-hr']]);
@@ -126,12 +187,21 @@ describe(`search (${testBackend()})`, () => {
   it('pages with _count and next links, sorts, counts and filters by _id and _lastUpdated', async () => {
     const page1 = await search('Patient', '_count=2&_sort=birthdate');
     assert.equal(page1.entry!.length, 2);
-    assert.deepEqual(page1.entry!.map((e) => e.resource!.id), [ids.muller, ids.zhang]);
+    assert.deepEqual(
+      page1.entry!.map((e) => e.resource!.id),
+      [ids.muller, ids.zhang],
+    );
     const next = page1.link!.find((l) => l.relation === 'next')!.url;
     assert.match(next, /_count=2&_offset=2/);
     const page2 = await search('Patient', new URL(next).search.slice(1));
-    assert.deepEqual(page2.entry!.map((e) => e.resource!.id), [ids.zhangwei, ids.li]);
-    assert.equal(page2.link!.find((l) => l.relation === 'next'), undefined);
+    assert.deepEqual(
+      page2.entry!.map((e) => e.resource!.id),
+      [ids.zhangwei, ids.li],
+    );
+    assert.equal(
+      page2.link!.find((l) => l.relation === 'next'),
+      undefined,
+    );
     const desc = await search('Patient', '_sort=-birthdate&_count=1');
     assert.equal(desc.entry![0]!.resource!.id, ids.li);
     const count = await search('Observation', '_summary=count');
@@ -142,7 +212,10 @@ describe(`search (${testBackend()})`, () => {
     assert.deepEqual(idsOf(await search('Patient', `_id=${ids.li},${ids.zhang}`)), [ids.li, ids.zhang].sort());
     assert.equal((await search('Patient', '_lastUpdated=gt2000-01-01')).entry!.length, 4);
     assert.equal((await search('Patient', '_lastUpdated=lt2000-01-01')).entry?.length ?? 0, 0);
-    assert.deepEqual((await search('Patient', '_sort=_id')).entry!.map((e) => e.resource!.id), Object.values(ids).slice(0, 4).sort());
+    assert.deepEqual(
+      (await search('Patient', '_sort=_id')).entry!.map((e) => e.resource!.id),
+      Object.values(ids).slice(0, 4).sort(),
+    );
   });
 
   it('rejects unknown, malformed and unsupported parameters with a message naming them', async () => {

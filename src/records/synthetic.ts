@@ -4,8 +4,50 @@
 import type { Bundle, BundleEntry, Patient } from '@medplum/fhirtypes';
 import { encodeGeohash, GEOLOCATION_URL, makeResidentId, type Region } from '../region/index.ts';
 
-const FAMILY = ['王', '李', '张', '刘', '陈', '杨', '黄', '赵', '吴', '周', '徐', '孙', '马', '朱', '胡', '郭', '何', '林', '罗', '梁'];
-const GIVEN = ['伟', '芳', '娜', '敏', '静', '丽', '强', '磊', '军', '洋', '勇', '艳', '杰', '娟', '涛', '明', '超', '秀英', '建华', '志强'];
+const FAMILY = [
+  '王',
+  '李',
+  '张',
+  '刘',
+  '陈',
+  '杨',
+  '黄',
+  '赵',
+  '吴',
+  '周',
+  '徐',
+  '孙',
+  '马',
+  '朱',
+  '胡',
+  '郭',
+  '何',
+  '林',
+  '罗',
+  '梁',
+];
+const GIVEN = [
+  '伟',
+  '芳',
+  '娜',
+  '敏',
+  '静',
+  '丽',
+  '强',
+  '磊',
+  '军',
+  '洋',
+  '勇',
+  '艳',
+  '杰',
+  '娟',
+  '涛',
+  '明',
+  '超',
+  '秀英',
+  '建华',
+  '志强',
+];
 const VITALS = [
   { code: '8867-4', display: 'Heart rate', unit: '/min', lo: 55, hi: 110 },
   { code: '8480-6', display: 'Systolic blood pressure', unit: 'mm[Hg]', lo: 95, hi: 165 },
@@ -40,7 +82,13 @@ export function syntheticPatient(region: Region, rnd: () => number, n: number): 
   const birthDate = `${year}-${String(1 + Math.floor(rnd() * 12)).padStart(2, '0')}-${String(1 + Math.floor(rnd() * 28)).padStart(2, '0')}`;
   const gender = rnd() < 0.5 ? 'male' : 'female';
   const mobile = `1${pick(['38', '39', '50', '86'])}${String(Math.floor(rnd() * 1e8)).padStart(8, '0')}`;
-  const patient: Patient = { resourceType: 'Patient', name: [{ use: 'official', family, given: [given], text: `${family}${given}` }], gender, birthDate, telecom: [{ system: 'phone', value: mobile, use: 'mobile' }] };
+  const patient: Patient = {
+    resourceType: 'Patient',
+    name: [{ use: 'official', family, given: [given], text: `${family}${given}` }],
+    gender,
+    birthDate,
+    telecom: [{ system: 'phone', value: mobile, use: 'mobile' }],
+  };
   const mode = n % 10;
   let expectedShard: string | undefined;
   const withDivisions = region.shards.filter((s) => s.divisions.length > 0);
@@ -52,15 +100,25 @@ export function syntheticPatient(region: Region, rnd: () => number, n: number): 
     // No identity document: placed by the geolocation of the home address.
     const shard = pick(withGeo);
     const site = region.site(shard.residency[0]!)!;
-    patient.address = [{ use: 'home', text: `${shard.name ?? shard.id}`, extension: [geo(site.location.lat, site.location.lon)] }];
+    patient.address = [
+      { use: 'home', text: `${shard.name ?? shard.id}`, extension: [geo(site.location.lat, site.location.lon)] },
+    ];
     expectedShard = region.shardForGeohash(encodeGeohash(site.location.lat, site.location.lon))?.shard;
   } else if (withDivisions.length) {
     const shard = pick(withDivisions);
     const prefecture = pick(shard.divisions);
     // A county within the prefecture (or another prefecture for a province-level entry).
-    const division = prefecture.endsWith('0000') ? `${prefecture.slice(0, 2)}${String(2 + Math.floor(rnd() * 7)).padStart(2, '0')}00` : `${prefecture.slice(0, 4)}${String(1 + Math.floor(rnd() * 15)).padStart(2, '0')}`;
+    const division = prefecture.endsWith('0000')
+      ? `${prefecture.slice(0, 2)}${String(2 + Math.floor(rnd() * 7)).padStart(2, '0')}00`
+      : `${prefecture.slice(0, 4)}${String(1 + Math.floor(rnd() * 15)).padStart(2, '0')}`;
     const seq = Math.floor(rnd() * 499) * 2 + (gender === 'male' ? 1 : 0);
-    patient.identifier = [{ use: 'official', system: region.config.identifierSystems.residentId, value: makeResidentId({ divisionCode: division, birthDate, sequence: seq }) }];
+    patient.identifier = [
+      {
+        use: 'official',
+        system: region.config.identifierSystems.residentId,
+        value: makeResidentId({ divisionCode: division, birthDate, sequence: seq }),
+      },
+    ];
     expectedShard = region.shardForDivision(division)?.shard;
   }
   const pid = `urn:uuid:${uuidFrom(rnd)}`;
@@ -73,7 +131,11 @@ export function syntheticPatient(region: Region, rnd: () => number, n: number): 
       resource: {
         resourceType: 'Encounter',
         status: 'finished',
-        class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: e === 0 ? 'AMB' : 'IMP', display: e === 0 ? 'ambulatory' : 'inpatient encounter' },
+        class: {
+          system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode',
+          code: e === 0 ? 'AMB' : 'IMP',
+          display: e === 0 ? 'ambulatory' : 'inpatient encounter',
+        },
         subject: { reference: pid },
         // The department that treated the patient: its staff have a care relationship with them.
         serviceProvider: { reference: `Organization/${pick(DEPARTMENTS)}` },
@@ -102,9 +164,14 @@ export function syntheticPatient(region: Region, rnd: () => number, n: number): 
 }
 
 function geo(lat: number, lon: number) {
-  return { url: GEOLOCATION_URL, extension: [{ url: 'latitude', valueDecimal: lat }, { url: 'longitude', valueDecimal: lon }] };
+  return {
+    url: GEOLOCATION_URL,
+    extension: [
+      { url: 'latitude', valueDecimal: lat },
+      { url: 'longitude', valueDecimal: lon },
+    ],
+  };
 }
-
 
 function uuidFrom(rnd: () => number): string {
   const h = Array.from({ length: 32 }, () => Math.floor(rnd() * 16).toString(16));

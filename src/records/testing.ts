@@ -26,7 +26,14 @@ export async function openTestStore(opts: { siteId?: string; db?: Db } = {}): Pr
   const region = await exampleRegion();
   const siteId = opts.siteId ?? 'B';
   const clock = await HybridClock.start({ store: boundStoreFor(db, siteId), maxOffsetMs: 500 });
-  const ctx: RecordsContext = { db, region, siteId, clock, searchParams: buildSearchParamTable(), validator: createR4Validator(SUPPORTED_TYPES) };
+  const ctx: RecordsContext = {
+    db,
+    region,
+    siteId,
+    clock,
+    searchParams: buildSearchParamTable(),
+    validator: createR4Validator(SUPPORTED_TYPES),
+  };
   return {
     store: new RecordStore(ctx),
     ctx,
@@ -36,9 +43,20 @@ export async function openTestStore(opts: { siteId?: string; db?: Db } = {}): Pr
   };
 }
 
-export const WRITE_TABLES = ['resource_current', 'resource_history', 'search_token', 'search_string', 'search_date', 'search_reference', 'empi_patient', 'outbox'] as const;
+export const WRITE_TABLES = [
+  'resource_current',
+  'resource_history',
+  'search_token',
+  'search_string',
+  'search_date',
+  'search_reference',
+  'empi_patient',
+  'outbox',
+] as const;
 
 export async function tableCounts(db: Db): Promise<Record<string, number>> {
-  const { rows } = await db.query<Record<string, number>>(`SELECT ${WRITE_TABLES.map((t) => `(SELECT count(*)::int FROM ${t}) AS ${t}`).join(', ')}`);
+  const { rows } = await db.query<Record<string, number>>(
+    `SELECT ${WRITE_TABLES.map((t) => `(SELECT count(*)::int FROM ${t}) AS ${t}`).join(', ')}`,
+  );
   return rows[0]!;
 }

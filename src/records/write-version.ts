@@ -35,17 +35,44 @@ export interface EmpiEntry {
   blind?: string[];
 }
 
-export async function writeVersion(q: Queryable, v: VersionRow, index: IndexRows, opts: { replacesCurrent: boolean; empi?: EmpiEntry }): Promise<void> {
+export async function writeVersion(
+  q: Queryable,
+  v: VersionRow,
+  index: IndexRows,
+  opts: { replacesCurrent: boolean; empi?: EmpiEntry },
+): Promise<void> {
   const content = v.content === null ? null : JSON.stringify(v.content);
   const params: unknown[] = [
-    v.resourceType, v.id, v.versionId, v.hlc, v.parentHlc, v.originSite, v.epoch, v.shard, v.dataClass, v.patientId, v.deleted, v.lastUpdated, content,
-    index.tokens.map((t) => t.code), index.tokens.map((t) => t.system), index.tokens.map((t) => t.value),
-    index.strings.map((s) => s.code), index.strings.map((s) => s.value),
-    index.dates.map((d) => d.code), index.dates.map((d) => d.lo), index.dates.map((d) => d.hi),
-    index.references.map((r) => r.code), index.references.map((r) => r.target),
+    v.resourceType,
+    v.id,
+    v.versionId,
+    v.hlc,
+    v.parentHlc,
+    v.originSite,
+    v.epoch,
+    v.shard,
+    v.dataClass,
+    v.patientId,
+    v.deleted,
+    v.lastUpdated,
+    content,
+    index.tokens.map((t) => t.code),
+    index.tokens.map((t) => t.system),
+    index.tokens.map((t) => t.value),
+    index.strings.map((s) => s.code),
+    index.strings.map((s) => s.value),
+    index.dates.map((d) => d.code),
+    index.dates.map((d) => d.lo),
+    index.dates.map((d) => d.hi),
+    index.references.map((r) => r.code),
+    index.references.map((r) => r.target),
     randomUUID(),
-    opts.empi?.patientId ?? null, opts.empi?.shard ?? null, opts.empi?.method ?? null, opts.empi?.reason ?? null,
-    opts.empi ? JSON.stringify(empiContent(opts.empi)) : null, randomUUID(),
+    opts.empi?.patientId ?? null,
+    opts.empi?.shard ?? null,
+    opts.empi?.method ?? null,
+    opts.empi?.reason ?? null,
+    opts.empi ? JSON.stringify(empiContent(opts.empi)) : null,
+    randomUUID(),
   ];
   const clearIndex = opts.replacesCurrent
     ? `, dt AS (DELETE FROM search_token WHERE resource_type = $1 AND resource_id = $2)

@@ -7,7 +7,9 @@ export const DATA_CLASSES = ['core', 'noncore', 'public'] as const;
 export type SiteKind = (typeof SITE_KINDS)[number];
 export type DataClass = (typeof DATA_CLASSES)[number];
 
-const id = z.string().regex(/^[A-Za-z][A-Za-z0-9-]{0,31}$/, 'must start with a letter and use only letters, digits and - (at most 32)');
+const id = z
+  .string()
+  .regex(/^[A-Za-z][A-Za-z0-9-]{0,31}$/, 'must start with a letter and use only letters, digits and - (at most 32)');
 const httpUrl = z.string().regex(/^https?:\/\/[^\s/]+(\/[^\s]*)?$/, 'must be an http(s) URL');
 const resourceType = z.string().regex(/^[A-Z][A-Za-z]+$/, 'must be a FHIR resource type name');
 
@@ -29,7 +31,9 @@ export const shardSchema = z.strictObject({
   name: z.string().min(1).optional(),
   /** 6-digit administrative division codes (county 440305, prefecture 440300, province 440000). */
   divisions: z.array(z.string().regex(/^\d{6}$/, 'must be a 6-digit administrative division code')).default([]),
-  geohashes: z.array(z.string().regex(/^[0-9bcdefghjkmnpqrstuvwxyz]{1,12}$/, 'must be a GeoHash prefix (base32, 1-12 characters)')).default([]),
+  geohashes: z
+    .array(z.string().regex(/^[0-9bcdefghjkmnpqrstuvwxyz]{1,12}$/, 'must be a GeoHash prefix (base32, 1-12 characters)'))
+    .default([]),
   /** Ordered: the home (active) site first, then its disaster-recovery twin(s). */
   residency: z.array(id).min(1, 'must list at least one site'),
 });
@@ -64,7 +68,11 @@ export const regionSchema = z.strictObject({
       /** national: SM2/SM3/SM4 (regional standard); international: AES-256-GCM / RSA-3072 fallback. */
       crypto: z.enum(['national', 'international']).default('national'),
       /** Audit entries stay online at least this long before export to the archive (>= 6 months). */
-      auditOnlineDays: z.number().int().min(183, 'the regional standard keeps audit logs online for at least 6 months (183 days)').default(183),
+      auditOnlineDays: z
+        .number()
+        .int()
+        .min(183, 'the regional standard keeps audit logs online for at least 6 months (183 days)')
+        .default(183),
     })
     .prefault({}),
 });

@@ -7,19 +7,40 @@ export function isGeohash(s: string): boolean {
 
 export function encodeGeohash(lat: number, lon: number, precision = 12): string {
   if (!(lat >= -90 && lat <= 90 && lon >= -180 && lon <= 180)) throw new RangeError(`coordinates out of range: ${lat},${lon}`);
-  let latLo = -90, latHi = 90, lonLo = -180, lonHi = 180;
+  let latLo = -90,
+    latHi = 90,
+    lonLo = -180,
+    lonHi = 180;
   let out = '';
-  let bits = 0, ch = 0, even = true;
+  let bits = 0,
+    ch = 0,
+    even = true;
   while (out.length < precision) {
     if (even) {
       const mid = (lonLo + lonHi) / 2;
-      if (lon >= mid) { ch = (ch << 1) | 1; lonLo = mid; } else { ch <<= 1; lonHi = mid; }
+      if (lon >= mid) {
+        ch = (ch << 1) | 1;
+        lonLo = mid;
+      } else {
+        ch <<= 1;
+        lonHi = mid;
+      }
     } else {
       const mid = (latLo + latHi) / 2;
-      if (lat >= mid) { ch = (ch << 1) | 1; latLo = mid; } else { ch <<= 1; latHi = mid; }
+      if (lat >= mid) {
+        ch = (ch << 1) | 1;
+        latLo = mid;
+      } else {
+        ch <<= 1;
+        latHi = mid;
+      }
     }
     even = !even;
-    if (++bits === 5) { out += BASE32[ch]; bits = 0; ch = 0; }
+    if (++bits === 5) {
+      out += BASE32[ch];
+      bits = 0;
+      ch = 0;
+    }
   }
   return out;
 }

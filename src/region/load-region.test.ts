@@ -5,7 +5,8 @@ import { parse, stringify } from 'yaml';
 import { formatIssues, parseRegion, validateRegion } from './load-region.ts';
 
 const exampleText = await readFile(new URL('../../region.example.yaml', import.meta.url), 'utf8');
-const example = (): Record<string, unknown> & { sites: Array<Record<string, unknown>>; shards: Array<Record<string, unknown>> } => parse(exampleText) as never;
+const example = (): Record<string, unknown> & { sites: Array<Record<string, unknown>>; shards: Array<Record<string, unknown>> } =>
+  parse(exampleText) as never;
 
 function issuesOf(doc: unknown): string {
   const r = validateRegion(doc);
@@ -18,7 +19,14 @@ describe('region file', () => {
     const r = parseRegion(exampleText);
     assert.ok(r.ok, r.ok ? '' : formatIssues(r.issues));
     const { region } = r;
-    assert.deepEqual(region.sites.map((s) => [s.id, s.kind]), [['B', 'private'], ['C', 'private'], ['A', 'public']]);
+    assert.deepEqual(
+      region.sites.map((s) => [s.id, s.kind]),
+      [
+        ['B', 'private'],
+        ['C', 'private'],
+        ['A', 'public'],
+      ],
+    );
     for (const code of ['440100', '440300', '440600', '441200', '442000']) assert.ok(region.shardForDivision(code), code);
     assert.equal(region.classOf('Patient'), 'core');
     assert.equal(region.classOf('Organization'), 'public');
@@ -42,7 +50,7 @@ describe('region file', () => {
     assert.match(text, /^shards\[0\]\.divisions\[0\]: must be a 6-digit administrative division code$/m);
   });
 
-  it('requires a shard\'s home and DR twin to be at least 50 km apart', () => {
+  it("requires a shard's home and DR twin to be at least 50 km apart", () => {
     const doc = example();
     doc.sites[1]!.location = { lat: 23.2, lon: 113.3 }; // C moved next to B in Guangzhou
     assert.match(issuesOf(doc), /shards\[0\]\.residency: home site B and DR twin C are \d+\.\d km apart; must be at least 50 km/);

@@ -14,7 +14,10 @@ export function parseRegion(text: string, source = 'region'): LoadResult {
     doc = parseYaml(text, { prettyErrors: true });
   } catch (e) {
     const where = e instanceof YAMLParseError && e.linePos ? `${source}:${e.linePos[0].line}:${e.linePos[0].col}` : source;
-    return { ok: false, issues: [{ path: where, message: `not valid YAML: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}` }] };
+    return {
+      ok: false,
+      issues: [{ path: where, message: `not valid YAML: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}` }],
+    };
   }
   return validateRegion(doc);
 }
@@ -33,7 +36,10 @@ export async function loadRegionFile(file: string): Promise<LoadResult> {
     text = await readFile(file, 'utf8');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    return { ok: false, issues: [{ path: file, message: code === 'ENOENT' ? 'file not found' : `cannot read (${code ?? String(e)})` }] };
+    return {
+      ok: false,
+      issues: [{ path: file, message: code === 'ENOENT' ? 'file not found' : `cannot read (${code ?? String(e)})` }],
+    };
   }
   return parseRegion(text, file);
 }
@@ -54,11 +60,23 @@ function formatIssue(issue: z.core.$ZodIssue): ConfigIssue[] {
     case 'invalid_value':
       return [{ path, message: `must be one of ${issue.values.map(String).join(', ')}` }];
     case 'invalid_type':
-      return [{ path, message: issue.input === undefined ? 'is required' : `must be ${issue.expected === 'object' ? 'a mapping' : issue.expected}` }];
+      return [
+        {
+          path,
+          message:
+            issue.input === undefined ? 'is required' : `must be ${issue.expected === 'object' ? 'a mapping' : issue.expected}`,
+        },
+      ];
     case 'unrecognized_keys':
       return issue.keys.map((k) => ({ path: formatPath([...issue.path, k]), message: 'unknown field' }));
     case 'too_small':
-      if (issue.origin === 'array') return [{ path, message: issue.message.startsWith('must') ? issue.message : `must have at least ${String(issue.minimum)} item(s)` }];
+      if (issue.origin === 'array')
+        return [
+          {
+            path,
+            message: issue.message.startsWith('must') ? issue.message : `must have at least ${String(issue.minimum)} item(s)`,
+          },
+        ];
       if (issue.origin === 'string') return [{ path, message: 'must not be empty' }];
       return [{ path, message: `must be >= ${String(issue.minimum)}` }];
     case 'too_big':

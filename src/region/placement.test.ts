@@ -15,27 +15,55 @@ const ctx = (receivingSite: string, orgShards: Record<string, string> = {}) => (
   receivingSite,
   organizationShard: (id: string) => Promise.resolve(orgShards[id]),
 });
-const geo = (lat: number, lon: number) => ({ url: GEOLOCATION_URL, extension: [{ url: 'latitude', valueDecimal: lat }, { url: 'longitude', valueDecimal: lon }] });
+const geo = (lat: number, lon: number) => ({
+  url: GEOLOCATION_URL,
+  extension: [
+    { url: 'latitude', valueDecimal: lat },
+    { url: 'longitude', valueDecimal: lon },
+  ],
+});
 
 describe('home shard placement', () => {
   it('places by resident ID division, falling back county -> prefecture', async () => {
-    const p: Patient = { resourceType: 'Patient', identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440305', birthDate: '1985-06-15', sequence: 42 }) }] };
+    const p: Patient = {
+      resourceType: 'Patient',
+      identifier: [{ system: RID, value: makeResidentId({ divisionCode: '440305', birthDate: '1985-06-15', sequence: 42 }) }],
+    };
     const r = await placePatient(p, ctx('B'));
     assert.ok(r.ok);
-    assert.deepEqual(r.placement, { shard: 'shenzhen', method: 'resident-id', reason: 'resident ID division 440305 matched 440300' });
+    assert.deepEqual(r.placement, {
+      shard: 'shenzhen',
+      method: 'resident-id',
+      reason: 'resident ID division 440305 matched 440300',
+    });
   });
 
   it('refuses an invalid resident ID instead of guessing, naming the element', async () => {
     const id = makeResidentId({ divisionCode: '440305', birthDate: '1985-06-15', sequence: 42 });
     const wrong = id.slice(0, 17) + (id[17] === '0' ? '1' : '0');
-    const r = await placePatient({ resourceType: 'Patient', identifier: [{ system: 'x', value: 'y' }, { system: RID, value: wrong }] }, ctx('B'));
+    const r = await placePatient(
+      {
+        resourceType: 'Patient',
+        identifier: [
+          { system: 'x', value: 'y' },
+          { system: RID, value: wrong },
+        ],
+      },
+      ctx('B'),
+    );
     assert.ok(!r.ok);
     assert.equal(r.error.kind, 'invalid-identifier');
     assert.ok(r.error.kind === 'invalid-identifier' && r.error.expression === 'Patient.identifier[1].value');
   });
 
   it('uses the insurance card when there is no resident ID', async () => {
-    const r = await placePatient({ resourceType: 'Patient', identifier: [{ system: region.config.identifierSystems.insuranceCard, value: '4406051234567' }] }, ctx('C'));
+    const r = await placePatient(
+      {
+        resourceType: 'Patient',
+        identifier: [{ system: region.config.identifierSystems.insuranceCard, value: '4406051234567' }],
+      },
+      ctx('C'),
+    );
     assert.ok(r.ok);
     assert.equal(r.placement.shard, 'foshan');
     assert.equal(r.placement.method, 'insurance-card');
@@ -57,7 +85,11 @@ describe('home shard placement', () => {
 
   it('places a patient from outside the region instead of rejecting them, and says why', async () => {
     const beijing = makeResidentId({ divisionCode: '110105', birthDate: '1970-01-01', sequence: 7 });
-    const p: Patient = { resourceType: 'Patient', identifier: [{ system: RID, value: beijing }], address: [{ use: 'home', country: 'SG', extension: [geo(1.35, 103.82)] }] };
+    const p: Patient = {
+      resourceType: 'Patient',
+      identifier: [{ system: RID, value: beijing }],
+      address: [{ use: 'home', country: 'SG', extension: [geo(1.35, 103.82)] }],
+    };
     const r = await placePatient(p, ctx('C'));
     assert.ok(r.ok);
     assert.equal(r.placement.shard, 'shenzhen');

@@ -15,8 +15,7 @@ export interface Placement {
 }
 
 export type PlacementError =
-  | { kind: 'invalid-identifier'; message: string; expression: string }
-  | { kind: 'refused'; message: string };
+  { kind: 'invalid-identifier'; message: string; expression: string } | { kind: 'refused'; message: string };
 
 export interface PlacementContext {
   region: Region;
@@ -40,11 +39,25 @@ export async function placePatient(
   if (residentIdx >= 0) {
     const parsed = parseResidentId(identifiers[residentIdx]!.value!);
     if (!parsed.ok) {
-      return { ok: false, error: { kind: 'invalid-identifier', message: parsed.error.message, expression: `Patient.identifier[${residentIdx}].value` } };
+      return {
+        ok: false,
+        error: {
+          kind: 'invalid-identifier',
+          message: parsed.error.message,
+          expression: `Patient.identifier[${residentIdx}].value`,
+        },
+      };
     }
     const hit = region.shardForDivision(parsed.value.divisionCode);
     if (hit) {
-      return { ok: true, placement: { shard: hit.shard, method: 'resident-id', reason: `resident ID division ${parsed.value.divisionCode} matched ${hit.matched}` } };
+      return {
+        ok: true,
+        placement: {
+          shard: hit.shard,
+          method: 'resident-id',
+          reason: `resident ID division ${parsed.value.divisionCode} matched ${hit.matched}`,
+        },
+      };
     }
     notes.push(`resident ID division ${parsed.value.divisionCode} is outside the region`);
   }
@@ -53,7 +66,15 @@ export async function placePatient(
   const cardDivision = card?.value?.slice(0, 6);
   if (cardDivision && /^\d{6}$/.test(cardDivision)) {
     const hit = region.shardForDivision(cardDivision);
-    if (hit) return { ok: true, placement: { shard: hit.shard, method: 'insurance-card', reason: `insurance card division ${cardDivision} matched ${hit.matched}` } };
+    if (hit)
+      return {
+        ok: true,
+        placement: {
+          shard: hit.shard,
+          method: 'insurance-card',
+          reason: `insurance card division ${cardDivision} matched ${hit.matched}`,
+        },
+      };
     notes.push(`insurance card division ${cardDivision} is outside the region`);
   }
 
@@ -61,7 +82,15 @@ export async function placePatient(
   if (geo) {
     const gh = encodeGeohash(geo.lat, geo.lon, 12);
     const hit = region.shardForGeohash(gh);
-    if (hit) return { ok: true, placement: { shard: hit.shard, method: 'geolocation', reason: withNotes(`home address GeoHash ${gh} matched prefix ${hit.matched}`, notes) } };
+    if (hit)
+      return {
+        ok: true,
+        placement: {
+          shard: hit.shard,
+          method: 'geolocation',
+          reason: withNotes(`home address GeoHash ${gh} matched prefix ${hit.matched}`, notes),
+        },
+      };
     notes.push(`home address GeoHash ${gh} matches no shard`);
   }
 
@@ -69,7 +98,15 @@ export async function placePatient(
   const orgId = orgRef?.startsWith('Organization/') ? orgRef.slice('Organization/'.length) : undefined;
   if (orgId) {
     const shard = await ctx.organizationShard(orgId);
-    if (shard) return { ok: true, placement: { shard, method: 'managing-organization', reason: withNotes(`managing organization ${orgId} belongs to shard ${shard}`, notes) } };
+    if (shard)
+      return {
+        ok: true,
+        placement: {
+          shard,
+          method: 'managing-organization',
+          reason: withNotes(`managing organization ${orgId} belongs to shard ${shard}`, notes),
+        },
+      };
     notes.push(`managing organization ${orgId} has no shard`);
   }
 
@@ -77,10 +114,23 @@ export async function placePatient(
   if (fallback === 'refuse') {
     return {
       ok: false,
-      error: { kind: 'refused', message: withNotes(`cannot place the patient: no resident ID, insurance card, geolocated home address or managing organization maps to a shard, and site ${ctx.receivingSite} has no default shard`, notes) },
+      error: {
+        kind: 'refused',
+        message: withNotes(
+          `cannot place the patient: no resident ID, insurance card, geolocated home address or managing organization maps to a shard, and site ${ctx.receivingSite} has no default shard`,
+          notes,
+        ),
+      },
     };
   }
-  return { ok: true, placement: { shard: fallback, method: 'site-default', reason: withNotes(`default shard of receiving site ${ctx.receivingSite}`, notes) } };
+  return {
+    ok: true,
+    placement: {
+      shard: fallback,
+      method: 'site-default',
+      reason: withNotes(`default shard of receiving site ${ctx.receivingSite}`, notes),
+    },
+  };
 }
 
 /** Geolocation of the home address (else the first geolocated address). */

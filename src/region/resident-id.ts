@@ -2,9 +2,7 @@
 // 3-digit sequence (odd = male), ISO 7064 MOD 11-2 check character.
 
 export type ResidentIdError =
-  | { kind: 'format'; message: string }
-  | { kind: 'birth-date'; message: string }
-  | { kind: 'check-digit'; message: string };
+  { kind: 'format'; message: string } | { kind: 'birth-date'; message: string } | { kind: 'check-digit'; message: string };
 
 export interface ResidentId {
   value: string;
@@ -37,11 +35,20 @@ export function parseResidentId(
   const birth = new Date(Date.UTC(y, m - 1, d));
   const today = opts.today ?? new Date();
   if (y < 1850 || birth.getUTCFullYear() !== y || birth.getUTCMonth() !== m - 1 || birth.getUTCDate() !== d || birth > today) {
-    return { ok: false, error: { kind: 'birth-date', message: `resident ID birth date ${value.slice(6, 14)} is not a valid past date` } };
+    return {
+      ok: false,
+      error: { kind: 'birth-date', message: `resident ID birth date ${value.slice(6, 14)} is not a valid past date` },
+    };
   }
   const expected = residentIdCheckChar(value.slice(0, 17));
   if (expected !== value[17]) {
-    return { ok: false, error: { kind: 'check-digit', message: `resident ID check digit is ${value[17]}, expected ${expected} (ISO 7064 MOD 11-2)` } };
+    return {
+      ok: false,
+      error: {
+        kind: 'check-digit',
+        message: `resident ID check digit is ${value[17]}, expected ${expected} (ISO 7064 MOD 11-2)`,
+      },
+    };
   }
   return {
     ok: true,

@@ -13,8 +13,12 @@ export function checkRegion(cfg: RegionConfig): ConfigIssue[] {
   const sites = new Map(cfg.sites.map((s) => [s.id, s]));
   const shardIds = new Set(cfg.shards.map((s) => s.id));
 
-  duplicates(cfg.sites.map((s) => s.id)).forEach((i) => issues.push({ path: `sites[${i}].id`, message: `duplicate site id ${cfg.sites[i]!.id}` }));
-  duplicates(cfg.shards.map((s) => s.id)).forEach((i) => issues.push({ path: `shards[${i}].id`, message: `duplicate shard id ${cfg.shards[i]!.id}` }));
+  duplicates(cfg.sites.map((s) => s.id)).forEach((i) =>
+    issues.push({ path: `sites[${i}].id`, message: `duplicate site id ${cfg.sites[i]!.id}` }),
+  );
+  duplicates(cfg.shards.map((s) => s.id)).forEach((i) =>
+    issues.push({ path: `shards[${i}].id`, message: `duplicate shard id ${cfg.shards[i]!.id}` }),
+  );
 
   const divisionOwner = new Map<string, string>();
   const geohashOwner = new Map<string, string>();
@@ -23,9 +27,12 @@ export function checkRegion(cfg: RegionConfig): ConfigIssue[] {
       const site = sites.get(siteId);
       const path = `shards[${si}].residency[${ri}]`;
       if (!site) issues.push({ path, message: `unknown site ${siteId}` });
-      else if (site.kind !== 'private') issues.push({ path, message: `site ${siteId} is ${site.kind}; core data may reside only on private sites` });
+      else if (site.kind !== 'private')
+        issues.push({ path, message: `site ${siteId} is ${site.kind}; core data may reside only on private sites` });
     });
-    duplicates(shard.residency).forEach((ri) => issues.push({ path: `shards[${si}].residency[${ri}]`, message: `site ${shard.residency[ri]} listed twice` }));
+    duplicates(shard.residency).forEach((ri) =>
+      issues.push({ path: `shards[${si}].residency[${ri}]`, message: `site ${shard.residency[ri]} listed twice` }),
+    );
     const [home, twin] = shard.residency.map((id) => sites.get(id));
     if (home && twin) {
       const km = distanceKm(home.location, twin.location);
@@ -38,12 +45,17 @@ export function checkRegion(cfg: RegionConfig): ConfigIssue[] {
     }
     shard.divisions.forEach((code, di) => {
       const owner = divisionOwner.get(code);
-      if (owner) issues.push({ path: `shards[${si}].divisions[${di}]`, message: `division ${code} already belongs to shard ${owner}` });
+      if (owner)
+        issues.push({ path: `shards[${si}].divisions[${di}]`, message: `division ${code} already belongs to shard ${owner}` });
       else divisionOwner.set(code, shard.id);
     });
     shard.geohashes.forEach((gh, gi) => {
       const owner = geohashOwner.get(gh);
-      if (owner) issues.push({ path: `shards[${si}].geohashes[${gi}]`, message: `GeoHash prefix ${gh} already belongs to shard ${owner}` });
+      if (owner)
+        issues.push({
+          path: `shards[${si}].geohashes[${gi}]`,
+          message: `GeoHash prefix ${gh} already belongs to shard ${owner}`,
+        });
       else geohashOwner.set(gh, shard.id);
     });
   });

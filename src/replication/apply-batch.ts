@@ -5,7 +5,15 @@
 import type { HybridClock } from '../clock/index.ts';
 import type { Db, Queryable } from '../db/index.ts';
 import { unpackHlc } from '../clock/index.ts';
-import { applyVersion, applyVersions, patientOf, repairVersion, type RemoteVersion, type ApplyResult, type RecordsContext } from '../records/index.ts';
+import {
+  applyVersion,
+  applyVersions,
+  patientOf,
+  repairVersion,
+  type RemoteVersion,
+  type ApplyResult,
+  type RecordsContext,
+} from '../records/index.ts';
 import type { Region } from '../region/index.ts';
 import type { Change, Cursor } from './changefeed.ts';
 import { changeJson } from './wire.ts';
@@ -81,9 +89,18 @@ export async function applyBatch(ctx: ApplyContext, batch: Batch): Promise<Apply
 }
 
 /** The page inside its transaction: cursor check, refusals, waits, the changes, the cursor. */
-async function applyPage(ctx: ApplyContext, tx: Queryable, batch: Batch, skewed: ReadonlyMap<string, string>, report: ApplyReport): Promise<void> {
+async function applyPage(
+  ctx: ApplyContext,
+  tx: Queryable,
+  batch: Batch,
+  skewed: ReadonlyMap<string, string>,
+  report: ApplyReport,
+): Promise<void> {
   if (batch.expect) {
-    const { rows } = await tx.query<{ txid: string; pos: string }>('SELECT txid::text AS txid, pos::text AS pos FROM replication_cursor WHERE peer = $1 FOR UPDATE', [batch.peer]);
+    const { rows } = await tx.query<{ txid: string; pos: string }>(
+      'SELECT txid::text AS txid, pos::text AS pos FROM replication_cursor WHERE peer = $1 FOR UPDATE',
+      [batch.peer],
+    );
     const at = rows[0] ?? { txid: '0', pos: '0' };
     if (at.txid !== batch.expect.txid || at.pos !== batch.expect.pos) {
       report.stale = true;
@@ -98,7 +115,8 @@ async function applyPage(ctx: ApplyContext, tx: Queryable, batch: Batch, skewed:
   for (const c of batch.changes) {
     const reason = refusal(ctx, c, skewed.get(c.changeId));
     if (reason) refusals.push({ c, reason });
-    else if (waiting.has(resourceOf(c))) await wait(tx, batch.peer, c, report); // behind a parked change of its resource
+    else if (waiting.has(resourceOf(c)))
+      await wait(tx, batch.peer, c, report); // behind a parked change of its resource
     else plan.push(c);
   }
   if (refusals.length) {
@@ -124,7 +142,9 @@ async function applyPage(ctx: ApplyContext, tx: Queryable, batch: Batch, skewed:
 async function applyAlone(ctx: ApplyContext, tx: Queryable, batch: Batch, c: Change, report: ApplyReport): Promise<void> {
   const resource = `${c.resourceType}/${c.resourceId}`;
   // A change parked earlier in this page blocks the later changes of its resource too.
-  const blocked = await tx.query("SELECT 1 FROM replication_dead_letter WHERE resource = $1 AND status <> 'skipped' LIMIT 1", [resource]);
+  const blocked = await tx.query("SELECT 1 FROM replication_dead_letter WHERE resource = $1 AND status <> 'skipped' LIMIT 1", [
+    resource,
+  ]);
   if (blocked.rows.length) return wait(tx, batch.peer, c, report);
   await tx.query('SAVEPOINT change');
   try {
@@ -140,9 +160,16 @@ async function applyAlone(ctx: ApplyContext, tx: Queryable, batch: Batch, c: Cha
   } catch (e) {
     await tx.query('ROLLBACK TO SAVEPOINT change');
     const error = e instanceof Error ? e.message : String(e);
-    const before = await tx.query<{ attempts: number }>('SELECT attempts FROM replication_attempt WHERE change_id = $1', [c.changeId]);
+    const before = await tx.query<{ attempts: number }>('SELECT attempts FROM replication_attempt WHERE change_id = $1', [
+      c.changeId,
+    ]);
     const attempts = (before.rows[0]?.attempts ?? 0) + 1;
-    if (attempts < (ctx.maxAttempts ?? 5)) throw new RetryLater(`${resource} (change ${c.changeId}) failed, attempt ${attempts}: ${error}`, { changeId: c.changeId, attempts, error });
+    if (attempts < (ctx.maxAttempts ?? 5))
+      throw new RetryLater(`${resource} (change ${c.changeId}) failed, attempt ${attempts}: ${error}`, {
+        changeId: c.changeId,
+        attempts,
+        error,
+      });
     await park(tx, batch.peer, c, 'parked', error, attempts);
     report.parked.push({ changeId: c.changeId, resource, status: 'parked', error });
   }
@@ -160,7 +187,8 @@ function refusal(ctx: ApplyContext, c: Change, skew: string | undefined): string
   // The class comes from this site's region file, not from the sender's word for it.
   const cls = ctx.region.classOf(c.resourceType);
   if (cls !== c.dataClass) return `data class: ${c.resourceType} is ${cls} data here, the change says ${c.dataClass}`;
-  if (!ctx.region.mayHold(ctx.siteId, c.dataClass, c.shard)) return `site ${ctx.siteId} may not hold ${c.dataClass} data of shard ${c.shard ?? '(none)'}`;
+  if (!ctx.region.mayHold(ctx.siteId, c.dataClass, c.shard))
+    return `site ${ctx.siteId} may not hold ${c.dataClass} data of shard ${c.shard ?? '(none)'}`;
   return skew ? `clock skew: ${skew}` : undefined;
 }
 
@@ -174,7 +202,13 @@ async function blockedResources(tx: Queryable, changes: readonly Change[]): Prom
 }
 
 /** Applies the changes in a few statements; false (and nothing applied) if any of them fails. */
-async function applyTogether(ctx: ApplyContext, tx: Queryable, peer: string, changes: readonly Change[], report: ApplyReport): Promise<boolean> {
+async function applyTogether(
+  ctx: ApplyContext,
+  tx: Queryable,
+  peer: string,
+  changes: readonly Change[],
+  report: ApplyReport,
+): Promise<boolean> {
   await tx.query('SAVEPOINT page');
   try {
     const fresh = await tx.query<{ change_id: string }>(
@@ -191,7 +225,8 @@ async function applyTogether(ctx: ApplyContext, tx: Queryable, peer: string, cha
       if (r.outcome === 'duplicate') return void report.duplicates++;
       report.applied++;
       if (r.outcome === 'current') report.current++;
-      if (r.conflictWith) report.conflicts.push({ resource: `${c.resourceType}/${c.resourceId}`, versions: [c.versionId, r.conflictWith] });
+      if (r.conflictWith)
+        report.conflicts.push({ resource: `${c.resourceType}/${c.resourceId}`, versions: [c.versionId, r.conflictWith] });
     });
     return true;
   } catch {
@@ -202,9 +237,19 @@ async function applyTogether(ctx: ApplyContext, tx: Queryable, peer: string, cha
 
 function versionOf(c: Change): RemoteVersion {
   return {
-    resourceType: c.resourceType, id: c.resourceId, versionId: c.versionId, hlc: c.hlc, parentHlc: c.parentHlc, originSite: c.originSite,
-    epoch: c.epoch, shard: c.shard, dataClass: c.dataClass, patientId: c.payload ? (patientOf(c.payload).patientId ?? null) : null,
-    deleted: c.deleted, lastUpdated: new Date(unpackHlc(c.hlc).physicalMs).toISOString(), content: c.payload,
+    resourceType: c.resourceType,
+    id: c.resourceId,
+    versionId: c.versionId,
+    hlc: c.hlc,
+    parentHlc: c.parentHlc,
+    originSite: c.originSite,
+    epoch: c.epoch,
+    shard: c.shard,
+    dataClass: c.dataClass,
+    patientId: c.payload ? (patientOf(c.payload).patientId ?? null) : null,
+    deleted: c.deleted,
+    lastUpdated: new Date(unpackHlc(c.hlc).physicalMs).toISOString(),
+    content: c.payload,
   };
 }
 
@@ -212,14 +257,30 @@ function versionOf(c: Change): RemoteVersion {
  * Applies one change that passed the residency and clock checks; 'duplicate' when its id was
  * seen. A repair is never skipped as seen: the version itself decides (repairVersion).
  */
-export async function applyOne(ctx: ApplyContext, tx: Queryable, peer: string, c: Change, repair = false): Promise<'duplicate' | ApplyResult | { outcome: 'replaced' }> {
-  const fresh = await tx.query('INSERT INTO replication_applied (change_id, peer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1', [c.changeId, peer]);
+export async function applyOne(
+  ctx: ApplyContext,
+  tx: Queryable,
+  peer: string,
+  c: Change,
+  repair = false,
+): Promise<'duplicate' | ApplyResult | { outcome: 'replaced' }> {
+  const fresh = await tx.query(
+    'INSERT INTO replication_applied (change_id, peer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1',
+    [c.changeId, peer],
+  );
   if (fresh.rows.length === 0 && !repair) return 'duplicate';
   const v = versionOf(c);
   return repair ? repairVersion(ctx.records, tx, v) : applyVersion(ctx.records, tx, v);
 }
 
-async function park(tx: Queryable, peer: string, c: Change, status: 'parked' | 'waiting', error: string | undefined, attempts: number): Promise<void> {
+async function park(
+  tx: Queryable,
+  peer: string,
+  c: Change,
+  status: 'parked' | 'waiting',
+  error: string | undefined,
+  attempts: number,
+): Promise<void> {
   await tx.query(
     'INSERT INTO replication_dead_letter (change_id, peer, resource, change, status, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (change_id) DO NOTHING',
     [c.changeId, peer, `${c.resourceType}/${c.resourceId}`, changeJson(c), status, error ?? null, attempts],
@@ -228,6 +289,9 @@ async function park(tx: Queryable, peer: string, c: Change, status: 'parked' | '
 
 /** Where this site is in a peer's feed (the start when it never pulled). */
 export async function cursorFor(db: Db, peer: string): Promise<Cursor> {
-  const { rows } = await db.query<{ txid: string; pos: string }>('SELECT txid::text AS txid, pos::text AS pos FROM replication_cursor WHERE peer = $1', [peer]);
+  const { rows } = await db.query<{ txid: string; pos: string }>(
+    'SELECT txid::text AS txid, pos::text AS pos FROM replication_cursor WHERE peer = $1',
+    [peer],
+  );
   return rows[0] ?? { txid: '0', pos: '0' };
 }

@@ -57,7 +57,10 @@ interface Row {
   payload: Resource | null;
 }
 
-export async function readChanges(q: Queryable, opts: { region: Region; forSite: string; after: Cursor; limit: number }): Promise<FeedPage> {
+export async function readChanges(
+  q: Queryable,
+  opts: { region: Region; forSite: string; after: Cursor; limit: number },
+): Promise<FeedPage> {
   const { rows } = await q.query<Row>(
     `SELECT txid::text AS txid, pos::text AS pos, change_id::text AS change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class,
             resource_type, resource_id, version_id, deleted, payload
@@ -75,8 +78,18 @@ export async function readChanges(q: Queryable, opts: { region: Region; forSite:
       continue;
     }
     changes.push({
-      changeId: r.change_id, originSite: r.origin_site, hlc: BigInt(r.hlc), parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc), epoch: BigInt(r.epoch),
-      shard: r.shard, dataClass: r.data_class, resourceType: r.resource_type, resourceId: r.resource_id, versionId: r.version_id, deleted: r.deleted, payload: r.payload,
+      changeId: r.change_id,
+      originSite: r.origin_site,
+      hlc: BigInt(r.hlc),
+      parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc),
+      epoch: BigInt(r.epoch),
+      shard: r.shard,
+      dataClass: r.data_class,
+      resourceType: r.resource_type,
+      resourceId: r.resource_id,
+      versionId: r.version_id,
+      deleted: r.deleted,
+      payload: r.payload,
     });
   }
   const last = rows.at(-1);

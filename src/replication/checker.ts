@@ -86,7 +86,12 @@ export class ConsistencyChecker {
     for (const id of this.#o.peers().keys()) {
       try {
         // One node of the site checks each peer per period: the lease outlives the period's start.
-        const mine = await claimLease(this.#o.apply.db, { name: `verify:${id}`, holder: this.#holder, seconds: Math.max(1, Math.floor(everyMs / 1000) - 1), renew: false });
+        const mine = await claimLease(this.#o.apply.db, {
+          name: `verify:${id}`,
+          holder: this.#holder,
+          seconds: Math.max(1, Math.floor(everyMs / 1000) - 1),
+          renew: false,
+        });
         if (mine) await this.run({ peers: [id] });
       } catch (e) {
         this.#o.onError?.(id, e instanceof Error ? e.message : String(e));

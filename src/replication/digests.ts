@@ -60,11 +60,17 @@ export function bucketKey(shard: string | null, resourceType: string, id: string
 }
 
 function leafOf(r: Row): Buffer {
-  return sm3(enc.encode([r.resource_type, r.id, r.version_id, r.origin_site, r.deleted ? '1' : '0', r.content ?? ''].join('\u0000')));
+  return sm3(
+    enc.encode([r.resource_type, r.id, r.version_id, r.origin_site, r.deleted ? '1' : '0', r.content ?? ''].join('\u0000')),
+  );
 }
 
 /** Every version in scope, in index order, a page at a time (memory stays bounded). */
-async function* versionsInScope(q: Queryable, scope: DigestScope, only?: { shard: string | null; resourceType: string }): AsyncGenerator<Row> {
+async function* versionsInScope(
+  q: Queryable,
+  scope: DigestScope,
+  only?: { shard: string | null; resourceType: string },
+): AsyncGenerator<Row> {
   const [a, b] = scope.pair;
   let after: [string, string, string] | undefined;
   for (;;) {
@@ -84,7 +90,8 @@ async function* versionsInScope(q: Queryable, scope: DigestScope, only?: { shard
          FROM resource_history WHERE ${where} ORDER BY resource_type, id, version_id LIMIT ${PAGE}`,
       params,
     );
-    for (const r of rows) if (scope.region.mayHold(a, r.data_class, r.shard) && scope.region.mayHold(b, r.data_class, r.shard)) yield r;
+    for (const r of rows)
+      if (scope.region.mayHold(a, r.data_class, r.shard) && scope.region.mayHold(b, r.data_class, r.shard)) yield r;
     if (rows.length < PAGE) return;
     const last = rows.at(-1)!;
     after = [last.resource_type, last.id, last.version_id];
@@ -105,7 +112,12 @@ export async function computeDigests(q: Queryable, scope: DigestScope): Promise<
     b.sum = (b.sum + BigInt(`0x${leafOf(r).toString('hex')}`)) % MOD;
   }
   return [...acc.entries()]
-    .map(([key, b]) => ({ key, versions: b.versions, resources: b.resources, digest: sm3(enc.encode(`${b.versions}|${b.sum.toString(16)}`)).toString('hex') }))
+    .map(([key, b]) => ({
+      key,
+      versions: b.versions,
+      resources: b.resources,
+      digest: sm3(enc.encode(`${b.versions}|${b.sum.toString(16)}`)).toString('hex'),
+    }))
     .sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : 0));
 }
 
@@ -122,7 +134,15 @@ export async function bucketLeaves(q: Queryable, scope: DigestScope, keys: reado
   for (const only of groups.values()) {
     for await (const r of versionsInScope(q, scope, only)) {
       const key = bucketKey(r.shard, r.resource_type, r.id, buckets);
-      if (wanted.has(key)) out.push({ key, resourceType: r.resource_type, id: r.id, versionId: r.version_id, originSite: r.origin_site, leaf: leafOf(r).toString('hex') });
+      if (wanted.has(key))
+        out.push({
+          key,
+          resourceType: r.resource_type,
+          id: r.id,
+          versionId: r.version_id,
+          originSite: r.origin_site,
+          leaf: leafOf(r).toString('hex'),
+        });
     }
   }
   return out;
@@ -153,7 +173,10 @@ interface VersionRow {
  * there), only those `forSite` may hold. The change id is derived from the version, so a
  * repair delivered twice is applied once.
  */
-export async function readVersions(q: Queryable, opts: { region: Region; forSite: string; refs: readonly VersionRef[] }): Promise<Change[]> {
+export async function readVersions(
+  q: Queryable,
+  opts: { region: Region; forSite: string; refs: readonly VersionRef[] },
+): Promise<Change[]> {
   if (opts.refs.length === 0) return [];
   const { rows } = await q.query<VersionRow>(
     `SELECT h.resource_type, h.id, h.version_id, h.hlc, h.parent_hlc, h.origin_site, h.epoch, h.shard, h.data_class, h.deleted, h.content
@@ -163,8 +186,18 @@ export async function readVersions(q: Queryable, opts: { region: Region; forSite
   return rows
     .filter((r) => opts.region.mayHold(opts.forSite, r.data_class, r.shard))
     .map((r) => ({
-      changeId: repairChangeId(r.resource_type, r.id, r.version_id), originSite: r.origin_site, hlc: BigInt(r.hlc), parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc),
-      epoch: BigInt(r.epoch), shard: r.shard, dataClass: r.data_class, resourceType: r.resource_type, resourceId: r.id, versionId: r.version_id, deleted: r.deleted, payload: r.content,
+      changeId: repairChangeId(r.resource_type, r.id, r.version_id),
+      originSite: r.origin_site,
+      hlc: BigInt(r.hlc),
+      parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc),
+      epoch: BigInt(r.epoch),
+      shard: r.shard,
+      dataClass: r.data_class,
+      resourceType: r.resource_type,
+      resourceId: r.id,
+      versionId: r.version_id,
+      deleted: r.deleted,
+      payload: r.content,
     }));
 }
 

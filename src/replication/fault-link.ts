@@ -41,7 +41,14 @@ export class FaultLink {
   #faults: LinkFaults = {};
   #previous: Answer | undefined;
   #seed: number;
-  readonly stats: FaultStats = { requests: 0, droppedRequests: 0, droppedAnswers: 0, duplicated: 0, reordered: 0, refusedWhileCut: 0 };
+  readonly stats: FaultStats = {
+    requests: 0,
+    droppedRequests: 0,
+    droppedAnswers: 0,
+    duplicated: 0,
+    reordered: 0,
+    refusedWhileCut: 0,
+  };
 
   private constructor(upstream: string, seed: number) {
     this.#upstream = new URL(upstream);
@@ -126,7 +133,13 @@ export class FaultLink {
   #forward(req: IncomingMessage, body: Buffer): Promise<Answer> {
     return new Promise((resolve, reject) => {
       const up = request(
-        { hostname: this.#upstream.hostname, port: this.#upstream.port, path: req.url, method: req.method, headers: { ...req.headers, host: this.#upstream.host } },
+        {
+          hostname: this.#upstream.hostname,
+          port: this.#upstream.port,
+          path: req.url,
+          method: req.method,
+          headers: { ...req.headers, host: this.#upstream.host },
+        },
         (res) => {
           const { 'transfer-encoding': _te, connection: _c, ...headers } = res.headers;
           void readAll(res).then((b) => resolve({ status: res.statusCode ?? 502, headers, body: b }), reject);

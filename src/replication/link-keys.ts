@@ -18,7 +18,8 @@ const u16 = (n: number) => {
   b.writeUInt16BE(n);
   return b;
 };
-const signed = (from: string, to: string, id: Uint8Array, wrapped: Uint8Array) => Buffer.concat([Buffer.from(`medmesh-link/1|${from}|${to}|`), id, wrapped]);
+const signed = (from: string, to: string, id: Uint8Array, wrapped: Uint8Array) =>
+  Buffer.concat([Buffer.from(`medmesh-link/1|${from}|${to}|`), id, wrapped]);
 
 /** Default key lifetime: a new key every 10 minutes per link. */
 export const LINK_KEY_ROTATE_MS = 10 * 60_000;
@@ -52,7 +53,14 @@ export class LinkKeyReceiver {
   readonly #keys = new Map<string, { key: Buffer; opener: Sm2PrivateKey }>();
 
   /** The key a header carries, once its signature by `senderKey` is checked; undefined if it fails. */
-  open(o: { from: string; to: string; id: Uint8Array; header: Uint8Array; key: Sm2PrivateKey; senderKey: Sm2PublicKey }): Buffer | undefined {
+  open(o: {
+    from: string;
+    to: string;
+    id: Uint8Array;
+    header: Uint8Array;
+    key: Sm2PrivateKey;
+    senderKey: Sm2PublicKey;
+  }): Buffer | undefined {
     const name = `${o.from}|${o.to}|${o.senderKey.toPem()}|${Buffer.from(o.id).toString('hex')}`;
     const hit = this.#keys.get(name);
     if (hit) return hit.opener === o.key ? hit.key : undefined;

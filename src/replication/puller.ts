@@ -65,15 +65,34 @@ export class Puller {
     if (!key) throw new Error(`site ${apply.siteId} is sealed: it cannot authenticate to ${peer.id}`);
     const after = await cursorFor(apply.db, peer.id);
     const url = `${peer.url}/replication/changes?after=${after.txid}:${after.pos}&limit=${this.#o.limit ?? 500}&wait=${this.#o.waitSeconds ?? 20}`;
-    const res = await fetch(url, { headers: { authorization: `MedmeshService ${this.#assertions.for({ serviceId: apply.siteId, key, site: peer.id })}` }, signal: this.#abort.signal });
+    const res = await fetch(url, {
+      headers: { authorization: `MedmeshService ${this.#assertions.for({ serviceId: apply.siteId, key, site: peer.id })}` },
+      signal: this.#abort.signal,
+    });
     if (res.status !== 200) throw new Error(`${peer.id} answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
     const senderKey = await this.#o.peerKey();
-    if (!senderKey) throw new Error(`no public key is registered for site ${peer.id}: register it (iam_service) before pulling from it`);
-    const opened = openPage(new Uint8Array(await res.arrayBuffer()), { from: peer.id, to: apply.siteId, keys: this.#linkKeys, key, senderKey, aad: feedAad(peer.id, apply.siteId, after) });
+    if (!senderKey)
+      throw new Error(`no public key is registered for site ${peer.id}: register it (iam_service) before pulling from it`);
+    const opened = openPage(new Uint8Array(await res.arrayBuffer()), {
+      from: peer.id,
+      to: apply.siteId,
+      keys: this.#linkKeys,
+      key,
+      senderKey,
+      aad: feedAad(peer.id, apply.siteId, after),
+    });
     if (!opened.ok) throw new Error(`page from ${peer.id} refused: ${opened.error.message}`);
-    const report = await applyBatch(apply, { peer: peer.id, changes: opened.page.changes, next: opened.page.next, expect: after });
+    const report = await applyBatch(apply, {
+      peer: peer.id,
+      changes: opened.page.changes,
+      next: opened.page.next,
+      expect: after,
+    });
     this.#o.onReport?.(report);
-    const newest = opened.page.changes.reduce<bigint | undefined>((m, c) => (m === undefined || c.hlc > m ? c.hlc : m), undefined);
+    const newest = opened.page.changes.reduce<bigint | undefined>(
+      (m, c) => (m === undefined || c.hlc > m ? c.hlc : m),
+      undefined,
+    );
     this.#o.metrics?.pulled(peer.id, report, newest, Date.now(), Number(res.headers.get('x-medmesh-backlog') ?? 0) || 0);
     return { changes: opened.page.changes.length, more: opened.page.more };
   }
@@ -83,7 +102,14 @@ export class Puller {
     let delay = 0;
     while (this.#running) {
       try {
-        if (!(await claimLease(this.#o.apply.db, { name: this.#o.peer.id, holder: this.#holder, seconds: this.#o.leaseSeconds ?? 30, renew: true }))) {
+        if (
+          !(await claimLease(this.#o.apply.db, {
+            name: this.#o.peer.id,
+            holder: this.#holder,
+            seconds: this.#o.leaseSeconds ?? 30,
+            renew: true,
+          }))
+        ) {
           await this.#sleep((this.#o.leaseSeconds ?? 30) * 500); // another node of this site pulls this peer
           continue;
         }
@@ -112,10 +138,14 @@ export class Puller {
     if (this.#abort.signal.aborted) return Promise.resolve();
     return new Promise((resolve) => {
       const t = setTimeout(resolve, ms);
-      this.#abort.signal.addEventListener('abort', () => {
-        clearTimeout(t);
-        resolve();
-      }, { once: true });
+      this.#abort.signal.addEventListener(
+        'abort',
+        () => {
+          clearTimeout(t);
+          resolve();
+        },
+        { once: true },
+      );
     });
   }
 }

@@ -9,7 +9,9 @@ import { readChanges, START, type Cursor, type FeedPage } from './changefeed.ts'
 
 /** Where a site's outbox ends now: every write that has returned is at or before it. */
 export async function feedEnd(from: { db: Queryable }): Promise<Cursor> {
-  const { rows } = await from.db.query<Cursor>('SELECT txid::text AS txid, pos::text AS pos FROM outbox ORDER BY outbox.txid DESC, outbox.pos DESC LIMIT 1');
+  const { rows } = await from.db.query<Cursor>(
+    'SELECT txid::text AS txid, pos::text AS pos FROM outbox ORDER BY outbox.txid DESC, outbox.pos DESC LIMIT 1',
+  );
   return rows[0] ?? START;
 }
 
@@ -27,13 +29,19 @@ export async function syncSites(from: TestStore, to: TestStore): Promise<ApplyRe
   for (;;) {
     const after = await cursorFor(to.db, from.ctx.siteId);
     if (reached(after, end)) return total;
-    assert.ok(Date.now() < until, `the feed from ${from.ctx.siteId} did not reach ${end.txid}:${end.pos} within ${BOUND_MS / 1000} s`);
+    assert.ok(
+      Date.now() < until,
+      `the feed from ${from.ctx.siteId} did not reach ${end.txid}:${end.pos} within ${BOUND_MS / 1000} s`,
+    );
     const page = await readChanges(from.db, { region: from.ctx.region, forSite: to.ctx.siteId, after, limit: 50 });
     if (page.next.txid === after.txid && page.next.pos === after.pos) {
       await new Promise((r) => setTimeout(r, 10));
       continue;
     }
-    const r = await applyBatch({ db: to.db, siteId: to.ctx.siteId, region: to.ctx.region, clock: to.ctx.clock, records: to.ctx }, { peer: from.ctx.siteId, changes: page.changes, next: page.next });
+    const r = await applyBatch(
+      { db: to.db, siteId: to.ctx.siteId, region: to.ctx.region, clock: to.ctx.clock, records: to.ctx },
+      { peer: from.ctx.siteId, changes: page.changes, next: page.next },
+    );
     total.applied += r.applied;
     total.current += r.current;
     total.duplicates += r.duplicates;
@@ -50,13 +58,21 @@ export async function settledPage(from: TestStore, to: TestStore): Promise<FeedP
   for (;;) {
     const page = await readChanges(from.db, { region: from.ctx.region, forSite: to.ctx.siteId, after, limit: 500 });
     if (reached(page.next, end)) return page;
-    assert.ok(Date.now() < until, `the feed from ${from.ctx.siteId} did not reach ${end.txid}:${end.pos} within ${BOUND_MS / 1000} s`);
+    assert.ok(
+      Date.now() < until,
+      `the feed from ${from.ctx.siteId} did not reach ${end.txid}:${end.pos} within ${BOUND_MS / 1000} s`,
+    );
     await new Promise((r) => setTimeout(r, 10));
   }
 }
 
 /** Repeats `pull` until `to`'s cursor for `fromId` reaches where `from`'s outbox ended when called (within 10 s). */
-export async function pullUntilCaughtUp(from: { db: Queryable }, to: { db: Db }, fromId: string, pull: () => Promise<unknown>): Promise<void> {
+export async function pullUntilCaughtUp(
+  from: { db: Queryable },
+  to: { db: Db },
+  fromId: string,
+  pull: () => Promise<unknown>,
+): Promise<void> {
   const end = await feedEnd(from);
   const until = Date.now() + BOUND_MS;
   while (!reached(await cursorFor(to.db, fromId), end)) {

@@ -16,17 +16,37 @@ export function repairAad(from: string, to: string, nonce: string): Buffer {
   return Buffer.from(`medmesh-repair/1|${from}|${to}|${nonce}`);
 }
 
-const digestsSchema = z.array(z.object({ key: z.string(), versions: z.number().int(), resources: z.number().int(), digest: z.string() }));
-const leavesSchema = z.array(z.object({ key: z.string(), resourceType: z.string(), id: z.string(), versionId: z.string(), originSite: z.string(), leaf: z.string() }));
+const digestsSchema = z.array(
+  z.object({ key: z.string(), versions: z.number().int(), resources: z.number().int(), digest: z.string() }),
+);
+const leavesSchema = z.array(
+  z.object({
+    key: z.string(),
+    resourceType: z.string(),
+    id: z.string(),
+    versionId: z.string(),
+    originSite: z.string(),
+    leaf: z.string(),
+  }),
+);
 
-export function httpVerifyPeer(opts: { peer: { id: string; url: string }; selfId: string; key: Sm2PrivateKey; peerKey: Sm2PublicKey; timeoutMs?: number }): VerifyPeer {
+export function httpVerifyPeer(opts: {
+  peer: { id: string; url: string };
+  selfId: string;
+  key: Sm2PrivateKey;
+  peerKey: Sm2PublicKey;
+  timeoutMs?: number;
+}): VerifyPeer {
   const { peer, selfId, key } = opts;
   const assertions = new AssertionCache();
   const linkKeys = new LinkKeyReceiver();
   const call = async (path: string, body: unknown): Promise<Response> => {
     const res = await fetch(`${peer.url}/replication${path}`, {
       method: 'POST',
-      headers: { authorization: `MedmeshService ${assertions.for({ serviceId: selfId, key, site: peer.id })}`, 'content-type': 'application/json' },
+      headers: {
+        authorization: `MedmeshService ${assertions.for({ serviceId: selfId, key, site: peer.id })}`,
+        'content-type': 'application/json',
+      },
       body: JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
       signal: AbortSignal.timeout(opts.timeoutMs ?? 120_000),
     });
@@ -41,11 +61,19 @@ export function httpVerifyPeer(opts: { peer: { id: string; url: string }; selfId
   return {
     site: peer.id,
     digests: async (q): Promise<BucketDigest[]> => parse(digestsSchema, await (await call('/digests', q)).json(), 'digests'),
-    leaves: async (q, keys): Promise<Leaf[]> => parse(leavesSchema, await (await call('/digests/leaves', { ...q, keys })).json(), 'leaves'),
+    leaves: async (q, keys): Promise<Leaf[]> =>
+      parse(leavesSchema, await (await call('/digests/leaves', { ...q, keys })).json(), 'leaves'),
     versions: async (refs: readonly VersionRef[]): Promise<Change[]> => {
       const nonce = randomBytes(16).toString('hex');
       const res = await call('/versions', { refs, nonce });
-      const opened = openPage(new Uint8Array(await res.arrayBuffer()), { from: peer.id, to: selfId, keys: linkKeys, key, senderKey: opts.peerKey, aad: repairAad(peer.id, selfId, nonce) });
+      const opened = openPage(new Uint8Array(await res.arrayBuffer()), {
+        from: peer.id,
+        to: selfId,
+        keys: linkKeys,
+        key,
+        senderKey: opts.peerKey,
+        aad: repairAad(peer.id, selfId, nonce),
+      });
       if (!opened.ok) throw new Error(`repair page from ${peer.id} refused: ${opened.error.message}`);
       return opened.page.changes;
     },

@@ -9,7 +9,15 @@ import type { Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
 import { applyBatch, type ApplyContext } from './apply-batch.ts';
 import type { Change } from './changefeed.ts';
-import { bucketLeaves, computeDigests, DEFAULT_BUCKETS, readVersions, type BucketDigest, type Leaf, type VersionRef } from './digests.ts';
+import {
+  bucketLeaves,
+  computeDigests,
+  DEFAULT_BUCKETS,
+  readVersions,
+  type BucketDigest,
+  type Leaf,
+  type VersionRef,
+} from './digests.ts';
 
 /** The other side of a comparison: in-process or over the peer's HTTP API. */
 export interface VerifyPeer {
@@ -61,7 +69,13 @@ export function localVerifyPeer(opts: { db: Db; region: Region; site: string; fo
 
 const REPAIR_CHUNK = 200;
 
-export async function verifyPair(opts: { apply: ApplyContext; peer: VerifyPeer; watermark: bigint; buckets?: number; repair?: boolean }): Promise<VerifyReport> {
+export async function verifyPair(opts: {
+  apply: ApplyContext;
+  peer: VerifyPeer;
+  watermark: bigint;
+  buckets?: number;
+  repair?: boolean;
+}): Promise<VerifyReport> {
   const { apply, peer } = opts;
   const q = { watermark: opts.watermark, buckets: opts.buckets ?? DEFAULT_BUCKETS };
   const here = localVerifyPeer({ db: apply.db, region: apply.region, site: apply.siteId, forSite: peer.site });
@@ -90,7 +104,13 @@ export async function verifyPair(opts: { apply: ApplyContext; peer: VerifyPeer; 
       const versions: Divergence['versions'] = [];
       for (const v of new Set([...s.here.keys(), ...s.there.keys()])) {
         const [h, t] = [s.here.get(v), s.there.get(v)];
-        const kind: DivergenceKind | undefined = !h ? 'missing-here' : !t ? 'missing-there' : h.leaf !== t.leaf ? 'differs' : undefined;
+        const kind: DivergenceKind | undefined = !h
+          ? 'missing-here'
+          : !t
+            ? 'missing-there'
+            : h.leaf !== t.leaf
+              ? 'differs'
+              : undefined;
         if (kind) versions.push({ versionId: v, kind, origin: (h ?? t)!.originSite });
       }
       if (versions.length) divergent.push({ resource, versions: versions.sort((x, y) => (x.versionId < y.versionId ? -1 : 1)) });
@@ -99,8 +119,13 @@ export async function verifyPair(opts: { apply: ApplyContext; peer: VerifyPeer; 
   }
 
   const report: VerifyReport = {
-    site: apply.siteId, peer: peer.site, watermark: opts.watermark.toString(16).padStart(16, '0'),
-    buckets: keys.size, mismatchedBuckets: mismatched.length, resources, divergent,
+    site: apply.siteId,
+    peer: peer.site,
+    watermark: opts.watermark.toString(16).padStart(16, '0'),
+    buckets: keys.size,
+    mismatchedBuckets: mismatched.length,
+    resources,
+    divergent,
     accuracy: resources === 0 ? 1 : (resources - divergent.length) / resources,
   };
   if (opts.repair) report.repair = await repair(apply, peer, divergent);
@@ -108,14 +133,19 @@ export async function verifyPair(opts: { apply: ApplyContext; peer: VerifyPeer; 
 }
 
 /** Pulls what this site should take from the peer and applies it as a repair. */
-async function repair(apply: ApplyContext, peer: VerifyPeer, divergent: readonly Divergence[]): Promise<NonNullable<VerifyReport['repair']>> {
+async function repair(
+  apply: ApplyContext,
+  peer: VerifyPeer,
+  divergent: readonly Divergence[],
+): Promise<NonNullable<VerifyReport['repair']>> {
   const take: VersionRef[] = [];
   let leftForPeer = 0;
   for (const d of divergent) {
     const slash = d.resource.indexOf('/');
     const [resourceType, id] = [d.resource.slice(0, slash), d.resource.slice(slash + 1)];
     for (const v of d.versions) {
-      if (v.kind === 'missing-here' || (v.kind === 'differs' && v.origin === peer.site)) take.push({ resourceType, id, versionId: v.versionId });
+      if (v.kind === 'missing-here' || (v.kind === 'differs' && v.origin === peer.site))
+        take.push({ resourceType, id, versionId: v.versionId });
       else leftForPeer++; // missing there, or the authoritative copy is here or at a third site
     }
   }

@@ -43,14 +43,25 @@ export interface LinkEnds {
 }
 
 /** Seals a page under the sender's current key for this link (made and signed on rotation only). */
-export function sealPage(page: FeedPage, opts: LinkEnds & { keys: LinkKeySender; receiverKey: Sm2PublicKey; senderKey: Sm2PrivateKey; aad: Uint8Array }): Buffer {
+export function sealPage(
+  page: FeedPage,
+  opts: LinkEnds & { keys: LinkKeySender; receiverKey: Sm2PublicKey; senderKey: Sm2PrivateKey; aad: Uint8Array },
+): Buffer {
   const link = opts.keys.keyFor({ from: opts.from, to: opts.to, receiverKey: opts.receiverKey, signer: opts.senderKey });
   const nonce = randomBytes(12);
-  const { ciphertext, tag } = sm4GcmEncrypt(link.key, nonce, gzipSync(JSON.stringify(page, bigintsAsText)), Buffer.concat([opts.aad, link.id]));
+  const { ciphertext, tag } = sm4GcmEncrypt(
+    link.key,
+    nonce,
+    gzipSync(JSON.stringify(page, bigintsAsText)),
+    Buffer.concat([opts.aad, link.id]),
+  );
   return Buffer.concat([MAGIC, link.id, u16(link.header.length), link.header, nonce, tag, ciphertext]);
 }
 
-const bigintText = z.string().regex(/^\d{1,20}$/).transform((s) => BigInt(s));
+const bigintText = z
+  .string()
+  .regex(/^\d{1,20}$/)
+  .transform((s) => BigInt(s));
 const changeSchema = z.object({
   changeId: z.uuid(),
   originSite: z.string().min(1),
@@ -66,12 +77,20 @@ const changeSchema = z.object({
   payload: z.record(z.string(), z.unknown()).nullable(),
 });
 const cursorSchema = z.object({ txid: z.string().regex(/^\d{1,20}$/), pos: z.string().regex(/^\d{1,20}$/) });
-const pageSchema = z.object({ changes: z.array(changeSchema), next: cursorSchema, withheld: z.number().int().min(0), more: z.boolean() });
+const pageSchema = z.object({
+  changes: z.array(changeSchema),
+  next: cursorSchema,
+  withheld: z.number().int().min(0),
+  more: z.boolean(),
+});
 
 export type OpenError = { kind: 'malformed' | 'auth-failed'; message: string };
 
 /** Opens a sealed page sent on this link by the holder of `senderKey`, or says why it cannot be trusted. */
-export function openPage(frame: Uint8Array, opts: LinkEnds & { keys: LinkKeyReceiver; key: Sm2PrivateKey; senderKey: Sm2PublicKey; aad: Uint8Array }): { ok: true; page: FeedPage } | { ok: false; error: OpenError } {
+export function openPage(
+  frame: Uint8Array,
+  opts: LinkEnds & { keys: LinkKeyReceiver; key: Sm2PrivateKey; senderKey: Sm2PublicKey; aad: Uint8Array },
+): { ok: true; page: FeedPage } | { ok: false; error: OpenError } {
   const b = Buffer.from(frame);
   const malformed = { ok: false as const, error: { kind: 'malformed' as const, message: 'not a medmesh feed frame' } };
   if (b.length < MAGIC.length + 16 + 2 + 28 || !b.subarray(0, MAGIC.length).equals(MAGIC)) return malformed;
@@ -85,12 +104,25 @@ export function openPage(frame: Uint8Array, opts: LinkEnds & { keys: LinkKeyRece
   if (b.length < off) return malformed;
   const ciphertext = b.subarray(off);
   const linkKey = opts.keys.open({ from: opts.from, to: opts.to, id, header, key: opts.key, senderKey: opts.senderKey });
-  if (!linkKey) return { ok: false, error: { kind: 'auth-failed', message: `the link key is not signed by site ${opts.from} for ${opts.to}, or does not open with this site's key` } };
+  if (!linkKey)
+    return {
+      ok: false,
+      error: {
+        kind: 'auth-failed',
+        message: `the link key is not signed by site ${opts.from} for ${opts.to}, or does not open with this site's key`,
+      },
+    };
   let json: string;
   try {
     json = gunzipSync(sm4GcmDecrypt(linkKey, nonce, ciphertext, tag, Buffer.concat([opts.aad, id]))).toString('utf8');
   } catch (e) {
-    return { ok: false, error: { kind: 'auth-failed', message: `the page does not open for this link and cursor: ${e instanceof Error ? e.message : String(e)}` } };
+    return {
+      ok: false,
+      error: {
+        kind: 'auth-failed',
+        message: `the page does not open for this link and cursor: ${e instanceof Error ? e.message : String(e)}`,
+      },
+    };
   }
   let raw: unknown;
   try {
@@ -99,6 +131,10 @@ export function openPage(frame: Uint8Array, opts: LinkEnds & { keys: LinkKeyRece
     return { ok: false, error: { kind: 'malformed', message: 'the page is not JSON' } };
   }
   const parsed = pageSchema.safeParse(raw);
-  if (!parsed.success) return { ok: false, error: { kind: 'malformed', message: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') } };
+  if (!parsed.success)
+    return {
+      ok: false,
+      error: { kind: 'malformed', message: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') },
+    };
   return { ok: true, page: { ...parsed.data, changes: parsed.data.changes as unknown as Change[] } };
 }

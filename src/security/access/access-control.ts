@@ -31,7 +31,10 @@ export interface AccessError {
   message: string;
 }
 type R<T> = { ok: true; value: T } | { ok: false; error: AccessError };
-const fail = (kind: AccessErrorKind, message: string): { ok: false; error: AccessError } => ({ ok: false, error: { kind, message } });
+const fail = (kind: AccessErrorKind, message: string): { ok: false; error: AccessError } => ({
+  ok: false,
+  error: { kind, message },
+});
 
 export interface Explanation {
   decision: 'allow' | 'deny';
@@ -71,13 +74,15 @@ export class AccessControl {
   /** Turns a principal and the requested purpose into a requester, or says why not. */
   async requester(principal: Principal, purposeHeader: string | undefined): Promise<R<Requester>> {
     if (principal.kind === 'anonymous') return fail('unauthenticated', 'this API needs a Bearer access token (POST /auth/login)');
-    const caller: Caller = principal.kind === 'user'
-      ? { userId: principal.userId, roles: principal.roles, attributes: principal.attributes }
-      : { userId: `service:${principal.serviceId}`, roles: [`service-${principal.serviceKind}`], attributes: {} };
+    const caller: Caller =
+      principal.kind === 'user'
+        ? { userId: principal.userId, roles: principal.roles, attributes: principal.attributes }
+        : { userId: `service:${principal.serviceId}`, roles: [`service-${principal.serviceKind}`], attributes: {} };
     const policies = this.documents.policies();
     let purpose: Purpose | undefined;
     if (purposeHeader !== undefined) {
-      if (!(PURPOSES as readonly string[]).includes(purposeHeader)) return fail('bad-request', `X-Medmesh-Purpose must be one of ${PURPOSES.join(', ')} (got ${purposeHeader.slice(0, 40)})`);
+      if (!(PURPOSES as readonly string[]).includes(purposeHeader))
+        return fail('bad-request', `X-Medmesh-Purpose must be one of ${PURPOSES.join(', ')} (got ${purposeHeader.slice(0, 40)})`);
       purpose = purposeHeader as Purpose;
     } else purpose = defaultPurpose(caller, policies);
     if (!purpose) return fail('forbidden', `no access policy exists for role(s) ${caller.roles.join(', ') || '(none)'}`);
@@ -86,27 +91,42 @@ export class AccessControl {
     const requester: Requester = { caller, purpose, decisions: [] };
     if (purpose === 'emergency') {
       const active = await this.grants.list({ userId: caller.userId, kind: 'break-glass', activeAt: this.#now() });
-      if (active.length === 0) return fail('forbidden', 'purpose emergency needs an active break-glass: POST /access/break-glass {"patient", "reason"} first');
+      if (active.length === 0)
+        return fail(
+          'forbidden',
+          'purpose emergency needs an active break-glass: POST /access/break-glass {"patient", "reason"} first',
+        );
       requester.breakGlass = [...new Set(active.map((g) => g.reason))].join(' | ').slice(0, 1000);
     }
     return { ok: true, value: requester };
   }
 
   records(requester: Requester): RecordAccess {
-    return new RecordAccess({
-      store: this.#o.store,
-      siteId: this.#o.siteId,
-      searchParams: this.#o.searchParams,
-      documents: this.documents,
-      now: () => this.#now(),
-      pseudonyms: (scenario, caller) => this.#pseudonyms(scenario === 'research' ? `research-project:${caller.attributes.project ?? ''}` : `masking:${scenario}`),
-    }, requester);
+    return new RecordAccess(
+      {
+        store: this.#o.store,
+        siteId: this.#o.siteId,
+        searchParams: this.#o.searchParams,
+        documents: this.documents,
+        now: () => this.#now(),
+        pseudonyms: (scenario, caller) =>
+          this.#pseudonyms(
+            scenario === 'research' ? `research-project:${caller.attributes.project ?? ''}` : `masking:${scenario}`,
+          ),
+      },
+      requester,
+    );
   }
 
   /** Whether the caller's roles allow break-glass at all (checked before the request body). */
   mayBreakGlass(principal: Principal): { ok: true; value: { userId: string } } | { ok: false; error: AccessError } {
-    if (principal.kind !== 'user') return fail(principal.kind === 'anonymous' ? 'unauthenticated' : 'forbidden', 'break-glass is for signed-in clinicians');
-    const usable = policiesFor({ userId: principal.userId, roles: principal.roles, attributes: principal.attributes }, 'emergency', this.documents.policies());
+    if (principal.kind !== 'user')
+      return fail(principal.kind === 'anonymous' ? 'unauthenticated' : 'forbidden', 'break-glass is for signed-in clinicians');
+    const usable = policiesFor(
+      { userId: principal.userId, roles: principal.roles, attributes: principal.attributes },
+      'emergency',
+      this.documents.policies(),
+    );
     return usable.ok ? { ok: true, value: { userId: principal.userId } } : fail('forbidden', usable.reason);
   }
 
@@ -115,20 +135,47 @@ export class AccessControl {
     const may = this.mayBreakGlass(principal);
     if (!may.ok) return may;
     const minutes = req.minutes ?? 60;
-    if (!Number.isInteger(minutes) || minutes < 1 || minutes > MAX_BREAK_GLASS_MINUTES) return fail('bad-request', `minutes: 1 to ${MAX_BREAK_GLASS_MINUTES}`);
+    if (!Number.isInteger(minutes) || minutes < 1 || minutes > MAX_BREAK_GLASS_MINUTES)
+      return fail('bad-request', `minutes: 1 to ${MAX_BREAK_GLASS_MINUTES}`);
     const from = this.#now();
-    const r = await this.grants.create({ kind: 'break-glass', userId: may.value.userId, patientId: req.patient, reason: req.reason, validFrom: from, validUntil: new Date(from.getTime() + minutes * 60_000), grantedBy: may.value.userId });
+    const r = await this.grants.create({
+      kind: 'break-glass',
+      userId: may.value.userId,
+      patientId: req.patient,
+      reason: req.reason,
+      validFrom: from,
+      validUntil: new Date(from.getTime() + minutes * 60_000),
+      grantedBy: may.value.userId,
+    });
     return r.ok ? r : fail('bad-request', r.message);
   }
 
   /** The decision endpoint: would this caller see `field` of `resourceType` (row `id`) for `purpose`? */
-  async explain(q: { caller: Caller; purpose: Purpose; action?: Action; resourceType: string; field?: string; id?: string }): Promise<R<Explanation>> {
+  async explain(q: {
+    caller: Caller;
+    purpose: Purpose;
+    action?: Action;
+    resourceType: string;
+    field?: string;
+    id?: string;
+  }): Promise<R<Explanation>> {
     const action = q.action ?? 'read';
     if (!ACTIONS.includes(action)) return fail('bad-request', `action must be one of ${ACTIONS.join(', ')}`);
     const policies = this.documents.policies();
-    const versions = Object.fromEntries([...policies.values()].filter((p) => q.caller.roles.includes(p.role)).map((p) => [p.name, this.documents.versionOf('policy', p.name) ?? 0]));
-    const base = { purpose: q.purpose, policyVersions: versions, maskingVersion: this.documents.versionOf('masking', 'default') ?? 0 };
-    const d = decide({ caller: q.caller, purpose: q.purpose, action, resourceType: q.resourceType, siteId: this.#o.siteId }, policies);
+    const versions = Object.fromEntries(
+      [...policies.values()]
+        .filter((p) => q.caller.roles.includes(p.role))
+        .map((p) => [p.name, this.documents.versionOf('policy', p.name) ?? 0]),
+    );
+    const base = {
+      purpose: q.purpose,
+      policyVersions: versions,
+      maskingVersion: this.documents.versionOf('masking', 'default') ?? 0,
+    };
+    const d = decide(
+      { caller: q.caller, purpose: q.purpose, action, resourceType: q.resourceType, siteId: this.#o.siteId },
+      policies,
+    );
     if (!d.allowed) return { ok: true, value: { ...base, decision: 'deny', reason: d.reason } };
     const out: Explanation = { ...base, decision: 'allow', policies: d.policies, scope: d.scope, scenario: d.scenario };
     if (q.field) {

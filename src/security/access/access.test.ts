@@ -14,7 +14,18 @@ const caller = (roles: string[], attributes: Record<string, string> = {}) => ({ 
 
 describe('access decisions', () => {
   it('ships a valid default policy for every role the issue names', () => {
-    for (const role of ['doctor', 'nurse', 'pharmacist', 'lab', 'registrar', 'administrator', 'auditor', 'researcher', 'regulator', 'patient']) {
+    for (const role of [
+      'doctor',
+      'nurse',
+      'pharmacist',
+      'lab',
+      'registrar',
+      'administrator',
+      'auditor',
+      'researcher',
+      'regulator',
+      'patient',
+    ]) {
       const p = policies.get(role);
       assert.ok(p, role);
       assert.ok(accessPolicySchema.safeParse(p).success, role);
@@ -22,30 +33,71 @@ describe('access decisions', () => {
   });
 
   it('denies what no rule allows and says why', () => {
-    const d = decide({ caller: caller(['pharmacist']), purpose: 'treatment', action: 'read', resourceType: 'Observation', siteId: 'B' }, policies);
+    const d = decide(
+      { caller: caller(['pharmacist']), purpose: 'treatment', action: 'read', resourceType: 'Observation', siteId: 'B' },
+      policies,
+    );
     assert.deepEqual(d, { allowed: false, reason: 'role pharmacist may not read Observation for purpose treatment' });
-    const r = decide({ caller: caller(['researcher'], { project: 'p' }), purpose: 'research', action: 'read', resourceType: 'Patient', siteId: 'B' }, policies);
+    const r = decide(
+      {
+        caller: caller(['researcher'], { project: 'p' }),
+        purpose: 'research',
+        action: 'read',
+        resourceType: 'Patient',
+        siteId: 'B',
+      },
+      policies,
+    );
     assert.ok(!r.allowed && /search-only/.test(r.reason));
-    const purpose = decide({ caller: caller(['doctor']), purpose: 'statistics', action: 'search', resourceType: 'Patient', siteId: 'B' }, policies);
+    const purpose = decide(
+      { caller: caller(['doctor']), purpose: 'statistics', action: 'search', resourceType: 'Patient', siteId: 'B' },
+      policies,
+    );
     assert.ok(!purpose.allowed && /purpose statistics is not permitted/.test(purpose.reason));
   });
 
   it('combines several roles by the most permissive rule and scope', () => {
-    const nurse = decide({ caller: caller(['nurse']), purpose: 'treatment', action: 'read', resourceType: 'Patient', siteId: 'B' }, policies);
+    const nurse = decide(
+      { caller: caller(['nurse']), purpose: 'treatment', action: 'read', resourceType: 'Patient', siteId: 'B' },
+      policies,
+    );
     assert.ok(nurse.allowed && nurse.scope === 'care' && nurse.fields.get('identifier') === 'mask');
-    const both = decide({ caller: caller(['nurse', 'registrar']), purpose: 'treatment', action: 'read', resourceType: 'Patient', siteId: 'B' }, policies);
+    const both = decide(
+      { caller: caller(['nurse', 'registrar']), purpose: 'treatment', action: 'read', resourceType: 'Patient', siteId: 'B' },
+      policies,
+    );
     assert.ok(both.allowed && both.scope === 'all' && both.fields.size === 0, 'the registrar rule shows every field');
   });
 
   it('applies ABAC conditions on department, title and site', () => {
-    const p: AccessPolicy = { resourceType: 'AccessPolicy', name: 'icu', role: 'icu', purposes: ['treatment'], breakGlass: false, rules: [{ resourceTypes: ['Observation'], actions: ['read'], scope: 'all', when: { department: ['icu'], site: ['B'] } }] };
+    const p: AccessPolicy = {
+      resourceType: 'AccessPolicy',
+      name: 'icu',
+      role: 'icu',
+      purposes: ['treatment'],
+      breakGlass: false,
+      rules: [{ resourceTypes: ['Observation'], actions: ['read'], scope: 'all', when: { department: ['icu'], site: ['B'] } }],
+    };
     const m = new Map([['icu', p]]);
-    const q = (attributes: Record<string, string>, siteId: string) => decide({ caller: caller(['icu'], attributes), purpose: 'treatment', action: 'read', resourceType: 'Observation', siteId }, m).allowed;
-    assert.deepEqual([q({ department: 'icu' }, 'B'), q({ department: 'ward' }, 'B'), q({ department: 'icu' }, 'C')], [true, false, false]);
+    const q = (attributes: Record<string, string>, siteId: string) =>
+      decide(
+        { caller: caller(['icu'], attributes), purpose: 'treatment', action: 'read', resourceType: 'Observation', siteId },
+        m,
+      ).allowed;
+    assert.deepEqual(
+      [q({ department: 'icu' }, 'B'), q({ department: 'ward' }, 'B'), q({ department: 'icu' }, 'C')],
+      [true, false, false],
+    );
   });
 
   it('names the path and rule of an invalid policy', () => {
-    const r = accessPolicySchema.safeParse({ resourceType: 'AccessPolicy', name: 'x1', role: 'x1', purposes: ['fun'], rules: [{ resourceTypes: ['Patient'], actions: ['read'], scope: 'all', fields: { birthDate: 'blur' } }] });
+    const r = accessPolicySchema.safeParse({
+      resourceType: 'AccessPolicy',
+      name: 'x1',
+      role: 'x1',
+      purposes: ['fun'],
+      rules: [{ resourceTypes: ['Patient'], actions: ['read'], scope: 'all', fields: { birthDate: 'blur' } }],
+    });
     assert.ok(!r.success);
     const issues = describeIssues(r.error).join('\n');
     assert.match(issues, /^purposes\[0\]: /m);
@@ -66,10 +118,12 @@ describe('masking', () => {
   });
 
   it('never leaks the middle of an identifier (property)', () => {
-    fc.assert(fc.property(fc.stringMatching(/^[0-9X]{12,30}$/), (id) => {
-      const m = maskId(id);
-      return m.length === id.length && m.slice(6, -4) === '*'.repeat(id.length - 10);
-    }));
+    fc.assert(
+      fc.property(fc.stringMatching(/^[0-9X]{12,30}$/), (id) => {
+        const m = maskId(id);
+        return m.length === id.length && m.slice(6, -4) === '*'.repeat(id.length - 10);
+      }),
+    );
   });
 
   it('puts ages in five-year bands as of a given day', () => {
@@ -82,20 +136,52 @@ describe('masking', () => {
   it('pseudonymizes ids and references alike, so links survive and names do not', () => {
     const keys = { now: new Date(), pseudonym: (v: string) => `h(${v})` };
     const plan = maskPlan('Observation', 'research', new Map(), DEFAULT_MASKING_RULES);
-    const { resource, changed } = maskResource({ resourceType: 'Observation', id: 'o1', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/p1', display: '张小明' }, note: [{ text: 'call 13812345678' }] }, plan, keys);
-    assert.deepEqual(resource, { resourceType: 'Observation', id: 'h(Observation/o1)', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/h(Patient/p1)' } });
+    const { resource, changed } = maskResource(
+      {
+        resourceType: 'Observation',
+        id: 'o1',
+        status: 'final',
+        code: { text: 'x' },
+        subject: { reference: 'Patient/p1', display: '张小明' },
+        note: [{ text: 'call 13812345678' }],
+      },
+      plan,
+      keys,
+    );
+    assert.deepEqual(resource, {
+      resourceType: 'Observation',
+      id: 'h(Observation/o1)',
+      status: 'final',
+      code: { text: 'x' },
+      subject: { reference: 'Patient/h(Patient/p1)' },
+    });
     assert.ok(changed.includes('references:pseudonym') && changed.includes('note:remove'));
   });
 
   it('masks only marked fields in clinical use and falls back to removal for odd data', () => {
-    const plan = maskPlan('Patient', 'clinical', new Map([['telecom', 'mask'], ['photo', 'hidden'], ['gender', 'hash']]), DEFAULT_MASKING_RULES);
-    const p = { resourceType: 'Patient', telecom: 'not-a-list', photo: [{}], gender: 'male', birthDate: '1990-01-01' } as unknown as Patient;
+    const plan = maskPlan(
+      'Patient',
+      'clinical',
+      new Map([
+        ['telecom', 'mask'],
+        ['photo', 'hidden'],
+        ['gender', 'hash'],
+      ]),
+      DEFAULT_MASKING_RULES,
+    );
+    const p = {
+      resourceType: 'Patient',
+      telecom: 'not-a-list',
+      photo: [{}],
+      gender: 'male',
+      birthDate: '1990-01-01',
+    } as unknown as Patient;
     const { resource } = maskResource(p, plan, { now: new Date(), pseudonym: (v) => `h(${v})` });
     assert.deepEqual(resource, { resourceType: 'Patient', telecom: [], gender: 'h(male)', birthDate: '1990-01-01' });
   });
 
   it('finds the fields a search parameter reads', () => {
-    assert.deepEqual(fieldsOf('Patient.telecom.where(system=\'phone\')'), ['telecom']);
+    assert.deepEqual(fieldsOf("Patient.telecom.where(system='phone')"), ['telecom']);
     assert.deepEqual(fieldsOf('Patient.name | Patient.address'), ['name', 'address']);
     assert.deepEqual(fieldsOf('(Observation.value as Quantity)'), ['value']);
   });

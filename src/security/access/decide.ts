@@ -1,6 +1,15 @@
 // The decision engine: (caller, purpose, action, resource type) -> allowed with a row scope,
 // field rules and a masking scenario, or denied with the reason. Pure: no I/O.
-import { FIELD_RULES, scenarioOf, type AccessPolicy, type Action, type FieldRule, type Purpose, type Scenario, type Scope } from './policy.ts';
+import {
+  FIELD_RULES,
+  scenarioOf,
+  type AccessPolicy,
+  type Action,
+  type FieldRule,
+  type Purpose,
+  type Scenario,
+  type Scope,
+} from './policy.ts';
 
 export interface Caller {
   userId: string;
@@ -16,13 +25,26 @@ const SCOPE_RANK: Record<Scope, number> = { aggregate: 0, own: 1, care: 2, all: 
 const INDIVIDUAL: ReadonlySet<Action> = new Set(['read', 'vread', 'history', 'create', 'update', 'delete']);
 
 /** The policies of the caller's roles that admit `purpose`, or why none does. */
-export function policiesFor(caller: Caller, purpose: Purpose, policies: ReadonlyMap<string, AccessPolicy>): { ok: true; value: AccessPolicy[] } | { ok: false; reason: string } {
+export function policiesFor(
+  caller: Caller,
+  purpose: Purpose,
+  policies: ReadonlyMap<string, AccessPolicy>,
+): { ok: true; value: AccessPolicy[] } | { ok: false; reason: string } {
   const mine = caller.roles.map((r) => policies.get(r)).filter((p): p is AccessPolicy => p !== undefined);
-  if (mine.length === 0) return { ok: false, reason: `no access policy exists for role(s) ${caller.roles.join(', ') || '(none)'}` };
+  if (mine.length === 0)
+    return { ok: false, reason: `no access policy exists for role(s) ${caller.roles.join(', ') || '(none)'}` };
   const usable = mine.filter((p) => p.purposes.includes(purpose) && (purpose !== 'emergency' || p.breakGlass));
-  if (usable.length === 0) return { ok: false, reason: `purpose ${purpose} is not permitted for role(s) ${caller.roles.join(', ')} (permitted: ${[...new Set(mine.flatMap((p) => p.purposes))].join(', ')})` };
+  if (usable.length === 0)
+    return {
+      ok: false,
+      reason: `purpose ${purpose} is not permitted for role(s) ${caller.roles.join(', ')} (permitted: ${[...new Set(mine.flatMap((p) => p.purposes))].join(', ')})`,
+    };
   const complete = usable.filter((p) => (p.requiredAttributes ?? []).every((a) => caller.attributes[a]));
-  if (complete.length === 0) return { ok: false, reason: `role ${usable[0]!.role} needs the user attribute(s) ${(usable[0]!.requiredAttributes ?? []).join(', ')}` };
+  if (complete.length === 0)
+    return {
+      ok: false,
+      reason: `role ${usable[0]!.role} needs the user attribute(s) ${(usable[0]!.requiredAttributes ?? []).join(', ')}`,
+    };
   return { ok: true, value: complete };
 }
 
@@ -35,7 +57,10 @@ export function defaultPurpose(caller: Caller, policies: ReadonlyMap<string, Acc
   return undefined;
 }
 
-export function decide(q: { caller: Caller; purpose: Purpose; action: Action; resourceType: string; siteId: string }, policies: ReadonlyMap<string, AccessPolicy>): Decision {
+export function decide(
+  q: { caller: Caller; purpose: Purpose; action: Action; resourceType: string; siteId: string },
+  policies: ReadonlyMap<string, AccessPolicy>,
+): Decision {
   const usable = policiesFor(q.caller, q.purpose, policies);
   if (!usable.ok) return { allowed: false, reason: usable.reason };
   let scope: Scope | undefined;
@@ -65,7 +90,11 @@ export function decide(q: { caller: Caller; purpose: Purpose; action: Action; re
   return { allowed: true, scope, fields, scenario: scenarioOf(q.purpose), policies: matched };
 }
 
-function attributesMatch(when: AccessPolicy['rules'][number]['when'], attrs: Readonly<Record<string, string>>, siteId: string): boolean {
+function attributesMatch(
+  when: AccessPolicy['rules'][number]['when'],
+  attrs: Readonly<Record<string, string>>,
+  siteId: string,
+): boolean {
   if (!when) return true;
   if (when.department && !when.department.includes(attrs.department ?? '')) return false;
   if (when.title && !when.title.includes(attrs.title ?? '')) return false;
@@ -75,7 +104,10 @@ function attributesMatch(when: AccessPolicy['rules'][number]['when'], attrs: Rea
 
 function denial(q: { caller: Caller; purpose: Purpose; action: Action; resourceType: string }, usable: AccessPolicy[]): string {
   const roles = usable.map((p) => p.role).join(', ');
-  const searchOnly = usable.some((p) => p.rules.some((r) => r.scope === 'aggregate' && (r.resourceTypes.includes(q.resourceType) || r.resourceTypes.includes('*'))));
-  if (searchOnly && INDIVIDUAL.has(q.action)) return `role ${roles} may not ${q.action} individual ${q.resourceType} records for purpose ${q.purpose}: access is search-only and de-identified`;
+  const searchOnly = usable.some((p) =>
+    p.rules.some((r) => r.scope === 'aggregate' && (r.resourceTypes.includes(q.resourceType) || r.resourceTypes.includes('*'))),
+  );
+  if (searchOnly && INDIVIDUAL.has(q.action))
+    return `role ${roles} may not ${q.action} individual ${q.resourceType} records for purpose ${q.purpose}: access is search-only and de-identified`;
   return `role ${roles} may not ${q.action} ${q.resourceType} for purpose ${q.purpose}`;
 }

@@ -2,32 +2,70 @@
 // Operators change them through the admin API; these stay as the documented baseline.
 import type { AccessPolicy, AccessRule, MaskingRules } from './policy.ts';
 
-const CLINICAL = ['Patient', 'Encounter', 'Observation', 'Condition', 'Procedure', 'MedicationRequest', 'ServiceRequest', 'DiagnosticReport', 'DocumentReference', 'AllergyIntolerance', 'ImagingStudy', 'Binary'];
+const CLINICAL = [
+  'Patient',
+  'Encounter',
+  'Observation',
+  'Condition',
+  'Procedure',
+  'MedicationRequest',
+  'ServiceRequest',
+  'DiagnosticReport',
+  'DocumentReference',
+  'AllergyIntolerance',
+  'ImagingStudy',
+  'Binary',
+];
 const DIRECTORY = ['Practitioner', 'Organization'];
 const READ = ['read', 'vread', 'search', 'history'] as const;
 const WRITE = ['create', 'update'] as const;
 
 const directoryRead: AccessRule = { resourceTypes: DIRECTORY, actions: [...READ], scope: 'all' };
 
-function policy(role: string, p: Omit<AccessPolicy, 'resourceType' | 'name' | 'role' | 'breakGlass'> & { breakGlass?: boolean }): AccessPolicy {
+function policy(
+  role: string,
+  p: Omit<AccessPolicy, 'resourceType' | 'name' | 'role' | 'breakGlass'> & { breakGlass?: boolean },
+): AccessPolicy {
   return { resourceType: 'AccessPolicy', name: role, role, breakGlass: false, ...p };
 }
 
 export const DEFAULT_POLICIES: readonly AccessPolicy[] = [
   policy('doctor', {
-    description: 'Physicians: read and write the records of patients in their care; the resident ID is read-only (registration owns it).',
-    purposes: ['treatment', 'emergency'],
-    breakGlass: true,
-    rules: [{ resourceTypes: CLINICAL, actions: [...READ, ...WRITE], scope: 'care', fields: { identifier: 'read-only' } }, directoryRead],
-  }),
-  policy('nurse', {
-    description: 'Nurses: read the records of patients in their care, record observations; identifiers and contact data are masked.',
+    description:
+      'Physicians: read and write the records of patients in their care; the resident ID is read-only (registration owns it).',
     purposes: ['treatment', 'emergency'],
     breakGlass: true,
     rules: [
-      { resourceTypes: ['Patient'], actions: [...READ], scope: 'care', fields: { identifier: 'mask', telecom: 'mask', address: 'mask', contact: 'hidden', photo: 'hidden' } },
+      { resourceTypes: CLINICAL, actions: [...READ, ...WRITE], scope: 'care', fields: { identifier: 'read-only' } },
+      directoryRead,
+    ],
+  }),
+  policy('nurse', {
+    description:
+      'Nurses: read the records of patients in their care, record observations; identifiers and contact data are masked.',
+    purposes: ['treatment', 'emergency'],
+    breakGlass: true,
+    rules: [
+      {
+        resourceTypes: ['Patient'],
+        actions: [...READ],
+        scope: 'care',
+        fields: { identifier: 'mask', telecom: 'mask', address: 'mask', contact: 'hidden', photo: 'hidden' },
+      },
       { resourceTypes: ['Observation'], actions: [...READ, ...WRITE], scope: 'care' },
-      { resourceTypes: ['Encounter', 'Condition', 'Procedure', 'MedicationRequest', 'ServiceRequest', 'AllergyIntolerance', 'DiagnosticReport'], actions: [...READ], scope: 'care' },
+      {
+        resourceTypes: [
+          'Encounter',
+          'Condition',
+          'Procedure',
+          'MedicationRequest',
+          'ServiceRequest',
+          'AllergyIntolerance',
+          'DiagnosticReport',
+        ],
+        actions: [...READ],
+        scope: 'care',
+      },
       directoryRead,
     ],
   }),
@@ -35,7 +73,12 @@ export const DEFAULT_POLICIES: readonly AccessPolicy[] = [
     description: 'Pharmacists: prescriptions and allergies of patients at the site; demographics masked.',
     purposes: ['treatment'],
     rules: [
-      { resourceTypes: ['Patient'], actions: [...READ], scope: 'all', fields: { identifier: 'mask', telecom: 'mask', address: 'hidden', contact: 'hidden', photo: 'hidden' } },
+      {
+        resourceTypes: ['Patient'],
+        actions: [...READ],
+        scope: 'all',
+        fields: { identifier: 'mask', telecom: 'mask', address: 'hidden', contact: 'hidden', photo: 'hidden' },
+      },
       { resourceTypes: ['MedicationRequest'], actions: [...READ, 'update'], scope: 'all' },
       { resourceTypes: ['AllergyIntolerance', 'Condition'], actions: [...READ], scope: 'all' },
       directoryRead,
@@ -45,7 +88,12 @@ export const DEFAULT_POLICIES: readonly AccessPolicy[] = [
     description: 'Laboratory: orders in, results out; demographics reduced to what labelling needs.',
     purposes: ['treatment'],
     rules: [
-      { resourceTypes: ['Patient'], actions: [...READ], scope: 'all', fields: { identifier: 'mask', telecom: 'hidden', address: 'hidden', contact: 'hidden', photo: 'hidden' } },
+      {
+        resourceTypes: ['Patient'],
+        actions: [...READ],
+        scope: 'all',
+        fields: { identifier: 'mask', telecom: 'hidden', address: 'hidden', contact: 'hidden', photo: 'hidden' },
+      },
       { resourceTypes: ['ServiceRequest'], actions: [...READ], scope: 'all' },
       { resourceTypes: ['Observation', 'DiagnosticReport'], actions: [...READ, ...WRITE], scope: 'all' },
       directoryRead,
@@ -70,7 +118,22 @@ export const DEFAULT_POLICIES: readonly AccessPolicy[] = [
     description: 'Researchers search de-identified data with per-project keyed pseudonyms; never an individual record.',
     purposes: ['research'],
     requiredAttributes: ['project'],
-    rules: [{ resourceTypes: ['Patient', 'Encounter', 'Observation', 'Condition', 'Procedure', 'MedicationRequest', 'DiagnosticReport', 'AllergyIntolerance'], actions: ['search'], scope: 'aggregate' }],
+    rules: [
+      {
+        resourceTypes: [
+          'Patient',
+          'Encounter',
+          'Observation',
+          'Condition',
+          'Procedure',
+          'MedicationRequest',
+          'DiagnosticReport',
+          'AllergyIntolerance',
+        ],
+        actions: ['search'],
+        scope: 'aggregate',
+      },
+    ],
   }),
   policy('regulator', {
     description: 'Regulators search generalized data for statistics (age bands, 4-digit division codes).',
@@ -92,16 +155,32 @@ export const DEFAULT_POLICIES: readonly AccessPolicy[] = [
 
 export const DEFAULT_MASKING_RULES: MaskingRules = {
   resourceType: 'MaskingRules',
-  description: 'Clinical: partial masking of marked fields. Research: HMAC-SM3 pseudonyms per project key. Statistics: generalization.',
+  description:
+    'Clinical: partial masking of marked fields. Research: HMAC-SM3 pseudonyms per project key. Statistics: generalization.',
   clinical: {
     '*': { name: 'partial-name', identifier: 'partial-id', telecom: 'partial-phone', address: 'partial-address' },
   },
   research: {
     '*': { id: 'pseudonym', references: 'pseudonym', identifier: 'pseudonym', text: 'remove', note: 'remove' },
-    Patient: { name: 'remove', telecom: 'remove', address: 'city-only', birthDate: 'birth-year', contact: 'remove', photo: 'remove' },
+    Patient: {
+      name: 'remove',
+      telecom: 'remove',
+      address: 'city-only',
+      birthDate: 'birth-year',
+      contact: 'remove',
+      photo: 'remove',
+    },
   },
   statistics: {
     '*': { id: 'pseudonym', references: 'pseudonym', identifier: 'remove', text: 'remove', note: 'remove' },
-    Patient: { name: 'remove', identifier: 'division-4', telecom: 'remove', address: 'city-only', birthDate: 'age-band', contact: 'remove', photo: 'remove' },
+    Patient: {
+      name: 'remove',
+      identifier: 'division-4',
+      telecom: 'remove',
+      address: 'city-only',
+      birthDate: 'age-band',
+      contact: 'remove',
+      photo: 'remove',
+    },
   },
 };

@@ -41,7 +41,10 @@ export class AccessDocuments {
   /** Seeds version 1 of every default document that does not exist yet, then loads. */
   static async open(opts: { db: Db; maxAgeMs?: number }): Promise<AccessDocuments> {
     const d = new AccessDocuments(opts.db, opts.maxAgeMs ?? 3000);
-    const seed = [...DEFAULT_POLICIES.map((p) => ['policy', p.name, p] as const), ['masking', MASKING_NAME, DEFAULT_MASKING_RULES] as const];
+    const seed = [
+      ...DEFAULT_POLICIES.map((p) => ['policy', p.name, p] as const),
+      ['masking', MASKING_NAME, DEFAULT_MASKING_RULES] as const,
+    ];
     for (const [kind, name, body] of seed) {
       await opts.db.query(
         `INSERT INTO access_document (kind, name, version, body, author) SELECT $1, $2, 1, $3::jsonb, 'medmesh-defaults'
@@ -107,16 +110,26 @@ export class AccessDocuments {
   }
 
   async history(kind: DocumentKind, name: string): Promise<DocumentVersion[]> {
-    const { rows } = await this.#db.query<Row>('SELECT kind, name, version, author, created_at, body FROM access_document WHERE kind = $1 AND name = $2 ORDER BY version DESC', [kind, name]);
+    const { rows } = await this.#db.query<Row>(
+      'SELECT kind, name, version, author, created_at, body FROM access_document WHERE kind = $1 AND name = $2 ORDER BY version DESC',
+      [kind, name],
+    );
     return rows.map(toVersion);
   }
 
   /** Validates and stores a new version; the old ones stay for the record. */
-  async put(kind: DocumentKind, name: string, body: unknown, author: string): Promise<{ ok: true; value: DocumentVersion } | { ok: false; error: DocumentError }> {
+  async put(
+    kind: DocumentKind,
+    name: string,
+    body: unknown,
+    author: string,
+  ): Promise<{ ok: true; value: DocumentVersion } | { ok: false; error: DocumentError }> {
     const parsed = kind === 'policy' ? accessPolicySchema.safeParse(body) : maskingRulesSchema.safeParse(body);
     if (!parsed.success) return { ok: false, error: { kind: 'invalid', issues: describeIssues(parsed.error) } };
-    if (kind === 'policy' && (parsed.data as AccessPolicy).name !== name) return { ok: false, error: { kind: 'invalid', issues: [`name: must equal the policy name in the URL (${name})`] } };
-    if (kind === 'masking' && name !== MASKING_NAME) return { ok: false, error: { kind: 'not-found', message: `there is one masking rule set, named ${MASKING_NAME}` } };
+    if (kind === 'policy' && (parsed.data as AccessPolicy).name !== name)
+      return { ok: false, error: { kind: 'invalid', issues: [`name: must equal the policy name in the URL (${name})`] } };
+    if (kind === 'masking' && name !== MASKING_NAME)
+      return { ok: false, error: { kind: 'not-found', message: `there is one masking rule set, named ${MASKING_NAME}` } };
     const { rows } = await this.#db.query<Row>(
       `INSERT INTO access_document (kind, name, version, body, author)
        SELECT $1, $2, coalesce(max(version), 0) + 1, $3::jsonb, $4 FROM access_document WHERE kind = $1 AND name = $2
@@ -138,5 +151,12 @@ interface Row {
 }
 
 function toVersion(r: Row): DocumentVersion {
-  return { kind: r.kind, name: r.name, version: r.version, author: r.author, createdAt: new Date(r.created_at).toISOString(), body: r.body };
+  return {
+    kind: r.kind,
+    name: r.name,
+    version: r.version,
+    author: r.author,
+    createdAt: new Date(r.created_at).toISOString(),
+    body: r.body,
+  };
 }

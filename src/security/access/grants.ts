@@ -42,12 +42,30 @@ export class Grants {
     this.#db = db;
   }
 
-  async create(g: { kind: GrantKind; userId: string; patientId: string; reason: string; validFrom: Date; validUntil: Date; grantedBy: string }): Promise<{ ok: true; value: Grant } | { ok: false; message: string }> {
-    if (g.reason.trim().length < MIN_REASON) return { ok: false, message: `reason: at least ${MIN_REASON} characters saying why access is needed` };
+  async create(g: {
+    kind: GrantKind;
+    userId: string;
+    patientId: string;
+    reason: string;
+    validFrom: Date;
+    validUntil: Date;
+    grantedBy: string;
+  }): Promise<{ ok: true; value: Grant } | { ok: false; message: string }> {
+    if (g.reason.trim().length < MIN_REASON)
+      return { ok: false, message: `reason: at least ${MIN_REASON} characters saying why access is needed` };
     if (!(g.validUntil > g.validFrom)) return { ok: false, message: 'validUntil: must be after validFrom' };
     const { rows } = await this.#db.query<Row>(
       `INSERT INTO access_grant (id, kind, user_id, patient_id, reason, valid_from, valid_until, granted_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ${COLUMNS}`,
-      [randomUUID(), g.kind, g.userId, g.patientId, g.reason.trim(), g.validFrom.toISOString(), g.validUntil.toISOString(), g.grantedBy],
+      [
+        randomUUID(),
+        g.kind,
+        g.userId,
+        g.patientId,
+        g.reason.trim(),
+        g.validFrom.toISOString(),
+        g.validUntil.toISOString(),
+        g.grantedBy,
+      ],
     );
     return { ok: true, value: toGrant(rows[0]!) };
   }
@@ -62,21 +80,33 @@ export class Grants {
       const at = `$${params.push(filter.activeAt.toISOString())}::timestamptz`;
       where.push(`revoked_at IS NULL AND valid_from <= ${at} AND valid_until > ${at}`);
     }
-    const { rows } = await this.#db.query<Row>(`SELECT ${COLUMNS} FROM access_grant ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC LIMIT 1000`, params);
+    const { rows } = await this.#db.query<Row>(
+      `SELECT ${COLUMNS} FROM access_grant ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC LIMIT 1000`,
+      params,
+    );
     return rows.map(toGrant);
   }
 
   async revoke(id: string, by: string): Promise<boolean> {
     if (!/^[0-9a-f-]{36}$/.test(id)) return false;
-    const { rows } = await this.#db.query('UPDATE access_grant SET revoked_at = now(), revoked_by = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING id', [id, by]);
+    const { rows } = await this.#db.query(
+      'UPDATE access_grant SET revoked_at = now(), revoked_by = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING id',
+      [id, by],
+    );
     return rows.length > 0;
   }
 }
 
 function toGrant(r: Row): Grant {
   return {
-    id: r.id, kind: r.kind, userId: r.user_id, patientId: r.patient_id, reason: r.reason,
-    validFrom: new Date(r.valid_from).toISOString(), validUntil: new Date(r.valid_until).toISOString(), grantedBy: r.granted_by,
+    id: r.id,
+    kind: r.kind,
+    userId: r.user_id,
+    patientId: r.patient_id,
+    reason: r.reason,
+    validFrom: new Date(r.valid_from).toISOString(),
+    validUntil: new Date(r.valid_until).toISOString(),
+    grantedBy: r.granted_by,
     ...(r.revoked_at ? { revokedAt: new Date(r.revoked_at).toISOString() } : {}),
   };
 }

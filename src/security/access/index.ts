@@ -8,6 +8,15 @@ export { AccessDocuments, MASKING_NAME } from './documents.ts';
 export type { DocumentKind, DocumentVersion, DocumentError } from './documents.ts';
 export { Grants, MIN_REASON, MAX_BREAK_GLASS_MINUTES } from './grants.ts';
 export type { Grant, GrantKind } from './grants.ts';
-export { maskResource, maskName, maskId, maskPhone, ageBand, AGE_BAND_URL, DIVISION_SYSTEM, PSEUDONYM_SYSTEM } from './masking.ts';
+export {
+  maskResource,
+  maskName,
+  maskId,
+  maskPhone,
+  ageBand,
+  AGE_BAND_URL,
+  DIVISION_SYSTEM,
+  PSEUDONYM_SYSTEM,
+} from './masking.ts';
 export { DEFAULT_POLICIES, DEFAULT_MASKING_RULES } from './defaults.ts';
 export * from './policy.ts';

@@ -17,7 +17,11 @@ export interface MaskKeys {
 type Json = Record<string, unknown>;
 
 /** Applies `plan` (field -> transform) and returns a new resource plus the fields it changed. */
-export function maskResource(resource: Resource, plan: ReadonlyMap<string, Transform>, keys: MaskKeys): { resource: Resource; changed: string[] } {
+export function maskResource(
+  resource: Resource,
+  plan: ReadonlyMap<string, Transform>,
+  keys: MaskKeys,
+): { resource: Resource; changed: string[] } {
   if (plan.size === 0) return { resource, changed: [] };
   const out: Json = { ...(resource as unknown as Json) };
   const changed: string[] = [];
@@ -30,7 +34,12 @@ export function maskResource(resource: Resource, plan: ReadonlyMap<string, Trans
       continue;
     }
     if (!(field in out)) continue;
-    const next = field === 'id' ? (t === 'pseudonym' ? keys.pseudonym(`${resource.resourceType}/${resource.id ?? ''}`) : undefined) : apply(t, out[field], keys);
+    const next =
+      field === 'id'
+        ? t === 'pseudonym'
+          ? keys.pseudonym(`${resource.resourceType}/${resource.id ?? ''}`)
+          : undefined
+        : apply(t, out[field], keys);
     if (next === undefined) delete out[field];
     else out[field] = next;
     const born = (resource as unknown as Json).birthDate;
@@ -48,24 +57,40 @@ function apply(t: Exclude<Transform, 'keep'>, value: unknown, keys: MaskKeys): u
     case 'remove':
       return undefined;
     case 'partial-name':
-      return list(value).flatMap((n) => (isObj(n) ? [{ ...(typeof n.use === 'string' ? { use: n.use } : {}), text: maskName(fullName(n)) }] : []));
+      return list(value).flatMap((n) =>
+        isObj(n) ? [{ ...(typeof n.use === 'string' ? { use: n.use } : {}), text: maskName(fullName(n)) }] : [],
+      );
     case 'partial-id':
-      return list(value).flatMap((i) => (isObj(i) && typeof i.value === 'string' ? [{ ...pick(i, ['use', 'system', 'type']), value: maskId(i.value) }] : []));
+      return list(value).flatMap((i) =>
+        isObj(i) && typeof i.value === 'string' ? [{ ...pick(i, ['use', 'system', 'type']), value: maskId(i.value) }] : [],
+      );
     case 'partial-phone':
-      return list(value).flatMap((c) => (isObj(c) && typeof c.value === 'string' ? [{ ...pick(c, ['system', 'use']), value: c.system === 'email' ? maskEmail(c.value) : maskPhone(c.value) }] : []));
+      return list(value).flatMap((c) =>
+        isObj(c) && typeof c.value === 'string'
+          ? [{ ...pick(c, ['system', 'use']), value: c.system === 'email' ? maskEmail(c.value) : maskPhone(c.value) }]
+          : [],
+      );
     case 'partial-address':
       return list(value).flatMap((a) => (isObj(a) ? [pick(a, ['use', 'type', 'district', 'city', 'state', 'country'])] : []));
     case 'city-only':
       return list(value).flatMap((a) => (isObj(a) ? [pick(a, ['city', 'state', 'country'])] : []));
     case 'pseudonym':
       if (typeof value === 'string') return keys.pseudonym(value);
-      return list(value).flatMap((i) => (isObj(i) && typeof i.value === 'string' ? [{ system: PSEUDONYM_SYSTEM, value: keys.pseudonym(`${typeof i.system === 'string' ? i.system : ''}|${i.value}`) }] : []));
+      return list(value).flatMap((i) =>
+        isObj(i) && typeof i.value === 'string'
+          ? [{ system: PSEUDONYM_SYSTEM, value: keys.pseudonym(`${typeof i.system === 'string' ? i.system : ''}|${i.value}`) }]
+          : [],
+      );
     case 'birth-year':
       return typeof value === 'string' && /^\d{4}/.test(value) ? value.slice(0, 4) : undefined;
     case 'age-band':
       return undefined;
     case 'division-4': {
-      const codes = list(value).flatMap((i) => (isObj(i) && typeof i.value === 'string' && (i.system === RESIDENT_ID_SYSTEM || /^\d{17}[\dX]$/.test(i.value)) ? [i.value.slice(0, 4)] : []));
+      const codes = list(value).flatMap((i) =>
+        isObj(i) && typeof i.value === 'string' && (i.system === RESIDENT_ID_SYSTEM || /^\d{17}[\dX]$/.test(i.value))
+          ? [i.value.slice(0, 4)]
+          : [],
+      );
       return codes.length ? [...new Set(codes)].map((c) => ({ system: DIVISION_SYSTEM, value: c })) : undefined;
     }
   }
@@ -79,7 +104,11 @@ export function maskName(name: string): string {
     if (chars.length === 2) return `${chars[0]!}*`;
     return `${chars[0]!}${'*'.repeat(chars.length - 2)}${chars[chars.length - 1]!}`;
   }
-  return name.trim().split(/\s+/).map((w) => (w ? `${[...w][0]!}${'*'.repeat([...w].length - 1)}` : w)).join(' ');
+  return name
+    .trim()
+    .split(/\s+/)
+    .map((w) => (w ? `${[...w][0]!}${'*'.repeat([...w].length - 1)}` : w))
+    .join(' ');
 }
 
 /** `440305199001011234` -> `440305********1234`; short ids keep their last two characters. */
@@ -131,7 +160,8 @@ function rewriteReferences(v: unknown, keys: MaskKeys): unknown {
     if (k === 'reference' && typeof x === 'string') {
       const m = /^([A-Z][A-Za-z]+)\/([^/]+)$/.exec(x);
       out[k] = m ? `${m[1]!}/${keys.pseudonym(x)}` : keys.pseudonym(x);
-    } else if (k === 'display') continue; // a display text next to a reference usually names the person
+    } else if (k === 'display')
+      continue; // a display text next to a reference usually names the person
     else out[k] = rewriteReferences(x, keys);
   }
   return out;

@@ -24,7 +24,9 @@ export const SCENARIOS = ['clinical', 'research', 'statistics'] as const;
 export type Scenario = (typeof SCENARIOS)[number];
 
 const name = z.string().regex(/^[a-z][a-z0-9-]{1,62}$/, 'lower-case letters, digits and "-", starting with a letter');
-const fieldName = z.string().regex(/^[a-z][A-Za-z0-9]*(\[x\])?$/, 'a top-level FHIR element name such as identifier or birthDate');
+const fieldName = z
+  .string()
+  .regex(/^[a-z][A-Za-z0-9]*(\[x\])?$/, 'a top-level FHIR element name such as identifier or birthDate');
 const resourceType = z.string().regex(/^([A-Z][A-Za-z]+|\*)$/, 'a FHIR resource type or *');
 
 export const accessRuleSchema = z.strictObject({
@@ -34,11 +36,13 @@ export const accessRuleSchema = z.strictObject({
   /** Field rules by top-level element; unlisted fields are allowed. */
   fields: z.record(fieldName, z.enum(FIELD_RULES)).optional(),
   /** ABAC: the rule applies only when every listed attribute of the user matches one value. */
-  when: z.strictObject({
-    department: z.array(z.string().min(1)).min(1).optional(),
-    title: z.array(z.string().min(1)).min(1).optional(),
-    site: z.array(z.string().min(1)).min(1).optional(),
-  }).optional(),
+  when: z
+    .strictObject({
+      department: z.array(z.string().min(1)).min(1).optional(),
+      title: z.array(z.string().min(1)).min(1).optional(),
+      site: z.array(z.string().min(1)).min(1).optional(),
+    })
+    .optional(),
 });
 export type AccessRule = z.infer<typeof accessRuleSchema>;
 
@@ -59,7 +63,17 @@ export const accessPolicySchema = z.strictObject({
 export type AccessPolicy = z.infer<typeof accessPolicySchema>;
 
 export const TRANSFORMS = [
-  'keep', 'remove', 'partial-name', 'partial-id', 'partial-phone', 'partial-address', 'pseudonym', 'birth-year', 'age-band', 'division-4', 'city-only',
+  'keep',
+  'remove',
+  'partial-name',
+  'partial-id',
+  'partial-phone',
+  'partial-address',
+  'pseudonym',
+  'birth-year',
+  'age-band',
+  'division-4',
+  'city-only',
 ] as const;
 export type Transform = (typeof TRANSFORMS)[number];
 
@@ -93,5 +107,8 @@ export function scenarioOf(purpose: Purpose): Scenario {
 
 /** `path: rule` lines, like the region config's errors. */
 export function describeIssues(error: z.ZodError): string[] {
-  return error.issues.map((i) => `${i.path.map((p, n) => (typeof p === 'number' ? `[${p}]` : `${n ? '.' : ''}${String(p)}`)).join('') || '(document)'}: ${i.message}`);
+  return error.issues.map(
+    (i) =>
+      `${i.path.map((p, n) => (typeof p === 'number' ? `[${p}]` : `${n ? '.' : ''}${String(p)}`)).join('') || '(document)'}: ${i.message}`,
+  );
 }

@@ -5,12 +5,34 @@
 // collected for the audit log.
 import type { Bundle, BundleEntry, Resource } from '@medplum/fhirtypes';
 import type { Queryable } from '../../db/index.ts';
-import { fail, inPatientCompartment, ok, type AccessFilter, type BundleStore, type HistoryOptions, type RecordError, type RecordStore, type Result, type RowScope, type SearchParamTable, type SearchRequest, type WriteOutcome } from '../../records/index.ts';
+import {
+  fail,
+  inPatientCompartment,
+  ok,
+  type AccessFilter,
+  type BundleStore,
+  type HistoryOptions,
+  type RecordError,
+  type RecordStore,
+  type Result,
+  type RowScope,
+  type SearchParamTable,
+  type SearchRequest,
+  type WriteOutcome,
+} from '../../records/index.ts';
 import { decide, type Caller } from './decide.ts';
 import { CARE_PREDICATE } from './grants.ts';
 import { maskResource, type MaskKeys } from './masking.ts';
 import type { AccessDocuments } from './documents.ts';
-import { scenarioOf, type Action, type FieldRule, type MaskingRules, type Purpose, type Scenario, type Transform } from './policy.ts';
+import {
+  scenarioOf,
+  type Action,
+  type FieldRule,
+  type MaskingRules,
+  type Purpose,
+  type Scenario,
+  type Transform,
+} from './policy.ts';
 
 export interface DecisionRecord {
   action: Action;
@@ -78,16 +100,30 @@ export class RecordAccess implements BundleStore {
     return this.#written('create', type, g.value, await this.#c.store.create(type, body, { ...opts, access: g.value.filter }));
   }
 
-  async createIn(tx: Queryable, type: string, body: unknown, opts: { ifNoneExist?: string; id: string | undefined }): Promise<Result<WriteOutcome>> {
+  async createIn(
+    tx: Queryable,
+    type: string,
+    body: unknown,
+    opts: { ifNoneExist?: string; id: string | undefined },
+  ): Promise<Result<WriteOutcome>> {
     const g = this.#gate('create', type, type);
     if (!g.ok) return g;
-    return this.#written('create', type, g.value, await this.#c.store.createIn(tx, type, body, { ...opts, access: g.value.filter }));
+    return this.#written(
+      'create',
+      type,
+      g.value,
+      await this.#c.store.createIn(tx, type, body, { ...opts, access: g.value.filter }),
+    );
   }
 
   async conditionalMatch(tx: Queryable, type: string, criteria: string): Promise<Result<Resource | undefined>> {
     const g = this.#gate('create', type, type);
     if (!g.ok) return g;
-    const probe = this.#probe(type, this.#c.store.parseSearch(type, [...new URLSearchParams(criteria.replace(/^[A-Za-z]*\?/, ''))]), g.value);
+    const probe = this.#probe(
+      type,
+      this.#c.store.parseSearch(type, [...new URLSearchParams(criteria.replace(/^[A-Za-z]*\?/, ''))]),
+      g.value,
+    );
     if (!probe.ok) return probe;
     const r = await this.#c.store.conditionalMatch(tx, type, criteria, g.value.filter);
     return r.ok && r.value ? ok(this.#mask(r.value, g.value).resource) : r;
@@ -96,13 +132,29 @@ export class RecordAccess implements BundleStore {
   async update(type: string, id: string, body: unknown, opts: { ifMatch?: string } = {}): Promise<Result<WriteOutcome>> {
     const g = this.#gate('update', type, `${type}/${id}`);
     if (!g.ok) return g;
-    return this.#written('update', `${type}/${id}`, g.value, await this.#c.store.update(type, id, body, { ...opts, access: g.value.filter }));
+    return this.#written(
+      'update',
+      `${type}/${id}`,
+      g.value,
+      await this.#c.store.update(type, id, body, { ...opts, access: g.value.filter }),
+    );
   }
 
-  async updateIn(tx: Queryable, type: string, id: string, body: unknown, opts: { ifMatch?: string }): Promise<Result<WriteOutcome>> {
+  async updateIn(
+    tx: Queryable,
+    type: string,
+    id: string,
+    body: unknown,
+    opts: { ifMatch?: string },
+  ): Promise<Result<WriteOutcome>> {
     const g = this.#gate('update', type, `${type}/${id}`);
     if (!g.ok) return g;
-    return this.#written('update', `${type}/${id}`, g.value, await this.#c.store.updateIn(tx, type, id, body, { ...opts, access: g.value.filter }));
+    return this.#written(
+      'update',
+      `${type}/${id}`,
+      g.value,
+      await this.#c.store.updateIn(tx, type, id, body, { ...opts, access: g.value.filter }),
+    );
   }
 
   async delete(type: string, id: string): Promise<Result<{ deleted: boolean }>> {
@@ -140,7 +192,11 @@ export class RecordAccess implements BundleStore {
     return ok(this.#maskBundle('history', target, g.value, r.value, false));
   }
 
-  async search(type: string, query: ReadonlyArray<readonly [string, string]>, opts: { baseUrl: string; q?: Queryable }): Promise<Result<Bundle>> {
+  async search(
+    type: string,
+    query: ReadonlyArray<readonly [string, string]>,
+    opts: { baseUrl: string; q?: Queryable },
+  ): Promise<Result<Bundle>> {
     const g = this.#gate('search', type, type);
     if (!g.ok) return g;
     const probe = this.#probe(type, this.#c.store.parseSearch(type, query), g.value);
@@ -163,7 +219,11 @@ export class RecordAccess implements BundleStore {
     const masked = [...g.value.plan].filter(([, t]) => t !== 'keep').map(([f]) => f);
     if (g.value.aggregate || masked.length) {
       const why = g.value.aggregate ? 'only in aggregate' : `with ${masked.join(', ')} masked`;
-      return fail('forbidden', `you may see ${type} ${why} for purpose ${this.#r.purpose}; images carry their patient's details in their headers, which medmesh does not mask`, { code: 'forbidden' });
+      return fail(
+        'forbidden',
+        `you may see ${type} ${why} for purpose ${this.#r.purpose}; images carry their patient's details in their headers, which medmesh does not mask`,
+        { code: 'forbidden' },
+      );
     }
     return ok(g.value.filter);
   }
@@ -174,18 +234,31 @@ export class RecordAccess implements BundleStore {
     return g.ok ? g : this.#deny(action, target, g.reason, fail('forbidden', g.reason, { code: 'forbidden' }));
   }
 
-  #decide(action: Action, type: string, target: string): { ok: true; value: Gate & { aggregate: boolean } } | { ok: false; reason: string } {
+  #decide(
+    action: Action,
+    type: string,
+    target: string,
+  ): { ok: true; value: Gate & { aggregate: boolean } } | { ok: false; reason: string } {
     const { caller, purpose } = this.#r;
     const d = decide({ caller, purpose, action, resourceType: type, siteId: this.#c.siteId }, this.#c.documents.policies());
     if (!d.allowed) return { ok: false, reason: d.reason };
     const rows = rowScope(d.scope, type, caller, purpose);
     if (!rows.ok) return rows;
-    const denied = d.scope === 'own'
-      ? `${target} is not part of your own record`
-      : `${target} belongs to a patient outside your care relationship (no encounter at your department or with you, no valid grant)${purpose === 'emergency' ? '' : '; in an emergency, start break-glass: POST /access/break-glass'}`;
+    const denied =
+      d.scope === 'own'
+        ? `${target} is not part of your own record`
+        : `${target} belongs to a patient outside your care relationship (no encounter at your department or with you, no valid grant)${purpose === 'emergency' ? '' : '; in an emergency, start break-glass: POST /access/break-glass'}`;
     const filter: AccessFilter = { rows: rows.value, denied };
     if (d.fields.size > 0) filter.admitWrite = (next, previous) => admitWrite(type, d.fields, next, previous);
-    return { ok: true, value: { filter, fields: d.fields, plan: maskPlan(type, d.scenario, d.fields, this.#c.documents.masking()), aggregate: d.scope === 'aggregate' } };
+    return {
+      ok: true,
+      value: {
+        filter,
+        fields: d.fields,
+        plan: maskPlan(type, d.scenario, d.fields, this.#c.documents.masking()),
+        aggregate: d.scope === 'aggregate',
+      },
+    };
   }
 
   /** Refuses search parameters (and sorts) that would reveal a field the caller sees masked. */
@@ -195,14 +268,31 @@ export class RecordAccess implements BundleStore {
     const codes: Array<{ code: string; fields: string[]; reference: boolean }> = [];
     for (const f of parsed.value.filters) {
       if (f.kind === 'id') codes.push({ code: '_id', fields: ['id'], reference: false });
-      else if (f.kind !== 'lastUpdated') codes.push({ code: f.code, fields: fieldsOf(params?.get(f.code)?.expression ?? ''), reference: f.kind === 'reference' });
+      else if (f.kind !== 'lastUpdated')
+        codes.push({ code: f.code, fields: fieldsOf(params?.get(f.code)?.expression ?? ''), reference: f.kind === 'reference' });
     }
-    for (const s of parsed.value.sort) if (typeof s.key === 'object') codes.push({ code: `_sort=${s.key.code}`, fields: fieldsOf(params?.get(s.key.code)?.expression ?? ''), reference: false });
+    for (const s of parsed.value.sort)
+      if (typeof s.key === 'object')
+        codes.push({
+          code: `_sort=${s.key.code}`,
+          fields: fieldsOf(params?.get(s.key.code)?.expression ?? ''),
+          reference: false,
+        });
     for (const c of codes) {
-      if (c.reference && g.plan.has('references') && g.plan.get('references') !== 'keep') return fail('forbidden', `search parameter ${c.code} matches references, which are pseudonymized for purpose ${this.#r.purpose}`, { code: 'forbidden' });
+      if (c.reference && g.plan.has('references') && g.plan.get('references') !== 'keep')
+        return fail(
+          'forbidden',
+          `search parameter ${c.code} matches references, which are pseudonymized for purpose ${this.#r.purpose}`,
+          { code: 'forbidden' },
+        );
       for (const f of c.fields) {
         const t = g.plan.get(f);
-        if (t !== undefined && t !== 'keep') return fail('forbidden', `search parameter ${c.code} reads ${type}.${f}, which is ${g.fields.get(f) ?? t} for you; searching by it would reveal what you may not see`, { code: 'forbidden' });
+        if (t !== undefined && t !== 'keep')
+          return fail(
+            'forbidden',
+            `search parameter ${c.code} reads ${type}.${f}, which is ${g.fields.get(f) ?? t} for you; searching by it would reveal what you may not see`,
+            { code: 'forbidden' },
+          );
       }
     }
     return ok(undefined);
@@ -233,7 +323,10 @@ export class RecordAccess implements BundleStore {
       if (!e.resource) return e;
       const m = this.#mask(e.resource, g);
       for (const c of m.changed) changed.add(c);
-      const fullUrl = rewriteFullUrl && e.fullUrl && m.resource.id !== e.resource.id ? e.fullUrl.replace(/[^/]+$/, m.resource.id ?? '') : e.fullUrl;
+      const fullUrl =
+        rewriteFullUrl && e.fullUrl && m.resource.id !== e.resource.id
+          ? e.fullUrl.replace(/[^/]+$/, m.resource.id ?? '')
+          : e.fullUrl;
       return { ...e, ...(fullUrl ? { fullUrl } : {}), resource: m.resource };
     });
     this.#record({ action, resource: target, outcome: 'allow', ...(changed.size ? { fields: [...changed] } : {}) });
@@ -259,7 +352,12 @@ export class RecordAccess implements BundleStore {
   }
 }
 
-function rowScope(scope: 'all' | 'care' | 'own' | 'aggregate', type: string, caller: Caller, purpose: Purpose): { ok: true; value: RowScope } | { ok: false; reason: string } {
+function rowScope(
+  scope: 'all' | 'care' | 'own' | 'aggregate',
+  type: string,
+  caller: Caller,
+  purpose: Purpose,
+): { ok: true; value: RowScope } | { ok: false; reason: string } {
   const includeUnowned = !inPatientCompartment(type);
   switch (scope) {
     case 'all':
@@ -271,8 +369,19 @@ function rowScope(scope: 'all' | 'care' | 'own' | 'aggregate', type: string, cal
       return { ok: true, value: { kind: 'patients', predicate: '{patient} = $1::text', params: [patient], includeUnowned } };
     }
     case 'care': {
-      const targets = [caller.attributes.department ? `Organization/${caller.attributes.department}` : undefined, caller.attributes.practitioner ? `Practitioner/${caller.attributes.practitioner}` : undefined].filter((t): t is string => t !== undefined);
-      return { ok: true, value: { kind: 'patients', predicate: CARE_PREDICATE, params: [targets, caller.userId, purpose === 'emergency'], includeUnowned } };
+      const targets = [
+        caller.attributes.department ? `Organization/${caller.attributes.department}` : undefined,
+        caller.attributes.practitioner ? `Practitioner/${caller.attributes.practitioner}` : undefined,
+      ].filter((t): t is string => t !== undefined);
+      return {
+        ok: true,
+        value: {
+          kind: 'patients',
+          predicate: CARE_PREDICATE,
+          params: [targets, caller.userId, purpose === 'emergency'],
+          includeUnowned,
+        },
+      };
     }
   }
 }
@@ -281,7 +390,12 @@ function rowScope(scope: 'all' | 'care' | 'own' | 'aggregate', type: string, cal
  * Field rule + scenario -> transform per field. Clinical use masks only the fields a policy
  * marks `mask`; research and statistics de-identify every response by their rule set.
  */
-export function maskPlan(type: string, scenario: Scenario, fields: ReadonlyMap<string, FieldRule>, rules: MaskingRules): Map<string, Transform> {
+export function maskPlan(
+  type: string,
+  scenario: Scenario,
+  fields: ReadonlyMap<string, FieldRule>,
+  rules: MaskingRules,
+): Map<string, Transform> {
   const plan = new Map<string, Transform>();
   const scenarioRules = { ...rules[scenario]['*'], ...rules[scenario][type] };
   if (scenario !== 'clinical') for (const [f, t] of Object.entries(scenarioRules)) plan.set(f, t);
@@ -296,18 +410,31 @@ export function maskPlan(type: string, scenario: Scenario, fields: ReadonlyMap<s
   return plan;
 }
 
-function admitWrite(type: string, fields: ReadonlyMap<string, FieldRule>, next: Resource, previous: Resource | undefined): Result<Resource> {
+function admitWrite(
+  type: string,
+  fields: ReadonlyMap<string, FieldRule>,
+  next: Resource,
+  previous: Resource | undefined,
+): Result<Resource> {
   const out: Record<string, unknown> = { ...(next as unknown as Record<string, unknown>) };
   const prev = previous as unknown as Record<string, unknown> | undefined;
   for (const [f, rule] of fields) {
     if (rule === 'read-only') {
-      if (!sameJson(out[f], prev?.[f])) return fail('forbidden', `${type}.${f} is read-only for you: send it unchanged`, { code: 'forbidden', expression: `${type}.${f}` });
+      if (!sameJson(out[f], prev?.[f]))
+        return fail('forbidden', `${type}.${f} is read-only for you: send it unchanged`, {
+          code: 'forbidden',
+          expression: `${type}.${f}`,
+        });
       continue;
     }
     // A field the caller sees masked or not at all: on create it cannot be set; on update the
     // stored value is kept (what the caller sent back is the masked form).
     if (!prev) {
-      if (out[f] !== undefined) return fail('forbidden', `${type}.${f} is ${rule} for you: you cannot set it`, { code: 'forbidden', expression: `${type}.${f}` });
+      if (out[f] !== undefined)
+        return fail('forbidden', `${type}.${f} is ${rule} for you: you cannot set it`, {
+          code: 'forbidden',
+          expression: `${type}.${f}`,
+        });
     } else if (prev[f] === undefined) delete out[f];
     else out[f] = prev[f];
   }
@@ -325,6 +452,10 @@ function sameJson(a: unknown, b: unknown): boolean {
 
 function stable(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(stable).join(',')}]`;
-  if (v && typeof v === 'object') return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${stable((v as Record<string, unknown>)[k])}`).join(',')}}`;
+  if (v && typeof v === 'object')
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${stable((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
   return v === undefined ? 'undefined' : JSON.stringify(v);
 }

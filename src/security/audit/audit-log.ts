@@ -34,7 +34,13 @@ export interface Checkpoint {
 export type AuditAppendError = { kind: 'invalid-event'; issues: string[] };
 
 export function checkpointStatement(c: { site: string; treeSize: number; root: Uint8Array; issuedAt: string }): string {
-  return canonicalBytes({ type: 'medmesh-audit-checkpoint/1', site: c.site, treeSize: c.treeSize, root: Buffer.from(c.root).toString('hex'), issuedAt: c.issuedAt }).toString('utf8');
+  return canonicalBytes({
+    type: 'medmesh-audit-checkpoint/1',
+    site: c.site,
+    treeSize: c.treeSize,
+    root: Buffer.from(c.root).toString('hex'),
+    issuedAt: c.issuedAt,
+  }).toString('utf8');
 }
 
 export class AuditLog {
@@ -49,9 +55,15 @@ export class AuditLog {
   /** Validates and appends one event; resolves with its sequence number once committed. */
   append(event: AuditEvent): Promise<{ ok: true; seq: number } | { ok: false; error: AuditAppendError }> {
     const parsed = auditEventSchema.safeParse(event);
-    if (!parsed.success) return Promise.resolve({ ok: false, error: { kind: 'invalid-event', issues: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`) } });
+    if (!parsed.success)
+      return Promise.resolve({
+        ok: false,
+        error: { kind: 'invalid-event', issues: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`) },
+      });
     const e = parsed.data;
-    return this.#appender.append({ bytes: auditEventBytes(e), entity: e.resource ?? null, agent: e.actor.id }).then((seq) => ({ ok: true as const, seq }));
+    return this.#appender
+      .append({ bytes: auditEventBytes(e), entity: e.resource ?? null, agent: e.actor.id })
+      .then((seq) => ({ ok: true as const, seq }));
   }
 
   /** Resolves once every entry appended so far is written (or has failed). */
@@ -78,9 +90,26 @@ export class AuditLog {
       const signature = sm2Sign(signer.key, Buffer.from(statement));
       await tx.query(
         'INSERT INTO audit_checkpoint (tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)',
-        [next.size, root, Buffer.concat(next.frontier), issuedAt, statement, signature, signer.siteId, signer.key.publicKey.toPem()],
+        [
+          next.size,
+          root,
+          Buffer.concat(next.frontier),
+          issuedAt,
+          statement,
+          signature,
+          signer.siteId,
+          signer.key.publicKey.toPem(),
+        ],
       );
-      return { treeSize: next.size, root, issuedAt, statement, signature, signerSite: signer.siteId, signerPublicKey: signer.key.publicKey.toPem() };
+      return {
+        treeSize: next.size,
+        root,
+        issuedAt,
+        statement,
+        signature,
+        signerSite: signer.siteId,
+        signerPublicKey: signer.key.publicKey.toPem(),
+      };
     });
   }
 
@@ -101,14 +130,22 @@ export class AuditLog {
 
   /** Stores another site's signature over one of our checkpoints, after checking it. */
   async addCosignature(treeSize: number, site: string, signature: Buffer, publicKey: Sm2PublicKey): Promise<boolean> {
-    const { rows } = await this.#o.db.query<{ statement: string }>('SELECT statement FROM audit_checkpoint WHERE tree_size = $1', [treeSize]);
+    const { rows } = await this.#o.db.query<{ statement: string }>(
+      'SELECT statement FROM audit_checkpoint WHERE tree_size = $1',
+      [treeSize],
+    );
     if (!rows[0] || !sm2Verify(publicKey, Buffer.from(rows[0].statement), signature)) return false;
-    await this.#o.db.query('INSERT INTO audit_cosignature (tree_size, site, signature, public_key) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [treeSize, site, signature, publicKey.toPem()]);
+    await this.#o.db.query(
+      'INSERT INTO audit_cosignature (tree_size, site, signature, public_key) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING',
+      [treeSize, site, signature, publicKey.toPem()],
+    );
     return true;
   }
 
   async #leaves(treeSize: number): Promise<Buffer[]> {
-    const { rows } = await this.#o.db.query<{ entry: Buffer }>('SELECT entry FROM audit_entry WHERE seq < $1 ORDER BY seq', [treeSize]);
+    const { rows } = await this.#o.db.query<{ entry: Buffer }>('SELECT entry FROM audit_entry WHERE seq < $1 ORDER BY seq', [
+      treeSize,
+    ]);
     if (rows.length < treeSize) throw new RangeError(`the log holds ${rows.length} entries, fewer than ${treeSize}`);
     return rows.map((r) => leafHash(r.entry));
   }
@@ -120,14 +157,28 @@ export function cosign(statement: string, key: Sm2PrivateKey): Buffer {
 }
 
 async function latest(q: Queryable): Promise<{ treeSize: number; frontier: Buffer; checkpoint: Checkpoint } | undefined> {
-  const { rows } = await q.query<{ tree_size: bigint; root: Buffer; frontier: Buffer; issued_at: Date; statement: string; signature: Buffer; signer_site: string; signer_public_key: string }>(
+  const { rows } = await q.query<{
+    tree_size: bigint;
+    root: Buffer;
+    frontier: Buffer;
+    issued_at: Date;
+    statement: string;
+    signature: Buffer;
+    signer_site: string;
+    signer_public_key: string;
+  }>(
     'SELECT tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key FROM audit_checkpoint ORDER BY tree_size DESC LIMIT 1',
   );
   const r = rows[0];
   if (!r) return undefined;
   const checkpoint: Checkpoint = {
-    treeSize: Number(r.tree_size), root: Buffer.from(r.root), issuedAt: new Date(r.issued_at).toISOString(), statement: r.statement,
-    signature: Buffer.from(r.signature), signerSite: r.signer_site, signerPublicKey: r.signer_public_key,
+    treeSize: Number(r.tree_size),
+    root: Buffer.from(r.root),
+    issuedAt: new Date(r.issued_at).toISOString(),
+    statement: r.statement,
+    signature: Buffer.from(r.signature),
+    signerSite: r.signer_site,
+    signerPublicKey: r.signer_public_key,
   };
   return { treeSize: Number(r.tree_size), frontier: Buffer.from(r.frontier), checkpoint };
 }

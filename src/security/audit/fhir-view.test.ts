@@ -13,8 +13,13 @@ import { auditSearchSql, parseAuditQuery, searchAuditEvents } from './fhir-view.
 
 const ENTRIES = 6000;
 const event = (i: number): AuditEvent => ({
-  time: new Date(Date.UTC(2026, 10, 22, 3, 0, 0, i)).toISOString(), site: 'B',
-  actor: { kind: 'user', id: `user-${i % 40}`, role: 'doctor' }, action: 'read', outcome: 'allow', purpose: 'treatment', resource: `Patient/p${i % 300}`,
+  time: new Date(Date.UTC(2026, 10, 22, 3, 0, 0, i)).toISOString(),
+  site: 'B',
+  actor: { kind: 'user', id: `user-${i % 40}`, role: 'doctor' },
+  action: 'read',
+  outcome: 'allow',
+  purpose: 'treatment',
+  resource: `Patient/p${i % 300}`,
 });
 
 describe(`AuditEvent search (${testBackend()})`, () => {
@@ -39,16 +44,44 @@ describe(`AuditEvent search (${testBackend()})`, () => {
 
   it('finds exactly the entries of one patient and of one user, newest first', async () => {
     // Appended in order: entry i has seq i.
-    const want = (pred: (i: number) => boolean, n: number) => Array.from({ length: ENTRIES }, (_, i) => i).filter(pred).reverse().slice(0, n);
-    assert.deepEqual(await seqsOf([['entity', 'Patient/p7'], ['_count', '100']]), want((i) => i % 300 === 7, 100));
-    assert.deepEqual(await seqsOf([['agent', 'user-3'], ['_count', '20'], ['_offset', '20']]), want((i) => i % 40 === 3, 40).slice(20));
+    const want = (pred: (i: number) => boolean, n: number) =>
+      Array.from({ length: ENTRIES }, (_, i) => i)
+        .filter(pred)
+        .reverse()
+        .slice(0, n);
+    assert.deepEqual(
+      await seqsOf([
+        ['entity', 'Patient/p7'],
+        ['_count', '100'],
+      ]),
+      want((i) => i % 300 === 7, 100),
+    );
+    assert.deepEqual(
+      await seqsOf([
+        ['agent', 'user-3'],
+        ['_count', '20'],
+        ['_offset', '20'],
+      ]),
+      want((i) => i % 40 === 3, 40).slice(20),
+    );
     assert.deepEqual(await seqsOf([['entity', 'Patient/nobody']]), []);
     const { rows } = await db.query<{ t: Date }>('SELECT recorded_at AS t FROM audit_entry WHERE seq = 2500');
     const at = new Date(rows[0]!.t).toISOString();
-    const inWindow = await seqsOf([['agent', 'user-5'], ['date', `ge${at}`], ['_count', '1000']]);
+    const inWindow = await seqsOf([
+      ['agent', 'user-5'],
+      ['date', `ge${at}`],
+      ['_count', '1000'],
+    ]);
     assert.ok(inWindow.length > 0 && inWindow.every((s) => s % 40 === 5), 'only user-5');
-    const stamps = await db.query<{ seq: string }>("SELECT seq FROM audit_entry WHERE recorded_at >= $1::timestamptz AND convert_from(entry, 'UTF8')::jsonb->'actor'->>'id' = 'user-5' ORDER BY seq DESC", [at]);
-    assert.deepEqual(inWindow, stamps.rows.map((r) => Number(r.seq)), 'the date filter is the append time');
+    const stamps = await db.query<{ seq: string }>(
+      "SELECT seq FROM audit_entry WHERE recorded_at >= $1::timestamptz AND convert_from(entry, 'UTF8')::jsonb->'actor'->>'id' = 'user-5' ORDER BY seq DESC",
+      [at],
+    );
+    assert.deepEqual(
+      inWindow,
+      stamps.rows.map((r) => Number(r.seq)),
+      'the date filter is the append time',
+    );
   });
 
   it('reads through the indexes, not by decoding the whole log', async () => {
@@ -68,13 +101,31 @@ describe(`AuditEvent search (${testBackend()})`, () => {
   });
 
   it('answers from the bytes: a search column pointed at another patient or user brings no foreign entry', async () => {
-    const before = await seqsOf([['entity', 'Patient/p7'], ['_count', '1000']]);
-    const byUser = await seqsOf([['agent', 'user-3'], ['_count', '1000']]);
+    const before = await seqsOf([
+      ['entity', 'Patient/p7'],
+      ['_count', '1000'],
+    ]);
+    const byUser = await seqsOf([
+      ['agent', 'user-3'],
+      ['_count', '1000'],
+    ]);
     await db.transaction(async (tx) => {
       await tx.query('SET LOCAL session_replication_role = replica'); // a superuser past the append-only trigger
       await tx.query("UPDATE audit_entry SET entity = 'Patient/p7', agent = 'user-3' WHERE seq IN (8, 9)");
     });
-    assert.deepEqual(await seqsOf([['entity', 'Patient/p7'], ['_count', '1000']]), before);
-    assert.deepEqual(await seqsOf([['agent', 'user-3'], ['_count', '1000']]), byUser);
+    assert.deepEqual(
+      await seqsOf([
+        ['entity', 'Patient/p7'],
+        ['_count', '1000'],
+      ]),
+      before,
+    );
+    assert.deepEqual(
+      await seqsOf([
+        ['agent', 'user-3'],
+        ['_count', '1000'],
+      ]),
+      byUser,
+    );
   });
 });

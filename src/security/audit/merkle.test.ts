@@ -1,7 +1,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { sm3 } from '../crypto/index.ts';
-import { consistencyProof, EMPTY_ROOT, inclusionProof, leafHash, nodeHash, rootOf, verifyConsistency, verifyInclusion } from './merkle.ts';
+import {
+  consistencyProof,
+  EMPTY_ROOT,
+  inclusionProof,
+  leafHash,
+  nodeHash,
+  rootOf,
+  verifyConsistency,
+  verifyInclusion,
+} from './merkle.ts';
 
 /** The recursive MTH exactly as RFC 9162 §2.1.1 defines it. */
 function mth(leaves: Buffer[]): Buffer {
@@ -17,7 +26,10 @@ const leaves = Array.from({ length: 70 }, (_, i) => leafHash(Buffer.from(`entry 
 describe('RFC 9162 Merkle tree over SM3', () => {
   it('domain-separates leaves and nodes', () => {
     assert.deepEqual(leafHash(Buffer.from('a')), sm3(Buffer.from([0]), Buffer.from('a')));
-    assert.notDeepEqual(leafHash(Buffer.concat([leafHash(Buffer.from('a')), leafHash(Buffer.from('b'))])), nodeHash(leafHash(Buffer.from('a')), leafHash(Buffer.from('b'))));
+    assert.notDeepEqual(
+      leafHash(Buffer.concat([leafHash(Buffer.from('a')), leafHash(Buffer.from('b'))])),
+      nodeHash(leafHash(Buffer.from('a')), leafHash(Buffer.from('b'))),
+    );
     assert.deepEqual(rootOf([]), EMPTY_ROOT);
   });
 

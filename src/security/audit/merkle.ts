@@ -53,7 +53,9 @@ export function inclusionProof(leaves: readonly Uint8Array[], m: number, n = lea
     const size = hi - lo;
     if (size === 1) return [];
     const k = splitPoint(size);
-    return idx < k ? [...path(lo, lo + k, idx), rootOf(leaves.slice(lo + k, hi))] : [...path(lo + k, hi, idx - k), rootOf(leaves.slice(lo, lo + k))];
+    return idx < k
+      ? [...path(lo, lo + k, idx), rootOf(leaves.slice(lo + k, hi))]
+      : [...path(lo + k, hi, idx - k), rootOf(leaves.slice(lo, lo + k))];
   };
   return path(0, n, m);
 }
@@ -86,13 +88,21 @@ export function consistencyProof(leaves: readonly Uint8Array[], m: number, n = l
     const size = hi - lo;
     if (mm === size) return whole ? [] : [rootOf(leaves.slice(lo, hi))];
     const k = splitPoint(size);
-    return mm <= k ? [...subproof(lo, lo + k, mm, whole), rootOf(leaves.slice(lo + k, hi))] : [...subproof(lo + k, hi, mm - k, false), rootOf(leaves.slice(lo, lo + k))];
+    return mm <= k
+      ? [...subproof(lo, lo + k, mm, whole), rootOf(leaves.slice(lo + k, hi))]
+      : [...subproof(lo + k, hi, mm - k, false), rootOf(leaves.slice(lo, lo + k))];
   };
   return m === n ? [] : subproof(0, n, m, true);
 }
 
 /** RFC 9162 §2.1.4.2 verification of a consistency proof between two roots. */
-export function verifyConsistency(m: number, n: number, firstRoot: Uint8Array, secondRoot: Uint8Array, proof: readonly Uint8Array[]): boolean {
+export function verifyConsistency(
+  m: number,
+  n: number,
+  firstRoot: Uint8Array,
+  secondRoot: Uint8Array,
+  proof: readonly Uint8Array[],
+): boolean {
   if (m < 1 || m > n) return false;
   if (m === n) return proof.length === 0 && Buffer.from(firstRoot).equals(Buffer.from(secondRoot));
   if (proof.length === 0) return false;
@@ -131,7 +141,6 @@ export function rootOfFrontier(frontier: readonly Buffer[]): Buffer {
   for (let i = frontier.length - 2; i >= 0; i--) acc = nodeHash(frontier[i]!, acc);
   return acc;
 }
-
 
 /** Incremental RFC 9162 root over a stream of leaf hashes (constant work per leaf, amortized). */
 export class FrontierBuilder {

@@ -11,18 +11,41 @@ export interface ComplianceReport {
   generatedAt: string;
   totals: { entries: number; allow: number; deny: number; failure: number; success: number };
   accessesByRole: Array<{ role: string; allow: number; deny: number; failure: number; success: number }>;
-  breakGlass: Array<{ seq: number; time: string; user: string; role: string; resource: string; reason: string; accessesUnderIt: number }>;
+  breakGlass: Array<{
+    seq: number;
+    time: string;
+    user: string;
+    role: string;
+    resource: string;
+    reason: string;
+    accessesUnderIt: number;
+  }>;
   denied: Array<{ seq: number; time: string; user: string; role: string; action: string; resource: string; detail: string }>;
-  verification: Pick<AuditReport, 'ok' | 'entries' | 'checkpoints' | 'invalidMac' | 'timeMismatch' | 'columnMismatch' | 'missing' | 'rootMismatch' | 'badSignature'>;
+  verification: Pick<
+    AuditReport,
+    | 'ok'
+    | 'entries'
+    | 'checkpoints'
+    | 'invalidMac'
+    | 'timeMismatch'
+    | 'columnMismatch'
+    | 'missing'
+    | 'rootMismatch'
+    | 'badSignature'
+  >;
 }
 
 const MAX_LISTED = 200;
 
-export async function complianceReport(db: Queryable, opts: { site: string; from: Date; to: Date; verification: AuditReport; now?: Date }): Promise<ComplianceReport> {
+export async function complianceReport(
+  db: Queryable,
+  opts: { site: string; from: Date; to: Date; verification: AuditReport; now?: Date },
+): Promise<ComplianceReport> {
   const range = `t >= $1::timestamptz AND t < $2::timestamptz`;
   const p = [opts.from.toISOString(), opts.to.toISOString()];
   const byRole = await db.query<{ role: string; outcome: string; n: number }>(
-    `SELECT coalesce(e->'actor'->>'role', e->'actor'->>'kind') AS role, e->>'outcome' AS outcome, count(*)::int AS n FROM ${ENTRIES} WHERE ${range} GROUP BY 1, 2 ORDER BY 1, 2`, p,
+    `SELECT coalesce(e->'actor'->>'role', e->'actor'->>'kind') AS role, e->>'outcome' AS outcome, count(*)::int AS n FROM ${ENTRIES} WHERE ${range} GROUP BY 1, 2 ORDER BY 1, 2`,
+    p,
   );
   const roles = new Map<string, ComplianceReport['accessesByRole'][number]>();
   const totals = { entries: 0, allow: 0, deny: 0, failure: 0, success: 0 };
@@ -34,15 +57,33 @@ export async function complianceReport(db: Queryable, opts: { site: string; from
     totals.entries += r.n;
     roles.set(r.role, row);
   }
-  const glass = await db.query<{ seq: string | bigint; time: string; user: string; role: string | null; resource: string | null; reason: string; n: number }>(
+  const glass = await db.query<{
+    seq: string | bigint;
+    time: string;
+    user: string;
+    role: string | null;
+    resource: string | null;
+    reason: string;
+    n: number;
+  }>(
     `SELECT a.seq, e->>'time' AS time, e->'actor'->>'id' AS user, e->'actor'->>'role' AS role, e->>'resource' AS resource, e->'breakGlass'->>'reason' AS reason,
             (SELECT count(*)::int FROM ${ENTRIES.replace(/ a$/, ' b')} WHERE b.agent = a.agent AND b.e->'actor'->>'id' = a.e->'actor'->>'id' AND b.e ? 'breakGlass' AND b.e->>'action' <> 'break-glass'
                AND b.t >= a.t AND b.t < $2::timestamptz) AS n
-       FROM ${ENTRIES} WHERE ${range} AND e->>'action' = 'break-glass' AND e->>'outcome' IN ('success', 'allow') ORDER BY a.seq LIMIT ${MAX_LISTED}`, p,
+       FROM ${ENTRIES} WHERE ${range} AND e->>'action' = 'break-glass' AND e->>'outcome' IN ('success', 'allow') ORDER BY a.seq LIMIT ${MAX_LISTED}`,
+    p,
   );
-  const denied = await db.query<{ seq: string | bigint; time: string; user: string; role: string | null; action: string; resource: string | null; detail: string | null }>(
+  const denied = await db.query<{
+    seq: string | bigint;
+    time: string;
+    user: string;
+    role: string | null;
+    action: string;
+    resource: string | null;
+    detail: string | null;
+  }>(
     `SELECT seq, e->>'time' AS time, e->'actor'->>'id' AS user, e->'actor'->>'role' AS role, e->>'action' AS action, e->>'resource' AS resource, e->>'detail' AS detail
-       FROM ${ENTRIES} WHERE ${range} AND e->>'outcome' = 'deny' ORDER BY seq DESC LIMIT ${MAX_LISTED}`, p,
+       FROM ${ENTRIES} WHERE ${range} AND e->>'outcome' = 'deny' ORDER BY seq DESC LIMIT ${MAX_LISTED}`,
+    p,
   );
   const v = opts.verification;
   return {
@@ -52,9 +93,35 @@ export async function complianceReport(db: Queryable, opts: { site: string; from
     generatedAt: (opts.now ?? new Date()).toISOString(),
     totals,
     accessesByRole: [...roles.values()],
-    breakGlass: glass.rows.map((r) => ({ seq: Number(r.seq), time: r.time, user: r.user, role: r.role ?? '', resource: r.resource ?? '', reason: r.reason, accessesUnderIt: r.n })),
-    denied: denied.rows.map((r) => ({ seq: Number(r.seq), time: r.time, user: r.user, role: r.role ?? '', action: r.action, resource: r.resource ?? '', detail: r.detail ?? '' })),
-    verification: { ok: v.ok, entries: v.entries, checkpoints: v.checkpoints, invalidMac: v.invalidMac, timeMismatch: v.timeMismatch, columnMismatch: v.columnMismatch, missing: v.missing, rootMismatch: v.rootMismatch, badSignature: v.badSignature },
+    breakGlass: glass.rows.map((r) => ({
+      seq: Number(r.seq),
+      time: r.time,
+      user: r.user,
+      role: r.role ?? '',
+      resource: r.resource ?? '',
+      reason: r.reason,
+      accessesUnderIt: r.n,
+    })),
+    denied: denied.rows.map((r) => ({
+      seq: Number(r.seq),
+      time: r.time,
+      user: r.user,
+      role: r.role ?? '',
+      action: r.action,
+      resource: r.resource ?? '',
+      detail: r.detail ?? '',
+    })),
+    verification: {
+      ok: v.ok,
+      entries: v.entries,
+      checkpoints: v.checkpoints,
+      invalidMac: v.invalidMac,
+      timeMismatch: v.timeMismatch,
+      columnMismatch: v.columnMismatch,
+      missing: v.missing,
+      rootMismatch: v.rootMismatch,
+      badSignature: v.badSignature,
+    },
   };
 }
 
@@ -62,7 +129,9 @@ export async function complianceReport(db: Queryable, opts: { site: string; from
 export function renderComplianceHtml(r: ComplianceReport): string {
   const esc = (s: unknown) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
   const table = (head: string[], rows: unknown[][]) =>
-    rows.length === 0 ? '<p class="none">None.</p>' : `<table><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${rows.map((row) => `<tr>${row.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`).join('')}</tbody></table>`;
+    rows.length === 0
+      ? '<p class="none">None.</p>'
+      : `<table><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${rows.map((row) => `<tr>${row.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`).join('')}</tbody></table>`;
   const v = r.verification;
   const status = v.ok ? 'INTACT' : 'TAMPERED';
   return `<!doctype html>
@@ -82,11 +151,20 @@ export function renderComplianceHtml(r: ComplianceReport): string {
 ${v.ok ? '' : `<p>Entries failing their MAC: ${esc(v.invalidMac.join(', ') || 'none')}. Entries whose append time was moved: ${esc(v.timeMismatch.join(', ') || 'none')}. Entries whose search columns (patient, user) were changed: ${esc(v.columnMismatch.join(', ') || 'none')}. Missing ranges: ${esc(JSON.stringify(v.missing))}. Checkpoints with a wrong root: ${esc(v.rootMismatch.join(', ') || 'none')}; with a bad signature: ${esc(v.badSignature.join(', ') || 'none')}.</p>`}
 <h2>Accesses per role</h2>
 <p>${esc(r.totals.entries)} audited events: ${esc(r.totals.allow + r.totals.success)} allowed or succeeded, ${esc(r.totals.deny)} denied, ${esc(r.totals.failure)} failed.</p>
-${table(['role', 'allowed', 'succeeded', 'denied', 'failed'], r.accessesByRole.map((x) => [x.role, x.allow, x.success, x.deny, x.failure]))}
+${table(
+  ['role', 'allowed', 'succeeded', 'denied', 'failed'],
+  r.accessesByRole.map((x) => [x.role, x.allow, x.success, x.deny, x.failure]),
+)}
 <h2>Break-glass uses</h2>
-${table(['#', 'time', 'user', 'role', 'patient', 'reason', 'accesses under it'], r.breakGlass.map((b) => [b.seq, b.time, b.user, b.role, b.resource, b.reason, b.accessesUnderIt]))}
+${table(
+  ['#', 'time', 'user', 'role', 'patient', 'reason', 'accesses under it'],
+  r.breakGlass.map((b) => [b.seq, b.time, b.user, b.role, b.resource, b.reason, b.accessesUnderIt]),
+)}
 <h2>Denied attempts</h2>
-${table(['#', 'time', 'user', 'role', 'action', 'resource', 'detail'], r.denied.map((d) => [d.seq, d.time, d.user, d.role, d.action, d.resource, d.detail]))}
+${table(
+  ['#', 'time', 'user', 'role', 'action', 'resource', 'detail'],
+  r.denied.map((d) => [d.seq, d.time, d.user, d.role, d.action, d.resource, d.detail]),
+)}
 ${r.denied.length >= MAX_LISTED ? `<p>Only the latest ${MAX_LISTED} are listed.</p>` : ''}
 </body></html>
 `;

@@ -20,11 +20,24 @@ describe(`audit retention (${testBackend()})`, () => {
   const macKey = randomBytes(32);
   const key = Sm2PrivateKey.generate();
   const soon = () => new Date(Date.now() + 60_000); // "older than" a minute from now: everything so far
-  const append = (n: number, from: number) => Promise.all(Array.from({ length: n }, (_, i) => log.append({ time: new Date().toISOString(), site: 'B', actor: { kind: 'user', id: `u${from + i}` }, action: 'read', outcome: 'allow', resource: `Patient/p${from + i}` })));
-  const deleteAs = (sql: string) => db.transaction(async (tx) => {
-    await tx.query("SELECT set_config('medmesh.audit_prune', 'on', true)");
-    await tx.query(sql);
-  });
+  const append = (n: number, from: number) =>
+    Promise.all(
+      Array.from({ length: n }, (_, i) =>
+        log.append({
+          time: new Date().toISOString(),
+          site: 'B',
+          actor: { kind: 'user', id: `u${from + i}` },
+          action: 'read',
+          outcome: 'allow',
+          resource: `Patient/p${from + i}`,
+        }),
+      ),
+    );
+  const deleteAs = (sql: string) =>
+    db.transaction(async (tx) => {
+      await tx.query("SELECT set_config('medmesh.audit_prune', 'on', true)");
+      await tx.query(sql);
+    });
 
   before(async () => {
     db = await openTestDb();
@@ -48,12 +61,22 @@ describe(`audit retention (${testBackend()})`, () => {
 
   it('exports whole segments between signed checkpoints as files that verify on their own', async () => {
     const segs = await exportAuditSegments({ db, siteId: 'B', signer: key, dir, olderThan: soon(), maxEntriesPerFile: 60 });
-    assert.deepEqual(segs.map((s) => [s.fromSeq, s.toSeq, s.entries]), [[0, 49, 50], [50, 79, 30]]);
+    assert.deepEqual(
+      segs.map((s) => [s.fromSeq, s.toSeq, s.entries]),
+      [
+        [0, 49, 50],
+        [50, 79, 30],
+      ],
+    );
     for (const s of segs) {
       const check = await verifySegmentFile(s.file, { signers: [key.publicKey], macKey });
       assert.deepEqual([check.ok, check.entries, check.problems], [true, s.entries, []]);
     }
-    assert.equal((await exportAuditSegments({ db, siteId: 'B', signer: key, dir, olderThan: soon() })).length, 0, 'nothing new under a checkpoint');
+    assert.equal(
+      (await exportAuditSegments({ db, siteId: 'B', signer: key, dir, olderThan: soon() })).length,
+      0,
+      'nothing new under a checkpoint',
+    );
     const wrongKey = await verifySegmentFile(segs[0]!.file, { signers: [Sm2PrivateKey.generate().publicKey] });
     assert.ok(!wrongKey.ok && wrongKey.problems.some((p) => /file signature/.test(p)));
   });
@@ -75,7 +98,9 @@ describe(`audit retention (${testBackend()})`, () => {
 
   it('prunes only exported entries, and the log still verifies from where the archive ends', async () => {
     assert.equal(await pruneExportedAudit(db, { olderThan: soon() }), 80);
-    const { rows } = await db.query<{ first: bigint; n: number }>('SELECT min(seq) AS first, count(*)::int AS n FROM audit_entry');
+    const { rows } = await db.query<{ first: bigint; n: number }>(
+      'SELECT min(seq) AS first, count(*)::int AS n FROM audit_entry',
+    );
     assert.deepEqual([Number(rows[0]!.first), rows[0]!.n], [80, 10]);
     await assert.rejects(deleteAs('DELETE FROM audit_entry WHERE seq = 85'), /only exported segments may be pruned/);
     await append(5, 90);
@@ -83,7 +108,13 @@ describe(`audit retention (${testBackend()})`, () => {
     const report = await verifyAuditLog(db, { macKey, signers: [key.publicKey] });
     assert.deepEqual([report.ok, report.archivedBefore, report.entries, report.missing], [true, 80, 15, []]);
     const more = await exportAuditSegments({ db, siteId: 'B', signer: key, dir, olderThan: soon() });
-    assert.deepEqual(more.map((s) => [s.fromSeq, s.toSeq]), [[80, 94]]);
-    assert.ok((await verifySegmentFile(more[0]!.file, { signers: [key.publicKey], macKey })).ok, 'a later segment continues the tree from the archived frontier');
+    assert.deepEqual(
+      more.map((s) => [s.fromSeq, s.toSeq]),
+      [[80, 94]],
+    );
+    assert.ok(
+      (await verifySegmentFile(more[0]!.file, { signers: [key.publicKey], macKey })).ok,
+      'a later segment continues the tree from the archived frontier',
+    );
   });
 });

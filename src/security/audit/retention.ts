@@ -48,32 +48,64 @@ interface CheckpointRow {
 }
 
 /** Exports every whole segment (checkpoint to checkpoint) whose entries are all older than `olderThan`. */
-export async function exportAuditSegments(opts: { db: Db; siteId: string; signer: Sm2PrivateKey; dir: string; olderThan: Date; maxEntriesPerFile?: number; onProgress?: (s: SegmentExport) => void }): Promise<SegmentExport[]> {
+export async function exportAuditSegments(opts: {
+  db: Db;
+  siteId: string;
+  signer: Sm2PrivateKey;
+  dir: string;
+  olderThan: Date;
+  maxEntriesPerFile?: number;
+  onProgress?: (s: SegmentExport) => void;
+}): Promise<SegmentExport[]> {
   const { db } = opts;
   await mkdir(opts.dir, { recursive: true });
   const done: SegmentExport[] = [];
   for (;;) {
-    const end = Number((await db.query<{ n: bigint }>('SELECT coalesce(max(to_seq) + 1, 0)::bigint AS n FROM audit_export')).rows[0]!.n);
-    const young = (await db.query<{ s: bigint | null }>('SELECT min(seq) AS s FROM audit_entry WHERE seq >= $1 AND recorded_at >= $2', [end, opts.olderThan.toISOString()])).rows[0]?.s;
-    const limit = Math.min(young === null || young === undefined ? Number.MAX_SAFE_INTEGER : Number(young), end + (opts.maxEntriesPerFile ?? 1_000_000));
+    const end = Number(
+      (await db.query<{ n: bigint }>('SELECT coalesce(max(to_seq) + 1, 0)::bigint AS n FROM audit_export')).rows[0]!.n,
+    );
+    const young = (
+      await db.query<{ s: bigint | null }>('SELECT min(seq) AS s FROM audit_entry WHERE seq >= $1 AND recorded_at >= $2', [
+        end,
+        opts.olderThan.toISOString(),
+      ])
+    ).rows[0]?.s;
+    const limit = Math.min(
+      young === null || young === undefined ? Number.MAX_SAFE_INTEGER : Number(young),
+      end + (opts.maxEntriesPerFile ?? 1_000_000),
+    );
     const { rows: cps } = await db.query<CheckpointRow>(
       'SELECT tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key FROM audit_checkpoint WHERE tree_size > $1 AND tree_size <= $2 ORDER BY tree_size DESC LIMIT 1',
       [end, limit],
     );
     const cp = cps[0];
     if (!cp) return done;
-    const before = end === 0 ? [] : splitFrontier(Buffer.from((await db.query<{ frontier: Uint8Array }>('SELECT frontier FROM audit_checkpoint WHERE tree_size = $1', [end])).rows[0]?.frontier ?? Buffer.alloc(0)));
+    const before =
+      end === 0
+        ? []
+        : splitFrontier(
+            Buffer.from(
+              (await db.query<{ frontier: Uint8Array }>('SELECT frontier FROM audit_checkpoint WHERE tree_size = $1', [end]))
+                .rows[0]?.frontier ?? Buffer.alloc(0),
+            ),
+          );
     if (end > 0 && before.length === 0) throw new Error(`no checkpoint at ${end} to continue the export from`);
     const seg = await writeSegment(db, { siteId: opts.siteId, signer: opts.signer, dir: opts.dir, from: end, cp, before });
     const check = await verifySegmentFile(seg.file, { signers: [opts.signer.publicKey] });
     if (!check.ok) throw new Error(`the exported file ${seg.file} does not verify: ${check.problems.join('; ')}`);
-    await db.query('INSERT INTO audit_export (from_seq, to_seq, file_name, file_sm3, checkpoint_tree_size) VALUES ($1, $2, $3, $4, $5)', [seg.fromSeq, seg.toSeq, seg.file, Buffer.from(seg.sm3, 'hex'), Number(cp.tree_size)]);
+    await db.query(
+      'INSERT INTO audit_export (from_seq, to_seq, file_name, file_sm3, checkpoint_tree_size) VALUES ($1, $2, $3, $4, $5)',
+      [seg.fromSeq, seg.toSeq, seg.file, Buffer.from(seg.sm3, 'hex'), Number(cp.tree_size)],
+    );
     done.push(seg);
     opts.onProgress?.(seg);
   }
 }
 
-async function writeSegment(db: Db, o: { siteId: string; signer: Sm2PrivateKey; dir: string; from: number; cp: CheckpointRow; before: Buffer[] }): Promise<SegmentExport> {
+async function writeSegment(
+  db: Db,
+  o: { siteId: string; signer: Sm2PrivateKey; dir: string; from: number; cp: CheckpointRow; before: Buffer[] },
+): Promise<SegmentExport> {
   const to = Number(o.cp.tree_size) - 1;
   const name = `audit-${o.siteId}-${String(o.from).padStart(12, '0')}-${String(to).padStart(12, '0')}.jsonl`;
   const file = join(o.dir, name);
@@ -88,26 +120,54 @@ async function writeSegment(db: Db, o: { siteId: string; signer: Sm2PrivateKey; 
     await fh.write(b);
   };
   try {
-    await write(JSON.stringify({
-      format: SEGMENT_FORMAT, site: o.siteId, fromSeq: o.from, toSeq: to, frontierBefore: o.before.map((h) => h.toString('hex')),
-      checkpoint: { treeSize: Number(o.cp.tree_size), root: Buffer.from(o.cp.root).toString('hex'), issuedAt: new Date(o.cp.issued_at).toISOString(), statement: o.cp.statement, signature: Buffer.from(o.cp.signature).toString('base64'), signerSite: o.cp.signer_site, signerPublicKey: o.cp.signer_public_key },
-      exportedAt: new Date().toISOString(),
-    }));
+    await write(
+      JSON.stringify({
+        format: SEGMENT_FORMAT,
+        site: o.siteId,
+        fromSeq: o.from,
+        toSeq: to,
+        frontierBefore: o.before.map((h) => h.toString('hex')),
+        checkpoint: {
+          treeSize: Number(o.cp.tree_size),
+          root: Buffer.from(o.cp.root).toString('hex'),
+          issuedAt: new Date(o.cp.issued_at).toISOString(),
+          statement: o.cp.statement,
+          signature: Buffer.from(o.cp.signature).toString('base64'),
+          signerSite: o.cp.signer_site,
+          signerPublicKey: o.cp.signer_public_key,
+        },
+        exportedAt: new Date().toISOString(),
+      }),
+    );
     let next = o.from;
     while (next <= to) {
-      const { rows } = await db.query<{ seq: bigint; entry: Uint8Array; mac: Uint8Array }>('SELECT seq, entry, mac FROM audit_entry WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT 5000', [next, to]);
+      const { rows } = await db.query<{ seq: bigint; entry: Uint8Array; mac: Uint8Array }>(
+        'SELECT seq, entry, mac FROM audit_entry WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT 5000',
+        [next, to],
+      );
       if (rows.length === 0) break;
       for (const r of rows) {
         if (Number(r.seq) !== next) throw new Error(`audit entry ${next} is missing: refusing to export a log with a gap`);
         tree.push(leafHash(r.entry));
-        await write(JSON.stringify({ seq: next, entry: Buffer.from(r.entry).toString('base64'), mac: Buffer.from(r.mac).toString('base64') }));
+        await write(
+          JSON.stringify({
+            seq: next,
+            entry: Buffer.from(r.entry).toString('base64'),
+            mac: Buffer.from(r.mac).toString('base64'),
+          }),
+        );
         next++;
       }
     }
     if (next !== to + 1) throw new Error(`audit entries ${next}..${to} are missing: refusing to export`);
-    if (!tree.root().equals(Buffer.from(o.cp.root))) throw new Error(`entries ${o.from}..${to} do not match the signed checkpoint ${to + 1}: the log was altered; run medmesh audit verify`);
+    if (!tree.root().equals(Buffer.from(o.cp.root)))
+      throw new Error(
+        `entries ${o.from}..${to} do not match the signed checkpoint ${to + 1}: the log was altered; run medmesh audit verify`,
+      );
     sm3 = digest.digest('hex');
-    await fh.write(`${JSON.stringify({ sm3, signature: sm2Sign(o.signer, Buffer.from(`${SEGMENT_FORMAT}|${sm3}`)).toString('base64') })}\n`);
+    await fh.write(
+      `${JSON.stringify({ sm3, signature: sm2Sign(o.signer, Buffer.from(`${SEGMENT_FORMAT}|${sm3}`)).toString('base64') })}\n`,
+    );
     await fh.sync();
   } finally {
     await fh.close();
@@ -116,14 +176,24 @@ async function writeSegment(db: Db, o: { siteId: string; signer: Sm2PrivateKey; 
   return { file, fromSeq: o.from, toSeq: to, entries: to - o.from + 1, sm3: sm3 ?? '' };
 }
 
-type Header = { format?: string; site?: string; fromSeq?: number; toSeq?: number; frontierBefore?: string[]; checkpoint?: { treeSize: number; root: string; issuedAt: string; statement: string; signature: string; signerSite: string } };
+type Header = {
+  format?: string;
+  site?: string;
+  fromSeq?: number;
+  toSeq?: number;
+  frontierBefore?: string[];
+  checkpoint?: { treeSize: number; root: string; issuedAt: string; statement: string; signature: string; signerSite: string };
+};
 
 /**
  * Checks an archive file on its own: the file signature, every entry contiguous, the Merkle
  * root against the signed checkpoint, the checkpoint's signature and, given the key, each MAC.
  * The file is read line by line (a segment may hold a million entries).
  */
-export async function verifySegmentFile(file: string, opts: { signers: Sm2PublicKey[]; macKey?: Uint8Array }): Promise<SegmentCheck> {
+export async function verifySegmentFile(
+  file: string,
+  opts: { signers: Sm2PublicKey[]; macKey?: Uint8Array },
+): Promise<SegmentCheck> {
   const problems: string[] = [];
   const digest = createHash('sm3'); // of every line before the trailer
   const mac = opts.macKey ? entryMacFor(opts.macKey) : undefined;
@@ -144,9 +214,13 @@ export async function verifySegmentFile(file: string, opts: { signers: Sm2Public
       } catch {
         return 'not a medmesh audit segment (the header is not JSON)';
       }
-      if (h.format !== SEGMENT_FORMAT || !h.checkpoint || h.fromSeq === undefined || h.toSeq === undefined) return `not a ${SEGMENT_FORMAT} file`;
+      if (h.format !== SEGMENT_FORMAT || !h.checkpoint || h.fromSeq === undefined || h.toSeq === undefined)
+        return `not a ${SEGMENT_FORMAT} file`;
       header = { ...h, fromSeq: h.fromSeq, toSeq: h.toSeq, checkpoint: h.checkpoint };
-      tree = new FrontierBuilder((h.frontierBefore ?? []).map((x) => Buffer.from(x, 'hex')), h.fromSeq);
+      tree = new FrontierBuilder(
+        (h.frontierBefore ?? []).map((x) => Buffer.from(x, 'hex')),
+        h.fromSeq,
+      );
       expected = h.fromSeq;
       return undefined;
     }
@@ -189,14 +263,25 @@ export async function verifySegmentFile(file: string, opts: { signers: Sm2Public
   } catch {
     return { ok: false, entries, problems: ['not a medmesh audit segment (the trailer is not JSON)'] };
   }
-  if (trailer.sm3 !== digest.digest('hex')) problems.push('the file was changed after it was written (SM3 of its contents differs from the trailer)');
-  if (!opts.signers.some((k) => sm2Verify(k, Buffer.from(`${SEGMENT_FORMAT}|${trailer.sm3 ?? ''}`), Buffer.from(trailer.signature ?? '', 'base64')))) problems.push('the file signature does not verify with the given key(s)');
+  if (trailer.sm3 !== digest.digest('hex'))
+    problems.push('the file was changed after it was written (SM3 of its contents differs from the trailer)');
+  if (
+    !opts.signers.some((k) =>
+      sm2Verify(k, Buffer.from(`${SEGMENT_FORMAT}|${trailer.sm3 ?? ''}`), Buffer.from(trailer.signature ?? '', 'base64')),
+    )
+  )
+    problems.push('the file signature does not verify with the given key(s)');
   const cp = header.checkpoint;
-  const statementOk = cp.statement === checkpointStatement({ site: cp.signerSite, treeSize: cp.treeSize, root: Buffer.from(cp.root, 'hex'), issuedAt: cp.issuedAt });
-  if (!statementOk || !opts.signers.some((k) => sm2Verify(k, Buffer.from(cp.statement), Buffer.from(cp.signature, 'base64')))) problems.push(`checkpoint ${cp.treeSize}: statement or signature does not verify`);
-  if (cp.treeSize !== header.toSeq + 1) problems.push(`the segment ends at ${header.toSeq} but its checkpoint covers ${cp.treeSize} entries`);
+  const statementOk =
+    cp.statement ===
+    checkpointStatement({ site: cp.signerSite, treeSize: cp.treeSize, root: Buffer.from(cp.root, 'hex'), issuedAt: cp.issuedAt });
+  if (!statementOk || !opts.signers.some((k) => sm2Verify(k, Buffer.from(cp.statement), Buffer.from(cp.signature, 'base64'))))
+    problems.push(`checkpoint ${cp.treeSize}: statement or signature does not verify`);
+  if (cp.treeSize !== header.toSeq + 1)
+    problems.push(`the segment ends at ${header.toSeq} but its checkpoint covers ${cp.treeSize} entries`);
   if (expected !== header.toSeq + 1) problems.push(`the file holds entries up to ${expected - 1}, not ${header.toSeq}`);
-  if (!tree!.root().equals(Buffer.from(cp.root, 'hex'))) problems.push(`the entries do not hash to the signed root of checkpoint ${cp.treeSize}`);
+  if (!tree!.root().equals(Buffer.from(cp.root, 'hex')))
+    problems.push(`the entries do not hash to the signed root of checkpoint ${cp.treeSize}`);
   if (badMac.length) problems.push(`entries failing their MAC: ${badMac.join(', ')}`);
   return { ok: problems.length === 0, site: header.site ?? '', fromSeq: header.fromSeq, toSeq: header.toSeq, entries, problems };
 }

@@ -68,7 +68,9 @@ async function archivedPrefix(q: Queryable): Promise<{ size: number; frontier: B
   if (covered === 0) return undefined;
   const first = rows[0]?.first === null || rows[0]?.first === undefined ? covered : Number(rows[0].first);
   if (first === 0) return undefined;
-  const exports = await q.query<{ from_seq: bigint; to_seq: bigint }>('SELECT from_seq, to_seq FROM audit_export ORDER BY from_seq');
+  const exports = await q.query<{ from_seq: bigint; to_seq: bigint }>(
+    'SELECT from_seq, to_seq FROM audit_export ORDER BY from_seq',
+  );
   let next = 0;
   for (const e of exports.rows) {
     if (Number(e.from_seq) !== next) return undefined; // a hole in the export records: verify everything as stored
@@ -82,15 +84,38 @@ async function archivedPrefix(q: Queryable): Promise<{ size: number; frontier: B
 
 export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise<AuditReport> {
   const t0 = performance.now();
-  const report: AuditReport = { ok: true, entries: 0, checkpoints: 0, invalidMac: [], timeMismatch: [], columnMismatch: [], missing: [], rootMismatch: [], badSignature: [], unsignedTail: 0, archivedBefore: 0, seconds: 0 };
+  const report: AuditReport = {
+    ok: true,
+    entries: 0,
+    checkpoints: 0,
+    invalidMac: [],
+    timeMismatch: [],
+    columnMismatch: [],
+    missing: [],
+    rootMismatch: [],
+    badSignature: [],
+    unsignedTail: 0,
+    archivedBefore: 0,
+    seconds: 0,
+  };
   const archived = await archivedPrefix(q);
-  const { rows: cps } = await q.query<{ tree_size: bigint; root: Buffer; statement: string; signature: Buffer; signer_site: string; issued_at: Date }>(
-    'SELECT tree_size, root, statement, signature, signer_site, issued_at FROM audit_checkpoint ORDER BY tree_size',
-  );
+  const { rows: cps } = await q.query<{
+    tree_size: bigint;
+    root: Buffer;
+    statement: string;
+    signature: Buffer;
+    signer_site: string;
+    issued_at: Date;
+  }>('SELECT tree_size, root, statement, signature, signer_site, issued_at FROM audit_checkpoint ORDER BY tree_size');
   const checkpoints = cps.map((c) => ({ ...c, size: Number(c.tree_size) }));
   report.checkpoints = checkpoints.length;
   for (const c of checkpoints) {
-    const expected = checkpointStatement({ site: c.signer_site, treeSize: c.size, root: c.root, issuedAt: new Date(c.issued_at).toISOString() });
+    const expected = checkpointStatement({
+      site: c.signer_site,
+      treeSize: c.size,
+      root: c.root,
+      issuedAt: new Date(c.issued_at).toISOString(),
+    });
     const signed = opts.signers.some((k) => sm2Verify(k, Buffer.from(c.statement), c.signature));
     if (!signed || expected !== c.statement) report.badSignature.push(c.size);
   }
@@ -175,7 +200,14 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
   }
   if (opts.trusted && !report.trusted) report.trusted = { treeSize: opts.trusted.treeSize, consistent: false };
   report.unsignedTail = Math.max(0, expectedSeq - lastSigned);
-  report.ok = !report.invalidMac.length && !report.timeMismatch.length && !report.columnMismatch.length && !report.missing.length && !report.rootMismatch.length && !report.badSignature.length && (report.trusted?.consistent ?? true);
+  report.ok =
+    !report.invalidMac.length &&
+    !report.timeMismatch.length &&
+    !report.columnMismatch.length &&
+    !report.missing.length &&
+    !report.rootMismatch.length &&
+    !report.badSignature.length &&
+    (report.trusted?.consistent ?? true);
   report.seconds = (performance.now() - t0) / 1000;
   return report;
 }
@@ -226,7 +258,9 @@ class MacWorker {
     });
   }
 
-  check(rows: ReadonlyArray<{ seq: bigint; entry: Uint8Array; mac: Uint8Array; entity: string | null; agent: string | null }>): Promise<PageCheck> {
+  check(
+    rows: ReadonlyArray<{ seq: bigint; entry: Uint8Array; mac: Uint8Array; entity: string | null; agent: string | null }>,
+  ): Promise<PageCheck> {
     const text = (v: string | null) => (v === null ? 0 : Buffer.byteLength(v));
     const size = rows.reduce((n, r) => n + 53 + r.entry.length + text(r.entity) + text(r.agent), 0);
     const packed = new ArrayBuffer(size); // zeroed: the leaf prefix 0x00 before each entry is already there

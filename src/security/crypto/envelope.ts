@@ -37,7 +37,11 @@ export interface EnvelopeHeader {
 
 const MAGIC = Buffer.from('MMX1');
 
-export function sealEnvelope(opts: { alg: EnvelopeAlgorithm; keyId: string; keyVersion: number; key: Uint8Array }, plaintext: Uint8Array, aad: Uint8Array = new Uint8Array(0)): Buffer {
+export function sealEnvelope(
+  opts: { alg: EnvelopeAlgorithm; keyId: string; keyVersion: number; key: Uint8Array },
+  plaintext: Uint8Array,
+  aad: Uint8Array = new Uint8Array(0),
+): Buffer {
   const iv = randomBytes(opts.alg === 'SM4-CBC-HMAC-SM3' ? 16 : 12);
   // The tag is not known before encryption; it is excluded from the authenticated header.
   const base = { v: 1 as const, alg: opts.alg, kid: opts.keyId, kv: opts.keyVersion, iv: iv.toString('base64') };
@@ -68,7 +72,11 @@ export function readEnvelopeHeader(envelope: Uint8Array): { header: EnvelopeHead
   const buf = Buffer.from(envelope.buffer, envelope.byteOffset, envelope.byteLength);
   if (buf.length < 6) throw new CryptoError('truncated', 'envelope is shorter than its fixed header');
   if (!buf.subarray(0, 4).equals(MAGIC)) {
-    if (buf.subarray(0, 2).toString() === 'MM') throw new CryptoError('unsupported-version', `envelope version ${buf.subarray(2, 4).toString()} is not supported by this medmesh`);
+    if (buf.subarray(0, 2).toString() === 'MM')
+      throw new CryptoError(
+        'unsupported-version',
+        `envelope version ${buf.subarray(2, 4).toString()} is not supported by this medmesh`,
+      );
     throw new CryptoError('bad-input', 'not a medmesh envelope');
   }
   const len = buf.readUInt16BE(4);
@@ -79,9 +87,20 @@ export function readEnvelopeHeader(envelope: Uint8Array): { header: EnvelopeHead
   } catch {
     throw new CryptoError('bad-input', 'envelope header is not valid JSON');
   }
-  if (header.v !== 1) throw new CryptoError('unsupported-version', `envelope header version ${String(header.v)} is not supported`);
-  if (!ENVELOPE_ALGORITHMS.includes(header.alg)) throw new CryptoError('unknown-algorithm', `envelope algorithm ${String(header.alg)} is not known (known: ${ENVELOPE_ALGORITHMS.join(', ')})`);
-  if (typeof header.kid !== 'string' || !Number.isInteger(header.kv) || typeof header.iv !== 'string' || typeof header.tag !== 'string') throw new CryptoError('bad-input', 'envelope header lacks kid, kv, iv or tag');
+  if (header.v !== 1)
+    throw new CryptoError('unsupported-version', `envelope header version ${String(header.v)} is not supported`);
+  if (!ENVELOPE_ALGORITHMS.includes(header.alg))
+    throw new CryptoError(
+      'unknown-algorithm',
+      `envelope algorithm ${String(header.alg)} is not known (known: ${ENVELOPE_ALGORITHMS.join(', ')})`,
+    );
+  if (
+    typeof header.kid !== 'string' ||
+    !Number.isInteger(header.kv) ||
+    typeof header.iv !== 'string' ||
+    typeof header.tag !== 'string'
+  )
+    throw new CryptoError('bad-input', 'envelope header lacks kid, kv, iv or tag');
   return { header, body: buf.subarray(6 + len) };
 }
 
@@ -99,7 +118,8 @@ export function openEnvelope(envelope: Uint8Array, key: Uint8Array, aad: Uint8Ar
       return aes256GcmDecrypt(key, iv, body, tag, authData);
     case 'SM4-CBC-HMAC-SM3': {
       const { enc, mac } = splitCbcKey(key);
-      if (!equalConstantTime(hmacSm3(mac, authData, body), tag)) throw new CryptoError('auth-failed', 'envelope MAC does not match: the data or the key is wrong');
+      if (!equalConstantTime(hmacSm3(mac, authData, body), tag))
+        throw new CryptoError('auth-failed', 'envelope MAC does not match: the data or the key is wrong');
       return sm4CbcDecrypt(enc, iv, body);
     }
   }
@@ -107,6 +127,7 @@ export function openEnvelope(envelope: Uint8Array, key: Uint8Array, aad: Uint8Ar
 
 /** SM4-CBC + HMAC-SM3 takes 32 bytes: 16 for encryption, 16 for the MAC. */
 function splitCbcKey(key: Uint8Array): { enc: Uint8Array; mac: Uint8Array } {
-  if (key.length !== 32) throw new CryptoError('bad-key', `SM4-CBC-HMAC-SM3 needs a 32-byte key (16 encryption + 16 MAC), got ${key.length}`);
+  if (key.length !== 32)
+    throw new CryptoError('bad-key', `SM4-CBC-HMAC-SM3 needs a 32-byte key (16 encryption + 16 MAC), got ${key.length}`);
   return { enc: key.subarray(0, 16), mac: key.subarray(16) };
 }

@@ -19,6 +19,12 @@ export class CryptoError extends Error {
   }
 }
 
-export function requireLength(name: string, value: Uint8Array, lengths: readonly number[], code: CryptoErrorCode = 'bad-input'): void {
-  if (!lengths.includes(value.length)) throw new CryptoError(code, `${name} must be ${lengths.join(' or ')} bytes, got ${value.length}`);
+export function requireLength(
+  name: string,
+  value: Uint8Array,
+  lengths: readonly number[],
+  code: CryptoErrorCode = 'bad-input',
+): void {
+  if (!lengths.includes(value.length))
+    throw new CryptoError(code, `${name} must be ${lengths.join(' or ')} bytes, got ${value.length}`);
 }

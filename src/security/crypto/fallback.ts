@@ -1,10 +1,25 @@
 // International fallback algorithms (regional standard §7.3.2): AES-256-GCM and RSA-3072
 // (OAEP and PSS with SHA-256), all native.
-import { constants, createCipheriv, createDecipheriv, generateKeyPairSync, privateDecrypt, publicEncrypt, sign, verify, type KeyObject } from 'node:crypto';
+import {
+  constants,
+  createCipheriv,
+  createDecipheriv,
+  generateKeyPairSync,
+  privateDecrypt,
+  publicEncrypt,
+  sign,
+  verify,
+  type KeyObject,
+} from 'node:crypto';
 import { CryptoError, requireLength } from './errors.ts';
 import type { GcmSealed } from './sm4.ts';
 
-export function aes256GcmEncrypt(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array = new Uint8Array(0)): GcmSealed {
+export function aes256GcmEncrypt(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  plaintext: Uint8Array,
+  aad: Uint8Array = new Uint8Array(0),
+): GcmSealed {
   requireLength('AES-256 key', key, [32], 'bad-key');
   requireLength('AES-GCM nonce', nonce, [12]);
   const c = createCipheriv('aes-256-gcm', key, nonce);
@@ -13,7 +28,13 @@ export function aes256GcmEncrypt(key: Uint8Array, nonce: Uint8Array, plaintext: 
   return { ciphertext, tag: c.getAuthTag() };
 }
 
-export function aes256GcmDecrypt(key: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, tag: Uint8Array, aad: Uint8Array = new Uint8Array(0)): Buffer {
+export function aes256GcmDecrypt(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  ciphertext: Uint8Array,
+  tag: Uint8Array,
+  aad: Uint8Array = new Uint8Array(0),
+): Buffer {
   requireLength('AES-256 key', key, [32], 'bad-key');
   requireLength('AES-GCM nonce', nonce, [12]);
   requireLength('AES-GCM tag', tag, [16], 'truncated');
@@ -32,7 +53,8 @@ export function rsa3072Generate(): { privateKey: KeyObject; publicKey: KeyObject
 }
 
 function requireRsa3072(key: KeyObject): void {
-  if (key.asymmetricKeyType !== 'rsa' || (key.asymmetricKeyDetails?.modulusLength ?? 0) < 3072) throw new CryptoError('bad-key', 'an RSA key of at least 3072 bits is required');
+  if (key.asymmetricKeyType !== 'rsa' || (key.asymmetricKeyDetails?.modulusLength ?? 0) < 3072)
+    throw new CryptoError('bad-key', 'an RSA key of at least 3072 bits is required');
 }
 
 export function rsaOaepEncrypt(publicKey: KeyObject, plaintext: Uint8Array): Buffer {

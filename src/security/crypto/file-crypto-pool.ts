@@ -17,7 +17,9 @@ export interface OpenedFile {
   sha256: string;
 }
 
-type Reply = { id: number; ok: true; bytes: ArrayBuffer; sha256?: string } | { id: number; ok: false; code: CryptoErrorCode; message: string };
+type Reply =
+  | { id: number; ok: true; bytes: ArrayBuffer; sha256?: string }
+  | { id: number; ok: false; code: CryptoErrorCode; message: string };
 
 interface Slot {
   worker: Worker;

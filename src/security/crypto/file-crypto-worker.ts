@@ -7,7 +7,8 @@ import { CryptoError } from './errors.ts';
 import { decryptFile, encryptFile, type FileKey } from './file-stream.ts';
 import { transferable } from './transfer.ts';
 
-export type CryptoJob = { id: number; op: 'open'; sealed: ArrayBuffer; key: Uint8Array } | { id: number; op: 'seal'; file: ArrayBuffer; key: FileKey };
+export type CryptoJob =
+  { id: number; op: 'open'; sealed: ArrayBuffer; key: Uint8Array } | { id: number; op: 'seal'; file: ArrayBuffer; key: FileKey };
 
 parentPort?.on('message', (job: CryptoJob) => {
   try {

@@ -33,7 +33,13 @@ function hashSink(): { sink: Writable; digest: () => string; bytes: () => number
   const h = createHash('sm3');
   let n = 0;
   return {
-    sink: new Writable({ write(c: Buffer, _e, done) { h.update(c); n += c.length; done(); } }),
+    sink: new Writable({
+      write(c: Buffer, _e, done) {
+        h.update(c);
+        n += c.length;
+        done();
+      },
+    }),
     digest: () => h.digest('hex'),
     bytes: () => n,
   };
@@ -51,23 +57,58 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
     for (const size of [0, 1, 15, 16, 17, 31, 32, 33, 4095, 65536, 100_003]) {
       const plain = randomBytes(size);
       const chunks: Buffer[] = [];
-      await pipeline(Readable.from([plain]), createEncryptStream(key), new Writable({ write(c: Buffer, _e, d) { chunks.push(c); d(); } }));
+      await pipeline(
+        Readable.from([plain]),
+        createEncryptStream(key),
+        new Writable({
+          write(c: Buffer, _e, d) {
+            chunks.push(c);
+            d();
+          },
+        }),
+      );
       const enc = Buffer.concat(chunks);
       const out: Buffer[] = [];
       // Feed the ciphertext in awkward 7-byte pieces to exercise header and MAC hold-back.
       const pieces = Array.from({ length: Math.ceil(enc.length / 7) }, (_, i) => enc.subarray(i * 7, i * 7 + 7));
-      await pipeline(Readable.from(pieces), createDecryptStream((h) => (assert.equal(h.kv, 7), key.key)), new Writable({ write(c: Buffer, _e, d) { out.push(c); d(); } }));
+      await pipeline(
+        Readable.from(pieces),
+        createDecryptStream((h) => (assert.equal(h.kv, 7), key.key)),
+        new Writable({
+          write(c: Buffer, _e, d) {
+            out.push(c);
+            d();
+          },
+        }),
+      );
       assert.deepEqual(Buffer.concat(out), plain, `size ${size}`);
-      assert.deepEqual(decryptFile(enc, () => key.key), plain, `size ${size}, whole`);
+      assert.deepEqual(
+        decryptFile(enc, () => key.key),
+        plain,
+        `size ${size}, whole`,
+      );
       // The one-shot encryption writes the same format: the stream reads it, in pieces too.
       const once = encryptFile(plain, key);
       assert.equal(once.length, enc.length, `size ${size}: same length as the stream's output`);
       assert.equal(once.readUInt16BE(4), enc.readUInt16BE(4), 'a header of the same length');
       assert.notDeepEqual(once.subarray(-32), enc.subarray(-32), 'a fresh IV per file');
       const back: Buffer[] = [];
-      await pipeline(Readable.from([once.subarray(0, 9), once.subarray(9)]), createDecryptStream((h) => (assert.deepEqual([h.kid, h.kv], ['dicom', 7]), key.key)), new Writable({ write(c: Buffer, _e, d) { back.push(c); d(); } }));
+      await pipeline(
+        Readable.from([once.subarray(0, 9), once.subarray(9)]),
+        createDecryptStream((h) => (assert.deepEqual([h.kid, h.kv], ['dicom', 7]), key.key)),
+        new Writable({
+          write(c: Buffer, _e, d) {
+            back.push(c);
+            d();
+          },
+        }),
+      );
       assert.deepEqual(Buffer.concat(back), plain, `size ${size}, sealed at once, streamed back`);
-      assert.deepEqual(decryptFile(once, () => key.key), plain, `size ${size}, sealed at once, whole`);
+      assert.deepEqual(
+        decryptFile(once, () => key.key),
+        plain,
+        `size ${size}, sealed at once, whole`,
+      );
     }
   });
 
@@ -80,7 +121,10 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
       // Byte comparisons as booleans: a failed deepEqual on half a megabyte prints for minutes.
       sealed.forEach((b, i) => assert.ok(decryptFile(b, () => key.key).equals(copies[i]!), `file ${i} comes back`));
       files.forEach((f, i) => assert.ok(f.equals(copies[i]!), `file ${i} is still the caller's`));
-      await assert.rejects(pool.seal(randomBytes(10), { ...key, key: randomBytes(7) }), (e: CryptoError) => e.code === 'bad-key' && /16 or 32 bytes/.test(e.message));
+      await assert.rejects(
+        pool.seal(randomBytes(10), { ...key, key: randomBytes(7) }),
+        (e: CryptoError) => e.code === 'bad-key' && /16 or 32 bytes/.test(e.message),
+      );
     } finally {
       await pool.close();
     }
@@ -92,16 +136,31 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
     const file = join(dir, 'small.enc');
     await pipeline(Readable.from([randomBytes(5000)]), createEncryptStream(key), createWriteStream(file));
     const enc = await readFile(file);
-    const decrypt = async (bytes: Buffer, k = key.key) => pipeline(Readable.from([bytes]), createDecryptStream(() => k), new Writable({ write(_c, _e, d) { d(); } }));
+    const decrypt = async (bytes: Buffer, k = key.key) =>
+      pipeline(
+        Readable.from([bytes]),
+        createDecryptStream(() => k),
+        new Writable({
+          write(_c, _e, d) {
+            d();
+          },
+        }),
+      );
     const flipped = Buffer.from(enc);
     flipped[2000]! ^= 1;
     await assert.rejects(decrypt(flipped), (e: CryptoError) => e.code === 'auth-failed');
     await assert.rejects(decrypt(enc.subarray(0, enc.length - 40)), (e: CryptoError) => e.code === 'auth-failed');
     await assert.rejects(decrypt(enc.subarray(0, 20)), (e: CryptoError) => e.code === 'truncated');
     await assert.rejects(decrypt(enc, randomBytes(32)), (e: CryptoError) => e.code === 'auth-failed');
-    await assert.rejects(decrypt(Buffer.from('not an encrypted file at all, just text')), (e: CryptoError) => e.code === 'bad-input');
+    await assert.rejects(
+      decrypt(Buffer.from('not an encrypted file at all, just text')),
+      (e: CryptoError) => e.code === 'bad-input',
+    );
     // The same verdicts from the whole-file decryption.
-    const whole = (bytes: Buffer, k = key.key) => () => decryptFile(bytes, () => k);
+    const whole =
+      (bytes: Buffer, k = key.key) =>
+      () =>
+        decryptFile(bytes, () => k);
     assert.throws(whole(flipped), (e: CryptoError) => e.code === 'auth-failed');
     assert.throws(whole(enc.subarray(0, enc.length - 40)), (e: CryptoError) => e.code === 'auth-failed');
     assert.throws(whole(enc.subarray(0, 20)), (e: CryptoError) => e.code === 'truncated');
@@ -119,7 +178,11 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
     } finally {
       await pool.close();
     }
-    await assert.rejects(pool.open(flipped, key.key), (e: CryptoError) => e.code === 'auth-failed', 'a closed pool opens on the calling thread');
+    await assert.rejects(
+      pool.open(flipped, key.key),
+      (e: CryptoError) => e.code === 'auth-failed',
+      'a closed pool opens on the calling thread',
+    );
     await writeFile(join(dir, 'x'), '');
   });
 
@@ -132,7 +195,11 @@ describe('streaming file encryption (SM4-CBC + HMAC-SM3)', () => {
     await pipeline(src, createEncryptStream(key), createWriteStream(encFile));
     assert.ok((await stat(encFile)).size > GiB);
     const back = hashSink();
-    await pipeline(createReadStream(encFile, { highWaterMark: 1 << 20 }), createDecryptStream(() => key.key), back.sink);
+    await pipeline(
+      createReadStream(encFile, { highWaterMark: 1 << 20 }),
+      createDecryptStream(() => key.key),
+      back.sink,
+    );
     assert.equal(back.bytes(), GiB);
     assert.equal(back.digest(), plainHash.digest());
     const peakGrowth = process.resourceUsage().maxRSS * 1024 - rssBefore;

@@ -29,12 +29,24 @@ export interface FileHeader {
 }
 
 function deriveKeys(dataKey: Uint8Array): { enc: Buffer; mac: Buffer } {
-  if (dataKey.length !== 16 && dataKey.length !== 32) throw new CryptoError('bad-key', `file data key must be 16 or 32 bytes, got ${dataKey.length}`);
-  return { enc: hmacSm3(dataKey, Buffer.from('medmesh file enc')).subarray(0, 16), mac: hmacSm3(dataKey, Buffer.from('medmesh file mac')) };
+  if (dataKey.length !== 16 && dataKey.length !== 32)
+    throw new CryptoError('bad-key', `file data key must be 16 or 32 bytes, got ${dataKey.length}`);
+  return {
+    enc: hmacSm3(dataKey, Buffer.from('medmesh file enc')).subarray(0, 16),
+    mac: hmacSm3(dataKey, Buffer.from('medmesh file mac')),
+  };
 }
 
 function headerBytes(fileKey: FileKey, iv: Buffer): Buffer {
-  return Buffer.from(JSON.stringify({ v: 1, alg: 'SM4-CBC-HMAC-SM3', kid: fileKey.keyId, kv: fileKey.keyVersion, iv: iv.toString('base64') } satisfies FileHeader));
+  return Buffer.from(
+    JSON.stringify({
+      v: 1,
+      alg: 'SM4-CBC-HMAC-SM3',
+      kid: fileKey.keyId,
+      kv: fileKey.keyVersion,
+      iv: iv.toString('base64'),
+    } satisfies FileHeader),
+  );
 }
 
 export function createEncryptStream(fileKey: FileKey): Transform {
@@ -93,7 +105,10 @@ export function encryptFile(file: Uint8Array, fileKey: FileKey): Buffer {
   const body = cipher.update(file);
   body.copy(out, bodyAt);
   cipher.final().copy(out, bodyAt + body.length);
-  createHmac('sm3', mac).update(out.subarray(0, bodyAt + bodyLength)).digest().copy(out, bodyAt + bodyLength);
+  createHmac('sm3', mac)
+    .update(out.subarray(0, bodyAt + bodyLength))
+    .digest()
+    .copy(out, bodyAt + bodyLength);
   return out;
 }
 
@@ -109,7 +124,8 @@ export function createDecryptStream(resolveKey: (header: FileHeader) => Uint8Arr
         if (!state) {
           pending = Buffer.concat([pending, chunk]);
           if (pending.length < 6) return done();
-          if (!pending.subarray(0, 4).equals(MAGIC)) throw new CryptoError('bad-input', 'not a medmesh encrypted file (bad magic)');
+          if (!pending.subarray(0, 4).equals(MAGIC))
+            throw new CryptoError('bad-input', 'not a medmesh encrypted file (bad magic)');
           const len = pending.readUInt16BE(4);
           if (pending.length < 6 + len) return done();
           const headerBytes = pending.subarray(0, 6 + len);
@@ -135,8 +151,12 @@ export function createDecryptStream(resolveKey: (header: FileHeader) => Uint8Arr
       }
     },
     flush(done: TransformCallback) {
-      if (!state || tail.length !== MAC_BYTES) return done(new CryptoError('truncated', 'encrypted file is truncated (no complete header and MAC)'));
-      if (!equalConstantTime(state.hmac.digest(), tail)) return done(new CryptoError('auth-failed', 'encrypted file MAC does not match: the file was altered or the key is wrong'));
+      if (!state || tail.length !== MAC_BYTES)
+        return done(new CryptoError('truncated', 'encrypted file is truncated (no complete header and MAC)'));
+      if (!equalConstantTime(state.hmac.digest(), tail))
+        return done(
+          new CryptoError('auth-failed', 'encrypted file MAC does not match: the file was altered or the key is wrong'),
+        );
       try {
         this.push(state.decipher.final());
         done();
@@ -153,9 +173,11 @@ export function createDecryptStream(resolveKey: (header: FileHeader) => Uint8Arr
  */
 export function decryptFile(sealed: Uint8Array, resolveKey: (header: FileHeader) => Uint8Array): Buffer {
   const all = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
-  if (all.length >= 4 && !all.subarray(0, 4).equals(MAGIC)) throw new CryptoError('bad-input', 'not a medmesh encrypted file (bad magic)');
+  if (all.length >= 4 && !all.subarray(0, 4).equals(MAGIC))
+    throw new CryptoError('bad-input', 'not a medmesh encrypted file (bad magic)');
   const len = all.length >= 6 ? all.readUInt16BE(4) : Infinity;
-  if (all.length < 6 + len + MAC_BYTES) throw new CryptoError('truncated', 'encrypted file is truncated (no complete header and MAC)');
+  if (all.length < 6 + len + MAC_BYTES)
+    throw new CryptoError('truncated', 'encrypted file is truncated (no complete header and MAC)');
   const header = parseHeader(all.subarray(6, 6 + len));
   const { enc, mac } = deriveKeys(resolveKey(header));
   const macAt = all.length - MAC_BYTES;
@@ -178,7 +200,7 @@ function parseHeader(bytes: Buffer): FileHeader {
     throw new CryptoError('bad-input', 'encrypted file header is not valid JSON');
   }
   if (h.v !== 1) throw new CryptoError('unsupported-version', `encrypted file version ${String(h.v)} is not supported`);
-  if (h.alg !== 'SM4-CBC-HMAC-SM3') throw new CryptoError('unknown-algorithm', `encrypted file algorithm ${String(h.alg)} is not known`);
+  if (h.alg !== 'SM4-CBC-HMAC-SM3')
+    throw new CryptoError('unknown-algorithm', `encrypted file algorithm ${String(h.alg)} is not known`);
   return h;
 }
-

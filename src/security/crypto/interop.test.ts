@@ -31,8 +31,29 @@ describe('interop with the openssl command line', () => {
     const msg = Buffer.from('转诊单 referral #42');
     await writeFile(f('msg'), msg);
     await writeFile(f('our.sig'), sm2Sign(key, msg));
-    assert.match(openssl('dgst', '-sm3', '-verify', f('our-pub.pem'), '-signature', f('our.sig'), '-sigopt', `distid:${ID}`, f('msg')), /Verified OK/);
-    assert.match(openssl('pkeyutl', '-verify', '-pubin', '-inkey', f('our-pub.pem'), '-rawin', '-in', f('msg'), '-sigfile', f('our.sig'), '-digest', 'sm3', '-pkeyopt', `distid:${ID}`), /Verified Successfully/);
+    assert.match(
+      openssl('dgst', '-sm3', '-verify', f('our-pub.pem'), '-signature', f('our.sig'), '-sigopt', `distid:${ID}`, f('msg')),
+      /Verified OK/,
+    );
+    assert.match(
+      openssl(
+        'pkeyutl',
+        '-verify',
+        '-pubin',
+        '-inkey',
+        f('our-pub.pem'),
+        '-rawin',
+        '-in',
+        f('msg'),
+        '-sigfile',
+        f('our.sig'),
+        '-digest',
+        'sm3',
+        '-pkeyopt',
+        `distid:${ID}`,
+      ),
+      /Verified Successfully/,
+    );
     // With the empty ID OpenSSL uses by default, our signature must not verify: the ID is really in Z.
     assert.throws(() => openssl('dgst', '-sm3', '-verify', f('our-pub.pem'), '-signature', f('our.sig'), f('msg')));
   });
@@ -60,20 +81,50 @@ describe('interop with the openssl command line', () => {
     openssl('enc', '-sm4-cbc', '-K', key.toString('hex'), '-iv', iv.toString('hex'), '-in', f('plain'), '-out', f('ssl.enc'));
     assert.deepEqual(sm4CbcDecrypt(key, iv, await readFile(f('ssl.enc'))), plain);
     await writeFile(f('our.enc'), sm4CbcEncrypt(key, iv, plain));
-    openssl('enc', '-d', '-sm4-cbc', '-K', key.toString('hex'), '-iv', iv.toString('hex'), '-in', f('our.enc'), '-out', f('back'));
+    openssl(
+      'enc',
+      '-d',
+      '-sm4-cbc',
+      '-K',
+      key.toString('hex'),
+      '-iv',
+      iv.toString('hex'),
+      '-in',
+      f('our.enc'),
+      '-out',
+      f('back'),
+    );
     assert.deepEqual(await readFile(f('back')), plain);
   });
 
   it('refuses bad PEM, non-SM2 keys and malformed signatures without throwing from verify', () => {
-    assert.throws(() => Sm2PrivateKey.fromPem('-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----'), (e: CryptoError) => e.code === 'bad-pem');
+    assert.throws(
+      () => Sm2PrivateKey.fromPem('-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----'),
+      (e: CryptoError) => e.code === 'bad-pem',
+    );
     const p256 = openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256');
-    assert.throws(() => Sm2PrivateKey.fromPem(p256), (e: CryptoError) => e.code === 'bad-key' && /not an SM2 key/.test(e.message));
-    assert.throws(() => Sm2PrivateKey.fromScalar(Buffer.alloc(32)), (e: CryptoError) => e.code === 'bad-key');
-    assert.throws(() => Sm2PublicKey.fromPoint(Buffer.alloc(65, 4)), (e: CryptoError) => e.code === 'bad-key');
+    assert.throws(
+      () => Sm2PrivateKey.fromPem(p256),
+      (e: CryptoError) => e.code === 'bad-key' && /not an SM2 key/.test(e.message),
+    );
+    assert.throws(
+      () => Sm2PrivateKey.fromScalar(Buffer.alloc(32)),
+      (e: CryptoError) => e.code === 'bad-key',
+    );
+    assert.throws(
+      () => Sm2PublicKey.fromPoint(Buffer.alloc(65, 4)),
+      (e: CryptoError) => e.code === 'bad-key',
+    );
     const key = Sm2PrivateKey.generate();
     const msg = Buffer.from('m');
     const sig = sm2Sign(key, msg);
-    for (const bad of [Buffer.alloc(0), Buffer.from('30'), Buffer.alloc(71, 0x30), sig.subarray(0, sig.length - 1), Buffer.concat([sig, Buffer.from([0])])]) {
+    for (const bad of [
+      Buffer.alloc(0),
+      Buffer.from('30'),
+      Buffer.alloc(71, 0x30),
+      sig.subarray(0, sig.length - 1),
+      Buffer.concat([sig, Buffer.from([0])]),
+    ]) {
       assert.equal(sm2Verify(key.publicKey, msg, bad), false);
     }
     assert.equal(sm2Verify(Sm2PrivateKey.generate().publicKey, msg, sig), false, 'another key');

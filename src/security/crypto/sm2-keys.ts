@@ -22,7 +22,8 @@ export class Sm2PublicKey {
 
   static fromPoint(point: Uint8Array): Sm2PublicKey {
     const p = Buffer.from(point);
-    if (p.length !== 65 || p[0] !== 4 || !onCurve(p)) throw new CryptoError('bad-key', 'SM2 public key must be an uncompressed point (04 || X || Y, 65 bytes) on the SM2 curve');
+    if (p.length !== 65 || p[0] !== 4 || !onCurve(p))
+      throw new CryptoError('bad-key', 'SM2 public key must be an uncompressed point (04 || X || Y, 65 bytes) on the SM2 curve');
     return new Sm2PublicKey(p);
   }
 
@@ -34,7 +35,8 @@ export class Sm2PublicKey {
       throw new CryptoError('bad-pem', `not a public key in PEM or SPKI DER (${e instanceof Error ? e.message : String(e)})`);
     }
     const der = key.export({ type: 'spki', format: 'der' });
-    if (der.length !== SPKI_PREFIX.length + 65 || !der.subarray(0, SPKI_PREFIX.length).equals(SPKI_PREFIX)) throw new CryptoError('bad-key', 'public key is not an SM2 key (curve 1.2.156.10197.1.301)');
+    if (der.length !== SPKI_PREFIX.length + 65 || !der.subarray(0, SPKI_PREFIX.length).equals(SPKI_PREFIX))
+      throw new CryptoError('bad-key', 'public key is not an SM2 key (curve 1.2.156.10197.1.301)');
     return Sm2PublicKey.fromPoint(der.subarray(SPKI_PREFIX.length));
   }
 
@@ -84,7 +86,10 @@ export class Sm2PrivateKey {
       throw new CryptoError('bad-pem', `not a private key in PEM or PKCS#8 DER (${e instanceof Error ? e.message : String(e)})`);
     }
     const der = key.export({ type: 'pkcs8', format: 'der' });
-    if (der.length !== PKCS8_PREFIX.length + 32 + PKCS8_MIDDLE.length + 65 || !der.subarray(0, PKCS8_PREFIX.length).equals(PKCS8_PREFIX)) {
+    if (
+      der.length !== PKCS8_PREFIX.length + 32 + PKCS8_MIDDLE.length + 65 ||
+      !der.subarray(0, PKCS8_PREFIX.length).equals(PKCS8_PREFIX)
+    ) {
       throw new CryptoError('bad-key', 'private key is not an SM2 key (curve 1.2.156.10197.1.301)');
     }
     return Sm2PrivateKey.fromScalar(der.subarray(PKCS8_PREFIX.length, PKCS8_PREFIX.length + 32));

@@ -38,9 +38,18 @@ describe('SM2 wrapper', () => {
     assert.deepEqual(sm2Decrypt(key, asn1, { format: 'asn1' }), msg);
     const tampered = Buffer.from(raw);
     tampered[raw.length - 1]! ^= 1;
-    assert.throws(() => sm2Decrypt(key, tampered), (e: CryptoError) => e.code === 'auth-failed');
+    assert.throws(
+      () => sm2Decrypt(key, tampered),
+      (e: CryptoError) => e.code === 'auth-failed',
+    );
     assert.throws(() => sm2Decrypt(Sm2PrivateKey.generate(), raw), CryptoError);
-    assert.throws(() => sm2Decrypt(key, raw.subarray(0, 90)), (e: CryptoError) => e.code === 'truncated');
-    assert.throws(() => sm2Encrypt(key.publicKey, Buffer.alloc(0)), (e: CryptoError) => e.code === 'bad-input');
+    assert.throws(
+      () => sm2Decrypt(key, raw.subarray(0, 90)),
+      (e: CryptoError) => e.code === 'truncated',
+    );
+    assert.throws(
+      () => sm2Encrypt(key.publicKey, Buffer.alloc(0)),
+      (e: CryptoError) => e.code === 'bad-input',
+    );
   });
 });

@@ -35,11 +35,20 @@ export function sm2Sign(key: Sm2PrivateKey, message: Uint8Array, opts: Sm2SignOp
  * strictly (one canonical encoding per signature), so a signature cannot be re-encoded
  * into a second valid byte string.
  */
-export function sm2Verify(key: Sm2PublicKey, message: Uint8Array, signature: Uint8Array, opts: { userId?: string; format?: 'der' | 'raw' } = {}): boolean {
+export function sm2Verify(
+  key: Sm2PublicKey,
+  message: Uint8Array,
+  signature: Uint8Array,
+  opts: { userId?: string; format?: 'der' | 'raw' } = {},
+): boolean {
   const raw = (opts.format ?? 'der') === 'der' ? derToRaw(signature) : signature.length === 64 ? signature : undefined;
   if (!raw) return false;
   try {
-    return sm2.doVerifySignature(message, Buffer.from(raw).toString('hex'), key.precomputed, { hash: true, der: false, userId: opts.userId ?? DEFAULT_SM2_USER_ID });
+    return sm2.doVerifySignature(message, Buffer.from(raw).toString('hex'), key.precomputed, {
+      hash: true,
+      der: false,
+      userId: opts.userId ?? DEFAULT_SM2_USER_ID,
+    });
   } catch {
     return false;
   }
@@ -96,7 +105,8 @@ export function sm2Decrypt(key: Sm2PrivateKey, ciphertext: Uint8Array, opts: { f
   const format = opts.format ?? 'raw';
   let input: string;
   if (format === 'raw') {
-    if (ciphertext.length < 1 + 64 + 32 + 1) throw new CryptoError('truncated', `SM2 ciphertext must be at least 98 bytes, got ${ciphertext.length}`);
+    if (ciphertext.length < 1 + 64 + 32 + 1)
+      throw new CryptoError('truncated', `SM2 ciphertext must be at least 98 bytes, got ${ciphertext.length}`);
     if (ciphertext[0] !== 4) throw new CryptoError('bad-input', 'SM2 ciphertext must start with an uncompressed C1 point (0x04)');
     input = Buffer.from(ciphertext.subarray(1)).toString('hex');
   } else input = Buffer.from(ciphertext).toString('hex');
@@ -107,7 +117,8 @@ export function sm2Decrypt(key: Sm2PrivateKey, ciphertext: Uint8Array, opts: { f
     throw new CryptoError('decrypt-failed', 'SM2 ciphertext is malformed or was made for another key');
   }
   // The library signals a C3 mismatch with an empty result.
-  if (out.length === 0) throw new CryptoError('auth-failed', 'SM2 ciphertext hash (C3) does not match: tampered data or wrong key');
+  if (out.length === 0)
+    throw new CryptoError('auth-failed', 'SM2 ciphertext hash (C3) does not match: tampered data or wrong key');
   return Buffer.from(out);
 }
 

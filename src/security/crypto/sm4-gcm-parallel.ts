@@ -27,7 +27,12 @@ export class GcmWorker {
     return this.#worker.terminate();
   }
 
-  async encrypt(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array = new Uint8Array(0)): Promise<GcmSealed> {
+  async encrypt(
+    key: Uint8Array,
+    nonce: Uint8Array,
+    plaintext: Uint8Array,
+    aad: Uint8Array = new Uint8Array(0),
+  ): Promise<GcmSealed> {
     requireLength('SM4 key', key, [SM4_KEY_BYTES], 'bad-key');
     const { h, j0 } = gcmSetup(key, nonce);
     const ctr = createCipheriv('sm4-ctr', key, inc32(j0));
@@ -42,17 +47,25 @@ export class GcmWorker {
     return { ciphertext: Buffer.concat(parts), tag: finishTag(key, j0, s) };
   }
 
-  async decrypt(key: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, tag: Uint8Array, aad: Uint8Array = new Uint8Array(0)): Promise<Buffer> {
+  async decrypt(
+    key: Uint8Array,
+    nonce: Uint8Array,
+    ciphertext: Uint8Array,
+    tag: Uint8Array,
+    aad: Uint8Array = new Uint8Array(0),
+  ): Promise<Buffer> {
     requireLength('SM4 key', key, [SM4_KEY_BYTES], 'bad-key');
     requireLength('SM4-GCM tag', tag, [GCM_TAG_BYTES], 'truncated');
     const { h, j0 } = gcmSetup(key, nonce);
     const id = this.#start(h, aad, ciphertext.length);
-    for (let off = 0; off < ciphertext.length; off += CHUNK) this.#worker.postMessage({ op: 'data', id, chunk: ciphertext.subarray(off, off + CHUNK) });
+    for (let off = 0; off < ciphertext.length; off += CHUNK)
+      this.#worker.postMessage({ op: 'data', id, chunk: ciphertext.subarray(off, off + CHUNK) });
     // Decrypt while the worker hashes; release nothing unless the tag matches.
     const ctr = createCipheriv('sm4-ctr', key, inc32(j0));
     const plain = Buffer.concat([ctr.update(ciphertext), ctr.final()]);
     const s = await this.#finish(id, aad.length, ciphertext.length);
-    if (!equalConstantTime(finishTag(key, j0, s), tag)) throw new CryptoError('auth-failed', 'SM4-GCM tag does not match: the data, its associated data or the key is wrong');
+    if (!equalConstantTime(finishTag(key, j0, s), tag))
+      throw new CryptoError('auth-failed', 'SM4-GCM tag does not match: the data, its associated data or the key is wrong');
     return plain;
   }
 
@@ -64,7 +77,9 @@ export class GcmWorker {
 
   #finish(id: number, aadBytes: number, dataBytes: number): Promise<Uint8Array> {
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, (s) => (s ? resolve(s) : reject(new CryptoError('bad-input', 'GHASH worker lost the message state'))));
+      this.#pending.set(id, (s) =>
+        s ? resolve(s) : reject(new CryptoError('bad-input', 'GHASH worker lost the message state')),
+      );
       this.#worker.postMessage({ op: 'finish', id, lengths: gcmLengthsBlock(aadBytes, dataBytes) });
     });
   }

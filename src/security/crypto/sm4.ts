@@ -20,7 +20,8 @@ export function sm4CbcEncrypt(key: Uint8Array, iv: Uint8Array, plaintext: Uint8A
 export function sm4CbcDecrypt(key: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array): Buffer {
   requireLength('SM4 key', key, [SM4_KEY_BYTES], 'bad-key');
   requireLength('SM4-CBC IV', iv, [SM4_BLOCK_BYTES]);
-  if (ciphertext.length === 0 || ciphertext.length % SM4_BLOCK_BYTES !== 0) throw new CryptoError('truncated', `SM4-CBC ciphertext must be a non-empty multiple of 16 bytes, got ${ciphertext.length}`);
+  if (ciphertext.length === 0 || ciphertext.length % SM4_BLOCK_BYTES !== 0)
+    throw new CryptoError('truncated', `SM4-CBC ciphertext must be a non-empty multiple of 16 bytes, got ${ciphertext.length}`);
   const d = createDecipheriv('sm4-cbc', key, iv);
   try {
     return Buffer.concat([d.update(ciphertext), d.final()]);
@@ -56,16 +57,28 @@ export interface GcmSealed {
   tag: Buffer;
 }
 
-export function sm4GcmEncrypt(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array = new Uint8Array(0)): GcmSealed {
+export function sm4GcmEncrypt(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  plaintext: Uint8Array,
+  aad: Uint8Array = new Uint8Array(0),
+): GcmSealed {
   const { h, j0 } = gcmSetup(key, nonce);
   const ciphertext = sm4Ctr(key, inc32(j0), plaintext);
   return { ciphertext, tag: gcmTag(key, h, j0, aad, ciphertext) };
 }
 
-export function sm4GcmDecrypt(key: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, tag: Uint8Array, aad: Uint8Array = new Uint8Array(0)): Buffer {
+export function sm4GcmDecrypt(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  ciphertext: Uint8Array,
+  tag: Uint8Array,
+  aad: Uint8Array = new Uint8Array(0),
+): Buffer {
   requireLength('SM4-GCM tag', tag, [GCM_TAG_BYTES], 'truncated');
   const { h, j0 } = gcmSetup(key, nonce);
-  if (!equalConstantTime(gcmTag(key, h, j0, aad, ciphertext), tag)) throw new CryptoError('auth-failed', 'SM4-GCM tag does not match: the data, its associated data or the key is wrong');
+  if (!equalConstantTime(gcmTag(key, h, j0, aad, ciphertext), tag))
+    throw new CryptoError('auth-failed', 'SM4-GCM tag does not match: the data, its associated data or the key is wrong');
   return sm4Ctr(key, inc32(j0), ciphertext);
 }
 
@@ -82,7 +95,12 @@ function gcmTag(key: Uint8Array, h: Uint8Array, j0: Uint8Array, aad: Uint8Array,
   const lengths = gcmLengthsBlock(aad.length, ciphertext.length);
   // GHASH pads each update to a whole block, which is exactly GCM's A || 0* || C || 0* || len.
   // The expected length lets it pick larger precomputed tables for long inputs (2.5x faster).
-  const s = ghash.create(h, aad.length + ciphertext.length + 16).update(aad).update(ciphertext).update(lengths).digest();
+  const s = ghash
+    .create(h, aad.length + ciphertext.length + 16)
+    .update(aad)
+    .update(ciphertext)
+    .update(lengths)
+    .digest();
   return finishTag(key, j0, s);
 }
 

@@ -14,7 +14,10 @@ describe('SM3 (GM/T 0004-2012 Appendix A)', () => {
     assert.equal(sm3(Buffer.from('abc')).toString('hex'), '66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0');
   });
   it('hashes the 512-bit message "abcd" x 16', () => {
-    assert.equal(sm3(Buffer.from('abcd'.repeat(16))).toString('hex'), 'debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732');
+    assert.equal(
+      sm3(Buffer.from('abcd'.repeat(16))).toString('hex'),
+      'debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732',
+    );
   });
   it('hashes incrementally the same as at once, and HMAC depends on the key', () => {
     assert.deepEqual(sm3(Buffer.from('ab'), Buffer.from('c')), sm3(Buffer.from('abc')));
@@ -38,10 +41,22 @@ describe('SM4 (GM/T 0002-2012 Appendix A)', () => {
     const iv = hex('000102030405060708090a0b0c0d0e0f');
     const ct = sm4CbcEncrypt(key, iv, Buffer.from('病历 medical record'));
     assert.equal(sm4CbcDecrypt(key, iv, ct).toString(), '病历 medical record');
-    assert.throws(() => sm4CbcDecrypt(hex('00'.repeat(16)), iv, ct), (e: CryptoError) => e.code === 'decrypt-failed' || e.code === 'auth-failed');
-    assert.throws(() => sm4CbcEncrypt(key.subarray(0, 15), iv, ct), (e: CryptoError) => e.code === 'bad-key' && /16 bytes, got 15/.test(e.message));
-    assert.throws(() => sm4CbcEncrypt(key, iv.subarray(0, 8), ct), (e: CryptoError) => e.code === 'bad-input');
-    assert.throws(() => sm4CbcDecrypt(key, iv, ct.subarray(0, 15)), (e: CryptoError) => e.code === 'truncated');
+    assert.throws(
+      () => sm4CbcDecrypt(hex('00'.repeat(16)), iv, ct),
+      (e: CryptoError) => e.code === 'decrypt-failed' || e.code === 'auth-failed',
+    );
+    assert.throws(
+      () => sm4CbcEncrypt(key.subarray(0, 15), iv, ct),
+      (e: CryptoError) => e.code === 'bad-key' && /16 bytes, got 15/.test(e.message),
+    );
+    assert.throws(
+      () => sm4CbcEncrypt(key, iv.subarray(0, 8), ct),
+      (e: CryptoError) => e.code === 'bad-input',
+    );
+    assert.throws(
+      () => sm4CbcDecrypt(key, iv, ct.subarray(0, 15)),
+      (e: CryptoError) => e.code === 'truncated',
+    );
   });
 });
 
@@ -49,8 +64,12 @@ describe('SM4-GCM (RFC 8998 Appendix A.1)', () => {
   const key = hex('0123456789ABCDEFFEDCBA9876543210');
   const iv = hex('00001234567800000000ABCD');
   const aad = hex('FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2');
-  const pt = hex('AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDDEEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA');
-  const ct = hex('17F399F08C67D5EE19D0DC9969C4BB7D5FD46FD3756489069157B282BB200735D82710CA5C22F0CCFA7CBF93D496AC15A56834CBCF98C397B4024A2691233B8D');
+  const pt = hex(
+    'AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDDEEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA',
+  );
+  const ct = hex(
+    '17F399F08C67D5EE19D0DC9969C4BB7D5FD46FD3756489069157B282BB200735D82710CA5C22F0CCFA7CBF93D496AC15A56834CBCF98C397B4024A2691233B8D',
+  );
   const tag = hex('83DE3541E4C2B58177E065A9BF7B62EC');
   it('produces the published ciphertext and tag', () => {
     const r = sm4GcmEncrypt(key, iv, pt, aad);
@@ -66,9 +85,15 @@ describe('SM4-GCM (RFC 8998 Appendix A.1)', () => {
       [ct, tag, flip(aad, 3), key],
       [ct, tag, aad, flip(key, 15)],
     ] as const) {
-      assert.throws(() => sm4GcmDecrypt(k, iv, c, t, a), (e: CryptoError) => e instanceof CryptoError && e.code === 'auth-failed');
+      assert.throws(
+        () => sm4GcmDecrypt(k, iv, c, t, a),
+        (e: CryptoError) => e instanceof CryptoError && e.code === 'auth-failed',
+      );
     }
-    assert.throws(() => sm4GcmDecrypt(key, iv, ct, tag.subarray(0, 12), aad), (e: CryptoError) => e.code === 'truncated');
+    assert.throws(
+      () => sm4GcmDecrypt(key, iv, ct, tag.subarray(0, 12), aad),
+      (e: CryptoError) => e.code === 'truncated',
+    );
   });
 });
 
@@ -76,13 +101,23 @@ describe('SM2 (GM/T 0003.5-2012 Annex A, recommended curve)', () => {
   const priv = Sm2PrivateKey.fromScalar(hex('3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8'));
   const k = hex('59276E27D506861A16680F3AD9C02DCCEF3CC1FA3CDBE4CE6D54B80DEAC1BC21');
   it('derives the published public key', () => {
-    assert.equal(priv.publicKey.hex, '0409f9df311e5421a150dd7d161e4bc5c672179fad1833fc076bb08ff356f35020ccea490ce26775a52dc6ea718cc1aa600aed05fbf35e084a6632f6072da9ad13');
+    assert.equal(
+      priv.publicKey.hex,
+      '0409f9df311e5421a150dd7d161e4bc5c672179fad1833fc076bb08ff356f35020ccea490ce26775a52dc6ea718cc1aa600aed05fbf35e084a6632f6072da9ad13',
+    );
   });
   it('signs "message digest" with ID 1234567812345678 and the fixed k to the published r, s', () => {
     const sig = sm2Sign(priv, Buffer.from('message digest'), { format: 'raw', fixedK: k });
-    assert.equal(sig.toString('hex').toUpperCase(), 'F5A03B0648D2C4630EEAC513E1BB81A15944DA3827D5B74143AC7EACEEE720B3B1B6AA29DF212FD8763182BC0D421CA1BB9038FD1F7F42D4840B69C485BBC1AA');
+    assert.equal(
+      sig.toString('hex').toUpperCase(),
+      'F5A03B0648D2C4630EEAC513E1BB81A15944DA3827D5B74143AC7EACEEE720B3B1B6AA29DF212FD8763182BC0D421CA1BB9038FD1F7F42D4840B69C485BBC1AA',
+    );
     assert.equal(sm2Verify(priv.publicKey, Buffer.from('message digest'), sig, { format: 'raw' }), true);
-    assert.equal(sm2Verify(priv.publicKey, Buffer.from('message digest'), sig, { format: 'raw', userId: 'another-id' }), false, 'Z binds the user ID');
+    assert.equal(
+      sm2Verify(priv.publicKey, Buffer.from('message digest'), sig, { format: 'raw', userId: 'another-id' }),
+      false,
+      'Z binds the user ID',
+    );
   });
   it('decrypts the published "encryption standard" ciphertext in raw C1C3C2 and ASN.1 forms', () => {
     const x1 = '04EBFC718E8D1798620432268E77FEB6415E2EDE0E073C0F4F640ECD2E149A73';
@@ -105,7 +140,9 @@ describe('SM4-GCM on two threads (GcmWorker)', () => {
       const key = hex('0123456789ABCDEFFEDCBA9876543210');
       const iv = hex('00001234567800000000ABCD');
       const aad = hex('FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2');
-      const pt = hex('AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDDEEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA');
+      const pt = hex(
+        'AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDDEEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA',
+      );
       const r = await w.encrypt(key, iv, pt, aad);
       assert.equal(r.tag.toString('hex').toUpperCase(), '83DE3541E4C2B58177E065A9BF7B62EC');
       const big = Buffer.alloc(300_001, 7);
@@ -128,7 +165,12 @@ describe('HMAC-SM3 with a precomputed key schedule', () => {
     for (const len of [0, 1, 16, 63, 64, 65, 200]) {
       const key = Buffer.alloc(len, 7);
       const mac = hmacSm3Keyed(key);
-      for (const msg of ['', 'a', 'x'.repeat(1000)]) assert.deepEqual(mac(Buffer.from(msg.slice(0, 3)), Buffer.from(msg.slice(3))), hmacSm3(key, Buffer.from(msg)), `key ${len}`);
+      for (const msg of ['', 'a', 'x'.repeat(1000)])
+        assert.deepEqual(
+          mac(Buffer.from(msg.slice(0, 3)), Buffer.from(msg.slice(3))),
+          hmacSm3(key, Buffer.from(msg)),
+          `key ${len}`,
+        );
     }
   });
 });

@@ -16,12 +16,27 @@ describe('one-time passwords', () => {
     expected.forEach((code, i) => assert.equal(hotp(secret, BigInt(i)), code));
   });
   it('matches the RFC 6238 TOTP (SHA-1) vectors', () => {
-    for (const [t, code] of [[59, '94287082'], [1111111109, '07081804'], [1111111111, '14050471'], [1234567890, '89005924'], [2000000000, '69279037'], [20000000000, '65353130']] as const) {
+    for (const [t, code] of [
+      [59, '94287082'],
+      [1111111109, '07081804'],
+      [1111111111, '14050471'],
+      [1234567890, '89005924'],
+      [2000000000, '69279037'],
+      [20000000000, '65353130'],
+    ] as const) {
       assert.equal(hotp(secret, BigInt(Math.floor(t / 30)), { digits: 8 }), code, `t=${t}`);
     }
   });
   it('writes and reads base32 as RFC 4648 does (unpadded), refusing other characters', () => {
-    for (const [text, b32] of [['', ''], ['f', 'MY'], ['fo', 'MZXQ'], ['foo', 'MZXW6'], ['foob', 'MZXW6YQ'], ['fooba', 'MZXW6YTB'], ['foobar', 'MZXW6YTBOI']] as const) {
+    for (const [text, b32] of [
+      ['', ''],
+      ['f', 'MY'],
+      ['fo', 'MZXQ'],
+      ['foo', 'MZXW6'],
+      ['foob', 'MZXW6YQ'],
+      ['fooba', 'MZXW6YTB'],
+      ['foobar', 'MZXW6YTBOI'],
+    ] as const) {
       assert.equal(base32(Buffer.from(text)), b32, text);
       assert.equal(base32Decode(b32).toString(), text, b32);
     }
@@ -54,10 +69,15 @@ describe('passwords and tokens', () => {
     const t = signToken({ iss: 'B', sub: 'u1', typ: 'access', iat: 1000, exp: 1600, jti: 'j', roles: ['nurse'] }, key, 'B-1');
     assert.ok(verifyToken(t, key.publicKey, 1100).ok);
     const [h, p, s] = t.split('.') as [string, string, string];
-    const elevated = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p, 'base64url').toString()), roles: ['administrator'] })).toString('base64url');
+    const elevated = Buffer.from(
+      JSON.stringify({ ...JSON.parse(Buffer.from(p, 'base64url').toString()), roles: ['administrator'] }),
+    ).toString('base64url');
     const cases: Array<[string, string]> = [
       [`${h}.${elevated}.${s}`, 'bad-signature'],
-      [signToken({ iss: 'B', sub: 'u1', typ: 'access', iat: 1000, exp: 1600, jti: 'j' }, Sm2PrivateKey.generate(), 'B-1'), 'bad-signature'],
+      [
+        signToken({ iss: 'B', sub: 'u1', typ: 'access', iat: 1000, exp: 1600, jti: 'j' }, Sm2PrivateKey.generate(), 'B-1'),
+        'bad-signature',
+      ],
       [`${Buffer.from('{"alg":"none"}').toString('base64url')}.${p}.${s}`, 'wrong-algorithm'],
       ['not.a-token', 'malformed'],
     ];
@@ -81,7 +101,9 @@ describe(`identity service (${testBackend()})`, () => {
   before(async () => {
     db = await openTestDb();
     ids = new IdentityService({
-      db, siteId: 'B', now: () => new Date(clock),
+      db,
+      siteId: 'B',
+      now: () => new Date(clock),
       issuer: () => (sealed ? undefined : { key: issuerKey, kid: 'B-1' }),
       secrets: {
         seal: (b) => Promise.resolve(sealEnvelope({ alg: 'SM4-GCM', keyId: 'identity', keyVersion: 1, key: secretsKey }, b)),
@@ -92,10 +114,21 @@ describe(`identity service (${testBackend()})`, () => {
   after(() => db.close());
 
   it('logs a doctor in, authenticates the token, refreshes once and revokes', async () => {
-    const u = await ids.createUser({ username: 'dr.li', password: 'a long enough passphrase', roles: ['doctor'], attributes: { department: 'cardiology' } });
+    const u = await ids.createUser({
+      username: 'dr.li',
+      password: 'a long enough passphrase',
+      roles: ['doctor'],
+      attributes: { department: 'cardiology' },
+    });
     assert.ok(u.ok && u.value.totpSecret === undefined);
-    assert.equal((await ids.createUser({ username: 'dr.li', password: 'a long enough passphrase', roles: ['doctor'] })).ok, false);
-    assert.match(JSON.stringify(await ids.createUser({ username: 'weak', password: 'short', roles: ['nurse'] })), /at least 12 characters/);
+    assert.equal(
+      (await ids.createUser({ username: 'dr.li', password: 'a long enough passphrase', roles: ['doctor'] })).ok,
+      false,
+    );
+    assert.match(
+      JSON.stringify(await ids.createUser({ username: 'weak', password: 'short', roles: ['nurse'] })),
+      /at least 12 characters/,
+    );
     const bad = await ids.login({ username: 'dr.li', password: 'wrong password here' });
     const unknown = await ids.login({ username: 'nobody', password: 'wrong password here' });
     assert.ok(!bad.ok && !unknown.ok);
@@ -104,7 +137,10 @@ describe(`identity service (${testBackend()})`, () => {
     assert.ok(t.ok);
     const who = await ids.authenticate(t.value.accessToken);
     assert.ok(who.ok && who.value.kind === 'user');
-    assert.deepEqual([who.value.kind === 'user' && who.value.roles, who.value.kind === 'user' && who.value.attributes.department], [['doctor'], 'cardiology']);
+    assert.deepEqual(
+      [who.value.kind === 'user' && who.value.roles, who.value.kind === 'user' && who.value.attributes.department],
+      [['doctor'], 'cardiology'],
+    );
     const r1 = await ids.refresh(t.value.refreshToken);
     assert.ok(r1.ok);
     const reuse = await ids.refresh(t.value.refreshToken);
@@ -121,7 +157,13 @@ describe(`identity service (${testBackend()})`, () => {
   });
 
   it('sees a revocation made through another API node of the site within a second', async () => {
-    const other = new IdentityService({ db, siteId: 'B', now: () => new Date(clock), issuer: () => ({ key: issuerKey, kid: 'B-1' }), secrets: { seal: () => Promise.reject(new Error('unused')), open: () => Promise.reject(new Error('unused')) } });
+    const other = new IdentityService({
+      db,
+      siteId: 'B',
+      now: () => new Date(clock),
+      issuer: () => ({ key: issuerKey, kid: 'B-1' }),
+      secrets: { seal: () => Promise.reject(new Error('unused')), open: () => Promise.reject(new Error('unused')) },
+    });
     const t = await ids.login({ username: 'dr.li', password: 'a long enough passphrase' });
     assert.ok(t.ok);
     assert.ok((await other.authenticate(t.value.accessToken)).ok);
@@ -140,7 +182,11 @@ describe(`identity service (${testBackend()})`, () => {
     const none = await ids.login({ username: 'admin.wang', password: 'another long passphrase' });
     assert.ok(!none.ok && none.error.kind === 'second-factor-required');
     const code = hotp(secret, BigInt(Math.floor(clock / 30_000)));
-    const wrong = await ids.login({ username: 'admin.wang', password: 'another long passphrase', totp: code === '000000' ? '111111' : '000000' });
+    const wrong = await ids.login({
+      username: 'admin.wang',
+      password: 'another long passphrase',
+      totp: code === '000000' ? '111111' : '000000',
+    });
     assert.ok(!wrong.ok && wrong.error.kind === 'second-factor-invalid');
     assert.ok((await ids.login({ username: 'admin.wang', password: 'another long passphrase', totp: code })).ok);
     const replay = await ids.login({ username: 'admin.wang', password: 'another long passphrase', totp: code });

@@ -33,7 +33,10 @@ export type Principal =
   | { kind: 'service'; serviceId: string; serviceKind: 'site' | 'router' | 'edge' };
 
 type R<T> = { ok: true; value: T } | { ok: false; error: IdentityError };
-const fail = (kind: IdentityErrorKind, message: string): { ok: false; error: IdentityError } => ({ ok: false, error: { kind, message } });
+const fail = (kind: IdentityErrorKind, message: string): { ok: false; error: IdentityError } => ({
+  ok: false,
+  error: { kind, message },
+});
 
 export interface IdentityContext {
   db: Db;
@@ -59,7 +62,10 @@ export class IdentityService {
   #verified: { issuer: object | undefined; claims: Map<string, TokenClaims> } = { issuer: undefined, claims: new Map() };
   /** Verified service assertions (keyed by registered key and assertion) and their expiry (s). */
   readonly #services = new Map<string, { exp: number }>();
-  #revoked: { jtis: Map<string, number>; syncedAt: number; watermark?: Date; syncing?: Promise<void> } = { jtis: new Map(), syncedAt: -Infinity };
+  #revoked: { jtis: Map<string, number>; syncedAt: number; watermark?: Date; syncing?: Promise<void> } = {
+    jtis: new Map(),
+    syncedAt: -Infinity,
+  };
 
   constructor(ctx: IdentityContext) {
     this.#c = ctx;
@@ -69,8 +75,15 @@ export class IdentityService {
     return (this.#c.now?.() ?? new Date()).getTime();
   }
 
-  async createUser(u: { username: string; password: string; roles: string[]; attributes?: Record<string, string>; displayName?: string }): Promise<R<{ id: string; totpSecret?: string; otpauthUri?: string }>> {
-    if (!/^[a-z][a-z0-9._-]{2,63}$/.test(u.username)) return fail('bad-request', 'username must be 3-64 lower-case letters, digits, ".", "_" or "-", starting with a letter');
+  async createUser(u: {
+    username: string;
+    password: string;
+    roles: string[];
+    attributes?: Record<string, string>;
+    displayName?: string;
+  }): Promise<R<{ id: string; totpSecret?: string; otpauthUri?: string }>> {
+    if (!/^[a-z][a-z0-9._-]{2,63}$/.test(u.username))
+      return fail('bad-request', 'username must be 3-64 lower-case letters, digits, ".", "_" or "-", starting with a letter');
     const weak = passwordProblem(u.password);
     if (weak) return fail('bad-request', weak);
     if (u.roles.length === 0) return fail('bad-request', 'a user needs at least one role');
@@ -80,19 +93,41 @@ export class IdentityService {
     const inserted = await this.#c.db.query(
       `INSERT INTO iam_user (id, username, display_name, roles, attributes, password_hash, totp_secret) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
        ON CONFLICT (username) DO NOTHING RETURNING id`,
-      [id, u.username, u.displayName ?? null, u.roles, JSON.stringify(u.attributes ?? {}), await hashPassword(u.password), secret ? await this.#c.secrets.seal(secret) : null],
+      [
+        id,
+        u.username,
+        u.displayName ?? null,
+        u.roles,
+        JSON.stringify(u.attributes ?? {}),
+        await hashPassword(u.password),
+        secret ? await this.#c.secrets.seal(secret) : null,
+      ],
     );
     if (inserted.rows.length === 0) return fail('bad-request', `user ${u.username} already exists`);
     if (!secret) return { ok: true, value: { id } };
     const b32 = base32(secret);
-    return { ok: true, value: { id, totpSecret: b32, otpauthUri: `otpauth://totp/medmesh:${u.username}?secret=${b32}&issuer=medmesh-${this.#c.siteId}` } };
+    return {
+      ok: true,
+      value: {
+        id,
+        totpSecret: b32,
+        otpauthUri: `otpauth://totp/medmesh:${u.username}?secret=${b32}&issuer=medmesh-${this.#c.siteId}`,
+      },
+    };
   }
 
   async login(req: { username: string; password: string; totp?: string }): Promise<R<TokenPair>> {
-    const { rows } = await this.#c.db.query<{ id: string; username: string; roles: string[]; attributes: Record<string, string>; password_hash: string; totp_secret: Uint8Array | null; disabled: boolean }>(
-      'SELECT id, username, roles, attributes, password_hash, totp_secret, disabled FROM iam_user WHERE username = $1',
-      [req.username],
-    );
+    const { rows } = await this.#c.db.query<{
+      id: string;
+      username: string;
+      roles: string[];
+      attributes: Record<string, string>;
+      password_hash: string;
+      totp_secret: Uint8Array | null;
+      disabled: boolean;
+    }>('SELECT id, username, roles, attributes, password_hash, totp_secret, disabled FROM iam_user WHERE username = $1', [
+      req.username,
+    ]);
     const user = rows[0];
     // Same answer for an unknown user and a wrong password, and the same work (no timing oracle).
     const passwordOk = await verifyPassword(req.password, user?.password_hash ?? DUMMY_HASH);
@@ -103,7 +138,10 @@ export class IdentityService {
       const secret = await this.#c.secrets.open(user.totp_secret);
       const step = matchTotp(secret, req.totp, this.#nowMs());
       if (step === undefined) return fail('second-factor-invalid', 'the one-time code is wrong or expired');
-      const fresh = await this.#c.db.query('INSERT INTO iam_totp_used (user_id, step) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1', [user.id, step]);
+      const fresh = await this.#c.db.query(
+        'INSERT INTO iam_totp_used (user_id, step) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1',
+        [user.id, step],
+      );
       if (fresh.rows.length === 0) return fail('second-factor-replayed', 'this one-time code was already used');
     }
     return this.#issue({ id: user.id, username: user.username, roles: user.roles, attributes: user.attributes });
@@ -112,14 +150,26 @@ export class IdentityService {
   async refresh(refreshToken: string): Promise<R<TokenPair>> {
     const [id, secret] = refreshToken.split('.');
     if (!id || !secret || !/^[0-9a-f-]{36}$/.test(id)) return fail('token-invalid', 'malformed refresh token');
-    const { rows } = await this.#c.db.query<{ user_id: string; token_hash: Uint8Array; expires_at: Date; revoked_at: Date | null }>(
+    const { rows } = await this.#c.db.query<{
+      user_id: string;
+      token_hash: Uint8Array;
+      expires_at: Date;
+      revoked_at: Date | null;
+    }>(
       'UPDATE iam_refresh_token SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING user_id, token_hash, expires_at, revoked_at',
       [id],
     );
     const row = rows[0];
-    if (!row || !sm3(Buffer.from(secret)).equals(Buffer.from(row.token_hash))) return fail('token-revoked', 'refresh token is unknown, already used or revoked');
+    if (!row || !sm3(Buffer.from(secret)).equals(Buffer.from(row.token_hash)))
+      return fail('token-revoked', 'refresh token is unknown, already used or revoked');
     if (new Date(row.expires_at).getTime() < this.#nowMs()) return fail('token-expired', 'refresh token expired; log in again');
-    const u = await this.#c.db.query<{ id: string; username: string; roles: string[]; attributes: Record<string, string>; disabled: boolean }>('SELECT id, username, roles, attributes, disabled FROM iam_user WHERE id = $1', [row.user_id]);
+    const u = await this.#c.db.query<{
+      id: string;
+      username: string;
+      roles: string[];
+      attributes: Record<string, string>;
+      disabled: boolean;
+    }>('SELECT id, username, roles, attributes, disabled FROM iam_user WHERE id = $1', [row.user_id]);
     if (!u.rows[0] || u.rows[0].disabled) return fail('user-disabled', 'the user is disabled');
     return this.#issue(u.rows[0]);
   }
@@ -135,15 +185,23 @@ export class IdentityService {
     const v = this.#verify(token);
     if (!v.ok && v.error.kind !== 'token-expired') return v;
     if (v.ok) {
-      await this.#c.db.query('INSERT INTO iam_revoked_token (jti, expires_at) VALUES ($1, to_timestamp($2)) ON CONFLICT DO NOTHING', [v.value.jti, v.value.exp]);
+      await this.#c.db.query(
+        'INSERT INTO iam_revoked_token (jti, expires_at) VALUES ($1, to_timestamp($2)) ON CONFLICT DO NOTHING',
+        [v.value.jti, v.value.exp],
+      );
       this.#revoked.jtis.set(v.value.jti, v.value.exp);
     }
     return { ok: true, value: undefined };
   }
 
   /** A user's roles and attributes by username (for the access decision endpoint). */
-  async findUser(username: string): Promise<{ userId: string; username: string; roles: string[]; attributes: Record<string, string> } | undefined> {
-    const { rows } = await this.#c.db.query<{ id: string; roles: string[]; attributes: Record<string, string> }>('SELECT id, roles, attributes FROM iam_user WHERE username = $1', [username]);
+  async findUser(
+    username: string,
+  ): Promise<{ userId: string; username: string; roles: string[]; attributes: Record<string, string> } | undefined> {
+    const { rows } = await this.#c.db.query<{ id: string; roles: string[]; attributes: Record<string, string> }>(
+      'SELECT id, roles, attributes FROM iam_user WHERE username = $1',
+      [username],
+    );
     const u = rows[0];
     return u ? { userId: u.id, username, roles: u.roles, attributes: u.attributes } : undefined;
   }
@@ -155,7 +213,17 @@ export class IdentityService {
     const c = v.value;
     if (c.typ !== 'access') return fail('token-invalid', 'not an access token');
     if (await this.#isRevoked(c.jti)) return fail('token-revoked', 'this token was revoked');
-    return { ok: true, value: { kind: 'user', userId: c.sub, username: c.attrs?.username ?? c.sub, roles: c.roles ?? [], attributes: Object.fromEntries(Object.entries(c.attrs ?? {}).filter(([k]) => k !== 'username')), tokenId: c.jti } };
+    return {
+      ok: true,
+      value: {
+        kind: 'user',
+        userId: c.sub,
+        username: c.attrs?.username ?? c.sub,
+        roles: c.roles ?? [],
+        attributes: Object.fromEntries(Object.entries(c.attrs ?? {}).filter(([k]) => k !== 'username')),
+        tokenId: c.jti,
+      },
+    };
   }
 
   async registerService(s: { id: string; kind: 'site' | 'router' | 'edge'; publicKey: Sm2PublicKey }): Promise<void> {
@@ -167,7 +235,9 @@ export class IdentityService {
 
   /** A registered service's public key (a peer site's, to seal replication pages to it). */
   async servicePublicKey(serviceId: string): Promise<Sm2PublicKey | undefined> {
-    const { rows } = await this.#c.db.query<{ public_key: string }>('SELECT public_key FROM iam_service WHERE id = $1', [serviceId]);
+    const { rows } = await this.#c.db.query<{ public_key: string }>('SELECT public_key FROM iam_service WHERE id = $1', [
+      serviceId,
+    ]);
     return rows[0] ? Sm2PublicKey.fromPem(rows[0].public_key) : undefined;
   }
 
@@ -176,7 +246,10 @@ export class IdentityService {
     const header = peekHeader(assertion);
     const serviceId = header?.kid;
     if (!serviceId) return fail('token-invalid', 'service assertion names no service (kid)');
-    const { rows } = await this.#c.db.query<{ kind: 'site' | 'router' | 'edge'; public_key: string }>('SELECT kind, public_key FROM iam_service WHERE id = $1', [serviceId]);
+    const { rows } = await this.#c.db.query<{ kind: 'site' | 'router' | 'edge'; public_key: string }>(
+      'SELECT kind, public_key FROM iam_service WHERE id = $1',
+      [serviceId],
+    );
     if (!rows[0]) return fail('unknown-service', `service ${serviceId} is not registered here`);
     const nowS = Math.floor(this.#nowMs() / 1000);
     // A peer reuses its assertion for a while (one SM2 verification per assertion, not per
@@ -186,7 +259,8 @@ export class IdentityService {
     if (cached && cached.exp > nowS) return { ok: true, value: { kind: 'service', serviceId, serviceKind: rows[0].kind } };
     const v = verifyToken(assertion, Sm2PublicKey.fromPem(rows[0].public_key), nowS);
     if (!v.ok) return fail(v.error.kind === 'expired' ? 'token-expired' : 'token-invalid', v.error.message);
-    if (v.claims.typ !== 'service' || v.claims.sub !== serviceId || v.claims.site !== this.#c.siteId) return fail('token-invalid', 'service assertion is not for this site or not a service assertion');
+    if (v.claims.typ !== 'service' || v.claims.sub !== serviceId || v.claims.site !== this.#c.siteId)
+      return fail('token-invalid', 'service assertion is not for this site or not a service assertion');
     if (this.#services.size >= VERIFIED_CACHE) this.#services.delete(this.#services.keys().next().value!);
     this.#services.set(cacheKey, { exp: v.claims.exp });
     return { ok: true, value: { kind: 'service', serviceId, serviceKind: rows[0].kind } };
@@ -254,10 +328,26 @@ export class IdentityService {
     if (!issuer) return fail('issuer-unavailable', 'this site cannot issue tokens while its KMS is sealed');
     const now = Math.floor(this.#nowMs() / 1000);
     const ttl = this.#c.accessTtlSeconds ?? 600;
-    const accessToken = signToken({ iss: this.#c.siteId, sub: u.id, typ: 'access', iat: now, exp: now + ttl, jti: randomUUID(), roles: u.roles, attrs: { ...u.attributes, username: u.username } }, issuer.key, issuer.kid);
+    const accessToken = signToken(
+      {
+        iss: this.#c.siteId,
+        sub: u.id,
+        typ: 'access',
+        iat: now,
+        exp: now + ttl,
+        jti: randomUUID(),
+        roles: u.roles,
+        attrs: { ...u.attributes, username: u.username },
+      },
+      issuer.key,
+      issuer.kid,
+    );
     const refreshId = randomUUID();
     const secret = randomBytes(32).toString('base64url');
-    await this.#c.db.query('INSERT INTO iam_refresh_token (id, user_id, token_hash, expires_at) VALUES ($1, $2, $3, to_timestamp($4))', [refreshId, u.id, sm3(Buffer.from(secret)), now + (this.#c.refreshTtlSeconds ?? 8 * 3600)]);
+    await this.#c.db.query(
+      'INSERT INTO iam_refresh_token (id, user_id, token_hash, expires_at) VALUES ($1, $2, $3, to_timestamp($4))',
+      [refreshId, u.id, sm3(Buffer.from(secret)), now + (this.#c.refreshTtlSeconds ?? 8 * 3600)],
+    );
     return { ok: true, value: { accessToken, refreshToken: `${refreshId}.${secret}`, expiresIn: ttl, tokenType: 'Bearer' } };
   }
 }
@@ -265,7 +355,19 @@ export class IdentityService {
 /** A service signs its own short-lived assertion for a call to `site`. */
 export function serviceAssertion(opts: { serviceId: string; key: Sm2PrivateKey; site: string; nowSeconds?: number }): string {
   const now = opts.nowSeconds ?? Math.floor(Date.now() / 1000);
-  return signToken({ iss: opts.serviceId, sub: opts.serviceId, typ: 'service', iat: now, exp: now + ASSERTION_SECONDS, jti: randomUUID(), site: opts.site }, opts.key, opts.serviceId);
+  return signToken(
+    {
+      iss: opts.serviceId,
+      sub: opts.serviceId,
+      typ: 'service',
+      iat: now,
+      exp: now + ASSERTION_SECONDS,
+      jti: randomUUID(),
+      site: opts.site,
+    },
+    opts.key,
+    opts.serviceId,
+  );
 }
 
 const ASSERTION_SECONDS = 60;

@@ -14,7 +14,10 @@ export interface TokenClaims {
   site?: string;
 }
 
-export type TokenError = { kind: 'malformed' | 'bad-signature' | 'expired' | 'not-yet-valid' | 'wrong-algorithm'; message: string };
+export type TokenError = {
+  kind: 'malformed' | 'bad-signature' | 'expired' | 'not-yet-valid' | 'wrong-algorithm';
+  message: string;
+};
 
 const b64u = (b: Buffer | string) => Buffer.from(b).toString('base64url');
 
@@ -35,11 +38,21 @@ export function peekHeader(token: string): { alg?: string; kid?: string } | unde
   }
 }
 
-export function verifyToken(token: string, key: Sm2PublicKey, nowSeconds: number, skewSeconds = 30): { ok: true; claims: TokenClaims } | { ok: false; error: TokenError } {
+export function verifyToken(
+  token: string,
+  key: Sm2PublicKey,
+  nowSeconds: number,
+  skewSeconds = 30,
+): { ok: true; claims: TokenClaims } | { ok: false; error: TokenError } {
   const parts = token.split('.');
-  if (parts.length !== 3 || parts.some((p) => !/^[A-Za-z0-9_-]+$/.test(p))) return { ok: false, error: { kind: 'malformed', message: 'token must be three base64url parts' } };
+  if (parts.length !== 3 || parts.some((p) => !/^[A-Za-z0-9_-]+$/.test(p)))
+    return { ok: false, error: { kind: 'malformed', message: 'token must be three base64url parts' } };
   const header = peekHeader(token);
-  if (header?.alg !== 'SM2-SM3') return { ok: false, error: { kind: 'wrong-algorithm', message: `token algorithm ${String(header?.alg)} is not accepted (SM2-SM3 only)` } };
+  if (header?.alg !== 'SM2-SM3')
+    return {
+      ok: false,
+      error: { kind: 'wrong-algorithm', message: `token algorithm ${String(header?.alg)} is not accepted (SM2-SM3 only)` },
+    };
   if (!sm2Verify(key, Buffer.from(`${parts[0]}.${parts[1]}`), Buffer.from(parts[2]!, 'base64url'), { format: 'raw' })) {
     return { ok: false, error: { kind: 'bad-signature', message: 'token signature does not verify with the issuer key' } };
   }
@@ -49,8 +62,15 @@ export function verifyToken(token: string, key: Sm2PublicKey, nowSeconds: number
   } catch {
     return { ok: false, error: { kind: 'malformed', message: 'token claims are not JSON' } };
   }
-  if (typeof claims.exp !== 'number' || typeof claims.iat !== 'number' || typeof claims.sub !== 'string' || typeof claims.jti !== 'string') return { ok: false, error: { kind: 'malformed', message: 'token lacks sub, iat, exp or jti' } };
+  if (
+    typeof claims.exp !== 'number' ||
+    typeof claims.iat !== 'number' ||
+    typeof claims.sub !== 'string' ||
+    typeof claims.jti !== 'string'
+  )
+    return { ok: false, error: { kind: 'malformed', message: 'token lacks sub, iat, exp or jti' } };
   if (claims.exp + skewSeconds < nowSeconds) return { ok: false, error: { kind: 'expired', message: 'token expired' } };
-  if (claims.iat - skewSeconds > nowSeconds) return { ok: false, error: { kind: 'not-yet-valid', message: 'token issued in the future' } };
+  if (claims.iat - skewSeconds > nowSeconds)
+    return { ok: false, error: { kind: 'not-yet-valid', message: 'token issued in the future' } };
   return { ok: true, claims };
 }

@@ -60,7 +60,12 @@ export function totpStep(timeMs: number, stepSeconds = 30): bigint {
 }
 
 /** The step (within +-window) whose code matches, or undefined. */
-export function matchTotp(secret: Uint8Array, code: string, timeMs: number, opts: { window?: number; algorithm?: OtpAlgorithm } = {}): bigint | undefined {
+export function matchTotp(
+  secret: Uint8Array,
+  code: string,
+  timeMs: number,
+  opts: { window?: number; algorithm?: OtpAlgorithm } = {},
+): bigint | undefined {
   if (!/^\d{6}$/.test(code)) return undefined;
   const now = totpStep(timeMs);
   const w = opts.window ?? 1;

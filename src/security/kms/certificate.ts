@@ -29,8 +29,15 @@ export interface DestructionCertificate {
 /** Canonical: fixed key order, no whitespace, so the signed bytes are reproducible. */
 export function canonicalDocument(d: DestructionDocument): string {
   return JSON.stringify({
-    type: d.type, id: d.id, site: d.site, keyName: d.keyName, versions: d.versions, issuedAt: d.issuedAt,
-    approvers: d.approvers, reason: d.reason, confirmations: d.confirmations.map((c) => ({ site: c.site, wipedAt: c.wipedAt, how: c.how })),
+    type: d.type,
+    id: d.id,
+    site: d.site,
+    keyName: d.keyName,
+    versions: d.versions,
+    issuedAt: d.issuedAt,
+    approvers: d.approvers,
+    reason: d.reason,
+    confirmations: d.confirmations.map((c) => ({ site: c.site, wipedAt: c.wipedAt, how: c.how })),
   });
 }
 
@@ -39,7 +46,10 @@ export function signCertificate(d: DestructionDocument, key: Sm2PrivateKey): Des
   return { document, signature: sm2Sign(key, Buffer.from(document)).toString('base64'), signingPublicKey: key.publicKey.toPem() };
 }
 
-export function verifyCertificate(c: DestructionCertificate, trusted?: Sm2PublicKey): { valid: boolean; document?: DestructionDocument } {
+export function verifyCertificate(
+  c: DestructionCertificate,
+  trusted?: Sm2PublicKey,
+): { valid: boolean; document?: DestructionDocument } {
   let key: Sm2PublicKey;
   try {
     key = trusted ?? Sm2PublicKey.fromPem(c.signingPublicKey);

@@ -22,7 +22,9 @@ describe(`KMS (${testBackend()})`, () => {
   let shares: WrappedShare[];
   let clock = new Date('2026-01-01T00:00:00Z');
   const counts = async () => {
-    const { rows } = await db.query<Record<string, number>>(`SELECT ${KMS_TABLES.map((t) => `(SELECT count(*)::int FROM ${t}) AS ${t}`).join(', ')}`);
+    const { rows } = await db.query<Record<string, number>>(
+      `SELECT ${KMS_TABLES.map((t) => `(SELECT count(*)::int FROM ${t}) AS ${t}`).join(', ')}`,
+    );
     return rows[0]!;
   };
   const restart = () => new Kms({ db, siteId: 'B', policy: 'national', now: () => clock });
@@ -37,7 +39,7 @@ describe(`KMS (${testBackend()})`, () => {
     assert.deepEqual(await kms.status(), { initialized: false, sealed: true, progress: 0 });
     await assert.rejects(kms.createKey('records'), isKms('sealed'));
     await assert.rejects(kms.init({ custodians: custodians.slice(0, 2), threshold: 3 }), isKms('bad-request'));
-    await assert.rejects(kms.init({ custodians: [custodians[0]!, custodians[0]!] , threshold: 2 }), isKms('bad-request'));
+    await assert.rejects(kms.init({ custodians: [custodians[0]!, custodians[0]!], threshold: 2 }), isKms('bad-request'));
     assert.deepEqual(Object.values(await counts()), [0, 0, 0, 0, 0, 0]);
   });
 
@@ -45,12 +47,21 @@ describe(`KMS (${testBackend()})`, () => {
     const r = await kms.init({ custodians, threshold: 3 });
     shares = r.shares;
     assert.equal(shares.length, 5);
-    assert.deepEqual(await kms.status(), { initialized: true, sealed: false, cmkId: r.cmkId, threshold: 3, shareCount: 5, progress: 0 });
+    assert.deepEqual(await kms.status(), {
+      initialized: true,
+      sealed: false,
+      cmkId: r.cmkId,
+      threshold: 3,
+      shareCount: 5,
+      progress: 0,
+    });
     await assert.rejects(kms.init({ custodians, threshold: 3 }), isKms('already-initialized'));
     const tokens = shares.slice(0, 3).map((w) => unwrapShare(w, keyOf(w)));
     const { combine } = await import('shamir-secret-sharing');
     const cmk = Buffer.from(await combine(tokens.map((t) => new Uint8Array(t.share))));
-    const dump = JSON.stringify((await db.query('SELECT * FROM kms_root')).rows) + JSON.stringify((await db.query('SELECT * FROM kms_share')).rows);
+    const dump =
+      JSON.stringify((await db.query('SELECT * FROM kms_root')).rows) +
+      JSON.stringify((await db.query('SELECT * FROM kms_share')).rows);
     assert.ok(!dump.includes(cmk.toString('hex')) && !dump.includes(cmk.toString('base64')), 'CMK never stored in clear');
   });
 
@@ -64,7 +75,11 @@ describe(`KMS (${testBackend()})`, () => {
     assert.equal(info.latestVersion, 2);
     const v2 = await kms.encrypt('records', Buffer.from('x'));
     assert.match(v2.subarray(6, 200).toString(), /"kv":2/);
-    assert.equal((await kms.decrypt(v1, Buffer.from('Patient/1'))).toString(), '张三 440106199001011235', 'old versions still decrypt');
+    assert.equal(
+      (await kms.decrypt(v1, Buffer.from('Patient/1'))).toString(),
+      '张三 440106199001011235',
+      'old versions still decrypt',
+    );
     const rewrapped = await kms.rewrap(v1, Buffer.from('Patient/1'));
     assert.match(rewrapped.subarray(6, 200).toString(), /"kv":2/);
     await kms.configureKey('records', { minDecryptionVersion: 2 });
@@ -73,9 +88,16 @@ describe(`KMS (${testBackend()})`, () => {
     await assert.rejects(kms.configureKey('records', { minDecryptionVersion: 9 }), isKms('bad-request'));
     await kms.rotate('records');
     await kms.configureKey('records', { minEncryptionVersion: 2 });
-    assert.match((await kms.encrypt('records', Buffer.from('y'))).subarray(6, 200).toString(), /"kv":2/, 'minimum encryption version pins new encryptions');
+    assert.match(
+      (await kms.encrypt('records', Buffer.from('y'))).subarray(6, 200).toString(),
+      /"kv":2/,
+      'minimum encryption version pins new encryptions',
+    );
     await kms.configureKey('records', { minEncryptionVersion: 0 });
-    await assert.rejects(kms.decrypt(Buffer.from('garbage envelope')), (e: unknown) => e instanceof CryptoError && e.code === 'bad-input');
+    await assert.rejects(
+      kms.decrypt(Buffer.from('garbage envelope')),
+      (e: unknown) => e instanceof CryptoError && e.code === 'bad-input',
+    );
   });
 
   it('imports a region-wide key once, checked for length, usable for keyed hashing in-process only', async () => {
@@ -84,7 +106,11 @@ describe(`KMS (${testBackend()})`, () => {
     await assert.rejects(kms.createKey('region-rotating', { material, rotationPeriodSeconds: 3600 }), isKms('bad-request'));
     await kms.createKey('region-mac', { material });
     const mac = await kms.macKey('region-mac');
-    assert.deepEqual([mac.version, mac.key.toString('hex')], [1, material.toString('hex')], 'the same material at every site that imports it');
+    assert.deepEqual(
+      [mac.version, mac.key.toString('hex')],
+      [1, material.toString('hex')],
+      'the same material at every site that imports it',
+    );
     await assert.rejects(kms.exportKey('region-mac', 1), isKms('not-exportable'));
     await assert.rejects(kms.macKey('no-such-key'), isKms('unknown-key'));
   });
@@ -114,10 +140,21 @@ describe(`KMS (${testBackend()})`, () => {
     const tokens = shares.map((w) => unwrapShare(w, keyOf(w)));
     // A share wrapped for alice does not open with bob's key, and a tampered file does not open at all.
     assert.throws(() => unwrapShare(shares[0]!, custodianKeys[1]!.key), isKms('bad-share'));
-    const tampered = { ...shares[0]!, sealed: Buffer.from(Buffer.from(shares[0]!.sealed, 'base64').map((b, i, a) => (i === a.length - 1 ? b ^ 1 : b))).toString('base64') };
-    assert.throws(() => unwrapShare(tampered, keyOf(shares[0]!)), (e: unknown) => e instanceof CryptoError && e.code === 'auth-failed');
+    const tampered = {
+      ...shares[0]!,
+      sealed: Buffer.from(Buffer.from(shares[0]!.sealed, 'base64').map((b, i, a) => (i === a.length - 1 ? b ^ 1 : b))).toString(
+        'base64',
+      ),
+    };
+    assert.throws(
+      () => unwrapShare(tampered, keyOf(shares[0]!)),
+      (e: unknown) => e instanceof CryptoError && e.code === 'auth-failed',
+    );
     // A share of another key is refused at once.
-    await assert.rejects(kms.submitShare({ ...tokens[0]!, cmkId: '00000000-0000-4000-8000-000000000000' }), isKms('share-of-other-key'));
+    await assert.rejects(
+      kms.submitShare({ ...tokens[0]!, cmkId: '00000000-0000-4000-8000-000000000000' }),
+      isKms('share-of-other-key'),
+    );
     // A tampered plain share is caught by the check value once the threshold is reached.
     const bad = decodeShareToken(encodeShareToken(tokens[2]!));
     bad.share = Buffer.from(bad.share).map((b, i) => (i === 3 ? b ^ 0xff : b));
@@ -136,29 +173,55 @@ describe(`KMS (${testBackend()})`, () => {
   it('destroys versions with an SM2-signed permanent certificate; they never decrypt again', async () => {
     const env = await kms.encrypt('dicom', Buffer.from('to be destroyed'));
     const before = await counts();
-    await assert.rejects(kms.destroyVersions('dicom', { versions: [2], approvers: ['alice'], reason: 'retention ended' }), isKms('bad-request'));
-    await assert.rejects(kms.destroyVersions('dicom', { versions: [2, 7], approvers: ['alice', 'bob'], reason: 'retention ended' }), isKms('bad-request'));
+    await assert.rejects(
+      kms.destroyVersions('dicom', { versions: [2], approvers: ['alice'], reason: 'retention ended' }),
+      isKms('bad-request'),
+    );
+    await assert.rejects(
+      kms.destroyVersions('dicom', { versions: [2, 7], approvers: ['alice', 'bob'], reason: 'retention ended' }),
+      isKms('bad-request'),
+    );
     assert.deepEqual(await counts(), before, 'refused destruction writes nothing');
     const cert = await kms.destroyVersions('dicom', { versions: [1, 2], approvers: ['alice', 'bob'], reason: 'retention ended' });
     const checked = verifyCertificate(cert, await kms.signingPublicKey());
     assert.equal(checked.valid, true);
-    assert.deepEqual([checked.document?.keyName, checked.document?.versions, checked.document?.approvers, checked.document?.confirmations[0]?.site], ['dicom', [1, 2], ['alice', 'bob'], 'B']);
-    assert.equal(verifyCertificate({ ...cert, document: cert.document.replace('retention ended', 'retention extended') }, await kms.signingPublicKey()).valid, false, 'a changed certificate fails verification');
+    assert.deepEqual(
+      [
+        checked.document?.keyName,
+        checked.document?.versions,
+        checked.document?.approvers,
+        checked.document?.confirmations[0]?.site,
+      ],
+      ['dicom', [1, 2], ['alice', 'bob'], 'B'],
+    );
+    assert.equal(
+      verifyCertificate(
+        { ...cert, document: cert.document.replace('retention ended', 'retention extended') },
+        await kms.signingPublicKey(),
+      ).valid,
+      false,
+      'a changed certificate fails verification',
+    );
     await assert.rejects(kms.decrypt(env), isKms('version-destroyed'));
-    await assert.rejects(kms.destroyVersions('dicom', { versions: [1], approvers: ['alice', 'bob'], reason: 'again' }), isKms('version-destroyed'));
+    await assert.rejects(
+      kms.destroyVersions('dicom', { versions: [1], approvers: ['alice', 'bob'], reason: 'again' }),
+      isKms('version-destroyed'),
+    );
     await assert.rejects(kms.rotate('dicom'), isKms('version-destroyed'), 'a destroyed key cannot be rotated back to life');
     // Even after a restart and unseal the material is gone.
     kms = restart();
     for (const w of shares.slice(0, 3)) await kms.submitShare(unwrapShare(w, keyOf(w)));
     await assert.rejects(kms.decrypt(env), isKms('version-destroyed'));
-    const { rows } = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM kms_key_version WHERE name = 'dicom' AND material_wrapped IS NOT NULL");
+    const { rows } = await db.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM kms_key_version WHERE name = 'dicom' AND material_wrapped IS NOT NULL",
+    );
     assert.equal(rows[0]!.n, 0);
     await assert.rejects(db.query('DELETE FROM kms_destruction_certificate'), /permanent records/);
     await assert.rejects(db.query("UPDATE kms_destruction_certificate SET document = 'x'"), /permanent records/);
     assert.equal((await kms.certificates('dicom')).length, 1);
   });
 
-  it('keeps other sites\' wrapped shares, signed by their site, which only their custodians can open', async () => {
+  it("keeps other sites' wrapped shares, signed by their site, which only their custodians can open", async () => {
     const other = new Kms({ db, siteId: 'C', policy: 'national' });
     const bKey = (await kms.signingPublicKey())!;
     for (const w of shares.slice(0, 2)) await other.depositShare(w, bKey);
@@ -170,10 +233,17 @@ describe(`KMS (${testBackend()})`, () => {
     await assert.rejects(other.depositShare(signShare(altered, Sm2PrivateKey.generate()), bKey), isKms('bad-share'));
     await assert.rejects(other.depositShare(altered, bKey), isKms('bad-share'));
     await assert.rejects(other.depositShare(shares[2]!, undefined), isKms('untrusted-owner'));
-    assert.deepEqual((await other.depositedShares('B')).map((w) => w.index), [1, 2], 'none of those was kept');
+    assert.deepEqual(
+      (await other.depositedShares('B')).map((w) => w.index),
+      [1, 2],
+      'none of those was kept',
+    );
     await other.depositShare(shares[2]!, bKey);
     const fetched = await other.depositedShares('B');
-    assert.deepEqual(fetched.map((w) => w.index), [1, 2, 3]);
+    assert.deepEqual(
+      fetched.map((w) => w.index),
+      [1, 2, 3],
+    );
     assert.equal(unwrapShare(fetched[0]!, keyOf(fetched[0]!)).index, 1);
   });
 });

@@ -5,8 +5,18 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { combine, split } from 'shamir-secret-sharing';
 import type { Db, Queryable } from '../../db/index.ts';
 import {
-  algorithmFor, CryptoError, equalConstantTime, hmacSm3, keyBytesFor, openEnvelope, readEnvelopeHeader, sealEnvelope,
-  Sm2PrivateKey, Sm2PublicKey, type CryptoPolicy, type EnvelopeAlgorithm,
+  algorithmFor,
+  CryptoError,
+  equalConstantTime,
+  hmacSm3,
+  keyBytesFor,
+  openEnvelope,
+  readEnvelopeHeader,
+  sealEnvelope,
+  Sm2PrivateKey,
+  Sm2PublicKey,
+  type CryptoPolicy,
+  type EnvelopeAlgorithm,
 } from '../crypto/index.ts';
 import { signCertificate, type DestructionCertificate } from './certificate.ts';
 import { KmsError } from './errors.ts';
@@ -76,22 +86,54 @@ export class Kms {
   async init(opts: { custodians: Custodian[]; threshold?: number }): Promise<{ cmkId: string; shares: WrappedShare[] }> {
     const n = opts.custodians.length;
     const k = opts.threshold ?? 3;
-    if (k < 2 || k > n || n > 255) throw new KmsError('bad-request', `threshold must be 2..${n} for ${n} custodians (got ${k}); at least 2 custodians`);
-    if (new Set(opts.custodians.map((c) => c.name)).size !== n) throw new KmsError('bad-request', 'custodian names must be distinct');
+    if (k < 2 || k > n || n > 255)
+      throw new KmsError('bad-request', `threshold must be 2..${n} for ${n} custodians (got ${k}); at least 2 custodians`);
+    if (new Set(opts.custodians.map((c) => c.name)).size !== n)
+      throw new KmsError('bad-request', 'custodian names must be distinct');
     const cmk = randomBytes(32);
     const cmkId = randomUUID();
     // The library insists on plain Uint8Array (not Buffer).
     const parts = await split(new Uint8Array(cmk), n, k);
     const signing = Sm2PrivateKey.generate();
-    const shares = parts.map((share, i) => signShare(wrapShare({ site: this.#ctx.siteId, cmkId, index: i + 1, threshold: k, custodian: opts.custodians[i]!, token: { cmkId, index: i + 1, share } }), signing));
+    const shares = parts.map((share, i) =>
+      signShare(
+        wrapShare({
+          site: this.#ctx.siteId,
+          cmkId,
+          index: i + 1,
+          threshold: k,
+          custodian: opts.custodians[i]!,
+          token: { cmkId, index: i + 1, share },
+        }),
+        signing,
+      ),
+    );
     await this.#ctx.db.transaction(async (tx) => {
       const exists = await tx.query('SELECT 1 FROM kms_root WHERE site_id = $1 FOR UPDATE', [this.#ctx.siteId]);
-      if (exists.rows.length) throw new KmsError('already-initialized', `the KMS of site ${this.#ctx.siteId} is already initialized; its master key cannot be replaced`);
+      if (exists.rows.length)
+        throw new KmsError(
+          'already-initialized',
+          `the KMS of site ${this.#ctx.siteId} is already initialized; its master key cannot be replaced`,
+        );
       await tx.query(
         'INSERT INTO kms_root (site_id, cmk_id, kcv, threshold, share_count, signing_public_key, signing_private_wrapped) VALUES ($1, $2, $3, $4, $5, $6, $7)',
-        [this.#ctx.siteId, cmkId, kcvOf(cmk), k, n, signing.publicKey.toPem(), wrapUnder(cmk, `signing:${cmkId}`, signing.toDer())],
+        [
+          this.#ctx.siteId,
+          cmkId,
+          kcvOf(cmk),
+          k,
+          n,
+          signing.publicKey.toPem(),
+          wrapUnder(cmk, `signing:${cmkId}`, signing.toDer()),
+        ],
       );
-      for (const s of shares) await tx.query('INSERT INTO kms_share (cmk_id, share_index, custodian, wrapped) VALUES ($1, $2, $3, $4::jsonb)', [cmkId, s.index, s.custodian, JSON.stringify(s)]);
+      for (const s of shares)
+        await tx.query('INSERT INTO kms_share (cmk_id, share_index, custodian, wrapped) VALUES ($1, $2, $3, $4::jsonb)', [
+          cmkId,
+          s.index,
+          s.custodian,
+          JSON.stringify(s),
+        ]);
     });
     this.#unsealWith(cmk, cmkId, signing);
     return { cmkId, shares };
@@ -100,7 +142,14 @@ export class Kms {
   async status(): Promise<KmsStatus> {
     const root = await this.#root(this.#ctx.db);
     if (!root) return { initialized: false, sealed: true, progress: 0 };
-    return { initialized: true, sealed: this.#cmk === undefined, cmkId: root.cmk_id, threshold: root.threshold, shareCount: root.share_count, progress: this.#submitted.size };
+    return {
+      initialized: true,
+      sealed: this.#cmk === undefined,
+      cmkId: root.cmk_id,
+      threshold: root.threshold,
+      shareCount: root.share_count,
+      progress: this.#submitted.size,
+    };
   }
 
   seal(): void {
@@ -115,18 +164,27 @@ export class Kms {
   /** Adds one opened share; unseals once `threshold` distinct shares reconstruct the CMK. */
   async submitShare(token: ShareToken): Promise<KmsStatus> {
     const root = await this.#root(this.#ctx.db);
-    if (!root) throw new KmsError('not-initialized', `the KMS of site ${this.#ctx.siteId} is not initialized: run medmesh keys init`);
+    if (!root)
+      throw new KmsError('not-initialized', `the KMS of site ${this.#ctx.siteId} is not initialized: run medmesh keys init`);
     if (this.#cmk) return this.status();
-    if (token.cmkId !== root.cmk_id) throw new KmsError('share-of-other-key', `this share belongs to master key ${token.cmkId}; site ${this.#ctx.siteId} uses ${root.cmk_id}`);
+    if (token.cmkId !== root.cmk_id)
+      throw new KmsError(
+        'share-of-other-key',
+        `this share belongs to master key ${token.cmkId}; site ${this.#ctx.siteId} uses ${root.cmk_id}`,
+      );
     const prev = this.#submitted.get(token.index);
-    if (prev && !equalConstantTime(prev.share, token.share)) throw new KmsError('duplicate-share', `share ${token.index} was already submitted with different contents`);
+    if (prev && !equalConstantTime(prev.share, token.share))
+      throw new KmsError('duplicate-share', `share ${token.index} was already submitted with different contents`);
     this.#submitted.set(token.index, token);
     if (this.#submitted.size < root.threshold) return this.status();
     const cmk = Buffer.from(await combine([...this.#submitted.values()].map((t) => new Uint8Array(t.share))));
     if (kcvOf(cmk) !== root.kcv) {
       this.#submitted.clear();
       cmk.fill(0);
-      throw new KmsError('bad-share', 'the submitted shares do not reconstruct this site\'s master key (check value mismatch): one is wrong or tampered; start again');
+      throw new KmsError(
+        'bad-share',
+        "the submitted shares do not reconstruct this site's master key (check value mismatch): one is wrong or tampered; start again",
+      );
     }
     const signing = Sm2PrivateKey.fromPem(unwrapUnder(cmk, `signing:${root.cmk_id}`, root.signing_private_wrapped));
     this.#unsealWith(cmk, root.cmk_id, signing);
@@ -142,13 +200,19 @@ export class Kms {
   }
 
   #requireUnsealed(): { cmk: Buffer; cmkId: string; signing: Sm2PrivateKey } {
-    if (!this.#cmk || !this.#cmkId || !this.#signing) throw new KmsError('sealed', `the KMS of site ${this.#ctx.siteId} is sealed: submit custodian shares (medmesh keys unseal)`);
+    if (!this.#cmk || !this.#cmkId || !this.#signing)
+      throw new KmsError(
+        'sealed',
+        `the KMS of site ${this.#ctx.siteId} is sealed: submit custodian shares (medmesh keys unseal)`,
+      );
     return { cmk: this.#cmk, cmkId: this.#cmkId, signing: this.#signing };
   }
 
   /** The site's SM2 signing key while unsealed (token issuing, certificates, audit checkpoints). */
   signingKey(): { key: Sm2PrivateKey; kid: string } | undefined {
-    return this.#signing && this.#cmkId ? { key: this.#signing, kid: `${this.#ctx.siteId}-${this.#cmkId.slice(0, 8)}` } : undefined;
+    return this.#signing && this.#cmkId
+      ? { key: this.#signing, kid: `${this.#ctx.siteId}-${this.#cmkId.slice(0, 8)}` }
+      : undefined;
   }
 
   /**
@@ -183,8 +247,16 @@ export class Kms {
    */
   async depositShare(w: WrappedShare, ownerKey: Sm2PublicKey | undefined): Promise<void> {
     if (w.site === this.#ctx.siteId) throw new KmsError('bad-request', 'a site does not keep deposits of its own shares');
-    if (!ownerKey) throw new KmsError('untrusted-owner', `site ${w.site} is not trusted here: register its service key first (medmesh peers trust)`);
-    if (!shareSignedBy(w, ownerKey)) throw new KmsError('bad-share', `the share is not signed by site ${w.site}'s service key (altered, or made before medmesh signed its shares)`);
+    if (!ownerKey)
+      throw new KmsError(
+        'untrusted-owner',
+        `site ${w.site} is not trusted here: register its service key first (medmesh peers trust)`,
+      );
+    if (!shareSignedBy(w, ownerKey))
+      throw new KmsError(
+        'bad-share',
+        `the share is not signed by site ${w.site}'s service key (altered, or made before medmesh signed its shares)`,
+      );
     const inserted = await this.#ctx.db.query(
       `INSERT INTO kms_deposited_share (owner_site, cmk_id, share_index, wrapped) VALUES ($1, $2, $3, $4::jsonb)
        ON CONFLICT (owner_site, cmk_id, share_index) DO NOTHING RETURNING 1`,
@@ -195,11 +267,18 @@ export class Kms {
       'SELECT wrapped = $4::jsonb AS same FROM kms_deposited_share WHERE owner_site = $1 AND cmk_id = $2 AND share_index = $3',
       [w.site, w.cmkId, w.index, JSON.stringify(w)],
     );
-    if (!rows[0]?.same) throw new KmsError('duplicate-share', `site ${w.site} already deposited a different share ${w.index} of master key ${w.cmkId} here`);
+    if (!rows[0]?.same)
+      throw new KmsError(
+        'duplicate-share',
+        `site ${w.site} already deposited a different share ${w.index} of master key ${w.cmkId} here`,
+      );
   }
 
   async depositedShares(ownerSite: string): Promise<WrappedShare[]> {
-    const { rows } = await this.#ctx.db.query<{ wrapped: WrappedShare }>('SELECT wrapped FROM kms_deposited_share WHERE owner_site = $1 ORDER BY cmk_id, share_index', [ownerSite]);
+    const { rows } = await this.#ctx.db.query<{ wrapped: WrappedShare }>(
+      'SELECT wrapped FROM kms_deposited_share WHERE owner_site = $1 ORDER BY cmk_id, share_index',
+      [ownerSite],
+    );
     return rows.map((r) => r.wrapped);
   }
 
@@ -217,13 +296,29 @@ export class Kms {
    * `material`: import this key instead of generating one — for a region-wide key every site
    * must hold the same (the EMPI blind-index key); imported keys do not rotate on their own.
    */
-  async createKey(name: string, opts: { exportable?: boolean; rotationPeriodSeconds?: number; algorithm?: EnvelopeAlgorithm; material?: Uint8Array } = {}): Promise<KeyInfo> {
+  async createKey(
+    name: string,
+    opts: { exportable?: boolean; rotationPeriodSeconds?: number; algorithm?: EnvelopeAlgorithm; material?: Uint8Array } = {},
+  ): Promise<KeyInfo> {
     const { cmk } = this.#requireUnsealed();
-    if (!KEY_NAME.test(name)) throw new KmsError('bad-request', `key name ${JSON.stringify(name)} must be lower-case letters, digits, '.', '_' or '-' (at most 64), starting with a letter`);
-    if (opts.rotationPeriodSeconds !== undefined && (!Number.isInteger(opts.rotationPeriodSeconds) || opts.rotationPeriodSeconds < 60)) throw new KmsError('bad-request', 'rotation period must be a whole number of seconds, at least 60');
+    if (!KEY_NAME.test(name))
+      throw new KmsError(
+        'bad-request',
+        `key name ${JSON.stringify(name)} must be lower-case letters, digits, '.', '_' or '-' (at most 64), starting with a letter`,
+      );
+    if (
+      opts.rotationPeriodSeconds !== undefined &&
+      (!Number.isInteger(opts.rotationPeriodSeconds) || opts.rotationPeriodSeconds < 60)
+    )
+      throw new KmsError('bad-request', 'rotation period must be a whole number of seconds, at least 60');
     const algorithm = opts.algorithm ?? algorithmFor(this.#ctx.policy);
-    if (opts.material && opts.material.length !== keyBytesFor(algorithm)) throw new KmsError('bad-request', `imported key material must be ${keyBytesFor(algorithm)} bytes for ${algorithm} (got ${opts.material.length})`);
-    if (opts.material && opts.rotationPeriodSeconds !== undefined) throw new KmsError('bad-request', 'an imported key cannot rotate on its own: every site must rotate it together');
+    if (opts.material && opts.material.length !== keyBytesFor(algorithm))
+      throw new KmsError(
+        'bad-request',
+        `imported key material must be ${keyBytesFor(algorithm)} bytes for ${algorithm} (got ${opts.material.length})`,
+      );
+    if (opts.material && opts.rotationPeriodSeconds !== undefined)
+      throw new KmsError('bad-request', 'an imported key cannot rotate on its own: every site must rotate it together');
     await this.#ctx.db.transaction(async (tx) => {
       const r = await tx.query(
         'INSERT INTO kms_key (name, algorithm, exportable, latest_version, rotation_period_seconds) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (name) DO NOTHING RETURNING name',
@@ -248,9 +343,18 @@ export class Kms {
       [name],
     );
     return {
-      name, algorithm: row.algorithm, exportable: row.exportable, latestVersion: row.latest_version, minDecryptionVersion: row.min_decryption_version,
-      minEncryptionVersion: row.min_encryption_version, rotationPeriodSeconds: row.rotation_period_seconds,
-      versions: rows.map((v) => ({ version: v.version, createdAt: new Date(v.created_at).toISOString(), destroyedAt: v.destroyed_at ? new Date(v.destroyed_at).toISOString() : null })),
+      name,
+      algorithm: row.algorithm,
+      exportable: row.exportable,
+      latestVersion: row.latest_version,
+      minDecryptionVersion: row.min_decryption_version,
+      minEncryptionVersion: row.min_encryption_version,
+      rotationPeriodSeconds: row.rotation_period_seconds,
+      versions: rows.map((v) => ({
+        version: v.version,
+        createdAt: new Date(v.created_at).toISOString(),
+        destroyedAt: v.destroyed_at ? new Date(v.destroyed_at).toISOString() : null,
+      })),
     };
   }
 
@@ -264,7 +368,11 @@ export class Kms {
     await this.#ctx.db.transaction(async (tx) => {
       const row = await this.#key(tx, name, { forUpdate: true });
       const alive = await tx.query('SELECT 1 FROM kms_key_version WHERE name = $1 AND destroyed_at IS NULL LIMIT 1', [name]);
-      if (alive.rows.length === 0) throw new KmsError('version-destroyed', `key ${name} was destroyed (every version); create a new key instead of rotating it`);
+      if (alive.rows.length === 0)
+        throw new KmsError(
+          'version-destroyed',
+          `key ${name} was destroyed (every version); create a new key instead of rotating it`,
+        );
       await this.#insertVersion(tx, cmk, name, row.latest_version + 1, row.algorithm);
       await tx.query('UPDATE kms_key SET latest_version = $2 WHERE name = $1', [name, row.latest_version + 1]);
     });
@@ -283,15 +391,23 @@ export class Kms {
     return rows.map((r) => r.name);
   }
 
-  async configureKey(name: string, opts: { minDecryptionVersion?: number; minEncryptionVersion?: number; rotationPeriodSeconds?: number | null }): Promise<KeyInfo> {
+  async configureKey(
+    name: string,
+    opts: { minDecryptionVersion?: number; minEncryptionVersion?: number; rotationPeriodSeconds?: number | null },
+  ): Promise<KeyInfo> {
     await this.#ctx.db.transaction(async (tx) => {
       const row = await this.#key(tx, name, { forUpdate: true });
       const minDec = opts.minDecryptionVersion ?? row.min_decryption_version;
       const minEnc = opts.minEncryptionVersion ?? row.min_encryption_version;
-      if (!Number.isInteger(minDec) || minDec < 1 || minDec > row.latest_version) throw new KmsError('bad-request', `minimum decryption version must be 1..${row.latest_version}`);
-      if (!Number.isInteger(minEnc) || minEnc < 0 || minEnc > row.latest_version || (minEnc !== 0 && minEnc < minDec)) throw new KmsError('bad-request', `minimum encryption version must be 0 (latest) or ${minDec}..${row.latest_version}`);
+      if (!Number.isInteger(minDec) || minDec < 1 || minDec > row.latest_version)
+        throw new KmsError('bad-request', `minimum decryption version must be 1..${row.latest_version}`);
+      if (!Number.isInteger(minEnc) || minEnc < 0 || minEnc > row.latest_version || (minEnc !== 0 && minEnc < minDec))
+        throw new KmsError('bad-request', `minimum encryption version must be 0 (latest) or ${minDec}..${row.latest_version}`);
       const period = opts.rotationPeriodSeconds === undefined ? row.rotation_period_seconds : opts.rotationPeriodSeconds;
-      await tx.query('UPDATE kms_key SET min_decryption_version = $2, min_encryption_version = $3, rotation_period_seconds = $4 WHERE name = $1', [name, minDec, minEnc, period]);
+      await tx.query(
+        'UPDATE kms_key SET min_decryption_version = $2, min_encryption_version = $3, rotation_period_seconds = $4 WHERE name = $1',
+        [name, minDec, minEnc, period],
+      );
     });
     return this.describeKey(name);
   }
@@ -321,7 +437,10 @@ export class Kms {
   }
 
   /** A fresh data key wrapped under a named key (envelope encryption). */
-  async generateDataKey(name: string, opts: { bytes?: 16 | 32; plaintext?: boolean } = {}): Promise<{ wrapped: Buffer; plaintext?: Buffer }> {
+  async generateDataKey(
+    name: string,
+    opts: { bytes?: 16 | 32; plaintext?: boolean } = {},
+  ): Promise<{ wrapped: Buffer; plaintext?: Buffer }> {
     const dk = randomBytes(opts.bytes ?? 16);
     const wrapped = await this.encrypt(name, dk, Buffer.from(`datakey:${name}`));
     if (opts.plaintext === false) {
@@ -346,21 +465,32 @@ export class Kms {
   // ---- destruction ------------------------------------------------------------------------
 
   /** Destroys key versions for good and returns the signed certificate (also stored permanently). */
-  async destroyVersions(name: string, opts: { versions: number[]; approvers: string[]; reason: string }): Promise<DestructionCertificate> {
+  async destroyVersions(
+    name: string,
+    opts: { versions: number[]; approvers: string[]; reason: string },
+  ): Promise<DestructionCertificate> {
     const { signing } = this.#requireUnsealed();
-    if (opts.approvers.length < 2 || new Set(opts.approvers).size !== opts.approvers.length) throw new KmsError('bad-request', 'destroying key material needs at least two distinct approvers');
+    if (opts.approvers.length < 2 || new Set(opts.approvers).size !== opts.approvers.length)
+      throw new KmsError('bad-request', 'destroying key material needs at least two distinct approvers');
     if (!opts.reason.trim()) throw new KmsError('bad-request', 'a reason is required');
     const versions = [...new Set(opts.versions)].sort((a, b) => a - b);
     if (versions.length === 0) throw new KmsError('bad-request', 'name at least one version to destroy');
     return this.#ctx.db.transaction(async (tx) => {
       const row = await this.#key(tx, name, { forUpdate: true });
-      const { rows } = await tx.query<{ version: number; destroyed_at: Date | null }>('SELECT version, destroyed_at FROM kms_key_version WHERE name = $1 AND version = ANY($2::int[])', [name, versions]);
+      const { rows } = await tx.query<{ version: number; destroyed_at: Date | null }>(
+        'SELECT version, destroyed_at FROM kms_key_version WHERE name = $1 AND version = ANY($2::int[])',
+        [name, versions],
+      );
       const missing = versions.filter((v) => !rows.some((r) => r.version === v));
       if (missing.length) throw new KmsError('bad-request', `key ${name} has no version ${missing.join(', ')}`);
       const already = rows.filter((r) => r.destroyed_at).map((r) => r.version);
-      if (already.length) throw new KmsError('version-destroyed', `version ${already.join(', ')} of key ${name} is already destroyed`);
+      if (already.length)
+        throw new KmsError('version-destroyed', `version ${already.join(', ')} of key ${name} is already destroyed`);
       const now = this.#now().toISOString();
-      await tx.query('UPDATE kms_key_version SET material_wrapped = NULL, destroyed_at = $3 WHERE name = $1 AND version = ANY($2::int[])', [name, versions, now]);
+      await tx.query(
+        'UPDATE kms_key_version SET material_wrapped = NULL, destroyed_at = $3 WHERE name = $1 AND version = ANY($2::int[])',
+        [name, versions, now],
+      );
       for (const v of versions) this.#forget(name, v);
       if (versions.includes(row.latest_version)) {
         // Without an encryption version left the key only decrypts what survives; rotate to use it again.
@@ -368,15 +498,29 @@ export class Kms {
       }
       const cert = signCertificate(
         {
-          type: 'medmesh-key-destruction/1', id: randomUUID(), site: this.#ctx.siteId, keyName: name, versions, issuedAt: now, approvers: opts.approvers, reason: opts.reason,
-          confirmations: [{ site: this.#ctx.siteId, wipedAt: now, how: 'wrapped material set to NULL in kms_key_version; in-memory copies zeroed' }],
+          type: 'medmesh-key-destruction/1',
+          id: randomUUID(),
+          site: this.#ctx.siteId,
+          keyName: name,
+          versions,
+          issuedAt: now,
+          approvers: opts.approvers,
+          reason: opts.reason,
+          confirmations: [
+            {
+              site: this.#ctx.siteId,
+              wipedAt: now,
+              how: 'wrapped material set to NULL in kms_key_version; in-memory copies zeroed',
+            },
+          ],
         },
         signing,
       );
       const id = (JSON.parse(cert.document) as { id: string }).id;
-      await tx.query('INSERT INTO kms_destruction_certificate (id, key_name, versions, issued_at, document, signature) VALUES ($1, $2, $3, $4, $5, $6)', [
-        id, name, versions, now, cert.document, Buffer.from(cert.signature, 'base64'),
-      ]);
+      await tx.query(
+        'INSERT INTO kms_destruction_certificate (id, key_name, versions, issued_at, document, signature) VALUES ($1, $2, $3, $4, $5, $6)',
+        [id, name, versions, now, cert.document, Buffer.from(cert.signature, 'base64')],
+      );
       return cert;
     });
   }
@@ -387,13 +531,24 @@ export class Kms {
       `SELECT document, signature FROM kms_destruction_certificate ${name ? 'WHERE key_name = $1' : ''} ORDER BY issued_at`,
       name ? [name] : [],
     );
-    return rows.map((r) => ({ document: r.document, signature: Buffer.from(r.signature).toString('base64'), signingPublicKey: pub }));
+    return rows.map((r) => ({
+      document: r.document,
+      signature: Buffer.from(r.signature).toString('base64'),
+      signingPublicKey: pub,
+    }));
   }
 
   // ---- internals --------------------------------------------------------------------------
 
   async #root(q: Queryable) {
-    const { rows } = await q.query<{ cmk_id: string; kcv: string; threshold: number; share_count: number; signing_public_key: string; signing_private_wrapped: Buffer }>(
+    const { rows } = await q.query<{
+      cmk_id: string;
+      kcv: string;
+      threshold: number;
+      share_count: number;
+      signing_public_key: string;
+      signing_private_wrapped: Buffer;
+    }>(
       'SELECT cmk_id, kcv, threshold, share_count, signing_public_key, signing_private_wrapped FROM kms_root WHERE site_id = $1',
       [this.#ctx.siteId],
     );
@@ -409,16 +564,29 @@ export class Kms {
     return rows[0];
   }
 
-  async #insertVersion(tx: Queryable, cmk: Buffer, name: string, version: number, algorithm: EnvelopeAlgorithm, imported?: Uint8Array): Promise<void> {
+  async #insertVersion(
+    tx: Queryable,
+    cmk: Buffer,
+    name: string,
+    version: number,
+    algorithm: EnvelopeAlgorithm,
+    imported?: Uint8Array,
+  ): Promise<void> {
     const material = imported ? Buffer.from(imported) : randomBytes(keyBytesFor(algorithm));
     // created_at from the KMS clock, which is also what rotation periods are measured against.
-    await tx.query('INSERT INTO kms_key_version (name, version, material_wrapped, created_at) VALUES ($1, $2, $3, $4)', [name, version, wrapUnder(cmk, `${name}:${version}`, material), this.#now().toISOString()]);
+    await tx.query('INSERT INTO kms_key_version (name, version, material_wrapped, created_at) VALUES ($1, $2, $3, $4)', [
+      name,
+      version,
+      wrapUnder(cmk, `${name}:${version}`, material),
+      this.#now().toISOString(),
+    ]);
   }
 
   async #encryptionKey(name: string): Promise<{ version: number; algorithm: EnvelopeAlgorithm; key: Buffer }> {
     this.#requireUnsealed();
     let row = await this.#key(this.#ctx.db, name);
-    if (row.rotation_period_seconds !== null && (await this.rotateDue()).includes(name)) row = await this.#key(this.#ctx.db, name);
+    if (row.rotation_period_seconds !== null && (await this.rotateDue()).includes(name))
+      row = await this.#key(this.#ctx.db, name);
     const version = row.min_encryption_version || row.latest_version;
     return { version, algorithm: row.algorithm, key: await this.#decryptionKey(name, version) };
   }
@@ -427,11 +595,22 @@ export class Kms {
     const { cmk } = this.#requireUnsealed();
     const cached = this.#material.get(`${name}:${version}`);
     const row = await this.#key(this.#ctx.db, name);
-    if (version < row.min_decryption_version) throw new KmsError('version-below-minimum', `version ${version} of key ${name} is below the minimum decryption version ${row.min_decryption_version}; rewrap data before raising the minimum`);
+    if (version < row.min_decryption_version)
+      throw new KmsError(
+        'version-below-minimum',
+        `version ${version} of key ${name} is below the minimum decryption version ${row.min_decryption_version}; rewrap data before raising the minimum`,
+      );
     if (cached) return cached;
-    const { rows } = await this.#ctx.db.query<{ material_wrapped: Buffer | null }>('SELECT material_wrapped FROM kms_key_version WHERE name = $1 AND version = $2', [name, version]);
+    const { rows } = await this.#ctx.db.query<{ material_wrapped: Buffer | null }>(
+      'SELECT material_wrapped FROM kms_key_version WHERE name = $1 AND version = $2',
+      [name, version],
+    );
     if (!rows[0]) throw new KmsError('unknown-key', `key ${name} has no version ${version}`);
-    if (!rows[0].material_wrapped) throw new KmsError('version-destroyed', `version ${version} of key ${name} was destroyed; data encrypted under it cannot be decrypted`);
+    if (!rows[0].material_wrapped)
+      throw new KmsError(
+        'version-destroyed',
+        `version ${version} of key ${name} was destroyed; data encrypted under it cannot be decrypted`,
+      );
     const material = unwrapUnder(cmk, `${name}:${version}`, rows[0].material_wrapped);
     this.#material.set(`${name}:${version}`, material);
     return material;
@@ -456,7 +635,11 @@ function unwrapUnder(cmk: Buffer, label: string, wrapped: Uint8Array): Buffer {
   try {
     return openEnvelope(wrapped, cmk.subarray(0, 16), Buffer.from(label));
   } catch (e) {
-    if (e instanceof CryptoError) throw new KmsError('bad-request', `stored key material for ${label} does not open under the master key: the KMS tables were altered`);
+    if (e instanceof CryptoError)
+      throw new KmsError(
+        'bad-request',
+        `stored key material for ${label} does not open under the master key: the KMS tables were altered`,
+      );
     throw e;
   }
 }

@@ -2,7 +2,16 @@
 // (k of n); each share is sealed with SM4-GCM under a fresh key that is itself SM2-encrypted
 // to the custodian's (or a site's) public key. Only the custodian can open their share.
 import { randomBytes } from 'node:crypto';
-import { openEnvelope, sealEnvelope, sm2Decrypt, sm2Encrypt, sm2Sign, sm2Verify, Sm2PublicKey, type Sm2PrivateKey } from '../crypto/index.ts';
+import {
+  openEnvelope,
+  sealEnvelope,
+  sm2Decrypt,
+  sm2Encrypt,
+  sm2Sign,
+  sm2Verify,
+  Sm2PublicKey,
+  type Sm2PrivateKey,
+} from '../crypto/index.ts';
 import { KmsError } from './errors.ts';
 
 export interface Custodian {
@@ -51,9 +60,20 @@ function binding(site: string, cmkId: string, index: number): Buffer {
   return Buffer.from(`medmesh-cmk-share|${site}|${cmkId}|${index}`);
 }
 
-export function wrapShare(opts: { site: string; cmkId: string; index: number; threshold: number; custodian: Custodian; token: ShareToken }): WrappedShare {
+export function wrapShare(opts: {
+  site: string;
+  cmkId: string;
+  index: number;
+  threshold: number;
+  custodian: Custodian;
+  token: ShareToken;
+}): WrappedShare {
   const k = randomBytes(16);
-  const sealed = sealEnvelope({ alg: 'SM4-GCM', keyId: `share:${opts.cmkId}`, keyVersion: opts.index, key: k }, Buffer.from(encodeShareToken(opts.token)), binding(opts.site, opts.cmkId, opts.index));
+  const sealed = sealEnvelope(
+    { alg: 'SM4-GCM', keyId: `share:${opts.cmkId}`, keyVersion: opts.index, key: k },
+    Buffer.from(encodeShareToken(opts.token)),
+    binding(opts.site, opts.cmkId, opts.index),
+  );
   return {
     format: 'medmesh-cmk-share/1',
     site: opts.site,
@@ -68,7 +88,20 @@ export function wrapShare(opts: { site: string; cmkId: string; index: number; th
 }
 
 function depositStatement(w: WrappedShare): Buffer {
-  return Buffer.from(['medmesh-cmk-share-deposit/1', w.format, w.site, w.cmkId, w.index, w.threshold, w.custodian, w.custodianPublicKey, w.wrappedKey, w.sealed].join('\n'));
+  return Buffer.from(
+    [
+      'medmesh-cmk-share-deposit/1',
+      w.format,
+      w.site,
+      w.cmkId,
+      w.index,
+      w.threshold,
+      w.custodian,
+      w.custodianPublicKey,
+      w.wrappedKey,
+      w.sealed,
+    ].join('\n'),
+  );
 }
 
 /** The share signed by its site's service key (made at init, while the key is in hand). */
@@ -79,16 +112,20 @@ export function signShare(w: WrappedShare, ownerKey: Sm2PrivateKey): WrappedShar
 
 /** Whether the share carries a valid signature by this (the owner site's registered) key. */
 export function shareSignedBy(w: WrappedShare, ownerKey: Sm2PublicKey): boolean {
-  return typeof w.ownerSignature === 'string' && sm2Verify(ownerKey, depositStatement(w), Buffer.from(w.ownerSignature, 'base64'));
+  return (
+    typeof w.ownerSignature === 'string' && sm2Verify(ownerKey, depositStatement(w), Buffer.from(w.ownerSignature, 'base64'))
+  );
 }
 
 /** Opens a wrapped share with the custodian's private key; tampering fails here. */
 export function unwrapShare(w: WrappedShare, custodianKey: Sm2PrivateKey): ShareToken {
   if (w.format !== 'medmesh-cmk-share/1') throw new KmsError('bad-share', `unknown share format ${String(w.format)}`);
-  if (custodianKey.publicKey.hex !== Sm2PublicKey.fromPem(w.custodianPublicKey).hex) throw new KmsError('bad-share', `this share is wrapped for custodian ${w.custodian}, not for the key given`);
+  if (custodianKey.publicKey.hex !== Sm2PublicKey.fromPem(w.custodianPublicKey).hex)
+    throw new KmsError('bad-share', `this share is wrapped for custodian ${w.custodian}, not for the key given`);
   const k = sm2Decrypt(custodianKey, Buffer.from(w.wrappedKey, 'base64'));
   const token = decodeShareToken(openEnvelope(Buffer.from(w.sealed, 'base64'), k, binding(w.site, w.cmkId, w.index)).toString());
-  if (token.cmkId !== w.cmkId || token.index !== w.index) throw new KmsError('bad-share', 'share contents do not match its label');
+  if (token.cmkId !== w.cmkId || token.index !== w.index)
+    throw new KmsError('bad-share', 'share contents do not match its label');
   return token;
 }
 
@@ -100,9 +137,18 @@ export function parseWrappedShare(json: string): WrappedShare {
     throw new KmsError('bad-share', 'share file is not valid JSON');
   }
   const o = w as Partial<WrappedShare>;
-  if (o.format !== 'medmesh-cmk-share/1' || typeof o.cmkId !== 'string' || typeof o.sealed !== 'string' || typeof o.wrappedKey !== 'string' || typeof o.index !== 'number' || typeof o.site !== 'string' || typeof o.custodianPublicKey !== 'string') {
+  if (
+    o.format !== 'medmesh-cmk-share/1' ||
+    typeof o.cmkId !== 'string' ||
+    typeof o.sealed !== 'string' ||
+    typeof o.wrappedKey !== 'string' ||
+    typeof o.index !== 'number' ||
+    typeof o.site !== 'string' ||
+    typeof o.custodianPublicKey !== 'string'
+  ) {
     throw new KmsError('bad-share', 'share file lacks format, site, cmkId, index, custodianPublicKey, wrappedKey or sealed');
   }
-  if (o.ownerSignature !== undefined && typeof o.ownerSignature !== 'string') throw new KmsError('bad-share', 'ownerSignature: must be base64 text');
+  if (o.ownerSignature !== undefined && typeof o.ownerSignature !== 'string')
+    throw new KmsError('bad-share', 'ownerSignature: must be base64 text');
   return o as WrappedShare;
 }
