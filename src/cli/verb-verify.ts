@@ -27,7 +27,13 @@ interface Report {
   mismatchedBuckets: number;
   accuracy: number;
   divergent: Array<{ resource: string; versions: Array<{ versionId: string; kind: string; origin: string }> }>;
-  repair?: { fetched: number; replaced: number; refused: number; leftForPeer: number };
+  derivedState: Array<{
+    resource: string;
+    kind: string;
+    here?: { current: string; conflicts: string[] };
+    there?: { current: string; conflicts: string[] };
+  }>;
+  repair?: { fetched: number; replaced: number; refused: number; leftForPeer: number; recomputed: number };
   divergentBeforeRepair?: number;
 }
 
@@ -55,7 +61,7 @@ export async function verifyVerb(argv: string[]): Promise<number> {
   const reports = (await res.json()) as Report[];
   if (flags.json) console.log(JSON.stringify(reports, null, 2));
   else for (const r of reports) console.log(describe(r));
-  return reports.every((r) => r.divergent.length === 0) ? 0 : 1;
+  return reports.every((r) => r.divergent.length === 0 && r.derivedState.length === 0) ? 0 : 1;
 }
 
 function describe(r: Report): string {
@@ -64,10 +70,18 @@ function describe(r: Report): string {
   ];
   if (r.repair)
     lines.push(
-      `  repaired: ${r.divergentBeforeRepair ?? 0} divergent before; fetched ${r.repair.fetched}, replaced ${r.repair.replaced}, refused ${r.repair.refused}; ${r.repair.leftForPeer} for ${r.peer} to take from here`,
+      `  repaired: ${r.divergentBeforeRepair ?? 0} divergent before; fetched ${r.repair.fetched}, replaced ${r.repair.replaced}, refused ${r.repair.refused}, derived state rebuilt ${r.repair.recomputed}; ${r.repair.leftForPeer} for ${r.peer} to take from here`,
     );
   for (const d of r.divergent)
     lines.push(`  ${d.resource}: ${d.versions.map((v) => `${v.versionId} ${v.kind} (origin ${v.origin})`).join(', ')}`);
-  if (r.divergent.length === 0) lines.push('  in step');
+  const state = (s: { current: string; conflicts: string[] } | undefined) =>
+    s ? `current ${s.current}, ${s.conflicts.length ? `conflicts ${s.conflicts.join(' ')}` : 'no conflicts'}` : '';
+  for (const d of r.derivedState)
+    lines.push(
+      d.kind === 'stale-here'
+        ? `  ${d.resource}: derived state: the current row at ${r.site} is not its greatest version`
+        : `  ${d.resource}: derived state differs: ${r.site} ${state(d.here)}; ${r.peer} ${state(d.there)}`,
+    );
+  if (r.divergent.length === 0 && r.derivedState.length === 0) lines.push('  in step');
   return lines.join('\n');
 }

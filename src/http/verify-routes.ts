@@ -70,14 +70,18 @@ export const verifyRoutes: FastifyPluginAsync<VerifyRoutesOptions> = async (app,
     return localVerifyPeer({ db: opts.db, region: opts.region, site: opts.siteId, forSite: peer }).digests(body.data);
   });
 
-  app.post('/digests/leaves', { config: site }, async (req, reply) => {
-    const peer = peerOf(req, reply);
-    if (!peer) return reply;
-    const body = leavesSchema.safeParse(req.body);
-    if (!body.success) return reply.code(400).send({ error: 'bad-request', message: issues(body.error) });
-    const { keys, ...scope } = body.data;
-    return localVerifyPeer({ db: opts.db, region: opts.region, site: opts.siteId, forSite: peer }).leaves(scope, keys);
-  });
+  for (const [path, what] of [
+    ['/digests/leaves', 'leaves'],
+    ['/digests/states', 'states'],
+  ] as const)
+    app.post(path, { config: site }, async (req, reply) => {
+      const peer = peerOf(req, reply);
+      if (!peer) return reply;
+      const body = leavesSchema.safeParse(req.body);
+      if (!body.success) return reply.code(400).send({ error: 'bad-request', message: issues(body.error) });
+      const { keys, ...scope } = body.data;
+      return localVerifyPeer({ db: opts.db, region: opts.region, site: opts.siteId, forSite: peer })[what](scope, keys);
+    });
 
   app.post('/versions', { config: site }, async (req, reply) => {
     const peer = peerOf(req, reply);

@@ -1,15 +1,71 @@
-// Applies a page of versions from other sites in a handful of statements instead of several
-// per version: history rows in one INSERT, the current rows fetched once and decided in
-// order exactly as applyVersion decides them one at a time, then one upsert of the current
-// rows and one rewrite of their search index. Same outcome as applying them one by one.
-import { hlcToHex } from '../clock/index.ts';
+// Stores versions written at other sites (DESIGN.md §4: versions are a grow-only set), a page
+// at a time in a handful of statements. Every version lands in history; the resource's
+// derived state follows the rules of version-order.ts, so it is the same at every site
+// whatever order versions arrive in: the current version is the greatest (hlc, origin), and
+// the conflicts are the pairs whose newer version's writer had not seen the older one, each
+// resolved by the least version written on top of the pair. Nothing here writes the outbox:
+// applied changes never re-enter it.
 import type { Queryable } from '../db/index.ts';
-import { decideVersion, type ApplyResult, type CurrentState, type RemoteVersion } from './apply-version.ts';
-import { EMPI_TYPE, recordReplicatedEmpi } from './empi.ts';
 import type { RecordsContext } from './context.ts';
+import { EMPI_TYPE, recordReplicatedEmpi } from './empi.ts';
 import { EMPTY_INDEX, extractIndex, type IndexRows } from './search-index.ts';
+import { compareVersions, parentBelow, resolves, type VersionFacts } from './version-order.ts';
+import type { VersionRow } from './version-row.ts';
+
+/** A version as its origin site wrote it (the same row the local write path builds). */
+export type RemoteVersion = VersionRow;
+
+export interface ApplyResult {
+  /**
+   * current: it is now the current version (a directory entry, its one version, has no current
+   * row); history: kept as an older version; duplicate: already here.
+   */
+  outcome: 'current' | 'history' | 'duplicate';
+  /** A version it forms a conflict with, when it does. */
+  conflictWith?: string;
+}
 
 const keyOf = (type: string, id: string) => `${type}\u0000${id}`;
+
+/**
+ * Serializes every writer of these resources for the rest of the transaction (appliers, and
+ * local writes that create a resource under a client's id): each must see the versions the
+ * other committed before deciding conflicts. Locks are taken in one order, so two pages
+ * sharing resources cannot deadlock each other.
+ */
+export async function lockResources(tx: Queryable, refs: ReadonlyArray<{ resourceType: string; id: string }>): Promise<void> {
+  if (refs.length === 0) return;
+  const keys = [...new Set(refs.map((r) => `${r.resourceType}/${r.id}`))];
+  await tx.query(
+    `SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 7193) AS h FROM unnest($1::text[]) AS k ORDER BY h) AS s`,
+    [keys],
+    { name: 'medmesh_lock_resources' },
+  );
+}
+
+interface FactsRow {
+  resource_type: string;
+  id: string;
+  version_id: string;
+  hlc: string;
+  origin_site: string;
+  parent_hlc: string | null;
+  parent_origin: string | null;
+}
+
+export const factsOf = (r: Omit<FactsRow, 'resource_type' | 'id'>): VersionFacts => ({
+  versionId: r.version_id,
+  hlc: BigInt(r.hlc),
+  originSite: r.origin_site,
+  parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc),
+  parentOrigin: r.parent_origin,
+});
+
+/** The HLC and origin a version id names (`<16 hex HLC>-<site>`). */
+export function versionKeyOf(versionId: string): Pick<VersionFacts, 'hlc' | 'originSite'> {
+  const dash = versionId.indexOf('-');
+  return { hlc: BigInt(`0x${versionId.slice(0, dash)}`), originSite: versionId.slice(dash + 1) };
+}
 
 export async function applyVersions(
   ctx: RecordsContext,
@@ -17,10 +73,15 @@ export async function applyVersions(
   versions: readonly RemoteVersion[],
 ): Promise<ApplyResult[]> {
   if (versions.length === 0) return [];
+  await lockResources(
+    tx,
+    versions.filter((v) => v.resourceType !== EMPI_TYPE),
+  );
   const col = <T>(f: (v: RemoteVersion) => T) => versions.map(f);
   const inserted = await tx.query<{ resource_type: string; id: string; version_id: string }>(
-    `INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, origin_site, epoch, shard, data_class, deleted, last_updated, content)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::boolean[], $11::timestamptz[], $12::jsonb[])
+    `INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, parent_origin, origin_site, epoch, shard, data_class, deleted, last_updated, content)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::text[], $10::text[],
+                          $11::boolean[], $12::timestamptz[], $13::jsonb[])
      ON CONFLICT DO NOTHING RETURNING resource_type, id, version_id`,
     [
       col((v) => v.resourceType),
@@ -28,6 +89,7 @@ export async function applyVersions(
       col((v) => v.versionId),
       col((v) => v.hlc),
       col((v) => v.parentHlc),
+      col((v) => v.parentOrigin),
       col((v) => v.originSite),
       col((v) => v.epoch),
       col((v) => v.shard),
@@ -38,107 +100,168 @@ export async function applyVersions(
     ],
     { name: 'medmesh_apply_history_batch' },
   );
-  const fresh = new Set(inserted.rows.map((r) => `${keyOf(r.resource_type, r.id)}\u0000${r.version_id}`));
-  await recordReplicatedEmpi(
-    tx,
-    versions.filter((v) => fresh.has(`${keyOf(v.resourceType, v.id)}\u0000${v.versionId}`)),
-  );
+  const freshKeys = new Set(inserted.rows.map((r) => `${keyOf(r.resource_type, r.id)}\u0000${r.version_id}`));
+  const fresh: RemoteVersion[] = [];
+  const results: ApplyResult[] = versions.map((v) => {
+    if (!freshKeys.delete(`${keyOf(v.resourceType, v.id)}\u0000${v.versionId}`)) return { outcome: 'duplicate' };
+    fresh.push(v);
+    // Written once, a directory entry keeps no current row (empi.ts): its history row is all.
+    return { outcome: v.resourceType === EMPI_TYPE ? 'current' : 'history' };
+  });
+  await recordReplicatedEmpi(tx, fresh);
+  const derived = fresh.filter((v) => v.resourceType !== EMPI_TYPE);
+  if (derived.length === 0) return results;
 
-  const resources = [...new Map(versions.map((v) => [keyOf(v.resourceType, v.id), v])).values()];
-  const current = await tx.query<{
-    resource_type: string;
-    id: string;
-    version_id: string;
-    hlc: string;
-    origin_site: string;
-    deleted: boolean;
-    parent_hlc: string | null;
-    has_history: boolean;
-    open_conflicts: boolean;
-  }>(
-    `SELECT c.resource_type, c.id, c.version_id, c.hlc::text AS hlc, c.origin_site, c.deleted, h.parent_hlc::text AS parent_hlc, h.version_id IS NOT NULL AS has_history,
-            EXISTS (SELECT 1 FROM resource_conflict rc WHERE rc.resource_type = c.resource_type AND rc.id = c.id AND rc.resolved_at IS NULL) AS open_conflicts
-       FROM resource_current c
-       JOIN unnest($1::text[], $2::text[]) AS w(t, i) ON c.resource_type = w.t AND c.id = w.i
-       LEFT JOIN resource_history h ON h.resource_type = c.resource_type AND h.id = c.id AND h.version_id = c.version_id
-      FOR UPDATE OF c`,
-    [resources.map((v) => v.resourceType), resources.map((v) => v.id)],
-  );
-  const state = new Map<string, CurrentState>();
-  const openConflicts = new Set<string>();
-  for (const r of current.rows) {
-    const k = keyOf(r.resource_type, r.id);
-    // A current row whose history row is missing counts as no current row (as in applyVersion's join).
-    if (r.has_history)
-      state.set(k, {
-        versionId: r.version_id,
-        hlc: BigInt(r.hlc),
-        originSite: r.origin_site,
-        deleted: r.deleted,
-        parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc),
-      });
-    if (r.open_conflicts) openConflicts.add(k);
-  }
-
-  const results: ApplyResult[] = [];
+  const state = await loadState(tx, derived);
+  const byResult = new Map(versions.map((v, i) => [v, results[i]!]));
   const winners = new Map<string, RemoteVersion>();
-  const conflicts: Array<[string, string, string, string]> = [];
-  const resolutions: RemoteVersion[] = [];
-  for (const v of versions) {
-    const k = keyOf(v.resourceType, v.id);
-    if (!fresh.delete(`${k}\u0000${v.versionId}`)) {
-      results.push({ outcome: 'duplicate' });
-      continue;
+  const newPairs = new Map<string, { t: string; id: string; a: string; b: string; resolution: string | null }>();
+  const resolutions: Array<{ t: string; id: string; a: string; b: string; resolution: string }> = [];
+  for (const [k, s] of state) {
+    const mine = derived.filter((v) => keyOf(v.resourceType, v.id) === k);
+    const facts = new Map(s.versions.map((f) => [f.versionId, f]));
+    // Pairs this page's versions form with any version known here (those above their parents are loaded).
+    for (const v of mine) {
+      const fv = facts.get(v.versionId)!;
+      for (const x of s.versions) {
+        if (x === fv) continue;
+        const [older, newer] = compareVersions(x, fv) < 0 ? [x, fv] : [fv, x];
+        if (!parentBelow(newer, older)) continue;
+        const resolution = s.versions.filter((r) => resolves(r, newer)).sort(compareVersions)[0];
+        newPairs.set(`${k}\u0000${older.versionId}\u0000${newer.versionId}`, {
+          t: v.resourceType,
+          id: v.id,
+          a: older.versionId,
+          b: newer.versionId,
+          resolution: resolution?.versionId ?? null,
+        });
+        byResult.get(v)!.conflictWith ??= x.versionId;
+      }
     }
-    if (v.resourceType === EMPI_TYPE) {
-      // Written once, a directory entry keeps no current row (empi.ts): its history row is all.
-      results.push({ outcome: 'current' });
-      continue;
+    // Known pairs this page resolves, or resolves with a lesser version than before.
+    for (const p of s.conflicts) {
+      const b = versionKeyOf(p.b);
+      const best = mine
+        .map((v) => facts.get(v.versionId)!)
+        .filter((r) => resolves(r, { ...b, versionId: p.b, parentHlc: null, parentOrigin: null }))
+        .sort(compareVersions)[0];
+      if (best && (p.resolution === null || compareVersions(best, versionKeyOf(p.resolution)) < 0))
+        resolutions.push({ t: s.type, id: s.id, a: p.a, b: p.b, resolution: best.versionId });
     }
-    const cur = state.get(k);
-    const { wins, conflictWith } = decideVersion(cur, v);
-    if (conflictWith) {
-      const [a, b] = [v.versionId, conflictWith].sort() as [string, string];
-      conflicts.push([v.resourceType, v.id, a, b]);
-      openConflicts.add(k);
+    // The current version is the greatest one.
+    const top = mine.reduce<RemoteVersion | undefined>((m, v) => (!m || compareVersions(v, m) > 0 ? v : m), undefined)!;
+    if (!s.current || compareVersions(top, s.current) > 0) {
+      winners.set(k, top);
+      byResult.get(top)!.outcome = 'current';
     }
-    if (!wins) {
-      results.push({ outcome: 'history', ...(conflictWith ? { conflictWith } : {}) });
-      continue;
-    }
-    if (cur && !conflictWith && v.parentHlc !== null && openConflicts.has(k)) resolutions.push(v);
-    state.set(k, { versionId: v.versionId, hlc: v.hlc, originSite: v.originSite, deleted: v.deleted, parentHlc: v.parentHlc });
-    winners.set(k, v);
-    results.push({ outcome: 'current', ...(conflictWith ? { conflictWith } : {}) });
   }
 
-  if (conflicts.length) {
+  const pairs = [...newPairs.values()];
+  if (pairs.length) {
     await tx.query(
-      'INSERT INTO resource_conflict (resource_type, id, version_a, version_b) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING',
-      [conflicts.map((c) => c[0]), conflicts.map((c) => c[1]), conflicts.map((c) => c[2]), conflicts.map((c) => c[3])],
+      `INSERT INTO resource_conflict (resource_type, id, version_a, version_b, resolution_version, resolved_at, resolved_by)
+       SELECT t, i, a, b, r, CASE WHEN r IS NULL THEN NULL ELSE now() END, CASE WHEN r IS NULL THEN NULL ELSE 'site:' || split_part(r, '-', 2) END
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS p(t, i, a, b, r)
+       ON CONFLICT DO NOTHING`,
+      [
+        pairs.map((p) => p.t),
+        pairs.map((p) => p.id),
+        pairs.map((p) => p.a),
+        pairs.map((p) => p.b),
+        pairs.map((p) => p.resolution),
+      ],
     );
   }
-  for (const v of resolutions) {
-    // Written by someone who had seen both versions of an open conflict: that write resolves it.
+  if (resolutions.length) {
     await tx.query(
-      `UPDATE resource_conflict SET resolved_at = now(), resolved_by = $3, resolution_version = $4
-        WHERE resource_type = $1 AND id = $2 AND resolved_at IS NULL AND split_part(version_b, '-', 1) <= $5`,
-      [v.resourceType, v.id, `site:${v.originSite}`, v.versionId, hlcToHex(v.parentHlc!)],
+      `UPDATE resource_conflict c SET resolution_version = p.r, resolved_at = coalesce(c.resolved_at, now()), resolved_by = 'site:' || split_part(p.r, '-', 2)
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS p(t, i, a, b, r)
+        WHERE c.resource_type = p.t AND c.id = p.i AND c.version_a = p.a AND c.version_b = p.b`,
+      [
+        resolutions.map((p) => p.t),
+        resolutions.map((p) => p.id),
+        resolutions.map((p) => p.a),
+        resolutions.map((p) => p.b),
+        resolutions.map((p) => p.resolution),
+      ],
     );
   }
   if (winners.size) await writeCurrent(ctx, tx, [...winners.values()]);
   return results;
 }
 
-/** Upserts the current rows and rewrites their search index, in two statements. */
-async function writeCurrent(ctx: RecordsContext, tx: Queryable, ws: RemoteVersion[]): Promise<void> {
-  const col = <T>(f: (v: RemoteVersion) => T) => ws.map(f);
-  await tx.query(
+interface ResourceState {
+  type: string;
+  id: string;
+  current: Pick<VersionFacts, 'hlc' | 'originSite'> | undefined;
+  /** Every version above the lowest parent among the arriving ones (all of them for a create). */
+  versions: VersionFacts[];
+  conflicts: Array<{ a: string; b: string; resolution: string | null }>;
+}
+
+/** What the decisions need, for every resource the page touches: three statements, whatever the page size. */
+async function loadState(tx: Queryable, derived: readonly RemoteVersion[]): Promise<Map<string, ResourceState>> {
+  const floor = new Map<string, { t: string; id: string; lo: bigint }>();
+  for (const v of derived) {
+    const k = keyOf(v.resourceType, v.id);
+    const lo = v.parentHlc ?? 0n;
+    const f = floor.get(k);
+    if (!f || lo < f.lo) floor.set(k, { t: v.resourceType, id: v.id, lo });
+  }
+  const ts = [...floor.values()];
+  const [current, facts, conflicts] = [
+    await tx.query<{ resource_type: string; id: string; hlc: string; origin_site: string }>(
+      `SELECT c.resource_type, c.id, c.hlc::text AS hlc, c.origin_site FROM resource_current c
+         JOIN unnest($1::text[], $2::text[]) AS w(t, i) ON c.resource_type = w.t AND c.id = w.i
+        FOR UPDATE OF c`,
+      [ts.map((f) => f.t), ts.map((f) => f.id)],
+      { name: 'medmesh_apply_lock_current' },
+    ),
+    await tx.query<FactsRow>(
+      `SELECT h.resource_type, h.id, h.version_id, h.hlc::text AS hlc, h.origin_site, h.parent_hlc::text AS parent_hlc, h.parent_origin
+         FROM resource_history h JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS w(t, i, lo)
+           ON h.resource_type = w.t AND h.id = w.i AND h.hlc >= w.lo`,
+      [ts.map((f) => f.t), ts.map((f) => f.id), ts.map((f) => f.lo)],
+      { name: 'medmesh_apply_version_facts' },
+    ),
+    await tx.query<{
+      resource_type: string;
+      id: string;
+      version_a: string;
+      version_b: string;
+      resolution_version: string | null;
+    }>(
+      `SELECT c.resource_type, c.id, c.version_a, c.version_b, c.resolution_version FROM resource_conflict c
+         JOIN unnest($1::text[], $2::text[]) AS w(t, i) ON c.resource_type = w.t AND c.id = w.i`,
+      [ts.map((f) => f.t), ts.map((f) => f.id)],
+      { name: 'medmesh_apply_conflicts' },
+    ),
+  ];
+  const state = new Map<string, ResourceState>(
+    ts.map((f) => [keyOf(f.t, f.id), { type: f.t, id: f.id, current: undefined, versions: [], conflicts: [] }]),
+  );
+  for (const r of current.rows)
+    state.get(keyOf(r.resource_type, r.id))!.current = { hlc: BigInt(r.hlc), originSite: r.origin_site };
+  for (const r of facts.rows) state.get(keyOf(r.resource_type, r.id))!.versions.push(factsOf(r));
+  for (const r of conflicts.rows)
+    state.get(keyOf(r.resource_type, r.id))!.conflicts.push({ a: r.version_a, b: r.version_b, resolution: r.resolution_version });
+  return state;
+}
+
+/**
+ * Upserts the current rows and rewrites their search index, in two statements. The upsert
+ * never replaces a greater version (callers hold the resources' locks; this is the last guard).
+ */
+export async function writeCurrent(ctx: RecordsContext, tx: Queryable, candidates: readonly RemoteVersion[]): Promise<void> {
+  const col = <T>(f: (v: RemoteVersion) => T) => candidates.map(f);
+  const written = await tx.query<{ resource_type: string; id: string }>(
     `INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted, last_updated, content)
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::boolean[], $10::timestamptz[], $11::jsonb[])
      ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, hlc = excluded.hlc, origin_site = excluded.origin_site,
        shard = excluded.shard, data_class = excluded.data_class, patient_id = coalesce(excluded.patient_id, resource_current.patient_id), deleted = excluded.deleted,
-       last_updated = excluded.last_updated, content = excluded.content`,
+       last_updated = excluded.last_updated, content = excluded.content
+     WHERE (excluded.hlc, excluded.origin_site COLLATE "C") >= (resource_current.hlc, resource_current.origin_site COLLATE "C")
+     RETURNING resource_type, id`,
     [
       col((v) => v.resourceType),
       col((v) => v.id),
@@ -154,6 +277,8 @@ async function writeCurrent(ctx: RecordsContext, tx: Queryable, ws: RemoteVersio
     ],
     { name: 'medmesh_apply_current_batch' },
   );
+  const kept = new Set(written.rows.map((r) => keyOf(r.resource_type, r.id)));
+  const ws = candidates.filter((v) => kept.has(keyOf(v.resourceType, v.id)));
   const rows: Array<{ t: string; id: string; ix: IndexRows }> = ws.map((v) => ({
     t: v.resourceType,
     id: v.id,

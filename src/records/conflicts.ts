@@ -1,4 +1,4 @@
-// Concurrent versions recorded by apply-version.ts, for clinical review: list them, and
+// Concurrent versions recorded by apply-versions.ts (rules in version-order.ts), for clinical review: list them, and
 // resolve one by writing the reviewed content as a new version on top of the current one.
 import type { Queryable } from '../db/index.ts';
 
@@ -47,13 +47,17 @@ export async function listConflicts(
   }));
 }
 
-/** Marks every open conflict of a resource resolved by `version` (written by the caller). */
+/**
+ * Names the person who resolved a resource's conflicts with `version` (written by the caller:
+ * the write itself resolved them, as any write on top of the current version does).
+ * Which conflicts a version resolves is replicated data; who resolved them is this site's record.
+ */
 export async function markResolved(
   q: Queryable,
   opts: { resourceType: string; id: string; version: string; by: string },
 ): Promise<number> {
   const { rows } = await q.query(
-    'UPDATE resource_conflict SET resolved_at = now(), resolved_by = $3, resolution_version = $4 WHERE resource_type = $1 AND id = $2 AND resolved_at IS NULL RETURNING 1',
+    'UPDATE resource_conflict SET resolved_by = $3 WHERE resource_type = $1 AND id = $2 AND resolution_version = $4 RETURNING 1',
     [opts.resourceType, opts.id, opts.by, opts.version],
   );
   return rows.length;

@@ -73,6 +73,7 @@ describe(`group commit of creates (${testBackend()})`, () => {
         versionId: `v${hlc}`,
         hlc,
         parentHlc: null,
+        parentOrigin: null,
         originSite: 'B',
         epoch: 0n,
         shard: null,

@@ -5,7 +5,8 @@
 import { EMPI_TYPE, empiContent } from './empi.ts';
 import type { Queryable } from '../db/index.ts';
 import type { IndexRows } from './search-index.ts';
-import { writeVersion, type EmpiEntry, type VersionRow } from './write-version.ts';
+import { writeVersion } from './write-version.ts';
+import type { EmpiEntry, VersionRow } from './version-row.ts';
 
 export interface PendingWrite {
   row: VersionRow;

@@ -9,8 +9,7 @@
 // state, replicated and verified like any version, `empi_patient` is where it is looked up,
 // and it keeps no current row (fewer rows per new patient, here and at every site).
 import type { Queryable } from '../db/index.ts';
-import type { RemoteVersion } from './apply-version.ts';
-import type { EmpiEntry } from './write-version.ts';
+import type { EmpiEntry, VersionRow } from './version-row.ts';
 
 export const EMPI_TYPE = 'EmpiEntry';
 
@@ -39,7 +38,7 @@ export async function findByBlindIndex(q: Queryable, blind: string): Promise<Arr
 }
 
 /** Directory entries among applied versions go to `empi_patient` (first placement wins). */
-export async function recordReplicatedEmpi(tx: Queryable, versions: readonly RemoteVersion[]): Promise<void> {
+export async function recordReplicatedEmpi(tx: Queryable, versions: readonly VersionRow[]): Promise<void> {
   const entries = versions.flatMap((v) => {
     const c = v.resourceType === EMPI_TYPE ? (v.content as Partial<EmpiContent> | null) : null;
     if (!c || typeof c.homeShard !== 'string' || typeof c.method !== 'string') return [];

@@ -15,6 +15,7 @@ import { buildSearchSql } from './search-sql.ts';
 import { CreateBatcher } from './create-batcher.ts';
 import { HomeLookup } from './home-lookup.ts';
 import { writeVersion } from './write-version.ts';
+import { lockResources } from './apply-versions.ts';
 
 export interface WriteOutcome {
   resource: Resource;
@@ -25,6 +26,7 @@ export interface WriteOutcome {
 export interface CurrentRow {
   version_id: string;
   hlc: bigint;
+  origin_site: string;
   deleted: boolean;
   shard: string | null;
   patient_id: string | null;
@@ -107,7 +109,7 @@ export class RecordStore {
     if (opts.access && !(await patientInScope(tx, opts.access.rows, prepared.value.patientId)))
       return fail('forbidden', opts.access.denied, { code: 'forbidden' });
     const resource = await this.#write(tx, prepared.value, {
-      parentHlc: null,
+      parent: undefined,
       replacesCurrent: false,
       batch: opts.batch ?? false,
     });
@@ -159,7 +161,7 @@ export class RecordStore {
     const checked = checkBody(body, type, id);
     if (!checked.ok) return checked;
     const { access } = opts;
-    const current = await this.#lockCurrent(tx, type, id, access?.admitWrite !== undefined);
+    const current = await this.#lockCurrent(tx, type, id, { withContent: access?.admitWrite !== undefined, orCreate: true });
     if (access && current && !(await patientInScope(tx, access.rows, current.patient_id)))
       return fail('forbidden', access.denied, { code: 'forbidden' });
     if (opts.ifMatch !== undefined && current?.version_id !== opts.ifMatch) {
@@ -181,7 +183,7 @@ export class RecordStore {
     if (access && !(await patientInScope(tx, access.rows, prepared.value.patientId)))
       return fail('forbidden', access.denied, { code: 'forbidden' });
     const resource = await this.#write(tx, prepared.value, {
-      parentHlc: current?.hlc ?? null,
+      parent: current,
       replacesCurrent: current !== undefined,
     });
     return ok({ resource, status: current && !current.deleted ? 'updated' : 'created' });
@@ -212,7 +214,7 @@ export class RecordStore {
       shard: current.shard,
       patientId: current.patient_id,
     };
-    await this.#write(tx, tombstone, { parentHlc: current.hlc, replacesCurrent: true, deleted: true });
+    await this.#write(tx, tombstone, { parent: current, replacesCurrent: true, deleted: true });
     return ok({ deleted: true });
   }
 
@@ -382,30 +384,47 @@ export class RecordStore {
     return this.#ctx.searchParams.get(type) ?? new Map();
   }
 
+  /**
+   * The current row, locked for this transaction. `orCreate`: when there is none, the write
+   * will create the resource under an id its client chose, so it takes the resource's apply
+   * lock first (apply-versions.ts) and looks again: a version of that id being applied from
+   * another site meanwhile is then seen, and the two are ordered, never written blind.
+   */
   async #lockCurrent(
     tx: Queryable,
     type: string,
     id: string,
-    withContent = false,
+    opts: { withContent?: boolean; orCreate?: boolean } = {},
   ): Promise<(CurrentRow & { content?: Resource | null }) | undefined> {
-    const { rows } = await tx.query<CurrentRow & { content?: Resource | null }>(
-      `SELECT version_id, hlc, deleted, shard, patient_id, data_class${withContent ? ', content' : ''} FROM resource_current WHERE resource_type = $1 AND id = $2 FOR UPDATE`,
-      [type, id],
-    );
-    return rows[0];
+    const select = () =>
+      tx.query<CurrentRow & { content?: Resource | null }>(
+        `SELECT version_id, hlc, origin_site, deleted, shard, patient_id, data_class${opts.withContent ? ', content' : ''}
+           FROM resource_current WHERE resource_type = $1 AND id = $2 FOR UPDATE`,
+        [type, id],
+      );
+    const { rows } = await select();
+    if (rows[0] || !opts.orCreate) return rows[0];
+    await lockResources(tx, [{ resourceType: type, id }]);
+    return (await select()).rows[0];
   }
 
   async #write(
     tx: Queryable,
     w: PreparedWrite,
-    opts: { parentHlc: bigint | null; replacesCurrent: boolean; deleted?: boolean; batch?: boolean },
+    opts: {
+      /** The version written over (absent for a new resource). */
+      parent: Pick<CurrentRow, 'hlc' | 'origin_site'> | undefined;
+      replacesCurrent: boolean;
+      deleted?: boolean;
+      batch?: boolean;
+    },
   ): Promise<Resource> {
     const { clock, siteId } = this.#ctx;
     let hlc: bigint;
-    if (opts.parentHlc === null) hlc = await clock.now();
+    if (!opts.parent) hlc = await clock.now();
     else {
       // The new version must order after its parent, whichever site wrote the parent.
-      const r = await clock.receive(opts.parentHlc);
+      const r = await clock.receive(opts.parent.hlc);
       if (!r.ok)
         throw new RollbackWith({
           kind: 'conflict',
@@ -425,7 +444,8 @@ export class RecordStore {
       id: resource.id!,
       versionId,
       hlc,
-      parentHlc: opts.parentHlc,
+      parentHlc: opts.parent?.hlc ?? null,
+      parentOrigin: opts.parent?.origin_site ?? null,
       originSite: siteId,
       epoch: w.shard ? (this.#ctx.epochFor?.(w.shard) ?? 0n) : 0n,
       shard: w.shard,

@@ -20,12 +20,16 @@ export interface TestStore {
   close(): Promise<void>;
 }
 
-export async function openTestStore(opts: { siteId?: string; db?: Db } = {}): Promise<TestStore> {
+export async function openTestStore(opts: { siteId?: string; db?: Db; wallMs?: () => number } = {}): Promise<TestStore> {
   loadFhirDefinitions();
   const db = opts.db ?? (await openTestDb());
   const region = await exampleRegion();
   const siteId = opts.siteId ?? 'B';
-  const clock = await HybridClock.start({ store: boundStoreFor(db, siteId), maxOffsetMs: 500 });
+  const clock = await HybridClock.start({
+    store: boundStoreFor(db, siteId),
+    maxOffsetMs: 500,
+    ...(opts.wallMs ? { wallMs: opts.wallMs } : {}),
+  });
   const ctx: RecordsContext = {
     db,
     region,

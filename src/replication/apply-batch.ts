@@ -6,10 +6,9 @@ import type { HybridClock } from '../clock/index.ts';
 import type { Db, Queryable } from '../db/index.ts';
 import { unpackHlc } from '../clock/index.ts';
 import {
-  applyVersion,
   applyVersions,
   patientOf,
-  repairVersion,
+  repairVersions,
   type RemoteVersion,
   type ApplyResult,
   type RecordsContext,
@@ -242,6 +241,7 @@ function versionOf(c: Change): RemoteVersion {
     versionId: c.versionId,
     hlc: c.hlc,
     parentHlc: c.parentHlc,
+    parentOrigin: c.parentOrigin,
     originSite: c.originSite,
     epoch: c.epoch,
     shard: c.shard,
@@ -270,7 +270,8 @@ export async function applyOne(
   );
   if (fresh.rows.length === 0 && !repair) return 'duplicate';
   const v = versionOf(c);
-  return repair ? repairVersion(ctx.records, tx, v) : applyVersion(ctx.records, tx, v);
+  // A batch of one: the same path as a page.
+  return (repair ? await repairVersions(ctx.records, tx, [v]) : await applyVersions(ctx.records, tx, [v]))[0]!;
 }
 
 async function park(

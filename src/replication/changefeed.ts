@@ -20,6 +20,8 @@ export interface Change {
   originSite: string;
   hlc: bigint;
   parentHlc: bigint | null;
+  /** The parent version's origin site (null with no parent, or from a version written before it was kept). */
+  parentOrigin: string | null;
   epoch: bigint;
   shard: string | null;
   dataClass: DataClass;
@@ -47,6 +49,7 @@ interface Row {
   origin_site: string;
   hlc: bigint;
   parent_hlc: bigint | null;
+  parent_origin: string | null;
   epoch: bigint;
   shard: string | null;
   data_class: DataClass;
@@ -62,7 +65,7 @@ export async function readChanges(
   opts: { region: Region; forSite: string; after: Cursor; limit: number },
 ): Promise<FeedPage> {
   const { rows } = await q.query<Row>(
-    `SELECT txid::text AS txid, pos::text AS pos, change_id::text AS change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class,
+    `SELECT txid::text AS txid, pos::text AS pos, change_id::text AS change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class,
             resource_type, resource_id, version_id, deleted, payload
        FROM outbox
       WHERE (txid, pos) > ($1::xid8, $2::bigint) AND txid < pg_snapshot_xmin(pg_current_snapshot())
@@ -82,6 +85,7 @@ export async function readChanges(
       originSite: r.origin_site,
       hlc: BigInt(r.hlc),
       parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc),
+      parentOrigin: r.parent_origin,
       epoch: BigInt(r.epoch),
       shard: r.shard,
       dataClass: r.data_class,

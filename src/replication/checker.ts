@@ -58,7 +58,8 @@ export class ConsistencyChecker {
       let report = await verifyPair({ ...opts, repair: req.repair ?? false });
       if (report.repair) {
         const repair = report.repair;
-        report = { ...(await verifyPair(opts)), repair, divergentBeforeRepair: report.divergent.length };
+        const before = report.divergent.length + report.derivedState.length;
+        report = { ...(await verifyPair(opts)), repair, divergentBeforeRepair: before };
       }
       this.#o.metrics?.verified(report);
       reports.push(report);

@@ -4,6 +4,9 @@
 // digest is SM3 over its version count and the sum of its leaves (mod 2^256), so the rows
 // can be read in the database's own index order, whatever its collation, and two sites
 // agree exactly when they hold the same versions with the same content.
+// Beside the versions, each bucket digests the resources' derived state (current version
+// and conflicts with their resolutions) where it is settled below the watermark: a pure
+// function of the versions, so two sites holding the same versions must agree on it too.
 import type { Resource } from '@medplum/fhirtypes';
 import { sm3 } from '../security/crypto/index.ts';
 import type { Queryable } from '../db/index.ts';
@@ -26,6 +29,19 @@ export interface BucketDigest {
   versions: number;
   resources: number;
   digest: string;
+  /** Digest of the derived state of the bucket's resources whose current version is at or below the watermark. */
+  state: string;
+}
+
+/** One resource's derived state as a leaf of its bucket (what drill-down compares). */
+export interface StateLeaf {
+  key: string;
+  resourceType: string;
+  id: string;
+  current: string;
+  /** `a|b|resolution` per conflict, in byte order. */
+  conflicts: string[];
+  leaf: string;
 }
 
 /** One version as a leaf of its bucket (what drill-down compares). */
@@ -98,40 +114,146 @@ async function* versionsInScope(
   }
 }
 
+interface StateRow {
+  resource_type: string;
+  id: string;
+  version_id: string;
+  deleted: boolean;
+  shard: string | null;
+  data_class: DataClass;
+  conflicts: string;
+}
+
+/** Every settled derived state in scope (current version at or below the watermark), a page at a time. */
+async function* statesInScope(
+  q: Queryable,
+  scope: DigestScope,
+  only?: { shard: string | null; resourceType: string },
+): AsyncGenerator<StateRow> {
+  const [a, b] = scope.pair;
+  let after: [string, string] | undefined;
+  for (;;) {
+    const params: unknown[] = [scope.watermark];
+    let where = 'c.hlc <= $1';
+    if (only) {
+      params.push(only.resourceType, only.shard);
+      where += ` AND c.resource_type = $2 AND c.shard IS NOT DISTINCT FROM $3`;
+    }
+    if (after) {
+      params.push(...after);
+      const n = params.length;
+      where += ` AND (c.resource_type, c.id) > ($${n - 1}, $${n})`;
+    }
+    const { rows } = await q.query<StateRow>(
+      `SELECT c.resource_type, c.id, c.version_id, c.deleted, c.shard, c.data_class,
+              coalesce((SELECT string_agg(rc.version_a || '|' || rc.version_b || '|' || coalesce(rc.resolution_version, ''), ','
+                                          ORDER BY rc.version_a COLLATE "C", rc.version_b COLLATE "C")
+                          FROM resource_conflict rc WHERE rc.resource_type = c.resource_type AND rc.id = c.id), '') AS conflicts
+         FROM resource_current c WHERE ${where} ORDER BY c.resource_type, c.id LIMIT ${PAGE}`,
+      params,
+    );
+    for (const r of rows)
+      if (scope.region.mayHold(a, r.data_class, r.shard) && scope.region.mayHold(b, r.data_class, r.shard)) yield r;
+    if (rows.length < PAGE) return;
+    const last = rows.at(-1)!;
+    after = [last.resource_type, last.id];
+  }
+}
+
+function stateLeafOf(r: StateRow): Buffer {
+  return sm3(enc.encode([r.resource_type, r.id, r.version_id, r.deleted ? '1' : '0', r.conflicts].join('\u0000')));
+}
+
+const fold = (n: number, sum: bigint) => sm3(enc.encode(`${n}|${sum.toString(16)}`)).toString('hex');
+const addLeaf = (sum: bigint, leaf: Buffer) => (sum + BigInt(`0x${leaf.toString('hex')}`)) % MOD;
+
 /** The bucket digests of this site's copy, sorted by key. */
 export async function computeDigests(q: Queryable, scope: DigestScope): Promise<BucketDigest[]> {
   const buckets = scope.buckets ?? DEFAULT_BUCKETS;
-  const acc = new Map<string, { versions: number; resources: number; sum: bigint; lastId: string }>();
-  for await (const r of versionsInScope(q, scope)) {
-    const key = bucketKey(r.shard, r.resource_type, r.id, buckets);
+  type Acc = { versions: number; resources: number; sum: bigint; lastId: string; states: number; stateSum: bigint };
+  const acc = new Map<string, Acc>();
+  const slot = (key: string): Acc => {
     let b = acc.get(key);
-    if (!b) acc.set(key, (b = { versions: 0, resources: 0, sum: 0n, lastId: '' }));
+    if (!b) acc.set(key, (b = { versions: 0, resources: 0, sum: 0n, lastId: '', states: 0, stateSum: 0n }));
+    return b;
+  };
+  for await (const r of versionsInScope(q, scope)) {
+    const b = slot(bucketKey(r.shard, r.resource_type, r.id, buckets));
     b.versions++;
     if (b.lastId !== r.id) b.resources++; // versions of one resource are adjacent in index order
     b.lastId = r.id;
-    b.sum = (b.sum + BigInt(`0x${leafOf(r).toString('hex')}`)) % MOD;
+    b.sum = addLeaf(b.sum, leafOf(r));
+  }
+  for await (const r of statesInScope(q, scope)) {
+    const b = slot(bucketKey(r.shard, r.resource_type, r.id, buckets));
+    b.states++;
+    b.stateSum = addLeaf(b.stateSum, stateLeafOf(r));
   }
   return [...acc.entries()]
     .map(([key, b]) => ({
       key,
       versions: b.versions,
       resources: b.resources,
-      digest: sm3(enc.encode(`${b.versions}|${b.sum.toString(16)}`)).toString('hex'),
+      digest: fold(b.versions, b.sum),
+      state: fold(b.states, b.stateSum),
     }))
     .sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : 0));
+}
+
+/** The derived-state leaves of the given buckets. */
+export async function bucketStates(q: Queryable, scope: DigestScope, keys: readonly string[]): Promise<StateLeaf[]> {
+  const buckets = scope.buckets ?? DEFAULT_BUCKETS;
+  const wanted = new Set(keys);
+  const out: StateLeaf[] = [];
+  for (const only of groupsOf(keys)) {
+    for await (const r of statesInScope(q, scope, only)) {
+      const key = bucketKey(r.shard, r.resource_type, r.id, buckets);
+      if (wanted.has(key))
+        out.push({
+          key,
+          resourceType: r.resource_type,
+          id: r.id,
+          current: `${r.version_id}${r.deleted ? ' (deleted)' : ''}`,
+          conflicts: r.conflicts ? r.conflicts.split(',') : [],
+          leaf: stateLeafOf(r).toString('hex'),
+        });
+    }
+  }
+  return out;
+}
+
+/** The (shard, resource type) groups of bucket keys. */
+function groupsOf(keys: readonly string[]): Array<{ shard: string | null; resourceType: string }> {
+  const groups = new Map<string, { shard: string | null; resourceType: string }>();
+  for (const k of keys) {
+    const [shard, resourceType] = k.split('|') as [string, string];
+    groups.set(`${shard}|${resourceType}`, { shard: shard === '-' ? null : shard, resourceType });
+  }
+  return [...groups.values()];
+}
+
+/**
+ * Resources whose current row is not their greatest version (a site's own derived state
+ * disagreeing with its own versions: no peer is needed to see it).
+ */
+export async function staleCurrentRows(q: Queryable, limit = 1000): Promise<Array<{ resourceType: string; id: string }>> {
+  const { rows } = await q.query<{ resource_type: string; id: string }>(
+    `SELECT c.resource_type, c.id FROM resource_current c
+      WHERE NOT EXISTS (SELECT 1 FROM resource_history h WHERE h.resource_type = c.resource_type AND h.id = c.id AND h.version_id = c.version_id)
+         OR EXISTS (SELECT 1 FROM resource_history h WHERE h.resource_type = c.resource_type AND h.id = c.id
+                       AND (h.hlc > c.hlc OR (h.hlc = c.hlc AND h.origin_site COLLATE "C" > c.origin_site COLLATE "C")))
+      LIMIT $1`,
+    [limit],
+  );
+  return rows.map((r) => ({ resourceType: r.resource_type, id: r.id }));
 }
 
 /** The leaves of the given buckets (drill-down into buckets whose digests differ). */
 export async function bucketLeaves(q: Queryable, scope: DigestScope, keys: readonly string[]): Promise<Leaf[]> {
   const buckets = scope.buckets ?? DEFAULT_BUCKETS;
   const wanted = new Set(keys);
-  const groups = new Map<string, { shard: string | null; resourceType: string }>();
-  for (const k of keys) {
-    const [shard, resourceType] = k.split('|') as [string, string];
-    groups.set(`${shard}|${resourceType}`, { shard: shard === '-' ? null : shard, resourceType });
-  }
   const out: Leaf[] = [];
-  for (const only of groups.values()) {
+  for (const only of groupsOf(keys)) {
     for await (const r of versionsInScope(q, scope, only)) {
       const key = bucketKey(r.shard, r.resource_type, r.id, buckets);
       if (wanted.has(key))
@@ -160,6 +282,7 @@ interface VersionRow {
   version_id: string;
   hlc: bigint;
   parent_hlc: bigint | null;
+  parent_origin: string | null;
   origin_site: string;
   epoch: bigint;
   shard: string | null;
@@ -179,7 +302,7 @@ export async function readVersions(
 ): Promise<Change[]> {
   if (opts.refs.length === 0) return [];
   const { rows } = await q.query<VersionRow>(
-    `SELECT h.resource_type, h.id, h.version_id, h.hlc, h.parent_hlc, h.origin_site, h.epoch, h.shard, h.data_class, h.deleted, h.content
+    `SELECT h.resource_type, h.id, h.version_id, h.hlc, h.parent_hlc, h.parent_origin, h.origin_site, h.epoch, h.shard, h.data_class, h.deleted, h.content
        FROM resource_history h JOIN unnest($1::text[], $2::text[], $3::text[]) AS r(t, i, v) ON h.resource_type = r.t AND h.id = r.i AND h.version_id = r.v`,
     [opts.refs.map((r) => r.resourceType), opts.refs.map((r) => r.id), opts.refs.map((r) => r.versionId)],
   );
@@ -190,6 +313,7 @@ export async function readVersions(
       originSite: r.origin_site,
       hlc: BigInt(r.hlc),
       parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc),
+      parentOrigin: r.parent_origin,
       epoch: BigInt(r.epoch),
       shard: r.shard,
       dataClass: r.data_class,

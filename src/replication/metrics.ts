@@ -72,7 +72,7 @@ export class ReplicationMetrics {
   verified(report: VerifyReport, now = Date.now()): void {
     this.#link(report.peer).verify = {
       at: new Date(now).toISOString(),
-      divergent: report.divergent.length,
+      divergent: report.divergent.length + report.derivedState.length,
       accuracy: report.accuracy,
       resources: report.resources,
     };

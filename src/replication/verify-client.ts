@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import type { Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
 import { AssertionCache } from '../security/identity/index.ts';
-import type { BucketDigest, Leaf, VersionRef } from './digests.ts';
+import type { BucketDigest, Leaf, StateLeaf, VersionRef } from './digests.ts';
 import type { Change } from './changefeed.ts';
 import type { VerifyPeer } from './verify.ts';
 import { openPage } from './wire.ts';
@@ -17,7 +17,13 @@ export function repairAad(from: string, to: string, nonce: string): Buffer {
 }
 
 const digestsSchema = z.array(
-  z.object({ key: z.string(), versions: z.number().int(), resources: z.number().int(), digest: z.string() }),
+  z.object({
+    key: z.string(),
+    versions: z.number().int(),
+    resources: z.number().int(),
+    digest: z.string(),
+    state: z.string(),
+  }),
 );
 const leavesSchema = z.array(
   z.object({
@@ -26,6 +32,17 @@ const leavesSchema = z.array(
     id: z.string(),
     versionId: z.string(),
     originSite: z.string(),
+    leaf: z.string(),
+  }),
+);
+
+const statesSchema = z.array(
+  z.object({
+    key: z.string(),
+    resourceType: z.string(),
+    id: z.string(),
+    current: z.string(),
+    conflicts: z.array(z.string()),
     leaf: z.string(),
   }),
 );
@@ -63,6 +80,8 @@ export function httpVerifyPeer(opts: {
     digests: async (q): Promise<BucketDigest[]> => parse(digestsSchema, await (await call('/digests', q)).json(), 'digests'),
     leaves: async (q, keys): Promise<Leaf[]> =>
       parse(leavesSchema, await (await call('/digests/leaves', { ...q, keys })).json(), 'leaves'),
+    states: async (q, keys): Promise<StateLeaf[]> =>
+      parse(statesSchema, await (await call('/digests/states', { ...q, keys })).json(), 'derived states'),
     versions: async (refs: readonly VersionRef[]): Promise<Change[]> => {
       const nonce = randomBytes(16).toString('hex');
       const res = await call('/versions', { refs, nonce });

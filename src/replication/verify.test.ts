@@ -135,7 +135,7 @@ describe(`consistency verification (${testBackend()})`, () => {
     const fixed = await verify('C', 'B', true);
     assert.deepEqual(
       fixed.repair,
-      { fetched: 2, replaced: 2, refused: 0, leftForPeer: 1 },
+      { fetched: 2, replaced: 2, refused: 0, leftForPeer: 1, recomputed: 0 },
       "C takes B's copies of B's versions, not B's copy of its own organization",
     );
     const again = await verify('C', 'B');
@@ -145,7 +145,11 @@ describe(`consistency verification (${testBackend()})`, () => {
       'only the organization remains, for B to take from its origin',
     );
     const fromB = await verify('B', 'C', true);
-    assert.deepEqual(fromB.repair, { fetched: 0, replaced: 1, refused: 0, leftForPeer: 0 }, "B takes C's copy of C's own write");
+    assert.deepEqual(
+      fromB.repair,
+      { fetched: 0, replaced: 1, refused: 0, leftForPeer: 0, recomputed: 0 },
+      "B takes C's copy of C's own write",
+    );
     const final = await verify('C', 'B');
     assert.deepEqual([final.divergent, final.accuracy], [[], 1]);
     assert.deepEqual(await history('B'), await history('C'), 'history equal row by row');
@@ -158,5 +162,76 @@ describe(`consistency verification (${testBackend()})`, () => {
       baseUrl: 'http://c',
     });
     assert.ok(found.ok && found.value.entry?.length === 1, 'the restored patient is searchable again');
+  });
+
+  it('compares the derived state too: a wrong current row or conflict set is found and rebuilt from the versions', async () => {
+    const orgs = ids.filter((x) => x.type === 'Organization');
+    const [o1, o2, o3] = [orgs[1]!.id, orgs[2]!.id, orgs[3]!.id];
+    // Two versions of o1 everywhere, but A keeps the older one current (the review's "A ends on the other version").
+    const upd = await sites.C.store.update('Organization', o1, { resourceType: 'Organization', id: o1, name: '更名后的中心' });
+    assert.ok(upd.ok);
+    await syncSites(sites.C, sites.A);
+    await syncSites(sites.C, sites.B);
+    const A = sites.A.db;
+    const older = await A.query<{ version_id: string; hlc: bigint; origin_site: string; content: unknown }>(
+      "SELECT version_id, hlc, origin_site, content FROM resource_history WHERE resource_type = 'Organization' AND id = $1 ORDER BY hlc LIMIT 1",
+      [o1],
+    );
+    const o = older.rows[0]!;
+    await A.query(
+      "UPDATE resource_current SET version_id = $2, hlc = $3, origin_site = $4, content = $5 WHERE resource_type = 'Organization' AND id = $1",
+      [o1, o.version_id, o.hlc, o.origin_site, JSON.stringify(o.content)],
+    );
+    // A records a conflict no rule gives (B and C hold none), and loses none: o2 gets a made-up pair at A.
+    const v2 = (
+      await A.query<{ v: string }>(
+        "SELECT version_id AS v FROM resource_current WHERE resource_type = 'Organization' AND id = $1",
+        [o2],
+      )
+    ).rows[0]!.v;
+    await A.query(
+      "INSERT INTO resource_conflict (resource_type, id, version_a, version_b) VALUES ('Organization', $1, '0000000000000001-B', $2)",
+      [o2, v2],
+    );
+    // And at both B and A, o3's current row points at no version at all: equal at both sites, wrong at both.
+    for (const db of [A, sites.B.db])
+      await db.query(
+        "UPDATE resource_current SET version_id = '0000000000000001-Z' WHERE resource_type = 'Organization' AND id = $1",
+        [o3],
+      );
+
+    const report = await verify('A', 'B');
+    assert.deepEqual(report.divergent, [], 'the versions agree');
+    assert.deepEqual(
+      report.derivedState.map((d) => [d.resource, d.kind]),
+      [
+        [`Organization/${o1}`, 'differs'],
+        [`Organization/${o2}`, 'differs'],
+        [`Organization/${o3}`, 'stale-here'],
+      ].sort((x, y) => (x[0]! < y[0]! ? -1 : 1)),
+    );
+    assert.ok(report.accuracy < 1, 'the accuracy counts them');
+    const o1State = report.derivedState.find((d) => d.resource === `Organization/${o1}`)!;
+    assert.equal(o1State.here?.current, o.version_id);
+    assert.equal(o1State.there?.current, upd.ok ? upd.value.resource.meta?.versionId : '');
+
+    const fixed = await verify('A', 'B', true);
+    assert.equal(fixed.repair?.recomputed, 3, 'A rebuilds the three from its own versions');
+    const after = await verify('A', 'B');
+    assert.deepEqual(
+      after.derivedState.map((d) => [d.resource, d.kind, d.here?.current === d.there?.current]),
+      [[`Organization/${o3}`, 'differs', false]],
+      "only B's wrong row is left, for B to rebuild",
+    );
+    const fromB = await verify('B', 'A', true);
+    assert.deepEqual(
+      fromB.derivedState.map((d) => d.resource),
+      [`Organization/${o3}`],
+    );
+    assert.equal(fromB.repair?.recomputed, 1, 'B rebuilds its own');
+    const final = await verify('A', 'B');
+    assert.deepEqual([final.divergent, final.derivedState, final.accuracy], [[], [], 1]);
+    const found = await sites.A.store.search('Organization', [['name', '更名后的中心']], { baseUrl: 'http://a' });
+    assert.ok(found.ok && found.value.entry?.length === 1, 'the rebuilt current version is searchable at A');
   });
 });

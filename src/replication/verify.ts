@@ -3,19 +3,25 @@
 // divergent resource and version, and report an accuracy figure. Repair pulls the peer's
 // copies through the normal apply path: versions missing here, and versions whose
 // authoritative copy (their origin) is the peer. What only the peer can fix is listed for
-// the peer's own run.
+// the peer's own run. The derived state (current version, conflicts) is compared too where
+// both sites hold the same versions, and checked against this site's own versions; repair
+// rebuilds it from the versions (records/derived-state.ts), never copies it.
 import { packHlc } from '../clock/index.ts';
 import type { Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
 import { applyBatch, type ApplyContext } from './apply-batch.ts';
 import type { Change } from './changefeed.ts';
+import { recomputeResources, type ResourceRef } from '../records/index.ts';
 import {
   bucketLeaves,
+  bucketStates,
   computeDigests,
   DEFAULT_BUCKETS,
   readVersions,
+  staleCurrentRows,
   type BucketDigest,
   type Leaf,
+  type StateLeaf,
   type VersionRef,
 } from './digests.ts';
 
@@ -24,6 +30,8 @@ export interface VerifyPeer {
   site: string;
   digests(q: { watermark: bigint; buckets: number }): Promise<BucketDigest[]>;
   leaves(q: { watermark: bigint; buckets: number }, keys: readonly string[]): Promise<Leaf[]>;
+  /** The derived-state leaves of these buckets. */
+  states(q: { watermark: bigint; buckets: number }, keys: readonly string[]): Promise<StateLeaf[]>;
   /** The peer's copies of these versions, as changes for this site. */
   versions(refs: readonly VersionRef[]): Promise<Change[]>;
 }
@@ -35,6 +43,15 @@ export interface Divergence {
   versions: Array<{ versionId: string; kind: DivergenceKind; origin: string }>;
 }
 
+/** A resource whose derived state differs although its versions agree, or disagrees with this site's own versions. */
+export interface StateDivergence {
+  resource: string;
+  /** differs: the two sites disagree; stale-here: this site's current row is not its greatest version. */
+  kind: 'differs' | 'stale-here';
+  here?: { current: string; conflicts: string[] };
+  there?: { current: string; conflicts: string[] };
+}
+
 export interface VerifyReport {
   site: string;
   peer: string;
@@ -44,9 +61,11 @@ export interface VerifyReport {
   /** Resources both sites should hold (the union of what either holds in scope). */
   resources: number;
   divergent: Divergence[];
-  /** Share of resources identical at both sites, 0-1. */
+  /** Resources whose versions agree but whose current version or conflicts do not. */
+  derivedState: StateDivergence[];
+  /** Share of resources identical at both sites (versions and derived state), 0-1. */
   accuracy: number;
-  repair?: { fetched: number; replaced: number; refused: number; leftForPeer: number };
+  repair?: { fetched: number; replaced: number; refused: number; leftForPeer: number; recomputed: number };
   /** With repair: what the check found before repairing (the rest of the report is after). */
   divergentBeforeRepair?: number;
 }
@@ -63,6 +82,7 @@ export function localVerifyPeer(opts: { db: Db; region: Region; site: string; fo
     site: opts.site,
     digests: (q) => computeDigests(opts.db, { region: opts.region, pair, ...q }),
     leaves: (q, keys) => bucketLeaves(opts.db, { region: opts.region, pair, ...q }, keys),
+    states: (q, keys) => bucketStates(opts.db, { region: opts.region, pair, ...q }, keys),
     versions: (refs) => readVersions(opts.db, { region: opts.region, forSite: opts.forSite, refs }),
   };
 }
@@ -118,18 +138,69 @@ export async function verifyPair(opts: {
     divergent.sort((x, y) => (x.resource < y.resource ? -1 : 1));
   }
 
+  const derivedState = await compareStates(
+    apply,
+    peer,
+    q,
+    [...keys].filter((k) => !differ.has(k) && a.get(k)?.state !== b.get(k)?.state),
+  );
+  const wrong = new Set([...divergent.map((d) => d.resource), ...derivedState.map((d) => d.resource)]);
   const report: VerifyReport = {
     site: apply.siteId,
     peer: peer.site,
     watermark: opts.watermark.toString(16).padStart(16, '0'),
     buckets: keys.size,
-    mismatchedBuckets: mismatched.length,
+    mismatchedBuckets: new Set([...mismatched, ...[...keys].filter((k) => a.get(k)?.state !== b.get(k)?.state)]).size,
     resources,
     divergent,
-    accuracy: resources === 0 ? 1 : (resources - divergent.length) / resources,
+    derivedState,
+    accuracy: resources === 0 ? 1 : Math.max(0, resources - wrong.size) / resources,
   };
-  if (opts.repair) report.repair = await repair(apply, peer, divergent);
+  if (opts.repair) {
+    report.repair = { ...(await repair(apply, peer, divergent)), recomputed: 0 };
+    const refs: ResourceRef[] = derivedState.map((d) => {
+      const slash = d.resource.indexOf('/');
+      return { resourceType: d.resource.slice(0, slash), id: d.resource.slice(slash + 1) };
+    });
+    if (refs.length)
+      report.repair.recomputed = (await apply.db.transaction((tx) => recomputeResources(apply.records, tx, refs))).length;
+  }
   return report;
+}
+
+/**
+ * Derived state where the versions agree: buckets whose state digests differ, resource by
+ * resource (a resource settled at one site only is still on its way, not divergent), and
+ * this site's current rows that are not its greatest version, whatever the peer holds.
+ */
+async function compareStates(
+  apply: ApplyContext,
+  peer: VerifyPeer,
+  q: { watermark: bigint; buckets: number },
+  keys: readonly string[],
+): Promise<StateDivergence[]> {
+  const out = new Map<string, StateDivergence>();
+  if (keys.length) {
+    const here = localVerifyPeer({ db: apply.db, region: apply.region, site: apply.siteId, forSite: peer.site });
+    const [l, r] = await Promise.all([here.states(q, keys), peer.states(q, keys)]);
+    const theirs = new Map(r.map((s) => [`${s.resourceType}/${s.id}`, s]));
+    for (const s of l) {
+      const name = `${s.resourceType}/${s.id}`;
+      const t = theirs.get(name);
+      if (t && t.leaf !== s.leaf)
+        out.set(name, {
+          resource: name,
+          kind: 'differs',
+          here: { current: s.current, conflicts: s.conflicts },
+          there: { current: t.current, conflicts: t.conflicts },
+        });
+    }
+  }
+  for (const s of await staleCurrentRows(apply.db)) {
+    const name = `${s.resourceType}/${s.id}`;
+    if (!out.has(name)) out.set(name, { resource: name, kind: 'stale-here' });
+  }
+  return [...out.values()].sort((x, y) => (x.resource < y.resource ? -1 : 1));
 }
 
 /** Pulls what this site should take from the peer and applies it as a repair. */
@@ -137,7 +208,7 @@ async function repair(
   apply: ApplyContext,
   peer: VerifyPeer,
   divergent: readonly Divergence[],
-): Promise<NonNullable<VerifyReport['repair']>> {
+): Promise<Omit<NonNullable<VerifyReport['repair']>, 'recomputed'>> {
   const take: VersionRef[] = [];
   let leftForPeer = 0;
   for (const d of divergent) {

@@ -67,6 +67,8 @@ const changeSchema = z.object({
   originSite: z.string().min(1),
   hlc: bigintText,
   parentHlc: bigintText.nullable(),
+  // Absent from changes written before parents were named by origin too.
+  parentOrigin: z.string().min(1).max(32).nullable().default(null),
   epoch: bigintText,
   shard: z.string().nullable(),
   dataClass: z.enum(['core', 'noncore', 'public']),
