@@ -31,7 +31,11 @@ export const conflictRoutes: FastifyPluginAsync<{ db: Db; access: AccessControl 
       });
       // Only conflicts of records the caller may read (each check is a decision, and audited).
       const visible = [];
-      for (const c of all) if ((await records.read(c.resourceType, c.id)).ok) visible.push(c);
+      // A deleted record's conflicts count too: its deletion may be what needs review.
+      for (const c of all) {
+        const r = await records.read(c.resourceType, c.id);
+        if (r.ok || r.error.kind === 'gone') visible.push(c);
+      }
       return visible;
     },
   );

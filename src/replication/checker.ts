@@ -8,7 +8,7 @@ import type { ApplyContext } from './apply-batch.ts';
 import type { ReplicationMetrics } from './metrics.ts';
 import { httpVerifyPeer } from './verify-client.ts';
 import { claimLease } from '../db/index.ts';
-import { verifyPair, watermarkBefore, type VerifyPeer, type VerifyReport } from './verify.ts';
+import { divergentResources, verifyPair, watermarkBefore, type VerifyPeer, type VerifyReport } from './verify.ts';
 
 export interface CheckerOptions {
   apply: ApplyContext;
@@ -58,7 +58,7 @@ export class ConsistencyChecker {
       let report = await verifyPair({ ...opts, repair: req.repair ?? false });
       if (report.repair) {
         const repair = report.repair;
-        const before = report.divergent.length + report.derivedState.length;
+        const before = divergentResources(report);
         report = { ...(await verifyPair(opts)), repair, divergentBeforeRepair: before };
       }
       this.#o.metrics?.verified(report);

@@ -4,7 +4,7 @@
 // and parked changes.
 import { unpackHlc } from '../clock/index.ts';
 import type { ApplyReport } from './apply-batch.ts';
-import type { VerifyReport } from './verify.ts';
+import { divergentResources, type VerifyReport } from './verify.ts';
 
 export interface LinkState {
   peer: string;
@@ -72,7 +72,7 @@ export class ReplicationMetrics {
   verified(report: VerifyReport, now = Date.now()): void {
     this.#link(report.peer).verify = {
       at: new Date(now).toISOString(),
-      divergent: report.divergent.length + report.derivedState.length,
+      divergent: divergentResources(report),
       accuracy: report.accuracy,
       resources: report.resources,
     };

@@ -143,17 +143,28 @@ describe(`replication (${testBackend()})`, () => {
     );
   });
 
-  it('never resurrects a deleted record through a concurrent edit', async () => {
+  it('a deletion and a concurrent edit: the later wins at both sites, both are kept, and the pair is flagged for review', async () => {
     const created = await sites.B.store.create('Organization', org('临时门诊'));
     assert.ok(created.ok);
     const id = created.value.resource.id!;
     await sync('B', 'C');
-    assert.ok((await sites.B.store.delete('Organization', id)).ok);
+    const del = await sites.B.store.delete('Organization', id);
+    assert.ok(del.ok);
     const edit = await sites.C.store.update('Organization', id, { ...org('临时门诊（二）'), id }); // a later HLC than the delete
     assert.ok(edit.ok);
     await sync('B', 'C');
     await sync('C', 'B');
-    for (const s of ['B', 'C'] as const) assert.equal((await current(s, 'Organization', id))?.deleted, true, `deleted at ${s}`);
+    for (const s of ['B', 'C'] as const) {
+      const cur = await current(s, 'Organization', id);
+      assert.equal(cur?.deleted, false, `the later edit is current at ${s}`);
+      const { rows } = await sites[s].db.query<{ deleted: boolean; resolved: boolean }>(
+        `SELECT h.deleted, c.resolution_version IS NOT NULL AS resolved FROM resource_conflict c
+           JOIN resource_history h ON h.resource_type = c.resource_type AND h.id = c.id AND h.version_id = c.version_a
+          WHERE c.resource_type = 'Organization' AND c.id = $1`,
+        [id],
+      );
+      assert.deepEqual(rows, [{ deleted: true, resolved: false }], `the deletion is kept and open for review at ${s}`);
+    }
   });
 
   it('refuses and records what a site may not hold and clocks too far ahead', async () => {

@@ -70,6 +70,11 @@ export interface VerifyReport {
   divergentBeforeRepair?: number;
 }
 
+/** Resources a report finds wrong, by their versions or their derived state (each once). */
+export function divergentResources(r: Pick<VerifyReport, 'divergent' | 'derivedState'>): number {
+  return new Set([...r.divergent.map((d) => d.resource), ...r.derivedState.map((d) => d.resource)]).size;
+}
+
 /** The watermark `graceMs` ago: changes younger than that may still be on the wire. */
 export function watermarkBefore(graceMs: number, now = Date.now()): bigint {
   return packHlc(now - graceMs, 0);
@@ -144,7 +149,7 @@ export async function verifyPair(opts: {
     q,
     [...keys].filter((k) => !differ.has(k) && a.get(k)?.state !== b.get(k)?.state),
   );
-  const wrong = new Set([...divergent.map((d) => d.resource), ...derivedState.map((d) => d.resource)]);
+
   const report: VerifyReport = {
     site: apply.siteId,
     peer: peer.site,
@@ -154,7 +159,7 @@ export async function verifyPair(opts: {
     resources,
     divergent,
     derivedState,
-    accuracy: resources === 0 ? 1 : Math.max(0, resources - wrong.size) / resources,
+    accuracy: resources === 0 ? 1 : Math.max(0, resources - divergentResources({ divergent, derivedState })) / resources,
   };
   if (opts.repair) {
     report.repair = { ...(await repair(apply, peer, divergent)), recomputed: 0 };
