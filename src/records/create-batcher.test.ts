@@ -3,7 +3,8 @@ import { after, before, describe, it } from 'node:test';
 import type { Patient } from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
-import { CreateBatcher, writeNewVersions, type PendingWrite } from './create-batcher.ts';
+import { CreateBatcher, type PendingWrite } from './create-batcher.ts';
+import { writeVersions } from './write-version.ts';
 import { openTestStore, type TestStore } from './testing.ts';
 
 const patient = (seq: number): Patient => ({
@@ -85,7 +86,7 @@ describe(`group commit of creates (${testBackend()})`, () => {
       },
       index: { tokens: [], strings: [{ code: 'name', value: id }], dates: [], references: [] },
     });
-    await writeNewVersions(t.db, [mk('org-a', 1n), mk('org-b', 2n)]);
+    await writeVersions(t.db, [mk('org-a', 1n), mk('org-b', 2n)], { replace: false });
     const batcher = new CreateBatcher(t.db);
     // org-a version v1 exists already: its history row collides, in the batch and alone.
     const outcomes = await Promise.allSettled([

@@ -14,7 +14,7 @@ import { parseSearch, type SearchRequest } from './search-query.ts';
 import { buildSearchSql } from './search-sql.ts';
 import { CreateBatcher } from './create-batcher.ts';
 import { HomeLookup } from './home-lookup.ts';
-import { writeVersion } from './write-version.ts';
+import { writeVersions } from './write-version.ts';
 import { lockResources } from './apply-versions.ts';
 
 export interface WriteOutcome {
@@ -458,7 +458,7 @@ export class RecordStore {
     const empi =
       w.placement && w.patientId ? { patientId: w.patientId, ...w.placement, blind: this.#blindIndexes(resource) } : undefined;
     if (opts.batch && !opts.replacesCurrent) await this.#batcher.write({ row, index, ...(empi ? { empi } : {}) });
-    else await writeVersion(tx, row, index, { replacesCurrent: opts.replacesCurrent, ...(empi ? { empi } : {}) });
+    else await writeVersions(tx, [{ row, index, ...(empi ? { empi } : {}) }], { replace: opts.replacesCurrent });
     return resource;
   }
 }

@@ -1,87 +1,138 @@
-// Writes one version in a single statement: current row, history row, search index and
-// the replication outbox row commit or fail together (DESIGN.md §5, "outbox in the same
-// transaction"). One round trip keeps the write path close to a plain INSERT.
+// Writes versions in a single statement: current rows, history rows, search index, EMPI
+// entries and the replication outbox rows commit or fail together (DESIGN.md §5, "outbox in
+// the same transaction"). One statement builder for every local write: a single write is a
+// batch of one, and concurrent creates share one statement (create-batcher.ts). Rows travel
+// as JSON and are expanded by PostgreSQL, so a batch of any size is one round trip.
 import { randomUUID } from 'node:crypto';
 import type { Queryable } from '../db/index.ts';
-import type { IndexRows } from './search-index.ts';
 import { EMPI_TYPE, empiContent } from './empi.ts';
+import type { IndexRows } from './search-index.ts';
 import type { EmpiEntry, VersionRow } from './version-row.ts';
 
-export async function writeVersion(
-  q: Queryable,
-  v: VersionRow,
-  index: IndexRows,
-  opts: { replacesCurrent: boolean; empi?: EmpiEntry },
-): Promise<void> {
-  const content = v.content === null ? null : JSON.stringify(v.content);
-  const params: unknown[] = [
-    v.resourceType,
-    v.id,
-    v.versionId,
-    v.hlc,
-    v.parentHlc,
-    v.originSite,
-    v.epoch,
-    v.shard,
-    v.dataClass,
-    v.patientId,
-    v.deleted,
-    v.lastUpdated,
-    content,
-    index.tokens.map((t) => t.code),
-    index.tokens.map((t) => t.system),
-    index.tokens.map((t) => t.value),
-    index.strings.map((s) => s.code),
-    index.strings.map((s) => s.value),
-    index.dates.map((d) => d.code),
-    index.dates.map((d) => d.lo),
-    index.dates.map((d) => d.hi),
-    index.references.map((r) => r.code),
-    index.references.map((r) => r.target),
-    randomUUID(),
-    opts.empi?.patientId ?? null,
-    opts.empi?.shard ?? null,
-    opts.empi?.method ?? null,
-    opts.empi?.reason ?? null,
-    opts.empi ? JSON.stringify(empiContent(opts.empi)) : null,
-    randomUUID(),
-    v.parentOrigin,
-  ];
-  // Replacing the current version: the old index goes, and the write, made on top of the
-  // greatest version this site holds, resolves the resource's open conflicts (version-order.ts).
-  const replaceCurrent = opts.replacesCurrent
-    ? `, dt AS (DELETE FROM search_token WHERE resource_type = $1 AND resource_id = $2)
-       , ds AS (DELETE FROM search_string WHERE resource_type = $1 AND resource_id = $2)
-       , dd AS (DELETE FROM search_date WHERE resource_type = $1 AND resource_id = $2)
-       , dr AS (DELETE FROM search_reference WHERE resource_type = $1 AND resource_id = $2)
-       , rc AS (UPDATE resource_conflict SET resolved_at = now(), resolved_by = 'site:' || $6, resolution_version = $3
-                 WHERE resource_type = $1 AND id = $2 AND resolution_version IS NULL)`
-    : '';
-  await q.query(
-    `WITH cur AS (
-       INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted, last_updated, content)
-       VALUES ($1, $2, $3, $4, $6, $8, $9, $10, $11, $12, $13::jsonb)
-       ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, hlc = excluded.hlc, origin_site = excluded.origin_site,
+/** One version to write, with its search index and, for a newly placed patient, the EMPI entry. */
+export interface PendingWrite {
+  row: VersionRow;
+  index: IndexRows;
+  empi?: EmpiEntry;
+}
+
+/**
+ * `replace`: the versions replace current versions (updates and deletions: the old index
+ * goes, and each write, made on top of the greatest version this site holds, resolves its
+ * resource's open conflicts — version-order.ts); otherwise they are new resources.
+ */
+export async function writeVersions(q: Queryable, items: readonly PendingWrite[], opts: { replace: boolean }): Promise<void> {
+  const rows = items.flatMap(({ row: v, empi }) => [
+    {
+      rt: v.resourceType,
+      id: v.id,
+      vid: v.versionId,
+      hlc: String(v.hlc),
+      phlc: v.parentHlc === null ? null : String(v.parentHlc),
+      porg: v.parentOrigin,
+      site: v.originSite,
+      epoch: String(v.epoch),
+      shard: v.shard,
+      cls: v.dataClass,
+      pid: v.patientId,
+      del: v.deleted,
+      lu: v.lastUpdated,
+      content: v.content as unknown,
+      cid: randomUUID(),
+    },
+    // A newly placed patient's directory entry: written and replicated with it (empi.ts); it has no current row.
+    ...(empi
+      ? [
+          {
+            rt: EMPI_TYPE,
+            id: empi.patientId,
+            vid: v.versionId,
+            hlc: String(v.hlc),
+            phlc: null,
+            porg: null,
+            site: v.originSite,
+            epoch: String(v.epoch),
+            shard: null,
+            cls: 'public',
+            pid: null,
+            del: false,
+            lu: v.lastUpdated,
+            content: empiContent(empi) as unknown,
+            cid: randomUUID(),
+          },
+        ]
+      : []),
+  ]);
+  const owner = (w: PendingWrite) => ({ rt: w.row.resourceType, id: w.row.id });
+  const tokens = items.flatMap((w) =>
+    w.index.tokens.map((t) => ({ ...owner(w), code: t.code, system: t.system, value: t.value })),
+  );
+  const strings = items.flatMap((w) => w.index.strings.map((s) => ({ ...owner(w), code: s.code, value: s.value })));
+  const dates = items.flatMap((w) => w.index.dates.map((d) => ({ ...owner(w), code: d.code, lo: d.lo, hi: d.hi })));
+  const refs = items.flatMap((w) => w.index.references.map((r) => ({ ...owner(w), code: r.code, target: r.target })));
+  const empi = items.flatMap((w) =>
+    w.empi
+      ? [{ pid: w.empi.patientId, shard: w.empi.shard, method: w.empi.method, reason: w.empi.reason, site: w.row.originSite }]
+      : [],
+  );
+  const replace = opts.replace
+    ? `ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, hlc = excluded.hlc, origin_site = excluded.origin_site,
          shard = excluded.shard, data_class = excluded.data_class, patient_id = excluded.patient_id, deleted = excluded.deleted,
          last_updated = excluded.last_updated, content = excluded.content
+     ), o AS (SELECT rt, id, vid, site FROM r WHERE rt <> '${EMPI_TYPE}'
+     ), dt AS (DELETE FROM search_token s USING o WHERE s.resource_type = o.rt AND s.resource_id = o.id
+     ), ds AS (DELETE FROM search_string s USING o WHERE s.resource_type = o.rt AND s.resource_id = o.id
+     ), dd AS (DELETE FROM search_date s USING o WHERE s.resource_type = o.rt AND s.resource_id = o.id
+     ), dr AS (DELETE FROM search_reference s USING o WHERE s.resource_type = o.rt AND s.resource_id = o.id
+     ), rc AS (
+       UPDATE resource_conflict c SET resolved_at = now(), resolved_by = 'site:' || o.site, resolution_version = o.vid
+         FROM o WHERE c.resource_type = o.rt AND c.id = o.id AND c.resolution_version IS NULL`
+    : '';
+  await q.query(
+    `WITH r AS MATERIALIZED (
+       SELECT * FROM jsonb_to_recordset($1::jsonb)
+         AS r(rt text, id text, vid text, hlc bigint, phlc bigint, porg text, site text, epoch bigint, shard text, cls text, pid text,
+              del boolean, lu timestamptz, content jsonb, cid uuid)
+     ), cur AS (
+       INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted, last_updated, content)
+       SELECT rt, id, vid, hlc, site, shard, cls, pid, del, lu, content FROM r WHERE rt <> '${EMPI_TYPE}'
+       ${replace}
      ), hist AS (
        INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, parent_origin, origin_site, epoch, shard, data_class, deleted, last_updated, content)
-       VALUES ($1, $2, $3, $4, $5, $31, $6, $7, $8, $9, $11, $12, $13::jsonb)
-     )${replaceCurrent}
-     , it AS (INSERT INTO search_token (resource_type, resource_id, code, system, value) SELECT $1, $2, * FROM unnest($14::text[], $15::text[], $16::text[]))
-     , iss AS (INSERT INTO search_string (resource_type, resource_id, code, value) SELECT $1, $2, * FROM unnest($17::text[], $18::text[]))
-     , idt AS (INSERT INTO search_date (resource_type, resource_id, code, lo, hi) SELECT $1, $2, * FROM unnest($19::text[], $20::timestamptz[], $21::timestamptz[]))
-     , ir AS (INSERT INTO search_reference (resource_type, resource_id, code, target) SELECT $1, $2, * FROM unnest($22::text[], $23::text[]))
-     , em AS (INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site) SELECT $25, $26, $27, $28, $6 WHERE $25::text IS NOT NULL)
-     , ei AS (INSERT INTO empi_identifier (blind, patient_id) SELECT jsonb_array_elements_text($29::jsonb->'identifiers'), $25 WHERE $25::text IS NOT NULL ON CONFLICT DO NOTHING)
-     , eh AS (INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, origin_site, epoch, shard, data_class, deleted, last_updated, content)
-              SELECT '${EMPI_TYPE}', $25, $3, $4, NULL, $6, $7, NULL, 'public', false, $12, $29::jsonb WHERE $25::text IS NOT NULL ON CONFLICT DO NOTHING)
-     , eo AS (INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
-              SELECT $30, $6, $4, NULL, $7, NULL, 'public', '${EMPI_TYPE}', $25, $3, false, $29::jsonb WHERE $25::text IS NOT NULL)
+       SELECT rt, id, vid, hlc, phlc, porg, site, epoch, shard, cls, del, lu, content FROM r WHERE rt <> '${EMPI_TYPE}'
+     ), eh AS (
+       INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, origin_site, epoch, shard, data_class, deleted, last_updated, content)
+       SELECT rt, id, vid, hlc, NULL, site, epoch, NULL, 'public', false, lu, content FROM r WHERE rt = '${EMPI_TYPE}' ON CONFLICT DO NOTHING
+     ), it AS (
+       INSERT INTO search_token (resource_type, resource_id, code, system, value)
+       SELECT rt, id, code, system, value FROM jsonb_to_recordset($2::jsonb) AS t(rt text, id text, code text, system text, value text)
+     ), iss AS (
+       INSERT INTO search_string (resource_type, resource_id, code, value)
+       SELECT rt, id, code, value FROM jsonb_to_recordset($3::jsonb) AS t(rt text, id text, code text, value text)
+     ), idt AS (
+       INSERT INTO search_date (resource_type, resource_id, code, lo, hi)
+       SELECT rt, id, code, lo, hi FROM jsonb_to_recordset($4::jsonb) AS t(rt text, id text, code text, lo timestamptz, hi timestamptz)
+     ), ir AS (
+       INSERT INTO search_reference (resource_type, resource_id, code, target)
+       SELECT rt, id, code, target FROM jsonb_to_recordset($5::jsonb) AS t(rt text, id text, code text, target text)
+     ), ei AS (
+       INSERT INTO empi_identifier (blind, patient_id)
+       SELECT jsonb_array_elements_text(content->'identifiers'), id FROM r WHERE rt = '${EMPI_TYPE}' ON CONFLICT DO NOTHING
+     ), em AS (
+       INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site)
+       SELECT pid, shard, method, reason, site FROM jsonb_to_recordset($6::jsonb) AS t(pid text, shard text, method text, reason text, site text)
+     )
      INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
-     VALUES ($24, $6, $4, $5, $31, $7, $8, $9, $1, $2, $3, $11, $13::jsonb)`,
-    params,
+     SELECT cid, site, hlc, phlc, porg, epoch, shard, cls, rt, id, vid, del, content FROM r`,
+    [
+      JSON.stringify(rows),
+      JSON.stringify(tokens),
+      JSON.stringify(strings),
+      JSON.stringify(dates),
+      JSON.stringify(refs),
+      JSON.stringify(empi),
+    ],
     // Two statement shapes; naming them lets PostgreSQL reuse the plan on each connection.
-    { name: opts.replacesCurrent ? 'medmesh_write_version_replace' : 'medmesh_write_version_new' },
+    { name: opts.replace ? 'medmesh_write_versions_replace' : 'medmesh_write_versions_new' },
   );
 }
