@@ -132,7 +132,10 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     const reports: ApplyReport[][] = [[], []];
     const [p1, p2] = [pullerAtC(reports[0]!), pullerAtC(reports[1]!)];
     p1.start();
-    await new Promise((r) => setTimeout(r, 100));
+    await eventually(
+      async () => (await c.db.query("SELECT 1 FROM replication_lease WHERE peer = 'B'")).rows.length === 1,
+      'the first puller to hold the lease',
+    );
     p2.start(); // a second API node of site C: the lease keeps it idle
     const t0 = Date.now();
     const written = await create(2);
