@@ -102,18 +102,20 @@ export async function applyVersions(
   );
   const freshKeys = new Set(inserted.rows.map((r) => `${keyOf(r.resource_type, r.id)}\u0000${r.version_id}`));
   const fresh: RemoteVersion[] = [];
+  const resultOf = new Map<RemoteVersion, ApplyResult>();
   const results: ApplyResult[] = versions.map((v) => {
     if (!freshKeys.delete(`${keyOf(v.resourceType, v.id)}\u0000${v.versionId}`)) return { outcome: 'duplicate' };
-    fresh.push(v);
     // Written once, a directory entry keeps no current row (empi.ts): its history row is all.
-    return { outcome: v.resourceType === EMPI_TYPE ? 'current' : 'history' };
+    const r: ApplyResult = { outcome: v.resourceType === EMPI_TYPE ? 'current' : 'history' };
+    fresh.push(v);
+    resultOf.set(v, r);
+    return r;
   });
   await recordReplicatedEmpi(tx, fresh);
   const derived = fresh.filter((v) => v.resourceType !== EMPI_TYPE);
   if (derived.length === 0) return results;
 
   const state = await loadState(tx, derived);
-  const byResult = new Map(versions.map((v, i) => [v, results[i]!]));
   const winners = new Map<string, RemoteVersion>();
   const newPairs = new Map<string, { t: string; id: string; a: string; b: string; resolution: string | null }>();
   const resolutions: Array<{ t: string; id: string; a: string; b: string; resolution: string }> = [];
@@ -135,7 +137,7 @@ export async function applyVersions(
           b: newer.versionId,
           resolution: resolution?.versionId ?? null,
         });
-        byResult.get(v)!.conflictWith ??= x.versionId;
+        resultOf.get(v)!.conflictWith ??= x.versionId;
       }
     }
     // Known pairs this page resolves, or resolves with a lesser version than before.
@@ -143,7 +145,7 @@ export async function applyVersions(
       const b = versionKeyOf(p.b);
       const best = mine
         .map((v) => facts.get(v.versionId)!)
-        .filter((r) => resolves(r, { ...b, versionId: p.b, parentHlc: null, parentOrigin: null }))
+        .filter((r) => resolves(r, b))
         .sort(compareVersions)[0];
       if (best && (p.resolution === null || compareVersions(best, versionKeyOf(p.resolution)) < 0))
         resolutions.push({ t: s.type, id: s.id, a: p.a, b: p.b, resolution: best.versionId });
@@ -152,7 +154,7 @@ export async function applyVersions(
     const top = mine.reduce<RemoteVersion | undefined>((m, v) => (!m || compareVersions(v, m) > 0 ? v : m), undefined)!;
     if (!s.current || compareVersions(top, s.current) > 0) {
       winners.set(k, top);
-      byResult.get(top)!.outcome = 'current';
+      resultOf.get(top)!.outcome = 'current';
     }
   }
 

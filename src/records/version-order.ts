@@ -45,7 +45,7 @@ export function isConflict(x: VersionFacts, y: VersionFacts): boolean {
 }
 
 /** Whether `r` was written on top of `y` or above (it resolves a conflict whose newer version is `y`). */
-export function resolves(r: VersionFacts, y: VersionFacts): boolean {
+export function resolves(r: VersionFacts, y: Pick<VersionFacts, 'hlc' | 'originSite'>): boolean {
   return r.parentHlc !== null && !parentBelow(r, y);
 }
 
