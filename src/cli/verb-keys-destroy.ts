@@ -223,7 +223,7 @@ export async function verifyCertificateVerb(argv: string[]): Promise<number> {
   console.log(JSON.stringify({ valid: check.valid, approvals: check.approvals, problems: check.problems }, null, 2));
   console.error(
     check.valid
-      ? `valid: ${check.document?.keyName} version ${check.document?.versions.join(', ')} destroyed at site ${check.document?.site}, approved by ${check.approvals.map((a) => a.approver).join(', ')}${approverKeys.size ? ' (with the keys given)' : ' (keys not compared: give --approver-key)'}`
+      ? `valid: ${check.document?.keyName} version ${check.document?.versions.join(', ')} destroyed at site ${check.document?.site}, approved by ${check.approvals.map((a) => a.approver).join(', ')}${approverKeys.size ? ' (with the keys given)' : " (approvers' keys not compared: give --approver-key)"}${f['site-key'] ? '' : "; signed with the key the certificate carries: give --site-key to check it is the site's"}`
       : `NOT VALID: ${check.problems.join('; ')}`,
   );
   return check.valid ? 0 : 1;
