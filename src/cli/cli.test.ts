@@ -422,6 +422,26 @@ describe('medmesh CLI', () => {
       'an operator API answers the administrator',
     );
     assert.equal((await fetch(`${siteB}/replication/dead-letters`, { headers: registrar })).status, 403);
+    // The sites check and cosign each other's audit checkpoints on their own; B's log is confirmed by its peers.
+    const auditorB = { authorization: `Bearer ${await loginAt(siteB, 'demo.auditor', 'medmesh-demo-2026')}` };
+    for (const until = Date.now() + 90_000; ;) {
+      const w = (await (await fetch(`${siteB}/audit/witness`, { headers: auditorB })).json()) as {
+        peers: Array<{ state: string; heldTreeSize?: number }>;
+      };
+      const v = (await (await fetch(`${siteB}/audit/verify`, { headers: auditorB })).json()) as {
+        report: { ok: boolean };
+        confirmed: boolean;
+      };
+      if (
+        w.peers.length === 2 &&
+        w.peers.every((p) => p.state === 'ok' && (p.heldTreeSize ?? 0) > 0) &&
+        v.report.ok &&
+        v.confirmed
+      )
+        break;
+      assert.ok(Date.now() < until, `the demo sites do not witness each other's audit logs: ${JSON.stringify({ w, v })}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
     const beforeStop = demo.errors().length;
     demo.child.kill('SIGINT');
     assert.equal(await demo.exited, 0);

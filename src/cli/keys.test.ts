@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { verifyCertificate } from '../security/kms/index.ts';
+import type { verifyCertificate } from '../security/kms/index.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/medmesh.js', import.meta.url));
 const EXAMPLE = fileURLToPath(new URL('../../region.example.yaml', import.meta.url));
@@ -118,7 +118,8 @@ describe('medmesh keys', () => {
       'records',
     );
     assert.equal((JSON.parse(rotated.stdout) as { latestVersion: number }).latestVersion, 2);
-    const destroyed = medmesh(
+    // Destruction: a request, signed by two custodians with their own keys; names alone are refused.
+    const names = medmesh(
       'keys',
       'destroy',
       ...site,
@@ -126,40 +127,102 @@ describe('medmesh keys', () => {
       data,
       ...unseal(1, 'alice'),
       ...unseal(2, 'bob'),
-      '--name',
-      'records',
-      '--version',
-      '1',
       '--approver',
       'alice',
       '--approver',
       'bob',
-      '--reason',
-      'compromised backup tape',
     );
-    assert.equal(destroyed.status, 0, destroyed.stderr);
-    const cert = JSON.parse(destroyed.stdout) as Parameters<typeof verifyCertificate>[0];
-    assert.equal(verifyCertificate(cert).valid, true);
-    assert.match(cert.document, /"versions":\[1\]/);
-    const lone = medmesh(
+    assert.equal(names.status, 2);
+    assert.match(names.stderr, /--approver names are not approvals/);
+    const request = join(dir, 'destroy-records-1.json');
+    const requested = medmesh(
       'keys',
-      'destroy',
+      'destroy-request',
       ...site,
       '--data',
       data,
-      ...unseal(1, 'alice'),
-      ...unseal(2, 'bob'),
       '--name',
       'records',
       '--version',
-      '2',
-      '--approver',
-      'alice',
+      '1',
       '--reason',
-      'x',
+      'compromised backup tape',
+      '--out',
+      request,
     );
+    assert.equal(requested.status, 0, requested.stderr);
+    const approveAs = (who: string, keyOf = who) => {
+      const out = join(dir, `approval-${who}-${keyOf}.json`);
+      const r = medmesh(
+        'keys',
+        'approve',
+        '--request',
+        request,
+        '--custodian',
+        who,
+        '--key',
+        join(dir, 'custodians', `${keyOf}.key.pem`),
+        '--out',
+        out,
+      );
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`${who} approves destroying version 1 of key records at site B`));
+      return out;
+    };
+    const destroy = (...approvals: string[]) =>
+      medmesh(
+        'keys',
+        'destroy',
+        ...site,
+        '--data',
+        data,
+        ...unseal(1, 'alice'),
+        ...unseal(2, 'bob'),
+        '--request',
+        request,
+        ...approvals.flatMap((a) => ['--approval', a]),
+      );
+    const lone = destroy(approveAs('alice'));
     assert.equal(lone.status, 1);
-    assert.match(lone.stderr, /at least two distinct approvers/);
+    assert.match(lone.stderr, /at least two custodians; 1 valid/);
+    const impostor = destroy(approveAs('alice'), approveAs('bob', 'carol'));
+    assert.equal(impostor.status, 1);
+    assert.match(impostor.stderr, /the approval of bob is not made with bob's key/);
+    const destroyed = destroy(approveAs('alice'), approveAs('carol'));
+    assert.equal(destroyed.status, 0, destroyed.stderr);
+    assert.match(destroyed.stderr, /kms_key_version rewritten: the destroyed material is in no row version of the live table/);
+    const cert = JSON.parse(destroyed.stdout) as Parameters<typeof verifyCertificate>[0];
+    assert.match(cert.document, /"versions":\[1\]/);
+    await writeFile(join(dir, 'certificate.json'), destroyed.stdout);
+    const pubOf = (who: string) => ['--approver-key', `${who}=${join(dir, 'custodians', `${who}.pub.pem`)}`];
+    const checked = medmesh(
+      'keys',
+      'verify-certificate',
+      '--certificate',
+      join(dir, 'certificate.json'),
+      '--site-key',
+      join(dir, 'shares', 'B.service.pub.pem'),
+      ...pubOf('alice'),
+      ...pubOf('carol'),
+    );
+    assert.equal(checked.status, 0, checked.stderr);
+    assert.match(
+      checked.stderr,
+      /valid: records version 1 destroyed at site B, approved by alice, carol \(with the keys given\)/,
+    );
+    const otherKey = medmesh(
+      'keys',
+      'verify-certificate',
+      '--certificate',
+      join(dir, 'certificate.json'),
+      '--approver-key',
+      `carol=${join(dir, 'custodians', 'bob.pub.pem')}`,
+    );
+    assert.equal(otherKey.status, 1);
+    assert.match(
+      otherKey.stderr,
+      /NOT VALID: no key was given for alice.*the approval of carol is not made with the key given for carol/,
+    );
   });
 
   it('a running site starts sealed, refuses a second opener of its data, and unseals over HTTP', async () => {

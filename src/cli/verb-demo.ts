@@ -83,6 +83,9 @@ export async function demoVerb(argv: string[]): Promise<number> {
     console.log(
       `  replication: every site pulls every other (${links} links, checked for consistency every 5 minutes); core data only between a shard's residency sites`,
     );
+    console.log(
+      "  audit: every site checks and cosigns the others' signed audit checkpoints every 10 s; a cut or rewritten log alarms at its peers (/metrics, /audit/witness) and fails its own /audit/verify",
+    );
     const stores = new Map<string, RecordStore>(running.map((r) => [r.site.siteId, r.site.store]));
     const existing = await Promise.all(
       running.map((r) =>

@@ -9,6 +9,7 @@ import { helpText, intFlag, parseFlags, UsageError, type FlagSpec, type VerbSpec
 import { SITE_DB_FLAGS } from './common.ts';
 import { keyFingerprint } from './verb-peers.ts';
 import { openKms, openShares, openUnsealedKms, UNSEAL_FLAG } from './offline-kms.ts';
+import { approve, destroy, DESTROY_SUBCOMMANDS, destroyRequest, verifyCertificateVerb } from './verb-keys-destroy.ts';
 
 const SUBCOMMANDS = {
   'custodian-keygen': 'make an SM2 key pair for a custodian (private key file mode 0600)',
@@ -18,7 +19,7 @@ const SUBCOMMANDS = {
   create: 'create a named key',
   rotate: 'add a new version to a named key',
   rewrap: 're-encrypt an envelope file to the newest key version',
-  destroy: 'destroy key versions and print the signed destruction certificate',
+  ...DESTROY_SUBCOMMANDS,
   shares: 'list own shares, deposit a share at another site, fetch deposited shares',
 } as const;
 
@@ -50,8 +51,15 @@ export async function keysVerb(argv: string[]): Promise<number> {
     case 'create':
     case 'rotate':
     case 'rewrap':
-    case 'destroy':
       return manage(sub, rest);
+    case 'destroy-request':
+      return destroyRequest(rest);
+    case 'approve':
+      return approve(rest);
+    case 'destroy':
+      return destroy(rest);
+    case 'verify-certificate':
+      return verifyCertificateVerb(rest);
     case 'shares':
       return shares(rest);
     default:
@@ -179,7 +187,7 @@ async function unseal(argv: string[]): Promise<number> {
   return 0;
 }
 
-async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: string[]): Promise<number> {
+async function manage(sub: 'create' | 'rotate' | 'rewrap', argv: string[]): Promise<number> {
   const spec = {
     name: `keys ${sub}`,
     summary: SUBCOMMANDS[sub],
@@ -197,9 +205,6 @@ async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: str
       },
       in: { type: 'string', help: 'rewrap: envelope file', placeholder: 'file' },
       out: { type: 'string', help: 'rewrap: output file', placeholder: 'file' },
-      version: { type: 'string', multiple: true, help: 'destroy: version to destroy', placeholder: 'n' },
-      approver: { type: 'string', multiple: true, help: 'destroy: approving operator (two or more)', placeholder: 'name' },
-      reason: { type: 'string', help: 'destroy: why', placeholder: 'text' },
     },
   } satisfies VerbSpec<Record<string, FlagSpec>>;
   const f = parseFlags(spec, argv);
@@ -241,17 +246,6 @@ async function manage(sub: 'create' | 'rotate' | 'rewrap' | 'destroy', argv: str
         if (!f.in || !f.out) throw new UsageError('--in and --out are required');
         await writeFile(f.out, await kms.rewrap(await readFile(f.in)));
         console.log(`rewrapped ${f.in} -> ${f.out}`);
-        break;
-      }
-      case 'destroy': {
-        const versions = f.version.map((v) => intFlag('version', v, 1, 1_000_000));
-        console.log(
-          JSON.stringify(
-            await kms.destroyVersions(f.name!, { versions, approvers: f.approver, reason: f.reason ?? '' }),
-            null,
-            2,
-          ),
-        );
         break;
       }
     }

@@ -9,7 +9,7 @@ import type { IdentityService } from '../security/identity/index.ts';
 import type { AuditLog } from '../security/audit/index.ts';
 import { registerAudit } from './audit-hook.ts';
 import { accessRoutes } from './access-routes.ts';
-import { auditEventRoutes, auditRoutes } from './audit-routes.ts';
+import { auditEventRoutes, auditRoutes, type AuditRoutesOptions } from './audit-routes.ts';
 import { replicationRoutes } from './replication-routes.ts';
 import { verifyRoutes, type VerifyRoutesOptions } from './verify-routes.ts';
 import { conflictRoutes } from './conflict-routes.ts';
@@ -53,6 +53,12 @@ export interface AppOptions {
   imaging?: ImagingStore;
   /** Source PACS this site collects from (their reports at /imaging/collection). */
   collectionSources?: readonly string[];
+  /** The peers' audit logs checked and cosigned here, and this log verified with what they hold. */
+  auditPeers?: {
+    verify: NonNullable<AuditRoutesOptions['verify']>;
+    states: NonNullable<AuditRoutesOptions['witness']>;
+    prometheus: () => string;
+  };
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
@@ -104,7 +110,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     const parked = await opts.db.query<{ n: number }>(
       "SELECT count(*)::int AS n FROM replication_dead_letter WHERE status <> 'skipped'",
     );
-    const body = `${opts.replication?.prometheus(opts.siteId) ?? ''}# HELP medmesh_replication_dead_letters Changes parked or waiting behind a parked one.\n# TYPE medmesh_replication_dead_letters gauge\nmedmesh_replication_dead_letters{site="${opts.siteId}"} ${parked.rows[0]?.n ?? 0}\n`;
+    const body = `${opts.replication?.prometheus(opts.siteId) ?? ''}${opts.auditPeers?.prometheus() ?? ''}# HELP medmesh_replication_dead_letters Changes parked or waiting behind a parked one.\n# TYPE medmesh_replication_dead_letters gauge\nmedmesh_replication_dead_letters{site="${opts.siteId}"} ${parked.rows[0]?.n ?? 0}\n`;
     return reply.type('text/plain; version=0.0.4; charset=utf-8').send(body);
   });
   app.get('/readyz', { config: { access: 'public' } }, async (_req, reply) => {
@@ -154,7 +160,13 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   }
   if (opts.audit) {
     const auditOpts = { db: opts.db, kms: opts.kms, siteId: opts.siteId, audit: opts.audit };
-    await app.register(auditRoutes, { prefix: '/audit', ...auditOpts });
+    const peers = opts.auditPeers;
+    await app.register(auditRoutes, {
+      prefix: '/audit',
+      ...auditOpts,
+      ...(identity ? { serviceKey: (id: string) => identity.servicePublicKey(id) } : {}),
+      ...(peers ? { verify: peers.verify, witness: peers.states } : {}),
+    });
     await app.register(auditEventRoutes, { prefix: '/fhir/R4', ...auditOpts });
   }
   if (opts.imaging) {

@@ -2,16 +2,20 @@
 // signed checkpoints, inclusion and consistency proofs, and cosignatures from other sites.
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { Db } from '../db/index.ts';
-import { Sm2PublicKey } from '../security/crypto/index.ts';
+import { sm2Sign, Sm2PublicKey } from '../security/crypto/index.ts';
 import {
+  checkpointJson,
   complianceReport,
+  latestHeld,
   parseAuditQuery,
   readAuditEvent,
   renderComplianceHtml,
   searchAuditEvents,
   verifyAuditLog,
+  witnessStatement,
   type AuditLog,
-  type Checkpoint,
+  type AuditReport,
+  type WitnessPeerState,
 } from '../security/audit/index.ts';
 import type { Kms } from '../security/kms/index.ts';
 import { simpleOutcome } from './outcome.ts';
@@ -27,6 +31,12 @@ export interface AuditRoutesOptions {
   kms: Kms;
   siteId: string;
   audit: () => AuditLog | undefined;
+  /** The key registered here for a site (medmesh peers trust): a cosignature must verify with the caller's own. */
+  serviceKey?: (serviceId: string) => Promise<Sm2PublicKey | undefined>;
+  /** Verifies the log with what the peers hold of it (the site's composition); absent: the local log alone. */
+  verify?: () => Promise<{ report: AuditReport; peers: unknown[]; confirmed: boolean }>;
+  /** What this site's witness knows of its peers' logs. */
+  witness?: () => WitnessPeerState[];
 }
 
 function pairs(req: FastifyRequest): Array<[string, string]> {
@@ -36,18 +46,6 @@ function pairs(req: FastifyRequest): Array<[string, string]> {
 
 function nat(v: string | undefined): number | undefined {
   return v !== undefined && /^\d{1,15}$/.test(v) ? Number(v) : undefined;
-}
-
-function checkpointJson(c: Checkpoint) {
-  return {
-    treeSize: c.treeSize,
-    root: c.root.toString('hex'),
-    issuedAt: c.issuedAt,
-    statement: c.statement,
-    signature: c.signature.toString('base64'),
-    signerSite: c.signerSite,
-    signerPublicKey: c.signerPublicKey,
-  };
 }
 
 /** Mounted at /fhir/R4: AuditEvent read and search for auditors. */
@@ -78,6 +76,63 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
     if (!l) void reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
     return l;
   };
+  /** Undefined while sealed. */
+  const verifyHere = async () => {
+    const signing = opts.kms.signingKey();
+    if (!signing) return undefined;
+    if (opts.verify) return opts.verify();
+    const report = await verifyAuditLog(opts.db, {
+      macKey: opts.kms.deriveSecret('audit-entry-mac'),
+      signers: [signing.key.publicKey],
+    });
+    return { report, peers: [], confirmed: false };
+  };
+
+  // What this site's witness found when it last checked each peer's log.
+  app.get('/witness', { config: { access: AUDITORS } }, () => ({ site: opts.siteId, peers: opts.witness?.() ?? [] }));
+
+  // The latest checkpoint of `site`'s log this site checked and cosigned, signed together with
+  // the asker's nonce: how a site's verify learns whether its log was cut.
+  app.get<{ Params: { site: string }; Querystring: { nonce?: string } }>(
+    '/witness/:site',
+    { config: { access: VERIFIERS } },
+    async (req, reply) => {
+      const nonce = req.query.nonce;
+      if (!nonce || !/^[0-9A-Za-z_-]{8,128}$/.test(nonce))
+        return reply.code(400).send({ error: 'bad-request', message: 'nonce: 8-128 letters, digits, _ or -' });
+      const signing = opts.kms.signingKey();
+      if (!signing) return reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
+      const held = await latestHeld(opts.db, req.params.site);
+      if (!held)
+        return reply
+          .code(404)
+          .send({ error: 'not-found', message: `site ${opts.siteId} holds no checkpoint of site ${req.params.site}` });
+      const checkedAt = new Date().toISOString();
+      const statement = witnessStatement({
+        witness: opts.siteId,
+        site: held.site,
+        treeSize: held.treeSize,
+        root: held.root,
+        nonce,
+        checkedAt,
+      });
+      return {
+        witness: opts.siteId,
+        site: held.site,
+        nonce,
+        checkedAt,
+        checkpoint: {
+          treeSize: held.treeSize,
+          root: held.root.toString('hex'),
+          issuedAt: held.issuedAt,
+          statement: held.statement,
+          signature: held.signature.toString('base64'),
+          signerSite: held.site,
+        },
+        attestation: sm2Sign(signing.key, statement).toString('base64'),
+      };
+    },
+  );
 
   app.get<{ Querystring: { from?: string; to?: string; format?: string } }>(
     '/report',
@@ -92,16 +147,24 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
       }
       if (format !== 'html' && format !== 'json')
         return reply.code(400).send({ error: 'bad-request', message: 'format: html (printable) or json' });
-      const signing = opts.kms.signingKey();
-      if (!signing) return reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
-      const verification = await verifyAuditLog(opts.db, {
-        macKey: opts.kms.deriveSecret('audit-entry-mac'),
-        signers: [signing.key.publicKey],
+      const verified = await verifyHere();
+      if (!verified) return reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
+      const report = await complianceReport(opts.db, {
+        site: opts.siteId,
+        from: new Date(from),
+        to: new Date(to),
+        verification: verified.report,
+        confirmed: verified.confirmed,
       });
-      const report = await complianceReport(opts.db, { site: opts.siteId, from: new Date(from), to: new Date(to), verification });
       return format === 'json' ? report : reply.type('text/html; charset=utf-8').send(renderComplianceHtml(report));
     },
   );
+
+  // The whole log checked now, with what the peers hold of it (auditors; `medmesh audit verify` does the same offline).
+  app.get('/verify', { config: { access: AUDITORS } }, async (_req, reply) => {
+    const verified = await verifyHere();
+    return verified ?? reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
+  });
 
   app.get('/checkpoint', { config: { access: VERIFIERS } }, async (_req, reply) => {
     const l = log(reply);
@@ -149,6 +212,9 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
     },
   );
 
+  // A cosignature is kept under the calling site's name only when that site's registered key
+  // made it: a key sent in the body would let any site cosign in another's name, or with a key
+  // nobody can tie to it.
   app.post<{ Body: { treeSize?: unknown; signature?: unknown; publicKey?: unknown } | undefined }>(
     '/cosignatures',
     { config: { access: { services: ['site'] } } },
@@ -156,24 +222,36 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
       const l = log(reply);
       if (!l) return reply;
       const { treeSize, signature, publicKey } = req.body ?? {};
-      if (typeof treeSize !== 'number' || typeof signature !== 'string' || typeof publicKey !== 'string')
-        return reply.code(400).send({ error: 'bad-request', message: 'body: {treeSize, signature (base64), publicKey (PEM)}' });
-      let key: Sm2PublicKey;
-      try {
-        key = Sm2PublicKey.fromPem(publicKey);
-      } catch {
-        return reply.code(400).send({ error: 'bad-request', message: 'publicKey: not an SM2 public key in PEM' });
-      }
-      const site = req.identity.kind === 'service' ? req.identity.serviceId : 'unknown';
-      const ok = await l.addCosignature(treeSize, site, Buffer.from(signature, 'base64'), key);
+      if (
+        !Number.isSafeInteger(treeSize) ||
+        typeof signature !== 'string' ||
+        (publicKey !== undefined && typeof publicKey !== 'string')
+      )
+        return reply.code(400).send({ error: 'bad-request', message: 'body: {treeSize, signature (base64)}' });
+      if (req.identity.kind !== 'service') return reply.code(403).send({ error: 'forbidden', message: 'only sites cosign' });
+      const site = req.identity.serviceId;
+      const key = await opts.serviceKey?.(site);
+      if (!key) return reply.code(403).send({ error: 'forbidden', message: `no key is registered here for site ${site}` });
+      if (typeof publicKey === 'string' && !samePem(publicKey, key))
+        return reply.code(400).send({ error: 'bad-request', message: `publicKey: not the key registered here for site ${site}` });
+      const size = treeSize as number;
+      const ok = await l.addCosignature(size, site, Buffer.from(signature, 'base64'), key);
       return ok
-        ? reply.code(201).send({ treeSize, site })
+        ? reply.code(201).send({ treeSize: size, site })
         : reply.code(400).send({
             error: 'bad-request',
-            message: `the signature does not verify over checkpoint ${treeSize}, or there is no such checkpoint`,
+            message: `the signature is not ${site}'s over checkpoint ${size}, or there is no such checkpoint`,
           });
     },
   );
 
   await Promise.resolve();
 };
+
+function samePem(pem: string, key: Sm2PublicKey): boolean {
+  try {
+    return Sm2PublicKey.fromPem(pem).hex === key.hex;
+  } catch {
+    return false;
+  }
+}

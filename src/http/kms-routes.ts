@@ -17,6 +17,7 @@ const STATUS: Record<KmsErrorCode, number> = {
   'version-destroyed': 410,
   'version-below-minimum': 403,
   'not-exportable': 403,
+  'not-approved': 403,
   'bad-request': 400,
 };
 

@@ -14,11 +14,11 @@ import {
   SUPPORTED_TYPES,
   type RecordsContext,
 } from '../records/index.ts';
-import { FileCryptoPool, hmacSm3Keyed } from '../security/crypto/index.ts';
+import { FileCryptoPool, hmacSm3Keyed, type Sm2PrivateKey } from '../security/crypto/index.ts';
 import type { Region } from '../region/index.ts';
 import { Kms } from '../security/kms/index.ts';
-import { AuditLog } from '../security/audit/index.ts';
-import { IdentityService } from '../security/identity/index.ts';
+import { AuditLog, AuditWitness, verifyWithPeers } from '../security/audit/index.ts';
+import { AssertionCache, IdentityService } from '../security/identity/index.ts';
 import { AccessControl } from '../security/access/index.ts';
 import { ConsistencyChecker, Puller, ReplicationMetrics, type ApplyContext } from '../replication/index.ts';
 import { tokenResolver } from './identity.ts';
@@ -78,6 +78,8 @@ export interface Site {
   /** Peer site id -> base URL (from the region file; tests and the demo point them elsewhere). */
   peers: Map<string, string>;
   checker: ConsistencyChecker;
+  /** Checks and cosigns the peers' audit checkpoints (started with replication). */
+  witness: AuditWitness;
   /** Starts one puller per peer (once per site: leases) and, when asked, scheduled consistency checks. */
   startReplication(opts?: ReplicationStartOptions): void;
   /** Stops pulling from peers and checking them (close does it too): stop every site's first when stopping several. */
@@ -101,6 +103,8 @@ export interface ReplicationStartOptions {
   waitSeconds?: number;
   /** Check consistency with every peer this often (default: never). */
   verifyEveryMs?: number;
+  /** Check and cosign every peer's audit checkpoint this often (default 30 s; 0: never). */
+  cosignEveryMs?: number;
   onError?: (peer: string, message: string) => void;
 }
 
@@ -203,14 +207,14 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
       };
     return audit.log;
   };
-  // Signed checkpoints every few seconds (regional standard: tamper-proof logs).
-  const checkpoints = setInterval(
-    () =>
-      void auditLog()
-        ?.checkpoint()
-        .catch(() => undefined),
-    opts.checkpointEveryMs ?? 5000,
-  );
+  // Signed checkpoints every few seconds (regional standard: tamper-proof logs); and key material
+  // destroyed elsewhere (another node, medmesh keys destroy) is zeroed here as often.
+  const checkpoints = setInterval(() => {
+    void auditLog()
+      ?.checkpoint()
+      .catch(() => undefined);
+    void kms.forgetDestroyed().catch(() => undefined);
+  }, opts.checkpointEveryMs ?? 5000);
   checkpoints.unref();
   // Pseudonym keys derive from the master key: only an unsealed site answers (sealed sites serve no data).
   const access = await AccessControl.open({ db, siteId, store, searchParams, secret: (label) => kms.deriveSecret(label) });
@@ -227,6 +231,33 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     peerKey,
     metrics: replication,
   });
+  // Each site witnesses the others' audit logs over the same service credentials as its links.
+  const assertions = new AssertionCache();
+  const authorization = (peer: string, key: Sm2PrivateKey) =>
+    `MedmeshService ${assertions.for({ serviceId: siteId, key, site: peer })}`;
+  const witness = new AuditWitness({
+    db,
+    siteId,
+    peers: () => peers,
+    key: () => kms.signingKey()?.key,
+    peerKey,
+    authorization,
+    audit: auditLog,
+    onAlarm: (peer, kind, message) => app.log.error({ peer, kind }, `AUDIT ALARM for site ${peer}: ${message}`),
+  });
+  const verifyAudit = () => {
+    const signing = kms.signingKey();
+    if (!signing) return Promise.reject(new Error(`site ${siteId} is sealed`));
+    return verifyWithPeers(
+      db,
+      {
+        macKey: kms.deriveSecret('audit-entry-mac'),
+        signers: [signing.key.publicKey],
+        onlineDays: region.config.policies.auditOnlineDays,
+      },
+      { siteId, peers, peerKey, authorization: (peer) => authorization(peer, signing.key) },
+    );
+  };
   const pullers: Puller[] = [];
   const startReplication = (o: ReplicationStartOptions = {}) => {
     if (pullers.length) return;
@@ -244,9 +275,10 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
       pullers.push(p);
     }
     if (o.verifyEveryMs) checker.start(o.verifyEveryMs);
+    if ((o.cosignEveryMs ?? 30_000) > 0) witness.start(o.cosignEveryMs ?? 30_000);
   };
   const stopReplication = async (): Promise<void> => {
-    await Promise.all([...pullers.map((p) => p.stop()), checker.stop()]);
+    await Promise.all([...pullers.map((p) => p.stop()), checker.stop(), witness.stop()]);
   };
   // Image bytes are kept only for patients whose home shard this site may hold.
   const residency = new ImageResidency({ records: store, region, siteId });
@@ -324,6 +356,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     blindIndex: empi.index,
     ...(imaging ? { imaging } : {}),
     ...(collect ? { collectionSources: collect.sources.map((s) => s.id) } : {}),
+    auditPeers: { verify: verifyAudit, states: () => witness.states(), prometheus: () => witness.prometheus() },
   });
   return {
     ok: true,
@@ -338,6 +371,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
       replication,
       peers,
       checker,
+      witness,
       startReplication,
       stopReplication,
       app,

@@ -8,7 +8,8 @@ import { openTestDb } from '../db/test-db.ts';
 import type { S3BlobStoreOptions } from '../imaging/index.ts';
 import { tableCounts } from '../records/testing.ts';
 import { exampleRegion } from '../region/testing.ts';
-import { Sm2PrivateKey } from '../security/crypto/index.ts';
+import type { FastifyServerOptions } from 'fastify';
+import { Sm2PrivateKey, type Sm2PublicKey } from '../security/crypto/index.ts';
 import { signToken } from '../security/identity/index.ts';
 import { openSite, type Site } from './site.ts';
 
@@ -39,9 +40,14 @@ export async function startTestServer(
     maxImageBytes?: number;
     streamImagesAboveBytes?: number;
     imageStore?: 'fs' | 's3';
+    /** The site's database (default: a fresh test database); closed with the server. */
+    db?: Db;
+    /** Custodians of the master key made at start (default: two throwaway keys). */
+    custodians?: Array<{ name: string; publicKey: Sm2PublicKey }>;
+    logger?: FastifyServerOptions['logger'];
   } = {},
 ): Promise<TestServer> {
-  const db = await openTestDb({ migrated: false });
+  const db = opts.db ?? (await openTestDb({ migrated: false }));
   const siteId = opts.siteId ?? 'B';
   const blobRoot = await mkdtemp(join(tmpdir(), `medmesh-${siteId}-blobs-`));
   let s3server: { close(): Promise<void> } | undefined;
@@ -77,12 +83,13 @@ export async function startTestServer(
       ...(opts.streamImagesAboveBytes ? { streamAboveBytes: opts.streamImagesAboveBytes } : {}),
     },
     ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}),
+    ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
   });
   if (!opened.ok) throw new Error(opened.error.message);
   const { site } = opened;
   if ((opts.kms ?? 'unsealed') === 'unsealed') {
     await site.kms.init({
-      custodians: ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })),
+      custodians: opts.custodians ?? ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })),
       threshold: 2,
     });
   }

@@ -5,7 +5,7 @@ import type { Db, Queryable } from '../../db/index.ts';
 import { sm2Sign, sm2Verify, type Sm2PrivateKey, type Sm2PublicKey } from '../crypto/index.ts';
 import { APPEND_LOCK, DbAppender } from './appender.ts';
 import { auditEventBytes, auditEventSchema, canonicalBytes, type AuditEvent } from './event.ts';
-import { consistencyProof, FrontierBuilder, inclusionProof, leafHash } from './merkle.ts';
+import { consistencyProof, consistencyProofWith, FrontierBuilder, frontierNodes, inclusionProof, leafHash } from './merkle.ts';
 
 export interface AuditSigner {
   siteId: string;
@@ -124,7 +124,41 @@ export class AuditLog {
     return { leafHash: leaves[seq]!, proof: inclusionProof(leaves, seq, treeSize) };
   }
 
+  /**
+   * RFC 9162 consistency proof between the trees of `from` and `to` entries. Peers ask for one
+   * on every cosigning round, so it is built from the frontier stored with the checkpoint at
+   * (or before) `from`, the frontier where an exported and pruned prefix ends, and the entries
+   * stored after those, not from the whole log; only when that is not enough are all entries
+   * read. RangeError: the log cannot answer (entries gone without a checkpoint to stand in).
+   */
   async consistencyProof(from: number, to: number): Promise<Buffer[]> {
+    if (from < 1 || from > to) throw new RangeError(`no consistency proof from ${from} to ${to}`);
+    const { db } = this.#o;
+    const { rows } = await db.query<{ tree_size: bigint; frontier: Uint8Array }>(
+      `(SELECT tree_size, frontier FROM audit_checkpoint WHERE tree_size <= $1 ORDER BY tree_size DESC LIMIT 1)
+       UNION ALL
+       (SELECT tree_size, frontier FROM audit_checkpoint WHERE tree_size = (SELECT min(seq) FROM audit_entry))`,
+      [from],
+    );
+    const frontiers = rows.map((r) => ({ size: Number(r.tree_size), frontier: splitFrontier(Buffer.from(r.frontier)) }));
+    const base = Math.max(0, ...frontiers.map((f) => f.size).filter((size) => size <= to));
+    const after = await db.query<{ seq: bigint; entry: Buffer }>(
+      'SELECT seq, entry FROM audit_entry WHERE seq >= $1 AND seq < $2 ORDER BY seq',
+      [base, to],
+    );
+    // A gap in the entries (deleted rows) cannot give the proof; the full read below says why.
+    if (after.rows.length === to - base && after.rows.every((r, i) => Number(r.seq) === base + i)) {
+      try {
+        const mth = frontierNodes(
+          frontiers,
+          base,
+          after.rows.map((r) => leafHash(r.entry)),
+        );
+        return consistencyProofWith(mth, from, to);
+      } catch (e) {
+        if (!(e instanceof RangeError)) throw e;
+      }
+    }
     return consistencyProof(await this.#leaves(to), from, to);
   }
 

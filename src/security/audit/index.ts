@@ -10,5 +10,15 @@ export { toFhirAuditEvent, parseAuditQuery, readAuditEvent, searchAuditEvents } 
 export type { AuditQuery } from './fhir-view.ts';
 export { complianceReport, renderComplianceHtml } from './report.ts';
 export type { ComplianceReport } from './report.ts';
-export { exportAuditSegments, verifySegmentFile, pruneExportedAudit, SEGMENT_FORMAT } from './retention.ts';
-export type { SegmentExport, SegmentCheck } from './retention.ts';
+export {
+  exportAuditSegments,
+  verifySegmentFile,
+  pruneExportedAudit,
+  checkArchivedSegments,
+  SEGMENT_FORMAT,
+} from './retention.ts';
+export type { SegmentExport, SegmentCheck, ArchivedSegmentCheck } from './retention.ts';
+export { AuditWitness, askWitnesses, latestHeld, verifyWithPeers } from './witness.ts';
+export type { AuditWitnessOptions, WitnessAlarmKind, WitnessAnswer, WitnessPeerState } from './witness.ts';
+export { checkpointJson, witnessStatement, parseSignedCheckpoint, WitnessClient } from './witness-wire.ts';
+export type { CheckpointJson, SignedCheckpoint } from './witness-wire.ts';

@@ -3,7 +3,10 @@ import { describe, it } from 'node:test';
 import { sm3 } from '../crypto/index.ts';
 import {
   consistencyProof,
+  consistencyProofWith,
   EMPTY_ROOT,
+  FrontierBuilder,
+  frontierNodes,
   inclusionProof,
   leafHash,
   nodeHash,
@@ -64,5 +67,21 @@ describe('RFC 9162 Merkle tree over SM3', () => {
         }
       }
     }
+  });
+
+  it('gives the same consistency proof from a checkpoint frontier and the newer leaves only, for every base <= m <= n', () => {
+    // What a log answers peers with on every cosigning round (it reads only what came after the checkpoint).
+    for (let n = 1; n <= 40; n++) {
+      for (let m = 1; m <= n; m++) {
+        for (let base = 0; base <= m; base++) {
+          const tree = new FrontierBuilder();
+          for (const l of leaves.slice(0, base)) tree.push(l);
+          const mthOf = frontierNodes([{ size: base, frontier: tree.frontier() }], base, leaves.slice(base, n));
+          assert.deepEqual(consistencyProofWith(mthOf, m, n), consistencyProof(leaves, m, n), `base=${base} m=${m} n=${n}`);
+        }
+      }
+    }
+    // Leaves before the frontier that a proof would need are not invented.
+    assert.throws(() => frontierNodes([], 4, leaves.slice(4, 8))(0, 4), RangeError);
   });
 });

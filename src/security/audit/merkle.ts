@@ -84,15 +84,58 @@ export function verifyInclusion(leaf: Uint8Array, m: number, n: number, proof: r
 /** Consistency proof between the trees of the first m and n leaves (RFC 9162 §2.1.4.1). */
 export function consistencyProof(leaves: readonly Uint8Array[], m: number, n = leaves.length): Buffer[] {
   if (m < 1 || m > n || n > leaves.length) throw new RangeError(`no consistency proof from ${m} to ${n}`);
+  return consistencyProofWith((lo, hi) => rootOf(leaves.slice(lo, hi)), m, n);
+}
+
+/**
+ * The same proof over a source of subtree hashes: `mth(lo, hi)` is the Merkle tree hash of the
+ * leaves [lo, hi). Lets a log answer from a checkpoint's frontier plus the newer leaves only.
+ */
+export function consistencyProofWith(mth: (lo: number, hi: number) => Buffer, m: number, n: number): Buffer[] {
+  if (m < 1 || m > n) throw new RangeError(`no consistency proof from ${m} to ${n}`);
   const subproof = (lo: number, hi: number, mm: number, whole: boolean): Buffer[] => {
     const size = hi - lo;
-    if (mm === size) return whole ? [] : [rootOf(leaves.slice(lo, hi))];
+    if (mm === size) return whole ? [] : [mth(lo, hi)];
     const k = splitPoint(size);
     return mm <= k
-      ? [...subproof(lo, lo + k, mm, whole), rootOf(leaves.slice(lo + k, hi))]
-      : [...subproof(lo + k, hi, mm - k, false), rootOf(leaves.slice(lo, lo + k))];
+      ? [...subproof(lo, lo + k, mm, whole), mth(lo + k, hi)]
+      : [...subproof(lo + k, hi, mm - k, false), mth(lo, lo + k)];
   };
   return m === n ? [] : subproof(0, n, m, true);
+}
+
+/**
+ * Subtree hashes for `consistencyProofWith` from the frontiers of earlier trees (each tree's
+ * perfect subtrees, largest first, as checkpoints store them) and the leaves from `base` on. A
+ * subtree neither known nor reachable from those throws a RangeError.
+ */
+export function frontierNodes(
+  frontiers: ReadonlyArray<{ size: number; frontier: readonly Buffer[] }>,
+  base: number,
+  after: readonly Uint8Array[],
+): (lo: number, hi: number) => Buffer {
+  const known = new Map<string, Buffer>();
+  for (const f of frontiers) {
+    let lo = 0;
+    for (const h of f.frontier) {
+      if (f.size - lo <= 0) break; // a frontier longer than its size says: the rest is ignored (and the proof fails)
+      const size = 2 ** Math.floor(Math.log2(f.size - lo));
+      known.set(`${lo}:${lo + size}`, h);
+      lo += size;
+    }
+  }
+  const mth = (a: number, b: number): Buffer => {
+    const hit = known.get(`${a}:${b}`);
+    if (hit) return hit;
+    if (a >= base) {
+      if (b - base > after.length) throw new RangeError(`leaves up to ${b} are not available`);
+      return rootOf(after.slice(a - base, b - base));
+    }
+    if (b - a === 1) throw new RangeError(`leaf ${a} is neither stored nor under a known subtree`);
+    const k = splitPoint(b - a);
+    return nodeHash(mth(a, a + k), mth(a + k, b));
+  };
+  return mth;
 }
 
 /** RFC 9162 §2.1.4.2 verification of a consistency proof between two roots. */

@@ -32,14 +32,19 @@ export interface ComplianceReport {
     | 'missing'
     | 'rootMismatch'
     | 'badSignature'
-  >;
+    | 'witnesses'
+    | 'prunedEarly'
+  > & {
+    /** Whether a peer's cosigned checkpoint was recomputed from this log (else a cut tail would not show). */
+    confirmedByPeers: boolean;
+  };
 }
 
 const MAX_LISTED = 200;
 
 export async function complianceReport(
   db: Queryable,
-  opts: { site: string; from: Date; to: Date; verification: AuditReport; now?: Date },
+  opts: { site: string; from: Date; to: Date; verification: AuditReport; confirmed?: boolean; now?: Date },
 ): Promise<ComplianceReport> {
   const range = `t >= $1::timestamptz AND t < $2::timestamptz`;
   const p = [opts.from.toISOString(), opts.to.toISOString()];
@@ -121,6 +126,9 @@ export async function complianceReport(
       missing: v.missing,
       rootMismatch: v.rootMismatch,
       badSignature: v.badSignature,
+      witnesses: v.witnesses ?? [],
+      ...(v.prunedEarly ? { prunedEarly: v.prunedEarly } : {}),
+      confirmedByPeers: opts.confirmed ?? false,
     },
   };
 }
@@ -148,7 +156,27 @@ export function renderComplianceHtml(r: ComplianceReport): string {
 <p>Period ${esc(r.from)} to ${esc(r.to)} (end exclusive). Generated ${esc(r.generatedAt)}.</p>
 <h2>Audit log verification</h2>
 <p class="${v.ok ? 'ok' : 'bad'}">${status}: ${esc(v.entries)} entries, ${esc(v.checkpoints)} signed checkpoints verified.</p>
-${v.ok ? '' : `<p>Entries failing their MAC: ${esc(v.invalidMac.join(', ') || 'none')}. Entries whose append time was moved: ${esc(v.timeMismatch.join(', ') || 'none')}. Entries whose search columns (patient, user) were changed: ${esc(v.columnMismatch.join(', ') || 'none')}. Missing ranges: ${esc(JSON.stringify(v.missing))}. Checkpoints with a wrong root: ${esc(v.rootMismatch.join(', ') || 'none')}; with a bad signature: ${esc(v.badSignature.join(', ') || 'none')}.</p>`}
+<p class="${v.confirmedByPeers ? 'ok' : 'bad'}">${
+    v.confirmedByPeers
+      ? `Confirmed by the checkpoints other sites cosigned: ${esc(
+          (v.witnesses ?? [])
+            .filter((w) => w.consistent)
+            .map((w) => `${w.peer} (${w.treeSize} entries)`)
+            .join(', ') || 'no other site in the region',
+        )}.`
+      : 'NOT confirmed by any other site: entries cut from the end of the log would not show here.'
+  }</p>
+${
+  (v.witnesses ?? []).some((w) => !w.consistent && !w.archived)
+    ? `<p class="bad">Inconsistent with the checkpoints held by: ${esc(
+        (v.witnesses ?? [])
+          .filter((w) => !w.consistent && !w.archived)
+          .map((w) => `${w.peer} (${w.treeSize} entries)`)
+          .join(', '),
+      )}.</p>`
+    : ''
+}
+${v.ok ? '' : `<p>Entries failing their MAC: ${esc(v.invalidMac.join(', ') || 'none')}. Entries whose append time was moved: ${esc(v.timeMismatch.join(', ') || 'none')}. Entries whose search columns (patient, user) were changed: ${esc(v.columnMismatch.join(', ') || 'none')}. Missing ranges: ${esc(JSON.stringify(v.missing))}. Checkpoints with a wrong root: ${esc(v.rootMismatch.join(', ') || 'none')}; with a bad signature: ${esc(v.badSignature.join(', ') || 'none')}.${v.prunedEarly ? ` Entries before ${esc(v.prunedEarly.before)} were pruned within the online period (checkpoint of ${esc(v.prunedEarly.issuedAt)}).` : ''}</p>`}
 <h2>Accesses per role</h2>
 <p>${esc(r.totals.entries)} audited events: ${esc(r.totals.allow + r.totals.success)} allowed or succeeded, ${esc(r.totals.deny)} denied, ${esc(r.totals.failure)} failed.</p>
 ${table(

@@ -10,8 +10,9 @@ import type { Db } from '../../db/index.ts';
 import { openTestDb, testBackend } from '../../db/test-db.ts';
 import { Sm2PrivateKey } from '../crypto/index.ts';
 import { AuditLog } from './audit-log.ts';
-import { exportAuditSegments, pruneExportedAudit, verifySegmentFile } from './retention.ts';
+import { checkArchivedSegments, exportAuditSegments, pruneExportedAudit, verifySegmentFile } from './retention.ts';
 import { verifyAuditLog } from './verify.ts';
+import { verifyConsistency } from './merkle.ts';
 
 describe(`audit retention (${testBackend()})`, () => {
   let db: Db;
@@ -107,6 +108,15 @@ describe(`audit retention (${testBackend()})`, () => {
     await log.checkpoint();
     const report = await verifyAuditLog(db, { macKey, signers: [key.publicKey] });
     assert.deepEqual([report.ok, report.archivedBefore, report.entries, report.missing], [true, 80, 15, []]);
+    // Peers that cosigned the pruned checkpoints still get consistency proofs (from the checkpoint's frontier).
+    const roots = await db.query<{ tree_size: bigint; root: Uint8Array }>(
+      'SELECT tree_size, root FROM audit_checkpoint ORDER BY tree_size',
+    );
+    const [at50, at80, at95] = roots.rows.map((r) => ({ size: Number(r.tree_size), root: Buffer.from(r.root) }));
+    assert.deepEqual([at50!.size, at80!.size, at95!.size], [50, 80, 95]);
+    assert.ok(verifyConsistency(80, 95, at80!.root, at95!.root, await log.consistencyProof(80, 95)));
+    // From inside the pruned prefix the proof needs subtrees of entries no longer stored: refused, not invented.
+    await assert.rejects(log.consistencyProof(at50!.size, 95), RangeError);
     const more = await exportAuditSegments({ db, siteId: 'B', signer: key, dir, olderThan: soon() });
     assert.deepEqual(
       more.map((s) => [s.fromSeq, s.toSeq]),
@@ -116,5 +126,54 @@ describe(`audit retention (${testBackend()})`, () => {
       (await verifySegmentFile(more[0]!.file, { signers: [key.publicKey], macKey })).ok,
       'a later segment continues the tree from the archived frontier',
     );
+  });
+
+  it('finds a pruned prefix whose archive files are gone or changed, and one pruned before its time', async () => {
+    // Everything pruned here is minutes old: a site whose entries stay online 183 days did not prune it.
+    const early = await verifyAuditLog(db, { macKey, signers: [key.publicKey], onlineDays: 183 });
+    assert.equal(early.ok, false);
+    assert.equal(early.prunedEarly?.before, 80);
+    const later = await verifyAuditLog(db, {
+      macKey,
+      signers: [key.publicKey],
+      onlineDays: 183,
+      now: new Date(Date.now() + 200 * 86_400_000),
+    });
+    assert.equal(later.ok, true, JSON.stringify(later));
+    const statuses = async (o: { dir?: string } = {}) =>
+      (await checkArchivedSegments(db, { signers: [key.publicKey], macKey, ...o })).map((c) => [c.fromSeq, c.status]);
+    assert.deepEqual(await statuses(), [
+      [0, 'ok'],
+      [50, 'ok'],
+      [80, 'ok'],
+    ]);
+    // The archive mounted elsewhere: found by name.
+    const moved = await mkdtemp(join(tmpdir(), 'medmesh-audit-worm-'));
+    try {
+      for (const f of ['000000000000-000000000049', '000000000050-000000000079'])
+        await writeFile(join(moved, `audit-B-${f}.jsonl`), await readFile(join(dir, `audit-B-${f}.jsonl`)));
+      // One file replaced by another that verifies on its own (a later export of the same range would look like this).
+      await writeFile(
+        join(moved, 'audit-B-000000000050-000000000079.jsonl'),
+        await readFile(join(dir, 'audit-B-000000000000-000000000049.jsonl')),
+      );
+      const checks = await checkArchivedSegments(db, { signers: [key.publicKey], macKey, dir: moved });
+      assert.deepEqual(
+        checks.map((c) => [c.fromSeq, c.status]),
+        [
+          [0, 'ok'],
+          [50, 'bad'],
+          [80, 'missing'],
+        ],
+      );
+      assert.match(checks[1]!.problems.join(';'), /its SM3 differs from the export record.*covers 0\.\.49/);
+    } finally {
+      await rm(moved, { recursive: true, force: true });
+    }
+    // Export records an attacker adds to make a deletion look archived point at no file.
+    await db.query(
+      "INSERT INTO audit_export (from_seq, to_seq, file_name, file_sm3, checkpoint_tree_size) VALUES (95, 99, '/nowhere/audit-B.jsonl', '\\x00', 100)",
+    );
+    assert.deepEqual((await statuses()).at(-1), [95, 'missing']);
   });
 });

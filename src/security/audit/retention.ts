@@ -8,10 +8,10 @@
 // stored); last line {sm3, signature}: SM3 of every byte before it, signed with SM2.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, rename } from 'node:fs/promises';
-import { join } from 'node:path';
+import { access, mkdir, open, rename } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { createInterface } from 'node:readline';
-import type { Db } from '../../db/index.ts';
+import type { Db, Queryable } from '../../db/index.ts';
 import { sm2Sign, sm2Verify, type Sm2PrivateKey, type Sm2PublicKey } from '../crypto/index.ts';
 import { entryMacFor } from './appender.ts';
 import { checkpointStatement, splitFrontier } from './audit-log.ts';
@@ -34,6 +34,8 @@ export interface SegmentCheck {
   toSeq?: number;
   entries: number;
   problems: string[];
+  /** The SM3 the file's trailer names (what the export recorded). */
+  sm3?: string;
 }
 
 interface CheckpointRow {
@@ -283,7 +285,15 @@ export async function verifySegmentFile(
   if (!tree!.root().equals(Buffer.from(cp.root, 'hex')))
     problems.push(`the entries do not hash to the signed root of checkpoint ${cp.treeSize}`);
   if (badMac.length) problems.push(`entries failing their MAC: ${badMac.join(', ')}`);
-  return { ok: problems.length === 0, site: header.site ?? '', fromSeq: header.fromSeq, toSeq: header.toSeq, entries, problems };
+  return {
+    ok: problems.length === 0,
+    site: header.site ?? '',
+    fromSeq: header.fromSeq,
+    toSeq: header.toSeq,
+    entries,
+    problems,
+    ...(typeof trailer.sm3 === 'string' ? { sm3: trailer.sm3 } : {}),
+  };
 }
 
 /**
@@ -303,4 +313,47 @@ export async function pruneExportedAudit(db: Db, opts: { olderThan: Date }): Pro
     );
     return rows[0]?.n ?? 0;
   });
+}
+
+export interface ArchivedSegmentCheck {
+  fromSeq: number;
+  toSeq: number;
+  file: string;
+  /** missing: not found where recorded (or in the directory given); bad: found, and it does not verify or is not the file exported. */
+  status: 'ok' | 'missing' | 'bad';
+  problems: string[];
+}
+
+/**
+ * Checks every exported segment against its archive file: the file recorded at export (or the
+ * file of that name in `dir`, where the archive is mounted) must be the one written (its SM3),
+ * cover the recorded range and verify on its own. Export records are rows an attacker with
+ * database access can add to make a deleted prefix look archived; the files show it.
+ */
+export async function checkArchivedSegments(
+  q: Queryable,
+  opts: { dir?: string; signers: Sm2PublicKey[]; macKey?: Uint8Array },
+): Promise<ArchivedSegmentCheck[]> {
+  const { rows } = await q.query<{ from_seq: bigint; to_seq: bigint; file_name: string; file_sm3: Uint8Array }>(
+    'SELECT from_seq, to_seq, file_name, file_sm3 FROM audit_export ORDER BY from_seq',
+  );
+  const out: ArchivedSegmentCheck[] = [];
+  for (const r of rows) {
+    const file = opts.dir ? join(opts.dir, basename(r.file_name)) : r.file_name;
+    const base = { fromSeq: Number(r.from_seq), toSeq: Number(r.to_seq), file };
+    try {
+      await access(file);
+    } catch {
+      out.push({ ...base, status: 'missing', problems: [`${file} is not there`] });
+      continue;
+    }
+    const check = await verifySegmentFile(file, { signers: opts.signers, ...(opts.macKey ? { macKey: opts.macKey } : {}) });
+    const problems = [...check.problems];
+    if (check.sm3 !== Buffer.from(r.file_sm3).toString('hex'))
+      problems.push('not the file that was exported (its SM3 differs from the export record)');
+    if (check.fromSeq !== base.fromSeq || check.toSeq !== base.toSeq)
+      problems.push(`it covers ${check.fromSeq ?? '?'}..${check.toSeq ?? '?'}, the export record ${base.fromSeq}..${base.toSeq}`);
+    out.push({ ...base, status: problems.length ? 'bad' : 'ok', problems });
+  }
+  return out;
 }

@@ -37,10 +37,22 @@ export interface AuditReport {
   badSignature: number[];
   /** Against the trusted checkpoint given to the verifier, if any. */
   trusted?: { treeSize: number; consistent: boolean };
+  /**
+   * Against the latest checkpoints of this log that other sites hold (they checked and cosigned
+   * them): a log now shorter than one of them, or whose entries no longer give its root, was
+   * truncated or rewritten. `archived`: the checkpoint lies inside the exported prefix and
+   * cannot be recomputed here (not counted against the log).
+   */
+  witnesses?: Array<{ peer: string; treeSize: number; consistent: boolean; archived?: true }>;
   /** Entries after the last checkpoint (not yet covered by a signature). */
   unsignedTail: number;
   /** Entries before this sequence number were exported to archive files and pruned (checked there). */
   archivedBefore: number;
+  /**
+   * The pruned prefix ends at a checkpoint signed within the online period (`onlineDays`):
+   * entries left the database before their time — with export records written to cover it.
+   */
+  prunedEarly?: { before: number; issuedAt: string };
   seconds: number;
 }
 
@@ -49,6 +61,11 @@ export interface VerifyOptions {
   /** Keys whose checkpoint signatures are accepted (the site's own key at least). */
   signers: Sm2PublicKey[];
   trusted?: { treeSize: number; root: Uint8Array };
+  /** Checkpoints of this log held by other sites (see `askWitnesses`). */
+  witnessed?: ReadonlyArray<{ peer: string; treeSize: number; root: Uint8Array }>;
+  /** Entries stay online at least this many days (policies.auditOnlineDays): a younger pruned prefix fails. */
+  onlineDays?: number;
+  now?: Date;
   /** How far an entry's append time may be from its own time (clocks of API nodes and database, queueing). Default 5 minutes. */
   maxAppendSkewMs?: number;
   pageSize?: number;
@@ -59,7 +76,7 @@ export interface VerifyOptions {
  * The exported-and-pruned prefix of the log: the entries before the first one still stored,
  * when export records cover them without a gap and a checkpoint marks where they end.
  */
-async function archivedPrefix(q: Queryable): Promise<{ size: number; frontier: Buffer[] } | undefined> {
+async function archivedPrefix(q: Queryable): Promise<{ size: number; frontier: Buffer[]; issuedAt: Date } | undefined> {
   const { rows } = await q.query<{ first: bigint | null; covered: bigint | null }>(
     `SELECT (SELECT min(seq) FROM audit_entry) AS first,
             (SELECT coalesce(max(to_seq) + 1, 0) FROM audit_export) AS covered`,
@@ -77,9 +94,12 @@ async function archivedPrefix(q: Queryable): Promise<{ size: number; frontier: B
     next = Number(e.to_seq) + 1;
   }
   if (first > next) return undefined; // more is gone than was exported: reported as missing
-  const cp = await q.query<{ frontier: Uint8Array }>('SELECT frontier FROM audit_checkpoint WHERE tree_size = $1', [first]);
+  const cp = await q.query<{ frontier: Uint8Array; issued_at: Date }>(
+    'SELECT frontier, issued_at FROM audit_checkpoint WHERE tree_size = $1',
+    [first],
+  );
   if (!cp.rows[0]) return undefined;
-  return { size: first, frontier: splitFrontier(Buffer.from(cp.rows[0].frontier)) };
+  return { size: first, frontier: splitFrontier(Buffer.from(cp.rows[0].frontier)), issuedAt: new Date(cp.rows[0].issued_at) };
 }
 
 export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise<AuditReport> {
@@ -119,13 +139,39 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
     const signed = opts.signers.some((k) => sm2Verify(k, Buffer.from(c.statement), c.signature));
     if (!signed || expected !== c.statement) report.badSignature.push(c.size);
   }
-  const sizesToCheck = new Map(checkpoints.map((c) => [c.size, c.root]));
-  if (opts.trusted) sizesToCheck.set(opts.trusted.treeSize, Buffer.from(opts.trusted.root));
+  // What the tree must hash to at given sizes: the stored checkpoints, the trusted one, the witnessed ones.
+  const expected = new Map<number, Array<{ root: Buffer; done: (ok: boolean) => void }>>();
+  const expect = (size: number, root: Uint8Array, done: (ok: boolean) => void) => {
+    const list = expected.get(size) ?? [];
+    list.push({ root: Buffer.from(root), done });
+    expected.set(size, list);
+  };
+  for (const c of checkpoints) expect(c.size, c.root, (ok) => void (ok || report.rootMismatch.push(c.size)));
+  if (opts.trusted) {
+    const t = opts.trusted;
+    expect(t.treeSize, t.root, (consistent) => (report.trusted = { treeSize: t.treeSize, consistent }));
+  }
+  if (opts.witnessed) {
+    report.witnesses = [];
+    for (const w of opts.witnessed) {
+      const entry: NonNullable<AuditReport['witnesses']>[number] = { peer: w.peer, treeSize: w.treeSize, consistent: false };
+      report.witnesses.push(entry);
+      if (archived && w.treeSize <= archived.size) entry.archived = true;
+      else expect(w.treeSize, w.root, (ok) => (entry.consistent = ok));
+    }
+  }
 
   // Over positions 0..n-1, a deleted entry counted as a zero leaf; a pruned (exported) prefix
   // is taken from the signed checkpoint it ended at.
   const tree = new FrontierBuilder(archived?.frontier ?? [], archived?.size ?? 0);
   report.archivedBefore = archived?.size ?? 0;
+  // Pruning takes only entries older than the online period, so the checkpoint where the pruned
+  // prefix ends is that old too (a day's leeway for clocks and for when pruning runs).
+  if (archived && opts.onlineDays !== undefined) {
+    const limit = (opts.now ?? new Date()).getTime() - (opts.onlineDays - 1) * 86_400_000;
+    if (archived.issuedAt.getTime() > limit)
+      report.prunedEarly = { before: archived.size, issuedAt: archived.issuedAt.toISOString() };
+  }
   const macs = new MacWorker(opts.macKey);
   const bad: number[] = [];
   const columns: number[] = [];
@@ -133,11 +179,10 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
   const page = opts.pageSize ?? 10_000;
   const maxSkew = opts.maxAppendSkewMs ?? 5 * 60_000;
   const checkAt = (n: number) => {
-    const want = sizesToCheck.get(n);
+    const want = expected.get(n);
     if (!want) return;
-    const ok = tree.root().equals(want);
-    if (opts.trusted && n === opts.trusted.treeSize) report.trusted = { treeSize: n, consistent: ok };
-    if (!ok && checkpoints.some((c) => c.size === n)) report.rootMismatch.push(n);
+    const root = tree.root();
+    for (const w of want) w.done(root.equals(w.root));
   };
   /** Folds a checked page into the tree, in order, with a zero leaf for each deleted entry. */
   const fold = async (p: { seqs: number[]; checked: Promise<PageCheck> }) => {
@@ -194,10 +239,11 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
     await macs.close();
   }
   const lastSigned = checkpoints.at(-1)?.size ?? 0;
-  if (lastSigned > expectedSeq) {
-    report.missing.push({ from: expectedSeq, to: lastSigned - 1 });
-    report.rootMismatch.push(lastSigned);
-  }
+  // The log must reach every size something vouches for: its own last checkpoint, the trusted
+  // one, and what its peers hold. Falling short is a truncation (those roots stay unmatched).
+  const end = Math.max(lastSigned, opts.trusted?.treeSize ?? 0, ...(opts.witnessed ?? []).map((w) => w.treeSize));
+  if (end > expectedSeq) report.missing.push({ from: expectedSeq, to: end - 1 });
+  if (lastSigned > expectedSeq) report.rootMismatch.push(lastSigned);
   if (opts.trusted && !report.trusted) report.trusted = { treeSize: opts.trusted.treeSize, consistent: false };
   report.unsignedTail = Math.max(0, expectedSeq - lastSigned);
   report.ok =
@@ -207,7 +253,9 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
     !report.missing.length &&
     !report.rootMismatch.length &&
     !report.badSignature.length &&
-    (report.trusted?.consistent ?? true);
+    !report.prunedEarly &&
+    (report.trusted?.consistent ?? true) &&
+    (report.witnesses ?? []).every((w) => w.consistent || w.archived);
   report.seconds = (performance.now() - t0) / 1000;
   return report;
 }

@@ -13,6 +13,7 @@ export type KmsErrorCode =
   | 'version-destroyed'
   | 'version-below-minimum'
   | 'not-exportable'
+  | 'not-approved' // a destruction without the signed approval of two custodians (or an expired request)
   | 'bad-request';
 
 export class KmsError extends Error {

@@ -5,7 +5,15 @@ import { after, before, describe, it } from 'node:test';
 import type { Db } from '../../db/index.ts';
 import { openTestDb, testBackend } from '../../db/test-db.ts';
 import { CryptoError, Sm2PrivateKey } from '../crypto/index.ts';
-import { verifyCertificate } from './certificate.ts';
+import {
+  approveRequest,
+  canonicalRequest,
+  parseRequest,
+  signCertificate,
+  verifyCertificate,
+  type DestructionApproval,
+  type DestructionDocument,
+} from './certificate.ts';
 import { KmsError } from './errors.ts';
 import { Kms } from './kms.ts';
 import { decodeShareToken, encodeShareToken, signShare, unwrapShare, type WrappedShare } from './shares.ts';
@@ -170,21 +178,38 @@ describe(`KMS (${testBackend()})`, () => {
     assert.deepEqual(await counts(), before, 'sealing and unsealing write nothing');
   });
 
-  it('destroys versions with an SM2-signed permanent certificate; they never decrypt again', async () => {
+  it('destroys versions only on a request two custodians signed; the certificate carries approvals anyone can check', async () => {
     const env = await kms.encrypt('dicom', Buffer.from('to be destroyed'));
+    await assert.rejects(kms.destructionRequest({ keyName: 'dicom', versions: [2, 7], reason: 'x' }), isKms('bad-request'));
+    const request = await kms.destructionRequest({ keyName: 'dicom', versions: [1, 2], reason: 'retention ended' });
+    const r = parseRequest(request);
+    const approve = (name: string, key = custodianKeys.find((c) => c.name === name)!.key, of = r) =>
+      approveRequest(of, { approver: name, key, now: clock });
+    const [alice, bob] = [approve('alice'), approve('bob')];
+    const mallory = Sm2PrivateKey.generate();
     const before = await counts();
-    await assert.rejects(
-      kms.destroyVersions('dicom', { versions: [2], approvers: ['alice'], reason: 'retention ended' }),
-      isKms('bad-request'),
-    );
-    await assert.rejects(
-      kms.destroyVersions('dicom', { versions: [2, 7], approvers: ['alice', 'bob'], reason: 'retention ended' }),
-      isKms('bad-request'),
-    );
+    const refused = async (approvals: DestructionApproval[], text = request, code = 'not-approved') =>
+      assert.rejects(kms.destroyVersions({ request: text, approvals }), isKms(code));
+    await refused([alice]); // one approver
+    await refused([alice, alice]); // the same custodian twice
+    await refused([alice, approve('mallory', mallory)]); // not a custodian
+    await refused([alice, approve('bob', mallory)]); // a custodian's name, another key
+    await refused([alice, approve('bob', undefined, { ...r, versions: [1] })]); // bob approved something else
+    await refused([alice, { ...bob, approver: 'carol' }]); // a signature moved to another name
+    // The request changed after approval (every approval is over its digest).
+    await refused([alice, bob], canonicalRequest({ ...r, versions: [1, 2, 3] }));
+    await refused([alice, bob], canonicalRequest({ ...r, site: 'C' }), 'bad-request');
+    const saved = clock;
+    clock = new Date(Date.parse(r.expiresAt) + 1000);
+    await refused([alice, bob]); // expired
+    clock = saved;
     assert.deepEqual(await counts(), before, 'refused destruction writes nothing');
-    const cert = await kms.destroyVersions('dicom', { versions: [1, 2], approvers: ['alice', 'bob'], reason: 'retention ended' });
-    const checked = verifyCertificate(cert, await kms.signingPublicKey());
-    assert.equal(checked.valid, true);
+
+    const { certificate: cert, wipe } = await kms.destroyVersions({ request, approvals: [alice, bob] });
+    assert.equal(wipe.rewritten, true, wipe.note);
+    const published = new Map(custodianKeys.map((c) => [c.name, c.key.publicKey]));
+    const checked = verifyCertificate(cert, { siteKey: (await kms.signingPublicKey())!, approverKeys: published });
+    assert.deepEqual([checked.valid, checked.problems], [true, []]);
     assert.deepEqual(
       [
         checked.document?.keyName,
@@ -194,19 +219,30 @@ describe(`KMS (${testBackend()})`, () => {
       ],
       ['dicom', [1, 2], ['alice', 'bob'], 'B'],
     );
+    assert.deepEqual(checked.approvals, [
+      { approver: 'alice', signed: true, keyMatches: true },
+      { approver: 'bob', signed: true, keyMatches: true },
+    ]);
+    // Anyone with the certificate and the custodians' keys sees a wrong key, a changed document, or approvals not over the request.
+    const wrongBob = verifyCertificate(cert, { approverKeys: new Map([...published, ['bob', mallory.publicKey]]) });
+    assert.equal(wrongBob.valid, false);
+    assert.match(wrongBob.problems.join(';'), /bob is not made with the key given for bob/);
     assert.equal(
-      verifyCertificate(
-        { ...cert, document: cert.document.replace('retention ended', 'retention extended') },
-        await kms.signingPublicKey(),
-      ).valid,
+      verifyCertificate({ ...cert, document: cert.document.replace('retention ended', 'retention extended') }).valid,
       false,
-      'a changed certificate fails verification',
     );
+    const doc = JSON.parse(cert.document) as DestructionDocument;
+    const site = Sm2PrivateKey.generate();
+    const forgedApprovals = signCertificate({ ...doc, approvals: [alice, { ...bob, signature: alice.signature }] }, site);
+    assert.match(verifyCertificate(forgedApprovals).problems.join(';'), /approval of bob does not verify.*1 verified approver/);
+    const oldStyle = signCertificate(
+      { ...doc, type: 'medmesh-key-destruction/1', request: undefined, approvals: undefined },
+      site,
+    );
+    assert.match(verifyCertificate(oldStyle).problems.join(';'), /approvers are names only/);
+
     await assert.rejects(kms.decrypt(env), isKms('version-destroyed'));
-    await assert.rejects(
-      kms.destroyVersions('dicom', { versions: [1], approvers: ['alice', 'bob'], reason: 'again' }),
-      isKms('version-destroyed'),
-    );
+    await assert.rejects(kms.destroyVersions({ request, approvals: [alice, bob] }), isKms('version-destroyed'));
     await assert.rejects(kms.rotate('dicom'), isKms('version-destroyed'), 'a destroyed key cannot be rotated back to life');
     // Even after a restart and unseal the material is gone.
     kms = restart();
@@ -219,6 +255,64 @@ describe(`KMS (${testBackend()})`, () => {
     await assert.rejects(db.query('DELETE FROM kms_destruction_certificate'), /permanent records/);
     await assert.rejects(db.query("UPDATE kms_destruction_certificate SET document = 'x'"), /permanent records/);
     assert.equal((await kms.certificates('dicom')).length, 1);
+  });
+
+  it('stops another node of the site decrypting with a destroyed version at once, and zeroes its copy', async () => {
+    await kms.createKey('lab');
+    const env = await kms.encrypt('lab', Buffer.from('result'));
+    const other = restart(); // another API node of the site (or the site beside an offline destroy)
+    for (const w of shares.slice(0, 3)) await other.submitShare(unwrapShare(w, keyOf(w)));
+    assert.equal((await other.decrypt(env)).toString(), 'result');
+    const copy = (await other.macKey('lab')).key; // the node's cached material
+    const request = await kms.destructionRequest({ keyName: 'lab', versions: [1], reason: 'lab results moved' });
+    const r = parseRequest(request);
+    await kms.destroyVersions({
+      request,
+      approvals: ['carol', 'dave'].map((n) =>
+        approveRequest(r, { approver: n, key: custodianKeys.find((c) => c.name === n)!.key, now: clock }),
+      ),
+    });
+    await assert.rejects(other.decrypt(env), isKms('version-destroyed'));
+    await other.forgetDestroyed();
+    assert.ok(
+      copy.every((b) => b === 0),
+      "the other node's copy is zeroed",
+    );
+  });
+
+  it('leaves no copy of destroyed wrapped material in the live table file (the table is rewritten)', async () => {
+    await kms.createKey('notes');
+    await kms.rotate('notes');
+    const material = async (v: number) =>
+      Buffer.from(
+        (
+          await db.query<{ m: Uint8Array }>(
+            "SELECT material_wrapped AS m FROM kms_key_version WHERE name = 'notes' AND version = $1",
+            [v],
+          )
+        ).rows[0]!.m,
+      );
+    const [m1, m2] = [await material(1), await material(2)];
+    const tableFile = async () => {
+      await db.query('CHECKPOINT');
+      const { rows } = await db.query<{ b: Uint8Array }>(
+        "SELECT pg_read_binary_file(pg_relation_filepath('kms_key_version')) AS b",
+      );
+      return Buffer.from(rows[0]!.b);
+    };
+    assert.ok((await tableFile()).includes(m1), 'the probe finds live material');
+    const request = await kms.destructionRequest({ keyName: 'notes', versions: [1], reason: 'notes retention ended' });
+    const r = parseRequest(request);
+    const { wipe } = await kms.destroyVersions({
+      request,
+      approvals: ['alice', 'erin'].map((n) =>
+        approveRequest(r, { approver: n, key: custodianKeys.find((c) => c.name === n)!.key, now: clock }),
+      ),
+    });
+    assert.deepEqual([wipe.rewritten, wipe.complete], [true, true], wipe.note);
+    const file = await tableFile();
+    assert.ok(!file.includes(m1), 'no row version of the table holds the destroyed material');
+    assert.ok(file.includes(m2), 'the version kept is still there');
   });
 
   it("keeps other sites' wrapped shares, signed by their site, which only their custodians can open", async () => {

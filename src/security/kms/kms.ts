@@ -6,7 +6,6 @@ import { combine, split } from 'shamir-secret-sharing';
 import type { Db, Queryable } from '../../db/index.ts';
 import {
   algorithmFor,
-  CryptoError,
   equalConstantTime,
   hmacSm3,
   keyBytesFor,
@@ -18,9 +17,19 @@ import {
   type CryptoPolicy,
   type EnvelopeAlgorithm,
 } from '../crypto/index.ts';
-import { signCertificate, type DestructionCertificate } from './certificate.ts';
+import type { DestructionApproval, DestructionCertificate } from './certificate.ts';
+import { destroyKeyVersions, makeDestructionRequest, rewriteKeyVersions, type WipeReport } from './destruction.ts';
+import { kcvOf, unwrapUnder, wrapUnder } from './master-key.ts';
 import { KmsError } from './errors.ts';
-import { shareSignedBy, signShare, wrapShare, type Custodian, type ShareToken, type WrappedShare } from './shares.ts';
+import {
+  depositShare,
+  shareSignedBy,
+  signShare,
+  wrapShare,
+  type Custodian,
+  type ShareToken,
+  type WrappedShare,
+} from './shares.ts';
 
 export interface KmsContext {
   db: Db;
@@ -242,36 +251,10 @@ export class Kms {
 
   /**
    * Keeps another site's wrapped share, signed by that site's service key (`ownerKey`: the key
-   * registered here for it, none when it is not). Deposits are write-once: a different share
-   * under the same slot is refused.
+   * registered here for it, none when it is not). Deposits are write-once.
    */
-  async depositShare(w: WrappedShare, ownerKey: Sm2PublicKey | undefined): Promise<void> {
-    if (w.site === this.#ctx.siteId) throw new KmsError('bad-request', 'a site does not keep deposits of its own shares');
-    if (!ownerKey)
-      throw new KmsError(
-        'untrusted-owner',
-        `site ${w.site} is not trusted here: register its service key first (medmesh peers trust)`,
-      );
-    if (!shareSignedBy(w, ownerKey))
-      throw new KmsError(
-        'bad-share',
-        `the share is not signed by site ${w.site}'s service key (altered, or made before medmesh signed its shares)`,
-      );
-    const inserted = await this.#ctx.db.query(
-      `INSERT INTO kms_deposited_share (owner_site, cmk_id, share_index, wrapped) VALUES ($1, $2, $3, $4::jsonb)
-       ON CONFLICT (owner_site, cmk_id, share_index) DO NOTHING RETURNING 1`,
-      [w.site, w.cmkId, w.index, JSON.stringify(w)],
-    );
-    if (inserted.rows.length) return;
-    const { rows } = await this.#ctx.db.query<{ same: boolean }>(
-      'SELECT wrapped = $4::jsonb AS same FROM kms_deposited_share WHERE owner_site = $1 AND cmk_id = $2 AND share_index = $3',
-      [w.site, w.cmkId, w.index, JSON.stringify(w)],
-    );
-    if (!rows[0]?.same)
-      throw new KmsError(
-        'duplicate-share',
-        `site ${w.site} already deposited a different share ${w.index} of master key ${w.cmkId} here`,
-      );
+  depositShare(w: WrappedShare, ownerKey: Sm2PublicKey | undefined): Promise<void> {
+    return depositShare(this.#ctx.db, this.#ctx.siteId, w, ownerKey);
   }
 
   async depositedShares(ownerSite: string): Promise<WrappedShare[]> {
@@ -464,65 +447,79 @@ export class Kms {
 
   // ---- destruction ------------------------------------------------------------------------
 
-  /** Destroys key versions for good and returns the signed certificate (also stored permanently). */
-  async destroyVersions(
-    name: string,
-    opts: { versions: number[]; approvers: string[]; reason: string },
-  ): Promise<DestructionCertificate> {
-    const { signing } = this.#requireUnsealed();
-    if (opts.approvers.length < 2 || new Set(opts.approvers).size !== opts.approvers.length)
-      throw new KmsError('bad-request', 'destroying key material needs at least two distinct approvers');
-    if (!opts.reason.trim()) throw new KmsError('bad-request', 'a reason is required');
-    const versions = [...new Set(opts.versions)].sort((a, b) => a - b);
-    if (versions.length === 0) throw new KmsError('bad-request', 'name at least one version to destroy');
-    return this.#ctx.db.transaction(async (tx) => {
-      const row = await this.#key(tx, name, { forUpdate: true });
-      const { rows } = await tx.query<{ version: number; destroyed_at: Date | null }>(
-        'SELECT version, destroyed_at FROM kms_key_version WHERE name = $1 AND version = ANY($2::int[])',
-        [name, versions],
-      );
-      const missing = versions.filter((v) => !rows.some((r) => r.version === v));
-      if (missing.length) throw new KmsError('bad-request', `key ${name} has no version ${missing.join(', ')}`);
-      const already = rows.filter((r) => r.destroyed_at).map((r) => r.version);
-      if (already.length)
-        throw new KmsError('version-destroyed', `version ${already.join(', ')} of key ${name} is already destroyed`);
-      const now = this.#now().toISOString();
-      await tx.query(
-        'UPDATE kms_key_version SET material_wrapped = NULL, destroyed_at = $3 WHERE name = $1 AND version = ANY($2::int[])',
-        [name, versions, now],
-      );
-      for (const v of versions) this.#forget(name, v);
-      if (versions.includes(row.latest_version)) {
-        // Without an encryption version left the key only decrypts what survives; rotate to use it again.
-        await tx.query('UPDATE kms_key SET min_encryption_version = 0 WHERE name = $1', [name]);
-      }
-      const cert = signCertificate(
-        {
-          type: 'medmesh-key-destruction/1',
-          id: randomUUID(),
-          site: this.#ctx.siteId,
-          keyName: name,
-          versions,
-          issuedAt: now,
-          approvers: opts.approvers,
-          reason: opts.reason,
-          confirmations: [
-            {
-              site: this.#ctx.siteId,
-              wipedAt: now,
-              how: 'wrapped material set to NULL in kms_key_version; in-memory copies zeroed',
-            },
-          ],
-        },
+  /**
+   * Destroys the key versions a request names, once at least two custodians of this site's
+   * master key signed it (`approvals`, see certificate.ts), and returns the signed certificate
+   * (also stored permanently). Then rewrites the table so no old row version keeps the wrapped
+   * material (`wipe`); `wipeWaitMs` bounds the wait for older transactions (default 30 s).
+   */
+  async destroyVersions(opts: {
+    request: string;
+    approvals: readonly DestructionApproval[];
+    wipeWaitMs?: number;
+  }): Promise<{ certificate: DestructionCertificate; wipe: WipeReport }> {
+    const { cmkId, signing } = this.#requireUnsealed();
+    const { certificate, xid } = await destroyKeyVersions(
+      {
+        db: this.#ctx.db,
+        siteId: this.#ctx.siteId,
+        now: this.#now(),
+        cmkId,
         signing,
-      );
-      const id = (JSON.parse(cert.document) as { id: string }).id;
-      await tx.query(
-        'INSERT INTO kms_destruction_certificate (id, key_name, versions, issued_at, document, signature) VALUES ($1, $2, $3, $4, $5, $6)',
-        [id, name, versions, now, cert.document, Buffer.from(cert.signature, 'base64')],
-      );
-      return cert;
+        custodians: await this.custodians(),
+        forget: (name, version) => this.#forget(name, version),
+        lockKey: (tx, name) => this.#key(tx, name, { forUpdate: true }),
+      },
+      opts,
+    );
+    const wipe = await rewriteKeyVersions(this.#ctx.db, {
+      afterXid: xid,
+      ...(opts.wipeWaitMs !== undefined ? { waitMs: opts.wipeWaitMs } : {}),
     });
+    return { certificate, wipe };
+  }
+
+  /**
+   * A request to destroy versions of a key, for custodians to approve (`approveRequest`). Needs
+   * no unsealing; refuses versions that do not exist or are gone already.
+   */
+  async destructionRequest(o: { keyName: string; versions: number[]; reason: string; validHours?: number }): Promise<string> {
+    const root = await this.#root(this.#ctx.db);
+    if (!root) throw new KmsError('not-initialized', `the KMS of site ${this.#ctx.siteId} is not initialized`);
+    return makeDestructionRequest({
+      ...o,
+      site: this.#ctx.siteId,
+      cmkId: root.cmk_id,
+      key: await this.describeKey(o.keyName),
+      now: this.#now(),
+    });
+  }
+
+  /**
+   * The custodians of the current master key, name -> public key: from the shares made at init,
+   * counted only when signed by this site's signing key (a row added to kms_share by hand is not
+   * a custodian).
+   */
+  async custodians(): Promise<Map<string, Sm2PublicKey>> {
+    const { signing } = this.#requireUnsealed();
+    const out = new Map<string, Sm2PublicKey>();
+    for (const w of await this.ownShares())
+      if (shareSignedBy(w, signing.publicKey)) out.set(w.custodian, Sm2PublicKey.fromPem(w.custodianPublicKey));
+    return out;
+  }
+
+  /**
+   * Zeroes this process's copies of versions destroyed since they were loaded (by another API
+   * node, or by `medmesh keys destroy` beside a running site). A site calls it every few seconds;
+   * any use of such a copy checks first anyway.
+   */
+  async forgetDestroyed(): Promise<void> {
+    if (this.#material.size === 0) return;
+    const { rows } = await this.#ctx.db.query<{ name: string; version: number }>(
+      'SELECT name, version FROM kms_key_version WHERE destroyed_at IS NOT NULL AND name = ANY($1::text[])',
+      [[...new Set([...this.#material.keys()].map((k) => k.slice(0, k.lastIndexOf(':'))))]],
+    );
+    for (const r of rows) this.#forget(r.name, r.version);
   }
 
   async certificates(name?: string): Promise<DestructionCertificate[]> {
@@ -594,24 +591,37 @@ export class Kms {
   async #decryptionKey(name: string, version: number): Promise<Buffer> {
     const { cmk } = this.#requireUnsealed();
     const cached = this.#material.get(`${name}:${version}`);
-    const row = await this.#key(this.#ctx.db, name);
+    // One query per use, cached or not: a version destroyed by another node or process since it
+    // was loaded here must stop decrypting at once (and its copy here is zeroed).
+    const { rows } = await this.#ctx.db.query<{
+      min_decryption_version: number;
+      found: boolean;
+      destroyed: boolean;
+      material_wrapped: Buffer | null;
+    }>(
+      `SELECT k.min_decryption_version, v.version IS NOT NULL AS found, v.destroyed_at IS NOT NULL AS destroyed,
+              CASE WHEN $3 THEN NULL ELSE v.material_wrapped END AS material_wrapped
+         FROM kms_key k LEFT JOIN kms_key_version v ON v.name = k.name AND v.version = $2 WHERE k.name = $1`,
+      [name, version, cached !== undefined],
+    );
+    const row = rows[0];
+    if (!row) throw new KmsError('unknown-key', `no key named ${name}`);
     if (version < row.min_decryption_version)
       throw new KmsError(
         'version-below-minimum',
         `version ${version} of key ${name} is below the minimum decryption version ${row.min_decryption_version}; rewrap data before raising the minimum`,
       );
-    if (cached) return cached;
-    const { rows } = await this.#ctx.db.query<{ material_wrapped: Buffer | null }>(
-      'SELECT material_wrapped FROM kms_key_version WHERE name = $1 AND version = $2',
-      [name, version],
-    );
-    if (!rows[0]) throw new KmsError('unknown-key', `key ${name} has no version ${version}`);
-    if (!rows[0].material_wrapped)
+    if (!row.found) throw new KmsError('unknown-key', `key ${name} has no version ${version}`);
+    if (row.destroyed) {
+      this.#forget(name, version);
       throw new KmsError(
         'version-destroyed',
         `version ${version} of key ${name} was destroyed; data encrypted under it cannot be decrypted`,
       );
-    const material = unwrapUnder(cmk, `${name}:${version}`, rows[0].material_wrapped);
+    }
+    if (cached) return cached;
+    if (!row.material_wrapped) throw new KmsError('unknown-key', `key ${name} has no material for version ${version}`);
+    const material = unwrapUnder(cmk, `${name}:${version}`, row.material_wrapped);
     this.#material.set(`${name}:${version}`, material);
     return material;
   }
@@ -619,27 +629,5 @@ export class Kms {
   #forget(name: string, version: number): void {
     this.#material.get(`${name}:${version}`)?.fill(0);
     this.#material.delete(`${name}:${version}`);
-  }
-}
-
-export function kcvOf(cmk: Uint8Array): string {
-  return hmacSm3(cmk, Buffer.from('medmesh kcv')).subarray(0, 8).toString('hex');
-}
-
-/** Key material under the CMK: SM4-GCM envelope bound to what it is (name:version). */
-function wrapUnder(cmk: Buffer, label: string, material: Uint8Array): Buffer {
-  return sealEnvelope({ alg: 'SM4-GCM', keyId: 'cmk', keyVersion: 1, key: cmk.subarray(0, 16) }, material, Buffer.from(label));
-}
-
-function unwrapUnder(cmk: Buffer, label: string, wrapped: Uint8Array): Buffer {
-  try {
-    return openEnvelope(wrapped, cmk.subarray(0, 16), Buffer.from(label));
-  } catch (e) {
-    if (e instanceof CryptoError)
-      throw new KmsError(
-        'bad-request',
-        `stored key material for ${label} does not open under the master key: the KMS tables were altered`,
-      );
-    throw e;
   }
 }

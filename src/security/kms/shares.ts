@@ -12,6 +12,7 @@ import {
   Sm2PublicKey,
   type Sm2PrivateKey,
 } from '../crypto/index.ts';
+import type { Queryable } from '../../db/index.ts';
 import { KmsError } from './errors.ts';
 
 export interface Custodian {
@@ -151,4 +152,43 @@ export function parseWrappedShare(json: string): WrappedShare {
   if (o.ownerSignature !== undefined && typeof o.ownerSignature !== 'string')
     throw new KmsError('bad-share', 'ownerSignature: must be base64 text');
   return o as WrappedShare;
+}
+
+/**
+ * Keeps another site's wrapped share, signed by that site's service key (`ownerKey`: the key
+ * registered here for it, none when it is not). Deposits are write-once: a different share
+ * under the same slot is refused.
+ */
+export async function depositShare(
+  db: Queryable,
+  siteId: string,
+  w: WrappedShare,
+  ownerKey: Sm2PublicKey | undefined,
+): Promise<void> {
+  if (w.site === siteId) throw new KmsError('bad-request', 'a site does not keep deposits of its own shares');
+  if (!ownerKey)
+    throw new KmsError(
+      'untrusted-owner',
+      `site ${w.site} is not trusted here: register its service key first (medmesh peers trust)`,
+    );
+  if (!shareSignedBy(w, ownerKey))
+    throw new KmsError(
+      'bad-share',
+      `the share is not signed by site ${w.site}'s service key (altered, or made before medmesh signed its shares)`,
+    );
+  const inserted = await db.query(
+    `INSERT INTO kms_deposited_share (owner_site, cmk_id, share_index, wrapped) VALUES ($1, $2, $3, $4::jsonb)
+     ON CONFLICT (owner_site, cmk_id, share_index) DO NOTHING RETURNING 1`,
+    [w.site, w.cmkId, w.index, JSON.stringify(w)],
+  );
+  if (inserted.rows.length) return;
+  const { rows } = await db.query<{ same: boolean }>(
+    'SELECT wrapped = $4::jsonb AS same FROM kms_deposited_share WHERE owner_site = $1 AND cmk_id = $2 AND share_index = $3',
+    [w.site, w.cmkId, w.index, JSON.stringify(w)],
+  );
+  if (!rows[0]?.same)
+    throw new KmsError(
+      'duplicate-share',
+      `site ${w.site} already deposited a different share ${w.index} of master key ${w.cmkId} here`,
+    );
 }
