@@ -330,7 +330,13 @@ export class RecordStore {
   ): Promise<Result<Bundle>> {
     const parsed = this.parseSearch(type, query);
     if (!parsed.ok) return parsed;
-    const req: SearchRequest = opts.access ? { ...parsed.value, rows: opts.access.rows } : parsed.value;
+    const req: SearchRequest = opts.access
+      ? {
+          ...parsed.value,
+          rows: opts.access.rows,
+          ...(opts.access.orderSalt !== undefined ? { orderSalt: opts.access.orderSalt } : {}),
+        }
+      : parsed.value;
     const q = opts.q ?? this.#ctx.db;
     const countOnly = req.summaryCount || req.count === 0;
     let total: number | undefined;
