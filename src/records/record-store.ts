@@ -102,10 +102,9 @@ export class RecordStore {
       admitted.value,
       'new',
       opts.batch ? (p) => this.#homes.find(p) : undefined,
+      scopeCheck(tx, opts.access),
     );
     if (!prepared.ok) return prepared;
-    if (opts.access && !(await patientInScope(tx, opts.access.rows, prepared.value.patientId)))
-      return fail('forbidden', opts.access.denied, { code: 'forbidden' });
     const resource = await this.#write(tx, prepared.value, {
       parentHlc: null,
       replacesCurrent: false,
@@ -176,10 +175,10 @@ export class RecordStore {
       tx,
       admitted.value,
       current ? { shard: current.shard, patientId: current.patient_id } : undefined,
+      undefined,
+      scopeCheck(tx, access),
     );
     if (!prepared.ok) return prepared;
-    if (access && !(await patientInScope(tx, access.rows, prepared.value.patientId)))
-      return fail('forbidden', access.denied, { code: 'forbidden' });
     const resource = await this.#write(tx, prepared.value, {
       parentHlc: current?.hlc ?? null,
       replacesCurrent: current !== undefined,
@@ -447,6 +446,16 @@ export class RecordStore {
     else await writeVersion(tx, row, index, { replacesCurrent: opts.replacesCurrent, ...(empi ? { empi } : {}) });
     return resource;
   }
+}
+
+/** The row check prepareWrite runs on the write's patient before it says anything about that patient's home. */
+function scopeCheck(
+  tx: Queryable,
+  access: AccessFilter | undefined,
+): ((patientId: string | null) => Promise<Result<void>>) | undefined {
+  if (!access) return undefined;
+  return async (patientId) =>
+    (await patientInScope(tx, access.rows, patientId)) ? ok(undefined) : fail('forbidden', access.denied, { code: 'forbidden' });
 }
 
 function unknownType(type: string): { ok: false; error: RecordError } {
