@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import type { Patient } from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
 import { seededRandom } from '../records/index.ts';
-import { makeResidentId, residentIdCheckChar } from '../region/index.ts';
+import { encodeGeohash, GEOLOCATION_URL, makeResidentId, residentIdCheckChar } from '../region/index.ts';
 import { MIN_RESIDENT_ID_CANDIDATES } from '../security/access/index.ts';
 import { startTestServer, type TestServer } from './testing.ts';
 
@@ -195,6 +195,48 @@ describe(`masked identifiers cannot be restored from what a role sees (${testBac
       }
     });
   }
+
+  it('does not give away a masked home address through the placement reason', async () => {
+    const home = { lat: 23.1291234, lon: 113.2643456 };
+    const p = await create('Patient', {
+      resourceType: 'Patient',
+      address: [
+        {
+          line: ['环市东路 9 号'],
+          district: '越秀区',
+          city: '广州市',
+          extension: [
+            {
+              url: GEOLOCATION_URL,
+              extension: [
+                { url: 'latitude', valueDecimal: home.lat },
+                { url: 'longitude', valueDecimal: home.lon },
+              ],
+            },
+          ],
+        },
+      ],
+    });
+    const gh = encodeGeohash(home.lat, home.lon, 12);
+    assert.match(JSON.stringify(p.meta), new RegExp(gh), 'the stored placement reason names the GeoHash');
+    await create('Encounter', {
+      resourceType: 'Encounter',
+      status: 'finished',
+      class: { code: 'AMB' },
+      subject: { reference: `Patient/${String(p.id)}` },
+      serviceProvider: { reference: 'Organization/cardiology' },
+    });
+    for (const [role, attrs] of [
+      ['nurse', { department: 'cardiology' }],
+      ['pharmacist', {}],
+    ] as const) {
+      const r = await call('GET', `/fhir/R4/Patient/${String(p.id)}`, s.as([role], attrs));
+      assert.equal(r.status, 200);
+      const text = JSON.stringify(r.json);
+      for (const part of [gh.slice(0, 6), String(home.lat), String(home.lon), '环市东路'])
+        assert.ok(!text.includes(part), `${role}: ${part}`);
+    }
+  });
 
   it('keeps the stored values when a masked view is written back', async () => {
     const nurse = s.as(['nurse'], { department: 'cardiology' });

@@ -25,6 +25,7 @@ export const AGE_BAND_URL = 'https://medmesh.example/fhir/StructureDefinition/ag
 export const DIVISION_SYSTEM = 'urn:medmesh:division-code';
 export const PSEUDONYM_SYSTEM = 'urn:medmesh:pseudonym';
 const RESIDENT_ID_SYSTEM = 'urn:oid:2.16.156.10011.1.3';
+const HOME_SHARD_TAG = 'urn:medmesh:home-shard';
 
 export interface MaskKeys {
   /** Keyed irreversible pseudonym (HMAC-SM3 under the project's key), hex. */
@@ -96,11 +97,17 @@ export function maskResource(
     }
     changed.push(`${field}:${t}`);
   }
-  // Narrative repeats the data (names, identifiers, birth date, address) and cannot be masked.
+  // Narrative repeats the data (names, identifiers, birth date, address) and cannot be masked;
+  // so does the home shard's placement reason (the resident ID's division, the home's GeoHash).
   if (changed.length && out.text !== undefined && !plan.has('text')) {
     delete out.text;
     changed.push('text:remove');
   }
+  if (changed.length && isObj(out.meta) && Array.isArray(out.meta.tag))
+    out.meta = {
+      ...out.meta,
+      tag: out.meta.tag.map((t: unknown) => (isObj(t) && t.system === HOME_SHARD_TAG ? pick(t, ['system', 'code']) : t)),
+    };
   if (hasContained) {
     const kept = (original.contained as unknown[]).flatMap((c) => {
       if (!isObj(c) || typeof c.resourceType !== 'string') return [];
