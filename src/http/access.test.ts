@@ -183,7 +183,8 @@ describe(`access control (${testBackend()})`, () => {
   it('masks and hides fields for a nurse, refuses searches that probe them, keeps stored values on write', async () => {
     const r = await get(`/Patient/${a.id}`, nurse);
     assert.equal(r.status, 200);
-    assert.equal(r.json.identifier?.[0]?.value, `${ridA.slice(0, 6)}********${ridA.slice(-4)}`);
+    assert.equal(r.json.identifier?.[0]?.value, `${ridA.slice(0, 6)}************`);
+    assert.equal(r.json.birthDate, '1960', 'beside a masked resident ID, the birth date is given to the year');
     assert.equal(r.json.telecom?.[0]?.value, '138****5678');
     assert.deepEqual(r.json.address, [{ city: '广州市', district: '天河区' }]);
     assert.equal(r.json.contact, undefined, 'hidden');
@@ -335,6 +336,60 @@ describe(`access control (${testBackend()})`, () => {
       { patient: a.id, reason: 'unconscious in ED, no relatives reachable' },
     );
     assert.equal(pharmacist.status, 403);
+  });
+
+  it('break-glass reaches the patient it opened only, by searches that name them, and only those accesses carry its reason', async () => {
+    const c = (
+      await call('POST', '/fhir/R4/Patient', s.auth, { resourceType: 'Patient', name: [{ family: '王', given: ['五'] }] })
+    ).json;
+    await call('POST', '/fhir/R4/Encounter', s.auth, {
+      resourceType: 'Encounter',
+      status: 'finished',
+      class: { code: 'AMB' },
+      subject: { reference: `Patient/${c.id}` },
+      serviceProvider: { reference: 'Organization/emergency-dept' },
+    });
+    const er = s.as(['doctor'], { department: 'emergency-dept' }, { userId: 'doctor-er' });
+    const emergency = { ...er, 'x-medmesh-purpose': 'emergency' };
+    const opened = await call(
+      'POST',
+      '/access/break-glass',
+      { ...er, ...JSON_BODY },
+      { patient: a.id, reason: 'collapsed in the waiting room, no records here' },
+    );
+    assert.equal(opened.status, 201);
+    const cases: Array<[string, Record<string, string>, number, boolean, string[]?]> = [
+      ['/Patient?_count=100', emergency, 403, false],
+      [`/Patient?_id=${a.id}`, emergency, 200, true, [a.id!]],
+      [`/Observation?patient=${a.id}&_count=1`, emergency, 200, true, [obsA.id!]],
+      [`/Observation?subject=Patient/${c.id}`, emergency, 403, false],
+      [`/Patient/${c.id}`, emergency, 403, false],
+      [`/Patient/${a.id}`, emergency, 200, true],
+      ['/Patient?_count=100', er, 200, false, [c.id!]],
+      [`/Patient/${c.id}`, er, 200, false],
+      [`/Patient/${a.id}`, er, 403, false],
+    ];
+    for (const [path, headers, status, flagged, ids] of cases) {
+      const r = await get(path, headers);
+      const what = `${headers['x-medmesh-purpose'] ?? 'treatment'} ${path}`;
+      assert.equal(r.status, status, `${what}: ${diag(r)}`);
+      if (ids)
+        assert.deepEqual(
+          r.json.entry?.map((e) => e.resource!.id),
+          ids,
+          what,
+        );
+      const [entry] = await auditTail(1);
+      assert.equal(entry!.breakGlass !== undefined, flagged, `${what} is ${flagged ? '' : 'not '}audited as break-glass`);
+    }
+    assert.match(diag(await get('/Patient?_count=100', emergency)), /must name them/);
+  });
+
+  it('answers a conflict resolution for a record out of scope with 403, before saying whether it has conflicts', async () => {
+    const resolve = (p: Patient) =>
+      call('POST', '/conflicts/resolve', { ...doctor, ...JSON_BODY }, { resourceType: 'Patient', id: p.id, resource: { ...p } });
+    assert.equal((await resolve(b)).status, 403);
+    assert.equal((await resolve(a)).status, 404, 'in scope: no open conflict on it');
   });
 
   it('grants: valid only inside their window, revocable, administered by administrators only', async () => {

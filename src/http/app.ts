@@ -132,7 +132,13 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     await app.register(accessRoutes, { prefix: '/access', access: opts.access, identity: opts.identity });
     await app.register(conflictRoutes, { prefix: '/conflicts', db: opts.db, access: opts.access });
     if (opts.region && opts.blindIndex)
-      await app.register(empiRoutes, { prefix: '/empi', db: opts.db, region: opts.region, blindIndex: opts.blindIndex });
+      await app.register(empiRoutes, {
+        prefix: '/empi',
+        db: opts.db,
+        region: opts.region,
+        access: opts.access,
+        blindIndex: opts.blindIndex,
+      });
     const signer = () => opts.kms.signingKey()?.key;
     const linkKeys = new LinkKeySender();
     if (opts.region && opts.records)

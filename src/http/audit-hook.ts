@@ -61,7 +61,6 @@ function eventsOf(request: FastifyRequest, status: number, site: string): AuditE
       {
         ...base,
         ...(requester ? { purpose: requester.purpose } : {}),
-        ...(requester?.breakGlass ? { breakGlass: { reason: requester.breakGlass } } : {}),
         ...(request.auditExtra ?? {}),
       },
     ];
@@ -73,7 +72,8 @@ function eventsOf(request: FastifyRequest, status: number, site: string): AuditE
     outcome: d.outcome,
     purpose: requester.purpose,
     ...(d.fields?.length ? { fields: d.fields } : {}),
-    ...(requester.breakGlass ? { breakGlass: { reason: requester.breakGlass } } : {}),
+    // Only the accesses break-glass opened carry its reason, not everything done under the emergency purpose.
+    ...(d.breakGlass && requester.breakGlass ? { breakGlass: { reason: requester.breakGlass } } : {}),
     detail: d.reason ? `${base.detail ?? ''}: ${d.reason}`.slice(0, 2000) : base.detail,
   }));
 }

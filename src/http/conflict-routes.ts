@@ -48,6 +48,9 @@ export const conflictRoutes: FastifyPluginAsync<{ db: Db; access: AccessControl 
       return reply
         .code(400)
         .send({ error: 'bad-request', message: b.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') });
+    // The access check comes first: whether a record has open conflicts is not for those who may not see it.
+    const seen = await access.records(requester).read(b.data.resourceType, b.data.id);
+    if (!seen.ok && seen.error.kind === 'forbidden') return reply.code(403).send(outcomeOf(seen.error));
     const open = await listConflicts(db, { open: true, resourceType: b.data.resourceType, id: b.data.id });
     if (open.length === 0)
       return reply.code(404).send({ error: 'not-found', message: `no open conflict on ${b.data.resourceType}/${b.data.id}` });

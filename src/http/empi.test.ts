@@ -131,4 +131,39 @@ describe(`EMPI directory (${testBackend()})`, () => {
     assert.equal((await lookup(a, { system: RID, value: 'x' }, {})).status, 401);
     assert.equal((await lookup(a, { system: RID, value: 'x' }, a.as(['researcher']))).status, 403);
   });
+
+  it('answers a user only when their FHIR search by identifier would: one rule for both paths', async () => {
+    const value = makeResidentId({ divisionCode: '440104', birthDate: '1951-03-03', sequence: 41 });
+    const created = await b.site.store.create('Patient', { resourceType: 'Patient', identifier: [{ system: RID, value }] });
+    assert.ok(created.ok);
+    const nurse = b.as(['nurse'], { department: 'cardiology' });
+    const search = (headers: Record<string, string>) =>
+      fetch(`${b.fhir}/Patient?identifier=${encodeURIComponent(`${RID}|${value}`)}`, { headers });
+    const refusedSearch = await search(nurse);
+    assert.equal(refusedSearch.status, 403, 'FHIR search by a masked identifier is refused to the nurse');
+    const refused = await lookup(b, { system: RID, value }, nurse);
+    assert.equal(refused.status, 403, 'and so is the directory');
+    assert.equal(
+      ((await refused.json()) as { message: string }).message,
+      ((await refusedSearch.json()) as { issue: Array<{ diagnostics: string }> }).issue[0]!.diagnostics,
+      'for the same reason',
+    );
+    assert.equal((await lookup(b, { system: RID, value }, b.as(['administrator']))).status, 403, 'no patient search, no lookup');
+    for (const role of ['registrar', 'doctor', 'integration']) {
+      const r = await lookup(b, { system: RID, value }, b.as([role], { department: 'cardiology' }));
+      assert.equal(r.status, 200, `${role}: ${r.status === 200 ? '' : await r.clone().text()}`);
+      assert.equal(((await r.json()) as { patients: unknown[] }).patients.length, 1, role);
+    }
+    // Change the nurse policy: the same function now lets both paths answer.
+    const admin = { ...b.as(['administrator']), 'content-type': 'application/json' };
+    const history = (await (await fetch(`${b.base}/access/policies/nurse/_history`, { headers: admin })).json()) as Array<{
+      body: { rules: Array<{ fields?: Record<string, string> }> };
+    }>;
+    const policy = history[0]!.body;
+    policy.rules[0]!.fields = { ...policy.rules[0]!.fields, identifier: 'allow' };
+    const put = await fetch(`${b.base}/access/policies/nurse`, { method: 'PUT', headers: admin, body: JSON.stringify(policy) });
+    assert.equal(put.status, 200);
+    assert.equal((await search(nurse)).status, 200);
+    assert.equal((await lookup(b, { system: RID, value }, nurse)).status, 200);
+  });
 });

@@ -180,6 +180,8 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     searchParams,
     validator: createR4Validator(SUPPORTED_TYPES),
     blindIndex: empi.index,
+    // A 421 names the other site where this node reaches it (the peers map below), not only where the region file says.
+    siteUrl: (id) => peers.get(id) ?? region.site(id)?.url,
   };
   const store = new RecordStore(ctx);
   // Tokens are signed with the site's KMS signing key; second-factor secrets sit under the KMS key `identity`.

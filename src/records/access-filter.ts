@@ -20,6 +20,11 @@ export interface AccessFilter {
   rows: RowScope;
   /** Said when a row outside the scope is asked for by id. */
   denied: string;
+  /**
+   * Search pages ordered by md5(orderSalt || id) instead of by time and id (de-identified
+   * answers: a secret salt per key, so no two keys see the same order and none the real one).
+   */
+  orderSalt?: string;
   /** Field rules on writes: the resource to store (protected fields carried over) or why not. */
   admitWrite?(next: Resource, previous: Resource | undefined): Result<Resource>;
 }

@@ -20,4 +20,9 @@ export interface RecordsContext {
    * the EMPI directory; absent or [] while the key is not installed.
    */
   blindIndex?: (identifiers: ReadonlyArray<{ system: string; value: string }>) => string[];
+  /**
+   * The base URL at which this node reaches another site (its peers map), named in a 421;
+   * absent: the region file's URL.
+   */
+  siteUrl?: (siteId: string) => string | undefined;
 }

@@ -58,6 +58,13 @@ export async function prepareWrite(
   existing: { shard: string | null; patientId: string | null } | undefined | 'new',
   /** How to find a patient's home: by default one query through `q`; plain writes pass the batched lookup. */
   home: (patientId: string) => Promise<EmpiRecord | undefined> = (id) => empiRecord(q, id),
+  /**
+   * The access layer's row check on the patient the write belongs to (null: none). It runs as
+   * soon as that patient is known, before anything is said about the patient's home: a write
+   * the caller may not make is a plain refusal, never a 421 naming the patient's shard and site
+   * or a 422 saying whether the patient exists here.
+   */
+  admit: (patientId: string | null) => Promise<Result<void>> = () => Promise.resolve(ok(undefined)),
 ): Promise<Result<PreparedWrite>> {
   let resource = input;
   if (!isSupportedType(resource.resourceType))
@@ -84,6 +91,8 @@ export async function prepareWrite(
         ? fail('invalid', e.message, { code: 'value', expression: e.expression })
         : fail('invalid', e.message, { code: 'business-rule' });
     }
+    const admitted = await admit(patientId);
+    if (!admitted.ok) return admitted;
     const known = patientId && existing !== 'new' ? await home(patientId) : undefined;
     if (known) shard = known.shard;
     else {
@@ -93,6 +102,8 @@ export async function prepareWrite(
     resource = withHomeShardTag(resource, known ?? placed.placement);
   } else {
     const link = patientOf(resource);
+    const admitted = await admit(link.patientId ?? (existing && existing !== 'new' ? existing.patientId : null));
+    if (!admitted.ok) return admitted;
     if (link.patientId) {
       const homeShard = (await home(link.patientId))?.shard;
       if (!homeShard)
@@ -117,16 +128,17 @@ export function checkResidency(ctx: RecordsContext, dataClass: DataClass, shard:
   if (shard !== null && dataClass === 'core') {
     const active = region.activeSiteFor(shard);
     if (active && active !== siteId) {
-      const site = region.site(active);
+      // Where this node reaches that site (the demo and tests run sites elsewhere than the region file says).
+      const url = ctx.siteUrl?.(active) ?? region.site(active)?.url;
       const error: RecordError = {
         kind: 'misdirected',
         issues: [
           {
-            message: `shard ${shard} is written at site ${active}${site ? ` (${site.url})` : ''}, not at site ${siteId}; retry there`,
+            message: `shard ${shard} is written at site ${active}${url ? ` (${url})` : ''}, not at site ${siteId}; retry there`,
             code: 'business-rule',
           },
         ],
-        ...(site ? { activeSite: { id: active, url: site.url } } : {}),
+        ...(url ? { activeSite: { id: active, url } } : {}),
       };
       return { ok: false, error };
     }

@@ -104,10 +104,9 @@ export class RecordStore {
       admitted.value,
       'new',
       opts.batch ? (p) => this.#homes.find(p) : undefined,
+      scopeCheck(tx, opts.access),
     );
     if (!prepared.ok) return prepared;
-    if (opts.access && !(await patientInScope(tx, opts.access.rows, prepared.value.patientId)))
-      return fail('forbidden', opts.access.denied, { code: 'forbidden' });
     const resource = await this.#write(tx, prepared.value, {
       parent: undefined,
       replacesCurrent: false,
@@ -178,10 +177,10 @@ export class RecordStore {
       tx,
       admitted.value,
       current ? { shard: current.shard, patientId: current.patient_id } : undefined,
+      undefined,
+      scopeCheck(tx, access),
     );
     if (!prepared.ok) return prepared;
-    if (access && !(await patientInScope(tx, access.rows, prepared.value.patientId)))
-      return fail('forbidden', access.denied, { code: 'forbidden' });
     const resource = await this.#write(tx, prepared.value, {
       parent: current,
       replacesCurrent: current !== undefined,
@@ -332,7 +331,13 @@ export class RecordStore {
   ): Promise<Result<Bundle>> {
     const parsed = this.parseSearch(type, query);
     if (!parsed.ok) return parsed;
-    const req: SearchRequest = opts.access ? { ...parsed.value, rows: opts.access.rows } : parsed.value;
+    const req: SearchRequest = opts.access
+      ? {
+          ...parsed.value,
+          rows: opts.access.rows,
+          ...(opts.access.orderSalt !== undefined ? { orderSalt: opts.access.orderSalt } : {}),
+        }
+      : parsed.value;
     const q = opts.q ?? this.#ctx.db;
     const countOnly = req.summaryCount || req.count === 0;
     let total: number | undefined;
@@ -461,6 +466,16 @@ export class RecordStore {
     else await writeVersions(tx, [{ row, index, ...(empi ? { empi } : {}) }], { replace: opts.replacesCurrent });
     return resource;
   }
+}
+
+/** The row check prepareWrite runs on the write's patient before it says anything about that patient's home. */
+function scopeCheck(
+  tx: Queryable,
+  access: AccessFilter | undefined,
+): ((patientId: string | null) => Promise<Result<void>>) | undefined {
+  if (!access) return undefined;
+  return async (patientId) =>
+    (await patientInScope(tx, access.rows, patientId)) ? ok(undefined) : fail('forbidden', access.denied, { code: 'forbidden' });
 }
 
 function unknownType(type: string): { ok: false; error: RecordError } {

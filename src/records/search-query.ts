@@ -38,6 +38,8 @@ export interface SearchRequest {
   summaryCount: boolean;
   /** Set by the access layer, never by a query string. */
   rows?: RowScope;
+  /** Set by the access layer: pages ordered by a keyed hash of the id (AccessFilter.orderSalt). */
+  orderSalt?: string;
 }
 
 export const DEFAULT_COUNT = 20;

@@ -26,8 +26,9 @@ export function buildSearchSql(req: SearchRequest, mode: 'page' | 'count'): SqlQ
   if (req.rows && req.rows.kind !== 'all') where.push(rowScopeSql(req.rows, 'c', (v) => p.add(v)));
   if (mode === 'count')
     return { text: `SELECT count(*)::int AS n FROM resource_current c WHERE ${where.join(' AND ')}`, params: p.values };
-  const order = [...req.sort.map((s) => sortSql(s, p)), 'c.id ASC'];
-  if (req.sort.length === 0) order.unshift('c.last_updated ASC');
+  const tie = req.orderSalt !== undefined ? `md5(${p.add(req.orderSalt)}::text || c.id) ASC` : 'c.id ASC';
+  const order = [...req.sort.map((s) => sortSql(s, p)), tie];
+  if (req.sort.length === 0 && req.orderSalt === undefined) order.unshift('c.last_updated ASC');
   // One row more than asked tells whether a next page exists.
   const text = `SELECT c.id, c.version_id, c.last_updated, c.content FROM resource_current c
     WHERE ${where.join(' AND ')} ORDER BY ${order.join(', ')} LIMIT ${p.add(req.count + 1)} OFFSET ${p.add(req.offset)}`;

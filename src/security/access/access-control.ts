@@ -97,6 +97,7 @@ export class AccessControl {
           'purpose emergency needs an active break-glass: POST /access/break-glass {"patient", "reason"} first',
         );
       requester.breakGlass = [...new Set(active.map((g) => g.reason))].join(' | ').slice(0, 1000);
+      requester.breakGlassPatients = [...new Set(active.map((g) => g.patientId))];
     }
     return { ok: true, value: requester };
   }

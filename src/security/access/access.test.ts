@@ -2,11 +2,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
+import { makeResidentId } from '../../region/index.ts';
 import type { Patient } from '@medplum/fhirtypes';
-import { ageBand, maskId, maskName, maskPhone, maskResource } from './masking.ts';
+import { ageBand, maskId, maskIdentifier, maskName, maskPhone, maskResource } from './masking.ts';
 import { decide } from './decide.ts';
 import { DEFAULT_MASKING_RULES, DEFAULT_POLICIES } from './defaults.ts';
-import { fieldsOf, maskPlan } from './record-access.ts';
+import { maskPlan } from './record-access.ts';
+import { fieldsOf } from './search-probe.ts';
 import { accessPolicySchema, describeIssues, type AccessPolicy } from './policy.ts';
 
 const policies = new Map(DEFAULT_POLICIES.map((p) => [p.role, p]));
@@ -111,17 +113,26 @@ describe('masking', () => {
     assert.equal(maskName('欧阳娜娜'), '欧**娜');
     assert.equal(maskName('张三'), '张*');
     assert.equal(maskName('John Smith'), 'J*** S****');
-    assert.equal(maskId('440305199001011234'), '440305********1234');
+    const rid = makeResidentId({ divisionCode: '440305', birthDate: '1990-01-01', sequence: 123 });
+    assert.equal(maskIdentifier(undefined, rid, []), '440305************', 'a resident ID by its form');
+    assert.equal(maskIdentifier('urn:oid:2.16.156.10011.1.3', '440305900101123', []), '440305*********', 'or by its system');
+    assert.equal(maskIdentifier(undefined, `GD${rid}`, [rid]), '*'.repeat(20), 'a card number that embeds it');
+    assert.equal(maskIdentifier(undefined, `${rid.slice(0, 17)}01`, [rid]), `440305${'*'.repeat(13)}`);
+    assert.equal(maskIdentifier(undefined, rid.slice(6), [rid]), '*'.repeat(12), 'or drops its division');
+    assert.equal(maskId('HZ2024000123'), '********0123');
+    assert.equal(maskId('A12345'), '****45');
+    assert.equal(maskId('12345'), '*****');
     assert.equal(maskPhone('13812345678'), '138****5678');
     assert.equal(maskPhone('+86 138-1234-5678'), '138****5678');
     assert.equal(maskPhone('020-12345678'), '020****5678');
   });
 
-  it('never leaks the middle of an identifier (property)', () => {
+  it('hides at least 8 characters of a long identifier and 4 of a short one (property)', () => {
     fc.assert(
-      fc.property(fc.stringMatching(/^[0-9X]{12,30}$/), (id) => {
+      fc.property(fc.stringMatching(/^[0-9X]{1,30}$/), (id) => {
         const m = maskId(id);
-        return m.length === id.length && m.slice(6, -4) === '*'.repeat(id.length - 10);
+        const hidden = [...m].filter((c) => c === '*').length;
+        return m.length === id.length && (hidden === id.length || hidden >= (id.length >= 12 ? 8 : 4));
       }),
     );
   });

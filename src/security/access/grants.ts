@@ -115,8 +115,9 @@ function toGrant(r: Row): Grant {
  * Whether the patient `{patient}` is in a user's care, as a correlated SQL predicate for the
  * record store's row scope: an encounter of the patient at the user's department or with
  * the user ($1: Organization/… and Practitioner/… references), the user as general
- * practitioner, or a valid grant for user $2 (break-glass grants count only when $3 is
- * true: the emergency purpose). Each branch is an index probe for one patient.
+ * practitioner, or a valid grant for user $2. Break-glass grants do not count here: they
+ * open their patient for the emergency purpose only (BREAK_GLASS_PREDICATE). Each branch is
+ * an index probe for one patient.
  */
 export const CARE_PREDICATE = `
   EXISTS (SELECT 1 FROM search_reference p
@@ -127,4 +128,13 @@ export const CARE_PREDICATE = `
               WHERE g.resource_type = 'Patient' AND g.resource_id = {patient} AND g.code = 'general-practitioner' AND g.target = ANY($1::text[]))
   OR EXISTS (SELECT 1 FROM access_grant a
               WHERE a.user_id = $2::text AND a.patient_id = {patient} AND a.revoked_at IS NULL
-                AND a.valid_from <= now() AND a.valid_until > now() AND (a.kind = 'grant' OR $3::boolean))`;
+                AND a.valid_from <= now() AND a.valid_until > now() AND a.kind = 'grant')`;
+
+/**
+ * The row scope of the emergency purpose: the patients of user $1's active break-glass grants,
+ * and no one else (not even the patients in their care, reached with purpose treatment).
+ */
+export const BREAK_GLASS_PREDICATE = `
+  EXISTS (SELECT 1 FROM access_grant a
+           WHERE a.user_id = $1::text AND a.patient_id = {patient} AND a.kind = 'break-glass' AND a.revoked_at IS NULL
+             AND a.valid_from <= now() AND a.valid_until > now())`;

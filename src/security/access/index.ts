@@ -1,6 +1,8 @@
 export { AccessControl } from './access-control.ts';
 export type { AccessControlOptions, AccessError, AccessErrorKind, Explanation, Principal } from './access-control.ts';
-export { RecordAccess, maskPlan, fieldsOf } from './record-access.ts';
+export { RecordAccess, maskPlan } from './record-access.ts';
+export { fieldsOf } from './search-probe.ts';
+export { MIN_RESIDENT_ID_CANDIDATES, maskResidentId, isResidentId } from './whole-resource.ts';
 export type { DecisionRecord, Requester } from './record-access.ts';
 export { decide, defaultPurpose, policiesFor } from './decide.ts';
 export type { Caller, Decision } from './decide.ts';
@@ -12,6 +14,7 @@ export {
   maskResource,
   maskName,
   maskId,
+  maskIdentifier,
   maskPhone,
   ageBand,
   AGE_BAND_URL,

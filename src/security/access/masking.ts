@@ -2,11 +2,30 @@
 // Transforms never throw on odd data: whatever they do not understand, they remove.
 import type { Resource } from '@medplum/fhirtypes';
 import type { Transform } from './policy.ts';
+import {
+  deidentifiedMeta,
+  embedsResidentId,
+  generalizeDates,
+  isObj,
+  isResidentId,
+  isSecret,
+  maskEmbedding,
+  maskResidentId,
+  reduceAttachments,
+  REFERENCE,
+  referencesIn,
+  replaceIds,
+  residentIdsOf,
+  scrubPatterns,
+  scrubSecrets,
+  secretLeaves,
+} from './whole-resource.ts';
 
 export const AGE_BAND_URL = 'https://medmesh.example/fhir/StructureDefinition/age-band';
 export const DIVISION_SYSTEM = 'urn:medmesh:division-code';
 export const PSEUDONYM_SYSTEM = 'urn:medmesh:pseudonym';
 const RESIDENT_ID_SYSTEM = 'urn:oid:2.16.156.10011.1.3';
+const HOME_SHARD_TAG = 'urn:medmesh:home-shard';
 
 export interface MaskKeys {
   /** Keyed irreversible pseudonym (HMAC-SM3 under the project's key), hex. */
@@ -16,43 +35,133 @@ export interface MaskKeys {
 
 type Json = Record<string, unknown>;
 
-/** Applies `plan` (field -> transform) and returns a new resource plus the fields it changed. */
+/** What a response needs beyond a resource's own plan (see whole-resource.ts). */
+export interface MaskOptions {
+  /** The plan for a contained resource of `type`; undefined: the caller may not see that type (it is removed). */
+  planOf?(type: string): ReadonlyMap<string, Transform> | undefined;
+  /** Masks resident IDs and mobile numbers in every string: for callers who see them masked on Patient. */
+  scrub?: { residentIds: boolean; phones: boolean };
+  /** research and statistics: meta, dates, attachments and every leftover real id derived per key. */
+  deidentify?: boolean;
+  /** A contained resource: its id and local references are keyed with their `#`. */
+  contained?: boolean;
+}
+
+/**
+ * Applies `plan` (field -> transform) and returns a new resource plus the fields it changed.
+ * Then the whole resource is judged: a field's hidden values are blotted out wherever else
+ * they appear, narrative goes once anything is masked, contained resources get their own
+ * type's plan, and a resident ID's birth date is not left beside its mask (maskPlan).
+ */
 export function maskResource(
   resource: Resource,
   plan: ReadonlyMap<string, Transform>,
   keys: MaskKeys,
+  opts: MaskOptions = {},
 ): { resource: Resource; changed: string[] } {
-  if (plan.size === 0) return { resource, changed: [] };
-  const out: Json = { ...(resource as unknown as Json) };
+  const original = resource as unknown as Json;
+  const scrub = opts.scrub ?? { residentIds: false, phones: false };
+  const hasContained = Array.isArray(original.contained) && original.contained.length > 0;
+  if (plan.size === 0 && !opts.deidentify && !scrub.residentIds && !scrub.phones && !hasContained)
+    return { resource, changed: [] };
+  const out: Json = { ...original };
   const changed: string[] = [];
+  const secrets = new Set<string>();
+  const residentIds = residentIdsOf(original.identifier);
+  const own = (field: string) => plan.has(field) && plan.get(field) !== 'keep';
   for (const [field, t] of plan) {
     if (t === 'keep') continue;
     if (field === 'references') {
-      const rewritten = rewriteReferences(out, keys);
-      for (const k of Object.keys(out)) if (k !== 'id' && k !== 'meta') out[k] = (rewritten as Json)[k];
+      // Contained resources follow their own plan; fields with a transform of their own keep it.
+      for (const k of Object.keys(out))
+        if (k !== 'id' && k !== 'meta' && k !== 'contained' && !own(k)) out[k] = rewriteReferences(out[k], keys);
       changed.push(`references:${t}`);
       continue;
     }
-    if (!(field in out)) continue;
+    if (!(field in out) && !(`_${field}` in out)) continue;
     const next =
       field === 'id'
         ? t === 'pseudonym'
-          ? keys.pseudonym(`${resource.resourceType}/${resource.id ?? ''}`)
+          ? keys.pseudonym(opts.contained ? `#${String(original.id)}` : `${resource.resourceType}/${resource.id ?? ''}`)
           : undefined
-        : apply(t, out[field], keys);
+        : apply(t, out[field], keys, residentIds);
+    if (field !== 'id') for (const s of hiddenBy(field, original[field], next)) secrets.add(s);
     if (next === undefined) delete out[field];
     else out[field] = next;
-    const born = (resource as unknown as Json).birthDate;
+    // A primitive's extensions (birthTime on birthDate, ...) go with the value they describe.
+    delete out[`_${field}`];
+    const born = original.birthDate;
     if (t === 'age-band' && typeof born === 'string') {
       const band = ageBand(born, keys.now);
       if (band) out.extension = [...((out.extension as unknown[] | undefined) ?? []), { url: AGE_BAND_URL, valueString: band }];
     }
     changed.push(`${field}:${t}`);
   }
-  return { resource: out as unknown as Resource, changed };
+  // Narrative repeats the data (names, identifiers, birth date, address) and cannot be masked;
+  // so does the home shard's placement reason (the resident ID's division, the home's GeoHash).
+  if (changed.length && out.text !== undefined && !plan.has('text')) {
+    delete out.text;
+    changed.push('text:remove');
+  }
+  if (changed.length && isObj(out.meta) && Array.isArray(out.meta.tag))
+    out.meta = {
+      ...out.meta,
+      tag: out.meta.tag.map((t: unknown) => (isObj(t) && t.system === HOME_SHARD_TAG ? pick(t, ['system', 'code']) : t)),
+    };
+  if (hasContained) {
+    const kept = (original.contained as unknown[]).flatMap((c) => {
+      if (!isObj(c) || typeof c.resourceType !== 'string') return [];
+      const p = opts.planOf?.(c.resourceType);
+      if (!p) return [];
+      return [maskResource(c as unknown as Resource, p, keys, { ...opts, contained: true }).resource];
+    });
+    if (kept.length) out.contained = kept;
+    else delete out.contained;
+    if (kept.length !== (original.contained as unknown[]).length) changed.push('contained:remove');
+  }
+  let masked = opts.deidentify ? deidentify(out, original, keys, opts.contained ?? false) : out;
+  // What the transforms produced is safe by construction; everything else is searched for what they hid.
+  const transformed = new Set(['resourceType', 'id', ...[...plan].filter(([, t]) => t !== 'keep').map(([f]) => f)]);
+  transformed.delete('references');
+  masked = scrubSecrets(masked, [...secrets], transformed);
+  masked = scrubPatterns(masked, scrub, transformed);
+  return { resource: masked as unknown as Resource, changed };
 }
 
-function apply(t: Exclude<Transform, 'keep'>, value: unknown, keys: MaskKeys): unknown {
+/** research and statistics: what the plan left of the real record's ids, versions, dates and attachments. */
+function deidentify(out: Json, original: Json, keys: MaskKeys, contained: boolean): Json {
+  const type = String(original.resourceType);
+  const id = typeof original.id === 'string' ? original.id : '';
+  const rest: Json = { ...out };
+  delete rest.meta;
+  let body: unknown = reduceAttachments(generalizeDates(rest));
+  // Any real id still in a string (an attachment URL, an extension, a logical identifier) becomes its keyed form.
+  const ids = new Map<string, string>();
+  if (id) ids.set(id, contained ? keys.pseudonym(`#${id}`) : keys.pseudonym(`${type}/${id}`));
+  for (const [t, ref] of referencesIn(original)) if (!ids.has(ref)) ids.set(ref, keys.pseudonym(`${t}/${ref}`));
+  const meta = contained ? undefined : deidentifiedMeta(original.meta, type, id, (v) => keys.pseudonym(v));
+  if (isObj(original.meta) && typeof original.meta.versionId === 'string' && typeof meta?.versionId === 'string')
+    ids.set(original.meta.versionId, meta.versionId);
+  body = replaceIds(body, ids);
+  return { ...(body as Json), ...(meta ? { meta } : {}) };
+}
+
+/** The values a transform hid: string leaves of the input that the output does not show. */
+function hiddenBy(field: string, before: unknown, after: unknown): string[] {
+  const shown = new Set(secretLeaves(after));
+  const out: string[] = [];
+  for (const s of secretLeaves(before)) {
+    if (shown.has(s)) continue;
+    if (isSecret(s)) out.push(s);
+    // The same value as it is often written elsewhere: a birth date without dashes, a phone by its digits.
+    if (field === 'birthDate' && /^\d{4}-\d{2}-\d{2}/.test(s)) out.push(s.slice(0, 10).replaceAll('-', ''));
+    const digits = s.replace(/\D/g, '');
+    if (field === 'telecom' && digits.length >= 7 && digits !== s) out.push(digits);
+  }
+  return out;
+}
+
+function apply(t: Exclude<Transform, 'keep'>, value: unknown, keys: MaskKeys, residentIds: readonly string[]): unknown {
   switch (t) {
     case 'remove':
       return undefined;
@@ -62,7 +171,9 @@ function apply(t: Exclude<Transform, 'keep'>, value: unknown, keys: MaskKeys): u
       );
     case 'partial-id':
       return list(value).flatMap((i) =>
-        isObj(i) && typeof i.value === 'string' ? [{ ...pick(i, ['use', 'system', 'type']), value: maskId(i.value) }] : [],
+        isObj(i) && typeof i.value === 'string'
+          ? [{ ...pick(i, ['use', 'system', 'type']), value: maskIdentifier(i.system, i.value, residentIds) }]
+          : [],
       );
     case 'partial-phone':
       return list(value).flatMap((c) =>
@@ -111,12 +222,25 @@ export function maskName(name: string): string {
     .join(' ');
 }
 
-/** `440305199001011234` -> `440305********1234`; short ids keep their last two characters. */
+/**
+ * One identifier, judged with the others of its resource: a resident ID shows its division code
+ * only (its other digits are the birth date, the sequence number and a check character, which
+ * the birth date and sex beside it would otherwise restore); an identifier that embeds a
+ * resident ID shows no more of it; any other keeps its last 4 characters when 8 or more stay
+ * hidden, its last 2 when 4 or more do, else nothing.
+ */
+export function maskIdentifier(system: unknown, value: string, residentIds: readonly string[]): string {
+  if (system === RESIDENT_ID_SYSTEM || isResidentId(value)) return maskResidentId(value);
+  if (embedsResidentId(value, residentIds)) return maskEmbedding(value, residentIds);
+  return maskId(value);
+}
+
+/** `HZ2024000123` -> `********0123`; shorter ids keep their last two characters while 4 or more stay hidden. */
 export function maskId(id: string): string {
   const c = [...id];
-  if (c.length >= 12) return `${c.slice(0, 6).join('')}${'*'.repeat(c.length - 10)}${c.slice(-4).join('')}`;
-  if (c.length <= 2) return '*'.repeat(c.length);
-  return `${'*'.repeat(c.length - 2)}${c.slice(-2).join('')}`;
+  if (c.length >= 12) return `${'*'.repeat(c.length - 4)}${c.slice(-4).join('')}`;
+  if (c.length >= 6) return `${'*'.repeat(c.length - 2)}${c.slice(-2).join('')}`;
+  return '*'.repeat(c.length);
 }
 
 /** `13812345678` -> `138****5678`; other numbers keep their first 3 and last 4 digits. */
@@ -158,16 +282,23 @@ function rewriteReferences(v: unknown, keys: MaskKeys): unknown {
   const out: Json = {};
   for (const [k, x] of Object.entries(v)) {
     if (k === 'reference' && typeof x === 'string') {
-      const m = /^([A-Z][A-Za-z]+)\/([^/]+)$/.exec(x);
-      out[k] = m ? `${m[1]!}/${keys.pseudonym(x)}` : keys.pseudonym(x);
+      // Local references to contained resources keep their `#` (the contained id is keyed alike).
+      const m = REFERENCE.exec(x);
+      out[k] = x.startsWith('#')
+        ? `#${keys.pseudonym(x)}`
+        : m
+          ? `${m[1]!}/${keys.pseudonym(`${m[1]!}/${m[2]!}`)}`
+          : keys.pseudonym(x);
     } else if (k === 'display')
       continue; // a display text next to a reference usually names the person
+    else if (k === 'identifier' && isObj(x) && typeof x.value === 'string')
+      // A logical reference by identifier (subject.identifier = the resident ID) is keyed like identifiers.
+      out[k] = { system: PSEUDONYM_SYSTEM, value: keys.pseudonym(`${typeof x.system === 'string' ? x.system : ''}|${x.value}`) };
     else out[k] = rewriteReferences(x, keys);
   }
   return out;
 }
 
-const isObj = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 const list = (v: unknown): unknown[] => (Array.isArray(v) ? v : v === undefined ? [] : [v]);
 function pick(o: Json, keys: string[]): Json {
   const out: Json = {};

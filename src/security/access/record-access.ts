@@ -17,13 +17,14 @@ import {
   type Result,
   type RowScope,
   type SearchParamTable,
-  type SearchRequest,
   type WriteOutcome,
 } from '../../records/index.ts';
 import { decide, type Caller } from './decide.ts';
-import { CARE_PREDICATE } from './grants.ts';
-import { maskResource, type MaskKeys } from './masking.ts';
+import { BREAK_GLASS_PREDICATE, CARE_PREDICATE } from './grants.ts';
+import { maskResource, type MaskKeys, type MaskOptions } from './masking.ts';
 import type { AccessDocuments } from './documents.ts';
+import { admitWrite, restoreMasked } from './write-rules.ts';
+import { mayFindBy, probeSearch, type ProbeContext } from './search-probe.ts';
 import {
   scenarioOf,
   type Action,
@@ -41,6 +42,8 @@ export interface DecisionRecord {
   outcome: 'allow' | 'deny' | 'failure';
   fields?: string[];
   reason?: string;
+  /** An access through break-glass (a record of the patient it opened): audited with its reason. */
+  breakGlass?: boolean;
 }
 
 export interface Requester {
@@ -48,6 +51,8 @@ export interface Requester {
   purpose: Purpose;
   /** The reasons of the caller's active break-glass grants (emergency purpose only). */
   breakGlass?: string;
+  /** The patients those grants opened (emergency purpose only). */
+  breakGlassPatients?: readonly string[];
   /** Every decision taken for this request, in order; the audit hook writes them. */
   decisions: DecisionRecord[];
 }
@@ -66,6 +71,8 @@ interface Gate {
   filter: AccessFilter;
   plan: ReadonlyMap<string, Transform>;
   fields: ReadonlyMap<string, FieldRule>;
+  /** The rows are those break-glass opened (emergency purpose, care scope). */
+  breakGlass: boolean;
 }
 
 type Failure = { ok: false; error: RecordError };
@@ -74,6 +81,8 @@ export class RecordAccess implements BundleStore {
   readonly #c: RecordAccessContext;
   readonly #r: Requester;
   readonly #keys: MaskKeys;
+  #options: MaskOptions | undefined;
+  #scrubbing: { residentIds: boolean; phones: boolean } | undefined;
 
   constructor(ctx: RecordAccessContext, requester: Requester) {
     this.#c = ctx;
@@ -119,11 +128,10 @@ export class RecordAccess implements BundleStore {
   async conditionalMatch(tx: Queryable, type: string, criteria: string): Promise<Result<Resource | undefined>> {
     const g = this.#gate('create', type, type);
     if (!g.ok) return g;
-    const probe = this.#probe(
-      type,
-      this.#c.store.parseSearch(type, [...new URLSearchParams(criteria.replace(/^[A-Za-z]*\?/, ''))]),
-      g.value,
-    );
+    const parsed = this.#c.store.parseSearch(type, [...new URLSearchParams(criteria.replace(/^[A-Za-z]*\?/, ''))]);
+    const probe = parsed.ok
+      ? probeSearch({ ...this.#probeContext(type, g.value), breakGlassPatients: undefined }, parsed.value)
+      : parsed;
     if (!probe.ok) return probe;
     const r = await this.#c.store.conditionalMatch(tx, type, criteria, g.value.filter);
     return r.ok && r.value ? ok(this.#mask(r.value, g.value).resource) : r;
@@ -199,11 +207,29 @@ export class RecordAccess implements BundleStore {
   ): Promise<Result<Bundle>> {
     const g = this.#gate('search', type, type);
     if (!g.ok) return g;
-    const probe = this.#probe(type, this.#c.store.parseSearch(type, query), g.value);
+    const parsed = this.#c.store.parseSearch(type, query);
+    const probe = parsed.ok ? probeSearch(this.#probeContext(type, g.value), parsed.value) : parsed;
     if (!probe.ok) return this.#deny('search', type, probe.error.issues[0]?.message ?? 'refused', probe);
     const r = await this.#c.store.search(type, query, { ...opts, access: g.value.filter });
-    if (!r.ok) return this.#settled('search', type, r);
+    if (!r.ok) return this.#settled('search', type, r, g.value);
     return ok(this.#maskBundle('search', type, g.value, r.value, true));
+  }
+
+  /**
+   * Whether the caller may find patients by `identifier` in the EMPI directory: the same
+   * decision and the same rule as `Patient?identifier=` (one function, `mayFindBy`), so the
+   * directory tells nobody the home of an identifier their FHIR search would refuse.
+   */
+  mayFindPatientsByIdentifier(): Result<void> {
+    const g = this.#decide('search', 'Patient', 'Patient');
+    if (!g.ok) return fail('forbidden', g.reason, { code: 'forbidden' });
+    if (g.value.aggregate)
+      return fail('forbidden', `you may search Patient only in aggregate for purpose ${this.#r.purpose}`, { code: 'forbidden' });
+    if (g.value.breakGlass)
+      return fail('forbidden', 'under break-glass (purpose emergency) only the patient you opened it for is reachable', {
+        code: 'forbidden',
+      });
+    return mayFindBy(this.#probeContext('Patient', g.value), 'identifier', ['identifier'], false);
   }
 
   /**
@@ -242,78 +268,118 @@ export class RecordAccess implements BundleStore {
     const { caller, purpose } = this.#r;
     const d = decide({ caller, purpose, action, resourceType: type, siteId: this.#c.siteId }, this.#c.documents.policies());
     if (!d.allowed) return { ok: false, reason: d.reason };
+    // De-identified answers are only ever searches: one record by id, its history or a write
+    // would carry what no pseudonym can hide (its version, its times, the record itself).
+    if (d.scenario !== 'clinical' && action !== 'search')
+      return {
+        ok: false,
+        reason: `purpose ${purpose} is search-only and de-identified: no ${action} of individual ${type} records`,
+      };
     const rows = rowScope(d.scope, type, caller, purpose);
     if (!rows.ok) return rows;
+    const breakGlass = purpose === 'emergency' && d.scope === 'care';
     const denied =
       d.scope === 'own'
         ? `${target} is not part of your own record`
-        : `${target} belongs to a patient outside your care relationship (no encounter at your department or with you, no valid grant)${purpose === 'emergency' ? '' : '; in an emergency, start break-glass: POST /access/break-glass'}`;
+        : breakGlass
+          ? `${target} does not belong to the patient your break-glass opened; break-glass reaches that patient only`
+          : `${target} belongs to a patient outside your care relationship (no encounter at your department or with you, no valid grant); in an emergency, start break-glass: POST /access/break-glass`;
     const filter: AccessFilter = { rows: rows.value, denied };
-    if (d.fields.size > 0) filter.admitWrite = (next, previous) => admitWrite(type, d.fields, next, previous);
+    const plan = maskPlan(type, d.scenario, d.fields, this.#c.documents.masking());
+    // What the caller saw of the stored version masked comes back as the stored value (restoreMasked).
+    const scrubbed = inPatientCompartment(type) && (this.#scrub().residentIds || this.#scrub().phones);
+    if (d.fields.size > 0 || plan.size > 0 || scrubbed)
+      filter.admitWrite = (next, previous) => {
+        const admitted = d.fields.size > 0 ? admitWrite(type, d.fields, next, previous) : ok(next);
+        if (!admitted.ok || !previous) return admitted;
+        const seen = this.#mask(previous, { filter, plan, fields: d.fields, breakGlass: false }).resource;
+        return ok(seen === previous ? admitted.value : restoreMasked(admitted.value, previous, seen));
+      };
+    // De-identified pages are ordered by a keyed hash: the order of real ids or times would link them.
+    if (d.scenario !== 'clinical') filter.orderSalt = this.#keys.pseudonym('search-order');
     return {
       ok: true,
       value: {
         filter,
         fields: d.fields,
-        plan: maskPlan(type, d.scenario, d.fields, this.#c.documents.masking()),
+        plan,
         aggregate: d.scope === 'aggregate',
+        breakGlass,
       },
     };
   }
 
-  /** Refuses search parameters (and sorts) that would reveal a field the caller sees masked. */
-  #probe(type: string, parsed: Result<SearchRequest>, g: Gate): Result<void> {
-    if (!parsed.ok) return parsed;
-    const params = this.#c.searchParams.get(type);
-    const codes: Array<{ code: string; fields: string[]; reference: boolean }> = [];
-    for (const f of parsed.value.filters) {
-      if (f.kind === 'id') codes.push({ code: '_id', fields: ['id'], reference: false });
-      else if (f.kind !== 'lastUpdated')
-        codes.push({ code: f.code, fields: fieldsOf(params?.get(f.code)?.expression ?? ''), reference: f.kind === 'reference' });
-    }
-    for (const s of parsed.value.sort)
-      if (typeof s.key === 'object')
-        codes.push({
-          code: `_sort=${s.key.code}`,
-          fields: fieldsOf(params?.get(s.key.code)?.expression ?? ''),
-          reference: false,
-        });
-    for (const c of codes) {
-      if (c.reference && g.plan.has('references') && g.plan.get('references') !== 'keep')
-        return fail(
-          'forbidden',
-          `search parameter ${c.code} matches references, which are pseudonymized for purpose ${this.#r.purpose}`,
-          { code: 'forbidden' },
-        );
-      for (const f of c.fields) {
-        const t = g.plan.get(f);
-        if (t !== undefined && t !== 'keep')
-          return fail(
-            'forbidden',
-            `search parameter ${c.code} reads ${type}.${f}, which is ${g.fields.get(f) ?? t} for you; searching by it would reveal what you may not see`,
-            { code: 'forbidden' },
-          );
+  #probeContext(type: string, g: Gate): ProbeContext {
+    const o = this.#maskOptions();
+    return {
+      type,
+      purpose: this.#r.purpose,
+      plan: g.plan,
+      fields: g.fields,
+      params: this.#c.searchParams.get(type),
+      deidentified: o.deidentify ?? false,
+      scrub: o.scrub ?? { residentIds: false, phones: false },
+      breakGlassPatients: g.breakGlass ? (this.#r.breakGlassPatients ?? []) : undefined,
+    };
+  }
+
+  /**
+   * What masking needs beyond one type's plan, once per request: contained resources get
+   * their own type's plan, resident IDs and phones are masked in every string for callers who
+   * see them masked on Patient, and research and statistics answers are de-identified whole.
+   */
+  #maskOptions(): MaskOptions {
+    if (this.#options) return this.#options;
+    const planOf = (type: string) => {
+      for (const action of ['read', 'search'] as const) {
+        const d = this.#decide(action, type, type);
+        if (d.ok) return d.value.plan;
+      }
+      return undefined;
+    };
+    this.#options = { planOf, scrub: this.#scrub(), deidentify: scenarioOf(this.#r.purpose) !== 'clinical' };
+    return this.#options;
+  }
+
+  /** Whether the caller sees a patient's resident ID and phone only masked (or not at all). */
+  #scrub(): { residentIds: boolean; phones: boolean } {
+    if (this.#scrubbing) return this.#scrubbing;
+    const { caller, purpose } = this.#r;
+    let patient: ReadonlyMap<string, Transform> | undefined;
+    for (const action of ['read', 'search'] as const) {
+      const d = decide(
+        { caller, purpose, action, resourceType: 'Patient', siteId: this.#c.siteId },
+        this.#c.documents.policies(),
+      );
+      if (d.allowed) {
+        patient = maskPlan('Patient', d.scenario, d.fields, this.#c.documents.masking());
+        break;
       }
     }
-    return ok(undefined);
+    const clear = (field: string) => patient !== undefined && (patient.get(field) ?? 'keep') === 'keep';
+    this.#scrubbing = { residentIds: !clear('identifier'), phones: !clear('telecom') };
+    return this.#scrubbing;
   }
 
   #mask(resource: Resource, g: Gate): { resource: Resource; changed: string[] } {
-    return maskResource(resource, g.plan, this.#keys);
+    const o = this.#maskOptions();
+    // A practitioner's or an organization's phone is directory data, not a patient's.
+    const patientData = inPatientCompartment(resource.resourceType);
+    return maskResource(resource, g.plan, this.#keys, patientData ? o : { ...o, scrub: { residentIds: false, phones: false } });
   }
 
   #shown(action: Action, target: string, g: Gate, r: Result<Resource>): Result<Resource> {
-    if (!r.ok) return this.#settled(action, target, r);
+    if (!r.ok) return this.#settled(action, target, r, g);
     const m = this.#mask(r.value, g);
-    this.#record({ action, resource: target, outcome: 'allow', ...(m.changed.length ? { fields: m.changed } : {}) });
+    this.#record({ action, resource: target, outcome: 'allow', ...(m.changed.length ? { fields: m.changed } : {}) }, g);
     return ok(m.resource);
   }
 
   #written(action: Action, target: string, g: Gate, r: Result<WriteOutcome>): Result<WriteOutcome> {
-    if (!r.ok) return this.#settled(action, target, r);
+    if (!r.ok) return this.#settled(action, target, r, g);
     const m = this.#mask(r.value.resource, g);
     const written = `${r.value.resource.resourceType}/${r.value.resource.id ?? ''}`;
-    this.#record({ action, resource: written, outcome: 'allow', ...(m.changed.length ? { fields: m.changed } : {}) });
+    this.#record({ action, resource: written, outcome: 'allow', ...(m.changed.length ? { fields: m.changed } : {}) }, g);
     return ok({ ...r.value, resource: m.resource });
   }
 
@@ -329,13 +395,13 @@ export class RecordAccess implements BundleStore {
           : e.fullUrl;
       return { ...e, ...(fullUrl ? { fullUrl } : {}), resource: m.resource };
     });
-    this.#record({ action, resource: target, outcome: 'allow', ...(changed.size ? { fields: [...changed] } : {}) });
+    this.#record({ action, resource: target, outcome: 'allow', ...(changed.size ? { fields: [...changed] } : {}) }, g);
     return b.entry ? { ...b, entry } : b;
   }
 
   /** A store answer after an allow: refused rows are recorded as denials, other errors as failures. */
-  #settled<T>(action: Action, target: string, r: Result<T>): Result<T> {
-    if (r.ok) this.#record({ action, resource: target, outcome: 'allow' });
+  #settled<T>(action: Action, target: string, r: Result<T>, g?: Gate): Result<T> {
+    if (r.ok) this.#record({ action, resource: target, outcome: 'allow' }, g);
     else if (r.error.kind === 'forbidden') return this.#deny(action, target, r.error.issues[0]?.message ?? 'refused', r);
     else this.#record({ action, resource: target, outcome: 'failure', reason: r.error.issues[0]?.message ?? r.error.kind });
     return r;
@@ -346,7 +412,9 @@ export class RecordAccess implements BundleStore {
     return result;
   }
 
-  #record(d: DecisionRecord): void {
+  /** Only what break-glass opened, and was served, is audited as break-glass. */
+  #record(d: DecisionRecord, g?: Gate): void {
+    if (g?.breakGlass && d.outcome === 'allow') d.breakGlass = true;
     // A Bundle of 1000 entries yields 1000 decisions; beyond that, a request is not a normal one.
     if (this.#r.decisions.length < 2000) this.#r.decisions.push(d);
   }
@@ -369,6 +437,13 @@ function rowScope(
       return { ok: true, value: { kind: 'patients', predicate: '{patient} = $1::text', params: [patient], includeUnowned } };
     }
     case 'care': {
+      // Break-glass opens the patients it names, for the emergency purpose only, and nothing else:
+      // patients in the caller's care are reached with purpose treatment.
+      if (purpose === 'emergency')
+        return {
+          ok: true,
+          value: { kind: 'patients', predicate: BREAK_GLASS_PREDICATE, params: [caller.userId], includeUnowned },
+        };
       const targets = [
         caller.attributes.department ? `Organization/${caller.attributes.department}` : undefined,
         caller.attributes.practitioner ? `Practitioner/${caller.attributes.practitioner}` : undefined,
@@ -378,7 +453,7 @@ function rowScope(
         value: {
           kind: 'patients',
           predicate: CARE_PREDICATE,
-          params: [targets, caller.userId, purpose === 'emergency'],
+          params: [targets, caller.userId],
           includeUnowned,
         },
       };
@@ -407,55 +482,10 @@ export function maskPlan(
       plan.set(f, t && t !== 'keep' ? t : 'remove');
     }
   }
+  // A resident ID's hidden digits are the birth date: whoever sees the ID masked sees the birth
+  // date to the year only, wherever it would otherwise stand beside the mask (docs/security.md).
+  const id = plan.get('identifier');
+  if (id !== undefined && id !== 'keep' && id !== 'remove' && (plan.get('birthDate') ?? 'keep') === 'keep')
+    plan.set('birthDate', 'birth-year');
   return plan;
-}
-
-function admitWrite(
-  type: string,
-  fields: ReadonlyMap<string, FieldRule>,
-  next: Resource,
-  previous: Resource | undefined,
-): Result<Resource> {
-  const out: Record<string, unknown> = { ...(next as unknown as Record<string, unknown>) };
-  const prev = previous as unknown as Record<string, unknown> | undefined;
-  for (const [f, rule] of fields) {
-    if (rule === 'read-only') {
-      if (!sameJson(out[f], prev?.[f]))
-        return fail('forbidden', `${type}.${f} is read-only for you: send it unchanged`, {
-          code: 'forbidden',
-          expression: `${type}.${f}`,
-        });
-      continue;
-    }
-    // A field the caller sees masked or not at all: on create it cannot be set; on update the
-    // stored value is kept (what the caller sent back is the masked form).
-    if (!prev) {
-      if (out[f] !== undefined)
-        return fail('forbidden', `${type}.${f} is ${rule} for you: you cannot set it`, {
-          code: 'forbidden',
-          expression: `${type}.${f}`,
-        });
-    } else if (prev[f] === undefined) delete out[f];
-    else out[f] = prev[f];
-  }
-  return ok(out as unknown as Resource);
-}
-
-/** Top-level elements a search parameter's FHIRPath reads, e.g. `Patient.telecom.where(...)` -> telecom. */
-export function fieldsOf(expression: string): string[] {
-  return [...new Set([...expression.matchAll(/(?:^|[\s(|])[A-Z][A-Za-z]+\.([a-z][A-Za-z]*)/g)].map((m) => m[1]!))];
-}
-
-function sameJson(a: unknown, b: unknown): boolean {
-  return stable(a) === stable(b);
-}
-
-function stable(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(stable).join(',')}]`;
-  if (v && typeof v === 'object')
-    return `{${Object.keys(v)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${stable((v as Record<string, unknown>)[k])}`)
-      .join(',')}}`;
-  return v === undefined ? 'undefined' : JSON.stringify(v);
 }
