@@ -102,6 +102,8 @@ export interface ReplicationStartOptions {
   /** Check consistency with every peer this often (default: never). */
   verifyEveryMs?: number;
   onError?: (peer: string, message: string) => void;
+  /** A link works again after failures. */
+  onRecovered?: (peer: string, o: { downMs: number; failures: number }) => void;
 }
 
 /**
@@ -226,6 +228,8 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     key: () => kms.signingKey()?.key,
     peerKey,
     metrics: replication,
+    // Scheduled checks only (the app exists by the time the schedule starts).
+    onError: (peer, message) => app.log.warn({ peer }, `consistency check against ${peer} could not run: ${message}`),
   });
   const pullers: Puller[] = [];
   const startReplication = (o: ReplicationStartOptions = {}) => {
@@ -239,6 +243,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         metrics: replication,
         waitSeconds: o.waitSeconds ?? 20,
         ...(o.onError ? { onError: (m: string) => o.onError!(id, m) } : {}),
+        ...(o.onRecovered ? { onRecovered: (r: { downMs: number; failures: number }) => o.onRecovered!(id, r) } : {}),
       });
       p.start();
       pullers.push(p);
