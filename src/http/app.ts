@@ -143,6 +143,7 @@ medmesh_replication_feed_dead_letters${site} ${parked.rows[0]?.sent ?? 0}
         records: opts.records,
         signer,
         linkKeys,
+        ...(opts.replication ? { metrics: opts.replication } : {}),
       });
     if (opts.region && opts.verify)
       await app.register(verifyRoutes, {
