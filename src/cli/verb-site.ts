@@ -120,6 +120,11 @@ export async function siteVerb(argv: string[]): Promise<number> {
     site.startReplication({
       verifyEveryMs: verifyEvery * 60_000,
       onError: (peer, message) => site.app.log.warn({ peer }, `replication from ${peer}: ${message}`),
+      onRecovered: (peer, r) =>
+        site.app.log.info(
+          { peer },
+          `replication from ${peer} works again after ${Math.round(r.downMs / 1000)} s and ${r.failures} failed pulls`,
+        ),
     });
     site.app.log.info({ peers: [...site.peers.keys()] }, `pulling from ${[...site.peers.keys()].join(', ') || 'no peer'}`);
   }

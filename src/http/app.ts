@@ -15,7 +15,7 @@ import { verifyRoutes, type VerifyRoutesOptions } from './verify-routes.ts';
 import { conflictRoutes } from './conflict-routes.ts';
 import { empiRoutes, type EmpiRoutesOptions } from './empi-routes.ts';
 import type { Region } from '../region/index.ts';
-import { LinkKeySender, type ReplicationMetrics } from '../replication/index.ts';
+import { LinkKeySender, replicationHealth, type ReplicationMetrics } from '../replication/index.ts';
 import { registerRouteAccess } from './route-access.ts';
 import { authRoutes } from './auth-routes.ts';
 import { kmsRoutes } from './kms-routes.ts';
@@ -81,10 +81,14 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   if (opts.audit) registerAudit(app, { siteId: opts.siteId, audit: opts.audit });
   registerRouteAccess(app);
 
+  // 200 while the process serves HTTP; `status` says "degraded" (with what) when a replication
+  // link is down or changes wait in dead letters: monitoring alerts on it, while load balancers
+  // keep sending local requests (docs/operations.md, Health).
   app.get('/healthz', { config: { access: 'public' } }, async () => {
     const kms = await opts.kms.status();
+    const replication = await replicationHealth({ db: opts.db, ...(opts.replication ? { metrics: opts.replication } : {}) });
     return {
-      status: 'ok',
+      status: replication.status,
       site: opts.siteId,
       region: opts.regionId,
       kms: {
@@ -92,25 +96,25 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
         sealed: kms.sealed,
         unsealProgress: kms.threshold ? `${kms.progress}/${kms.threshold}` : null,
       },
-      ...(opts.replication
-        ? {
-            replication: opts.replication.links().map((l) => ({
-              peer: l.peer,
-              up: l.up,
-              lagMs: l.lagMs,
-              lastPullAt: l.lastPullAt ?? null,
-              lastError: l.lastError ?? null,
-            })),
-          }
-        : {}),
+      degraded: replication.degraded,
+      replication: replication.replication,
+      deadLetters: replication.deadLetters,
     };
   });
   // Public like health: numbers about links and queues, no data. Prometheus text format.
   app.get('/metrics', { config: { access: 'public' } }, async (_req, reply) => {
-    const parked = await opts.db.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM replication_dead_letter WHERE status <> 'skipped'",
+    const parked = await opts.db.query<{ received: number; sent: number }>(
+      `SELECT (SELECT count(*)::int FROM replication_dead_letter WHERE status <> 'skipped') AS received,
+              (SELECT count(*)::int FROM replication_feed_dead_letter WHERE status <> 'skipped') AS sent`,
     );
-    const body = `${opts.replication?.prometheus(opts.siteId) ?? ''}${opts.auditPeers?.prometheus() ?? ''}# HELP medmesh_replication_dead_letters Changes parked or waiting behind a parked one.\n# TYPE medmesh_replication_dead_letters gauge\nmedmesh_replication_dead_letters{site="${opts.siteId}"} ${parked.rows[0]?.n ?? 0}\n`;
+    const site = `{site="${opts.siteId}"}`;
+    const body = `${opts.replication?.prometheus(opts.siteId) ?? ''}${opts.auditPeers?.prometheus() ?? ''}# HELP medmesh_replication_dead_letters Changes received that are parked or waiting behind a parked one.
+# TYPE medmesh_replication_dead_letters gauge
+medmesh_replication_dead_letters${site} ${parked.rows[0]?.received ?? 0}
+# HELP medmesh_replication_feed_dead_letters Own changes that could not be sent, parked or waiting behind one (alarm).
+# TYPE medmesh_replication_feed_dead_letters gauge
+medmesh_replication_feed_dead_letters${site} ${parked.rows[0]?.sent ?? 0}
+`;
     return reply.type('text/plain; version=0.0.4; charset=utf-8').send(body);
   });
   app.get('/readyz', { config: { access: 'public' } }, async (_req, reply) => {
@@ -151,6 +155,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
         records: opts.records,
         signer,
         linkKeys,
+        ...(opts.replication ? { metrics: opts.replication } : {}),
       });
     if (opts.region && opts.verify)
       await app.register(verifyRoutes, {

@@ -1,5 +1,7 @@
 // The changefeed over HTTP, for peer sites only (service assertions): long-polled pages of
-// this site's own changes, filtered to what the asking site may hold, sealed to its key.
+// this site's own changes, filtered to what the asking site may hold, sealed to its key. A
+// change that cannot be sent is parked here (feed dead letters), logged and counted; the
+// page carries the rest. Operators see and settle dead letters of both directions.
 import type { FastifyPluginAsync } from 'fastify';
 import { OUTBOX_CHANNEL, type Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
@@ -8,10 +10,14 @@ import {
   feedAad,
   type LinkKeySender,
   listDeadLetters,
-  readChanges,
+  listFeedDeadLetters,
+  readFeed,
+  type ReplicationMetrics,
   retryDeadLetter,
-  sealPage,
+  retryFeedDeadLetter,
+  sealEncoded,
   skipDeadLetter,
+  skipFeedDeadLetter,
   type ApplyContext,
   type Cursor,
 } from '../replication/index.ts';
@@ -31,6 +37,8 @@ export interface ReplicationRoutesOptions {
   signer: () => Sm2PrivateKey | undefined;
   /** This site's current key per receiving site (shared with the repair pages). */
   linkKeys: LinkKeySender;
+  /** Counts own changes parked because they could not be sent. */
+  metrics?: ReplicationMetrics;
 }
 
 const OPERATORS = { roles: ['administrator', 'operator'] } as const;
@@ -55,7 +63,13 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
   });
   // Commits that wrote changes wake the long polls at once (NOTIFY from the outbox trigger);
   // the timeout covers what a notification cannot tell (an older transaction ending).
-  const unlisten = await opts.db.listen(OUTBOX_CHANNEL, wakeAll).catch(() => undefined);
+  const unlisten = await opts.db.listen(OUTBOX_CHANNEL, wakeAll).catch((e: unknown) => {
+    app.log.warn(
+      { err: e },
+      `changefeed: cannot LISTEN for commits (${e instanceof Error ? e.message : String(e)}); long polls look every ${POLL_FALLBACK_MS} ms instead`,
+    );
+    return undefined;
+  });
   app.addHook('onClose', async () => {
     await unlisten?.();
   });
@@ -111,8 +125,23 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
       });
       // Long poll: answer as soon as anything moved (changes, or withheld rows the cursor passes).
       // The wake-up is armed before each read, so a commit between read and wait is not missed.
+      const read = async () => {
+        const page = await readFeed(opts.db, { region: opts.region, forSite: peer, after, limit });
+        if (page.parked.length) {
+          // A poison change: parked with its reason, counted, and the feed goes on past it.
+          opts.metrics?.feedParked(page.parked.length);
+          for (const p of page.parked)
+            req.log.warn(
+              { changeId: p.changeId, resource: p.resource, status: p.status },
+              p.status === 'parked'
+                ? `changefeed: change ${p.changeId} of ${p.resource} cannot be sent and is parked: ${p.error}`
+                : `changefeed: change ${p.changeId} of ${p.resource} waits behind a parked change of its resource`,
+            );
+        }
+        return page;
+      };
       let wake = changed(POLL_FALLBACK_MS);
-      let page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
+      let page = await read();
       while (
         page.changes.length === 0 &&
         page.next.txid === after.txid &&
@@ -123,7 +152,7 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
       ) {
         await wake;
         wake = changed(POLL_FALLBACK_MS);
-        page = await readChanges(opts.db, { region: opts.region, forSite: peer, after, limit });
+        page = await read();
       }
       const senderKey = opts.signer();
       if (!senderKey)
@@ -136,7 +165,7 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
         .header('x-medmesh-changes', String(page.changes.length))
         .header('x-medmesh-backlog', String(backlog))
         .send(
-          sealPage(page, {
+          sealEncoded(page, {
             from: opts.siteId,
             to: peer,
             keys: opts.linkKeys,
@@ -181,6 +210,40 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
       const r = await skipDeadLetter(applyCtx(), req.params.changeId, { reason: reason.trim(), by: actorId(req.identity) });
       req.auditExtra = {
         action: 'dead-letter-skip',
+        resource: `change/${req.params.changeId}`,
+        detail: `skipped: ${reason.trim().slice(0, 500)}`,
+      };
+      return r.ok ? r : reply.code(404).send({ error: 'not-found', message: r.error });
+    },
+  );
+
+  // This site's own changes that could not be sent (parked at the sender, or waiting behind one).
+  app.get<{ Querystring: { all?: string } }>('/feed/dead-letters', { config: { access: OPERATORS } }, (req) =>
+    listFeedDeadLetters(opts.db, { includeSkipped: req.query.all === 'true' }),
+  );
+
+  app.post<{ Params: { changeId: string } }>(
+    '/feed/dead-letters/:changeId/retry',
+    { config: { access: OPERATORS } },
+    async (req, reply) => {
+      const r = await retryFeedDeadLetter(opts.db, req.params.changeId);
+      req.auditExtra = { action: 'feed-dead-letter-retry', resource: `change/${req.params.changeId}` };
+      return r.ok ? r : reply.code(409).send({ error: 'not-sent', message: r.error });
+    },
+  );
+
+  app.post<{ Params: { changeId: string }; Body: { reason?: unknown } | undefined }>(
+    '/feed/dead-letters/:changeId/skip',
+    { config: { access: OPERATORS } },
+    async (req, reply) => {
+      const reason = req.body?.reason;
+      if (typeof reason !== 'string' || reason.trim().length < 10)
+        return reply
+          .code(400)
+          .send({ error: 'bad-request', message: 'reason: say why this change is skipped (at least 10 characters)' });
+      const r = await skipFeedDeadLetter(opts.db, req.params.changeId, { reason: reason.trim(), by: actorId(req.identity) });
+      req.auditExtra = {
+        action: 'feed-dead-letter-skip',
         resource: `change/${req.params.changeId}`,
         detail: `skipped: ${reason.trim().slice(0, 500)}`,
       };

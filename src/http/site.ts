@@ -106,6 +106,8 @@ export interface ReplicationStartOptions {
   /** Check and cosign every peer's audit checkpoint this often (default 30 s; 0: never). */
   cosignEveryMs?: number;
   onError?: (peer: string, message: string) => void;
+  /** A link works again after failures. */
+  onRecovered?: (peer: string, o: { downMs: number; failures: number }) => void;
 }
 
 /**
@@ -232,6 +234,8 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     key: () => kms.signingKey()?.key,
     peerKey,
     metrics: replication,
+    // Scheduled checks only (the app exists by the time the schedule starts).
+    onError: (peer, message) => app.log.warn({ peer }, `consistency check against ${peer} could not run: ${message}`),
   });
   // Each site witnesses the others' audit logs over the same service credentials as its links.
   const assertions = new AssertionCache();
@@ -272,6 +276,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         metrics: replication,
         waitSeconds: o.waitSeconds ?? 20,
         ...(o.onError ? { onError: (m: string) => o.onError!(id, m) } : {}),
+        ...(o.onRecovered ? { onRecovered: (r: { downMs: number; failures: number }) => o.onRecovered!(id, r) } : {}),
       });
       p.start();
       pullers.push(p);

@@ -103,6 +103,12 @@ export const verifyRoutes: FastifyPluginAsync<VerifyRoutesOptions> = async (app,
         receiverKey,
         senderKey,
         aad: repairAad(opts.siteId, peer, body.data.nonce),
+        // Left out of the repair page (the peer keeps reporting it as differing), never a failed page.
+        onUnsendable: (c, error) =>
+          req.log.warn(
+            { changeId: c.changeId, resource: `${c.resourceType}/${c.resourceId}` },
+            `repair page for ${peer}: version ${c.versionId} of ${c.resourceType}/${c.resourceId} cannot be sent: ${error}`,
+          ),
       }),
     );
   });

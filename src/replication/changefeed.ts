@@ -42,7 +42,7 @@ export interface FeedPage {
   more: boolean;
 }
 
-interface Row {
+export interface Row {
   txid: string;
   pos: string;
   change_id: string;
@@ -60,41 +60,48 @@ interface Row {
   payload: Resource | null;
 }
 
+const PAGE_SQL = `SELECT txid::text AS txid, pos::text AS pos, change_id::text AS change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class,
+            resource_type, resource_id, version_id, deleted, payload
+       FROM outbox
+      WHERE (txid, pos) > ($1::xid8, $2::bigint) AND txid < pg_snapshot_xmin(pg_current_snapshot())
+      ORDER BY outbox.txid, outbox.pos LIMIT $3`; // the columns: the text aliases would sort '1000' before '999' and skip rows
+
+/** Outbox rows after a cursor, below the oldest running transaction, in (txid, pos) order. */
+export async function readRows(q: Queryable, after: Cursor, limit: number): Promise<Row[]> {
+  const { rows } = await q.query<Row>(PAGE_SQL, [after.txid, after.pos, limit], { name: 'medmesh_changefeed_page' });
+  return rows;
+}
+
+/** An outbox row as a change (throws on a row no write of this code makes). */
+export function changeOf(r: Row): Change {
+  return {
+    changeId: r.change_id,
+    originSite: r.origin_site,
+    hlc: BigInt(r.hlc),
+    parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc),
+    parentOrigin: r.parent_origin,
+    epoch: BigInt(r.epoch),
+    shard: r.shard,
+    dataClass: r.data_class,
+    resourceType: r.resource_type,
+    resourceId: r.resource_id,
+    versionId: r.version_id,
+    deleted: r.deleted,
+    payload: r.payload,
+  };
+}
+
+/** The changes after a cursor, unencoded (in-process tests and tools; peers get readFeed's pages). */
 export async function readChanges(
   q: Queryable,
   opts: { region: Region; forSite: string; after: Cursor; limit: number },
 ): Promise<FeedPage> {
-  const { rows } = await q.query<Row>(
-    `SELECT txid::text AS txid, pos::text AS pos, change_id::text AS change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class,
-            resource_type, resource_id, version_id, deleted, payload
-       FROM outbox
-      WHERE (txid, pos) > ($1::xid8, $2::bigint) AND txid < pg_snapshot_xmin(pg_current_snapshot())
-      ORDER BY outbox.txid, outbox.pos LIMIT $3`, // the columns: the text aliases would sort '1000' before '999' and skip rows
-    [opts.after.txid, opts.after.pos, opts.limit],
-    { name: 'medmesh_changefeed_page' },
-  );
+  const rows = await readRows(q, opts.after, opts.limit);
   const changes: Change[] = [];
   let withheld = 0;
   for (const r of rows) {
-    if (!opts.region.mayHold(opts.forSite, r.data_class, r.shard)) {
-      withheld++;
-      continue;
-    }
-    changes.push({
-      changeId: r.change_id,
-      originSite: r.origin_site,
-      hlc: BigInt(r.hlc),
-      parentHlc: r.parent_hlc === null ? null : BigInt(r.parent_hlc),
-      parentOrigin: r.parent_origin,
-      epoch: BigInt(r.epoch),
-      shard: r.shard,
-      dataClass: r.data_class,
-      resourceType: r.resource_type,
-      resourceId: r.resource_id,
-      versionId: r.version_id,
-      deleted: r.deleted,
-      payload: r.payload,
-    });
+    if (!opts.region.mayHold(opts.forSite, r.data_class, r.shard)) withheld++;
+    else changes.push(changeOf(r));
   }
   const last = rows.at(-1);
   return { changes, next: last ? { txid: last.txid, pos: last.pos } : opts.after, withheld, more: rows.length === opts.limit };

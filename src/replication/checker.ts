@@ -72,7 +72,15 @@ export class ConsistencyChecker {
     if (this.#timer) return;
     this.#timer = setInterval(() => {
       if (this.#running) return;
-      this.#running = this.#scheduled(everyMs).finally(() => (this.#running = undefined));
+      this.#running = this.#scheduled(everyMs)
+        .catch((e: unknown) => {
+          // #scheduled reports every peer's failure itself: reaching this is a bug, and must not end the process.
+          process.emitWarning(
+            `scheduled consistency check failed: ${e instanceof Error ? e.message : String(e)}`,
+            'MedmeshCheckerWarning',
+          );
+        })
+        .finally(() => (this.#running = undefined));
     }, everyMs);
     this.#timer.unref();
   }
@@ -95,7 +103,14 @@ export class ConsistencyChecker {
         });
         if (mine) await this.run({ peers: [id] });
       } catch (e) {
-        this.#o.onError?.(id, e instanceof Error ? e.message : String(e));
+        // One peer failing (down, sealed, answering errors) neither stops the schedule nor hides: metrics and the log say so.
+        const message = e instanceof Error ? e.message : String(e);
+        this.#o.metrics?.verifyFailed(id, message);
+        try {
+          this.#o.onError?.(id, message);
+        } catch (thrown) {
+          process.emitWarning(`consistency check callback threw: ${String(thrown)}`, 'MedmeshCheckerWarning');
+        }
       }
     }
   }
