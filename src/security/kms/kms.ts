@@ -1,633 +1,163 @@
-// The key management service of one site, modelled on Vault's Transit engine: named keys
-// with versions, under key-encryption by the site's customer master key (CMK), which lives
-// only in memory and only after k custodians' shares unsealed it.
-import { randomBytes, randomUUID } from 'node:crypto';
-import { combine, split } from 'shamir-secret-sharing';
-import type { Db, Queryable } from '../../db/index.ts';
-import {
-  algorithmFor,
-  equalConstantTime,
-  hmacSm3,
-  keyBytesFor,
-  openEnvelope,
-  readEnvelopeHeader,
-  sealEnvelope,
-  Sm2PrivateKey,
-  Sm2PublicKey,
-  type CryptoPolicy,
-  type EnvelopeAlgorithm,
-} from '../crypto/index.ts';
+// The key management service of one site: its master key and sealing (sealing.ts) and its
+// named keys (key-ring.ts) behind one face, so callers hold one object per site.
+import type { Sm2PrivateKey, Sm2PublicKey } from '../crypto/index.ts';
 import type { DestructionApproval, DestructionCertificate } from './certificate.ts';
-import { destroyKeyVersions, makeDestructionRequest, rewriteKeyVersions, type WipeReport } from './destruction.ts';
-import { kcvOf, unwrapUnder, wrapUnder } from './master-key.ts';
-import { KmsError } from './errors.ts';
-import {
-  depositShare,
-  shareSignedBy,
-  signShare,
-  wrapShare,
-  type Custodian,
-  type ShareToken,
-  type WrappedShare,
-} from './shares.ts';
+import type { WipeReport } from './destruction.ts';
+import { KeyRing, type KeyInfo } from './key-ring.ts';
+import { MasterKey, type KmsContext, type KmsStatus } from './sealing.ts';
+import type { Custodian, ShareToken, WrappedShare } from './shares.ts';
+import type { EnvelopeAlgorithm } from '../crypto/index.ts';
 
-export interface KmsContext {
-  db: Db;
-  siteId: string;
-  policy: CryptoPolicy;
-  now?: () => Date;
-  /** Called once the KMS is unsealed (after init or the last share), e.g. to load keys into caches. */
-  onUnsealed?: () => void;
-}
-
-export interface KmsStatus {
-  initialized: boolean;
-  sealed: boolean;
-  cmkId?: string;
-  threshold?: number;
-  shareCount?: number;
-  /** Distinct shares submitted towards unsealing. */
-  progress: number;
-}
-
-export interface KeyInfo {
-  name: string;
-  algorithm: EnvelopeAlgorithm;
-  exportable: boolean;
-  latestVersion: number;
-  minDecryptionVersion: number;
-  minEncryptionVersion: number;
-  rotationPeriodSeconds: number | null;
-  versions: Array<{ version: number; createdAt: string; destroyedAt: string | null }>;
-}
-
-interface KeyRow {
-  name: string;
-  algorithm: EnvelopeAlgorithm;
-  exportable: boolean;
-  latest_version: number;
-  min_decryption_version: number;
-  min_encryption_version: number;
-  rotation_period_seconds: number | null;
-}
-
-const KEY_NAME = /^[a-z][a-z0-9._-]{0,63}$/;
+export type { KmsContext, KmsStatus, KeyInfo };
 
 export class Kms {
-  readonly #ctx: KmsContext;
-  #cmk: Buffer | undefined;
-  #cmkId: string | undefined;
-  #signing: Sm2PrivateKey | undefined;
-  readonly #submitted = new Map<number, ShareToken>();
-  readonly #material = new Map<string, Buffer>();
+  readonly #master: MasterKey;
+  readonly #keys: KeyRing;
 
   constructor(ctx: KmsContext) {
-    this.#ctx = ctx;
+    this.#master = new MasterKey(ctx);
+    this.#keys = new KeyRing(ctx, this.#master);
   }
 
-  #now(): Date {
-    return this.#ctx.now?.() ?? new Date();
-  }
-
-  // ---- master key: init, seal, unseal -------------------------------------------------
+  // ---- master key: init, seal, unseal, shares -----------------------------------------------
 
   /** Creates the site's CMK, splits it k-of-n and wraps one share per custodian. Leaves the KMS unsealed. */
-  async init(opts: { custodians: Custodian[]; threshold?: number }): Promise<{ cmkId: string; shares: WrappedShare[] }> {
-    const n = opts.custodians.length;
-    const k = opts.threshold ?? 3;
-    if (k < 2 || k > n || n > 255)
-      throw new KmsError('bad-request', `threshold must be 2..${n} for ${n} custodians (got ${k}); at least 2 custodians`);
-    if (new Set(opts.custodians.map((c) => c.name)).size !== n)
-      throw new KmsError('bad-request', 'custodian names must be distinct');
-    const cmk = randomBytes(32);
-    const cmkId = randomUUID();
-    // The library insists on plain Uint8Array (not Buffer).
-    const parts = await split(new Uint8Array(cmk), n, k);
-    const signing = Sm2PrivateKey.generate();
-    const shares = parts.map((share, i) =>
-      signShare(
-        wrapShare({
-          site: this.#ctx.siteId,
-          cmkId,
-          index: i + 1,
-          threshold: k,
-          custodian: opts.custodians[i]!,
-          token: { cmkId, index: i + 1, share },
-        }),
-        signing,
-      ),
-    );
-    await this.#ctx.db.transaction(async (tx) => {
-      const exists = await tx.query('SELECT 1 FROM kms_root WHERE site_id = $1 FOR UPDATE', [this.#ctx.siteId]);
-      if (exists.rows.length)
-        throw new KmsError(
-          'already-initialized',
-          `the KMS of site ${this.#ctx.siteId} is already initialized; its master key cannot be replaced`,
-        );
-      await tx.query(
-        'INSERT INTO kms_root (site_id, cmk_id, kcv, threshold, share_count, signing_public_key, signing_private_wrapped) VALUES ($1, $2, $3, $4, $5, $6, $7)',
-        [
-          this.#ctx.siteId,
-          cmkId,
-          kcvOf(cmk),
-          k,
-          n,
-          signing.publicKey.toPem(),
-          wrapUnder(cmk, `signing:${cmkId}`, signing.toDer()),
-        ],
-      );
-      for (const s of shares)
-        await tx.query('INSERT INTO kms_share (cmk_id, share_index, custodian, wrapped) VALUES ($1, $2, $3, $4::jsonb)', [
-          cmkId,
-          s.index,
-          s.custodian,
-          JSON.stringify(s),
-        ]);
-    });
-    this.#unsealWith(cmk, cmkId, signing);
-    return { cmkId, shares };
+  init(opts: { custodians: Custodian[]; threshold?: number }): Promise<{ cmkId: string; shares: WrappedShare[] }> {
+    return this.#master.init(opts);
   }
 
-  async status(): Promise<KmsStatus> {
-    const root = await this.#root(this.#ctx.db);
-    if (!root) return { initialized: false, sealed: true, progress: 0 };
-    return {
-      initialized: true,
-      sealed: this.#cmk === undefined,
-      cmkId: root.cmk_id,
-      threshold: root.threshold,
-      shareCount: root.share_count,
-      progress: this.#submitted.size,
-    };
+  status(): Promise<KmsStatus> {
+    return this.#master.status();
   }
 
   seal(): void {
-    this.#cmk?.fill(0);
-    this.#cmk = undefined;
-    this.#signing = undefined;
-    for (const m of this.#material.values()) m.fill(0);
-    this.#material.clear();
-    this.#submitted.clear();
+    this.#master.seal();
+    this.#keys.clear();
   }
 
   /** Adds one opened share; unseals once `threshold` distinct shares reconstruct the CMK. */
-  async submitShare(token: ShareToken): Promise<KmsStatus> {
-    const root = await this.#root(this.#ctx.db);
-    if (!root)
-      throw new KmsError('not-initialized', `the KMS of site ${this.#ctx.siteId} is not initialized: run medmesh keys init`);
-    if (this.#cmk) return this.status();
-    if (token.cmkId !== root.cmk_id)
-      throw new KmsError(
-        'share-of-other-key',
-        `this share belongs to master key ${token.cmkId}; site ${this.#ctx.siteId} uses ${root.cmk_id}`,
-      );
-    const prev = this.#submitted.get(token.index);
-    if (prev && !equalConstantTime(prev.share, token.share))
-      throw new KmsError('duplicate-share', `share ${token.index} was already submitted with different contents`);
-    this.#submitted.set(token.index, token);
-    if (this.#submitted.size < root.threshold) return this.status();
-    const cmk = Buffer.from(await combine([...this.#submitted.values()].map((t) => new Uint8Array(t.share))));
-    if (kcvOf(cmk) !== root.kcv) {
-      this.#submitted.clear();
-      cmk.fill(0);
-      throw new KmsError(
-        'bad-share',
-        "the submitted shares do not reconstruct this site's master key (check value mismatch): one is wrong or tampered; start again",
-      );
-    }
-    const signing = Sm2PrivateKey.fromPem(unwrapUnder(cmk, `signing:${root.cmk_id}`, root.signing_private_wrapped));
-    this.#unsealWith(cmk, root.cmk_id, signing);
-    return this.status();
-  }
-
-  #unsealWith(cmk: Buffer, cmkId: string, signing: Sm2PrivateKey): void {
-    this.#cmk = cmk;
-    this.#cmkId = cmkId;
-    this.#signing = signing;
-    this.#submitted.clear();
-    this.#ctx.onUnsealed?.();
-  }
-
-  #requireUnsealed(): { cmk: Buffer; cmkId: string; signing: Sm2PrivateKey } {
-    if (!this.#cmk || !this.#cmkId || !this.#signing)
-      throw new KmsError(
-        'sealed',
-        `the KMS of site ${this.#ctx.siteId} is sealed: submit custodian shares (medmesh keys unseal)`,
-      );
-    return { cmk: this.#cmk, cmkId: this.#cmkId, signing: this.#signing };
+  submitShare(token: ShareToken): Promise<KmsStatus> {
+    return this.#master.submitShare(token);
   }
 
   /** The site's SM2 signing key while unsealed (token issuing, certificates, audit checkpoints). */
   signingKey(): { key: Sm2PrivateKey; kid: string } | undefined {
-    return this.#signing && this.#cmkId
-      ? { key: this.#signing, kid: `${this.#ctx.siteId}-${this.#cmkId.slice(0, 8)}` }
-      : undefined;
+    return this.#master.signingKey();
   }
 
-  /**
-   * A secret derived from the CMK for a fixed purpose (HMAC-SM3(CMK, label)): stable for the
-   * life of the master key, available only while unsealed. The audit log MACs entries with one.
-   */
+  /** A secret derived from the CMK for a fixed purpose (available only while unsealed). */
   deriveSecret(label: string): Buffer {
-    const { cmk } = this.#requireUnsealed();
-    return hmacSm3(cmk, Buffer.from(`medmesh derive|${label}`));
+    return this.#master.deriveSecret(label);
   }
 
-  /** Creates the named key on first use (for keys the site itself needs, such as `identity`). */
-  async ensureKey(name: string): Promise<void> {
-    try {
-      await this.createKey(name);
-    } catch (e) {
-      if (!(e instanceof KmsError && e.code === 'key-exists')) throw e;
-    }
+  signingPublicKey(): Promise<Sm2PublicKey | undefined> {
+    return this.#master.signingPublicKey();
   }
 
-  async signingPublicKey(): Promise<Sm2PublicKey | undefined> {
-    const root = await this.#root(this.#ctx.db);
-    return root ? Sm2PublicKey.fromPem(root.signing_public_key) : undefined;
-  }
-
-  // ---- shares kept for other sites --------------------------------------------------------
-
-  /**
-   * Keeps another site's wrapped share, signed by that site's service key (`ownerKey`: the key
-   * registered here for it, none when it is not). Deposits are write-once.
-   */
+  /** Keeps another site's wrapped share, signed by that site's service key. Deposits are write-once. */
   depositShare(w: WrappedShare, ownerKey: Sm2PublicKey | undefined): Promise<void> {
-    return depositShare(this.#ctx.db, this.#ctx.siteId, w, ownerKey);
+    return this.#master.depositShare(w, ownerKey);
   }
 
-  async depositedShares(ownerSite: string): Promise<WrappedShare[]> {
-    const { rows } = await this.#ctx.db.query<{ wrapped: WrappedShare }>(
-      'SELECT wrapped FROM kms_deposited_share WHERE owner_site = $1 ORDER BY cmk_id, share_index',
-      [ownerSite],
-    );
-    return rows.map((r) => r.wrapped);
+  depositedShares(ownerSite: string): Promise<WrappedShare[]> {
+    return this.#master.depositedShares(ownerSite);
   }
 
-  async ownShares(): Promise<WrappedShare[]> {
-    const { rows } = await this.#ctx.db.query<{ wrapped: WrappedShare }>(
-      'SELECT s.wrapped FROM kms_share s JOIN kms_root r ON r.cmk_id = s.cmk_id WHERE r.site_id = $1 ORDER BY s.share_index',
-      [this.#ctx.siteId],
-    );
-    return rows.map((r) => r.wrapped);
+  ownShares(): Promise<WrappedShare[]> {
+    return this.#master.ownShares();
   }
 
-  // ---- named keys -------------------------------------------------------------------------
+  /** The custodians of the current master key, name -> public key (shares signed by this site). */
+  custodians(): Promise<Map<string, Sm2PublicKey>> {
+    return this.#master.custodians();
+  }
 
-  /**
-   * `material`: import this key instead of generating one — for a region-wide key every site
-   * must hold the same (the EMPI blind-index key); imported keys do not rotate on their own.
-   */
-  async createKey(
+  // ---- named keys ---------------------------------------------------------------------------
+
+  ensureKey(name: string): Promise<void> {
+    return this.#keys.ensureKey(name);
+  }
+
+  createKey(
     name: string,
     opts: { exportable?: boolean; rotationPeriodSeconds?: number; algorithm?: EnvelopeAlgorithm; material?: Uint8Array } = {},
   ): Promise<KeyInfo> {
-    const { cmk } = this.#requireUnsealed();
-    if (!KEY_NAME.test(name))
-      throw new KmsError(
-        'bad-request',
-        `key name ${JSON.stringify(name)} must be lower-case letters, digits, '.', '_' or '-' (at most 64), starting with a letter`,
-      );
-    if (
-      opts.rotationPeriodSeconds !== undefined &&
-      (!Number.isInteger(opts.rotationPeriodSeconds) || opts.rotationPeriodSeconds < 60)
-    )
-      throw new KmsError('bad-request', 'rotation period must be a whole number of seconds, at least 60');
-    const algorithm = opts.algorithm ?? algorithmFor(this.#ctx.policy);
-    if (opts.material && opts.material.length !== keyBytesFor(algorithm))
-      throw new KmsError(
-        'bad-request',
-        `imported key material must be ${keyBytesFor(algorithm)} bytes for ${algorithm} (got ${opts.material.length})`,
-      );
-    if (opts.material && opts.rotationPeriodSeconds !== undefined)
-      throw new KmsError('bad-request', 'an imported key cannot rotate on its own: every site must rotate it together');
-    await this.#ctx.db.transaction(async (tx) => {
-      const r = await tx.query(
-        'INSERT INTO kms_key (name, algorithm, exportable, latest_version, rotation_period_seconds) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (name) DO NOTHING RETURNING name',
-        [name, algorithm, opts.exportable ?? false, opts.rotationPeriodSeconds ?? null],
-      );
-      if (r.rows.length === 0) throw new KmsError('key-exists', `key ${name} already exists`);
-      await this.#insertVersion(tx, cmk, name, 1, algorithm, opts.material);
-    });
-    return this.describeKey(name);
+    return this.#keys.createKey(name, opts);
   }
 
-  /** The current material of a named key, for keyed hashing inside this process (never exported). */
-  async macKey(name: string): Promise<{ version: number; key: Buffer }> {
-    const { version, key } = await this.#encryptionKey(name);
-    return { version, key };
+  macKey(name: string): Promise<{ version: number; key: Buffer }> {
+    return this.#keys.macKey(name);
   }
 
-  async describeKey(name: string): Promise<KeyInfo> {
-    const row = await this.#key(this.#ctx.db, name);
-    const { rows } = await this.#ctx.db.query<{ version: number; created_at: Date; destroyed_at: Date | null }>(
-      'SELECT version, created_at, destroyed_at FROM kms_key_version WHERE name = $1 ORDER BY version',
-      [name],
-    );
-    return {
-      name,
-      algorithm: row.algorithm,
-      exportable: row.exportable,
-      latestVersion: row.latest_version,
-      minDecryptionVersion: row.min_decryption_version,
-      minEncryptionVersion: row.min_encryption_version,
-      rotationPeriodSeconds: row.rotation_period_seconds,
-      versions: rows.map((v) => ({
-        version: v.version,
-        createdAt: new Date(v.created_at).toISOString(),
-        destroyedAt: v.destroyed_at ? new Date(v.destroyed_at).toISOString() : null,
-      })),
-    };
+  describeKey(name: string): Promise<KeyInfo> {
+    return this.#keys.describeKey(name);
   }
 
-  async listKeys(): Promise<string[]> {
-    const { rows } = await this.#ctx.db.query<{ name: string }>('SELECT name FROM kms_key ORDER BY name');
-    return rows.map((r) => r.name);
+  listKeys(): Promise<string[]> {
+    return this.#keys.listKeys();
   }
 
-  async rotate(name: string): Promise<KeyInfo> {
-    const { cmk } = this.#requireUnsealed();
-    await this.#ctx.db.transaction(async (tx) => {
-      const row = await this.#key(tx, name, { forUpdate: true });
-      const alive = await tx.query('SELECT 1 FROM kms_key_version WHERE name = $1 AND destroyed_at IS NULL LIMIT 1', [name]);
-      if (alive.rows.length === 0)
-        throw new KmsError(
-          'version-destroyed',
-          `key ${name} was destroyed (every version); create a new key instead of rotating it`,
-        );
-      await this.#insertVersion(tx, cmk, name, row.latest_version + 1, row.algorithm);
-      await tx.query('UPDATE kms_key SET latest_version = $2 WHERE name = $1', [name, row.latest_version + 1]);
-    });
-    return this.describeKey(name);
+  rotate(name: string): Promise<KeyInfo> {
+    return this.#keys.rotate(name);
   }
 
-  /** Rotates every key whose latest version is older than its rotation period. */
-  async rotateDue(): Promise<string[]> {
-    this.#requireUnsealed();
-    const { rows } = await this.#ctx.db.query<{ name: string }>(
-      `SELECT k.name FROM kms_key k JOIN kms_key_version v ON v.name = k.name AND v.version = k.latest_version
-       WHERE k.rotation_period_seconds IS NOT NULL AND v.created_at + make_interval(secs => k.rotation_period_seconds) <= $1::timestamptz`,
-      [this.#now().toISOString()],
-    );
-    for (const r of rows) await this.rotate(r.name);
-    return rows.map((r) => r.name);
+  rotateDue(): Promise<string[]> {
+    return this.#keys.rotateDue();
   }
 
-  async configureKey(
+  configureKey(
     name: string,
     opts: { minDecryptionVersion?: number; minEncryptionVersion?: number; rotationPeriodSeconds?: number | null },
   ): Promise<KeyInfo> {
-    await this.#ctx.db.transaction(async (tx) => {
-      const row = await this.#key(tx, name, { forUpdate: true });
-      const minDec = opts.minDecryptionVersion ?? row.min_decryption_version;
-      const minEnc = opts.minEncryptionVersion ?? row.min_encryption_version;
-      if (!Number.isInteger(minDec) || minDec < 1 || minDec > row.latest_version)
-        throw new KmsError('bad-request', `minimum decryption version must be 1..${row.latest_version}`);
-      if (!Number.isInteger(minEnc) || minEnc < 0 || minEnc > row.latest_version || (minEnc !== 0 && minEnc < minDec))
-        throw new KmsError('bad-request', `minimum encryption version must be 0 (latest) or ${minDec}..${row.latest_version}`);
-      const period = opts.rotationPeriodSeconds === undefined ? row.rotation_period_seconds : opts.rotationPeriodSeconds;
-      await tx.query(
-        'UPDATE kms_key SET min_decryption_version = $2, min_encryption_version = $3, rotation_period_seconds = $4 WHERE name = $1',
-        [name, minDec, minEnc, period],
-      );
-    });
-    return this.describeKey(name);
+    return this.#keys.configureKey(name, opts);
   }
 
-  // ---- using keys -------------------------------------------------------------------------
-
-  async encrypt(name: string, plaintext: Uint8Array, aad?: Uint8Array): Promise<Buffer> {
-    const { version, algorithm, key } = await this.#encryptionKey(name);
-    return sealEnvelope({ alg: algorithm, keyId: name, keyVersion: version, key }, plaintext, aad);
+  encrypt(name: string, plaintext: Uint8Array, aad?: Uint8Array): Promise<Buffer> {
+    return this.#keys.encrypt(name, plaintext, aad);
   }
 
-  async decrypt(envelope: Uint8Array, aad?: Uint8Array): Promise<Buffer> {
-    const { header } = readEnvelopeHeader(envelope);
-    const key = await this.#decryptionKey(header.kid, header.kv);
-    return openEnvelope(envelope, key, aad);
+  decrypt(envelope: Uint8Array, aad?: Uint8Array): Promise<Buffer> {
+    return this.#keys.decrypt(envelope, aad);
   }
 
-  /** Re-encrypts to the key's current encryption version; the plaintext never leaves the KMS. */
-  async rewrap(envelope: Uint8Array, aad?: Uint8Array): Promise<Buffer> {
-    const { header } = readEnvelopeHeader(envelope);
-    const plaintext = await this.decrypt(envelope, aad);
-    try {
-      return await this.encrypt(header.kid, plaintext, aad);
-    } finally {
-      plaintext.fill(0);
-    }
+  rewrap(envelope: Uint8Array, aad?: Uint8Array): Promise<Buffer> {
+    return this.#keys.rewrap(envelope, aad);
   }
 
-  /** A fresh data key wrapped under a named key (envelope encryption). */
-  async generateDataKey(
+  generateDataKey(
     name: string,
     opts: { bytes?: 16 | 32; plaintext?: boolean } = {},
   ): Promise<{ wrapped: Buffer; plaintext?: Buffer }> {
-    const dk = randomBytes(opts.bytes ?? 16);
-    const wrapped = await this.encrypt(name, dk, Buffer.from(`datakey:${name}`));
-    if (opts.plaintext === false) {
-      dk.fill(0);
-      return { wrapped };
-    }
-    return { wrapped, plaintext: dk };
+    return this.#keys.generateDataKey(name, opts);
   }
 
-  async unwrapDataKey(wrapped: Uint8Array): Promise<Buffer> {
-    const { header } = readEnvelopeHeader(wrapped);
-    return this.decrypt(wrapped, Buffer.from(`datakey:${header.kid}`));
+  unwrapDataKey(wrapped: Uint8Array): Promise<Buffer> {
+    return this.#keys.unwrapDataKey(wrapped);
   }
 
-  /** Key material of an exportable key version (non-exportable keys never leave). */
-  async exportKey(name: string, version: number): Promise<Buffer> {
-    const row = await this.#key(this.#ctx.db, name);
-    if (!row.exportable) throw new KmsError('not-exportable', `key ${name} is not exportable`);
-    return Buffer.from(await this.#decryptionKey(name, version));
+  exportKey(name: string, version: number): Promise<Buffer> {
+    return this.#keys.exportKey(name, version);
   }
 
-  // ---- destruction ------------------------------------------------------------------------
+  // ---- destruction --------------------------------------------------------------------------
 
-  /**
-   * Destroys the key versions a request names, once at least two custodians of this site's
-   * master key signed it (`approvals`, see certificate.ts), and returns the signed certificate
-   * (also stored permanently). Then rewrites the table so no old row version keeps the wrapped
-   * material (`wipe`); `wipeWaitMs` bounds the wait for older transactions (default 30 s).
-   */
-  async destroyVersions(opts: {
+  destroyVersions(opts: {
     request: string;
     approvals: readonly DestructionApproval[];
     wipeWaitMs?: number;
   }): Promise<{ certificate: DestructionCertificate; wipe: WipeReport }> {
-    const { cmkId, signing } = this.#requireUnsealed();
-    const { certificate, xid } = await destroyKeyVersions(
-      {
-        db: this.#ctx.db,
-        siteId: this.#ctx.siteId,
-        now: this.#now(),
-        cmkId,
-        signing,
-        custodians: await this.custodians(),
-        forget: (name, version) => this.#forget(name, version),
-        lockKey: (tx, name) => this.#key(tx, name, { forUpdate: true }),
-      },
-      opts,
-    );
-    const wipe = await rewriteKeyVersions(this.#ctx.db, {
-      afterXid: xid,
-      ...(opts.wipeWaitMs !== undefined ? { waitMs: opts.wipeWaitMs } : {}),
-    });
-    return { certificate, wipe };
+    return this.#keys.destroyVersions(opts);
   }
 
-  /**
-   * A request to destroy versions of a key, for custodians to approve (`approveRequest`). Needs
-   * no unsealing; refuses versions that do not exist or are gone already.
-   */
-  async destructionRequest(o: { keyName: string; versions: number[]; reason: string; validHours?: number }): Promise<string> {
-    const root = await this.#root(this.#ctx.db);
-    if (!root) throw new KmsError('not-initialized', `the KMS of site ${this.#ctx.siteId} is not initialized`);
-    return makeDestructionRequest({
-      ...o,
-      site: this.#ctx.siteId,
-      cmkId: root.cmk_id,
-      key: await this.describeKey(o.keyName),
-      now: this.#now(),
-    });
+  destructionRequest(o: { keyName: string; versions: number[]; reason: string; validHours?: number }): Promise<string> {
+    return this.#keys.destructionRequest(o);
   }
 
-  /**
-   * The custodians of the current master key, name -> public key: from the shares made at init,
-   * counted only when signed by this site's signing key (a row added to kms_share by hand is not
-   * a custodian).
-   */
-  async custodians(): Promise<Map<string, Sm2PublicKey>> {
-    const { signing } = this.#requireUnsealed();
-    const out = new Map<string, Sm2PublicKey>();
-    for (const w of await this.ownShares())
-      if (shareSignedBy(w, signing.publicKey)) out.set(w.custodian, Sm2PublicKey.fromPem(w.custodianPublicKey));
-    return out;
+  forgetDestroyed(): Promise<void> {
+    return this.#keys.forgetDestroyed();
   }
 
-  /**
-   * Zeroes this process's copies of versions destroyed since they were loaded (by another API
-   * node, or by `medmesh keys destroy` beside a running site). A site calls it every few seconds;
-   * any use of such a copy checks first anyway.
-   */
-  async forgetDestroyed(): Promise<void> {
-    if (this.#material.size === 0) return;
-    const { rows } = await this.#ctx.db.query<{ name: string; version: number }>(
-      'SELECT name, version FROM kms_key_version WHERE destroyed_at IS NOT NULL AND name = ANY($1::text[])',
-      [[...new Set([...this.#material.keys()].map((k) => k.slice(0, k.lastIndexOf(':'))))]],
-    );
-    for (const r of rows) this.#forget(r.name, r.version);
-  }
-
-  async certificates(name?: string): Promise<DestructionCertificate[]> {
-    const pub = (await this.signingPublicKey())?.toPem() ?? '';
-    const { rows } = await this.#ctx.db.query<{ document: string; signature: Buffer }>(
-      `SELECT document, signature FROM kms_destruction_certificate ${name ? 'WHERE key_name = $1' : ''} ORDER BY issued_at`,
-      name ? [name] : [],
-    );
-    return rows.map((r) => ({
-      document: r.document,
-      signature: Buffer.from(r.signature).toString('base64'),
-      signingPublicKey: pub,
-    }));
-  }
-
-  // ---- internals --------------------------------------------------------------------------
-
-  async #root(q: Queryable) {
-    const { rows } = await q.query<{
-      cmk_id: string;
-      kcv: string;
-      threshold: number;
-      share_count: number;
-      signing_public_key: string;
-      signing_private_wrapped: Buffer;
-    }>(
-      'SELECT cmk_id, kcv, threshold, share_count, signing_public_key, signing_private_wrapped FROM kms_root WHERE site_id = $1',
-      [this.#ctx.siteId],
-    );
-    return rows[0];
-  }
-
-  async #key(q: Queryable, name: string, opts: { forUpdate?: boolean } = {}): Promise<KeyRow> {
-    const { rows } = await q.query<KeyRow>(
-      `SELECT name, algorithm, exportable, latest_version, min_decryption_version, min_encryption_version, rotation_period_seconds FROM kms_key WHERE name = $1${opts.forUpdate ? ' FOR UPDATE' : ''}`,
-      [name],
-    );
-    if (!rows[0]) throw new KmsError('unknown-key', `no key named ${name}`);
-    return rows[0];
-  }
-
-  async #insertVersion(
-    tx: Queryable,
-    cmk: Buffer,
-    name: string,
-    version: number,
-    algorithm: EnvelopeAlgorithm,
-    imported?: Uint8Array,
-  ): Promise<void> {
-    const material = imported ? Buffer.from(imported) : randomBytes(keyBytesFor(algorithm));
-    // created_at from the KMS clock, which is also what rotation periods are measured against.
-    await tx.query('INSERT INTO kms_key_version (name, version, material_wrapped, created_at) VALUES ($1, $2, $3, $4)', [
-      name,
-      version,
-      wrapUnder(cmk, `${name}:${version}`, material),
-      this.#now().toISOString(),
-    ]);
-  }
-
-  async #encryptionKey(name: string): Promise<{ version: number; algorithm: EnvelopeAlgorithm; key: Buffer }> {
-    this.#requireUnsealed();
-    let row = await this.#key(this.#ctx.db, name);
-    if (row.rotation_period_seconds !== null && (await this.rotateDue()).includes(name))
-      row = await this.#key(this.#ctx.db, name);
-    const version = row.min_encryption_version || row.latest_version;
-    return { version, algorithm: row.algorithm, key: await this.#decryptionKey(name, version) };
-  }
-
-  async #decryptionKey(name: string, version: number): Promise<Buffer> {
-    const { cmk } = this.#requireUnsealed();
-    const cached = this.#material.get(`${name}:${version}`);
-    // One query per use, cached or not: a version destroyed by another node or process since it
-    // was loaded here must stop decrypting at once (and its copy here is zeroed).
-    const { rows } = await this.#ctx.db.query<{
-      min_decryption_version: number;
-      found: boolean;
-      destroyed: boolean;
-      material_wrapped: Buffer | null;
-    }>(
-      `SELECT k.min_decryption_version, v.version IS NOT NULL AS found, v.destroyed_at IS NOT NULL AS destroyed,
-              CASE WHEN $3 THEN NULL ELSE v.material_wrapped END AS material_wrapped
-         FROM kms_key k LEFT JOIN kms_key_version v ON v.name = k.name AND v.version = $2 WHERE k.name = $1`,
-      [name, version, cached !== undefined],
-    );
-    const row = rows[0];
-    if (!row) throw new KmsError('unknown-key', `no key named ${name}`);
-    if (version < row.min_decryption_version)
-      throw new KmsError(
-        'version-below-minimum',
-        `version ${version} of key ${name} is below the minimum decryption version ${row.min_decryption_version}; rewrap data before raising the minimum`,
-      );
-    if (!row.found) throw new KmsError('unknown-key', `key ${name} has no version ${version}`);
-    if (row.destroyed) {
-      this.#forget(name, version);
-      throw new KmsError(
-        'version-destroyed',
-        `version ${version} of key ${name} was destroyed; data encrypted under it cannot be decrypted`,
-      );
-    }
-    if (cached) return cached;
-    if (!row.material_wrapped) throw new KmsError('unknown-key', `key ${name} has no material for version ${version}`);
-    const material = unwrapUnder(cmk, `${name}:${version}`, row.material_wrapped);
-    this.#material.set(`${name}:${version}`, material);
-    return material;
-  }
-
-  #forget(name: string, version: number): void {
-    this.#material.get(`${name}:${version}`)?.fill(0);
-    this.#material.delete(`${name}:${version}`);
+  certificates(name?: string): Promise<DestructionCertificate[]> {
+    return this.#keys.certificates(name);
   }
 }
