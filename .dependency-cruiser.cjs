@@ -3,6 +3,7 @@
 // here may not import any other (add it to the ladder when it is created).
 /** folder -> the folders it may import (besides itself). */
 const ladder = {
+  common: [],
   region: [],
   clock: [],
   'security/crypto': [],
@@ -62,6 +63,8 @@ const ladder = {
 const lightEntries = { 'security/crypto': ['sm3'] };
 
 const esc = (s) => s.replace(/[/]/g, '\\/');
+// The bottom of the ladder: every folder may use it.
+for (const folder of Object.keys(ladder)) if (folder !== 'common') ladder[folder].unshift('common');
 const folders = Object.keys(ladder).sort((a, b) => b.length - a.length); // security/x before security
 
 module.exports = {
