@@ -60,7 +60,10 @@ export function createLogger(
     hooks: {
       logMethod(args, method, lvl) {
         const name = LEVELS[lvl];
-        if (name) counts.add(String((this.bindings() as { component?: unknown }).component ?? 'site'), name);
+        if (name) {
+          const component: unknown = this.bindings().component;
+          counts.add(typeof component === 'string' ? component : 'site', name);
+        }
         method.apply(this, args);
       },
     },
