@@ -316,7 +316,9 @@ describe(`access control (${testBackend()})`, () => {
     assert.equal(opened.status, 201);
     assert.equal((await get(`/Patient/${a.id}`, emergency)).status, 200);
     assert.equal((await get(`/Patient/${b.id}`, emergency)).status, 403, 'only the patient broken glass for');
-    assert.equal((await get(`/Patient/${a.id}`, other)).status, 403, 'outside the emergency purpose nothing changed');
+    const withoutPurpose = await get(`/Patient/${a.id}`, other);
+    assert.equal(withoutPurpose.status, 403, 'outside the emergency purpose nothing changed');
+    assert.match(diag(withoutPurpose), /x-medmesh-purpose: emergency/, 'the refusal names the header break-glass needs');
     const log = await auditTail(6);
     const flagged = log.filter((e) => e.breakGlass);
     assert.ok(flagged.some((e) => e.action === 'break-glass'));
