@@ -54,7 +54,9 @@ export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): voi
         code: 'transient',
         error: 'audit-unavailable',
       });
-      reply.code(503).header('content-type', contentType).removeHeader('etag').removeHeader('location');
+      // reply.code is closed once an answer is on its way (deadline.ts): this one replaces it.
+      reply.raw.statusCode = 503;
+      reply.header('content-type', contentType).removeHeader('etag').removeHeader('location');
       return body;
     }
   });

@@ -136,7 +136,8 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
 
   app.get<{ Querystring: { from?: string; to?: string; format?: string } }>(
     '/report',
-    { config: { access: AUDITORS } },
+    // It verifies the whole log: longer than the site's request timeout on a large one.
+    { config: { access: AUDITORS, timeoutMs: 30 * 60_000 } },
     async (req, reply) => {
       const { from, to, format = 'html' } = req.query;
       if (!from || !to || Number.isNaN(Date.parse(from)) || Number.isNaN(Date.parse(to)) || Date.parse(from) >= Date.parse(to)) {

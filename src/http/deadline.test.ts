@@ -36,7 +36,8 @@ describe(`request deadlines (${testBackend()})`, () => {
   const entered = { json: latch(), fhir: latch() };
   before(async () => {
     s = await startTestServer({
-      requestTimeoutMs: 400,
+      // The site's timeout (the JSON route below waits it out); the FHIR one has its own, shorter.
+      requestTimeoutMs: 2000,
       // A handler stuck inside its transaction: a real fault of the kind the Bundle vread was.
       routes: (app, site) => {
         const stuck = (which: 'json' | 'fhir') => () =>
@@ -46,10 +47,21 @@ describe(`request deadlines (${testBackend()})`, () => {
             await new Promise(() => undefined);
           });
         app.get('/test/stuck', { config: { access: 'public' } }, stuck('json'));
-        app.get('/fhir/R4/test/stuck', { config: { access: 'public' } }, stuck('fhir'));
+        app.get('/fhir/R4/test/stuck', { config: { access: 'public', timeoutMs: 300 } }, stuck('fhir'));
+        // Answers just after the timeout did, while that answer is still being written (audited).
+        app.get<{ Querystring: { fail?: string } }>(
+          '/fhir/R4/test/late',
+          { config: { access: 'public' } },
+          async (req, reply) => {
+            while (!req.work?.answering) await new Promise((resolve) => setImmediate(resolve));
+            if (req.query.fail === 'throw') throw new Error('late failure');
+            if (req.query.fail === 'send') return reply.code(200).send({ resourceType: 'Basic', id: 'late' });
+            return { resourceType: 'Basic', id: 'late' };
+          },
+        );
         // Slower than the site's timeout, with a timeout of its own.
-        app.get('/test/slow', { config: { access: 'public', timeoutMs: 5000 } }, async () => {
-          await new Promise((resolve) => setTimeout(resolve, 600));
+        app.get('/test/slow', { config: { access: 'public', timeoutMs: 10_000 } }, async () => {
+          await new Promise((resolve) => setTimeout(resolve, 2300));
           return { done: true };
         });
       },
@@ -63,7 +75,7 @@ describe(`request deadlines (${testBackend()})`, () => {
     assert.match(json.headers.get('content-type') ?? '', /^application\/json/);
     const jb = (await json.json()) as { error: string; message: string };
     assert.equal(jb.error, 'unavailable');
-    assert.match(jb.message, /did not finish within 400 ms/);
+    assert.match(jb.message, /did not finish within 2000 ms/);
     const fhir = await within(fetch(`${s.base}/fhir/R4/test/stuck`), 10_000, 'stuck FHIR route');
     assert.equal(fhir.status, 503);
     const fb = (await fhir.json()) as { resourceType: string; issue: Array<{ code: string; diagnostics: string }> };
@@ -88,6 +100,15 @@ describe(`request deadlines (${testBackend()})`, () => {
     assert.equal(created.status, 201);
     const { id } = (await created.json()) as Patient;
     assert.equal((await fetch(`${s.fhir}/Patient/${id!}`, { headers: s.auth })).status, 200);
+  });
+
+  it('drops a late answer after the timeout answered (a second answer could end the process)', async () => {
+    for (const how of ['return', 'send', 'throw', 'return', 'send', 'throw']) {
+      const r = await within(fetch(`${s.base}/fhir/R4/test/late?fail=${how}`), 10_000, `late route (${how})`);
+      assert.equal(r.status, 503);
+      assert.equal(((await r.json()) as { resourceType: string }).resourceType, 'OperationOutcome');
+    }
+    assert.equal((await fetch(`${s.base}/healthz`)).status, 200);
   });
 
   it('lets a route take longer than the site timeout when it says so', async () => {

@@ -119,6 +119,13 @@ export function registerDeadlines(app: FastifyInstance, opts: DeadlineOptions): 
     const work = inflight.start();
     req.work = work;
     reply.raw.once('close', () => work.leave());
+    // One answer per request. After the timeout answered (or a hook did, and Fastify went on
+    // because the client had gone), the handler's late answer and status are dropped: a second
+    // answer writes headers twice, and Fastify's path for that error ends the process (5.12).
+    const send = reply.send.bind(reply);
+    const code = reply.code.bind(reply);
+    reply.send = (payload?: unknown) => (work.answering ? reply : send(payload));
+    reply.code = reply.status = (status: number) => (work.answering ? reply : code(status));
     work.stop = (reason, message) => {
       work.controller.abort(new Error(reason));
       if (work.answering || reply.sent || reply.raw.headersSent || reply.raw.destroyed) return;

@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify';
-import { DbClosedError, WorkAbortedError } from '../db/index.ts';
+import { DbClosedError, TransactionMisuseError, WorkAbortedError } from '../db/index.ts';
 import { problemBody, sendProblem, type Problem } from './outcome.ts';
 
 /** Objects and arrays nested deeper than this in a JSON body are refused (FHIR resources need far fewer). */
@@ -260,6 +260,13 @@ export function internal(req: FastifyRequest, err: unknown, what = 'internal err
     error: 'internal',
     message: `${what} ${errorId}: the details are in the site's log under this id`,
   };
+}
+
+/** An error raised by a database (engine errors carry a SQLSTATE and a severity) or by the Db layer. */
+export function isDatabaseError(e: unknown): boolean {
+  if (e instanceof DbClosedError || e instanceof WorkAbortedError || e instanceof TransactionMisuseError) return true;
+  const x = e as { code?: unknown; severity?: unknown } | null;
+  return typeof x?.code === 'string' && /^[0-9A-Z]{5}$/.test(x.code) && typeof x.severity === 'string';
 }
 
 /** Every error that reaches Fastify, as the answer a client may see. */
