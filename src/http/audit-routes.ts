@@ -161,8 +161,9 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
     },
   );
 
-  // The whole log checked now, with what the peers hold of it (auditors; `medmesh audit verify` does the same offline).
-  app.get('/verify', { config: { access: AUDITORS } }, async (_req, reply) => {
+  // The whole log checked now, with what the peers hold of it (auditors; `medmesh audit verify` does the same offline);
+  // longer than the site's request timeout on a large log.
+  app.get('/verify', { config: { access: AUDITORS, timeoutMs: 30 * 60_000 } }, async (_req, reply) => {
     const verified = await verifyHere();
     return verified ?? reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
   });
