@@ -23,8 +23,25 @@ export interface Db extends Queryable {
   readonly kind: DbKind;
   /** PGlite only: the data directory (absent in memory and for a server). */
   readonly dataDir?: string;
-  /** Runs `fn` in one transaction; a thrown error or rejected promise rolls it back. */
+  /**
+   * Runs `fn` in one transaction; a thrown error or rejected promise rolls it back. Inside
+   * `fn`, only `tx` reaches the database: a query on the Db itself (or a nested transaction)
+   * from `fn`'s async context throws TransactionMisuseError (see guard.ts).
+   */
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /**
+   * Runs `fn` as work bound to `signal`: when it aborts, the work's open transaction is rolled
+   * back and its connection given back at once, and it can open no further transaction
+   * (WorkAbortedError): a timed-out request cannot hold the database.
+   */
+  withSignal<T>(signal: AbortSignal, fn: () => T): T;
+  /**
+   * Runs `fn` as nobody's work: no caller's signal, and on PostgreSQL not inside the caller's
+   * transaction either (its queries take a connection of their own). For work on behalf of
+   * many (audit appends, the HLC bound: durable before a timestamp is used, whichever writer
+   * asked). On PGlite (one connection) a query from inside a transaction is still refused.
+   */
+  detach<T>(fn: () => T): T;
   /**
    * Calls `onNotify` for every NOTIFY on this database's channel `name` (delivered after the
    * notifying transaction commits). Best effort: a lost connection is re-established, and

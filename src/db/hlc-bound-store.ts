@@ -28,7 +28,12 @@ export function pgBoundStore(db: Queryable, siteId: string): HlcBoundStore {
  * memory. Both start from the table's value, so an older database keeps its bound.
  */
 export function boundStoreFor(db: Db, siteId: string): HlcBoundStore {
-  if (db.kind === 'postgres') return pgBoundStore(db, siteId);
+  // Extended from inside writers' transactions, on a connection of its own, for every writer.
+  if (db.kind === 'postgres')
+    return pgBoundStore(
+      { query: (...a) => db.detach(() => db.query(...a)), exec: (sql) => db.detach(() => db.exec(sql)) },
+      siteId,
+    );
   const table = pgBoundStore(db, siteId);
   if (!db.dataDir) {
     let value = 0;

@@ -1,5 +1,6 @@
 export type { Db, DbKind, Queryable, QueryOptions, QueryResult } from './db.ts';
 export { OUTBOX_CHANNEL } from './db.ts';
+export { DbClosedError, TransactionMisuseError, WorkAbortedError } from './guard.ts';
 export { openPglite, DataDirInUseError } from './pglite.ts';
 export type { PgliteOptions } from './pglite.ts';
 export { openPostgres, quoteIdent } from './postgres.ts';

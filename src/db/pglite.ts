@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { PGlite, types } from '@electric-sql/pglite';
 import type { Db, QueryResult, Queryable } from './db.ts';
 import { INT8_OID } from './db.ts';
+import { guarded, untilAborted } from './guard.ts';
 
 export interface PgliteOptions {
   /** Data directory; omitted = in memory. */
@@ -72,12 +73,14 @@ export async function openPglite(opts: PgliteOptions = {}): Promise<Db> {
     },
   });
   const base = wrap(pg);
-  return {
+  return guarded({
     kind: 'pglite',
     ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
     query: (sql, params) => base.query(sql, params),
     exec: (sql) => base.exec(sql),
-    transaction: (fn) => pg.transaction((tx) => fn(wrap(tx))),
+    // Aborted, the callback's promise is abandoned: PGlite rolls back, frees its one connection,
+    // and refuses the abandoned work's later queries on tx ("Transaction is closed").
+    transaction: (fn, signal) => pg.transaction((tx) => untilAborted(fn(wrap(tx)), signal)),
     listen: async (name, onNotify) => {
       const off = await pg.listen(`${name}_public`, () => onNotify());
       return async () => off();
@@ -86,5 +89,5 @@ export async function openPglite(opts: PgliteOptions = {}): Promise<Db> {
       await pg.close();
       await unlock();
     },
-  };
+  });
 }

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import type { Db, QueryOptions, QueryResult, Queryable } from './db.ts';
 import { INT8_OID } from './db.ts';
+import { guarded, untilAborted, WorkAbortedError } from './guard.ts';
 
 export interface PostgresOptions {
   connectionString: string;
@@ -48,32 +49,57 @@ export async function openPostgres(opts: PostgresOptions): Promise<Db> {
       : await q.query(sql, values);
     return { rows: r.rows as R[], rowCount: r.rowCount ?? r.rows.length };
   };
-  return {
+  return guarded({
     kind: 'postgres',
     query: (sql, params, opts) => run(pool, sql, params, opts),
     exec: async (sql) => void (await pool.query(sql)),
-    async transaction(fn) {
-      const client = await pool.connect();
+    async transaction(fn, signal) {
+      const connecting = pool.connect();
+      let client: pg.PoolClient;
+      try {
+        client = await untilAborted(connecting, signal);
+      } catch (e) {
+        if (e instanceof WorkAbortedError)
+          void connecting.then(
+            (c) => c.release(),
+            () => undefined,
+          );
+        throw e;
+      }
+      let abandoned = false;
+      const live = (): void => {
+        if (abandoned) throw new WorkAbortedError('the transaction was ended: its work was aborted');
+      };
       const tx: Queryable = {
-        query: (sql, params, opts) => run(client, sql, params, opts),
-        exec: async (sql) => void (await client.query(sql)),
+        query: async (sql, params, opts) => (live(), run(client, sql, params, opts)),
+        exec: async (sql) => (live(), void (await client.query(sql))),
       };
       try {
         await client.query('BEGIN');
-        const out = await fn(tx);
+        const out = await untilAborted(fn(tx), signal);
         await client.query('COMMIT');
         return out;
       } catch (e) {
+        if (e instanceof WorkAbortedError && !abandoned) {
+          // A statement of the abandoned work may still be running (or waiting on a lock): cancel
+          // it, and destroy the connection rather than queue ROLLBACK behind it; the server rolls
+          // the transaction back when the connection goes.
+          abandoned = true;
+          const pid = (client as pg.PoolClient & { processID?: number }).processID;
+          if (pid !== undefined) void pool.query('SELECT pg_cancel_backend($1)', [pid]).catch(() => undefined);
+          client.release(e);
+          throw e;
+        }
         await client.query('ROLLBACK').catch(() => undefined);
         throw e;
       } finally {
-        client.release();
+        if (!abandoned) client.release();
       }
     },
     listen: (name, onNotify) =>
       listenOn({ connectionString: opts.connectionString, channel: `${name}_${opts.schema ?? 'public'}`, onNotify }),
     close: () => pool.end(),
-  };
+  });
 }
 
 /** A connection of its own that LISTENs, and comes back after a lost connection. */

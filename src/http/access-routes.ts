@@ -22,7 +22,7 @@ const OVERSIGHT: RouteAccess = { roles: ['administrator', 'auditor'] };
 const STATUS: Record<AccessErrorKind, number> = { unauthenticated: 401, forbidden: 403, 'bad-request': 400, 'not-found': 404 };
 
 const grantBody = z.strictObject({
-  user: z.string().min(1),
+  user: z.string().min(1).max(200),
   patient: z.string().regex(/^[A-Za-z0-9\-.]{1,64}$/, 'a Patient id'),
   reason: z.string().min(10).max(1000),
   validFrom: z.iso.datetime({ offset: true }).optional(),
@@ -34,7 +34,7 @@ const breakGlassBody = z.strictObject({
   minutes: z.number().int().positive().optional(),
 });
 const decideBody = z.strictObject({
-  user: z.string().min(1),
+  user: z.string().min(1).max(200),
   purpose: z.enum(PURPOSES).optional(),
   action: z.enum(ACTIONS).optional(),
   resourceType: z.string().regex(/^[A-Z][A-Za-z]+$/),

@@ -19,7 +19,9 @@ import { LinkKeySender, replicationHealth, type ReplicationMetrics } from '../re
 import { registerRouteAccess } from './route-access.ts';
 import { authRoutes } from './auth-routes.ts';
 import { kmsRoutes } from './kms-routes.ts';
-import { fhirRoutes, registerFhirErrorHandling } from './fhir-routes.ts';
+import { fhirRoutes } from './fhir-routes.ts';
+import { doorServerOptions, MAX_JSON_DEPTH, registerDoor, registerErrorHandling } from './door.ts';
+import { DEFAULT_REQUEST_TIMEOUT_MS, registerDeadlines } from './deadline.ts';
 import { dicomwebRoutes } from './dicomweb-routes.ts';
 import { collectionRoutes } from './collection-routes.ts';
 import type { ImagingStore } from '../imaging/index.ts';
@@ -38,7 +40,12 @@ export interface AppOptions {
   siteId: string;
   regionId: string;
   version: string;
+  /** Largest request body in bytes (default DEFAULT_BODY_LIMIT). */
   bodyLimit?: number;
+  /** Deepest nesting of objects and arrays in a JSON body (default MAX_JSON_DEPTH). */
+  maxJsonDepth?: number;
+  /** A request not answered after this many ms is stopped and answered 503 (default DEFAULT_REQUEST_TIMEOUT_MS). */
+  requestTimeoutMs?: number;
   logger?: FastifyServerOptions['logger'];
   resolveIdentity?: IdentityResolver;
   /** The region and the record store's context, to serve the changefeed and its operator API. */
@@ -62,22 +69,22 @@ export interface AppOptions {
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
+  const bodyLimit = opts.bodyLimit ?? DEFAULT_BODY_LIMIT;
   const app = Fastify({
     logger: opts.logger ?? false,
-    bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    bodyLimit,
     requestIdHeader: 'x-request-id',
     // FHIR ids and search values are case-sensitive.
     routerOptions: { caseSensitive: true, ignoreTrailingSlash: true },
+    ...doorServerOptions(),
   });
-  // Only JSON is spoken; anything else (text/plain included) is answered with 415.
-  app.removeContentTypeParser('text/plain');
-  const json = app.getDefaultJsonParser('error', 'error');
-  app.addContentTypeParser(['application/fhir+json'], { parseAs: 'string' }, json);
-  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => done(null, body));
+  // First: every request is work with a deadline, and closing drains it (deadline.ts).
+  registerDeadlines(app, { db: opts.db, timeoutMs: opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS });
+  registerDoor(app, { bodyLimit, maxJsonDepth: opts.maxJsonDepth ?? MAX_JSON_DEPTH });
   app.decorateRequest('requester', null);
   app.decorateRequest('auditExtra', null);
   registerIdentity(app, opts.resolveIdentity ?? anonymousResolver);
-  registerFhirErrorHandling(app);
+  registerErrorHandling(app, bodyLimit);
   if (opts.audit) registerAudit(app, { siteId: opts.siteId, audit: opts.audit });
   registerRouteAccess(app);
 
@@ -117,12 +124,14 @@ medmesh_replication_feed_dead_letters${site} ${parked.rows[0]?.sent ?? 0}
 `;
     return reply.type('text/plain; version=0.0.4; charset=utf-8').send(body);
   });
-  app.get('/readyz', { config: { access: 'public' } }, async (_req, reply) => {
+  app.get('/readyz', { config: { access: 'public' } }, async (req, reply) => {
     try {
       await opts.db.query('SELECT 1');
       return { status: 'ready', site: opts.siteId };
     } catch (e) {
-      return reply.code(503).send({ status: 'not-ready', site: opts.siteId, reason: e instanceof Error ? e.message : String(e) });
+      // The database's own message stays in the log: this route is public.
+      req.log.warn({ err: e }, 'readiness: the database does not answer');
+      return reply.code(503).send({ status: 'not-ready', site: opts.siteId, reason: 'the database does not answer' });
     }
   });
   const identity = opts.identity;

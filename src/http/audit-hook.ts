@@ -6,6 +6,8 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuditEvent, AuditLog } from '../security/audit/index.ts';
 import type { Requester } from '../security/access/index.ts';
 import type { Identity } from './identity.ts';
+import { problemBody, sendProblem } from './outcome.ts';
+import { internal } from './door.ts';
 
 export interface AuditHookOptions {
   siteId: string;
@@ -30,26 +32,33 @@ declare module 'fastify' {
 export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): void {
   app.addHook('preHandler', async (request, reply) => {
     if (!NEEDS_AUDIT.test(request.url) || opts.audit()) return;
-    return reply
-      .code(503)
-      .type('application/fhir+json; charset=utf-8')
-      .send({
-        resourceType: 'OperationOutcome',
-        issue: [
-          {
-            severity: 'error',
-            code: 'transient',
-            diagnostics: `site ${opts.siteId} is sealed: data is served only while every access can be audited; unseal it (medmesh keys unseal)`,
-          },
-        ],
-      });
+    return sendProblem(request, reply, {
+      status: 503,
+      code: 'transient',
+      error: 'sealed',
+      message: `site ${opts.siteId} is sealed: data is served only while every access can be audited; unseal it (medmesh keys unseal)`,
+    });
   });
   app.addHook('onSend', async (request, reply, payload) => {
     const log = opts.audit();
     if (!log || NOT_AUDITED.test(request.url)) return payload;
-    const results = await Promise.all(eventsOf(request, reply.statusCode, opts.siteId).map((e) => log.append(e)));
-    for (const r of results) if (!r.ok) request.log.error({ issues: r.error.issues }, 'audit event rejected');
-    return payload;
+    try {
+      const results = await Promise.all(eventsOf(request, reply.statusCode, opts.siteId).map((e) => log.append(e)));
+      for (const r of results) if (!r.ok) request.log.error({ issues: r.error.issues }, 'audit event rejected');
+      return payload;
+    } catch (err) {
+      // Nothing leaves unaudited, and the log's failure is not the client's to read.
+      const { contentType, body } = problemBody(request.url, {
+        ...internal(request, err, 'the access could not be audited: error'),
+        status: 503,
+        code: 'transient',
+        error: 'audit-unavailable',
+      });
+      // reply.code is closed once an answer is on its way (deadline.ts): this one replaces it.
+      reply.raw.statusCode = 503;
+      reply.header('content-type', contentType).removeHeader('etag').removeHeader('location');
+      return body;
+    }
   });
 }
 
@@ -135,10 +144,14 @@ function targetOf(method: string, path: string): { action: string; resource?: st
   }
 }
 
+/** A path segment as the audit entry names it: decoded, control characters (NUL included) replaced. */
 function safeDecode(s: string): string {
+  let decoded = s;
   try {
-    return decodeURIComponent(s);
+    decoded = decodeURIComponent(s);
   } catch {
-    return s;
+    // kept as sent
   }
+  // eslint-disable-next-line no-control-regex
+  return decoded.replace(/[\u0000-\u001f\u007f]/g, '\ufffd');
 }

@@ -136,7 +136,8 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
 
   app.get<{ Querystring: { from?: string; to?: string; format?: string } }>(
     '/report',
-    { config: { access: AUDITORS } },
+    // It verifies the whole log: longer than the site's request timeout on a large one.
+    { config: { access: AUDITORS, timeoutMs: 30 * 60_000 } },
     async (req, reply) => {
       const { from, to, format = 'html' } = req.query;
       if (!from || !to || Number.isNaN(Date.parse(from)) || Number.isNaN(Date.parse(to)) || Date.parse(from) >= Date.parse(to)) {
@@ -160,8 +161,9 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
     },
   );
 
-  // The whole log checked now, with what the peers hold of it (auditors; `medmesh audit verify` does the same offline).
-  app.get('/verify', { config: { access: AUDITORS } }, async (_req, reply) => {
+  // The whole log checked now, with what the peers hold of it (auditors; `medmesh audit verify` does the same offline);
+  // longer than the site's request timeout on a large log.
+  app.get('/verify', { config: { access: AUDITORS, timeoutMs: 30 * 60_000 } }, async (_req, reply) => {
     const verified = await verifyHere();
     return verified ?? reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
   });

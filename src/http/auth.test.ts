@@ -37,6 +37,11 @@ describe(`authentication over HTTP (${testBackend()})`, () => {
     const tokens = (await login.json()) as { accessToken: string; refreshToken: string; tokenType: string };
     assert.equal(tokens.tokenType, 'Bearer');
     assert.equal((await get('/fhir/R4/metadata', `Bearer ${tokens.accessToken}`)).status, 200);
+    // The scheme is case-insensitive (RFC 7235 §2.1), on a route that needs the token.
+    for (const scheme of ['Bearer', 'bearer', 'BEARER', 'bEaReR  ']) {
+      const r = await get('/fhir/R4/Patient?_count=1', `${scheme} ${tokens.accessToken}`);
+      assert.equal(r.status, 200, scheme);
+    }
     const [h, p, sig] = tokens.accessToken.split('.') as [string, string, string];
     const forged = `${h}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p, 'base64url').toString()), roles: ['administrator'] })).toString('base64url')}.${sig}`;
     const refused = await get('/fhir/R4/Patient?_count=1', `Bearer ${forged}`);
@@ -64,6 +69,7 @@ describe(`authentication over HTTP (${testBackend()})`, () => {
   it("accepts another site's service assertion, not a user token in its place", async () => {
     const assertion = serviceAssertion({ serviceId: 'C', key: siteC, site: 'B' });
     assert.equal((await get('/fhir/R4/metadata', `MedmeshService ${assertion}`)).status, 200);
+    assert.equal((await get('/replication/changes', `medmeshservice ${assertion}`)).status, 200, 'any case of the scheme');
     const wrongSite = serviceAssertion({ serviceId: 'C', key: siteC, site: 'A' });
     assert.equal((await get('/fhir/R4/metadata', `MedmeshService ${wrongSite}`)).status, 401);
   });

@@ -34,6 +34,8 @@ export interface DicomwebRoutesOptions {
 
 /** Any signed-in caller reaches the handlers; what each may do is decided there (`gate`). */
 const SIGNED_IN = { access: 'records' } as const;
+/** STOW-RS reads its upload as it arrives: a large study over a slow link takes longer than the site's request timeout. */
+const UPLOAD = { ...SIGNED_IN, timeoutMs: 30 * 60_000 } as const;
 type ImagingAction = 'read' | 'search' | 'create';
 /** Service accounts by kind: sites and routers read and store, edges forward what clinics send. */
 const SERVICES: Record<ImagingAction, readonly string[]> = {
@@ -209,8 +211,8 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     if (warnings.length) reply.header('warning', warnings);
     return reply.code(status).type(DICOM_JSON).send(body);
   };
-  app.post('/studies', { config: SIGNED_IN }, stow);
-  app.post<{ Params: Params }>('/studies/:study', { config: SIGNED_IN }, stow);
+  app.post('/studies', { config: UPLOAD }, stow);
+  app.post<{ Params: Params }>('/studies/:study', { config: UPLOAD }, stow);
 
   // ---- QIDO-RS ------------------------------------------------------------------------
   const qido =

@@ -164,7 +164,7 @@ describe(`FHIR REST API (${testBackend()})`, () => {
         413,
         /exceeds the limit of 65536 bytes/,
       ],
-      ['empty body', '/Patient', '', {}, 400, /empty/],
+      ['empty body', '/Patient', '', {}, 400, /body must be a JSON object/],
       ['core data for a shard active elsewhere', '/Patient', sz, {}, 421, /shard shenzhen is written at site C/],
       [
         'transaction with one bad entry',

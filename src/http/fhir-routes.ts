@@ -1,7 +1,7 @@
 // FHIR R4 REST API as a Fastify plugin (mounted at /fhir/R4). Routes stay thin: parse
 // HTTP, call the caller's access-controlled view of the record store, map its result to HTTP.
 // No route here touches the record store directly.
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { Resource } from '@medplum/fhirtypes';
 import {
   processBundle,
@@ -14,9 +14,7 @@ import {
 import type { AccessControl, RecordAccess } from '../security/access/index.ts';
 import { resolveRequester } from './requester.ts';
 import { buildCapabilityStatement } from './capability.ts';
-import { outcomeOf, simpleOutcome, statusOf } from './outcome.ts';
-
-export const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+import { FHIR_JSON, outcomeOf, statusOf } from './outcome.ts';
 
 export interface FhirRoutesOptions {
   access: AccessControl;
@@ -189,42 +187,4 @@ function historyOptions(req: FastifyRequest): Result<{ count: number; offset: nu
       };
   }
   return { ok: true, value: out };
-}
-
-export function registerFhirErrorHandling(app: FastifyInstance): void {
-  app.setNotFoundHandler((req, reply) =>
-    send(reply, 404, simpleOutcome('not-found', `no route for ${req.method} ${req.url.split('?')[0]}`)),
-  );
-  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
-    const code = err.code;
-    if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE')
-      return send(
-        reply,
-        415,
-        simpleOutcome(
-          'not-supported',
-          `content type ${String(req.headers['content-type'])} is not supported; send application/fhir+json`,
-        ),
-      );
-    if (code === 'FST_ERR_CTP_BODY_TOO_LARGE')
-      return send(
-        reply,
-        413,
-        simpleOutcome('too-costly', `request body exceeds the limit of ${app.initialConfig.bodyLimit ?? 0} bytes`),
-      );
-    if (code === 'FST_ERR_CTP_EMPTY_JSON_BODY')
-      return send(reply, 400, simpleOutcome('structure', 'request body is empty; send a FHIR resource'));
-    if (err instanceof SyntaxError || code === 'FST_ERR_CTP_INVALID_JSON_BODY')
-      return send(reply, 400, simpleOutcome('structure', `malformed JSON: ${err.message}`));
-    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (status === 500) req.log.error({ err }, 'unhandled error');
-    return send(
-      reply,
-      status,
-      simpleOutcome(
-        status === 500 ? 'exception' : 'invalid',
-        status === 500 ? 'internal error; the request id is in the log' : err.message,
-      ),
-    );
-  });
 }

@@ -4,6 +4,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Region } from '../region/index.ts';
 import type { IdentityError, IdentityService, Principal } from '../security/identity/index.ts';
+import { sendProblem } from './outcome.ts';
 
 export type Identity = { kind: 'anonymous' } | Principal;
 
@@ -17,7 +18,10 @@ export function tokenResolver(identity: IdentityService): IdentityResolver {
   return async (request) => {
     const header = request.headers.authorization;
     if (!header) return { ok: true, identity: { kind: 'anonymous' } };
-    const [scheme, credential] = header.split(' ', 2);
+    // The scheme is case-insensitive (RFC 7235 §2.1); the credential follows one or more spaces.
+    const m = /^([A-Za-z][\w.+-]*) +(\S+) *$/.exec(header);
+    const scheme = m?.[1]?.toLowerCase();
+    const credential = m?.[2];
     if (!credential)
       return {
         ok: false,
@@ -27,12 +31,12 @@ export function tokenResolver(identity: IdentityService): IdentityResolver {
         },
       };
     const r =
-      scheme === 'Bearer'
+      scheme === 'bearer'
         ? await identity.authenticate(credential)
-        : scheme === 'MedmeshService'
+        : scheme === 'medmeshservice'
           ? await identity.authenticateService(credential)
           : undefined;
-    if (!r) return { ok: false, error: { kind: 'token-invalid', message: `unsupported authorization scheme ${scheme ?? ''}` } };
+    if (!r) return { ok: false, error: { kind: 'token-invalid', message: `unsupported authorization scheme ${m?.[1] ?? ''}` } };
     return r.ok ? { ok: true, identity: r.value } : r;
   };
 }
@@ -56,7 +60,12 @@ export function actorId(identity: Identity): string {
 export function peerSiteOf(req: FastifyRequest, reply: FastifyReply, region: Region, siteId: string): string | undefined {
   const peer = req.identity.kind === 'service' ? req.identity.serviceId : '';
   if (region.site(peer) && peer !== siteId) return peer;
-  void reply.code(403).send({ error: 'forbidden', message: `service ${peer} is not another site of region ${region.id}` });
+  void sendProblem(req, reply, {
+    status: 403,
+    code: 'forbidden',
+    error: 'forbidden',
+    message: `service ${peer} is not another site of region ${region.id}`,
+  });
   return undefined;
 }
 
@@ -72,22 +81,20 @@ export function registerIdentity(app: FastifyInstance, resolve: IdentityResolver
     const r = await resolve(request);
     if (!r.ok && r.error.kind === 'issuer-unavailable') {
       // Sealed: no token can be checked, so nothing but public routes can be served.
-      return reply.code(503).send({
-        resourceType: 'OperationOutcome',
-        issue: [
-          {
-            severity: 'error',
-            code: 'transient',
-            diagnostics: `${r.error.message}: data is served only while every access can be checked and audited; unseal it (medmesh keys unseal)`,
-          },
-        ],
+      return sendProblem(request, reply, {
+        status: 503,
+        code: 'transient',
+        error: 'issuer-unavailable',
+        message: `${r.error.message}: data is served only while every access can be checked and audited; unseal it (medmesh keys unseal)`,
       });
     }
     if (!r.ok)
-      return reply
-        .code(401)
-        .header('www-authenticate', `Bearer error="${r.error.kind}"`)
-        .send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login', diagnostics: r.error.message }] });
+      return sendProblem(request, reply.header('www-authenticate', `Bearer error="${r.error.kind}"`), {
+        status: 401,
+        code: 'login',
+        error: r.error.kind,
+        message: r.error.message,
+      });
     request.identity = r.identity;
   });
 }

@@ -2,7 +2,7 @@
 // routes that reach records through the access layer. A refusal is answered here.
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { AccessControl, AccessErrorKind, Requester } from '../security/access/index.ts';
-import { simpleOutcome } from './outcome.ts';
+import { sendProblem } from './outcome.ts';
 
 const ACCESS_STATUS: Record<AccessErrorKind, [number, 'login' | 'forbidden' | 'invalid' | 'not-found']> = {
   unauthenticated: [401, 'login'],
@@ -21,7 +21,7 @@ export async function resolveRequester(
   const r = await access.requester(req.identity, typeof purpose === 'string' ? purpose : undefined);
   if (!r.ok) {
     const [status, code] = ACCESS_STATUS[r.error.kind];
-    await reply.code(status).type('application/fhir+json; charset=utf-8').send(simpleOutcome(code, r.error.message));
+    await sendProblem(req, reply, { status, code, error: r.error.kind, message: r.error.message });
     return undefined;
   }
   req.requester = r.value;

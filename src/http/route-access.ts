@@ -4,8 +4,9 @@
 //   records  - a signed-in caller; the records access layer decides per record and field
 //   roles    - users holding one of the roles
 //   services - other sites, routers or edges with a service assertion
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Identity } from './identity.ts';
+import { sendProblem } from './outcome.ts';
 
 /** `roles` and `services` may be combined: a user with one of the roles or a service of one of the kinds. */
 export type RouteAccess = 'public' | 'records' | { roles?: readonly string[]; services?: readonly string[] };
@@ -40,9 +41,9 @@ export function registerRouteAccess(app: FastifyInstance): void {
   app.addHook('preHandler', async (request, reply) => {
     if (request.is404) return;
     const access = request.routeOptions.config.access;
-    if (!access) return refuse(reply, 403, 'forbidden', 'route without an access declaration');
+    if (!access) return refuse(request, reply, 403, 'route without an access declaration');
     const verdict = check(access, request.identity);
-    if (verdict) return refuse(reply, verdict.status, verdict.status === 401 ? 'login' : 'forbidden', verdict.message);
+    if (verdict) return refuse(request, reply, verdict.status, verdict.message);
   });
 }
 
@@ -65,10 +66,8 @@ function check(access: RouteAccess, who: Identity): { status: 401 | 403; message
   return { status: 403, message: `this route is for ${allowed}` };
 }
 
-function refuse(reply: FastifyReply, status: number, code: 'login' | 'forbidden', message: string): FastifyReply {
+function refuse(req: FastifyRequest, reply: FastifyReply, status: 401 | 403, message: string): FastifyReply {
   if (status === 401) reply.header('www-authenticate', 'Bearer');
-  return reply
-    .code(status)
-    .type('application/fhir+json; charset=utf-8')
-    .send({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, diagnostics: message }] });
+  const code = status === 401 ? 'login' : 'forbidden';
+  return sendProblem(req, reply, { status, code, error: status === 401 ? 'unauthenticated' : 'forbidden', message });
 }

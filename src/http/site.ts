@@ -48,6 +48,8 @@ export interface SiteOptions {
   db: Db;
   logger?: FastifyServerOptions['logger'];
   bodyLimit?: number;
+  /** A request not answered after this many ms is stopped and answered 503 (default 60 s, DEFAULT_REQUEST_TIMEOUT_MS). */
+  requestTimeoutMs?: number;
   resolveIdentity?: IdentityResolver;
   checkpointEveryMs?: number;
   /**
@@ -358,6 +360,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     version: VERSION,
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
     ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
+    ...(opts.requestTimeoutMs !== undefined ? { requestTimeoutMs: opts.requestTimeoutMs } : {}),
     resolveIdentity: opts.resolveIdentity ?? tokenResolver(identity),
     verify: (o) => checker.run(o),
     blindIndex: empi.index,
@@ -390,16 +393,14 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
       close: async () => {
         clearInterval(checkpoints);
         empi.stop();
+        // At once, beside the background work: requests in flight get a grace period, then are
+        // stopped (answered 503, their transactions rolled back: a request stuck in one must not
+        // hold PGlite's one connection from the loops stopped below); it resolves once their
+        // handlers returned (deadline.ts), so the database can close under no request.
+        const http = app.close();
+        http.catch(() => undefined); // awaited below
         await collection?.stop(); // before DIMSE closes: a run in flight finishes its study
-        await Promise.all([stopReplication(), studyLinker?.stop(), dimse?.close()]);
-        // In-flight requests get a short grace; connections still open after it (long polls,
-        // keep-alive sockets of peers) are closed so shutdown never hangs.
-        const force = setTimeout(() => app.server.closeAllConnections(), 2000);
-        try {
-          await app.close();
-        } finally {
-          clearTimeout(force);
-        }
+        await Promise.all([stopReplication(), studyLinker?.stop(), dimse?.close(), http]);
         // After the last request, its entries are written before the database closes; a database
         // that no longer answers does not hold shutdown (those requests were never answered).
         let grace: NodeJS.Timeout | undefined;

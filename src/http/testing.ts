@@ -8,7 +8,7 @@ import { openTestDb } from '../db/test-db.ts';
 import type { S3BlobStoreOptions } from '../imaging/index.ts';
 import { tableCounts } from '../records/testing.ts';
 import { exampleRegion } from '../region/testing.ts';
-import type { FastifyServerOptions } from 'fastify';
+import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { Sm2PrivateKey, type Sm2PublicKey } from '../security/crypto/index.ts';
 import { signToken } from '../security/identity/index.ts';
 import { openSite, type Site } from './site.ts';
@@ -45,6 +45,9 @@ export async function startTestServer(
     /** Custodians of the master key made at start (default: two throwaway keys). */
     custodians?: Array<{ name: string; publicKey: Sm2PublicKey }>;
     logger?: FastifyServerOptions['logger'];
+    requestTimeoutMs?: number;
+    /** Routes a test adds before the server listens (fault injection). */
+    routes?: (app: FastifyInstance, site: Site) => void;
   } = {},
 ): Promise<TestServer> {
   const db = opts.db ?? (await openTestDb({ migrated: false }));
@@ -84,9 +87,11 @@ export async function startTestServer(
     },
     ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}),
     ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
+    ...(opts.requestTimeoutMs ? { requestTimeoutMs: opts.requestTimeoutMs } : {}),
   });
   if (!opened.ok) throw new Error(opened.error.message);
   const { site } = opened;
+  opts.routes?.(site.app, site);
   if ((opts.kms ?? 'unsealed') === 'unsealed') {
     await site.kms.init({
       custodians: opts.custodians ?? ['one', 'two'].map((name) => ({ name, publicKey: Sm2PrivateKey.generate().publicKey })),

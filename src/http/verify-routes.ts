@@ -10,6 +10,7 @@ import { localVerifyPeer, repairAad, sealPage, START, type LinkKeySender, type V
 import type { Sm2PrivateKey } from '../security/crypto/index.ts';
 import type { IdentityService } from '../security/identity/index.ts';
 import { peerSiteOf } from './identity.ts';
+import { isDatabaseError } from './door.ts';
 
 export interface VerifyRoutesOptions {
   db: Db;
@@ -51,7 +52,7 @@ const versionsSchema = z.strictObject({
     .max(500),
 });
 const verifySchema = z.strictObject({
-  peers: z.array(z.string()).default([]),
+  peers: z.array(z.string().max(64)).max(100).default([]),
   repair: z.boolean().default(false),
   graceSeconds: z.number().min(0).max(3600).default(5),
 });
@@ -113,7 +114,8 @@ export const verifyRoutes: FastifyPluginAsync<VerifyRoutesOptions> = async (app,
     );
   });
 
-  app.post('/verify', { config: { access: OPERATORS } }, async (req, reply) => {
+  // A check (and repair) of every peer takes longer than the site's request timeout on a large site.
+  app.post('/verify', { config: { access: OPERATORS, timeoutMs: 30 * 60_000 } }, async (req, reply) => {
     const body = verifySchema.safeParse(req.body ?? {});
     if (!body.success) return reply.code(400).send({ error: 'bad-request', message: issues(body.error) });
     const unknown = body.data.peers.filter((p) => !opts.region.site(p) || p === opts.siteId);
@@ -129,6 +131,8 @@ export const verifyRoutes: FastifyPluginAsync<VerifyRoutesOptions> = async (app,
     try {
       return await opts.verify({ peers: body.data.peers, repair: body.data.repair, graceMs: body.data.graceSeconds * 1000 });
     } catch (e) {
+      // A peer's failure is the operator's to read; this site's database's is not (the error handler logs it).
+      if (isDatabaseError(e)) throw e;
       return reply.code(502).send({ error: 'peer-unavailable', message: e instanceof Error ? e.message : String(e) });
     }
   });

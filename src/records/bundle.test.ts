@@ -123,6 +123,42 @@ describe(`Bundles (${testBackend()})`, () => {
     assert.equal(after.empi_patient! - before.empi_patient!, 1);
   });
 
+  it("answers a vread entry in a batch and in a transaction (read through the entry's own transaction)", async () => {
+    const created = await t.store.create('Patient', patient(40));
+    assert.ok(created.ok);
+    const { id, meta } = created.value.resource;
+    for (const type of ['batch', 'transaction'] as const) {
+      // Before the fix the vread ran outside the entry's transaction: on PGlite it waited forever
+      // for it, and the guard now refuses it (TransactionMisuseError) on both engines.
+      const r = await run({
+        resourceType: 'Bundle',
+        type,
+        entry: [
+          { request: { method: 'GET', url: `Patient/${id!}/_history/${meta!.versionId!}` } },
+          { request: { method: 'GET', url: `Patient/${id!}/_history/0000000000000000-B` } },
+        ],
+      });
+      if (type === 'transaction') {
+        assert.ok(!r.ok, 'a transaction with a missing version fails as a whole');
+        assert.equal(r.error.kind, 'not-found');
+        const one = await run({
+          resourceType: 'Bundle',
+          type,
+          entry: [{ request: { method: 'GET', url: `Patient/${id!}/_history/${meta!.versionId!}` } }],
+        });
+        assert.ok(one.ok, one.ok ? '' : JSON.stringify(one.error));
+        assert.equal(one.value.entry![0]!.resource!.id, id);
+        continue;
+      }
+      assert.ok(r.ok, r.ok ? '' : JSON.stringify(r.error));
+      assert.deepEqual(
+        r.value.entry!.map((e) => e.response!.status),
+        ['200', '404'],
+      );
+      assert.equal(r.value.entry![0]!.response!.etag, `W/"${meta!.versionId!}"`);
+    }
+  });
+
   it('maps a conditional create inside a transaction to the existing resource', async () => {
     const value = patient(1).identifier![0]!.value!;
     const r = await run({

@@ -201,7 +201,10 @@ async function execute(
     }
     case 'GET': {
       if (e.id !== undefined) {
-        const r = e.versionId ? await store.vread(e.type, e.id, e.versionId) : await store.read(e.type, e.id, { q: tx });
+        // Inside the entry's transaction, only its connection (tx) reaches the database.
+        const r = e.versionId
+          ? await store.vread(e.type, e.id, e.versionId, { q: tx })
+          : await store.read(e.type, e.id, { q: tx });
         return r.ok ? ok({ resource: r.value, response: { status: '200', etag: `W/"${r.value.meta?.versionId ?? ''}"` } }) : r;
       }
       const r = await store.search(e.type, [...new URLSearchParams(e.query ?? '')], { baseUrl: opts.baseUrl, q: tx });

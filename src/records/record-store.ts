@@ -156,7 +156,7 @@ export class RecordStore {
     opts: { ifMatch?: string; access?: AccessFilter },
   ): Promise<Result<WriteOutcome>> {
     if (!isSupportedType(type)) return unknownType(type);
-    if (!FHIR_ID.test(id)) return fail('bad-request', `${id} is not a valid FHIR id`, { code: 'value' });
+    if (!FHIR_ID.test(id)) return badId(id);
     const checked = checkBody(body, type, id);
     if (!checked.ok) return checked;
     const { access } = opts;
@@ -199,6 +199,7 @@ export class RecordStore {
     opts: { access?: AccessFilter } = {},
   ): Promise<Result<{ deleted: boolean }>> {
     if (!isSupportedType(type)) return unknownType(type);
+    if (!FHIR_ID.test(id)) return badId(id);
     const current = await this.#lockCurrent(tx, type, id);
     if (!current) return fail('not-found', `${type}/${id} does not exist`, { code: 'not-found' });
     if (opts.access && !(await patientInScope(tx, opts.access.rows, current.patient_id)))
@@ -219,6 +220,7 @@ export class RecordStore {
 
   async read(type: string, id: string, opts: { q?: Queryable; access?: AccessFilter } = {}): Promise<Result<Resource>> {
     if (!isSupportedType(type)) return unknownType(type);
+    if (!FHIR_ID.test(id)) return badId(id);
     const params: unknown[] = [type, id];
     const scope =
       opts.access && opts.access.rows.kind !== 'all' ? rowScopeSql(opts.access.rows, 'c', (v) => `$${params.push(v)}`) : 'true';
@@ -237,17 +239,27 @@ export class RecordStore {
     return ok(row.content);
   }
 
-  async vread(type: string, id: string, versionId: string, opts: { access?: AccessFilter } = {}): Promise<Result<Resource>> {
+  async vread(
+    type: string,
+    id: string,
+    versionId: string,
+    opts: { q?: Queryable; access?: AccessFilter } = {},
+  ): Promise<Result<Resource>> {
     if (!isSupportedType(type)) return unknownType(type);
+    if (!FHIR_ID.test(id)) return badId(id);
+    if (!FHIR_ID.test(versionId))
+      return fail('bad-request', `${JSON.stringify(versionId.slice(0, 80))} is not a valid version id`, { code: 'value' });
     const params: unknown[] = [type, id, versionId];
     const scope =
       opts.access && opts.access.rows.kind !== 'all' ? rowScopeSql(opts.access.rows, 'c', (v) => `$${params.push(v)}`) : 'true';
     const sql = `SELECT h.deleted, h.content, ${scope} AS visible FROM resource_history h
        LEFT JOIN resource_current c ON c.resource_type = h.resource_type AND c.id = h.id
        WHERE h.resource_type = $1 AND h.id = $2 AND h.version_id = $3`;
-    const { rows } = await this.#ctx.db.query<{ deleted: boolean; content: Resource | null; visible: boolean }>(sql, params, {
-      name: statementName(sql),
-    });
+    const { rows } = await (opts.q ?? this.#ctx.db).query<{ deleted: boolean; content: Resource | null; visible: boolean }>(
+      sql,
+      params,
+      { name: statementName(sql) },
+    );
     const row = rows[0];
     if (!row) return fail('not-found', `${type}/${id} has no version ${versionId}`, { code: 'not-found' });
     if (!row.visible) return fail('forbidden', opts.access?.denied ?? 'not visible', { code: 'forbidden' });
@@ -258,6 +270,7 @@ export class RecordStore {
 
   async history(type: string, id: string | undefined, opts: HistoryOptions): Promise<Result<Bundle>> {
     if (!isSupportedType(type)) return unknownType(type);
+    if (id !== undefined && !FHIR_ID.test(id)) return badId(id);
     const rowScope = opts.access && opts.access.rows.kind !== 'all' ? opts.access.rows : undefined;
     if (id !== undefined) {
       const p: unknown[] = [type, id];
@@ -476,6 +489,11 @@ function scopeCheck(
   if (!access) return undefined;
   return async (patientId) =>
     (await patientInScope(tx, access.rows, patientId)) ? ok(undefined) : fail('forbidden', access.denied, { code: 'forbidden' });
+}
+
+/** An id no resource can have (FHIR ids: 1-64 of A-Z a-z 0-9 - .). */
+function badId(id: string): { ok: false; error: RecordError } {
+  return fail('bad-request', `${JSON.stringify(id.slice(0, 80))} is not a valid FHIR id`, { code: 'value' });
 }
 
 function unknownType(type: string): { ok: false; error: RecordError } {

@@ -44,6 +44,8 @@ export interface SearchRequest {
 
 export const DEFAULT_COUNT = 20;
 export const MAX_COUNT = 1000;
+/** Most parameters one search takes (URL, form body, Bundle entry or If-None-Exist alike). */
+export const MAX_SEARCH_PARAMS = 100;
 export const MAX_OFFSET = 10_000;
 /** Result parameters that change nothing about the result set here. */
 const IGNORED = new Set(['_pretty', '_format']);
@@ -62,7 +64,10 @@ export function parseSearch(
     total: 'none',
     summaryCount: false,
   };
+  if (query.length > MAX_SEARCH_PARAMS) return bad(`a search takes at most ${MAX_SEARCH_PARAMS} parameters`);
   for (const [rawKey, raw] of query) {
+    // No database text can hold U+0000.
+    if (rawKey.includes('\u0000') || raw.includes('\u0000')) return bad('search parameters may not hold U+0000 (NUL)');
     const [code = '', modifier, ...rest] = rawKey.split(':');
     if (rest.length) return bad(`malformed search parameter name ${rawKey}`);
     if (IGNORED.has(code)) {

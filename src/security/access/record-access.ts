@@ -184,10 +184,10 @@ export class RecordAccess implements BundleStore {
     return this.#shown('read', `${type}/${id}`, g.value, r);
   }
 
-  async vread(type: string, id: string, versionId: string): Promise<Result<Resource>> {
+  async vread(type: string, id: string, versionId: string, opts: { q?: Queryable } = {}): Promise<Result<Resource>> {
     const g = this.#gate('vread', type, `${type}/${id}/_history/${versionId}`);
     if (!g.ok) return g;
-    const r = await this.#c.store.vread(type, id, versionId, { access: g.value.filter });
+    const r = await this.#c.store.vread(type, id, versionId, { ...opts, access: g.value.filter });
     return this.#shown('vread', `${type}/${id}/_history/${versionId}`, g.value, r);
   }
 

@@ -60,7 +60,8 @@ export class DbAppender {
   append(entry: PendingEntry): Promise<number> {
     return new Promise((resolve, reject) => {
       this.#queue.push({ ...entry, resolve, reject });
-      this.#draining ??= this.#drain();
+      // The loop writes for every caller: it is none of theirs (no caller's signal or transaction).
+      this.#draining ??= this.#o.db.detach(() => this.#drain());
     });
   }
 

@@ -254,11 +254,13 @@ describe(`audit appends under faults (${testBackend()})`, () => {
             appends = appendWave();
             const waiting =
               'SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid() AND wait_event_type = $2';
-            for (let tries = 0; (await db.query(waiting, [app, 'Lock'])).rows.length === 0; tries++) {
+            // Deliberately beside the transaction (its own connection): Db.detach says so to the guard.
+            const beside = <R>(sql: string, params: unknown[]) => db.detach(() => db.query<R>(sql, params));
+            for (let tries = 0; (await beside(waiting, [app, 'Lock'])).rows.length === 0; tries++) {
               assert.ok(tries < 500, 'an append statement waits on the lock');
               await new Promise((r) => setTimeout(r, 2));
             }
-            const { rows } = await db.query<{ n: number }>(
+            const { rows } = await beside<{ n: number }>(
               `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM (${waiting}) w`,
               [app, 'Lock'],
             );

@@ -30,7 +30,7 @@ export class Sm2PublicKey {
   static fromPem(pem: string | Uint8Array): Sm2PublicKey {
     let key: KeyObject;
     try {
-      key = createPublicKey(typeof pem === 'string' ? pem : { key: Buffer.from(pem), format: 'der', type: 'spki' });
+      key = createPublicKey(keyInput(pem, 'spki'));
     } catch (e) {
       throw new CryptoError('bad-pem', `not a public key in PEM or SPKI DER (${e instanceof Error ? e.message : String(e)})`);
     }
@@ -81,7 +81,7 @@ export class Sm2PrivateKey {
   static fromPem(pem: string | Uint8Array): Sm2PrivateKey {
     let key: KeyObject;
     try {
-      key = createPrivateKey(typeof pem === 'string' ? pem : { key: Buffer.from(pem), format: 'der', type: 'pkcs8' });
+      key = createPrivateKey(keyInput(pem, 'pkcs8'));
     } catch (e) {
       throw new CryptoError('bad-pem', `not a private key in PEM or PKCS#8 DER (${e instanceof Error ? e.message : String(e)})`);
     }
@@ -107,6 +107,21 @@ export class Sm2PrivateKey {
   toPem(): string {
     return pem('PRIVATE KEY', this.toDer());
   }
+}
+
+/** A key as given: PEM text (a string, or the bytes of a .pem file as read) or DER bytes. */
+function keyInput<T extends 'spki' | 'pkcs8'>(
+  pem: string | Uint8Array,
+  type: T,
+): string | { key: Buffer; format: 'der'; type: T } {
+  if (typeof pem === 'string') return pem;
+  const bytes = Buffer.from(pem);
+  // DER starts with a SEQUENCE tag (0x30), never with text: PEM is recognised by its armour.
+  const text = bytes
+    .toString('latin1')
+    .replace(/^\uFEFF|^\u00EF\u00BB\u00BF/, '')
+    .trimStart();
+  return text.startsWith('-----BEGIN') ? bytes.toString('utf8') : { key: bytes, format: 'der', type };
 }
 
 function onCurve(point: Buffer): boolean {

@@ -11,6 +11,11 @@ describe('SM2 wrapper', () => {
     assert.equal(Sm2PrivateKey.fromPem(key.toPem()).publicKey.hex, key.publicKey.hex);
     assert.equal(Sm2PrivateKey.fromPem(key.toDer()).publicKey.hex, key.publicKey.hex);
     assert.equal(Sm2PublicKey.fromPem(key.publicKey.toDer()).hex, key.publicKey.hex);
+    // PEM as bytes (a .pem file read without an encoding), with a BOM or leading blank lines too.
+    for (const prefix of ['', '\uFEFF', '\n\n']) {
+      assert.equal(Sm2PrivateKey.fromPem(Buffer.from(prefix + key.toPem())).publicKey.hex, key.publicKey.hex);
+      assert.equal(Sm2PublicKey.fromPem(new Uint8Array(Buffer.from(prefix + key.publicKey.toPem()))).hex, key.publicKey.hex);
+    }
   });
   it('signs and verifies any message, in DER and raw forms, and a changed byte fails', () => {
     fc.assert(

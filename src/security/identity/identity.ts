@@ -4,7 +4,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { Db } from '../../db/index.ts';
 import { sm3, type Sm2PrivateKey, Sm2PublicKey } from '../crypto/index.ts';
 import { hashPassword, passwordProblem, verifyPassword } from './password.ts';
-import { signToken, verifyToken, peekHeader, type TokenClaims } from './token.ts';
+import { signToken, verifyToken, peekHeader, TOKEN_LEEWAY_SECONDS, type TokenClaims } from './token.ts';
 import { base32, matchTotp, newTotpSecret } from './totp.ts';
 
 /** Roles that must pass a second factor at login. */
@@ -314,7 +314,8 @@ export class IdentityService {
     // is taken from the cache (expiry is still checked; revocation is checked by the caller).
     if (this.#verified.issuer !== issuer.key) this.#verified = { issuer: issuer.key, claims: new Map() };
     const cached = this.#verified.claims.get(token);
-    if (cached) return cached.exp + 30 < nowS ? fail('token-expired', 'token expired') : { ok: true, value: cached };
+    if (cached)
+      return cached.exp + TOKEN_LEEWAY_SECONDS < nowS ? fail('token-expired', 'token expired') : { ok: true, value: cached };
     const v = verifyToken(token, issuer.key.publicKey, nowS);
     if (!v.ok) return fail(v.error.kind === 'expired' ? 'token-expired' : 'token-invalid', v.error.message);
     const claims = this.#verified.claims;

@@ -38,11 +38,17 @@ export function peekHeader(token: string): { alg?: string; kid?: string } | unde
   }
 }
 
+/**
+ * Clock difference tolerated between the signer and this site: a token is accepted up to this
+ * long after its `exp` and from this long before its `iat` (docs/security.md).
+ */
+export const TOKEN_LEEWAY_SECONDS = 30;
+
 export function verifyToken(
   token: string,
   key: Sm2PublicKey,
   nowSeconds: number,
-  skewSeconds = 30,
+  skewSeconds = TOKEN_LEEWAY_SECONDS,
 ): { ok: true; claims: TokenClaims } | { ok: false; error: TokenError } {
   const parts = token.split('.');
   if (parts.length !== 3 || parts.some((p) => !/^[A-Za-z0-9_-]+$/.test(p)))
