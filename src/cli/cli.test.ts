@@ -261,7 +261,11 @@ describe('medmesh CLI', () => {
       '--unseal',
       `${join(keys, 'C-share-2-ben.json')}:${join(keys, 'ben.key.pem')}`,
     ];
-    const verified = medmesh('audit', 'verify', '--region', EXAMPLE, '--site', 'C', '--data', data, ...unsealArgs);
+    // No peer of this lone site runs, so none can confirm its log: verify says so and fails, unless told to check the local log alone.
+    const unconfirmed = medmesh('audit', 'verify', '--region', EXAMPLE, '--site', 'C', '--data', data, ...unsealArgs);
+    assert.equal(unconfirmed.status, 1);
+    assert.match(unconfirmed.stderr + unconfirmed.stdout, /NOT CONFIRMED.*no peer confirmed it/s);
+    const verified = medmesh('audit', 'verify', '--region', EXAMPLE, '--site', 'C', '--data', data, '--offline', ...unsealArgs);
     assert.equal(verified.status, 0, verified.stderr);
     const report = JSON.parse(verified.stdout) as { ok: boolean; entries: number };
     // The unsealing share, refused count, login, count, then DICOM: association and echo, association and store
