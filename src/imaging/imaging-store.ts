@@ -10,7 +10,7 @@ import type { Kms } from '../security/kms/index.ts';
 import type { BlobStore } from './blob-store.ts';
 import { attributesOf, readInstance, type DicomJson, type InstanceAttributes } from './dicom-attributes.ts';
 import { checkStructureStream } from './dicom-structure.ts';
-import { imagingFail, type ImagingError, type ImagingResult } from './errors.ts';
+import { blobFailure, imagingFail, type ImagingError, type ImagingResult } from './errors.ts';
 
 export const IMAGING_KEY = 'imaging-files';
 
@@ -195,43 +195,50 @@ export class ImagingStore {
     let size = 0;
     const write = (w: PassThrough | typeof encrypt, chunk: Buffer) =>
       w.write(chunk) ? undefined : new Promise<void>((r) => w.once('drain', () => r()));
+    /** The blob store failed mid-file: the rest of the file is read and dropped, so the sender is not left blocked. */
+    let putError: Error | undefined;
+    const abandon = (e: unknown) => {
+      putError ??= e instanceof Error ? e : new Error(String(e));
+      encrypt.destroy();
+      walkerFeed.destroy();
+    };
     try {
       for await (const raw of source) {
         const chunk = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
         size += chunk.length;
-        if (size > max) continue; // read on to the end, keep nothing
+        if (putError || size > max) continue; // read on to the end, keep nothing
         hash.update(chunk);
         if (headSize < headLimit) headSize += chunk.copy(head, headSize, 0, Math.min(chunk.length, headLimit - headSize));
         // The walker may stop early (a broken file): then it is not waited for. A failing blob
-        // write ends the loop at once.
+        // write stops the writing at once.
         await Promise.race([
           Promise.all([write(encrypt, chunk), walking ? Promise.race([write(walkerFeed, chunk), checked]) : undefined]),
           putFailed,
-        ]);
+        ]).catch(abandon);
       }
     } catch (e) {
-      // The blob store failed mid-file (or the source did): nothing of this file may stay.
-      encrypt.destroy();
-      walkerFeed.destroy();
+      // The source failed (the sender went away, a body cut off): nothing of this file may stay,
+      // and the caller hears its own source's error.
+      abandon(e);
       key.value.plaintext.fill(0);
       await stored; // the blob store has removed its partial file before the blob goes
-      await this.#o.blobs.delete(blobKey);
+      await this.#o.blobs.delete(blobKey).catch(() => undefined);
       throw e;
     }
-    encrypt.end();
-    walkerFeed.end();
-    const [structure, putError] = await Promise.all([checked, stored]);
+    if (!putError) {
+      encrypt.end();
+      walkerFeed.end();
+    }
+    const [structure, putOutcome] = await Promise.all([putError ? undefined : checked, stored]);
     key.value.plaintext.fill(0);
     const discard = async (r: { ok: false; error: ImagingError }) => {
-      await this.#o.blobs.delete(blobKey);
+      await this.#o.blobs.delete(blobKey).catch(() => undefined);
       return r;
     };
-    if (putError) {
-      await this.#o.blobs.delete(blobKey);
-      throw putError;
-    }
+    // The blob store's own failure, not the stream's reaction to it being cut short.
+    if (putError || putOutcome) return discard(blobFailure(putOutcome ?? putError));
     if (size > max) return discard(imagingFail('too-large', `the file has ${size} bytes; this site accepts at most ${max}`));
-    if (!structure.ok) return discard(imagingFail('invalid', structure.error));
+    if (!structure?.ok) return discard(imagingFail('invalid', structure?.error ?? 'the file could not be checked'));
     const read = attributesOf(head.subarray(0, headSize), structure.value);
     if (!read.ok) return discard(imagingFail('invalid', read.error));
     const a = read.value;
@@ -336,8 +343,18 @@ export class ImagingStore {
     f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string },
     stored: Promise<unknown>,
   ): Promise<ImagingResult<IngestOutcome>> {
-    stored.catch(() => undefined); // awaited in the transaction, or before the blob is removed
-    const indexThenWait = (tx: Queryable) => this.#index(tx, a, f).then(async (v) => (v === 'duplicate' ? v : (await stored, v)));
+    let putError: unknown;
+    const blob = stored.then(
+      () => undefined,
+      (e: unknown) => void (putError = e ?? new Error('the blob store failed')),
+    );
+    const indexThenWait = (tx: Queryable) =>
+      this.#index(tx, a, f).then(async (v) => {
+        if (v === 'duplicate') return v;
+        await blob;
+        if (putError !== undefined) throw new BlobPutFailed(); // the rows are rolled back
+        return v;
+      });
     try {
       let version: number | 'duplicate';
       try {
@@ -349,24 +366,18 @@ export class ImagingStore {
       }
       if (version === 'duplicate') {
         // The same bytes are held already (sent before, or by another sender meanwhile).
-        await settled(stored);
+        await blob;
         await this.#o.blobs.delete(f.blobKey);
         const held = await this.#current(this.#o.db, a.sopInstanceUid);
         return { ok: true, value: outcomeOf(a, f.sha256, 'duplicate', held?.version ?? 1) };
       }
       return { ok: true, value: outcomeOf(a, f.sha256, version > 1 ? 'new-version' : 'stored', version) };
     } catch (e) {
-      await settled(stored); // a blob still being written is removed once it is there
-      await this.#o.blobs.delete(f.blobKey);
-      if (e instanceof IndexRefusal)
-        return {
-          ok: false,
-          error: {
-            kind: 'invalid',
-            message: e.message,
-            instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid },
-          },
-        };
+      await blob; // a blob still being written is removed once it is there
+      await this.#o.blobs.delete(f.blobKey).catch(() => undefined);
+      const instance = { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid };
+      if (e instanceof IndexRefusal) return { ok: false, error: { kind: 'invalid', message: e.message, instance } };
+      if (putError !== undefined) return { ok: false, error: { ...blobFailure(putError).error, instance } };
       throw e;
     }
   }
@@ -511,6 +522,8 @@ export class ImagingStore {
 }
 
 class IndexRefusal extends Error {}
+/** Rolls back the index rows of a file the blob store did not keep. */
+class BlobPutFailed extends Error {}
 
 export interface IngestOptions {
   /** Who sent it (calling AE, user), for the record. */
@@ -538,12 +551,6 @@ function outcomeOf(a: InstanceAttributes, sha256: string, status: IngestOutcome[
     sha256,
   };
 }
-
-const settled = (p: Promise<unknown>) =>
-  p.then(
-    () => undefined,
-    () => undefined,
-  );
 
 const isUniqueViolation = (e: unknown) => typeof e === 'object' && e !== null && (e as { code?: unknown }).code === '23505';
 
