@@ -53,6 +53,8 @@ export interface AppOptions {
   imaging?: ImagingStore;
   /** Source PACS this site collects from (their reports at /imaging/collection). */
   collectionSources?: readonly string[];
+  /** More /metrics text (Prometheus), per site: the DIMSE provider's counters. */
+  metrics?: ReadonlyArray<(siteId: string) => string>;
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
@@ -104,7 +106,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     const parked = await opts.db.query<{ n: number }>(
       "SELECT count(*)::int AS n FROM replication_dead_letter WHERE status <> 'skipped'",
     );
-    const body = `${opts.replication?.prometheus(opts.siteId) ?? ''}# HELP medmesh_replication_dead_letters Changes parked or waiting behind a parked one.\n# TYPE medmesh_replication_dead_letters gauge\nmedmesh_replication_dead_letters{site="${opts.siteId}"} ${parked.rows[0]?.n ?? 0}\n`;
+    const body = `${opts.replication?.prometheus(opts.siteId) ?? ''}${(opts.metrics ?? []).map((m) => m(opts.siteId)).join('')}# HELP medmesh_replication_dead_letters Changes parked or waiting behind a parked one.\n# TYPE medmesh_replication_dead_letters gauge\nmedmesh_replication_dead_letters{site="${opts.siteId}"} ${parked.rows[0]?.n ?? 0}\n`;
     return reply.type('text/plain; version=0.0.4; charset=utf-8').send(body);
   });
   app.get('/readyz', { config: { access: 'public' } }, async (_req, reply) => {

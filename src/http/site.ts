@@ -324,6 +324,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     blindIndex: empi.index,
     ...(imaging ? { imaging } : {}),
     ...(collect ? { collectionSources: collect.sources.map((s) => s.id) } : {}),
+    ...(dimse ? { metrics: [(site: string) => dimse.metrics.prometheus(site)] } : {}),
   });
   return {
     ok: true,

@@ -22,13 +22,20 @@ const DEFLATED_STUDY = '1.3.6.1.4.1.5962.1.2.0.977067310.6001.0';
 const DEFLATED_SOP = '1.3.6.1.4.1.5962.1.1.0.0.0.977067309.6001.0';
 const PRIVATE_STUDY = '1.2.826.0.1.3680043.10.1519.31';
 
-/** A free TCP port on 127.0.0.1 (for a DCMTK listener). */
+/**
+ * A free TCP port on 127.0.0.1 for a DCMTK listener, below the kernel's ephemeral range (32768
+ * and up): a port from there can be taken meanwhile by any outgoing connection.
+ */
 async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const free = await new Promise<boolean>((resolve) => {
+      const s = createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
 }
 
 describe(`C-MOVE to Orthanc and C-GET (${testBackend()})`, () => {
