@@ -186,8 +186,33 @@ describe(`imaging store (${testBackend()})`, () => {
     await t.blobs.delete(row!.blob_key);
     const gone = await t.store.read(CT);
     assert.ok(!gone.ok && gone.error.kind === 'corrupt' && /missing from the blob store/.test(gone.error.message));
-    await writeFile(path, original);
+    assert.doesNotMatch(gone.error.message, /\.mmf/, 'the blob key stays inside the site');
+    assert.deepEqual(
+      (await t.store.missingFiles({ studyInstanceUids: ['1.3.6.1.4.1.5962.1.2.1.20040119072730.12322'] })).map(
+        (m) => m.sopInstanceUid,
+      ),
+      [CT],
+    );
+    // The same bytes sent again (a PACS re-sending, a collector fetching again) restore the file,
+    // by the whole path and by the streaming one.
+    const whole = await t.store.ingest(await sample('CT_small.dcm'), { source: 'test' });
+    assert.ok(whole.ok && whole.value.status === 'restored', JSON.stringify(whole));
     assert.ok((await t.store.read(CT)).ok, 'restored');
+    const [now] = (
+      await t.db.query<{ blob_key: string; version: number }>(
+        'SELECT blob_key, version FROM imaging_instance WHERE sop_instance_uid = $1 AND current',
+        [CT],
+      )
+    ).rows;
+    assert.equal(now!.version, 1, 'the same version: the same bytes');
+    await t.blobs.delete(now!.blob_key);
+    const streamed = await t.store.ingestStream(createReadStream(join(PYDICOM, 'test_files', 'CT_small.dcm')), {
+      source: 'test',
+    });
+    assert.ok(streamed.ok && streamed.value.status === 'restored', JSON.stringify(streamed));
+    assert.deepEqual(await t.store.missingFiles({ sopInstanceUids: [CT] }), []);
+    const again = await t.store.ingest(await sample('CT_small.dcm'), { source: 'test' });
+    assert.ok(again.ok && again.value.status === 'duplicate');
   });
 
   it('refuses bad files and leaves nothing behind', async () => {
@@ -341,6 +366,7 @@ describe(`imaging store (${testBackend()})`, () => {
       },
       get: (key) => own.blobs.get(key),
       read: (key) => own.blobs.read(key),
+      exists: (key) => own.blobs.exists(key),
       delete: (key) => own.blobs.delete(key),
       list: (prefix) => own.blobs.list(prefix),
     });

@@ -31,8 +31,12 @@ export interface ImagingStoreOptions {
 }
 
 export interface IngestOutcome {
-  /** stored: new instance; duplicate: same bytes already held (nothing written); new-version: same UID, different bytes. */
-  status: 'stored' | 'duplicate' | 'new-version';
+  /**
+   * stored: new instance; duplicate: same bytes already held (nothing written); new-version:
+   * same UID, different bytes; restored: same bytes as held, whose file had been lost from the
+   * blob store (the row now points at the new file).
+   */
+  status: 'stored' | 'duplicate' | 'new-version' | 'restored';
   sopClassUid: string;
   sopInstanceUid: string;
   studyInstanceUid: string;
@@ -148,7 +152,8 @@ export class ImagingStore {
     const sha256 = createHash('sha256').update(file).digest('hex');
     const [refused, existing] = await Promise.all([this.#refuse(a, opts), this.#current(this.#o.db, a.sopInstanceUid)]);
     if (refused) return refused;
-    if (existing?.sha256 === sha256) return { ok: true, value: outcomeOf(a, sha256, 'duplicate', existing.version) };
+    if (existing?.sha256 === sha256 && (await this.#o.blobs.exists(existing.blob_key)))
+      return { ok: true, value: outcomeOf(a, sha256, 'duplicate', existing.version) };
     const sealed = await sealing;
     const blobKey = newBlobKey();
     // The index rows are written while the blob is (they need only its key); they commit once it is durable.
@@ -356,7 +361,7 @@ export class ImagingStore {
         return v;
       });
     try {
-      let version: number | 'duplicate';
+      let version: Awaited<ReturnType<typeof indexThenWait>>;
       try {
         version = await this.#o.db.transaction(indexThenWait);
       } catch (e) {
@@ -371,6 +376,7 @@ export class ImagingStore {
         const held = await this.#current(this.#o.db, a.sopInstanceUid);
         return { ok: true, value: outcomeOf(a, f.sha256, 'duplicate', held?.version ?? 1) };
       }
+      if (typeof version === 'object') return { ok: true, value: outcomeOf(a, f.sha256, 'restored', version.restored) };
       return { ok: true, value: outcomeOf(a, f.sha256, version > 1 ? 'new-version' : 'stored', version) };
     } catch (e) {
       await blob; // a blob still being written is removed once it is there
@@ -387,8 +393,7 @@ export class ImagingStore {
     const row = await this.#current(this.#o.db, sopInstanceUid);
     if (!row) return imagingFail('not-found', `no instance ${sopInstanceUid}`);
     const sealed = await this.#o.blobs.read(row.blob_key);
-    if (!sealed)
-      return imagingFail('corrupt', `instance ${sopInstanceUid}: its file ${row.blob_key} is missing from the blob store`);
+    if (!sealed) return imagingFail('corrupt', `instance ${sopInstanceUid}: its file is missing from the blob store`);
     let key: Buffer;
     try {
       key = await this.#o.kms.unwrapDataKey(row.data_key);
@@ -407,6 +412,32 @@ export class ImagingStore {
     if (sha !== row.sha256)
       return imagingFail('corrupt', `instance ${sopInstanceUid}: SHA-256 ${sha} differs from ${row.sha256} recorded at ingest`);
     return { ok: true, value: { instance: toInstance(row), file } };
+  }
+
+  /**
+   * Current instances whose file the blob store does not hold (lost or removed behind the
+   * index's back), of the given instances or studies: checked before a retrieval sends its first
+   * byte, and counted by the collection report.
+   */
+  async missingFiles(where: {
+    sopInstanceUids?: readonly string[];
+    studyInstanceUids?: readonly string[];
+  }): Promise<Array<{ sopInstanceUid: string; studyInstanceUid: string }>> {
+    const { rows } = await this.#o.db.query<{ sop_instance_uid: string; study_uid: string; blob_key: string }>(
+      `SELECT sop_instance_uid, study_uid, blob_key FROM imaging_instance
+       WHERE current AND (sop_instance_uid = ANY($1::text[]) OR study_uid = ANY($2::text[]))`,
+      [where.sopInstanceUids ?? [], where.studyInstanceUids ?? []],
+    );
+    const missing: Array<{ sopInstanceUid: string; studyInstanceUid: string }> = [];
+    // A few at a time: an S3-compatible store answers each with a round trip.
+    for (let i = 0; i < rows.length; i += 16) {
+      const batch = rows.slice(i, i + 16);
+      const held = await Promise.all(batch.map((r) => this.#o.blobs.exists(r.blob_key)));
+      batch.forEach((r, k) => {
+        if (!held[k]) missing.push({ sopInstanceUid: r.sop_instance_uid, studyInstanceUid: r.study_uid });
+      });
+    }
+    return missing;
   }
 
   /** The FHIR Patient a study is linked to (`null` until linked), `undefined` for a study not held. */
@@ -440,7 +471,7 @@ export class ImagingStore {
     tx: Queryable,
     a: InstanceAttributes,
     f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string },
-  ): Promise<number | 'duplicate'> {
+  ): Promise<number | 'duplicate' | { restored: number }> {
     // The current copy is locked; two first copies racing meet at the unique index on current
     // rows, and the loser is retried by the caller (then it finds the winner here).
     const prior = (
@@ -448,7 +479,17 @@ export class ImagingStore {
         a.sopInstanceUid,
       ])
     ).rows[0];
-    if (prior?.sha256 === f.sha256) return 'duplicate';
+    if (prior?.sha256 === f.sha256) {
+      if (await this.#o.blobs.exists(prior.blob_key)) return 'duplicate';
+      // The same bytes again, and the file held for them is lost: the new file takes its place.
+      await tx.query('UPDATE imaging_instance SET blob_key = $3, data_key = $4 WHERE sop_instance_uid = $1 AND version = $2', [
+        a.sopInstanceUid,
+        prior.version,
+        f.blobKey,
+        f.dataKey,
+      ]);
+      return { restored: prior.version };
+    }
     if (prior && prior.study_uid !== a.studyInstanceUid)
       throw new IndexRefusal(
         `instance ${a.sopInstanceUid} is already held in study ${prior.study_uid}, not ${a.studyInstanceUid}`,

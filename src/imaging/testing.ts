@@ -180,6 +180,7 @@ export function failingBlobStore(inner: BlobStore, o: { afterBytes: number; fail
     },
     get: (key) => inner.get(key),
     read: (key) => inner.read(key),
+    exists: (key) => inner.exists(key),
     delete: (key) => inner.delete(key),
     list: (prefix) => inner.list(prefix),
   };
