@@ -161,7 +161,12 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   }
   if (opts.imaging) {
     await app.register(dicomwebRoutes, { prefix: '/dicomweb', imaging: opts.imaging, access: opts.access });
-    await app.register(collectionRoutes, { prefix: '/imaging/collection', db: opts.db, sources: opts.collectionSources ?? [] });
+    await app.register(collectionRoutes, {
+      prefix: '/imaging/collection',
+      db: opts.db,
+      sources: opts.collectionSources ?? [],
+      imaging: opts.imaging,
+    });
   }
   await app.register(fhirRoutes, {
     prefix: '/fhir/R4',
