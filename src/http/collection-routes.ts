@@ -4,6 +4,7 @@
 import type { FastifyPluginCallback } from 'fastify';
 import type { Db } from '../db/index.ts';
 import { completenessReport, type ImagingStore } from '../imaging/index.ts';
+import { jsonErrors } from './dicomweb-routes.ts';
 
 export interface CollectionRoutesOptions {
   db: Db;
@@ -18,6 +19,7 @@ const DAY = /^\d{8}$/;
 const SOURCE = /^[A-Za-z0-9._-]{1,64}$/;
 
 export const collectionRoutes: FastifyPluginCallback<CollectionRoutesOptions> = (app, { db, sources, imaging }, done) => {
+  jsonErrors(app);
   app.get('/', { config: { access: READERS } }, async () => {
     const { rows } = await db.query<{ source: string; study_date: string; queried_at: Date | string; studies: number }>(
       'SELECT source, study_date, queried_at, studies FROM imaging_collection_day ORDER BY source, study_date DESC',

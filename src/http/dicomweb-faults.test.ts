@@ -4,7 +4,7 @@
 // again restore them. And each error answer is labelled for its status.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
@@ -132,6 +132,42 @@ describe(`DICOMweb with lost and damaged files (${testBackend()})`, () => {
     assert.equal(cut.exit, 18, 'curl: transfer closed with outstanding read data remaining');
     await repairSecond();
     assert.equal((await wado()).exit, 0);
+  });
+
+  it('answers STOW-RS into a failing blob store with the part failed (out of resources), not an error page', async () => {
+    // The blob folder replaced by a file: every write fails (ENOTDIR or EEXIST) as a broken disk would.
+    const aside = `${s.blobRoot}.aside`;
+    await rename(s.blobRoot, aside);
+    await writeFile(s.blobRoot, 'not a folder');
+    try {
+      const [file] = await makeInstances({ studyUid: `${STUDY}9`, date: '20261101', patientId: 'P44', count: 1 });
+      const boundary = 'medmesh-broken-disk';
+      const r = await fetch(`${s.base}/dicomweb/studies`, {
+        method: 'POST',
+        headers: {
+          ...s.as(['integration']),
+          'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}`,
+        },
+        body: Buffer.concat([
+          Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`),
+          file!,
+          Buffer.from(`\r\n--${boundary}--\r\n`),
+        ]),
+      });
+      assert.equal(r.status, 409);
+      const body = (await r.json()) as Record<string, { Value: Array<Record<string, { Value: number[] }>> }>;
+      assert.equal(body['00081198']!.Value[0]!['00081197']!.Value[0], 0xa700);
+      assert.match(r.headers.get('warning') ?? '', /the blob store could not keep the file \((ENOTDIR|EEXIST)\)/);
+    } finally {
+      await rm(s.blobRoot, { force: true });
+      await rename(aside, s.blobRoot);
+    }
+  });
+
+  it('refuses a query key with a NUL character as malformed (400), not a database error', async () => {
+    const r = await fetch(`${s.base}/dicomweb/studies?PatientID=a%00b`, { headers: s.as(['integration']) });
+    assert.equal(r.status, 400);
+    assert.deepEqual(await r.json(), { error: 'bad-request', message: 'PatientID: the value contains a NUL character' });
   });
 
   it('labels each error answer for its status', async () => {

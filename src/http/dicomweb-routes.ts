@@ -3,7 +3,7 @@
 // may do with images what their policy allows on ImagingStudy, over the studies of the patients
 // in their scope (a study is its linked Patient's); sites, routers and edges by service kind.
 // The audit hook records each request with the study or instance it touched.
-import type { FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify';
 import { Readable } from 'node:stream';
 import { patientInScope, type AccessFilter } from '../records/index.ts';
 import type { AccessControl } from '../security/access/index.ts';
@@ -73,6 +73,7 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
 
   const bad = (reply: FastifyReply, status: number, message: string, code = ERROR_CODE[status] ?? 'bad-request') =>
     reply.code(status).type('application/json').send({ error: code, message });
+  jsonErrors(app);
   /** A stored file that cannot be served: lost or damaged at this site (500), or the KMS sealed (503). */
   const unreadable = (reply: FastifyReply, error: ImagingError) =>
     error.kind === 'sealed'
@@ -407,6 +408,25 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
   app.get('/studies/:study/series/:series/instances/:instance/frames/:frames', { config: SIGNED_IN }, frames);
   done();
 };
+
+/**
+ * Errors thrown in a plugin's routes (Fastify's own, or a failure nobody expected) in the JSON
+ * error shape of the non-FHIR routes, not the FHIR OperationOutcome the app answers with
+ * elsewhere; a 500 says no more than that (the error itself goes to the log).
+ */
+export function jsonErrors(app: FastifyInstance): void {
+  app.setErrorHandler((err: Error & { statusCode?: number }, req, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status === 500) req.log.error({ err }, 'unhandled error');
+    return reply
+      .code(status)
+      .type('application/json')
+      .send({
+        error: ERROR_CODE[status] ?? (status === 413 ? 'too-large' : 'bad-request'),
+        message: status === 500 ? `internal error; the request id ${req.id} is in the log` : err.message,
+      });
+  });
+}
 
 function failure(f: { sopClassUid?: string; sopInstanceUid?: string }, reason: number): object {
   return {
