@@ -122,7 +122,11 @@ export class Collector {
     const worker = async () => {
       while (next < todo.length) {
         const t = todo[next++]!;
-        const r = await this.#fetchStudy(t.study_uid, t.attempts);
+        // A study whose fetch throws (its checkpoint cannot be written) is failed; the others go on.
+        const r = await this.#fetchStudy(t.study_uid, t.attempts).catch((e: unknown) => ({
+          ok: false as const,
+          error: e instanceof Error ? e.message : String(e),
+        }));
         done++;
         if (r.ok) run.retrieved++;
         else run.failed.push({ study: t.study_uid, error: r.error });
