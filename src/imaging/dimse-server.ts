@@ -211,12 +211,17 @@ function scpFor(o: DimseServerOptions, metrics: DimseMetrics, slots: { tryEnter:
       );
     }
 
-    #associate(association: Association, rejectWith: (result: number, source: number, reason: number) => void): void {
+    async #associate(
+      association: Association,
+      rejectWith: (result: number, source: number, reason: number) => void,
+    ): Promise<void> {
       this.#association = association;
       this.#calling = association.getCallingAeTitle().trim();
       const called = association.getCalledAeTitle().trim();
-      const reject = (result: number, source: number, reason: number, why: string) =>
-        void audit(this.#event('dicom-associate', 'deny', { detail: why })).then(() => rejectWith(result, source, reason));
+      const reject = async (result: number, source: number, reason: number, why: string) => {
+        await audit(this.#event('dicom-associate', 'deny', { detail: why }));
+        rejectWith(result, source, reason);
+      };
       if (called !== o.aeTitle)
         return reject(
           RejectResult.Permanent,
@@ -240,12 +245,10 @@ function scpFor(o: DimseServerOptions, metrics: DimseMetrics, slots: { tryEnter:
         );
       this.#entered = true;
       negotiate(association);
-      void audit(this.#event('dicom-associate', 'allow')).then((logged) => {
-        if (!logged)
-          return rejectWith(RejectResult.Transient, RejectSource.ServiceProviderPresentation, RejectReason.TemporaryCongestion);
-        metrics.association('accepted');
-        this.sendAssociationAccept();
-      });
+      if (!(await audit(this.#event('dicom-associate', 'allow'))))
+        return rejectWith(RejectResult.Transient, RejectSource.ServiceProviderPresentation, RejectReason.TemporaryCongestion);
+      metrics.association('accepted');
+      this.sendAssociationAccept();
     }
 
     override abort(): void {
