@@ -107,6 +107,7 @@ describe(
       try {
         let first = true;
         const slow = Object.create(own.store) as ImagingStore;
+        slow.missingFiles = (where) => own.store.missingFiles(where);
         slow.receive = async (body, o) => {
           if (first) {
             first = false;
