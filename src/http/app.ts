@@ -66,6 +66,8 @@ export interface AppOptions {
     states: NonNullable<AuditRoutesOptions['witness']>;
     prometheus: () => string;
   };
+  /** More /metrics text (Prometheus), per site: the DIMSE provider's counters. */
+  metrics?: ReadonlyArray<(siteId: string) => string>;
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
@@ -115,7 +117,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
               (SELECT count(*)::int FROM replication_feed_dead_letter WHERE status <> 'skipped') AS sent`,
     );
     const site = `{site="${opts.siteId}"}`;
-    const body = `${opts.replication?.prometheus(opts.siteId) ?? ''}${opts.auditPeers?.prometheus() ?? ''}# HELP medmesh_replication_dead_letters Changes received that are parked or waiting behind a parked one.
+    const body = `${opts.replication?.prometheus(opts.siteId) ?? ''}${opts.auditPeers?.prometheus() ?? ''}${(opts.metrics ?? []).map((m) => m(opts.siteId)).join('')}# HELP medmesh_replication_dead_letters Changes received that are parked or waiting behind a parked one.
 # TYPE medmesh_replication_dead_letters gauge
 medmesh_replication_dead_letters${site} ${parked.rows[0]?.received ?? 0}
 # HELP medmesh_replication_feed_dead_letters Own changes that could not be sent, parked or waiting behind one (alarm).
@@ -191,7 +193,12 @@ medmesh_replication_feed_dead_letters${site} ${parked.rows[0]?.sent ?? 0}
   }
   if (opts.imaging) {
     await app.register(dicomwebRoutes, { prefix: '/dicomweb', imaging: opts.imaging, access: opts.access });
-    await app.register(collectionRoutes, { prefix: '/imaging/collection', db: opts.db, sources: opts.collectionSources ?? [] });
+    await app.register(collectionRoutes, {
+      prefix: '/imaging/collection',
+      db: opts.db,
+      sources: opts.collectionSources ?? [],
+      imaging: opts.imaging,
+    });
   }
   await app.register(fhirRoutes, {
     prefix: '/fhir/R4',

@@ -3,19 +3,23 @@
 // source versus held here, with every difference listed).
 import type { FastifyPluginCallback } from 'fastify';
 import type { Db } from '../db/index.ts';
-import { completenessReport } from '../imaging/index.ts';
+import { completenessReport, type ImagingStore } from '../imaging/index.ts';
+import { jsonErrors } from './dicomweb-routes.ts';
 
 export interface CollectionRoutesOptions {
   db: Db;
   /** The configured source ids (reports of sources no longer configured stay readable). */
   sources: readonly string[];
+  /** The site's images: a report counts an instance whose file is lost as not held. */
+  imaging?: Pick<ImagingStore, 'missingFiles'>;
 }
 
 const READERS = { roles: ['administrator', 'operator', 'auditor'] } as const;
 const DAY = /^\d{8}$/;
 const SOURCE = /^[A-Za-z0-9._-]{1,64}$/;
 
-export const collectionRoutes: FastifyPluginCallback<CollectionRoutesOptions> = (app, { db, sources }, done) => {
+export const collectionRoutes: FastifyPluginCallback<CollectionRoutesOptions> = (app, { db, sources, imaging }, done) => {
+  jsonErrors(app);
   app.get('/', { config: { access: READERS } }, async () => {
     const { rows } = await db.query<{ source: string; study_date: string; queried_at: Date | string; studies: number }>(
       'SELECT source, study_date, queried_at, studies FROM imaging_collection_day ORDER BY source, study_date DESC',
@@ -41,7 +45,7 @@ export const collectionRoutes: FastifyPluginCallback<CollectionRoutesOptions> = 
         .send({ error: 'bad-request', message: `source ${JSON.stringify(source)} is not a source id (letters, digits, . _ -)` });
     if (!DAY.test(day))
       return reply.code(400).send({ error: 'bad-request', message: `day ${JSON.stringify(day)} must be YYYYMMDD` });
-    const report = await completenessReport(db, source, day);
+    const report = await completenessReport(db, source, day, imaging);
     if (!sources.includes(source) && report.queriedAt === null)
       return reply.code(404).send({
         error: 'not-found',

@@ -148,6 +148,10 @@ describe(`a site collecting on its own (${testBackend()})`, () => {
           const r = report.json<{ complete: boolean; source_instances: number; held_instances: number }>();
           assert.deepEqual([r.complete, r.source_instances, r.held_instances], [true, 2, 2], source);
         }
+        // Orthanc's C-MOVE sub-operations came in on an association the site counts.
+        const metrics = await site.app.inject({ method: 'GET', url: '/metrics' });
+        assert.match(metrics.body, /medmesh_dimse_associations_total\{site="B",outcome="accepted"\} [1-9]/, metrics.body);
+        assert.match(metrics.body, /medmesh_dimse_errors_total\{site="B",kind="operation"\} 0/);
       } finally {
         await site.close();
       }

@@ -3,7 +3,7 @@
 // may do with images what their policy allows on ImagingStudy, over the studies of the patients
 // in their scope (a study is its linked Patient's); sites, routers and edges by service kind.
 // The audit hook records each request with the study or instance it touched.
-import type { FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify';
 import { Readable } from 'node:stream';
 import { patientInScope, type AccessFilter } from '../records/index.ts';
 import type { AccessControl } from '../security/access/index.ts';
@@ -18,6 +18,7 @@ import {
   readMultipartRelated,
   storeFailureStatus,
   toDicomJson,
+  type ImagingError,
   type ImagingStore,
   type IngestOptions,
   type Part,
@@ -47,6 +48,18 @@ const VERB: Record<ImagingAction, string> = { read: 'dicom-retrieve', search: 'd
 const UID = /^[0-9]+(\.[0-9]+)*$/;
 const DICOM_JSON = 'application/dicom+json';
 
+/** The `error` of each JSON error answer, by status (the same words as the other non-FHIR routes). */
+const ERROR_CODE: Record<number, string> = {
+  400: 'bad-request',
+  403: 'forbidden',
+  404: 'not-found',
+  406: 'not-acceptable',
+  409: 'conflict',
+  415: 'unsupported-media-type',
+  500: 'internal-error',
+  503: 'unavailable',
+};
+
 /** STOW-RS failure reasons (PS3.18 Table 10.5.3-2 / PS3.4 Annex B). */
 const FAILURE = { cannotUnderstand: 0xc000 } as const;
 
@@ -60,11 +73,16 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
 
-  const bad = (reply: FastifyReply, status: number, message: string) =>
-    reply
-      .code(status)
-      .type('application/json')
-      .send({ error: status === 406 ? 'not-acceptable' : status === 404 ? 'not-found' : 'bad-request', message });
+  const bad = (reply: FastifyReply, status: number, message: string, code = ERROR_CODE[status] ?? 'bad-request') =>
+    reply.code(status).type('application/json').send({ error: code, message });
+  jsonErrors(app);
+  /** A stored file that cannot be served: lost or damaged at this site (500), or the KMS sealed (503). */
+  const unreadable = (reply: FastifyReply, error: ImagingError) =>
+    error.kind === 'sealed'
+      ? bad(reply, 503, error.message, 'sealed')
+      : error.kind === 'not-found'
+        ? bad(reply, 404, error.message)
+        : bad(reply, 500, error.message, 'stored-file-unreadable');
   const uidsOk = (p: Params) => [p.study, p.series, p.instance].every((u) => u === undefined || (UID.test(u) && u.length <= 64));
 
   /**
@@ -309,20 +327,32 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
       resource: `dicom:${describe(req.params)}`,
       detail: `${instances.length} instance(s)`,
     };
-    // Each instance is decrypted and checked as its part is sent; a damaged one ends the
-    // stream with an error rather than sending bytes that fail their checksum.
+    // What can be checked before the first byte is: every file is there, and the first one opens
+    // and matches its checksum. A failure then is an answer the client sees (not a 200 cut short).
+    const missing = await store.missingFiles({ sopInstanceUids: instances.map((i) => i.sopInstanceUid) });
+    if (missing.length)
+      return bad(
+        reply,
+        500,
+        `${missing.length} of the ${instances.length} instance file(s) under ${describe(req.params)} are missing from this site's store (instance ${missing[0]!.sopInstanceUid}${missing.length > 1 ? ', ...' : ''}); nothing is sent rather than part of it`,
+        'stored-file-missing',
+      );
+    // The next instances are fetched (and decrypted, on the store's worker threads) while one is sent.
+    const AHEAD = 2;
+    const read = (k: number) => {
+      const p = store.read(instances[k]!.sopInstanceUid);
+      p.catch(() => undefined); // awaited below; a client gone meanwhile leaves it unobserved
+      return p;
+    };
+    const queue = instances.slice(0, AHEAD).map((_, k) => read(k));
+    const first = await queue[0]!;
+    if (!first.ok) return unreadable(reply, first.error);
+    // Past the first byte, a file that fails (damaged or removed meanwhile) ends the stream with
+    // an error, and Fastify aborts the response: the client sees a broken transfer, never a
+    // clean short body or bytes that fail their checksum.
     const parts = (async function* (): AsyncGenerator<Part> {
-      // The next instances are fetched (and decrypted, on the store's worker threads) while this
-      // one is sent.
-      const AHEAD = 2;
-      const read = (k: number) => {
-        const p = store.read(instances[k]!.sopInstanceUid);
-        p.catch(() => undefined); // awaited below; a client gone meanwhile leaves it unobserved
-        return p;
-      };
-      const queue = instances.slice(0, AHEAD).map((_, k) => read(k));
       for (const [k, i] of instances.entries()) {
-        const r = await queue.shift()!;
+        const r = await queue.shift()!; // the first was awaited above: its outcome again
         if (k + AHEAD < instances.length) queue.push(read(k + AHEAD));
         if (!r.ok) throw new Error(r.error.message);
         yield {
@@ -356,7 +386,7 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     const [instance] = await selected(req.params);
     if (!instance) return bad(reply, 404, `nothing stored under ${describe(req.params)}`);
     const r = await store.read(instance.sopInstanceUid);
-    if (!r.ok) return bad(reply, r.error.kind === 'not-found' ? 404 : 500, r.error.message);
+    if (!r.ok) return unreadable(reply, r.error);
     const count = instance.attributes['00280008']?.Value?.[0];
     const cut = extractFrames(r.value.file, count === undefined ? null : Number(count), wanted);
     if (!cut.ok) return bad(reply, cut.status, cut.error);
@@ -380,6 +410,25 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
   app.get('/studies/:study/series/:series/instances/:instance/frames/:frames', { config: SIGNED_IN }, frames);
   done();
 };
+
+/**
+ * Errors thrown in a plugin's routes (Fastify's own, or a failure nobody expected) in the JSON
+ * error shape of the non-FHIR routes, not the FHIR OperationOutcome the app answers with
+ * elsewhere; a 500 says no more than that (the error itself goes to the log).
+ */
+export function jsonErrors(app: FastifyInstance): void {
+  app.setErrorHandler((err: Error & { statusCode?: number }, req, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status === 500) req.log.error({ err }, 'unhandled error');
+    return reply
+      .code(status)
+      .type('application/json')
+      .send({
+        error: ERROR_CODE[status] ?? (status === 413 ? 'too-large' : 'bad-request'),
+        message: status === 500 ? `internal error; the request id ${req.id} is in the log` : err.message,
+      });
+  });
+}
 
 function failure(f: { sopClassUid?: string; sopInstanceUid?: string }, reason: number): object {
   return {

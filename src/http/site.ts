@@ -367,6 +367,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     ...(imaging ? { imaging } : {}),
     ...(collect ? { collectionSources: collect.sources.map((s) => s.id) } : {}),
     auditPeers: { verify: verifyAudit, states: () => witness.states(), prometheus: () => witness.prometheus() },
+    ...(dimse ? { metrics: [(site: string) => dimse.metrics.prometheus(site)] } : {}),
   });
   return {
     ok: true,

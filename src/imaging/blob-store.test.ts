@@ -32,11 +32,13 @@ function blobStoreContract(name: string, open: () => Promise<{ store: BlobStore;
       assert.ok((await buffer((await s.store.get('ab/two.mmf'))!)).equals(big));
       assert.ok((await s.store.read('ab/two.mmf'))!.equals(big), 'read whole');
       assert.equal(await s.store.read('ab/none.mmf'), undefined);
+      assert.deepEqual([await s.store.exists('ab/two.mmf'), await s.store.exists('ab/none.mmf')], [true, false]);
       const keys: string[] = [];
       for await (const k of s.store.list('ab/')) keys.push(k);
       assert.deepEqual(keys.sort(), ['ab/one.mmf', 'ab/two.mmf']);
       await s.store.delete('ab/one.mmf');
       assert.equal(await s.store.get('ab/one.mmf'), undefined);
+      assert.equal(await s.store.exists('ab/one.mmf'), false);
       await s.store.delete('ab/never.mmf'); // deleting nothing is not an error
     });
 

@@ -1,7 +1,7 @@
 // Where image files live (DESIGN.md §9): a small contract so the filesystem default and an
 // S3-compatible store can be swapped. A blob is visible under its key only once complete.
-import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { constants, createReadStream } from 'node:fs';
+import { access, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
@@ -13,6 +13,8 @@ export interface BlobStore {
   get(key: string): Promise<Readable | undefined>;
   /** The blob whole, for readers that want it whole anyway (no stream in between). */
   read(key: string): Promise<Buffer | undefined>;
+  /** Whether a blob is there to be read under the key. */
+  exists(key: string): Promise<boolean>;
   delete(key: string): Promise<void>;
   /** Every key under a prefix (for sweeps and audits). */
   list(prefix?: string): AsyncIterable<string>;
@@ -100,6 +102,16 @@ export class FsBlobStore implements BlobStore {
       return await readFile(this.#path(key));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+  }
+
+  async exists(key: string): Promise<boolean> {
+    try {
+      await access(this.#path(key), constants.R_OK);
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
       throw e;
     }
   }

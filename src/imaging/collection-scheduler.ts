@@ -46,10 +46,12 @@ export class CollectionScheduler {
   start(): void {
     this.#stopped = false;
     const tick = () => {
-      this.#running = this.runOnce().finally(() => {
-        this.#running = undefined;
-        if (!this.#stopped) this.#timer = setTimeout(tick, this.everyMs);
-      });
+      this.#running = this.runOnce()
+        .catch(() => []) // runOnce does not throw; should it, the next period still comes
+        .finally(() => {
+          this.#running = undefined;
+          if (!this.#stopped) this.#timer = setTimeout(tick, this.everyMs);
+        });
     };
     tick();
   }
@@ -67,7 +69,11 @@ export class CollectionScheduler {
       if (this.#stopped) break;
       const run = await this.#collect(c);
       runs.push(run);
-      this.#o.onRun?.(run);
+      try {
+        this.#o.onRun?.(run);
+      } catch {
+        // the caller's report of a run (a log line) failing does not stop the other sources
+      }
     }
     return runs;
   }

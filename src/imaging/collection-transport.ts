@@ -2,6 +2,7 @@
 // study over. DIMSE (C-FIND, then C-MOVE to this site's own AE, which stores what arrives) or
 // DICOMweb (QIDO-RS, then WADO-RS streamed part by part into the store). The collector's
 // checkpoints, retries and completeness report are the same for both.
+import { Agent, fetch } from 'undici';
 import { cFindStudies, cMoveStudy, type DicomPeer } from './dimse-scu.ts';
 import type { ImagingStore } from './imaging-store.ts';
 import { mediaParams, MultipartError, readMultipartRelated } from './multipart.ts';
@@ -62,6 +63,17 @@ export interface DicomwebSource {
 
 const PAGE = 500;
 
+/**
+ * The collector's HTTP client is undici from npm, pinned, not the one bundled with Node: Node
+ * 24's (undici 7.x) throws an uncatchable AssertionError when a server closes a connection
+ * (`Connection: close`, as Orthanc's WADO-RS answers) while the body is not being read, as
+ * happens whenever the store is busy with a part (nodejs/undici#5360), and that ended the
+ * site's process. Fixed in undici 8 (nodejs/undici#5474).
+ */
+function sourceAgent(timeoutMs: number): Agent {
+  return new Agent({ connect: { timeout: 30_000 }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+}
+
 /** QIDO-RS by study date (paged) and WADO-RS of the whole study, each part streamed into `store`. */
 export function dicomwebTransport(
   source: DicomwebSource,
@@ -69,6 +81,7 @@ export function dicomwebTransport(
 ): CollectionTransport {
   const root = source.url.replace(/\/+$/, '');
   const timeout = () => AbortSignal.timeout(opts.timeoutMs ?? 600_000);
+  const dispatcher = sourceAgent(opts.timeoutMs ?? 600_000);
   const describe = (e: unknown) =>
     e instanceof Error ? (e.cause instanceof Error ? `${e.message}: ${e.cause.message}` : e.message) : String(e);
   return {
@@ -79,6 +92,7 @@ export function dicomwebTransport(
           const res = await fetch(`${root}/studies?StudyDate=${day}&includefield=00201208&limit=${PAGE}&offset=${offset}`, {
             headers: { ...source.headers, accept: 'application/dicom+json' },
             signal: timeout(),
+            dispatcher,
           });
           if (res.status === 204) break;
           if (!res.ok)
@@ -99,11 +113,15 @@ export function dicomwebTransport(
     async retrieveStudy(uid) {
       const url = `${root}/studies/${uid}`;
       const refused: string[] = [];
+      /** The answer's body while it may be left unread (an error answer, a malformed or failed part). */
+      let unread: { cancel(): Promise<unknown> } | undefined;
       try {
         const res = await fetch(url, {
           headers: { ...source.headers, accept: 'multipart/related; type="application/dicom"' },
           signal: timeout(),
+          dispatcher,
         });
+        if (res.body) unread = res.body;
         if (!res.ok || !res.body)
           return { ok: false, error: `WADO-RS ${url} answered ${res.status}: ${(await res.text()).slice(0, 200)}` };
         const type = mediaParams(res.headers.get('content-type') ?? '');
@@ -112,12 +130,19 @@ export function dicomwebTransport(
             ok: false,
             error: `WADO-RS ${url} answered ${type.media || 'no media type'}, not multipart/related with a boundary`,
           };
-        for await (const part of readMultipartRelated(res.body, type.boundary)) {
+        // One iterator over the body, kept here so it can be cancelled whatever the parts do.
+        const reader = res.body[Symbol.asyncIterator]();
+        unread = { cancel: async () => reader.return?.() };
+        for await (const part of readMultipartRelated({ [Symbol.asyncIterator]: () => reader }, type.boundary)) {
           const r = await opts.store.receive(part.body, { source: opts.sourceLabel, expectStudy: uid });
           if (!r.ok) refused.push(`part ${part.index}: ${r.error.message}`);
         }
+        unread = undefined; // read to its end
       } catch (e) {
         return { ok: false, error: `WADO-RS ${url}: ${e instanceof MultipartError ? e.message : describe(e)}` };
+      } finally {
+        // A body left unread is cancelled, so no connection is left half-read.
+        await unread?.cancel().catch(() => undefined);
       }
       return refused.length
         ? { ok: false, error: `the site refused ${refused.length} instance(s): ${refused.slice(0, 3).join('; ')}` }

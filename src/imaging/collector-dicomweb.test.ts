@@ -3,9 +3,11 @@
 // report as the DIMSE path, and the bytes held equal to the bytes the source sent.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { createConnection, createServer } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
 import { Collector, type CollectionSource } from './collector.ts';
+import type { ImagingStore } from './imaging-store.ts';
 import { makeInstances, openTestImaging, type TestImaging } from './testing.ts';
 import { orthancDicomwebPlugin, startOrthanc, type TestOrthanc } from './testing-orthanc.ts';
 
@@ -87,6 +89,49 @@ describe(
       assert.equal((await collector.report('20261117')).complete, true);
     });
 
+    it('survives a source that closes its connection while an answer is unread (Orthanc, Connection: close)', async () => {
+      // Orthanc answers WADO-RS with Connection: close and no Content-Length, and closes once it
+      // has sent everything. When the connection closes while 64 KiB of the answer wait unread
+      // (the store busy with a part), the HTTP client bundled with Node 24 threw an uncatchable
+      // AssertionError and ended the process (nodejs/undici#5360). A relay in front of Orthanc
+      // makes that moment certain: it holds back the last 64 KiB of Orthanc's answer until the
+      // store has stopped reading, then sends them with the close.
+      const day = '20261119';
+      for (const f of await makeInstances({ template: 'CT_small.dcm', studyUid: uid(5), date: day, patientId: 'W5', count: 3 }))
+        await orthanc.upload(f);
+      const crashes: unknown[] = [];
+      const onCrash = (e: unknown) => crashes.push(e);
+      process.on('uncaughtException', onCrash);
+      const gate = await holdBackTail(orthanc.http, 65_536);
+      const own = await openTestImaging();
+      try {
+        let first = true;
+        const slow = Object.create(own.store) as ImagingStore;
+        slow.missingFiles = (where) => own.store.missingFiles(where);
+        slow.receive = async (body, o) => {
+          if (first) {
+            first = false;
+            await gate.releaseAndWaitForClose(); // the store busy: nothing reads the answer meanwhile
+          }
+          return own.store.receive(body, o);
+        };
+        const run = await new Collector({
+          db: own.db,
+          source: { id: 'pacs-web', kind: 'dicomweb', url: `${gate.url}/dicom-web` },
+          store: slow,
+          maxAttempts: 1,
+        }).collectDay(day);
+        assert.deepEqual(crashes, []);
+        assert.ok(run.ok && run.value.retrieved === 1, JSON.stringify(run));
+        const held = await own.db.query('SELECT 1 FROM imaging_instance WHERE study_uid = $1 AND current', [uid(5)]);
+        assert.equal(held.rows.length, 3);
+      } finally {
+        process.off('uncaughtException', onCrash);
+        gate.close();
+        await own.close();
+      }
+    });
+
     it('says clearly when the source cannot be reached or is not DICOMweb', async () => {
       const down = await new Collector({
         db: t.db,
@@ -104,3 +149,52 @@ describe(
     });
   },
 );
+
+/**
+ * An HTTP relay in front of `target` that passes answers through whole, except a
+ * multipart/related one: that is sent but for its last `tail` bytes, which follow with the
+ * close once `releaseAndWaitForClose` is called (it resolves when the client has closed).
+ */
+async function holdBackTail(
+  target: string,
+  tail: number,
+): Promise<{ url: string; releaseAndWaitForClose(): Promise<void>; close(): void }> {
+  const to = new URL(target);
+  let release: () => void = () => undefined;
+  const released = new Promise<void>((r) => (release = r));
+  let clientClosed: () => void = () => undefined;
+  const closedByClient = new Promise<void>((r) => (clientClosed = r));
+  const server = createServer((inbound) => {
+    inbound.on('error', () => undefined);
+    const outbound = createConnection({ host: to.hostname, port: Number(to.port) });
+    outbound.on('error', () => inbound.destroy());
+    inbound.pipe(outbound);
+    const answer: Buffer[] = [];
+    outbound.on('data', (b: Buffer) => answer.push(b));
+    outbound.on('end', () => {
+      const all = Buffer.concat(answer);
+      if (!all.subarray(0, all.indexOf('\r\n\r\n')).toString('latin1').includes('multipart/related')) {
+        inbound.end(all);
+        return;
+      }
+      inbound.write(all.subarray(0, all.length - tail));
+      inbound.on('close', clientClosed);
+      void released.then(() => inbound.end(all.subarray(all.length - tail)));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
+    releaseAndWaitForClose: () => {
+      release();
+      let timer: NodeJS.Timeout | undefined;
+      return Promise.race([
+        closedByClient,
+        new Promise<void>((_, reject) => {
+          timer = setTimeout(() => reject(new Error('the client never closed the connection')), 20_000);
+        }),
+      ]).finally(() => clearTimeout(timer));
+    },
+    close: () => server.close(),
+  };
+}

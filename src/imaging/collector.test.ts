@@ -125,6 +125,69 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
     assert.ok(!r.ok);
     assert.match(r.error, /ORTHANC at 127\.0\.0\.1:1/);
   });
+  it("goes on with the other studies of a day when one study's checkpoint cannot be written", async () => {
+    const day = '20261125';
+    for (const n of [30, 31])
+      for (const f of await makeInstances({ studyUid: uid(n), date: day, patientId: `P${n}`, count: 1 })) await orthanc.upload(f);
+    // A database that refuses every write of one study's checkpoint (the injected fault).
+    const db = new Proxy(t.db, {
+      get(target, name, receiver) {
+        const v = Reflect.get(target, name, receiver) as unknown;
+        if (typeof v !== 'function') return v;
+        if (name !== 'query') return (v as (...a: unknown[]) => unknown).bind(target);
+        return (sql: string, params?: unknown[]) =>
+          sql.startsWith('UPDATE imaging_collection_study') && params?.includes(uid(30))
+            ? Promise.reject(new Error('could not write the checkpoint'))
+            : (v as (s: string, p?: unknown[]) => unknown).call(target, sql, params);
+      },
+    });
+    const run = await new Collector({ db, source: source(), localAe: 'MEDMESH_B', maxAttempts: 1 }).collectDay(day);
+    assert.ok(run.ok, JSON.stringify(run));
+    assert.deepEqual(
+      [run.value.retrieved, run.value.failed.map((f) => [f.study, f.error])],
+      [1, [[uid(30), 'could not write the checkpoint']]],
+    );
+  });
+
+  it('keeps collecting every source, period after period, when reporting a run throws', async () => {
+    const crashes: unknown[] = [];
+    const onCrash = (e: unknown) => void crashes.push(e);
+    process.on('unhandledRejection', onCrash);
+    process.on('uncaughtException', onCrash);
+    const unreachable = (id: string) =>
+      new Collector({
+        db: t.db,
+        source: { id, kind: 'dicomweb', url: 'http://127.0.0.1:1/dicom-web' },
+        store: t.store,
+        maxAttempts: 1,
+        timeoutMs: 5000,
+      });
+    const seen: string[] = [];
+    const scheduler = new CollectionScheduler({
+      db: t.db,
+      collectors: [unreachable('web-a'), unreachable('web-b')],
+      holder: 'node-x',
+      everyMs: 20,
+      onRun: (r) => {
+        seen.push(`${r.source}:${r.outcome}`);
+        throw new Error('the log cannot be written'); // the injected fault
+      },
+    });
+    try {
+      scheduler.start();
+      for (const until = Date.now() + 20_000; seen.filter((x) => x.startsWith('web-b')).length < 2;) {
+        assert.ok(Date.now() < until, `only ${JSON.stringify(seen)}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    } finally {
+      await scheduler.stop();
+      process.off('unhandledRejection', onCrash);
+      process.off('uncaughtException', onCrash);
+    }
+    assert.ok(seen.includes('web-a:failed') && seen.includes('web-b:failed'), JSON.stringify(seen));
+    assert.deepEqual(crashes, []);
+  });
+
   it('runs on a schedule, one node per source at a time, the last days each run', async () => {
     const now = () => new Date(2026, 10, 21, 3, 0); // 03:00 local on 21 November: days 20 and 21
     const node = (holder: string, runs: SourceRun[], everyMs = 60_000) =>

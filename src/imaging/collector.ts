@@ -41,13 +41,18 @@ export interface CompletenessReport {
   source_studies: number;
   held_studies: number;
   source_instances: number;
+  /** Instances held with their file (an indexed instance whose file is lost is not held). */
   held_instances: number;
+  /** Instances indexed here whose file the blob store no longer has (when the report could check). */
+  missing_files: number;
   complete: boolean;
   differences: Array<{
     study: string;
-    kind: 'missing' | 'incomplete' | 'unknown-count';
+    /** files-missing: every instance is indexed, but some of their files are lost. */
+    kind: 'missing' | 'incomplete' | 'unknown-count' | 'files-missing';
     source_instances: number | null;
     held_instances: number;
+    missing_files: number;
     state: string;
     last_error: string | null;
   }>;
@@ -117,7 +122,11 @@ export class Collector {
     const worker = async () => {
       while (next < todo.length) {
         const t = todo[next++]!;
-        const r = await this.#fetchStudy(t.study_uid, t.attempts);
+        // A study whose fetch throws (its checkpoint cannot be written) is failed; the others go on.
+        const r = await this.#fetchStudy(t.study_uid, t.attempts).catch((e: unknown) => ({
+          ok: false as const,
+          error: e instanceof Error ? e.message : String(e),
+        }));
         done++;
         if (r.ok) run.retrieved++;
         else run.failed.push({ study: t.study_uid, error: r.error });
@@ -150,7 +159,9 @@ export class Collector {
             [source.id, study],
           )
         ).rows[0]?.n ?? null;
-      const held = await heldInstances(db, study);
+      const held =
+        (await heldInstances(db, study)) -
+        (this.#o.store ? (await this.#o.store.missingFiles({ studyInstanceUids: [study] })).length : 0);
       if (moved.ok && (expected === null || held >= expected)) {
         await db.query(
           "UPDATE imaging_collection_study SET state = 'retrieved', attempts = $3, last_error = NULL, updated_at = now() WHERE source = $1 AND study_uid = $2",
@@ -169,7 +180,7 @@ export class Collector {
 
   /** Source versus held for one day, from the last query of the source. */
   async report(day: string): Promise<CompletenessReport> {
-    return completenessReport(this.#o.db, this.#o.source.id, day);
+    return completenessReport(this.#o.db, this.#o.source.id, day, this.#o.store);
   }
 }
 
@@ -179,7 +190,13 @@ async function heldInstances(db: Db, study: string): Promise<number> {
   ).rows[0]!.n;
 }
 
-export async function completenessReport(db: Db, source: string, day: string): Promise<CompletenessReport> {
+/** Source versus held for one day; with `files`, an instance whose file is lost is not held. */
+export async function completenessReport(
+  db: Db,
+  source: string,
+  day: string,
+  files?: Pick<ImagingStore, 'missingFiles'>,
+): Promise<CompletenessReport> {
   const queried = (
     await db.query<{ queried_at: Date | string }>(
       'SELECT queried_at FROM imaging_collection_day WHERE source = $1 AND study_date = $2',
@@ -198,46 +215,47 @@ export async function completenessReport(db: Db, source: string, day: string): P
      FROM imaging_collection_study c WHERE c.source = $1 AND c.study_date = $2 ORDER BY c.study_uid`,
     [source, day],
   );
+  const lost = new Map<string, number>();
+  if (files && rows.length)
+    for (const m of await files.missingFiles({ studyInstanceUids: rows.map((r) => r.study_uid) }))
+      lost.set(m.studyInstanceUid, (lost.get(m.studyInstanceUid) ?? 0) + 1);
   const differences: CompletenessReport['differences'] = [];
-  for (const r of rows) {
-    if (r.held === 0)
+  const counted = rows.map((r) => ({ ...r, missing: lost.get(r.study_uid) ?? 0, held: r.held - (lost.get(r.study_uid) ?? 0) }));
+  for (const r of counted) {
+    const kind =
+      r.held === 0
+        ? 'missing'
+        : r.source_instances === null
+          ? r.missing
+            ? 'files-missing'
+            : 'unknown-count'
+          : r.held < r.source_instances
+            ? 'incomplete'
+            : r.missing
+              ? 'files-missing'
+              : undefined;
+    if (kind)
       differences.push({
         study: r.study_uid,
-        kind: 'missing',
-        source_instances: r.source_instances,
-        held_instances: 0,
-        state: r.state,
-        last_error: r.last_error,
-      });
-    else if (r.source_instances === null)
-      differences.push({
-        study: r.study_uid,
-        kind: 'unknown-count',
-        source_instances: null,
-        held_instances: r.held,
-        state: r.state,
-        last_error: r.last_error,
-      });
-    else if (r.held < r.source_instances)
-      differences.push({
-        study: r.study_uid,
-        kind: 'incomplete',
+        kind,
         source_instances: r.source_instances,
         held_instances: r.held,
+        missing_files: r.missing,
         state: r.state,
         last_error: r.last_error,
       });
   }
-  const sourceInstances = rows.reduce((n, r) => n + (r.source_instances ?? 0), 0);
-  const heldInstancesTotal = rows.reduce((n, r) => n + Math.min(r.held, r.source_instances ?? r.held), 0);
+  const sourceInstances = counted.reduce((n, r) => n + (r.source_instances ?? 0), 0);
+  const heldInstancesTotal = counted.reduce((n, r) => n + Math.min(r.held, r.source_instances ?? r.held), 0);
   return {
     source,
     day,
     queriedAt: queried ? new Date(queried.queried_at).toISOString() : null,
-    source_studies: rows.length,
-    held_studies: rows.filter((r) => r.held > 0).length,
+    source_studies: counted.length,
+    held_studies: counted.filter((r) => r.held > 0).length,
     source_instances: sourceInstances,
     held_instances: heldInstancesTotal,
+    missing_files: counted.reduce((n, r) => n + r.missing, 0),
     complete: queried !== undefined && differences.length === 0,
     differences,
   };

@@ -1,6 +1,7 @@
 // medmesh as a DIMSE service user: C-ECHO, C-FIND and C-MOVE against a remote AE (a
 // hospital PACS for active collection), each call one association, with a time limit.
 import dimse from './dimse.ts';
+import { TS } from './dicom-structure.ts';
 
 const { Client } = dimse;
 const { CEchoRequest, CFindRequest, CMoveRequest } = dimse.requests;
@@ -72,7 +73,7 @@ function exchange(peer: DicomPeer, o: ScuOptions, request: Req): Promise<ScuResu
       ),
     );
     client.addRequest(request);
-    client.send(peer.host, peer.port, o.callingAe, peer.aeTitle);
+    send(client, peer, o, finish);
   });
 }
 
@@ -147,7 +148,9 @@ class StoredDataset extends Dataset {
 
   constructor(raw: Buffer, transferSyntaxUid: string, elements: Record<string, unknown>) {
     super(elements, transferSyntaxUid);
-    this.#raw = raw;
+    // A deflated data set may be of odd length; on the wire it is padded to even length
+    // (PS3.5 A.5), or DCMTK refuses the odd fragment and aborts the association.
+    this.#raw = raw.length % 2 ? Buffer.concat([raw, Buffer.alloc(1)]) : raw;
   }
 
   override getDenaturalizedDataset(): Buffer {
@@ -164,17 +167,43 @@ export interface StoredFile {
   datasetOffset: number;
 }
 
-/** A C-STORE request carrying a stored file's data set (for C-MOVE and C-GET sub-operations too). */
-export function storeRequestFor(f: StoredFile): InstanceType<typeof CStoreRequest> {
-  // Parsed elements only matter if the peer forces a conversion; parsing may fail for data
-  // dcmjs cannot read (then only the identifying elements are there, and no conversion works).
-  let elements: Record<string, unknown> = { SOPClassUID: f.sopClassUid, SOPInstanceUID: f.sopInstanceUid };
-  try {
-    elements = new Dataset(f.file.subarray(f.datasetOffset), f.transferSyntaxUid).getElements();
-  } catch {
-    // keep the identifying elements
+const UID = /^[0-9]+(\.[0-9]+)*$/;
+/** Transfer syntaxes dcmjs can parse (and so convert between); anything else is sent as held or not at all. */
+const PARSEABLE = new Set<string>([TS.implicitLE, TS.explicitLE, TS.explicitBE]);
+
+/**
+ * A C-STORE request carrying a stored file's data set (for C-MOVE and C-GET sub-operations
+ * too), or why it cannot be sent. Its SOP class, instance and transfer syntax are the index's,
+ * never what a parse of the bytes yields: dcmjs reads a deflated or compressed data set as
+ * garbage without failing, and a request without its SOP class throws inside dcmjs-dimse's
+ * event handlers, out of reach of any caller (the process ends).
+ */
+export function storeRequestFor(f: StoredFile): ScuResult<InstanceType<typeof CStoreRequest>> {
+  for (const [name, uid] of [
+    ['SOP Class UID', f.sopClassUid],
+    ['SOP Instance UID', f.sopInstanceUid],
+    ['transfer syntax', f.transferSyntaxUid],
+  ] as const)
+    if (typeof uid !== 'string' || !UID.test(uid) || uid.length > 64)
+      return { ok: false, error: `instance ${f.sopInstanceUid}: its ${name} ${JSON.stringify(uid)} is not a UID` };
+  const identity = { SOPClassUID: f.sopClassUid, SOPInstanceUID: f.sopInstanceUid };
+  // Parsed elements only matter if the peer forces a conversion between uncompressed syntaxes.
+  let elements: Record<string, unknown> = identity;
+  if (PARSEABLE.has(f.transferSyntaxUid)) {
+    try {
+      elements = { ...new Dataset(f.file.subarray(f.datasetOffset), f.transferSyntaxUid).getElements(), ...identity };
+    } catch {
+      // keep the identifying elements (no conversion is possible then)
+    }
   }
-  return new CStoreRequest(new StoredDataset(f.file.subarray(f.datasetOffset), f.transferSyntaxUid, elements));
+  try {
+    return {
+      ok: true,
+      value: new CStoreRequest(new StoredDataset(f.file.subarray(f.datasetOffset), f.transferSyntaxUid, elements)),
+    };
+  } catch (e) {
+    return { ok: false, error: `instance ${f.sopInstanceUid}: ${e instanceof Error ? e.message : String(e)}` };
+  }
 }
 
 /**
@@ -207,26 +236,41 @@ export interface StoreOutcome {
 export function cStoreFiles(peer: DicomPeer, o: ScuOptions, files: StoredFile[]): Promise<ScuResult<StoreOutcome>> {
   return new Promise((resolve) => {
     const outcome: StoreOutcome = { completed: 0, failed: [], warnings: 0 };
-    let pending = files.length;
+    /** Sub-operations sent and not yet answered: failed if the association ends first. */
+    const unsettled = new Map<string, string>();
+    /** Why the sub-operations still unanswered failed, when the association ended early. */
+    let lost: string | undefined;
     const client = new Client();
     let settled = false;
     const finish = (r: ScuResult<StoreOutcome>) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      for (const [sopInstanceUid, ts] of unsettled)
+        outcome.failed.push({
+          sopInstanceUid,
+          error: lost ?? `not sent: ${peer.aeTitle} accepted no presentation context for it in ${ts}`,
+        });
+      unsettled.clear();
       resolve(r);
     };
     const timer = setTimeout(
       () =>
         finish({
           ok: false,
-          error: `${peer.aeTitle} did not take ${pending} instance(s) within ${(o.timeoutMs ?? 600_000) / 1000} s`,
+          error: `${peer.aeTitle} did not take ${unsettled.size} instance(s) within ${(o.timeoutMs ?? 600_000) / 1000} s`,
         }),
       o.timeoutMs ?? 600_000,
     );
     for (const f of files) {
       const request = storeRequestFor(f);
-      onStoreSettled(request, (result) => {
+      if (!request.ok) {
+        outcome.failed.push({ sopInstanceUid: f.sopInstanceUid, error: request.error });
+        continue;
+      }
+      unsettled.set(f.sopInstanceUid, f.transferSyntaxUid);
+      onStoreSettled(request.value, (result) => {
+        if (!unsettled.delete(f.sopInstanceUid)) return;
         if (result.kind === 'failed')
           outcome.failed.push({
             sopInstanceUid: f.sopInstanceUid,
@@ -237,10 +281,10 @@ export function cStoreFiles(peer: DicomPeer, o: ScuOptions, files: StoredFile[])
           });
         else outcome.completed++;
         if (result.kind === 'warning') outcome.warnings++;
-        pending--;
       });
-      client.addRequest(request);
+      client.addRequest(request.value);
     }
+    if (!unsettled.size) return finish({ ok: true, value: outcome });
     client.on('associationRejected', (e: { result: number; source: number; reason: number }) =>
       finish({
         ok: false,
@@ -251,6 +295,45 @@ export function cStoreFiles(peer: DicomPeer, o: ScuOptions, files: StoredFile[])
       finish({ ok: false, error: `${peer.aeTitle} at ${peer.host}:${peer.port}: ${e.message}` }),
     );
     client.on('closed', () => finish({ ok: true, value: outcome }));
+    send(client, peer, o, finish, () => {
+      lost = `${peer.aeTitle} aborted the association`;
+      finish({ ok: true, value: outcome });
+    });
+  });
+}
+
+/** The part of dcmjs-dimse's Client internals that medmesh reaches into (dcmjs-dimse is pinned exactly for it). */
+interface ClientNetwork {
+  on(event: 'abort', listener: () => void): void;
+  socket: { destroy(): void };
+}
+
+/**
+ * Opens the association; a request dcmjs-dimse cannot encode is a failure here, not an
+ * exception in its event handlers. An A-ABORT from the peer closes the connection at once
+ * (PS3.8 7.3.2): dcmjs-dimse's Client ignores it, and a DCMTK peer then waits 30 s for the
+ * close while this side waits for an answer that will not come.
+ */
+function send(
+  client: InstanceType<typeof Client>,
+  peer: DicomPeer,
+  o: ScuOptions,
+  fail: (r: { ok: false; error: string }) => void,
+  aborted: () => void = () => fail({ ok: false, error: `${peer.aeTitle} aborted the association` }),
+) {
+  try {
     client.send(peer.host, peer.port, o.callingAe, peer.aeTitle);
+  } catch (e) {
+    return fail({
+      ok: false,
+      error: `${peer.aeTitle}: the association could not be opened: ${e instanceof Error ? e.message : String(e)}`,
+    });
+  }
+  const network = (client as unknown as { network?: ClientNetwork }).network;
+  if (!network || typeof network.on !== 'function' || typeof network.socket?.destroy !== 'function')
+    throw new Error('dcmjs-dimse: Client.network is not what medmesh expects (an incompatible version?)');
+  network.on('abort', () => {
+    aborted();
+    network.socket.destroy();
   });
 }

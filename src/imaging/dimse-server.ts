@@ -1,8 +1,11 @@
 // The site's DIMSE service class provider (DESIGN.md §9): C-ECHO, C-STORE (every storage SOP
-// class, the transfer syntax kept as sent), C-FIND at patient/study/series/image level.
-// Calling AEs are identities: known AEs (the region file's or the site's list) may be
-// required, every association and operation is audited before it is answered, and the number
-// of concurrent associations is bounded.
+// class, the transfer syntax kept as sent), C-FIND at patient/study/series/image level, C-MOVE
+// and C-GET. Calling AEs are identities: known AEs (the region file's or the site's list) may
+// be required, every association and operation is audited before it is answered, and the
+// number of concurrent associations is bounded. No peer can end the process: an error inside
+// an operation is answered with a failure status, one on the association (a malformed PDU, a
+// silent peer) aborts it, an A-ABORT from the peer closes the connection at once, and each is
+// counted (DimseMetrics).
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { PassThrough, Writable } from 'node:stream';
 import dimse from './dimse.ts';
@@ -11,25 +14,28 @@ import { findImaging, type QueryLevel } from './imaging-query.ts';
 import type { ImagingStore, IngestOutcome } from './imaging-store.ts';
 import { storeFailureStatus, type ImagingResult } from './errors.ts';
 import { part10File } from './part10.ts';
-import { checkStructure } from './dicom-structure.ts';
-import { cStoreFiles, onStoreSettled, storeRequestFor, type StoredFile } from './dimse-scu.ts';
+import { cStoreFiles, onStoreSettled, storeRequestFor } from './dimse-scu.ts';
+import { dicomString, filesFor, finalResponse, naturalized, negotiate, retrieveKeys } from './dimse-datasets.ts';
+import { DimseMetrics, type DimseErrorKind } from './dimse-metrics.ts';
 
 const { Scp, Dataset } = dimse;
 const { CEchoResponse, CFindResponse, CGetResponse, CMoveResponse, CStoreResponse } = dimse.responses;
-const { Status, PresentationContextResult, RejectResult, RejectSource, RejectReason, TransferSyntax } = dimse.constants;
+const { Status, RejectResult, RejectSource, RejectReason, TransferSyntax, AbortSource, AbortReason } = dimse.constants;
 type DimseDataset = InstanceType<typeof Dataset>;
+type Association = Parameters<InstanceType<typeof Scp>['associationRequested']>[0];
 type StoreRequest = Parameters<InstanceType<typeof Scp>['cStoreRequest']>[0];
 type FindRequest = Parameters<InstanceType<typeof Scp>['cFindRequest']>[0];
 type MoveRequest = Parameters<InstanceType<typeof Scp>['cMoveRequest']>[0];
 type GetRequest = Parameters<InstanceType<typeof Scp>['cGetRequest']>[0];
-type Counts = { completed?: number; failed?: number; warnings?: number };
+/** An ingestion as a value: a thrown error (the index unreachable, the association gone) is kept as `thrown`. */
+type Stored = ImagingResult<IngestOutcome> | { ok: false; thrown: unknown };
 /** A C-STORE data set as it arrives: in memory while small, else streaming into the store. */
 interface Incoming {
   chunks: Buffer[];
   bytes: number;
   overflow: boolean;
   feed?: PassThrough;
-  result?: Promise<ImagingResult<IngestOutcome>>;
+  result?: Promise<Stored>;
 }
 
 export interface RemoteAe {
@@ -58,26 +64,6 @@ export interface DimseServerOptions {
 const STORE_OUT_OF_RESOURCES = 0xa700;
 const FIND_UNABLE_TO_PROCESS = 0xc000;
 const FIND_IDENTIFIER_MISMATCH = 0xa900;
-const UIDS = {
-  verification: '1.2.840.10008.1.1',
-  patientRootFind: '1.2.840.10008.5.1.4.1.2.1.1',
-  patientRootMove: '1.2.840.10008.5.1.4.1.2.1.2',
-  patientRootGet: '1.2.840.10008.5.1.4.1.2.1.3',
-  studyRootFind: '1.2.840.10008.5.1.4.1.2.2.1',
-  studyRootMove: '1.2.840.10008.5.1.4.1.2.2.2',
-  studyRootGet: '1.2.840.10008.5.1.4.1.2.2.3',
-  worklistFind: '1.2.840.10008.5.1.4.31',
-} as const;
-const QUERY_MODELS = new Set<string>([
-  UIDS.patientRootFind,
-  UIDS.studyRootFind,
-  UIDS.patientRootMove,
-  UIDS.studyRootMove,
-  UIDS.patientRootGet,
-  UIDS.studyRootGet,
-]);
-// Everything else proposed is taken as a storage SOP class (private ones included).
-const NOT_STORAGE = new Set<string>([UIDS.verification, UIDS.worklistFind]);
 const MOVE_DESTINATION_UNKNOWN = 0xa801;
 const MOVE_SUBOPS_FAILED = 0xb000;
 const MOVE_UNABLE_TO_PROCESS = 0xc000;
@@ -85,14 +71,20 @@ const MOVE_UNABLE_TO_PROCESS = 0xc000;
 export interface DimseServer {
   port: number;
   activeAssociations(): number;
+  /** Associations, aborts and contained errors, for /metrics. */
+  metrics: DimseMetrics;
   close(): Promise<void>;
 }
+
+/** How long a connection this site aborted may take to close on its side before it is dropped. */
+const ABORT_GRACE_MS = 2000;
 
 export async function startDimseServer(o: DimseServerOptions): Promise<DimseServer> {
   const max = o.maxAssociations ?? 16;
   let active = 0;
   const sockets = new Set<Socket>();
-  const ScpClass = scpFor(o, {
+  const metrics = new DimseMetrics(() => active);
+  const ScpClass = scpFor(o, metrics, {
     tryEnter: () => (active < max ? (active++, true) : false),
     leave: () => void active--,
   });
@@ -100,16 +92,24 @@ export async function startDimseServer(o: DimseServerOptions): Promise<DimseServ
     sockets.add(socket);
     socket.setNoDelay(true);
     socket.on('close', () => sockets.delete(socket));
-    new ScpClass(socket, { associationTimeout: 30_000, pduTimeout: 60_000 });
+    try {
+      new ScpClass(socket, { associationTimeout: 30_000, pduTimeout: 60_000 });
+    } catch (e) {
+      metrics.error('network', e);
+      socket.destroy();
+    }
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(o.port, o.host ?? '127.0.0.1', () => resolve());
   });
+  // After listening, a failed accept (too many open files) is counted; the server goes on.
+  server.on('error', (e) => metrics.error('network', e));
   const address = server.address();
   return {
     port: typeof address === 'object' && address ? address.port : o.port,
     activeAssociations: () => active,
+    metrics,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
@@ -118,22 +118,74 @@ export async function startDimseServer(o: DimseServerOptions): Promise<DimseServ
   };
 }
 
-function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: () => void }) {
+function scpFor(o: DimseServerOptions, metrics: DimseMetrics, slots: { tryEnter: () => boolean; leave: () => void }) {
   const refuseUnknown = o.refuseUnknownAes ?? true;
+  /** An audit entry that could not be written is a refusal, never an exception. */
+  const audit = (e: AuditEvent) => o.audit(e).catch(() => false);
+  const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
   return class MedmeshScp extends Scp {
     #calling = '';
     #peer = '';
     #entered = false;
+    readonly #socket: Socket;
+    #association: Association | undefined;
     /** C-STORE data sets as they arrive, per request. */
     readonly #incoming = new WeakMap<object, Incoming>();
+    /** Data sets streaming into the store: ended with an error if the association ends first. */
+    readonly #feeds = new Set<PassThrough>();
+    /** C-GET sub-operations awaiting their answer: failed if the association ends first. */
+    readonly #subops = new Set<() => void>();
 
     constructor(socket: Socket, opts: ConstructorParameters<typeof Scp>[1]) {
       super(socket, opts);
+      this.#socket = socket;
       this.#peer = socket.remoteAddress ?? '';
       socket.once('close', () => {
         if (this.#entered) slots.leave();
         this.#entered = false;
+        for (const feed of this.#feeds) feed.destroy(new Error('the association ended before the data set did'));
+        this.#feeds.clear();
+        for (const fail of [...this.#subops]) fail();
+        this.#subops.clear();
       });
+      // dcmjs-dimse reports a malformed PDU, a socket error or a silent peer here and leaves the
+      // connection open: this site aborts the association and closes it.
+      this.on('networkError', (e: Error) => this.#abortAssociation('network', e));
+    }
+
+    /** Counted, the peer told (A-ABORT), the connection closed (dropped if the peer does not close its side). */
+    #abortAssociation(kind: DimseErrorKind, e: unknown): void {
+      metrics.error(kind, e);
+      if (this.#socket.destroyed) return;
+      metrics.aborted('site');
+      try {
+        if (this.#association) this.sendAbort(AbortSource.ServiceProvider, AbortReason.NotSpecified);
+      } catch {
+        // the connection is going anyway
+      }
+      this.#socket.end();
+      setTimeout(() => this.#socket.destroy(), ABORT_GRACE_MS).unref();
+    }
+
+    /**
+     * Runs an operation's handler; whatever it throws (now or later) is counted and answered with
+     * `fail`, and if even that fails, the association is aborted.
+     */
+    #contain(fail: (comment: string) => void, run: () => Promise<void> | void): void {
+      const failed = (e: unknown) => {
+        metrics.error('operation', e);
+        try {
+          fail(message(e));
+        } catch (again) {
+          this.#abortAssociation('operation', again);
+        }
+      };
+      try {
+        const p = run();
+        if (p) p.catch(failed);
+      } catch (e) {
+        failed(e);
+      }
     }
 
     #event(action: string, outcome: AuditEvent['outcome'], extra: Partial<AuditEvent> = {}): AuditEvent {
@@ -148,13 +200,27 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       };
     }
 
-    override associationRequested(association: Parameters<InstanceType<typeof Scp>['associationRequested']>[0]): void {
+    override associationRequested(association: Association): void {
+      const rejectWith = (result: number, source: number, reason: number) => {
+        metrics.association('rejected');
+        this.sendAssociationReject(result, source, reason);
+      };
+      this.#contain(
+        () => rejectWith(RejectResult.Transient, RejectSource.ServiceUser, RejectReason.NoReasonGiven),
+        () => this.#associate(association, rejectWith),
+      );
+    }
+
+    async #associate(
+      association: Association,
+      rejectWith: (result: number, source: number, reason: number) => void,
+    ): Promise<void> {
+      this.#association = association;
       this.#calling = association.getCallingAeTitle().trim();
       const called = association.getCalledAeTitle().trim();
-      const reject = (result: number, source: number, reason: number, why: string) => {
-        void o
-          .audit(this.#event('dicom-associate', 'deny', { detail: why }))
-          .finally(() => this.sendAssociationReject(result, source, reason));
+      const reject = async (result: number, source: number, reason: number, why: string) => {
+        await audit(this.#event('dicom-associate', 'deny', { detail: why }));
+        rejectWith(result, source, reason);
       };
       if (called !== o.aeTitle)
         return reject(
@@ -178,42 +244,25 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
           'too many associations',
         );
       this.#entered = true;
-      for (const { id } of association.getPresentationContexts()) {
-        const pc = association.getPresentationContext(id);
-        const abstract = pc.getAbstractSyntaxUid();
-        const offered = pc.getTransferSyntaxUids();
-        if (abstract === UIDS.verification || QUERY_MODELS.has(abstract)) {
-          const ts = [TransferSyntax.ExplicitVRLittleEndian, TransferSyntax.ImplicitVRLittleEndian].find((t) =>
-            offered.includes(t),
-          );
-          if (ts) pc.setResult(PresentationContextResult.Accept, ts);
-          else pc.setResult(PresentationContextResult.RejectTransferSyntaxesNotSupported);
-        } else if (NOT_STORAGE.has(abstract)) {
-          pc.setResult(PresentationContextResult.RejectAbstractSyntaxNotSupported);
-        } else {
-          // Storage: keep what the sender has (its first choice), never transcode.
-          const ts = offered[0];
-          if (ts) pc.setResult(PresentationContextResult.Accept, ts);
-          else pc.setResult(PresentationContextResult.RejectTransferSyntaxesNotSupported);
-        }
-      }
-      void o.audit(this.#event('dicom-associate', 'allow')).then((logged) => {
-        if (logged) this.sendAssociationAccept();
-        else
-          this.sendAssociationReject(
-            RejectResult.Transient,
-            RejectSource.ServiceProviderPresentation,
-            RejectReason.TemporaryCongestion,
-          );
-      });
+      negotiate(association);
+      if (!(await audit(this.#event('dicom-associate', 'allow'))))
+        return rejectWith(RejectResult.Transient, RejectSource.ServiceProviderPresentation, RejectReason.TemporaryCongestion);
+      metrics.association('accepted');
+      this.sendAssociationAccept();
     }
 
     override abort(): void {
-      // The peer aborted: the socket closes and the slot is freed there.
+      // The peer aborted (PS3.8 7.3.2): the connection is closed at once, so the peer does not
+      // wait out its own timer for it; the slot and any data set in flight are freed on close.
+      metrics.aborted('peer');
+      this.#socket.destroy();
     }
 
     override associationReleaseRequested(): void {
-      this.sendAssociationReleaseResponse();
+      this.#contain(
+        (e) => this.#abortAssociation('operation', e),
+        () => this.sendAssociationReleaseResponse(),
+      );
     }
 
     override cEchoRequest(
@@ -221,10 +270,14 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       callback: (r: InstanceType<typeof CEchoResponse>) => void,
     ): void {
       const response = CEchoResponse.fromRequest(request);
-      void o.audit(this.#event('dicom-echo', 'success')).then((logged) => {
-        response.setStatus(logged ? Status.Success : Status.ProcessingFailure);
+      const answer = (status: number) => {
+        response.setStatus(status);
         callback(response);
-      });
+      };
+      this.#contain(
+        () => answer(Status.ProcessingFailure),
+        async () => answer((await audit(this.#event('dicom-echo', 'success'))) ? Status.Success : Status.ProcessingFailure),
+      );
     }
 
     override createStoreWritableStream(
@@ -236,18 +289,30 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       const limit = o.store.maxFileBytes;
       const streamAbove = o.streamAboveBytes ?? o.store.streamAboveBytes;
       const calling = this.#calling;
-      const pass = (feed: PassThrough, chunk: Buffer, done: () => void) =>
-        feed.write(chunk) ? done() : feed.once('drain', done);
+      const feeds = this.#feeds;
+      // A feed ended early (the association gone) takes nothing more and holds nothing up.
+      const pass = (feed: PassThrough, chunk: Buffer, done: () => void) => {
+        if (feed.destroyed || feed.write(chunk)) return done();
+        const go = () => {
+          feed.off('drain', go).off('close', go);
+          done();
+        };
+        feed.on('drain', go).on('close', go);
+      };
       return new Writable({
         write(chunk: Buffer, _enc, done) {
           slot.bytes += chunk.length;
           if (slot.feed) return pass(slot.feed, chunk, () => done());
           if (slot.bytes > streamAbove) {
             // A large instance: from here on it streams into the store (checked, hashed and
-            // encrypted on the way) behind the File Meta group built from the command.
+            // encrypted on the way) behind the File Meta group built from the command. The
+            // ingestion has its handler from the start: it may fail (the blob store) while the
+            // sender is still sending, long before the request is answered.
             const feed = new PassThrough();
+            feed.on('error', () => undefined); // seen by the ingestion reading it
+            feeds.add(feed);
             slot.feed = feed;
-            slot.result = o.store.ingestStream(feed, { source: `ae:${calling}` });
+            slot.result = settle(o.store.ingestStream(feed, { source: `ae:${calling}` })).finally(() => feeds.delete(feed));
             feed.write(
               part10File(
                 {
@@ -271,7 +336,7 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
           done();
         },
         final(done) {
-          slot.feed?.end();
+          if (slot.feed && !slot.feed.destroyed) slot.feed.end();
           done();
         },
       });
@@ -288,7 +353,10 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
 
     override cStoreRequest(request: StoreRequest, callback: (r: InstanceType<typeof CStoreResponse>) => void): void {
       const response = CStoreResponse.fromRequest(request);
+      let answered = false;
       const answer = (status: number, comment?: string) => {
+        if (answered) return;
+        answered = true;
         response.setStatus(status);
         if (comment) response.setErrorComment(comment.slice(0, 64));
         callback(response);
@@ -297,25 +365,38 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
       this.#incoming.delete(request);
       const sopInstanceUid = request.getAffectedSopInstanceUid();
       const resource = `dicom:instance/${sopInstanceUid}`;
-      if (!slot || slot.overflow) {
-        void o
-          .audit(this.#event('dicom-store', 'failure', { resource, detail: 'larger than this site accepts' }))
-          .finally(() => answer(STORE_OUT_OF_RESOURCES, 'instance larger than this site accepts'));
-        return;
-      }
-      const ts = request.getDataset()?.getTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian;
-      const stored =
-        slot.result ??
-        o.store.ingest(
-          part10File(
-            { sopClassUid: request.getAffectedSopClassUid(), sopInstanceUid, transferSyntaxUid: ts, sourceAe: this.#calling },
-            slot.chunks,
-          ),
-          { source: `ae:${this.#calling}` },
-        );
-      void stored.then(
-        async (r) => {
-          const logged = await o.audit(
+      // Whatever happens to a streamed data set, its ingestion is waited for (its blob removed).
+      const stream = slot?.result;
+      this.#contain(
+        (comment) => void (stream ?? Promise.resolve()).finally(() => answer(Status.ProcessingFailure, comment)),
+        async () => {
+          if (!slot || slot.overflow) {
+            await audit(this.#event('dicom-store', 'failure', { resource, detail: 'larger than this site accepts' }));
+            return answer(STORE_OUT_OF_RESOURCES, 'instance larger than this site accepts');
+          }
+          const ts = request.getDataset()?.getTransferSyntaxUid() ?? TransferSyntax.ImplicitVRLittleEndian;
+          const r = await (stream ??
+            settle(
+              o.store.ingest(
+                part10File(
+                  {
+                    sopClassUid: request.getAffectedSopClassUid(),
+                    sopInstanceUid,
+                    transferSyntaxUid: ts,
+                    sourceAe: this.#calling,
+                  },
+                  slot.chunks,
+                ),
+                { source: `ae:${this.#calling}` },
+              ),
+            ));
+          if ('thrown' in r) {
+            // The index or the association failed under the store: counted, answered, not thrown.
+            metrics.error('operation', r.thrown);
+            await audit(this.#event('dicom-store', 'failure', { resource, detail: message(r.thrown) }));
+            return answer(Status.ProcessingFailure, 'the site could not store the instance');
+          }
+          const logged = await audit(
             this.#event('dicom-store', r.ok ? 'success' : 'failure', {
               resource,
               ...(r.ok ? { detail: r.value.status } : { detail: r.error.message }),
@@ -324,7 +405,6 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
           if (!r.ok) return answer(storeFailureStatus(r.error.kind), r.error.message);
           answer(logged ? Status.Success : Status.ProcessingFailure);
         },
-        (e: unknown) => answer(Status.ProcessingFailure, e instanceof Error ? e.message : 'processing failure'),
       );
     }
 
@@ -335,222 +415,185 @@ function scpFor(o: DimseServerOptions, slots: { tryEnter: () => boolean; leave: 
         r.setErrorComment(comment.slice(0, 64));
         callback([r]);
       };
-      const elements = request.getDataset()?.getElements() ?? {};
-      const level = dicomString(elements.QueryRetrieveLevel).trim().toUpperCase();
-      if (!['PATIENT', 'STUDY', 'SERIES', 'IMAGE'].includes(level))
-        return fail(FIND_IDENTIFIER_MISMATCH, `QueryRetrieveLevel ${level || '(none)'} is not PATIENT, STUDY, SERIES or IMAGE`);
-      const keys: Record<string, string> = {};
-      for (const [k, v] of Object.entries(elements)) {
-        if (k === 'QueryRetrieveLevel' || k === 'SpecificCharacterSet' || k === '_vrMap') continue;
-        keys[k] = dicomString(v);
-      }
-      void (async () => {
-        const found = await findImaging(o.store.db, level as QueryLevel, keys);
-        if (!found.ok) {
-          await o.audit(this.#event('dicom-find', 'failure', { detail: found.error }));
-          return fail(FIND_UNABLE_TO_PROCESS, found.error);
-        }
-        const logged = await o.audit(
-          this.#event('dicom-find', 'success', { detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}` }),
-        );
-        if (!logged) return fail(Status.ProcessingFailure, 'the audit log cannot record this query');
-        const responses = found.value.map((m) => {
-          const r = CFindResponse.fromRequest(request);
-          r.setDataset(
-            new Dataset({
-              SpecificCharacterSet: 'ISO_IR 192',
-              QueryRetrieveLevel: level,
-              RetrieveAETitle: o.aeTitle,
-              ...naturalized(m),
-            }),
+      this.#contain(
+        (comment) => fail(FIND_UNABLE_TO_PROCESS, comment),
+        async () => {
+          const elements = request.getDataset()?.getElements() ?? {};
+          const level = dicomString(elements.QueryRetrieveLevel).trim().toUpperCase();
+          if (!['PATIENT', 'STUDY', 'SERIES', 'IMAGE'].includes(level))
+            return fail(
+              FIND_IDENTIFIER_MISMATCH,
+              `QueryRetrieveLevel ${level || '(none)'} is not PATIENT, STUDY, SERIES or IMAGE`,
+            );
+          const keys: Record<string, string> = {};
+          for (const [k, v] of Object.entries(elements)) {
+            if (k === 'QueryRetrieveLevel' || k === 'SpecificCharacterSet' || k === '_vrMap') continue;
+            keys[k] = dicomString(v);
+          }
+          const found = await findImaging(o.store.db, level as QueryLevel, keys);
+          if (!found.ok) {
+            await audit(this.#event('dicom-find', 'failure', { detail: found.error }));
+            return fail(FIND_UNABLE_TO_PROCESS, found.error);
+          }
+          const logged = await audit(
+            this.#event('dicom-find', 'success', { detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}` }),
           );
-          r.setStatus(Status.Pending);
-          return r;
-        });
-        const done = CFindResponse.fromRequest(request);
-        done.setStatus(Status.Success);
-        callback([...responses, done]);
-      })().catch((e: unknown) => fail(FIND_UNABLE_TO_PROCESS, e instanceof Error ? e.message : 'query failed'));
+          if (!logged) return fail(Status.ProcessingFailure, 'the audit log cannot record this query');
+          const responses = found.value.map((m) => {
+            const r = CFindResponse.fromRequest(request);
+            r.setDataset(
+              new Dataset({
+                SpecificCharacterSet: 'ISO_IR 192',
+                QueryRetrieveLevel: level,
+                RetrieveAETitle: o.aeTitle,
+                ...naturalized(m),
+              }),
+            );
+            r.setStatus(Status.Pending);
+            return r;
+          });
+          const done = CFindResponse.fromRequest(request);
+          done.setStatus(Status.Success);
+          callback([...responses, done]);
+        },
+      );
     }
 
     override cMoveRequest(request: MoveRequest, callback: (r: Array<InstanceType<typeof CMoveResponse>>) => void): void {
       // dcmjs-dimse takes the responses through one callback call: no pending responses, the final one only.
       const respond = finalResponse(() => CMoveResponse.fromRequest(request), callback);
-      const destination = (request.getCommandDataset().getElement('MoveDestination') ?? '').trim();
-      const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
-      const resource = keys.StudyInstanceUID ? `dicom:study/${keys.StudyInstanceUID}` : undefined;
-      void (async () => {
-        const target = o.remoteAes?.[destination];
-        if (!target) {
-          await o.audit(
-            this.#event('dicom-move', 'failure', {
-              ...(resource ? { resource } : {}),
-              detail: `move destination ${destination || '(none)'} is not known`,
+      this.#contain(
+        (comment) => respond(MOVE_UNABLE_TO_PROCESS, {}, comment),
+        async () => {
+          const destination = (request.getCommandDataset().getElement('MoveDestination') ?? '').trim();
+          const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
+          const resource = keys.StudyInstanceUID ? { resource: `dicom:study/${keys.StudyInstanceUID}` } : {};
+          const target = o.remoteAes?.[destination];
+          if (!target) {
+            await audit(
+              this.#event('dicom-move', 'failure', {
+                ...resource,
+                detail: `move destination ${destination || '(none)'} is not known`,
+              }),
+            );
+            return respond(MOVE_DESTINATION_UNKNOWN, {}, `move destination ${destination} is not known`);
+          }
+          if (!Object.keys(keys).length)
+            return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to move');
+          const gathered = await filesFor(o.store, keys);
+          if (!gathered.ok) return respond(MOVE_UNABLE_TO_PROCESS, {}, gathered.error);
+          const { files, failed } = gathered;
+          const logged = await audit(
+            this.#event('dicom-move', 'allow', {
+              ...resource,
+              detail: `${files.length + failed.length} instance(s) to ${destination}`,
             }),
           );
-          return respond(MOVE_DESTINATION_UNKNOWN, {}, `move destination ${destination} is not known`);
-        }
-        if (!Object.keys(keys).length)
-          return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to move');
-        const gathered = await filesFor(o, keys);
-        if (!gathered.ok) return respond(MOVE_UNABLE_TO_PROCESS, {}, gathered.error);
-        const { files, failed } = gathered;
-        const logged = await o.audit(
-          this.#event('dicom-move', 'allow', {
-            ...(resource ? { resource } : {}),
-            detail: `${files.length + failed.length} instance(s) to ${destination}`,
-          }),
-        );
-        if (!logged) return respond(Status.ProcessingFailure, {}, 'the audit log cannot record this retrieval');
-        const sent = files.length
-          ? await cStoreFiles({ aeTitle: destination, ...target }, { callingAe: o.aeTitle }, files)
-          : { ok: true as const, value: { completed: 0, failed: [], warnings: 0 } };
-        const completed = sent.ok ? sent.value.completed : 0;
-        const failures = failed.length + (sent.ok ? sent.value.failed.length : files.length);
-        await o.audit(
-          this.#event('dicom-move', failures ? 'failure' : 'success', {
-            ...(resource ? { resource } : {}),
-            detail: sent.ok ? `${completed} sent to ${destination}, ${failures} failed` : sent.error,
-          }),
-        );
-        respond(
-          failures ? MOVE_SUBOPS_FAILED : Status.Success,
-          { completed, failed: failures, warnings: sent.ok ? sent.value.warnings : 0 },
-          sent.ok ? undefined : sent.error,
-        );
-      })().catch((e: unknown) => respond(MOVE_UNABLE_TO_PROCESS, {}, e instanceof Error ? e.message : 'move failed'));
+          if (!logged) return respond(Status.ProcessingFailure, {}, 'the audit log cannot record this retrieval');
+          const sent = files.length
+            ? await cStoreFiles({ aeTitle: destination, ...target }, { callingAe: o.aeTitle }, files)
+            : { ok: true as const, value: { completed: 0, failed: [], warnings: 0 } };
+          const completed = sent.ok ? sent.value.completed : 0;
+          const failures = failed.length + (sent.ok ? sent.value.failed.length : files.length);
+          const why = sent.ok ? sent.value.failed[0]?.error : sent.error;
+          await audit(
+            this.#event('dicom-move', failures ? 'failure' : 'success', {
+              ...resource,
+              detail: `${completed} sent to ${destination}, ${failures} failed${why ? `: ${why}` : ''}`,
+            }),
+          );
+          respond(
+            failures ? MOVE_SUBOPS_FAILED : Status.Success,
+            { completed, failed: failures, warnings: sent.ok ? sent.value.warnings : 0 },
+            why,
+          );
+        },
+      );
     }
 
     override cGetRequest(request: GetRequest, callback: (r: Array<InstanceType<typeof CGetResponse>>) => void): void {
       const respond = finalResponse(() => CGetResponse.fromRequest(request), callback);
-      const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
-      const resource = keys.StudyInstanceUID ? `dicom:study/${keys.StudyInstanceUID}` : undefined;
-      void (async () => {
-        if (!Object.keys(keys).length)
-          return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to get');
-        const gathered = await filesFor(o, keys);
-        if (!gathered.ok) return respond(MOVE_UNABLE_TO_PROCESS, {}, gathered.error);
-        const logged = await o.audit(
-          this.#event('dicom-get', 'allow', {
-            ...(resource ? { resource } : {}),
-            detail: `${gathered.files.length + gathered.failed.length} instance(s)`,
-          }),
-        );
-        if (!logged) return respond(Status.ProcessingFailure, {}, 'the audit log cannot record this retrieval');
-        // The C-STORE sub-operations go back on this association, to the caller.
-        const counts = { completed: 0, failed: gathered.failed.length, warnings: 0 };
-        await Promise.all(
-          gathered.files.map(
-            (f) =>
-              new Promise<void>((resolve) => {
-                const sub = storeRequestFor(f);
-                onStoreSettled(sub, (result) => {
-                  if (result.kind === 'failed') counts.failed++;
-                  else counts.completed++;
-                  if (result.kind === 'warning') counts.warnings++;
-                  resolve();
-                });
-                this.sendRequests(sub);
-              }),
-          ),
-        );
-        await o.audit(
-          this.#event('dicom-get', counts.failed ? 'failure' : 'success', {
-            ...(resource ? { resource } : {}),
-            detail: `${counts.completed} sent, ${counts.failed} failed`,
-          }),
-        );
-        respond(counts.failed ? MOVE_SUBOPS_FAILED : Status.Success, counts);
-      })().catch((e: unknown) => respond(MOVE_UNABLE_TO_PROCESS, {}, e instanceof Error ? e.message : 'get failed'));
+      this.#contain(
+        (comment) => respond(MOVE_UNABLE_TO_PROCESS, {}, comment),
+        async () => {
+          const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
+          const resource = keys.StudyInstanceUID ? { resource: `dicom:study/${keys.StudyInstanceUID}` } : {};
+          if (!Object.keys(keys).length)
+            return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to get');
+          const gathered = await filesFor(o.store, keys);
+          if (!gathered.ok) return respond(MOVE_UNABLE_TO_PROCESS, {}, gathered.error);
+          const logged = await audit(
+            this.#event('dicom-get', 'allow', {
+              ...resource,
+              detail: `${gathered.files.length + gathered.failed.length} instance(s)`,
+            }),
+          );
+          if (!logged) return respond(Status.ProcessingFailure, {}, 'the audit log cannot record this retrieval');
+          // The C-STORE sub-operations go back on this association, to the caller.
+          const counts = { completed: 0, failed: gathered.failed.length, warnings: 0 };
+          const why: string[] = [];
+          await Promise.all(gathered.files.map((f) => this.#subStore(f, counts, why)));
+          await audit(
+            this.#event('dicom-get', counts.failed ? 'failure' : 'success', {
+              ...resource,
+              detail: `${counts.completed} sent, ${counts.failed} failed${why.length ? `: ${why[0]!}` : ''}`,
+            }),
+          );
+          if (!this.#socket.destroyed) respond(counts.failed ? MOVE_SUBOPS_FAILED : Status.Success, counts, why[0]);
+        },
+      );
+    }
+
+    /**
+     * One C-GET sub-operation on this association. dcmjs-dimse drops a request no accepted
+     * presentation context can carry without ever settling it, so that is checked first (the
+     * caller proposed no context for the SOP class); one still unanswered when the association
+     * ends is failed.
+     */
+    #subStore(
+      f: Parameters<typeof storeRequestFor>[0],
+      counts: { completed: number; failed: number; warnings: number },
+      why: string[],
+    ): Promise<void> {
+      return new Promise<void>((resolve) => {
+        const sub = storeRequestFor(f);
+        if (!sub.ok) {
+          counts.failed++;
+          why.push(sub.error);
+          return resolve();
+        }
+        if (!this.#association?.getAcceptedPresentationContextFromRequest(sub.value)) {
+          counts.failed++;
+          why.push(`no presentation context accepted for SOP class ${f.sopClassUid}`);
+          return resolve();
+        }
+        let settled = false;
+        const settle = (kind: 'stored' | 'warning' | 'failed') => {
+          if (settled) return;
+          settled = true;
+          this.#subops.delete(lost);
+          if (kind === 'failed') counts.failed++;
+          else counts.completed++;
+          if (kind === 'warning') counts.warnings++;
+          resolve();
+        };
+        const lost = () => settle('failed');
+        this.#subops.add(lost);
+        onStoreSettled(sub.value, (r) => {
+          if (r.kind === 'failed' && r.status === undefined)
+            why.push(`instance ${f.sopInstanceUid} could not be sent in ${f.transferSyntaxUid} (medmesh does not transcode it)`);
+          settle(r.kind);
+        });
+        this.sendRequests(sub.value);
+      });
     }
   };
 }
 
-/** A responder that sends one final retrieve response, whatever path gets there first. */
-function finalResponse<
-  R extends {
-    setStatus(s: number): void;
-    setCompleted(n: number): void;
-    setFailures(n: number): void;
-    setWarnings(n: number): void;
-    setErrorComment(c: string): void;
-  },
->(make: () => R, callback: (r: R[]) => void): (status: number, counts: Counts, comment?: string) => void {
-  let responded = false;
-  return (status, counts, comment) => {
-    if (responded) return;
-    responded = true;
-    const r = make();
-    r.setStatus(status);
-    r.setCompleted(counts.completed ?? 0);
-    r.setFailures(counts.failed ?? 0);
-    r.setWarnings(counts.warnings ?? 0);
-    if (comment) r.setErrorComment(comment.slice(0, 64));
-    callback([r]);
-  };
-}
-
-/** The UIDs a C-MOVE or C-GET identifier names. */
-function retrieveKeys(elements: Record<string, unknown>): Record<string, string> {
-  const keys: Record<string, string> = {};
-  for (const k of ['StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID']) {
-    const v = dicomString(elements[k]).trim();
-    if (v) keys[k] = v;
-  }
-  return keys;
-}
-
-/** The stored files a retrieval names, read and checked; the ones that cannot be read are counted as failed. */
-async function filesFor(
-  o: DimseServerOptions,
-  keys: Record<string, string>,
-): Promise<{ ok: true; files: StoredFile[]; failed: string[] } | { ok: false; error: string }> {
-  const found = await findImaging(o.store.db, 'IMAGE', keys, { limit: 10_000 });
-  if (!found.ok) return found;
-  const files: StoredFile[] = [];
-  const failed: string[] = [];
-  for (const m of found.value) {
-    const sop = String(m.SOPInstanceUID);
-    const r = await o.store.read(sop);
-    const s = r.ok ? checkStructure(r.value.file) : undefined;
-    if (!r.ok || !s?.ok) {
-      failed.push(sop);
-      continue;
-    }
-    const i = r.value.instance;
-    files.push({
-      file: r.value.file,
-      sopClassUid: i.sopClassUid,
-      sopInstanceUid: i.sopInstanceUid,
-      transferSyntaxUid: i.transferSyntaxUid,
-      datasetOffset: s.value.datasetOffset,
-    });
-  }
-  return { ok: true, files, failed };
-}
-
-/** A naturalized query value as a matching string (PN objects, lists as backslash-joined). */
-function dicomString(v: unknown): string {
-  if (v === undefined || v === null) return '';
-  if (Array.isArray(v)) return v.map(dicomString).join('\\');
-  if (typeof v === 'object') {
-    const pn = v as Record<string, string>;
-    return [pn.Alphabetic ?? '', pn.Ideographic ?? '', pn.Phonetic ?? ''].join('=').replace(/=+$/, '');
-  }
-  return typeof v === 'string' || typeof v === 'number' ? String(v) : '';
-}
-
-const PN_KEYS = new Set(['PatientName', 'ReferringPhysicianName']);
-
-function naturalized(m: Record<string, string | number | null>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(m)) {
-    if (v === null) out[k] = '';
-    else if (PN_KEYS.has(k)) {
-      const [a = '', i = '', p = ''] = String(v).split('=');
-      out[k] = [{ Alphabetic: a, ...(i ? { Ideographic: i } : {}), ...(p ? { Phonetic: p } : {}) }];
-    } else if (k === 'ModalitiesInStudy') out[k] = String(v).split('\\');
-    else out[k] = typeof v === 'number' ? String(v) : v;
-  }
-  return out;
+/** An ingestion whose rejection is kept as a value: handled from the moment it exists. */
+function settle(p: Promise<ImagingResult<IngestOutcome>>): Promise<Stored> {
+  return p.then(
+    (r) => r,
+    (thrown: unknown) => ({ ok: false as const, thrown }),
+  );
 }

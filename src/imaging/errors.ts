@@ -7,7 +7,8 @@ export type ImagingErrorKind =
   | 'forbidden' // the sender may not store images of this patient (its access scope; 0x0124)
   | 'not-found'
   | 'corrupt' // a stored file no longer matches its checksum
-  | 'sealed'; // the KMS is sealed: nothing can be encrypted or decrypted
+  | 'sealed' // the KMS is sealed: nothing can be encrypted or decrypted
+  | 'storage-failed'; // the blob store could not keep the file (a full or failing disk, an unreachable bucket)
 
 export interface ImagingError {
   kind: ImagingErrorKind;
@@ -23,11 +24,20 @@ export const imagingFail = (kind: ImagingErrorKind, message: string): { ok: fals
   error: { kind, message },
 });
 
+/** Why the blob store failed, without the paths and keys its errors carry. */
+export function blobFailure(e: unknown): { ok: false; error: ImagingError } {
+  const code = typeof e === 'object' && e !== null ? (e as { code?: unknown }).code : undefined;
+  const why =
+    typeof code === 'string' ? code : e instanceof Error ? (e.name !== 'Error' ? e.name : e.message.slice(0, 80)) : String(e);
+  return imagingFail('storage-failed', `the blob store could not keep the file (${why})`);
+}
+
 /** The PS3.4 status for an instance the store did not take: the C-STORE response status and the STOW-RS Failure Reason. */
 export function storeFailureStatus(kind: ImagingErrorKind): number {
   switch (kind) {
     case 'too-large':
-      return 0xa700; // Refused: out of resources
+    case 'storage-failed':
+      return 0xa700; // Refused: out of resources (a sender may try again later)
     case 'invalid':
       return 0xc000; // Error: cannot understand
     case 'wrong-study':

@@ -178,6 +178,34 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     assert.deepEqual(unhandled, [], 'no failed pass escaped as an unhandled rejection');
   });
 
+  it('links the other studies when one cannot be linked, and tries that one again after them', async () => {
+    // A record store that refuses anything about one patient (the injected fault).
+    let poisoned = true;
+    const records = new Proxy(r.store, {
+      get(target, name, receiver) {
+        const v = Reflect.get(target, name, receiver) as unknown;
+        if (typeof v !== 'function') return v;
+        return (...args: unknown[]) => {
+          if (poisoned && JSON.stringify(args).includes('POISON-1')) throw new Error('the record store refuses this patient');
+          return (v as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    const own = new StudyLinker({ db: t.db, holder: 'node-1', records, region: r.ctx.region, siteId: 'B', quietMs: 60_000 });
+    await ingest({ studyUid: uid(20), date: '20261123', patientId: 'POISON-1', count: 1 });
+    await ingest({ studyUid: uid(21), date: '20261123', patientId: 'FINE-1', count: 1 });
+    const first = new Map((await own.flush({ all: true })).map((o) => [o.study, o]));
+    assert.match(first.get(uid(20))?.note ?? '', /^link failed: the record store refuses this patient/);
+    assert.ok(first.get(uid(21))?.imagingStudy, 'the study after it is linked in the same pass');
+    // A study arriving later is linked before the one that failed is tried again.
+    await ingest({ studyUid: uid(22), date: '20261123', patientId: 'FINE-2', count: 1 });
+    const order = (await own.flush({ all: true })).map((o) => o.study);
+    assert.deepEqual(order, [uid(22), uid(20)]);
+    poisoned = false;
+    const healed = await own.flush({ all: true });
+    assert.ok(healed.find((o) => o.study === uid(20))?.imagingStudy, JSON.stringify(healed));
+  });
+
   it('writes nothing at a site that is not the active one for the patient, and says why', async () => {
     const before = await r.counts();
     const shenzhen = makeResidentId({ divisionCode: '440305', birthDate: '1980-01-01', sequence: 3 }); // active at C

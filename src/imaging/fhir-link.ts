@@ -49,6 +49,9 @@ interface StudyRow {
 
 export type LinkOutcome = { study: string; patient?: string; imagingStudy?: string; note?: string };
 
+/** The note of a study whose linking failed (tried again on later passes, after the others). */
+const LINK_FAILED = 'link failed: ';
+
 /** Renewed by every pass of the holder; a node that died leaves it to another after this long. */
 const LEASE = { name: 'imaging-study-linker', seconds: 30 } as const;
 
@@ -98,11 +101,22 @@ export class StudyLinker {
     const { rows } = await this.#o.db.query<StudyRow>(
       `SELECT study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, source, updated_at::text AS updated_at
        FROM imaging_study WHERE (fhir_synced_at IS NULL OR fhir_synced_at < updated_at) AND ($1 OR updated_at < now() - make_interval(secs => $2))
-       ORDER BY imaging_study.updated_at LIMIT 100`,
+       ORDER BY coalesce(link_note LIKE '${LINK_FAILED}%', false), imaging_study.updated_at LIMIT 100`,
       [opts.all ?? false, (this.#o.quietMs ?? 2000) / 1000],
     );
     const out: LinkOutcome[] = [];
-    for (const s of rows) out.push(await this.#link(s));
+    for (const s of rows) {
+      try {
+        out.push(await this.#link(s));
+      } catch (e) {
+        // One study that cannot be linked (a record the store refuses, a bug) does not stop the
+        // others: it carries the reason, is tried again on later passes, after the studies that
+        // link, and the pass goes on. A database that is away fails the note too, and the pass.
+        const note = `${LINK_FAILED}${e instanceof Error ? e.message : String(e)}`.slice(0, 500);
+        await this.#o.db.query('UPDATE imaging_study SET link_note = $2 WHERE study_uid = $1', [s.study_uid, note]);
+        out.push({ study: s.study_uid, note });
+      }
+    }
     return out;
   }
 

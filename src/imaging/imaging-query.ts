@@ -181,6 +181,9 @@ export async function findImaging(
     if (RANK[attr.level] > RANK[level])
       return { ok: false, error: `${name} is a ${attr.level} attribute; it cannot be matched at ${level} level` };
     const value = raw.trim();
+    // No text column holds a NUL (PostgreSQL refuses one in text): a key with one matches nothing
+    // and is refused as malformed, not passed to the database.
+    if (value.includes('\u0000')) return { ok: false, error: `${name}: the value contains a NUL character` };
     if (value === '' || value === '*' || attr.computed) continue;
     const m = condition(attr, value, p);
     if (!m.ok) return { ok: false, error: `${name}: ${m.error}` };

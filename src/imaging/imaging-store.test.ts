@@ -18,7 +18,17 @@ import { checkStructure, checkStructureStream } from './dicom-structure.ts';
 import { findImaging } from './imaging-query.ts';
 import type { BlobStore } from './blob-store.ts';
 import { ImagingStore } from './imaging-store.ts';
-import { blobCount, dcmtk, makeInstances, openTestImaging, PYDICOM, sample, type TestImaging } from './testing.ts';
+import {
+  blobCount,
+  dcmtk,
+  failingBlobStore,
+  filesUnder,
+  makeInstances,
+  openTestImaging,
+  PYDICOM,
+  sample,
+  type TestImaging,
+} from './testing.ts';
 
 const CT = '1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322';
 setFlagsFromString('--expose-gc'); // the bounded-memory test measures live buffers
@@ -176,8 +186,33 @@ describe(`imaging store (${testBackend()})`, () => {
     await t.blobs.delete(row!.blob_key);
     const gone = await t.store.read(CT);
     assert.ok(!gone.ok && gone.error.kind === 'corrupt' && /missing from the blob store/.test(gone.error.message));
-    await writeFile(path, original);
+    assert.doesNotMatch(gone.error.message, /\.mmf/, 'the blob key stays inside the site');
+    assert.deepEqual(
+      (await t.store.missingFiles({ studyInstanceUids: ['1.3.6.1.4.1.5962.1.2.1.20040119072730.12322'] })).map(
+        (m) => m.sopInstanceUid,
+      ),
+      [CT],
+    );
+    // The same bytes sent again (a PACS re-sending, a collector fetching again) restore the file,
+    // by the whole path and by the streaming one.
+    const whole = await t.store.ingest(await sample('CT_small.dcm'), { source: 'test' });
+    assert.ok(whole.ok && whole.value.status === 'restored', JSON.stringify(whole));
     assert.ok((await t.store.read(CT)).ok, 'restored');
+    const [now] = (
+      await t.db.query<{ blob_key: string; version: number }>(
+        'SELECT blob_key, version FROM imaging_instance WHERE sop_instance_uid = $1 AND current',
+        [CT],
+      )
+    ).rows;
+    assert.equal(now!.version, 1, 'the same version: the same bytes');
+    await t.blobs.delete(now!.blob_key);
+    const streamed = await t.store.ingestStream(createReadStream(join(PYDICOM, 'test_files', 'CT_small.dcm')), {
+      source: 'test',
+    });
+    assert.ok(streamed.ok && streamed.value.status === 'restored', JSON.stringify(streamed));
+    assert.deepEqual(await t.store.missingFiles({ sopInstanceUids: [CT] }), []);
+    const again = await t.store.ingest(await sample('CT_small.dcm'), { source: 'test' });
+    assert.ok(again.ok && again.value.status === 'duplicate');
   });
 
   it('refuses bad files and leaves nothing behind', async () => {
@@ -331,6 +366,7 @@ describe(`imaging store (${testBackend()})`, () => {
       },
       get: (key) => own.blobs.get(key),
       read: (key) => own.blobs.read(key),
+      exists: (key) => own.blobs.exists(key),
       delete: (key) => own.blobs.delete(key),
       list: (prefix) => own.blobs.list(prefix),
     });
@@ -346,13 +382,42 @@ describe(`imaging store (${testBackend()})`, () => {
         count: 2,
       });
       const failing = new ImagingStore({ db: own.db, blobs: slow(true), kms: own.kms });
-      await assert.rejects(failing.ingest(lost!, { source: 'test' }), /disk failed at fsync/);
+      const refused = await failing.ingest(lost!, { source: 'test' });
+      assert.ok(!refused.ok && refused.error.kind === 'storage-failed', JSON.stringify(refused));
+      assert.match(refused.error.message, /disk failed at fsync/);
       assert.deepEqual(await held(), { rows: 0, blobs: 0 }, 'no row for a blob that never became durable, and the blob removed');
       const stored = await new ImagingStore({ db: own.db, blobs: slow(false), kms: own.kms }).ingest(ok!, { source: 'test' });
       assert.ok(stored.ok && stored.value.status === 'stored', JSON.stringify(stored));
       const back = await own.store.read(stored.value.sopInstanceUid);
       assert.ok(back.ok && back.value.file.equals(ok!), 'read back byte for byte');
       assert.deepEqual(await held(), { rows: 1, blobs: 1 });
+    } finally {
+      await own.close();
+    }
+  });
+
+  it('answers a blob store failing mid-stream with a value, reads the rest of the file, and leaves nothing', async () => {
+    const own = await openTestImaging();
+    try {
+      const store = new ImagingStore({
+        db: own.db,
+        kms: own.kms,
+        blobs: failingBlobStore(own.blobs, { afterBytes: 2048, failing: () => true }),
+      });
+      const file = await sample('SC_rgb_rle_2frame.dcm');
+      let read = 0;
+      const source = (async function* () {
+        for (let i = 0; i < file.length; i += 1000) {
+          read += Math.min(1000, file.length - i);
+          yield await Promise.resolve(file.subarray(i, i + 1000));
+        }
+      })();
+      const r = await store.ingestStream(source, { source: 'stream' });
+      assert.ok(!r.ok && r.error.kind === 'storage-failed', JSON.stringify(r));
+      assert.equal(r.error.message, 'the blob store could not keep the file (ENOSPC)');
+      assert.equal(read, file.length, 'the sender is read to the end, not left blocked');
+      assert.deepEqual(await filesUnder(own.blobDir), []);
+      assert.equal((await own.db.query('SELECT 1 FROM imaging_instance')).rows.length, 0);
     } finally {
       await own.close();
     }

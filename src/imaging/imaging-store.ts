@@ -10,7 +10,7 @@ import type { Kms } from '../security/kms/index.ts';
 import type { BlobStore } from './blob-store.ts';
 import { attributesOf, readInstance, type DicomJson, type InstanceAttributes } from './dicom-attributes.ts';
 import { checkStructureStream } from './dicom-structure.ts';
-import { imagingFail, type ImagingError, type ImagingResult } from './errors.ts';
+import { blobFailure, imagingFail, type ImagingError, type ImagingResult } from './errors.ts';
 
 export const IMAGING_KEY = 'imaging-files';
 
@@ -31,8 +31,12 @@ export interface ImagingStoreOptions {
 }
 
 export interface IngestOutcome {
-  /** stored: new instance; duplicate: same bytes already held (nothing written); new-version: same UID, different bytes. */
-  status: 'stored' | 'duplicate' | 'new-version';
+  /**
+   * stored: new instance; duplicate: same bytes already held (nothing written); new-version:
+   * same UID, different bytes; restored: same bytes as held, whose file had been lost from the
+   * blob store (the row now points at the new file).
+   */
+  status: 'stored' | 'duplicate' | 'new-version' | 'restored';
   sopClassUid: string;
   sopInstanceUid: string;
   studyInstanceUid: string;
@@ -148,7 +152,8 @@ export class ImagingStore {
     const sha256 = createHash('sha256').update(file).digest('hex');
     const [refused, existing] = await Promise.all([this.#refuse(a, opts), this.#current(this.#o.db, a.sopInstanceUid)]);
     if (refused) return refused;
-    if (existing?.sha256 === sha256) return { ok: true, value: outcomeOf(a, sha256, 'duplicate', existing.version) };
+    if (existing?.sha256 === sha256 && (await this.#o.blobs.exists(existing.blob_key)))
+      return { ok: true, value: outcomeOf(a, sha256, 'duplicate', existing.version) };
     const sealed = await sealing;
     const blobKey = newBlobKey();
     // The index rows are written while the blob is (they need only its key); they commit once it is durable.
@@ -195,43 +200,50 @@ export class ImagingStore {
     let size = 0;
     const write = (w: PassThrough | typeof encrypt, chunk: Buffer) =>
       w.write(chunk) ? undefined : new Promise<void>((r) => w.once('drain', () => r()));
+    /** The blob store failed mid-file: the rest of the file is read and dropped, so the sender is not left blocked. */
+    let putError: Error | undefined;
+    const abandon = (e: unknown) => {
+      putError ??= e instanceof Error ? e : new Error(String(e));
+      encrypt.destroy();
+      walkerFeed.destroy();
+    };
     try {
       for await (const raw of source) {
         const chunk = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
         size += chunk.length;
-        if (size > max) continue; // read on to the end, keep nothing
+        if (putError || size > max) continue; // read on to the end, keep nothing
         hash.update(chunk);
         if (headSize < headLimit) headSize += chunk.copy(head, headSize, 0, Math.min(chunk.length, headLimit - headSize));
         // The walker may stop early (a broken file): then it is not waited for. A failing blob
-        // write ends the loop at once.
+        // write stops the writing at once.
         await Promise.race([
           Promise.all([write(encrypt, chunk), walking ? Promise.race([write(walkerFeed, chunk), checked]) : undefined]),
           putFailed,
-        ]);
+        ]).catch(abandon);
       }
     } catch (e) {
-      // The blob store failed mid-file (or the source did): nothing of this file may stay.
-      encrypt.destroy();
-      walkerFeed.destroy();
+      // The source failed (the sender went away, a body cut off): nothing of this file may stay,
+      // and the caller hears its own source's error.
+      abandon(e);
       key.value.plaintext.fill(0);
       await stored; // the blob store has removed its partial file before the blob goes
-      await this.#o.blobs.delete(blobKey);
+      await this.#o.blobs.delete(blobKey).catch(() => undefined);
       throw e;
     }
-    encrypt.end();
-    walkerFeed.end();
-    const [structure, putError] = await Promise.all([checked, stored]);
+    if (!putError) {
+      encrypt.end();
+      walkerFeed.end();
+    }
+    const [structure, putOutcome] = await Promise.all([putError ? undefined : checked, stored]);
     key.value.plaintext.fill(0);
     const discard = async (r: { ok: false; error: ImagingError }) => {
-      await this.#o.blobs.delete(blobKey);
+      await this.#o.blobs.delete(blobKey).catch(() => undefined);
       return r;
     };
-    if (putError) {
-      await this.#o.blobs.delete(blobKey);
-      throw putError;
-    }
+    // The blob store's own failure, not the stream's reaction to it being cut short.
+    if (putError || putOutcome) return discard(blobFailure(putOutcome ?? putError));
     if (size > max) return discard(imagingFail('too-large', `the file has ${size} bytes; this site accepts at most ${max}`));
-    if (!structure.ok) return discard(imagingFail('invalid', structure.error));
+    if (!structure?.ok) return discard(imagingFail('invalid', structure?.error ?? 'the file could not be checked'));
     const read = attributesOf(head.subarray(0, headSize), structure.value);
     if (!read.ok) return discard(imagingFail('invalid', read.error));
     const a = read.value;
@@ -336,10 +348,20 @@ export class ImagingStore {
     f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string },
     stored: Promise<unknown>,
   ): Promise<ImagingResult<IngestOutcome>> {
-    stored.catch(() => undefined); // awaited in the transaction, or before the blob is removed
-    const indexThenWait = (tx: Queryable) => this.#index(tx, a, f).then(async (v) => (v === 'duplicate' ? v : (await stored, v)));
+    let putError: unknown;
+    const blob = stored.then(
+      () => undefined,
+      (e: unknown) => void (putError = e ?? new Error('the blob store failed')),
+    );
+    const indexThenWait = (tx: Queryable) =>
+      this.#index(tx, a, f).then(async (v) => {
+        if (v === 'duplicate') return v;
+        await blob;
+        if (putError !== undefined) throw new BlobPutFailed(); // the rows are rolled back
+        return v;
+      });
     try {
-      let version: number | 'duplicate';
+      let version: Awaited<ReturnType<typeof indexThenWait>>;
       try {
         version = await this.#o.db.transaction(indexThenWait);
       } catch (e) {
@@ -349,24 +371,19 @@ export class ImagingStore {
       }
       if (version === 'duplicate') {
         // The same bytes are held already (sent before, or by another sender meanwhile).
-        await settled(stored);
+        await blob;
         await this.#o.blobs.delete(f.blobKey);
         const held = await this.#current(this.#o.db, a.sopInstanceUid);
         return { ok: true, value: outcomeOf(a, f.sha256, 'duplicate', held?.version ?? 1) };
       }
+      if (typeof version === 'object') return { ok: true, value: outcomeOf(a, f.sha256, 'restored', version.restored) };
       return { ok: true, value: outcomeOf(a, f.sha256, version > 1 ? 'new-version' : 'stored', version) };
     } catch (e) {
-      await settled(stored); // a blob still being written is removed once it is there
-      await this.#o.blobs.delete(f.blobKey);
-      if (e instanceof IndexRefusal)
-        return {
-          ok: false,
-          error: {
-            kind: 'invalid',
-            message: e.message,
-            instance: { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid },
-          },
-        };
+      await blob; // a blob still being written is removed once it is there
+      await this.#o.blobs.delete(f.blobKey).catch(() => undefined);
+      const instance = { sopClassUid: a.sopClassUid, sopInstanceUid: a.sopInstanceUid };
+      if (e instanceof IndexRefusal) return { ok: false, error: { kind: 'invalid', message: e.message, instance } };
+      if (putError !== undefined) return { ok: false, error: { ...blobFailure(putError).error, instance } };
       throw e;
     }
   }
@@ -376,8 +393,7 @@ export class ImagingStore {
     const row = await this.#current(this.#o.db, sopInstanceUid);
     if (!row) return imagingFail('not-found', `no instance ${sopInstanceUid}`);
     const sealed = await this.#o.blobs.read(row.blob_key);
-    if (!sealed)
-      return imagingFail('corrupt', `instance ${sopInstanceUid}: its file ${row.blob_key} is missing from the blob store`);
+    if (!sealed) return imagingFail('corrupt', `instance ${sopInstanceUid}: its file is missing from the blob store`);
     let key: Buffer;
     try {
       key = await this.#o.kms.unwrapDataKey(row.data_key);
@@ -396,6 +412,32 @@ export class ImagingStore {
     if (sha !== row.sha256)
       return imagingFail('corrupt', `instance ${sopInstanceUid}: SHA-256 ${sha} differs from ${row.sha256} recorded at ingest`);
     return { ok: true, value: { instance: toInstance(row), file } };
+  }
+
+  /**
+   * Current instances whose file the blob store does not hold (lost or removed behind the
+   * index's back), of the given instances or studies: checked before a retrieval sends its first
+   * byte, and counted by the collection report.
+   */
+  async missingFiles(where: {
+    sopInstanceUids?: readonly string[];
+    studyInstanceUids?: readonly string[];
+  }): Promise<Array<{ sopInstanceUid: string; studyInstanceUid: string }>> {
+    const { rows } = await this.#o.db.query<{ sop_instance_uid: string; study_uid: string; blob_key: string }>(
+      `SELECT sop_instance_uid, study_uid, blob_key FROM imaging_instance
+       WHERE current AND (sop_instance_uid = ANY($1::text[]) OR study_uid = ANY($2::text[]))`,
+      [where.sopInstanceUids ?? [], where.studyInstanceUids ?? []],
+    );
+    const missing: Array<{ sopInstanceUid: string; studyInstanceUid: string }> = [];
+    // A few at a time: an S3-compatible store answers each with a round trip.
+    for (let i = 0; i < rows.length; i += 16) {
+      const batch = rows.slice(i, i + 16);
+      const held = await Promise.all(batch.map((r) => this.#o.blobs.exists(r.blob_key)));
+      batch.forEach((r, k) => {
+        if (!held[k]) missing.push({ sopInstanceUid: r.sop_instance_uid, studyInstanceUid: r.study_uid });
+      });
+    }
+    return missing;
   }
 
   /** The FHIR Patient a study is linked to (`null` until linked), `undefined` for a study not held. */
@@ -429,7 +471,7 @@ export class ImagingStore {
     tx: Queryable,
     a: InstanceAttributes,
     f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string },
-  ): Promise<number | 'duplicate'> {
+  ): Promise<number | 'duplicate' | { restored: number }> {
     // The current copy is locked; two first copies racing meet at the unique index on current
     // rows, and the loser is retried by the caller (then it finds the winner here).
     const prior = (
@@ -437,7 +479,17 @@ export class ImagingStore {
         a.sopInstanceUid,
       ])
     ).rows[0];
-    if (prior?.sha256 === f.sha256) return 'duplicate';
+    if (prior?.sha256 === f.sha256) {
+      if (await this.#o.blobs.exists(prior.blob_key)) return 'duplicate';
+      // The same bytes again, and the file held for them is lost: the new file takes its place.
+      await tx.query('UPDATE imaging_instance SET blob_key = $3, data_key = $4 WHERE sop_instance_uid = $1 AND version = $2', [
+        a.sopInstanceUid,
+        prior.version,
+        f.blobKey,
+        f.dataKey,
+      ]);
+      return { restored: prior.version };
+    }
     if (prior && prior.study_uid !== a.studyInstanceUid)
       throw new IndexRefusal(
         `instance ${a.sopInstanceUid} is already held in study ${prior.study_uid}, not ${a.studyInstanceUid}`,
@@ -511,6 +563,8 @@ export class ImagingStore {
 }
 
 class IndexRefusal extends Error {}
+/** Rolls back the index rows of a file the blob store did not keep. */
+class BlobPutFailed extends Error {}
 
 export interface IngestOptions {
   /** Who sent it (calling AE, user), for the record. */
@@ -538,12 +592,6 @@ function outcomeOf(a: InstanceAttributes, sha256: string, status: IngestOutcome[
     sha256,
   };
 }
-
-const settled = (p: Promise<unknown>) =>
-  p.then(
-    () => undefined,
-    () => undefined,
-  );
 
 const isUniqueViolation = (e: unknown) => typeof e === 'object' && e !== null && (e as { code?: unknown }).code === '23505';
 

@@ -1,7 +1,14 @@
 // Image files in an S3-compatible object store (DESIGN.md §9): the same contract as the
 // filesystem store. An object appears under its key only when its upload completes (S3's
 // PUT and multipart completion are atomic), so a file cut off mid-stream leaves nothing.
-import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  S3Client,
+  S3ServiceException,
+} from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { Readable } from 'node:stream';
 import { checkBlobKey, type BlobStore } from './blob-store.ts';
@@ -93,6 +100,16 @@ export class S3BlobStore implements BlobStore {
       return await this.#client.send(new GetObjectCommand({ Bucket: this.#o.bucket, Key: this.#key(key) }));
     } catch (e) {
       if (e instanceof S3ServiceException && (e.name === 'NoSuchKey' || e.$metadata.httpStatusCode === 404)) return undefined;
+      throw e;
+    }
+  }
+
+  async exists(key: string): Promise<boolean> {
+    try {
+      await this.#client.send(new HeadObjectCommand({ Bucket: this.#o.bucket, Key: this.#key(key) }));
+      return true;
+    } catch (e) {
+      if (e instanceof S3ServiceException && (e.name === 'NotFound' || e.$metadata.httpStatusCode === 404)) return false;
       throw e;
     }
   }

@@ -1,7 +1,7 @@
 // Test helpers for imaging: a migrated database, an unsealed KMS, a blob folder, the store,
 // sample files from Debian's python3-pydicom, and the DCMTK command-line tools.
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -10,7 +10,7 @@ import { openTestDb } from '../db/test-db.ts';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
 import { Kms } from '../security/kms/index.ts';
 import type { AuditEvent } from '../security/audit/index.ts';
-import { FsBlobStore } from './blob-store.ts';
+import { FsBlobStore, type BlobStore } from './blob-store.ts';
 import { ImagingStore } from './imaging-store.ts';
 
 export const PYDICOM = '/usr/lib/python3/dist-packages/pydicom/data';
@@ -123,4 +123,86 @@ export async function blobCount(blobs: FsBlobStore): Promise<number> {
   let n = 0;
   for await (const _ of blobs.list()) n++;
   return n;
+}
+
+/**
+ * A large instance for tests: CT_small with `frames` frames of 512 x 512 x 16 bit pixel data
+ * (512 KiB each) from `random`, new UIDs under `uid`, written into `dir`; returns its path.
+ */
+export async function makeLargeInstance(o: {
+  dir: string;
+  uid: string;
+  frames: number;
+  random: (n: number) => Buffer;
+}): Promise<string> {
+  const path = join(o.dir, `${o.uid}.dcm`);
+  await writeFile(path, await sample('CT_small.dcm'));
+  const raw = join(o.dir, `${o.uid}.raw`);
+  await writeFile(raw, o.random(o.frames * 512 * 512 * 2));
+  const r = await dcmtk('dcmodify', [
+    '-nb',
+    '-m',
+    'Rows=512',
+    '-m',
+    'Columns=512',
+    '-i',
+    `NumberOfFrames=${o.frames}`,
+    '-m',
+    `StudyInstanceUID=${o.uid}`,
+    '-m',
+    `SeriesInstanceUID=${o.uid}.1`,
+    '-m',
+    `SOPInstanceUID=${o.uid}.1.1`,
+    '-mf',
+    `PixelData=${raw}`,
+    path,
+  ]);
+  if (r.code !== 0) throw new Error(`dcmodify failed: ${r.out}`);
+  await rm(raw, { force: true });
+  return path;
+}
+
+/**
+ * A blob store whose writes fail after `afterBytes` bytes while `failing()` says so (a disk
+ * that fills up mid-file): it reads that far, then throws, leaving nothing (as the real
+ * stores do when their source or their disk fails).
+ */
+export function failingBlobStore(inner: BlobStore, o: { afterBytes: number; failing: () => boolean }): BlobStore {
+  return {
+    put: async (key, data) => {
+      if (!o.failing()) return inner.put(key, data);
+      let seen = 0;
+      for await (const chunk of data instanceof Uint8Array ? [data] : (data as AsyncIterable<Uint8Array>)) {
+        seen += chunk.byteLength;
+        if (seen > o.afterBytes) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+      }
+      throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+    },
+    get: (key) => inner.get(key),
+    read: (key) => inner.read(key),
+    exists: (key) => inner.exists(key),
+    delete: (key) => inner.delete(key),
+    list: (prefix) => inner.list(prefix),
+  };
+}
+
+/** A seeded generator of random bytes (xorshift32), so a failing test can be run again with its seed. */
+export function seededBytes(seed: number): (n: number) => Buffer {
+  let x = seed >>> 0 || 1;
+  return (n) => {
+    const out = Buffer.allocUnsafe(Math.ceil(n / 4) * 4);
+    for (let i = 0; i < out.length; i += 4) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      out.writeUInt32LE(x >>> 0, i);
+    }
+    return out.subarray(0, n);
+  };
+}
+
+/** Files in a folder tree, temporary ones included (to prove nothing half-written stays). */
+export async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name));
 }
