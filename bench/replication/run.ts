@@ -10,7 +10,7 @@ process.env.MEDMESH_TEST_DB = 'postgres';
 import os from 'node:os';
 import type { Organization, Patient } from '@medplum/fhirtypes';
 import { unpackHlc } from '../../src/clock/index.ts';
-import { startTestServer, type TestServer } from '../../src/http/testing.ts';
+import { startTestServer, type TestServer } from '../../src/site/testing.ts';
 import { makeResidentId } from '../../src/region/index.ts';
 import { Puller } from '../../src/replication/index.ts';
 import { progress, round } from '../harness.ts';

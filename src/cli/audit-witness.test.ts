@@ -21,7 +21,7 @@ import { AuditWitness, cosign, latestHeld, verifyAuditLog } from '../security/au
 import { APPEND_LOCK } from '../security/audit/appender.ts';
 import { sm2Verify, Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';
 import { serviceAssertion } from '../security/identity/index.ts';
-import { startTestServer, type TestServer } from '../http/testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const SEED = Number(process.env.MEDMESH_TEST_SEED ?? Date.now() % 1_000_000_000);
 const replay = `(seed ${SEED}; MEDMESH_TEST_SEED=${SEED} replays it)`;

@@ -5,7 +5,7 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { startTestServer } from '../http/testing.ts';
+import { startTestServer } from '../site/testing.ts';
 import { dcmtk, PYDICOM } from '../imaging/testing.ts';
 import { hotp, totpStep } from '../security/identity/index.ts';
 import { BIN, ENV, EXAMPLE, killChildren, loginAt, medmesh, startVerb } from './testing.ts';

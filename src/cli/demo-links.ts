@@ -2,7 +2,7 @@
 // other site's changefeed (full mesh) at the address it actually listens on. A real region
 // registers peer keys through its operators (`iam_service`) and `medmesh site` starts the
 // same pullers against the URLs of the region file.
-import type { Site } from '../http/index.ts';
+import type { Site } from '../site/index.ts';
 
 export async function linkDemoSites(
   running: ReadonlyArray<{ site: Site; url: string }>,

@@ -2,7 +2,7 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Db } from '../db/index.ts';
 import { openPglite } from '../db/index.ts';
-import { openSite, type Site } from '../http/index.ts';
+import { openSite, type Site } from '../site/index.ts';
 import type { RecordStore } from '../records/index.ts';
 import { base32Decode } from '../security/identity/index.ts';
 import { helpText, intFlag, parseFlags, type FlagSpec, type VerbSpec } from './args.ts';

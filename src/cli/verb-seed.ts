@@ -1,4 +1,4 @@
-import { openSite } from '../http/index.ts';
+import { openSite } from '../site/index.ts';
 import { helpText, intFlag, parseFlags, UsageError, type FlagSpec, type VerbSpec } from './args.ts';
 import { openSiteFromFlags, SITE_DB_FLAGS } from './common.ts';
 import { seedRegion } from './seeding.ts';

@@ -18,7 +18,7 @@ import { makeResidentId } from '../region/index.ts';
 import { AGE_BAND_URL, DIVISION_SYSTEM, PSEUDONYM_SYSTEM } from '../security/access/index.ts';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
 import { signToken, type TokenClaims } from '../security/identity/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
 const FHIR = { 'content-type': 'application/fhir+json' };

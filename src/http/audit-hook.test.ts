@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
 import { verifyAuditLog } from '../security/audit/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 describe(`audit of every access (${testBackend()})`, () => {
   let s: TestServer;

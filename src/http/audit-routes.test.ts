@@ -8,7 +8,7 @@ import { makeResidentId } from '../region/index.ts';
 import { cosign, verifyConsistency, verifyInclusion } from '../security/audit/index.ts';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
 import { serviceAssertion } from '../security/identity/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 describe(`audit routes (${testBackend()})`, () => {
   let s: TestServer;

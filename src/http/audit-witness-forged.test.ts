@@ -8,7 +8,7 @@ import { testBackend } from '../db/test-db.ts';
 import { seededRandom } from '../records/index.ts';
 import { checkpointStatement, consistencyProof, latestHeld, leafHash, rootOf } from '../security/audit/index.ts';
 import { sm2Sign, sm2Verify, Sm2PrivateKey } from '../security/crypto/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const SEED = Number(process.env.MEDMESH_TEST_SEED ?? Date.now() % 1_000_000_000);
 const replay = `(seed ${SEED}; MEDMESH_TEST_SEED=${SEED} replays it)`;

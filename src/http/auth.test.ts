@@ -4,7 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
 import { serviceAssertion } from '../security/identity/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 describe(`authentication over HTTP (${testBackend()})`, () => {
   let s: TestServer;

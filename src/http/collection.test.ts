@@ -14,8 +14,8 @@ import { startOrthanc } from '../imaging/testing-orthanc.ts';
 import type { SourceRun } from '../imaging/index.ts';
 import { exampleRegion } from '../region/testing.ts';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
-import { openSite } from './site.ts';
-import { startTestServer, tokensOf, type TestServer } from './testing.ts';
+import { openSite } from '../site/index.ts';
+import { startTestServer, tokensOf, type TestServer } from '../site/testing.ts';
 
 const CT_STUDY = '1.3.6.1.4.1.5962.1.2.1.20040119072730.12322';
 const MISSING = '1.2.826.0.1.3680043.10.1519.9.1';

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
 import { makeInstances } from '../imaging/testing.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const STUDY = '1.2.826.0.1.3680043.10.1519.44';
 const sop = (n: number) => `${STUDY}.1.${n}`;

@@ -12,7 +12,7 @@ import { makeInstances, sample } from '../imaging/testing.ts';
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
 import { DEFAULT_POLICIES } from '../security/access/index.ts';
 import { serviceAssertion } from '../security/identity/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 (globalThis as { XMLHttpRequest?: unknown }).XMLHttpRequest = XMLHttpRequest;
 

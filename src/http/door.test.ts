@@ -8,7 +8,7 @@ import type { Bundle, Patient } from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
 import { jsonRefusal, MAX_JSON_DEPTH } from './door.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 import { assertRouteError, DATABASE_TEXT, nested, rawRequest } from './testing-raw.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';

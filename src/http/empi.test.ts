@@ -7,7 +7,7 @@ import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
 import { Puller } from '../replication/index.ts';
 import { pullUntilCaughtUp } from '../replication/testing.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
 const REGION_KEY = Buffer.from('7f3a9c2e5b1d4a6f8e0c2b4d6a8f1e3c', 'hex');

@@ -11,7 +11,7 @@ import type { Patient } from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
 import { assertRouteError, DATABASE_TEXT, nested, rawRequest } from './testing-raw.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const SEED = Number(process.env.MEDMESH_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const RUNS = Number(process.env.MEDMESH_FUZZ_RUNS ?? 300);

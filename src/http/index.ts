@@ -1,7 +1,5 @@
 export { buildApp, DEFAULT_BODY_LIMIT } from './app.ts';
 export type { AppOptions } from './app.ts';
-export { openSite, VERSION } from './site.ts';
-export type { Site, SiteOptions, SiteStartError, ReplicationStartOptions } from './site.ts';
 export type { Identity, IdentityResolver } from './identity.ts';
 export { tokenResolver, anonymousResolver } from './identity.ts';
 export { outcomeOf, statusOf } from './outcome.ts';

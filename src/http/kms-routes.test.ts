@@ -5,7 +5,7 @@ import { openTestDb, testBackend } from '../db/test-db.ts';
 import type { Db } from '../db/index.ts';
 import { Sm2PrivateKey, type Sm2PublicKey } from '../security/crypto/index.ts';
 import { encodeShareToken, Kms, signShare, unwrapShare, type WrappedShare } from '../security/kms/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 describe(`KMS HTTP (${testBackend()})`, () => {
   let c: TestServer;

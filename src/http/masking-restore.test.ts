@@ -12,7 +12,7 @@ import { testBackend } from '../db/test-db.ts';
 import { seededRandom } from '../records/index.ts';
 import { encodeGeohash, GEOLOCATION_URL, makeResidentId, residentIdCheckChar } from '../region/index.ts';
 import { MIN_RESIDENT_ID_CANDIDATES } from '../security/access/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
 const CARD = 'urn:oid:2.16.156.10011.1.15';

@@ -8,7 +8,7 @@ import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
 import { Puller } from '../replication/index.ts';
 import { pullUntilCaughtUp } from '../replication/testing.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
 const FHIR = { 'content-type': 'application/fhir+json' };

@@ -15,7 +15,7 @@ import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
 import { FaultLink, type FaultStats } from '../replication/fault-link.ts';
 import { localVerifyPeer, verifyPair, watermarkBefore } from '../replication/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 type SiteId = 'A' | 'B' | 'C';
 const SITES: SiteId[] = ['A', 'B', 'C'];

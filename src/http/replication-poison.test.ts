@@ -13,7 +13,7 @@ import type { Patient } from '@medplum/fhirtypes';
 import { packHlc } from '../clock/index.ts';
 import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
 let seq = 0;

@@ -9,7 +9,7 @@ import type { Organization } from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
 import { Puller } from '../replication/index.ts';
 import { pullUntilCaughtUp } from '../replication/testing.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const SITES = ['A', 'B', 'C'] as const;
 type SiteId = (typeof SITES)[number];

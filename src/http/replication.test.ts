@@ -10,7 +10,7 @@ import { feedAad, LinkKeyReceiver, openPage, Puller, type ApplyReport } from '..
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
 import { serviceAssertion } from '../security/identity/index.ts';
 import { pullUntilCaughtUp } from '../replication/testing.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
 const patient = (seq: number): Patient => ({

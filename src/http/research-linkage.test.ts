@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
 import { seededRandom } from '../records/index.ts';
 import { makeResidentId } from '../region/index.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
 const FHIR = { 'content-type': 'application/fhir+json' };

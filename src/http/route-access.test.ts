@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import Fastify from 'fastify';
 import { testBackend } from '../db/test-db.ts';
 import { registerRouteAccess } from './route-access.ts';
-import { startTestServer, type TestServer } from './testing.ts';
+import { startTestServer, type TestServer } from '../site/testing.ts';
 
 /** Reviewed: each of these serves nothing that needs a caller (see each route's comment). */
 const PUBLIC = [

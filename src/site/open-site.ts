@@ -8,22 +8,20 @@ import { boundStoreFor, claimSiteIdentity, migrate, type Db } from '../db/index.
 import {
   buildSearchParamTable,
   createR4Validator,
-  EMPI_BLIND_INDEX_KEY,
   loadFhirDefinitions,
   RecordStore,
   SUPPORTED_TYPES,
   type RecordsContext,
 } from '../records/index.ts';
-import { FileCryptoPool, hmacSm3Keyed, type Sm2PrivateKey } from '../security/crypto/index.ts';
+import { FileCryptoPool, type Sm2PrivateKey } from '../security/crypto/index.ts';
+import { empiBlindIndex } from './empi-key.ts';
 import type { Region } from '../region/index.ts';
 import { Kms } from '../security/kms/index.ts';
 import { AuditLog, AuditWitness, verifyWithPeers } from '../security/audit/index.ts';
 import { AssertionCache, IdentityService } from '../security/identity/index.ts';
 import { AccessControl } from '../security/access/index.ts';
 import { ConsistencyChecker, Puller, ReplicationMetrics, type ApplyContext } from '../replication/index.ts';
-import { tokenResolver } from './identity.ts';
-import { buildApp } from './app.ts';
-import type { IdentityResolver } from './identity.ts';
+import { buildApp, tokenResolver, type IdentityResolver } from '../http/index.ts';
 import {
   CollectionScheduler,
   Collector,
@@ -110,35 +108,6 @@ export interface ReplicationStartOptions {
   onError?: (peer: string, message: string) => void;
   /** A link works again after failures. */
   onRecovered?: (peer: string, o: { downMs: number; failures: number }) => void;
-}
-
-/**
- * HMAC-SM3 of `system|value` under the region's EMPI key (KMS key empi-blind-index, the same
- * material at every site); [] while the key is not installed or the site is sealed. Writes
- * call it inside their transactions, so it never queries: the key is loaded when the KMS
- * unseals and looked for again every 10 s (a key installed while running is picked up).
- */
-function empiBlindIndex(kms: () => Kms): {
-  index: NonNullable<RecordsContext['blindIndex']>;
-  refresh: () => Promise<void>;
-  stop: () => void;
-} {
-  let mac: ((...p: Uint8Array[]) => Buffer) | undefined;
-  const refresh = async () => {
-    const key = kms().signingKey()
-      ? await kms()
-          .macKey(EMPI_BLIND_INDEX_KEY)
-          .catch(() => undefined)
-      : undefined;
-    mac = key ? hmacSm3Keyed(key.key) : undefined;
-  };
-  const timer = setInterval(() => void refresh(), 10_000);
-  timer.unref();
-  return {
-    index: (ids) => (mac ? ids.map((i) => mac!(Buffer.from(`${i.system}|${i.value}`)).toString('hex')) : []),
-    refresh,
-    stop: () => clearInterval(timer),
-  };
 }
 
 export type SiteStartError = { kind: 'unknown-site' | 'config' | 'migration' | 'site-mismatch'; message: string };

@@ -11,7 +11,7 @@ import { exampleRegion } from '../region/testing.ts';
 import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { Sm2PrivateKey, type Sm2PublicKey } from '../security/crypto/index.ts';
 import { signToken } from '../security/identity/index.ts';
-import { openSite, type Site } from './site.ts';
+import { openSite, type Site } from './open-site.ts';
 
 export interface TestServer {
   site: Site;
