@@ -5,6 +5,7 @@
 // "on" is the site itself: SM2 token (cached verification + revocation lookup), policy
 // decision, care-relationship scope in the SQL, masking, and one audit entry per read. At 8
 // and 64 clients; the phases rotate round by round to spread machine noise and order effects.
+import { silentLogger, silentLogging } from '../../src/common/index.ts';
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import Fastify from 'fastify';
@@ -30,7 +31,13 @@ const CONCURRENCY = [8, 64];
 
 const schema = `bench_access_${randomBytes(4).toString('hex')}`;
 const db = await openPostgres({ connectionString: url, schema, maxConnections: 8 });
-const opened = await openSite({ region: await exampleRegion(), siteId: 'B', db, checkpointEveryMs: 5000 });
+const opened = await openSite({
+  region: await exampleRegion(),
+  siteId: 'B',
+  db,
+  checkpointEveryMs: 5000,
+  logging: silentLogging(),
+});
 if (!opened.ok) throw new Error(opened.error.message);
 const { site } = opened;
 try {
@@ -74,6 +81,7 @@ try {
   const off = await bare.listen({ port: 0, host: '127.0.0.1' });
   // The same site without the audit hook: how much of the cost is the audit write.
   const unaudited = await buildApp({
+    log: silentLogger(),
     access: site.access,
     db,
     kms: site.kms,

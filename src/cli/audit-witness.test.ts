@@ -4,6 +4,7 @@
 // are found by `medmesh audit verify` at B, which asks its peers, and by the peers' own checks,
 // which alarm (metric, log line, an entry in their own audit log); a peer that is down or does
 // not answer holds up nobody else's cosigning.
+import { createLogger } from '../common/index.ts';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -83,7 +84,8 @@ describe(`audit witnessing between sites over HTTP (${testBackend()})`, () => {
   const logs: Record<string, string[]> = { A: [], B: [], C: [] };
   const custodians = { alice: Sm2PrivateKey.generate(), bob: Sm2PrivateKey.generate() };
   const keyOf = (s: TestServer) => s.site.kms.signingKey()!.key;
-  const logger = (id: string) => ({ level: 'error', stream: { write: (line: string) => void logs[id]!.push(line) } });
+  const logging = (id: string) =>
+    createLogger({ level: 'error', destination: { write: (line: string) => void logs[id]!.push(line) } });
   /** `n` audited requests at a site (each FHIR search is one entry). */
   const touch = async (s: TestServer, n: number) => {
     for (let i = 0; i < n; i++) {
@@ -102,10 +104,10 @@ describe(`audit witnessing between sites over HTTP (${testBackend()})`, () => {
       siteId: 'B',
       db: own.db,
       custodians: Object.entries(custodians).map(([name, k]) => ({ name, publicKey: k.publicKey })),
-      logger: logger('B'),
+      logging: logging('B'),
     });
-    sites.C = await startTestServer({ siteId: 'C', logger: logger('C') });
-    sites.A = await startTestServer({ siteId: 'A', logger: logger('A') });
+    sites.C = await startTestServer({ siteId: 'C', logging: logging('C') });
+    sites.A = await startTestServer({ siteId: 'A', logging: logging('A') });
     const all = Object.values(sites);
     for (const me of all) {
       me.site.peers.clear();

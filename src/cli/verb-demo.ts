@@ -1,3 +1,4 @@
+import { createLogger } from '../common/index.ts';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Db } from '../db/index.ts';
@@ -62,7 +63,9 @@ export async function demoVerb(argv: string[]): Promise<number> {
               dicom: { aeTitle: `MEDMESH_${s.id}`, host: '127.0.0.1', port: dicomPort, refuseUnknownAes: false },
             }
           : undefined;
-      const opened = await openSite({ region, siteId: s.id, db, ...(imaging ? { imaging } : {}) });
+      // The demo prints its own lines; the sites log errors only (LOG_LEVEL=info shows requests too).
+      const logging = createLogger({ level: process.env.LOG_LEVEL ?? 'error', base: { site: s.id } });
+      const opened = await openSite({ region, siteId: s.id, db, logging, ...(imaging ? { imaging } : {}) });
       if (!opened.ok) {
         await db.close();
         throw new Error(opened.error.message);

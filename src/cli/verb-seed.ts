@@ -1,3 +1,4 @@
+import { createLogger } from '../common/index.ts';
 import { openSite } from '../site/index.ts';
 import { helpText, intFlag, parseFlags, UsageError, type FlagSpec, type VerbSpec } from './args.ts';
 import { openSiteFromFlags, SITE_DB_FLAGS } from './common.ts';
@@ -26,7 +27,12 @@ export async function seedVerb(argv: string[]): Promise<number> {
   const seed = intFlag('seed', flags.seed, 0, 2 ** 31);
   const { region, siteId, db } = await openSiteFromFlags(flags);
   try {
-    const opened = await openSite({ region, siteId, db });
+    const opened = await openSite({
+      region,
+      siteId,
+      db,
+      logging: createLogger({ level: process.env.LOG_LEVEL ?? 'warn', base: { site: siteId } }),
+    });
     if (!opened.ok) throw new UsageError(opened.error.message);
     const report = await seedRegion({ region, stores: new Map([[siteId, opened.site.store]]), patients, seed });
     console.log(

@@ -3,7 +3,8 @@ import { helpText, parseFlags, UsageError, type FlagSpec, type VerbSpec } from '
 import { openSiteFromFlags, portOf, SITE_DB_FLAGS } from './common.ts';
 import { waitForShutdown } from './shutdown.ts';
 import { join } from 'node:path';
-import type { CollectionSource, RemoteAe, S3BlobStoreOptions, SourceRun } from '../imaging/index.ts';
+import type { CollectionSource, RemoteAe, S3BlobStoreOptions } from '../imaging/index.ts';
+import { createLogger } from '../common/index.ts';
 
 const spec = {
   name: 'site',
@@ -75,58 +76,37 @@ export async function siteVerb(argv: string[]): Promise<number> {
   const dicom = dicomSettings
     ? { ...dicomSettings, aeTitle: dicomSettings.aeTitle ?? `MEDMESH_${siteId}`.toUpperCase() }
     : undefined;
-  const log = (run: SourceRun) => {
-    const held = run.days.flatMap((d) =>
-      d.ok
-        ? [`${d.value.day}: ${d.value.retrieved} retrieved, ${d.value.skipped} held, ${d.value.failed.length} failed`]
-        : [`${d.day}: ${d.error}`],
-    );
-    if (run.outcome !== 'held-elsewhere')
-      site.app.log[run.outcome === 'failed' ? 'warn' : 'info'](
-        { source: run.source },
-        `collection from ${run.source}: ${run.error ?? held.join('; ')}`,
-      );
-  };
   const imaging = {
     ...(blobs ?? { blobRoot: join(flags.data, `${siteId}-blobs`) }),
     ...(dicom ? { dicom } : {}),
-    ...(collect ? { collect: { ...collect, onRun: (r: SourceRun) => log(r) } } : {}),
+    ...(collect ? { collect } : {}),
   };
-  const opened = await openSite({ region, siteId, db, imaging, logger: { level: process.env.LOG_LEVEL ?? 'info' } });
+  const logging = createLogger({ base: { site: siteId } });
+  const { log } = logging;
+  const opened = await openSite({ region, siteId, db, imaging, logging });
   if (!opened.ok) {
     await db.close();
     throw new UsageError(opened.error.message);
   }
   const { site } = opened;
   await site.app.listen({ port, host: flags.host });
-  site.app.log.info(
+  log.info(
     { site: siteId, region: region.id, db: db.kind, port },
     `site ${siteId} serving FHIR R4 at http://${flags.host}:${port}/fhir/R4 and DICOMweb at /dicomweb`,
   );
   if (site.dimse && dicom)
-    site.app.log.info(
-      { ae: dicom.aeTitle, port: site.dimse.port },
-      `DICOM AE ${dicom.aeTitle} on ${flags.host}:${site.dimse.port}`,
-    );
+    log.info({ ae: dicom.aeTitle, port: site.dimse.port }, `DICOM AE ${dicom.aeTitle} on ${flags.host}:${site.dimse.port}`);
   if (site.collection) {
     site.collection.start();
-    site.app.log.info(
+    log.info(
       { sources: collect?.sources.map((s) => s.id) },
       `collecting from ${collect?.sources.map((s) => `${s.id} (${s.kind === 'dicomweb' ? s.url : `${s.aeTitle}@${s.host}:${s.port}`})`).join(', ')} every ${flags['collect-every']} min; reports at /imaging/collection`,
     );
   }
   if (!flags['no-replication']) {
-    // Pullers wait while the site is sealed and while a peer is not trusted; they log why.
-    site.startReplication({
-      verifyEveryMs: verifyEvery * 60_000,
-      onError: (peer, message) => site.app.log.warn({ peer }, `replication from ${peer}: ${message}`),
-      onRecovered: (peer, r) =>
-        site.app.log.info(
-          { peer },
-          `replication from ${peer} works again after ${Math.round(r.downMs / 1000)} s and ${r.failures} failed pulls`,
-        ),
-    });
-    site.app.log.info({ peers: [...site.peers.keys()] }, `pulling from ${[...site.peers.keys()].join(', ') || 'no peer'}`);
+    // Pullers wait while the site is sealed and while a peer is not trusted; the site logs why.
+    site.startReplication({ verifyEveryMs: verifyEvery * 60_000 });
+    log.info({ peers: [...site.peers.keys()] }, `pulling from ${[...site.peers.keys()].join(', ') || 'no peer'}`);
   }
   await waitForShutdown(async () => {
     await site.close();

@@ -140,6 +140,8 @@ export class HybridClock {
   async #issue(): Promise<Hlc> {
     const l = this.#l;
     const hlc = packHlc(l, this.#c);
+    // Ahead of need, in the background; should it fail, the first issue that needs the bound
+    // extends it itself below and gets the error.
     if (l > this.#upper - this.#reserve / 2 && !this.#extending) void this.#extend(l + this.#reserve).catch(() => undefined);
     // Wait only when the value would pass the persisted bound; otherwise extension runs in the background.
     while (l > this.#upper) await (this.#extending ?? this.#extend(l + this.#reserve));

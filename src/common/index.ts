@@ -3,5 +3,5 @@
 // and the message of anything thrown. Depends on nothing in src.
 export { ok, err } from './result.ts';
 export type { Result } from './result.ts';
-export { createLogger, silentLogger, reasonOf, LogCounts } from './log.ts';
-export type { Logger } from './log.ts';
+export { createLogger, silentLogger, silentLogging, reasonOf, LogCounts } from './log.ts';
+export type { Logger, Logging } from './log.ts';

@@ -46,9 +46,15 @@ const LEVELS: Record<number, 'warn' | 'error' | 'fatal'> = { 40: 'warn', 50: 'er
  * A logger whose warn and error lines are counted in `counts`. `destination`: where lines go
  * (default stdout); `level` defaults to LOG_LEVEL or info.
  */
+/** A logger and the counts of its problems (what /metrics shows). */
+export interface Logging {
+  log: Logger;
+  counts: LogCounts;
+}
+
 export function createLogger(
   opts: { level?: string; base?: Record<string, unknown>; destination?: pino.DestinationStream; counts?: LogCounts } = {},
-): { log: Logger; counts: LogCounts } {
+): Logging {
   const counts = opts.counts ?? new LogCounts();
   const level = opts.level ?? process.env.LOG_LEVEL ?? 'info';
   // Warnings and errors are counted whatever is written: the logger runs at warn at least, and
@@ -73,6 +79,11 @@ export function createLogger(
       ? []
       : [{ level: pino.levels.labels[written] as pino.Level, stream: opts.destination ?? pino.destination(1) }];
   return { log: pino(options, pino.multistream(streams)), counts };
+}
+
+/** Logging that writes nothing (tests, and tools that print for themselves); problems are still counted. */
+export function silentLogging(): Logging {
+  return createLogger({ level: 'silent' });
 }
 
 /** A logger that writes nothing (tests and tools that print for themselves); problems are still counted. */

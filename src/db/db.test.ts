@@ -141,6 +141,18 @@ describe(`db (${testBackend()})`, () => {
     const beside = db.transaction(() => db.detach(() => db.query('SELECT 4 AS n')));
     if (testBackend() === 'postgres') assert.deepEqual((await beside).rows, [{ n: 4 }]);
     else await assert.rejects(beside, TransactionMisuseError);
+    // Background work started from inside a transaction, not awaited by it, is never refused: it
+    // runs beside it on PostgreSQL, after it on PGlite.
+    const order: string[] = [];
+    let side: Promise<unknown> | undefined;
+    await db.transaction(async (tx) => {
+      side = db.background(() => db.query('SELECT 5 AS n')).then((r) => (order.push('background'), r.rows));
+      await tx.query('SELECT 1');
+      if (testBackend() === 'postgres') await side; // its own connection: done while the transaction is open
+      order.push('transaction');
+    });
+    assert.deepEqual(await side, [{ n: 5 }]);
+    assert.deepEqual(order, testBackend() === 'postgres' ? ['background', 'transaction'] : ['transaction', 'background']);
   });
 
   it('ends the transaction of aborted work at once: rolled back, connection free, no other transaction', async () => {

@@ -43,11 +43,17 @@ export interface Db extends Queryable {
    */
   detach<T>(fn: () => T): T;
   /**
+   * Starts background work that is not part of the caller's transaction (a cache refreshed on
+   * the side, not awaited by the caller): outside the transaction and any request deadline, at
+   * once on PostgreSQL, and on PGlite (one connection) once the caller's transaction has ended.
+   */
+  background<T>(fn: () => Promise<T>): Promise<T>;
+  /**
    * Calls `onNotify` for every NOTIFY on this database's channel `name` (delivered after the
    * notifying transaction commits). Best effort: a lost connection is re-established, and
    * callers keep a slower poll for what may be missed meanwhile. Returns the unsubscribe.
    */
-  listen(name: string, onNotify: () => void): Promise<() => Promise<void>>;
+  listen(name: string, onNotify: () => void, opts?: { onError?: (e: unknown) => void }): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 

@@ -29,13 +29,13 @@ export class DbClosedError extends Error {
 }
 
 /** An engine below the guard: its transaction ends (rollback, connection back) when `signal` aborts. */
-export interface Engine extends Omit<Db, 'transaction' | 'withSignal' | 'detach'> {
+export interface Engine extends Omit<Db, 'transaction' | 'withSignal' | 'detach' | 'background'> {
   transaction<T>(fn: (tx: Queryable) => Promise<T>, signal: AbortSignal | undefined): Promise<T>;
 }
 
 interface Scope {
   /** The transaction whose callback is running in this context, while it runs. */
-  tx?: { open: boolean };
+  tx?: { open: boolean; ended: Promise<void> };
   signal?: AbortSignal;
 }
 
@@ -66,12 +66,14 @@ export function guarded(engine: Engine): Db {
       checked('a transaction', { opens: true }, () => {
         const outer = scope.getStore();
         return engine.transaction((tx) => {
-          const mark = { open: true };
+          let end = () => {};
+          const mark = { open: true, ended: new Promise<void>((resolve) => (end = resolve)) };
           return scope.run({ ...outer, tx: mark }, async () => {
             try {
               return await fn(tx);
             } finally {
               mark.open = false; // work it started and left running may use the database from now on
+              end();
             }
           });
         }, outer?.signal);
@@ -80,10 +82,15 @@ export function guarded(engine: Engine): Db {
       const tx = scope.getStore()?.tx;
       return scope.run(engine.kind === 'pglite' && tx ? { tx } : {}, fn);
     },
+    background(fn) {
+      const tx = scope.getStore()?.tx;
+      if (engine.kind === 'pglite' && tx?.open) return tx.ended.then(() => scope.run({}, fn));
+      return scope.run({}, fn);
+    },
     withSignal(signal, fn) {
       return scope.run({ signal }, fn);
     },
-    listen: (name, onNotify) => engine.listen(name, onNotify),
+    listen: (name, onNotify, o) => engine.listen(name, onNotify, o),
     async close() {
       closed = true;
       await engine.close();

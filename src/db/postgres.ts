@@ -96,23 +96,35 @@ export async function openPostgres(opts: PostgresOptions): Promise<Db> {
         if (!abandoned) client.release();
       }
     },
-    listen: (name, onNotify) =>
-      listenOn({ connectionString: opts.connectionString, channel: `${name}_${opts.schema ?? 'public'}`, onNotify }),
+    listen: (name, onNotify, o) =>
+      listenOn({
+        connectionString: opts.connectionString,
+        channel: `${name}_${opts.schema ?? 'public'}`,
+        onNotify,
+        ...(o?.onError ? { onError: o.onError } : {}),
+      }),
     close: () => pool.end(),
   });
 }
 
 /** A connection of its own that LISTENs, and comes back after a lost connection. */
-async function listenOn(o: { connectionString: string; channel: string; onNotify: () => void }): Promise<() => Promise<void>> {
+async function listenOn(o: {
+  connectionString: string;
+  channel: string;
+  onNotify: () => void;
+  /** A lost connection or a failed reconnect (retried every second until it works). */
+  onError?: (e: unknown) => void;
+}): Promise<() => Promise<void>> {
   let client: pg.Client | undefined;
   let stopped = false;
   let retry: NodeJS.Timeout | undefined;
   const connect = async (): Promise<void> => {
     const c = new pg.Client({ connectionString: o.connectionString });
     c.on('notification', () => o.onNotify());
-    c.on('error', () => {
+    c.on('error', (e) => {
       client = undefined;
-      void c.end().catch(() => undefined);
+      o.onError?.(e);
+      void c.end().catch(() => undefined); // already broken: its own end may fail too
       again();
     });
     await c.connect();
@@ -121,7 +133,15 @@ async function listenOn(o: { connectionString: string; channel: string; onNotify
     o.onNotify(); // whatever happened while not listening
   };
   const again = () => {
-    if (!stopped) retry = setTimeout(() => void connect().catch(again), 1000);
+    if (!stopped)
+      retry = setTimeout(
+        () =>
+          void connect().catch((e: unknown) => {
+            o.onError?.(e);
+            again();
+          }),
+        1000,
+      );
   };
   await connect();
   return async () => {

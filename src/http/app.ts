@@ -1,6 +1,7 @@
 // The site's HTTP server. Plugins are encapsulated (Fastify style): FHIR under /fhir/R4,
 // health at the root.
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Logger } from '../common/index.ts';
 import type { Db } from '../db/index.ts';
 import type { RecordsContext, SearchParamTable } from '../records/index.ts';
 import type { AccessControl } from '../security/access/index.ts';
@@ -46,7 +47,8 @@ export interface AppOptions {
   maxJsonDepth?: number;
   /** A request not answered after this many ms is stopped and answered 503 (default DEFAULT_REQUEST_TIMEOUT_MS). */
   requestTimeoutMs?: number;
-  logger?: FastifyServerOptions['logger'];
+  /** The site's logger (common/log.ts); requests log under component http. */
+  log: Logger;
   resolveIdentity?: IdentityResolver;
   /** The region and the record store's context, to serve the changefeed and its operator API. */
   region?: Region;
@@ -72,8 +74,9 @@ export interface AppOptions {
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   const bodyLimit = opts.bodyLimit ?? DEFAULT_BODY_LIMIT;
+  const loggerInstance: FastifyBaseLogger = opts.log.child({ component: 'http' });
   const app = Fastify({
-    logger: opts.logger ?? false,
+    loggerInstance,
     bodyLimit,
     requestIdHeader: 'x-request-id',
     // FHIR ids and search values are case-sensitive.

@@ -2,6 +2,7 @@
 // this site's own changes, filtered to what the asking site may hold, sealed to its key. A
 // change that cannot be sent is parked here (feed dead letters), logged and counted; the
 // page carries the rest. Operators see and settle dead letters of both directions.
+import { reasonOf } from '../common/index.ts';
 import type { FastifyPluginAsync } from 'fastify';
 import { OUTBOX_CHANNEL, type Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
@@ -63,13 +64,17 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
   });
   // Commits that wrote changes wake the long polls at once (NOTIFY from the outbox trigger);
   // the timeout covers what a notification cannot tell (an older transaction ending).
-  const unlisten = await opts.db.listen(OUTBOX_CHANNEL, wakeAll).catch((e: unknown) => {
-    app.log.warn(
-      { err: e },
-      `changefeed: cannot LISTEN for commits (${e instanceof Error ? e.message : String(e)}); long polls look every ${POLL_FALLBACK_MS} ms instead`,
-    );
-    return undefined;
-  });
+  const unlisten = await opts.db
+    .listen(OUTBOX_CHANNEL, wakeAll, {
+      onError: (e) => app.log.warn({ err: e }, `changefeed: LISTEN connection lost, reconnecting: ${reasonOf(e)}`),
+    })
+    .catch((e: unknown) => {
+      app.log.warn(
+        { err: e },
+        `changefeed: cannot LISTEN for commits (${e instanceof Error ? e.message : String(e)}); long polls look every ${POLL_FALLBACK_MS} ms instead`,
+      );
+      return undefined;
+    });
   app.addHook('onClose', async () => {
     await unlisten?.();
   });

@@ -2,6 +2,7 @@
 // for the last few study days and whatever medmesh lacks is pulled (Collector). A site-wide
 // lease per source means one API node collects a source at a time, however many run; a node
 // that dies mid-run leaves its lease to lapse and the next run goes on from the checkpoints.
+import { reasonOf, type Logger } from '../common/index.ts';
 import { claimLease, releaseLease, type Db } from '../db/index.ts';
 import type { Collector, DayRun } from './collector.ts';
 
@@ -18,6 +19,7 @@ export interface CollectionSchedulerOptions {
   /** The clock (tests); study days are taken in local time, as modalities write them. */
   now?: () => Date;
   onRun?: (run: SourceRun) => void;
+  log: Logger;
 }
 
 export interface SourceRun {
@@ -71,8 +73,9 @@ export class CollectionScheduler {
       runs.push(run);
       try {
         this.#o.onRun?.(run);
-      } catch {
-        // the caller's report of a run (a log line) failing does not stop the other sources
+      } catch (e) {
+        // The caller's report of a run failing does not stop the other sources; it is logged.
+        this.#o.log.warn({ err: e, source: run.source }, `the report of a collection run failed: ${reasonOf(e)}`);
       }
     }
     return runs;

@@ -1,6 +1,7 @@
 // Active collection from a real Orthanc (the source PACS) by C-FIND and C-MOVE into medmesh's
 // own C-STORE SCP: checkpoints across restarts, retries, a study the site refuses, and the
 // completeness report that lists exactly what is missing and why.
+import { silentLogger } from '../common/index.ts';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
@@ -164,6 +165,7 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
       });
     const seen: string[] = [];
     const scheduler = new CollectionScheduler({
+      log: silentLogger(),
       db: t.db,
       collectors: [unreachable('web-a'), unreachable('web-b')],
       holder: 'node-x',
@@ -192,6 +194,7 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
     const now = () => new Date(2026, 10, 21, 3, 0); // 03:00 local on 21 November: days 20 and 21
     const node = (holder: string, runs: SourceRun[], everyMs = 60_000) =>
       new CollectionScheduler({
+        log: silentLogger(),
         db: t.db,
         collectors: [new Collector({ db: t.db, source: source(), localAe: 'MEDMESH_B', retryDelayMs: 10, maxAttempts: 1 })],
         holder,

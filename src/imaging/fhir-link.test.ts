@@ -1,6 +1,7 @@
 // Studies into the FHIR record: the Patient found by resident ID or the sender's patient ID
 // (created, tagged as made from DICOM, when missing), an ImagingStudy per study kept in step
 // as instances arrive, and a clear note when the record cannot be written at this site.
+import { silentLogger } from '../common/index.ts';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
@@ -27,6 +28,7 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     t = await openTestImaging();
     r = await openTestStore({ db: t.db, siteId: 'B' });
     linker = new StudyLinker({
+      log: silentLogger(),
       db: t.db,
       holder: 'node-1',
       records: r.store,
@@ -120,6 +122,7 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     const rid = makeResidentId({ divisionCode: '440106', birthDate: '1986-07-08', sequence: 52 });
     for (const n of [20, 21, 22]) await ingest({ studyUid: uid(n), date: '20261123', patientId: rid, count: 1 });
     const other = new StudyLinker({
+      log: silentLogger(),
       db: t.db,
       holder: 'node-2',
       records: r.store,
@@ -150,6 +153,7 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
         away ? Promise.reject(new Error('database away')) : t.db.query(...a)) as typeof t.db.query,
     };
     const timed = new StudyLinker({
+      log: silentLogger(),
       db: flaky,
       holder: 'node-1',
       records: r.store,
@@ -191,7 +195,15 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
         };
       },
     });
-    const own = new StudyLinker({ db: t.db, holder: 'node-1', records, region: r.ctx.region, siteId: 'B', quietMs: 60_000 });
+    const own = new StudyLinker({
+      log: silentLogger(),
+      db: t.db,
+      holder: 'node-1',
+      records,
+      region: r.ctx.region,
+      siteId: 'B',
+      quietMs: 60_000,
+    });
     await ingest({ studyUid: uid(20), date: '20261123', patientId: 'POISON-1', count: 1 });
     await ingest({ studyUid: uid(21), date: '20261123', patientId: 'FINE-1', count: 1 });
     const first = new Map((await own.flush({ all: true })).map((o) => [o.study, o]));

@@ -4,6 +4,7 @@
 // has been quiet for a moment rather than once per instance. Both go through the record
 // store, so placement, residency and the outbox apply as to any other write.
 import type { ImagingStudy, Patient } from '@medplum/fhirtypes';
+import { reasonOf, type Logger } from '../common/index.ts';
 import { claimLease, releaseLease, type Db } from '../db/index.ts';
 import type { RecordStore } from '../records/index.ts';
 import type { Region } from '../region/index.ts';
@@ -26,6 +27,7 @@ export interface StudyLinkerOptions {
   records: RecordStore;
   region: Region;
   siteId: string;
+  log: Logger;
   /** A study is linked once it has had no new instance for this long (default 2 s). */
   quietMs?: number;
   /** DICOM dates and times are local without an offset; the region's (default China Standard Time). */
@@ -73,7 +75,9 @@ export class StudyLinker {
       // database away) leaves its studies unsynced for the next; it must not crash the site.
       if (!this.#running)
         this.#running = this.flush()
-          .catch(() => undefined)
+          .catch((e: unknown) =>
+            this.#o.log.warn({ err: e }, `study linking pass failed (the next pass retries): ${reasonOf(e)}`),
+          )
           .finally(() => (this.#running = undefined));
     }, everyMs);
     this.#timer.unref();
@@ -83,7 +87,10 @@ export class StudyLinker {
     clearInterval(this.#timer);
     this.#timer = undefined;
     await this.#queue;
-    await releaseLease(this.#o.db, { name: LEASE.name, holder: this.#o.holder }).catch(() => undefined); // another node takes over at once
+    // Handed back so another node takes over at once; if that fails, the lease lapses by itself.
+    await releaseLease(this.#o.db, { name: LEASE.name, holder: this.#o.holder }).catch((e: unknown) =>
+      this.#o.log.warn({ err: e }, `linking lease not handed back (it lapses in 30 s): ${reasonOf(e)}`),
+    );
   }
 
   /**
@@ -92,7 +99,7 @@ export class StudyLinker {
    */
   flush(opts: { all?: boolean } = {}): Promise<LinkOutcome[]> {
     const run = this.#queue.then(() => this.#flushNow(opts));
-    this.#queue = run.catch(() => undefined);
+    this.#queue = run.catch(() => undefined); // the caller of flush() gets this failure; the queue goes on
     return run;
   }
 

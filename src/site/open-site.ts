@@ -1,6 +1,7 @@
 // Composition of one site node: database (migrated, bound to this site), clock, record
 // store and HTTP server. Nothing here keeps state that matters; it all lives in the db.
-import type { FastifyInstance, FastifyServerOptions } from 'fastify';
+import { createLogger, reasonOf, type Logging } from '../common/index.ts';
+import type { FastifyInstance } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { HybridClock } from '../clock/index.ts';
@@ -44,7 +45,11 @@ export interface SiteOptions {
   region: Region;
   siteId: string;
   db: Db;
-  logger?: FastifyServerOptions['logger'];
+  /**
+   * The node's logger and the counts of its warnings and errors, which /metrics shows
+   * (common/log.ts). Default: JSON lines on stdout at LOG_LEVEL (info).
+   */
+  logging?: Logging;
   bodyLimit?: number;
   /** A request not answered after this many ms is stopped and answered 503 (default 60 s, DEFAULT_REQUEST_TIMEOUT_MS). */
   requestTimeoutMs?: number;
@@ -132,6 +137,8 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         message: `collecting from ${dimseSource.id} by C-MOVE needs DICOM on this node (the source sends to its AE)`,
       },
     };
+  const { log, counts } = opts.logging ?? createLogger({ base: { site: siteId } });
+  const logOf = (component: string) => log.child({ component });
   const migrated = await migrate(db);
   if (!migrated.ok) return { ok: false, error: { kind: 'migration', message: migrated.error.message } };
   const claimed = await claimSiteIdentity(db, region.id, siteId);
@@ -143,7 +150,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     maxOffsetMs: region.config.policies.maxClockOffsetMs,
   });
   // Every site starts sealed; custodians unseal it (POST /kms/unseal, medmesh keys unseal).
-  const empi = empiBlindIndex(() => kms);
+  const empi = empiBlindIndex(() => kms, logOf('empi-key'));
   const kms = new Kms({ db, siteId, policy: region.config.policies.crypto, onUnsealed: () => void empi.refresh() });
   const ctx: RecordsContext = {
     db,
@@ -184,15 +191,29 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   };
   // Signed checkpoints every few seconds (regional standard: tamper-proof logs); and key material
   // destroyed elsewhere (another node, medmesh keys destroy) is zeroed here as often.
+  const checkpointLog = logOf('audit-checkpoint');
   const checkpoints = setInterval(() => {
     void auditLog()
       ?.checkpoint()
-      .catch(() => undefined);
-    void kms.forgetDestroyed().catch(() => undefined);
+      .catch((e: unknown) =>
+        checkpointLog.warn({ err: e }, `audit checkpoint not written (the next one covers it): ${reasonOf(e)}`),
+      );
+    void kms
+      .forgetDestroyed()
+      .catch((e: unknown) =>
+        logOf('kms').warn({ err: e }, `destroyed key copies not checked (tried again shortly): ${reasonOf(e)}`),
+      );
   }, opts.checkpointEveryMs ?? 5000);
   checkpoints.unref();
   // Pseudonym keys derive from the master key: only an unsealed site answers (sealed sites serve no data).
-  const access = await AccessControl.open({ db, siteId, store, searchParams, secret: (label) => kms.deriveSecret(label) });
+  const access = await AccessControl.open({
+    db,
+    siteId,
+    store,
+    searchParams,
+    secret: (label) => kms.deriveSecret(label),
+    log,
+  });
   const replication = new ReplicationMetrics();
   const peers = new Map(
     region.sites.filter((s) => s.id !== siteId && s.kind !== 'edge').map((s) => [s.id, s.url.replace(/\/+$/, '')]),
@@ -206,7 +227,8 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     peerKey,
     metrics: replication,
     // Scheduled checks only (the app exists by the time the schedule starts).
-    onError: (peer, message) => app.log.warn({ peer }, `consistency check against ${peer} could not run: ${message}`),
+    onError: (peer, message) =>
+      logOf('consistency-check').warn({ peer }, `consistency check against ${peer} could not run: ${message}`),
   });
   // Each site witnesses the others' audit logs over the same service credentials as its links.
   const assertions = new AssertionCache();
@@ -220,7 +242,8 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     peerKey,
     authorization,
     audit: auditLog,
-    onAlarm: (peer, kind, message) => app.log.error({ peer, kind }, `AUDIT ALARM for site ${peer}: ${message}`),
+    onAlarm: (peer, kind, message) => logOf('audit-witness').error({ peer, kind }, `AUDIT ALARM for site ${peer}: ${message}`),
+    onError: (peer, message) => logOf('audit-witness').warn({ peer }, `audit log of ${peer} not checked: ${message}`),
   });
   const verifyAudit = () => {
     const signing = kms.signingKey();
@@ -236,6 +259,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     );
   };
   const pullers: Puller[] = [];
+  const linkLog = logOf('replication-link');
   const startReplication = (o: ReplicationStartOptions = {}) => {
     if (pullers.length) return;
     for (const [id, url] of peers) {
@@ -246,8 +270,18 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         apply,
         metrics: replication,
         waitSeconds: o.waitSeconds ?? 20,
-        ...(o.onError ? { onError: (m: string) => o.onError!(id, m) } : {}),
-        ...(o.onRecovered ? { onRecovered: (r: { downMs: number; failures: number }) => o.onRecovered!(id, r) } : {}),
+        // Failures are reported once per streak and message (puller.ts), logged and counted here.
+        onError: (m: string) => {
+          linkLog.warn({ peer: id }, `replication from ${id}: ${m}`);
+          o.onError?.(id, m);
+        },
+        onRecovered: (r: { downMs: number; failures: number }) => {
+          linkLog.info(
+            { peer: id, ...r },
+            `replication from ${id} works again (down ${Math.round(r.downMs / 1000)} s, ${r.failures} failed pulls)`,
+          );
+          o.onRecovered?.(id, r);
+        },
       });
       p.start();
       pullers.push(p);
@@ -279,7 +313,9 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
       : undefined;
   /** This API node, as holder of site-wide leases (linking studies, collecting from a PACS). */
   const node = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
-  const studyLinker = imaging ? new StudyLinker({ db, holder: node, records: store, region, siteId }) : undefined;
+  const studyLinker = imaging
+    ? new StudyLinker({ db, holder: node, records: store, region, siteId, log: logOf('study-linker') })
+    : undefined;
   studyLinker?.start();
   // DIMSE operations are audited like HTTP requests; a sealed site (no audit log) refuses them.
   const dimse =
@@ -295,6 +331,19 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         })
       : undefined;
   const collect = opts.imaging?.collect;
+  const collectionLog = logOf('collection');
+  const logCollection = (run: SourceRun) => {
+    if (run.outcome === 'held-elsewhere') return;
+    const days = run.days.map((d) =>
+      d.ok
+        ? `${d.value.day}: ${d.value.retrieved} retrieved, ${d.value.skipped} held, ${d.value.failed.length} failed`
+        : `${d.day}: ${d.error}`,
+    );
+    collectionLog[run.outcome === 'failed' ? 'warn' : 'info'](
+      { source: run.source },
+      `collection from ${run.source}: ${run.error ?? days.join('; ')}`,
+    );
+  };
   const collection =
     imaging && collect?.sources.length
       ? new CollectionScheduler({
@@ -311,7 +360,11 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
           ),
           ...(collect.everyMs ? { everyMs: collect.everyMs } : {}),
           ...(collect.days ? { days: collect.days } : {}),
-          ...(collect.onRun ? { onRun: collect.onRun } : {}),
+          log: collectionLog,
+          onRun: (run: SourceRun) => {
+            logCollection(run);
+            collect.onRun?.(run);
+          },
         })
       : undefined;
   const app = await buildApp({
@@ -327,7 +380,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     siteId,
     regionId: region.id,
     version: VERSION,
-    ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
+    log,
     ...(opts.bodyLimit !== undefined ? { bodyLimit: opts.bodyLimit } : {}),
     ...(opts.requestTimeoutMs !== undefined ? { requestTimeoutMs: opts.requestTimeoutMs } : {}),
     resolveIdentity: opts.resolveIdentity ?? tokenResolver(identity),
@@ -336,7 +389,10 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     ...(imaging ? { imaging } : {}),
     ...(collect ? { collectionSources: collect.sources.map((s) => s.id) } : {}),
     auditPeers: { verify: verifyAudit, states: () => witness.states(), prometheus: () => witness.prometheus() },
-    ...(dimse ? { metrics: [(site: string) => dimse.metrics.prometheus(site)] } : {}),
+    metrics: [
+      (site: string) => counts.prometheus({ site }),
+      ...(dimse ? [(site: string) => dimse.metrics.prometheus(site)] : []),
+    ],
   });
   return {
     ok: true,

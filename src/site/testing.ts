@@ -1,4 +1,5 @@
 // Test helper: one site of the example region listening on 127.0.0.1 (random port).
+import { silentLogging, type Logging } from '../common/index.ts';
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -8,7 +9,7 @@ import { openTestDb } from '../db/test-db.ts';
 import type { S3BlobStoreOptions } from '../imaging/index.ts';
 import { tableCounts } from '../records/testing.ts';
 import { exampleRegion } from '../region/testing.ts';
-import type { FastifyInstance, FastifyServerOptions } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import { Sm2PrivateKey, type Sm2PublicKey } from '../security/crypto/index.ts';
 import { signToken } from '../security/identity/index.ts';
 import { openSite, type Site } from './open-site.ts';
@@ -44,8 +45,11 @@ export async function startTestServer(
     db?: Db;
     /** Custodians of the master key made at start (default: two throwaway keys). */
     custodians?: Array<{ name: string; publicKey: Sm2PublicKey }>;
-    logger?: FastifyServerOptions['logger'];
+    /** The site's logging (default: silent, problems still counted in /metrics). */
+    logging?: Logging;
     requestTimeoutMs?: number;
+    /** How often the audit log is checkpointed (default 5 s). */
+    checkpointEveryMs?: number;
     /** Routes a test adds before the server listens (fault injection). */
     routes?: (app: FastifyInstance, site: Site) => void;
   } = {},
@@ -86,8 +90,9 @@ export async function startTestServer(
       ...(opts.streamImagesAboveBytes ? { streamAboveBytes: opts.streamImagesAboveBytes } : {}),
     },
     ...(opts.bodyLimit ? { bodyLimit: opts.bodyLimit } : {}),
-    ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
+    logging: opts.logging ?? silentLogging(),
     ...(opts.requestTimeoutMs ? { requestTimeoutMs: opts.requestTimeoutMs } : {}),
+    ...(opts.checkpointEveryMs ? { checkpointEveryMs: opts.checkpointEveryMs } : {}),
   });
   if (!opened.ok) throw new Error(opened.error.message);
   const { site } = opened;

@@ -1,5 +1,6 @@
 // Access control of one site: the policy documents, grants, per-request requesters and
 // their record views, and the decision endpoint's explanation.
+import type { Logger } from '../../common/index.ts';
 import type { Db } from '../../db/index.ts';
 import type { RecordStore, SearchParamTable } from '../../records/index.ts';
 import { hmacSm3Keyed } from '../crypto/index.ts';
@@ -16,6 +17,7 @@ export interface AccessControlOptions {
   searchParams: SearchParamTable;
   /** A secret derived from the site's master key for a label (KMS deriveSecret); throws while sealed. */
   secret(label: string): Uint8Array;
+  log: Logger;
   now?: () => Date;
 }
 
@@ -64,7 +66,7 @@ export class AccessControl {
   }
 
   static async open(o: AccessControlOptions): Promise<AccessControl> {
-    return new AccessControl(o, await AccessDocuments.open({ db: o.db }));
+    return new AccessControl(o, await AccessDocuments.open({ db: o.db, log: o.log.child({ component: 'access-documents' }) }));
   }
 
   #now(): Date {

@@ -1,6 +1,7 @@
 // Policies and masking rules as versioned documents in the database. Every change is a new
 // version (nothing is overwritten); the newest version of each is in force. Each API node
 // keeps them in memory and reloads when it changes them or when its copy is a few seconds old.
+import { reasonOf, type Logger } from '../../common/index.ts';
 import type { Db } from '../../db/index.ts';
 import { DEFAULT_MASKING_RULES, DEFAULT_POLICIES } from './defaults.ts';
 import { accessPolicySchema, describeIssues, maskingRulesSchema, type AccessPolicy, type MaskingRules } from './policy.ts';
@@ -30,17 +31,19 @@ interface Loaded {
 export class AccessDocuments {
   readonly #db: Db;
   readonly #maxAgeMs: number;
+  readonly #log: Logger;
   #loaded: Loaded | undefined;
   #reloading: Promise<void> | undefined;
 
-  private constructor(db: Db, maxAgeMs: number) {
+  private constructor(db: Db, maxAgeMs: number, log: Logger) {
     this.#db = db;
     this.#maxAgeMs = maxAgeMs;
+    this.#log = log;
   }
 
   /** Seeds version 1 of every default document that does not exist yet, then loads. */
-  static async open(opts: { db: Db; maxAgeMs?: number }): Promise<AccessDocuments> {
-    const d = new AccessDocuments(opts.db, opts.maxAgeMs ?? 3000);
+  static async open(opts: { db: Db; log: Logger; maxAgeMs?: number }): Promise<AccessDocuments> {
+    const d = new AccessDocuments(opts.db, opts.maxAgeMs ?? 3000, opts.log);
     const seed = [
       ...DEFAULT_POLICIES.map((p) => ['policy', p.name, p] as const),
       ['masking', MASKING_NAME, DEFAULT_MASKING_RULES] as const,
@@ -73,9 +76,16 @@ export class AccessDocuments {
   #current(): Loaded {
     const l = this.#loaded!;
     if (Date.now() - l.at > this.#maxAgeMs && !this.#reloading) {
-      this.#reloading = this.reload().finally(() => {
-        this.#reloading = undefined;
-      });
+      // In the background, outside whatever transaction the caller is in; a failed reload keeps
+      // the copy in force (decisions go on) and is logged, and the next call tries again.
+      this.#reloading = this.#db
+        .background(() => this.reload())
+        .catch((e: unknown) =>
+          this.#log.warn({ err: e }, `access documents not reloaded, the copy in force stays: ${reasonOf(e)}`),
+        )
+        .finally(() => {
+          this.#reloading = undefined;
+        });
     }
     return l;
   }
