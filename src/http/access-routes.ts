@@ -1,25 +1,16 @@
 // The access-control admin API: policies and masking rules (versioned documents), grants,
-// break-glass and the decision endpoint. Bodies are validated with schemas; errors are
-// {error, message} with the offending path named.
-import type { FastifyPluginAsync, FastifyReply } from 'fastify';
+// break-glass and the decision endpoint. Requests are validated by the route schemas; errors
+// are Problems (outcome.ts), the offending path named.
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import {
-  ACTIONS,
-  PURPOSES,
-  defaultPurpose,
-  describeIssues,
-  MASKING_NAME,
-  type AccessControl,
-  type AccessError,
-  type AccessErrorKind,
-} from '../security/access/index.ts';
+import { ACTIONS, PURPOSES, defaultPurpose, MASKING_NAME, type AccessControl } from '../security/access/index.ts';
 import type { IdentityService } from '../security/identity/index.ts';
 import { actorId } from './identity.ts';
+import { accessProblem, problem, sendProblem } from './outcome.ts';
 import type { RouteAccess } from './route-access.ts';
 
 const ADMIN: RouteAccess = { roles: ['administrator'] };
 const OVERSIGHT: RouteAccess = { roles: ['administrator', 'auditor'] };
-const STATUS: Record<AccessErrorKind, number> = { unauthenticated: 401, forbidden: 403, 'bad-request': 400, 'not-found': 404 };
 
 const grantBody = z.strictObject({
   user: z.string().min(1).max(200),
@@ -48,58 +39,85 @@ const decideBody = z.strictObject({
     .optional(),
 });
 
-function invalid(reply: FastifyReply, error: z.ZodError): FastifyReply {
-  const issues = describeIssues(error);
-  return reply.code(400).send({ error: 'bad-request', message: issues.join('; '), issues });
-}
+const name = z.object({ name: z.string().min(1).max(100) });
+const grantId = z.object({ id: z.string().min(1).max(100) });
+const grantQuery = z.object({
+  user: z.string().min(1).max(200).optional(),
+  patient: z
+    .string()
+    .regex(/^[A-Za-z0-9\-.]{1,64}$/, 'a Patient id')
+    .optional(),
+  active: z.enum(['true', 'false']).optional(),
+});
 
-function refused(reply: FastifyReply, e: AccessError): FastifyReply {
-  return reply.code(STATUS[e.kind]).send({ error: e.kind, message: e.message });
-}
-
-export const accessRoutes: FastifyPluginAsync<{ access: AccessControl; identity: IdentityService }> = async (
+export const accessRoutes: FastifyPluginAsyncZod<{ access: AccessControl; identity: IdentityService }> = async (
   app,
   { access, identity },
 ) => {
-  app.get('/policies', { config: { access: OVERSIGHT } }, () => access.documents.list('policy'));
+  const documentRefused = (e: { kind: 'invalid'; issues: string[] } | { kind: 'not-found'; message: string }) =>
+    e.kind === 'invalid' ? problem(400, e.issues.join('; '), { details: { issues: e.issues } }) : problem(404, e.message);
 
-  app.get<{ Params: { name: string } }>('/policies/:name/_history', { config: { access: OVERSIGHT } }, async (req, reply) => {
-    const versions = await access.documents.history('policy', req.params.name);
-    return versions.length
-      ? versions
-      : reply.code(404).send({ error: 'not-found', message: `no policy named ${req.params.name}` });
-  });
+  app.get(
+    '/policies',
+    { config: { access: OVERSIGHT }, schema: { summary: 'Access policies in force, by role', tags: ['access'] } },
+    () => access.documents.list('policy'),
+  );
 
-  app.put<{ Params: { name: string } }>('/policies/:name', { config: { access: ADMIN } }, async (req, reply) => {
-    const r = await access.documents.put('policy', req.params.name, req.body, actorId(req.identity));
-    if (!r.ok)
-      return r.error.kind === 'invalid'
-        ? reply.code(400).send({ error: 'bad-request', message: r.error.issues.join('; '), issues: r.error.issues })
-        : reply.code(404).send({ error: 'not-found', message: r.error.message });
-    req.auditExtra = { action: 'policy-change', resource: `AccessPolicy/${r.value.name}/_history/${r.value.version}` };
-    return reply.code(r.value.version === 1 ? 201 : 200).send(r.value);
-  });
+  app.get(
+    '/policies/:name/_history',
+    { config: { access: OVERSIGHT }, schema: { summary: 'Every version of a policy', tags: ['access'], params: name } },
+    async (req, reply) => {
+      const versions = await access.documents.history('policy', req.params.name);
+      return versions.length ? versions : sendProblem(req, reply, problem(404, `no policy named ${req.params.name}`));
+    },
+  );
 
-  app.get('/masking-rules', { config: { access: OVERSIGHT } }, () => access.documents.history('masking', MASKING_NAME));
+  app.put(
+    '/policies/:name',
+    {
+      config: { access: ADMIN },
+      // The body is an access policy, validated (and its errors worded) by the documents' own schema.
+      schema: { summary: 'Writes a new version of a policy', tags: ['access'], params: name, body: z.unknown() },
+    },
+    async (req, reply) => {
+      const r = await access.documents.put('policy', req.params.name, req.body, actorId(req.identity));
+      if (!r.ok) return sendProblem(req, reply, documentRefused(r.error));
+      req.auditExtra = { action: 'policy-change', resource: `AccessPolicy/${r.value.name}/_history/${r.value.version}` };
+      return reply.code(r.value.version === 1 ? 201 : 200).send(r.value);
+    },
+  );
 
-  app.put('/masking-rules', { config: { access: ADMIN } }, async (req, reply) => {
-    const r = await access.documents.put('masking', MASKING_NAME, req.body, actorId(req.identity));
-    if (!r.ok)
-      return r.error.kind === 'invalid'
-        ? reply.code(400).send({ error: 'bad-request', message: r.error.issues.join('; '), issues: r.error.issues })
-        : reply.code(404).send({ error: 'not-found', message: r.error.message });
-    req.auditExtra = { action: 'policy-change', resource: `MaskingRules/${MASKING_NAME}/_history/${r.value.version}` };
-    return r.value;
-  });
+  app.get(
+    '/masking-rules',
+    { config: { access: OVERSIGHT }, schema: { summary: 'Every version of the masking rules', tags: ['access'] } },
+    () => access.documents.history('masking', MASKING_NAME),
+  );
 
-  app.get<{ Querystring: { user?: string; patient?: string; active?: string } }>(
+  app.put(
+    '/masking-rules',
+    {
+      config: { access: ADMIN },
+      schema: { summary: 'Writes a new version of the masking rules', tags: ['access'], body: z.unknown() },
+    },
+    async (req, reply) => {
+      const r = await access.documents.put('masking', MASKING_NAME, req.body, actorId(req.identity));
+      if (!r.ok) return sendProblem(req, reply, documentRefused(r.error));
+      req.auditExtra = { action: 'policy-change', resource: `MaskingRules/${MASKING_NAME}/_history/${r.value.version}` };
+      return r.value;
+    },
+  );
+
+  app.get(
     '/grants',
-    { config: { access: OVERSIGHT } },
+    {
+      config: { access: OVERSIGHT },
+      schema: { summary: 'Grants and break-glass accesses', tags: ['access'], querystring: grantQuery },
+    },
     async (req, reply) => {
       let userId: string | undefined;
       if (req.query.user) {
         const u = await identity.findUser(req.query.user);
-        if (!u) return reply.code(404).send({ error: 'not-found', message: `no user ${req.query.user}` });
+        if (!u) return sendProblem(req, reply, problem(404, `no user ${req.query.user}`));
         userId = u.userId;
       }
       return access.grants.list({
@@ -110,71 +128,88 @@ export const accessRoutes: FastifyPluginAsync<{ access: AccessControl; identity:
     },
   );
 
-  app.post('/grants', { config: { access: ADMIN } }, async (req, reply) => {
-    const b = grantBody.safeParse(req.body);
-    if (!b.success) return invalid(reply, b.error);
-    const u = await identity.findUser(b.data.user);
-    if (!u) return reply.code(404).send({ error: 'not-found', message: `user: no user ${b.data.user}` });
-    const r = await access.grants.create({
-      kind: 'grant',
-      userId: u.userId,
-      patientId: b.data.patient,
-      reason: b.data.reason,
-      validFrom: b.data.validFrom ? new Date(b.data.validFrom) : new Date(),
-      validUntil: new Date(b.data.validUntil),
-      grantedBy: actorId(req.identity),
-    });
-    if (!r.ok) return reply.code(400).send({ error: 'bad-request', message: r.message });
-    req.auditExtra = {
-      action: 'grant',
-      resource: `Patient/${b.data.patient}`,
-      detail: `grant ${r.value.id} to ${b.data.user} until ${r.value.validUntil}: ${r.value.reason}`,
-    };
-    return reply.code(201).send(r.value);
-  });
+  app.post(
+    '/grants',
+    {
+      config: { access: ADMIN },
+      schema: { summary: 'Grants a user access to a patient for a while', tags: ['access'], body: grantBody },
+    },
+    async (req, reply) => {
+      const u = await identity.findUser(req.body.user);
+      if (!u) return sendProblem(req, reply, problem(404, `user: no user ${req.body.user}`));
+      const r = await access.grants.create({
+        kind: 'grant',
+        userId: u.userId,
+        patientId: req.body.patient,
+        reason: req.body.reason,
+        validFrom: req.body.validFrom ? new Date(req.body.validFrom) : new Date(),
+        validUntil: new Date(req.body.validUntil),
+        grantedBy: actorId(req.identity),
+      });
+      if (!r.ok) return sendProblem(req, reply, problem(400, r.message));
+      req.auditExtra = {
+        action: 'grant',
+        resource: `Patient/${req.body.patient}`,
+        detail: `grant ${r.value.id} to ${req.body.user} until ${r.value.validUntil}: ${r.value.reason}`,
+      };
+      return reply.code(201).send(r.value);
+    },
+  );
 
-  app.delete<{ Params: { id: string } }>('/grants/:id', { config: { access: ADMIN } }, async (req, reply) => {
-    const done = await access.grants.revoke(req.params.id, actorId(req.identity));
-    req.auditExtra = { action: 'grant-revoke', resource: `Grant/${req.params.id}` };
-    return done
-      ? reply.code(204).send()
-      : reply.code(404).send({ error: 'not-found', message: `no active grant ${req.params.id}` });
-  });
+  app.delete(
+    '/grants/:id',
+    { config: { access: ADMIN }, schema: { summary: 'Revokes a grant', tags: ['access'], params: grantId } },
+    async (req, reply) => {
+      const done = await access.grants.revoke(req.params.id, actorId(req.identity));
+      req.auditExtra = { action: 'grant-revoke', resource: `Grant/${req.params.id}` };
+      return done ? reply.code(204).send() : sendProblem(req, reply, problem(404, `no active grant ${req.params.id}`));
+    },
+  );
 
-  app.post('/break-glass', { config: { access: 'records' } }, async (req, reply) => {
-    const may = access.mayBreakGlass(req.identity);
-    if (!may.ok) return refused(reply, may.error);
-    const b = breakGlassBody.safeParse(req.body);
-    if (!b.success) return invalid(reply, b.error);
-    const r = await access.breakGlass(req.identity, b.data);
-    if (!r.ok) return refused(reply, r.error);
-    req.auditExtra = {
-      action: 'break-glass',
-      resource: `Patient/${b.data.patient}`,
-      purpose: 'emergency',
-      breakGlass: { reason: r.value.reason },
-      detail: `break-glass ${r.value.id} until ${r.value.validUntil}`,
-    };
-    return reply.code(201).send(r.value);
-  });
+  app.post(
+    '/break-glass',
+    {
+      config: { access: 'records' },
+      schema: { summary: 'Opens one patient for an emergency, with a reason (audited)', tags: ['access'], body: breakGlassBody },
+    },
+    async (req, reply) => {
+      const may = access.mayBreakGlass(req.identity);
+      if (!may.ok) return sendProblem(req, reply, accessProblem(may.error));
+      const r = await access.breakGlass(req.identity, req.body);
+      if (!r.ok) return sendProblem(req, reply, accessProblem(r.error));
+      req.auditExtra = {
+        action: 'break-glass',
+        resource: `Patient/${req.body.patient}`,
+        purpose: 'emergency',
+        breakGlass: { reason: r.value.reason },
+        detail: `break-glass ${r.value.id} until ${r.value.validUntil}`,
+      };
+      return reply.code(201).send(r.value);
+    },
+  );
 
-  app.post('/decide', { config: { access: OVERSIGHT } }, async (req, reply) => {
-    const b = decideBody.safeParse(req.body);
-    if (!b.success) return invalid(reply, b.error);
-    const u = await identity.findUser(b.data.user);
-    if (!u) return reply.code(404).send({ error: 'not-found', message: `user: no user ${b.data.user}` });
-    const caller = { userId: u.userId, roles: u.roles, attributes: u.attributes };
-    const purpose = b.data.purpose ?? defaultPurpose(caller, access.documents.policies()) ?? 'treatment';
-    const r = await access.explain({
-      caller,
-      purpose,
-      resourceType: b.data.resourceType,
-      ...(b.data.action ? { action: b.data.action } : {}),
-      ...(b.data.field ? { field: b.data.field } : {}),
-      ...(b.data.id ? { id: b.data.id } : {}),
-    });
-    return r.ok ? r.value : refused(reply, r.error);
-  });
+  app.post(
+    '/decide',
+    {
+      config: { access: OVERSIGHT },
+      schema: { summary: 'Explains the decision for a user, purpose and resource', tags: ['access'], body: decideBody },
+    },
+    async (req, reply) => {
+      const u = await identity.findUser(req.body.user);
+      if (!u) return sendProblem(req, reply, problem(404, `user: no user ${req.body.user}`));
+      const caller = { userId: u.userId, roles: u.roles, attributes: u.attributes };
+      const purpose = req.body.purpose ?? defaultPurpose(caller, access.documents.policies()) ?? 'treatment';
+      const r = await access.explain({
+        caller,
+        purpose,
+        resourceType: req.body.resourceType,
+        ...(req.body.action ? { action: req.body.action } : {}),
+        ...(req.body.field ? { field: req.body.field } : {}),
+        ...(req.body.id ? { id: req.body.id } : {}),
+      });
+      return r.ok ? r.value : sendProblem(req, reply, accessProblem(r.error));
+    },
+  );
 
   await Promise.resolve();
 };

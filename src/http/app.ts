@@ -1,6 +1,8 @@
 // The site's HTTP server. Plugins are encapsulated (Fastify style): FHIR under /fhir/R4,
 // health at the root.
+import swagger from '@fastify/swagger';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import type { Logger } from '../common/index.ts';
 import type { Db } from '../db/index.ts';
 import type { RecordsContext, SearchParamTable } from '../records/index.ts';
@@ -92,6 +94,24 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   registerErrorHandling(app, bodyLimit);
   if (opts.audit) registerAudit(app, { siteId: opts.siteId, audit: opts.audit });
   registerRouteAccess(app);
+  // Route schemas are zod schemas (Fastify's type provider): they validate at the door, type the
+  // handlers and make the OpenAPI document (/openapi.json, docs/api-reference.md).
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'medmesh site API',
+        version: opts.version,
+        description: `One site of a medmesh region: FHIR R4, DICOMweb, access control, keys, audit, replication. Errors: an OperationOutcome under /fhir, {code, message} elsewhere.`,
+      },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+    transform: jsonSchemaTransform,
+  });
+  app.get('/openapi.json', { config: { access: 'public' }, schema: { hide: true } }, () => app.swagger());
 
   // 200 while the process serves HTTP; `status` says "degraded" (with what) when a replication
   // link is down or changes wait in dead letters: monitoring alerts on it, while load balancers

@@ -34,8 +34,8 @@ export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): voi
     if (!NEEDS_AUDIT.test(request.url) || opts.audit()) return;
     return sendProblem(request, reply, {
       status: 503,
-      code: 'transient',
-      error: 'sealed',
+      fhir: 'transient',
+      code: 'sealed',
       message: `site ${opts.siteId} is sealed: data is served only while every access can be audited; unseal it (medmesh keys unseal)`,
     });
   });
@@ -51,8 +51,8 @@ export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): voi
       const { contentType, body } = problemBody(request.url, {
         ...internal(request, err, 'the access could not be audited: error'),
         status: 503,
-        code: 'transient',
-        error: 'audit-unavailable',
+        fhir: 'transient',
+        code: 'audit-unavailable',
       });
       // reply.code is closed once an answer is on its way (deadline.ts): this one replaces it.
       reply.raw.statusCode = 503;

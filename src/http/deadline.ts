@@ -113,7 +113,7 @@ export function registerDeadlines(app: FastifyInstance, opts: DeadlineOptions): 
   app.addHook('onRequest', (req, reply, done) => {
     if (inflight.closing) {
       reply.header('connection', 'close');
-      sendProblem(req, reply, { status: 503, code: 'transient', error: 'unavailable', message: 'the site is stopping' });
+      sendProblem(req, reply, { status: 503, fhir: 'transient', code: 'unavailable', message: 'the site is stopping' });
       return;
     }
     const work = inflight.start();
@@ -130,7 +130,7 @@ export function registerDeadlines(app: FastifyInstance, opts: DeadlineOptions): 
       work.controller.abort(new Error(reason));
       if (work.answering || reply.sent || reply.raw.headersSent || reply.raw.destroyed) return;
       reply.header('retry-after', '1');
-      sendProblem(req, reply, { status: 503, code: 'transient', error: 'unavailable', message });
+      sendProblem(req, reply, { status: 503, fhir: 'transient', code: 'unavailable', message });
     };
     const ms = req.routeOptions.config?.timeoutMs ?? opts.timeoutMs;
     // Armed here, outside the request's scope: the 503 (and its audit entry) is not aborted work.

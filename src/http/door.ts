@@ -2,12 +2,13 @@
 // answers what it refuses itself. Limits are checked on the raw request (before parsing
 // recursion or the database could fail on it); every refusal is a 4xx in the shape of the
 // route it was meant for (outcome.ts), and no internal error text reaches a client.
+import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
 import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify';
 import { DbClosedError, TransactionMisuseError, WorkAbortedError } from '../db/index.ts';
-import { problemBody, sendProblem, type Problem } from './outcome.ts';
+import { problem, problemBody, sendProblem, type Problem } from './outcome.ts';
 
 /** Objects and arrays nested deeper than this in a JSON body are refused (FHIR resources need far fewer). */
 export const MAX_JSON_DEPTH = 100;
@@ -27,8 +28,8 @@ export class DoorError extends Error {
   }
 }
 
-const bad = (message: string, code: Problem['code'] = 'invalid'): DoorError =>
-  new DoorError({ status: 400, code, error: 'bad-request', message });
+const bad = (message: string, fhir: Problem['fhir'] = 'invalid'): DoorError =>
+  new DoorError({ status: 400, fhir, code: 'bad-request', message });
 
 /**
  * Where a JSON text breaks a limit a parser would not catch, or undefined: nesting deeper than
@@ -75,8 +76,8 @@ function bodyText(req: FastifyRequest, body: Buffer): string {
   if (charset && charset !== 'utf-8' && charset !== 'utf8')
     throw new DoorError({
       status: 415,
-      code: 'not-supported',
-      error: 'unsupported-media-type',
+      fhir: 'not-supported',
+      code: 'unsupported-media-type',
       message: `charset ${charset} is not supported: JSON bodies are UTF-8`,
     });
   try {
@@ -113,8 +114,8 @@ export function registerDoor(app: FastifyInstance, opts: DoorOptions): void {
         if (refusal)
           throw new DoorError({
             status: 400,
-            code: refusal.tooDeep ? 'too-costly' : 'invalid',
-            error: 'bad-request',
+            fhir: refusal.tooDeep ? 'too-costly' : 'invalid',
+            code: 'bad-request',
             message: refusal.tooDeep
               ? `JSON body refused: ${refusal.message} (limits: ${opts.maxJsonDepth} levels of nesting, ${opts.bodyLimit} bytes)`
               : `JSON body refused: ${refusal.message}`,
@@ -166,8 +167,8 @@ export function checkTarget(url: string): void {
     if (segment.length > MAX_PATH_SEGMENT)
       throw new DoorError({
         status: 414,
-        code: 'too-costly',
-        error: 'uri-too-long',
+        fhir: 'too-costly',
+        code: 'uri-too-long',
         message: `a path segment is longer than ${MAX_PATH_SEGMENT} characters`,
       });
     decodeComponent(segment, 'the URL path');
@@ -201,7 +202,7 @@ export function doorServerOptions(): Pick<FastifyServerOptions, 'frameworkErrors
         err.code === 'FST_ERR_BAD_URL'
           ? bad('the URL is not valid percent-encoded UTF-8').problem
           : err.code === 'FST_ERR_MAX_PARAM_LENGTH'
-            ? { status: 414, code: 'too-costly', error: 'uri-too-long', message: 'a path segment is too long' }
+            ? { status: 414, fhir: 'too-costly', code: 'uri-too-long', message: 'a path segment is too long' }
             : internal(req, err);
       void sendProblem(req, reply, problem);
     },
@@ -234,8 +235,8 @@ export function doorServerOptions(): Pick<FastifyServerOptions, 'frameworkErrors
                 : 'malformed HTTP request';
       const { contentType, body } = problemBody(target, {
         status,
-        code: status === 408 ? 'timeout' : status === 400 ? 'structure' : 'too-costly',
-        error: status === 408 ? 'timeout' : status === 400 ? 'bad-request' : 'too-large',
+        fhir: status === 408 ? 'timeout' : status === 400 ? 'structure' : 'too-costly',
+        code: status === 408 ? 'timeout' : status === 400 ? 'bad-request' : 'too-large',
         message,
       });
       if (!socket.writable) return void socket.destroy();
@@ -256,8 +257,8 @@ export function internal(req: FastifyRequest, err: unknown, what = 'internal err
   req.log.error({ err, errorId }, what);
   return {
     status: 500,
-    code: 'exception',
-    error: 'internal',
+    fhir: 'exception',
+    code: 'internal',
     message: `${what} ${errorId}: the details are in the site's log under this id`,
   };
 }
@@ -273,24 +274,24 @@ export function isDatabaseError(e: unknown): boolean {
 export function problemOf(req: FastifyRequest, err: unknown, bodyLimit: number): Problem {
   if (err instanceof DoorError) return err.problem;
   if (err instanceof WorkAbortedError)
-    return { status: 503, code: 'transient', error: 'unavailable', message: `the request was stopped: ${err.message}` };
+    return { status: 503, fhir: 'transient', code: 'unavailable', message: `the request was stopped: ${err.message}` };
   if (err instanceof DbClosedError)
-    return { status: 503, code: 'transient', error: 'unavailable', message: 'the site is stopping; try again' };
+    return { status: 503, fhir: 'transient', code: 'unavailable', message: 'the site is stopping; try again' };
   const e = err as Partial<FastifyError>;
   switch (e.code) {
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
     case 'FST_ERR_CTP_INVALID_TYPE':
       return {
         status: 415,
-        code: 'not-supported',
-        error: 'unsupported-media-type',
+        fhir: 'not-supported',
+        code: 'unsupported-media-type',
         message: `content type ${String(req.headers['content-type'])} is not supported; send application/fhir+json or application/json`,
       };
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return {
         status: 413,
-        code: 'too-costly',
-        error: 'too-large',
+        fhir: 'too-costly',
+        code: 'too-large',
         message: `the request body exceeds the limit of ${bodyLimit} bytes`,
       };
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
@@ -300,14 +301,20 @@ export function problemOf(req: FastifyRequest, err: unknown, bodyLimit: number):
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
       return bad('malformed JSON', 'structure').problem;
     case 'FST_ERR_HANDLER_TIMEOUT':
-      return { status: 503, code: 'timeout', error: 'timeout', message: 'the request timed out' };
+      return { status: 503, fhir: 'timeout', code: 'timeout', message: 'the request timed out' };
     default:
       break;
   }
   if (err instanceof SyntaxError) return bad(`malformed JSON: ${err.message}`, 'structure').problem;
+  // A route schema refused the request: every issue, named by where it is (body.reason, querystring.day).
+  if (hasZodFastifySchemaValidationErrors(err)) {
+    const where = (err as { validationContext?: string }).validationContext ?? 'request';
+    const issues = err.validation.map((v) => `${[where, ...v.instancePath.split('/').filter(Boolean)].join('.')}: ${v.message}`);
+    return problem(400, issues.join('; '), { details: { issues } });
+  }
   // Fastify's own refusals (validation, and the like) word nothing internal.
   if (typeof e.code === 'string' && e.code.startsWith('FST_ERR_') && e.statusCode && e.statusCode >= 400 && e.statusCode < 500)
-    return { status: e.statusCode, code: 'invalid', error: 'bad-request', message: e.message ?? 'bad request' };
+    return { status: e.statusCode, fhir: 'invalid', code: 'bad-request', message: e.message ?? 'bad request' };
   return internal(req, err);
 }
 
@@ -315,8 +322,8 @@ export function registerErrorHandling(app: FastifyInstance, bodyLimit: number): 
   app.setNotFoundHandler((req, reply) =>
     sendProblem(req, reply, {
       status: 404,
+      fhir: 'not-found',
       code: 'not-found',
-      error: 'not-found',
       message: `no route for ${req.method} ${req.url.split('?')[0]!.slice(0, 200)}`,
     }),
   );

@@ -62,8 +62,8 @@ export function peerSiteOf(req: FastifyRequest, reply: FastifyReply, region: Reg
   if (region.site(peer) && peer !== siteId) return peer;
   void sendProblem(req, reply, {
     status: 403,
+    fhir: 'forbidden',
     code: 'forbidden',
-    error: 'forbidden',
     message: `service ${peer} is not another site of region ${region.id}`,
   });
   return undefined;
@@ -83,16 +83,16 @@ export function registerIdentity(app: FastifyInstance, resolve: IdentityResolver
       // Sealed: no token can be checked, so nothing but public routes can be served.
       return sendProblem(request, reply, {
         status: 503,
-        code: 'transient',
-        error: 'issuer-unavailable',
+        fhir: 'transient',
+        code: 'issuer-unavailable',
         message: `${r.error.message}: data is served only while every access can be checked and audited; unseal it (medmesh keys unseal)`,
       });
     }
     if (!r.ok)
       return sendProblem(request, reply.header('www-authenticate', `Bearer error="${r.error.kind}"`), {
         status: 401,
-        code: 'login',
-        error: r.error.kind,
+        fhir: 'login',
+        code: r.error.kind,
         message: r.error.message,
       });
     request.identity = r.identity;

@@ -6,7 +6,7 @@
 //   services - other sites, routers or edges with a service assertion
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Identity } from './identity.ts';
-import { sendProblem } from './outcome.ts';
+import { problem, sendProblem } from './outcome.ts';
 
 /** `roles` and `services` may be combined: a user with one of the roles or a service of one of the kinds. */
 export type RouteAccess = 'public' | 'records' | { roles?: readonly string[]; services?: readonly string[] };
@@ -68,6 +68,5 @@ function check(access: RouteAccess, who: Identity): { status: 401 | 403; message
 
 function refuse(req: FastifyRequest, reply: FastifyReply, status: 401 | 403, message: string): FastifyReply {
   if (status === 401) reply.header('www-authenticate', 'Bearer');
-  const code = status === 401 ? 'login' : 'forbidden';
-  return sendProblem(req, reply, { status, code, error: status === 401 ? 'unauthenticated' : 'forbidden', message });
+  return sendProblem(req, reply, problem(status, message));
 }
