@@ -1,7 +1,8 @@
 // The imaging store: a DICOM file in, checked, encrypted under its own data key into the blob
 // store, then indexed; out again decrypted with its SHA-256 checked. The blob is written
-// while the index rows are, and is durable before they commit; it is removed if they cannot
-// be, so a failure leaves neither.
+// while the index rows are (on PostgreSQL; on PGlite first), and is durable before they
+// commit; it is removed if they cannot be, so a failure leaves neither. Data keys come from
+// data-key-pool.ts, the index statements from instance-index.ts.
 import { createHash, randomUUID } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import type { Db, Queryable } from '../db/index.ts';
@@ -11,8 +12,8 @@ import type { BlobStore } from './blob-store.ts';
 import { attributesOf, readInstance, type DicomJson, type InstanceAttributes } from './dicom-attributes.ts';
 import { checkStructureStream } from './dicom-structure.ts';
 import { blobFailure, imagingFail, type ImagingError, type ImagingResult } from './errors.ts';
-
-export const IMAGING_KEY = 'imaging-files';
+import { DataKeyPool, IMAGING_KEY } from './data-key-pool.ts';
+import { currentInstance, IndexRefusal, writeInstanceIndex, type InstanceRow } from './instance-index.ts';
 
 export interface ImagingStoreOptions {
   db: Db;
@@ -57,39 +58,13 @@ export interface StoredInstance {
   attributes: DicomJson;
 }
 
-interface InstanceRow {
-  sop_instance_uid: string;
-  sop_class_uid: string;
-  study_uid: string;
-  series_uid: string;
-  transfer_syntax_uid: string;
-  version: number;
-  sha256: string;
-  size_bytes: string | number | bigint;
-  blob_key: string;
-  data_key: Uint8Array;
-  attributes: DicomJson;
-}
-
-interface DataKey {
-  wrapped: Buffer;
-  plaintext: Buffer;
-  madeAt: number;
-}
-
-/** Data keys kept ready, and how long one may wait for its file. */
-const SPARE_KEYS = 2;
-const SPARE_KEY_MAX_AGE_MS = 2000;
-
 export class ImagingStore {
   readonly #o: ImagingStoreOptions;
-  /** The KMS key for file data keys exists (created on first use, then not asked again). */
-  #keyReady = false;
-  #spares: DataKey[] = [];
-  #refilling: Promise<void> | undefined;
+  readonly #keys: DataKeyPool;
 
   constructor(opts: ImagingStoreOptions) {
     this.#o = opts;
+    this.#keys = new DataKeyPool(opts.kms);
   }
 
   get db(): Db {
@@ -136,7 +111,7 @@ export class ImagingStore {
     const max = this.maxFileBytes;
     if (file.byteLength > max)
       return imagingFail('too-large', `the file has ${file.byteLength} bytes; this site accepts at most ${max}`);
-    const key = await this.#dataKey();
+    const key = await this.#keys.next();
     if (!key.ok) return key;
     // Encryption (most of the work) starts at once on a worker, while this thread checks the
     // file and asks the index whether this site may keep it and whether the same bytes are
@@ -150,7 +125,7 @@ export class ImagingStore {
     if (!read.ok) return imagingFail('invalid', read.error);
     const a = read.value;
     const sha256 = createHash('sha256').update(file).digest('hex');
-    const [refused, existing] = await Promise.all([this.#refuse(a, opts), this.#current(this.#o.db, a.sopInstanceUid)]);
+    const [refused, existing] = await Promise.all([this.#refuse(a, opts), currentInstance(this.#o.db, a.sopInstanceUid)]);
     if (refused) return refused;
     if (existing?.sha256 === sha256 && (await this.#o.blobs.exists(existing.blob_key)))
       return { ok: true, value: outcomeOf(a, sha256, 'duplicate', existing.version) };
@@ -175,7 +150,7 @@ export class ImagingStore {
   ): Promise<ImagingResult<IngestOutcome>> {
     const max = this.maxFileBytes;
     const headLimit = opts.headBytes ?? 4 * 2 ** 20;
-    const key = await this.#dataKey();
+    const key = await this.#keys.next();
     if (!key.ok) {
       for await (const _ of source); // read to the end: the sender is not left hanging
       return key;
@@ -288,57 +263,6 @@ export class ImagingStore {
   }
 
   /**
-   * A fresh data key for one file, under the KMS key for image files (made on first use).
-   * A few are made ahead, in the background, so the KMS's round trips stay off the ingest
-   * path; each is still used for one file only, and one older than SPARE_KEY_MAX_AGE_MS
-   * (or any, once the KMS is sealed) is destroyed unused: a key rotation reaches new files
-   * within that time.
-   */
-  async #dataKey(): Promise<ImagingResult<DataKey>> {
-    const now = Date.now();
-    if (!this.#o.kms.signingKey()) this.#dropSpares(() => true);
-    else this.#dropSpares((k) => now - k.madeAt > SPARE_KEY_MAX_AGE_MS);
-    const spare = this.#spares.shift();
-    if (spare) {
-      this.#refill();
-      return { ok: true, value: spare };
-    }
-    try {
-      const k = await this.#newDataKey();
-      this.#refill();
-      return { ok: true, value: k };
-    } catch (e) {
-      return imagingFail('sealed', `cannot encrypt the file: ${e instanceof Error ? e.message : String(e)}`);
-    }
-  }
-
-  async #newDataKey(): Promise<DataKey> {
-    if (!this.#keyReady) await this.#o.kms.ensureKey(IMAGING_KEY);
-    this.#keyReady = true;
-    const k = await this.#o.kms.generateDataKey(IMAGING_KEY);
-    return { wrapped: k.wrapped, plaintext: k.plaintext!, madeAt: Date.now() };
-  }
-
-  /** Tops the spare keys up in the background; a failure leaves them short (the next file asks the KMS itself). */
-  #refill(): void {
-    if (this.#refilling || this.#spares.length >= SPARE_KEYS) return;
-    this.#refilling = (async () => {
-      try {
-        while (this.#spares.length < SPARE_KEYS && this.#o.kms.signingKey()) this.#spares.push(await this.#newDataKey());
-      } catch {
-        // sealed or the database unreachable: the ingest path reports it when it asks itself
-      } finally {
-        this.#refilling = undefined;
-      }
-    })();
-  }
-
-  #dropSpares(stale: (k: DataKey) => boolean): void {
-    for (const k of this.#spares.filter(stale)) k.plaintext.fill(0);
-    this.#spares = this.#spares.filter((k) => !stale(k));
-  }
-
-  /**
    * Indexes a blob while `stored` writes it: the index transaction commits only once the blob
    * is durable, so a crash leaves at most an unreferenced blob, never a row without its file.
    * The blob is removed whenever the index does not take it.
@@ -354,13 +278,16 @@ export class ImagingStore {
       (e: unknown) => void (putError = e ?? new Error('the blob store failed')),
     );
     const indexThenWait = (tx: Queryable) =>
-      this.#index(tx, a, f).then(async (v) => {
+      writeInstanceIndex(tx, this.#o.blobs, a, f).then(async (v) => {
         if (v === 'duplicate') return v;
         await blob;
         if (putError !== undefined) throw new BlobPutFailed(); // the rows are rolled back
         return v;
       });
     try {
+      // PGlite has one connection for the whole site: the index transaction may not hold it for
+      // as long as a blob takes to write (a slow disk or bucket would stop every request).
+      if (this.#o.db.kind === 'pglite') await blob;
       let version: Awaited<ReturnType<typeof indexThenWait>>;
       try {
         version = await this.#o.db.transaction(indexThenWait);
@@ -373,7 +300,7 @@ export class ImagingStore {
         // The same bytes are held already (sent before, or by another sender meanwhile).
         await blob;
         await this.#o.blobs.delete(f.blobKey);
-        const held = await this.#current(this.#o.db, a.sopInstanceUid);
+        const held = await currentInstance(this.#o.db, a.sopInstanceUid);
         return { ok: true, value: outcomeOf(a, f.sha256, 'duplicate', held?.version ?? 1) };
       }
       if (typeof version === 'object') return { ok: true, value: outcomeOf(a, f.sha256, 'restored', version.restored) };
@@ -390,7 +317,7 @@ export class ImagingStore {
 
   /** The current copy of an instance: its bytes as received, checked against the SHA-256. */
   async read(sopInstanceUid: string): Promise<ImagingResult<{ instance: StoredInstance; file: Buffer }>> {
-    const row = await this.#current(this.#o.db, sopInstanceUid);
+    const row = await currentInstance(this.#o.db, sopInstanceUid);
     if (!row) return imagingFail('not-found', `no instance ${sopInstanceUid}`);
     const sealed = await this.#o.blobs.read(row.blob_key);
     if (!sealed) return imagingFail('corrupt', `instance ${sopInstanceUid}: its file is missing from the blob store`);
@@ -459,110 +386,8 @@ export class ImagingStore {
     );
     return rows.map(toInstance);
   }
-
-  async #current(q: Queryable, sopInstanceUid: string): Promise<InstanceRow | undefined> {
-    const { rows } = await q.query<InstanceRow>('SELECT * FROM imaging_instance WHERE sop_instance_uid = $1 AND current', [
-      sopInstanceUid,
-    ]);
-    return rows[0];
-  }
-
-  async #index(
-    tx: Queryable,
-    a: InstanceAttributes,
-    f: { sha256: string; size: number; blobKey: string; dataKey: Buffer; source: string },
-  ): Promise<number | 'duplicate' | { restored: number }> {
-    // The current copy is locked; two first copies racing meet at the unique index on current
-    // rows, and the loser is retried by the caller (then it finds the winner here).
-    const prior = (
-      await tx.query<InstanceRow>('SELECT * FROM imaging_instance WHERE sop_instance_uid = $1 AND current FOR UPDATE', [
-        a.sopInstanceUid,
-      ])
-    ).rows[0];
-    if (prior?.sha256 === f.sha256) {
-      if (await this.#o.blobs.exists(prior.blob_key)) return 'duplicate';
-      // The same bytes again, and the file held for them is lost: the new file takes its place.
-      await tx.query('UPDATE imaging_instance SET blob_key = $3, data_key = $4 WHERE sop_instance_uid = $1 AND version = $2', [
-        a.sopInstanceUid,
-        prior.version,
-        f.blobKey,
-        f.dataKey,
-      ]);
-      return { restored: prior.version };
-    }
-    if (prior && prior.study_uid !== a.studyInstanceUid)
-      throw new IndexRefusal(
-        `instance ${a.sopInstanceUid} is already held in study ${prior.study_uid}, not ${a.studyInstanceUid}`,
-      );
-    if (prior)
-      await tx.query('UPDATE imaging_instance SET current = false WHERE sop_instance_uid = $1 AND current', [a.sopInstanceUid]);
-    const version = (prior?.version ?? 0) + 1;
-    // Study, series and instance in one round trip; the instance row is written only if its
-    // series belongs to its study (else the statement reports the series' study and the
-    // transaction is refused).
-    const { rows } = await tx.query<{ series_study: string; inserted: number }>(
-      `WITH st AS (
-         INSERT INTO imaging_study (study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, study_id, referring_physician, source)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $31)
-         ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id, patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
-           patient_sex = excluded.patient_sex, study_date = excluded.study_date, study_time = excluded.study_time, accession_number = excluded.accession_number,
-           study_description = excluded.study_description, study_id = excluded.study_id, referring_physician = excluded.referring_physician, source = excluded.source, updated_at = clock_timestamp()
-         RETURNING study_uid
-       ), se AS (
-         INSERT INTO imaging_series (series_uid, study_uid, modality, series_number, series_description) VALUES ($12, $1, $13, $14, $15)
-         ON CONFLICT (series_uid) DO UPDATE SET modality = excluded.modality, series_number = excluded.series_number, series_description = excluded.series_description
-         RETURNING study_uid
-       ), ins AS (
-         INSERT INTO imaging_instance (sop_instance_uid, version, current, series_uid, study_uid, sop_class_uid, instance_number, transfer_syntax_uid, number_of_frames, rows, columns, charset,
-           size_bytes, sha256, blob_key, data_key, attributes, flag, source)
-         SELECT $16, $17, true, $12, (SELECT study_uid FROM st), $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31
-         WHERE (SELECT study_uid FROM se) = $1
-         RETURNING 1
-       )
-       SELECT (SELECT study_uid FROM se) AS series_study, (SELECT count(*)::int FROM ins) AS inserted`,
-      [
-        a.studyInstanceUid,
-        a.patientId,
-        a.patientName,
-        a.patientBirthDate,
-        a.patientSex,
-        a.studyDate,
-        a.studyTime,
-        a.accessionNumber,
-        a.studyDescription,
-        a.studyId,
-        a.referringPhysicianName,
-        a.seriesInstanceUid,
-        a.modality,
-        a.seriesNumber,
-        a.seriesDescription,
-        a.sopInstanceUid,
-        version,
-        a.sopClassUid,
-        a.instanceNumber,
-        a.transferSyntaxUid,
-        a.numberOfFrames,
-        a.rows,
-        a.columns,
-        a.specificCharacterSet,
-        f.size,
-        f.sha256,
-        f.blobKey,
-        f.dataKey,
-        JSON.stringify(a.json),
-        prior ? `re-sent with different bytes (version ${prior.version} had SHA-256 ${prior.sha256})` : null,
-        f.source,
-      ],
-    );
-    if (rows[0]?.inserted !== 1)
-      throw new IndexRefusal(
-        `series ${a.seriesInstanceUid} belongs to study ${rows[0]?.series_study ?? '?'}, not ${a.studyInstanceUid}`,
-      );
-    return version;
-  }
 }
 
-class IndexRefusal extends Error {}
 /** Rolls back the index rows of a file the blob store did not keep. */
 class BlobPutFailed extends Error {}
 

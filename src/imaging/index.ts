@@ -6,7 +6,7 @@ export { FsBlobStore } from './blob-store.ts';
 export { S3BlobStore } from './s3-blob-store.ts';
 export type { S3BlobStoreOptions } from './s3-blob-store.ts';
 export type { BlobStore } from './blob-store.ts';
-export { ImagingStore, IMAGING_KEY } from './imaging-store.ts';
+export { ImagingStore } from './imaging-store.ts';
 export type { ImagingStoreOptions, IngestOptions, IngestOutcome, StoredInstance } from './imaging-store.ts';
 export { findImaging, queryableAttributes, attributeKeyword, toDicomJson, DEFAULT_RETURN } from './imaging-query.ts';
 export type { FindOptions, QueryLevel, Match } from './imaging-query.ts';
