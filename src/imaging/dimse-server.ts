@@ -10,12 +10,22 @@ import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { PassThrough, Writable } from 'node:stream';
 import dimse from './dimse.ts';
 import type { AuditEvent } from '../security/audit/index.ts';
-import { findImaging, type QueryLevel } from './imaging-query.ts';
 import type { ImagingStore, IngestOutcome } from './imaging-store.ts';
 import { storeFailureStatus, type ImagingResult } from './errors.ts';
 import { part10File } from './part10.ts';
-import { cStoreFiles, onStoreSettled, storeRequestFor } from './dimse-scu.ts';
-import { dicomString, filesFor, finalResponse, naturalized, negotiate, retrieveKeys } from './dimse-datasets.ts';
+import { onStoreSettled, storeRequestFor } from './dimse-scu.ts';
+import { finalResponse, negotiate } from './dimse-datasets.ts';
+import {
+  answerFind,
+  answerGet,
+  answerMove,
+  FIND_UNABLE_TO_PROCESS,
+  MOVE_UNABLE_TO_PROCESS,
+  type FindRequest,
+  type GetRequest,
+  type MoveRequest,
+  type OperationContext,
+} from './dimse-query-retrieve.ts';
 import { DimseMetrics, type DimseErrorKind } from './dimse-metrics.ts';
 
 const { Scp, Dataset } = dimse;
@@ -24,9 +34,6 @@ const { Status, RejectResult, RejectSource, RejectReason, TransferSyntax, AbortS
 type DimseDataset = InstanceType<typeof Dataset>;
 type Association = Parameters<InstanceType<typeof Scp>['associationRequested']>[0];
 type StoreRequest = Parameters<InstanceType<typeof Scp>['cStoreRequest']>[0];
-type FindRequest = Parameters<InstanceType<typeof Scp>['cFindRequest']>[0];
-type MoveRequest = Parameters<InstanceType<typeof Scp>['cMoveRequest']>[0];
-type GetRequest = Parameters<InstanceType<typeof Scp>['cGetRequest']>[0];
 /** An ingestion as a value: a thrown error (the index unreachable, the association gone) is kept as `thrown`. */
 type Stored = ImagingResult<IngestOutcome> | { ok: false; thrown: unknown };
 /** A C-STORE data set as it arrives: in memory while small, else streaming into the store. */
@@ -62,11 +69,6 @@ export interface DimseServerOptions {
 
 /** Status codes medmesh answers with (PS3.4 Annex B and C). */
 const STORE_OUT_OF_RESOURCES = 0xa700;
-const FIND_UNABLE_TO_PROCESS = 0xc000;
-const FIND_IDENTIFIER_MISMATCH = 0xa900;
-const MOVE_DESTINATION_UNKNOWN = 0xa801;
-const MOVE_SUBOPS_FAILED = 0xb000;
-const MOVE_UNABLE_TO_PROCESS = 0xc000;
 
 export interface DimseServer {
   port: number;
@@ -135,6 +137,14 @@ function scpFor(o: DimseServerOptions, metrics: DimseMetrics, slots: { tryEnter:
     readonly #feeds = new Set<PassThrough>();
     /** C-GET sub-operations awaiting their answer: failed if the association ends first. */
     readonly #subops = new Set<() => void>();
+    /** What C-FIND, C-MOVE and C-GET need of this association (dimse-query-retrieve.ts). */
+    readonly #operations: OperationContext = {
+      o,
+      audit,
+      event: (action, outcome, extra) => this.#event(action, outcome, extra),
+      subStore: (f, counts, why) => this.#subStore(f, counts, why),
+      closed: () => this.#socket.destroyed,
+    };
 
     constructor(socket: Socket, opts: ConstructorParameters<typeof Scp>[1]) {
       super(socket, opts);
@@ -417,45 +427,7 @@ function scpFor(o: DimseServerOptions, metrics: DimseMetrics, slots: { tryEnter:
       };
       this.#contain(
         (comment) => fail(FIND_UNABLE_TO_PROCESS, comment),
-        async () => {
-          const elements = request.getDataset()?.getElements() ?? {};
-          const level = dicomString(elements.QueryRetrieveLevel).trim().toUpperCase();
-          if (!['PATIENT', 'STUDY', 'SERIES', 'IMAGE'].includes(level))
-            return fail(
-              FIND_IDENTIFIER_MISMATCH,
-              `QueryRetrieveLevel ${level || '(none)'} is not PATIENT, STUDY, SERIES or IMAGE`,
-            );
-          const keys: Record<string, string> = {};
-          for (const [k, v] of Object.entries(elements)) {
-            if (k === 'QueryRetrieveLevel' || k === 'SpecificCharacterSet' || k === '_vrMap') continue;
-            keys[k] = dicomString(v);
-          }
-          const found = await findImaging(o.store.db, level as QueryLevel, keys);
-          if (!found.ok) {
-            await audit(this.#event('dicom-find', 'failure', { detail: found.error }));
-            return fail(FIND_UNABLE_TO_PROCESS, found.error);
-          }
-          const logged = await audit(
-            this.#event('dicom-find', 'success', { detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}` }),
-          );
-          if (!logged) return fail(Status.ProcessingFailure, 'the audit log cannot record this query');
-          const responses = found.value.map((m) => {
-            const r = CFindResponse.fromRequest(request);
-            r.setDataset(
-              new Dataset({
-                SpecificCharacterSet: 'ISO_IR 192',
-                QueryRetrieveLevel: level,
-                RetrieveAETitle: o.aeTitle,
-                ...naturalized(m),
-              }),
-            );
-            r.setStatus(Status.Pending);
-            return r;
-          });
-          const done = CFindResponse.fromRequest(request);
-          done.setStatus(Status.Success);
-          callback([...responses, done]);
-        },
+        () => answerFind(this.#operations, request, fail, callback),
       );
     }
 
@@ -464,50 +436,7 @@ function scpFor(o: DimseServerOptions, metrics: DimseMetrics, slots: { tryEnter:
       const respond = finalResponse(() => CMoveResponse.fromRequest(request), callback);
       this.#contain(
         (comment) => respond(MOVE_UNABLE_TO_PROCESS, {}, comment),
-        async () => {
-          const destination = (request.getCommandDataset().getElement('MoveDestination') ?? '').trim();
-          const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
-          const resource = keys.StudyInstanceUID ? { resource: `dicom:study/${keys.StudyInstanceUID}` } : {};
-          const target = o.remoteAes?.[destination];
-          if (!target) {
-            await audit(
-              this.#event('dicom-move', 'failure', {
-                ...resource,
-                detail: `move destination ${destination || '(none)'} is not known`,
-              }),
-            );
-            return respond(MOVE_DESTINATION_UNKNOWN, {}, `move destination ${destination} is not known`);
-          }
-          if (!Object.keys(keys).length)
-            return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to move');
-          const gathered = await filesFor(o.store, keys);
-          if (!gathered.ok) return respond(MOVE_UNABLE_TO_PROCESS, {}, gathered.error);
-          const { files, failed } = gathered;
-          const logged = await audit(
-            this.#event('dicom-move', 'allow', {
-              ...resource,
-              detail: `${files.length + failed.length} instance(s) to ${destination}`,
-            }),
-          );
-          if (!logged) return respond(Status.ProcessingFailure, {}, 'the audit log cannot record this retrieval');
-          const sent = files.length
-            ? await cStoreFiles({ aeTitle: destination, ...target }, { callingAe: o.aeTitle }, files)
-            : { ok: true as const, value: { completed: 0, failed: [], warnings: 0 } };
-          const completed = sent.ok ? sent.value.completed : 0;
-          const failures = failed.length + (sent.ok ? sent.value.failed.length : files.length);
-          const why = sent.ok ? sent.value.failed[0]?.error : sent.error;
-          await audit(
-            this.#event('dicom-move', failures ? 'failure' : 'success', {
-              ...resource,
-              detail: `${completed} sent to ${destination}, ${failures} failed${why ? `: ${why}` : ''}`,
-            }),
-          );
-          respond(
-            failures ? MOVE_SUBOPS_FAILED : Status.Success,
-            { completed, failed: failures, warnings: sent.ok ? sent.value.warnings : 0 },
-            why,
-          );
-        },
+        () => answerMove(this.#operations, request, respond),
       );
     }
 
@@ -515,32 +444,7 @@ function scpFor(o: DimseServerOptions, metrics: DimseMetrics, slots: { tryEnter:
       const respond = finalResponse(() => CGetResponse.fromRequest(request), callback);
       this.#contain(
         (comment) => respond(MOVE_UNABLE_TO_PROCESS, {}, comment),
-        async () => {
-          const keys = retrieveKeys(request.getDataset()?.getElements() ?? {});
-          const resource = keys.StudyInstanceUID ? { resource: `dicom:study/${keys.StudyInstanceUID}` } : {};
-          if (!Object.keys(keys).length)
-            return respond(FIND_IDENTIFIER_MISMATCH, {}, 'no Study, Series or SOP Instance UID to get');
-          const gathered = await filesFor(o.store, keys);
-          if (!gathered.ok) return respond(MOVE_UNABLE_TO_PROCESS, {}, gathered.error);
-          const logged = await audit(
-            this.#event('dicom-get', 'allow', {
-              ...resource,
-              detail: `${gathered.files.length + gathered.failed.length} instance(s)`,
-            }),
-          );
-          if (!logged) return respond(Status.ProcessingFailure, {}, 'the audit log cannot record this retrieval');
-          // The C-STORE sub-operations go back on this association, to the caller.
-          const counts = { completed: 0, failed: gathered.failed.length, warnings: 0 };
-          const why: string[] = [];
-          await Promise.all(gathered.files.map((f) => this.#subStore(f, counts, why)));
-          await audit(
-            this.#event('dicom-get', counts.failed ? 'failure' : 'success', {
-              ...resource,
-              detail: `${counts.completed} sent, ${counts.failed} failed${why.length ? `: ${why[0]!}` : ''}`,
-            }),
-          );
-          if (!this.#socket.destroyed) respond(counts.failed ? MOVE_SUBOPS_FAILED : Status.Success, counts, why[0]);
-        },
+        () => answerGet(this.#operations, request, respond),
       );
     }
 
