@@ -60,7 +60,11 @@ const ladder = {
 };
 
 /** Entries other folders may use besides index.ts: sm3.ts alone keeps worker threads quick to start. */
-const lightEntries = { 'security/crypto': ['sm3'] };
+const lightEntries = {
+  'security/crypto': ['sm3'],
+  // Synthetic patients for the demo, `medmesh seed` and benchmarks: kept out of the records API.
+  records: ['synthetic'],
+};
 
 const esc = (s) => s.replace(/[/]/g, '\\/');
 // The bottom of the ladder: every folder may use it.

@@ -17,7 +17,7 @@ import { BIN, ENV, EXAMPLE } from './testing.ts';
 import type { Db } from '../db/index.ts';
 import { openPglite, openPostgres, quoteIdent } from '../db/index.ts';
 import { TEST_POSTGRES_URL, testBackend } from '../db/test-db.ts';
-import { seededRandom } from '../records/index.ts';
+import { seededRandom } from '../records/synthetic.ts';
 import { AuditWitness, cosign, latestHeld, verifyAuditLog } from '../security/audit/index.ts';
 import { APPEND_LOCK } from '../security/audit/appender.ts';
 import { sm2Verify, Sm2PrivateKey, Sm2PublicKey } from '../security/crypto/index.ts';

@@ -1,6 +1,7 @@
 // Writes synthetic patients through the same transaction-Bundle path clients use, each at
 // the active site of its home shard.
-import { processBundle, seededRandom, syntheticPatient, type RecordStore } from '../records/index.ts';
+import { processBundle, type RecordStore } from '../records/index.ts';
+import { seededRandom, syntheticPatient } from '../records/synthetic.ts';
 import { statusOf } from '../http/index.ts';
 import type { Region } from '../region/index.ts';
 

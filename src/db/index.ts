@@ -1,3 +1,8 @@
+// The database every site keeps its state in: one Db interface over embedded PGlite and a
+// PostgreSQL server (same SQL, same migrations), with the transaction guard (a transaction's
+// work uses its own connection; aborted work lets go of the database), forward-only migrations,
+// the site's identity binding, the HLC bound store and site-wide leases for background work.
+// Needs the clock's bound-store contract only.
 export type { Db, DbKind, Queryable, QueryOptions, QueryResult } from './db.ts';
 export { OUTBOX_CHANNEL } from './db.ts';
 export { DbClosedError, TransactionMisuseError, WorkAbortedError } from './guard.ts';

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
-import { seededRandom } from '../records/index.ts';
+import { seededRandom } from '../records/synthetic.ts';
 import { checkpointStatement, consistencyProof, latestHeld, leafHash, rootOf } from '../security/audit/index.ts';
 import { sm2Sign, sm2Verify, Sm2PrivateKey } from '../security/crypto/index.ts';
 import { startTestServer, type TestServer } from '../site/testing.ts';

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Patient } from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
-import { seededRandom } from '../records/index.ts';
+import { seededRandom } from '../records/synthetic.ts';
 import { encodeGeohash, GEOLOCATION_URL, makeResidentId, residentIdCheckChar } from '../region/index.ts';
 import { MIN_RESIDENT_ID_CANDIDATES } from '../security/access/index.ts';
 import { startTestServer, type TestServer } from '../site/testing.ts';

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { testBackend } from '../db/test-db.ts';
-import { seededRandom } from '../records/index.ts';
+import { seededRandom } from '../records/synthetic.ts';
 import { makeResidentId } from '../region/index.ts';
 import { startTestServer, type TestServer } from '../site/testing.ts';
 

@@ -1,26 +1,31 @@
-export { readChanges, backlogAfter, START, BACKLOG_CAP } from './changefeed.ts';
+// Cross-site replication: each site's own changefeed (below the oldest running transaction,
+// filtered to what the peer may hold, poison changes parked at the sender), sealed pages on
+// per-link keys, pullers with leases, batch apply with the cursor in the same transaction,
+// dead letters, link metrics and health, and consistency verification of versions and derived
+// state. Needs records (to apply), crypto and identity (to seal and authenticate).
+export { backlogAfter, START, BACKLOG_CAP } from './changefeed.ts';
 export type { Change, Cursor, FeedPage } from './changefeed.ts';
-export { applyBatch, cursorFor } from './apply-batch.ts';
+
 export type { ApplyContext, ApplyReport } from './apply-batch.ts';
-export { sealPage, sealEncoded, openPage, feedAad, encodeChange, changeJson, jsonText } from './wire.ts';
+export { sealPage, sealEncoded, openPage, feedAad } from './wire.ts';
 export type { EncodedPage, EncodedChange } from './wire.ts';
-export { readFeed, listFeedDeadLetters, retryFeedDeadLetter, skipFeedDeadLetter, countFeedDeadLetters } from './feed.ts';
+export { readFeed, listFeedDeadLetters, retryFeedDeadLetter, skipFeedDeadLetter } from './feed.ts';
 export type { FeedAnswer, FeedParked, FeedDeadLetter, FeedDeadLetterResult } from './feed.ts';
 export { replicationHealth } from './health.ts';
 export type { ReplicationHealth, HealthProblem } from './health.ts';
-export { Puller, PullFailure, pullFailure } from './puller.ts';
+export { Puller } from './puller.ts';
 export type { PullerOptions } from './puller.ts';
 export { listDeadLetters, retryDeadLetter, skipDeadLetter } from './dead-letters.ts';
 export type { DeadLetter, DeadLetterResult } from './dead-letters.ts';
-export { RetryLater } from './apply-batch.ts';
+
 export { ReplicationMetrics } from './metrics.ts';
 export type { LinkState, LinkStatus, PulledReport } from './metrics.ts';
-export { computeDigests, bucketLeaves, readVersions, repairChangeId, DEFAULT_BUCKETS } from './digests.ts';
+
 export type { BucketDigest, Leaf, VersionRef, DigestScope } from './digests.ts';
 export { verifyPair, localVerifyPeer, watermarkBefore } from './verify.ts';
 export type { VerifyPeer, VerifyReport, Divergence, DivergenceKind } from './verify.ts';
-export { httpVerifyPeer, repairAad } from './verify-client.ts';
+export { repairAad } from './verify-client.ts';
 export { ConsistencyChecker } from './checker.ts';
 export type { CheckerOptions, CheckRequest } from './checker.ts';
-export { LinkKeySender, LinkKeyReceiver, LINK_KEY_ROTATE_MS } from './link-keys.ts';
+export { LinkKeySender, LinkKeyReceiver } from './link-keys.ts';
 export type { LinkKey } from './link-keys.ts';

@@ -8,17 +8,9 @@ import { packHlc } from '../clock/index.ts';
 import { testBackend } from '../db/test-db.ts';
 import { openTestStore, type TestStore } from '../records/testing.ts';
 import { makeResidentId } from '../region/index.ts';
-import {
-  applyBatch,
-  cursorFor,
-  listDeadLetters,
-  readChanges,
-  retryDeadLetter,
-  RetryLater,
-  skipDeadLetter,
-  START,
-  type Change,
-} from './index.ts';
+import { applyBatch, cursorFor, RetryLater } from './apply-batch.ts';
+import { readChanges, START, type Change } from './changefeed.ts';
+import { listDeadLetters, retryDeadLetter, skipDeadLetter } from './index.ts';
 import { feedEnd, reached, settledPage as settledFeedPage, syncSites } from './testing.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';

@@ -3,5 +3,5 @@
 // checks, imaging and collection) with the HTTP layer in front. It keeps no state that
 // matters: everything lives in the database and the blob store. It needs every domain below
 // it; only the CLI (and tests) use it.
-export { openSite, VERSION } from './open-site.ts';
+export { openSite } from './open-site.ts';
 export type { Site, SiteOptions, SiteStartError, ReplicationStartOptions } from './open-site.ts';

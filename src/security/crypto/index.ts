@@ -2,34 +2,15 @@
 export { CryptoError } from './errors.ts';
 export type { CryptoErrorCode } from './errors.ts';
 export { sm3, hmacSm3, hmacSm3Keyed, equalConstantTime } from './sm3.ts';
-export {
-  sm4CbcEncrypt,
-  sm4CbcDecrypt,
-  sm4Ctr,
-  sm4EncryptBlock,
-  sm4BlockEncryptor,
-  sm4GcmEncrypt,
-  sm4GcmDecrypt,
-  SM4_KEY_BYTES,
-  GCM_NONCE_BYTES,
-  GCM_TAG_BYTES,
-} from './sm4.ts';
+export { sm4CbcEncrypt, sm4Ctr, sm4GcmEncrypt, sm4GcmDecrypt } from './sm4.ts';
 export type { GcmSealed } from './sm4.ts';
 export { Sm2PrivateKey, Sm2PublicKey } from './sm2-keys.ts';
-export { sm2Sign, sm2Verify, sm2Encrypt, sm2Decrypt, DEFAULT_SM2_USER_ID } from './sm2.ts';
+export { sm2Sign, sm2Verify, sm2Encrypt, sm2Decrypt } from './sm2.ts';
 export type { Sm2SignOptions, Sm2CipherFormat } from './sm2.ts';
-export {
-  aes256GcmEncrypt,
-  aes256GcmDecrypt,
-  rsa3072Generate,
-  rsaOaepEncrypt,
-  rsaOaepDecrypt,
-  rsaPssSign,
-  rsaPssVerify,
-} from './fallback.ts';
-export { sealEnvelope, openEnvelope, readEnvelopeHeader, algorithmFor, keyBytesFor, ENVELOPE_ALGORITHMS } from './envelope.ts';
+
+export { sealEnvelope, openEnvelope, readEnvelopeHeader, algorithmFor, keyBytesFor } from './envelope.ts';
 export type { EnvelopeAlgorithm, EnvelopeHeader, CryptoPolicy } from './envelope.ts';
-export { createEncryptStream, createDecryptStream, decryptFile, encryptFile } from './file-stream.ts';
+export { createEncryptStream, encryptFile } from './file-stream.ts';
 export { FileCryptoPool, openHere } from './file-crypto-pool.ts';
 export type { OpenedFile } from './file-crypto-pool.ts';
 export type { FileKey, FileHeader } from './file-stream.ts';

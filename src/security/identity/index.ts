@@ -1,7 +1,9 @@
+// Who is calling: users with scrypt passwords and TOTP second factors, SM2-signed access and
+// refresh tokens with revocation, and service assertions between sites. Needs db and crypto.
 export { IdentityService, serviceAssertion, AssertionCache, SECOND_FACTOR_ROLES } from './identity.ts';
 export type { IdentityContext, IdentityError, IdentityErrorKind, Principal, TokenPair } from './identity.ts';
-export { hashPassword, verifyPassword, passwordProblem } from './password.ts';
-export { hotp, matchTotp, totpStep, base32, base32Decode, newTotpSecret } from './totp.ts';
+
+export { hotp, totpStep, base32, base32Decode } from './totp.ts';
 export type { OtpAlgorithm } from './totp.ts';
-export { signToken, verifyToken, peekHeader } from './token.ts';
+export { signToken } from './token.ts';
 export type { TokenClaims, TokenError } from './token.ts';
