@@ -1,4 +1,7 @@
-// The one place medmesh encrypts, signs and hashes: national algorithms first, AES/RSA fallback.
+// The one place medmesh encrypts, signs and hashes: SM2 (signatures with a user ID, C1C3C2
+// encryption, keys openssl reads), SM3 and HMAC-SM3, SM4 (CBC, CTR, GCM), the AES-256-GCM /
+// RSA-3072 fallback behind the versioned envelope, and streamed file encryption on worker
+// threads. Needs nothing else in src: no database, no state.
 export { CryptoError } from './errors.ts';
 export type { CryptoErrorCode } from './errors.ts';
 export { sm3, hmacSm3, hmacSm3Keyed, equalConstantTime } from './sm3.ts';
