@@ -171,10 +171,14 @@ export const accessRoutes: FastifyPluginAsyncZod<{ access: AccessControl; identi
     {
       config: { access: 'records' },
       schema: { summary: 'Opens one patient for an emergency, with a reason (audited)', tags: ['access'], body: breakGlassBody },
+      // Who may break the glass is decided before the body is checked: a caller who may not
+      // is refused as such (403), whatever they sent.
+      preValidation: async (req, reply) => {
+        const may = access.mayBreakGlass(req.identity);
+        if (!may.ok) return sendProblem(req, reply, accessProblem(may.error));
+      },
     },
     async (req, reply) => {
-      const may = access.mayBreakGlass(req.identity);
-      if (!may.ok) return sendProblem(req, reply, accessProblem(may.error));
       const r = await access.breakGlass(req.identity, req.body);
       if (!r.ok) return sendProblem(req, reply, accessProblem(r.error));
       req.auditExtra = {

@@ -390,8 +390,33 @@ describe(`access control (${testBackend()})`, () => {
   it('answers a conflict resolution for a record out of scope with 403, before saying whether it has conflicts', async () => {
     const resolve = (p: Patient) =>
       call('POST', '/conflicts/resolve', { ...doctor, ...JSON_BODY }, { resourceType: 'Patient', id: p.id, resource: { ...p } });
-    assert.equal((await resolve(b)).status, 403);
+    const refused = await resolve(b);
+    assert.equal(refused.status, 403);
+    assert.equal(refused.json.code, 'forbidden', 'the JSON error shape, not an OperationOutcome: /conflicts is no FHIR route');
     assert.equal((await resolve(a)).status, 404, 'in scope: no open conflict on it');
+    const malformed = await call(
+      'POST',
+      '/conflicts/resolve',
+      { ...doctor, ...JSON_BODY },
+      { resourceType: 'Patient', id: 'not an id', resource: [] },
+    );
+    assert.equal(malformed.status, 400);
+    assert.equal(malformed.json.code, 'bad-request');
+    assert.deepEqual(malformed.json.issues, [
+      'body.id: a FHIR id',
+      'body.resource: Invalid input: expected record, received array',
+    ]);
+    const listed = await call('GET', '/conflicts?resolved=maybe', doctor);
+    assert.equal(listed.status, 400);
+    assert.match(String(listed.json.message), /^querystring\.resolved: /);
+    const unexplained = await call(
+      'POST',
+      '/conflicts/resolve',
+      { ...doctor, ...JSON_BODY, 'x-medmesh-purpose': 'curiosity' },
+      {},
+    );
+    assert.equal(unexplained.status, 400);
+    assert.match(String(unexplained.json.message), /^X-Medmesh-Purpose must be one of/, 'the purpose is checked before the body');
   });
 
   it('grants: valid only inside their window, revocable, administered by administrators only', async () => {

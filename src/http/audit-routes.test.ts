@@ -2,7 +2,7 @@
 // printable HTML), checkpoints, proofs a peer can check, and cosignatures by another site.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { AuditEvent, Bundle, Patient } from '@medplum/fhirtypes';
+import type { AuditEvent, Bundle, OperationOutcome, Patient } from '@medplum/fhirtypes';
 import { testBackend } from '../db/test-db.ts';
 import { makeResidentId } from '../region/index.ts';
 import { cosign, verifyConsistency, verifyInclusion } from '../security/audit/index.ts';
@@ -151,6 +151,44 @@ describe(`audit routes (${testBackend()})`, () => {
       'only sites cosign',
     );
     assert.equal((await json('/audit/proof/inclusion?seq=5&treeSize=2', peer)).status, 400);
+  });
+
+  it('refuses a malformed request with 400 naming the path: an OperationOutcome under /fhir, {code, message} elsewhere', async () => {
+    const problem = async (path: string, headers: Record<string, string>, init: RequestInit = {}) => {
+      const r = await json<{ code: string; message: string }>(path, headers, init);
+      assert.equal(r.status, 400, `${path}: ${r.text}`);
+      assert.equal(r.json.code, 'bad-request', path);
+      return r.json.message;
+    };
+    assert.match(await problem('/audit/proof/inclusion?seq=x&treeSize=2', auditor), /^querystring\.seq: an integer >= 0$/);
+    assert.match(await problem('/audit/proof/consistency?from=1', auditor), /^querystring\.to: a tree size$/);
+    assert.match(await problem('/audit/report?from=soon&to=2026-12-01', auditor), /^querystring\.from: a date or an instant$/);
+    assert.match(
+      await problem('/audit/report?from=2026-11-01&to=2026-12-01&format=pdf', auditor),
+      /^querystring\.format: html \(printable\) or json$/,
+    );
+    assert.match(await problem('/audit/witness/B', auditor), /^querystring\.nonce: 8-128 letters, digits, _ or -$/);
+    const siteD = Sm2PrivateKey.generate();
+    await s.site.identity.registerService({ id: 'D', kind: 'site', publicKey: siteD.publicKey });
+    const peer = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'D', key: siteD, site: 'B' })}` };
+    assert.match(
+      await problem('/audit/cosignatures', peer, { method: 'POST', body: JSON.stringify({ treeSize: -1, signature: 'AA==' }) }),
+      /^body\.treeSize: /,
+    );
+    // Under /fhir the refusal is an OperationOutcome, the schema's path in its diagnostics.
+    const badId = await json<OperationOutcome>('/fhir/R4/AuditEvent/no_such_id', auditor);
+    assert.equal(badId.status, 400);
+    assert.match(badId.type, /^application\/fhir\+json/);
+    assert.equal(badId.json.issue[0]!.code, 'invalid');
+    assert.match(badId.json.issue[0]!.diagnostics ?? '', /^params\.id: a FHIR id$/);
+    const unknown = await json<OperationOutcome>('/fhir/R4/AuditEvent?who=x', auditor);
+    assert.equal(unknown.status, 400);
+    assert.match(unknown.json.issue[0]!.diagnostics ?? '', /AuditEvent search parameter who is not supported/);
+    const missing = await json<OperationOutcome>('/fhir/R4/AuditEvent/999999', auditor);
+    assert.deepEqual(
+      [missing.status, missing.json.issue[0]!.code, missing.json.issue[0]!.diagnostics],
+      [404, 'not-found', 'AuditEvent/999999 not found'],
+    );
   });
 
   it('reports a period: accesses per role, break-glass uses, denials, verification; printable HTML', async () => {

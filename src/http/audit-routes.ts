@@ -1,6 +1,10 @@
 // The audit log over HTTP: the FHIR AuditEvent view (under /fhir/R4), the compliance report,
 // signed checkpoints, inclusion and consistency proofs, and cosignatures from other sites.
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+// Requests are validated by the route schemas; refusals are Problems (outcome.ts), answered as
+// an OperationOutcome under /fhir.
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
 import type { Db } from '../db/index.ts';
 import { sm2Sign, Sm2PublicKey } from '../security/crypto/index.ts';
 import {
@@ -18,13 +22,12 @@ import {
   type WitnessPeerState,
 } from '../security/audit/index.ts';
 import type { Kms } from '../security/kms/index.ts';
-import { simpleOutcome } from './outcome.ts';
+import { FHIR_JSON, problem, sendProblem } from './outcome.ts';
 import type { RouteAccess } from './route-access.ts';
 
 const AUDITORS: RouteAccess = { roles: ['auditor', 'administrator'] };
 /** Checkpoints and proofs also serve peer sites that keep and cosign our checkpoints. */
 const VERIFIERS: RouteAccess = { roles: ['auditor', 'administrator'], services: ['site'] };
-const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 
 export interface AuditRoutesOptions {
   db: Db;
@@ -44,36 +47,89 @@ function pairs(req: FastifyRequest): Array<[string, string]> {
   return q < 0 ? [] : [...new URLSearchParams(req.url.slice(q + 1))];
 }
 
-function nat(v: string | undefined): number | undefined {
-  return v !== undefined && /^\d{1,15}$/.test(v) ? Number(v) : undefined;
-}
+/** A FHIR search value, or several when the parameter repeats (date=ge...&date=lt...). */
+const searchValue = z.union([z.string().max(256), z.array(z.string().max(256)).max(10)]);
+// The search is parsed by the audit view from the query's pairs (its own messages, unknown
+// parameters refused there); the schema bounds and documents the parameters.
+const auditSearch = z.object({
+  date: searchValue.optional().describe('ge|gt|le|lt followed by a date or an instant; twice for a range'),
+  agent: searchValue.optional().describe('the user (or service:<id>) that acted'),
+  entity: searchValue.optional().describe('the resource, e.g. Patient/123'),
+  action: searchValue.optional(),
+  outcome: searchValue.optional().describe('allow, deny, failure or success'),
+  purpose: searchValue.optional(),
+  _count: searchValue.optional().describe('1-1000 (default 50)'),
+  _offset: searchValue.optional(),
+});
+const auditEventId = z.object({ id: z.string().regex(/^[A-Za-z0-9\-.]{1,64}$/, 'a FHIR id') });
+
+/** A whole number in a query string (a log position or a tree size). */
+const natural = (what: string) =>
+  z
+    .string({ error: what })
+    .regex(/^\d{1,15}$/, what)
+    .transform(Number);
+const inclusionQuery = z.object({ seq: natural('an integer >= 0'), treeSize: natural('an integer >= 0') });
+const consistencyQuery = z.object({ from: natural('a tree size'), to: natural('a tree size') });
+const instant = z
+  .string({ error: 'a date or an instant' })
+  .max(64)
+  .refine((v) => !Number.isNaN(Date.parse(v)), 'a date or an instant');
+const reportQuery = z.object({
+  from: instant.describe('a date or an instant, e.g. 2026-11-01'),
+  to: instant.describe('a date or an instant, after from'),
+  format: z.enum(['html', 'json'], { error: 'html (printable) or json' }).default('html'),
+});
+const witnessParams = z.object({ site: z.string().min(1).max(64) });
+const witnessQuery = z.object({
+  nonce: z.string({ error: '8-128 letters, digits, _ or -' }).regex(/^[0-9A-Za-z_-]{8,128}$/, '8-128 letters, digits, _ or -'),
+});
+const cosignatureBody = z.object({
+  treeSize: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  signature: z.string().min(1).max(1000).describe("base64 SM2 signature over the checkpoint's statement"),
+  publicKey: z.string().max(4096).optional().describe('PEM; if sent, it must be the key registered here for the calling site'),
+});
+
+const sealed = (req: FastifyRequest, reply: FastifyReply) =>
+  sendProblem(req, reply, problem(503, 'the site is sealed', { code: 'sealed' }));
 
 /** Mounted at /fhir/R4: AuditEvent read and search for auditors. */
-export const auditEventRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, opts) => {
+export const auditEventRoutes: FastifyPluginAsyncZod<AuditRoutesOptions> = async (app, opts) => {
   const baseUrl = (req: FastifyRequest) => `${req.protocol}://${req.host}/fhir/R4`;
-  app.get('/AuditEvent', { config: { access: AUDITORS } }, async (req, reply) => {
-    const q = parseAuditQuery(pairs(req));
-    if (!q.ok) return reply.code(400).type(FHIR_JSON).send(simpleOutcome('invalid', q.message));
-    return reply.type(FHIR_JSON).send(await searchAuditEvents(opts.db, q.value, { baseUrl: baseUrl(req), query: pairs(req) }));
-  });
-  app.get<{ Params: { id: string } }>('/AuditEvent/:id', { config: { access: AUDITORS } }, async (req, reply) => {
-    const seq = nat(req.params.id);
-    const e = seq === undefined ? undefined : await readAuditEvent(opts.db, seq);
-    return e
-      ? reply.type(FHIR_JSON).send(e)
-      : reply
-          .code(404)
-          .type(FHIR_JSON)
-          .send(simpleOutcome('not-found', `AuditEvent/${req.params.id} not found`));
-  });
+  app.get(
+    '/AuditEvent',
+    {
+      config: { access: AUDITORS },
+      schema: { summary: 'Searches the audit log as FHIR AuditEvents', tags: ['audit'], querystring: auditSearch },
+    },
+    async (req, reply) => {
+      const q = parseAuditQuery(pairs(req));
+      if (!q.ok) return sendProblem(req, reply, problem(400, q.message));
+      return reply.type(FHIR_JSON).send(await searchAuditEvents(opts.db, q.value, { baseUrl: baseUrl(req), query: pairs(req) }));
+    },
+  );
+  app.get(
+    '/AuditEvent/:id',
+    {
+      config: { access: AUDITORS },
+      schema: { summary: 'One audit log entry as a FHIR AuditEvent', tags: ['audit'], params: auditEventId },
+    },
+    async (req, reply) => {
+      // The id is the entry's position in the log: any other id names no entry.
+      const seq = /^\d{1,15}$/.test(req.params.id) ? Number(req.params.id) : undefined;
+      const e = seq === undefined ? undefined : await readAuditEvent(opts.db, seq);
+      return e ? reply.type(FHIR_JSON).send(e) : sendProblem(req, reply, problem(404, `AuditEvent/${req.params.id} not found`));
+    },
+  );
   await Promise.resolve();
 };
 
 /** Mounted at /audit. */
-export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, opts) => {
-  const log = (reply: FastifyReply) => {
+export const auditRoutes: FastifyPluginAsyncZod<AuditRoutesOptions> = async (app, opts) => {
+  /** The log, or undefined with 503 answered while sealed. */
+  const log = (req: FastifyRequest, reply: FastifyReply) => {
     const l = opts.audit();
-    if (!l) void reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
+    if (!l) void sealed(req, reply);
     return l;
   };
   /** Undefined while sealed. */
@@ -89,24 +145,35 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
   };
 
   // What this site's witness found when it last checked each peer's log.
-  app.get('/witness', { config: { access: AUDITORS } }, () => ({ site: opts.siteId, peers: opts.witness?.() ?? [] }));
+  app.get(
+    '/witness',
+    {
+      config: { access: AUDITORS },
+      schema: { summary: "What this site's witness last found in each peer's log", tags: ['audit'] },
+    },
+    () => ({ site: opts.siteId, peers: opts.witness?.() ?? [] }),
+  );
 
   // The latest checkpoint of `site`'s log this site checked and cosigned, signed together with
   // the asker's nonce: how a site's verify learns whether its log was cut.
-  app.get<{ Params: { site: string }; Querystring: { nonce?: string } }>(
+  app.get(
     '/witness/:site',
-    { config: { access: VERIFIERS } },
+    {
+      config: { access: VERIFIERS },
+      schema: {
+        summary: "The latest checkpoint of a site's log held here, attested with the asker's nonce",
+        tags: ['audit'],
+        params: witnessParams,
+        querystring: witnessQuery,
+      },
+    },
     async (req, reply) => {
-      const nonce = req.query.nonce;
-      if (!nonce || !/^[0-9A-Za-z_-]{8,128}$/.test(nonce))
-        return reply.code(400).send({ error: 'bad-request', message: 'nonce: 8-128 letters, digits, _ or -' });
+      const { nonce } = req.query;
       const signing = opts.kms.signingKey();
-      if (!signing) return reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
+      if (!signing) return sealed(req, reply);
       const held = await latestHeld(opts.db, req.params.site);
       if (!held)
-        return reply
-          .code(404)
-          .send({ error: 'not-found', message: `site ${opts.siteId} holds no checkpoint of site ${req.params.site}` });
+        return sendProblem(req, reply, problem(404, `site ${opts.siteId} holds no checkpoint of site ${req.params.site}`));
       const checkedAt = new Date().toISOString();
       const statement = witnessStatement({
         witness: opts.siteId,
@@ -134,22 +201,27 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
     },
   );
 
-  app.get<{ Querystring: { from?: string; to?: string; format?: string } }>(
+  app.get(
     '/report',
-    // It verifies the whole log: longer than the site's request timeout on a large one.
-    { config: { access: AUDITORS, timeoutMs: 30 * 60_000 } },
+    {
+      // It verifies the whole log: longer than the site's request timeout on a large one.
+      config: { access: AUDITORS, timeoutMs: 30 * 60_000 },
+      schema: {
+        summary: 'The compliance report of a period (printable HTML or JSON), with the log verified',
+        tags: ['audit'],
+        querystring: reportQuery,
+      },
+    },
     async (req, reply) => {
-      const { from, to, format = 'html' } = req.query;
-      if (!from || !to || Number.isNaN(Date.parse(from)) || Number.isNaN(Date.parse(to)) || Date.parse(from) >= Date.parse(to)) {
-        return reply.code(400).send({
-          error: 'bad-request',
-          message: 'from and to: dates or instants, from before to (e.g. ?from=2026-11-01&to=2026-12-01)',
-        });
-      }
-      if (format !== 'html' && format !== 'json')
-        return reply.code(400).send({ error: 'bad-request', message: 'format: html (printable) or json' });
+      const { from, to, format } = req.query;
+      if (Date.parse(from) >= Date.parse(to))
+        return sendProblem(
+          req,
+          reply,
+          problem(400, 'from and to: dates or instants, from before to (e.g. ?from=2026-11-01&to=2026-12-01)'),
+        );
       const verified = await verifyHere();
-      if (!verified) return reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
+      if (!verified) return sealed(req, reply);
       const report = await complianceReport(opts.db, {
         site: opts.siteId,
         from: new Date(from),
@@ -163,52 +235,62 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
 
   // The whole log checked now, with what the peers hold of it (auditors; `medmesh audit verify` does the same offline);
   // longer than the site's request timeout on a large log.
-  app.get('/verify', { config: { access: AUDITORS, timeoutMs: 30 * 60_000 } }, async (_req, reply) => {
-    const verified = await verifyHere();
-    return verified ?? reply.code(503).send({ error: 'sealed', message: 'the site is sealed' });
-  });
+  app.get(
+    '/verify',
+    {
+      config: { access: AUDITORS, timeoutMs: 30 * 60_000 },
+      schema: { summary: 'The whole log verified now, with what the peers hold of it', tags: ['audit'] },
+    },
+    async (req, reply) => (await verifyHere()) ?? sealed(req, reply),
+  );
 
-  app.get('/checkpoint', { config: { access: VERIFIERS } }, async (_req, reply) => {
-    const l = log(reply);
-    if (!l) return reply;
-    const c = await l.latestCheckpoint();
-    return c ? checkpointJson(c) : reply.code(404).send({ error: 'not-found', message: 'no checkpoint signed yet' });
-  });
-
-  app.get<{ Querystring: { seq?: string; treeSize?: string } }>(
-    '/proof/inclusion',
-    { config: { access: VERIFIERS } },
+  app.get(
+    '/checkpoint',
+    { config: { access: VERIFIERS }, schema: { summary: 'The latest signed checkpoint of this log', tags: ['audit'] } },
     async (req, reply) => {
-      const l = log(reply);
+      const l = log(req, reply);
       if (!l) return reply;
-      const seq = nat(req.query.seq);
-      const size = nat(req.query.treeSize);
-      if (seq === undefined || size === undefined || seq >= size)
-        return reply.code(400).send({ error: 'bad-request', message: 'seq and treeSize: integers, seq < treeSize' });
+      const c = await l.latestCheckpoint();
+      return c ? checkpointJson(c) : sendProblem(req, reply, problem(404, 'no checkpoint signed yet'));
+    },
+  );
+
+  app.get(
+    '/proof/inclusion',
+    {
+      config: { access: VERIFIERS },
+      schema: { summary: 'Proof that an entry is in the tree of a size', tags: ['audit'], querystring: inclusionQuery },
+    },
+    async (req, reply) => {
+      const l = log(req, reply);
+      if (!l) return reply;
+      const { seq, treeSize: size } = req.query;
+      if (seq >= size) return sendProblem(req, reply, problem(400, 'seq and treeSize: integers, seq < treeSize'));
       try {
         const p = await l.inclusionProof(seq, size);
         return { seq, treeSize: size, leafHash: p.leafHash.toString('hex'), proof: p.proof.map((b) => b.toString('hex')) };
       } catch (e) {
-        if (e instanceof RangeError) return reply.code(404).send({ error: 'not-found', message: e.message });
+        if (e instanceof RangeError) return sendProblem(req, reply, problem(404, e.message));
         throw e;
       }
     },
   );
 
-  app.get<{ Querystring: { from?: string; to?: string } }>(
+  app.get(
     '/proof/consistency',
-    { config: { access: VERIFIERS } },
+    {
+      config: { access: VERIFIERS },
+      schema: { summary: 'Proof that a tree extends an earlier one', tags: ['audit'], querystring: consistencyQuery },
+    },
     async (req, reply) => {
-      const l = log(reply);
+      const l = log(req, reply);
       if (!l) return reply;
-      const from = nat(req.query.from);
-      const to = nat(req.query.to);
-      if (from === undefined || to === undefined || from < 1 || from > to)
-        return reply.code(400).send({ error: 'bad-request', message: 'from and to: tree sizes, 1 <= from <= to' });
+      const { from, to } = req.query;
+      if (from < 1 || from > to) return sendProblem(req, reply, problem(400, 'from and to: tree sizes, 1 <= from <= to'));
       try {
         return { from, to, proof: (await l.consistencyProof(from, to)).map((b) => b.toString('hex')) };
       } catch (e) {
-        if (e instanceof RangeError) return reply.code(404).send({ error: 'not-found', message: e.message });
+        if (e instanceof RangeError) return sendProblem(req, reply, problem(404, e.message));
         throw e;
       }
     },
@@ -217,33 +299,30 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
   // A cosignature is kept under the calling site's name only when that site's registered key
   // made it: a key sent in the body would let any site cosign in another's name, or with a key
   // nobody can tie to it.
-  app.post<{ Body: { treeSize?: unknown; signature?: unknown; publicKey?: unknown } | undefined }>(
+  app.post(
     '/cosignatures',
-    { config: { access: { services: ['site'] } } },
+    {
+      config: { access: { services: ['site'] } },
+      schema: { summary: "Another site's cosignature of a checkpoint", tags: ['audit'], body: cosignatureBody },
+    },
     async (req, reply) => {
-      const l = log(reply);
+      const l = log(req, reply);
       if (!l) return reply;
-      const { treeSize, signature, publicKey } = req.body ?? {};
-      if (
-        !Number.isSafeInteger(treeSize) ||
-        typeof signature !== 'string' ||
-        (publicKey !== undefined && typeof publicKey !== 'string')
-      )
-        return reply.code(400).send({ error: 'bad-request', message: 'body: {treeSize, signature (base64)}' });
-      if (req.identity.kind !== 'service') return reply.code(403).send({ error: 'forbidden', message: 'only sites cosign' });
+      const { treeSize: size, signature, publicKey } = req.body;
+      if (req.identity.kind !== 'service') return sendProblem(req, reply, problem(403, 'only sites cosign'));
       const site = req.identity.serviceId;
       const key = await opts.serviceKey?.(site);
-      if (!key) return reply.code(403).send({ error: 'forbidden', message: `no key is registered here for site ${site}` });
-      if (typeof publicKey === 'string' && !samePem(publicKey, key))
-        return reply.code(400).send({ error: 'bad-request', message: `publicKey: not the key registered here for site ${site}` });
-      const size = treeSize as number;
+      if (!key) return sendProblem(req, reply, problem(403, `no key is registered here for site ${site}`));
+      if (publicKey !== undefined && !samePem(publicKey, key))
+        return sendProblem(req, reply, problem(400, `publicKey: not the key registered here for site ${site}`));
       const ok = await l.addCosignature(size, site, Buffer.from(signature, 'base64'), key);
       return ok
         ? reply.code(201).send({ treeSize: size, site })
-        : reply.code(400).send({
-            error: 'bad-request',
-            message: `the signature is not ${site}'s over checkpoint ${size}, or there is no such checkpoint`,
-          });
+        : sendProblem(
+            req,
+            reply,
+            problem(400, `the signature is not ${site}'s over checkpoint ${size}, or there is no such checkpoint`),
+          );
     },
   );
 

@@ -48,7 +48,7 @@ class FakePeer {
         return send(200, c);
       }
       if (url.pathname === '/audit/proof/consistency') {
-        if (this.refuseProofs) return send(404, { error: 'not-found', message: 'no proof today' });
+        if (this.refuseProofs) return send(404, { code: 'not-found', message: 'no proof today' });
         const proof = consistencyProof(this.leaves, Number(url.searchParams.get('from')), Number(url.searchParams.get('to')));
         return send(200, { proof: proof.map((p) => p.toString('hex')) });
       }

@@ -1,63 +1,73 @@
-// Login, refresh, revocation and the issuer's public key. Errors answer 400/401 with the reason.
+// Login, refresh, revocation and the issuer's public key. Requests are validated by the route
+// schemas; refusals are Problems (outcome.ts) with the identity error's kind as their code.
 // All public: the credential is in the body (password, refresh token, the token to revoke).
-import type { FastifyPluginAsync, FastifyReply } from 'fastify';
-import type { IdentityError, IdentityErrorKind, IdentityService } from '../security/identity/index.ts';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import type { IdentityError, IdentityService } from '../security/identity/index.ts';
+import { identityProblem, problem, sendProblem } from './outcome.ts';
 
-const STATUS: Record<IdentityErrorKind, number> = {
-  'bad-request': 400,
-  'invalid-credentials': 401,
-  'second-factor-required': 401,
-  'second-factor-invalid': 401,
-  'second-factor-replayed': 401,
-  'user-disabled': 403,
-  'token-invalid': 401,
-  'token-expired': 401,
-  'token-revoked': 401,
-  'unknown-service': 401,
-  'issuer-unavailable': 503,
-};
+/** Longest credential accepted (a password, a token). */
+const MAX_CREDENTIAL = 4096;
+const credential = z.string().min(1).max(MAX_CREDENTIAL);
 
-export function sendIdentityError(reply: FastifyReply, e: IdentityError): FastifyReply {
-  return reply
-    .code(STATUS[e.kind])
-    .header('www-authenticate', `Bearer error="${e.kind}"`)
-    .send({ error: e.kind, message: e.message });
+const loginBody = z.object({
+  username: credential,
+  password: credential,
+  totp: z.string().max(MAX_CREDENTIAL).optional().describe('the current TOTP code, for users with a second factor'),
+});
+const refreshBody = z.object({ refreshToken: credential });
+const revokeBody = z.object({ token: credential.describe('an access or refresh token') });
+
+function identityRefused(req: FastifyRequest, reply: FastifyReply, e: IdentityError): FastifyReply {
+  return sendProblem(req, reply.header('www-authenticate', `Bearer error="${e.kind}"`), identityProblem(e));
 }
 
-const str = (v: unknown): string | undefined => (typeof v === 'string' && v.length > 0 && v.length <= 4096 ? v : undefined);
+export const authRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }> = async (app, { identity }) => {
+  app.post(
+    '/login',
+    {
+      config: { access: 'public' },
+      schema: { summary: 'Signs a user in: access and refresh tokens', tags: ['auth'], body: loginBody },
+    },
+    async (req, reply) => {
+      const { username, password, totp } = req.body;
+      const r = await identity.login({ username, password, ...(totp ? { totp } : {}) });
+      return r.ok ? r.value : identityRefused(req, reply, r.error);
+    },
+  );
 
-export const authRoutes: FastifyPluginAsync<{ identity: IdentityService }> = async (app, { identity }) => {
-  app.post<{ Body: Record<string, unknown> | undefined }>('/login', { config: { access: 'public' } }, async (req, reply) => {
-    const username = str(req.body?.username);
-    const password = str(req.body?.password);
-    if (!username || !password)
-      return reply.code(400).send({ error: 'bad-request', message: 'body must be {"username", "password", "totp"?}' });
-    const totp = str(req.body?.totp);
-    const r = await identity.login({ username, password, ...(totp ? { totp } : {}) });
-    return r.ok ? r.value : sendIdentityError(reply, r.error);
-  });
+  app.post(
+    '/refresh',
+    {
+      config: { access: 'public' },
+      schema: { summary: 'Trades a refresh token (single use) for new tokens', tags: ['auth'], body: refreshBody },
+    },
+    async (req, reply) => {
+      const r = await identity.refresh(req.body.refreshToken);
+      return r.ok ? r.value : identityRefused(req, reply, r.error);
+    },
+  );
 
-  app.post<{ Body: Record<string, unknown> | undefined }>('/refresh', { config: { access: 'public' } }, async (req, reply) => {
-    const token = str(req.body?.refreshToken);
-    if (!token) return reply.code(400).send({ error: 'bad-request', message: 'body must be {"refreshToken"}' });
-    const r = await identity.refresh(token);
-    return r.ok ? r.value : sendIdentityError(reply, r.error);
-  });
+  app.post(
+    '/revoke',
+    { config: { access: 'public' }, schema: { summary: 'Revokes an access or refresh token', tags: ['auth'], body: revokeBody } },
+    async (req, reply) => {
+      const r = await identity.revoke(req.body.token);
+      return r.ok ? reply.code(204).send() : identityRefused(req, reply, r.error);
+    },
+  );
 
-  app.post<{ Body: Record<string, unknown> | undefined }>('/revoke', { config: { access: 'public' } }, async (req, reply) => {
-    const token = str(req.body?.token);
-    if (!token)
-      return reply.code(400).send({ error: 'bad-request', message: 'body must be {"token"} (an access or refresh token)' });
-    const r = await identity.revoke(token);
-    return r.ok ? reply.code(204).send() : sendIdentityError(reply, r.error);
-  });
-
-  app.get('/keys', { config: { access: 'public' } }, async (_req, reply) => {
-    const k = identity.publicKey();
-    return k
-      ? { keys: [{ kid: k.kid, alg: 'SM2-SM3', publicKey: k.pem }] }
-      : reply.code(503).send({ error: 'issuer-unavailable', message: 'the site is sealed' });
-  });
+  app.get(
+    '/keys',
+    { config: { access: 'public' }, schema: { summary: "The token issuer's public key (SM2)", tags: ['auth'] } },
+    async (req, reply) => {
+      const k = identity.publicKey();
+      return k
+        ? { keys: [{ kid: k.kid, alg: 'SM2-SM3', publicKey: k.pem }] }
+        : sendProblem(req, reply, problem(503, 'the site is sealed', { code: 'issuer-unavailable' }));
+    },
+  );
 
   await Promise.resolve();
 };

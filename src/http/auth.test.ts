@@ -30,8 +30,8 @@ describe(`authentication over HTTP (${testBackend()})`, () => {
   it('logs in and accepts the token on FHIR routes; a bad credential is 401 before any route runs', async () => {
     const bad = await post('/auth/login', { username: 'nurse.chen', password: 'wrong wrong wrong' });
     assert.equal(bad.status, 401);
-    assert.equal(((await bad.json()) as { error: string }).error, 'invalid-credentials');
-    assert.equal((await post('/auth/login', { username: 'nurse.chen' })).status, 400);
+    assert.equal(((await bad.json()) as { code: string }).code, 'invalid-credentials');
+    assert.match(bad.headers.get('www-authenticate') ?? '', /invalid-credentials/);
     const login = await post('/auth/login', { username: 'nurse.chen', password: 'a long enough passphrase' });
     assert.equal(login.status, 200);
     const tokens = (await login.json()) as { accessToken: string; refreshToken: string; tokenType: string };
@@ -66,6 +66,24 @@ describe(`authentication over HTTP (${testBackend()})`, () => {
     assert.equal((await get('/fhir/R4/metadata', `Bearer ${tokens.accessToken}`)).status, 401, 'a revoked token is refused');
   });
 
+  it('refuses a malformed body with 400 naming each path, before any credential is checked', async () => {
+    const missing = await post('/auth/login', { username: 'nurse.chen' });
+    assert.equal(missing.status, 400);
+    const body = (await missing.json()) as { code: string; message: string };
+    assert.equal(body.code, 'bad-request');
+    assert.match(body.message, /^body\.password: /);
+    const typed = (await (await post('/auth/login', { username: 'nurse.chen', password: 'x', totp: 123456 })).json()) as {
+      message: string;
+    };
+    assert.match(typed.message, /^body\.totp: /);
+    const long = await post('/auth/refresh', { refreshToken: 'x'.repeat(4097) });
+    assert.equal(long.status, 400);
+    assert.match(((await long.json()) as { message: string }).message, /^body\.refreshToken: /);
+    const none = await fetch(`${s.base}/auth/revoke`, { method: 'POST' });
+    assert.equal(none.status, 400, 'no body at all');
+    assert.match(((await none.json()) as { message: string }).message, /^body: /);
+  });
+
   it("accepts another site's service assertion, not a user token in its place", async () => {
     const assertion = serviceAssertion({ serviceId: 'C', key: siteC, site: 'B' });
     assert.equal((await get('/fhir/R4/metadata', `MedmeshService ${assertion}`)).status, 200);
@@ -78,6 +96,11 @@ describe(`authentication over HTTP (${testBackend()})`, () => {
     s.site.kms.seal();
     const r = await post('/auth/login', { username: 'nurse.chen', password: 'a long enough passphrase' });
     assert.equal(r.status, 503);
-    assert.equal((await get('/auth/keys')).status, 503);
+    const malformed = await post('/auth/login', { username: 'nurse.chen' });
+    assert.equal(malformed.status, 503, 'a sealed site says so before it checks the body');
+    assert.equal(((await malformed.json()) as { code: string }).code, 'sealed');
+    const keys = await get('/auth/keys');
+    assert.equal(keys.status, 503);
+    assert.deepEqual(await keys.json(), { code: 'issuer-unavailable', message: 'the site is sealed' });
   });
 });

@@ -1,5 +1,5 @@
 // The door: input a route cannot process is refused with a 4xx in the route's own shape
-// (OperationOutcome under /fhir, {error, message} elsewhere), never a 5xx or a database
+// (OperationOutcome under /fhir, {code, message} elsewhere), never a 5xx or a database
 // message; and what generic clients send on every request (a content type, bodiless) works.
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';

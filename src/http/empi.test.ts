@@ -118,16 +118,23 @@ describe(`EMPI directory (${testBackend()})`, () => {
   it('says when the region key is missing, and refuses bad input and strangers', async () => {
     const missing = await lookup(c, { system: RID, value: '440106199202020771' });
     assert.equal(missing.status, 503);
-    assert.match(
-      ((await missing.json()) as { message: string }).message,
-      /medmesh keys create --name empi-blind-index --material/,
-    );
+    const missingBody = (await missing.json()) as { code: string; message: string };
+    assert.equal(missingBody.code, 'empi-key-missing');
+    assert.match(missingBody.message, /medmesh keys create --name empi-blind-index --material/);
     assert.equal(
       (await lookup(a, { system: 'urn:other', value: 'x' })).status,
       400,
       'only the regional identifier systems are indexed',
     );
-    assert.equal((await lookup(a, { system: RID })).status, 400);
+    const partial = await lookup(a, { system: RID });
+    assert.equal(partial.status, 400);
+    assert.deepEqual(await partial.json(), {
+      code: 'bad-request',
+      message: 'body.value: Invalid input: expected string, received undefined',
+      issues: ['body.value: Invalid input: expected string, received undefined'],
+    });
+    const extra = (await (await lookup(a, { system: RID, value: 'x'.repeat(101), name: '冯' })).json()) as { message: string };
+    assert.match(extra.message, /^body\.value: .*; body: Unrecognized key: "name"$/);
     assert.equal((await lookup(a, { system: RID, value: 'x' }, {})).status, 401);
     assert.equal((await lookup(a, { system: RID, value: 'x' }, a.as(['researcher']))).status, 403);
   });
@@ -143,6 +150,7 @@ describe(`EMPI directory (${testBackend()})`, () => {
     assert.equal(refusedSearch.status, 403, 'FHIR search by a masked identifier is refused to the nurse');
     const refused = await lookup(b, { system: RID, value }, nurse);
     assert.equal(refused.status, 403, 'and so is the directory');
+    assert.equal((await lookup(b, { value: 42 }, nurse)).status, 403, 'whatever the body: may not search is said first');
     assert.equal(
       ((await refused.json()) as { message: string }).message,
       ((await refusedSearch.json()) as { issue: Array<{ diagnostics: string }> }).issue[0]!.diagnostics,

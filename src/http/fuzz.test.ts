@@ -1,7 +1,7 @@
 // Fuzzing a real site over raw HTTP: ids, query strings, bodies, content types and
 // credentials, with NUL, lone surrogates, invalid UTF-8, broken percent-encoding, huge and
 // deeply nested input. Whatever comes in, the answer is never a 5xx, a refusal is in the
-// shape of its route (OperationOutcome under /fhir, {error, message} elsewhere) and names
+// shape of its route (OperationOutcome under /fhir, {code, message} elsewhere) and names
 // nothing of the database, and the site answers afterwards. Seeded (MEDMESH_FUZZ_SEED to
 // replay; the seed is printed), bounded in runs and time (MEDMESH_FUZZ_RUNS).
 import assert from 'node:assert/strict';

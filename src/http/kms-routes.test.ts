@@ -58,7 +58,13 @@ describe(`KMS HTTP (${testBackend()})`, () => {
     );
     const alice = custodians[0]!.key;
     assert.equal(unwrapShare(back[0]!, alice).index, 1, 'the custodian opens the share fetched from the other site');
-    assert.equal((await fetch(`${c.base}/kms/shares`)).status, 400);
+    const ownerless = await fetch(`${c.base}/kms/shares`);
+    assert.equal(ownerless.status, 400);
+    assert.deepEqual(await ownerless.json(), {
+      code: 'bad-request',
+      message: 'querystring.owner: the site whose shares to list, required',
+      issues: ['querystring.owner: the site whose shares to list, required'],
+    });
   });
 
   it('reports an uninitialized KMS and refuses unseal attempts with the reason', async () => {
@@ -67,7 +73,13 @@ describe(`KMS HTTP (${testBackend()})`, () => {
     const token = encodeShareToken(unwrapShare(shares[0]!, custodians[0]!.key));
     const r = await post('/kms/unseal', { share: token });
     assert.equal(r.status, 409);
-    assert.equal(((await r.json()) as { error: string }).error, 'not-initialized');
+    assert.equal(((await r.json()) as { code: string }).code, 'not-initialized');
+    const malformed = await post('/kms/unseal', { share: 42 });
+    assert.equal(malformed.status, 400);
+    assert.match(((await malformed.json()) as { message: string }).message, /^body\.share: a master key share/);
+    const notShare = await post('/kms/unseal', { share: 'mmshare1.nope' });
+    assert.equal(notShare.status, 400);
+    assert.equal(((await notShare.json()) as { code: string }).code, 'bad-share', "the form of a share is the KMS's to check");
     const health = (await (await fetch(`${c.base}/healthz`)).json()) as { kms: { initialized: boolean; sealed: boolean } };
     assert.deepEqual([health.kms.initialized, health.kms.sealed], [false, true]);
   });
