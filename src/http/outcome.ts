@@ -103,6 +103,8 @@ export function recordProblem(error: RecordError): Problem {
     code: error.kind,
     message: error.issues.map((i) => i.message).join('; '),
     issues: error.issues,
+    // The JSON shape keeps what each issue names (its FHIRPath), as the OperationOutcome does.
+    ...(error.issues.some((i) => i.expression) ? { details: { issues: error.issues } } : {}),
   };
 }
 
