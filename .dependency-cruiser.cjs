@@ -28,36 +28,10 @@ const ladder = {
     'replication',
     'imaging',
   ],
-  site: [
-    'region',
-    'clock',
-    'db',
-    'security/crypto',
-    'security/kms',
-    'security/identity',
-    'security/audit',
-    'security/access',
-    'records',
-    'replication',
-    'imaging',
-    'http',
-  ],
-  cli: [
-    'region',
-    'clock',
-    'db',
-    'security/crypto',
-    'security/kms',
-    'security/identity',
-    'security/audit',
-    'security/access',
-    'records',
-    'replication',
-    'imaging',
-    'http',
-    'site',
-  ],
 };
+// Each floor above http may use everything below it.
+ladder.site = [...ladder.http, 'http'];
+ladder.cli = [...ladder.site, 'site'];
 
 /** Entries other folders may use besides index.ts: sm3.ts alone keeps worker threads quick to start. */
 const lightEntries = {
