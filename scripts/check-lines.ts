@@ -6,9 +6,8 @@ import { readFileSync } from 'node:fs';
 
 const LIMIT = (JSON.parse(readFileSync(new URL('../.prettierrc.json', import.meta.url), 'utf8')) as { printWidth: number })
   .printWidth;
-const files = execFileSync('git', ['ls-files', '*.ts', '*.js', '*.cjs', '*.mjs'], { encoding: 'utf8' })
-  .split('\n')
-  .filter(Boolean);
+const listed = execFileSync('git', ['ls-files', '*.ts', '*.js', '*.cjs', '*.mjs'], { encoding: 'utf8' });
+const files = listed.split('\n').filter(Boolean);
 const long: string[] = [];
 for (const file of files)
   readFileSync(file, 'utf8')

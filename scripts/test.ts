@@ -75,6 +75,7 @@ if (unreachable) {
 } else postgresStatus = await run('postgres');
 
 console.log(
-  `\nsuite results: pglite ${pgliteStatus === 0 ? 'passed' : 'FAILED'}, postgres ${unreachable ? (ci ? 'FAILED (unreachable)' : 'skipped') : postgresStatus === 0 ? 'passed' : 'FAILED'}`,
+  `\nsuite results: pglite ${pgliteStatus === 0 ? 'passed' : 'FAILED'}, ` +
+    `postgres ${unreachable ? (ci ? 'FAILED (unreachable)' : 'skipped') : postgresStatus === 0 ? 'passed' : 'FAILED'}`,
 );
 process.exit(pgliteStatus || postgresStatus);

@@ -118,7 +118,11 @@ try {
   const result: Record<string, unknown> = {
     benchmark: 'access',
     machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
-    note: "read-by-id over HTTP, N concurrent clients in this process; off = bare route over the same store; on = the site with token, policy, scope, masking and audit (one durable entry per read, written before the answer). Phases rotate each round, so no phase always follows the same one; overhead = 1 - on/off reads per second; cpu_us_per_read = the whole machine's busy CPU (client, server, PostgreSQL) per read",
+    note:
+      'read-by-id over HTTP, N concurrent clients in this process; off = bare route over the same store; ' +
+      'on = the site with token, policy, scope, masking and audit (one durable entry per read, written before the answer). ' +
+      'Phases rotate each round, so no phase always follows the same one; overhead = 1 - on/off reads per second; ' +
+      "cpu_us_per_read = the whole machine's busy CPU (client, server, PostgreSQL) per read",
     patients: PATIENTS,
   };
   for (const concurrency of CONCURRENCY) {

@@ -71,7 +71,11 @@ try {
       {
         benchmark: 'audit',
         machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
-        note: 'append = the event validated, its canonical bytes, HMAC-SM3 + gapless sequence, group-committed; baseline = one INSERT per entry, same pool, same writers; verify = MACs, Merkle tree and checkpoint signatures over the whole log (topped up to its size through the same append path), cold, with the right key (nothing flagged)',
+        note:
+          'append = the event validated, its canonical bytes, HMAC-SM3 + gapless sequence, group-committed; ' +
+          'baseline = one INSERT per entry, same pool, same writers; ' +
+          'verify = MACs, Merkle tree and checkpoint signatures over the whole log ' +
+          '(topped up to its size through the same append path), cold, with the right key (nothing flagged)',
         append_entries_per_s: append.ops_per_s,
         append_p99_ms: append.p99_ms,
         raw_insert_per_s: raw.ops_per_s,

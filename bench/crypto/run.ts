@@ -100,7 +100,9 @@ console.log(
       benchmark: 'crypto',
       machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, openssl: process.versions.openssl },
       buffer_bytes: MiB,
-      note: 'SM4-GCM bulk = native SM4-CTR on the calling thread + GHASH (@noble/ciphers) in a worker thread; openssl speed runs in the same process run as the baseline',
+      note:
+        'SM4-GCM bulk = native SM4-CTR on the calling thread + GHASH (@noble/ciphers) in a worker thread; ' +
+        'openssl speed runs in the same process run as the baseline',
       medmesh: { ...ours, sm2_single_core: sm2 },
       openssl_speed: openssl,
       ratios,

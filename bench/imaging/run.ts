@@ -218,7 +218,13 @@ try {
           },
           instances: files.length,
           instance_bytes: (await stat(files[0]!)).size,
-          note: 'storescu, one association per side and study, sequential C-STOREs, the sides taking turns study by study; medmesh on PostgreSQL with SM4-CBC + HMAC-SM3 per file, SHA-256 at ingest; Orthanc 1.10 (Debian) with its default SQLite index and with its index in the same PostgreSQL (orthanc-postgresql), files on disk, no compression, storescu run inside its network namespace; WADO-RS fetched by curl (its own process), files decrypted and checked on worker threads',
+          note:
+            'storescu, one association per side and study, sequential C-STOREs, the sides taking turns study by study; ' +
+            'medmesh on PostgreSQL with SM4-CBC + HMAC-SM3 per file, SHA-256 at ingest; ' +
+            'Orthanc 1.10 (Debian) with its default SQLite index ' +
+            'and with its index in the same PostgreSQL (orthanc-postgresql), ' +
+            'files on disk, no compression, storescu run inside its network namespace; ' +
+            'WADO-RS fetched by curl (its own process), files decrypted and checked on worker threads',
           ingest: {
             medmesh: medmeshIngest,
             orthanc: orthancIngest,

@@ -174,7 +174,11 @@ const out = {
     memory_gb: round(os.totalmem() / 2 ** 30, 1),
   },
   n: N,
-  note: 'create = validation + placement + current/history rows + search index + outbox in one transaction (a new Patient also its EMPI directory entry); baseline = INSERT of the same JSON into a plain jsonb table, same driver and pool; cpu_per_op = CPU of this process and of the local PostgreSQL server per operation',
+  note:
+    'create = validation + placement + current/history rows + search index + outbox in one transaction ' +
+    '(a new Patient also its EMPI directory entry); ' +
+    'baseline = INSERT of the same JSON into a plain jsonb table, same driver and pool; ' +
+    'cpu_per_op = CPU of this process and of the local PostgreSQL server per operation',
   runs: [await benchBackend('postgres'), ...(args.has('--pglite') ? [await benchBackend('pglite')] : [])],
 };
 console.log(JSON.stringify(out, null, 2));

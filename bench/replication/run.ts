@@ -128,7 +128,8 @@ async function caughtUp(to: Id, timeoutMs: number): Promise<number> {
 /** Lag of every change `to` applied from B since `since`: applied_at - HLC time. */
 async function lags(to: Id, since: Date): Promise<{ changes: number; p50_ms: number; p99_ms: number; max_ms: number }> {
   const applied = await s[to].db.query<{ change_id: string; at: string }>(
-    "SELECT change_id::text, (extract(epoch FROM applied_at) * 1000)::float8::text AS at FROM replication_applied WHERE peer = 'B' AND applied_at >= $1",
+    `SELECT change_id::text, (extract(epoch FROM applied_at) * 1000)::float8::text AS at FROM replication_applied
+      WHERE peer = 'B' AND applied_at >= $1`,
     [since],
   );
   const hlc = new Map(
@@ -201,10 +202,14 @@ async function main(): Promise<void> {
     // The rest of the backlog: copies of those real outbox rows under new ids (the receiver's work is the same).
     const copies = BACKLOG - seeded.changes;
     await s.B.db.query(
-      `WITH src AS (SELECT (row_number() OVER ()) - 1 AS k, o.* FROM (SELECT * FROM outbox WHERE resource_type = 'Patient' AND payload IS NOT NULL ORDER BY txid DESC, pos DESC LIMIT 1000) o),
+      `WITH src AS (SELECT (row_number() OVER ()) - 1 AS k, o.*
+                     FROM (SELECT * FROM outbox WHERE resource_type = 'Patient' AND payload IS NOT NULL
+                            ORDER BY txid DESC, pos DESC LIMIT 1000) o),
             n AS (SELECT count(*) AS n FROM src)
-       INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
-       SELECT gen_random_uuid(), o.origin_site, o.hlc + g, NULL, o.epoch, o.shard, o.data_class, o.resource_type, 'bl-' || g, lpad(to_hex(o.hlc + g), 16, '0') || '-B', false, jsonb_set(o.payload, '{id}', to_jsonb('bl-' || g))
+       INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id,
+                           version_id, deleted, payload)
+       SELECT gen_random_uuid(), o.origin_site, o.hlc + g, NULL, o.epoch, o.shard, o.data_class, o.resource_type, 'bl-' || g,
+              lpad(to_hex(o.hlc + g), 16, '0') || '-B', false, jsonb_set(o.payload, '{id}', to_jsonb('bl-' || g))
          FROM generate_series(1, $1::int) g CROSS JOIN n JOIN src o ON o.k = g % n.n`,
       [copies],
     );
@@ -231,7 +236,8 @@ async function main(): Promise<void> {
     await s.C.db.query('CREATE TABLE raw_apply (id text PRIMARY KEY, content jsonb NOT NULL)');
     const b0 = performance.now();
     await s.C.db.query(
-      "INSERT INTO raw_apply SELECT 'r-' || id || '-' || version_id, content FROM resource_history WHERE resource_type = 'Patient' AND content IS NOT NULL LIMIT $1",
+      `INSERT INTO raw_apply SELECT 'r-' || id || '-' || version_id, content FROM resource_history
+        WHERE resource_type = 'Patient' AND content IS NOT NULL LIMIT $1`,
       [BACKLOG],
     );
     const rawRows = (await s.C.db.query<{ n: number }>('SELECT count(*)::int AS n FROM raw_apply')).rows[0]!.n;

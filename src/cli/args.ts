@@ -34,7 +34,9 @@ export class UsageError extends Error {}
 
 export function helpText(spec: VerbSpec<Record<string, FlagSpec>>): string {
   const rows = Object.entries(spec.flags).map(([name, f]) => {
-    const left = `  ${f.short ? `-${f.short}, ` : '    '}--${name}${f.type === 'string' ? ` <${f.placeholder ?? 'value'}>` : ''}${f.multiple ? ' ...' : ''}`;
+    const left =
+      `  ${f.short ? `-${f.short}, ` : '    '}--${name}` +
+      `${f.type === 'string' ? ` <${f.placeholder ?? 'value'}>` : ''}${f.multiple ? ' ...' : ''}`;
     const def = f.default !== undefined && f.default !== false ? ` (default: ${String(f.default)})` : '';
     return `${left.padEnd(34)} ${f.help}${def}`;
   });
@@ -68,7 +70,8 @@ export function parseFlags<F extends Record<string, FlagSpec>>(spec: VerbSpec<F>
     >;
   } catch (e) {
     throw new UsageError(
-      `${e instanceof Error ? e.message.replace(/\. To specify.*$/s, '') : String(e)}\nRun 'medmesh ${spec.name} --help' for the options.`,
+      `${e instanceof Error ? e.message.replace(/\. To specify.*$/s, '') : String(e)}\n` +
+        `Run 'medmesh ${spec.name} --help' for the options.`,
     );
   }
   if (values.help) return 'help';

@@ -232,7 +232,8 @@ describe(`audit witnessing between sites over HTTP (${testBackend()})`, () => {
         logs[id]!.join('\n'),
       );
       const { rows } = await peer.db.query<{ n: number }>(
-        "SELECT count(*)::int AS n FROM audit_entry WHERE entity = 'Site/B' AND convert_from(entry, 'UTF8') LIKE '%audit-peer-alarm%'",
+        `SELECT count(*)::int AS n FROM audit_entry
+          WHERE entity = 'Site/B' AND convert_from(entry, 'UTF8') LIKE '%audit-peer-alarm%'`,
       );
       assert.equal(rows[0]!.n, 1);
       // The same finding next round is counted, not logged or recorded again.

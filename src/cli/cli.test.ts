@@ -115,7 +115,8 @@ describe('medmesh CLI', () => {
     const bad = join(await tmp(), 'bad.yaml');
     await writeFile(
       bad,
-      'region: r\nwitness: { url: http://w }\nsites:\n  - { id: B, kind: cloud, url: http://b, location: { lat: 0, lon: 0 } }\nshards: []\n',
+      'region: r\nwitness: { url: http://w }\nsites:\n' +
+        '  - { id: B, kind: cloud, url: http://b, location: { lat: 0, lon: 0 } }\nshards: []\n',
     );
     const r = medmesh('region', 'check', '--region', bad);
     assert.equal(r.status, 1);
@@ -261,7 +262,8 @@ describe('medmesh CLI', () => {
       '--unseal',
       `${join(keys, 'C-share-2-ben.json')}:${join(keys, 'ben.key.pem')}`,
     ];
-    // No peer of this lone site runs, so none can confirm its log: verify says so and fails, unless told to check the local log alone.
+    // No peer of this lone site runs, so none can confirm its log: verify says so and fails, unless
+    // told to check the local log alone.
     const unconfirmed = medmesh('audit', 'verify', '--region', EXAMPLE, '--site', 'C', '--data', data, ...unsealArgs);
     assert.equal(unconfirmed.status, 1);
     assert.match(unconfirmed.stderr + unconfirmed.stdout, /NOT CONFIRMED.*no peer confirmed it/s);
@@ -298,7 +300,8 @@ describe('medmesh CLI', () => {
     await db.transaction(async (tx) => {
       await tx.query('SET LOCAL session_replication_role = replica');
       await tx.query(
-        "UPDATE audit_entry SET entry = convert_to(replace(convert_from(entry, 'UTF8'), 'success', 'failure'), 'UTF8') WHERE seq = 0",
+        `UPDATE audit_entry SET entry = convert_to(replace(convert_from(entry, 'UTF8'), 'success', 'failure'), 'UTF8')
+          WHERE seq = 0`,
       );
     });
     await db.close();
@@ -417,9 +420,8 @@ describe('medmesh CLI', () => {
       body: JSON.stringify({ username: 'demo.administrator', password: 'medmesh-demo-2026' }),
     });
     assert.equal(withoutCode.status, 401);
-    const admin = {
-      authorization: `Bearer ${await loginAt(siteB, 'demo.administrator', 'medmesh-demo-2026', hotp(Buffer.from(secret.hex, 'hex'), totpStep(Date.now())))}`,
-    };
+    const code = hotp(Buffer.from(secret.hex, 'hex'), totpStep(Date.now()));
+    const admin = { authorization: `Bearer ${await loginAt(siteB, 'demo.administrator', 'medmesh-demo-2026', code)}` };
     assert.equal(
       (await fetch(`${siteB}/replication/dead-letters`, { headers: admin })).status,
       200,
@@ -494,7 +496,8 @@ describe('medmesh CLI', () => {
       assert.match(
         before.out,
         new RegExp(
-          `C vs B at HLC [0-9a-f]{16}: 1 resources .*accuracy 0\\.000 %\\n  Organization/${id}: [0-9a-f]{16}-B missing-here \\(origin B\\)`,
+          'C vs B at HLC [0-9a-f]{16}: 1 resources .*accuracy 0\\.000 %\\n' +
+            `  Organization/${id}: [0-9a-f]{16}-B missing-here \\(origin B\\)`,
         ),
       );
       const repaired = await run('--repair');

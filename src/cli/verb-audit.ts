@@ -23,21 +23,27 @@ import { openUnsealedKms, UNSEAL_FLAG } from './offline-kms.ts';
 const spec = {
   name: 'audit verify',
   summary:
-    "verify the site's audit log: entry MACs, gaps, Merkle roots, checkpoint signatures, and against the checkpoints its peers cosigned",
+    "verify the site's audit log: entry MACs, gaps, Merkle roots, checkpoint signatures, " +
+    'and against the checkpoints its peers cosigned',
   usage:
-    'medmesh audit verify --region <file> --site <id> --unseal <share:key> ... [--peer-url <site=url> ...] [--offline] [--trusted-size <n> --trusted-root <hex>]',
+    'medmesh audit verify --region <file> --site <id> --unseal <share:key> ... [--peer-url <site=url> ...] [--offline] ' +
+    '[--trusted-size <n> --trusted-root <hex>]',
   flags: {
     ...SITE_DB_FLAGS,
     ...UNSEAL_FLAG,
     'peer-url': {
       type: 'string',
       multiple: true,
-      help: "where to reach a peer site, if not at its region-file url (the peers are asked for this log's latest checkpoint they cosigned)",
+      help:
+        'where to reach a peer site, if not at its region-file url ' +
+        "(the peers are asked for this log's latest checkpoint they cosigned)",
       placeholder: 'site=url',
     },
     archive: {
       type: 'string',
-      help: 'where the exported archive files are (default: where the export wrote them); the pruned prefix is checked against them',
+      help:
+        'where the exported archive files are (default: where the export wrote them); ' +
+        'the pruned prefix is checked against them',
       placeholder: 'dir',
     },
     offline: {
@@ -122,7 +128,9 @@ export async function auditVerb(argv: string[]): Promise<number> {
       const unseen = archive.filter((a) => a.status === 'missing' && f.archive === undefined);
       if (unseen.length)
         console.error(
-          `note: ${unseen.length} exported segment(s) were not found where the export wrote them (${unseen[0]!.file}${unseen.length > 1 ? ', ...' : ''}); give --archive <dir> to check the pruned entries against the archive`,
+          `note: ${unseen.length} exported segment(s) were not found where the export wrote them ` +
+            `(${unseen[0]!.file}${unseen.length > 1 ? ', ...' : ''}); ` +
+            'give --archive <dir> to check the pruned entries against the archive',
         );
     };
     if (f.offline) {
@@ -132,7 +140,8 @@ export async function auditVerb(argv: string[]): Promise<number> {
       archiveNote();
       console.error(
         report.ok
-          ? `local audit log intact: ${report.entries} entries, ${report.checkpoints} signed checkpoints (--offline: not compared with the checkpoints the peers cosigned, so entries cut from the end would not show)`
+          ? `local audit log intact: ${report.entries} entries, ${report.checkpoints} signed checkpoints ` +
+              '(--offline: not compared with the checkpoints the peers cosigned, so entries cut from the end would not show)'
           : tampered(report),
       );
       return report.ok && !badArchive.length ? 0 : 1;
@@ -142,14 +151,18 @@ export async function auditVerb(argv: string[]): Promise<number> {
     console.log(JSON.stringify({ ...v.report, peers: v.peers, confirmed: v.confirmed, archive }, null, 2));
     archiveNote();
     const held = (v.report.witnesses ?? []).filter((w) => w.consistent).map((w) => `${w.peer} (${w.treeSize} entries)`);
+    const answers = v.peers.map((p) => `${p.peer}: ${p.status}${p.problem ? ` — ${p.problem}` : ''}`).join('; ');
     if (!v.report.ok) console.error(tampered(v.report));
     else if (!v.confirmed)
       console.error(
-        `NOT CONFIRMED: the local log checks out (${v.report.entries} entries), but no peer confirmed it (${v.peers.map((p) => `${p.peer}: ${p.status}${p.problem ? ` — ${p.problem}` : ''}`).join('; ')}); entries cut from its end would not show. --offline checks the local log alone.`,
+        `NOT CONFIRMED: the local log checks out (${v.report.entries} entries), ` +
+          `but no peer confirmed it (${answers}); ` +
+          'entries cut from its end would not show. --offline checks the local log alone.',
       );
     else
       console.error(
-        `audit log intact: ${v.report.entries} entries, ${v.report.checkpoints} signed checkpoints; consistent with the checkpoints cosigned by ${held.join(', ') || 'no peer (no other site in the region)'}`,
+        `audit log intact: ${v.report.entries} entries, ${v.report.checkpoints} signed checkpoints; ` +
+          `consistent with the checkpoints cosigned by ${held.join(', ') || 'no peer (no other site in the region)'}`,
       );
     return v.report.ok && v.confirmed && !badArchive.length ? 0 : 1;
   } finally {
@@ -160,15 +173,20 @@ export async function auditVerb(argv: string[]): Promise<number> {
 function tampered(r: AuditReport): string {
   const cut = (r.witnesses ?? []).filter((w) => !w.consistent && !w.archived);
   return [
-    'AUDIT LOG TAMPERED: see invalidMac, timeMismatch, columnMismatch, missing, rootMismatch, badSignature, prunedEarly and witnesses above',
+    'AUDIT LOG TAMPERED: see invalidMac, timeMismatch, columnMismatch, missing, rootMismatch, badSignature, ' +
+      'prunedEarly and witnesses above',
     ...(r.prunedEarly
       ? [
-          `  entries before ${r.prunedEarly.before} were pruned although signed on ${r.prunedEarly.issuedAt}, within the online period`,
+          `  entries before ${r.prunedEarly.before} were pruned although signed on ${r.prunedEarly.issuedAt}, ` +
+            'within the online period',
         ]
       : []),
     ...cut.map(
       (w) =>
-        `  site ${w.peer} cosigned a checkpoint of ${w.treeSize} entries that this log ${w.treeSize > r.entries + r.archivedBefore ? 'no longer reaches: its newest entries were cut' : 'no longer gives: entries were changed or replaced'}`,
+        `  site ${w.peer} cosigned a checkpoint of ${w.treeSize} entries that this log ` +
+        (w.treeSize > r.entries + r.archivedBefore
+          ? 'no longer reaches: its newest entries were cut'
+          : 'no longer gives: entries were changed or replaced'),
     ),
   ].join('\n');
 }

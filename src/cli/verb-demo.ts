@@ -84,10 +84,12 @@ export async function demoVerb(argv: string[]): Promise<number> {
     await linkDemoSites(running, { onError: (site, peer, m) => console.error(`  replication ${peer} -> ${site}: ${m}`) });
     const links = running.reduce((n, r) => n + r.site.peers.size, 0);
     console.log(
-      `  replication: every site pulls every other (${links} links, checked for consistency every 5 minutes); core data only between a shard's residency sites`,
+      `  replication: every site pulls every other (${links} links, checked for consistency every 5 minutes); ` +
+        "core data only between a shard's residency sites",
     );
     console.log(
-      "  audit: every site checks and cosigns the others' signed audit checkpoints every 10 s; a cut or rewritten log alarms at its peers (/metrics, /audit/witness) and fails its own /audit/verify",
+      "  audit: every site checks and cosigns the others' signed audit checkpoints every 10 s; " +
+        'a cut or rewritten log alarms at its peers (/metrics, /audit/witness) and fails its own /audit/verify',
     );
     const stores = new Map<string, RecordStore>(running.map((r) => [r.site.siteId, r.site.store]));
     const existing = await Promise.all(
@@ -117,7 +119,8 @@ export async function demoVerb(argv: string[]): Promise<number> {
     for (const r of running) await ensureDemoUsers(r.site, flags.data);
     console.log(`  demo users at every site: ${DEMO_ROLES.map((r) => `demo.${r}`).join(', ')} (password ${DEMO_PASSWORD})`);
     console.log(
-      `  demo.administrator also needs a TOTP code ("totp" in the login body): each site's secret is in ${join(flags.data, 'totp')}/<site>.administrator.json`,
+      '  demo.administrator also needs a TOTP code ("totp" in the login body): ' +
+        `each site's secret is in ${join(flags.data, 'totp')}/<site>.administrator.json`,
     );
     console.log('    (its otpauthUri for an authenticator app, or: oathtool --totp -b <base32>)');
     console.log('  (demo only: custodian keys and shares are kept in the data folder so sites unseal themselves)');
@@ -185,18 +188,28 @@ async function ensureDemoUsers(site: Site, dataRoot: string): Promise<void> {
 
 function printExamples(base: string, residentIdSystem: string): void {
   const fhir = `${base}/fhir/R4`;
-  console.log(`
-Try it (every data call needs a token; each user sees what their role allows):
-  login() { curl -s -X POST ${base}/auth/login -H 'content-type: application/json' \\
-    -d "{\\"username\\":\\"demo.$1\\",\\"password\\":\\"${DEMO_PASSWORD}\\"}" | sed -E 's/.*"accessToken":"([^"]+)".*/\\1/'; }
-  REG=$(login registrar); DOC=$(login doctor); NURSE=$(login nurse); RES=$(login researcher)
-  curl -s -X POST '${fhir}/Patient' -H "authorization: Bearer $REG" -H 'content-type: application/fhir+json' \\
-    -d '{"resourceType":"Patient","name":[{"family":"陈","given":["小明"]}],"gender":"male","birthDate":"1990-01-01",
-         "identifier":[{"system":"${residentIdSystem}","value":"440106199001011235"}],"telecom":[{"system":"phone","value":"13812345678"}]}'
-  curl -s '${fhir}/Patient?name=%E9%99%88%E5%B0%8F%E6%98%8E' -H "authorization: Bearer $REG"     # the registrar finds 陈小明
-  curl -s '${fhir}/Patient?_summary=count' -H "authorization: Bearer $DOC"                 # the doctor counts only patients in their care
-  curl -s '${fhir}/Patient?_count=1' -H "authorization: Bearer $NURSE"                     # resident ID and phone masked for a nurse
-  curl -s '${fhir}/Patient?_count=1' -H "authorization: Bearer $RES"                       # research: HMAC-SM3 pseudonyms, no names
-  curl -s '${fhir}/metadata' | head -c 300                                                    # public
-`);
+  console.log(
+    [
+      '',
+      `Try it (every data call needs a token; each user sees what their role allows):`,
+      `  login() { curl -s -X POST ${base}/auth/login -H 'content-type: application/json' \\`,
+      `    -d "{\\"username\\":\\"demo.$1\\",\\"password\\":\\"${DEMO_PASSWORD}\\"}"` +
+        ` | sed -E 's/.*"accessToken":"([^"]+)".*/\\1/'; }`,
+      `  REG=$(login registrar); DOC=$(login doctor); NURSE=$(login nurse); RES=$(login researcher)`,
+      `  curl -s -X POST '${fhir}/Patient' -H "authorization: Bearer $REG" -H 'content-type: application/fhir+json' \\`,
+      `    -d '{"resourceType":"Patient","name":[{"family":"陈","given":["小明"]}],"gender":"male","birthDate":"1990-01-01",`,
+      `         "identifier":[{"system":"${residentIdSystem}","value":"440106199001011235"}],` +
+        `"telecom":[{"system":"phone","value":"13812345678"}]}'`,
+      `  curl -s '${fhir}/Patient?name=%E9%99%88%E5%B0%8F%E6%98%8E' -H "authorization: Bearer $REG"` +
+        '     # the registrar finds 陈小明',
+      `  curl -s '${fhir}/Patient?_summary=count' -H "authorization: Bearer $DOC"` +
+        '                 # the doctor counts only patients in their care',
+      `  curl -s '${fhir}/Patient?_count=1' -H "authorization: Bearer $NURSE"` +
+        '                     # resident ID and phone masked for a nurse',
+      `  curl -s '${fhir}/Patient?_count=1' -H "authorization: Bearer $RES"` +
+        '                       # research: HMAC-SM3 pseudonyms, no names',
+      `  curl -s '${fhir}/metadata' | head -c 300                                                    # public`,
+      '',
+    ].join('\n'),
+  );
 }

@@ -35,7 +35,8 @@ export async function destroyRequest(argv: string[]): Promise<number> {
     name: 'keys destroy-request',
     summary: DESTROY_SUBCOMMANDS['destroy-request'],
     usage:
-      'medmesh keys destroy-request --region <file> --site <id> --name <key> --version <n> ... --reason <text> [--valid-hours 72] --out <file>',
+      'medmesh keys destroy-request --region <file> --site <id> --name <key> --version <n> ... --reason <text> ' +
+      '[--valid-hours 72] --out <file>',
     flags: {
       ...SITE_DB_FLAGS,
       name: { type: 'string', help: 'key name', placeholder: 'key' },
@@ -59,7 +60,8 @@ export async function destroyRequest(argv: string[]): Promise<number> {
     });
     const r = parseRequest(request);
     console.log(
-      `request ${r.id} to destroy version ${r.versions.join(', ')} of key ${r.keyName} at site ${r.site}: ${f.out} (SM3 ${requestDigest(r)}); valid until ${r.expiresAt}. Two custodians approve it with medmesh keys approve.`,
+      `request ${r.id} to destroy version ${r.versions.join(', ')} of key ${r.keyName} at site ${r.site}: ` +
+        `${f.out} (SM3 ${requestDigest(r)}); valid until ${r.expiresAt}. Two custodians approve it with medmesh keys approve.`,
     );
     return 0;
   } finally {
@@ -95,7 +97,8 @@ export async function approve(argv: string[]): Promise<number> {
   const approval = approveRequest(r, { approver: f.custodian, key });
   await writeFile(f.out, `${JSON.stringify(approval, null, 2)}\n`);
   console.log(
-    `${f.custodian} approves destroying version ${r.versions.join(', ')} of key ${r.keyName} at site ${r.site} (${r.reason}); request ${r.id}, SM3 ${approval.request}: ${f.out}`,
+    `${f.custodian} approves destroying version ${r.versions.join(', ')} of key ${r.keyName} at site ${r.site} (${r.reason}); ` +
+      `request ${r.id}, SM3 ${approval.request}: ${f.out}`,
   );
   return 0;
 }
@@ -105,7 +108,8 @@ export async function destroy(argv: string[]): Promise<number> {
     name: 'keys destroy',
     summary: DESTROY_SUBCOMMANDS.destroy,
     usage:
-      'medmesh keys destroy --region <file> --site <id> --unseal <share:key> ... --request <file> --approval <file> --approval <file>',
+      'medmesh keys destroy --region <file> --site <id> --unseal <share:key> ... ' +
+      '--request <file> --approval <file> --approval <file>',
     flags: {
       ...SITE_DB_FLAGS,
       ...UNSEAL_FLAG,
@@ -134,7 +138,8 @@ export async function destroy(argv: string[]): Promise<number> {
   if (f === 'help') return (console.log(helpText(spec)), 0);
   if (f.approver.length)
     throw new UsageError(
-      '--approver names are not approvals: write a request (keys destroy-request), have two custodians sign it (keys approve), and give their files with --approval',
+      '--approver names are not approvals: write a request (keys destroy-request), ' +
+        'have two custodians sign it (keys approve), and give their files with --approval',
     );
   if (!f.request || f.approval.length === 0) throw new UsageError('--request and at least two --approval are required');
   const request = await readText('request', f.request);
@@ -158,7 +163,9 @@ export async function destroy(argv: string[]): Promise<number> {
       action: 'key-destruction',
       outcome: 'success',
       resource: `Key/${doc.keyName}`,
-      detail: `certificate ${doc.id} (SM3 ${sm3(Buffer.from(certificate.document)).toString('hex')}): versions ${doc.versions.join(', ')} destroyed on the signed approval of ${doc.approvers.join(', ')}; ${wipe.note}`,
+      detail:
+        `certificate ${doc.id} (SM3 ${sm3(Buffer.from(certificate.document)).toString('hex')}): ` +
+        `versions ${doc.versions.join(', ')} destroyed on the signed approval of ${doc.approvers.join(', ')}; ${wipe.note}`,
     });
     await log.close();
     console.log(JSON.stringify(certificate, null, 2));
@@ -176,7 +183,8 @@ export async function verifyCertificateVerb(argv: string[]): Promise<number> {
     name: 'keys verify-certificate',
     summary: DESTROY_SUBCOMMANDS['verify-certificate'],
     usage:
-      'medmesh keys verify-certificate --certificate <file> [--site-key <site.service.pub.pem>] [--approver-key <name=pub.pem> ...]',
+      'medmesh keys verify-certificate --certificate <file> [--site-key <site.service.pub.pem>] ' +
+      '[--approver-key <name=pub.pem> ...]',
     flags: {
       certificate: { type: 'string', help: 'the certificate keys destroy printed', placeholder: 'file' },
       'site-key': {
@@ -223,7 +231,10 @@ export async function verifyCertificateVerb(argv: string[]): Promise<number> {
   console.log(JSON.stringify({ valid: check.valid, approvals: check.approvals, problems: check.problems }, null, 2));
   console.error(
     check.valid
-      ? `valid: ${check.document?.keyName} version ${check.document?.versions.join(', ')} destroyed at site ${check.document?.site}, approved by ${check.approvals.map((a) => a.approver).join(', ')}${approverKeys.size ? ' (with the keys given)' : " (approvers' keys not compared: give --approver-key)"}${f['site-key'] ? '' : "; signed with the key the certificate carries: give --site-key to check it is the site's"}`
+      ? `valid: ${check.document?.keyName} version ${check.document?.versions.join(', ')} ` +
+          `destroyed at site ${check.document?.site}, approved by ${check.approvals.map((a) => a.approver).join(', ')}` +
+          `${approverKeys.size ? ' (with the keys given)' : " (approvers' keys not compared: give --approver-key)"}` +
+          `${f['site-key'] ? '' : "; signed with the key the certificate carries: give --site-key to check it is the site's"}`
       : `NOT VALID: ${check.problems.join('; ')}`,
   );
   return check.valid ? 0 : 1;

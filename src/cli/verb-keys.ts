@@ -139,14 +139,16 @@ async function init(argv: string[]): Promise<number> {
       console.log(`share ${s.index} for ${s.custodian}: ${file}`);
     }
     console.log(
-      `site ${siteId}: master key ${r.cmkId} created; ${threshold} of ${custodians.length} shares unseal it. Hand each file to its custodian; deposit copies at two other sites (medmesh keys shares deposit).`,
+      `site ${siteId}: master key ${r.cmkId} created; ${threshold} of ${custodians.length} shares unseal it. ` +
+        'Hand each file to its custodian; deposit copies at two other sites (medmesh keys shares deposit).',
     );
     const service = await kms.signingPublicKey();
     if (service) {
       const file = join(f.out, `${siteId}.service.pub.pem`);
       await writeFile(file, service.toPem());
       console.log(
-        `site ${siteId}'s service key: ${file}, fingerprint ${keyFingerprint(service)}; the other sites trust it with medmesh peers trust`,
+        `site ${siteId}'s service key: ${file}, fingerprint ${keyFingerprint(service)}; ` +
+          'the other sites trust it with medmesh peers trust',
       );
     }
     return 0;
@@ -191,7 +193,9 @@ async function manage(sub: 'create' | 'rotate' | 'rewrap', argv: string[]): Prom
   const spec = {
     name: `keys ${sub}`,
     summary: SUBCOMMANDS[sub],
-    usage: `medmesh keys ${sub} --region <file> --site <id> --unseal <share:key> ... ${sub === 'rewrap' ? '--in <file> --out <file>' : '--name <key>'}`,
+    usage:
+      `medmesh keys ${sub} --region <file> --site <id> --unseal <share:key> ... ` +
+      `${sub === 'rewrap' ? '--in <file> --out <file>' : '--name <key>'}`,
     flags: {
       ...SITE_DB_FLAGS,
       ...UNSEAL_FLAG,
@@ -261,7 +265,8 @@ async function shares(argv: string[]): Promise<number> {
     name: 'keys shares',
     summary: SUBCOMMANDS.shares,
     usage:
-      'medmesh keys shares list --region <file> --site <id> | deposit --url <other site> --share <file> | fetch --url <other site> --owner <site> --out <dir>',
+      'medmesh keys shares list --region <file> --site <id> | deposit --url <other site> --share <file> | ' +
+      'fetch --url <other site> --owner <site> --out <dir>',
     flags: {
       ...SITE_DB_FLAGS,
       url: { type: 'string', help: 'the other site', placeholder: 'url' },

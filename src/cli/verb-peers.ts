@@ -66,7 +66,8 @@ async function trust(argv: string[]): Promise<number> {
     const m = await migrate(db);
     if (!m.ok) throw new UsageError(m.error.message);
     await db.query(
-      "INSERT INTO iam_service (id, kind, public_key) VALUES ($1, 'site', $2) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, public_key = excluded.public_key",
+      `INSERT INTO iam_service (id, kind, public_key) VALUES ($1, 'site', $2)
+       ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, public_key = excluded.public_key`,
       [f.peer, key.toPem()],
     );
     console.log(`site ${siteId} now trusts site ${f.peer}, key fingerprint ${fingerprint}`);

@@ -28,7 +28,8 @@ export async function regionVerb(argv: string[]): Promise<number> {
     );
   for (const s of region.shards)
     console.log(
-      `  shard ${s.id}: residency ${s.residency.join(' -> ')}; divisions ${s.divisions.join(', ') || '-'}; geohash ${s.geohashes.join(', ') || '-'}`,
+      `  shard ${s.id}: residency ${s.residency.join(' -> ')}; divisions ${s.divisions.join(', ') || '-'}; ` +
+        `geohash ${s.geohashes.join(', ') || '-'}`,
     );
   return 0;
 }

@@ -36,7 +36,8 @@ export async function seedVerb(argv: string[]): Promise<number> {
     if (!opened.ok) throw new UsageError(opened.error.message);
     const report = await seedRegion({ region, stores: new Map([[siteId, opened.site.store]]), patients, seed });
     console.log(
-      `site ${siteId}: seeded ${report.patients} patients (${report.resources} resources); ${report.skipped} homed at other sites were skipped`,
+      `site ${siteId}: seeded ${report.patients} patients (${report.resources} resources); ` +
+        `${report.skipped} homed at other sites were skipped`,
     );
     await opened.site.close();
     return 0;

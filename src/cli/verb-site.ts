@@ -23,7 +23,9 @@ const spec = {
     },
     blobs: {
       type: 'string',
-      help: 'where image files go, encrypted: a folder (default: <data>/<site>-blobs) or s3://bucket/prefix (with MEDMESH_S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_REGION)',
+      help:
+        'where image files go, encrypted: a folder (default: <data>/<site>-blobs) or s3://bucket/prefix ' +
+        '(with MEDMESH_S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_REGION)',
       placeholder: 'dir|s3-url',
     },
     'dicom-port': {
@@ -40,7 +42,9 @@ const spec = {
     'accept-any-ae': { type: 'boolean', help: 'take associations from AEs not in --dicom-peers' },
     'collect-from': {
       type: 'string',
-      help: 'source PACS to collect studies from: id=AE@host:port by C-FIND/C-MOVE (needs --dicom-port), id=http://host:port/dicom-web by QIDO-RS/WADO-RS; comma-separated',
+      help:
+        'source PACS to collect studies from: id=AE@host:port by C-FIND/C-MOVE (needs --dicom-port), ' +
+        'id=http://host:port/dicom-web by QIDO-RS/WADO-RS; comma-separated',
       placeholder: 'list',
     },
     'collect-every': { type: 'string', help: 'minutes between collection runs', default: '15', placeholder: 'minutes' },
@@ -98,9 +102,12 @@ export async function siteVerb(argv: string[]): Promise<number> {
     log.info({ ae: dicom.aeTitle, port: site.dimse.port }, `DICOM AE ${dicom.aeTitle} on ${flags.host}:${site.dimse.port}`);
   if (site.collection) {
     site.collection.start();
+    const sources = collect?.sources
+      .map((s) => `${s.id} (${s.kind === 'dicomweb' ? s.url : `${s.aeTitle}@${s.host}:${s.port}`})`)
+      .join(', ');
     log.info(
       { sources: collect?.sources.map((s) => s.id) },
-      `collecting from ${collect?.sources.map((s) => `${s.id} (${s.kind === 'dicomweb' ? s.url : `${s.aeTitle}@${s.host}:${s.port}`})`).join(', ')} every ${flags['collect-every']} min; reports at /imaging/collection`,
+      `collecting from ${sources} every ${flags['collect-every']} min; reports at /imaging/collection`,
     );
   }
   if (!flags['no-replication']) {
@@ -154,7 +161,8 @@ function blobFlags(
   const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(blobs);
   if (!m)
     throw new UsageError(
-      `--blobs ${JSON.stringify(blobs)}: an S3 location is s3://bucket or s3://bucket/prefix (bucket: 3-63 lower-case letters, digits, dots, hyphens)`,
+      `--blobs ${JSON.stringify(blobs)}: an S3 location is s3://bucket or s3://bucket/prefix ` +
+        '(bucket: 3-63 lower-case letters, digits, dots, hyphens)',
     );
   const need = (name: string) => {
     const v = env[name];

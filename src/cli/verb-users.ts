@@ -13,7 +13,8 @@ const spec = {
   name: 'users add',
   summary: 'create a user at a site',
   usage:
-    'MEDMESH_PASSWORD=... medmesh users add --region <file> --site <id> --username <name> --role <role> [--attr key=value ...] [--unseal share:key ...]',
+    'MEDMESH_PASSWORD=... medmesh users add --region <file> --site <id> --username <name> --role <role> ' +
+    '[--attr key=value ...] [--unseal share:key ...]',
   flags: {
     ...SITE_DB_FLAGS,
     ...UNSEAL_FLAG,
@@ -60,7 +61,8 @@ export async function usersVerb(argv: string[]): Promise<number> {
   const needsKms = f.role.some((r) => SECOND_FACTOR_ROLES.has(r));
   if (needsKms && f.unseal.length === 0)
     throw new UsageError(
-      `role ${f.role.filter((r) => SECOND_FACTOR_ROLES.has(r)).join(', ')} needs a second factor: give --unseal shares so its TOTP secret can be sealed`,
+      `role ${f.role.filter((r) => SECOND_FACTOR_ROLES.has(r)).join(', ')} needs a second factor: ` +
+        'give --unseal shares so its TOTP secret can be sealed',
     );
   const opened: { db: Db; siteId: string; kms?: Kms } = needsKms ? await openUnsealedKms(f, f.unseal) : await openPlain(f);
   const { db, siteId, kms } = opened;

@@ -66,11 +66,14 @@ export async function verifyVerb(argv: string[]): Promise<number> {
 
 function describe(r: Report): string {
   const lines = [
-    `${r.site} vs ${r.peer} at HLC ${r.watermark}: ${r.resources} resources in ${r.buckets} buckets, ${r.mismatchedBuckets} differing; accuracy ${(r.accuracy * 100).toFixed(3)} %`,
+    `${r.site} vs ${r.peer} at HLC ${r.watermark}: ${r.resources} resources in ${r.buckets} buckets, ` +
+      `${r.mismatchedBuckets} differing; accuracy ${(r.accuracy * 100).toFixed(3)} %`,
   ];
   if (r.repair)
     lines.push(
-      `  repaired: ${r.divergentBeforeRepair ?? 0} divergent before; fetched ${r.repair.fetched}, replaced ${r.repair.replaced}, refused ${r.repair.refused}, derived state rebuilt ${r.repair.recomputed}; ${r.repair.leftForPeer} for ${r.peer} to take from here`,
+      `  repaired: ${r.divergentBeforeRepair ?? 0} divergent before; ` +
+        `fetched ${r.repair.fetched}, replaced ${r.repair.replaced}, refused ${r.repair.refused}, ` +
+        `derived state rebuilt ${r.repair.recomputed}; ${r.repair.leftForPeer} for ${r.peer} to take from here`,
     );
   for (const d of r.divergent)
     lines.push(`  ${d.resource}: ${d.versions.map((v) => `${v.versionId} ${v.kind} (origin ${v.origin})`).join(', ')}`);

@@ -29,7 +29,8 @@ export class LogCounts {
   prometheus(labels: Record<string, string> = {}): string {
     const base = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
     const lines = [
-      '# HELP medmesh_log_problems_total Warnings and errors logged, per component and level (a background failure is always one).',
+      '# HELP medmesh_log_problems_total ' +
+        'Warnings and errors logged, per component and level (a background failure is always one).',
       '# TYPE medmesh_log_problems_total counter',
     ];
     for (const e of this.entries())

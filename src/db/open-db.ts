@@ -41,7 +41,9 @@ export async function claimSiteIdentity(
       ok: false,
       error: {
         kind: 'site-mismatch',
-        message: `this database belongs to site ${row.site_id} of region ${row.region_id}, not site ${siteId} of region ${regionId}`,
+        message:
+          `this database belongs to site ${row.site_id} of region ${row.region_id}, ` +
+          `not site ${siteId} of region ${regionId}`,
       },
     };
   }

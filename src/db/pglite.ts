@@ -28,7 +28,8 @@ async function lockDataDir(dir: string): Promise<() => Promise<void>> {
       const pid = Number(await readFile(file, 'utf8').catch(() => 'NaN'));
       if (Number.isInteger(pid) && pid !== process.pid && isAlive(pid)) {
         throw new DataDirInUseError(
-          `embedded database ${dir} is in use by process ${pid}; stop it first (or use a PostgreSQL server for concurrent access)`,
+          `embedded database ${dir} is in use by process ${pid}; ` +
+            'stop it first (or use a PostgreSQL server for concurrent access)',
         );
       }
       await rm(file, { force: true });

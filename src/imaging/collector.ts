@@ -98,10 +98,15 @@ export class Collector {
       for (const s of studies) {
         // A study whose count at the source changed is fetched again (new instances arrived).
         await tx.query(
-          `INSERT INTO imaging_collection_study (source, study_uid, study_date, source_instances, state) VALUES ($1, $2, $3, $4, 'pending')
-           ON CONFLICT (source, study_uid) DO UPDATE SET study_date = excluded.study_date, source_instances = excluded.source_instances,
-             state = CASE WHEN imaging_collection_study.state = 'retrieved' AND imaging_collection_study.source_instances IS NOT DISTINCT FROM excluded.source_instances THEN 'retrieved' ELSE 'pending' END,
-             attempts = CASE WHEN imaging_collection_study.source_instances IS DISTINCT FROM excluded.source_instances THEN 0 ELSE imaging_collection_study.attempts END,
+          `INSERT INTO imaging_collection_study (source, study_uid, study_date, source_instances, state)
+           VALUES ($1, $2, $3, $4, 'pending')
+           ON CONFLICT (source, study_uid) DO UPDATE
+             SET study_date = excluded.study_date, source_instances = excluded.source_instances,
+             state = CASE WHEN imaging_collection_study.state = 'retrieved'
+                           AND imaging_collection_study.source_instances IS NOT DISTINCT FROM excluded.source_instances
+                          THEN 'retrieved' ELSE 'pending' END,
+             attempts = CASE WHEN imaging_collection_study.source_instances IS DISTINCT FROM excluded.source_instances
+                             THEN 0 ELSE imaging_collection_study.attempts END,
              updated_at = now()`,
           [source.id, s.uid, day, s.count],
         );
@@ -113,7 +118,8 @@ export class Collector {
       );
     });
     const { rows: todo } = await db.query<{ study_uid: string; attempts: number }>(
-      "SELECT study_uid, attempts FROM imaging_collection_study WHERE source = $1 AND study_date = $2 AND state <> 'retrieved' ORDER BY study_uid",
+      `SELECT study_uid, attempts FROM imaging_collection_study
+        WHERE source = $1 AND study_date = $2 AND state <> 'retrieved' ORDER BY study_uid`,
       [source.id, day],
     );
     const run: DayRun = { day, studies: studies.length, retrieved: 0, skipped: studies.length - todo.length, failed: [] };
@@ -164,14 +170,16 @@ export class Collector {
         (this.#o.store ? (await this.#o.store.missingFiles({ studyInstanceUids: [study] })).length : 0);
       if (moved.ok && (expected === null || held >= expected)) {
         await db.query(
-          "UPDATE imaging_collection_study SET state = 'retrieved', attempts = $3, last_error = NULL, updated_at = now() WHERE source = $1 AND study_uid = $2",
+          `UPDATE imaging_collection_study SET state = 'retrieved', attempts = $3, last_error = NULL, updated_at = now()
+            WHERE source = $1 AND study_uid = $2`,
           [source.id, study, attempt + 1],
         );
         return { ok: true };
       }
       error = moved.ok ? `the source has ${expected} instance(s), medmesh holds ${held} after the retrieval` : moved.error;
       await db.query(
-        "UPDATE imaging_collection_study SET state = 'failed', attempts = $3, last_error = $4, updated_at = now() WHERE source = $1 AND study_uid = $2",
+        `UPDATE imaging_collection_study SET state = 'failed', attempts = $3, last_error = $4, updated_at = now()
+          WHERE source = $1 AND study_uid = $2`,
         [source.id, study, attempt + 1, error],
       );
     }

@@ -221,21 +221,24 @@ describe(`C-MOVE to Orthanc and C-GET (${testBackend()})`, () => {
     assert.ok(t.events.some((e) => e.action === 'dicom-move' && /1 sent to ORTHANC, 0 failed/.test(e.detail ?? '')));
   });
 
-  it('answers C-GET of a deflated study whatever getscu proposes: sent when it takes deflated, a counted failure when not', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'medmesh-getscu-'));
-    try {
-      const taken = await get(DEFLATED_STUDY, ['+xd'], dir);
-      assert.match(taken.out, /Number of Completed Suboperations : 1/, taken.out);
-      assert.equal((await readdir(dir)).length, 1);
-      // getscu proposing only uncompressed syntaxes: medmesh does not transcode, so it fails the
-      // sub-operation and says so in the final response (before: no answer at all).
-      const refused = await get(DEFLATED_STUDY, [], dir);
-      assert.match(refused.out, /Number of Failed Suboperations\s*: 1/, refused.out);
-      assert.match(refused.out, /Received C-GET Response \(Warning: SubOperationsCompleteOneOrMoreFailures\)/, refused.out);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
+  it(
+    'answers C-GET of a deflated study whatever getscu proposes: ' + 'sent when it takes deflated, a counted failure when not',
+    async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'medmesh-getscu-'));
+      try {
+        const taken = await get(DEFLATED_STUDY, ['+xd'], dir);
+        assert.match(taken.out, /Number of Completed Suboperations : 1/, taken.out);
+        assert.equal((await readdir(dir)).length, 1);
+        // getscu proposing only uncompressed syntaxes: medmesh does not transcode, so it fails the
+        // sub-operation and says so in the final response (before: no answer at all).
+        const refused = await get(DEFLATED_STUDY, [], dir);
+        assert.match(refused.out, /Number of Failed Suboperations\s*: 1/, refused.out);
+        assert.match(refused.out, /Received C-GET Response \(Warning: SubOperationsCompleteOneOrMoreFailures\)/, refused.out);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
 
   it('answers C-GET of a SOP class the caller proposed no context for, instead of never answering', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'medmesh-getscu-'));

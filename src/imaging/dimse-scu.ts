@@ -129,7 +129,9 @@ export async function cMoveStudy(
   if (status !== Status.Success && status !== 0xb000)
     return {
       ok: false,
-      error: `C-MOVE of ${studyInstanceUid} ended with status 0x${status.toString(16)} (${outcome.completed} moved, ${outcome.failed} failed)`,
+      error:
+        `C-MOVE of ${studyInstanceUid} ended with status 0x${status.toString(16)} ` +
+        `(${outcome.completed} moved, ${outcome.failed} failed)`,
     };
   return { ok: true, value: outcome };
 }

@@ -76,7 +76,8 @@ describe(`DIMSE with DCMTK (${testBackend()})`, () => {
       number_of_frames: number | null;
       source: string;
     }>(
-      'SELECT sop_class_uid, transfer_syntax_uid, charset, number_of_frames, source FROM imaging_instance ORDER BY transfer_syntax_uid, sop_class_uid',
+      `SELECT sop_class_uid, transfer_syntax_uid, charset, number_of_frames, source FROM imaging_instance
+        ORDER BY transfer_syntax_uid, sop_class_uid`,
     );
     assert.equal(rows.length, FILES.length);
     const syntaxes = new Set(rows.map((x) => x.transfer_syntax_uid));

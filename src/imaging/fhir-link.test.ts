@@ -118,32 +118,36 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     assert.equal(rows[0]!.n, 1, 'one Patient made from the study, not one per flush');
   });
 
-  it('links on one API node at a time: two nodes linking at once make one Patient per new patient, and the other takes over once the first stops', async () => {
-    const rid = makeResidentId({ divisionCode: '440106', birthDate: '1986-07-08', sequence: 52 });
-    for (const n of [20, 21, 22]) await ingest({ studyUid: uid(n), date: '20261123', patientId: rid, count: 1 });
-    const other = new StudyLinker({
-      log: silentLogger(),
-      db: t.db,
-      holder: 'node-2',
-      records: r.store,
-      region: r.ctx.region,
-      siteId: 'B',
-      quietMs: 60_000,
-    });
-    const [mine, theirs] = await Promise.all([linker.flush({ all: true }), other.flush({ all: true })]);
-    assert.deepEqual(mine.map((o) => o.study).sort(), [uid(20), uid(21), uid(22)], 'the lease holder links every study');
-    assert.deepEqual(theirs, [], 'the other node links nothing while the lease is held');
-    const patients = await t.db.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient' AND content::text LIKE $1",
-      [`%${rid}%`],
-    );
-    assert.equal(patients.rows[0]!.n, 1, 'one Patient for the three studies');
-    await ingest({ studyUid: uid(23), date: '20261123', patientId: rid, count: 1 });
-    await linker.stop(); // gives the lease back
-    const [taken] = await other.flush({ all: true });
-    assert.equal(taken?.study, uid(23), 'the other node links once the first has stopped');
-    await other.stop();
-  });
+  it(
+    'links on one API node at a time: ' +
+      'two nodes linking at once make one Patient per new patient, and the other takes over once the first stops',
+    async () => {
+      const rid = makeResidentId({ divisionCode: '440106', birthDate: '1986-07-08', sequence: 52 });
+      for (const n of [20, 21, 22]) await ingest({ studyUid: uid(n), date: '20261123', patientId: rid, count: 1 });
+      const other = new StudyLinker({
+        log: silentLogger(),
+        db: t.db,
+        holder: 'node-2',
+        records: r.store,
+        region: r.ctx.region,
+        siteId: 'B',
+        quietMs: 60_000,
+      });
+      const [mine, theirs] = await Promise.all([linker.flush({ all: true }), other.flush({ all: true })]);
+      assert.deepEqual(mine.map((o) => o.study).sort(), [uid(20), uid(21), uid(22)], 'the lease holder links every study');
+      assert.deepEqual(theirs, [], 'the other node links nothing while the lease is held');
+      const patients = await t.db.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM resource_current WHERE resource_type = 'Patient' AND content::text LIKE $1",
+        [`%${rid}%`],
+      );
+      assert.equal(patients.rows[0]!.n, 1, 'one Patient for the three studies');
+      await ingest({ studyUid: uid(23), date: '20261123', patientId: rid, count: 1 });
+      await linker.stop(); // gives the lease back
+      const [taken] = await other.flush({ all: true });
+      assert.equal(taken?.study, uid(23), 'the other node links once the first has stopped');
+      await other.stop();
+    },
+  );
 
   it('keeps running when a timer pass fails (the database away): no crash, the next pass links', async () => {
     let away = true;
@@ -252,7 +256,8 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
     const unplaced = await atSite('A').ingestStream(Readable.from([noId!]), { source: 'ae:MODALITY' });
     assert.ok(!unplaced.ok && /site A cannot place patient VISITOR-1/.test(unplaced.error.message));
     assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before, 'nothing kept at A');
-    const shenzhen = makeResidentId({ divisionCode: '440305', birthDate: '1990-02-02', sequence: 6 }); // active at C, replicated to B
+    // active at C, replicated to B
+    const shenzhen = makeResidentId({ divisionCode: '440305', birthDate: '1990-02-02', sequence: 6 });
     const [atB] = await makeInstances({ studyUid: uid(8), date: '20261121', patientId: shenzhen, count: 1 });
     assert.ok((await atSite('B').ingest(atB!, { source: 'ae:MODALITY' })).ok);
   });

@@ -106,8 +106,10 @@ export class StudyLinker {
   async #flushNow(opts: { all?: boolean }): Promise<LinkOutcome[]> {
     if (!(await claimLease(this.#o.db, { ...LEASE, holder: this.#o.holder, renew: true }))) return [];
     const { rows } = await this.#o.db.query<StudyRow>(
-      `SELECT study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, source, updated_at::text AS updated_at
-       FROM imaging_study WHERE (fhir_synced_at IS NULL OR fhir_synced_at < updated_at) AND ($1 OR updated_at < now() - make_interval(secs => $2))
+      `SELECT study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number,
+              study_description, source, updated_at::text AS updated_at
+       FROM imaging_study WHERE (fhir_synced_at IS NULL OR fhir_synced_at < updated_at)
+                            AND ($1 OR updated_at < now() - make_interval(secs => $2))
        ORDER BY coalesce(link_note LIKE '${LINK_FAILED}%', false), imaging_study.updated_at LIMIT 100`,
       [opts.all ?? false, (this.#o.quietMs ?? 2000) / 1000],
     );
@@ -162,7 +164,11 @@ export class StudyLinker {
         : {}),
       ...(s.patient_birth_date && /^\d{8}$/.test(s.patient_birth_date)
         ? {
-            birthDate: `${s.patient_birth_date.slice(0, 4)}-${s.patient_birth_date.slice(4, 6)}-${s.patient_birth_date.slice(6, 8)}`,
+            birthDate: [
+              s.patient_birth_date.slice(0, 4),
+              s.patient_birth_date.slice(4, 6),
+              s.patient_birth_date.slice(6, 8),
+            ].join('-'),
           }
         : {}),
     };
@@ -182,7 +188,8 @@ export class StudyLinker {
       series_number: number | null;
       series_description: string | null;
     }>(
-      'SELECT series_uid, modality, series_number, series_description FROM imaging_series WHERE study_uid = $1 ORDER BY series_number NULLS LAST, series_uid',
+      `SELECT series_uid, modality, series_number, series_description FROM imaging_series
+        WHERE study_uid = $1 ORDER BY series_number NULLS LAST, series_uid`,
       [s.study_uid],
     );
     const { rows: instances } = await this.#o.db.query<{
@@ -191,7 +198,8 @@ export class StudyLinker {
       sop_class_uid: string;
       instance_number: number | null;
     }>(
-      'SELECT series_uid, sop_instance_uid, sop_class_uid, instance_number FROM imaging_instance WHERE study_uid = $1 AND current ORDER BY instance_number NULLS LAST, sop_instance_uid',
+      `SELECT series_uid, sop_instance_uid, sop_class_uid, instance_number FROM imaging_instance
+        WHERE study_uid = $1 AND current ORDER BY instance_number NULLS LAST, sop_instance_uid`,
       [s.study_uid],
     );
     const dicom = (code: string) => ({ system: 'http://dicom.nema.org/resources/ontology/DCM', code });

@@ -13,7 +13,9 @@ export function extractFrames(file: Buffer, numberOfFrames: number | null, wante
     return {
       ok: false,
       status: 406,
-      error: `frames are served for uncompressed little-endian data; this instance is stored as ${ts} and medmesh does not transcode`,
+      error:
+        'frames are served for uncompressed little-endian data; ' +
+        `this instance is stored as ${ts} and medmesh does not transcode`,
     };
   const pixel = s.value.pixelData;
   if (!pixel || pixel.encapsulated) return { ok: false, status: 404, error: 'the instance has no native pixel data' };

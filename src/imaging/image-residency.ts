@@ -89,7 +89,10 @@ export class ImageResidency {
     }
     if (!region.mayHold(siteId, region.classOf('ImagingStudy'), shard)) {
       const home = region.activeSiteFor(shard);
-      return `patient ${pid || '(no Patient ID)'} belongs to shard ${shard}, whose data site ${siteId} may not hold${home ? `; send to site ${home}` : ''}`;
+      return (
+        `patient ${pid || '(no Patient ID)'} belongs to shard ${shard}, ` +
+        `whose data site ${siteId} may not hold${home ? `; send to site ${home}` : ''}`
+      );
     }
     return undefined;
   }

@@ -199,7 +199,8 @@ export async function findImaging(
     STUDY: 'imaging_study s',
     SERIES: 'imaging_series se JOIN imaging_study s ON s.study_uid = se.study_uid',
     IMAGE:
-      'imaging_instance i JOIN imaging_series se ON se.series_uid = i.series_uid JOIN imaging_study s ON s.study_uid = i.study_uid',
+      'imaging_instance i JOIN imaging_series se ON se.series_uid = i.series_uid ' +
+      'JOIN imaging_study s ON s.study_uid = i.study_uid',
   }[level];
   if (level === 'IMAGE') where.push('i.current');
   if (opts.rows && opts.rows.kind !== 'all') where.push(studyInScope(opts.rows, 's', p));
@@ -225,7 +226,10 @@ export async function findImaging(
 
 /** SQL: the study at `alias` is linked to a patient inside `rows`. */
 function studyInScope(rows: RowScope, alias: string, p: (v: unknown) => string): string {
-  return `EXISTS (SELECT 1 FROM (SELECT substr(${alias}.patient_ref, 9) AS patient_id WHERE ${alias}.patient_ref LIKE 'Patient/%') linked WHERE ${rowScopeSql(rows, 'linked', p)})`;
+  return (
+    `EXISTS (SELECT 1 FROM (SELECT substr(${alias}.patient_ref, 9) AS patient_id ` +
+    `WHERE ${alias}.patient_ref LIKE 'Patient/%') linked WHERE ${rowScopeSql(rows, 'linked', p)})`
+  );
 }
 
 function condition(
@@ -262,7 +266,9 @@ function condition(
       if (attr.sql.includes('string_agg'))
         return {
           ok: true,
-          sql: `EXISTS (SELECT 1 FROM imaging_series m WHERE m.study_uid = s.study_uid AND m.modality = ANY(${p(value.split('\\'))}::text[]))`,
+          sql:
+            'EXISTS (SELECT 1 FROM imaging_series m WHERE m.study_uid = s.study_uid ' +
+            `AND m.modality = ANY(${p(value.split('\\'))}::text[]))`,
         };
       if (!/[*?]/.test(value))
         return { ok: true, sql: attr.kind === 'pn' ? `lower(${attr.sql}) = lower(${p(value)})` : `${attr.sql} = ${p(value)}` };

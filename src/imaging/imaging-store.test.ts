@@ -144,7 +144,8 @@ describe(`imaging store (${testBackend()})`, () => {
     assert.deepEqual(statuses, ['duplicate', 'duplicate', 'duplicate', 'duplicate', 'stored']);
     const rows = (
       await t.db.query<{ n: number }>(
-        "SELECT count(*)::int AS n FROM imaging_instance WHERE sop_instance_uid = '1.3.6.1.4.1.5962.1.1.8.1.5.20040826185059.5457'",
+        `SELECT count(*)::int AS n FROM imaging_instance
+          WHERE sop_instance_uid = '1.3.6.1.4.1.5962.1.1.8.1.5.20040826185059.5457'`,
       )
     ).rows[0]!.n;
     assert.equal(rows, 1);
@@ -165,7 +166,10 @@ describe(`imaging store (${testBackend()})`, () => {
     assert.ok(!r.ok);
     assert.match(
       r.error.message,
-      /series 1\.3\.6\.1\.4\.1\.5962\.1\.3\.1\.1\.20040119072730\.12322 belongs to study 1\.3\.6\.1\.4\.1\.5962\.1\.2\.1\.20040119072730\.12322/,
+      new RegExp(
+        String.raw`series 1\.3\.6\.1\.4\.1\.5962\.1\.3\.1\.1\.20040119072730\.12322 ` +
+          String.raw`belongs to study 1\.3\.6\.1\.4\.1\.5962\.1\.2\.1\.20040119072730\.12322`,
+      ),
     );
     assert.deepEqual({ rows: await rows(), blobs: await blobCount(t.blobs) }, before);
   });
@@ -354,47 +358,54 @@ describe(`imaging store (${testBackend()})`, () => {
     }
   });
 
-  it('commits the index only once the blob is durable: a blob that fails after the rows were written leaves neither', async () => {
-    const own = await openTestImaging();
-    // A blob store that takes 100 ms (the index statements run meanwhile), then succeeds or fails.
-    const slow = (fail: boolean): BlobStore => ({
-      put: async (key, data) => {
-        await new Promise((r) => setTimeout(r, 100));
-        const written = await own.blobs.put(key, data);
-        if (fail) throw new Error('disk failed at fsync');
-        return written;
-      },
-      get: (key) => own.blobs.get(key),
-      read: (key) => own.blobs.read(key),
-      exists: (key) => own.blobs.exists(key),
-      delete: (key) => own.blobs.delete(key),
-      list: (prefix) => own.blobs.list(prefix),
-    });
-    const held = async () => ({
-      rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length,
-      blobs: await blobCount(own.blobs),
-    });
-    try {
-      const [ok, lost] = await makeInstances({
-        studyUid: '1.2.826.0.1.3680043.10.1519.78',
-        date: '20260102',
-        patientId: 'P78',
-        count: 2,
+  it(
+    'commits the index only once the blob is durable: ' + 'a blob that fails after the rows were written leaves neither',
+    async () => {
+      const own = await openTestImaging();
+      // A blob store that takes 100 ms (the index statements run meanwhile), then succeeds or fails.
+      const slow = (fail: boolean): BlobStore => ({
+        put: async (key, data) => {
+          await new Promise((r) => setTimeout(r, 100));
+          const written = await own.blobs.put(key, data);
+          if (fail) throw new Error('disk failed at fsync');
+          return written;
+        },
+        get: (key) => own.blobs.get(key),
+        read: (key) => own.blobs.read(key),
+        exists: (key) => own.blobs.exists(key),
+        delete: (key) => own.blobs.delete(key),
+        list: (prefix) => own.blobs.list(prefix),
       });
-      const failing = new ImagingStore({ db: own.db, blobs: slow(true), kms: own.kms });
-      const refused = await failing.ingest(lost!, { source: 'test' });
-      assert.ok(!refused.ok && refused.error.kind === 'storage-failed', JSON.stringify(refused));
-      assert.match(refused.error.message, /disk failed at fsync/);
-      assert.deepEqual(await held(), { rows: 0, blobs: 0 }, 'no row for a blob that never became durable, and the blob removed');
-      const stored = await new ImagingStore({ db: own.db, blobs: slow(false), kms: own.kms }).ingest(ok!, { source: 'test' });
-      assert.ok(stored.ok && stored.value.status === 'stored', JSON.stringify(stored));
-      const back = await own.store.read(stored.value.sopInstanceUid);
-      assert.ok(back.ok && back.value.file.equals(ok!), 'read back byte for byte');
-      assert.deepEqual(await held(), { rows: 1, blobs: 1 });
-    } finally {
-      await own.close();
-    }
-  });
+      const held = async () => ({
+        rows: (await own.db.query('SELECT 1 FROM imaging_instance')).rows.length,
+        blobs: await blobCount(own.blobs),
+      });
+      try {
+        const [ok, lost] = await makeInstances({
+          studyUid: '1.2.826.0.1.3680043.10.1519.78',
+          date: '20260102',
+          patientId: 'P78',
+          count: 2,
+        });
+        const failing = new ImagingStore({ db: own.db, blobs: slow(true), kms: own.kms });
+        const refused = await failing.ingest(lost!, { source: 'test' });
+        assert.ok(!refused.ok && refused.error.kind === 'storage-failed', JSON.stringify(refused));
+        assert.match(refused.error.message, /disk failed at fsync/);
+        assert.deepEqual(
+          await held(),
+          { rows: 0, blobs: 0 },
+          'no row for a blob that never became durable, and the blob removed',
+        );
+        const stored = await new ImagingStore({ db: own.db, blobs: slow(false), kms: own.kms }).ingest(ok!, { source: 'test' });
+        assert.ok(stored.ok && stored.value.status === 'stored', JSON.stringify(stored));
+        const back = await own.store.read(stored.value.sopInstanceUid);
+        assert.ok(back.ok && back.value.file.equals(ok!), 'read back byte for byte');
+        assert.deepEqual(await held(), { rows: 1, blobs: 1 });
+      } finally {
+        await own.close();
+      }
+    },
+  );
 
   it('answers a blob store failing mid-stream with a value, reads the rest of the file, and leaves nothing', async () => {
     const own = await openTestImaging();

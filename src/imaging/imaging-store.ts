@@ -256,7 +256,10 @@ export class ImagingStore {
     if (!pid)
       return `instance ${a.sopInstanceUid} carries no Patient ID: only a sender allowed every patient's images may store it`;
     if (!this.#o.findPatient)
-      return `this site cannot tell whose images instance ${a.sopInstanceUid} are, so it takes them only from senders allowed every patient's images`;
+      return (
+        `this site cannot tell whose images instance ${a.sopInstanceUid} are, ` +
+        "so it takes them only from senders allowed every patient's images"
+      );
     const found = await this.#o.findPatient(pid);
     if (!found.ok) return found.error;
     return mayStore({ dicomPatientId: pid, recordId: found.id });
@@ -381,7 +384,8 @@ export class ImagingStore {
   /** Current instances of a study or series, in instance-number order. */
   async instances(where: { studyInstanceUid: string; seriesInstanceUid?: string }): Promise<StoredInstance[]> {
     const { rows } = await this.#o.db.query<InstanceRow>(
-      `SELECT * FROM imaging_instance WHERE current AND study_uid = $1 AND ($2::text IS NULL OR series_uid = $2) ORDER BY series_uid, instance_number NULLS LAST, sop_instance_uid`,
+      `SELECT * FROM imaging_instance WHERE current AND study_uid = $1 AND ($2::text IS NULL OR series_uid = $2)
+        ORDER BY series_uid, instance_number NULLS LAST, sop_instance_uid`,
       [where.studyInstanceUid, where.seriesInstanceUid ?? null],
     );
     return rows.map(toInstance);

@@ -68,20 +68,29 @@ export async function writeInstanceIndex(
   // transaction is refused).
   const { rows } = await tx.query<{ series_study: string; inserted: number }>(
     `WITH st AS (
-       INSERT INTO imaging_study (study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time, accession_number, study_description, study_id, referring_physician, source)
+       INSERT INTO imaging_study (study_uid, patient_id, patient_name, patient_birth_date, patient_sex, study_date, study_time,
+                                  accession_number, study_description, study_id, referring_physician, source)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $31)
-       ON CONFLICT (study_uid) DO UPDATE SET patient_id = excluded.patient_id, patient_name = excluded.patient_name, patient_birth_date = excluded.patient_birth_date,
-         patient_sex = excluded.patient_sex, study_date = excluded.study_date, study_time = excluded.study_time, accession_number = excluded.accession_number,
-         study_description = excluded.study_description, study_id = excluded.study_id, referring_physician = excluded.referring_physician, source = excluded.source, updated_at = clock_timestamp()
+       ON CONFLICT (study_uid) DO UPDATE
+         SET patient_id = excluded.patient_id, patient_name = excluded.patient_name,
+             patient_birth_date = excluded.patient_birth_date, patient_sex = excluded.patient_sex,
+             study_date = excluded.study_date, study_time = excluded.study_time, accession_number = excluded.accession_number,
+             study_description = excluded.study_description, study_id = excluded.study_id,
+             referring_physician = excluded.referring_physician, source = excluded.source, updated_at = clock_timestamp()
        RETURNING study_uid
      ), se AS (
-       INSERT INTO imaging_series (series_uid, study_uid, modality, series_number, series_description) VALUES ($12, $1, $13, $14, $15)
-       ON CONFLICT (series_uid) DO UPDATE SET modality = excluded.modality, series_number = excluded.series_number, series_description = excluded.series_description
+       INSERT INTO imaging_series (series_uid, study_uid, modality, series_number, series_description)
+       VALUES ($12, $1, $13, $14, $15)
+       ON CONFLICT (series_uid) DO UPDATE
+         SET modality = excluded.modality, series_number = excluded.series_number,
+             series_description = excluded.series_description
        RETURNING study_uid
      ), ins AS (
-       INSERT INTO imaging_instance (sop_instance_uid, version, current, series_uid, study_uid, sop_class_uid, instance_number, transfer_syntax_uid, number_of_frames, rows, columns, charset,
+       INSERT INTO imaging_instance (sop_instance_uid, version, current, series_uid, study_uid, sop_class_uid, instance_number,
+         transfer_syntax_uid, number_of_frames, rows, columns, charset,
          size_bytes, sha256, blob_key, data_key, attributes, flag, source)
-       SELECT $16, $17, true, $12, (SELECT study_uid FROM st), $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31
+       SELECT $16, $17, true, $12, (SELECT study_uid FROM st),
+              $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31
        WHERE (SELECT study_uid FROM se) = $1
        RETURNING 1
      )

@@ -56,7 +56,8 @@ export async function* readMultipartRelated(
       const block = await r.until(BLANK_LINE, limits.headerBytes ?? 2 ** 14);
       if (block === undefined)
         throw new MultipartError(
-          `part ${index}: its headers are not ended by a blank line${r.ended ? ' (the body is truncated)' : ` within ${limits.headerBytes ?? 2 ** 14} bytes`}`,
+          `part ${index}: its headers are not ended by a blank line` +
+            `${r.ended ? ' (the body is truncated)' : ` within ${limits.headerBytes ?? 2 ** 14} bytes`}`,
         );
       for (const line of block.toString('latin1').split('\r\n')) {
         const colon = line.indexOf(':');

@@ -37,7 +37,8 @@ export async function lockResources(tx: Queryable, refs: ReadonlyArray<{ resourc
   if (refs.length === 0) return;
   const keys = [...new Set(refs.map((r) => `${r.resourceType}/${r.id}`))];
   await tx.query(
-    `SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 7193) AS h FROM unnest($1::text[]) AS k ORDER BY h) AS s`,
+    `SELECT pg_advisory_xact_lock(h)
+       FROM (SELECT DISTINCT hashtextextended(k, 7193) AS h FROM unnest($1::text[]) AS k ORDER BY h) AS s`,
     [keys],
     { name: 'medmesh_lock_resources' },
   );
@@ -79,9 +80,10 @@ export async function applyVersions(
   );
   const col = <T>(f: (v: RemoteVersion) => T) => versions.map(f);
   const inserted = await tx.query<{ resource_type: string; id: string; version_id: string }>(
-    `INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, parent_origin, origin_site, epoch, shard, data_class, deleted, last_updated, content)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::text[], $10::text[],
-                          $11::boolean[], $12::timestamptz[], $13::jsonb[])
+    `INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, parent_origin, origin_site, epoch, shard,
+                                  data_class, deleted, last_updated, content)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
+                          $8::bigint[], $9::text[], $10::text[], $11::boolean[], $12::timestamptz[], $13::jsonb[])
      ON CONFLICT DO NOTHING RETURNING resource_type, id, version_id`,
     [
       col((v) => v.resourceType),
@@ -162,7 +164,8 @@ export async function applyVersions(
   if (pairs.length) {
     await tx.query(
       `INSERT INTO resource_conflict (resource_type, id, version_a, version_b, resolution_version, resolved_at, resolved_by)
-       SELECT t, i, a, b, r, CASE WHEN r IS NULL THEN NULL ELSE now() END, CASE WHEN r IS NULL THEN NULL ELSE 'site:' || split_part(r, '-', 2) END
+       SELECT t, i, a, b, r, CASE WHEN r IS NULL THEN NULL ELSE now() END,
+              CASE WHEN r IS NULL THEN NULL ELSE 'site:' || split_part(r, '-', 2) END
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS p(t, i, a, b, r)
        ON CONFLICT DO NOTHING`,
       [
@@ -176,7 +179,9 @@ export async function applyVersions(
   }
   if (resolutions.length) {
     await tx.query(
-      `UPDATE resource_conflict c SET resolution_version = p.r, resolved_at = coalesce(c.resolved_at, now()), resolved_by = 'site:' || split_part(p.r, '-', 2)
+      `UPDATE resource_conflict c
+          SET resolution_version = p.r, resolved_at = coalesce(c.resolved_at, now()),
+              resolved_by = 'site:' || split_part(p.r, '-', 2)
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS p(t, i, a, b, r)
         WHERE c.resource_type = p.t AND c.id = p.i AND c.version_a = p.a AND c.version_b = p.b`,
       [
@@ -220,7 +225,8 @@ async function loadState(tx: Queryable, derived: readonly RemoteVersion[]): Prom
       { name: 'medmesh_apply_lock_current' },
     ),
     await tx.query<FactsRow>(
-      `SELECT h.resource_type, h.id, h.version_id, h.hlc::text AS hlc, h.origin_site, h.parent_hlc::text AS parent_hlc, h.parent_origin
+      `SELECT h.resource_type, h.id, h.version_id, h.hlc::text AS hlc, h.origin_site, h.parent_hlc::text AS parent_hlc,
+              h.parent_origin
          FROM resource_history h JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS w(t, i, lo)
            ON h.resource_type = w.t AND h.id = w.i AND h.hlc >= w.lo`,
       [ts.map((f) => f.t), ts.map((f) => f.id), ts.map((f) => f.lo)],
@@ -257,10 +263,14 @@ async function loadState(tx: Queryable, derived: readonly RemoteVersion[]): Prom
 export async function writeCurrent(ctx: RecordsContext, tx: Queryable, candidates: readonly RemoteVersion[]): Promise<void> {
   const col = <T>(f: (v: RemoteVersion) => T) => candidates.map(f);
   const written = await tx.query<{ resource_type: string; id: string }>(
-    `INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted, last_updated, content)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::boolean[], $10::timestamptz[], $11::jsonb[])
-     ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, hlc = excluded.hlc, origin_site = excluded.origin_site,
-       shard = excluded.shard, data_class = excluded.data_class, patient_id = coalesce(excluded.patient_id, resource_current.patient_id), deleted = excluded.deleted,
+    `INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted,
+                                  last_updated, content)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
+                          $9::boolean[], $10::timestamptz[], $11::jsonb[])
+     ON CONFLICT (resource_type, id) DO UPDATE
+       SET version_id = excluded.version_id, hlc = excluded.hlc, origin_site = excluded.origin_site,
+       shard = excluded.shard, data_class = excluded.data_class,
+       patient_id = coalesce(excluded.patient_id, resource_current.patient_id), deleted = excluded.deleted,
        last_updated = excluded.last_updated, content = excluded.content
      WHERE (excluded.hlc, excluded.origin_site COLLATE "C") >= (resource_current.hlc, resource_current.origin_site COLLATE "C")
      RETURNING resource_type, id`,
@@ -297,10 +307,14 @@ export async function writeCurrent(ctx: RecordsContext, tx: Queryable, candidate
      , ds AS (DELETE FROM search_string s USING owners o WHERE s.resource_type = o.t AND s.resource_id = o.i)
      , dd AS (DELETE FROM search_date s USING owners o WHERE s.resource_type = o.t AND s.resource_id = o.i)
      , dr AS (DELETE FROM search_reference s USING owners o WHERE s.resource_type = o.t AND s.resource_id = o.i)
-     , it AS (INSERT INTO search_token (resource_type, resource_id, code, system, value) SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[]))
-     , iss AS (INSERT INTO search_string (resource_type, resource_id, code, value) SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[]))
-     , idt AS (INSERT INTO search_date (resource_type, resource_id, code, lo, hi) SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[]))
-     INSERT INTO search_reference (resource_type, resource_id, code, target) SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[])`,
+     , it AS (INSERT INTO search_token (resource_type, resource_id, code, system, value)
+              SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[]))
+     , iss AS (INSERT INTO search_string (resource_type, resource_id, code, value)
+               SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[]))
+     , idt AS (INSERT INTO search_date (resource_type, resource_id, code, lo, hi)
+               SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[]))
+     INSERT INTO search_reference (resource_type, resource_id, code, target)
+     SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[])`,
     [
       rows.map((r) => r.t),
       rows.map((r) => r.id),

@@ -32,7 +32,8 @@ export async function listConflicts(
   if (opts.resourceType) where.push(`resource_type = $${params.push(opts.resourceType)}`);
   if (opts.id) where.push(`id = $${params.push(opts.id)}`);
   const { rows } = await q.query<Row>(
-    `SELECT resource_type, id, version_a, version_b, detected_at, resolved_at, resolved_by, resolution_version FROM resource_conflict
+    `SELECT resource_type, id, version_a, version_b, detected_at, resolved_at, resolved_by, resolution_version
+       FROM resource_conflict
       WHERE ${where.join(' AND ')} ORDER BY detected_at LIMIT $${params.push(opts.limit ?? 100)}`,
     params,
   );

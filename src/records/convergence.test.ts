@@ -38,8 +38,8 @@ interface HistoryRow {
 /** Every version a site holds, as the changes another site would apply. */
 async function versionsAt(s: TestStore): Promise<RemoteVersion[]> {
   const { rows } = await s.db.query<HistoryRow>(
-    `SELECT resource_type, id, version_id, hlc::text AS hlc, parent_hlc::text AS parent_hlc, parent_origin, origin_site, epoch::text AS epoch,
-            shard, data_class, deleted, last_updated, content
+    `SELECT resource_type, id, version_id, hlc::text AS hlc, parent_hlc::text AS parent_hlc, parent_origin, origin_site,
+            epoch::text AS epoch, shard, data_class, deleted, last_updated, content
        FROM resource_history WHERE resource_type <> 'EmpiEntry' ORDER BY resource_type, id, version_id`,
   );
   return rows.map((r) => ({
@@ -65,10 +65,12 @@ async function derived(s: TestStore) {
   const q = async (sql: string) => (await s.db.query<Record<string, unknown>>(sql)).rows.map((r) => JSON.stringify(r));
   return {
     current: await q(
-      `SELECT resource_type, id, version_id, deleted, content FROM resource_current WHERE resource_type <> 'EmpiEntry' ORDER BY 1, 2`,
+      `SELECT resource_type, id, version_id, deleted, content FROM resource_current
+        WHERE resource_type <> 'EmpiEntry' ORDER BY 1, 2`,
     ),
     conflicts: await q(
-      `SELECT resource_type, id, version_a, version_b, resolution_version, resolved_at IS NOT NULL AS resolved FROM resource_conflict ORDER BY 1, 2, 3, 4`,
+      `SELECT resource_type, id, version_a, version_b, resolution_version, resolved_at IS NOT NULL AS resolved
+         FROM resource_conflict ORDER BY 1, 2, 3, 4`,
     ),
     tokens: await q(`SELECT resource_type, resource_id, code, system, value FROM search_token ORDER BY 1, 2, 3, 4, 5`),
     strings: await q(`SELECT resource_type, resource_id, code, value FROM search_string ORDER BY 1, 2, 3, 4`),
@@ -176,14 +178,16 @@ describe(`convergence: derived state is a pure function of the version set (${te
         const ref = reference([...all.values()]);
         const cur = (
           await at('A').db.query<{ k: string }>(
-            `SELECT resource_type || '/' || id || '@' || version_id AS k FROM resource_current WHERE id LIKE $1 ORDER BY resource_type, id`,
+            `SELECT resource_type || '/' || id || '@' || version_id AS k
+               FROM resource_current WHERE id LIKE $1 ORDER BY resource_type, id`,
             [`${prefix}%`],
           )
         ).rows.map((r) => r.k);
         assert.deepEqual(cur, ref.current, 'the current version is the greatest everywhere');
         const conf = (
           await at('A').db.query<{ k: string }>(
-            `SELECT resource_type || '/' || id || ':' || version_a || '|' || version_b || '|' || coalesce(resolution_version, 'null') AS k
+            `SELECT resource_type || '/' || id || ':' || version_a || '|' || version_b || '|'
+                    || coalesce(resolution_version, 'null') AS k
              FROM resource_conflict WHERE id LIKE $1 ORDER BY resource_type, id, version_a, version_b`,
             [`${prefix}%`],
           )
@@ -251,7 +255,8 @@ describe(`convergence: derived state is a pure function of the version set (${te
     if (s.db.kind === 'postgres')
       for (;;) {
         const { rows } = await s.db.query<{ n: number }>(
-          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = current_schema() AND wait_event_type = 'Lock'",
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+            WHERE application_name = current_schema() AND wait_event_type = 'Lock'`,
         );
         if (rows[0]!.n > 0) break;
         await new Promise((r) => setTimeout(r, 5));
@@ -339,7 +344,8 @@ describe(`convergence: derived state is a pure function of the version set (${te
       }
     const state = async (n: number) => {
       const cur = await s.db.query<{ version_id: string; deleted: boolean; name: string | null }>(
-        "SELECT version_id, deleted, content->>'name' AS name FROM resource_current WHERE resource_type = 'Organization' AND id = $1",
+        `SELECT version_id, deleted, content->>'name' AS name FROM resource_current
+          WHERE resource_type = 'Organization' AND id = $1`,
         [`race-${n}`],
       );
       const conf = await s.db.query<{ a: string; b: string; r: string | null }>(

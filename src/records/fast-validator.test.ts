@@ -75,8 +75,10 @@ function slots(v: Json, out: Array<{ obj: JsonObject; key: string }> = []): Arra
   return out;
 }
 
-const CHOICE =
-  /^(value|effective|onset|deceased|multipleBirth|medication|performed|occurrence|abatement|timing|fixed|pattern|defaultValue)([A-Z]\w*)$/;
+const CHOICE = new RegExp(
+  '^(value|effective|onset|deceased|multipleBirth|medication|performed|occurrence|abatement|timing|fixed|pattern|defaultValue)' +
+    String.raw`([A-Z]\w*)$`,
+);
 
 function mutate(resource: JsonObject, type: string, rnd: Rnd): void {
   const all = slots(resource).filter((s) => !(s.obj === resource && s.key === 'resourceType'));

@@ -32,7 +32,8 @@ function watched(q: Queryable) {
 
 const place = (t: TestStore, id: string, shard: string) =>
   t.db.query(
-    "INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site) VALUES ($1, $2, 'test', 'placed by the test', 'B')",
+    `INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site)
+     VALUES ($1, $2, 'test', 'placed by the test', 'B')`,
     [id, shard],
   );
 
@@ -126,7 +127,8 @@ describe(`batched home-shard lookups (${testBackend()})`, () => {
     assert.equal(made.filter((r) => r.ok).length, 20);
     for (const r of made) if (!r.ok) assert.match(r.error.issues[0]!.message, /Patient\/unknown-patient is not known at site B/);
     const { rows } = await t.db.query<{ shard: string; n: number }>(
-      "SELECT shard, count(*)::int AS n FROM resource_current WHERE resource_type = 'Observation' AND patient_id = $1 GROUP BY shard",
+      `SELECT shard, count(*)::int AS n FROM resource_current
+        WHERE resource_type = 'Observation' AND patient_id = $1 GROUP BY shard`,
       [pid],
     );
     assert.deepEqual(rows, [{ shard: 'guangzhou', n: 20 }], 'all on the home shard of a 440106 (Guangzhou) resident');

@@ -51,7 +51,8 @@ describe(`record store contract (${testBackend()})`, () => {
       epoch: bigint;
       payload: unknown;
     }>(
-      'SELECT resource_type, origin_site, shard, data_class, resource_id, version_id, hlc, parent_hlc, epoch, payload FROM outbox WHERE resource_id = $1 ORDER BY resource_type',
+      `SELECT resource_type, origin_site, shard, data_class, resource_id, version_id, hlc, parent_hlc, epoch, payload
+         FROM outbox WHERE resource_id = $1 ORDER BY resource_type`,
       [p.id],
     );
     assert.deepEqual(
@@ -212,7 +213,8 @@ describe(`record store contract (${testBackend()})`, () => {
     const pr = await t.store.create('Practitioner', { resourceType: 'Practitioner', name: [{ family: '王', given: ['医生'] }] });
     assert.ok(pr.ok);
     const { rows } = await t.db.query<{ shard: string | null; data_class: string }>(
-      "SELECT shard, data_class FROM resource_current WHERE resource_type IN ('Organization','Practitioner') ORDER BY resource_type",
+      `SELECT shard, data_class FROM resource_current
+        WHERE resource_type IN ('Organization','Practitioner') ORDER BY resource_type`,
     );
     assert.deepEqual(rows, [
       { shard: null, data_class: 'public' },

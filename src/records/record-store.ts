@@ -224,7 +224,8 @@ export class RecordStore {
     const params: unknown[] = [type, id];
     const scope =
       opts.access && opts.access.rows.kind !== 'all' ? rowScopeSql(opts.access.rows, 'c', (v) => `$${params.push(v)}`) : 'true';
-    const sql = `SELECT deleted, content, version_id, ${scope} AS visible FROM resource_current c WHERE resource_type = $1 AND id = $2`;
+    const sql = `SELECT deleted, content, version_id, ${scope} AS visible
+                   FROM resource_current c WHERE resource_type = $1 AND id = $2`;
     const { rows } = await (opts.q ?? this.#ctx.db).query<{
       deleted: boolean;
       content: Resource | null;
@@ -290,7 +291,9 @@ export class RecordStore {
     if (opts.since) where += ` AND h.last_updated >= $${params.push(opts.since.toISOString())}::timestamptz`;
     // Type history is no side door: versions of records outside the caller's scope are not listed.
     if (rowScope && id === undefined)
-      where += ` AND EXISTS (SELECT 1 FROM resource_current c WHERE c.resource_type = h.resource_type AND c.id = h.id AND ${rowScopeSql(rowScope, 'c', (v) => `$${params.push(v)}`)})`;
+      where +=
+        ' AND EXISTS (SELECT 1 FROM resource_current c WHERE c.resource_type = h.resource_type AND c.id = h.id' +
+        ` AND ${rowScopeSql(rowScope, 'c', (v) => `$${params.push(v)}`)})`;
     const { rows } = await this.#ctx.db.query<{
       id: string;
       version_id: string;

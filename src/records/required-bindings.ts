@@ -76,7 +76,9 @@ export function checkRequiredBindings(resource: { resourceType: string }, table:
     for (const { value: v } of evalFhirPathTyped(b.atom, root)) {
       if (typeof v === 'string' && !b.codes.has(v)) {
         issues.push({
-          message: `'${v}' is not a code of the required value set ${b.valueSet} (allowed: ${[...b.codes].slice(0, 12).join(', ')}${b.codes.size > 12 ? ', ...' : ''})`,
+          message:
+            `'${v}' is not a code of the required value set ${b.valueSet} ` +
+            `(allowed: ${[...b.codes].slice(0, 12).join(', ')}${b.codes.size > 12 ? ', ...' : ''})`,
           expression: b.path,
           code: 'value',
         });

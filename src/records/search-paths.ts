@@ -18,8 +18,10 @@ type Obj = Record<string, unknown>;
 type Step = { key: string; type: string } | { choice: Array<{ key: string; type: string }> };
 type Filter = { kind: 'equals'; property: string; value: string } | { kind: 'resolves-to'; resourceType: string };
 
-const BRANCH =
-  /^([A-Z][A-Za-z]+)((?:\.[a-z][A-Za-z]*)+)(?:\.where\(([a-z][A-Za-z]*)='([^'\\]*)'\)|\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)|\.ofType\(([A-Za-z]+)\))?$/;
+const BRANCH = new RegExp(
+  String.raw`^([A-Z][A-Za-z]+)((?:\.[a-z][A-Za-z]*)+)` +
+    String.raw`(?:\.where\(([a-z][A-Za-z]*)='([^'\\]*)'\)|\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)|\.ofType\(([A-Za-z]+)\))?$`,
+);
 
 /** An accessor equivalent to the expression's FHIRPath, or undefined when it is not a simple one. */
 export function compileSearchPath(expression: string): PathExtractor | undefined {

@@ -189,7 +189,8 @@ export function parseDatePredicates(raw: string, code: string): Result<DatePredi
     const range = parseDateRange(m[2]!);
     if (!range)
       return bad(
-        `${code}: ${v} is not a valid date (use yyyy, yyyy-mm, yyyy-mm-dd or yyyy-mm-ddThh:mm[:ss][Z|+hh:mm], optionally prefixed by eq, ne, gt, lt, ge, le, sa, eb, ap)`,
+        `${code}: ${v} is not a valid date (use yyyy, yyyy-mm, yyyy-mm-dd or yyyy-mm-ddThh:mm[:ss][Z|+hh:mm], ` +
+          'optionally prefixed by eq, ne, gt, lt, ge, le, sa, eb, ap)',
       );
     preds.push({ prefix: (m[1] as DatePrefix | undefined) ?? 'eq', range });
   }

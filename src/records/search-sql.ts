@@ -39,8 +39,10 @@ function filterSql(f: Filter, p: Params): string {
   switch (f.kind) {
     case 'id':
       return `c.id = ANY(${p.add(f.ids)}::text[])`;
-    case 'lastUpdated':
-      return `(${f.preds.map((d) => datePredSql(d, 'c.last_updated', "c.last_updated + interval '1 millisecond'", p)).join(' OR ')})`;
+    case 'lastUpdated': {
+      const preds = f.preds.map((d) => datePredSql(d, 'c.last_updated', "c.last_updated + interval '1 millisecond'", p));
+      return `(${preds.join(' OR ')})`;
+    }
     case 'token': {
       const alts = f.values.map((v) => {
         const parts: string[] = [];
@@ -49,7 +51,8 @@ function filterSql(f: Filter, p: Params): string {
         else if (v.system !== undefined) parts.push(`t.system = ${p.add(v.system)}`);
         return `(${parts.join(' AND ')})`;
       });
-      const exists = `EXISTS (SELECT 1 FROM search_token t WHERE ${OWNER('t')} AND t.code = ${p.add(f.code)} AND (${alts.join(' OR ')}))`;
+      const exists =
+        'EXISTS (SELECT 1 FROM search_token t ' + `WHERE ${OWNER('t')} AND t.code = ${p.add(f.code)} AND (${alts.join(' OR ')}))`;
       return f.negate ? `NOT ${exists}` : exists;
     }
     case 'string': {
@@ -58,15 +61,24 @@ function filterSql(f: Filter, p: Params): string {
         const pattern = escapeLike(v);
         return `s.value LIKE ${p.add(f.mode === 'prefix' ? `${pattern}%` : `%${pattern}%`)}`;
       });
-      return `EXISTS (SELECT 1 FROM search_string s WHERE ${OWNER('s')} AND ${codeSql('s', f.indexCodes, p)} AND (${alts.join(' OR ')}))`;
+      return (
+        `EXISTS (SELECT 1 FROM search_string s WHERE ${OWNER('s')} AND ${codeSql('s', f.indexCodes, p)} ` +
+        `AND (${alts.join(' OR ')}))`
+      );
     }
     case 'date':
-      return `EXISTS (SELECT 1 FROM search_date d WHERE ${OWNER('d')} AND d.code = ${p.add(f.code)} AND (${f.preds.map((d) => datePredSql(d, 'd.lo', 'd.hi', p)).join(' OR ')}))`;
+      return (
+        `EXISTS (SELECT 1 FROM search_date d WHERE ${OWNER('d')} AND d.code = ${p.add(f.code)} ` +
+        `AND (${f.preds.map((d) => datePredSql(d, 'd.lo', 'd.hi', p)).join(' OR ')}))`
+      );
     case 'reference': {
       const alts = f.targets.map((t) =>
         t.exact !== undefined ? `r.target = ${p.add(t.exact)}` : `r.target LIKE ${p.add(`%/${escapeLike(t.idOnly ?? '')}`)}`,
       );
-      return `EXISTS (SELECT 1 FROM search_reference r WHERE ${OWNER('r')} AND r.code = ${p.add(f.code)} AND (${alts.join(' OR ')}))`;
+      return (
+        `EXISTS (SELECT 1 FROM search_reference r WHERE ${OWNER('r')} AND r.code = ${p.add(f.code)} ` +
+        `AND (${alts.join(' OR ')}))`
+      );
     }
   }
 }
@@ -112,8 +124,10 @@ function sortSql(s: SortRule, p: Params): string {
   if (s.key === '_lastUpdated') return `c.last_updated ${dir}`;
   const expr =
     s.key.type === 'date'
-      ? `(SELECT ${s.descending ? 'max(d.hi)' : 'min(d.lo)'} FROM search_date d WHERE ${OWNER('d')} AND ${codeSql('d', s.key.indexCodes, p)})`
-      : `(SELECT ${s.descending ? 'max(s.value)' : 'min(s.value)'} FROM search_string s WHERE ${OWNER('s')} AND ${codeSql('s', s.key.indexCodes, p)})`;
+      ? `(SELECT ${s.descending ? 'max(d.hi)' : 'min(d.lo)'} FROM search_date d ` +
+        `WHERE ${OWNER('d')} AND ${codeSql('d', s.key.indexCodes, p)})`
+      : `(SELECT ${s.descending ? 'max(s.value)' : 'min(s.value)'} FROM search_string s ` +
+        `WHERE ${OWNER('s')} AND ${codeSql('s', s.key.indexCodes, p)})`;
   return `${expr} ${dir} NULLS LAST`;
 }
 

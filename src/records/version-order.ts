@@ -29,7 +29,10 @@ export function compareVersions(
   return a.originSite < b.originSite ? -1 : a.originSite > b.originSite ? 1 : 0;
 }
 
-/** Whether `y`'s parent is below `x` (so `y`'s writer cannot have held `x`); false for a parent recorded by HLC alone at x's HLC. */
+/**
+ * Whether `y`'s parent is below `x` (so `y`'s writer cannot have held `x`); false for a parent
+ * recorded by HLC alone at x's HLC.
+ */
 export function parentBelow(
   y: Pick<VersionFacts, 'parentHlc' | 'parentOrigin'>,
   x: Pick<VersionFacts, 'hlc' | 'originSite'>,

@@ -76,7 +76,8 @@ export async function writeVersions(q: Queryable, items: readonly PendingWrite[]
       : [],
   );
   const replace = opts.replace
-    ? `ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, hlc = excluded.hlc, origin_site = excluded.origin_site,
+    ? `ON CONFLICT (resource_type, id) DO UPDATE
+         SET version_id = excluded.version_id, hlc = excluded.hlc, origin_site = excluded.origin_site,
          shard = excluded.shard, data_class = excluded.data_class, patient_id = excluded.patient_id, deleted = excluded.deleted,
          last_updated = excluded.last_updated, content = excluded.content
      ), o AS (SELECT rt, id, vid, site FROM r WHERE rt <> '${EMPI_TYPE}'
@@ -91,27 +92,33 @@ export async function writeVersions(q: Queryable, items: readonly PendingWrite[]
   await q.query(
     `WITH r AS MATERIALIZED (
        SELECT * FROM jsonb_to_recordset($1::jsonb)
-         AS r(rt text, id text, vid text, hlc bigint, phlc bigint, porg text, site text, epoch bigint, shard text, cls text, pid text,
-              del boolean, lu timestamptz, content jsonb, cid uuid)
+         AS r(rt text, id text, vid text, hlc bigint, phlc bigint, porg text, site text, epoch bigint, shard text, cls text,
+              pid text, del boolean, lu timestamptz, content jsonb, cid uuid)
      ), cur AS (
-       INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted, last_updated, content)
+       INSERT INTO resource_current (resource_type, id, version_id, hlc, origin_site, shard, data_class, patient_id, deleted,
+                                    last_updated, content)
        SELECT rt, id, vid, hlc, site, shard, cls, pid, del, lu, content FROM r WHERE rt <> '${EMPI_TYPE}'
        ${replace}
      ), hist AS (
-       INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, parent_origin, origin_site, epoch, shard, data_class, deleted, last_updated, content)
+       INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, parent_origin, origin_site, epoch, shard,
+                                    data_class, deleted, last_updated, content)
        SELECT rt, id, vid, hlc, phlc, porg, site, epoch, shard, cls, del, lu, content FROM r WHERE rt <> '${EMPI_TYPE}'
      ), eh AS (
-       INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, origin_site, epoch, shard, data_class, deleted, last_updated, content)
-       SELECT rt, id, vid, hlc, NULL, site, epoch, NULL, 'public', false, lu, content FROM r WHERE rt = '${EMPI_TYPE}' ON CONFLICT DO NOTHING
+       INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, origin_site, epoch, shard, data_class,
+                                    deleted, last_updated, content)
+       SELECT rt, id, vid, hlc, NULL, site, epoch, NULL, 'public', false, lu, content FROM r WHERE rt = '${EMPI_TYPE}'
+       ON CONFLICT DO NOTHING
      ), it AS (
        INSERT INTO search_token (resource_type, resource_id, code, system, value)
-       SELECT rt, id, code, system, value FROM jsonb_to_recordset($2::jsonb) AS t(rt text, id text, code text, system text, value text)
+       SELECT rt, id, code, system, value
+         FROM jsonb_to_recordset($2::jsonb) AS t(rt text, id text, code text, system text, value text)
      ), iss AS (
        INSERT INTO search_string (resource_type, resource_id, code, value)
        SELECT rt, id, code, value FROM jsonb_to_recordset($3::jsonb) AS t(rt text, id text, code text, value text)
      ), idt AS (
        INSERT INTO search_date (resource_type, resource_id, code, lo, hi)
-       SELECT rt, id, code, lo, hi FROM jsonb_to_recordset($4::jsonb) AS t(rt text, id text, code text, lo timestamptz, hi timestamptz)
+       SELECT rt, id, code, lo, hi
+         FROM jsonb_to_recordset($4::jsonb) AS t(rt text, id text, code text, lo timestamptz, hi timestamptz)
      ), ir AS (
        INSERT INTO search_reference (resource_type, resource_id, code, target)
        SELECT rt, id, code, target FROM jsonb_to_recordset($5::jsonb) AS t(rt text, id text, code text, target text)
@@ -120,9 +127,11 @@ export async function writeVersions(q: Queryable, items: readonly PendingWrite[]
        SELECT jsonb_array_elements_text(content->'identifiers'), id FROM r WHERE rt = '${EMPI_TYPE}' ON CONFLICT DO NOTHING
      ), em AS (
        INSERT INTO empi_patient (patient_id, home_shard, method, reason, placed_by_site)
-       SELECT pid, shard, method, reason, site FROM jsonb_to_recordset($6::jsonb) AS t(pid text, shard text, method text, reason text, site text)
+       SELECT pid, shard, method, reason, site
+         FROM jsonb_to_recordset($6::jsonb) AS t(pid text, shard text, method text, reason text, site text)
      )
-     INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
+     INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class, resource_type,
+                         resource_id, version_id, deleted, payload)
      SELECT cid, site, hlc, phlc, porg, epoch, shard, cls, rt, id, vid, del, content FROM r`,
     [
       JSON.stringify(rows),

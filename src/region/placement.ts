@@ -117,7 +117,8 @@ export async function placePatient(
       error: {
         kind: 'refused',
         message: withNotes(
-          `cannot place the patient: no resident ID, insurance card, geolocated home address or managing organization maps to a shard, and site ${ctx.receivingSite} has no default shard`,
+          'cannot place the patient: no resident ID, insurance card, geolocated home address or managing organization ' +
+            `maps to a shard, and site ${ctx.receivingSite} has no default shard`,
           notes,
         ),
       },

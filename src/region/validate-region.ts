@@ -39,7 +39,9 @@ export function checkRegion(cfg: RegionConfig): ConfigIssue[] {
       if (km < cfg.policies.minDrDistanceKm) {
         issues.push({
           path: `shards[${si}].residency`,
-          message: `home site ${home.id} and DR twin ${twin.id} are ${km.toFixed(1)} km apart; must be at least ${cfg.policies.minDrDistanceKm} km`,
+          message:
+            `home site ${home.id} and DR twin ${twin.id} are ${km.toFixed(1)} km apart; ` +
+            `must be at least ${cfg.policies.minDrDistanceKm} km`,
         });
       }
     }

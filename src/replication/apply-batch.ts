@@ -78,7 +78,8 @@ export async function applyBatch(ctx: ApplyContext, batch: Batch): Promise<Apply
     if (e instanceof RetryLater && e.attempt) {
       const a = e.attempt;
       await ctx.db.query(
-        'INSERT INTO replication_attempt (change_id, attempts, last_error) VALUES ($1, $2, $3) ON CONFLICT (change_id) DO UPDATE SET attempts = excluded.attempts, last_error = excluded.last_error',
+        `INSERT INTO replication_attempt (change_id, attempts, last_error) VALUES ($1, $2, $3)
+         ON CONFLICT (change_id) DO UPDATE SET attempts = excluded.attempts, last_error = excluded.last_error`,
         [a.changeId, a.attempts, a.error],
       );
     }
@@ -120,7 +121,8 @@ async function applyPage(
   }
   if (refusals.length) {
     await tx.query(
-      'INSERT INTO replication_rejected (change_id, peer, reason, resource) SELECT c, $1, r, x FROM unnest($2::uuid[], $3::text[], $4::text[]) AS t(c, r, x) ON CONFLICT DO NOTHING',
+      `INSERT INTO replication_rejected (change_id, peer, reason, resource)
+       SELECT c, $1, r, x FROM unnest($2::uuid[], $3::text[], $4::text[]) AS t(c, r, x) ON CONFLICT DO NOTHING`,
       [batch.peer, refusals.map((x) => x.c.changeId), refusals.map((x) => x.reason), refusals.map((x) => resourceOf(x.c))],
     );
     for (const x of refusals) report.rejected.push({ changeId: x.c.changeId, resource: resourceOf(x.c), reason: x.reason });
@@ -211,7 +213,8 @@ async function applyTogether(
   await tx.query('SAVEPOINT page');
   try {
     const fresh = await tx.query<{ change_id: string }>(
-      'INSERT INTO replication_applied (change_id, peer) SELECT c, $1 FROM unnest($2::uuid[]) AS t(c) ON CONFLICT DO NOTHING RETURNING change_id::text',
+      `INSERT INTO replication_applied (change_id, peer) SELECT c, $1 FROM unnest($2::uuid[]) AS t(c)
+       ON CONFLICT DO NOTHING RETURNING change_id::text`,
       [peer, changes.map((c) => c.changeId)],
     );
     const seen = new Set(fresh.rows.map((r) => r.change_id));
@@ -283,7 +286,8 @@ async function park(
   attempts: number,
 ): Promise<void> {
   await tx.query(
-    'INSERT INTO replication_dead_letter (change_id, peer, resource, change, status, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (change_id) DO NOTHING',
+    `INSERT INTO replication_dead_letter (change_id, peer, resource, change, status, error, attempts)
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (change_id) DO NOTHING`,
     [c.changeId, peer, `${c.resourceType}/${c.resourceId}`, changeJson(c), status, error ?? null, attempts],
   );
 }

@@ -60,8 +60,8 @@ export interface Row {
   payload: Resource | null;
 }
 
-const PAGE_SQL = `SELECT txid::text AS txid, pos::text AS pos, change_id::text AS change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class,
-            resource_type, resource_id, version_id, deleted, payload
+const PAGE_SQL = `SELECT txid::text AS txid, pos::text AS pos, change_id::text AS change_id, origin_site, hlc, parent_hlc,
+            parent_origin, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload
        FROM outbox
       WHERE (txid, pos) > ($1::xid8, $2::bigint) AND txid < pg_snapshot_xmin(pg_current_snapshot())
       ORDER BY outbox.txid, outbox.pos LIMIT $3`; // the columns: the text aliases would sort '1000' before '999' and skip rows
@@ -112,7 +112,9 @@ export const BACKLOG_CAP = 100_000;
 /** How many changes are ready after `next` (counted up to BACKLOG_CAP, for the backlog metric). */
 export async function backlogAfter(q: Queryable, next: Cursor): Promise<number> {
   const { rows } = await q.query<{ n: number }>(
-    `SELECT count(*)::int AS n FROM (SELECT 1 FROM outbox WHERE (txid, pos) > ($1::xid8, $2::bigint) AND txid < pg_snapshot_xmin(pg_current_snapshot()) LIMIT ${BACKLOG_CAP}) ready`,
+    `SELECT count(*)::int AS n
+       FROM (SELECT 1 FROM outbox WHERE (txid, pos) > ($1::xid8, $2::bigint) AND txid < pg_snapshot_xmin(pg_current_snapshot())
+             LIMIT ${BACKLOG_CAP}) ready`,
     [next.txid, next.pos],
   );
   return rows[0]!.n;

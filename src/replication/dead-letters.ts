@@ -30,7 +30,8 @@ interface Row {
 
 export async function listDeadLetters(q: Queryable, opts: { includeSkipped?: boolean } = {}): Promise<DeadLetter[]> {
   const { rows } = await q.query<Row>(
-    `SELECT change_id::text AS change_id, peer, resource, status, error, attempts, parked_at, skipped_reason, change FROM replication_dead_letter ${opts.includeSkipped ? '' : "WHERE status <> 'skipped'"} ORDER BY seq LIMIT 1000`,
+    `SELECT change_id::text AS change_id, peer, resource, status, error, attempts, parked_at, skipped_reason, change
+       FROM replication_dead_letter ${opts.includeSkipped ? '' : "WHERE status <> 'skipped'"} ORDER BY seq LIMIT 1000`,
   );
   return rows.map((r) => ({
     changeId: r.change_id,
@@ -91,7 +92,8 @@ async function settle(
   if (!/^[0-9a-f-]{36}$/.test(changeId)) return { ok: false, error: 'not a change id' };
   return ctx.db.transaction(async (tx) => {
     const { rows } = await tx.query<Row>(
-      "SELECT change_id::text AS change_id, peer, resource, status, error, attempts, parked_at, skipped_reason, change FROM replication_dead_letter WHERE change_id = $1 AND status = 'parked' FOR UPDATE",
+      `SELECT change_id::text AS change_id, peer, resource, status, error, attempts, parked_at, skipped_reason, change
+         FROM replication_dead_letter WHERE change_id = $1 AND status = 'parked' FOR UPDATE`,
       [changeId],
     );
     if (!rows[0]) return { ok: false, error: `no parked change ${changeId}` };
@@ -119,7 +121,8 @@ async function tryApply(
 
 async function release(ctx: ApplyContext, tx: Queryable, resource: string): Promise<DeadLetterResult> {
   const { rows } = await tx.query<Row>(
-    "SELECT change_id::text AS change_id, peer, resource, status, error, attempts, parked_at, skipped_reason, change FROM replication_dead_letter WHERE resource = $1 AND status = 'waiting' ORDER BY seq",
+    `SELECT change_id::text AS change_id, peer, resource, status, error, attempts, parked_at, skipped_reason, change
+       FROM replication_dead_letter WHERE resource = $1 AND status = 'waiting' ORDER BY seq`,
     [resource],
   );
   let released = 0;

@@ -239,7 +239,8 @@ function groupsOf(keys: readonly string[]): Array<{ shard: string | null; resour
 export async function staleCurrentRows(q: Queryable, limit = 1000): Promise<Array<{ resourceType: string; id: string }>> {
   const { rows } = await q.query<{ resource_type: string; id: string }>(
     `SELECT c.resource_type, c.id FROM resource_current c
-      WHERE NOT EXISTS (SELECT 1 FROM resource_history h WHERE h.resource_type = c.resource_type AND h.id = c.id AND h.version_id = c.version_id)
+      WHERE NOT EXISTS (SELECT 1 FROM resource_history h
+                         WHERE h.resource_type = c.resource_type AND h.id = c.id AND h.version_id = c.version_id)
          OR EXISTS (SELECT 1 FROM resource_history h WHERE h.resource_type = c.resource_type AND h.id = c.id
                        AND (h.hlc > c.hlc OR (h.hlc = c.hlc AND h.origin_site COLLATE "C" > c.origin_site COLLATE "C")))
       LIMIT $1`,
@@ -302,8 +303,10 @@ export async function readVersions(
 ): Promise<Change[]> {
   if (opts.refs.length === 0) return [];
   const { rows } = await q.query<VersionRow>(
-    `SELECT h.resource_type, h.id, h.version_id, h.hlc, h.parent_hlc, h.parent_origin, h.origin_site, h.epoch, h.shard, h.data_class, h.deleted, h.content
-       FROM resource_history h JOIN unnest($1::text[], $2::text[], $3::text[]) AS r(t, i, v) ON h.resource_type = r.t AND h.id = r.i AND h.version_id = r.v`,
+    `SELECT h.resource_type, h.id, h.version_id, h.hlc, h.parent_hlc, h.parent_origin, h.origin_site, h.epoch, h.shard,
+            h.data_class, h.deleted, h.content
+       FROM resource_history h JOIN unnest($1::text[], $2::text[], $3::text[]) AS r(t, i, v)
+         ON h.resource_type = r.t AND h.id = r.i AND h.version_id = r.v`,
     [opts.refs.map((r) => r.resourceType), opts.refs.map((r) => r.id), opts.refs.map((r) => r.versionId)],
   );
   return rows

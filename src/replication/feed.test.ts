@@ -48,7 +48,8 @@ describe(`changefeed poison changes (${testBackend()})`, () => {
         ? { ...o.payload, meta: { versionId, lastUpdated: new Date().toISOString() } }
         : o.payload;
     await db.query(
-      `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
+      `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id,
+                           version_id, deleted, payload)
        VALUES ($1, 'B', $2, $3, 0, NULL, 'public', $4, $5, $6, false, $7::jsonb)`,
       [changeId, hlc, o.parentHlc ?? null, o.type, o.id, versionId, jsonText(payload)],
     );

@@ -64,7 +64,8 @@ function encodeRow(r: Row, maxBytes: number | undefined): EncodedChange {
 
 async function entriesFor(q: Queryable, resources: readonly string[]): Promise<Entry[]> {
   const { rows } = await q.query<{ txid: string; pos: string; resource: string; status: Entry['status'] }>(
-    'SELECT txid::text AS txid, pos::text AS pos, resource, status FROM replication_feed_dead_letter WHERE resource = ANY($1::text[])',
+    `SELECT txid::text AS txid, pos::text AS pos, resource, status FROM replication_feed_dead_letter
+      WHERE resource = ANY($1::text[])`,
     [resources],
   );
   return rows.map((r) => ({ ...positionOf(r), resource: r.resource, status: r.status }));
@@ -143,7 +144,8 @@ export async function readFeed(db: Db, opts: FeedOptions): Promise<FeedAnswer> {
       await tx.query(
         `INSERT INTO replication_feed_dead_letter (txid, pos, change_id, resource, status, error)
          SELECT t.txid::xid8, t.pos, t.change_id, t.resource, t.status, t.error
-           FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[]) AS t(txid, pos, change_id, resource, status, error)
+           FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[])
+                AS t(txid, pos, change_id, resource, status, error)
          ON CONFLICT DO NOTHING`,
         [
           park.map((p) => p.row.txid),
@@ -191,11 +193,13 @@ interface EntryRow {
 }
 
 const ENTRY_COLUMNS =
-  'txid::text AS txid, pos::text AS pos, change_id::text AS change_id, resource, status, error, attempts, parked_at, skipped_reason';
+  'txid::text AS txid, pos::text AS pos, change_id::text AS change_id, ' +
+  'resource, status, error, attempts, parked_at, skipped_reason';
 
 export async function listFeedDeadLetters(q: Queryable, opts: { includeSkipped?: boolean } = {}): Promise<FeedDeadLetter[]> {
   const { rows } = await q.query<EntryRow>(
-    `SELECT ${ENTRY_COLUMNS} FROM replication_feed_dead_letter ${opts.includeSkipped ? '' : "WHERE status <> 'skipped'"} ORDER BY txid, pos LIMIT 1000`,
+    `SELECT ${ENTRY_COLUMNS} FROM replication_feed_dead_letter ${opts.includeSkipped ? '' : "WHERE status <> 'skipped'"}
+      ORDER BY txid, pos LIMIT 1000`,
   );
   return rows.map((r) => ({
     changeId: r.change_id,
@@ -242,7 +246,8 @@ export function skipFeedDeadLetter(
 ): Promise<FeedDeadLetterResult> {
   return settle(db, changeId, async (tx, entry) => {
     await tx.query(
-      "UPDATE replication_feed_dead_letter SET status = 'skipped', skipped_reason = $3, skipped_by = $4 WHERE txid = $1::xid8 AND pos = $2::bigint",
+      `UPDATE replication_feed_dead_letter SET status = 'skipped', skipped_reason = $3, skipped_by = $4
+        WHERE txid = $1::xid8 AND pos = $2::bigint`,
       [entry.txid, entry.pos, opts.reason, opts.by],
     );
     return release(tx, entry.resource);
@@ -259,7 +264,8 @@ async function settle(
   return db.transaction(async (tx) => {
     await tx.query('SELECT pg_advisory_xact_lock($1)', [LOCK]);
     const { rows } = await tx.query<EntryRow>(
-      `SELECT ${ENTRY_COLUMNS} FROM replication_feed_dead_letter WHERE change_id = $1 AND status = 'parked' ORDER BY txid, pos LIMIT 1 FOR UPDATE`,
+      `SELECT ${ENTRY_COLUMNS} FROM replication_feed_dead_letter
+        WHERE change_id = $1 AND status = 'parked' ORDER BY txid, pos LIMIT 1 FOR UPDATE`,
       [changeId],
     );
     if (!rows[0]) return { ok: false, error: `no parked change ${changeId} in this site's feed` };
@@ -270,8 +276,8 @@ async function settle(
 /** Puts the change back on the feed as a new outbox row and drops its dead letter; or says why it still cannot go. */
 async function resend(tx: Queryable, entry: EntryRow): Promise<string | undefined> {
   const { rows } = await tx.query<Row>(
-    `SELECT txid::text AS txid, pos::text AS pos, change_id::text AS change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class,
-            resource_type, resource_id, version_id, deleted, payload
+    `SELECT txid::text AS txid, pos::text AS pos, change_id::text AS change_id, origin_site, hlc, parent_hlc, parent_origin,
+            epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload
        FROM outbox WHERE txid = $1::xid8 AND pos = $2::bigint`,
     [entry.txid, entry.pos],
   );
@@ -279,8 +285,10 @@ async function resend(tx: Queryable, entry: EntryRow): Promise<string | undefine
   const e = encodeRow(rows[0], undefined);
   if (!e.ok) return e.error;
   await tx.query(
-    `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
-     SELECT change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload
+    `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class, resource_type,
+                         resource_id, version_id, deleted, payload)
+     SELECT change_id, origin_site, hlc, parent_hlc, parent_origin, epoch, shard, data_class, resource_type,
+            resource_id, version_id, deleted, payload
        FROM outbox WHERE txid = $1::xid8 AND pos = $2::bigint`,
     [entry.txid, entry.pos],
   );

@@ -246,7 +246,8 @@ export class ReplicationMetrics {
     metric(
       'medmesh_replication_lag_ms',
       'gauge',
-      'Wall clock minus the HLC of the newest change applied from the peer (0 when caught up); while the link is down it grows with the time since the peer last answered.',
+      'Wall clock minus the HLC of the newest change applied from the peer (0 when caught up); ' +
+        'while the link is down it grows with the time since the peer last answered.',
       (l) => l.lagMs,
     );
     metric(
@@ -305,7 +306,8 @@ export class ReplicationMetrics {
       all.filter((l) => l.verify || l.verifyError),
     );
     lines.push(
-      '# HELP medmesh_replication_feed_parked_total Own changes this node parked because they could not be sent (or withheld behind one).',
+      '# HELP medmesh_replication_feed_parked_total ' +
+        'Own changes this node parked because they could not be sent (or withheld behind one).',
       '# TYPE medmesh_replication_feed_parked_total counter',
       `medmesh_replication_feed_parked_total{site="${site}"} ${this.#feedParked}`,
     );

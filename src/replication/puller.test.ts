@@ -77,51 +77,55 @@ describe(`puller retries (${testBackend()})`, () => {
     assert.equal(pullFailure(new DOMException('timed out', 'TimeoutError'), 'B').kind, 'failing');
   });
 
-  it('backs off from a failing peer, but a restart of that peer ends the wait; a peer that is down is asked again at once when it comes up', async () => {
-    const warnings: string[] = [];
-    const onWarning = (w: Error) => warnings.push(w.message);
-    process.on('warning', onWarning);
-    const first = await peer(0, 500);
-    const url = `http://127.0.0.1:${first.port}`;
-    const metrics = new ReplicationMetrics();
-    const errors: string[] = [];
-    const p = puller(url, metrics, errors);
-    p.start();
-    try {
-      await until('the first pull', 5_000, () => first.hits.length === 1);
-      await new Promise((r) => setTimeout(r, 1_500));
-      assert.equal(first.hits.length, 1, 'a peer answering 500 is backed off (20 s here), not asked again');
-      assert.equal(metrics.links()[0]!.state, 'down');
-      assert.match(errors[0]!, /B answered 500/);
+  it(
+    'backs off from a failing peer, but a restart of that peer ends the wait; ' +
+      'a peer that is down is asked again at once when it comes up',
+    async () => {
+      const warnings: string[] = [];
+      const onWarning = (w: Error) => warnings.push(w.message);
+      process.on('warning', onWarning);
+      const first = await peer(0, 500);
+      const url = `http://127.0.0.1:${first.port}`;
+      const metrics = new ReplicationMetrics();
+      const errors: string[] = [];
+      const p = puller(url, metrics, errors);
+      p.start();
+      try {
+        await until('the first pull', 5_000, () => first.hits.length === 1);
+        await new Promise((r) => setTimeout(r, 1_500));
+        assert.equal(first.hits.length, 1, 'a peer answering 500 is backed off (20 s here), not asked again');
+        assert.equal(metrics.links()[0]!.state, 'down');
+        assert.match(errors[0]!, /B answered 500/);
 
-      await close(first.server); // the peer goes away during the backoff...
-      await new Promise((r) => setTimeout(r, 600));
-      const second = await peer(first.port, 503); // ...and comes back (starting: 503)
-      const back = Date.now();
-      await until('a pull at the restarted peer', 2_000, () => second.hits.length >= 1);
-      assert.ok(second.hits[0]! - back < 1_000, `asked ${second.hits[0]! - back} ms after the restart`);
-      // 503: the peer cannot serve yet (sealed, starting); asking again costs it nothing.
-      await until('503 answered by asking again', 2_000, () => second.hits.length >= 3);
+        await close(first.server); // the peer goes away during the backoff...
+        await new Promise((r) => setTimeout(r, 600));
+        const second = await peer(first.port, 503); // ...and comes back (starting: 503)
+        const back = Date.now();
+        await until('a pull at the restarted peer', 2_000, () => second.hits.length >= 1);
+        assert.ok(second.hits[0]! - back < 1_000, `asked ${second.hits[0]! - back} ms after the restart`);
+        // 503: the peer cannot serve yet (sealed, starting); asking again costs it nothing.
+        await until('503 answered by asking again', 2_000, () => second.hits.length >= 3);
 
-      await close(second.server);
-      await new Promise((r) => setTimeout(r, 1_000)); // refused: asked every ~0.2 s
-      const third = await peer(first.port, 500);
-      const up = Date.now();
-      await until('a pull once it listens', 2_000, () => third.hits.length >= 1);
-      assert.ok(third.hits[0]! - up < 500, `asked ${third.hits[0]! - up} ms after it listened`);
-      assert.ok(
-        errors.filter((e) => /unreachable/.test(e)).length <= 2,
-        `repeats of one failure are reported once per 30 s: ${errors.length} reports`,
-      );
-      assert.ok(
-        warnings.some((w) => /callback for B threw: a broken log sink/.test(w)),
-        'a throwing callback is reported, the loop goes on',
-      );
-      await close(third.server);
-    } finally {
-      await p.stop();
-      process.off('warning', onWarning);
-      for (const s of servers) await close(s); // a failed run must not keep the test process alive
-    }
-  });
+        await close(second.server);
+        await new Promise((r) => setTimeout(r, 1_000)); // refused: asked every ~0.2 s
+        const third = await peer(first.port, 500);
+        const up = Date.now();
+        await until('a pull once it listens', 2_000, () => third.hits.length >= 1);
+        assert.ok(third.hits[0]! - up < 500, `asked ${third.hits[0]! - up} ms after it listened`);
+        assert.ok(
+          errors.filter((e) => /unreachable/.test(e)).length <= 2,
+          `repeats of one failure are reported once per 30 s: ${errors.length} reports`,
+        );
+        assert.ok(
+          warnings.some((w) => /callback for B threw: a broken log sink/.test(w)),
+          'a throwing callback is reported, the loop goes on',
+        );
+        await close(third.server);
+      } finally {
+        await p.stop();
+        process.off('warning', onWarning);
+        for (const s of servers) await close(s); // a failed run must not keep the test process alive
+      }
+    },
+  );
 });

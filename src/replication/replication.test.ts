@@ -135,29 +135,32 @@ describe(`replication (${testBackend()})`, () => {
     );
   });
 
-  it('a deletion and a concurrent edit: the later wins at both sites, both are kept, and the pair is flagged for review', async () => {
-    const created = await sites.B.store.create('Organization', org('临时门诊'));
-    assert.ok(created.ok);
-    const id = created.value.resource.id!;
-    await sync('B', 'C');
-    const del = await sites.B.store.delete('Organization', id);
-    assert.ok(del.ok);
-    const edit = await sites.C.store.update('Organization', id, { ...org('临时门诊（二）'), id }); // a later HLC than the delete
-    assert.ok(edit.ok);
-    await sync('B', 'C');
-    await sync('C', 'B');
-    for (const s of ['B', 'C'] as const) {
-      const cur = await current(s, 'Organization', id);
-      assert.equal(cur?.deleted, false, `the later edit is current at ${s}`);
-      const { rows } = await sites[s].db.query<{ deleted: boolean; resolved: boolean }>(
-        `SELECT h.deleted, c.resolution_version IS NOT NULL AS resolved FROM resource_conflict c
+  it(
+    'a deletion and a concurrent edit: the later wins at both sites, ' + 'both are kept, and the pair is flagged for review',
+    async () => {
+      const created = await sites.B.store.create('Organization', org('临时门诊'));
+      assert.ok(created.ok);
+      const id = created.value.resource.id!;
+      await sync('B', 'C');
+      const del = await sites.B.store.delete('Organization', id);
+      assert.ok(del.ok);
+      const edit = await sites.C.store.update('Organization', id, { ...org('临时门诊（二）'), id }); // a later HLC than the delete
+      assert.ok(edit.ok);
+      await sync('B', 'C');
+      await sync('C', 'B');
+      for (const s of ['B', 'C'] as const) {
+        const cur = await current(s, 'Organization', id);
+        assert.equal(cur?.deleted, false, `the later edit is current at ${s}`);
+        const { rows } = await sites[s].db.query<{ deleted: boolean; resolved: boolean }>(
+          `SELECT h.deleted, c.resolution_version IS NOT NULL AS resolved FROM resource_conflict c
            JOIN resource_history h ON h.resource_type = c.resource_type AND h.id = c.id AND h.version_id = c.version_a
           WHERE c.resource_type = 'Organization' AND c.id = $1`,
-        [id],
-      );
-      assert.deepEqual(rows, [{ deleted: true, resolved: false }], `the deletion is kept and open for review at ${s}`);
-    }
-  });
+          [id],
+        );
+        assert.deepEqual(rows, [{ deleted: true, resolved: false }], `the deletion is kept and open for review at ${s}`);
+      }
+    },
+  );
 
   it('refuses and records what a site may not hold and clocks too far ahead', async () => {
     const page = await readChanges(sites.B.db, { region: sites.B.ctx.region, forSite: 'C', after: START, limit: 1 });
@@ -185,82 +188,86 @@ describe(`replication (${testBackend()})`, () => {
     assert.equal(await current('A', core.resourceType, core.resourceId), undefined);
   });
 
-  it('retries a failing change, then parks it; later changes of its resource wait behind it, others flow; an operator skips it', async () => {
-    const o1 = await sites.B.store.create('Organization', org('病理科'));
-    const o2 = await sites.B.store.create('Organization', org('放射科'));
-    assert.ok(o1.ok && o2.ok);
-    const page = await settledPage('B', 'C');
-    const first = page.changes.find((c) => c.resourceId === o1.value.resource.id)!;
-    const other = page.changes.find((c) => c.resourceId === o2.value.resource.id)!;
-    // A poison change (a NUL character PostgreSQL's jsonb refuses), then a later version of the same resource.
-    const poison: Change = {
-      ...first,
-      changeId: crypto.randomUUID(),
-      versionId: `${first.versionId.split('-')[0]!.replace(/.$/, 'f')}-B`,
-      hlc: first.hlc + 15n,
-      parentHlc: first.hlc,
-      payload: { resourceType: 'Organization', id: first.resourceId, name: 'bad \u0000 name' },
-    };
-    const after: Change = {
-      ...first,
-      changeId: crypto.randomUUID(),
-      versionId: `${(first.hlc + 20n).toString(16).padStart(16, '0')}-B`,
-      hlc: first.hlc + 20n,
-      parentHlc: poison.hlc,
-      payload: { resourceType: 'Organization', id: first.resourceId, name: '病理科（新）' },
-    };
-    const ctxC = {
-      db: sites.C.db,
-      siteId: 'C',
-      region: sites.C.ctx.region,
-      clock: sites.C.ctx.clock,
-      records: sites.C.ctx,
-      maxAttempts: 2,
-    };
-    const changes = [...page.changes, poison, after];
-    const expect = await cursorFor(sites.C.db, 'B');
-    await assert.rejects(applyBatch(ctxC, { peer: 'B', changes, next: page.next, expect }), RetryLater);
-    assert.deepEqual(await cursorFor(sites.C.db, 'B'), expect, 'nothing applied, the cursor did not move');
-    const r = await applyBatch(ctxC, { peer: 'B', changes, next: page.next, expect });
-    assert.deepEqual(
-      r.parked.map((p) => [p.changeId, p.status]),
-      [
-        [poison.changeId, 'parked'],
-        [after.changeId, 'waiting'],
-      ],
-    );
-    assert.ok(r.applied >= 2, 'the other changes went through');
-    assert.equal((await current('C', 'Organization', other.resourceId))?.version_id, other.versionId);
-    assert.equal(
-      (await current('C', 'Organization', first.resourceId))?.version_id,
-      first.versionId,
-      'the resource stays at its last good version',
-    );
-    const listed = await listDeadLetters(sites.C.db);
-    assert.deepEqual(
-      listed.map((d) => [d.status, d.attempts]),
-      [
-        ['parked', 2],
-        ['waiting', 0],
-      ],
-    );
-    const retried = await retryDeadLetter(ctxC, poison.changeId);
-    assert.ok(!retried.ok, 'still poison');
-    const skipped = await skipDeadLetter(ctxC, poison.changeId, {
-      reason: 'malformed at the source, re-sent by site B as a new version',
-      by: 'ops.li',
-    });
-    assert.deepEqual(skipped, { ok: true, released: 1, stillWaiting: 0 });
-    assert.equal(
-      (await current('C', 'Organization', first.resourceId))?.version_id,
-      after.versionId,
-      'the waiting change applied in its turn',
-    );
-    assert.deepEqual(
-      (await listDeadLetters(sites.C.db, { includeSkipped: true })).map((d) => [d.status, d.skippedReason]),
-      [['skipped', 'malformed at the source, re-sent by site B as a new version']],
-    );
-  });
+  it(
+    'retries a failing change, then parks it; ' +
+      'later changes of its resource wait behind it, others flow; an operator skips it',
+    async () => {
+      const o1 = await sites.B.store.create('Organization', org('病理科'));
+      const o2 = await sites.B.store.create('Organization', org('放射科'));
+      assert.ok(o1.ok && o2.ok);
+      const page = await settledPage('B', 'C');
+      const first = page.changes.find((c) => c.resourceId === o1.value.resource.id)!;
+      const other = page.changes.find((c) => c.resourceId === o2.value.resource.id)!;
+      // A poison change (a NUL character PostgreSQL's jsonb refuses), then a later version of the same resource.
+      const poison: Change = {
+        ...first,
+        changeId: crypto.randomUUID(),
+        versionId: `${first.versionId.split('-')[0]!.replace(/.$/, 'f')}-B`,
+        hlc: first.hlc + 15n,
+        parentHlc: first.hlc,
+        payload: { resourceType: 'Organization', id: first.resourceId, name: 'bad \u0000 name' },
+      };
+      const after: Change = {
+        ...first,
+        changeId: crypto.randomUUID(),
+        versionId: `${(first.hlc + 20n).toString(16).padStart(16, '0')}-B`,
+        hlc: first.hlc + 20n,
+        parentHlc: poison.hlc,
+        payload: { resourceType: 'Organization', id: first.resourceId, name: '病理科（新）' },
+      };
+      const ctxC = {
+        db: sites.C.db,
+        siteId: 'C',
+        region: sites.C.ctx.region,
+        clock: sites.C.ctx.clock,
+        records: sites.C.ctx,
+        maxAttempts: 2,
+      };
+      const changes = [...page.changes, poison, after];
+      const expect = await cursorFor(sites.C.db, 'B');
+      await assert.rejects(applyBatch(ctxC, { peer: 'B', changes, next: page.next, expect }), RetryLater);
+      assert.deepEqual(await cursorFor(sites.C.db, 'B'), expect, 'nothing applied, the cursor did not move');
+      const r = await applyBatch(ctxC, { peer: 'B', changes, next: page.next, expect });
+      assert.deepEqual(
+        r.parked.map((p) => [p.changeId, p.status]),
+        [
+          [poison.changeId, 'parked'],
+          [after.changeId, 'waiting'],
+        ],
+      );
+      assert.ok(r.applied >= 2, 'the other changes went through');
+      assert.equal((await current('C', 'Organization', other.resourceId))?.version_id, other.versionId);
+      assert.equal(
+        (await current('C', 'Organization', first.resourceId))?.version_id,
+        first.versionId,
+        'the resource stays at its last good version',
+      );
+      const listed = await listDeadLetters(sites.C.db);
+      assert.deepEqual(
+        listed.map((d) => [d.status, d.attempts]),
+        [
+          ['parked', 2],
+          ['waiting', 0],
+        ],
+      );
+      const retried = await retryDeadLetter(ctxC, poison.changeId);
+      assert.ok(!retried.ok, 'still poison');
+      const skipped = await skipDeadLetter(ctxC, poison.changeId, {
+        reason: 'malformed at the source, re-sent by site B as a new version',
+        by: 'ops.li',
+      });
+      assert.deepEqual(skipped, { ok: true, released: 1, stillWaiting: 0 });
+      assert.equal(
+        (await current('C', 'Organization', first.resourceId))?.version_id,
+        after.versionId,
+        'the waiting change applied in its turn',
+      );
+      assert.deepEqual(
+        (await listDeadLetters(sites.C.db, { includeSkipped: true })).map((d) => [d.status, d.skippedReason]),
+        [['skipped', 'malformed at the source, re-sent by site B as a new version']],
+      );
+    },
+  );
 
   it(
     'delivers a transaction that took a lower position but committed later',
@@ -312,8 +319,11 @@ describe(`replication (${testBackend()})`, () => {
       assert.ok(seed.ok);
       // 1,500 changes in one transaction: positions run from one digit to four.
       await s.db.query(
-        `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
-         SELECT gen_random_uuid(), 'B', o.hlc + g, NULL, 0, NULL, 'public', 'Organization', 'o-' || g, lpad(to_hex(o.hlc + g), 16, '0') || '-B', false, jsonb_build_object('resourceType', 'Organization', 'id', 'o-' || g)
+        `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id,
+                             version_id, deleted, payload)
+         SELECT gen_random_uuid(), 'B', o.hlc + g, NULL, 0, NULL, 'public', 'Organization', 'o-' || g,
+                lpad(to_hex(o.hlc + g), 16, '0') || '-B', false,
+                jsonb_build_object('resourceType', 'Organization', 'id', 'o-' || g)
            FROM generate_series(1, 1500) g, (SELECT hlc FROM outbox LIMIT 1) o`,
       );
       const seen: string[] = [];

@@ -77,7 +77,8 @@ describe(`consistency verification (${testBackend()})`, () => {
   const history = async (s: 'A' | 'B' | 'C') =>
     (
       await sites[s].db.query<{ k: string }>(
-        "SELECT resource_type || '/' || id || '/' || version_id || '/' || deleted || '/' || coalesce(content::text, '') AS k FROM resource_history ORDER BY 1",
+        `SELECT resource_type || '/' || id || '/' || version_id || '/' || deleted || '/' || coalesce(content::text, '') AS k
+           FROM resource_history ORDER BY 1`,
       )
     ).rows.map((r) => r.k);
 
@@ -98,22 +99,28 @@ describe(`consistency verification (${testBackend()})`, () => {
     const orgs = ids.filter((x) => x.type === 'Organization');
     const C = sites.C.db;
     // k = 5 corrupted rows at C, each on a different resource:
-    await C.query("DELETE FROM resource_history WHERE resource_type = 'Patient' AND id = $1", [patients[1]!.id]); // a whole resource's only version gone
+    // a whole resource's only version gone
+    await C.query("DELETE FROM resource_history WHERE resource_type = 'Patient' AND id = $1", [patients[1]!.id]);
     await C.query(
-      `DELETE FROM resource_history WHERE resource_type = 'Patient' AND id = $1 AND version_id = (SELECT min(version_id) FROM resource_history WHERE resource_type = 'Patient' AND id = $1)`,
+      `DELETE FROM resource_history WHERE resource_type = 'Patient' AND id = $1
+          AND version_id = (SELECT min(version_id) FROM resource_history WHERE resource_type = 'Patient' AND id = $1)`,
       [patients[4]!.id],
     ); // an older version gone
     await C.query(
-      `UPDATE resource_history SET content = jsonb_set(content, '{gender}', '"unknown"') WHERE resource_type = 'Patient' AND id = $1`,
+      `UPDATE resource_history SET content = jsonb_set(content, '{gender}', '"unknown"')
+        WHERE resource_type = 'Patient' AND id = $1`,
       [patients[2]!.id],
     ); // content altered
     await C.query(
-      `UPDATE resource_current SET content = jsonb_set(content, '{gender}', '"unknown"') WHERE resource_type = 'Patient' AND id = $1`,
+      `UPDATE resource_current SET content = jsonb_set(content, '{gender}', '"unknown"')
+        WHERE resource_type = 'Patient' AND id = $1`,
       [patients[2]!.id],
     );
-    await C.query("UPDATE resource_history SET deleted = true WHERE resource_type = 'Patient' AND id = $1", [patients[3]!.id]); // flagged deleted
+    // flagged deleted
+    await C.query("UPDATE resource_history SET deleted = true WHERE resource_type = 'Patient' AND id = $1", [patients[3]!.id]);
     await sites.B.db.query(
-      "UPDATE resource_history SET content = jsonb_set(content, '{name}', '\"被篡改\"') WHERE resource_type = 'Organization' AND id = $1",
+      `UPDATE resource_history SET content = jsonb_set(content, '{name}', '"被篡改"')
+        WHERE resource_type = 'Organization' AND id = $1`,
       [orgs[0]!.id],
     ); // C's write, altered in B's copy
     const report = await verify('C', 'B');
@@ -174,12 +181,14 @@ describe(`consistency verification (${testBackend()})`, () => {
     await syncSites(sites.C, sites.B);
     const A = sites.A.db;
     const older = await A.query<{ version_id: string; hlc: bigint; origin_site: string; content: unknown }>(
-      "SELECT version_id, hlc, origin_site, content FROM resource_history WHERE resource_type = 'Organization' AND id = $1 ORDER BY hlc LIMIT 1",
+      `SELECT version_id, hlc, origin_site, content FROM resource_history
+        WHERE resource_type = 'Organization' AND id = $1 ORDER BY hlc LIMIT 1`,
       [o1],
     );
     const o = older.rows[0]!;
     await A.query(
-      "UPDATE resource_current SET version_id = $2, hlc = $3, origin_site = $4, content = $5 WHERE resource_type = 'Organization' AND id = $1",
+      `UPDATE resource_current SET version_id = $2, hlc = $3, origin_site = $4, content = $5
+        WHERE resource_type = 'Organization' AND id = $1`,
       [o1, o.version_id, o.hlc, o.origin_site, JSON.stringify(o.content)],
     );
     // A records a conflict no rule gives (B and C hold none), and loses none: o2 gets a made-up pair at A.
@@ -190,7 +199,8 @@ describe(`consistency verification (${testBackend()})`, () => {
       )
     ).rows[0]!.v;
     await A.query(
-      "INSERT INTO resource_conflict (resource_type, id, version_a, version_b) VALUES ('Organization', $1, '0000000000000001-B', $2)",
+      `INSERT INTO resource_conflict (resource_type, id, version_a, version_b)
+       VALUES ('Organization', $1, '0000000000000001-B', $2)`,
       [o2, v2],
     );
     // And at both B and A, o3's current row points at no version at all: equal at both sites, wrong at both.

@@ -71,7 +71,8 @@ export function deepJsonText(root: unknown): string {
       return;
     }
     if (open.has(v)) throw new TypeError('Converting circular structure to JSON');
-    if (typeof (v as { toJSON?: unknown }).toJSON === 'function') return void out.push(JSON.stringify(v)); // dates and the like: flat
+    // dates and the like: flat
+    if (typeof (v as { toJSON?: unknown }).toJSON === 'function') return void out.push(JSON.stringify(v));
     open.add(v);
     if (Array.isArray(v)) {
       out.push('[');
@@ -146,7 +147,10 @@ export interface EncodedPage {
 }
 
 function pageJson(p: EncodedPage): string {
-  return `{"changes":[${p.changes.join(',')}],"next":${JSON.stringify({ txid: p.next.txid, pos: p.next.pos })},"withheld":${p.withheld},"more":${p.more}}`;
+  return (
+    `{"changes":[${p.changes.join(',')}],"next":${JSON.stringify({ txid: p.next.txid, pos: p.next.pos })},` +
+    `"withheld":${p.withheld},"more":${p.more}}`
+  );
 }
 
 /** Reads back a change written by changeJson, validated. */

@@ -37,7 +37,9 @@ export function policiesFor(
   if (usable.length === 0)
     return {
       ok: false,
-      reason: `purpose ${purpose} is not permitted for role(s) ${caller.roles.join(', ')} (permitted: ${[...new Set(mine.flatMap((p) => p.purposes))].join(', ')})`,
+      reason:
+        `purpose ${purpose} is not permitted for role(s) ${caller.roles.join(', ')} ` +
+        `(permitted: ${[...new Set(mine.flatMap((p) => p.purposes))].join(', ')})`,
     };
   const complete = usable.filter((p) => (p.requiredAttributes ?? []).every((a) => caller.attributes[a]));
   if (complete.length === 0)
@@ -108,6 +110,9 @@ function denial(q: { caller: Caller; purpose: Purpose; action: Action; resourceT
     p.rules.some((r) => r.scope === 'aggregate' && (r.resourceTypes.includes(q.resourceType) || r.resourceTypes.includes('*'))),
   );
   if (searchOnly && INDIVIDUAL.has(q.action))
-    return `role ${roles} may not ${q.action} individual ${q.resourceType} records for purpose ${q.purpose}: access is search-only and de-identified`;
+    return (
+      `role ${roles} may not ${q.action} individual ${q.resourceType} records for purpose ${q.purpose}: ` +
+      'access is search-only and de-identified'
+    );
   return `role ${roles} may not ${q.action} ${q.resourceType} for purpose ${q.purpose}`;
 }

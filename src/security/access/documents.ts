@@ -113,7 +113,8 @@ export class AccessDocuments {
 
   async list(kind: DocumentKind): Promise<DocumentVersion[]> {
     const { rows } = await this.#db.query<Row>(
-      `SELECT DISTINCT ON (name) kind, name, version, author, created_at, body FROM access_document WHERE kind = $1 ORDER BY name, version DESC`,
+      `SELECT DISTINCT ON (name) kind, name, version, author, created_at, body FROM access_document
+        WHERE kind = $1 ORDER BY name, version DESC`,
       [kind],
     );
     return rows.map(toVersion);
@@ -121,7 +122,8 @@ export class AccessDocuments {
 
   async history(kind: DocumentKind, name: string): Promise<DocumentVersion[]> {
     const { rows } = await this.#db.query<Row>(
-      'SELECT kind, name, version, author, created_at, body FROM access_document WHERE kind = $1 AND name = $2 ORDER BY version DESC',
+      `SELECT kind, name, version, author, created_at, body FROM access_document
+        WHERE kind = $1 AND name = $2 ORDER BY version DESC`,
       [kind, name],
     );
     return rows.map(toVersion);

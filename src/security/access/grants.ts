@@ -55,7 +55,8 @@ export class Grants {
       return { ok: false, message: `reason: at least ${MIN_REASON} characters saying why access is needed` };
     if (!(g.validUntil > g.validFrom)) return { ok: false, message: 'validUntil: must be after validFrom' };
     const { rows } = await this.#db.query<Row>(
-      `INSERT INTO access_grant (id, kind, user_id, patient_id, reason, valid_from, valid_until, granted_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ${COLUMNS}`,
+      `INSERT INTO access_grant (id, kind, user_id, patient_id, reason, valid_from, valid_until, granted_by)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ${COLUMNS}`,
       [
         randomUUID(),
         g.kind,
@@ -81,7 +82,8 @@ export class Grants {
       where.push(`revoked_at IS NULL AND valid_from <= ${at} AND valid_until > ${at}`);
     }
     const { rows } = await this.#db.query<Row>(
-      `SELECT ${COLUMNS} FROM access_grant ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC LIMIT 1000`,
+      `SELECT ${COLUMNS} FROM access_grant ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+        ORDER BY created_at DESC LIMIT 1000`,
       params,
     );
     return rows.map(toGrant);
@@ -125,7 +127,8 @@ export const CARE_PREDICATE = `
                                    AND d.code IN ('participant', 'service-provider') AND d.target = ANY($1::text[])
            WHERE p.resource_type = 'Encounter' AND p.code = 'patient' AND p.target = 'Patient/' || {patient})
   OR EXISTS (SELECT 1 FROM search_reference g
-              WHERE g.resource_type = 'Patient' AND g.resource_id = {patient} AND g.code = 'general-practitioner' AND g.target = ANY($1::text[]))
+              WHERE g.resource_type = 'Patient' AND g.resource_id = {patient} AND g.code = 'general-practitioner'
+                AND g.target = ANY($1::text[]))
   OR EXISTS (SELECT 1 FROM access_grant a
               WHERE a.user_id = $2::text AND a.patient_id = {patient} AND a.revoked_at IS NULL
                 AND a.valid_from <= now() AND a.valid_until > now() AND a.kind = 'grant')`;

@@ -107,8 +107,8 @@ export function scenarioOf(purpose: Purpose): Scenario {
 
 /** `path: rule` lines, like the region config's errors. */
 export function describeIssues(error: z.ZodError): string[] {
-  return error.issues.map(
-    (i) =>
-      `${i.path.map((p, n) => (typeof p === 'number' ? `[${p}]` : `${n ? '.' : ''}${String(p)}`)).join('') || '(document)'}: ${i.message}`,
-  );
+  return error.issues.map((i) => {
+    const path = i.path.map((p, n) => (typeof p === 'number' ? `[${p}]` : `${n ? '.' : ''}${String(p)}`)).join('');
+    return `${path || '(document)'}: ${i.message}`;
+  });
 }

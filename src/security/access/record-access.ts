@@ -247,7 +247,8 @@ export class RecordAccess implements BundleStore {
       const why = g.value.aggregate ? 'only in aggregate' : `with ${masked.join(', ')} masked`;
       return fail(
         'forbidden',
-        `you may see ${type} ${why} for purpose ${this.#r.purpose}; images carry their patient's details in their headers, which medmesh does not mask`,
+        `you may see ${type} ${why} for purpose ${this.#r.purpose}; ` +
+          "images carry their patient's details in their headers, which medmesh does not mask",
         { code: 'forbidden' },
       );
     }
@@ -283,7 +284,10 @@ export class RecordAccess implements BundleStore {
         ? `${target} is not part of your own record`
         : breakGlass
           ? `${target} does not belong to the patient your break-glass opened; break-glass reaches that patient only`
-          : `${target} belongs to a patient outside your care relationship (no encounter at your department or with you, no valid grant); in an emergency, start break-glass (POST /access/break-glass) and send the header x-medmesh-purpose: emergency with each request it covers`;
+          : `${target} belongs to a patient outside your care relationship ` +
+            '(no encounter at your department or with you, no valid grant); ' +
+            'in an emergency, start break-glass (POST /access/break-glass) ' +
+            'and send the header x-medmesh-purpose: emergency with each request it covers';
     const filter: AccessFilter = { rows: rows.value, denied };
     const plan = maskPlan(type, d.scenario, d.fields, this.#c.documents.masking());
     // What the caller saw of the stored version masked comes back as the stored value (restoreMasked).

@@ -29,7 +29,8 @@ export function mayFindBy(c: ProbeContext, code: string, fields: readonly string
     const t = c.plan.get(f);
     if (t !== undefined && t !== 'keep')
       return refused(
-        `search parameter ${code} reads ${c.type}.${f}, which is ${c.fields.get(f) ?? t} for you; searching by it would reveal what you may not see`,
+        `search parameter ${code} reads ${c.type}.${f}, which is ${c.fields.get(f) ?? t} for you; ` +
+          'searching by it would reveal what you may not see',
       );
   }
   return ok(undefined);
@@ -49,7 +50,8 @@ export function probeSearch(c: ProbeContext, req: SearchRequest): Result<void> {
       const code = f.kind === 'date' ? f.code : '_lastUpdated';
       if (f.preds.some((p) => p.prefix === 'ap' || !monthAligned(p.range.lo) || !monthAligned(p.range.hi)))
         return refused(
-          `search parameter ${code}: dates are given to the month for purpose ${c.purpose}; search by whole months (yyyy or yyyy-mm, without ap), finer bounds would reveal what the answers generalize`,
+          `search parameter ${code}: dates are given to the month for purpose ${c.purpose}; ` +
+            'search by whole months (yyyy or yyyy-mm, without ap), finer bounds would reveal what the answers generalize',
         );
     }
     const values = f.kind === 'string' ? f.values : f.kind === 'token' ? f.values.map((v) => v.value ?? '') : [];
@@ -61,7 +63,8 @@ export function probeSearch(c: ProbeContext, req: SearchRequest): Result<void> {
       )
     )
       return refused(
-        `search parameter ${f.kind === 'string' || f.kind === 'token' ? f.code : ''}: the value is a resident ID or phone number, which you see masked; searching for it would reveal what you may not see`,
+        `search parameter ${f.kind === 'string' || f.kind === 'token' ? f.code : ''}: ` +
+          'the value is a resident ID or phone number, which you see masked; searching for it would reveal what you may not see',
       );
   }
   for (const s of req.sort) {
@@ -72,7 +75,9 @@ export function probeSearch(c: ProbeContext, req: SearchRequest): Result<void> {
     // Ordered by a real id, a real time or an exact date, pages would tell what the answers hide.
     if (c.deidentified && (typeof s.key === 'string' || s.key.type === 'date'))
       return refused(
-        `_sort=${typeof s.key === 'string' ? s.key : s.key.code}: ids, times and dates are pseudonymized or generalized for purpose ${c.purpose}; sort by a string parameter, or not at all`,
+        `_sort=${typeof s.key === 'string' ? s.key : s.key.code}: ` +
+          `ids, times and dates are pseudonymized or generalized for purpose ${c.purpose}; ` +
+          'sort by a string parameter, or not at all',
       );
   }
   if (c.breakGlassPatients) return namesBreakGlassPatient(c.type, req, c.breakGlassPatients);
@@ -92,7 +97,8 @@ function namesBreakGlassPatient(type: string, req: SearchRequest, patients: read
   );
   if (scoped) return ok(undefined);
   return refused(
-    `under break-glass (purpose emergency) a search reaches only the patient you opened it for and must name them: ${type === 'Patient' ? 'Patient?_id=<id>' : `${type}?patient=<id>`}; other patients in your care: purpose treatment`,
+    'under break-glass (purpose emergency) a search reaches only the patient you opened it for and must name them: ' +
+      `${type === 'Patient' ? 'Patient?_id=<id>' : `${type}?patient=<id>`}; other patients in your care: purpose treatment`,
   );
 }
 

@@ -123,7 +123,8 @@ export class DbAppender {
       const { rows } = await tx.query<{ next: bigint }>('SELECT coalesce(max(seq) + 1, 0)::bigint AS next FROM audit_entry');
       const start = Number(rows[0]!.next);
       await tx.query(
-        'INSERT INTO audit_entry (seq, entry, mac, entity, agent) SELECT * FROM unnest($1::bigint[], $2::text[]::bytea[], $3::text[]::bytea[], $4::text[], $5::text[])',
+        `INSERT INTO audit_entry (seq, entry, mac, entity, agent)
+         SELECT * FROM unnest($1::bigint[], $2::text[]::bytea[], $3::text[]::bytea[], $4::text[], $5::text[])`,
         this.#rows(batch, start),
       );
       return start;

@@ -89,7 +89,8 @@ export class AuditLog {
       const statement = checkpointStatement({ site: signer.siteId, treeSize: next.size, root, issuedAt });
       const signature = sm2Sign(signer.key, Buffer.from(statement));
       await tx.query(
-        'INSERT INTO audit_checkpoint (tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)',
+        `INSERT INTO audit_checkpoint (tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
         [
           next.size,
           root,
@@ -201,7 +202,8 @@ async function latest(q: Queryable): Promise<{ treeSize: number; frontier: Buffe
     signer_site: string;
     signer_public_key: string;
   }>(
-    'SELECT tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key FROM audit_checkpoint ORDER BY tree_size DESC LIMIT 1',
+    `SELECT tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key
+       FROM audit_checkpoint ORDER BY tree_size DESC LIMIT 1`,
   );
   const r = rows[0];
   if (!r) return undefined;

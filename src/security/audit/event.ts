@@ -32,7 +32,9 @@ export type AuditEvent = z.infer<typeof auditEventSchema>;
 export function auditEventBytes(e: AuditEvent): Buffer {
   const q = JSON.stringify;
   const a = e.actor;
-  let s = `{"action":${q(e.action)},"actor":{"id":${q(a.id)},"kind":${q(a.kind)}${a.role !== undefined ? `,"role":${q(a.role)}` : ''}}`;
+  let s = `{"action":${q(e.action)},"actor":{"id":${q(a.id)},"kind":${q(a.kind)}`;
+  if (a.role !== undefined) s += `,"role":${q(a.role)}`;
+  s += '}';
   if (e.breakGlass !== undefined) s += `,"breakGlass":{"reason":${q(e.breakGlass.reason)}}`;
   if (e.detail !== undefined) s += `,"detail":${q(e.detail)}`;
   if (e.fields !== undefined) s += `,"fields":${q(e.fields)}`;

@@ -74,7 +74,8 @@ describe(`AuditEvent search (${testBackend()})`, () => {
     ]);
     assert.ok(inWindow.length > 0 && inWindow.every((s) => s % 40 === 5), 'only user-5');
     const stamps = await db.query<{ seq: string }>(
-      "SELECT seq FROM audit_entry WHERE recorded_at >= $1::timestamptz AND convert_from(entry, 'UTF8')::jsonb->'actor'->>'id' = 'user-5' ORDER BY seq DESC",
+      `SELECT seq FROM audit_entry
+        WHERE recorded_at >= $1::timestamptz AND convert_from(entry, 'UTF8')::jsonb->'actor'->>'id' = 'user-5' ORDER BY seq DESC`,
       [at],
     );
     assert.deepEqual(

@@ -110,7 +110,9 @@ export function parseAuditQuery(
     else if (k !== '_format' && k !== '_pretty')
       return {
         ok: false,
-        message: `AuditEvent search parameter ${k} is not supported (date, agent, entity, action, outcome, purpose, _count, _offset)`,
+        message:
+          `AuditEvent search parameter ${k} is not supported ` +
+          '(date, agent, entity, action, outcome, purpose, _count, _offset)',
       };
   }
   return { ok: true, value: q };
@@ -160,7 +162,8 @@ export function auditSearchSql(q: AuditQuery): { sql: string; params: unknown[] 
   const params: unknown[] = [];
   const where = auditWhere(q, params);
   return {
-    sql: `SELECT seq, e, t FROM ${ENTRIES} WHERE ${where} ORDER BY seq DESC LIMIT $${params.push(q.count + 1)} OFFSET $${params.push(q.offset)}`,
+    sql: `SELECT seq, e, t FROM ${ENTRIES} WHERE ${where}
+          ORDER BY seq DESC LIMIT $${params.push(q.count + 1)} OFFSET $${params.push(q.offset)}`,
     params,
   };
 }
@@ -174,8 +177,10 @@ export async function searchAuditEvents(
   const { rows } = await db.query<{ seq: string | bigint; e: AuditEvent; t: Date }>(sql, params);
   const page = rows.slice(0, q.count);
   const kept = opts.query.filter(([k]) => k !== '_count' && k !== '_offset').map(([k, v]) => [k, v] as [string, string]);
-  const pageUrl = (offset: number) =>
-    `${opts.baseUrl}/AuditEvent?${new URLSearchParams([...kept, ['_count', String(q.count)], ['_offset', String(offset)]]).toString()}`;
+  const pageUrl = (offset: number) => {
+    const search = new URLSearchParams([...kept, ['_count', String(q.count)], ['_offset', String(offset)]]);
+    return `${opts.baseUrl}/AuditEvent?${search.toString()}`;
+  };
   const link = [{ relation: 'self', url: pageUrl(q.offset) }];
   if (rows.length > q.count) link.push({ relation: 'next', url: pageUrl(q.offset + q.count) });
   return {

@@ -12,7 +12,11 @@ interface Job {
   key: Uint8Array;
   /** Rows in the page. */
   count: number;
-  /** seq (8) | entry length (4) | 0x00 | entry | mac (32) | entity length (4) | entity | agent length (4) | agent, repeated; a length of 0xffffffff is NULL. The 0x00 is the Merkle leaf prefix. */
+  /**
+   * seq (8) | entry length (4) | 0x00 | entry | mac (32) | entity length (4) | entity |
+   * agent length (4) | agent, repeated; a length of 0xffffffff is NULL. The 0x00 is the Merkle
+   * leaf prefix.
+   */
   packed: ArrayBuffer;
 }
 

@@ -49,7 +49,8 @@ export async function complianceReport(
   const range = `t >= $1::timestamptz AND t < $2::timestamptz`;
   const p = [opts.from.toISOString(), opts.to.toISOString()];
   const byRole = await db.query<{ role: string; outcome: string; n: number }>(
-    `SELECT coalesce(e->'actor'->>'role', e->'actor'->>'kind') AS role, e->>'outcome' AS outcome, count(*)::int AS n FROM ${ENTRIES} WHERE ${range} GROUP BY 1, 2 ORDER BY 1, 2`,
+    `SELECT coalesce(e->'actor'->>'role', e->'actor'->>'kind') AS role, e->>'outcome' AS outcome, count(*)::int AS n
+       FROM ${ENTRIES} WHERE ${range} GROUP BY 1, 2 ORDER BY 1, 2`,
     p,
   );
   const roles = new Map<string, ComplianceReport['accessesByRole'][number]>();
@@ -71,10 +72,14 @@ export async function complianceReport(
     reason: string;
     n: number;
   }>(
-    `SELECT a.seq, e->>'time' AS time, e->'actor'->>'id' AS user, e->'actor'->>'role' AS role, e->>'resource' AS resource, e->'breakGlass'->>'reason' AS reason,
-            (SELECT count(*)::int FROM ${ENTRIES.replace(/ a$/, ' b')} WHERE b.agent = a.agent AND b.e->'actor'->>'id' = a.e->'actor'->>'id' AND b.e ? 'breakGlass' AND b.e->>'action' <> 'break-glass'
+    `SELECT a.seq, e->>'time' AS time, e->'actor'->>'id' AS user, e->'actor'->>'role' AS role, e->>'resource' AS resource,
+            e->'breakGlass'->>'reason' AS reason,
+            (SELECT count(*)::int FROM ${ENTRIES.replace(/ a$/, ' b')}
+              WHERE b.agent = a.agent AND b.e->'actor'->>'id' = a.e->'actor'->>'id' AND b.e ? 'breakGlass'
+               AND b.e->>'action' <> 'break-glass'
                AND b.t >= a.t AND b.t < $2::timestamptz) AS n
-       FROM ${ENTRIES} WHERE ${range} AND e->>'action' = 'break-glass' AND e->>'outcome' IN ('success', 'allow') ORDER BY a.seq LIMIT ${MAX_LISTED}`,
+       FROM ${ENTRIES} WHERE ${range} AND e->>'action' = 'break-glass' AND e->>'outcome' IN ('success', 'allow')
+      ORDER BY a.seq LIMIT ${MAX_LISTED}`,
     p,
   );
   const denied = await db.query<{
@@ -86,7 +91,8 @@ export async function complianceReport(
     resource: string | null;
     detail: string | null;
   }>(
-    `SELECT seq, e->>'time' AS time, e->'actor'->>'id' AS user, e->'actor'->>'role' AS role, e->>'action' AS action, e->>'resource' AS resource, e->>'detail' AS detail
+    `SELECT seq, e->>'time' AS time, e->'actor'->>'id' AS user, e->'actor'->>'role' AS role, e->>'action' AS action,
+            e->>'resource' AS resource, e->>'detail' AS detail
        FROM ${ENTRIES} WHERE ${range} AND e->>'outcome' = 'deny' ORDER BY seq DESC LIMIT ${MAX_LISTED}`,
     p,
   );
@@ -136,19 +142,35 @@ export async function complianceReport(
 /** A self-contained page that prints well (A4, no scripts, no external resources). */
 export function renderComplianceHtml(r: ComplianceReport): string {
   const esc = (s: unknown) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-  const table = (head: string[], rows: unknown[][]) =>
-    rows.length === 0
-      ? '<p class="none">None.</p>'
-      : `<table><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${rows.map((row) => `<tr>${row.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`).join('')}</tbody></table>`;
+  const table = (head: string[], rows: unknown[][]) => {
+    if (rows.length === 0) return '<p class="none">None.</p>';
+    const th = head.map((h) => `<th>${esc(h)}</th>`).join('');
+    const trs = rows.map((row) => `<tr>${row.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`).join('');
+    return `<table><thead><tr>${th}</tr></thead><tbody>${trs}</tbody></table>`;
+  };
   const v = r.verification;
   const status = v.ok ? 'INTACT' : 'TAMPERED';
+  const failures = v.ok
+    ? ''
+    : `<p>Entries failing their MAC: ${esc(v.invalidMac.join(', ') || 'none')}. ` +
+      `Entries whose append time was moved: ${esc(v.timeMismatch.join(', ') || 'none')}. ` +
+      `Entries whose search columns (patient, user) were changed: ${esc(v.columnMismatch.join(', ') || 'none')}. ` +
+      `Missing ranges: ${esc(JSON.stringify(v.missing))}. ` +
+      `Checkpoints with a wrong root: ${esc(v.rootMismatch.join(', ') || 'none')}; ` +
+      `with a bad signature: ${esc(v.badSignature.join(', ') || 'none')}.` +
+      (v.prunedEarly
+        ? ` Entries before ${esc(v.prunedEarly.before)} were pruned within the online period ` +
+          `(checkpoint of ${esc(v.prunedEarly.issuedAt)}).`
+        : '') +
+      '</p>';
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>medmesh compliance report — site ${esc(r.site)}</title>
 <style>
   @page { size: A4; margin: 18mm; }
   body { font: 11pt/1.4 system-ui, "Noto Sans CJK SC", sans-serif; color: #111; max-width: 60em; margin: auto; }
   h1 { font-size: 16pt; } h2 { font-size: 13pt; margin-top: 1.6em; border-bottom: 1px solid #999; }
-  table { border-collapse: collapse; width: 100%; font-size: 9.5pt; } th, td { border: 1px solid #bbb; padding: 3px 6px; text-align: left; vertical-align: top; }
+  table { border-collapse: collapse; width: 100%; font-size: 9.5pt; }\
+ th, td { border: 1px solid #bbb; padding: 3px 6px; text-align: left; vertical-align: top; }
   thead { display: table-header-group; } tr { page-break-inside: avoid; }
   .ok { color: #075; font-weight: bold; } .bad { color: #b00; font-weight: bold; } .none { color: #555; }
 </style></head><body>
@@ -176,9 +198,10 @@ ${
       )}.</p>`
     : ''
 }
-${v.ok ? '' : `<p>Entries failing their MAC: ${esc(v.invalidMac.join(', ') || 'none')}. Entries whose append time was moved: ${esc(v.timeMismatch.join(', ') || 'none')}. Entries whose search columns (patient, user) were changed: ${esc(v.columnMismatch.join(', ') || 'none')}. Missing ranges: ${esc(JSON.stringify(v.missing))}. Checkpoints with a wrong root: ${esc(v.rootMismatch.join(', ') || 'none')}; with a bad signature: ${esc(v.badSignature.join(', ') || 'none')}.${v.prunedEarly ? ` Entries before ${esc(v.prunedEarly.before)} were pruned within the online period (checkpoint of ${esc(v.prunedEarly.issuedAt)}).` : ''}</p>`}
+${failures}
 <h2>Accesses per role</h2>
-<p>${esc(r.totals.entries)} audited events: ${esc(r.totals.allow + r.totals.success)} allowed or succeeded, ${esc(r.totals.deny)} denied, ${esc(r.totals.failure)} failed.</p>
+<p>${esc(r.totals.entries)} audited events: ${esc(r.totals.allow + r.totals.success)} allowed or succeeded, \
+${esc(r.totals.deny)} denied, ${esc(r.totals.failure)} failed.</p>
 ${table(
   ['role', 'allowed', 'succeeded', 'denied', 'failed'],
   r.accessesByRole.map((x) => [x.role, x.allow, x.success, x.deny, x.failure]),

@@ -172,7 +172,8 @@ describe(`audit retention (${testBackend()})`, () => {
     }
     // Export records an attacker adds to make a deletion look archived point at no file.
     await db.query(
-      "INSERT INTO audit_export (from_seq, to_seq, file_name, file_sm3, checkpoint_tree_size) VALUES (95, 99, '/nowhere/audit-B.jsonl', '\\x00', 100)",
+      `INSERT INTO audit_export (from_seq, to_seq, file_name, file_sm3, checkpoint_tree_size)
+       VALUES (95, 99, '/nowhere/audit-B.jsonl', '\\x00', 100)`,
     );
     assert.deepEqual((await statuses()).at(-1), [95, 'missing']);
   });

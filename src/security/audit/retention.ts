@@ -77,7 +77,8 @@ export async function exportAuditSegments(opts: {
       end + (opts.maxEntriesPerFile ?? 1_000_000),
     );
     const { rows: cps } = await db.query<CheckpointRow>(
-      'SELECT tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key FROM audit_checkpoint WHERE tree_size > $1 AND tree_size <= $2 ORDER BY tree_size DESC LIMIT 1',
+      `SELECT tree_size, root, frontier, issued_at, statement, signature, signer_site, signer_public_key FROM audit_checkpoint
+        WHERE tree_size > $1 AND tree_size <= $2 ORDER BY tree_size DESC LIMIT 1`,
       [end, limit],
     );
     const cp = cps[0];
@@ -306,7 +307,8 @@ export async function pruneExportedAudit(db: Db, opts: { olderThan: Date }): Pro
     const { rows } = await tx.query<{ n: number }>(
       `WITH bound AS (
          SELECT least((SELECT coalesce(max(to_seq) + 1, 0) FROM audit_export),
-                      coalesce((SELECT min(seq) FROM audit_entry WHERE recorded_at >= $1::timestamptz), 9223372036854775807)) AS b),
+                      coalesce((SELECT min(seq) FROM audit_entry WHERE recorded_at >= $1::timestamptz),
+                               9223372036854775807)) AS b),
        d AS (DELETE FROM audit_entry WHERE seq < (SELECT b FROM bound) RETURNING 1)
        SELECT count(*)::int AS n FROM d`,
       [opts.olderThan.toISOString()],
@@ -319,7 +321,10 @@ export interface ArchivedSegmentCheck {
   fromSeq: number;
   toSeq: number;
   file: string;
-  /** missing: not found where recorded (or in the directory given); bad: found, and it does not verify or is not the file exported. */
+  /**
+   * missing: not found where recorded (or in the directory given); bad: found, and it does not
+   * verify or is not the file exported.
+   */
   status: 'ok' | 'missing' | 'bad';
   problems: string[];
 }

@@ -208,7 +208,8 @@ export async function verifyAuditLog(q: Queryable, opts: VerifyOptions): Promise
     // The append time as epoch milliseconds: a float parses far faster than a timestamptz.
     const fetchPage = (from: number) =>
       q.query<{ seq: bigint; entry: Buffer; mac: Buffer; at: number | string; entity: string | null; agent: string | null }>(
-        'SELECT seq, entry, mac, extract(epoch FROM recorded_at)::float8 * 1000 AS at, entity, agent FROM audit_entry WHERE seq >= $1 ORDER BY seq LIMIT $2',
+        `SELECT seq, entry, mac, extract(epoch FROM recorded_at)::float8 * 1000 AS at, entity, agent FROM audit_entry
+          WHERE seq >= $1 ORDER BY seq LIMIT $2`,
         [from, page],
         { name: 'audit-verify-page' },
       );

@@ -166,14 +166,16 @@ export class AuditWitness {
           peer,
           s,
           'truncated',
-          `${peer}'s audit log now ends at ${cp.treeSize} entries, but it signed ${held.treeSize} on ${held.issuedAt} (held here): entries were deleted`,
+          `${peer}'s audit log now ends at ${cp.treeSize} entries, ` +
+            `but it signed ${held.treeSize} on ${held.issuedAt} (held here): entries were deleted`,
         );
       if (cp.treeSize === held.treeSize && !cp.root.equals(held.root))
         return this.#alarm(
           peer,
           s,
           'inconsistent',
-          `${peer} signed two different logs of ${cp.treeSize} entries (roots ${held.root.toString('hex').slice(0, 16)}… and ${cp.root.toString('hex').slice(0, 16)}…)`,
+          `${peer} signed two different logs of ${cp.treeSize} entries ` +
+            `(roots ${held.root.toString('hex').slice(0, 16)}… and ${cp.root.toString('hex').slice(0, 16)}…)`,
         );
       if (cp.treeSize > held.treeSize) {
         const proof = await client.consistency(held.treeSize, cp.treeSize);
@@ -182,14 +184,16 @@ export class AuditWitness {
             peer,
             s,
             'inconsistent',
-            `${peer} cannot prove that its log of ${cp.treeSize} entries extends the ${held.treeSize} held here (${proof.problem})`,
+            `${peer} cannot prove that its log of ${cp.treeSize} entries ` +
+              `extends the ${held.treeSize} held here (${proof.problem})`,
           );
         if (!verifyConsistency(held.treeSize, cp.treeSize, held.root, cp.root, proof.proof))
           return this.#alarm(
             peer,
             s,
             'inconsistent',
-            `${peer}'s log of ${cp.treeSize} entries does not extend the ${held.treeSize} held here: earlier entries were changed`,
+            `${peer}'s log of ${cp.treeSize} entries ` +
+              `does not extend the ${held.treeSize} held here: earlier entries were changed`,
           );
       }
     }
@@ -287,7 +291,8 @@ export async function latestHeld(q: Queryable, peer: string): Promise<SignedChec
     statement: string;
     signature: Uint8Array;
   }>(
-    'SELECT tree_size, root, issued_at, statement, signature FROM audit_peer_checkpoint WHERE peer_site = $1 ORDER BY tree_size DESC LIMIT 1',
+    `SELECT tree_size, root, issued_at, statement, signature FROM audit_peer_checkpoint
+      WHERE peer_site = $1 ORDER BY tree_size DESC LIMIT 1`,
     [peer],
   );
   const r = rows[0];

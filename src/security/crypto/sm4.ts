@@ -118,7 +118,10 @@ export function gcmLengthsBlock(aadBytes: number, ciphertextBytes: number): Buff
   return lengths;
 }
 
-/** GCM's inc32: the counter is the low 32 bits; native CTR carries into the high bits only past 2^32 blocks, which the size limit below excludes. */
+/**
+ * GCM's inc32: the counter is the low 32 bits; native CTR carries into the high bits only past
+ * 2^32 blocks, which the size limit below excludes.
+ */
 export function inc32(j0: Uint8Array): Buffer {
   const c = Buffer.from(j0);
   c.writeUInt32BE((c.readUInt32BE(12) + 1) >>> 0, 12);

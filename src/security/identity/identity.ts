@@ -91,7 +91,8 @@ export class IdentityService {
     const secret = needsTotp ? newTotpSecret() : undefined;
     const id = randomUUID();
     const inserted = await this.#c.db.query(
-      `INSERT INTO iam_user (id, username, display_name, roles, attributes, password_hash, totp_secret) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
+      `INSERT INTO iam_user (id, username, display_name, roles, attributes, password_hash, totp_secret)
+       VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
        ON CONFLICT (username) DO NOTHING RETURNING id`,
       [
         id,
@@ -156,7 +157,8 @@ export class IdentityService {
       expires_at: Date;
       revoked_at: Date | null;
     }>(
-      'UPDATE iam_refresh_token SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING user_id, token_hash, expires_at, revoked_at',
+      `UPDATE iam_refresh_token SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL
+       RETURNING user_id, token_hash, expires_at, revoked_at`,
       [id],
     );
     const row = rows[0];
@@ -228,7 +230,8 @@ export class IdentityService {
 
   async registerService(s: { id: string; kind: 'site' | 'router' | 'edge'; publicKey: Sm2PublicKey }): Promise<void> {
     await this.#c.db.query(
-      'INSERT INTO iam_service (id, kind, public_key) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, public_key = excluded.public_key',
+      `INSERT INTO iam_service (id, kind, public_key) VALUES ($1, $2, $3)
+       ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, public_key = excluded.public_key`,
       [s.id, s.kind, s.publicKey.toPem()],
     );
   }
@@ -294,7 +297,8 @@ export class IdentityService {
     // Overlap the last look by a margin: a revocation's timestamp is its transaction's start.
     const since = r.watermark ? new Date(r.watermark.getTime() - 10_000).toISOString() : '-infinity';
     const { rows } = await this.#c.db.query<{ jti: string; exp: number; revoked_at: Date }>(
-      'SELECT jti, extract(epoch FROM expires_at)::float8 AS exp, revoked_at FROM iam_revoked_token WHERE revoked_at >= $1::timestamptz AND expires_at > now()',
+      `SELECT jti, extract(epoch FROM expires_at)::float8 AS exp, revoked_at FROM iam_revoked_token
+        WHERE revoked_at >= $1::timestamptz AND expires_at > now()`,
       [since],
     );
     for (const row of rows) {

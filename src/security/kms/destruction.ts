@@ -110,7 +110,8 @@ export async function destroyKeyVersions(
   if (counted.length < 2)
     throw new KmsError(
       'not-approved',
-      `destroying key material needs the signed approval of at least two custodians; ${counted.length} valid${problems.length ? ` (${problems.join('; ')})` : ''}`,
+      'destroying key material needs the signed approval of at least two custodians; ' +
+        `${counted.length} valid${problems.length ? ` (${problems.join('; ')})` : ''}`,
     );
   const versions = [...new Set(r.versions)].sort((a, b) => a - b);
   const name = r.keyName;
@@ -151,7 +152,10 @@ export async function destroyKeyVersions(
           {
             site: c.siteId,
             wipedAt: issuedAt,
-            how: 'wrapped material set to NULL in kms_key_version; copies in memory zeroed (at every other API node of the site on its next use of the key, or within 5 s); the table is then rewritten (VACUUM FULL) so no old row version keeps the material in the live table',
+            how:
+              'wrapped material set to NULL in kms_key_version; copies in memory zeroed ' +
+              '(at every other API node of the site on its next use of the key, or within 5 s); ' +
+              'the table is then rewritten (VACUUM FULL) so no old row version keeps the material in the live table',
           },
         ],
       },
@@ -159,7 +163,8 @@ export async function destroyKeyVersions(
     );
     const id = (JSON.parse(certificate.document) as { id: string }).id;
     await tx.query(
-      'INSERT INTO kms_destruction_certificate (id, key_name, versions, issued_at, document, signature) VALUES ($1, $2, $3, $4, $5, $6)',
+      `INSERT INTO kms_destruction_certificate (id, key_name, versions, issued_at, document, signature)
+       VALUES ($1, $2, $3, $4, $5, $6)`,
       [id, name, versions, issuedAt, certificate.document, Buffer.from(certificate.signature, 'base64')],
     );
     return { certificate, xid: xid[0]!.xid };
@@ -203,14 +208,17 @@ export async function rewriteKeyVersions(db: Db, o: { afterXid: string; waitMs?:
           note:
             holders === 0
               ? 'kms_key_version rewritten: the destroyed material is in no row version of the live table'
-              : `kms_key_version rewritten, but ${holders} transaction(s) older than the destruction were still open: the old row versions they could see were kept; run VACUUM FULL kms_key_version once they end`,
+              : `kms_key_version rewritten, but ${holders} transaction(s) older than the destruction were still open: ` +
+                'the old row versions they could see were kept; run VACUUM FULL kms_key_version once they end',
         };
       if (late)
         return {
           rewritten: false,
           complete: false,
           waitedMs: Date.now() - t0,
-          note: 'kms_key_version could not be locked to rewrite it: the old row versions stay in the table file until VACUUM FULL kms_key_version runs',
+          note:
+            'kms_key_version could not be locked to rewrite it: ' +
+            'the old row versions stay in the table file until VACUUM FULL kms_key_version runs',
         };
     }
     await new Promise((r) => setTimeout(r, 100));
@@ -224,7 +232,8 @@ async function olderTransactions(q: Queryable, xid: string): Promise<number> {
                WHERE pid <> pg_backend_pid() AND datname = current_database()
                  AND ((backend_xmin IS NOT NULL AND age(backend_xmin) >= age($1::text::xid))
                    OR (backend_xid IS NOT NULL AND age(backend_xid) >= age($1::text::xid))))
-           + (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database() AND age(transaction) >= age($1::text::xid))
+           + (SELECT count(*) FROM pg_prepared_xacts
+               WHERE database = current_database() AND age(transaction) >= age($1::text::xid))
            + (SELECT count(*) FROM pg_replication_slots WHERE xmin IS NOT NULL AND age(xmin) >= age($1::text::xid)))::int AS n`,
     [xid],
   );

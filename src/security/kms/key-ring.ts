@@ -84,7 +84,8 @@ export class KeyRing {
     if (!KEY_NAME.test(name))
       throw new KmsError(
         'bad-request',
-        `key name ${JSON.stringify(name)} must be lower-case letters, digits, '.', '_' or '-' (at most 64), starting with a letter`,
+        `key name ${JSON.stringify(name)} must be lower-case letters, digits, '.', '_' or '-' ` +
+          '(at most 64), starting with a letter',
       );
     if (
       opts.rotationPeriodSeconds !== undefined &&
@@ -101,7 +102,8 @@ export class KeyRing {
       throw new KmsError('bad-request', 'an imported key cannot rotate on its own: every site must rotate it together');
     await this.#ctx.db.transaction(async (tx) => {
       const r = await tx.query(
-        'INSERT INTO kms_key (name, algorithm, exportable, latest_version, rotation_period_seconds) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (name) DO NOTHING RETURNING name',
+        `INSERT INTO kms_key (name, algorithm, exportable, latest_version, rotation_period_seconds) VALUES ($1, $2, $3, 1, $4)
+         ON CONFLICT (name) DO NOTHING RETURNING name`,
         [name, algorithm, opts.exportable ?? false, opts.rotationPeriodSeconds ?? null],
       );
       if (r.rows.length === 0) throw new KmsError('key-exists', `key ${name} already exists`);
@@ -164,7 +166,8 @@ export class KeyRing {
     this.#master.unsealed();
     const { rows } = await this.#ctx.db.query<{ name: string }>(
       `SELECT k.name FROM kms_key k JOIN kms_key_version v ON v.name = k.name AND v.version = k.latest_version
-       WHERE k.rotation_period_seconds IS NOT NULL AND v.created_at + make_interval(secs => k.rotation_period_seconds) <= $1::timestamptz`,
+       WHERE k.rotation_period_seconds IS NOT NULL
+         AND v.created_at + make_interval(secs => k.rotation_period_seconds) <= $1::timestamptz`,
       [this.#now().toISOString()],
     );
     for (const r of rows) await this.rotate(r.name);
@@ -185,7 +188,8 @@ export class KeyRing {
         throw new KmsError('bad-request', `minimum encryption version must be 0 (latest) or ${minDec}..${row.latest_version}`);
       const period = opts.rotationPeriodSeconds === undefined ? row.rotation_period_seconds : opts.rotationPeriodSeconds;
       await tx.query(
-        'UPDATE kms_key SET min_decryption_version = $2, min_encryption_version = $3, rotation_period_seconds = $4 WHERE name = $1',
+        `UPDATE kms_key SET min_decryption_version = $2, min_encryption_version = $3, rotation_period_seconds = $4
+          WHERE name = $1`,
         [name, minDec, minEnc, period],
       );
     });
@@ -321,7 +325,8 @@ export class KeyRing {
 
   async #key(q: Queryable, name: string, opts: { forUpdate?: boolean } = {}): Promise<KeyRow> {
     const { rows } = await q.query<KeyRow>(
-      `SELECT name, algorithm, exportable, latest_version, min_decryption_version, min_encryption_version, rotation_period_seconds FROM kms_key WHERE name = $1${opts.forUpdate ? ' FOR UPDATE' : ''}`,
+      `SELECT name, algorithm, exportable, latest_version, min_decryption_version, min_encryption_version, rotation_period_seconds
+         FROM kms_key WHERE name = $1${opts.forUpdate ? ' FOR UPDATE' : ''}`,
       [name],
     );
     if (!rows[0]) throw new KmsError('unknown-key', `no key named ${name}`);
@@ -376,7 +381,8 @@ export class KeyRing {
     if (version < row.min_decryption_version)
       throw new KmsError(
         'version-below-minimum',
-        `version ${version} of key ${name} is below the minimum decryption version ${row.min_decryption_version}; rewrap data before raising the minimum`,
+        `version ${version} of key ${name} is below the minimum decryption version ${row.min_decryption_version}; ` +
+          'rewrap data before raising the minimum',
       );
     if (!row.found) throw new KmsError('unknown-key', `key ${name} has no version ${version}`);
     if (row.destroyed) {

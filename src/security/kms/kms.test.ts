@@ -178,84 +178,88 @@ describe(`KMS (${testBackend()})`, () => {
     assert.deepEqual(await counts(), before, 'sealing and unsealing write nothing');
   });
 
-  it('destroys versions only on a request two custodians signed; the certificate carries approvals anyone can check', async () => {
-    const env = await kms.encrypt('dicom', Buffer.from('to be destroyed'));
-    await assert.rejects(kms.destructionRequest({ keyName: 'dicom', versions: [2, 7], reason: 'x' }), isKms('bad-request'));
-    const request = await kms.destructionRequest({ keyName: 'dicom', versions: [1, 2], reason: 'retention ended' });
-    const r = parseRequest(request);
-    const approve = (name: string, key = custodianKeys.find((c) => c.name === name)!.key, of = r) =>
-      approveRequest(of, { approver: name, key, now: clock });
-    const [alice, bob] = [approve('alice'), approve('bob')];
-    const mallory = Sm2PrivateKey.generate();
-    const before = await counts();
-    const refused = async (approvals: DestructionApproval[], text = request, code = 'not-approved') =>
-      assert.rejects(kms.destroyVersions({ request: text, approvals }), isKms(code));
-    await refused([alice]); // one approver
-    await refused([alice, alice]); // the same custodian twice
-    await refused([alice, approve('mallory', mallory)]); // not a custodian
-    await refused([alice, approve('bob', mallory)]); // a custodian's name, another key
-    await refused([alice, approve('bob', undefined, { ...r, versions: [1] })]); // bob approved something else
-    await refused([alice, { ...bob, approver: 'carol' }]); // a signature moved to another name
-    // The request changed after approval (every approval is over its digest).
-    await refused([alice, bob], canonicalRequest({ ...r, versions: [1, 2, 3] }));
-    await refused([alice, bob], canonicalRequest({ ...r, site: 'C' }), 'bad-request');
-    const saved = clock;
-    clock = new Date(Date.parse(r.expiresAt) + 1000);
-    await refused([alice, bob]); // expired
-    clock = saved;
-    assert.deepEqual(await counts(), before, 'refused destruction writes nothing');
+  it(
+    'destroys versions only on a request two custodians signed; ' + 'the certificate carries approvals anyone can check',
+    async () => {
+      const env = await kms.encrypt('dicom', Buffer.from('to be destroyed'));
+      await assert.rejects(kms.destructionRequest({ keyName: 'dicom', versions: [2, 7], reason: 'x' }), isKms('bad-request'));
+      const request = await kms.destructionRequest({ keyName: 'dicom', versions: [1, 2], reason: 'retention ended' });
+      const r = parseRequest(request);
+      const approve = (name: string, key = custodianKeys.find((c) => c.name === name)!.key, of = r) =>
+        approveRequest(of, { approver: name, key, now: clock });
+      const [alice, bob] = [approve('alice'), approve('bob')];
+      const mallory = Sm2PrivateKey.generate();
+      const before = await counts();
+      const refused = async (approvals: DestructionApproval[], text = request, code = 'not-approved') =>
+        assert.rejects(kms.destroyVersions({ request: text, approvals }), isKms(code));
+      await refused([alice]); // one approver
+      await refused([alice, alice]); // the same custodian twice
+      await refused([alice, approve('mallory', mallory)]); // not a custodian
+      await refused([alice, approve('bob', mallory)]); // a custodian's name, another key
+      await refused([alice, approve('bob', undefined, { ...r, versions: [1] })]); // bob approved something else
+      await refused([alice, { ...bob, approver: 'carol' }]); // a signature moved to another name
+      // The request changed after approval (every approval is over its digest).
+      await refused([alice, bob], canonicalRequest({ ...r, versions: [1, 2, 3] }));
+      await refused([alice, bob], canonicalRequest({ ...r, site: 'C' }), 'bad-request');
+      const saved = clock;
+      clock = new Date(Date.parse(r.expiresAt) + 1000);
+      await refused([alice, bob]); // expired
+      clock = saved;
+      assert.deepEqual(await counts(), before, 'refused destruction writes nothing');
 
-    const { certificate: cert, wipe } = await kms.destroyVersions({ request, approvals: [alice, bob] });
-    assert.equal(wipe.rewritten, true, wipe.note);
-    const published = new Map(custodianKeys.map((c) => [c.name, c.key.publicKey]));
-    const checked = verifyCertificate(cert, { siteKey: (await kms.signingPublicKey())!, approverKeys: published });
-    assert.deepEqual([checked.valid, checked.problems], [true, []]);
-    assert.deepEqual(
-      [
-        checked.document?.keyName,
-        checked.document?.versions,
-        checked.document?.approvers,
-        checked.document?.confirmations[0]?.site,
-      ],
-      ['dicom', [1, 2], ['alice', 'bob'], 'B'],
-    );
-    assert.deepEqual(checked.approvals, [
-      { approver: 'alice', signed: true, keyMatches: true },
-      { approver: 'bob', signed: true, keyMatches: true },
-    ]);
-    // Anyone with the certificate and the custodians' keys sees a wrong key, a changed document, or approvals not over the request.
-    const wrongBob = verifyCertificate(cert, { approverKeys: new Map([...published, ['bob', mallory.publicKey]]) });
-    assert.equal(wrongBob.valid, false);
-    assert.match(wrongBob.problems.join(';'), /bob is not made with the key given for bob/);
-    assert.equal(
-      verifyCertificate({ ...cert, document: cert.document.replace('retention ended', 'retention extended') }).valid,
-      false,
-    );
-    const doc = JSON.parse(cert.document) as DestructionDocument;
-    const site = Sm2PrivateKey.generate();
-    const forgedApprovals = signCertificate({ ...doc, approvals: [alice, { ...bob, signature: alice.signature }] }, site);
-    assert.match(verifyCertificate(forgedApprovals).problems.join(';'), /approval of bob does not verify.*1 verified approver/);
-    const oldStyle = signCertificate(
-      { ...doc, type: 'medmesh-key-destruction/1', request: undefined, approvals: undefined },
-      site,
-    );
-    assert.match(verifyCertificate(oldStyle).problems.join(';'), /approvers are names only/);
+      const { certificate: cert, wipe } = await kms.destroyVersions({ request, approvals: [alice, bob] });
+      assert.equal(wipe.rewritten, true, wipe.note);
+      const published = new Map(custodianKeys.map((c) => [c.name, c.key.publicKey]));
+      const checked = verifyCertificate(cert, { siteKey: (await kms.signingPublicKey())!, approverKeys: published });
+      assert.deepEqual([checked.valid, checked.problems], [true, []]);
+      assert.deepEqual(
+        [
+          checked.document?.keyName,
+          checked.document?.versions,
+          checked.document?.approvers,
+          checked.document?.confirmations[0]?.site,
+        ],
+        ['dicom', [1, 2], ['alice', 'bob'], 'B'],
+      );
+      assert.deepEqual(checked.approvals, [
+        { approver: 'alice', signed: true, keyMatches: true },
+        { approver: 'bob', signed: true, keyMatches: true },
+      ]);
+      // Anyone with the certificate and the custodians' keys sees a wrong key, a changed document, or
+      // approvals not over the request.
+      const wrongBob = verifyCertificate(cert, { approverKeys: new Map([...published, ['bob', mallory.publicKey]]) });
+      assert.equal(wrongBob.valid, false);
+      assert.match(wrongBob.problems.join(';'), /bob is not made with the key given for bob/);
+      assert.equal(
+        verifyCertificate({ ...cert, document: cert.document.replace('retention ended', 'retention extended') }).valid,
+        false,
+      );
+      const doc = JSON.parse(cert.document) as DestructionDocument;
+      const site = Sm2PrivateKey.generate();
+      const forgedApprovals = signCertificate({ ...doc, approvals: [alice, { ...bob, signature: alice.signature }] }, site);
+      assert.match(verifyCertificate(forgedApprovals).problems.join(';'), /approval of bob does not verify.*1 verified approver/);
+      const oldStyle = signCertificate(
+        { ...doc, type: 'medmesh-key-destruction/1', request: undefined, approvals: undefined },
+        site,
+      );
+      assert.match(verifyCertificate(oldStyle).problems.join(';'), /approvers are names only/);
 
-    await assert.rejects(kms.decrypt(env), isKms('version-destroyed'));
-    await assert.rejects(kms.destroyVersions({ request, approvals: [alice, bob] }), isKms('version-destroyed'));
-    await assert.rejects(kms.rotate('dicom'), isKms('version-destroyed'), 'a destroyed key cannot be rotated back to life');
-    // Even after a restart and unseal the material is gone.
-    kms = restart();
-    for (const w of shares.slice(0, 3)) await kms.submitShare(unwrapShare(w, keyOf(w)));
-    await assert.rejects(kms.decrypt(env), isKms('version-destroyed'));
-    const { rows } = await db.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM kms_key_version WHERE name = 'dicom' AND material_wrapped IS NOT NULL",
-    );
-    assert.equal(rows[0]!.n, 0);
-    await assert.rejects(db.query('DELETE FROM kms_destruction_certificate'), /permanent records/);
-    await assert.rejects(db.query("UPDATE kms_destruction_certificate SET document = 'x'"), /permanent records/);
-    assert.equal((await kms.certificates('dicom')).length, 1);
-  });
+      await assert.rejects(kms.decrypt(env), isKms('version-destroyed'));
+      await assert.rejects(kms.destroyVersions({ request, approvals: [alice, bob] }), isKms('version-destroyed'));
+      await assert.rejects(kms.rotate('dicom'), isKms('version-destroyed'), 'a destroyed key cannot be rotated back to life');
+      // Even after a restart and unseal the material is gone.
+      kms = restart();
+      for (const w of shares.slice(0, 3)) await kms.submitShare(unwrapShare(w, keyOf(w)));
+      await assert.rejects(kms.decrypt(env), isKms('version-destroyed'));
+      const { rows } = await db.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM kms_key_version WHERE name = 'dicom' AND material_wrapped IS NOT NULL",
+      );
+      assert.equal(rows[0]!.n, 0);
+      await assert.rejects(db.query('DELETE FROM kms_destruction_certificate'), /permanent records/);
+      await assert.rejects(db.query("UPDATE kms_destruction_certificate SET document = 'x'"), /permanent records/);
+      assert.equal((await kms.certificates('dicom')).length, 1);
+    },
+  );
 
   it('stops another node of the site decrypting with a destroyed version at once, and zeroes its copy', async () => {
     await kms.createKey('lab');

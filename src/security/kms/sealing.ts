@@ -88,7 +88,8 @@ export class MasterKey {
           `the KMS of site ${this.#ctx.siteId} is already initialized; its master key cannot be replaced`,
         );
       await tx.query(
-        'INSERT INTO kms_root (site_id, cmk_id, kcv, threshold, share_count, signing_public_key, signing_private_wrapped) VALUES ($1, $2, $3, $4, $5, $6, $7)',
+        `INSERT INTO kms_root (site_id, cmk_id, kcv, threshold, share_count, signing_public_key, signing_private_wrapped)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)`,
         [
           this.#ctx.siteId,
           cmkId,
@@ -153,7 +154,8 @@ export class MasterKey {
       cmk.fill(0);
       throw new KmsError(
         'bad-share',
-        "the submitted shares do not reconstruct this site's master key (check value mismatch): one is wrong or tampered; start again",
+        "the submitted shares do not reconstruct this site's master key (check value mismatch): " +
+          'one is wrong or tampered; start again',
       );
     }
     const signing = Sm2PrivateKey.fromPem(unwrapUnder(cmk, `signing:${root.cmk_id}`, root.signing_private_wrapped));
