@@ -170,11 +170,15 @@ export const accessRoutes: FastifyPluginAsyncZod<{ access: AccessControl; identi
     '/break-glass',
     {
       config: { access: 'records' },
+      // Who may break the glass at all is decided before the body is validated: a caller who may
+      // not learns only that (403), as route access answers for the other routes.
+      preValidation: async (req, reply) => {
+        const may = access.mayBreakGlass(req.identity);
+        return may.ok ? undefined : sendProblem(req, reply, accessProblem(may.error));
+      },
       schema: { summary: 'Opens one patient for an emergency, with a reason (audited)', tags: ['access'], body: breakGlassBody },
     },
     async (req, reply) => {
-      const may = access.mayBreakGlass(req.identity);
-      if (!may.ok) return sendProblem(req, reply, accessProblem(may.error));
       const r = await access.breakGlass(req.identity, req.body);
       if (!r.ok) return sendProblem(req, reply, accessProblem(r.error));
       req.auditExtra = {

@@ -30,7 +30,8 @@ declare module 'fastify' {
 }
 
 export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): void {
-  app.addHook('preHandler', async (request, reply) => {
+  // Before route access and the route schemas (route-access.ts): sealed is the first answer.
+  app.addHook('preValidation', async (request, reply) => {
     if (!NEEDS_AUDIT.test(request.url) || opts.audit()) return;
     return sendProblem(request, reply, {
       status: 503,

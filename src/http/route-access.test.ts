@@ -16,6 +16,7 @@ const PUBLIC = [
   'GET /kms/shares',
   'GET /kms/status',
   'GET /metrics',
+  'GET /openapi.json',
   'GET /readyz',
   'POST /auth/login',
   'POST /auth/refresh',

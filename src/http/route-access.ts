@@ -1,5 +1,5 @@
 // Every route declares who may call it (`config.access`); a route that declares nothing
-// stops the server from starting. The declaration is enforced here, before any handler:
+// stops the server from starting. The declaration is enforced here, before any schema or handler:
 //   public   - anyone (health, capabilities, login, unsealing with custodian shares)
 //   records  - a signed-in caller; the records access layer decides per record and field
 //   roles    - users holding one of the roles
@@ -38,7 +38,9 @@ export function registerRouteAccess(app: FastifyInstance): void {
       );
     for (const method of [route.method].flat()) table.push({ method, url: route.url, access });
   });
-  app.addHook('preHandler', async (request, reply) => {
+  // Before the route schemas validate: a caller who may not call the route learns that (401/403),
+  // not what its request should have looked like.
+  app.addHook('preValidation', async (request, reply) => {
     if (request.is404) return;
     const access = request.routeOptions.config.access;
     if (!access) return refuse(request, reply, 403, 'route without an access declaration');
