@@ -73,8 +73,8 @@ describe(`request deadlines (${testBackend()})`, () => {
     const json = await within(fetch(`${s.base}/test/stuck`), 10_000, 'stuck JSON route');
     assert.equal(json.status, 503);
     assert.match(json.headers.get('content-type') ?? '', /^application\/json/);
-    const jb = (await json.json()) as { error: string; message: string };
-    assert.equal(jb.error, 'unavailable');
+    const jb = (await json.json()) as { code: string; message: string };
+    assert.equal(jb.code, 'unavailable');
     assert.match(jb.message, /did not finish within 2000 ms/);
     const fhir = await within(fetch(`${s.base}/fhir/R4/test/stuck`), 10_000, 'stuck FHIR route');
     assert.equal(fhir.status, 503);

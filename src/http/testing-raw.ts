@@ -73,7 +73,7 @@ export function assertRouteError(path: string, r: RawAnswer, what: string): void
     assert.equal(typeof issue.diagnostics, 'string', what);
   } else {
     assert.match(r.headers['content-type'] ?? '', /^application\/json/, what);
-    assert.equal(typeof body.error, 'string', `${what}: ${r.body}`);
+    assert.equal(typeof body.code, 'string', `${what}: ${r.body}`);
     assert.equal(typeof body.message, 'string', `${what}: ${r.body}`);
   }
 }
