@@ -170,13 +170,13 @@ export const accessRoutes: FastifyPluginAsyncZod<{ access: AccessControl; identi
     '/break-glass',
     {
       config: { access: 'records' },
-      schema: { summary: 'Opens one patient for an emergency, with a reason (audited)', tags: ['access'], body: breakGlassBody },
-      // Who may break the glass is decided before the body is checked: a caller who may not
-      // is refused as such (403), whatever they sent.
+      // Who may break the glass at all is decided before the body is validated: a caller who may
+      // not learns only that (403), as route access answers for the other routes.
       preValidation: async (req, reply) => {
         const may = access.mayBreakGlass(req.identity);
-        if (!may.ok) return sendProblem(req, reply, accessProblem(may.error));
+        return may.ok ? undefined : sendProblem(req, reply, accessProblem(may.error));
       },
+      schema: { summary: 'Opens one patient for an emergency, with a reason (audited)', tags: ['access'], body: breakGlassBody },
     },
     async (req, reply) => {
       const r = await access.breakGlass(req.identity, req.body);

@@ -29,6 +29,7 @@ import { dicomwebRoutes } from './dicomweb-routes.ts';
 import { collectionRoutes } from './collection-routes.ts';
 import type { ImagingStore } from '../imaging/index.ts';
 import { anonymousResolver, registerIdentity, type IdentityResolver } from './identity.ts';
+import { problem, sendProblem } from './outcome.ts';
 
 export const DEFAULT_BODY_LIMIT = 16 * 1024 * 1024;
 
@@ -116,7 +117,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   // 200 while the process serves HTTP; `status` says "degraded" (with what) when a replication
   // link is down or changes wait in dead letters: monitoring alerts on it, while load balancers
   // keep sending local requests (docs/operations.md, Health).
-  app.get('/healthz', { config: { access: 'public' } }, async () => {
+  const health = (summary: string) => ({ config: { access: 'public' as const }, schema: { summary, tags: ['health'] } });
+  app.get('/healthz', health('Serving, and whether degraded (replication links, dead letters), with the KMS state'), async () => {
     const kms = await opts.kms.status();
     const replication = await replicationHealth({ db: opts.db, ...(opts.replication ? { metrics: opts.replication } : {}) });
     return {
@@ -134,7 +136,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     };
   });
   // Public like health: numbers about links and queues, no data. Prometheus text format.
-  app.get('/metrics', { config: { access: 'public' } }, async (_req, reply) => {
+  app.get('/metrics', health('Counters and gauges in the Prometheus text format'), async (_req, reply) => {
     const parked = await opts.db.query<{ received: number; sent: number }>(
       `SELECT (SELECT count(*)::int FROM replication_dead_letter WHERE status <> 'skipped') AS received,
               (SELECT count(*)::int FROM replication_feed_dead_letter WHERE status <> 'skipped') AS sent`,
@@ -149,14 +151,18 @@ medmesh_replication_feed_dead_letters${site} ${parked.rows[0]?.sent ?? 0}
 `;
     return reply.type('text/plain; version=0.0.4; charset=utf-8').send(body);
   });
-  app.get('/readyz', { config: { access: 'public' } }, async (req, reply) => {
+  app.get('/readyz', health('Ready while the database answers (503 not-ready otherwise)'), async (req, reply) => {
     try {
       await opts.db.query('SELECT 1');
       return { status: 'ready', site: opts.siteId };
     } catch (e) {
       // The database's own message stays in the log: this route is public.
       req.log.warn({ err: e }, 'readiness: the database does not answer');
-      return reply.code(503).send({ status: 'not-ready', site: opts.siteId, reason: 'the database does not answer' });
+      return sendProblem(
+        req,
+        reply,
+        problem(503, 'the database does not answer', { code: 'not-ready', details: { status: 'not-ready', site: opts.siteId } }),
+      );
     }
   });
   const identity = opts.identity;

@@ -71,7 +71,12 @@ describe(`collection reports (${testBackend()})`, () => {
     assert.equal((await get('/pacs-1/20040119', s.as(['doctor']))).status, 403);
     const day = await get('/pacs-1/2004-01-19');
     assert.equal(day.status, 400);
-    assert.match(((await day.json()) as { message: string }).message, /must be YYYYMMDD/);
+    assert.deepEqual(await day.json(), {
+      code: 'bad-request',
+      message: 'params.day: must be YYYYMMDD',
+      issues: ['params.day: must be YYYYMMDD'],
+    });
+    assert.equal((await get('/pacs-1/2004-01-19', s.as(['doctor']))).status, 403, 'route access answers before the schemas');
     const unknown = await get('/nowhere/20040119');
     assert.equal(unknown.status, 404);
     assert.match(

@@ -65,8 +65,8 @@ describe(`DICOMweb with lost and damaged files (${testBackend()})`, () => {
     const r = await wado();
     assert.equal(r.exit, 0);
     assert.equal(r.status, 500);
-    const error = JSON.parse(r.body) as { error: string; message: string };
-    assert.equal(error.error, 'stored-file-missing');
+    const error = JSON.parse(r.body) as { code: string; message: string };
+    assert.equal(error.code, 'stored-file-missing');
     assert.match(error.message, new RegExp(`1 of the 3 instance file\\(s\\) .* missing .*${sop(3).replaceAll('.', '\\.')}`));
     assert.doesNotMatch(error.message, /\.mmf/, 'no blob key leaves the site');
     const report = await curl(`${s.base}/imaging/collection/pacs-1/20261101`, s.as(['administrator']));
@@ -121,8 +121,8 @@ describe(`DICOMweb with lost and damaged files (${testBackend()})`, () => {
     const repairFirst = await damage(1);
     const first = await wado();
     assert.equal(first.status, 500);
-    const error = JSON.parse(first.body) as { error: string; message: string };
-    assert.deepEqual([error.error, /MAC does not match/.test(error.message)], ['stored-file-unreadable', true]);
+    const error = JSON.parse(first.body) as { code: string; message: string };
+    assert.deepEqual([error.code, /MAC does not match/.test(error.message)], ['stored-file-unreadable', true]);
     await repairFirst();
     // The second file fails only once the first is on its way: curl must see a cut transfer
     // (exit 18), not a clean end of a shorter body.
@@ -165,14 +165,44 @@ describe(`DICOMweb with lost and damaged files (${testBackend()})`, () => {
   });
 
   it('refuses a query key with a NUL character as malformed (400), not a database error', async () => {
+    // The door refuses it (door.ts, an onRequest hook) and the app's error handler answers for DICOMweb too.
     const r = await fetch(`${s.base}/dicomweb/studies?PatientID=a%00b`, { headers: s.as(['integration']) });
     assert.equal(r.status, 400);
-    assert.deepEqual(await r.json(), { error: 'bad-request', message: 'PatientID: the value contains a NUL character' });
+    assert.deepEqual(await r.json(), {
+      code: 'bad-request',
+      message: 'the query string holds U+0000 (NUL), which is not allowed',
+    });
+  });
+
+  it('refuses a malformed path or query naming the part (400), once the caller may use images at all', async () => {
+    const get = (path: string, headers = s.as(['integration'])) => fetch(`${s.base}/dicomweb${path}`, { headers });
+    const refusal = async (r: Response) => [r.status, (await r.json()) as { code: string; message: string }] as const;
+    const [status, body] = await refusal(await get('/studies/1.2.x'));
+    assert.equal(status, 400);
+    assert.deepEqual([body.code, body.message], ['bad-request', 'params.study: must be a DICOM UID (digits and dots)']);
+    assert.deepEqual(
+      (await refusal(await get('/studies?limit=0')))[1].message,
+      'querystring.limit: must be an integer from 1 to 1000',
+    );
+    assert.deepEqual(
+      (await refusal(await get(`/studies/${STUDY}/series/1.2/instances/${sop(1)}/frames/0`)))[1].message,
+      'params.frames: must be frame numbers (from 1) separated by commas',
+    );
+    assert.deepEqual(
+      (await refusal(await get(`/studies/${STUDY}`, { ...s.as(['integration']), accept: 'x'.repeat(5000) })))[1].message,
+      'headers.accept: Too big: expected string to have <=4096 characters',
+    );
+    // A caller whose role grants nothing of images hears that first, whatever the request looks like.
+    assert.deepEqual(await refusal(await get('/studies/1.2.x', s.as(['lab']))).then(([st, b]) => [st, b.code]), [
+      403,
+      'forbidden',
+    ]);
+    assert.equal((await get('/studies/1.2.x', {})).status, 401);
   });
 
   it('labels each error answer for its status', async () => {
     const get = (path: string, headers: Record<string, string>) => fetch(`${s.base}/dicomweb${path}`, { headers });
-    const label = async (r: Response) => [r.status, ((await r.json()) as { error: string }).error];
+    const label = async (r: Response) => [r.status, ((await r.json()) as { code: string }).code];
     assert.deepEqual(await label(await get('/studies', s.as(['lab']))), [403, 'forbidden']);
     assert.deepEqual(await label(await get('/studies?Bogus=1', s.as(['integration']))), [400, 'bad-request']);
     assert.deepEqual(await label(await get('/studies/1.2.3.999', s.as(['integration']))), [404, 'not-found']);

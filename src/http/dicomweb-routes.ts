@@ -3,8 +3,10 @@
 // may do with images what their policy allows on ImagingStudy, over the studies of the patients
 // in their scope (a study is its linked Patient's); sites, routers and edges by service kind.
 // The audit hook records each request with the study or instance it touched.
-import type { FastifyInstance, FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyPluginCallbackZod } from 'fastify-type-provider-zod';
 import { Readable } from 'node:stream';
+import { z } from 'zod';
 import { patientInScope, type AccessFilter } from '../records/index.ts';
 import type { AccessControl } from '../security/access/index.ts';
 import {
@@ -25,6 +27,8 @@ import {
   type QueryLevel,
   type StoredInstance,
 } from '../imaging/index.ts';
+import { MAX_PATH_SEGMENT } from './door.ts';
+import { imagingProblem, problem, sendProblem, type Problem } from './outcome.ts';
 import { resolveRequester } from './requester.ts';
 
 export interface DicomwebRoutesOptions {
@@ -33,7 +37,7 @@ export interface DicomwebRoutesOptions {
   access?: AccessControl;
 }
 
-/** Any signed-in caller reaches the handlers; what each may do is decided there (`gate`). */
+/** Any signed-in caller reaches the routes; what each may do is decided by the route's `gate`. */
 const SIGNED_IN = { access: 'records' } as const;
 /** STOW-RS reads its upload as it arrives: a large study over a slow link takes longer than the site's request timeout. */
 const UPLOAD = { ...SIGNED_IN, timeoutMs: 30 * 60_000 } as const;
@@ -45,27 +49,63 @@ const SERVICES: Record<ImagingAction, readonly string[]> = {
   create: ['site', 'edge', 'router'],
 };
 const VERB: Record<ImagingAction, string> = { read: 'dicom-retrieve', search: 'dicom-query', create: 'dicom-store' };
-const UID = /^[0-9]+(\.[0-9]+)*$/;
 const DICOM_JSON = 'application/dicom+json';
-
-/** The `error` of each JSON error answer, by status (the same words as the other non-FHIR routes). */
-const ERROR_CODE: Record<number, string> = {
-  400: 'bad-request',
-  403: 'forbidden',
-  404: 'not-found',
-  406: 'not-acceptable',
-  409: 'conflict',
-  415: 'unsupported-media-type',
-  500: 'internal-error',
-  503: 'unavailable',
-};
+const TAGS = ['dicomweb'];
 
 /** STOW-RS failure reasons (PS3.18 Table 10.5.3-2 / PS3.4 Annex B). */
 const FAILURE = { cannotUnderstand: 0xc000 } as const;
 
-type Params = { study?: string; series?: string; instance?: string; frames?: string };
+type Params = { study?: string; series?: string; instance?: string };
+type QidoQuery = z.infer<typeof qidoQuery>;
 
-export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app, opts, done) => {
+// ---- request schemas -------------------------------------------------------------------------
+const uid = z
+  .string()
+  .max(64, 'must be a DICOM UID (at most 64 digits and dots)')
+  .regex(/^[0-9]+(\.[0-9]+)*$/, 'must be a DICOM UID (digits and dots)');
+const studyPath = z.object({ study: uid });
+const seriesPath = studyPath.extend({ series: uid });
+const instancePath = seriesPath.extend({ instance: uid });
+const framesPath = instancePath.extend({
+  frames: z
+    .string()
+    .max(MAX_PATH_SEGMENT)
+    .regex(/^0*[1-9][0-9]{0,8}(,0*[1-9][0-9]{0,8})*$/, 'must be frame numbers (from 1) separated by commas'),
+});
+/** A matching key's value (or the values of a repeated key: the first is used). */
+const matchValue = z.union([z.string().max(8192), z.array(z.string().max(8192)).max(100)], {
+  error: 'at most 100 values of one key, each at most 8192 characters',
+});
+const qidoQuery = z
+  .object({
+    limit: z.coerce
+      .number({ error: 'must be an integer from 1 to 1000' })
+      .int('must be an integer from 1 to 1000')
+      .min(1, 'must be an integer from 1 to 1000')
+      .max(1000, 'must be an integer from 1 to 1000')
+      .optional(),
+    offset: z.coerce
+      .number({ error: 'must be an integer >= 0' })
+      .int('must be an integer >= 0')
+      .min(0, 'must be an integer >= 0')
+      .max(100_000_000, 'must be at most 100000000')
+      .optional(),
+    fuzzymatching: z.literal('false', { error: 'fuzzy matching is not supported (fuzzymatching=false only)' }).optional(),
+    includefield: matchValue.optional().describe('Attributes to return beyond the defaults (comma-separated, or all)'),
+  })
+  .catchall(matchValue)
+  .describe('Matching keys by keyword or tag (PatientID=..., 00100020=...)');
+const acceptHeader = z.object({
+  accept: z.string().max(4096).optional().describe('multipart/related; type="application/dicom"[; transfer-syntax=...]'),
+});
+/** STOW-RS reads its body itself, part by part as it arrives: the schema only describes it. */
+const stowBody = z.unknown().meta({
+  type: 'string',
+  format: 'binary',
+  description: 'multipart/related; type="application/dicom": one DICOM file (Part 10) per part',
+});
+
+export const dicomwebRoutes: FastifyPluginCallbackZod<DicomwebRoutesOptions> = (app, opts, done) => {
   const store = opts.imaging;
   // Bodies are not parsed up front: STOW-RS reads its multipart body part by part as it
   // arrives (large files stream into the store), and answers 415 for a media type it does not
@@ -73,17 +113,18 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
 
-  const bad = (reply: FastifyReply, status: number, message: string, code = ERROR_CODE[status] ?? 'bad-request') =>
-    reply.code(status).type('application/json').send({ error: code, message });
-  jsonErrors(app);
+  // Refusals are Problems answered by sendProblem, and whatever a route throws reaches the app's
+  // error handler (door.ts): the JSON error shape, its code by status, for DICOMweb clients too.
+  const bad = (req: FastifyRequest, reply: FastifyReply, p: Problem) => sendProblem(req, reply, p);
   /** A stored file that cannot be served: lost or damaged at this site (500), or the KMS sealed (503). */
-  const unreadable = (reply: FastifyReply, error: ImagingError) =>
-    error.kind === 'sealed'
-      ? bad(reply, 503, error.message, 'sealed')
-      : error.kind === 'not-found'
-        ? bad(reply, 404, error.message)
-        : bad(reply, 500, error.message, 'stored-file-unreadable');
-  const uidsOk = (p: Params) => [p.study, p.series, p.instance].every((u) => u === undefined || (UID.test(u) && u.length <= 64));
+  const unreadable = (req: FastifyRequest, reply: FastifyReply, error: ImagingError) =>
+    bad(
+      req,
+      reply,
+      error.kind === 'sealed' || error.kind === 'not-found'
+        ? imagingProblem(error)
+        : problem(500, error.message, { code: 'stored-file-unreadable' }),
+    );
 
   /**
    * May the caller do `action` on images at all, and over which patients' studies? Answers the
@@ -97,7 +138,7 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
   ): Promise<AccessFilter | undefined> => {
     const refuse = async (message: string) => {
       req.auditExtra = { action: VERB[action], resource: target, detail: message };
-      await bad(reply, 403, message);
+      await bad(req, reply, problem(403, message));
       return undefined;
     };
     const who = req.identity;
@@ -112,11 +153,31 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     const scope = access.records(requester).unmaskedScope(action, 'ImagingStudy', target);
     return scope.ok ? scope.value : refuse(scope.error.issues[0]?.message ?? 'refused');
   };
+  /**
+   * The gate as a route's preValidation hook: before its schemas, so a caller who may do nothing
+   * with images learns only that (403), not what a well-formed request would have been. The
+   * scope it grants is the handler's (`scopeOf`).
+   */
+  const scopes = new WeakMap<FastifyRequest, AccessFilter>();
+  const admit = (action: ImagingAction) => async (req: FastifyRequest, reply: FastifyReply) => {
+    // The path as sent (not validated yet): it only names the target in a refusal and its audit entry.
+    const p = req.params as Params;
+    const target = action === 'read' ? `dicom:${describe(p)}` : p.study ? `dicom:study/${p.study}` : 'dicom:studies';
+    const filter = await gate(req, reply, action, target);
+    if (!filter) return reply;
+    scopes.set(req, filter);
+    return undefined;
+  };
+  const scopeOf = (req: FastifyRequest): AccessFilter => {
+    const filter = scopes.get(req);
+    if (!filter) throw new Error('a DICOMweb route without its access gate');
+    return filter;
+  };
   /** Whether the study is in the caller's scope; answers 404 or 403 (audited) when not. */
   const admitStudy = async (req: FastifyRequest, reply: FastifyReply, filter: AccessFilter, study: string): Promise<boolean> => {
     const patient = await store.studyPatient(study);
     if (patient === undefined) {
-      await bad(reply, 404, `study ${study} is not held here`);
+      await bad(req, reply, problem(404, `study ${study} is not held here`));
       return false;
     }
     if (await patientInScope(store.db, filter.rows, patient)) return true;
@@ -125,7 +186,7 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
         ? `study ${study} is not linked to a patient record yet; until it is, only those who may see every patient's images see it`
         : filter.denied.replace(/^\S+/, `study ${study}`);
     req.auditExtra = { action: VERB.read, resource: `dicom:study/${study}`, detail: message };
-    await bad(reply, 403, message);
+    await bad(req, reply, problem(403, message));
     return false;
   };
 
@@ -142,23 +203,20 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     };
 
   // ---- STOW-RS ------------------------------------------------------------------------
-  const stow = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
-    const study = req.params.study;
+  const stow = async (req: FastifyRequest, reply: FastifyReply, study: string | undefined) => {
     // Storing needs the right to create ImagingStudy, and, for a caller whose access covers
     // only some patients (a doctor's care relationship), each instance's patient in that scope,
     // as a FHIR create would: nobody files images into the record of a patient they may not touch.
-    const filter = await gate(req, reply, 'create', study ? `dicom:study/${study}` : 'dicom:studies');
-    if (!filter) return reply;
+    const filter = scopeOf(req);
     const mayStore = filter.rows.kind === 'all' ? undefined : storeScope(filter);
-    if (study !== undefined && !uidsOk(req.params)) return bad(reply, 400, `${study} is not a valid Study Instance UID`);
     const contentType = mediaParams(req.headers['content-type'] ?? '');
     if (contentType.media !== 'multipart/related')
-      return bad(reply, 415, `STOW-RS takes multipart/related, not ${contentType.media || '(no Content-Type)'}`);
+      return bad(req, reply, problem(415, `STOW-RS takes multipart/related, not ${contentType.media || '(no Content-Type)'}`));
     if (contentType.type && contentType.type !== 'application/dicom')
-      return bad(reply, 415, `STOW-RS here takes type="application/dicom" parts, not ${contentType.type}`);
+      return bad(req, reply, problem(415, `STOW-RS here takes type="application/dicom" parts, not ${contentType.type}`));
     const boundary = contentType.boundary;
-    if (!boundary) return bad(reply, 400, 'the Content-Type has no boundary parameter');
-    if (boundary.length > 70) return bad(reply, 400, 'the boundary is longer than 70 characters (RFC 2046)');
+    if (!boundary) return bad(req, reply, problem(400, 'the Content-Type has no boundary parameter'));
+    if (boundary.length > 70) return bad(req, reply, problem(400, 'the boundary is longer than 70 characters (RFC 2046)'));
     const referenced: object[] = [];
     const failed: object[] = [];
     const warnings: string[] = [];
@@ -205,7 +263,7 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
       await drain(upload);
     }
     if (malformed !== undefined) {
-      if (referenced.length === 0 && failed.length === 0) return bad(reply, 400, malformed);
+      if (referenced.length === 0 && failed.length === 0) return bad(req, reply, problem(400, malformed));
       failed.push(failure({}, FAILURE.cannotUnderstand));
       warnings.push(warning(malformed));
     }
@@ -229,102 +287,130 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     if (warnings.length) reply.header('warning', warnings);
     return reply.code(status).type(DICOM_JSON).send(body);
   };
-  app.post('/studies', { config: UPLOAD }, stow);
-  app.post<{ Params: Params }>('/studies/:study', { config: UPLOAD }, stow);
+  const stowSchema = {
+    tags: TAGS,
+    consumes: ['multipart/related'],
+    body: stowBody,
+    description:
+      'Answers 200 (all stored), 202 (some) or 409 (none) with a DICOM JSON response, a Warning header per failed part.',
+  };
+  app.post(
+    '/studies',
+    { config: UPLOAD, preValidation: admit('create'), schema: { ...stowSchema, summary: 'STOW-RS: stores DICOM instances' } },
+    (req, reply) => stow(req, reply, undefined),
+  );
+  app.post(
+    '/studies/:study',
+    {
+      config: UPLOAD,
+      preValidation: admit('create'),
+      schema: { ...stowSchema, summary: 'STOW-RS: stores DICOM instances of one study', params: studyPath },
+    },
+    (req, reply) => stow(req, reply, req.params.study),
+  );
 
   // ---- QIDO-RS ------------------------------------------------------------------------
-  const qido =
-    (level: QueryLevel) =>
-    async (req: FastifyRequest<{ Params: Params; Querystring: Record<string, string | string[]> }>, reply: FastifyReply) => {
-      const filter = await gate(req, reply, 'search', req.params.study ? `dicom:study/${req.params.study}` : 'dicom:studies');
-      if (!filter) return reply;
-      if (!uidsOk(req.params)) return bad(reply, 400, 'a UID in the path is not valid');
-      const keys: Record<string, string> = {};
-      const include: string[] = [];
-      let limit = 100;
-      let offset = 0;
-      for (const [name, raw] of Object.entries(req.query)) {
-        const values = [raw].flat();
-        if (name === 'includefield') {
-          for (const f of values.flatMap((v) => v.split(','))) {
-            if (f === 'all') include.push(...DEFAULT_RETURN[level]);
-            else {
-              const k = attributeKeyword(f);
-              if (!k) return bad(reply, 400, `includefield ${f}: not an attribute medmesh returns`);
-              include.push(k);
-            }
-          }
-        } else if (name === 'limit' || name === 'offset') {
-          const n = Number(values[0]);
-          if (!Number.isInteger(n) || n < 0 || (name === 'limit' && (n === 0 || n > 1000)))
-            return bad(reply, 400, `${name} must be an integer${name === 'limit' ? ' from 1 to 1000' : ' >= 0'}`);
-          if (name === 'limit') limit = n;
-          else offset = n;
-        } else if (name === 'fuzzymatching') {
-          if (values[0] !== 'false') return bad(reply, 400, 'fuzzymatching is not supported');
-        } else {
-          const k = attributeKeyword(name);
-          if (!k) return bad(reply, 400, `${name} is not a matching key medmesh supports`);
-          keys[k] = values[0] ?? '';
-        }
+  const qido = async (req: FastifyRequest, reply: FastifyReply, level: QueryLevel, p: Params, query: QidoQuery) => {
+    const filter = scopeOf(req);
+    const keys: Record<string, string> = {};
+    const include: string[] = [];
+    const { limit = 100, offset = 0, includefield, ...matching } = query;
+    for (const f of [includefield ?? []].flat().flatMap((v) => v.split(','))) {
+      if (f === 'all') include.push(...DEFAULT_RETURN[level]);
+      else {
+        const k = attributeKeyword(f);
+        if (!k) return bad(req, reply, problem(400, `includefield ${f}: not an attribute medmesh returns`));
+        include.push(k);
       }
-      if (req.params.study) keys.StudyInstanceUID = req.params.study;
-      if (req.params.series) keys.SeriesInstanceUID = req.params.series;
-      const found = await findImaging(store.db, level, keys, {
-        limit,
-        offset,
-        include: [...DEFAULT_RETURN[level], ...include],
-        rows: filter.rows,
-      });
-      if (!found.ok) return bad(reply, 400, found.error);
-      req.auditExtra = {
-        action: 'dicom-query',
-        ...(req.params.study ? { resource: `dicom:study/${req.params.study}` } : {}),
-        detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}`,
-      };
-      return reply.type(DICOM_JSON).send(found.value.map(toDicomJson));
+    }
+    for (const [name, raw] of Object.entries(matching)) {
+      if (name === 'fuzzymatching') continue; // false only (the schema)
+      const k = attributeKeyword(name);
+      if (!k) return bad(req, reply, problem(400, `${name} is not a matching key medmesh supports`));
+      keys[k] = [raw].flat()[0] ?? '';
+    }
+    if (p.study) keys.StudyInstanceUID = p.study;
+    if (p.series) keys.SeriesInstanceUID = p.series;
+    const found = await findImaging(store.db, level, keys, {
+      limit,
+      offset,
+      include: [...DEFAULT_RETURN[level], ...include],
+      rows: filter.rows,
+    });
+    if (!found.ok) return bad(req, reply, problem(400, found.error));
+    req.auditExtra = {
+      action: 'dicom-query',
+      ...(p.study ? { resource: `dicom:study/${p.study}` } : {}),
+      detail: `${level} ${JSON.stringify(keys)} -> ${found.value.length}`,
     };
-  app.get('/studies', { config: SIGNED_IN }, qido('STUDY'));
-  app.get('/series', { config: SIGNED_IN }, qido('SERIES'));
-  app.get('/instances', { config: SIGNED_IN }, qido('IMAGE'));
-  app.get('/studies/:study/series', { config: SIGNED_IN }, qido('SERIES'));
-  app.get('/studies/:study/instances', { config: SIGNED_IN }, qido('IMAGE'));
-  app.get('/studies/:study/series/:series/instances', { config: SIGNED_IN }, qido('IMAGE'));
+    return reply.type(DICOM_JSON).send(found.value.map(toDicomJson));
+  };
+  const searching = (summary: string) => ({
+    config: SIGNED_IN,
+    preValidation: admit('search'),
+    schema: { summary, tags: TAGS, querystring: qidoQuery },
+  });
+  app.get('/studies', searching('QIDO-RS: searches studies'), (req, reply) => qido(req, reply, 'STUDY', {}, req.query));
+  app.get('/series', searching('QIDO-RS: searches series'), (req, reply) => qido(req, reply, 'SERIES', {}, req.query));
+  app.get('/instances', searching('QIDO-RS: searches instances'), (req, reply) => qido(req, reply, 'IMAGE', {}, req.query));
+  app.get(
+    '/studies/:study/series',
+    {
+      config: SIGNED_IN,
+      preValidation: admit('search'),
+      schema: { summary: 'QIDO-RS: searches the series of a study', tags: TAGS, params: studyPath, querystring: qidoQuery },
+    },
+    (req, reply) => qido(req, reply, 'SERIES', req.params, req.query),
+  );
+  app.get(
+    '/studies/:study/instances',
+    {
+      config: SIGNED_IN,
+      preValidation: admit('search'),
+      schema: { summary: 'QIDO-RS: searches the instances of a study', tags: TAGS, params: studyPath, querystring: qidoQuery },
+    },
+    (req, reply) => qido(req, reply, 'IMAGE', req.params, req.query),
+  );
+  app.get(
+    '/studies/:study/series/:series/instances',
+    {
+      config: SIGNED_IN,
+      preValidation: admit('search'),
+      schema: { summary: 'QIDO-RS: searches the instances of a series', tags: TAGS, params: seriesPath, querystring: qidoQuery },
+    },
+    (req, reply) => qido(req, reply, 'IMAGE', req.params, req.query),
+  );
 
   // ---- WADO-RS ------------------------------------------------------------------------
   const selected = async (p: Params): Promise<StoredInstance[]> => {
     const all = await store.instances({ studyInstanceUid: p.study!, ...(p.series ? { seriesInstanceUid: p.series } : {}) });
     return p.instance ? all.filter((i) => i.sopInstanceUid === p.instance) : all;
   };
-  /** The gate, the path's UIDs and the study's scope, for every WADO-RS route; false when answered. */
-  const readable = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply): Promise<boolean> => {
-    const filter = await gate(req, reply, 'read', `dicom:${describe(req.params)}`);
-    if (!filter) return false;
-    if (!uidsOk(req.params)) {
-      await bad(reply, 400, 'a UID in the path is not valid');
-      return false;
-    }
-    return admitStudy(req, reply, filter, req.params.study!);
-  };
-  const retrieve = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
-    if (!(await readable(req, reply))) return reply;
-    const accept = acceptsDicom(req.headers.accept);
-    if (!accept.ok) return bad(reply, 406, accept.error);
-    const instances = await selected(req.params);
-    if (!instances.length) return bad(reply, 404, `nothing stored under ${describe(req.params)}`);
+  /** The study's scope, for every WADO-RS route (after the gate); false when answered. */
+  const readable = (req: FastifyRequest, reply: FastifyReply, p: Params): Promise<boolean> =>
+    admitStudy(req, reply, scopeOf(req), p.study!);
+  const retrieve = async (req: FastifyRequest, reply: FastifyReply, p: Params, acceptHeader: string | undefined) => {
+    if (!(await readable(req, reply, p))) return reply;
+    const accept = acceptsDicom(acceptHeader);
+    if (!accept.ok) return bad(req, reply, problem(406, accept.error));
+    const instances = await selected(p);
+    if (!instances.length) return bad(req, reply, problem(404, `nothing stored under ${describe(p)}`));
     const wrong =
       accept.transferSyntax && accept.transferSyntax !== '*'
         ? instances.find((i) => i.transferSyntaxUid !== accept.transferSyntax)
         : undefined;
     if (wrong)
       return bad(
+        req,
         reply,
-        406,
-        `instance ${wrong.sopInstanceUid} is stored as ${wrong.transferSyntaxUid}; medmesh returns instances as stored (transfer-syntax=* or that one)`,
+        problem(
+          406,
+          `instance ${wrong.sopInstanceUid} is stored as ${wrong.transferSyntaxUid}; medmesh returns instances as stored (transfer-syntax=* or that one)`,
+        ),
       );
     req.auditExtra = {
       action: 'dicom-retrieve',
-      resource: `dicom:${describe(req.params)}`,
+      resource: `dicom:${describe(p)}`,
       detail: `${instances.length} instance(s)`,
     };
     // What can be checked before the first byte is: every file is there, and the first one opens
@@ -332,10 +418,13 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     const missing = await store.missingFiles({ sopInstanceUids: instances.map((i) => i.sopInstanceUid) });
     if (missing.length)
       return bad(
+        req,
         reply,
-        500,
-        `${missing.length} of the ${instances.length} instance file(s) under ${describe(req.params)} are missing from this site's store (instance ${missing[0]!.sopInstanceUid}${missing.length > 1 ? ', ...' : ''}); nothing is sent rather than part of it`,
-        'stored-file-missing',
+        problem(
+          500,
+          `${missing.length} of the ${instances.length} instance file(s) under ${describe(p)} are missing from this site's store (instance ${missing[0]!.sopInstanceUid}${missing.length > 1 ? ', ...' : ''}); nothing is sent rather than part of it`,
+          { code: 'stored-file-missing' },
+        ),
       );
     // The next instances are fetched (and decrypted, on the store's worker threads) while one is sent.
     const AHEAD = 2;
@@ -346,7 +435,7 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     };
     const queue = instances.slice(0, AHEAD).map((_, k) => read(k));
     const first = await queue[0]!;
-    if (!first.ok) return unreadable(reply, first.error);
+    if (!first.ok) return unreadable(req, reply, first.error);
     // Past the first byte, a file that fails (damaged or removed meanwhile) ends the stream with
     // an error, and Fastify aborts the response: the client sees a broken transfer, never a
     // clean short body or bytes that fail their checksum.
@@ -367,32 +456,30 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     const body = multipartRelated('application/dicom', parts);
     return reply.type(body.contentType).send(Readable.from(body.body));
   };
-  const metadata = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
-    if (!(await readable(req, reply))) return reply;
-    const instances = await selected(req.params);
-    if (!instances.length) return bad(reply, 404, `nothing stored under ${describe(req.params)}`);
+  const metadata = async (req: FastifyRequest, reply: FastifyReply, p: Params) => {
+    if (!(await readable(req, reply, p))) return reply;
+    const instances = await selected(p);
+    if (!instances.length) return bad(req, reply, problem(404, `nothing stored under ${describe(p)}`));
     req.auditExtra = {
       action: 'dicom-metadata',
-      resource: `dicom:${describe(req.params)}`,
+      resource: `dicom:${describe(p)}`,
       detail: `${instances.length} instance(s)`,
     };
     return reply.type(DICOM_JSON).send(instances.map((i) => i.attributes));
   };
-  const frames = async (req: FastifyRequest<{ Params: Params }>, reply: FastifyReply) => {
-    if (!(await readable(req, reply))) return reply;
-    const wanted = (req.params.frames ?? '').split(',').map(Number);
-    if (!wanted.length || wanted.some((n) => !Number.isInteger(n) || n < 1))
-      return bad(reply, 400, `frame list ${req.params.frames ?? ''} must be positive integers separated by commas`);
-    const [instance] = await selected(req.params);
-    if (!instance) return bad(reply, 404, `nothing stored under ${describe(req.params)}`);
+  const frames = async (req: FastifyRequest, reply: FastifyReply, p: Params & { frames: string }) => {
+    if (!(await readable(req, reply, p))) return reply;
+    const wanted = p.frames.split(',').map(Number);
+    const [instance] = await selected(p);
+    if (!instance) return bad(req, reply, problem(404, `nothing stored under ${describe(p)}`));
     const r = await store.read(instance.sopInstanceUid);
-    if (!r.ok) return unreadable(reply, r.error);
+    if (!r.ok) return unreadable(req, reply, r.error);
     const count = instance.attributes['00280008']?.Value?.[0];
     const cut = extractFrames(r.value.file, count === undefined ? null : Number(count), wanted);
-    if (!cut.ok) return bad(reply, cut.status, cut.error);
+    if (!cut.ok) return bad(req, reply, problem(cut.status, cut.error));
     req.auditExtra = {
       action: 'dicom-retrieve',
-      resource: `dicom:${describe(req.params)}`,
+      resource: `dicom:${describe(p)}`,
       detail: `frames ${wanted.join(',')}`,
     };
     const body = multipartRelated(
@@ -401,34 +488,47 @@ export const dicomwebRoutes: FastifyPluginCallback<DicomwebRoutesOptions> = (app
     );
     return reply.type(body.contentType).send(Readable.from(body.body));
   };
-  app.get('/studies/:study', { config: SIGNED_IN }, retrieve);
-  app.get('/studies/:study/series/:series', { config: SIGNED_IN }, retrieve);
-  app.get('/studies/:study/series/:series/instances/:instance', { config: SIGNED_IN }, retrieve);
-  app.get('/studies/:study/metadata', { config: SIGNED_IN }, metadata);
-  app.get('/studies/:study/series/:series/metadata', { config: SIGNED_IN }, metadata);
-  app.get('/studies/:study/series/:series/instances/:instance/metadata', { config: SIGNED_IN }, metadata);
-  app.get('/studies/:study/series/:series/instances/:instance/frames/:frames', { config: SIGNED_IN }, frames);
+  const retrieving = <P extends z.ZodType>(summary: string, params: P) => ({
+    config: SIGNED_IN,
+    preValidation: admit('read'),
+    schema: { summary, tags: TAGS, params, headers: acceptHeader },
+  });
+  app.get('/studies/:study', retrieving('WADO-RS: retrieves a study', studyPath), (req, reply) =>
+    retrieve(req, reply, req.params, req.headers.accept),
+  );
+  app.get('/studies/:study/series/:series', retrieving('WADO-RS: retrieves a series', seriesPath), (req, reply) =>
+    retrieve(req, reply, req.params, req.headers.accept),
+  );
+  app.get(
+    '/studies/:study/series/:series/instances/:instance',
+    retrieving('WADO-RS: retrieves an instance', instancePath),
+    (req, reply) => retrieve(req, reply, req.params, req.headers.accept),
+  );
+  const describing = <P extends z.ZodType>(summary: string, params: P) => ({
+    config: SIGNED_IN,
+    preValidation: admit('read'),
+    schema: { summary, tags: TAGS, params },
+  });
+  app.get('/studies/:study/metadata', describing('WADO-RS: the metadata of a study (DICOM JSON)', studyPath), (req, reply) =>
+    metadata(req, reply, req.params),
+  );
+  app.get(
+    '/studies/:study/series/:series/metadata',
+    describing('WADO-RS: the metadata of a series (DICOM JSON)', seriesPath),
+    (req, reply) => metadata(req, reply, req.params),
+  );
+  app.get(
+    '/studies/:study/series/:series/instances/:instance/metadata',
+    describing('WADO-RS: the metadata of an instance (DICOM JSON)', instancePath),
+    (req, reply) => metadata(req, reply, req.params),
+  );
+  app.get(
+    '/studies/:study/series/:series/instances/:instance/frames/:frames',
+    describing('WADO-RS: frames of an uncompressed instance', framesPath),
+    (req, reply) => frames(req, reply, req.params),
+  );
   done();
 };
-
-/**
- * Errors thrown in a plugin's routes (Fastify's own, or a failure nobody expected) in the JSON
- * error shape of the non-FHIR routes, not the FHIR OperationOutcome the app answers with
- * elsewhere; a 500 says no more than that (the error itself goes to the log).
- */
-export function jsonErrors(app: FastifyInstance): void {
-  app.setErrorHandler((err: Error & { statusCode?: number }, req, reply) => {
-    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (status === 500) req.log.error({ err }, 'unhandled error');
-    return reply
-      .code(status)
-      .type('application/json')
-      .send({
-        error: ERROR_CODE[status] ?? (status === 413 ? 'too-large' : 'bad-request'),
-        message: status === 500 ? `internal error; the request id ${req.id} is in the log` : err.message,
-      });
-  });
-}
 
 function failure(f: { sopClassUid?: string; sopInstanceUid?: string }, reason: number): object {
   return {

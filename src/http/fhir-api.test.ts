@@ -209,6 +209,29 @@ describe(`FHIR REST API (${testBackend()})`, () => {
     assert.deepEqual(await s.counts(), before, 'no bad request wrote anything');
   });
 
+  it('refuses a request part beyond its schema with an OperationOutcome naming the part (400), after access', async () => {
+    const repeated = Array.from({ length: 101 }, (_, i) => `_id=p${i}`).join('&');
+    const many = await req('GET', `/Patient?${repeated}`);
+    assert.equal(many.status, 400);
+    assert.deepEqual((many.json as unknown as OperationOutcome).issue, [
+      {
+        severity: 'error',
+        code: 'invalid',
+        diagnostics: 'querystring._id: at most 100 values of one parameter, each at most 8192 characters',
+      },
+    ]);
+    const longMatch = await req('PUT', '/Patient/p1', gz(13), { 'if-match': `W/"${'1'.repeat(300)}"` });
+    assert.equal(longMatch.status, 400);
+    assert.match(
+      (longMatch.json as unknown as OperationOutcome).issue[0]!.diagnostics!,
+      /^headers\.if-match: Too big: expected string to have <=200 characters$/,
+    );
+    // A caller the access layer refuses learns that, not the request's shape.
+    const refused = await fetch(`${s.fhir}/Patient?${repeated}`, { headers: s.as(['janitor']) });
+    assert.equal(refused.status, 403);
+    assert.equal(((await refused.json()) as OperationOutcome).issue[0]!.code, 'forbidden');
+  });
+
   it('survives garbage without a 5xx', async () => {
     const bodies = [
       'null',

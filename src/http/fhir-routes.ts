@@ -1,8 +1,10 @@
 // FHIR R4 REST API as a Fastify plugin (mounted at /fhir/R4). Routes stay thin: parse
 // HTTP, call the caller's access-controlled view of the record store, map its result to HTTP.
 // No route here touches the record store directly.
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { Resource } from '@medplum/fhirtypes';
+import { z } from 'zod';
 import {
   processBundle,
   stripEtag,
@@ -14,7 +16,8 @@ import {
 import type { AccessControl, RecordAccess } from '../security/access/index.ts';
 import { resolveRequester } from './requester.ts';
 import { buildCapabilityStatement } from './capability.ts';
-import { FHIR_JSON, outcomeOf, statusOf } from './outcome.ts';
+import { MAX_PATH_SEGMENT } from './door.ts';
+import { FHIR_JSON, recordProblem, sendProblem, statusOf } from './outcome.ts';
 
 export interface FhirRoutesOptions {
   access: AccessControl;
@@ -24,16 +27,64 @@ export interface FhirRoutesOptions {
   version: string;
 }
 
-type TypeParams = { type: string };
-type IdParams = { type: string; id: string };
-type VersionParams = { type: string; id: string; vid: string };
+// ---- request schemas: what the HTTP layer bounds; the record store validates the rest ----------
+// (resource types, ids, search parameters and resources, each refusal an OperationOutcome).
+const segment = z.string().min(1).max(MAX_PATH_SEGMENT);
+const typeParams = z.object({ type: segment.describe('A FHIR resource type (Patient, Observation, ...)') });
+const idParams = typeParams.extend({ id: segment.describe('A FHIR id') });
+const versionParams = idParams.extend({ vid: segment.describe('A version id') });
+/** Most values of one repeated search parameter, and most parameters in one query. */
+const MAX_REPEATS = 100;
+const MAX_PARAMETERS = 100;
+const searchValue = z.union([z.string().max(8192), z.array(z.string().max(8192)).max(MAX_REPEATS)], {
+  error: `at most ${MAX_REPEATS} values of one parameter, each at most 8192 characters`,
+});
+/**
+ * FHIR search parameters are open-ended (every indexed parameter of the type, with modifiers):
+ * the store parses them (from the URL, in order) and words its refusals. The named ones are
+ * here for the API document; all are bounded alike.
+ */
+const parameters = (named: Record<string, string>) =>
+  z
+    .object(Object.fromEntries(Object.entries(named).map(([k, d]) => [k, searchValue.optional().describe(d)])))
+    .catchall(searchValue)
+    .refine((q) => Object.keys(q).length <= MAX_PARAMETERS, `at most ${MAX_PARAMETERS} parameters`);
+const searchQuery = parameters({
+  _id: 'Resource ids (comma-separated)',
+  _lastUpdated: 'Last update (prefixed date, e.g. ge2024-01-01)',
+  _count: 'Page size',
+  _offset: 'Page offset',
+  _sort: 'Sort order (comma-separated, - for descending)',
+  _summary: 'count: the total only',
+  _total: 'none, estimate or accurate',
+}).describe('FHIR search parameters of the type (name[:modifier]=value)');
+const historyQuery = parameters({
+  _count: 'Page size (1-1000)',
+  _offset: 'Page offset',
+  _since: 'Versions since this instant',
+}).describe('History parameters');
+const purposeHeader = z.object({
+  'x-medmesh-purpose': z.string().max(200).optional().describe('Purpose of use (treatment, emergency, research, ...)'),
+});
+const createHeaders = purposeHeader.extend({
+  'if-none-exist': z.string().max(8192).optional().describe('Conditional create: a search that must find nothing'),
+  prefer: z.string().max(200).optional().describe('return=minimal: no resource in the answer'),
+});
+const updateHeaders = purposeHeader.extend({
+  'if-match': z.string().max(200).optional().describe('The version the update is based on (W/"n")'),
+  prefer: z.string().max(200).optional().describe('return=minimal: no resource in the answer'),
+});
+/** A resource or a Bundle: validated by the record store (R4 rules, OperationOutcome with expressions). */
+const resourceBody = z.unknown().meta({ type: 'object', description: 'A FHIR R4 resource (JSON)' });
 
-const RECORDS = { config: { access: 'records' } } as const;
+const RECORDS = { access: 'records' } as const;
+const TAGS = ['fhir'];
 
-export const fhirRoutes: FastifyPluginAsync<FhirRoutesOptions> = async (app, opts) => {
+export const fhirRoutes: FastifyPluginAsyncZod<FhirRoutesOptions> = async (app, opts) => {
   const baseUrl = (req: FastifyRequest) => `${req.protocol}://${req.host}/fhir/R4`;
-  // Who is asking and for what purpose, once per request; the record view enforces the rest.
-  app.addHook('preHandler', async (req, reply) => {
+  // Who is asking and for what purpose, once per request (before the route's schemas: a caller
+  // refused here learns only that); the record view enforces the rest.
+  app.addHook('preValidation', async (req, reply) => {
     if (req.routeOptions.config.access === 'records') await resolveRequester(opts.access, req, reply);
   });
   const records = (req: FastifyRequest): RecordAccess => {
@@ -41,87 +92,201 @@ export const fhirRoutes: FastifyPluginAsync<FhirRoutesOptions> = async (app, opt
     return opts.access.records(req.requester);
   };
 
-  app.get('/metadata', { config: { access: 'public' } }, async (req, reply) =>
-    send(
-      reply,
-      200,
-      buildCapabilityStatement({
-        searchParams: opts.searchParams,
-        siteId: opts.siteId,
-        regionId: opts.regionId,
-        baseUrl: baseUrl(req),
-        version: opts.version,
-      }),
-    ),
+  app.get(
+    '/metadata',
+    { config: { access: 'public' }, schema: { summary: 'The CapabilityStatement of this site', tags: TAGS } },
+    async (req, reply) =>
+      send(
+        reply,
+        200,
+        buildCapabilityStatement({
+          searchParams: opts.searchParams,
+          siteId: opts.siteId,
+          regionId: opts.regionId,
+          baseUrl: baseUrl(req),
+          version: opts.version,
+        }),
+      ),
   );
 
-  app.post('/', RECORDS, async (req, reply) => {
-    const r = await processBundle(records(req), req.body, { baseUrl: baseUrl(req), statusOf });
-    return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
-  });
+  app.post(
+    '/',
+    {
+      config: RECORDS,
+      schema: {
+        summary: 'A batch or transaction Bundle',
+        tags: TAGS,
+        headers: purposeHeader,
+        body: resourceBody,
+        consumes: ['application/fhir+json'],
+      },
+    },
+    async (req, reply) => {
+      const r = await processBundle(records(req), req.body, { baseUrl: baseUrl(req), statusOf });
+      return r.ok ? send(reply, 200, r.value) : sendError(req, reply, r.error);
+    },
+  );
 
-  app.get<{ Params: TypeParams }>('/:type', RECORDS, async (req, reply) => {
-    const r = await records(req).search(req.params.type, queryPairs(req), { baseUrl: baseUrl(req) });
-    return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
-  });
+  app.get(
+    '/:type',
+    {
+      config: RECORDS,
+      schema: {
+        summary: 'Searches a resource type',
+        tags: TAGS,
+        params: typeParams,
+        querystring: searchQuery,
+        headers: purposeHeader,
+      },
+    },
+    async (req, reply) => {
+      const r = await records(req).search(req.params.type, queryPairs(req), { baseUrl: baseUrl(req) });
+      return r.ok ? send(reply, 200, r.value) : sendError(req, reply, r.error);
+    },
+  );
 
-  app.post<{ Params: TypeParams }>('/:type/_search', RECORDS, async (req, reply) => {
-    const form = typeof req.body === 'string' ? [...new URLSearchParams(req.body)] : [];
-    const r = await records(req).search(req.params.type, [...queryPairs(req), ...form], { baseUrl: baseUrl(req) });
-    return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
-  });
+  app.post(
+    '/:type/_search',
+    {
+      config: RECORDS,
+      schema: {
+        summary: 'Searches a resource type, the parameters in a form body (and the URL)',
+        tags: TAGS,
+        params: typeParams,
+        querystring: searchQuery,
+        headers: purposeHeader,
+        // The form is read as text and parsed with the URL's parameters, in order.
+        body: z.unknown().meta({ type: 'string', description: 'Search parameters (application/x-www-form-urlencoded)' }),
+        consumes: ['application/x-www-form-urlencoded'],
+      },
+    },
+    async (req, reply) => {
+      const form = typeof req.body === 'string' ? [...new URLSearchParams(req.body)] : [];
+      const r = await records(req).search(req.params.type, [...queryPairs(req), ...form], { baseUrl: baseUrl(req) });
+      return r.ok ? send(reply, 200, r.value) : sendError(req, reply, r.error);
+    },
+  );
 
-  app.post<{ Params: TypeParams }>('/:type', RECORDS, async (req, reply) => {
-    const ifNoneExist = header(req, 'if-none-exist');
-    const r = await records(req).create(req.params.type, req.body, ifNoneExist !== undefined ? { ifNoneExist } : {});
-    return sendWrite(req, reply, r);
-  });
+  app.post(
+    '/:type',
+    {
+      config: RECORDS,
+      schema: {
+        summary: 'Creates a resource (If-None-Exist: conditionally)',
+        tags: TAGS,
+        params: typeParams,
+        headers: createHeaders,
+        body: resourceBody,
+        consumes: ['application/fhir+json'],
+      },
+    },
+    async (req, reply) => {
+      const ifNoneExist = req.headers['if-none-exist'];
+      const r = await records(req).create(req.params.type, req.body, ifNoneExist !== undefined ? { ifNoneExist } : {});
+      return sendWrite(req, reply, r);
+    },
+  );
 
-  app.get<{ Params: TypeParams }>('/:type/_history', RECORDS, async (req, reply) => {
-    const h = historyOptions(req);
-    if (!h.ok) return sendError(reply, h.error);
-    const r = await records(req).history(req.params.type, undefined, { ...h.value, baseUrl: baseUrl(req) });
-    return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
-  });
+  app.get(
+    '/:type/_history',
+    {
+      config: RECORDS,
+      schema: {
+        summary: 'The history of a resource type',
+        tags: TAGS,
+        params: typeParams,
+        querystring: historyQuery,
+        headers: purposeHeader,
+      },
+    },
+    async (req, reply) => {
+      const h = historyOptions(req);
+      if (!h.ok) return sendError(req, reply, h.error);
+      const r = await records(req).history(req.params.type, undefined, { ...h.value, baseUrl: baseUrl(req) });
+      return r.ok ? send(reply, 200, r.value) : sendError(req, reply, r.error);
+    },
+  );
 
-  app.get<{ Params: IdParams }>('/:type/:id', RECORDS, async (req, reply) => {
-    const r = await records(req).read(req.params.type, req.params.id);
-    return r.ok ? sendResource(reply, 200, r.value) : sendError(reply, r.error);
-  });
+  app.get(
+    '/:type/:id',
+    { config: RECORDS, schema: { summary: 'Reads a resource', tags: TAGS, params: idParams, headers: purposeHeader } },
+    async (req, reply) => {
+      const r = await records(req).read(req.params.type, req.params.id);
+      return r.ok ? sendResource(reply, 200, r.value) : sendError(req, reply, r.error);
+    },
+  );
 
-  app.put<{ Params: IdParams }>('/:type/:id', RECORDS, async (req, reply) => {
-    const ifMatch = header(req, 'if-match');
-    const r = await records(req).update(
-      req.params.type,
-      req.params.id,
-      req.body,
-      ifMatch !== undefined ? { ifMatch: stripEtag(ifMatch) } : {},
-    );
-    return sendWrite(req, reply, r);
-  });
+  app.put(
+    '/:type/:id',
+    {
+      config: RECORDS,
+      schema: {
+        summary: 'Updates (or creates) a resource (If-Match: only at that version)',
+        tags: TAGS,
+        params: idParams,
+        headers: updateHeaders,
+        body: resourceBody,
+        consumes: ['application/fhir+json'],
+      },
+    },
+    async (req, reply) => {
+      const ifMatch = req.headers['if-match'];
+      const r = await records(req).update(
+        req.params.type,
+        req.params.id,
+        req.body,
+        ifMatch !== undefined ? { ifMatch: stripEtag(ifMatch) } : {},
+      );
+      return sendWrite(req, reply, r);
+    },
+  );
 
-  app.delete<{ Params: IdParams }>('/:type/:id', RECORDS, async (req, reply) => {
-    const r = await records(req).delete(req.params.type, req.params.id);
-    return r.ok ? reply.code(204).send() : sendError(reply, r.error);
-  });
+  app.delete(
+    '/:type/:id',
+    { config: RECORDS, schema: { summary: 'Deletes a resource', tags: TAGS, params: idParams, headers: purposeHeader } },
+    async (req, reply) => {
+      const r = await records(req).delete(req.params.type, req.params.id);
+      return r.ok ? reply.code(204).send() : sendError(req, reply, r.error);
+    },
+  );
 
-  app.get<{ Params: IdParams }>('/:type/:id/_history', RECORDS, async (req, reply) => {
-    const h = historyOptions(req);
-    if (!h.ok) return sendError(reply, h.error);
-    const r = await records(req).history(req.params.type, req.params.id, { ...h.value, baseUrl: baseUrl(req) });
-    return r.ok ? send(reply, 200, r.value) : sendError(reply, r.error);
-  });
+  app.get(
+    '/:type/:id/_history',
+    {
+      config: RECORDS,
+      schema: {
+        summary: 'The history of a resource',
+        tags: TAGS,
+        params: idParams,
+        querystring: historyQuery,
+        headers: purposeHeader,
+      },
+    },
+    async (req, reply) => {
+      const h = historyOptions(req);
+      if (!h.ok) return sendError(req, reply, h.error);
+      const r = await records(req).history(req.params.type, req.params.id, { ...h.value, baseUrl: baseUrl(req) });
+      return r.ok ? send(reply, 200, r.value) : sendError(req, reply, r.error);
+    },
+  );
 
-  app.get<{ Params: VersionParams }>('/:type/:id/_history/:vid', RECORDS, async (req, reply) => {
-    const r = await records(req).vread(req.params.type, req.params.id, req.params.vid);
-    return r.ok ? sendResource(reply, 200, r.value) : sendError(reply, r.error);
-  });
+  app.get(
+    '/:type/:id/_history/:vid',
+    {
+      config: RECORDS,
+      schema: { summary: 'Reads a version of a resource', tags: TAGS, params: versionParams, headers: purposeHeader },
+    },
+    async (req, reply) => {
+      const r = await records(req).vread(req.params.type, req.params.id, req.params.vid);
+      return r.ok ? sendResource(reply, 200, r.value) : sendError(req, reply, r.error);
+    },
+  );
 
   await Promise.resolve();
 };
 
 function sendWrite(req: FastifyRequest, reply: FastifyReply, r: Result<WriteOutcome>): FastifyReply {
-  if (!r.ok) return sendError(reply, r.error);
+  if (!r.ok) return sendError(req, reply, r.error);
   const { resource, status } = r.value;
   const code = status === 'created' ? 201 : 200;
   reply.header(
@@ -150,10 +315,11 @@ export function send(reply: FastifyReply, code: number, body: unknown): FastifyR
   return reply.code(code).type(FHIR_JSON).send(body);
 }
 
-export function sendError(reply: FastifyReply, error: RecordError): FastifyReply {
+/** A record store's refusal as its OperationOutcome; a misdirected write names the site that takes it. */
+function sendError(req: FastifyRequest, reply: FastifyReply, error: RecordError): FastifyReply {
   if (error.activeSite)
     reply.header('x-medmesh-active-site', error.activeSite.id).header('x-medmesh-active-site-url', error.activeSite.url);
-  return send(reply, statusOf(error), outcomeOf(error));
+  return sendProblem(req, reply, recordProblem(error));
 }
 
 function header(req: FastifyRequest, name: string): string | undefined {

@@ -2,8 +2,9 @@
 // this site's own changes, filtered to what the asking site may hold, sealed to its key. A
 // change that cannot be sent is parked here (feed dead letters), logged and counted; the
 // page carries the rest. Operators see and settle dead letters of both directions.
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
 import { reasonOf } from '../common/index.ts';
-import type { FastifyPluginAsync } from 'fastify';
 import { OUTBOX_CHANNEL, type Db } from '../db/index.ts';
 import type { Region } from '../region/index.ts';
 import {
@@ -25,6 +26,7 @@ import {
 import type { Sm2PrivateKey } from '../security/crypto/index.ts';
 import type { RecordsContext } from '../records/index.ts';
 import { actorId, peerSiteOf } from './identity.ts';
+import { problem, sendProblem } from './outcome.ts';
 import type { IdentityService } from '../security/identity/index.ts';
 
 export interface ReplicationRoutesOptions {
@@ -50,7 +52,40 @@ const BACKLOG_EVERY_MS = 5000;
 /** Long polls look again this often even without a notification. */
 const POLL_FALLBACK_MS = 100;
 
-export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = async (app, opts) => {
+const changesQuery = z.object({
+  after: z
+    .string()
+    .regex(/^\d{1,20}:\d{1,20}$/, 'a cursor <txid>:<pos>')
+    .default('0:0')
+    .describe('The cursor of the last page applied (0:0 from the start)'),
+  limit: z.coerce
+    .number({ error: 'an integer from 1 to 5000' })
+    .int('an integer from 1 to 5000')
+    .min(1, 'an integer from 1 to 5000')
+    .max(5000, 'an integer from 1 to 5000')
+    .default(500)
+    .describe('Most changes in the page'),
+  wait: z.coerce
+    .number({ error: `seconds from 0 to ${MAX_WAIT_S}` })
+    .min(0, `seconds from 0 to ${MAX_WAIT_S}`)
+    .max(MAX_WAIT_S, `seconds from 0 to ${MAX_WAIT_S}`)
+    .default(0)
+    .describe('How long to wait for a change (long poll)'),
+});
+const listQuery = z.object({
+  all: z.enum(['true', 'false']).optional().describe('true: skipped dead letters too'),
+});
+const changeParams = z.object({
+  changeId: z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, 'a change id (a UUID)'),
+});
+const SKIP_REASON = 'say why this change is skipped (at least 10 characters)';
+const skipBody = z.object(
+  { reason: z.string({ error: SKIP_REASON }).trim().min(10, SKIP_REASON).max(2000) },
+  { error: `send {"reason": "..."}: ${SKIP_REASON}` },
+);
+const TAGS = ['replication'];
+
+export const replicationRoutes: FastifyPluginAsyncZod<ReplicationRoutesOptions> = async (app, opts) => {
   // A closing server ends its long polls at once instead of holding shutdown for their wait.
   let stopping = false;
   const waiters = new Set<() => void>();
@@ -98,31 +133,25 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
       const timer = setTimeout(done, ms);
       waiters.add(done);
     });
-  app.get<{ Querystring: { after?: string; limit?: string; wait?: string } }>(
+  app.get(
     '/changes',
-    { config: { access: { services: ['site'] } } },
+    {
+      config: { access: { services: ['site'] } },
+      schema: {
+        summary: "A page of this site's changes for the asking peer site, sealed to its key (long poll)",
+        description: 'Peer sites only. The answer is an application/octet-stream sealed page (replication/wire.ts).',
+        tags: TAGS,
+        querystring: changesQuery,
+      },
+    },
     async (req, reply) => {
       const peer = peerSiteOf(req, reply, opts.region, opts.siteId);
       if (!peer) return reply;
-      const m = /^(\d{1,20}):(\d{1,20})$/.exec(req.query.after ?? '0:0');
-      const limit = Number(req.query.limit ?? 500);
-      const wait = Number(req.query.wait ?? 0);
-      if (
-        !m ||
-        !Number.isInteger(limit) ||
-        limit < 1 ||
-        limit > 5000 ||
-        !Number.isFinite(wait) ||
-        wait < 0 ||
-        wait > MAX_WAIT_S
-      ) {
-        return reply
-          .code(400)
-          .send({ error: 'bad-request', message: `after=<txid>:<pos>, limit 1-5000, wait 0-${MAX_WAIT_S} seconds` });
-      }
+      const [txid, pos] = req.query.after.split(':') as [string, string];
+      const { limit, wait } = req.query;
       const receiverKey = await opts.identity.servicePublicKey(peer);
-      if (!receiverKey) return reply.code(403).send({ error: 'forbidden', message: `no key registered for site ${peer}` });
-      const after: Cursor = { txid: m[1]!, pos: m[2]! };
+      if (!receiverKey) return sendProblem(req, reply, problem(403, `no key registered for site ${peer}`));
+      const after: Cursor = { txid, pos };
       const deadline = Date.now() + wait * 1000;
       let closed = false;
       reply.raw.once('close', () => {
@@ -161,9 +190,11 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
       }
       const senderKey = opts.signer();
       if (!senderKey)
-        return reply
-          .code(503)
-          .send({ error: 'sealed', message: `site ${opts.siteId} is sealed: unseal its KMS to serve the changefeed` });
+        return sendProblem(
+          req,
+          reply,
+          problem(503, `site ${opts.siteId} is sealed: unseal its KMS to serve the changefeed`, { code: 'sealed' }),
+        );
       const backlog = page.more ? await backlogFor(peer, page.next) : 0;
       return reply
         .type('application/octet-stream')
@@ -189,70 +220,66 @@ export const replicationRoutes: FastifyPluginAsync<ReplicationRoutesOptions> = a
     records: opts.records,
   });
 
-  app.get<{ Querystring: { all?: string } }>('/dead-letters', { config: { access: OPERATORS } }, (req) =>
-    listDeadLetters(opts.db, { includeSkipped: req.query.all === 'true' }),
+  const settled = (summary: string) => ({ config: { access: OPERATORS }, schema: { summary, tags: TAGS, params: changeParams } });
+  const skipping = (summary: string) => ({
+    config: { access: OPERATORS },
+    schema: { summary, tags: TAGS, params: changeParams, body: skipBody },
+  });
+
+  app.get(
+    '/dead-letters',
+    {
+      config: { access: OPERATORS },
+      schema: { summary: 'Changes received that are parked here', tags: TAGS, querystring: listQuery },
+    },
+    (req) => listDeadLetters(opts.db, { includeSkipped: req.query.all === 'true' }),
   );
 
-  app.post<{ Params: { changeId: string } }>(
-    '/dead-letters/:changeId/retry',
-    { config: { access: OPERATORS } },
-    async (req, reply) => {
-      const r = await retryDeadLetter(applyCtx(), req.params.changeId);
-      req.auditExtra = { action: 'dead-letter-retry', resource: `change/${req.params.changeId}` };
-      return r.ok ? r : reply.code(409).send({ error: 'not-applied', message: r.error });
-    },
-  );
+  app.post('/dead-letters/:changeId/retry', settled('Applies a parked change again'), async (req, reply) => {
+    const r = await retryDeadLetter(applyCtx(), req.params.changeId);
+    req.auditExtra = { action: 'dead-letter-retry', resource: `change/${req.params.changeId}` };
+    return r.ok ? r : sendProblem(req, reply, problem(409, r.error, { code: 'not-applied' }));
+  });
 
-  app.post<{ Params: { changeId: string }; Body: { reason?: unknown } | undefined }>(
-    '/dead-letters/:changeId/skip',
-    { config: { access: OPERATORS } },
-    async (req, reply) => {
-      const reason = req.body?.reason;
-      if (typeof reason !== 'string' || reason.trim().length < 10)
-        return reply
-          .code(400)
-          .send({ error: 'bad-request', message: 'reason: say why this change is skipped (at least 10 characters)' });
-      const r = await skipDeadLetter(applyCtx(), req.params.changeId, { reason: reason.trim(), by: actorId(req.identity) });
-      req.auditExtra = {
-        action: 'dead-letter-skip',
-        resource: `change/${req.params.changeId}`,
-        detail: `skipped: ${reason.trim().slice(0, 500)}`,
-      };
-      return r.ok ? r : reply.code(404).send({ error: 'not-found', message: r.error });
-    },
-  );
+  app.post('/dead-letters/:changeId/skip', skipping('Gives up on a parked change, with the reason'), async (req, reply) => {
+    const { reason } = req.body;
+    const r = await skipDeadLetter(applyCtx(), req.params.changeId, { reason, by: actorId(req.identity) });
+    req.auditExtra = {
+      action: 'dead-letter-skip',
+      resource: `change/${req.params.changeId}`,
+      detail: `skipped: ${reason.slice(0, 500)}`,
+    };
+    return r.ok ? r : sendProblem(req, reply, problem(404, r.error));
+  });
 
   // This site's own changes that could not be sent (parked at the sender, or waiting behind one).
-  app.get<{ Querystring: { all?: string } }>('/feed/dead-letters', { config: { access: OPERATORS } }, (req) =>
-    listFeedDeadLetters(opts.db, { includeSkipped: req.query.all === 'true' }),
-  );
-
-  app.post<{ Params: { changeId: string } }>(
-    '/feed/dead-letters/:changeId/retry',
-    { config: { access: OPERATORS } },
-    async (req, reply) => {
-      const r = await retryFeedDeadLetter(opts.db, req.params.changeId);
-      req.auditExtra = { action: 'feed-dead-letter-retry', resource: `change/${req.params.changeId}` };
-      return r.ok ? r : reply.code(409).send({ error: 'not-sent', message: r.error });
+  app.get(
+    '/feed/dead-letters',
+    {
+      config: { access: OPERATORS },
+      schema: { summary: "This site's own changes that could not be sent", tags: TAGS, querystring: listQuery },
     },
+    (req) => listFeedDeadLetters(opts.db, { includeSkipped: req.query.all === 'true' }),
   );
 
-  app.post<{ Params: { changeId: string }; Body: { reason?: unknown } | undefined }>(
+  app.post('/feed/dead-letters/:changeId/retry', settled('Sends a parked own change again'), async (req, reply) => {
+    const r = await retryFeedDeadLetter(opts.db, req.params.changeId);
+    req.auditExtra = { action: 'feed-dead-letter-retry', resource: `change/${req.params.changeId}` };
+    return r.ok ? r : sendProblem(req, reply, problem(409, r.error, { code: 'not-sent' }));
+  });
+
+  app.post(
     '/feed/dead-letters/:changeId/skip',
-    { config: { access: OPERATORS } },
+    skipping('Gives up on sending an own change, with the reason'),
     async (req, reply) => {
-      const reason = req.body?.reason;
-      if (typeof reason !== 'string' || reason.trim().length < 10)
-        return reply
-          .code(400)
-          .send({ error: 'bad-request', message: 'reason: say why this change is skipped (at least 10 characters)' });
-      const r = await skipFeedDeadLetter(opts.db, req.params.changeId, { reason: reason.trim(), by: actorId(req.identity) });
+      const { reason } = req.body;
+      const r = await skipFeedDeadLetter(opts.db, req.params.changeId, { reason, by: actorId(req.identity) });
       req.auditExtra = {
         action: 'feed-dead-letter-skip',
         resource: `change/${req.params.changeId}`,
-        detail: `skipped: ${reason.trim().slice(0, 500)}`,
+        detail: `skipped: ${reason.slice(0, 500)}`,
       };
-      return r.ok ? r : reply.code(404).send({ error: 'not-found', message: r.error });
+      return r.ok ? r : sendProblem(req, reply, problem(404, r.error));
     },
   );
 

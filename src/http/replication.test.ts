@@ -92,7 +92,13 @@ describe(`replication over HTTP (${testBackend()})`, () => {
       'an unregistered site',
     );
     const asC = { authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: keyOf(c), site: 'B' })}` };
-    assert.equal((await fetch(`${b.base}/replication/changes?after=x`, { headers: asC })).status, 400);
+    const refusal = async (query: string) => {
+      const r = await fetch(`${b.base}/replication/changes?${query}`, { headers: asC });
+      return [r.status, ((await r.json()) as { code: string; message: string }).message] as const;
+    };
+    assert.deepEqual(await refusal('after=x'), [400, 'querystring.after: a cursor <txid>:<pos>']);
+    assert.deepEqual(await refusal('after=0:0&limit=5001'), [400, 'querystring.limit: an integer from 1 to 5000']);
+    assert.deepEqual(await refusal('wait=26'), [400, 'querystring.wait: seconds from 0 to 25']);
   });
 
   it('seals pages so that only the receiving site, at the cursor it asked for, can open them', async () => {
@@ -242,8 +248,25 @@ describe(`replication over HTTP (${testBackend()})`, () => {
         headers: { ...admin, 'content-type': 'application/json' },
         body: JSON.stringify({ reason }),
       });
-    assert.equal((await skip(crypto.randomUUID(), 'short')).status, 400);
-    assert.equal((await skip(crypto.randomUUID(), 'no such change, checking the answer')).status, 404);
+    const short = await skip(crypto.randomUUID(), 'short');
+    assert.equal(short.status, 400);
+    assert.deepEqual(await short.json(), {
+      code: 'bad-request',
+      message: 'body.reason: say why this change is skipped (at least 10 characters)',
+      issues: ['body.reason: say why this change is skipped (at least 10 characters)'],
+    });
+    const unknown = await skip(crypto.randomUUID(), 'no such change, checking the answer');
+    assert.equal(unknown.status, 404);
+    assert.equal(((await unknown.json()) as { code: string }).code, 'not-found');
+    const malformed = await skip('not-a-change', 'checking a malformed change id');
+    assert.equal(malformed.status, 400);
+    assert.equal(((await malformed.json()) as { message: string }).message, 'params.changeId: a change id (a UUID)');
+    const nobody = await fetch(`${b.base}/replication/feed/dead-letters/not-a-change/skip`, {
+      method: 'POST',
+      headers: { ...b.as(['doctor']), 'content-type': 'application/json' },
+      body: '{}',
+    });
+    assert.equal(nobody.status, 403, 'route access answers before the schemas');
   });
   it('checks consistency with a peer over HTTP, repairs on request and exports the result as metrics', async () => {
     c.site.peers.set('B', b.base);
@@ -291,11 +314,22 @@ describe(`replication over HTTP (${testBackend()})`, () => {
     );
     assert.match(await (await fetch(`${c.base}/metrics`)).text(), /medmesh_replication_verify_accuracy\{site="C",peer="B"\} 1/);
     // Bad input and strangers.
-    assert.equal(
-      (await fetch(`${c.base}/replication/verify`, { method: 'POST', headers: ops(c), body: JSON.stringify({ peers: ['Z'] }) }))
-        .status,
-      400,
+    const notAPeer = await fetch(`${c.base}/replication/verify`, {
+      method: 'POST',
+      headers: ops(c),
+      body: JSON.stringify({ peers: ['Z'] }),
+    });
+    assert.deepEqual(
+      [notAPeer.status, await notAPeer.json()],
+      [400, { code: 'bad-request', message: 'peers: Z is not another site of region guangdong' }],
     );
+    const badGrace = await fetch(`${c.base}/replication/verify`, {
+      method: 'POST',
+      headers: ops(c),
+      body: JSON.stringify({ graceSeconds: -1 }),
+    });
+    assert.equal(badGrace.status, 400);
+    assert.match(((await badGrace.json()) as { message: string }).message, /^body\.graceSeconds: /);
     assert.equal(
       (
         await fetch(`${c.base}/replication/verify`, {
@@ -321,10 +355,12 @@ describe(`replication over HTTP (${testBackend()})`, () => {
       authorization: `MedmeshService ${serviceAssertion({ serviceId: 'C', key: keyOf(c), site: 'B' })}`,
       'content-type': 'application/json',
     };
-    assert.equal(
-      (await fetch(`${b.base}/replication/digests`, { method: 'POST', headers: asC, body: '{"watermark":"zz","buckets":4}' }))
-        .status,
-      400,
-    );
+    const badScope = await fetch(`${b.base}/replication/digests`, {
+      method: 'POST',
+      headers: asC,
+      body: '{"watermark":"zz","buckets":4}',
+    });
+    assert.equal(badScope.status, 400);
+    assert.match(((await badScope.json()) as { message: string }).message, /^body\.watermark: /);
   });
 });
