@@ -90,6 +90,7 @@ const RECORD_STATUS: Record<RecordErrorKind, number> = {
   invalid: 422,
   'not-supported': 400,
   misdirected: 421,
+  fenced: 503,
   forbidden: 403,
 };
 

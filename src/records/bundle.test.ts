@@ -19,6 +19,7 @@ const statusOf = (e: RecordError) =>
     invalid: 422,
     'not-supported': 400,
     misdirected: 421,
+    fenced: 503,
     forbidden: 403,
   })[e.kind];
 const patient = (seq: number): Patient => ({

@@ -13,8 +13,14 @@ export interface RecordsContext {
   searchParams: SearchParamTable;
   /** R4 validation: structure, invariants and required code bindings (r4-validator.ts). */
   validator: R4Validator;
-  /** Ownership epoch of a shard for this site (write leases come later; 0 until then). */
-  epochFor?: (shard: string) => bigint;
+  /**
+   * Write leases of shards (DESIGN.md §6), kept by the site's lease keeper. Present: core
+   * data of a shard is written only under this site's unexpired lease of it, each version
+   * carrying the lease's epoch (checked inside the write's statement, write-version.ts), and
+   * `activeSiteFor` names the holder a misdirected write is sent to. Absent (a region run
+   * without a witness): each shard's first residency site writes it, at epoch 0.
+   */
+  leases?: { activeSiteFor(shard: string): string | undefined };
   /**
    * Blind indexes (HMAC-SM3 under the region-wide EMPI key) of a patient's identifiers, for
    * the EMPI directory; absent or [] while the key is not installed.

@@ -16,11 +16,13 @@ export class CreateBatcher {
   readonly #q: Queryable;
   readonly #max: number;
   readonly #maxInFlight: number;
+  readonly #fenced: boolean;
   #queue: Waiting[] = [];
   #inFlight = 0;
 
-  constructor(q: Queryable, opts: { maxBatch?: number; maxInFlight?: number } = {}) {
+  constructor(q: Queryable, opts: { maxBatch?: number; maxInFlight?: number; fenced?: boolean } = {}) {
     this.#q = q;
+    this.#fenced = opts.fenced ?? false;
     this.#max = opts.maxBatch ?? 64;
     // A few statements in flight keep the pool busy while the next batch gathers.
     this.#maxInFlight = opts.maxInFlight ?? 2;
@@ -39,12 +41,12 @@ export class CreateBatcher {
       while (this.#queue.length) {
         const batch = this.#queue.splice(0, this.#max);
         try {
-          await writeVersions(this.#q, batch, { replace: false });
+          await writeVersions(this.#q, batch, { replace: false, fenced: this.#fenced });
           batch.forEach((w) => w.resolve());
         } catch (e) {
           if (batch.length === 1) batch[0]!.reject(e);
           // One bad row must not fail its neighbours: retry each on its own.
-          else for (const w of batch) await writeOne(this.#q, w).then(w.resolve, w.reject);
+          else for (const w of batch) await writeOne(this.#q, w, this.#fenced).then(w.resolve, w.reject);
         }
       }
     } finally {
@@ -53,6 +55,6 @@ export class CreateBatcher {
   }
 }
 
-function writeOne(q: Queryable, w: PendingWrite): Promise<void> {
-  return writeVersions(q, [w], { replace: false });
+function writeOne(q: Queryable, w: PendingWrite, fenced: boolean): Promise<void> {
+  return writeVersions(q, [w], { replace: false, fenced });
 }

@@ -11,6 +11,7 @@ export type RecordErrorKind =
   | 'invalid' // fails validation or a business rule (422)
   | 'not-supported' // (501 for operations, 400 for parameters)
   | 'misdirected' // this site is not the active residency site (421)
+  | 'fenced' // this site holds no unexpired write lease of the shard, and no other site is known to (503)
   | 'forbidden'; // the access layer refused (403)
 
 export interface RecordIssue {
@@ -59,5 +60,44 @@ export class RollbackWith extends Error {
   constructor(error: RecordError) {
     super(error.issues[0]?.message ?? error.kind);
     this.error = error;
+  }
+}
+
+/**
+ * A write refused inside its statement because this site does not hold the shard's write
+ * lease now (medmesh_fence, migration 0020: SQLSTATE MMF01): another site holds it
+ * (`holder`), or this site's own lease ran out (`expired`) or was never granted.
+ */
+export class FencedError extends Error {
+  readonly shard: string;
+  readonly holder: string | undefined;
+  readonly epoch: bigint | undefined;
+  readonly expired: boolean;
+
+  constructor(f: { shard: string; holder?: string | undefined; epoch?: bigint | undefined; expired?: boolean }) {
+    super(`shard ${f.shard}: this site holds no write lease of it now`);
+    this.name = 'FencedError';
+    this.shard = f.shard;
+    this.holder = f.holder;
+    this.epoch = f.epoch;
+    this.expired = f.expired ?? false;
+  }
+
+  /** The FencedError a database error stands for, if it is one. */
+  static from(e: unknown): FencedError | undefined {
+    if (typeof e !== 'object' || e === null || (e as { code?: unknown }).code !== 'MMF01') return undefined;
+    const detail = (e as { detail?: unknown }).detail;
+    let d: { shard?: unknown; holder?: unknown; epoch?: unknown; expired?: unknown } = {};
+    try {
+      if (typeof detail === 'string') d = JSON.parse(detail) as typeof d;
+    } catch {
+      // The detail is ours (migration 0020); unparsable only if the function changed: keep what the code says.
+    }
+    return new FencedError({
+      shard: typeof d.shard === 'string' ? d.shard : '?',
+      holder: typeof d.holder === 'string' ? d.holder : undefined,
+      epoch: typeof d.epoch === 'number' || typeof d.epoch === 'string' ? BigInt(d.epoch) : undefined,
+      expired: d.expired === true,
+    });
   }
 }

@@ -126,7 +126,8 @@ export async function prepareWrite(
 export function checkResidency(ctx: RecordsContext, dataClass: DataClass, shard: string | null): Result<void> {
   const { region, siteId } = ctx;
   if (shard !== null && dataClass === 'core') {
-    const active = region.activeSiteFor(shard);
+    // Under leases the holder decides; while none is known the statement's fence answers.
+    const active = ctx.leases ? ctx.leases.activeSiteFor(shard) : region.activeSiteFor(shard);
     if (active && active !== siteId) {
       // Where this node reaches that site (the demo and tests run sites elsewhere than the region file says).
       const url = ctx.siteUrl?.(active) ?? region.site(active)?.url;

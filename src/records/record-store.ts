@@ -6,7 +6,7 @@ import { hlcToHex, unpackHlc } from '../clock/index.ts';
 import type { Queryable } from '../db/index.ts';
 import { patientInScope, rowScopeSql, statementName, type AccessFilter } from './access-filter.ts';
 import type { RecordsContext } from './context.ts';
-import { fail, ok, RollbackWith, type RecordError, type Result } from './errors.ts';
+import { fail, FencedError, ok, RollbackWith, type RecordError, type Result } from './errors.ts';
 import { checkBody, checkResidency, FHIR_ID, prepareWrite, type PreparedWrite } from './prepare-write.ts';
 import { isSupportedType } from './resource-types.ts';
 import { EMPTY_INDEX, extractIndex } from './search-index.ts';
@@ -48,7 +48,7 @@ export class RecordStore {
 
   constructor(ctx: RecordsContext) {
     this.#ctx = ctx;
-    this.#batcher = new CreateBatcher(ctx.db);
+    this.#batcher = new CreateBatcher(ctx.db, { fenced: ctx.leases !== undefined });
     this.#homes = new HomeLookup(ctx.db);
   }
 
@@ -73,6 +73,10 @@ export class RecordStore {
         id: undefined,
         batch: true,
         ...(opts.access ? { access: opts.access } : {}),
+      }).catch((e: unknown) => {
+        // Outside a transaction a refusal thrown by #write (a fenced shard) is still an answer.
+        if (e instanceof RollbackWith) return { ok: false, error: e.error };
+        throw e;
       });
     return this.inTransaction((tx) => this.createIn(tx, type, body, { ...opts, id: undefined }));
   }
@@ -468,7 +472,8 @@ export class RecordStore {
       parentHlc: opts.parent?.hlc ?? null,
       parentOrigin: opts.parent?.origin_site ?? null,
       originSite: siteId,
-      epoch: w.shard ? (this.#ctx.epochFor?.(w.shard) ?? 0n) : 0n,
+      // Under write leases the statement takes the epoch from the shard's lease (write-version.ts).
+      epoch: 0n,
       shard: w.shard,
       dataClass: w.dataClass,
       patientId: w.patientId,
@@ -478,8 +483,15 @@ export class RecordStore {
     };
     const empi =
       w.placement && w.patientId ? { patientId: w.patientId, ...w.placement, blind: this.#blindIndexes(resource) } : undefined;
-    if (opts.batch && !opts.replacesCurrent) await this.#batcher.write({ row, index, ...(empi ? { empi } : {}) });
-    else await writeVersions(tx, [{ row, index, ...(empi ? { empi } : {}) }], { replace: opts.replacesCurrent });
+    const pending = { row, index, ...(empi ? { empi } : {}) };
+    const fenced = this.#ctx.leases !== undefined;
+    try {
+      if (opts.batch && !opts.replacesCurrent) await this.#batcher.write(pending);
+      else await writeVersions(tx, [pending], { replace: opts.replacesCurrent, fenced });
+    } catch (e) {
+      if (e instanceof FencedError) throw new RollbackWith(fencedRefusal(this.#ctx, e));
+      throw e;
+    }
     return resource;
   }
 }
@@ -492,6 +504,32 @@ function scopeCheck(
   if (!access) return undefined;
   return async (patientId) =>
     (await patientInScope(tx, access.rows, patientId)) ? ok(undefined) : fail('forbidden', access.denied, { code: 'forbidden' });
+}
+
+/** The answer to a write its shard's lease refused: where to write instead, or try again shortly. */
+function fencedRefusal(ctx: RecordsContext, e: FencedError): RecordError {
+  if (e.holder && e.holder !== ctx.siteId) {
+    const url = ctx.siteUrl?.(e.holder) ?? ctx.region.site(e.holder)?.url;
+    return {
+      kind: 'misdirected',
+      issues: [
+        {
+          message:
+            `shard ${e.shard} is written at site ${e.holder}${url ? ` (${url})` : ''} under epoch ${e.epoch ?? '?'}, ` +
+            `not at site ${ctx.siteId}; retry there`,
+          code: 'business-rule',
+        },
+      ],
+      ...(url ? { activeSite: { id: e.holder, url } } : {}),
+    };
+  }
+  const why = e.expired ? 'its write lease at this site has run out' : 'this site holds no write lease of it';
+  return {
+    kind: 'fenced',
+    issues: [
+      { message: `shard ${e.shard}: ${why} (the witness decides who writes it); retry in a few seconds`, code: 'processing' },
+    ],
+  };
 }
 
 /** An id no resource can have (FHIR ids: 1-64 of A-Z a-z 0-9 - .). */

@@ -20,7 +20,9 @@ export interface TestStore {
   close(): Promise<void>;
 }
 
-export async function openTestStore(opts: { siteId?: string; db?: Db; wallMs?: () => number } = {}): Promise<TestStore> {
+export async function openTestStore(
+  opts: { siteId?: string; db?: Db; wallMs?: () => number; leases?: RecordsContext['leases'] } = {},
+): Promise<TestStore> {
   loadFhirDefinitions();
   const db = opts.db ?? (await openTestDb());
   const region = await exampleRegion();
@@ -37,6 +39,7 @@ export async function openTestStore(opts: { siteId?: string; db?: Db; wallMs?: (
     clock,
     searchParams: buildSearchParamTable(),
     validator: createR4Validator(SUPPORTED_TYPES),
+    ...(opts.leases ? { leases: opts.leases } : {}),
   };
   return {
     store: new RecordStore(ctx),

@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Queryable } from '../db/index.ts';
 import { EMPI_TYPE, empiContent } from './empi.ts';
+import { FencedError } from './errors.ts';
 import type { IndexRows } from './search-index.ts';
 import type { EmpiEntry, VersionRow } from './version-row.ts';
 
@@ -21,7 +22,19 @@ export interface PendingWrite {
  * goes, and each write, made on top of the greatest version this site holds, resolves its
  * resource's open conflicts — version-order.ts); otherwise they are new resources.
  */
-export async function writeVersions(q: Queryable, items: readonly PendingWrite[], opts: { replace: boolean }): Promise<void> {
+export async function writeVersions(
+  q: Queryable,
+  items: readonly PendingWrite[],
+  opts: {
+    replace: boolean;
+    /**
+     * Core data of a shard is written under the shard's write lease (DESIGN.md §6): the
+     * statement reads each shard's epoch from shard_lease (medmesh_fence, migration 0020)
+     * and fails with FencedError when this site does not hold it now.
+     */
+    fenced?: boolean;
+  },
+): Promise<void> {
   const rows = items.flatMap(({ row: v, empi }) => [
     {
       rt: v.resourceType,
@@ -89,9 +102,11 @@ export async function writeVersions(q: Queryable, items: readonly PendingWrite[]
        UPDATE resource_conflict c SET resolved_at = now(), resolved_by = 'site:' || o.site, resolution_version = o.vid
          FROM o WHERE c.resource_type = o.rt AND c.id = o.id AND c.resolution_version IS NULL`
     : '';
-  await q.query(
+  const written = q.query(
     `WITH r AS MATERIALIZED (
-       SELECT * FROM jsonb_to_recordset($1::jsonb)
+       SELECT rt, id, vid, hlc, phlc, porg, site, shard, cls, pid, del, lu, content, cid,
+              CASE WHEN $7::boolean AND cls = 'core' AND shard IS NOT NULL THEN medmesh_fence(shard, site) ELSE epoch END AS epoch
+         FROM jsonb_to_recordset($1::jsonb)
          AS r(rt text, id text, vid text, hlc bigint, phlc bigint, porg text, site text, epoch bigint, shard text, cls text,
               pid text, del boolean, lu timestamptz, content jsonb, cid uuid)
      ), cur AS (
@@ -140,8 +155,12 @@ export async function writeVersions(q: Queryable, items: readonly PendingWrite[]
       JSON.stringify(dates),
       JSON.stringify(refs),
       JSON.stringify(empi),
+      opts.fenced === true,
     ],
     // Two statement shapes; naming them lets PostgreSQL reuse the plan on each connection.
     { name: opts.replace ? 'medmesh_write_versions_replace' : 'medmesh_write_versions_new' },
   );
+  await written.catch((e: unknown) => {
+    throw FencedError.from(e) ?? e;
+  });
 }
