@@ -14,6 +14,8 @@ const ladder = {
   records: ['region', 'clock', 'db', 'security/crypto'],
   'security/access': ['region', 'clock', 'db', 'security/crypto', 'security/identity', 'records'],
   replication: ['region', 'clock', 'db', 'security/crypto', 'security/identity', 'records'],
+  // The witness's votes and lease decisions: pure logic over shards, HLC positions and signatures.
+  failover: ['region', 'clock', 'security/crypto'],
   imaging: ['region', 'clock', 'db', 'security/crypto', 'security/kms', 'security/audit', 'records'],
   http: [
     'region',
@@ -27,6 +29,7 @@ const ladder = {
     'records',
     'replication',
     'imaging',
+    'failover',
   ],
 };
 // Each floor above http may use everything below it.

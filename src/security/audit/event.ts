@@ -1,6 +1,9 @@
 // What an audit entry records, validated at the boundary, and its canonical bytes.
 import { z } from 'zod';
 
+// The generic canonical form lives in crypto (the witness's votes use it too); audit keeps its name.
+export { canonicalBytes } from '../crypto/index.ts';
+
 export const auditEventSchema = z.strictObject({
   time: z.iso.datetime({ offset: true }),
   site: z.string().min(1),
@@ -47,20 +50,4 @@ export function auditEventBytes(e: AuditEvent): Buffer {
   if (e.sourceIp !== undefined) s += `,"sourceIp":${q(e.sourceIp)}`;
   if (e.terminal !== undefined) s += `,"terminal":${q(e.terminal)}`;
   return Buffer.from(`${s},"time":${q(e.time)}}`, 'utf8');
-}
-
-/** Canonical JSON: keys sorted at every level, no whitespace. These exact bytes are stored and hashed. */
-export function canonicalBytes(value: unknown): Buffer {
-  return Buffer.from(canonicalJson(value), 'utf8');
-}
-
-function canonicalJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  if (v && typeof v === 'object') {
-    const entries = Object.entries(v as Record<string, unknown>)
-      .filter(([, x]) => x !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, x]) => `${JSON.stringify(k)}:${canonicalJson(x)}`).join(',')}}`;
-  }
-  return JSON.stringify(v);
 }

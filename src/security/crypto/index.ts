@@ -4,6 +4,7 @@
 // threads. Needs nothing else in src: no database, no state.
 export { CryptoError } from './errors.ts';
 export type { CryptoErrorCode } from './errors.ts';
+export { canonicalBytes } from './canonical-json.ts';
 export { sm3, hmacSm3, hmacSm3Keyed, equalConstantTime } from './sm3.ts';
 export { sm4CbcEncrypt, sm4Ctr, sm4GcmEncrypt, sm4GcmDecrypt } from './sm4.ts';
 export type { GcmSealed } from './sm4.ts';
