@@ -15,6 +15,7 @@ const ladder = {
   'security/access': ['region', 'clock', 'db', 'security/crypto', 'security/identity', 'records'],
   replication: ['region', 'clock', 'db', 'security/crypto', 'security/identity', 'records'],
   imaging: ['region', 'clock', 'db', 'security/crypto', 'security/kms', 'security/audit', 'records'],
+  failover: ['region', 'clock', 'db', 'security/crypto'],
   http: [
     'region',
     'clock',
@@ -27,6 +28,7 @@ const ladder = {
     'records',
     'replication',
     'imaging',
+    'failover',
   ],
 };
 // Each floor above http may use everything below it.
