@@ -14,9 +14,9 @@ const ladder = {
   records: ['region', 'clock', 'db', 'security/crypto'],
   'security/access': ['region', 'clock', 'db', 'security/crypto', 'security/identity', 'records'],
   replication: ['region', 'clock', 'db', 'security/crypto', 'security/identity', 'records'],
-  // The witness's votes and lease decisions: pure logic over shards, HLC positions and signatures.
-  failover: ['region', 'clock', 'security/crypto'],
   imaging: ['region', 'clock', 'db', 'security/crypto', 'security/kms', 'security/audit', 'records'],
+  // The witness: votes and lease decisions (pure logic), its coordination store (on the Db or etcd).
+  failover: ['region', 'clock', 'db', 'security/crypto'],
   http: [
     'region',
     'clock',

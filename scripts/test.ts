@@ -18,6 +18,8 @@ const DB_SUITES = [
   'src/security/identity/**/*.test.ts',
   'src/imaging/**/*.test.ts',
   'src/cli/replication-kill.test.ts',
+  // The embedded coordination store (its etcd twin, etcd-store.test.ts, runs once, with the PGlite run).
+  'src/failover/embedded-store.test.ts',
 ];
 
 /** A whole run never takes longer than this: a hung test must fail CI, not stall it. */

@@ -1,8 +1,12 @@
-// Failover: the witness's per-shard write leases with strictly increasing epochs (fencing
-// tokens) and its SM2-signed, SM3-chained votes. Pure logic, no I/O: the vote format and chain
-// (verified by the witness and by every site's copy), the lease book that decides grants,
-// renewals, claims, planned switchovers and operator-signed failovers over the witness's
-// monotonic time, and the holder's stop rule. Needs common, clock, region-shaped shards and crypto.
+// Failover (DESIGN.md §6, issue 24): the witness's per-shard write leases with strictly
+// increasing epochs (fencing tokens) and its SM2-signed, SM3-chained votes, as pure logic (the
+// vote format and chain verified by the witness and by every site's copy; the lease book that
+// decides grants, renewals, claims, planned switchovers and operator-signed failovers over the
+// witness's monotonic time; the holder's stop rule); and the coordination store the witness
+// keeps its state in, behind one interface (keys with a global revision, compare-and-set,
+// transactions, watches, leader election with fencing tokens) with two implementations:
+// embedded on the witness's own database (PGlite or PostgreSQL) and etcd.
+// Needs common, region, clock, db and security/crypto.
 export {
   VOTE_KINDS,
   TRANSFER_KINDS,
@@ -42,3 +46,24 @@ export {
   DEFAULT_SAFETY_MARGIN_MS,
 } from './lease-clock.ts';
 export type { LeaseTiming } from './lease-clock.ts';
+export type {
+  CampaignOptions,
+  CoordinationErrorCode,
+  CoordinationStore,
+  Entry,
+  LeaderInfo,
+  Leadership,
+  ListPage,
+  PutConflict,
+  TxnRequest,
+  TxnResult,
+  Watch,
+  WatchEvent,
+  WatchOptions,
+} from './coordination.ts';
+export { CoordinationError } from './coordination.ts';
+export { openEmbeddedStore } from './embedded-store.ts';
+export type { EmbeddedStoreOptions } from './embedded-store.ts';
+export { openEtcdStore } from './etcd-store.ts';
+export type { EtcdStoreOptions } from './etcd-store.ts';
+export { SAFETY_MARGIN } from './keeper.ts';

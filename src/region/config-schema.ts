@@ -38,10 +38,34 @@ export const shardSchema = z.strictObject({
   residency: z.array(id).min(1, 'must list at least one site'),
 });
 
+/** Where the witness keeps its coordination state (docs/failover.md). */
+export const witnessStoreSchema = z
+  .union(
+    [
+      /** The witness's own database (PGlite under its data directory, or its DATABASE_URL). */
+      z.literal('embedded'),
+      z.strictObject({
+        etcd: z.strictObject({
+          /** Client URLs of the etcd members (3 in production). */
+          endpoints: z
+            .array(z.string().regex(/^http:\/\/[^\s/]+:\d+\/?$/, 'must be an etcd client URL http://host:port'))
+            .min(1, 'must list at least one etcd member'),
+          /** Prefix of every key the witness uses (default medmesh/<region>/). */
+          namespace: z
+            .string()
+            .regex(/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*\/$/, 'must be path segments ending with /, e.g. medmesh/guangdong/')
+            .optional(),
+        }),
+      }),
+    ],
+    { error: 'must be embedded, or etcd: { endpoints: [http://host:port, ...], namespace?: prefix/ }' },
+  )
+  .default('embedded');
+
 export const regionSchema = z.strictObject({
   region: id,
   name: z.string().min(1).optional(),
-  witness: z.strictObject({ url: httpUrl }),
+  witness: z.strictObject({ url: httpUrl, store: witnessStoreSchema }),
   sites: z.array(siteSchema).min(1, 'must list at least one site'),
   shards: z.array(shardSchema).min(1, 'must list at least one shard'),
   dataClasses: z
@@ -80,3 +104,4 @@ export const regionSchema = z.strictObject({
 export type RegionConfig = z.infer<typeof regionSchema>;
 export type SiteConfig = z.infer<typeof siteSchema>;
 export type ShardConfig = z.infer<typeof shardSchema>;
+export type WitnessStoreConfig = z.infer<typeof witnessStoreSchema>;

@@ -33,6 +33,26 @@ describe('region file', () => {
     assert.equal(region.classOf('SomethingUnlisted'), 'core');
   });
 
+  it("keeps the witness's coordination store embedded by default, takes etcd endpoints, and names a bad one", () => {
+    const embedded = validateRegion(example());
+    assert.ok(embedded.ok);
+    assert.equal(embedded.region.config.witness.store, 'embedded');
+    const doc = example();
+    doc.witness = {
+      url: 'http://127.0.0.1:7300',
+      store: { etcd: { endpoints: ['http://10.0.0.1:2379'], namespace: 'medmesh/gd/' } },
+    };
+    const etcd = validateRegion(doc);
+    assert.ok(etcd.ok, etcd.ok ? '' : formatIssues(etcd.issues));
+    assert.deepEqual(etcd.region.config.witness.store, {
+      etcd: { endpoints: ['http://10.0.0.1:2379'], namespace: 'medmesh/gd/' },
+    });
+    doc.witness = { url: 'http://127.0.0.1:7300', store: { etcd: { endpoints: ['https://10.0.0.1:2379'] } } };
+    assert.match(issuesOf(doc), /^witness\.store\.etcd\.endpoints\[0\]: must be an etcd client URL http:\/\/host:port$/m);
+    doc.witness = { url: 'http://127.0.0.1:7300', store: 'zookeeper' };
+    assert.match(issuesOf(doc), /^witness\.store: must be embedded, or etcd: /m);
+  });
+
   it('names the path and the rule of a wrong enum value', () => {
     const doc = example();
     doc.sites[2]!.kind = 'cloud';
