@@ -67,3 +67,4 @@ export type { EmbeddedStoreOptions } from './embedded-store.ts';
 export { openEtcdStore } from './etcd-store.ts';
 export type { EtcdStoreOptions } from './etcd-store.ts';
 export { SAFETY_MARGIN } from './keeper.ts';
+export type { WitnessApi, WitnessAnswer, WitnessError, WitnessErrorCode, ShardAnswer } from './witness-api.ts';
