@@ -188,12 +188,13 @@ describe(`SIGKILL of a site mid-replication (${testBackend()})`, () => {
         assert.equal(r.status, 201, await r.clone().text());
         const w = (await r.json()) as Patient | Organization;
         acked.push({ path: `${w.resourceType}/${w.id}`, versionId: w.meta!.versionId!, core: w.resourceType === 'Patient' });
-        await new Promise((res) => setTimeout(res, 15));
+        await new Promise((res) => setTimeout(res, 15)); // paced on purpose: the writes span the kills
       }
       writing = false;
     })();
     let kills = 0;
     while (writing || kills < 3) {
+      // A wait on purpose: C is killed at a moment nothing announces, mid-pull or mid-apply.
       await new Promise((res) => setTimeout(res, 400 + Math.random() * 600));
       running.C.child.kill('SIGKILL');
       assert.equal(await running.C.exited, null, 'killed, not exited');

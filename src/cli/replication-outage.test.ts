@@ -203,7 +203,7 @@ describe(`a peer site killed and restarted (${testBackend()})`, () => {
     assert.equal((await fetch(`${base('C')}/readyz`)).status, 200, 'ready: C serves its own requests');
     assert.equal(await metric('medmesh_replication_link_up'), 0);
 
-    // The lag grows with the time since B last answered.
+    // The lag grows with the time since B last answered: the waits are the point (time must pass).
     await new Promise((r) => setTimeout(r, 3_000));
     const lag1 = (await metric('medmesh_replication_lag_ms'))!;
     const t1 = Date.now();

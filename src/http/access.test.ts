@@ -328,7 +328,8 @@ describe(`access control (${testBackend()})`, () => {
       ),
     );
     await s.db.query(
-      "UPDATE access_grant SET valid_from = now() - interval '2 hours', valid_until = now() - interval '1 hour' WHERE user_id = 'doctor-neuro'",
+      `UPDATE access_grant SET valid_from = now() - interval '2 hours', valid_until = now() - interval '1 hour'
+        WHERE user_id = 'doctor-neuro'`,
     );
     assert.equal((await get(`/Patient/${a.id}`, emergency)).status, 403, 'an expired break-glass denies');
     const pharmacist = await call(
@@ -340,7 +341,7 @@ describe(`access control (${testBackend()})`, () => {
     assert.equal(pharmacist.status, 403);
   });
 
-  it('break-glass reaches the patient it opened only, by searches that name them, and only those accesses carry its reason', async () => {
+  it('break-glass reaches only the patient it opened, via searches naming it; only those accesses carry its reason', async () => {
     const c = (
       await call('POST', '/fhir/R4/Patient', s.auth, { resourceType: 'Patient', name: [{ family: '王', given: ['五'] }] })
     ).json;

@@ -105,7 +105,9 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       info: {
         title: 'medmesh site API',
         version: opts.version,
-        description: `One site of a medmesh region: FHIR R4, DICOMweb, access control, keys, audit, replication. Errors: an OperationOutcome under /fhir, {code, message} elsewhere.`,
+        description:
+          'One site of a medmesh region: FHIR R4, DICOMweb, access control, keys, audit, replication. ' +
+          'Errors: an OperationOutcome under /fhir, {code, message} elsewhere.',
       },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
@@ -142,7 +144,12 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
               (SELECT count(*)::int FROM replication_feed_dead_letter WHERE status <> 'skipped') AS sent`,
     );
     const site = `{site="${opts.siteId}"}`;
-    const body = `${opts.replication?.prometheus(opts.siteId) ?? ''}${opts.auditPeers?.prometheus() ?? ''}${(opts.metrics ?? []).map((m) => m(opts.siteId)).join('')}# HELP medmesh_replication_dead_letters Changes received that are parked or waiting behind a parked one.
+    const extra = [
+      opts.replication?.prometheus(opts.siteId) ?? '',
+      opts.auditPeers?.prometheus() ?? '',
+      ...(opts.metrics ?? []).map((m) => m(opts.siteId)),
+    ].join('');
+    const body = `${extra}# HELP medmesh_replication_dead_letters Changes received that are parked or waiting behind a parked one.
 # TYPE medmesh_replication_dead_letters gauge
 medmesh_replication_dead_letters${site} ${parked.rows[0]?.received ?? 0}
 # HELP medmesh_replication_feed_dead_letters Own changes that could not be sent, parked or waiting behind one (alarm).

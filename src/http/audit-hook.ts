@@ -37,7 +37,9 @@ export function registerAudit(app: FastifyInstance, opts: AuditHookOptions): voi
       status: 503,
       fhir: 'transient',
       code: 'sealed',
-      message: `site ${opts.siteId} is sealed: data is served only while every access can be audited; unseal it (medmesh keys unseal)`,
+      message:
+        `site ${opts.siteId} is sealed: data is served only while every access can be audited; ` +
+        'unseal it (medmesh keys unseal)',
     });
   });
   app.addHook('onSend', async (request, reply, payload) => {

@@ -153,7 +153,7 @@ describe(`audit routes (${testBackend()})`, () => {
     assert.equal((await json('/audit/proof/inclusion?seq=5&treeSize=2', peer)).status, 400);
   });
 
-  it('refuses a malformed request with 400 naming the path: an OperationOutcome under /fhir, {code, message} elsewhere', async () => {
+  it('400 for a malformed request, naming the path: an OperationOutcome under /fhir, {code, message} elsewhere', async () => {
     const problem = async (path: string, headers: Record<string, string>, init: RequestInit = {}) => {
       const r = await json<{ code: string; message: string }>(path, headers, init);
       assert.equal(r.status, 400, `${path}: ${r.text}`);

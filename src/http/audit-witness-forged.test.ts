@@ -121,7 +121,7 @@ describe(`a peer presenting forged or inconsistent audit checkpoints (${testBack
     assert.equal((await alarms()).filter((d) => d.startsWith('forged')).length, 2);
   });
 
-  it('keeps and cosigns an honest first checkpoint, then refuses a fork, a second root for the same size and a missing proof', async () => {
+  it('keeps and cosigns an honest first checkpoint; refuses a fork, a second root for one size, a missing proof', async () => {
     fake.size = 8 + Math.floor(rnd() * 8);
     const first = fake.size;
     let s = await check();

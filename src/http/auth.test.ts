@@ -43,7 +43,9 @@ describe(`authentication over HTTP (${testBackend()})`, () => {
       assert.equal(r.status, 200, scheme);
     }
     const [h, p, sig] = tokens.accessToken.split('.') as [string, string, string];
-    const forged = `${h}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p, 'base64url').toString()), roles: ['administrator'] })).toString('base64url')}.${sig}`;
+    const claims = JSON.parse(Buffer.from(p, 'base64url').toString()) as Record<string, unknown>;
+    const raised = Buffer.from(JSON.stringify({ ...claims, roles: ['administrator'] })).toString('base64url');
+    const forged = `${h}.${raised}.${sig}`;
     const refused = await get('/fhir/R4/Patient?_count=1', `Bearer ${forged}`);
     assert.equal(refused.status, 401);
     assert.match(refused.headers.get('www-authenticate') ?? '', /token-invalid/);

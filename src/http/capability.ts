@@ -45,8 +45,10 @@ export function buildCapabilityStatement(opts: {
       {
         mode: 'server',
         documentation:
-          'Search: _id, _lastUpdated, _count (max 1000), _offset, _sort (_id, _lastUpdated, date and string parameters), _summary=count, _total. ' +
-          'String modifiers :exact, :contains; token :not and system|code; reference Type modifier; date prefixes eq ne gt lt ge le sa eb ap. ' +
+          'Search: _id, _lastUpdated, _count (max 1000), _offset, ' +
+          '_sort (_id, _lastUpdated, date and string parameters), _summary=count, _total. ' +
+          'String modifiers :exact, :contains; token :not and system|code; reference Type modifier; ' +
+          'date prefixes eq ne gt lt ge le sa eb ap. ' +
           'Not supported: _include, _revinclude, chained parameters, _elements, conditional update/delete.',
         resource,
         interaction: [{ code: 'transaction' }, { code: 'batch' }],

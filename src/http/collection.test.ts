@@ -32,7 +32,9 @@ describe(`collection reports (${testBackend()})`, () => {
       "INSERT INTO imaging_collection_day (source, study_date, queried_at, studies) VALUES ('pacs-1', '20040119', now(), 2)",
     );
     await s.db.query(
-      "INSERT INTO imaging_collection_study (source, study_uid, study_date, source_instances, state, attempts, last_error) VALUES ('pacs-1', $1, '20040119', 1, 'retrieved', 1, NULL), ('pacs-1', $2, '20040119', 4, 'failed', 3, 'C-MOVE ended with status 0xA701')",
+      `INSERT INTO imaging_collection_study (source, study_uid, study_date, source_instances, state, attempts, last_error)
+       VALUES ('pacs-1', $1, '20040119', 1, 'retrieved', 1, NULL),
+              ('pacs-1', $2, '20040119', 4, 'failed', 3, 'C-MOVE ended with status 0xA701')`,
       [CT_STUDY, MISSING],
     );
   });

@@ -69,7 +69,7 @@ describe(`request deadlines (${testBackend()})`, () => {
   });
   after(() => s.close());
 
-  it('answers a handler stuck in its transaction with 503 in the route shape, rolls it back and keeps the site usable', async () => {
+  it('answers a handler stuck in its transaction with 503 in the route shape, rolls it back, keeps the site usable', async () => {
     const json = await within(fetch(`${s.base}/test/stuck`), 10_000, 'stuck JSON route');
     assert.equal(json.status, 503);
     assert.match(json.headers.get('content-type') ?? '', /^application\/json/);
@@ -172,7 +172,7 @@ describe(`closing a site with requests in flight (${testBackend()})`, () => {
     await closed;
   });
 
-  it('stops a request stuck in its transaction with 503 and closes the database (PGlite: it held the one connection)', async () => {
+  it('stops a request stuck in its transaction with 503, closes the database (PGlite: it held the one connection)', async () => {
     const stuck = latch();
     const s = await startTestServer({
       routes: (app, site) => {

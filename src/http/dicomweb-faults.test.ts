@@ -52,7 +52,8 @@ describe(`DICOMweb with lost and damaged files (${testBackend()})`, () => {
       "INSERT INTO imaging_collection_day (source, study_date, queried_at, studies) VALUES ('pacs-1', '20261101', now(), 1)",
     );
     await s.db.query(
-      "INSERT INTO imaging_collection_study (source, study_uid, study_date, source_instances, state, attempts) VALUES ('pacs-1', $1, '20261101', 3, 'retrieved', 1)",
+      `INSERT INTO imaging_collection_study (source, study_uid, study_date, source_instances, state, attempts)
+       VALUES ('pacs-1', $1, '20261101', 3, 'retrieved', 1)`,
       [STUDY],
     );
   });

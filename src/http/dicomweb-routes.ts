@@ -183,7 +183,8 @@ export const dicomwebRoutes: FastifyPluginCallbackZod<DicomwebRoutesOptions> = (
     if (await patientInScope(store.db, filter.rows, patient)) return true;
     const message =
       patient === null
-        ? `study ${study} is not linked to a patient record yet; until it is, only those who may see every patient's images see it`
+        ? `study ${study} is not linked to a patient record yet; ` +
+          "until it is, only those who may see every patient's images see it"
         : filter.denied.replace(/^\S+/, `study ${study}`);
     req.auditExtra = { action: VERB.read, resource: `dicom:study/${study}`, detail: message };
     await bad(req, reply, problem(403, message));
@@ -195,7 +196,10 @@ export const dicomwebRoutes: FastifyPluginCallbackZod<DicomwebRoutesOptions> = (
     (filter: AccessFilter): NonNullable<IngestOptions['mayStore']> =>
     async ({ dicomPatientId, recordId }) => {
       if (recordId === undefined) {
-        return `patient ${dicomPatientId} has no record at this site yet: register the patient first (images sent by the modality or PACS, a service account, are taken as they come)`;
+        return (
+          `patient ${dicomPatientId} has no record at this site yet: register the patient first ` +
+          '(images sent by the modality or PACS, a service account, are taken as they come)'
+        );
       }
       return (await patientInScope(store.db, filter.rows, recordId))
         ? undefined
@@ -245,10 +249,11 @@ export const dicomwebRoutes: FastifyPluginCallbackZod<DicomwebRoutesOptions> = (
           warnings.push(warning(`part ${part.index}: ${r.error.message}`));
           continue;
         }
-        const url = `${base}/studies/${r.value.studyInstanceUid}/series/${r.value.seriesInstanceUid}/instances/${r.value.sopInstanceUid}`;
+        const { studyInstanceUid, seriesInstanceUid, sopInstanceUid } = r.value;
+        const url = `${base}/studies/${studyInstanceUid}/series/${seriesInstanceUid}/instances/${sopInstanceUid}`;
         referenced.push({
           '00081150': { vr: 'UI', Value: [r.value.sopClassUid] },
-          '00081155': { vr: 'UI', Value: [r.value.sopInstanceUid] },
+          '00081155': { vr: 'UI', Value: [sopInstanceUid] },
           '00081190': { vr: 'UR', Value: [url] },
         });
       }
@@ -271,11 +276,10 @@ export const dicomwebRoutes: FastifyPluginCallbackZod<DicomwebRoutesOptions> = (
       action: 'dicom-store',
       ...(study ? { resource: `dicom:study/${study}` } : {}),
       ...(refusals.length && !referenced.length ? { outcome: 'deny' as const } : {}),
-      detail:
-        `stored ${referenced.length}, failed ${failed.length}${refusals.length ? `; ${refusals.length} refused to this caller: ${refusals[0]!}` : ''}`.slice(
-          0,
-          2000,
-        ),
+      detail: (
+        `stored ${referenced.length}, failed ${failed.length}` +
+        (refusals.length ? `; ${refusals.length} refused to this caller: ${refusals[0]!}` : '')
+      ).slice(0, 2000),
     };
     const body: Record<string, unknown> = {
       ...(study ? { '00081190': { vr: 'UR', Value: [`${base}/studies/${study}`] } } : {}),
@@ -405,7 +409,8 @@ export const dicomwebRoutes: FastifyPluginCallbackZod<DicomwebRoutesOptions> = (
         reply,
         problem(
           406,
-          `instance ${wrong.sopInstanceUid} is stored as ${wrong.transferSyntaxUid}; medmesh returns instances as stored (transfer-syntax=* or that one)`,
+          `instance ${wrong.sopInstanceUid} is stored as ${wrong.transferSyntaxUid}; ` +
+            'medmesh returns instances as stored (transfer-syntax=* or that one)',
         ),
       );
     req.auditExtra = {
@@ -422,7 +427,10 @@ export const dicomwebRoutes: FastifyPluginCallbackZod<DicomwebRoutesOptions> = (
         reply,
         problem(
           500,
-          `${missing.length} of the ${instances.length} instance file(s) under ${describe(p)} are missing from this site's store (instance ${missing[0]!.sopInstanceUid}${missing.length > 1 ? ', ...' : ''}); nothing is sent rather than part of it`,
+          `${missing.length} of the ${instances.length} instance file(s) under ${describe(p)} ` +
+            "are missing from this site's store " +
+            `(instance ${missing[0]!.sopInstanceUid}${missing.length > 1 ? ', ...' : ''}); ` +
+            'nothing is sent rather than part of it',
           { code: 'stored-file-missing' },
         ),
       );
@@ -444,10 +452,11 @@ export const dicomwebRoutes: FastifyPluginCallbackZod<DicomwebRoutesOptions> = (
         const r = await queue.shift()!; // the first was awaited above: its outcome again
         if (k + AHEAD < instances.length) queue.push(read(k + AHEAD));
         if (!r.ok) throw new Error(r.error.message);
+        const series = `/dicomweb/studies/${i.studyInstanceUid}/series/${i.seriesInstanceUid}`;
         yield {
           headers: {
             'Content-Type': `application/dicom; transfer-syntax=${i.transferSyntaxUid}`,
-            'Content-Location': `/dicomweb/studies/${i.studyInstanceUid}/series/${i.seriesInstanceUid}/instances/${i.sopInstanceUid}`,
+            'Content-Location': `${series}/instances/${i.sopInstanceUid}`,
           },
           body: r.value.file,
         };

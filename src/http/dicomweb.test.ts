@@ -170,9 +170,9 @@ describe(`DICOMweb (${testBackend()})`, () => {
     });
     assert.equal(asJpegLs.status, 406);
     assert.match(((await asJpegLs.json()) as { message: string }).message, /medmesh returns instances as stored/);
-    const frames = await get(
-      `/studies/${jp2}/series/1.3.6.1.4.1.5962.1.3.8.1.20040826185059.5457/instances/1.3.6.1.4.1.5962.1.1.8.1.3.20040826185059.5457/frames/1`,
-    );
+    const jp2Series = '1.3.6.1.4.1.5962.1.3.8.1.20040826185059.5457';
+    const jp2Instance = '1.3.6.1.4.1.5962.1.1.8.1.3.20040826185059.5457';
+    const frames = await get(`/studies/${jp2}/series/${jp2Series}/instances/${jp2Instance}/frames/1`);
     assert.equal(frames.status, 406, 'frames of compressed data would need transcoding');
     assert.equal((await get(`/studies/${CT_STUDY}/series/${CT_SERIES}/instances/${CT}/frames/2`)).status, 404);
     assert.equal((await get(`/studies/${CT_STUDY}`, { ...s.as(['integration']), accept: 'application/json' })).status, 406);
@@ -204,7 +204,10 @@ describe(`DICOMweb (${testBackend()})`, () => {
     );
     const deniedAudits = (
       await s.db.query<{ n: number }>(
-        "SELECT count(*)::int AS n FROM audit_entry WHERE convert_from(entry, 'UTF8')::jsonb->>'action' = 'dicom-retrieve' AND convert_from(entry, 'UTF8')::jsonb->>'outcome' = 'deny' AND convert_from(entry, 'UTF8')::jsonb->>'detail' LIKE '%care relationship%'",
+        `SELECT count(*)::int AS n FROM audit_entry
+          WHERE convert_from(entry, 'UTF8')::jsonb->>'action' = 'dicom-retrieve'
+            AND convert_from(entry, 'UTF8')::jsonb->>'outcome' = 'deny'
+            AND convert_from(entry, 'UTF8')::jsonb->>'detail' LIKE '%care relationship%'`,
       )
     ).rows[0]!.n;
     assert.ok(deniedAudits >= 1, 'the refusal is audited with its reason');
@@ -306,7 +309,10 @@ describe(`DICOMweb (${testBackend()})`, () => {
     assert.match(refused.warning ?? '', /part 3: instance [0-9.]+ carries no Patient ID/);
     assert.match(refused.warning ?? '', new RegExp(`part 4: a study of patient ${other} `));
     const audited = await s.db.query<{ outcome: string; detail: string }>(
-      "SELECT e->>'outcome' AS outcome, e->>'detail' AS detail FROM (SELECT convert_from(entry, 'UTF8')::jsonb AS e FROM audit_entry) x WHERE e->>'action' = 'dicom-store' AND e->'actor'->>'id' = 'dr-li' ORDER BY e->>'time'",
+      `SELECT e->>'outcome' AS outcome, e->>'detail' AS detail
+         FROM (SELECT convert_from(entry, 'UTF8')::jsonb AS e FROM audit_entry) x
+        WHERE e->>'action' = 'dicom-store' AND e->'actor'->>'id' = 'dr-li'
+        ORDER BY e->>'time'`,
     );
     assert.deepEqual(
       audited.rows.map((r) => r.outcome),
@@ -385,7 +391,8 @@ describe(`DICOMweb (${testBackend()})`, () => {
     const {
       rows: [study],
     } = await s.db.query<{ study_uid: string; patient_ref: string | null }>(
-      'SELECT st.study_uid, st.patient_ref FROM imaging_study st JOIN imaging_instance i USING (study_uid) WHERE i.sop_instance_uid = $1',
+      `SELECT st.study_uid, st.patient_ref FROM imaging_study st JOIN imaging_instance i USING (study_uid)
+        WHERE i.sop_instance_uid = $1`,
       [(mixed.body['00081199'] as { Value: Array<Record<string, { Value: string[] }>> }).Value[0]!['00081155']!.Value[0]],
     );
     const written = [...(await current())].filter((r) => !current0.has(r));

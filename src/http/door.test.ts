@@ -66,7 +66,7 @@ describe(`the door (${testBackend()})`, () => {
     return rawRequest(s.base, head('POST', path, { 'content-type': contentType, 'content-length': String(b.length) }), b);
   };
 
-  it('refuses NUL in ids and searches, broken percent-encoding and raw UTF-8 in the URL (400, not a database error)', async () => {
+  it('refuses NUL in ids and searches, broken percent-encoding, raw UTF-8 in the URL (400, not a database error)', async () => {
     const cases: Array<[string, Buffer | string, RegExp]> = [
       ['id with NUL', '/fhir/R4/Patient/a%00b', /U\+0000/],
       ['vread with NUL', '/fhir/R4/Patient/a/_history/%00', /U\+0000/],

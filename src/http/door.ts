@@ -227,7 +227,8 @@ export function doorServerOptions(): Pick<FastifyServerOptions, 'frameworkErrors
         status === 408
           ? 'the request was not received in time'
           : status === 414
-            ? `the request line (the URL with its query) is longer than ${MAX_REQUEST_LINE} characters; send long searches as POST [type]/_search`
+            ? `the request line (the URL with its query) is longer than ${MAX_REQUEST_LINE} characters; ` +
+              'send long searches as POST [type]/_search'
             : status === 431
               ? 'the request headers are too large'
               : err.code === 'HPE_INVALID_URL' || err.code === 'HPE_INVALID_METHOD'
@@ -242,9 +243,13 @@ export function doorServerOptions(): Pick<FastifyServerOptions, 'frameworkErrors
       if (!socket.writable) return void socket.destroy();
       // Half-close after the answer and read off what the client is still sending: closing with
       // unread bytes would reset the connection, and the client could lose the answer. Bounded.
-      socket.end(
-        `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: ${contentType}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-      );
+      const lines = [
+        `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}`,
+        `Content-Type: ${contentType}`,
+        `Content-Length: ${Buffer.byteLength(body)}`,
+        'Connection: close',
+      ];
+      socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
       socket.resume();
       setTimeout(() => socket.destroy(), CLIENT_ERROR_LINGER_MS).unref();
     },
@@ -285,7 +290,9 @@ export function problemOf(req: FastifyRequest, err: unknown, bodyLimit: number):
         status: 415,
         fhir: 'not-supported',
         code: 'unsupported-media-type',
-        message: `content type ${String(req.headers['content-type'])} is not supported; send application/fhir+json or application/json`,
+        message:
+          `content type ${String(req.headers['content-type'])} is not supported; ` +
+          'send application/fhir+json or application/json',
       };
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return {

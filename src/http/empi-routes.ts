@@ -68,7 +68,8 @@ export const empiRoutes: FastifyPluginAsyncZod<EmpiRoutesOptions> = async (app, 
           reply,
           problem(
             503,
-            "this site has no EMPI blind-index key: install the region's key with medmesh keys create --name empi-blind-index --material <file>",
+            'this site has no EMPI blind-index key: ' +
+              "install the region's key with medmesh keys create --name empi-blind-index --material <file>",
             { code: 'empi-key-missing' },
           ),
         );

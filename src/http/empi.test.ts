@@ -108,7 +108,8 @@ describe(`EMPI directory (${testBackend()})`, () => {
     const burstIds: string[] = burst.flatMap((m) => (m.ok ? [m.value.resource.id!] : []));
     for (const at of [a, b]) {
       const { rows: counted } = await at.db.query<{ current: number; history: number }>(
-        "SELECT (SELECT count(*)::int FROM resource_current WHERE resource_type = 'EmpiEntry') AS current, (SELECT count(*)::int FROM resource_history WHERE resource_type = 'EmpiEntry' AND id = ANY($1)) AS history",
+        `SELECT (SELECT count(*)::int FROM resource_current WHERE resource_type = 'EmpiEntry') AS current,
+                (SELECT count(*)::int FROM resource_history WHERE resource_type = 'EmpiEntry' AND id = ANY($1)) AS history`,
         [burstIds],
       );
       assert.deepEqual(counted[0], { current: 0, history: 6 }, `at ${at.site.siteId}`);

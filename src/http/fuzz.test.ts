@@ -346,7 +346,9 @@ describe(`fuzzing a site over HTTP (${testBackend()})`, () => {
               .join('')}\r\n`,
           ),
         ]);
-        const what = `${m} ${path.slice(0, 200)} (${String(type)}, ${headers.authorization?.slice(0, 16) ?? 'anonymous'}, ${payload?.length ?? 0} bytes: ${payload?.subarray(0, 60).toString('latin1') ?? ''})`;
+        const who = headers.authorization?.slice(0, 16) ?? 'anonymous';
+        const sent = `${payload?.length ?? 0} bytes: ${payload?.subarray(0, 60).toString('latin1') ?? ''}`;
+        const what = `${m} ${path.slice(0, 200)} (${String(type)}, ${who}, ${sent})`;
         const r = await rawRequest(s.base, head, payload).catch((e: unknown) => {
           throw new Error(`${what}: ${e instanceof Error ? e.message : String(e)}`);
         });

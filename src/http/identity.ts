@@ -85,7 +85,9 @@ export function registerIdentity(app: FastifyInstance, resolve: IdentityResolver
         status: 503,
         fhir: 'transient',
         code: 'issuer-unavailable',
-        message: `${r.error.message}: data is served only while every access can be checked and audited; unseal it (medmesh keys unseal)`,
+        message:
+          `${r.error.message}: data is served only while every access can be checked and audited; ` +
+          'unseal it (medmesh keys unseal)',
       });
     }
     if (!r.ok)

@@ -163,7 +163,8 @@ describe(`masked identifiers cannot be restored from what a role sees (${testBac
     ['pharmacist', {}],
     ['lab', {}],
   ] as const) {
-    it(`${role}: every masked resident ID keeps at least ${MIN_RESIDENT_ID_CANDIDATES} candidates, and nothing masked shows in clear`, async () => {
+    const title = `${role}: every masked resident ID keeps at least ${MIN_RESIDENT_ID_CANDIDATES} candidates`;
+    it(`${title}, and nothing masked shows in clear`, async () => {
       const headers = s.as([role], attrs);
       for (const t of patients) {
         const answers = await viewsOf(t, headers);

@@ -174,8 +174,10 @@ describe(`replication through faulty links (${testBackend()})`, () => {
     await writeUntil(() => links.B.C!.stats.refusedWhileCut > 0);
     // B's clock jumps far ahead for one change (an outbox row stamped a minute in the future).
     await s.B.db.query(
-      `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
-       VALUES (gen_random_uuid(), 'B', $1, NULL, NULL, 'public', 'Organization', 'skewed-clock', 'ffffffffffffffff-B', false, '{"resourceType":"Organization","id":"skewed-clock","name":"x"}')`,
+      `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, shard, data_class,
+                          resource_type, resource_id, version_id, deleted, payload)
+       VALUES (gen_random_uuid(), 'B', $1, NULL, NULL, 'public', 'Organization', 'skewed-clock', 'ffffffffffffffff-B', false,
+               '{"resourceType":"Organization","id":"skewed-clock","name":"x"}')`,
       [packHlc(Date.now() + 60_000, 0)],
     );
     each((l) => l.set({}));

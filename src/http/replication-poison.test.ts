@@ -75,7 +75,8 @@ describe(`a poison record in a site's changefeed (${testBackend()})`, () => {
     const versionId = o.versionId ?? `${hlc.toString(16).padStart(16, '0')}-B`;
     const changeId = randomUUID();
     await b.db.query(
-      `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
+      `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class,
+                          resource_type, resource_id, version_id, deleted, payload)
        SELECT $1, 'B', $2, hlc, epoch, shard, data_class, resource_type, id, $3, false, $4::jsonb
          FROM resource_history WHERE resource_type = 'Patient' AND id = $5 AND version_id = $6`,
       [changeId, hlc, versionId, JSON.stringify({ ...p, ...o.content, meta: { versionId } }), p.id, o.parent],
@@ -103,7 +104,8 @@ describe(`a poison record in a site's changefeed (${testBackend()})`, () => {
     const laterVersion = `${laterHlc.toString(16).padStart(16, '0')}-B`;
     const later = randomUUID();
     await b.db.query(
-      `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class, resource_type, resource_id, version_id, deleted, payload)
+      `INSERT INTO outbox (change_id, origin_site, hlc, parent_hlc, epoch, shard, data_class,
+                          resource_type, resource_id, version_id, deleted, payload)
        SELECT $1, origin_site, $2, hlc, epoch, shard, data_class, resource_type, resource_id, $3, false, payload || $4::jsonb
          FROM outbox WHERE change_id = $5`,
       [later, laterHlc, laterVersion, JSON.stringify({ gender: 'female', meta: { versionId: laterVersion } }), poison.changeId],

@@ -106,7 +106,8 @@ export const replicationRoutes: FastifyPluginAsyncZod<ReplicationRoutesOptions> 
     .catch((e: unknown) => {
       app.log.warn(
         { err: e },
-        `changefeed: cannot LISTEN for commits (${e instanceof Error ? e.message : String(e)}); long polls look every ${POLL_FALLBACK_MS} ms instead`,
+        `changefeed: cannot LISTEN for commits (${e instanceof Error ? e.message : String(e)}); ` +
+          `long polls look every ${POLL_FALLBACK_MS} ms instead`,
       );
       return undefined;
     });

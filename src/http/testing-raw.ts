@@ -4,8 +4,16 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 
 /** What a database says when text reaches it that it cannot hold. */
-export const DATABASE_TEXT =
-  /invalid byte sequence|unsupported Unicode escape|must follow a high surrogate|invalid input syntax|syntax error at or near|violates|relation "|column "|SQLSTATE|Cannot use a pool|\b22021\b|\b22P05\b/i;
+export const DATABASE_TEXT = new RegExp(
+  [
+    // PostgreSQL's and PGlite's own words
+    /invalid byte sequence|unsupported Unicode escape|must follow a high surrogate/.source,
+    /invalid input syntax|syntax error at or near|violates|relation "|column "|SQLSTATE/.source,
+    // the pool's, and the SQLSTATEs of bad text (character_not_in_repertoire, untranslatable_character)
+    /Cannot use a pool|\b22021\b|\b22P05\b/.source,
+  ].join('|'),
+  'i',
+);
 
 /** A patient whose extensions nest `levels` deep: objects and arrays 2 * levels + 2 deep. */
 export function nested(levels: number): string {

@@ -150,7 +150,8 @@ export const verifyRoutes: FastifyPluginAsyncZod<VerifyRoutesOptions> = async (a
           reply,
           problem(
             400,
-            `peers: ${unknown.join(', ')} ${unknown.length > 1 ? 'are not other sites' : 'is not another site'} of region ${opts.region.id}`,
+            `peers: ${unknown.join(', ')} ` +
+              `${unknown.length > 1 ? 'are not other sites' : 'is not another site'} of region ${opts.region.id}`,
           ),
         );
       req.auditExtra = {

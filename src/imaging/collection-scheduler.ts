@@ -44,10 +44,19 @@ export class CollectionScheduler {
     return this.#o.everyMs ?? 15 * 60_000;
   }
 
+  /**
+   * A run in flight or the next one scheduled. False once stop() has resolved: no timer is left
+   * to start another run (what a test asserts instead of waiting to see none come).
+   */
+  get scheduled(): boolean {
+    return this.#timer !== undefined || this.#running !== undefined;
+  }
+
   /** Runs now, then every `everyMs` until stopped. */
   start(): void {
     this.#stopped = false;
     const tick = () => {
+      this.#timer = undefined;
       this.#running = this.runOnce()
         .catch(() => []) // runOnce does not throw; should it, the next period still comes
         .finally(() => {
@@ -61,6 +70,7 @@ export class CollectionScheduler {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#timer);
+    this.#timer = undefined;
     await this.#running?.catch(() => undefined);
   }
 

@@ -8,7 +8,7 @@ import { testBackend } from '../db/test-db.ts';
 import { CollectionScheduler, type SourceRun } from './collection-scheduler.ts';
 import { Collector } from './collector.ts';
 import { startDimseServer, type DimseServer } from './dimse-server.ts';
-import { makeInstances, openTestImaging, type TestImaging } from './testing.ts';
+import { makeInstances, openTestImaging, type TestImaging, until } from './testing.ts';
 import { startOrthanc, type TestOrthanc } from './testing-orthanc.ts';
 
 const DAY = '20261120';
@@ -177,10 +177,12 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
     });
     try {
       scheduler.start();
-      for (const until = Date.now() + 20_000; seen.filter((x) => x.startsWith('web-b')).length < 2;) {
-        assert.ok(Date.now() < until, `only ${JSON.stringify(seen)}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      const periods = () => seen.filter((x) => x.startsWith('web-b')).length;
+      await until(
+        () => `two periods of web-b, only ${JSON.stringify(seen)}`,
+        () => periods() >= 2,
+        20_000,
+      );
     } finally {
       await scheduler.stop();
       process.off('unhandledRejection', onCrash);
@@ -231,13 +233,11 @@ describe(`active collection from Orthanc (${testBackend()})`, () => {
     const runs3: SourceRun[] = [];
     const n3 = node('node-3', runs3, 1000);
     n3.start();
-    const until = Date.now() + 20_000;
-    while (runs3.length < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(n3.scheduled, 'a run in flight once started');
+    await until('two runs of node-3', () => runs3.length >= 2, 20_000);
     await n3.stop();
-    const seen = runs3.length;
-    assert.ok(seen >= 2, `ran ${seen} times`);
-    await new Promise((r) => setTimeout(r, 1500));
-    assert.equal(runs3.length, seen, 'no run after stop');
+    // Runs come only from its timer: none is left, and none is in flight, so none can follow.
+    assert.equal(n3.scheduled, false, 'nothing scheduled after stop');
     assert.deepEqual(runs1.length + runs2.length, 4);
   });
 });

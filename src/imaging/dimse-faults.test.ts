@@ -21,18 +21,11 @@ import {
   PYDICOM,
   seededBytes,
   type TestImaging,
+  until,
 } from './testing.ts';
 
 const AE = 'MEDMESH_B';
 const SEED = Number(process.env.MEDMESH_TEST_SEED ?? Date.now() % 2 ** 31);
-
-/** Waits for a condition (never a fixed sleep); fails with `what` after `ms`. */
-async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  for (const end = Date.now() + ms; !(await ok());) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe(`DIMSE under faults (${testBackend()}, seed ${SEED})`, () => {
   let t: TestImaging;

@@ -7,7 +7,7 @@ import dimse from './dimse.ts';
 import { testBackend } from '../db/test-db.ts';
 import { startDimseServer, type DimseServer } from './dimse-server.ts';
 import { checkStructure } from './dicom-structure.ts';
-import { blobCount, dcmtk, openTestImaging, PYDICOM, type TestImaging } from './testing.ts';
+import { blobCount, dcmtk, openTestImaging, PYDICOM, type TestImaging, until } from './testing.ts';
 
 const AE = 'MEDMESH_B';
 const FILES = [
@@ -217,8 +217,9 @@ describe(`DIMSE with DCMTK (${testBackend()})`, () => {
     assert.notEqual(second.code, 0);
     assert.match(second.out, /Local Limit Exceeded/i, second.out);
     await closed;
-    await new Promise((r) => setTimeout(r, 100));
+    // The client has closed; the site frees the slot when it sees the connection end.
+    await until('the held association to free its slot', () => srv.activeAssociations() === 0);
     assert.equal((await dcmtk('echoscu', ['-aet', 'MODALITY', '-aec', AE, ...at()])).code, 0, 'a slot again once it is released');
-    assert.equal(srv.activeAssociations(), 0);
+    await until('the echo to free its slot', () => srv.activeAssociations() === 0);
   });
 });

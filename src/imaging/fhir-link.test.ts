@@ -1,7 +1,7 @@
 // Studies into the FHIR record: the Patient found by resident ID or the sender's patient ID
 // (created, tagged as made from DICOM, when missing), an ImagingStudy per study kept in step
 // as instances arrive, and a clear note when the record cannot be written at this site.
-import { silentLogger } from '../common/index.ts';
+import { LogCounts, silentLogger } from '../common/index.ts';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
@@ -13,7 +13,7 @@ import { DICOM_PATIENT_ID_SYSTEM, StudyLinker } from './fhir-link.ts';
 import { ImageResidency } from './image-residency.ts';
 import { ImagingStore } from './imaging-store.ts';
 import { blobCount } from './testing.ts';
-import { makeInstances, openTestImaging, type TestImaging } from './testing.ts';
+import { makeInstances, openTestImaging, type TestImaging, until } from './testing.ts';
 
 const uid = (n: number) => `1.2.826.0.1.3680043.10.1519.8.${n}`;
 
@@ -156,8 +156,10 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
       query: ((...a: Parameters<typeof t.db.query>) =>
         away ? Promise.reject(new Error('database away')) : t.db.query(...a)) as typeof t.db.query,
     };
+    const counts = new LogCounts();
+    const failedPasses = () => counts.entries().reduce((n, e) => n + (e.level === 'warn' ? e.count : 0), 0);
     const timed = new StudyLinker({
-      log: silentLogger(),
+      log: silentLogger(counts),
       db: flaky,
       holder: 'node-1',
       records: r.store,
@@ -172,13 +174,10 @@ describe(`imaging studies in the FHIR record (${testBackend()})`, () => {
       const rid = makeResidentId({ divisionCode: '440106', birthDate: '1983-04-05', sequence: 41 });
       await ingest({ studyUid: uid(8), date: '20261122', patientId: rid, count: 1 });
       timed.start(20);
-      await new Promise((res) => setTimeout(res, 150)); // several failed passes
+      // Each failed pass is logged and counted (a background loop's failures are never silent).
+      await until('several failed passes, logged', () => failedPasses() >= 3);
       away = false;
-      const until = Date.now() + 10_000;
-      while ((await r.store.read('ImagingStudy', uid(8))).ok !== true) {
-        assert.ok(Date.now() < until, 'the study was linked once the database was back');
-        await new Promise((res) => setTimeout(res, 50));
-      }
+      await until('the study linked once the database was back', async () => (await r.store.read('ImagingStudy', uid(8))).ok);
     } finally {
       await timed.stop();
       process.off('unhandledRejection', onUnhandled);

@@ -1,5 +1,6 @@
 // Test helpers for imaging: a migrated database, an unsealed KMS, a blob folder, the store,
 // sample files from Debian's python3-pydicom, and the DCMTK command-line tools.
+import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,6 +17,17 @@ import { ImagingStore } from './imaging-store.ts';
 export const PYDICOM = '/usr/lib/python3/dist-packages/pydicom/data';
 export const sample = (name: string): Promise<Buffer> =>
   readFile(join(PYDICOM, name.includes('/') ? name : `test_files/${name}`));
+
+/**
+ * Waits for a condition (never a fixed sleep), looking every 20 ms; fails with `what` after `ms`
+ * (a function: worded at the failure, with what was seen by then).
+ */
+export async function until(what: string | (() => string), ok: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
+  for (const end = Date.now() + ms; !(await ok());) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${typeof what === 'string' ? what : what()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 
 export interface TestImaging {
   db: Db;

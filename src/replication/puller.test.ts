@@ -12,18 +12,26 @@ import { Sm2PrivateKey } from '../security/crypto/index.ts';
 import { ReplicationMetrics } from './metrics.ts';
 import { Puller, pullFailure } from './puller.ts';
 
-/** A stand-in peer that answers every request with `status`, counting them. */
+/**
+ * A stand-in peer that answers every request with `status`, counting them, and counting the
+ * connections made to it (a request's, or a TCP probe's: a connect with no request).
+ */
 const servers = new Set<Server>();
-async function peer(port: number, status: number): Promise<{ server: Server; hits: number[]; port: number }> {
+async function peer(
+  port: number,
+  status: number,
+): Promise<{ server: Server; hits: number[]; port: number; connections: () => number }> {
   const hits: number[] = [];
+  let connections = 0;
   const server = createServer((req, res) => {
     hits.push(Date.now());
     req.resume();
     res.writeHead(status, { 'content-type': 'application/json' }).end('{"error":"stand-in"}');
   });
+  server.on('connection', () => void connections++);
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   servers.add(server);
-  return { server, hits, port: (server.address() as AddressInfo).port };
+  return { server, hits, port: (server.address() as AddressInfo).port, connections: () => connections };
 }
 const close = (s: Server) =>
   new Promise<void>((resolve) => {
@@ -92,12 +100,16 @@ describe(`puller retries (${testBackend()})`, () => {
       p.start();
       try {
         await until('the first pull', 5_000, () => first.hits.length === 1);
-        await new Promise((r) => setTimeout(r, 1_500));
+        // Backing off, the puller probes the port every ~0.2 s: five probes made, still one request.
+        const connected = first.connections();
+        await until('five probes during the backoff', 5_000, () => first.connections() >= connected + 5);
         assert.equal(first.hits.length, 1, 'a peer answering 500 is backed off (20 s here), not asked again');
         assert.equal(metrics.links()[0]!.state, 'down');
         assert.match(errors[0]!, /B answered 500/);
 
         await close(first.server); // the peer goes away during the backoff...
+        // ... for a few probes' time: a probe that finds it gone leaves nothing to wait for (no
+        // request, no metric), so this wait stays a fixed one.
         await new Promise((r) => setTimeout(r, 600));
         const second = await peer(first.port, 503); // ...and comes back (starting: 503)
         const back = Date.now();
@@ -107,7 +119,9 @@ describe(`puller retries (${testBackend()})`, () => {
         await until('503 answered by asking again', 2_000, () => second.hits.length >= 3);
 
         await close(second.server);
-        await new Promise((r) => setTimeout(r, 1_000)); // refused: asked every ~0.2 s
+        // Refused: asked every ~0.2 s, each failure counted; four of them, reported at most once more.
+        const failures = metrics.links()[0]!.failures;
+        await until('four refused pulls', 5_000, () => metrics.links()[0]!.failures >= failures + 4);
         const third = await peer(first.port, 500);
         const up = Date.now();
         await until('a pull once it listens', 2_000, () => third.hits.length >= 1);

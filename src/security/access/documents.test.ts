@@ -36,13 +36,14 @@ describe(`access documents (${testBackend()})`, () => {
       log: silentLogger(counts).child({ component: 'access-documents' }),
       maxAgeMs: 0,
     });
-    await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 5)); // on purpose: the copy ages past maxAgeMs, so it is stale
     const roles = await db.transaction(async (tx) => {
       await tx.query('SELECT 1');
       return [...docs.policies().keys()]; // stale: starts a reload, answers the copy in force
     });
     assert.ok(roles.includes('doctor'));
     await until(() => docs.versionOf('policy', 'doctor') === 1);
+    // A quiet moment for a late rejection or warning to show: nothing announces that none will come.
     await new Promise((r) => setTimeout(r, 50));
     assert.deepEqual(unhandled, []);
     assert.deepEqual(counts.entries(), []);
@@ -57,7 +58,7 @@ describe(`access documents (${testBackend()})`, () => {
     });
     await db.query('ALTER TABLE access_document RENAME TO access_document_away');
     try {
-      await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 5)); // on purpose: the copy goes stale
       assert.ok(docs.policies().has('nurse'), 'decisions go on with the copy in force');
       await until(() => counts.entries().length > 0);
       assert.deepEqual(counts.entries(), [{ component: 'access-documents', level: 'warn', count: 1 }]);
