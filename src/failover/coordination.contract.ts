@@ -65,7 +65,7 @@ export function coordinationContract(h: ContractHarness): void {
       await Promise.all(stores.splice(0).map((s) => s.close()));
     };
 
-    it('put with expectRevision creates once and updates only from the revision read (CAS); bad input changes nothing', async () => {
+    it('put with expectRevision creates once, updates only from the revision read (CAS); bad input changes nothing', async () => {
       try {
         const s = await open();
         const k = uniq('cas/key');

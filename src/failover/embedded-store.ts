@@ -300,7 +300,8 @@ class EmbeddedStore implements CoordinationStore {
       await tx.query(
         `INSERT INTO coord_leader (name, candidate, fence, expires_at)
          VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4))
-         ON CONFLICT (name) DO UPDATE SET candidate = excluded.candidate, fence = excluded.fence, expires_at = excluded.expires_at`,
+         ON CONFLICT (name) DO UPDATE
+           SET candidate = excluded.candidate, fence = excluded.fence, expires_at = excluded.expires_at`,
         [name, opts.candidate, fence, opts.ttlMs / 1000],
       );
       return { fence };
@@ -400,7 +401,8 @@ class EmbeddedStore implements CoordinationStore {
             if (through < rows[0]!.compacted) {
               const e = new CoordinationError(
                 'compacted',
-                `watch of ${JSON.stringify(prefix)}: changes after revision ${through} were compacted (up to ${rows[0]!.compacted})`,
+                `watch of ${JSON.stringify(prefix)}: changes after revision ${through} were compacted ` +
+                  `(up to ${rows[0]!.compacted})`,
               );
               this.#log.warn({ err: e.message }, 'watch stopped');
               opts.onError?.(e);

@@ -68,7 +68,7 @@ if (!binary && !ci) {
   });
 
   describe('etcd coordination store faults', () => {
-    it('etcd killed under a leader, a watch and a campaign: calls fail as unavailable, nothing crashes, all recovers', async () => {
+    it('etcd killed under a leader, a watch and a campaign: calls fail as unavailable, no crash, all recovers', async () => {
       const counts = new LogCounts();
       const unhandled: unknown[] = [];
       const onUnhandled = (e: unknown) => unhandled.push(e);

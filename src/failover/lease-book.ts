@@ -448,7 +448,8 @@ export class LeaseBook {
         'bad-operator-signature',
         request.shard,
         nowMono,
-        `operator ${approval.id}'s signature does not cover this ${request.action} of ${request.shard} from epoch ${request.fromEpoch}`,
+        `operator ${approval.id}'s signature does not cover this ${request.action} of ${request.shard} ` +
+          `from epoch ${request.fromEpoch}`,
       );
     return ok(undefined);
   }

@@ -1,7 +1,8 @@
 // A campaigner in a process of its own, for the fault tests (testing.ts spawnCampaigner):
 // opens a coordination store, campaigns, prints "elected <fence>" and keeps the leadership
 // until it is killed (SIGKILL: no resignation, the leadership must lapse after its ttl).
-//   node testing-campaigner.ts '{"backend":"etcd","endpoints":[...],"namespace":"...","name":"...","candidate":"...","ttlMs":1000}'
+//   node testing-campaigner.ts \
+//     '{"backend":"etcd","endpoints":[...],"namespace":"...","name":"...","candidate":"...","ttlMs":1000}'
 import { silentLogger } from '../common/index.ts';
 import { openPostgres } from '../db/index.ts';
 import type { CoordinationStore } from './coordination.ts';
