@@ -19,6 +19,7 @@ import { AGE_BAND_URL, DIVISION_SYSTEM, PSEUDONYM_SYSTEM } from '../security/acc
 import { Sm2PrivateKey } from '../security/crypto/index.ts';
 import { signToken, type TokenClaims } from '../security/identity/index.ts';
 import { startTestServer, type TestServer } from '../site/testing.ts';
+import { applyVersions, recordEpochCuts } from '../records/index.ts';
 
 const RID = 'urn:oid:2.16.156.10011.1.3';
 const FHIR = { 'content-type': 'application/fhir+json' };
@@ -418,6 +419,53 @@ describe(`access control (${testBackend()})`, () => {
     );
     assert.equal(unexplained.status, 400);
     assert.match(String(unexplained.json.message), /^X-Medmesh-Purpose must be one of/, 'the purpose is checked before the body');
+  });
+
+  it('lists versions fenced out for review only to those who may read them', async () => {
+    // C's unreplicated tail of an ended epoch, for a patient in the doctor's care and for one who is not.
+    const tail = async (p: Patient, epoch: number): Promise<string> => {
+      const { rows } = await s.site.ctx.db.query<{ hlc: string; shard: string }>(
+        "SELECT hlc::text AS hlc, shard FROM resource_current WHERE resource_type = 'Patient' AND id = $1",
+        [p.id],
+      );
+      const parent = BigInt(rows[0]!.hlc);
+      const hlc = parent + (1000n << 16n);
+      const versionId = `${hlc.toString(16).padStart(16, '0')}-C`;
+      const lastUpdated = new Date(Number(hlc >> 16n)).toISOString();
+      const cut = { shard: rows[0]!.shard, epoch: BigInt(epoch), holder: 'C', cutHlc: parent, voteSeq: epoch };
+      await s.site.ctx.db.transaction(async (tx) => {
+        await applyVersions(s.site.ctx, tx, [
+          {
+            resourceType: 'Patient',
+            id: p.id!,
+            versionId,
+            hlc,
+            parentHlc: parent,
+            parentOrigin: 'B',
+            originSite: 'C',
+            epoch: BigInt(epoch),
+            shard: rows[0]!.shard,
+            dataClass: 'core',
+            patientId: p.id!,
+            deleted: false,
+            lastUpdated,
+            content: { ...p, gender: 'other', meta: { versionId, lastUpdated } },
+          },
+        ]);
+        await recordEpochCuts(s.site.ctx, tx, [cut]);
+      });
+      return versionId;
+    };
+    const inCare = await tail(a, 71);
+    const notInCare = await tail(b, 72);
+    const listed = await call('GET', '/conflicts/fenced-out', doctor);
+    assert.equal(listed.status, 200);
+    const versions = (listed.json as unknown as Array<{ versionId: string; currentVersion: string }>).map((v) => v.versionId);
+    assert.ok(versions.includes(inCare));
+    assert.ok(!versions.includes(notInCare), 'a tail of a patient out of scope is not shown');
+    // The tail is never the current version.
+    assert.notEqual((await call('GET', `/fhir/R4/Patient/${a.id!}`, doctor)).json.gender, 'other');
+    assert.equal((await call('GET', '/conflicts/fenced-out?shard=Not%20a%20shard', doctor)).status, 400);
   });
 
   it('grants: valid only inside their window, revocable, administered by administrators only', async () => {

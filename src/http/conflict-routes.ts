@@ -6,7 +6,7 @@ import type { FastifyRequest } from 'fastify';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { Db } from '../db/index.ts';
-import { listConflicts, markResolved } from '../records/index.ts';
+import { listConflicts, listFencedOut, markResolved } from '../records/index.ts';
 import { PURPOSES, type AccessControl, type RecordAccess } from '../security/access/index.ts';
 import { resolveRequester } from './requester.ts';
 import { actorId } from './identity.ts';
@@ -23,6 +23,13 @@ const listQuery = z.object({
   resolved: z.enum(['true', 'false']).optional().describe('true: the resolved ones (default: the open ones)'),
   resourceType: resourceType.optional(),
   id: id.optional(),
+});
+const fencedOutQuery = z.object({
+  shard: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'a shard id')
+    .optional()
+    .describe('only this shard'),
 });
 const resolveBody = z.strictObject({
   resourceType,
@@ -67,6 +74,27 @@ export const conflictRoutes: FastifyPluginAsyncZod<{ db: Db; access: AccessContr
         const r = await view.read(c.resourceType, c.id);
         if (r.ok || r.error.kind === 'gone') visible.push(c);
       }
+      return visible;
+    },
+  );
+
+  app.get(
+    '/fenced-out',
+    {
+      config: { access: 'records' },
+      schema: {
+        summary: "Versions of an ended write epoch's unreplicated tail, kept for review (never current)",
+        tags: ['replication'],
+        querystring: fencedOutQuery,
+        headers: purposeHeader,
+      },
+    },
+    async (req) => {
+      const view = records(req);
+      const all = await listFencedOut(db, req.query.shard ? { shard: req.query.shard } : {});
+      // Each version is checked as a vread of itself: a tail may hold a record that has no current version.
+      const visible = [];
+      for (const v of all) if ((await view.vread(v.resourceType, v.id, v.versionId)).ok) visible.push(v);
       return visible;
     },
   );

@@ -18,12 +18,20 @@ export type RemoteVersion = VersionRow;
 export interface ApplyResult {
   /**
    * current: it is now the current version (a directory entry, its one version, has no current
-   * row); history: kept as an older version; duplicate: already here.
+   * row); history: kept as an older version; review: kept, fenced out (the tail of an epoch
+   * that ended before its successor saw it: migration 0022); duplicate: already here.
    */
-  outcome: 'current' | 'history' | 'duplicate';
+  outcome: 'current' | 'history' | 'review' | 'duplicate';
   /** A version it forms a conflict with, when it does. */
   conflictWith?: string;
 }
+
+/**
+ * Serializes appliers of epoch-stamped versions (shared) with the recording of epoch cuts
+ * (exclusive, epoch-review.ts): a version applied while a cut is recorded is either seen by
+ * the cut's update or sees the cut itself.
+ */
+export const EPOCH_CUT_LOCK = 0x6d6d_6375; // 'mmcu'
 
 const keyOf = (type: string, id: string) => `${type}\u0000${id}`;
 
@@ -78,13 +86,18 @@ export async function applyVersions(
     tx,
     versions.filter((v) => v.resourceType !== EMPI_TYPE),
   );
+  if (versions.some((v) => v.epoch > 0n)) await tx.query('SELECT pg_advisory_xact_lock_shared($1)', [EPOCH_CUT_LOCK]);
   const col = <T>(f: (v: RemoteVersion) => T) => versions.map(f);
-  const inserted = await tx.query<{ resource_type: string; id: string; version_id: string }>(
+  // A version of an epoch's tail whose end is already known arrives fenced out (migration 0022).
+  const inserted = await tx.query<{ resource_type: string; id: string; version_id: string; fenced_out: boolean }>(
     `INSERT INTO resource_history (resource_type, id, version_id, hlc, parent_hlc, parent_origin, origin_site, epoch, shard,
-                                  data_class, deleted, last_updated, content)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
-                          $8::bigint[], $9::text[], $10::text[], $11::boolean[], $12::timestamptz[], $13::jsonb[])
-     ON CONFLICT DO NOTHING RETURNING resource_type, id, version_id`,
+                                  data_class, deleted, last_updated, content, fenced_out)
+     SELECT u.*, EXISTS (SELECT 1 FROM epoch_cut c
+                          WHERE c.shard = u.shard AND c.epoch = u.epoch AND c.holder = u.site AND u.hlc > c.cut_hlc)
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
+                   $8::bigint[], $9::text[], $10::text[], $11::boolean[], $12::timestamptz[], $13::jsonb[])
+            AS u(rt, id, vid, hlc, phlc, porg, site, epoch, shard, cls, del, lu, content)
+     ON CONFLICT DO NOTHING RETURNING resource_type, id, version_id, fenced_out`,
     [
       col((v) => v.resourceType),
       col((v) => v.id),
@@ -103,12 +116,17 @@ export async function applyVersions(
     { name: 'medmesh_apply_history_batch' },
   );
   const freshKeys = new Set(inserted.rows.map((r) => `${keyOf(r.resource_type, r.id)}\u0000${r.version_id}`));
+  const fencedOut = new Set(
+    inserted.rows.filter((r) => r.fenced_out).map((r) => `${keyOf(r.resource_type, r.id)}\u0000${r.version_id}`),
+  );
   const fresh: RemoteVersion[] = [];
   const resultOf = new Map<RemoteVersion, ApplyResult>();
   const results: ApplyResult[] = versions.map((v) => {
     if (!freshKeys.delete(`${keyOf(v.resourceType, v.id)}\u0000${v.versionId}`)) return { outcome: 'duplicate' };
     // Written once, a directory entry keeps no current row (empi.ts): its history row is all.
     const r: ApplyResult = { outcome: v.resourceType === EMPI_TYPE ? 'current' : 'history' };
+    // Fenced out: kept for review, outside the derived state (no current, no conflicts).
+    if (fencedOut.has(`${keyOf(v.resourceType, v.id)}\u0000${v.versionId}`)) return { outcome: 'review' };
     fresh.push(v);
     resultOf.set(v, r);
     return r;
@@ -228,7 +246,7 @@ async function loadState(tx: Queryable, derived: readonly RemoteVersion[]): Prom
       `SELECT h.resource_type, h.id, h.version_id, h.hlc::text AS hlc, h.origin_site, h.parent_hlc::text AS parent_hlc,
               h.parent_origin
          FROM resource_history h JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS w(t, i, lo)
-           ON h.resource_type = w.t AND h.id = w.i AND h.hlc >= w.lo`,
+           ON h.resource_type = w.t AND h.id = w.i AND h.hlc >= w.lo AND NOT h.fenced_out`,
       [ts.map((f) => f.t), ts.map((f) => f.id), ts.map((f) => f.lo)],
       { name: 'medmesh_apply_version_facts' },
     ),

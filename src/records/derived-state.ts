@@ -43,7 +43,7 @@ export async function recomputeResources(
 async function recomputeOne(ctx: RecordsContext, tx: Queryable, ref: ResourceRef): Promise<boolean> {
   const { rows } = await tx.query<HistoryRow>(
     `SELECT version_id, hlc::text AS hlc, origin_site, parent_hlc::text AS parent_hlc, parent_origin
-       FROM resource_history WHERE resource_type = $1 AND id = $2`,
+       FROM resource_history WHERE resource_type = $1 AND id = $2 AND NOT fenced_out`,
     [ref.resourceType, ref.id],
   );
   const want = deriveState(rows.map(factsOf));

@@ -26,4 +26,6 @@ export type { ResourceRef } from './derived-state.ts';
 export { EMPI_BLIND_INDEX_KEY, findByBlindIndex } from './empi.ts';
 export type { RemoteVersion, ApplyResult } from './apply-versions.ts';
 export { listConflicts, markResolved } from './conflicts.ts';
+export { recordEpochCuts, listFencedOut } from './epoch-review.ts';
+export type { EpochCut, FencedOutVersion } from './epoch-review.ts';
 export type { Conflict } from './conflicts.ts';
