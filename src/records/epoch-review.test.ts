@@ -39,7 +39,7 @@ function version(o: {
     patientId: o.id,
     deleted: false,
     lastUpdated,
-    content: { resourceType: 'Patient', id: o.id, gender: o.gender, meta: { versionId, lastUpdated } } as Patient,
+    content: { resourceType: 'Patient', id: o.id, gender: o.gender, meta: { versionId, lastUpdated } },
   };
 }
 
