@@ -68,3 +68,5 @@ export { openEtcdStore } from './etcd-store.ts';
 export type { EtcdStoreOptions } from './etcd-store.ts';
 export { SAFETY_MARGIN } from './keeper.ts';
 export type { WitnessApi, WitnessAnswer, WitnessError, WitnessErrorCode, ShardAnswer } from './witness-api.ts';
+export { epochCuts } from './epoch-cuts.ts';
+export type { EpochCutOf } from './epoch-cuts.ts';
