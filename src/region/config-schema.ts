@@ -62,6 +62,27 @@ export const witnessStoreSchema = z
   )
   .default('embedded');
 
+const synchronousClassSchema = z
+  .strictObject({
+    name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'a lower-case name (letters, digits, -)'),
+    /** Resource types of the class (absent: any type that carries one of `tags`). */
+    resourceTypes: z.array(z.string().regex(/^[A-Z][A-Za-z]+$/, 'a FHIR resource type')).min(1).optional(),
+    /** meta.tag codings that put a resource in the class (absent: every resource of `resourceTypes`). */
+    tags: z.array(z.strictObject({ system: z.string().min(1).optional(), code: z.string().min(1) })).min(1).optional(),
+    /** How long a write waits for the twin to apply it. */
+    timeoutMs: z.number().int().positive().max(60_000).default(2000),
+    /**
+     * When the twin does not confirm in time: `refuse` answers 503 (the write is committed here but
+     * not confirmed at the twin: the client must treat the outcome as unknown and retry
+     * idempotently, as with PostgreSQL's synchronous commit); `degrade` answers as usual, with
+     * `X-Medmesh-Sync: degraded` and an alarm.
+     */
+    onTimeout: z.enum(['refuse', 'degrade']).default('refuse'),
+  })
+  .refine((c) => c.resourceTypes !== undefined || c.tags !== undefined, {
+    message: 'a synchronous class names resourceTypes, tags or both',
+  });
+
 export const regionSchema = z.strictObject({
   region: id,
   name: z.string().min(1).optional(),
@@ -97,11 +118,17 @@ export const regionSchema = z.strictObject({
         .int()
         .min(183, 'the regional standard keeps audit logs online for at least 6 months (183 days)')
         .default(183),
+      /**
+       * Synchronous classes (DESIGN.md §6): writes of these resources are answered only after
+       * the shard's DR twin has applied them (RPO 0 for the class). Core data with a shard only.
+       */
+      synchronous: z.array(synchronousClassSchema).default([]),
     })
     .prefault({}),
 });
 
 export type RegionConfig = z.infer<typeof regionSchema>;
+export type SynchronousClass = z.infer<typeof synchronousClassSchema>;
 export type SiteConfig = z.infer<typeof siteSchema>;
 export type ShardConfig = z.infer<typeof shardSchema>;
 export type WitnessStoreConfig = z.infer<typeof witnessStoreSchema>;

@@ -2,7 +2,15 @@
 // data classes, and where a patient lives (home shard from the resident ID, insurance card,
 // GeoHash of the home address or the registering institution). Pure: no database, no I/O
 // beyond reading the file.
-export type { RegionConfig, SiteConfig, ShardConfig, SiteKind, DataClass, WitnessStoreConfig } from './config-schema.ts';
+export type {
+  RegionConfig,
+  SiteConfig,
+  ShardConfig,
+  SiteKind,
+  DataClass,
+  WitnessStoreConfig,
+  SynchronousClass,
+} from './config-schema.ts';
 export type { ConfigIssue } from './validate-region.ts';
 export { loadRegionFile, formatIssues } from './load-region.ts';
 export type { LoadResult } from './load-region.ts';

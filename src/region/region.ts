@@ -1,6 +1,6 @@
 // The validated region: lookups every other module needs (sites, shards, data classes,
 // which site is active for a shard). Immutable once built.
-import type { DataClass, RegionConfig, ShardConfig, SiteConfig } from './config-schema.ts';
+import type { DataClass, RegionConfig, ShardConfig, SiteConfig, SynchronousClass } from './config-schema.ts';
 
 export class Region {
   readonly config: RegionConfig;
@@ -43,6 +43,29 @@ export class Region {
     // The EMPI directory (records/empi.ts) is public by design: every site routes with it.
     if (resourceType === 'EmpiEntry') return 'public';
     return this.#classes.get(resourceType) ?? this.config.dataClasses.default;
+  }
+
+  /**
+   * The synchronous class a resource falls in (policies.synchronous: the first that matches), if
+   * any: of its types (when listed) and carrying one of its tags (when listed).
+   */
+  synchronousClassOf(resource: {
+    resourceType: string;
+    meta?: { tag?: ReadonlyArray<{ system?: string; code?: string }> };
+  }): SynchronousClass | undefined {
+    return this.config.policies.synchronous.find(
+      (c) =>
+        (!c.resourceTypes || c.resourceTypes.includes(resource.resourceType)) &&
+        (!c.tags ||
+          c.tags.some((t) =>
+            (resource.meta?.tag ?? []).some((m) => m.code === t.code && (t.system === undefined || m.system === t.system)),
+          )),
+    );
+  }
+
+  /** The DR twin of a shard for its writer: the first other residency site. */
+  twinOf(shardId: string, writer: string): string | undefined {
+    return this.#shards.get(shardId)?.residency.find((s) => s !== writer);
   }
 
   /** The site that takes writes for a shard: the first residency site (leases refine this later). */
