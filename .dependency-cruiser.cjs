@@ -15,8 +15,9 @@ const ladder = {
   'security/access': ['region', 'clock', 'db', 'security/crypto', 'security/identity', 'records'],
   replication: ['region', 'clock', 'db', 'security/crypto', 'security/identity', 'records'],
   imaging: ['region', 'clock', 'db', 'security/crypto', 'security/kms', 'security/audit', 'records'],
-  // The witness: votes and lease decisions (pure logic), its coordination store (on the Db or etcd).
-  failover: ['region', 'clock', 'db', 'security/crypto'],
+  // The witness: votes and lease decisions (pure logic), its coordination store (on the Db or etcd),
+  // the witness service and its client (service assertions from security/identity).
+  failover: ['region', 'clock', 'db', 'security/crypto', 'security/identity'],
   http: [
     'region',
     'clock',

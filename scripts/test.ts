@@ -20,6 +20,8 @@ const DB_SUITES = [
   'src/cli/replication-kill.test.ts',
   // The embedded coordination store (its etcd twin, etcd-store.test.ts, runs once, with the PGlite run).
   'src/failover/embedded-store.test.ts',
+  // The witness service on the embedded store (its etcd half runs in both runs; it is quick).
+  'src/failover/witness.test.ts',
 ];
 
 /** A whole run never takes longer than this: a hung test must fail CI, not stall it. */

@@ -13,10 +13,12 @@ import { siteVerb } from './verb-site.ts';
 import { usersVerb } from './verb-users.ts';
 import { verifyVerb } from './verb-verify.ts';
 import { peersVerb } from './verb-peers.ts';
+import { witnessVerb } from './verb-witness.ts';
 
 const VERBS: Record<string, { run: (argv: string[]) => Promise<number>; summary: string }> = {
   demo: { run: demoVerb, summary: 'run a whole demo region on this machine (embedded defaults)' },
   site: { run: siteVerb, summary: 'run one site API node' },
+  witness: { run: witnessVerb, summary: 'run the witness (write leases, epochs, signed votes); witness trust|keys init' },
   migrate: { run: migrateVerb, summary: "apply a site's database migrations" },
   seed: { run: seedVerb, summary: 'write synthetic patients at a site' },
   region: { run: regionVerb, summary: 'check a region file (medmesh region check --region FILE)' },

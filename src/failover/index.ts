@@ -6,7 +6,9 @@
 // keeps its state in, behind one interface (keys with a global revision, compare-and-set,
 // transactions, watches, leader election with fencing tokens) with two implementations:
 // embedded on the witness's own database (PGlite or PostgreSQL) and etcd.
-// Needs common, region, clock, db and security/crypto.
+// The witness service over the store (witness.ts: one acts per store, the others answer
+// not-leader) and its HTTP client (witness-client.ts), both behind WitnessApi.
+// Needs common, region, clock, db, security/crypto and security/identity (service assertions).
 export {
   VOTE_KINDS,
   TRANSFER_KINDS,
@@ -70,3 +72,34 @@ export { SAFETY_MARGIN } from './keeper.ts';
 export type { WitnessApi, WitnessAnswer, WitnessError, WitnessErrorCode, ShardAnswer } from './witness-api.ts';
 export { epochCuts } from './epoch-cuts.ts';
 export type { EpochCutOf } from './epoch-cuts.ts';
+export {
+  Witness,
+  trustSite,
+  trustOperator,
+  witnessKeyId,
+  chainKey,
+  loadStoredVotes,
+  WITNESS_ELECTION,
+  DEFAULT_LEASE_MS,
+  DEFAULT_MAX_LAG_MS,
+  DEFAULT_SUMMARY_EVERY_MS,
+  MAX_CHAIN_PAGE,
+} from './witness.ts';
+export type { WitnessOptions, LeasesSnapshot } from './witness.ts';
+export {
+  WITNESS_API_PREFIX,
+  renewBody,
+  reportBody,
+  claimBody,
+  releaseBody,
+  manualFailoverBody,
+  fenceBody,
+  chainQuery,
+  answerToJson,
+  answerOfJson,
+  leaseToJson,
+  leaseOfJson,
+} from './witness-wire.ts';
+export type { LeaseViewJson, WitnessAnswerJson } from './witness-wire.ts';
+export { WitnessClient } from './witness-client.ts';
+export type { WitnessClientOptions } from './witness-client.ts';

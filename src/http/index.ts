@@ -4,3 +4,5 @@ export type { Identity, IdentityResolver } from './identity.ts';
 export { tokenResolver, anonymousResolver } from './identity.ts';
 export { outcomeOf, statusOf } from './outcome.ts';
 export { sendResource } from './fhir-routes.ts';
+export { buildWitnessApp, WITNESS_AUDIENCE } from './witness-app.ts';
+export type { WitnessAppOptions } from './witness-app.ts';

@@ -260,12 +260,13 @@ export class IdentityService {
     const cacheKey = `${rows[0].public_key}\u0000${assertion}`;
     const cached = this.#services.get(cacheKey);
     if (cached && cached.exp > nowS) return { ok: true, value: { kind: 'service', serviceId, serviceKind: rows[0].kind } };
-    const v = verifyToken(assertion, Sm2PublicKey.fromPem(rows[0].public_key), nowS);
-    if (!v.ok) return fail(v.error.kind === 'expired' ? 'token-expired' : 'token-invalid', v.error.message);
-    if (v.claims.typ !== 'service' || v.claims.sub !== serviceId || v.claims.site !== this.#c.siteId)
-      return fail('token-invalid', 'service assertion is not for this site or not a service assertion');
+    const v = verifyServiceAssertion(assertion, Sm2PublicKey.fromPem(rows[0].public_key), {
+      audience: this.#c.siteId,
+      nowSeconds: nowS,
+    });
+    if (!v.ok) return v;
     if (this.#services.size >= VERIFIED_CACHE) this.#services.delete(this.#services.keys().next().value!);
-    this.#services.set(cacheKey, { exp: v.claims.exp });
+    this.#services.set(cacheKey, { exp: v.value.exp });
     return { ok: true, value: { kind: 'service', serviceId, serviceKind: rows[0].kind } };
   }
 
@@ -376,6 +377,31 @@ export function serviceAssertion(opts: { serviceId: string; key: Sm2PrivateKey; 
 }
 
 const ASSERTION_SECONDS = 60;
+
+/** The service a service assertion says it is from (its key id), unverified: to pick the key to verify it with. */
+export function assertionIssuer(assertion: string): string | undefined {
+  const kid = peekHeader(assertion)?.kid;
+  return typeof kid === 'string' && kid.length > 0 ? kid : undefined;
+}
+
+/**
+ * Checks a service assertion against the issuer's registered key: signature, lifetime (with the
+ * leeway), a service assertion (not an access token), from `assertionIssuer` and for `audience`
+ * (the site, or 'witness', being called). The one check for sites and the witness.
+ */
+export function verifyServiceAssertion(
+  assertion: string,
+  key: Sm2PublicKey,
+  o: { audience: string; nowSeconds?: number },
+): R<{ serviceId: string; exp: number }> {
+  const serviceId = assertionIssuer(assertion);
+  if (!serviceId) return fail('token-invalid', 'service assertion names no service (kid)');
+  const v = verifyToken(assertion, key, o.nowSeconds ?? Math.floor(Date.now() / 1000));
+  if (!v.ok) return fail(v.error.kind === 'expired' ? 'token-expired' : 'token-invalid', v.error.message);
+  if (v.claims.typ !== 'service' || v.claims.sub !== serviceId || v.claims.site !== o.audience)
+    return fail('token-invalid', `service assertion is not for ${o.audience} or not a service assertion`);
+  return { ok: true, value: { serviceId, exp: v.claims.exp } };
+}
 
 /**
  * Service assertions for calls to other services, each reused for half its lifetime: a
