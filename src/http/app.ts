@@ -18,7 +18,7 @@ import { verifyRoutes, type VerifyRoutesOptions } from './verify-routes.ts';
 import { conflictRoutes } from './conflict-routes.ts';
 import { empiRoutes, type EmpiRoutesOptions } from './empi-routes.ts';
 import type { Region } from '../region/index.ts';
-import { LinkKeySender, replicationHealth, type ReplicationMetrics } from '../replication/index.ts';
+import { LinkKeySender, replicationHealth, type ReplicationMetrics, type SyncGate } from '../replication/index.ts';
 import { registerRouteAccess } from './route-access.ts';
 import { authRoutes } from './auth-routes.ts';
 import { kmsRoutes } from './kms-routes.ts';
@@ -71,6 +71,8 @@ export interface AppOptions {
     states: NonNullable<AuditRoutesOptions['witness']>;
     prometheus: () => string;
   };
+  /** Synchronous classes: answers to their writes wait for the DR twin (absent: none). */
+  sync?: SyncGate;
   /** More /metrics text (Prometheus), per site: the DIMSE provider's counters. */
   metrics?: ReadonlyArray<(siteId: string) => string>;
 }
@@ -243,6 +245,7 @@ medmesh_replication_feed_dead_letters${site} ${parked.rows[0]?.sent ?? 0}
     siteId: opts.siteId,
     regionId: opts.regionId,
     version: opts.version,
+    ...(opts.sync ? { sync: opts.sync } : {}),
   });
   return app;
 }

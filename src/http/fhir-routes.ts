@@ -17,10 +17,13 @@ import type { AccessControl, RecordAccess } from '../security/access/index.ts';
 import { resolveRequester } from './requester.ts';
 import { buildCapabilityStatement } from './capability.ts';
 import { MAX_PATH_SEGMENT } from './door.ts';
-import { FHIR_JSON, recordProblem, sendProblem, statusOf } from './outcome.ts';
+import { FHIR_JSON, problem, recordProblem, sendProblem, statusOf } from './outcome.ts';
+import type { SyncGate } from '../replication/index.ts';
 
 export interface FhirRoutesOptions {
   access: AccessControl;
+  /** Holds back answers to writes of synchronous classes until the twin applied them (absent: none). */
+  sync?: SyncGate;
   searchParams: SearchParamTable;
   siteId: string;
   regionId: string;
@@ -183,7 +186,7 @@ export const fhirRoutes: FastifyPluginAsyncZod<FhirRoutesOptions> = async (app, 
     async (req, reply) => {
       const ifNoneExist = req.headers['if-none-exist'];
       const r = await records(req).create(req.params.type, req.body, ifNoneExist !== undefined ? { ifNoneExist } : {});
-      return sendWrite(req, reply, r);
+      return sendWrite(req, reply, r, opts.sync);
     },
   );
 
@@ -237,7 +240,7 @@ export const fhirRoutes: FastifyPluginAsyncZod<FhirRoutesOptions> = async (app, 
         req.body,
         ifMatch !== undefined ? { ifMatch: stripEtag(ifMatch) } : {},
       );
-      return sendWrite(req, reply, r);
+      return sendWrite(req, reply, r, opts.sync);
     },
   );
 
@@ -285,10 +288,34 @@ export const fhirRoutes: FastifyPluginAsyncZod<FhirRoutesOptions> = async (app, 
   await Promise.resolve();
 };
 
-function sendWrite(req: FastifyRequest, reply: FastifyReply, r: Result<WriteOutcome>): FastifyReply {
+async function sendWrite(
+  req: FastifyRequest,
+  reply: FastifyReply,
+  r: Result<WriteOutcome>,
+  sync: SyncGate | undefined,
+): Promise<FastifyReply> {
   if (!r.ok) return sendError(req, reply, r.error);
   const { resource, status } = r.value;
   const code = status === 'created' ? 201 : 200;
+  // A synchronous class: answered once the twin applied it (or as its class says on timeout).
+  const synced = status === 'existing' || !sync ? undefined : await sync.confirm(resource);
+  if (synced?.status === 'confirmed') reply.header('x-medmesh-sync', `confirmed; site=${synced.twin}`);
+  else if (synced?.status === 'timeout') {
+    if (synced.policy === 'refuse')
+      return sendProblem(
+        req,
+        reply,
+        problem(
+          503,
+          `${resource.resourceType}/${resource.id} (version ${resource.meta?.versionId}) is written at this site, but its ` +
+            `DR twin ${synced.twin} did not confirm it within the ${synced.className} class's time: the write is not ` +
+            'known to survive the loss of this site. Treat the outcome as unknown: read it back, or retry with ' +
+            'If-None-Exist / If-Match.',
+          { code: 'sync-timeout' },
+        ),
+      );
+    reply.header('x-medmesh-sync', `degraded; site=${synced.twin}`);
+  }
   reply.header(
     'location',
     `${req.protocol}://${req.host}/fhir/R4/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`,

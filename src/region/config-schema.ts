@@ -66,9 +66,15 @@ const synchronousClassSchema = z
   .strictObject({
     name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'a lower-case name (letters, digits, -)'),
     /** Resource types of the class (absent: any type that carries one of `tags`). */
-    resourceTypes: z.array(z.string().regex(/^[A-Z][A-Za-z]+$/, 'a FHIR resource type')).min(1).optional(),
+    resourceTypes: z
+      .array(z.string().regex(/^[A-Z][A-Za-z]+$/, 'a FHIR resource type'))
+      .min(1)
+      .optional(),
     /** meta.tag codings that put a resource in the class (absent: every resource of `resourceTypes`). */
-    tags: z.array(z.strictObject({ system: z.string().min(1).optional(), code: z.string().min(1) })).min(1).optional(),
+    tags: z
+      .array(z.strictObject({ system: z.string().min(1).optional(), code: z.string().min(1) }))
+      .min(1)
+      .optional(),
     /** How long a write waits for the twin to apply it. */
     timeoutMs: z.number().int().positive().max(60_000).default(2000),
     /**

@@ -29,3 +29,5 @@ export { ConsistencyChecker } from './checker.ts';
 export type { CheckerOptions, CheckRequest } from './checker.ts';
 export { LinkKeySender, LinkKeyReceiver } from './link-keys.ts';
 export type { LinkKey } from './link-keys.ts';
+export { SyncGate, recordPeerAck, ACK_CHANNEL } from './peer-acks.ts';
+export type { SyncOutcome, SyncGateOptions } from './peer-acks.ts';

@@ -21,7 +21,7 @@ import { Kms } from '../security/kms/index.ts';
 import { AuditLog, AuditWitness, verifyWithPeers } from '../security/audit/index.ts';
 import { AssertionCache, IdentityService } from '../security/identity/index.ts';
 import { AccessControl } from '../security/access/index.ts';
-import { ConsistencyChecker, Puller, ReplicationMetrics, type ApplyContext } from '../replication/index.ts';
+import { ConsistencyChecker, Puller, ReplicationMetrics, SyncGate, type ApplyContext } from '../replication/index.ts';
 import { buildApp, tokenResolver, type IdentityResolver } from '../http/index.ts';
 import {
   CollectionScheduler,
@@ -367,7 +367,10 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
           },
         })
       : undefined;
+  // Synchronous classes (region policies): their writes are answered once the DR twin applied them.
+  const sync = new SyncGate({ db, region, siteId, logger: logOf('sync') });
   const app = await buildApp({
+    ...(sync.active ? { sync } : {}),
     access,
     db,
     region,
@@ -427,6 +430,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         http.catch(() => undefined); // awaited below
         await collection?.stop(); // before DIMSE closes: a run in flight finishes its study
         await Promise.all([stopReplication(), studyLinker?.stop(), dimse?.close(), http]);
+        await sync.close();
         // After the last request, its entries are written before the database closes; a database
         // that no longer answers does not hold shutdown (those requests were never answered).
         let grace: NodeJS.Timeout | undefined;
