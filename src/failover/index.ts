@@ -5,7 +5,9 @@
 // witness's monotonic time; the holder's stop rule); and the coordination store the witness
 // keeps its state in, behind one interface (keys with a global revision, compare-and-set,
 // transactions, watches, leader election with fencing tokens) with two implementations:
-// embedded on the witness's own database (PGlite or PostgreSQL) and etcd.
+// embedded on the witness's own database (PGlite or PostgreSQL) and etcd; and the site's lease
+// keeper (renews, withdraws at the stop time, claims, keeps the verified chain copy and the
+// shard_lease rows the data path fences on).
 // Needs common, region, clock, db and security/crypto.
 export {
   VOTE_KINDS,
@@ -68,3 +70,5 @@ export { openEtcdStore } from './etcd-store.ts';
 export type { EtcdStoreOptions } from './etcd-store.ts';
 export { SAFETY_MARGIN } from './keeper.ts';
 export type { WitnessApi, WitnessAnswer, WitnessError, WitnessErrorCode, ShardAnswer } from './witness-api.ts';
+export { LeaseKeeper } from './lease-keeper.ts';
+export type { LeaseKeeperOptions } from './lease-keeper.ts';
