@@ -134,7 +134,7 @@ describe(`lease keeper (${testBackend()})`, () => {
     await until('C to hold its home shard shenzhen', () => held('C', 'shenzhen', 1));
   });
 
-  it('cut off from the witness, stops writing at its stop time, before the lease expires at the witness', async () => {
+  it('cut off from the witness, stops writing at its stop time, before the lease expires at the witness', async (t) => {
     witness.partitioned.add('B');
     const now = witness.now();
     const expiresAt = now + witness.w.book.view('guangzhou', now)!.expiresInMs;
@@ -142,6 +142,7 @@ describe(`lease keeper (${testBackend()})`, () => {
       (await row('B', 'guangzhou'))?.withdrawn ? witness.now() : undefined,
     );
     assert.ok(withdrawnAt < expiresAt, `withdrawn at ${withdrawnAt}, the witness's lease expires at ${expiresAt}`);
+    t.diagnostic(`withdrawn ${Math.round(expiresAt - withdrawnAt)} ms before the witness's expiry`);
     // Not long before: the whole usable lease was used (the stop time counts from the last renewal sent).
     assert.ok(expiresAt - withdrawnAt < MARGIN_MS + LEASE_MS * 0.01 + 150, `withdrawn ${expiresAt - withdrawnAt} ms early`);
     const refused = await site('B').t.store.create('Patient', patient(3));
