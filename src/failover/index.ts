@@ -7,7 +7,9 @@
 // transactions, watches, leader election with fencing tokens) with two implementations:
 // embedded on the witness's own database (PGlite or PostgreSQL) and etcd.
 // The witness service over the store (witness.ts: one acts per store, the others answer
-// not-leader) and its HTTP client (witness-client.ts), both behind WitnessApi.
+// not-leader) and its HTTP client (witness-client.ts), both behind WitnessApi; and the site's
+// lease keeper (renews, withdraws at the stop time, claims, keeps the verified chain copy and
+// the shard_lease rows the data path fences on).
 // Needs common, region, clock, db, security/crypto and security/identity (service assertions).
 export {
   VOTE_KINDS,
@@ -103,3 +105,5 @@ export {
 export type { LeaseViewJson, WitnessAnswerJson } from './witness-wire.ts';
 export { WitnessClient } from './witness-client.ts';
 export type { WitnessClientOptions } from './witness-client.ts';
+export { LeaseKeeper } from './lease-keeper.ts';
+export type { LeaseKeeperOptions } from './lease-keeper.ts';

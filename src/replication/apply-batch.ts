@@ -131,10 +131,14 @@ async function applyPage(
   const together = !batch.repair && plan.length > 1 && (await applyTogether(ctx, tx, batch.peer, plan, report));
   if (!together) for (const c of plan) await applyAlone(ctx, tx, batch, c, report);
   if (batch.next) {
+    // The newest change the cursor passed (applied, refused or parked: the feed moves on past it) as
+    // the applied position a standby reports to the witness (appliedPositionOf, positions.ts).
+    const newest = batch.changes.reduce((m, c) => (c.hlc > m ? c.hlc : m), 0n);
     await tx.query(
-      `INSERT INTO replication_cursor (peer, txid, pos) VALUES ($1, $2::xid8, $3::bigint)
-       ON CONFLICT (peer) DO UPDATE SET txid = excluded.txid, pos = excluded.pos, applied_at = now()`,
-      [batch.peer, batch.next.txid, batch.next.pos],
+      `INSERT INTO replication_cursor (peer, txid, pos, hlc) VALUES ($1, $2::xid8, $3::bigint, $4::bigint)
+       ON CONFLICT (peer) DO UPDATE SET txid = excluded.txid, pos = excluded.pos, applied_at = now(),
+         hlc = GREATEST(replication_cursor.hlc, excluded.hlc)`,
+      [batch.peer, batch.next.txid, batch.next.pos, newest.toString()],
     );
   }
 }

@@ -14,6 +14,7 @@ export type { FeedAnswer, FeedParked, FeedDeadLetter, FeedDeadLetterResult } fro
 export { replicationHealth } from './health.ts';
 export type { ReplicationHealth, HealthProblem } from './health.ts';
 export { Puller } from './puller.ts';
+export { ownPositionOf, appliedPositionOf } from './positions.ts';
 export type { PullerOptions } from './puller.ts';
 export { listDeadLetters, retryDeadLetter, skipDeadLetter } from './dead-letters.ts';
 export type { DeadLetter, DeadLetterResult } from './dead-letters.ts';

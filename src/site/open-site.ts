@@ -14,14 +14,23 @@ import {
   SUPPORTED_TYPES,
   type RecordsContext,
 } from '../records/index.ts';
-import { FileCryptoPool, type Sm2PrivateKey } from '../security/crypto/index.ts';
+import { FileCryptoPool, type Sm2PrivateKey, type Sm2PublicKey } from '../security/crypto/index.ts';
 import { empiBlindIndex } from './empi-key.ts';
 import type { Region } from '../region/index.ts';
 import { Kms } from '../security/kms/index.ts';
 import { AuditLog, AuditWitness, verifyWithPeers } from '../security/audit/index.ts';
 import { AssertionCache, IdentityService } from '../security/identity/index.ts';
 import { AccessControl } from '../security/access/index.ts';
-import { ConsistencyChecker, Puller, ReplicationMetrics, SyncGate, type ApplyContext } from '../replication/index.ts';
+import {
+  appliedPositionOf,
+  ConsistencyChecker,
+  ownPositionOf,
+  Puller,
+  ReplicationMetrics,
+  SyncGate,
+  type ApplyContext,
+} from '../replication/index.ts';
+import { LeaseKeeper, type WitnessApi } from '../failover/index.ts';
 import { buildApp, tokenResolver, type IdentityResolver } from '../http/index.ts';
 import {
   CollectionScheduler,
@@ -68,6 +77,25 @@ export interface SiteOptions {
     /** Source PACS to collect from (DIMSE sources need `dicom`: they send to this site's AE); started by `startCollection`. */
     collect?: { sources: CollectionSource[]; everyMs?: number; days?: number; onRun?: (run: SourceRun) => void };
   };
+  /**
+   * Write leases from the region's witness (DESIGN.md §6, docs/failover.md): the site runs a lease
+   * keeper, and core data of a shard is written only under this site's unexpired lease of it
+   * (fencing). Absent: no fencing, each shard's first residency site writes it at epoch 0.
+   */
+  witness?: {
+    urls: string[];
+    /** The witness's SM2 public key: every vote of the site's chain copy must be signed with it. */
+    publicKey: Sm2PublicKey;
+    /** The lease duration the witness grants (default 3000 ms); renewals every sixth of it unless `renewEveryMs`. */
+    leaseMs?: number;
+    renewEveryMs?: number;
+    safetyMarginMs?: number;
+    /**
+     * How the site reaches the witness: the HTTP client over `urls` (WitnessClient, built beside the
+     * witness service), or one in process (tests). Required until the site builds the client itself.
+     */
+    client?: WitnessApi;
+  };
 }
 
 export interface Site {
@@ -99,6 +127,8 @@ export interface Site {
   collection?: CollectionScheduler;
   /** Loads the EMPI blind-index key now (it is also looked for on unseal and every 10 s). */
   refreshEmpiKey(): Promise<void>;
+  /** The lease keeper, when the site runs under a witness (SiteOptions.witness). */
+  leases?: LeaseKeeper;
   app: FastifyInstance;
   close(): Promise<void>;
 }
@@ -152,6 +182,8 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   // Every site starts sealed; custodians unseal it (POST /kms/unseal, medmesh keys unseal).
   const empi = empiBlindIndex(() => kms, logOf('empi-key'));
   const kms = new Kms({ db, siteId, policy: region.config.policies.crypto, onUnsealed: () => void empi.refresh() });
+  const leases = leaseKeeper(opts, logOf('lease-keeper'));
+  if (leases && !(leases instanceof LeaseKeeper)) return { ok: false, error: { kind: 'config', message: leases.message } };
   const ctx: RecordsContext = {
     db,
     region,
@@ -162,6 +194,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     blindIndex: empi.index,
     // A 421 names the other site where this node reaches it (the peers map below), not only where the region file says.
     siteUrl: (id) => peers.get(id) ?? region.site(id)?.url,
+    ...(leases ? { leases } : {}),
   };
   const store = new RecordStore(ctx);
   // Tokens are signed with the site's KMS signing key; second-factor secrets sit under the KMS key `identity`.
@@ -395,8 +428,11 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
     metrics: [
       (site: string) => counts.prometheus({ site }),
       ...(dimse ? [(site: string) => dimse.metrics.prometheus(site)] : []),
+      ...(leases ? [(site: string) => leases.prometheus(site)] : []),
     ],
   });
+  // Last, once nothing above can fail: a keeper left running would renew leases for a site that never opened.
+  await leases?.start();
   return {
     ok: true,
     site: {
@@ -419,6 +455,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
       ...(studyLinker ? { studyLinker } : {}),
       ...(collection ? { collection } : {}),
       refreshEmpiKey: empi.refresh,
+      ...(leases ? { leases } : {}),
       close: async () => {
         clearInterval(checkpoints);
         empi.stop();
@@ -429,7 +466,8 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
         const http = app.close();
         http.catch(() => undefined); // awaited below
         await collection?.stop(); // before DIMSE closes: a run in flight finishes its study
-        await Promise.all([stopReplication(), studyLinker?.stop(), dimse?.close(), http]);
+        // The keeper withdraws nothing: each lease row ends at its stop time by itself (lease-keeper.ts).
+        await Promise.all([stopReplication(), studyLinker?.stop(), dimse?.close(), http, leases?.close()]);
         await sync.close();
         // After the last request, its entries are written before the database closes; a database
         // that no longer answers does not hold shutdown (those requests were never answered).
@@ -441,4 +479,32 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
       },
     },
   };
+}
+
+/** The site's lease keeper under SiteOptions.witness (started by openSite), or why it cannot run. */
+function leaseKeeper(opts: SiteOptions, log: Logging['log']): LeaseKeeper | { message: string } | undefined {
+  const w = opts.witness;
+  if (!w) return undefined;
+  if (!w.client)
+    return {
+      message: `no way to reach the witness at ${w.urls.join(', ') || '(no URL)'}: SiteOptions.witness.client is required`,
+    };
+  const { db, siteId } = opts;
+  try {
+    return new LeaseKeeper({
+      siteId,
+      shards: opts.region.shards.filter((s) => s.residency.includes(siteId)),
+      db,
+      witness: w.client,
+      witnessKey: w.publicKey,
+      leaseMs: w.leaseMs ?? 3000,
+      ...(w.renewEveryMs !== undefined ? { renewEveryMs: w.renewEveryMs } : {}),
+      ...(w.safetyMarginMs !== undefined ? { safetyMarginMs: w.safetyMarginMs } : {}),
+      // The holder's position: its newest outbox HLC; a standby's: how far it applied the holder's feed.
+      positions: { own: () => ownPositionOf(db), applied: (_shard, holder) => appliedPositionOf(db, holder) },
+      log,
+    });
+  } catch (e) {
+    return { message: `witness: ${reasonOf(e)}` };
+  }
 }

@@ -12,7 +12,7 @@ import { exampleRegion } from '../region/testing.ts';
 import type { FastifyInstance } from 'fastify';
 import { Sm2PrivateKey, type Sm2PublicKey } from '../security/crypto/index.ts';
 import { signToken } from '../security/identity/index.ts';
-import { openSite, type Site } from './open-site.ts';
+import { openSite, type Site, type SiteOptions } from './open-site.ts';
 
 export interface TestServer {
   site: Site;
@@ -50,6 +50,8 @@ export async function startTestServer(
     requestTimeoutMs?: number;
     /** How often the audit log is checkpointed (default 5 s). */
     checkpointEveryMs?: number;
+    /** Write leases from a witness (absent: no fencing). */
+    witness?: SiteOptions['witness'];
     /** Routes a test adds before the server listens (fault injection). */
     routes?: (app: FastifyInstance, site: Site) => void;
   } = {},
@@ -93,6 +95,7 @@ export async function startTestServer(
     logging: opts.logging ?? silentLogging(),
     ...(opts.requestTimeoutMs ? { requestTimeoutMs: opts.requestTimeoutMs } : {}),
     ...(opts.checkpointEveryMs ? { checkpointEveryMs: opts.checkpointEveryMs } : {}),
+    ...(opts.witness ? { witness: opts.witness } : {}),
   });
   if (!opened.ok) throw new Error(opened.error.message);
   const { site } = opened;
