@@ -89,7 +89,8 @@ const trustSpec = {
   name: 'witness trust',
   summary: "trust a site's service key (its calls are accepted) or an operator's key (failover approvals)",
   usage:
-    'medmesh witness trust --region <file> (--site <id> | --operator <id>) --public-key <pem> [--data <dir> | --database-url <url>]',
+    'medmesh witness trust --region <file> (--site <id> | --operator <id>) --public-key <pem> ' +
+    '[--data <dir> | --database-url <url>]',
   flags: {
     ...STORE_FLAGS,
     site: { type: 'string', help: 'a site of the region (its <site>.service.pub.pem from medmesh keys init)', placeholder: 'id' },

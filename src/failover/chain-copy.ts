@@ -54,7 +54,10 @@ export class ChainCopy {
     return this.#chain.shard(id);
   }
 
-  /** Reads and verifies the stored copy; a stored vote that no longer verifies (the table was altered) is alarmed, and the copy ends before it. */
+  /**
+   * Reads and verifies the stored copy; a stored vote that no longer verifies (the table was
+   * altered) is alarmed, and the copy ends before it.
+   */
   async load(): Promise<void> {
     const { rows } = await this.#o.db.query<{ seq: string; body: unknown }>(
       'SELECT seq::text AS seq, body FROM witness_vote ORDER BY seq',
@@ -65,7 +68,8 @@ export class ChainCopy {
         this.#alarm(
           r.error.code,
           `stored vote ${row.seq}`,
-          `the stored copy of the vote chain does not verify at vote ${row.seq}: ${r.error.message}; votes from there are fetched again`,
+          `the stored copy of the vote chain does not verify at vote ${row.seq}: ${r.error.message}; ` +
+            'votes from there are fetched again',
         );
         break;
       }

@@ -329,7 +329,10 @@ export class LeaseKeeper {
     }
   }
 
-  /** Whether this site should claim: the successor named by a release that it has caught up with, or the next site after a holder whose lease expired. */
+  /**
+   * Whether this site should claim: the successor named by a release that it has caught up with,
+   * or the next site after a holder whose lease expired.
+   */
   #mayClaim(lease: LeaseView, applied: Hlc): boolean {
     const self = this.#o.siteId;
     if (lease.holder === null || lease.fenced || lease.basis === 'none') return false;
@@ -353,7 +356,10 @@ export class LeaseKeeper {
     await this.#writeRows(r.answers.map((a) => a.shard));
   }
 
-  /** Calls the witness; its answer's head goes to the chain copy. A failure is counted and logged (once per streak and REPORT_EVERY_MS). */
+  /**
+   * Calls the witness; its answer's head goes to the chain copy. A failure is counted and logged
+   * (once per streak and REPORT_EVERY_MS).
+   */
   async #call(f: () => Promise<Result<WitnessAnswer, WitnessError>>): Promise<WitnessAnswer | undefined> {
     let failure: string;
     try {
@@ -491,7 +497,8 @@ export class LeaseKeeper {
     if (s.holder === self && (remaining === undefined || remaining <= 0)) {
       // Withdrawn (stop time passed, handed over, released): this site writes it no more at this epoch.
       await this.#o.db.query(
-        `UPDATE shard_lease SET valid_until = '-infinity', updated_at = now() WHERE shard = $1 AND holder = $2 AND valid_until > '-infinity'`,
+        `UPDATE shard_lease SET valid_until = '-infinity', updated_at = now()
+          WHERE shard = $1 AND holder = $2 AND valid_until > '-infinity'`,
         [s.id, self],
       );
       return;

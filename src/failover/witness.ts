@@ -243,7 +243,8 @@ export class Witness implements WitnessApi {
     });
     this.#log.info(
       { fence: String(l.fence), head: chain.value.head.seq, shards: book.records().length },
-      `acting witness: chain of ${chain.value.length} votes verified; no claim before a whole lease (${this.#bookOptions.leaseMs} ms)`,
+      `acting witness: chain of ${chain.value.length} votes verified; ` +
+        `no claim before a whole lease (${this.#bookOptions.leaseMs} ms)`,
     );
   }
 
