@@ -25,6 +25,7 @@ import type { Hlc } from '../clock/index.ts';
 import type { Db } from '../db/index.ts';
 import type { Sm2PublicKey } from '../security/crypto/index.ts';
 import { ChainCopy } from './chain-copy.ts';
+import { epochCuts, type EpochCutOf } from './epoch-cuts.ts';
 import type { LeaseView } from './lease-book.ts';
 import {
   checkLeaseTiming,
@@ -60,6 +61,13 @@ export interface LeaseKeeperOptions {
   log: Logger;
   /** Monotonic clock, ms (default performance.now). */
   nowMono?: () => number;
+  /**
+   * Where the chain ended write epochs (epoch-cuts.ts), each vote's cuts once its lease rows are
+   * written (so no local write of the ended epoch is in flight): the site fences the tails out for
+   * review (records: recordEpochCuts, idempotent). Called for the stored chain at start too; a
+   * failure is logged and retried.
+   */
+  onEpochCuts?: (cuts: EpochCutOf[]) => Promise<void>;
 }
 
 /** What the keeper knows of one shard. */
@@ -92,6 +100,9 @@ export class LeaseKeeper {
   readonly #chain: ChainCopy;
   /** Row writes, one at a time in order: each computes what it writes when it runs. */
   #rows: Promise<void> = Promise.resolve();
+  /** Who held each shard after the votes seen so far (epochCuts' running state). */
+  readonly #held = new Map<string, { epoch: number; holder: string }>();
+  #cutRetry: NodeJS.Timeout | undefined;
   #timer: NodeJS.Timeout | undefined;
   #tick: Promise<void> | undefined;
   #closed = false;
@@ -158,6 +169,7 @@ export class LeaseKeeper {
     this.#closed = true;
     clearTimeout(this.#timer);
     for (const s of this.#shards.values()) clearTimeout(s.stopTimer);
+    clearTimeout(this.#cutRetry);
     await this.#tick;
     await this.#chain.stop();
     await this.#rows;
@@ -430,6 +442,29 @@ export class LeaseKeeper {
   }
 
   #fromChain(vote: Vote, record: ShardRecord): void {
+    const cuts = epochCuts([vote], this.#held);
+    if (cuts.length && this.#o.onEpochCuts) this.#recordCuts(cuts);
+    this.#learnFromChain(vote, record);
+  }
+
+  /** In the rows' queue: after the rows this vote moved, so the ended epoch's local writes are over. */
+  #recordCuts(cuts: EpochCutOf[]): void {
+    this.#rows = this.#rows.then(async () => {
+      try {
+        await this.#o.onEpochCuts!(cuts);
+      } catch (e) {
+        this.#o.log.error(
+          { err: e, cuts: cuts.map((c) => `${c.shard}@${c.epoch}`) },
+          `the tail of an ended epoch is not fenced out yet: ${reasonOf(e)}; retrying`,
+        );
+        if (this.#closed) return;
+        this.#cutRetry = setTimeout(() => this.#recordCuts(cuts), 1000);
+        this.#cutRetry.unref();
+      }
+    });
+  }
+
+  #learnFromChain(vote: Vote, record: ShardRecord): void {
     const released = record.released
       ? { successor: record.released.successor, finalPosition: positionOf(record.released.finalPosition) }
       : null;

@@ -26,9 +26,12 @@ import {
 export interface WitnessClientOptions {
   /** Base URLs of the witness processes (e.g. the region's witness.url, or several on one etcd). */
   urls: readonly string[];
-  /** The calling site, and its service key (the witness trusts its public half). */
+  /**
+   * The calling site, and its service key (the witness trusts its public half); a function for a
+   * site whose key is out of reach while its KMS is sealed (calls then answer `unavailable`).
+   */
   siteId: string;
-  key: Sm2PrivateKey;
+  key: Sm2PrivateKey | (() => Sm2PrivateKey | undefined);
   /** Deadline of one call, every redirect and retry included (default 1000 ms). */
   timeoutMs?: number;
 }
@@ -106,6 +109,8 @@ export class WitnessClient implements WitnessApi {
     const queue = [this.#preferred, ...this.#urls.filter((u) => u !== this.#preferred)];
     const asked = new Set<string>();
     let last: WitnessError = unavailable('no witness was asked');
+    const key = typeof this.#o.key === 'function' ? this.#o.key() : this.#o.key;
+    if (!key) return err(unavailable(`site ${this.#o.siteId} is sealed: it cannot sign its calls to the witness`));
     try {
       while (queue.length && asked.size < this.#urls.length + 3) {
         const url = queue.shift()!;
@@ -113,7 +118,7 @@ export class WitnessClient implements WitnessApi {
         asked.add(url);
         let res: Response;
         try {
-          const token = this.#assertions.for({ serviceId: this.#o.siteId, key: this.#o.key, site: 'witness' });
+          const token = this.#assertions.for({ serviceId: this.#o.siteId, key, site: 'witness' });
           res = await fetch(`${url}${WITNESS_API_PREFIX}${path}`, {
             method,
             headers: {

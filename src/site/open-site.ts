@@ -11,6 +11,7 @@ import {
   createR4Validator,
   loadFhirDefinitions,
   RecordStore,
+  recordEpochCuts,
   SUPPORTED_TYPES,
   type RecordsContext,
 } from '../records/index.ts';
@@ -30,7 +31,7 @@ import {
   SyncGate,
   type ApplyContext,
 } from '../replication/index.ts';
-import { LeaseKeeper, type WitnessApi } from '../failover/index.ts';
+import { LeaseKeeper, WitnessClient, type WitnessApi } from '../failover/index.ts';
 import { buildApp, tokenResolver, type IdentityResolver } from '../http/index.ts';
 import {
   CollectionScheduler,
@@ -90,10 +91,7 @@ export interface SiteOptions {
     leaseMs?: number;
     renewEveryMs?: number;
     safetyMarginMs?: number;
-    /**
-     * How the site reaches the witness: the HTTP client over `urls` (WitnessClient, built beside the
-     * witness service), or one in process (tests). Required until the site builds the client itself.
-     */
+    /** How the site reaches the witness (default: the HTTP client over `urls`, signed with the site's service key). */
     client?: WitnessApi;
   };
 }
@@ -182,7 +180,8 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
   // Every site starts sealed; custodians unseal it (POST /kms/unseal, medmesh keys unseal).
   const empi = empiBlindIndex(() => kms, logOf('empi-key'));
   const kms = new Kms({ db, siteId, policy: region.config.policies.crypto, onUnsealed: () => void empi.refresh() });
-  const leases = leaseKeeper(opts, logOf('lease-keeper'));
+  // The keeper starts last (after ctx exists); it records epoch cuts through the record store's context.
+  const leases = leaseKeeper(opts, logOf('lease-keeper'), { key: () => kms.signingKey()?.key, records: () => ctx });
   if (leases && !(leases instanceof LeaseKeeper)) return { ok: false, error: { kind: 'config', message: leases.message } };
   const ctx: RecordsContext = {
     db,
@@ -482,20 +481,21 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
 }
 
 /** The site's lease keeper under SiteOptions.witness (started by openSite), or why it cannot run. */
-function leaseKeeper(opts: SiteOptions, log: Logging['log']): LeaseKeeper | { message: string } | undefined {
+function leaseKeeper(
+  opts: SiteOptions,
+  log: Logging['log'],
+  via: { key: () => Sm2PrivateKey | undefined; records: () => RecordsContext },
+): LeaseKeeper | { message: string } | undefined {
   const w = opts.witness;
   if (!w) return undefined;
-  if (!w.client)
-    return {
-      message: `no way to reach the witness at ${w.urls.join(', ') || '(no URL)'}: SiteOptions.witness.client is required`,
-    };
   const { db, siteId } = opts;
   try {
+    const client = w.client ?? new WitnessClient({ urls: w.urls, siteId, key: via.key });
     return new LeaseKeeper({
       siteId,
       shards: opts.region.shards.filter((s) => s.residency.includes(siteId)),
       db,
-      witness: w.client,
+      witness: client,
       witnessKey: w.publicKey,
       leaseMs: w.leaseMs ?? 3000,
       ...(w.renewEveryMs !== undefined ? { renewEveryMs: w.renewEveryMs } : {}),
@@ -503,6 +503,16 @@ function leaseKeeper(opts: SiteOptions, log: Logging['log']): LeaseKeeper | { me
       // The holder's position: its newest outbox HLC; a standby's: how far it applied the holder's feed.
       positions: { own: () => ownPositionOf(db), applied: (_shard, holder) => appliedPositionOf(db, holder) },
       log,
+      // The old holder's unreplicated tail of an ended epoch goes to review (records/epoch-review.ts).
+      onEpochCuts: async (cuts) => {
+        await db.transaction((tx) =>
+          recordEpochCuts(
+            via.records(),
+            tx,
+            cuts.map((c) => ({ shard: c.shard, epoch: BigInt(c.epoch), holder: c.holder, cutHlc: c.cut, voteSeq: c.voteSeq })),
+          ),
+        );
+      },
     });
   } catch (e) {
     return { message: `witness: ${reasonOf(e)}` };
