@@ -311,7 +311,7 @@ async function sendWrite(
             `DR twin ${synced.twin} did not confirm it within the ${synced.className} class's time: the write is not ` +
             'known to survive the loss of this site. Treat the outcome as unknown: read it back, or retry with ' +
             'If-None-Exist / If-Match.',
-          { code: 'sync-timeout' },
+          { code: 'sync-timeout', fhir: 'transient' },
         ),
       );
     reply.header('x-medmesh-sync', `degraded; site=${synced.twin}`);

@@ -53,6 +53,27 @@ describe('region file', () => {
     assert.match(issuesOf(doc), /^witness\.store: must be embedded, or etcd: /m);
   });
 
+  it('takes synchronous classes, matches resources to them, and names a class that matches nothing', () => {
+    const doc = example();
+    const emergency = { system: 'http://medmesh.example/priority', code: 'emergency' };
+    doc.policies = {
+      ...doc.policies,
+      synchronous: [{ name: 'emergency-orders', resourceTypes: ['ServiceRequest'], tags: [emergency], timeoutMs: 1500 }],
+    };
+    const v = validateRegion(doc);
+    assert.ok(v.ok, v.ok ? '' : formatIssues(v.issues));
+    assert.equal(v.region.config.policies.synchronous[0]!.onTimeout, 'refuse');
+    const sr = { resourceType: 'ServiceRequest', meta: { tag: [emergency] } };
+    assert.equal(v.region.synchronousClassOf(sr)?.name, 'emergency-orders');
+    assert.equal(v.region.synchronousClassOf({ resourceType: 'ServiceRequest' }), undefined);
+    assert.equal(v.region.synchronousClassOf({ ...sr, resourceType: 'Observation' }), undefined);
+    assert.equal(v.region.twinOf('guangzhou', 'B'), 'C');
+    doc.policies = { ...doc.policies, synchronous: [{ name: 'everything' }] };
+    assert.match(issuesOf(doc), /^policies\.synchronous\[0\]: a synchronous class names resourceTypes, tags or both$/m);
+    doc.policies = { ...doc.policies, synchronous: [{ name: 'x', resourceTypes: ['Observation'], onTimeout: 'ignore' }] };
+    assert.match(issuesOf(doc), /^policies\.synchronous\[0\]\.onTimeout: must be one of refuse, degrade$/m);
+  });
+
   it('names the path and the rule of a wrong enum value', () => {
     const doc = example();
     doc.sites[2]!.kind = 'cloud';

@@ -9,6 +9,7 @@ import { openTestDb } from '../db/test-db.ts';
 import type { S3BlobStoreOptions } from '../imaging/index.ts';
 import { tableCounts } from '../records/testing.ts';
 import { exampleRegion } from '../region/testing.ts';
+import type { Region } from '../region/index.ts';
 import type { FastifyInstance } from 'fastify';
 import { Sm2PrivateKey, type Sm2PublicKey } from '../security/crypto/index.ts';
 import { signToken } from '../security/identity/index.ts';
@@ -50,6 +51,8 @@ export async function startTestServer(
     requestTimeoutMs?: number;
     /** How often the audit log is checkpointed (default 5 s). */
     checkpointEveryMs?: number;
+    /** The region (default: the example region). */
+    region?: Region;
     /** Write leases from a witness (absent: no fencing). */
     witness?: SiteOptions['witness'];
     /** Routes a test adds before the server listens (fault injection). */
@@ -83,7 +86,7 @@ export async function startTestServer(
     };
   }
   const opened = await openSite({
-    region: await exampleRegion(),
+    region: opts.region ?? (await exampleRegion()),
     siteId,
     db,
     imaging: {
