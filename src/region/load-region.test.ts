@@ -57,7 +57,7 @@ describe('region file', () => {
     const doc = example();
     const emergency = { system: 'http://medmesh.example/priority', code: 'emergency' };
     doc.policies = {
-      ...doc.policies,
+      ...(doc.policies as object),
       synchronous: [{ name: 'emergency-orders', resourceTypes: ['ServiceRequest'], tags: [emergency], timeoutMs: 1500 }],
     };
     const v = validateRegion(doc);
@@ -68,9 +68,9 @@ describe('region file', () => {
     assert.equal(v.region.synchronousClassOf({ resourceType: 'ServiceRequest' }), undefined);
     assert.equal(v.region.synchronousClassOf({ ...sr, resourceType: 'Observation' }), undefined);
     assert.equal(v.region.twinOf('guangzhou', 'B'), 'C');
-    doc.policies = { ...doc.policies, synchronous: [{ name: 'everything' }] };
+    doc.policies = { ...(doc.policies as object), synchronous: [{ name: 'everything' }] };
     assert.match(issuesOf(doc), /^policies\.synchronous\[0\]: a synchronous class names resourceTypes, tags or both$/m);
-    doc.policies = { ...doc.policies, synchronous: [{ name: 'x', resourceTypes: ['Observation'], onTimeout: 'ignore' }] };
+    doc.policies = { ...(doc.policies as object), synchronous: [{ name: 'x', resourceTypes: ['Observation'], onTimeout: 'ignore' }] };
     assert.match(issuesOf(doc), /^policies\.synchronous\[0\]\.onTimeout: must be one of refuse, degrade$/m);
   });
 
