@@ -70,7 +70,10 @@ describe('region file', () => {
     assert.equal(v.region.twinOf('guangzhou', 'B'), 'C');
     doc.policies = { ...(doc.policies as object), synchronous: [{ name: 'everything' }] };
     assert.match(issuesOf(doc), /^policies\.synchronous\[0\]: a synchronous class names resourceTypes, tags or both$/m);
-    doc.policies = { ...(doc.policies as object), synchronous: [{ name: 'x', resourceTypes: ['Observation'], onTimeout: 'ignore' }] };
+    doc.policies = {
+      ...(doc.policies as object),
+      synchronous: [{ name: 'x', resourceTypes: ['Observation'], onTimeout: 'ignore' }],
+    };
     assert.match(issuesOf(doc), /^policies\.synchronous\[0\]\.onTimeout: must be one of refuse, degrade$/m);
   });
 
