@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
+import { seededRandom } from '../common/index.ts';
 import { CoordinationError, type CoordinationStore, type Leadership, type WatchEvent } from './coordination.ts';
 import { eventually, type ChildCampaigner } from './testing.ts';
 
@@ -24,18 +25,6 @@ export interface ContractHarness {
 
 const uniq = (what: string) => `${what}-${randomBytes(4).toString('hex')}`;
 const json = (v: unknown) => JSON.stringify(v);
-
-/** mulberry32: seeded, so a failing run can be repeated (the seed is in the assertion message). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** After a partition heals the client reconnects: calls fail as unavailable until it has. */
 async function afterReconnect<T>(fn: () => Promise<T>): Promise<T> {
@@ -194,7 +183,7 @@ export function coordinationContract(h: ContractHarness): void {
 
     it('list is ordered by key bytes, pages, and sees only its prefix', async () => {
       const seed = Date.now() % 1_000_000;
-      const rnd = seeded(seed);
+      const rnd = seededRandom(seed);
       try {
         const s = await open();
         const base = uniq('list');

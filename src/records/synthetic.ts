@@ -3,6 +3,7 @@
 // each with encounters and vital-sign observations. Deterministic for a given seed.
 import type { Bundle, BundleEntry, Patient } from '@medplum/fhirtypes';
 import { encodeGeohash, GEOLOCATION_URL, makeResidentId, type Region } from '../region/index.ts';
+import { seededRandom } from '../common/index.ts';
 
 const FAMILY = [
   '王',
@@ -54,16 +55,7 @@ const VITALS = [
   { code: '8310-5', display: 'Body temperature', unit: 'Cel', lo: 36, hi: 39.5 },
 ] as const;
 
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom };
 
 export interface SyntheticPatient {
   /** Shard the resolver should place this patient in (undefined: the receiving site decides). */
