@@ -2,12 +2,13 @@
 // regional identifier. The identifier is sent in the body (never in a URL that logs keep)
 // and looked up by its blind index, so any site answers, even one that does not hold the
 // patient. Audited like every non-public route. A user is answered only when their FHIR
-// search by identifier would be (RecordAccess.mayFindPatientsByIdentifier decides both).
+// search by identifier would be, and only with the patients it would return (their scope:
+// RecordAccess.mayFindPatientsByIdentifier decides both).
 // Requests are validated by the route schemas; refusals are Problems (outcome.ts).
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { Db } from '../db/index.ts';
-import { findByBlindIndex } from '../records/index.ts';
+import { findByBlindIndex, patientInScope, type RowScope } from '../records/index.ts';
 import type { Region } from '../region/index.ts';
 import { PURPOSES, type AccessControl } from '../security/access/index.ts';
 import { problem, sendProblem } from './outcome.ts';
@@ -30,6 +31,8 @@ const purposeHeader = z.object({
 
 export const empiRoutes: FastifyPluginAsyncZod<EmpiRoutesOptions> = async (app, opts) => {
   const systems = Object.values(opts.region.config.identifierSystems);
+  /** A user's scope, decided before validation, for the handler (services see every entry: they route). */
+  const scopes = new WeakMap<object, RowScope>();
   app.post(
     '/lookup',
     {
@@ -52,7 +55,11 @@ export const empiRoutes: FastifyPluginAsyncZod<EmpiRoutesOptions> = async (app, 
         const may = requester.ok
           ? opts.access.records(requester.value).mayFindPatientsByIdentifier()
           : { ok: false as const, error: { issues: [{ message: requester.error.message }] } };
-        if (may.ok) return;
+        if (may.ok) {
+          // The patients such a search would return: the lookup answers only those (a doctor's care scope).
+          scopes.set(req, may.value);
+          return;
+        }
         const message = may.error.issues[0]?.message ?? 'refused';
         req.auditExtra = { ...req.auditExtra, detail: `POST /empi/lookup: ${message}`.slice(0, 2000) };
         return sendProblem(req, reply, problem(!requester.ok && requester.error.kind === 'bad-request' ? 400 : 403, message));
@@ -74,7 +81,10 @@ export const empiRoutes: FastifyPluginAsyncZod<EmpiRoutesOptions> = async (app, 
           ),
         );
       const found = await findByBlindIndex(opts.db, blind);
-      return { patients: found.map((p) => ({ ...p, activeSite: opts.region.activeSiteFor(p.homeShard) ?? null })) };
+      const scope = scopes.get(req);
+      const visible = [];
+      for (const p of found) if (!scope || (await patientInScope(opts.db, scope, p.patientId))) visible.push(p);
+      return { patients: visible.map((p) => ({ ...p, activeSite: opts.region.activeSiteFor(p.homeShard) ?? null })) };
     },
   );
   await Promise.resolve();

@@ -158,10 +158,18 @@ describe(`EMPI directory (${testBackend()})`, () => {
       'for the same reason',
     );
     assert.equal((await lookup(b, { system: RID, value }, b.as(['administrator']))).status, 403, 'no patient search, no lookup');
-    for (const role of ['registrar', 'doctor', 'integration']) {
-      const r = await lookup(b, { system: RID, value }, b.as([role], { department: 'cardiology' }));
+    // The same patients as the search: a doctor's search finds none outside their care, nor does the lookup.
+    for (const [role, n] of [
+      ['registrar', 1],
+      ['doctor', 0],
+      ['integration', 1],
+    ] as const) {
+      const headers = b.as([role], { department: 'cardiology' });
+      const r = await lookup(b, { system: RID, value }, headers);
       assert.equal(r.status, 200, `${role}: ${r.status === 200 ? '' : await r.clone().text()}`);
-      assert.equal(((await r.json()) as { patients: unknown[] }).patients.length, 1, role);
+      assert.equal(((await r.json()) as { patients: unknown[] }).patients.length, n, role);
+      const found = (await (await search(headers)).json()) as { entry?: unknown[] };
+      assert.equal(found.entry?.length ?? 0, n, `${role}: the FHIR search finds as many`);
     }
     // Change the nurse policy: the same function now lets both paths answer.
     const admin = { ...b.as(['administrator']), 'content-type': 'application/json' };

@@ -220,7 +220,11 @@ export class RecordAccess implements BundleStore {
    * decision and the same rule as `Patient?identifier=` (one function, `mayFindBy`), so the
    * directory tells nobody the home of an identifier their FHIR search would refuse.
    */
-  mayFindPatientsByIdentifier(): Result<void> {
+  /**
+   * Whether this requester may find patients by identifier, as a FHIR search would let them; the
+   * answer is the scope of the patients such a search would return (a doctor's care scope).
+   */
+  mayFindPatientsByIdentifier(): Result<RowScope> {
     const g = this.#decide('search', 'Patient', 'Patient');
     if (!g.ok) return fail('forbidden', g.reason, { code: 'forbidden' });
     if (g.value.aggregate)
@@ -229,7 +233,8 @@ export class RecordAccess implements BundleStore {
       return fail('forbidden', 'under break-glass (purpose emergency) only the patient you opened it for is reachable', {
         code: 'forbidden',
       });
-    return mayFindBy(this.#probeContext('Patient', g.value), 'identifier', ['identifier'], false);
+    const may = mayFindBy(this.#probeContext('Patient', g.value), 'identifier', ['identifier'], false);
+    return may.ok ? ok(g.value.filter.rows) : may;
   }
 
   /**
