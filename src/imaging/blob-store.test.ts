@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { after, before, describe, it } from 'node:test';
@@ -102,6 +103,36 @@ blobStoreContract('S3-compatible', async () => {
       await rm(dir, { recursive: true, force: true });
     },
   };
+});
+
+describe('S3-compatible blob store, stalled', () => {
+  it('fails a put to a service that accepts the connection and never answers, within its request timeout', async () => {
+    // A silent peer: the connection is accepted, nothing is ever sent back.
+    const sockets = new Set<Socket>();
+    const silent = createServer((s) => {
+      sockets.add(s);
+      s.on('error', () => undefined); // closed by the client's timeout
+    });
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const port = (silent.address() as AddressInfo).port;
+    const store = new S3BlobStore({
+      endpoint: `http://127.0.0.1:${port}`,
+      bucket: 'medmesh-test',
+      accessKeyId: 'S3RVER',
+      secretAccessKey: 'S3RVER',
+      requestTimeoutMs: 300,
+    });
+    try {
+      const t0 = performance.now();
+      await assert.rejects(store.put('stalled/one', new Uint8Array(10_000)));
+      const ms = performance.now() - t0;
+      assert.ok(ms < 5_000, `failed after ${Math.round(ms)} ms, not held for the stalled service`);
+    } finally {
+      store.close();
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => silent.close(r));
+    }
+  });
 });
 
 describe('filesystem blob store', () => {

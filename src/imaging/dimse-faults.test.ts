@@ -69,6 +69,7 @@ describe(`DIMSE under faults (${testBackend()}, seed ${SEED})`, () => {
 
   it('answers a blob store failing mid-file during a large C-STORE with a failure status, and keeps nothing', async () => {
     const path = await makeLargeInstance({ dir, uid: '1.2.826.0.1.3680043.10.1519.23', frames: 16, random: seededBytes(SEED) });
+    const storageErrors = srv.metrics.snapshot().errors.storage;
     failing = true;
     const r = await dcmtk('storescu', ['-v', '-aet', 'MODALITY', '-aec', AE, ...at(), path], { timeoutMs: 60_000 });
     failing = false;
@@ -79,6 +80,7 @@ describe(`DIMSE under faults (${testBackend()}, seed ${SEED})`, () => {
       t.events.some((e) => e.action === 'dicom-store' && e.outcome === 'failure' && /ENOSPC/.test(e.detail ?? '')),
       'the failure is audited with its cause',
     );
+    assert.equal(srv.metrics.snapshot().errors.storage - storageErrors, 1, 'and counted as the site failing to store');
     // The site is still up, and the same file goes through once the store works again.
     const again = await dcmtk('storescu', ['-v', '-aet', 'MODALITY', '-aec', AE, ...at(), path], { timeoutMs: 60_000 });
     assert.match(again.out, /Received Store Response \(Success\)/, again.out);

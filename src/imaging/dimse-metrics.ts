@@ -3,12 +3,13 @@
 // a peer's malformed PDUs, dropped or silent connections (network), and failures inside an
 // operation that were answered with a failure status instead of ending the process.
 
-export type DimseErrorKind = 'network' | 'operation';
+/** network: the connection; operation: our code under an operation; storage: the blob store or KMS could not keep an instance. */
+export type DimseErrorKind = 'network' | 'operation' | 'storage';
 
 export class DimseMetrics {
   readonly #associations = { accepted: 0, rejected: 0 };
   readonly #aborts = { peer: 0, site: 0 };
-  readonly #errors: Record<DimseErrorKind, number> = { network: 0, operation: 0 };
+  readonly #errors: Record<DimseErrorKind, number> = { network: 0, operation: 0, storage: 0 };
   #lastError: string | undefined;
 
   readonly #active: () => number;

@@ -10,6 +10,7 @@ import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { PassThrough, Writable } from 'node:stream';
 import dimse from './dimse.ts';
 import type { AuditEvent } from '../security/audit/index.ts';
+import type { Logger } from '../common/index.ts';
 import type { ImagingStore, IngestOutcome } from './imaging-store.ts';
 import { storeFailureStatus, type ImagingResult } from './errors.ts';
 import { part10File } from './part10.ts';
@@ -65,6 +66,8 @@ export interface DimseServerOptions {
   streamAboveBytes?: number;
   /** Appends one audit entry; false when the log cannot take it (the operation is then refused). */
   audit: (event: AuditEvent) => Promise<boolean>;
+  /** Where failures of the site's own making are told (a store that cannot keep an instance); default: none. */
+  log?: Logger;
 }
 
 /** Status codes medmesh answers with (PS3.4 Annex B and C). */
@@ -412,7 +415,14 @@ function scpFor(o: DimseServerOptions, metrics: DimseMetrics, slots: { tryEnter:
               ...(r.ok ? { detail: r.value.status } : { detail: r.error.message }),
             }),
           );
-          if (!r.ok) return answer(storeFailureStatus(r.error.kind), r.error.message);
+          if (!r.ok) {
+            // The site's own failure (not the sender's): counted and logged, beside the failure status.
+            if (r.error.kind === 'storage-failed' || r.error.kind === 'sealed') {
+              metrics.error('storage', r.error.message);
+              o.log?.warn({ calling: this.#calling, resource }, `C-STORE from ${this.#calling} not kept: ${r.error.message}`);
+            }
+            return answer(storeFailureStatus(r.error.kind), r.error.message);
+          }
           answer(logged ? Status.Success : Status.ProcessingFailure);
         },
       );

@@ -26,6 +26,13 @@ export interface S3BlobStoreOptions {
   forcePathStyle?: boolean;
   /** Multipart part size (default 8 MiB; S3's minimum is 5 MiB). */
   partSizeBytes?: number;
+  /**
+   * A request whose socket stays silent this long fails (default 15 s): a stalled service must
+   * fail the store (a DICOM sender is answered "out of resources"), not hold it for minutes.
+   */
+  requestTimeoutMs?: number;
+  /** Connecting gives up after this long (default 5 s). */
+  connectTimeoutMs?: number;
 }
 
 export class S3BlobStore implements BlobStore {
@@ -41,6 +48,14 @@ export class S3BlobStore implements BlobStore {
       region: opts.region ?? 'us-east-1',
       forcePathStyle: opts.forcePathStyle ?? true,
       credentials: { accessKeyId: opts.accessKeyId, secretAccessKey: opts.secretAccessKey },
+      requestHandler: {
+        requestTimeout: opts.requestTimeoutMs ?? 15_000,
+        connectionTimeout: opts.connectTimeoutMs ?? 5_000,
+        // Without it the SDK only warns and keeps waiting.
+        throwOnRequestTimeout: true,
+      },
+      // A stalled service is retried by the caller's sender, not three times over here.
+      maxAttempts: 2,
     });
   }
 

@@ -356,6 +356,7 @@ export async function openSite(opts: SiteOptions): Promise<{ ok: true; site: Sit
           ...opts.imaging.dicom,
           store: imaging,
           siteId,
+          log: logOf('dimse'),
           audit: async (e) => {
             const log = auditLog();
             return log ? (await log.append(e)).ok : false;
