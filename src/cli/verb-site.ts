@@ -1,5 +1,7 @@
-import { openSite } from '../site/index.ts';
-import { helpText, parseFlags, UsageError, type FlagSpec, type VerbSpec } from './args.ts';
+import { readFile } from 'node:fs/promises';
+import { openSite, type SiteOptions } from '../site/index.ts';
+import { Sm2PublicKey } from '../security/crypto/index.ts';
+import { helpText, intFlag, parseFlags, UsageError, type FlagSpec, type VerbSpec } from './args.ts';
 import { openSiteFromFlags, portOf, SITE_DB_FLAGS } from './common.ts';
 import { waitForShutdown } from './shutdown.ts';
 import { join } from 'node:path';
@@ -9,7 +11,9 @@ import { createLogger } from '../common/index.ts';
 const spec = {
   name: 'site',
   summary: 'run one site API node',
-  usage: 'medmesh site --region <file> --site <id> [--port <n>] [--database-url <url> | --data <dir>]',
+  usage:
+    'medmesh site --region <file> --site <id> [--port <n>] [--database-url <url> | --data <dir>] ' +
+    '[--witness-key <pem> [--witness-url <url>]... [--lease-ms <ms>]]',
   flags: {
     ...SITE_DB_FLAGS,
     port: { type: 'string', help: "port to listen on (default: the port of the site's url)", placeholder: 'n' },
@@ -49,9 +53,28 @@ const spec = {
     },
     'collect-every': { type: 'string', help: 'minutes between collection runs', default: '15', placeholder: 'minutes' },
     'collect-days': { type: 'string', help: 'study days looked at per run, ending today', default: '2', placeholder: 'n' },
+    'witness-key': {
+      type: 'string',
+      help:
+        "the witness's SM2 public key (its witness.pub.pem): the site runs under the region's witness, " +
+        'writing a shard only while it holds its lease (docs/failover.md)',
+      placeholder: 'pem',
+    },
+    'witness-url': {
+      type: 'string',
+      multiple: true,
+      help: "where the witness is reached (repeat for several witness processes; default: the region's witness.url)",
+      placeholder: 'url',
+    },
+    'lease-ms': {
+      type: 'string',
+      help: "the lease duration this site counts with (the shorter of it and the witness's is used; default 3000)",
+      placeholder: 'ms',
+    },
   },
   examples: [
     'medmesh site --region region.example.yaml --site B',
+    'medmesh site --region region.yaml --site B --witness-key witness.pub.pem',
     'DATABASE_URL=postgres://127.0.0.1/medmesh_b medmesh site --region region.yaml --site B --port 8080',
   ],
 } satisfies VerbSpec<Record<string, FlagSpec>>;
@@ -68,6 +91,7 @@ export async function siteVerb(argv: string[]): Promise<number> {
   const dicomSettings = dicomFlags(flags);
   const collect = collectFlags(flags);
   const blobs = blobFlags(flags.blobs, process.env);
+  const witnessSettings = await witnessFlags(flags);
   const dimseSources = (collect?.sources ?? []).flatMap((s) => (s.kind === 'dicomweb' ? [] : [s]));
   if (dimseSources.length && !dicomSettings)
     throw new UsageError(
@@ -87,7 +111,11 @@ export async function siteVerb(argv: string[]): Promise<number> {
   };
   const logging = createLogger({ base: { site: siteId } });
   const { log } = logging;
-  const opened = await openSite({ region, siteId, db, imaging, logging });
+  const witness: SiteOptions['witness'] = witnessSettings && {
+    ...witnessSettings,
+    urls: witnessSettings.urls.length ? witnessSettings.urls : [region.config.witness.url],
+  };
+  const opened = await openSite({ region, siteId, db, imaging, logging, ...(witness ? { witness } : {}) });
   if (!opened.ok) {
     await db.close();
     throw new UsageError(opened.error.message);
@@ -98,6 +126,11 @@ export async function siteVerb(argv: string[]): Promise<number> {
     { site: siteId, region: region.id, db: db.kind, port },
     `site ${siteId} serving FHIR R4 at http://${flags.host}:${port}/fhir/R4 and DICOMweb at /dicomweb`,
   );
+  if (witness)
+    log.info(
+      { witness: witness.urls, leaseMs: witness.leaseMs ?? 3000 },
+      `under the witness at ${witness.urls.join(', ')}: shards are written only under this site's leases`,
+    );
   if (site.dimse && dicom)
     log.info({ ae: dicom.aeTitle, port: site.dimse.port }, `DICOM AE ${dicom.aeTitle} on ${flags.host}:${site.dimse.port}`);
   if (site.collection) {
@@ -120,6 +153,44 @@ export async function siteVerb(argv: string[]): Promise<number> {
     await db.close();
   });
   return 0;
+}
+
+/**
+ * The witness settings from the flags, or undefined without --witness-key (no fencing). The key
+ * file is read and checked here, before the database opens; the URLs default to the region's.
+ */
+async function witnessFlags(f: {
+  'witness-key'?: string | undefined;
+  'witness-url': string[];
+  'lease-ms'?: string | undefined;
+}): Promise<{ urls: string[]; publicKey: Sm2PublicKey; leaseMs?: number } | undefined> {
+  const file = f['witness-key'];
+  if (file === undefined) {
+    const stray = f['witness-url'].length ? '--witness-url' : f['lease-ms'] !== undefined ? '--lease-ms' : undefined;
+    if (stray) throw new UsageError(`${stray} needs --witness-key (the witness's public key: the site then runs under it)`);
+    return undefined;
+  }
+  let pem: string;
+  try {
+    pem = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new UsageError(`--witness-key ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  let publicKey: Sm2PublicKey;
+  try {
+    publicKey = Sm2PublicKey.fromPem(pem);
+  } catch (e) {
+    throw new UsageError(
+      `--witness-key ${file}: not an SM2 public key PEM (the witness's witness.pub.pem): ` +
+        (e instanceof Error ? e.message : String(e)),
+    );
+  }
+  for (const url of f['witness-url'])
+    if (!/^https?:\/\/[^\s/]+\/?$/.test(url) || !URL.canParse(url))
+      throw new UsageError(`--witness-url must be http(s)://host:port (got ${url})`);
+  // Below about 400 ms no renewal period leaves a safety margin (docs/failover.md, lease timing).
+  const leaseMs = f['lease-ms'] === undefined ? undefined : intFlag('lease-ms', f['lease-ms'], 500, 600_000);
+  return { urls: f['witness-url'].map((u) => u.replace(/\/+$/, '')), publicKey, ...(leaseMs !== undefined ? { leaseMs } : {}) };
 }
 
 /** The DIMSE settings from the flags, or undefined when --dicom-port is not given. */
