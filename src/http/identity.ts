@@ -79,6 +79,12 @@ export function registerIdentity(app: FastifyInstance, resolve: IdentityResolver
   app.decorateRequest('identity', null as never);
   app.addHook('onRequest', async (request, reply) => {
     const r = await resolve(request);
+    // A public route (health, capabilities, login) answers whatever credential came along: a probe
+    // or client holding an expired token, or a sealed site, must still get metadata and health.
+    if (!r.ok && (request.routeOptions.config as { access?: unknown } | undefined)?.access === 'public') {
+      request.identity = { kind: 'anonymous' };
+      return;
+    }
     if (!r.ok && r.error.kind === 'issuer-unavailable') {
       // Sealed: no token can be checked, so nothing but public routes can be served.
       return sendProblem(request, reply, {
