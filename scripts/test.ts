@@ -22,6 +22,9 @@ const DB_SUITES = [
   'src/failover/embedded-store.test.ts',
   // The witness service on the embedded store (its etcd half runs in both runs; it is quick).
   'src/failover/witness.test.ts',
+  // The site's lease keeper and the ended epoch's tail, on the site's own database.
+  'src/failover/lease-keeper.test.ts',
+  'src/failover/failover-tail.test.ts',
 ];
 
 /** A whole run never takes longer than this: a hung test must fail CI, not stall it. */
