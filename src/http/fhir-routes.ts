@@ -185,8 +185,9 @@ export const fhirRoutes: FastifyPluginAsyncZod<FhirRoutesOptions> = async (app, 
     },
     async (req, reply) => {
       const ifNoneExist = req.headers['if-none-exist'];
+      const sync = await syncMark(opts.sync);
       const r = await records(req).create(req.params.type, req.body, ifNoneExist !== undefined ? { ifNoneExist } : {});
-      return sendWrite(req, reply, r, opts.sync);
+      return sendWrite(req, reply, r, sync);
     },
   );
 
@@ -234,13 +235,14 @@ export const fhirRoutes: FastifyPluginAsyncZod<FhirRoutesOptions> = async (app, 
     },
     async (req, reply) => {
       const ifMatch = req.headers['if-match'];
+      const sync = await syncMark(opts.sync);
       const r = await records(req).update(
         req.params.type,
         req.params.id,
         req.body,
         ifMatch !== undefined ? { ifMatch: stripEtag(ifMatch) } : {},
       );
-      return sendWrite(req, reply, r, opts.sync);
+      return sendWrite(req, reply, r, sync);
     },
   );
 
@@ -292,13 +294,13 @@ async function sendWrite(
   req: FastifyRequest,
   reply: FastifyReply,
   r: Result<WriteOutcome>,
-  sync: SyncGate | undefined,
+  sync: { gate: SyncGate; mark: string } | undefined,
 ): Promise<FastifyReply> {
   if (!r.ok) return sendError(req, reply, r.error);
   const { resource, status } = r.value;
   const code = status === 'created' ? 201 : 200;
   // A synchronous class: answered once the twin applied it (or as its class says on timeout).
-  const synced = status === 'existing' || !sync ? undefined : await sync.confirm(resource);
+  const synced = status === 'existing' || !sync ? undefined : await sync.gate.confirm(resource, sync.mark);
   if (synced?.status === 'confirmed') reply.header('x-medmesh-sync', `confirmed; site=${synced.twin}`);
   else if (synced?.status === 'timeout') {
     if (synced.policy === 'refuse')
@@ -325,6 +327,11 @@ async function sendWrite(
     return reply.code(code).send();
   }
   return sendResource(reply, code, resource);
+}
+
+/** Before a write, when synchronous classes exist: where its outbox row will be found (SyncGate.mark). */
+async function syncMark(gate: SyncGate | undefined): Promise<{ gate: SyncGate; mark: string } | undefined> {
+  return gate?.active ? { gate, mark: await gate.mark() } : undefined;
 }
 
 /** How the FHIR API answers with one resource: ETag and Last-Modified from its meta, FHIR JSON. */

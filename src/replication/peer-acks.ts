@@ -55,18 +55,32 @@ export class SyncGate {
     return this.#o.region.config.policies.synchronous.length > 0;
   }
 
-  async confirm(resource: {
-    resourceType: string;
-    id?: string;
-    meta?: { versionId?: string; tag?: ReadonlyArray<{ system?: string; code?: string }> };
-  }): Promise<SyncOutcome> {
+  /**
+   * Taken before a write that may be of a synchronous class: every transaction that begins later
+   * (the write's) has an id at or above it, so `confirm` finds the write's outbox row by key range.
+   */
+  async mark(): Promise<string> {
+    const { rows } = await this.#o.db.query<{ xmax: string }>('SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS xmax');
+    return rows[0]!.xmax;
+  }
+
+  async confirm(
+    resource: {
+      resourceType: string;
+      id?: string;
+      meta?: { versionId?: string; tag?: ReadonlyArray<{ system?: string; code?: string }> };
+    },
+    mark: string,
+  ): Promise<SyncOutcome> {
     const cls = this.active ? this.#o.region.synchronousClassOf(resource) : undefined;
     if (!cls || !resource.id || !resource.meta?.versionId) return { status: 'not-synchronous' };
     const start = performance.now();
+    // The outbox has no index by resource (every write would pay for one): the row is found by the
+    // range of transactions that began after `mark` (the primary key's leading column).
     const { rows } = await this.#o.db.query<{ txid: string; pos: string; shard: string | null; data_class: string }>(
       `SELECT txid::text AS txid, pos::text AS pos, shard, data_class FROM outbox
-        WHERE resource_type = $1 AND resource_id = $2 AND version_id = $3 LIMIT 1`,
-      [resource.resourceType, resource.id, resource.meta.versionId],
+        WHERE txid >= $4::text::xid8 AND resource_type = $1 AND resource_id = $2 AND version_id = $3 LIMIT 1`,
+      [resource.resourceType, resource.id, resource.meta.versionId, mark],
     );
     const row = rows[0];
     // Only core data of a shard has a twin that must hold it; other data goes where policy allows.
