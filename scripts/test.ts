@@ -29,7 +29,8 @@ const DB_SUITES = [
 
 /**
  * A whole run never takes longer than this: a hung test must fail CI, not stall it. The PGlite
- * run takes about 15 minutes on 2 idle cores (its process-level fault tests spawn whole sites).
+ * run is the long one (its process-level fault tests spawn whole sites): it took over 20 minutes
+ * here with a CPU-heavy process beside it.
  */
 const RUN_LIMIT_MS = Number(process.env.MEDMESH_TEST_RUN_LIMIT_MS ?? 30 * 60_000);
 
