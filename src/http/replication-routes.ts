@@ -154,10 +154,12 @@ export const replicationRoutes: FastifyPluginAsyncZod<ReplicationRoutesOptions> 
       const receiverKey = await opts.identity.servicePublicKey(peer);
       if (!receiverKey) return sendProblem(req, reply, problem(403, `no key registered for site ${peer}`));
       const after: Cursor = { txid, pos };
-      // The cursor acknowledges every change up to it: synchronous-class writes wait on it (peer-acks.ts).
-      await recordPeerAck(opts.db, peer, after).catch((e: unknown) =>
-        req.log.warn({ err: e }, `changefeed: cannot record ${peer}'s acknowledgement: ${reasonOf(e)}`),
-      );
+      // The cursor acknowledges every change up to it: synchronous-class writes wait on it
+      // (peer-acks.ts). Without such classes nobody reads it, and no pull pays the statement.
+      if (opts.region.config.policies.synchronous.length > 0)
+        await recordPeerAck(opts.db, peer, after).catch((e: unknown) =>
+          req.log.warn({ err: e }, `changefeed: cannot record ${peer}'s acknowledgement: ${reasonOf(e)}`),
+        );
       const deadline = Date.now() + wait * 1000;
       let closed = false;
       reply.raw.once('close', () => {
